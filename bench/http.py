@@ -1,0 +1,805 @@
+"""Benchmark HTTP servers side by side: rtserve, Tornado, uvicorn (raw ASGI), aiohttp, a floor.
+
+Each server runs as one process pinned to the server core (``taskset -c 0``); wrk runs pinned
+to the load core (``taskset -c 1``). For every server and endpoint: a warm-up wrk run
+(discarded), then the measured run, during which both cores' busy time is sampled from
+/proc/stat. A row is valid only when the server core is >= 90 % busy and the load core is
+< 90 % busy (and wrk saw no errors). Results are printed as Markdown tables with ratios.
+
+Usage (from anywhere; paths are resolved against the repo root):
+    python bench/http.py                       # all servers, 64 connections, 10 s
+    python bench/http.py --servers tornado,uvicorn --duration 5
+    python bench/http.py --markdown --json out.json
+
+Standard library only. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+HELLO = "Hello, World!"
+JSON_ID = 42
+READY_TIMEOUT_S = 10.0
+VALID_SERVER_MIN = 90.0
+VALID_LOAD_MAX = 90.0
+SHARED_CORE_GAP = 10.0  # server core % minus server process % above this: something else ran
+
+
+# --------------------------------------------------------------------------------------------
+# Servers and endpoints
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    description: str
+    argv: Callable[[str, int], list[str]]  # (python, port) -> command line (before taskset)
+
+
+def _script(name: str) -> Callable[[str, int], list[str]]:
+    def argv(python: str, port: int) -> list[str]:
+        return [python, str(REPO_ROOT / "bench" / "apps" / name), "--port", str(port)]
+
+    return argv
+
+
+def _rtserve_argv(python: str, port: int) -> list[str]:
+    return [
+        python,
+        "-m",
+        "rtserve",
+        "run",
+        "bench.apps.rtserve_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--no-reload",
+    ]
+
+
+def _uvicorn_argv(python: str, port: int) -> list[str]:
+    return [
+        python,
+        "-m",
+        "uvicorn",
+        "bench.apps.uvicorn_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in (
+        Server("rtserve", "rtserve App, full router and handler path", _rtserve_argv),
+        Server(
+            "tornado", "Tornado RequestHandlers on tornado.httpserver", _script("tornado_app.py")
+        ),
+        Server("uvicorn", "uvicorn, raw ASGI callable, uvloop + httptools", _uvicorn_argv),
+        Server("aiohttp", "aiohttp web.Application on uvloop", _script("aiohttp_app.py")),
+        Server("floor", "raw uvloop Protocol + httptools, canned bytes", _script("floor_app.py")),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str
+    content_type: str  # expected media type of the response
+    check: Callable[[bytes], str | None]  # body -> error message or None
+
+
+def _check_plaintext(body: bytes) -> str | None:
+    if body != HELLO.encode():
+        return f"expected body {HELLO!r}, got {body[:80]!r}"
+    return None
+
+
+def _check_json(body: bytes) -> str | None:
+    expected = {"id": JSON_ID, "message": HELLO}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return f"body is not JSON: {body[:80]!r}"
+    if data != expected or type(data.get("id")) is not int:
+        return f"expected {expected}, got {data!r}"
+    return None
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.name: e
+    for e in (
+        Endpoint("plaintext", "/plaintext", "text/plain", _check_plaintext),
+        Endpoint("json", f"/json/{JSON_ID}", "application/json", _check_json),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests_per_sec: float
+    p50_ms: float | None
+    p99_ms: float | None
+    requests: int
+    socket_errors: int
+    non_2xx: int
+
+
+@dataclass
+class Row:
+    server: str
+    endpoint: str
+    status: str = "ok"  # "ok", "failed to start", "bad response", "wrk failed"
+    detail: str = ""
+    requests_per_sec: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    server_core_pct: float | None = None
+    load_core_pct: float | None = None
+    server_proc_pct: float | None = None
+    wrk_proc_pct: float | None = None
+    socket_errors: int = 0
+    non_2xx: int = 0
+    valid: bool = False
+    invalid_reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU accounting (/proc/stat, /proc/PID/stat)
+# --------------------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def read_cpu_times() -> dict[int, tuple[int, int]]:
+    """Per-cpu (total, busy) jiffies; busy = total - idle - iowait."""
+    out: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            m = re.match(r"cpu(\d+)\s+(.*)", line)
+            if not m:
+                continue
+            fields = [int(x) for x in m.group(2).split()]
+            # user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is
+            # already counted in user/nice, so only the first eight make the total.
+            total = sum(fields[:8])
+            idle = fields[3] + fields[4]
+            out[int(m.group(1))] = (total, total - idle)
+    return out
+
+
+def busy_pct(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int
+) -> float:
+    total = after[cpu][0] - before[cpu][0]
+    busy = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total > 0 else 0.0
+
+
+def read_proc_ticks(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def proc_pct(ticks_before: int | None, ticks_after: int | None, seconds: float) -> float | None:
+    if ticks_before is None or ticks_after is None or seconds <= 0:
+        return None
+    return 100.0 * (ticks_after - ticks_before) / CLK_TCK / seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Process handling
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it does not exit within grace_s."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Anything left in the group (children of the server) goes too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(
+    server: Server, python: str, cpu: int, log: IO[bytes]
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    cmd = ["taskset", "-c", str(cpu), *server.argv(python, port)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own process group: killpg stops it and its children
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        yield proc, port
+    finally:
+        stop_process(proc)
+
+
+def wait_until_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> str | None:
+    """Poll with socket connects until the server accepts; returns an error or None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return None
+        except OSError:
+            time.sleep(0.1)
+    return f"did not accept connections within {timeout_s:.0f} s"
+
+
+def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """Minimal HTTP/1.1 GET over a raw socket (stdlib http is shadowed by this file's name)."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: rtserve-bench\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode()
+    chunks: list[bytes] = []
+    with socket.create_connection((HOST, port), timeout=timeout_s) as s:
+        s.sendall(request)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            raw = b"".join(chunks)
+            head_end = raw.find(b"\r\n\r\n")
+            if head_end >= 0:
+                m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", raw[:head_end])
+                if m and len(raw) - head_end - 4 >= int(m.group(1)):
+                    break
+    raw = b"".join(chunks)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError(f"incomplete response: {raw[:120]!r}")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        body = body[: int(headers["content-length"])]
+    return status, headers, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+def verify(port: int, endpoint: Endpoint) -> str | None:
+    try:
+        status, headers, body = http_get(port, endpoint.path)
+    except (OSError, ValueError) as exc:
+        return f"GET {endpoint.path}: {exc}"
+    if status != 200:
+        return f"GET {endpoint.path}: status {status}"
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != endpoint.content_type:
+        return (
+            f"GET {endpoint.path}: content-type {media_type!r}, expected {endpoint.content_type!r}"
+        )
+    error = endpoint.check(body)
+    return f"GET {endpoint.path}: {error}" if error else None
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unrecognised wrk duration {text!r}")
+    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"^Requests/sec:\s*([\d.]+)", output, re.M)
+    if not rps:
+        raise ValueError("no Requests/sec line in wrk output")
+    pcts = dict(re.findall(r"^\s+(50|75|90|99)(?:\.0+)?%\s+(\S+)\s*$", output, re.M))
+    total = re.search(r"^\s*(\d+) requests in", output, re.M)
+    errs = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests_per_sec=float(rps.group(1)),
+        p50_ms=to_ms(pcts["50"]) if "50" in pcts else None,
+        p99_ms=to_ms(pcts["99"]) if "99" in pcts else None,
+        requests=int(total.group(1)) if total else 0,
+        socket_errors=sum(int(g) for g in errs.groups()) if errs else 0,
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+    )
+
+
+def wrk_command(cpu: int, connections: int, duration_s: int, url: str) -> list[str]:
+    return [
+        "taskset",
+        "-c",
+        str(cpu),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        url,
+    ]
+
+
+@dataclass
+class Measured:
+    wrk: WrkResult
+    server_core_pct: float
+    load_core_pct: float
+    server_proc_pct: float | None
+    wrk_proc_pct: float | None
+
+
+def run_wrk(
+    cmd: list[str], duration_s: int, server_pid: int, server_cpu: int, load_cpu: int
+) -> Measured:
+    """Run wrk; sample CPU over the middle of the run (skipping ramp-up and wind-down)."""
+    margin = min(0.5, duration_s * 0.1)
+    wrk = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(margin)
+        cpu0, t0 = read_cpu_times(), time.monotonic()
+        srv0, wrk0 = read_proc_ticks(server_pid), read_proc_ticks(wrk.pid)
+        time.sleep(max(0.1, duration_s - 2 * margin))
+        cpu1, t1 = read_cpu_times(), time.monotonic()
+        srv1, wrk1 = read_proc_ticks(server_pid), read_proc_ticks(wrk.pid)
+        output, _ = wrk.communicate(timeout=duration_s + 30)
+    finally:
+        stop_process(wrk, grace_s=2.0)
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk exited {wrk.returncode}: {output.strip()[-300:]}")
+    return Measured(
+        wrk=parse_wrk(output),
+        server_core_pct=busy_pct(cpu0, cpu1, server_cpu),
+        load_core_pct=busy_pct(cpu0, cpu1, load_cpu),
+        server_proc_pct=proc_pct(srv0, srv1, t1 - t0),
+        wrk_proc_pct=proc_pct(wrk0, wrk1, t1 - t0),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Running the matrix
+# --------------------------------------------------------------------------------------------
+
+
+def bench_server(args: argparse.Namespace, server: Server, endpoints: list[Endpoint]) -> list[Row]:
+    rows = [Row(server.name, e.name) for e in endpoints]
+    with tempfile.NamedTemporaryFile(prefix=f"bench-{server.name}-", suffix=".log") as log_file:
+        _bench_running(args, server, endpoints, rows, log_file)
+    return rows
+
+
+def _bench_running(
+    args: argparse.Namespace,
+    server: Server,
+    endpoints: list[Endpoint],
+    rows: list[Row],
+    log_file: IO[bytes],
+) -> None:
+    with running_server(server, args.python, args.server_cpu, log_file) as (proc, port):
+        error = wait_until_listening(proc, port, READY_TIMEOUT_S)
+        if error:
+            log_file.flush()
+            tail = _tail(Path(log_file.name))
+            for row in rows:
+                row.status, row.detail = "failed to start", f"{error}; log: {tail}"
+            _say(f"  {server.name}: failed to start ({error})\n    {tail}")
+            return
+        _say(f"  {server.name}: listening on {HOST}:{port} (pid {proc.pid}, log {log_file.name})")
+        for row, endpoint in zip(rows, endpoints, strict=True):
+            error = verify(port, endpoint)
+            if error:
+                row.status, row.detail = "bad response", error
+                _say(f"  {server.name} {endpoint.name}: bad response: {error}")
+                continue
+            url = f"http://{HOST}:{port}{endpoint.path}"
+            try:
+                if args.warmup > 0:
+                    warm = wrk_command(args.load_cpu, args.connections, args.warmup, url)
+                    subprocess.run(warm, capture_output=True, timeout=args.warmup + 30, check=False)
+                cmd = wrk_command(args.load_cpu, args.connections, args.duration, url)
+                m = run_wrk(cmd, args.duration, proc.pid, args.server_cpu, args.load_cpu)
+            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                row.status, row.detail = "wrk failed", str(exc)
+                _say(f"  {server.name} {endpoint.name}: wrk failed: {exc}")
+                continue
+            if proc.poll() is not None:
+                row.status, row.detail = "server died", f"exit code {proc.returncode}"
+                continue
+            fill_row(row, m)
+            _say(
+                f"  {server.name} {endpoint.name}: {m.wrk.requests_per_sec:,.0f} req/s, "
+                f"p99 {_fmt(m.wrk.p99_ms, 2)} ms, server core {m.server_core_pct:.0f} %, "
+                f"load core {m.load_core_pct:.0f} %"
+                + ("" if row.valid else f"  INVALID: {'; '.join(row.invalid_reasons)}")
+                + (f"  WARNING: {'; '.join(row.warnings)}" if row.warnings else "")
+            )
+
+
+def fill_row(row: Row, m: Measured) -> None:
+    row.requests_per_sec = m.wrk.requests_per_sec
+    row.p50_ms, row.p99_ms = m.wrk.p50_ms, m.wrk.p99_ms
+    row.server_core_pct, row.load_core_pct = m.server_core_pct, m.load_core_pct
+    row.server_proc_pct, row.wrk_proc_pct = m.server_proc_pct, m.wrk_proc_pct
+    row.socket_errors, row.non_2xx = m.wrk.socket_errors, m.wrk.non_2xx
+    reasons: list[str] = []
+    if m.server_core_pct < VALID_SERVER_MIN:
+        reasons.append(f"server core {m.server_core_pct:.0f} % < {VALID_SERVER_MIN:.0f} %")
+    if m.load_core_pct >= VALID_LOAD_MAX:
+        reasons.append(f"load core {m.load_core_pct:.0f} % >= {VALID_LOAD_MAX:.0f} %")
+    if m.wrk.socket_errors or m.wrk.non_2xx:
+        reasons.append(f"{m.wrk.socket_errors} socket errors, {m.wrk.non_2xx} non-2xx")
+    row.valid, row.invalid_reasons = not reasons, reasons
+    if m.server_proc_pct is not None and m.server_core_pct - m.server_proc_pct > SHARED_CORE_GAP:
+        row.warnings.append(
+            f"server process only {m.server_proc_pct:.0f} % of its core: other load on the core"
+        )
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) if text else "(empty log)"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(a: Row | None, b: Row | None) -> float | None:
+    if a is None or b is None or not a.requests_per_sec or not b.requests_per_sec:
+        return None
+    return a.requests_per_sec / b.requests_per_sec
+
+
+def _ratio_text(a: Row | None, b: Row | None) -> str:
+    r = _ratio(a, b)
+    if r is None:
+        missing = [x.server for x in (a, b) if x is not None and not x.requests_per_sec]
+        return f"n/a ({', '.join(missing)} has no result)" if missing else "n/a"
+    caveat = "" if a is not None and b is not None and a.valid and b.valid else " (invalid row)"
+    return f"{r:.2f}x{caveat}"
+
+
+def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
+    by_name = {r.server: r for r in rows}
+    uvicorn = by_name.get("uvicorn")
+    out = [
+        f"#### `GET {endpoint.path}`",
+        "",
+        "| server | req/s | p99 (ms) | server core % | server proc % | load core % | valid "
+        "| vs uvicorn |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        if r.requests_per_sec is None:
+            out.append(f"| {r.server} | {r.status} | - | - | - | - | no | - |")
+            continue
+        valid = "yes" if r.valid else f"**no**: {'; '.join(r.invalid_reasons)}"
+        if r.warnings:
+            valid += f" (warning: {'; '.join(r.warnings)})"
+        vs = _ratio(r, uvicorn)
+        out.append(
+            f"| {r.server} | {r.requests_per_sec:,.0f} | {_fmt(r.p99_ms, 2)} "
+            f"| {_fmt(r.server_core_pct, 0)} | {_fmt(r.server_proc_pct, 0)} "
+            f"| {_fmt(r.load_core_pct, 0)} | {valid} | {_fmt(vs, 2)}{'x' if vs else ''} |"
+        )
+    out.append("")
+    rt, tornado = by_name.get("rtserve"), by_name.get("tornado")
+    if rt is not None:
+        out.append(f"- rtserve / uvicorn: {_ratio_text(rt, uvicorn)}")
+        out.append(f"- rtserve / tornado: {_ratio_text(rt, tornado)}")
+    floor = by_name.get("floor")
+    if floor is not None and uvicorn is not None:
+        out.append(f"- floor / uvicorn: {_ratio_text(floor, uvicorn)}")
+    for r in rows:
+        if r.detail:
+            out.append(f"- {r.server}: {r.status}: {r.detail}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_goals(results: dict[str, list[Row]]) -> str:
+    """rtserve's goals: >= 1.5x uvicorn (aim 2x), >= 12x Tornado, p99 no worse than uvicorn."""
+    out = ["#### Goals", ""]
+    for endpoint, rows in results.items():
+        by_name = {r.server: r for r in rows}
+        rt, uv, tor = by_name.get("rtserve"), by_name.get("uvicorn"), by_name.get("tornado")
+        if rt is None or rt.requests_per_sec is None:
+            out.append(f"- {endpoint}: rtserve has no result yet; goals not evaluated.")
+            continue
+        parts = []
+        r_uv, r_tor = _ratio(rt, uv), _ratio(rt, tor)
+        if r_uv is not None:
+            verdict = "met" if r_uv >= 1.5 else "NOT met"
+            aim = ", 2x aim met" if r_uv >= 2.0 else ", 2x aim not reached"
+            parts.append(f">= 1.5x uvicorn: {verdict} ({r_uv:.2f}x{aim if r_uv >= 1.5 else ''})")
+        if r_tor is not None:
+            verdict = "met" if r_tor >= 12 else "NOT met"
+            parts.append(f">= 12x Tornado: {verdict} ({r_tor:.2f}x)")
+        if uv is not None and rt.p99_ms is not None and uv.p99_ms is not None:
+            verdict = "met" if rt.p99_ms <= uv.p99_ms else "NOT met"
+            parts.append(f"p99 <= uvicorn: {verdict} ({rt.p99_ms:.2f} ms vs {uv.p99_ms:.2f} ms)")
+        rows_valid = all(r.valid for r in (rt, uv, tor) if r is not None)
+        suffix = "" if rows_valid else " (some rows invalid: treat as indicative only)"
+        out.append(f"- {endpoint}: " + "; ".join(parts) + suffix)
+    return "\n".join(out) + "\n"
+
+
+def _versions(python: str) -> str:
+    code = (
+        "import importlib.metadata as m\n"
+        "out = []\n"
+        "for n in ('rtserve', 'tornado', 'uvicorn', 'aiohttp', 'uvloop', 'httptools'):\n"
+        "    try: out.append(f'{n} {m.version(n)}')\n"
+        "    except m.PackageNotFoundError: out.append(f'{n} (not installed)')\n"
+        "import platform; out.insert(0, 'Python ' + platform.python_version())\n"
+        "print(', '.join(out))\n"
+    )
+    try:
+        res = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "versions unknown"
+    return res.stdout.strip() or "versions unknown"
+
+
+def _wrk_version() -> str:
+    try:
+        res = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "wrk"
+    first = (res.stdout + res.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0] if first else "wrk"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def render_report(
+    args: argparse.Namespace, endpoints: list[Endpoint], results: dict[str, list[Row]]
+) -> str:
+    out: list[str] = []
+    if args.markdown:
+        command = "python bench/http.py " + " ".join(args.argv_used)
+        out += [
+            "### HTTP: plaintext and JSON with a path parameter",
+            "",
+            f"- Command: `{command.strip()}`",
+            f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- Machine: {os.cpu_count()} cores ({_cpu_model()}), {platform.system()} "
+            f"{platform.release()}; each server is one process pinned to cpu{args.server_cpu}, "
+            f"wrk ({_wrk_version()}) pinned to cpu{args.load_cpu}",
+            f"- Load: `wrk -t1 -c{args.connections} -d{args.duration}s --latency`, after a "
+            f"{args.warmup} s warm-up run (discarded)",
+            f"- Software: {_versions(args.python)}",
+            f"- Valid row: server core >= {VALID_SERVER_MIN:.0f} % busy, load core < "
+            f"{VALID_LOAD_MAX:.0f} % busy, no socket errors or non-2xx responses",
+            "",
+        ]
+    for endpoint in endpoints:
+        out.append(render_endpoint(endpoint, results[endpoint.name]))
+    if "rtserve" in args.servers:
+        out.append(render_goals(results))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark rtserve and peer HTTP servers with wrk, pinned to separate cores.",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds (default 2)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
+    parser.add_argument(
+        "--servers",
+        type=_csv(list(SERVERS)),
+        default=list(SERVERS),
+        help=f"comma-separated subset of {','.join(SERVERS)}",
+    )
+    parser.add_argument(
+        "--endpoints",
+        type=_csv(list(ENDPOINTS)),
+        default=list(ENDPOINTS),
+        help=f"comma-separated subset of {','.join(ENDPOINTS)}",
+    )
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write results as JSON")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print a docs-ready section (command, machine)"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for the servers (default: this one)"
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="server core (default 0)")
+    parser.add_argument("--load-cpu", type=int, default=1, help="wrk core (default 1)")
+    args = parser.parse_args(argv)
+    args.argv_used = list(sys.argv[1:] if argv is None else argv)
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
+        parser.error("--duration and --connections must be >= 1, --warmup >= 0")
+    if args.server_cpu == args.load_cpu:
+        parser.error("--server-cpu and --load-cpu must differ")
+    return args
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"error: {', '.join(missing)} not found on PATH (apt-get install wrk)", file=sys.stderr
+        )
+        return 2
+    cpus = read_cpu_times()
+    if args.server_cpu not in cpus or args.load_cpu not in cpus:
+        print(f"error: cpus {sorted(cpus)} available; need two distinct ones", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)  # even if started with it ignored
+    endpoints = [ENDPOINTS[n] for n in args.endpoints]
+    results: dict[str, list[Row]] = {e.name: [] for e in endpoints}
+    per_run = args.warmup + args.duration
+    estimate = len(args.servers) * (len(endpoints) * per_run + 2)
+    _say(
+        f"benchmarking {', '.join(args.servers)} on {', '.join(e.path for e in endpoints)}: "
+        f"{args.connections} connections, {args.duration} s (+{args.warmup} s warm-up), "
+        f"~{estimate} s total"
+    )
+    try:
+        for name in args.servers:
+            for row in bench_server(args, SERVERS[name], endpoints):
+                results[row.endpoint].append(row)
+    except KeyboardInterrupt:
+        _say("interrupted; servers stopped")
+        return 130
+    print(render_report(args, endpoints, results))
+    if args.json:
+        payload = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": ["python", "bench/http.py", *args.argv_used],
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "server_cpu": args.server_cpu,
+            "load_cpu": args.load_cpu,
+            "results": {k: [asdict(r) for r in v] for k, v in results.items()},
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        _say(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

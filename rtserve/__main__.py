@@ -1,0 +1,3 @@
+from rtserve.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The application layer of rtserve: routing, requests, responses and helpers."""

@@ -1,0 +1,396 @@
+"""The App: owns its router and settings, turns requests into handler calls and responses.
+
+A handler that finishes without awaiting anything is answered inside `data_received`, with no
+Task; one that suspends continues in a Task from where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import inspect
+import logging
+import traceback
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rtserve.app.errors_page import error_response
+from rtserve.app.handler import SENT, Handler
+from rtserve.app.request import Request
+from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Response, dump_json
+from rtserve.app.router import Endpoint, Router
+from rtserve.app.signing import CookieSigner, xsrf_tokens_match
+from rtserve.errors import HTTPError
+from rtserve.server.exchange import Exchange
+from rtserve.server.settings import ServerSettings
+
+log = logging.getLogger("rtserve.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[[], Awaitable[None] | None]
+
+_TEXT_HEADERS = [(b"content-type", TEXT.encode())]
+_JSON_HEADERS = [(b"content-type", JSON.encode())]
+_OCTET_HEADERS = [(b"content-type", OCTETS.encode())]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_COMPRESSIBLE = (
+    "text/",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "image/svg+xml",
+    "application/manifest+json",
+)
+
+
+class App:
+    """A web application: routes, settings and hooks. No global state; make as many as you like.
+
+    cookie_secret: one secret or a list (newest first) for signed cookies; rotation verifies
+    with all of them. xsrf_cookies: require the `_xsrf` token on unsafe form posts.
+    gzip_min_size: compress compressible responses at least this big (None: never).
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings | None = None,
+        *,
+        cookie_secret: str | Sequence[str] | None = None,
+        xsrf_cookies: bool = False,
+        gzip_min_size: int | None = 1024,
+        template_dir: str | Path = "templates",
+    ) -> None:
+        self.settings = settings or ServerSettings()
+        self.router = Router()
+        self.xsrf_cookies = xsrf_cookies
+        self.gzip_min_size = gzip_min_size
+        self.template_dir = Path(template_dir)
+        self._secrets = [cookie_secret] if isinstance(cookie_secret, str) else cookie_secret
+        self._signer: CookieSigner | None = None
+        self._templates: Any = None
+        self.on_startup: list[Hook] = []
+        self.on_shutdown: list[Hook] = []
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def route(
+        self,
+        path: str,
+        methods: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        stream: bool = False,
+    ) -> Callable[[F], F]:
+        """Decorate a function (sync or async) or a `Handler` subclass to answer `path`.
+
+        Functions get `(request, **path_params)`; `methods` defaults to GET (a Handler class
+        answers the methods it defines). `stream=True` lets the handler read the body as it
+        arrives with `request.stream()`.
+        """
+
+        def decorator(handler: F) -> F:
+            self.add_route(path, handler, methods, name=name, stream=stream)
+            return handler
+
+        return decorator
+
+    def add_route(
+        self,
+        path: str,
+        handler: Any,
+        methods: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        stream: bool = False,
+    ) -> Endpoint:
+        """Register `handler` on `path`; see `route`."""
+        is_class = isinstance(handler, type) and issubclass(handler, Handler)
+        if methods is None:
+            methods = handler.allowed_methods() if is_class else ["GET"]
+        if not methods:
+            raise TypeError(f"{handler!r} answers no HTTP method")
+        if name is None and not is_class and getattr(handler, "__name__", "<") != "<lambda>":
+            name = getattr(handler, "__name__", None)
+            if name in self.router._names:
+                name = None
+        return self.router.add(
+            path, list(methods), handler, name=name, stream=stream, is_class=is_class
+        )
+
+    def url_for(self, name: str, **params: Any) -> str:
+        """The path of the named route with `params` filled in."""
+        return self.router.url_for(name, **params)
+
+    def static(self, prefix: str, directory: str | Path, *, name: str | None = None) -> None:
+        """Serve the files under `directory` at `prefix` (e.g. `/static`)."""
+        from rtserve.app.static import StaticFiles
+
+        files = StaticFiles(directory)
+        pattern = prefix.rstrip("/") + "/{path:path}"
+        self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}", is_class=False)
+
+    def static_file(self, path: str, file: str | Path, *, name: str | None = None) -> None:
+        """Serve one file at `path`."""
+        from rtserve.app.static import StaticFile
+
+        self.router.add(path, ["GET"], StaticFile(file), name=name, is_class=False)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        for hook in self.on_startup:
+            result = hook()
+            if result is not None:
+                await result
+
+    async def shutdown(self) -> None:
+        for hook in reversed(self.on_shutdown):
+            result = hook()
+            if result is not None:
+                await result
+
+    def run(self, host: str | None = None, port: int | None = None, **overrides: Any) -> None:
+        """Serve this app until SIGINT/SIGTERM (blocking)."""
+        from rtserve.server.listener import serve
+
+        settings = copy.deepcopy(self.settings)
+        if host is not None:
+            settings.host = host
+        if port is not None:
+            settings.port = port
+        for key, value in overrides.items():
+            setattr(settings, key, value)
+        serve(self, settings)
+
+    # --- helpers for handlers --------------------------------------------------------------
+
+    @property
+    def cookie_signer(self) -> CookieSigner:
+        if self._signer is None:
+            if not self._secrets:
+                raise RuntimeError("signed cookies need App(cookie_secret=...)")
+            self._signer = CookieSigner(list(self._secrets))
+        return self._signer
+
+    def render_template(self, template: str, **context: Any) -> str:
+        """Render a Jinja2 template from `template_dir` (needs `pip install rtserve[templates]`)."""
+        if self._templates is None:
+            try:
+                import jinja2
+            except ImportError:
+                raise RuntimeError(
+                    "templates need Jinja2: pip install 'rtserve[templates]'"
+                ) from None
+            self._templates = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(str(self.template_dir)),
+                autoescape=jinja2.select_autoescape(default=True),
+                enable_async=False,
+            )
+            self._templates.globals["url_for"] = self.url_for
+        return str(self._templates.get_template(template).render(**context))
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        """An HTML response rendered from a Jinja2 template."""
+        return HTMLResponse(self.render_template(template, **context), status)
+
+    # --- the server's entry points ---------------------------------------------------------
+
+    def wants_stream(self, exchange: Exchange) -> bool:
+        head = exchange.head
+        try:
+            match: Any = self.router.match(head.method, head.path, head.raw_path)
+        except HTTPError as error:
+            match = error
+        exchange.scope = match
+        return type(match) is tuple and bool(match[0].options.get("stream"))
+
+    def dispatch(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        match = exchange.scope
+        if type(match) is not tuple:
+            request = Request(exchange, self, {})
+            return self._send_error(request, match)
+        endpoint, params = match
+        request = Request(exchange, self, params)
+        try:
+            if self.xsrf_cookies and exchange.head.method not in _SAFE_METHODS:
+                self._check_xsrf(request)
+            if endpoint.options["is_class"]:
+                result: Any = self._run_class(endpoint.handler, request, params)
+            elif params:
+                result = endpoint.handler(request, **params)
+            else:
+                result = endpoint.handler(request)
+            if type(result) is types.CoroutineType:
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    return self._finish_later(request, result, yielded)
+            return self._send(request, result)
+        except Exception as exc:
+            return self._on_exception(request, exc)
+
+    async def _finish_later(
+        self, request: Request, coro: Coroutine[Any, Any, Any], yielded: Any
+    ) -> None:
+        try:
+            result = await _resume(coro, yielded)
+            pending = self._send(request, result)
+        except Exception as exc:
+            pending = self._on_exception(request, exc)
+        if pending is not None:
+            await pending
+
+    async def _run_class(self, cls: type[Handler], request: Request, params: dict[str, Any]) -> Any:
+        handler = cls(request, params)
+        try:
+            try:
+                prepared = handler.prepare()
+                if inspect.isawaitable(prepared):
+                    await prepared
+                method = getattr(handler, request.method.lower(), None)
+                if method is None and request.method == "HEAD":
+                    method = handler.get  # type: ignore[attr-defined]
+                result = method(**params) if method is not None else None
+                if inspect.isawaitable(result):
+                    result = await result
+                pending = self._send(request, handler._result(result))
+            except Exception as exc:
+                pending = self._on_exception(request, exc)
+            if pending is not None:
+                await pending
+        finally:
+            finished = handler.on_finish()
+            if inspect.isawaitable(finished):
+                await finished
+        return SENT
+
+    def _send(self, request: Request, result: Any) -> Coroutine[Any, Any, None] | None:
+        kind = type(result)
+        if kind is str:
+            body = result.encode("utf-8")
+            headers = _TEXT_HEADERS
+        elif kind is dict or kind is list:
+            body = dump_json(result)
+            headers = _JSON_HEADERS
+        elif kind is bytes:
+            body = result
+            headers = _OCTET_HEADERS
+        elif isinstance(result, Response):
+            return self._send_response(request, result)
+        elif result is None:
+            return self._send_response(request, Response(b"", 204))
+        elif result is SENT:
+            return None
+        else:
+            raise TypeError(
+                f"handler returned {kind.__name__}; return str, bytes, dict, list, a Response "
+                "or None"
+            )
+        gzip_min = self.gzip_min_size
+        if request._xsrf_new or (gzip_min is not None and len(body) >= gzip_min):
+            response = Response(body)
+            response.headers = [(n.decode(), v.decode()) for n, v in headers]
+            return self._send_response(request, response)
+        request.exchange.respond(200, headers, body)
+        return None
+
+    def _send_response(
+        self, request: Request, response: Response
+    ) -> Coroutine[Any, Any, None] | None:
+        if request._xsrf_new:
+            response.set_cookie("_xsrf", request._xsrf_new, httponly=False, samesite="Strict")
+        gzip_min = self.gzip_min_size
+        if gzip_min is not None and len(response.body) >= gzip_min:
+            _maybe_gzip(request, response)
+        return response.send(request.exchange)
+
+    def _check_xsrf(self, request: Request) -> None:
+        submitted = request.headers.get("x-xsrftoken") or request.headers.get("x-csrftoken")
+        if (
+            submitted is None
+            and not request.exchange.streaming
+            and request.content_type.startswith(
+                ("application/x-www-form-urlencoded", "multipart/form-data")
+            )
+        ):
+            from rtserve.app.forms import parse_form
+
+            limits = self.settings.limits
+            form = parse_form(
+                request.content_type,
+                request.body,
+                max_fields=limits.max_form_fields,
+                max_file_size=limits.max_upload_size,
+            )
+            request._form = form
+            value = form.get("_xsrf")
+            submitted = value if isinstance(value, str) else None
+        if not xsrf_tokens_match(request.cookies.get("_xsrf"), submitted):
+            raise HTTPError(403, "XSRF token missing or wrong")
+
+    def _on_exception(self, request: Request, exc: Exception) -> Coroutine[Any, Any, None] | None:
+        if isinstance(exc, HTTPError):
+            return self._send_error(request, exc)
+        log.error("unhandled error in %s %s", request.method, request.target, exc_info=exc)
+        trace = "".join(traceback.format_exception(exc)) if self.settings.debug else None
+        return self._send_error(request, HTTPError(500), trace)
+
+    def _send_error(
+        self, request: Request, error: HTTPError, trace: str | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        exchange = request.exchange
+        if exchange.started:
+            # Too late for an error page: end the response and drop the connection.
+            exchange.conn.must_close = True
+            exchange.end()
+            return None
+        return error_response(request, error, trace).send(exchange)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Continue `coro` inside a Task from its first suspension point (which yielded `yielded`)."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            yielded = coro.send(sent)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _maybe_gzip(request: Request, response: Response) -> None:
+    content_type = response.get_header("content-type") or ""
+    if not content_type.startswith(_COMPRESSIBLE) or response.has_header("content-encoding"):
+        return
+    if response.status < 200 or response.status in (204, 206, 304):
+        return
+    accept = request.headers.get("accept-encoding", "")
+    if not _accepts_gzip(accept):
+        return
+    response.body = gzip.compress(response.body, 6, mtime=0)
+    response.set_header("content-encoding", "gzip")
+    vary = response.get_header("vary")
+    response.set_header("vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
+__all__ = ["HTML", "App"]

@@ -1,0 +1,251 @@
+"""Path routing: literal and typed parameter segments, 404/405, automatic HEAD, url_for.
+
+Literal paths resolve with one dict lookup; paths with parameters walk a segment tree, so the
+cost of a match grows with the path's depth, not with the number of routes. Patterns:
+`/rooms/{room}` (one segment), `{id:int}`, `{key:uuid}`, `{rest:path}` (the remainder, last).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+from rtserve.errors import HTTPError, RouteError
+
+Converter = Callable[[str], Any]
+
+
+def _to_str(segment: str) -> str:
+    if not segment:
+        raise ValueError("empty segment")
+    return segment
+
+
+def _to_int(segment: str) -> int:
+    if not segment.isascii() or not segment.isdigit():
+        raise ValueError("not an int")
+    return int(segment)
+
+
+CONVERTERS: dict[str, Converter] = {
+    "str": _to_str,
+    "int": _to_int,
+    "uuid": uuid.UUID,
+    "path": str,
+}
+# Tried in this order when several parameter kinds sit at the same place.
+_SPECIFICITY = {"int": 0, "uuid": 1, "str": 2}
+
+
+@dataclass(slots=True)
+class Param:
+    name: str
+    kind: str
+
+
+Segment = str | Param
+
+
+def parse_pattern(pattern: str) -> list[Segment]:
+    """Split `/a/{b:int}` into ['a', Param('b', 'int')]; raises RouteError when malformed."""
+    if not pattern.startswith("/"):
+        raise RouteError(f"route {pattern!r} must start with '/'")
+    segments: list[Segment] = []
+    names: set[str] = set()
+    parts = pattern[1:].split("/")
+    for index, part in enumerate(parts):
+        if part.startswith("{") and part.endswith("}"):
+            name, _, kind = part[1:-1].partition(":")
+            kind = kind or "str"
+            if not name.isidentifier():
+                raise RouteError(f"route {pattern!r}: bad parameter name {name!r}")
+            if kind not in CONVERTERS:
+                raise RouteError(
+                    f"route {pattern!r}: unknown type {kind!r} (one of {', '.join(CONVERTERS)})"
+                )
+            if kind == "path" and index != len(parts) - 1:
+                raise RouteError(f"route {pattern!r}: a path parameter must come last")
+            if name in names:
+                raise RouteError(f"route {pattern!r}: parameter {name!r} appears twice")
+            names.add(name)
+            segments.append(Param(name, kind))
+        elif "{" in part or "}" in part:
+            raise RouteError(f"route {pattern!r}: a parameter must fill a whole segment")
+        else:
+            segments.append(part)
+    return segments
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """What answers one method on one route."""
+
+    handler: Any
+    pattern: str
+    segments: list[Segment]
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    params: list[tuple[str, _Node]] = field(default_factory=list)  # (kind, child)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # method -> endpoint
+    rest: dict[str, Endpoint] = field(default_factory=dict)  # {x:path} endpoints here
+
+    def child_param(self, kind: str) -> _Node:
+        for existing, node in self.params:
+            if existing == kind:
+                return node
+        node = _Node()
+        self.params.append((kind, node))
+        self.params.sort(key=lambda item: _SPECIFICITY.get(item[0], 9))
+        return node
+
+
+Match = tuple[Endpoint, dict[str, Any]]
+
+
+class Router:
+    """Maps (method, path) to an Endpoint and its converted path parameters."""
+
+    def __init__(self) -> None:
+        self._literal: dict[str, dict[str, Endpoint]] = {}
+        self._root = _Node()
+        self._names: dict[str, Endpoint] = {}
+        self.endpoints: list[tuple[str, Endpoint]] = []
+
+    def add(
+        self,
+        pattern: str,
+        methods: list[str],
+        handler: Any,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Endpoint:
+        """Register `handler` for `methods` on `pattern`; RouteError on any clash."""
+        segments = parse_pattern(pattern)
+        endpoint = Endpoint(handler, pattern, segments, name, options)
+        if name is not None:
+            if name in self._names and self._names[name].pattern != pattern:
+                raise RouteError(
+                    f"route name {name!r} is used by {self._names[name].pattern!r} and {pattern!r}"
+                )
+            self._names[name] = endpoint
+        if all(isinstance(s, str) for s in segments):
+            table = self._literal.setdefault(pattern, {})
+        else:
+            node = self._root
+            for segment in segments[:-1]:
+                node = self._step(node, segment)
+            last = segments[-1]
+            if isinstance(last, Param) and last.kind == "path":
+                table = node.rest
+            else:
+                table = self._step(node, last).endpoints
+        for method in methods:
+            method = method.upper()
+            if method in table:
+                raise RouteError(
+                    f"{method} {pattern!r} conflicts with {method} {table[method].pattern!r}"
+                )
+            table[method] = endpoint
+            self.endpoints.append((method, endpoint))
+        return endpoint
+
+    @staticmethod
+    def _step(node: _Node, segment: Segment) -> _Node:
+        if isinstance(segment, str):
+            return node.literals.setdefault(segment, _Node())
+        return node.child_param(segment.kind)
+
+    def match(self, method: str, path: str, raw_path: bytes | None = None) -> Match:
+        """Find the endpoint for a request; raises HTTPError 404 or 405 (with Allow)."""
+        table = self._literal.get(path)
+        params: dict[str, Any] = {}
+        if table is None:
+            if raw_path is not None and b"%" in raw_path:
+                parts = [unquote(p) for p in raw_path.decode("latin-1")[1:].split("/")]
+            else:
+                parts = path[1:].split("/")
+            found = self._walk(self._root, parts, 0, [])
+            if found is None:
+                raise HTTPError(404)
+            table, values = found
+            endpoint = next(iter(table.values()))
+            params = self._bind(endpoint, values)
+        endpoint_for_method = table.get(method)
+        if endpoint_for_method is None and method == "HEAD":
+            endpoint_for_method = table.get("GET")
+        if endpoint_for_method is None:
+            raise HTTPError(405, headers={"Allow": ", ".join(_allowed(table))})
+        if params and endpoint_for_method is not next(iter(table.values())):
+            # Methods on one node may name their parameters differently.
+            params = self._bind(endpoint_for_method, list(params.values()))
+        return endpoint_for_method, params
+
+    def _walk(
+        self, node: _Node, parts: list[str], index: int, values: list[Any]
+    ) -> tuple[dict[str, Endpoint], list[Any]] | None:
+        if index == len(parts):
+            return (node.endpoints, values) if node.endpoints else None
+        part = parts[index]
+        child = node.literals.get(part)
+        if child is not None:
+            found = self._walk(child, parts, index + 1, values)
+            if found is not None:
+                return found
+        for kind, param_child in node.params:
+            try:
+                value = CONVERTERS[kind](part)
+            except ValueError:
+                continue
+            found = self._walk(param_child, parts, index + 1, [*values, value])
+            if found is not None:
+                return found
+        if node.rest:
+            return node.rest, [*values, "/".join(parts[index:])]
+        return None
+
+    @staticmethod
+    def _bind(endpoint: Endpoint, values: list[Any]) -> dict[str, Any]:
+        names = [s.name for s in endpoint.segments if isinstance(s, Param)]
+        return dict(zip(names, values, strict=True))
+
+    def url_for(self, name: str, **params: Any) -> str:
+        """The path of the route called `name` with `params` filled in (and checked)."""
+        endpoint = self._names.get(name)
+        if endpoint is None:
+            raise RouteError(f"no route named {name!r}")
+        wanted = {s.name for s in endpoint.segments if isinstance(s, Param)}
+        if set(params) != wanted:
+            raise RouteError(
+                f"route {name!r} needs parameters {sorted(wanted)}, got {sorted(params)}"
+            )
+        out = []
+        for segment in endpoint.segments:
+            if isinstance(segment, str):
+                out.append(quote(segment))
+                continue
+            value = str(params[segment.name])
+            if segment.kind != "path":
+                try:
+                    CONVERTERS[segment.kind](value)
+                except ValueError:
+                    raise RouteError(
+                        f"route {name!r}: {segment.name}={value!r} is not a {segment.kind}"
+                    ) from None
+            out.append(quote(value, safe="/" if segment.kind == "path" else ""))
+        return "/" + "/".join(out)
+
+
+def _allowed(table: dict[str, Endpoint]) -> list[str]:
+    methods = set(table)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)

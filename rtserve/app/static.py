@@ -1,0 +1,172 @@
+"""Static files: a folder or one file, with content types, validators, ranges and sendfile.
+
+Paths are checked twice against traversal: no `..`/`.` segment, backslash or NUL is accepted,
+and the resolved path must lie inside the folder. Bodies above a small size go out with the
+kernel's sendfile (or a worker-thread read under TLS), never a blocking read on the loop.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rtserve.app.conditional import (
+    format_http_date,
+    if_range_allows,
+    is_not_modified,
+    make_etag,
+    parse_range,
+)
+from rtserve.app.response import Response
+from rtserve.errors import HTTPError
+from rtserve.server.exchange import Exchange
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+
+INLINE_LIMIT = 64 * 1024  # smaller files are read and sent in one write
+_TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+
+
+def content_type_for(path: str) -> str:
+    """The Content-Type for a file name (UTF-8 for text types)."""
+    kind, _ = mimetypes.guess_type(path)
+    if kind is None:
+        return "application/octet-stream"
+    if kind.startswith(_TEXT_TYPES) and "charset" not in kind:
+        kind += "; charset=utf-8"
+    return kind
+
+
+class FileResponse(Response):
+    """A file from disk, honouring If-None-Match/If-Modified-Since, Range and HEAD."""
+
+    __slots__ = ("path", "request")
+
+    def __init__(self, path: str | Path, request: Request, headers: Any = None) -> None:
+        super().__init__(b"", 200, headers, content_type_for(str(path)))
+        self.path = str(path)
+        self.request = request
+
+    def send(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise HTTPError(404) from None
+        except PermissionError:
+            raise HTTPError(403) from None
+        file = os.fdopen(fd, "rb")
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise HTTPError(404)
+            pending = self._send_open(exchange, file, info)
+        except BaseException:
+            file.close()
+            raise
+        if pending is None:
+            file.close()
+        return pending
+
+    def _send_open(
+        self, exchange: Exchange, file: Any, info: os.stat_result
+    ) -> Coroutine[Any, Any, None] | None:
+        headers = self.request.headers
+        size = info.st_size
+        etag = make_etag(size, info.st_mtime_ns)
+        self.set_header("etag", etag)
+        self.set_header("last-modified", format_http_date(info.st_mtime))
+        self.set_header("accept-ranges", "bytes")
+        if is_not_modified(
+            etag=etag,
+            mtime=info.st_mtime,
+            if_none_match=headers.get("if-none-match"),
+            if_modified_since=headers.get("if-modified-since"),
+        ):
+            exchange.respond(304, self.raw_headers(exchange.client_and_scheme[1]))
+            return None
+        start, end = 0, size - 1
+        status = 200
+        byte_range = None
+        if if_range_allows(headers.get("if-range"), etag, info.st_mtime):
+            byte_range = parse_range(headers.get("range"), size)
+        if byte_range is not None:
+            start, end = byte_range
+            status = 206
+            self.set_header("content-range", f"bytes {start}-{end}/{size}")
+        count = end - start + 1 if size else 0
+        raw = self.raw_headers(exchange.client_and_scheme[1])
+        if count <= INLINE_LIMIT or exchange.head_only:
+            if exchange.head_only:
+                exchange.start(status, raw, count)
+                exchange.end()
+            else:
+                exchange.respond(status, raw, os.pread(file.fileno(), count, start))
+            return None
+        return self._sendfile(exchange, file, status, raw, start, count)
+
+    async def _sendfile(
+        self,
+        exchange: Exchange,
+        file: Any,
+        status: int,
+        raw: list[tuple[bytes, bytes]],
+        start: int,
+        count: int,
+    ) -> None:
+        try:
+            exchange.start(status, raw, count)
+            await exchange.sendfile(file, start, count)
+            exchange.end()
+        finally:
+            file.close()
+
+
+def safe_join(root: Path, relative: str) -> Path | None:
+    """`root/relative` if it stays inside `root`; None for any traversal attempt."""
+    if "\0" in relative or "\\" in relative:
+        return None
+    parts = [p for p in relative.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return None
+    candidate = (root / "/".join(parts)).resolve()
+    if candidate != root and root not in candidate.parents:
+        return None
+    return candidate
+
+
+class StaticFiles:
+    """A route target serving every file below `directory` (index.html for folders)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.root = Path(directory).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"static folder {str(directory)!r} does not exist")
+
+    def __call__(self, request: Request, path: str) -> Response:
+        target = safe_join(self.root, path)
+        if target is None:
+            raise HTTPError(404)
+        if target.is_dir():
+            if path and not path.endswith("/"):
+                from rtserve.app.response import RedirectResponse
+
+                return RedirectResponse(request.path + "/", 301)
+            target = target / "index.html"
+        return FileResponse(target, request)
+
+
+class StaticFile:
+    """A route target serving one file."""
+
+    def __init__(self, file: str | Path) -> None:
+        self.file = Path(file).resolve()
+        if not self.file.is_file():
+            raise ValueError(f"static file {str(file)!r} does not exist")
+
+    def __call__(self, request: Request) -> Response:
+        return FileResponse(self.file, request)

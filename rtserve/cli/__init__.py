@@ -1,0 +1,1 @@
+"""The `rtserve` command line."""

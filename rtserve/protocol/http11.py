@@ -1,0 +1,328 @@
+"""HTTP/1.1 request parsing (over httptools/llhttp) and response serialisation, sans-I/O.
+
+`RequestParser.feed(data)` turns bytes into a list of events: a `RequestHead`, body chunks
+(`bytes`), `END_OF_MESSAGE`, or `UpgradeRequested`. It raises `ProtocolError` carrying the
+status to answer with (400, 413, 431, 501) and never anything else; after an error the parser
+is dead and the connection must close. Limits are constructor parameters.
+
+The serialisers build whole response heads as bytes; the caller adds the body and writes once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from rtserve.errors import ProtocolError
+
+Header = tuple[bytes, bytes]
+
+
+class EndOfMessage:
+    """Marks the end of one request (its body, if any, has been delivered)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_MESSAGE"
+
+
+END_OF_MESSAGE: Final = EndOfMessage()
+
+
+@dataclass(slots=True)
+class UpgradeRequested:
+    """The request asked to switch protocols; `data` is what followed its head on the wire."""
+
+    data: bytes
+
+
+class RequestHead:
+    """Everything known about a request once its headers are in."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query_string",
+        "raw_path",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[Header],
+        version: str = "1.1",
+        keep_alive: bool = True,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade = False
+        raw_path, _, query = target.partition(b"?")
+        if raw_path[:1] != b"/" and raw_path != b"*":
+            raw_path = _origin_form(raw_path)
+        self.raw_path = raw_path
+        self.query_string = query
+        decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+        self.path = decoded.decode("utf-8", "surrogateescape")
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+def _origin_form(target: bytes) -> bytes:
+    """The path of an absolute-form target (`http://host/p` -> `/p`)."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or not scheme.isalpha():
+        raise ProtocolError(400, "bad request target")
+    slash = rest.find(b"/")
+    return rest[slash:] if slash >= 0 else b"/"
+
+
+Event = RequestHead | bytes | EndOfMessage | UpgradeRequested
+
+
+class RequestParser:
+    """Incremental HTTP/1.1 request parser with size limits.
+
+    max_head_size: bytes of request line plus headers (431 beyond).
+    max_headers: number of header fields (431 beyond).
+    max_body_size: bytes of body, declared or chunked (413 beyond); None for no limit.
+    """
+
+    __slots__ = (
+        "_body_bytes",
+        "_content_length",
+        "_dead",
+        "_error",
+        "_events",
+        "_expect",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_parser",
+        "_te",
+        "_url",
+        "max_body_size",
+        "max_head_size",
+        "max_headers",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_head_size: int = 16 * 1024,
+        max_headers: int = 100,
+        max_body_size: int | None = 1024 * 1024,
+    ) -> None:
+        self.max_head_size = max_head_size
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._error: ProtocolError | None = None
+        self._dead = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[Header] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._content_length: bytes | None = None
+        self._te: bytes | None = None
+        self._expect = False
+        self._body_bytes = 0
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has started but is not complete."""
+        return self._in_head
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse `data`; return the events it completes. Raises ProtocolError."""
+        if self._dead:
+            raise ProtocolError(400, "connection already failed")
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            events.append(UpgradeRequested(bytes(data[offset:])))
+            self._dead = True
+            return events
+        except httptools.HttpParserError as exc:
+            self._dead = True
+            if self._error is not None:
+                raise self._error from None
+            raise ProtocolError(400, _reason(exc)) from None
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_size:
+                self._dead = True
+                raise ProtocolError(431, "request head too large")
+        return events
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._error = ProtocolError(status, reason)
+        raise self._error
+
+    # httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.max_head_size:
+            self._fail(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self.max_headers:
+            self._fail(431, "too many header fields")
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            self._content_length = value
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._te = value
+        elif size == 6 and name.lower() == b"expect":
+            if value.lower() != b"100-continue":
+                self._fail(417, "unsupported expectation")
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        head_size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if head_size > self.max_head_size:
+            self._fail(431, "request head too large")
+        self._in_head = False
+        head = RequestHead(
+            parser.get_method().decode("ascii"),
+            self._url,
+            self._headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+        )
+        if self._te is not None:
+            if self._te.strip().lower() != b"chunked":
+                self._fail(501, "unsupported transfer coding")
+            head.chunked = True
+        elif self._content_length is not None:
+            length = int(self._content_length)
+            if self.max_body_size is not None and length > self.max_body_size:
+                self._fail(413, "request body too large")
+            head.content_length = length
+        head.expect_continue = self._expect
+        head.upgrade = parser.should_upgrade()
+        self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self.max_body_size is not None and self._body_bytes > self.max_body_size:
+            self._fail(413, "request body too large")
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._events.append(END_OF_MESSAGE)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip() or "malformed request"
+    return text[:80]
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+
+
+STATUS_LINES: Final[dict[int, bytes]] = {int(s): _status_line(int(s)) for s in HTTPStatus}
+
+CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 <status> <phrase>\\r\\n`, for any status 100-999."""
+    line = STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid HTTP status {status}")
+        line = _status_line(status)
+    return line
+
+
+def encode_headers(headers: list[Header]) -> bytes:
+    """Serialise header fields; refuses CR/LF/NUL in names or values (header injection)."""
+    parts = []
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name or not name:
+            raise ValueError(f"invalid header field {name!r}")
+        parts.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(parts)
+
+
+def response_head(
+    status: int,
+    headers: list[Header],
+    *,
+    content_length: int | None,
+    keep_alive: bool,
+    date: bytes,
+    server: bytes = b"",
+) -> bytes:
+    """A complete response head. `content_length=None` means chunked transfer coding.
+
+    `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
+    """
+    if content_length is None:
+        length = b"transfer-encoding: chunked\r\n"
+    elif status < 200 or status == 204 or status == 304:
+        length = b""
+    else:
+        length = b"content-length: %d\r\n" % content_length
+    return b"".join(
+        (
+            status_line(status),
+            encode_headers(headers),
+            length,
+            date,
+            server,
+            b"" if keep_alive else b"connection: close\r\n",
+            b"\r\n",
+        )
+    )
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (empty data encodes nothing: the last chunk is explicit)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)

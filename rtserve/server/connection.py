@@ -1,0 +1,356 @@
+"""The HTTP/1.1 connection: an asyncio.Protocol that moves bytes between socket and app.
+
+Requests are parsed in `data_received` and answered strictly in order (pipelining). Each
+connection is in one timer phase: IDLE (keep-alive timeout), HEAD (header timeout), BODY (body
+read timeout) or BUSY (no timeout while the app answers). The server's ticker enforces them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from rtserve.errors import ProtocolError
+from rtserve.protocol.http11 import (
+    CONTINUE_RESPONSE,
+    END_OF_MESSAGE,
+    RequestHead,
+    RequestParser,
+    UpgradeRequested,
+    response_head,
+)
+from rtserve.server.exchange import ClientDisconnected, Exchange
+
+if TYPE_CHECKING:
+    from rtserve.server.state import ServerState
+
+log = logging.getLogger("rtserve.server")
+
+IDLE, HEAD, BODY, BUSY = range(4)
+INF = float("inf")
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client connection speaking HTTP/1.1 (and 1.0)."""
+
+    __slots__ = (
+        "_closed_future",
+        "_continue_sent",
+        "_drain_waiter",
+        "_reading_paused_body",
+        "_reading_paused_queue",
+        "_watched",
+        "active",
+        "closed",
+        "deadline",
+        "must_close",
+        "parser",
+        "peer",
+        "phase",
+        "queue",
+        "receiving",
+        "state",
+        "transport",
+        "writing_paused",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        limits = state.settings.limits
+        self.parser = RequestParser(
+            max_head_size=limits.max_head_size,
+            max_headers=limits.max_headers,
+            max_body_size=limits.max_body_size,
+        )
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer: tuple[str, int] = ("", 0)
+        self.active: Exchange | None = None
+        self.receiving: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.phase = IDLE
+        self.deadline = INF
+        self.closed = False
+        self.must_close = False
+        self.writing_paused = False
+        self._reading_paused_queue = False
+        self._reading_paused_body = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed_future: asyncio.Future[None] | None = None
+        self._continue_sent = False
+        self._watched: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        state = self.state
+        limits = state.settings.limits
+        self.transport.set_write_buffer_limits(limits.write_buffer_high, limits.write_buffer_low)
+        state.connection_opened(self)
+        # A new connection must send its first request head in time (slowloris).
+        self.phase = HEAD
+        self.deadline = state.now + state.settings.timeouts.header
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connection_closed(self)
+        for fut in (self._drain_waiter, self._closed_future, self._watched):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._drain_waiter = None
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.active is None and self.queue:
+            self._start_next()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        for event in events:
+            kind = type(event)
+            if kind is RequestHead:
+                self._on_head(event)  # type: ignore[arg-type]
+            elif kind is bytes:
+                receiving = self.receiving
+                if receiving is not None:
+                    receiving._feed(event)  # type: ignore[arg-type]
+            elif event is END_OF_MESSAGE:
+                self._on_end()
+            elif kind is UpgradeRequested:
+                # Upgrades are not spoken here: answer the request as plain HTTP, then close.
+                self.must_close = True
+        self._rearm()
+
+    def eof_received(self) -> bool | None:
+        if self.active is None:
+            self.transport.close()
+            return None
+        self.must_close = True
+        return True  # half-close: finish answering what was asked
+
+    # --- request flow ----------------------------------------------------------------------
+
+    def _on_head(self, head: RequestHead) -> None:
+        state = self.state
+        exchange = Exchange(self, head, perf_counter() if state.access_log else 0.0)
+        self.receiving = exchange
+        if self.active is None and not self.queue:
+            self._activate(exchange)
+        else:
+            self.queue.append(exchange)
+            if len(self.queue) >= state.settings.limits.max_pipelined and not (
+                self._reading_paused_queue
+            ):
+                self._reading_paused_queue = True
+                self.transport.pause_reading()
+
+    def _on_end(self) -> None:
+        exchange = self.receiving
+        if exchange is None:
+            return
+        self.receiving = None
+        exchange._complete()
+        if exchange is self.active and not exchange.streaming and exchange.task is None:
+            if not exchange.started:
+                self._dispatch(exchange)
+
+    def _activate(self, exchange: Exchange) -> None:
+        self.active = exchange
+        self._continue_sent = False
+        app = self.state.app
+        exchange.streaming = app.wants_stream(exchange)
+        if exchange.streaming:
+            # Hand over what arrived before the handler asked for a stream.
+            parts = exchange._body_parts
+            exchange._body_parts = []
+            for part in parts:
+                exchange._feed(part)
+            self._dispatch(exchange)
+        elif exchange.body_complete:
+            self._dispatch(exchange)
+        else:
+            self.send_continue(exchange)
+
+    def send_continue(self, exchange: Exchange) -> None:
+        """Answer `Expect: 100-continue` once, when the body is actually wanted."""
+        if exchange.head.expect_continue and not self._continue_sent and not exchange.started:
+            self._continue_sent = True
+            if not exchange.body_complete and not self.closed:
+                self.transport.write(CONTINUE_RESPONSE)
+
+    def _dispatch(self, exchange: Exchange) -> None:
+        try:
+            coro = self.state.app.dispatch(exchange)
+        except Exception:
+            log.exception("request dispatch failed")
+            self._internal_error(exchange)
+            return
+        if coro is not None:
+            task = self.state.loop.create_task(coro)
+            exchange.task = task
+            self.state.track(task, exchange)
+
+    def _internal_error(self, exchange: Exchange) -> None:
+        if not exchange.started:
+            exchange.respond(
+                500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error\n"
+            )
+        elif not exchange.finished:
+            self.must_close = True
+            exchange.end()
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """Called by an exchange when its response is complete."""
+        state = self.state
+        if state.access_log:
+            state.log_access(exchange)
+        if exchange is not self.active:
+            return
+        self.active = None
+        if not exchange.body_complete:
+            self.must_close = True  # the rest of its body is unread: the stream is unusable
+        if self.must_close or not exchange.head.keep_alive or state.shutting_down:
+            self.close()
+            return
+        if self.queue:
+            if not self.writing_paused:
+                self._start_next()
+        self._rearm()
+
+    def _start_next(self) -> None:
+        exchange = self.queue.popleft()
+        if self._reading_paused_queue and len(self.queue) < (
+            self.state.settings.limits.max_pipelined // 2
+        ):
+            self._reading_paused_queue = False
+            if not self._reading_paused_body:
+                self.transport.resume_reading()
+        self._activate(exchange)
+        self._rearm()
+
+    def keep_alive_after(self, exchange: Exchange) -> bool:
+        """Whether the connection stays open after this exchange's response."""
+        return exchange.head.keep_alive and not self.must_close and not self.state.shutting_down
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        state = self.state
+        timeouts = state.settings.timeouts
+        if self.parser.in_head:
+            if self.phase != HEAD:
+                self.phase = HEAD
+                self.deadline = state.now + timeouts.header
+        elif self.receiving is not None:
+            self.phase = BODY
+            self.deadline = state.now + timeouts.body
+        elif self.active is not None or self.queue:
+            self.phase = BUSY
+            self.deadline = INF
+        elif self.phase != IDLE:
+            self.phase = IDLE
+            self.deadline = state.now + timeouts.keepalive
+
+    def on_timeout(self) -> None:
+        """The current phase's deadline passed."""
+        phase = self.phase
+        self.deadline = INF
+        if phase == IDLE:
+            self.close()
+        elif phase == HEAD:
+            self.state.limit_hit(self, 408, "request head not received in time")
+            self._send_error_and_close(408, "request head not received in time")
+        elif phase == BODY:
+            self.state.limit_hit(self, 408, "request body stalled")
+            self._send_error_and_close(408, "request body stalled")
+
+    # --- errors and closing ----------------------------------------------------------------
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        self.state.limit_hit(self, exc.status, exc.reason)
+        self._send_error_and_close(exc.status, exc.reason)
+
+    def _send_error_and_close(self, status: int, reason: str) -> None:
+        active = self.active
+        if not self.closed and (active is None or not active.started):
+            body = f"{status} {reason}\n".encode()
+            head = response_head(
+                status,
+                [(b"content-type", b"text/plain; charset=utf-8")],
+                content_length=len(body),
+                keep_alive=False,
+                date=self.state.date_line,
+                server=self.state.server_line,
+            )
+            self.transport.write(head + body)
+            if active is not None:
+                active.started = active.finished = True
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.transport.abort()
+
+    # --- flow control helpers for exchanges ------------------------------------------------
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ClientDisconnected("client disconnected")
+        if not self.writing_paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = self.state.loop.create_future()
+        await waiter
+        if self.closed:
+            raise ClientDisconnected("client disconnected")
+
+    def closed_future(self) -> asyncio.Future[None]:
+        fut = self._closed_future
+        if fut is None:
+            fut = self._closed_future = self.state.loop.create_future()
+            if self.closed:
+                fut.set_result(None)
+        return fut
+
+    def watch(self, fut: asyncio.Future[Any]) -> None:
+        """Complete `fut` if the connection is lost while something waits on it."""
+        self._watched = fut
+
+    def pause_reading_for_body(self) -> None:
+        if not self._reading_paused_body and not self.closed:
+            self._reading_paused_body = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_body(self) -> None:
+        if self._reading_paused_body and not self.closed:
+            self._reading_paused_body = False
+            if not self._reading_paused_queue:
+                self.transport.resume_reading()
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self.queue and not self.parser.in_head

@@ -1,0 +1,273 @@
+"""One request/response exchange on an HTTP/1.1 connection, as the app layer sees it.
+
+The app reads the request head and body from it and answers through it: `respond()` writes a
+whole response at once; `start()`/`write()`/`drain()`/`end()` stream one; `sendfile()` sends
+part of a file without reading it into Python. Exactly one answer per exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from rtserve.protocol.http11 import (
+    LAST_CHUNK,
+    Header,
+    RequestHead,
+    encode_chunk,
+    response_head,
+)
+
+if TYPE_CHECKING:
+    from rtserve.server.connection import HTTPConnection
+
+
+class ClientDisconnected(ConnectionError):
+    """The client went away before the response was complete."""
+
+
+STREAM_HIGH_WATER = 64 * 1024
+
+
+class Exchange:
+    """A request read from a connection, and the means to answer it in order."""
+
+    __slots__ = (
+        "_body_parts",
+        "_body_waiter",
+        "_chunked",
+        "_client",
+        "_stream_buffer",
+        "_streamed",
+        "body",
+        "body_complete",
+        "conn",
+        "finished",
+        "head",
+        "head_only",
+        "response_bytes",
+        "scope",
+        "start_time",
+        "started",
+        "status",
+        "streaming",
+        "task",
+    )
+
+    def __init__(self, conn: HTTPConnection, head: RequestHead, start_time: float) -> None:
+        self.conn = conn
+        self.head = head
+        self.start_time = start_time
+        self.body = b""
+        self.body_complete = head.content_length is None and not head.chunked
+        self.head_only = head.method == "HEAD"
+        self.streaming = False
+        self.started = False
+        self.finished = False
+        self.status = 0
+        self.response_bytes = 0
+        self.task: asyncio.Task[Any] | None = None
+        self.scope: Any = None
+        self._client: tuple[str, str] | None = None
+        self._body_parts: list[bytes] = []
+        self._stream_buffer: deque[bytes] = deque()
+        self._streamed = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._chunked = False
+
+    # --- request side ----------------------------------------------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The direct peer (address, port); ("", 0) for unix sockets."""
+        return self.conn.peer
+
+    @property
+    def client_and_scheme(self) -> tuple[str, str]:
+        """(client address, scheme), trusting forwarding headers only from trusted proxies."""
+        if self._client is None:
+            state = self.conn.state
+            self._client = state.proxies.resolve(self.conn.peer[0], state.scheme, self.head.headers)
+        return self._client
+
+    @property
+    def disconnected(self) -> bool:
+        return self.conn.closed
+
+    def wait_disconnected(self) -> asyncio.Future[None]:
+        """A future that completes when the client's connection is gone."""
+        return self.conn.closed_future()
+
+    def _feed(self, data: bytes) -> None:
+        if self.streaming:
+            self._stream_buffer.append(data)
+            self._streamed += len(data)
+            if self._streamed > STREAM_HIGH_WATER:
+                self.conn.pause_reading_for_body()
+            self._wake_body()
+        else:
+            self._body_parts.append(data)
+
+    def _complete(self) -> None:
+        self.body_complete = True
+        if not self.streaming:
+            parts = self._body_parts
+            self.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._body_parts = []
+        self._wake_body()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Yield the request body in pieces as they arrive (for streaming routes)."""
+        if not self.streaming:
+            if self.body:
+                yield self.body
+            return
+        self.conn.send_continue(self)
+        loop = self.conn.state.loop
+        while True:
+            while self._stream_buffer:
+                data = self._stream_buffer.popleft()
+                self._streamed -= len(data)
+                if self._streamed <= STREAM_HIGH_WATER:
+                    self.conn.resume_reading_for_body()
+                yield data
+            if self.body_complete:
+                return
+            if self.conn.closed:
+                raise ClientDisconnected("client disconnected during the request body")
+            self._body_waiter = loop.create_future()
+            self.conn.watch(self._body_waiter)
+            await self._body_waiter
+            self._body_waiter = None
+
+    # --- response side ---------------------------------------------------------------------
+
+    def respond(self, status: int, headers: list[Header], body: bytes = b"") -> None:
+        """Send a complete response with `body` and finish the exchange."""
+        if self.started:
+            raise RuntimeError("response already started")
+        conn = self.conn
+        self.started = True
+        self.status = status
+        state = conn.state
+        head = response_head(
+            status,
+            headers,
+            content_length=len(body),
+            keep_alive=conn.keep_alive_after(self),
+            date=state.date_line,
+            server=state.server_line,
+        )
+        if self.head_only or status == 304 or status == 204:
+            body = b""
+        self.response_bytes = len(body)
+        if not conn.closed:
+            if len(body) > 4096:
+                conn.transport.writelines((head, body))
+            else:
+                conn.transport.write(head + body)
+        self._finish()
+
+    def start(self, status: int, headers: list[Header], content_length: int | None = None) -> None:
+        """Send the head of a streamed response; `content_length=None` streams chunked."""
+        if self.started:
+            raise RuntimeError("response already started")
+        conn = self.conn
+        self.started = True
+        self.status = status
+        keep_alive = conn.keep_alive_after(self)
+        if content_length is None and self.head.version != "1.1":
+            keep_alive = False  # HTTP/1.0 has no chunking: the body ends when we close
+            conn.must_close = True
+            head = response_head(
+                status,
+                headers,
+                content_length=0,
+                keep_alive=False,
+                date=conn.state.date_line,
+                server=conn.state.server_line,
+            ).replace(b"content-length: 0\r\n", b"")
+        else:
+            self._chunked = content_length is None
+            head = response_head(
+                status,
+                headers,
+                content_length=content_length,
+                keep_alive=keep_alive,
+                date=conn.state.date_line,
+                server=conn.state.server_line,
+            )
+        if not conn.closed:
+            conn.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Queue one piece of a streamed response body. Raises ClientDisconnected."""
+        if not self.started:
+            raise RuntimeError("call start() before write()")
+        if self.finished:
+            raise RuntimeError("response already finished")
+        if self.conn.closed:
+            raise ClientDisconnected("client disconnected")
+        if not data or self.head_only:
+            return
+        self.response_bytes += len(data)
+        self.conn.transport.write(encode_chunk(data) if self._chunked else data)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken enough of what was written. Raises ClientDisconnected."""
+        await self.conn.drain()
+
+    def end(self) -> None:
+        """Finish a streamed response."""
+        if self.finished:
+            return
+        if self._chunked and not self.head_only and not self.conn.closed:
+            self.conn.transport.write(LAST_CHUNK)
+        self._finish()
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send `count` bytes of `file` from `offset` as the body (after `start`).
+
+        Uses the kernel's sendfile on plain TCP; falls back to reading in a worker thread
+        (never on the event loop) under TLS or where sendfile is unavailable.
+        """
+        if self.head_only or count <= 0:
+            return
+        conn = self.conn
+        if conn.closed:
+            raise ClientDisconnected("client disconnected")
+        self.response_bytes += count
+        await conn.drain()
+        loop = conn.state.loop
+        if conn.state.ssl_context is None:
+            try:
+                await loop.sendfile(conn.transport, file, offset, count, fallback=False)
+                return
+            except (NotImplementedError, asyncio.SendfileNotAvailableError, RuntimeError):
+                pass
+        remaining, position = count, offset
+        while remaining > 0:
+            size = min(remaining, 256 * 1024)
+            data = await loop.run_in_executor(None, os.pread, file.fileno(), size, position)
+            if not data:
+                raise ClientDisconnected("file shrank while being sent")
+            if conn.closed:
+                raise ClientDisconnected("client disconnected")
+            conn.transport.write(data)
+            position += len(data)
+            remaining -= len(data)
+            await conn.drain()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.conn.exchange_finished(self)

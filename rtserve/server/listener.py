@@ -1,0 +1,183 @@
+"""Listening sockets (TCP v4/v6, unix socket, inherited fd, TLS), serving and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+
+from rtserve.server.connection import HTTPConnection
+from rtserve.server.settings import ServerSettings
+from rtserve.server.state import Application, ServerState
+
+log = logging.getLogger("rtserve.server")
+
+
+def make_ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """A server TLS context from PEM files (TLS 1.2+, HTTP/1.1 by ALPN)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class Server:
+    """An HTTP server for one app: `await start()`, then `await shutdown()`."""
+
+    def __init__(self, app: Application, settings: ServerSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or ServerSettings()
+        self.state: ServerState | None = None
+        self._servers: list[asyncio.Server] = []
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [s for srv in self._servers for s in srv.sockets]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where the server listens, as URLs or unix socket paths."""
+        out = []
+        scheme = "https" if self.settings.tls.enabled else "http"
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if sock.family == socket.AF_UNIX:
+                out.append(f"unix:{name}")
+            elif sock.family == socket.AF_INET6:
+                out.append(f"{scheme}://[{name[0]}]:{name[1]}")
+            else:
+                out.append(f"{scheme}://{name[0]}:{name[1]}")
+        return out
+
+    @property
+    def port(self) -> int:
+        for sock in self.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(sock.getsockname()[1])
+        raise RuntimeError("not listening on TCP")
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and start accepting (on `sock` if given, else as the settings say)."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        ssl_context = make_ssl_context(s.tls.cert, s.tls.key) if s.tls.cert else None
+        state = self.state = ServerState(self.app, s, loop, ssl_context)
+        factory: Callable[[], HTTPConnection] = lambda: HTTPConnection(state)  # noqa: E731
+        if sock is None and s.fd is not None:
+            sock = socket.socket(fileno=s.fd)
+        if sock is not None:
+            server = await loop.create_server(
+                factory, sock=sock, ssl=ssl_context, backlog=s.backlog
+            )
+        elif s.unix_socket:
+            if os.path.exists(s.unix_socket) and _is_stale_socket(s.unix_socket):
+                os.unlink(s.unix_socket)
+            server = await loop.create_unix_server(
+                factory, s.unix_socket, ssl=ssl_context, backlog=s.backlog
+            )
+        else:
+            server = await loop.create_server(
+                factory,
+                host=s.hosts,
+                port=s.port,
+                ssl=ssl_context,
+                backlog=s.backlog,
+                reuse_port=s.reuse_port or None,
+            )
+        self._servers.append(server)
+        self._stopped = asyncio.Event()
+        state.start_ticker()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish within `grace` s, close the rest."""
+        if self.state is None or self._stopped is None or self._stopped.is_set():
+            return
+        for server in self._servers:
+            server.close()
+        grace = self.settings.timeouts.graceful if grace is None else grace
+        await self.state.drain_connections(grace)
+        for server in self._servers:
+            await server.wait_closed()
+        if self.settings.unix_socket and os.path.exists(self.settings.unix_socket):
+            os.unlink(self.settings.unix_socket)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def serve_until_signalled(self) -> None:
+        """Serve until SIGINT/SIGTERM, then shut down gracefully (a second signal forces)."""
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_signal(signum: int) -> None:
+            if stopping:
+                log.warning("second signal: closing every connection now")
+                if self.state is not None:
+                    for conn in list(self.state.connections):
+                        conn.abort()
+                return
+            log.info(
+                "%s: shutting down (grace %.0fs)",
+                signal.Signals(signum).name,
+                self.settings.timeouts.graceful,
+            )
+            stopping.append(loop.create_task(self.shutdown()))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.wait_stopped()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _is_stale_socket(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return False
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed, the default asyncio loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def serve(app: Application, settings: ServerSettings, *, use_uvloop: bool = True) -> None:
+    """Run `app` until SIGINT/SIGTERM; blocks. Exits after a graceful shutdown."""
+
+    async def main() -> None:
+        server = Server(app, settings)
+        await server.start()
+        startup = getattr(app, "startup", None)
+        if startup is not None:
+            await startup()
+        for address in server.addresses:
+            log.info("listening on %s", address)
+        try:
+            await server.serve_until_signalled()
+        finally:
+            shutdown_hook = getattr(app, "shutdown", None)
+            if shutdown_hook is not None:
+                await shutdown_hook()
+
+    with asyncio.Runner(loop_factory=new_event_loop if use_uvloop else None) as runner:
+        runner.run(main())

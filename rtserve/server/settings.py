@@ -1,0 +1,96 @@
+"""Typed server settings: the single source for defaults, config keys and CLI options.
+
+Each field's `metadata["help"]` documents it; the YAML loader, `rtserve run` options and the
+configuration reference are derived from these dataclasses rather than written again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _list(help: str) -> Any:
+    return field(default_factory=list, metadata={"help": help})
+
+
+@dataclass(slots=True)
+class LimitSettings:
+    """Sizes the server accepts before answering 4xx."""
+
+    max_head_size: int = _opt(16 * KiB, "request line + headers, bytes (431 beyond)", size=True)
+    max_headers: int = _opt(100, "number of header fields (431 beyond)")
+    max_body_size: int = _opt(1 * MiB, "request body, bytes (413 beyond)", size=True)
+    max_pipelined: int = _opt(16, "queued pipelined requests before reading pauses")
+    max_form_fields: int = _opt(1000, "fields in one urlencoded or multipart form (413 beyond)")
+    max_upload_size: int = _opt(16 * MiB, "one uploaded file in a multipart form", size=True)
+    write_buffer_high: int = _opt(256 * KiB, "outbound bytes buffered before pausing", size=True)
+    write_buffer_low: int = _opt(64 * KiB, "outbound bytes at which writing resumes", size=True)
+
+
+@dataclass(slots=True)
+class TimeoutSettings:
+    """Timeouts in seconds; each ends the connection that hits it."""
+
+    header: float = _opt(10.0, "a request head must arrive within this (408, then close)")
+    keepalive: float = _opt(75.0, "an idle keep-alive connection is closed after this")
+    body: float = _opt(30.0, "longest pause between two pieces of a request body (408)")
+    graceful: float = _opt(10.0, "on SIGTERM/SIGINT, in-flight requests get this long")
+
+
+@dataclass(slots=True)
+class TLSSettings:
+    """TLS from a PEM certificate chain and private key (stdlib ssl)."""
+
+    cert: str | None = _opt(None, "certificate chain file (PEM)")
+    key: str | None = _opt(None, "private key file (PEM)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    """Where and how the HTTP server listens, and what it accepts."""
+
+    host: list[str] | str = _opt("127.0.0.1", "address(es) to bind; IPv4 and IPv6 both work")
+    port: int = _opt(8000, "TCP port (0 picks a free one)")
+    unix_socket: str | None = _opt(None, "listen on this unix socket path instead of TCP")
+    fd: int | None = _opt(None, "serve an inherited, already-listening socket descriptor")
+    reuse_port: bool = _opt(False, "SO_REUSEPORT, so several processes can share the port")
+    backlog: int = _opt(2048, "listen backlog")
+    access_log: bool = _opt(True, "log each request with its status, size and time")
+    debug: bool = _opt(False, "show tracebacks in error pages (never in production)")
+    server_header: str = _opt("rtserve", "value of the Server header; empty to omit")
+    trusted_proxies: list[str] = _list(
+        "addresses/networks whose X-Forwarded-For/-Proto and Forwarded are believed"
+    )
+    limits: LimitSettings = field(default_factory=LimitSettings, metadata={"help": "limits"})
+    timeouts: TimeoutSettings = field(
+        default_factory=TimeoutSettings, metadata={"help": "timeouts"}
+    )
+    tls: TLSSettings = field(default_factory=TLSSettings, metadata={"help": "TLS"})
+
+    @property
+    def hosts(self) -> list[str]:
+        return [self.host] if isinstance(self.host, str) else list(self.host)
+
+
+def settings_keys(cls: type[Any], prefix: str = "") -> list[str]:
+    """Dotted names of every leaf setting of a settings dataclass, in declaration order."""
+    keys: list[str] = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if hasattr(default, "__dataclass_fields__"):
+            keys.extend(settings_keys(type(default), f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys

@@ -1,0 +1,185 @@
+"""State shared by every connection of one server: settings, clock, date header, live sets.
+
+Passed to each connection (never global). A ticker updates the coarse clock and the cached
+`Date` line and enforces connection deadlines, so the hot path never creates timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Coroutine
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rtserve.server.proxy import TrustedProxies
+from rtserve.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from rtserve.server.connection import HTTPConnection
+    from rtserve.server.exchange import Exchange
+
+log = logging.getLogger("rtserve.server")
+access_log = logging.getLogger("rtserve.access")
+
+
+class Application(Protocol):
+    """What the server needs from the app layer."""
+
+    def wants_stream(self, exchange: Exchange) -> bool:
+        """True to dispatch as soon as the head arrives and stream the body."""
+        ...
+
+    def dispatch(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Answer the exchange now, or return a coroutine that will (run as a Task)."""
+        ...
+
+
+class ServerStats:
+    """Plain counters, bumped on the hot path without allocation."""
+
+    __slots__ = ("connections_total", "limit_hits", "requests_total", "responses_by_class")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.requests_total = 0
+        self.limit_hits = 0
+        self.responses_by_class = [0, 0, 0, 0, 0, 0]
+
+
+class ServerState:
+    """Everything the connections of one server share."""
+
+    def __init__(
+        self,
+        app: Application,
+        settings: ServerSettings,
+        loop: asyncio.AbstractEventLoop,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.loop = loop
+        self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context else "http"
+        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.access_log = settings.access_log
+        self.connections: set[HTTPConnection] = set()
+        self.tasks: dict[asyncio.Task[Any], Exchange] = {}
+        self.stats = ServerStats()
+        self.shutting_down = False
+        self.server_line = (
+            b"server: %s\r\n" % settings.server_header.encode("latin-1")
+            if settings.server_header
+            else b""
+        )
+        self.now = loop.time()
+        self._second = 0
+        self.date_line = b""
+        self._update_date()
+        self._ticker: asyncio.TimerHandle | None = None
+        self._all_closed: asyncio.Event | None = None
+        t = settings.timeouts
+        self.tick_interval = max(0.01, min(1.0, t.header / 4, t.keepalive / 4, t.body / 4))
+
+    def _update_date(self) -> None:
+        wall = time.time()
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self.date_line = b"date: %s\r\n" % formatdate(wall, usegmt=True).encode("ascii")
+
+    def start_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self.tick_interval, self._tick)
+
+    def stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        self.now = now = self.loop.time()
+        self._update_date()
+        expired = [c for c in self.connections if c.deadline <= now]
+        for conn in expired:
+            try:
+                conn.on_timeout()
+            except Exception:
+                log.exception("timeout handling failed")
+                conn.abort()
+        self._ticker = self.loop.call_later(self.tick_interval, self._tick)
+
+    # --- connection bookkeeping ------------------------------------------------------------
+
+    def connection_opened(self, conn: HTTPConnection) -> None:
+        self.connections.add(conn)
+        self.stats.connections_total += 1
+
+    def connection_closed(self, conn: HTTPConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def track(self, task: asyncio.Task[Any], exchange: Exchange) -> None:
+        self.tasks[task] = exchange
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        exchange = self.tasks.pop(task, None)
+        if exchange is None:
+            return
+        if task.cancelled():
+            error: BaseException | None = None
+        else:
+            error = task.exception()
+        if error is not None:
+            log.error("unhandled error answering %s", exchange.head, exc_info=error)
+        if not exchange.finished:
+            exchange.conn._internal_error(exchange)
+
+    def limit_hit(self, conn: HTTPConnection, status: int, reason: str) -> None:
+        """Log (and count) a request refused by a limit or a protocol error."""
+        self.stats.limit_hits += 1
+        log.warning("%s:%s %d %s", conn.peer[0] or "unix", conn.peer[1], status, reason)
+
+    def log_access(self, exchange: Exchange) -> None:
+        head = exchange.head
+        elapsed = (time.perf_counter() - exchange.start_time) * 1000.0
+        client = exchange.client_and_scheme[0] or "unix"
+        access_log.info(
+            '%s - "%s %s HTTP/%s" %d %dB %.1fms',
+            client,
+            head.method,
+            head.target.decode("latin-1"),
+            head.version,
+            exchange.status,
+            exchange.response_bytes,
+            elapsed,
+        )
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def drain_connections(self, grace: float) -> None:
+        """Close idle connections, let busy ones finish within `grace`, then abort the rest."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            if conn.active is None and not conn.queue:
+                conn.close()
+        if self.connections:
+            self._all_closed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except TimeoutError:
+                log.warning(
+                    "%d connection(s) still busy after %.1fs: closing them",
+                    len(self.connections),
+                    grace,
+                )
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        self.stop_ticker()

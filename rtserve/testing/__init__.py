@@ -1,0 +1,179 @@
+"""Test helpers for rtserve apps: a live server on an ephemeral loopback port, and clients.
+
+`serve_app(app)` is an async context manager for async tests; `ThreadedServer(app)` runs the
+server on its own loop in a thread for plain (sync) tests, and `SyncClient` talks to it with
+the standard library's http.client — an independent HTTP implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json as jsonlib
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rtserve.app.app import App
+from rtserve.app.datastructures import Headers
+from rtserve.server.listener import Server, new_event_loop
+from rtserve.server.settings import ServerSettings
+
+__all__ = ["ClientResponse", "Server", "SyncClient", "ThreadedServer", "serve_app"]
+
+
+def _test_settings(app: App, **overrides: Any) -> ServerSettings:
+    settings = replace(app.settings, host="127.0.0.1", port=0, unix_socket=None, fd=None)
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return settings
+
+
+@asynccontextmanager
+async def serve_app(app: App, **overrides: Any) -> AsyncIterator[Server]:
+    """Run `app` on 127.0.0.1 and an ephemeral port for the duration of the block."""
+    server = Server(app, _test_settings(app, **overrides))
+    await app.startup()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace=1.0)
+        await app.shutdown()
+
+
+@dataclass
+class ClientResponse:
+    """A response as a test sees it."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.body)
+
+
+class SyncClient:
+    """A keep-alive HTTP/1.1 client (stdlib http.client) for one server."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | str | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ClientResponse:
+        send_headers = dict(headers or {})
+        if json is not None:
+            body = jsonlib.dumps(json)
+            send_headers.setdefault("Content-Type", "application/json")
+        self.conn.request(method, path, body=body, headers=send_headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return ClientResponse(response.status, Headers(response.getheaders()), data)
+
+    def get(self, path: str, **kw: Any) -> ClientResponse:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> ClientResponse:
+        return self.request("POST", path, **kw)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ThreadedServer:
+    """Serve `app` from a background thread with its own event loop (for sync tests).
+
+    Use as a context manager; `port`, `url` and `client()` are available inside.
+    """
+
+    def __init__(self, app: App, **overrides: Any) -> None:
+        self.app = app
+        self.overrides = overrides
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, timeout: float = 10.0) -> SyncClient:
+        return SyncClient("127.0.0.1", self.port, timeout)
+
+    def _run(self) -> None:
+        loop = self.loop = new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with serve_app(self.app, **self.overrides) as server:
+            self.server = server
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> ThreadedServer:
+        self._thread = threading.Thread(target=self._run, name="rtserve-test", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("test server did not start within 10 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` on the server's loop and return its result (waits up to 10 s)."""
+        assert self.loop is not None
+
+        async def run() -> Any:
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None and self._thread is not None:
+            if self._thread.is_alive():
+                self.loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
