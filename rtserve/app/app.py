@@ -282,6 +282,8 @@ class App:
         elif isinstance(result, Response):
             return self._send_response(request, result)
         elif result is None:
+            if request.exchange.started:
+                return None  # the handler answered through the exchange itself
             return self._send_response(request, Response(b"", 204))
         elif result is SENT:
             return None

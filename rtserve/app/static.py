@@ -13,6 +13,7 @@ import stat
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_from_bytes
 
 from rtserve.app.conditional import (
     format_http_date,
@@ -29,12 +30,41 @@ if TYPE_CHECKING:
     from rtserve.app.request import Request
 
 INLINE_LIMIT = 64 * 1024  # smaller files are read and sent in one write
-_TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+# JSON has no charset parameter (RFC 8259 section 11): it is always UTF-8.
+_TEXT_TYPES = ("text/", "application/javascript", "image/svg+xml")
+# The types that matter most on the web, pinned so they do not depend on the machine's
+# /etc/mime.types (which, for example, may or may not know .mjs or .wasm).
+_WEB_TYPES = {
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/vnd.microsoft.icon",
+    ".wasm": "application/wasm",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".txt": "text/plain",
+    ".xml": "application/xml",
+    ".pdf": "application/pdf",
+}
 
 
 def content_type_for(path: str) -> str:
     """The Content-Type for a file name (UTF-8 for text types)."""
-    kind, _ = mimetypes.guess_type(path)
+    kind = _WEB_TYPES.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        kind, _ = mimetypes.guess_type(path, strict=True)
     if kind is None:
         return "application/octet-stream"
     if kind.startswith(_TEXT_TYPES) and "charset" not in kind:
@@ -53,12 +83,15 @@ class FileResponse(Response):
         self.request = request
 
     def send(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise block the event loop until
+        # some writer appears; for regular files it changes nothing.
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise HTTPError(404) from None
+            fd = os.open(self.path, flags)
         except PermissionError:
             raise HTTPError(403) from None
+        except OSError:  # missing, a directory, a symlink loop, a name too long, ...
+            raise HTTPError(404) from None
         file = os.fdopen(fd, "rb")
         try:
             info = os.fstat(fd)
@@ -133,10 +166,20 @@ def safe_join(root: Path, relative: str) -> Path | None:
     parts = [p for p in relative.split("/") if p]
     if any(p in (".", "..") for p in parts):
         return None
-    candidate = (root / "/".join(parts)).resolve()
+    try:
+        candidate = (root / "/".join(parts)).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return None
     if candidate != root and root not in candidate.parents:
         return None
     return candidate
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 class StaticFiles:
@@ -151,13 +194,26 @@ class StaticFiles:
         target = safe_join(self.root, path)
         if target is None:
             raise HTTPError(404)
-        if target.is_dir():
+        if _is_dir(target):
             if path and not path.endswith("/"):
-                from rtserve.app.response import RedirectResponse
-
-                return RedirectResponse(request.path + "/", 301)
+                return _add_slash(request)
             target = target / "index.html"
+        elif path.endswith("/") or not path:
+            raise HTTPError(404)  # `file.txt/` names a folder, and there is none
         return FileResponse(target, request)
+
+
+def _add_slash(request: Request) -> Response:
+    """301 to the folder's URL with a trailing slash, keeping the path's encoding and query."""
+    from rtserve.app.response import RedirectResponse
+
+    head = request.exchange.head
+    location = quote_from_bytes(head.raw_path, safe="/%:@!$&'()*+,;=~-._") + "/"
+    # `//host/` would be a protocol-relative URL pointing at another site.
+    location = "/" + location.lstrip("/")
+    if head.query_string:
+        location += "?" + quote_from_bytes(head.query_string, safe="/%:@!$&'()*+,;=?~-._")
+    return RedirectResponse(location, 301)
 
 
 class StaticFile:

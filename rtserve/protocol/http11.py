@@ -110,6 +110,7 @@ class RequestParser:
 
     __slots__ = (
         "_body_bytes",
+        "_begun",
         "_content_length",
         "_dead",
         "_error",
@@ -140,6 +141,7 @@ class RequestParser:
         self._events: list[Event] = []
         self._error: ProtocolError | None = None
         self._dead = False
+        self._begun = 0
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -162,6 +164,8 @@ class RequestParser:
         if self._dead:
             raise ProtocolError(400, "connection already failed")
         events = self._events = []
+        continuing_head = self._in_head
+        begun = self._begun
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -174,7 +178,9 @@ class RequestParser:
             if self._error is not None:
                 raise self._error from None
             raise ProtocolError(400, _reason(exc)) from None
-        if self._in_head:
+        if self._in_head and continuing_head and begun == self._begun:
+            # httptools keeps a partial field to itself: bound the head by the raw bytes of
+            # every read that began and ended inside it.
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_size:
                 self._dead = True
@@ -190,6 +196,7 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._reset_message()
         self._in_head = True
+        self._begun += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -297,10 +304,12 @@ def response_head(
     keep_alive: bool,
     date: bytes,
     server: bytes = b"",
+    http10: bool = False,
 ) -> bytes:
     """A complete response head. `content_length=None` means chunked transfer coding.
 
     `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
+    An HTTP/1.0 client is told `connection: keep-alive` when the connection stays open.
     """
     if content_length is None:
         length = b"transfer-encoding: chunked\r\n"
@@ -315,7 +324,9 @@ def response_head(
             length,
             date,
             server,
-            b"" if keep_alive else b"connection: close\r\n",
+            (b"connection: keep-alive\r\n" if http10 else b"")
+            if keep_alive
+            else b"connection: close\r\n",
             b"\r\n",
         )
     )

@@ -255,16 +255,18 @@ class HTTPConnection(asyncio.Protocol):
     def _rearm(self) -> None:
         state = self.state
         timeouts = state.settings.timeouts
-        if self.parser.in_head:
-            if self.phase != HEAD:
-                self.phase = HEAD
-                self.deadline = state.now + timeouts.header
-        elif self.receiving is not None:
+        receiving = self.receiving
+        if receiving is not None and receiving is self.active and not self._reading_paused_body:
             self.phase = BODY
             self.deadline = state.now + timeouts.body
         elif self.active is not None or self.queue:
+            # Busy answering (reading may be paused by us): the client is not the one late.
             self.phase = BUSY
             self.deadline = INF
+        elif self.parser.in_head:
+            if self.phase != HEAD:
+                self.phase = HEAD
+                self.deadline = state.now + timeouts.header
         elif self.phase != IDLE:
             self.phase = IDLE
             self.deadline = state.now + timeouts.keepalive

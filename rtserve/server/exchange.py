@@ -165,6 +165,7 @@ class Exchange:
             keep_alive=conn.keep_alive_after(self),
             date=state.date_line,
             server=state.server_line,
+            http10=self.head.version == "1.0",
         )
         if self.head_only or status == 304 or status == 204:
             body = b""
@@ -204,6 +205,7 @@ class Exchange:
                 keep_alive=keep_alive,
                 date=conn.state.date_line,
                 server=conn.state.server_line,
+                http10=self.head.version == "1.0",
             )
         if not conn.closed:
             conn.transport.write(head)

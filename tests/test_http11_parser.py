@@ -1,0 +1,238 @@
+"""The sans-I/O HTTP/1.1 parser: tables of requests fed whole, byte by byte, and in pieces."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtserve.errors import ProtocolError
+from rtserve.protocol.http11 import (
+    END_OF_MESSAGE,
+    RequestHead,
+    RequestParser,
+    UpgradeRequested,
+    encode_chunk,
+    encode_headers,
+    response_head,
+)
+
+
+def feed_all(data: bytes, step: int | None = None, **limits: int) -> list[object]:
+    parser = RequestParser(**limits)
+    if step is None:
+        return parser.feed(data)
+    events: list[object] = []
+    for i in range(0, len(data), step):
+        events.extend(parser.feed(data[i : i + step]))
+    return events
+
+
+def squash(events: list[object]) -> list[object]:
+    """Join adjacent body pieces so different feed splits compare equal."""
+    out: list[object] = []
+    for event in events:
+        if isinstance(event, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] = out[-1] + event
+        else:
+            out.append(event)
+    return out
+
+
+GOOD = [
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET", "/", b""),
+    (b"GET /a%20b/c?x=1&y=2 HTTP/1.1\r\nHost: a\r\n\r\n", "GET", "/a b/c", b""),
+    (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", "POST", "/p", b"hello"),
+    (
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n",
+        "POST",
+        "/c",
+        b"hello world",
+    ),
+    (b"GET http://example.test/abs?q HTTP/1.1\r\nHost: a\r\n\r\n", "GET", "/abs", b""),
+    (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "OPTIONS", "*", b""),
+    (b"GET /old HTTP/1.0\r\n\r\n", "GET", "/old", b""),
+]
+
+
+@pytest.mark.parametrize(("raw", "method", "path", "body"), GOOD)
+@pytest.mark.parametrize("step", [None, 1, 3, 7])
+def test_good_requests(raw: bytes, method: str, path: str, body: bytes, step: int | None) -> None:
+    events = squash(feed_all(raw, step))
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    assert (head.method, head.path) == (method, path)
+    assert events[-1] is END_OF_MESSAGE
+    got_body = b"".join(e for e in events if isinstance(e, bytes))
+    assert got_body == body
+
+
+def test_head_details() -> None:
+    [head, end] = feed_all(
+        b"GET /x?a=1 HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nx-two: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert isinstance(head, RequestHead) and end is END_OF_MESSAGE
+    assert head.query_string == b"a=1"
+    assert head.headers == [(b"Host", b"h"), (b"X-Two", b"1"), (b"x-two", b"2"),
+                            (b"Expect", b"100-continue")]
+    assert head.expect_continue and head.keep_alive and head.version == "1.1"
+
+
+def test_keep_alive_rules() -> None:
+    [h10, _] = feed_all(b"GET / HTTP/1.0\r\n\r\n")
+    [h10ka, _] = feed_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    [h11c, _] = feed_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert isinstance(h10, RequestHead) and not h10.keep_alive
+    assert isinstance(h10ka, RequestHead) and h10ka.keep_alive
+    assert isinstance(h11c, RequestHead) and not h11c.keep_alive
+
+
+def test_pipelined_requests_come_out_in_order() -> None:
+    raw = b"".join(f"GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
+    for step in (None, 1, 5):
+        heads = [e for e in feed_all(raw, step) if isinstance(e, RequestHead)]
+        assert [h.path for h in heads] == [f"/{i}" for i in range(5)]
+
+
+BAD = [
+    # (request, status)
+    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n folded\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nExpect: something-else\r\n\r\n", 417),
+]
+
+
+@pytest.mark.parametrize(("raw", "status"), BAD)
+@pytest.mark.parametrize("step", [None, 1])
+def test_bad_requests(raw: bytes, status: int, step: int | None) -> None:
+    with pytest.raises(ProtocolError) as info:
+        feed_all(raw, step)
+    assert info.value.status == status
+
+
+def test_dead_parser_stays_dead() -> None:
+    parser = RequestParser()
+    with pytest.raises(ProtocolError):
+        parser.feed(b"BAD\r\n\r\n")
+    with pytest.raises(ProtocolError):
+        parser.feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize("step", [None, 1, 100])
+def test_head_size_limit(step: int | None) -> None:
+    raw = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    with pytest.raises(ProtocolError) as info:
+        feed_all(raw, step, max_head_size=1024)
+    assert info.value.status == 431
+    assert feed_all(raw, step, max_head_size=4096)[-1] is END_OF_MESSAGE
+
+
+def test_head_limit_without_end_of_head() -> None:
+    parser = RequestParser(max_head_size=1024)
+    parser.feed(b"GET / HTTP/1.1\r\nX: ")
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(100):
+            parser.feed(b"a" * 100)
+    assert info.value.status == 431
+
+
+def test_url_limit() -> None:
+    with pytest.raises(ProtocolError) as info:
+        feed_all(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 512, max_head_size=1024)
+    assert info.value.status == 431
+
+
+def test_header_count_limit() -> None:
+    raw = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n"
+    with pytest.raises(ProtocolError) as info:
+        feed_all(raw, max_headers=10)
+    assert info.value.status == 431
+
+
+def test_body_limits() -> None:
+    with pytest.raises(ProtocolError) as info:
+        feed_all(b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n", max_body_size=1000)
+    assert info.value.status == 413
+    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"100\r\n" + b"a" * 256
+    with pytest.raises(ProtocolError) as info:
+        feed_all(chunked + b"\r\n" + b"100\r\n" + b"a" * 256 + b"\r\n", max_body_size=300)
+    assert info.value.status == 413
+
+
+def test_upgrade_is_reported_with_following_bytes() -> None:
+    events = feed_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nXYZ"
+    )
+    assert isinstance(events[0], RequestHead) and events[0].upgrade
+    assert events[-1] == UpgradeRequested(b"XYZ")
+
+
+def test_response_serialisation() -> None:
+    head = response_head(
+        200, [(b"content-type", b"text/plain")], content_length=5, keep_alive=True,
+        date=b"date: x\r\n",
+    )
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ndate: x\r\n\r\n"
+    )
+    chunked = response_head(201, [], content_length=None, keep_alive=False, date=b"")
+    assert chunked == (
+        b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    assert b"content-length" not in response_head(304, [], content_length=10, keep_alive=True,
+                                                  date=b"")
+    assert encode_chunk(b"hello") == b"5\r\nhello\r\n" and encode_chunk(b"") == b""
+
+
+@pytest.mark.parametrize("bad", [(b"x", b"a\r\nInjected: 1"), (b"x:y", b"1"), (b"", b"1")])
+def test_header_injection_refused(bad: tuple[bytes, bytes]) -> None:
+    with pytest.raises(ValueError):
+        encode_headers([bad])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=50))
+def test_random_bytes_never_escape_as_other_errors(data: bytes, step: int) -> None:
+    parser = RequestParser(max_head_size=256, max_body_size=256)
+    try:
+        for i in range(0, len(data), step):
+            parser.feed(data[i : i + step])
+    except ProtocolError as exc:
+        assert 400 <= exc.status < 600
+
+
+VALID = b"POST /submit?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=len(VALID) - 1), st.integers(0, 255),
+       st.integers(min_value=1, max_value=20))
+def test_mutated_requests_parse_or_fail_cleanly(pos: int, byte: int, step: int) -> None:
+    data = VALID[:pos] + bytes([byte]) + VALID[pos + 1 :]
+    parser = RequestParser(max_head_size=256)
+    try:
+        for i in range(0, len(data), step):
+            parser.feed(data[i : i + step])
+    except ProtocolError as exc:
+        assert exc.status in (400, 413, 417, 431, 501)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8))
+def test_chunked_body_round_trip(pieces: list[bytes]) -> None:
+    raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw += b"".join(encode_chunk(p) for p in pieces) + b"0\r\n\r\n"
+    for step in (None, 1, 9):
+        events = feed_all(raw, step)
+        assert b"".join(e for e in events if isinstance(e, bytes)) == b"".join(pieces)
+        assert events[-1] is END_OF_MESSAGE

@@ -1,0 +1,314 @@
+"""The HTTP/1.1 connection over real sockets: pipelining, limits, timeouts, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from rtserve import App, Request, StreamingResponse
+from rtserve.server.settings import LimitSettings, TimeoutSettings
+from rtserve.testing import ThreadedServer
+from tests.rawhttp import RawClient, get
+
+
+def make_app() -> App:
+    app = App()
+    seen: dict[str, Any] = {"max_queue": 0, "max_buffer": 0, "paused": threading.Event()}
+    app.seen = seen  # type: ignore[attr-defined]
+
+    @app.route("/")
+    def index(request: Request) -> str:
+        return "ok"
+
+    @app.route("/n/{n:int}")
+    async def numbered(request: Request, n: int) -> str:
+        if n % 3 == 0:
+            await asyncio.sleep(0.001 * (n % 5))
+        seen["max_queue"] = max(seen["max_queue"], len(request.exchange.conn.queue))
+        return f"response {n}"
+
+    @app.route("/echo", methods=["POST"])
+    def echo(request: Request) -> bytes:
+        return request.body
+
+    @app.route("/upload", methods=["POST"], stream=True)
+    async def upload(request: Request) -> dict[str, int]:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+        return {"received": total}
+
+    @app.route("/big")
+    async def big(request: Request) -> None:
+        exchange = request.exchange
+        transport = exchange.conn.transport
+        exchange.start(200, [(b"content-type", b"text/plain")])
+        for _ in range(512):  # 32 MiB: more than the kernel's socket buffers hold
+            exchange.write(b"x" * 65536)
+            seen["max_buffer"] = max(seen["max_buffer"], transport.get_write_buffer_size())
+            if exchange.conn.writing_paused:
+                seen["paused"].set()
+            await exchange.drain()
+        exchange.end()
+
+    @app.route("/stream")
+    def stream(request: Request) -> StreamingResponse:
+        return StreamingResponse((f"piece {i}\n" for i in range(5)), content_type="text/plain")
+
+    @app.route("/sleep")
+    async def sleep(request: Request) -> str:
+        await asyncio.sleep(0.3)
+        return "slept"
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    settings = dict(
+        access_log=False,
+        limits=LimitSettings(max_head_size=4096, max_headers=20, max_body_size=100_000,
+                             max_pipelined=8, write_buffer_high=65536, write_buffer_low=16384),
+        timeouts=TimeoutSettings(header=0.5, keepalive=0.5, body=0.5),
+    )
+    with ThreadedServer(make_app(), **settings) as srv:
+        yield srv
+
+
+def test_pipelined_requests_answered_in_order(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"".join(get(f"/n/{i}") for i in range(30)))
+        responses = c.responses(30)
+        assert [r.body.decode() for r in responses] == [f"response {i}" for i in range(30)]
+
+
+def test_pipelining_pauses_reading(server: ThreadedServer) -> None:
+    server.app.seen["max_queue"] = 0  # type: ignore[attr-defined]
+    pad = "X-Pad: " + "p" * 1500 + "\r\n"
+    total = 1500  # about 2.3 MB of requests: far more than one read
+    data = b"".join(get(f"/n/{i}", extra=pad) for i in range(total))
+    with RawClient(server.port, timeout=20) as c:
+        # A pipelining client must read while it writes, or both sides block.
+        sender = threading.Thread(target=c.send, args=(data,))
+        sender.start()
+        responses = c.responses(total)
+        sender.join(10)
+    assert len(responses) == total
+    assert responses[-1].body == f"response {total - 1}".encode()
+    # Reading pauses at max_pipelined queued requests; a single read may overshoot it.
+    assert server.app.seen["max_queue"] < total / 4  # type: ignore[attr-defined]
+
+
+def test_keep_alive_and_connection_close(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get())
+        assert c.response().status == 200
+        c.send(get())
+        assert c.response().status == 200
+        c.send(get(extra="Connection: close\r\n"))
+        r = c.response()
+        assert r.headers["connection"] == "close"
+        assert c.wait_closed()
+
+
+def test_http10(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get(version="1.0"))
+        assert c.response().body == b"ok"
+        assert c.wait_closed()
+    with RawClient(server.port) as c:
+        c.send(get(version="1.0", extra="Connection: keep-alive\r\n"))
+        r = c.response()
+        assert r.headers["connection"] == "keep-alive"
+        c.send(get(version="1.0"))
+        assert c.response().body == b"ok"
+
+
+def test_head_has_no_body(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n" + get())
+        # httptools cannot know a HEAD response has no body; parse by hand.
+        deadline = time.monotonic() + 5
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 and time.monotonic() < deadline:
+            data += c.sock.recv(65536)
+        first, second = data.split(b"HTTP/1.1 200 OK")[1:]
+        assert first.endswith(b"\r\n\r\n") and b"content-length: 2" in first
+        assert second.endswith(b"ok")
+
+
+def test_streaming_response(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get("/stream"))
+        r = c.response()
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert r.body == b"".join(f"piece {i}\n".encode() for i in range(5))
+
+
+def test_chunked_request_body(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+        assert c.response().body == b"hello world"
+
+
+def test_expect_100_continue(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        interim = c.sock.recv(1024)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        c.send(b"hello")
+        assert c.response().body == b"hello"
+
+
+def test_expect_100_continue_refused_when_too_big(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        r = c.response()
+        assert r.status == 413
+        assert c.wait_closed()
+
+
+def test_streamed_upload(server: ThreadedServer) -> None:
+    with RawClient(server.port, timeout=10) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(50):
+            c.send(b"400\r\n" + b"u" * 1024 + b"\r\n")
+        c.send(b"0\r\n\r\n")
+        assert c.response().body == b'{"received":51200}'
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n", 413),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+         400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n  folded\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS hello on plain HTTP
+    ],
+)
+def test_limits_and_smuggling_shapes(
+    server: ThreadedServer, request_bytes: bytes, status: int
+) -> None:
+    with RawClient(server.port) as c:
+        c.send(request_bytes)
+        r = c.response()
+        assert r.status == status
+        assert r.headers["connection"] == "close"
+        assert c.wait_closed()
+    with RawClient(server.port) as other:  # the server is still fine
+        other.send(get())
+        assert other.response().body == b"ok"
+
+
+def test_smuggled_request_is_never_answered(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /n/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = c.response()
+        assert r.status == 400
+        assert c.wait_closed()
+        assert not c.collector.done  # no second response for the smuggled GET
+
+
+def test_header_timeout_defeats_slowloris(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        start = time.monotonic()
+        for _ in range(3):  # trickle: each piece is well inside any per-read timeout
+            c.send(b"X-A: b\r\n")
+        r = c.response()
+        assert r.status == 408
+        assert c.wait_closed()
+        assert time.monotonic() - start < 3
+
+
+def test_silent_connection_is_closed(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.sock.settimeout(5)
+        r = c.response()
+        assert r.status == 408  # no request head at all within the header timeout
+
+
+def test_idle_keep_alive_timeout(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get())
+        assert c.response().status == 200
+        start = time.monotonic()
+        assert c.wait_closed()
+        assert 0.3 < time.monotonic() - start < 3
+        assert not c.collector.done  # closed quietly, no 408
+
+
+def test_body_timeout(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        r = c.response()
+        assert r.status == 408
+        assert c.wait_closed()
+
+
+def test_slow_reader_bounds_the_write_buffer(server: ThreadedServer) -> None:
+    server.app.seen["max_buffer"] = 0  # type: ignore[attr-defined]
+    seen = server.app.seen  # type: ignore[attr-defined]
+    seen["paused"].clear()
+    with RawClient(server.port, timeout=20) as c:
+        c.send(get("/big"))
+        assert seen["paused"].wait(10)  # nobody reads: the server must hit backpressure
+        r = c.response()
+        assert len(r.body) == 512 * 65536
+    # Never much more than the high-water mark plus one piece is buffered in the server.
+    assert server.app.seen["max_buffer"] <= 65536 + 65536 + 16  # type: ignore[attr-defined]
+
+
+def test_sync_handler_creates_no_task(server: ThreadedServer) -> None:
+    created: list[Any] = []
+
+    def install() -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+            created.append(coro)
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+
+    server.call(install)
+    try:
+        with RawClient(server.port) as c:
+            c.send(get() * 5)
+            assert len(c.responses(5)) == 5
+            assert created == []
+            c.send(get("/sleep"))
+            assert c.response().body == b"slept"
+            assert len(created) == 1  # the handler that suspended continues in one Task
+    finally:
+        server.call(lambda: asyncio.get_running_loop().set_task_factory(None))
+
+
+def test_many_connections_one_bad(server: ThreadedServer) -> None:
+    clients = [RawClient(server.port) for _ in range(20)]
+    try:
+        clients[7].send(b"NOT HTTP AT ALL\r\n\r\n")
+        for i, c in enumerate(clients):
+            if i != 7:
+                c.send(get())
+        for i, c in enumerate(clients):
+            r = c.response()
+            assert r.status == (400 if i == 7 else 200)
+    finally:
+        for c in clients:
+            c.close()
