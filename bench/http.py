@@ -623,7 +623,7 @@ def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
     by_name = {r.server: r for r in rows}
     uvicorn = by_name.get("uvicorn")
     out = [
-        f"#### `GET {endpoint.path}`",
+        f"### `GET {endpoint.path}`",
         "",
         "| server | req/s | p99 (ms) | server core % | server proc % | load core % | valid "
         "| vs uvicorn |",
@@ -658,7 +658,7 @@ def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
 
 def render_goals(results: dict[str, list[Row]]) -> str:
     """rtserve's goals: >= 1.5x uvicorn (aim 2x), >= 12x Tornado, p99 no worse than uvicorn."""
-    out = ["#### Goals", ""]
+    out = ["### Goals", ""]
     for endpoint, rows in results.items():
         by_name = {r.server: r for r in rows}
         rt, uv, tor = by_name.get("rtserve"), by_name.get("uvicorn"), by_name.get("tornado")
@@ -726,7 +726,7 @@ def render_report(
     if args.markdown:
         command = "python bench/http.py " + " ".join(args.argv_used)
         out += [
-            "### HTTP: plaintext and JSON with a path parameter",
+            "## HTTP: plaintext and JSON with a path parameter",
             "",
             f"- Command: `{command.strip()}`",
             f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",

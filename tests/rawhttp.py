@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from dataclasses import dataclass, field
@@ -68,10 +69,8 @@ class RawClient:
             data = b""
         if not data:
             self.closed = True
-            try:
+            with contextlib.suppress(httptools.HttpParserError):
                 self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
             return False
         self.parser.feed_data(data)
         return True

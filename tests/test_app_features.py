@@ -12,7 +12,9 @@ import gzip
 import http.client
 import json
 import socket
+import struct
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,6 @@ from rtserve import (
     Handler,
     HTMLResponse,
     HTTPError,
-    JSONResponse,
     RedirectResponse,
     Request,
     Response,
@@ -40,6 +41,7 @@ OLD_SECRET = "old-secret-0123456789abcdef"
 NEW_SECRET = "new-secret-fedcba9876543210"
 BIG_TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(200))
 assert len(BIG_TEXT) > 10_000
+STREAM_CLOSED = threading.Event()
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def multipart(fields: list[tuple[str, str | tuple[str, str, bytes]]]) -> tuple[b
             filename, content_type, data = value
             parts.append(
                 (
-                    f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
                     f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
                 ).encode()
                 + data
@@ -357,6 +359,17 @@ def make_app(
             yield "first;"
             await asyncio.sleep(0)
             raise RuntimeError("generator failed")
+
+        return StreamingResponse(pieces())
+
+    @app.route("/stream/endless")
+    def stream_endless(request: Request) -> StreamingResponse:
+        async def pieces() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(1_000_000):  # bounded; the client leaves long before
+                    yield b"x" * 16384
+            finally:
+                STREAM_CLOSED.set()
 
         return StreamingResponse(pieces())
 
@@ -899,6 +912,21 @@ def test_form_field_limit(template_dir: Path) -> None:
 
 # --- streaming ---------------------------------------------------------------------------------
 
+
+def test_streaming_generator_closed_when_client_leaves(server: ThreadedServer) -> None:
+    STREAM_CLOSED.clear()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        sock.sendall(b"GET /stream/endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST: the server's next write fails
+    assert STREAM_CLOSED.wait(10), "the generator's finally block did not run"
+    with server.client() as c:
+        assert c.get("/ping").text == "pong"
+
+
 STREAMED = b"part 0;part 1;part 2;part 3;part 4;\x00\xffend"
 
 
@@ -931,9 +959,7 @@ def test_streaming_response_http10(server: ThreadedServer) -> None:
     assert headers["connection"] == "close"
     assert body == STREAMED  # the body ends when the server closes
     # Even when the 1.0 client asks for keep-alive, a length-less body must close.
-    data = raw_exchange(
-        server.port, b"GET /stream/sync HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-    )
+    data = raw_exchange(server.port, b"GET /stream/sync HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     status, headers, body = split_response(data)
     assert body == b"abc" and headers["connection"] == "close"
 

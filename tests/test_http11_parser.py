@@ -74,8 +74,12 @@ def test_head_details() -> None:
     )
     assert isinstance(head, RequestHead) and end is END_OF_MESSAGE
     assert head.query_string == b"a=1"
-    assert head.headers == [(b"Host", b"h"), (b"X-Two", b"1"), (b"x-two", b"2"),
-                            (b"Expect", b"100-continue")]
+    assert head.headers == [
+        (b"Host", b"h"),
+        (b"X-Two", b"1"),
+        (b"x-two", b"2"),
+        (b"Expect", b"100-continue"),
+    ]
     assert head.expect_continue and head.keep_alive and head.version == "1.1"
 
 
@@ -179,7 +183,10 @@ def test_upgrade_is_reported_with_following_bytes() -> None:
 
 def test_response_serialisation() -> None:
     head = response_head(
-        200, [(b"content-type", b"text/plain")], content_length=5, keep_alive=True,
+        200,
+        [(b"content-type", b"text/plain")],
+        content_length=5,
+        keep_alive=True,
         date=b"date: x\r\n",
     )
     assert head == (
@@ -189,8 +196,9 @@ def test_response_serialisation() -> None:
     assert chunked == (
         b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
     )
-    assert b"content-length" not in response_head(304, [], content_length=10, keep_alive=True,
-                                                  date=b"")
+    assert b"content-length" not in response_head(
+        304, [], content_length=10, keep_alive=True, date=b""
+    )
     assert encode_chunk(b"hello") == b"5\r\nhello\r\n" and encode_chunk(b"") == b""
 
 
@@ -215,8 +223,11 @@ VALID = b"POST /submit?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody"
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=len(VALID) - 1), st.integers(0, 255),
-       st.integers(min_value=1, max_value=20))
+@given(
+    st.integers(min_value=0, max_value=len(VALID) - 1),
+    st.integers(0, 255),
+    st.integers(min_value=1, max_value=20),
+)
 def test_mutated_requests_parse_or_fail_cleanly(pos: int, byte: int, step: int) -> None:
     data = VALID[:pos] + bytes([byte]) + VALID[pos + 1 :]
     parser = RequestParser(max_head_size=256)

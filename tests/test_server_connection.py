@@ -71,8 +71,14 @@ def make_app() -> App:
 def server() -> Any:
     settings = dict(
         access_log=False,
-        limits=LimitSettings(max_head_size=4096, max_headers=20, max_body_size=100_000,
-                             max_pipelined=8, write_buffer_high=65536, write_buffer_low=16384),
+        limits=LimitSettings(
+            max_head_size=4096,
+            max_headers=20,
+            max_body_size=100_000,
+            max_pipelined=8,
+            write_buffer_high=65536,
+            write_buffer_low=16384,
+        ),
         timeouts=TimeoutSettings(header=0.5, keepalive=0.5, body=0.5),
     )
     with ThreadedServer(make_app(), **settings) as srv:
@@ -151,15 +157,18 @@ def test_streaming_response(server: ThreadedServer) -> None:
 
 def test_chunked_request_body(server: ThreadedServer) -> None:
     with RawClient(server.port) as c:
-        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+        c.send(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n"
+        )
         assert c.response().body == b"hello world"
 
 
 def test_expect_100_continue(server: ThreadedServer) -> None:
     with RawClient(server.port) as c:
-        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
-               b"Expect: 100-continue\r\n\r\n")
+        c.send(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
         interim = c.sock.recv(1024)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         c.send(b"hello")
@@ -168,8 +177,10 @@ def test_expect_100_continue(server: ThreadedServer) -> None:
 
 def test_expect_100_continue_refused_when_too_big(server: ThreadedServer) -> None:
     with RawClient(server.port) as c:
-        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n"
-               b"Expect: 100-continue\r\n\r\n")
+        c.send(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
         r = c.response()
         assert r.status == 413
         assert c.wait_closed()
@@ -190,10 +201,15 @@ def test_streamed_upload(server: ThreadedServer) -> None:
         (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n", 431),
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431),
         (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n", 413),
-        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-         400),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
         (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n  folded\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
@@ -216,8 +232,10 @@ def test_limits_and_smuggling_shapes(
 
 def test_smuggled_request_is_never_answered(server: ThreadedServer) -> None:
     with RawClient(server.port) as c:
-        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /n/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        c.send(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /n/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
         r = c.response()
         assert r.status == 400
         assert c.wait_closed()

@@ -19,7 +19,6 @@ import pytest
 
 from rtserve import App
 from rtserve.testing import ThreadedServer
-
 from tests.conftest import require_tool
 
 SECRET = b"TOP-SECRET-CONTENT-outside-the-static-folder\n"
@@ -191,7 +190,9 @@ def test_conditional_get_etag(server: ThreadedServer) -> None:
         assert r.headers["etag"] == etag
         assert "content-length" not in r.headers
         # Weak comparison, lists and `*` also match; another tag does not.
-        assert c.get("/static/digits.txt", headers={"If-None-Match": f'"x", W/{etag}'}).status == 304
+        assert (
+            c.get("/static/digits.txt", headers={"If-None-Match": f'"x", W/{etag}'}).status == 304
+        )
         assert c.get("/static/digits.txt", headers={"If-None-Match": "*"}).status == 304
         r = c.get("/static/digits.txt", headers={"If-None-Match": '"other"'})
         assert r.status == 200 and r.body == DIGITS
@@ -295,9 +296,7 @@ def test_head(server: ThreadedServer) -> None:
 
 def test_head_raw_has_no_body(server: ThreadedServer) -> None:
     # http.client knows HEAD has no body; a raw read proves the server sends none.
-    data = raw_exchange(
-        server.port, b"HEAD /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
+    data = raw_exchange(server.port, b"HEAD /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     status, headers, body = parse_response(data)
     assert status == 200 and headers["content-length"] == str(BIG_SIZE)
     assert body == b""

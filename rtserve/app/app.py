@@ -10,6 +10,7 @@ import copy
 import gzip
 import inspect
 import logging
+import re
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
@@ -303,8 +304,7 @@ class App:
     def _send_response(
         self, request: Request, response: Response
     ) -> Coroutine[Any, Any, None] | None:
-        if request._xsrf_new:
-            response.set_cookie("_xsrf", request._xsrf_new, httponly=False, samesite="Strict")
+        request._add_xsrf_cookie(response)
         gzip_min = self.gzip_min_size
         if gzip_min is not None and len(response.body) >= gzip_min:
             _maybe_gzip(request, response)
@@ -346,8 +346,10 @@ class App:
     ) -> Coroutine[Any, Any, None] | None:
         exchange = request.exchange
         if exchange.started:
-            # Too late for an error page: end the response and drop the connection.
+            # Too late for an error page: drop the connection before ending the response, so
+            # that no last-chunk makes the cut-short body look complete to the client.
             exchange.conn.must_close = True
+            exchange.conn.close()
             exchange.end()
             return None
         return error_response(request, error, trace).send(exchange)
@@ -377,22 +379,43 @@ def _maybe_gzip(request: Request, response: Response) -> None:
         return
     if response.status < 200 or response.status in (204, 206, 304):
         return
-    accept = request.headers.get("accept-encoding", "")
-    if not _accepts_gzip(accept):
+    # Compressed or not, this representation depends on Accept-Encoding: tell caches.
+    vary = response.get_header("vary")
+    if not vary:
+        response.set_header("vary", "Accept-Encoding")
+    elif not {v.strip().lower() for v in vary.split(",")} & {"accept-encoding", "*"}:
+        response.set_header("vary", f"{vary}, Accept-Encoding")
+    if not _accepts_gzip(request.headers.get("accept-encoding", "")):
         return
     response.body = gzip.compress(response.body, 6, mtime=0)
     response.set_header("content-encoding", "gzip")
-    vary = response.get_header("vary")
-    response.set_header("vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
+
+
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
+    """True if Accept-Encoding gives gzip (or, failing a gzip entry, `*`) a non-zero q."""
+    gzip_q: float | None = None
+    star_q: float | None = None
     for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip()
-            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
-    return False
+        coding, _, params = item.partition(";")
+        coding = coding.strip(" \t").lower()
+        if coding not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip(" \t").lower() == "q":
+                value = value.strip(" \t")
+                q = float(value) if _QVALUE.fullmatch(value) else 0.0
+        if coding == "*":
+            star_q = q if star_q is None else star_q
+        else:
+            gzip_q = q if gzip_q is None else gzip_q
+    if gzip_q is not None:
+        return gzip_q > 0
+    return star_q is not None and star_q > 0
 
 
 __all__ = ["HTML", "App"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from http.cookies import SimpleCookie
 from typing import TypeVar, overload
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 T = TypeVar("T")
 
@@ -100,7 +100,10 @@ class QueryParams(MultiDict):
 
 
 def parse_cookies(header_values: Iterable[str]) -> dict[str, str]:
-    """Cookies from `Cookie` header values; malformed pairs are skipped, first value wins."""
+    """Cookies from `Cookie` header values; malformed pairs are skipped, first value wins.
+
+    Percent-escapes are decoded, mirroring `Response.set_cookie`, which encodes them.
+    """
     cookies: dict[str, str] = {}
     for header in header_values:
         for chunk in header.split(";"):
@@ -116,5 +119,8 @@ def parse_cookies(header_values: Iterable[str]) -> dict[str, str]:
                     value = parsed[name].value if name in parsed else value[1:-1]
                 except Exception:
                     value = value[1:-1]
+            elif "%" in value:
+                # Response.set_cookie percent-encodes values; decode them symmetrically.
+                value = unquote(value)
             cookies.setdefault(name, value)
     return cookies

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rtserve.app.response import JSON, Response, dump_json
+from rtserve.app.response import JSON, OCTETS, TEXT, Response, dump_json
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
@@ -76,8 +76,10 @@ class Handler:
         """Send what was written so far (the head first, then chunks) and wait for it to drain."""
         exchange = self.request.exchange
         if not self._streaming:
+            self.request._add_xsrf_cookie(self.response)
+            headers = self.response.raw_headers(self.request.scheme)
             self._streaming = True
-            exchange.start(self.response.status, self.response.raw_headers(self.request.scheme))
+            exchange.start(self.response.status, headers)
         if self._chunks:
             exchange.write(b"".join(self._chunks))
             self._chunks.clear()
@@ -97,14 +99,41 @@ class Handler:
                 self.request.exchange.write(b"".join(self._chunks))
             self.request.exchange.end()
             return SENT
+        response = self.response
+        touched = response.status != 200 or bool(response.headers) or bool(response.cookies)
         if returned is not None:
-            return returned
-        if self._wrote or self.response.status != 200 or self.response.headers:
-            self.response.body = b"".join(self._chunks)
-            if self.response.body and not self.response.has_header("content-type"):
-                self.response.set_header("content-type", "text/html; charset=utf-8")
-            return self.response
+            return self._merge(returned) if touched else returned
+        if self._wrote or touched:
+            response.body = b"".join(self._chunks)
+            if response.body and not response.has_header("content-type"):
+                response.set_header("content-type", "text/html; charset=utf-8")
+            return response
         return None
+
+    def _merge(self, returned: Any) -> Any:
+        """`returned`, keeping the status, headers and cookies set on this handler."""
+        response = self.response
+        if isinstance(returned, Response):
+            # The returned response's own headers and status win; cookies add up.
+            present = {name.lower() for name, _ in returned.headers}
+            for name, value in response.headers:
+                if name.lower() not in present:
+                    returned.add_header(name, value)
+            returned.cookies[:0] = response.cookies
+            return returned
+        kind = type(returned)
+        if kind is str:
+            body, media_type = returned.encode("utf-8"), TEXT
+        elif kind is bytes:
+            body, media_type = returned, OCTETS
+        elif kind is dict or kind is list:
+            body, media_type = dump_json(returned), JSON
+        else:
+            return returned  # not a supported result: the app answers 500
+        response.body = body
+        if not response.has_header("content-type"):
+            response.set_header("content-type", media_type)
+        return response
 
 
 class _Sent:

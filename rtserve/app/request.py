@@ -14,6 +14,7 @@ from rtserve.server.exchange import Exchange
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
+    from rtserve.app.response import Response
 
 
 class Request:
@@ -58,6 +59,11 @@ class Request:
         if not token:
             token = self._xsrf_new = new_xsrf_token()
         return token
+
+    def _add_xsrf_cookie(self, response: Response) -> None:
+        """Set the `_xsrf` cookie on `response` if this request made a new token."""
+        if self._xsrf_new:
+            response.set_cookie("_xsrf", self._xsrf_new, httponly=False, samesite="Strict")
 
     @property
     def method(self) -> str:

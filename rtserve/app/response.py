@@ -7,7 +7,14 @@ went out at once, or a coroutine that finishes sending (streams, files).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Coroutine, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+)
 from datetime import datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -129,18 +136,31 @@ class Response:
     # --- sending ---------------------------------------------------------------------------
 
     def raw_headers(self, scheme: str) -> list[tuple[bytes, bytes]]:
-        """Header fields as bytes; cookies set with `secure=None` get Secure under HTTPS."""
-        out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
+        """Header fields as bytes; cookies set with `secure=None` get Secure under HTTPS.
+
+        Raises ValueError for a field that could split the head (CR, LF or NUL, or a bad
+        name): checked here, before anything is sent, so the app can still answer 500.
+        """
+        out = [_field(n, v) for n, v in self.headers]
         for value, auto_secure in self.cookies:
             if auto_secure and scheme == "https":
                 value += "; Secure"
-            out.append((b"set-cookie", value.encode("latin-1")))
+            out.append(_field("set-cookie", value))
         return out
 
     def send(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Write this response to `exchange`."""
         exchange.respond(self.status, self.raw_headers(exchange.client_and_scheme[1]), self.body)
         return None
+
+
+def _field(name: str, value: str) -> tuple[bytes, bytes]:
+    if not name or any(c in name for c in _BAD_NAME_CHARS) or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"invalid header field {name!r}: {value!r}")
+    return name.encode("latin-1"), value.encode("latin-1")
+
+
+_BAD_NAME_CHARS = frozenset(' \t\r\n\0:()<>@,;\\"/[]?={}')
 
 
 class JSONResponse(Response):
@@ -198,12 +218,31 @@ class StreamingResponse(Response):
     async def _stream(self, exchange: Exchange) -> None:
         exchange.start(self.status, self.raw_headers(exchange.client_and_scheme[1]))
         content = self.content
-        if isinstance(content, AsyncIterable):
-            async for piece in content:
-                exchange.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
-                await exchange.drain()
-        else:
-            for piece in content:
-                exchange.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
-                await exchange.drain()
+        try:
+            if isinstance(content, AsyncIterable):
+                async for piece in content:
+                    exchange.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
+                    await exchange.drain()
+            else:
+                for piece in content:
+                    exchange.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
+                    await exchange.drain()
+        except BaseException:
+            # The body is cut short: close the connection so that ending the exchange
+            # writes no last-chunk, and the client sees an incomplete response.
+            exchange.conn.must_close = True
+            exchange.conn.close()
+            await _close_iterator(content)
+            raise
         exchange.end()
+
+
+async def _close_iterator(content: Any) -> None:
+    """Run the `finally` blocks of an abandoned generator now rather than at GC time."""
+    try:
+        if isinstance(content, AsyncGenerator):
+            await content.aclose()
+        elif isinstance(content, Generator):
+            content.close()
+    except Exception:
+        pass

@@ -109,8 +109,8 @@ class RequestParser:
     """
 
     __slots__ = (
-        "_body_bytes",
         "_begun",
+        "_body_bytes",
         "_content_length",
         "_dead",
         "_error",

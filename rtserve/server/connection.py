@@ -46,6 +46,7 @@ class HTTPConnection(asyncio.Protocol):
         "active",
         "closed",
         "deadline",
+        "eof",
         "must_close",
         "parser",
         "peer",
@@ -74,6 +75,7 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = INF
         self.closed = False
         self.must_close = False
+        self.eof = False
         self.writing_paused = False
         self._reading_paused_queue = False
         self._reading_paused_body = False
@@ -140,11 +142,11 @@ class HTTPConnection(asyncio.Protocol):
         self._rearm()
 
     def eof_received(self) -> bool | None:
-        if self.active is None:
+        self.eof = True
+        if self.active is None and not self.queue:
             self.transport.close()
             return None
-        self.must_close = True
-        return True  # half-close: finish answering what was asked
+        return True  # half-close: finish answering what was asked, then close
 
     # --- request flow ----------------------------------------------------------------------
 
@@ -227,7 +229,12 @@ class HTTPConnection(asyncio.Protocol):
         self.active = None
         if not exchange.body_complete:
             self.must_close = True  # the rest of its body is unread: the stream is unusable
-        if self.must_close or not exchange.head.keep_alive or state.shutting_down:
+        if (
+            self.must_close
+            or not exchange.head.keep_alive
+            or state.shutting_down
+            or (self.eof and not self.queue)
+        ):
             self.close()
             return
         if self.queue:
@@ -248,7 +255,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def keep_alive_after(self, exchange: Exchange) -> bool:
         """Whether the connection stays open after this exchange's response."""
-        return exchange.head.keep_alive and not self.must_close and not self.state.shutting_down
+        return (
+            exchange.head.keep_alive
+            and not self.must_close
+            and not self.state.shutting_down
+            and not (self.eof and not self.queue)
+        )
 
     # --- timers ----------------------------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""The rtserve command: version, help, errors, and `run` as a real process with signals."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rtserve import App, Request, __version__
+from rtserve.cli.main import main
+from rtserve.testing import serve_app
+from tests.rawhttp import RawClient, get
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_and_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0 and "run" in result.output
+    result = runner.invoke(main, ["run", "--help"])
+    assert "--no-access-log" in result.output and "--reload" in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module_xyz:app", "cannot import module"),
+        ("tests.apps.slow:nope", "has no attribute"),
+        ("tests.apps.slow:asyncio", "not an rtserve App"),
+    ],
+)
+def test_run_bad_target_exits_2(target: str, message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtserve", "run", target, "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+class Served:
+    """`rtserve run` in a child process; the port is read from its log."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtserve", "run", "tests.apps.slow:app", "--port", "0", *args],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.port_found = threading.Event()
+        self.port = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self.port_found.wait(20):
+            self.proc.kill()
+            raise AssertionError("server did not report its address: " + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self.port_found.set()
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 10) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: text in self.log(), timeout), self.log()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served()
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait(10)
+
+
+def test_run_serves_and_logs_access(served: Served) -> None:
+    with RawClient(served.port) as c:
+        c.send(get())
+        assert c.response().body == b"ok"
+    served.proc.send_signal(signal.SIGINT)
+    assert served.proc.wait(20) == 0
+    served.reader.join(5)
+    assert '"GET / HTTP/1.1" 200' in served.log()
+
+
+def test_sigterm_lets_in_flight_requests_finish(served: Served) -> None:
+    idle = RawClient(served.port)
+    idle.send(get())
+    assert idle.response().status == 200  # now an idle keep-alive connection
+    busy = RawClient(served.port, timeout=10)
+    busy.send(get("/slow?s=0.5"))
+    served.wait_for("slow request started")
+    served.proc.send_signal(signal.SIGTERM)
+    response = busy.response()
+    assert response.status == 200 and response.body == b"finished"
+    assert response.headers.get("connection") == "close"
+    assert idle.wait_closed()
+    assert served.proc.wait(20) == 0
+    with pytest.raises(OSError):
+        RawClient(served.port, timeout=2).send(get())
+    busy.close()
+    idle.close()
+
+
+def test_second_signal_stops_at_once() -> None:
+    s = Served()
+    try:
+        busy = RawClient(s.port, timeout=30)
+        busy.send(get("/slow?s=60"))
+        s.wait_for("slow request started")
+        start = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        s.wait_for("shutting down")
+        s.proc.send_signal(signal.SIGTERM)  # a second signal closes everything at once
+        assert s.proc.wait(20) == 0
+        assert time.monotonic() - start < 10
+        assert busy.wait_closed()
+        busy.close()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
+def test_shutdown_grace_period_is_bounded() -> None:
+    async def scenario() -> float:
+        app = App()
+        started = asyncio.Event()
+
+        @app.route("/slow")
+        async def slow(request: Request) -> str:
+            started.set()
+            await asyncio.sleep(30)
+            return "never"
+
+        async with serve_app(app, access_log=False) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(get("/slow"))
+            await asyncio.wait_for(started.wait(), 5)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await server.shutdown(grace=0.2)
+            elapsed = loop.time() - start
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no response
+            writer.close()
+            return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert 0.15 < elapsed < 2
