@@ -480,7 +480,7 @@ def test_handler_that_only_sets_a_cookie(server: ThreadedServer) -> None:
 
 def test_tampered_signed_cookie_reads_as_none(server: ThreadedServer) -> None:
     response, _ = fetch(server.port, "GET", "/signed/set?v=admin")
-    name, value = cookie_pair(set_cookies(response)[0]).split("=", 1)
+    value = cookie_pair(set_cookies(response)[0]).split("=", 1)[1]
     version, stamp, payload, mac = value.split(".")
     forged = [
         f"{version}.{stamp}.{payload}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}",  # MAC
@@ -752,7 +752,7 @@ def test_gzip_json_handler_and_vary_merge(server: ThreadedServer) -> None:
 
 def test_gzip_head(server: ThreadedServer) -> None:
     gz = {"Accept-Encoding": "gzip"}
-    get_response, get_body = fetch(server.port, "GET", "/text/big", headers=gz)
+    _, get_body = fetch(server.port, "GET", "/text/big", headers=gz)
     response, body = fetch(server.port, "HEAD", "/text/big", headers=gz)
     assert body == b""
     assert response.getheader("content-encoding") == "gzip"
@@ -1071,3 +1071,39 @@ def test_header_injection_is_refused(server: ThreadedServer, path: str) -> None:
     assert b"injected" not in data.lower()
     status, _, _ = split_response(data)
     assert status == 500
+
+
+# --- cookie attributes and configuration -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"path": "/; Domain=.evil.example"},
+        {"domain": "example.com; Secure"},
+        {"path": "/\r\nX-Injected: 1"},
+        {"samesite": "Lax; Domain=evil"},
+        {"samesite": "Sometimes"},
+    ],
+)
+def test_cookie_attribute_injection_is_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Response().set_cookie("name", "value", **options)
+
+
+def test_cookie_expires_accepts_naive_and_aware_datetimes() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    response = Response()
+    response.set_cookie("naive", "1", expires=datetime(2030, 1, 2, 3, 4, 5))
+    aware = datetime(2030, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    response.set_cookie("aware", "1", expires=aware)
+    values = [v.decode() for n, v in response.raw_headers("http") if n == b"set-cookie"]
+    assert all("Expires=Wed, 02 Jan 2030 03:04:05 GMT" in v for v in values), values
+
+
+def test_bad_cookie_secret_fails_at_startup() -> None:
+    with pytest.raises(ValueError):
+        App(cookie_secret="too-short")
+    with pytest.raises(ValueError):
+        App(cookie_secret=[])

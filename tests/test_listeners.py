@@ -31,8 +31,8 @@ BIG = os.urandom(3 * 1024 * 1024 + 17)
 BIG_TEXT = "all work and no play makes jack a dull boy\n" * 400
 
 
-def make_app(static_dir: Path | None = None) -> App:
-    app = App()
+def make_app(static_dir: Path | None = None, settings: ServerSettings | None = None) -> App:
+    app = App(settings)
 
     @app.route("/whoami")
     def whoami(request: Request) -> dict[str, Any]:
@@ -299,7 +299,9 @@ def unverified() -> ssl.SSLContext:
 def test_tls_http_client(tls_server: ThreadedServer) -> None:
     assert tls_server.server is not None
     assert tls_server.server.addresses == [f"https://127.0.0.1:{tls_server.port}"]
-    conn = http.client.HTTPSConnection("127.0.0.1", tls_server.port, timeout=10, context=unverified())
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", tls_server.port, timeout=10, context=unverified()
+    )
     try:
         info = whoami(conn)
         assert info["scheme"] == "https"
@@ -325,21 +327,17 @@ def test_tls_http_client(tls_server: ThreadedServer) -> None:
 def test_tls_verified_with_the_certificate(
     tls_server: ThreadedServer, certificate: tuple[str, str]
 ) -> None:
+    """A verifying client that trusts the self-signed certificate (its SAN names 127.0.0.1)."""
     context = ssl.create_default_context(cafile=certificate[0])
     context.set_alpn_protocols(["http/1.1"])
-    conn = http.client.HTTPSConnection("localhost", tls_server.port, timeout=10, context=context)
-    # Resolve "localhost" ourselves so that only 127.0.0.1 is ever used.
-    conn.host = "127.0.0.1"
-    conn._tunnel_host = None
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_server.port, timeout=10, context=context)
     try:
-        conn.sock = context.wrap_socket(
-            socket.create_connection(("127.0.0.1", tls_server.port), timeout=10),
-            server_hostname="localhost",
-        )
-    except ssl.SSLCertVerificationError as exc:  # an OpenSSL without -addext
-        pytest.skip(f"certificate without subjectAltName: {exc}")
-    try:
-        assert conn.sock.selected_alpn_protocol() == "http/1.1"
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError as exc:  # an OpenSSL without -addext
+            pytest.skip(f"certificate without subjectAltName: {exc}")
+        tls_sock: Any = conn.sock
+        assert tls_sock.selected_alpn_protocol() == "http/1.1"
         assert whoami(conn)["scheme"] == "https"
     finally:
         conn.close()
@@ -347,7 +345,9 @@ def test_tls_verified_with_the_certificate(
 
 def test_tls_large_file_keepalive(tls_server: ThreadedServer) -> None:
     """Under TLS, files go through the worker-thread fallback, not sendfile."""
-    conn = http.client.HTTPSConnection("127.0.0.1", tls_server.port, timeout=20, context=unverified())
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", tls_server.port, timeout=20, context=unverified()
+    )
     try:
         conn.request("GET", "/static/big.bin")
         response = conn.getresponse()
@@ -416,8 +416,7 @@ def test_plain_http_to_tls_port_is_closed(tls_server: ThreadedServer) -> None:
 @pytest.fixture(scope="module")
 def proxied() -> Iterator[ThreadedServer]:
     settings = ServerSettings(trusted_proxies=["127.0.0.1"])
-    with ThreadedServer(App(settings), access_log=False) as srv:
-        srv.app.router = make_app().router  # same routes, this app's settings
+    with ThreadedServer(make_app(settings=settings), access_log=False) as srv:
         yield srv
 
 
@@ -465,6 +464,15 @@ def test_forwarding_chain_takes_rightmost_untrusted(proxied: ThreadedServer) -> 
     assert info["scheme"] == "http" and info["client"] == "127.0.0.1"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="rtserve/server/proxy.py TrustedProxies.resolve: an empty X-Forwarded-For "
+    "element becomes the client address ('')",
+)
+def test_empty_forwarded_for_element_is_skipped(proxied: ThreadedServer) -> None:
+    assert ask(proxied, {"X-Forwarded-For": "203.0.113.7, "})["client"] == "203.0.113.7"
+
+
 def test_secure_cookie_behind_tls_terminating_proxy(proxied: ThreadedServer) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", proxied.port, timeout=10)
     try:
@@ -488,8 +496,6 @@ def test_forwarding_headers_ignored_without_trust(direct: ThreadedServer) -> Non
 
 def test_forwarding_headers_ignored_from_untrusted_peer() -> None:
     settings = ServerSettings(trusted_proxies=["10.0.0.0/8"])
-    app = make_app()
-    app.settings = settings
-    with ThreadedServer(app, access_log=False) as srv:
+    with ThreadedServer(make_app(settings=settings), access_log=False) as srv:
         info = ask(srv, {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
     assert info["client"] == "127.0.0.1" and info["scheme"] == "http"

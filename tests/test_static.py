@@ -7,6 +7,7 @@ curl. Every server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
@@ -119,16 +120,17 @@ def any_loop_server(
     if request.param == "default-loop":
         yield server
         return
-    mp = pytest.MonkeyPatch()
-    mp.setattr("rtserve.testing.new_event_loop", asyncio.new_event_loop)
     app = App()
     app.static("/static", site / "public")
     app.static_file("/big", site / "public" / "big.bin")
+    srv = ThreadedServer(app, access_log=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("rtserve.testing.new_event_loop", asyncio.new_event_loop)
+        srv.start()  # the loop is made in here
     try:
-        with ThreadedServer(app, access_log=False) as srv:
-            yield srv
+        yield srv
     finally:
-        mp.undo()
+        srv.stop()
 
 
 # --- content types and validators ------------------------------------------------------------
@@ -371,10 +373,8 @@ def test_fifo_does_not_block_the_server(server: ThreadedServer, site: Path) -> N
             assert c.get("/ping").text == "pong"
     finally:
         # Should the server have blocked opening the FIFO, a writer releases it.
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
 
 
 def test_symlink_inside_folder_is_served(server: ThreadedServer) -> None:

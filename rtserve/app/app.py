@@ -24,6 +24,7 @@ from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Respons
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
 from rtserve.errors import HTTPError
+from rtserve.protocol.http11 import encode_headers
 from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
@@ -32,9 +33,9 @@ log = logging.getLogger("rtserve.app")
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[], Awaitable[None] | None]
 
-_TEXT_HEADERS = [(b"content-type", TEXT.encode())]
-_JSON_HEADERS = [(b"content-type", JSON.encode())]
-_OCTET_HEADERS = [(b"content-type", OCTETS.encode())]
+_TEXT_HEADERS = encode_headers([(b"content-type", TEXT.encode())])
+_JSON_HEADERS = encode_headers([(b"content-type", JSON.encode())])
+_OCTET_HEADERS = encode_headers([(b"content-type", OCTETS.encode())])
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _COMPRESSIBLE = (
     "text/",
@@ -70,6 +71,9 @@ class App:
         self.template_dir = Path(template_dir)
         self._secrets = [cookie_secret] if isinstance(cookie_secret, str) else cookie_secret
         self._signer: CookieSigner | None = None
+        if self._secrets is not None:
+            # Fail at startup, not on the first request, for a secret that is too short.
+            self._signer = CookieSigner(list(self._secrets))
         self._templates: Any = None
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
@@ -295,9 +299,8 @@ class App:
             )
         gzip_min = self.gzip_min_size
         if request._xsrf_new or (gzip_min is not None and len(body) >= gzip_min):
-            response = Response(body)
-            response.headers = [(n.decode(), v.decode()) for n, v in headers]
-            return self._send_response(request, response)
+            content_type = headers[len(b"content-type: ") : -2].decode()
+            return self._send_response(request, Response(body, content_type=content_type))
         request.exchange.respond(200, headers, body)
         return None
 

@@ -15,7 +15,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -33,9 +33,12 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def dump_json(value: Any) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _encode_json(value).encode("utf-8")
 
 
 class Response:
@@ -107,10 +110,21 @@ class Response:
         """
         if not name or any(c in name for c in ' \t\r\n;,="()<>@:\\/[]?{}'):
             raise ValueError(f"invalid cookie name {name!r}")
+        for attribute, text in (("path", path), ("domain", domain)):
+            # A `;` would smuggle in attributes of its own (Domain=, Secure, ...).
+            if text and (";" in text or not text.isprintable()):
+                raise ValueError(f"invalid cookie {attribute} {text!r}")
+        if samesite and samesite.lower() not in ("strict", "lax", "none"):
+            raise ValueError(f"samesite must be Strict, Lax or None, not {samesite!r}")
         parts = [f"{name}={quote(value, safe='')}"]
         if max_age is not None:
             parts.append(f"Max-Age={int(max_age)}")
         if expires is not None:
+            # Naive datetimes are taken as UTC; aware ones are converted to it.
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            else:
+                expires = expires.astimezone(UTC)
             parts.append(f"Expires={format_datetime(expires, usegmt=True)}")
         if path:
             parts.append(f"Path={path}")

@@ -88,21 +88,25 @@ class Endpoint:
     segments: list[Segment]
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    param_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
 
 
 @dataclass(slots=True)
 class _Node:
     literals: dict[str, _Node] = field(default_factory=dict)
-    params: list[tuple[str, _Node]] = field(default_factory=list)  # (kind, child)
+    params: list[tuple[str, Converter, _Node]] = field(default_factory=list)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)  # method -> endpoint
     rest: dict[str, Endpoint] = field(default_factory=dict)  # {x:path} endpoints here
 
     def child_param(self, kind: str) -> _Node:
-        for existing, node in self.params:
+        for existing, _, node in self.params:
             if existing == kind:
                 return node
         node = _Node()
-        self.params.append((kind, node))
+        self.params.append((kind, CONVERTERS[kind], node))
         self.params.sort(key=lambda item: _SPECIFICITY.get(item[0], 9))
         return node
 
@@ -167,55 +171,24 @@ class Router:
     def match(self, method: str, path: str, raw_path: bytes | None = None) -> Match:
         """Find the endpoint for a request; raises HTTPError 404 or 405 (with Allow)."""
         table = self._literal.get(path)
-        params: dict[str, Any] = {}
+        values: list[Any] = []
         if table is None:
             if raw_path is not None and b"%" in raw_path:
                 parts = [unquote(p) for p in raw_path.decode("latin-1")[1:].split("/")]
             else:
                 parts = path[1:].split("/")
-            found = self._walk(self._root, parts, 0, [])
-            if found is None:
+            table = _walk(self._root, parts, 0, values)
+            if table is None:
                 raise HTTPError(404)
-            table, values = found
-            endpoint = next(iter(table.values()))
-            params = self._bind(endpoint, values)
-        endpoint_for_method = table.get(method)
-        if endpoint_for_method is None and method == "HEAD":
-            endpoint_for_method = table.get("GET")
-        if endpoint_for_method is None:
-            raise HTTPError(405, headers={"Allow": ", ".join(_allowed(table))})
-        if params and endpoint_for_method is not next(iter(table.values())):
-            # Methods on one node may name their parameters differently.
-            params = self._bind(endpoint_for_method, list(params.values()))
-        return endpoint_for_method, params
-
-    def _walk(
-        self, node: _Node, parts: list[str], index: int, values: list[Any]
-    ) -> tuple[dict[str, Endpoint], list[Any]] | None:
-        if index == len(parts):
-            return (node.endpoints, values) if node.endpoints else None
-        part = parts[index]
-        child = node.literals.get(part)
-        if child is not None:
-            found = self._walk(child, parts, index + 1, values)
-            if found is not None:
-                return found
-        for kind, param_child in node.params:
-            try:
-                value = CONVERTERS[kind](part)
-            except ValueError:
-                continue
-            found = self._walk(param_child, parts, index + 1, [*values, value])
-            if found is not None:
-                return found
-        if node.rest:
-            return node.rest, [*values, "/".join(parts[index:])]
-        return None
-
-    @staticmethod
-    def _bind(endpoint: Endpoint, values: list[Any]) -> dict[str, Any]:
-        names = [s.name for s in endpoint.segments if isinstance(s, Param)]
-        return dict(zip(names, values, strict=True))
+        endpoint = table.get(method)
+        if endpoint is None:
+            endpoint = table.get("GET") if method == "HEAD" else None
+            if endpoint is None:
+                raise HTTPError(405, headers={"Allow": ", ".join(_allowed(table))})
+        if not values:
+            return endpoint, {}
+        # Methods sharing a node may name their parameters differently: bind per endpoint.
+        return endpoint, dict(zip(endpoint.param_names, values, strict=True))
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the route called `name` with `params` filled in (and checked)."""
@@ -242,6 +215,34 @@ class Router:
                     ) from None
             out.append(quote(value, safe="/" if segment.kind == "path" else ""))
         return "/" + "/".join(out)
+
+
+def _walk(
+    node: _Node, parts: list[str], index: int, values: list[Any]
+) -> dict[str, Endpoint] | None:
+    """Depth-first match of `parts[index:]` below `node`; converted values go to `values`."""
+    if index == len(parts):
+        return node.endpoints or None
+    part = parts[index]
+    child = node.literals.get(part)
+    if child is not None:
+        found = _walk(child, parts, index + 1, values)
+        if found is not None:
+            return found
+    for _, convert, param_child in node.params:
+        try:
+            value = convert(part)
+        except ValueError:
+            continue
+        values.append(value)
+        found = _walk(param_child, parts, index + 1, values)
+        if found is not None:
+            return found
+        values.pop()
+    if node.rest:
+        values.append("/".join(parts[index:]))
+        return node.rest
+    return None
 
 
 def _allowed(table: dict[str, Endpoint]) -> list[str]:

@@ -116,6 +116,7 @@ class RequestParser:
         "_error",
         "_events",
         "_expect",
+        "_field_bytes",
         "_head_bytes",
         "_headers",
         "_in_head",
@@ -148,6 +149,7 @@ class RequestParser:
         self._url = b""
         self._headers: list[Header] = []
         self._head_bytes = 0
+        self._field_bytes = 0
         self._in_head = False
         self._content_length: bytes | None = None
         self._te: bytes | None = None
@@ -200,7 +202,8 @@ class RequestParser:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.max_head_size:
+        self._field_bytes += len(url)
+        if self._field_bytes > self.max_head_size:
             self._fail(431, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -208,6 +211,9 @@ class RequestParser:
         headers.append((name, value))
         if len(headers) > self.max_headers:
             self._fail(431, "too many header fields")
+        self._field_bytes += len(name) + len(value) + 4
+        if self._field_bytes > self.max_head_size:
+            self._fail(431, "request head too large")
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             self._content_length = value
@@ -220,9 +226,6 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        head_size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
-        if head_size > self.max_head_size:
-            self._fail(431, "request head too large")
         self._in_head = False
         head = RequestHead(
             parser.get_method().decode("ascii"),
@@ -298,7 +301,7 @@ def encode_headers(headers: list[Header]) -> bytes:
 
 def response_head(
     status: int,
-    headers: list[Header],
+    headers: list[Header] | bytes,
     *,
     content_length: int | None,
     keep_alive: bool,
@@ -308,6 +311,7 @@ def response_head(
 ) -> bytes:
     """A complete response head. `content_length=None` means chunked transfer coding.
 
+    `headers` may be given already encoded (see `encode_headers`), as constant heads are.
     `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
     An HTTP/1.0 client is told `connection: keep-alive` when the connection stays open.
     """
@@ -320,7 +324,7 @@ def response_head(
     return b"".join(
         (
             status_line(status),
-            encode_headers(headers),
+            headers if type(headers) is bytes else encode_headers(headers),  # type: ignore[arg-type]
             length,
             date,
             server,

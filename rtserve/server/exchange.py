@@ -150,7 +150,7 @@ class Exchange:
 
     # --- response side ---------------------------------------------------------------------
 
-    def respond(self, status: int, headers: list[Header], body: bytes = b"") -> None:
+    def respond(self, status: int, headers: list[Header] | bytes, body: bytes = b"") -> None:
         """Send a complete response with `body` and finish the exchange."""
         if self.started:
             raise RuntimeError("response already started")
