@@ -217,14 +217,15 @@ def test_streamed_upload(server: ThreadedServer) -> None:
     ],
 )
 def test_limits_and_smuggling_shapes(
-    server: ThreadedServer, request_bytes: bytes, status: int
+    server: ThreadedServer, request_bytes: bytes, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with RawClient(server.port) as c:
+    with RawClient(server.port) as c, caplog.at_level("WARNING", "rtserve.server"):
         c.send(request_bytes)
         r = c.response()
         assert r.status == status
         assert r.headers["connection"] == "close"
         assert c.wait_closed()
+    assert any(f" {status} " in m for m in caplog.messages), caplog.messages  # logged
     with RawClient(server.port) as other:  # the server is still fine
         other.send(get())
         assert other.response().body == b"ok"

@@ -7,6 +7,7 @@ kernel's sendfile (or a worker-thread read under TLS), never a blocking read on 
 
 from __future__ import annotations
 
+import errno
 import mimetypes
 import os
 import stat
@@ -72,6 +73,13 @@ def content_type_for(path: str) -> str:
     return kind
 
 
+# Errors that mean "there is no such file to serve": missing, a folder, a symlink loop, a
+# name too long, or a special file that cannot be opened.
+_NOT_FOUND = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO}
+)
+
+
 class FileResponse(Response):
     """A file from disk, honouring If-None-Match/If-Modified-Since, Range and HEAD."""
 
@@ -90,8 +98,10 @@ class FileResponse(Response):
             fd = os.open(self.path, flags)
         except PermissionError:
             raise HTTPError(403) from None
-        except OSError:  # missing, a directory, a symlink loop, a name too long, ...
-            raise HTTPError(404) from None
+        except OSError as exc:
+            if exc.errno in _NOT_FOUND:
+                raise HTTPError(404) from None
+            raise  # EMFILE, EIO, ...: a server problem, not a missing file
         file = os.fdopen(fd, "rb")
         try:
             info = os.fstat(fd)
