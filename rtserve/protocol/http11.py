@@ -309,14 +309,15 @@ def response_head(
     server: bytes = b"",
     http10: bool = False,
 ) -> bytes:
-    """A complete response head. `content_length=None` means chunked transfer coding.
+    """A complete response head. `content_length=None` means a body of unknown length.
 
     `headers` may be given already encoded (see `encode_headers`), as constant heads are.
     `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
     An HTTP/1.0 client is told `connection: keep-alive` when the connection stays open.
     """
     if content_length is None:
-        length = b"transfer-encoding: chunked\r\n"
+        # Without a length, HTTP/1.1 streams chunked; HTTP/1.0 ends the body by closing.
+        length = b"" if http10 else b"transfer-encoding: chunked\r\n"
     elif status < 200 or status == 204 or status == 304:
         length = b""
     else:

@@ -184,29 +184,20 @@ class Exchange:
         conn = self.conn
         self.started = True
         self.status = status
-        keep_alive = conn.keep_alive_after(self)
-        if content_length is None and self.head.version != "1.1":
-            keep_alive = False  # HTTP/1.0 has no chunking: the body ends when we close
-            conn.must_close = True
-            head = response_head(
-                status,
-                headers,
-                content_length=0,
-                keep_alive=False,
-                date=conn.state.date_line,
-                server=conn.state.server_line,
-            ).replace(b"content-length: 0\r\n", b"")
+        http10 = self.head.version == "1.0"
+        if content_length is None and http10:
+            conn.must_close = True  # HTTP/1.0 has no chunking: the body ends when we close
         else:
             self._chunked = content_length is None
-            head = response_head(
-                status,
-                headers,
-                content_length=content_length,
-                keep_alive=keep_alive,
-                date=conn.state.date_line,
-                server=conn.state.server_line,
-                http10=self.head.version == "1.0",
-            )
+        head = response_head(
+            status,
+            headers,
+            content_length=content_length,
+            keep_alive=conn.keep_alive_after(self),
+            date=conn.state.date_line,
+            server=conn.state.server_line,
+            http10=http10,
+        )
         if not conn.closed:
             conn.transport.write(head)
 
