@@ -55,6 +55,17 @@ def make_app() -> App:
             await exchange.drain()
         exchange.end()
 
+    @app.route("/inject")
+    def inject(request: Request) -> None:
+        request.exchange.respond(200, [(b"x-a", b"1\r\nx-b: 2")], b"hi")
+
+    @app.route("/cut")
+    async def cut(request: Request) -> None:
+        request.exchange.start(200, [(b"content-type", b"text/plain")])
+        request.exchange.write(b"partial")
+        await asyncio.sleep(0)
+        raise RuntimeError("failed mid-body")
+
     @app.route("/stream")
     def stream(request: Request) -> StreamingResponse:
         return StreamingResponse((f"piece {i}\n" for i in range(5)), content_type="text/plain")
@@ -331,3 +342,20 @@ def test_many_connections_one_bad(server: ThreadedServer) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_bad_header_from_a_handler_becomes_500(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get("/inject"))
+        assert c.response().status == 500
+        c.send(get())
+        assert c.response().status == 200
+
+
+def test_failure_mid_body_is_visible_to_the_client(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get("/cut"))
+        data = b""
+        while chunk := c.sock.recv(65536):
+            data += chunk
+        assert data.endswith(b"7\r\npartial\r\n")  # no last chunk: the body is cut, not complete

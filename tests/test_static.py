@@ -583,3 +583,17 @@ def test_http_client_reads_exact_bytes(server: ThreadedServer) -> None:
         assert r.status == 206 and r.read() == b"z"
     finally:
         conn.close()
+
+
+def test_dotfiles_are_private_except_well_known(server: ThreadedServer, site: Path) -> None:
+    root = site / "public"
+    (root / ".env").write_text("SECRET=1")
+    (root / ".git").mkdir(exist_ok=True)
+    (root / ".git" / "config").write_text("[core]")
+    (root / ".well-known").mkdir(exist_ok=True)
+    (root / ".well-known" / "security.txt").write_text("Contact: x")
+    for target in ("/static/.env", "/static/.git/config", "/static/%2eenv"):
+        status, _, body = raw_get(server.port, target)
+        assert status == 404 and b"SECRET" not in body, target
+    status, _, body = raw_get(server.port, "/static/.well-known/security.txt")
+    assert status == 200 and body == b"Contact: x"

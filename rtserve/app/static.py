@@ -170,12 +170,14 @@ class FileResponse(Response):
 
 
 def safe_join(root: Path, relative: str) -> Path | None:
-    """`root/relative` if it stays inside `root`; None for any traversal attempt."""
+    """`root/relative` if it stays inside `root` and is not a dotfile; None otherwise."""
     if "\0" in relative or "\\" in relative:
         return None
     parts = [p for p in relative.split("/") if p]
     if any(p in (".", "..") for p in parts):
         return None
+    if any(p.startswith(".") and p != ".well-known" for p in parts):
+        return None  # dotfiles (.env, .git) are private unless under /.well-known
     try:
         candidate = (root / "/".join(parts)).resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)

@@ -216,7 +216,8 @@ class HTTPConnection(asyncio.Protocol):
                 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error\n"
             )
         elif not exchange.finished:
-            self.must_close = True
+            # Mid-body: close without the last chunk so the client sees a cut-off body.
+            self.close()
             exchange.end()
 
     def exchange_finished(self, exchange: Exchange) -> None:

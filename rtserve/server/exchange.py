@@ -155,8 +155,6 @@ class Exchange:
         if self.started:
             raise RuntimeError("response already started")
         conn = self.conn
-        self.started = True
-        self.status = status
         state = conn.state
         head = response_head(
             status,
@@ -167,6 +165,8 @@ class Exchange:
             server=state.server_line,
             http10=self.head.version == "1.0",
         )
+        self.started = True  # only now: a bad header above leaves room for a 500
+        self.status = status
         if self.head_only or status == 304 or status == 204:
             body = b""
         self.response_bytes = len(body)
@@ -182,8 +182,6 @@ class Exchange:
         if self.started:
             raise RuntimeError("response already started")
         conn = self.conn
-        self.started = True
-        self.status = status
         http10 = self.head.version == "1.0"
         if content_length is None and http10:
             conn.must_close = True  # HTTP/1.0 has no chunking: the body ends when we close
@@ -198,6 +196,8 @@ class Exchange:
             server=conn.state.server_line,
             http10=http10,
         )
+        self.started = True
+        self.status = status
         if not conn.closed:
             conn.transport.write(head)
 

@@ -55,7 +55,7 @@ class TrustedProxies:
                 elif lname == b"x-forwarded-proto":
                     protos.extend(p.strip().lower() for p in value.decode("latin-1").split(","))
         client = peer
-        for hop in reversed(chain):
+        for hop in reversed([h for h in chain if h]):
             client = hop
             if not self.is_trusted(hop):
                 break
