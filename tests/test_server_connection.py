@@ -359,3 +359,17 @@ def test_failure_mid_body_is_visible_to_the_client(server: ThreadedServer) -> No
         while chunk := c.sock.recv(65536):
             data += chunk
         assert data.endswith(b"7\r\npartial\r\n")  # no last chunk: the body is cut, not complete
+
+
+def test_long_pipeline_behind_a_slow_request(server: ThreadedServer) -> None:
+    # Thousands of tiny requests queued behind one that suspends are then answered one after
+    # another without recursing once per request.
+    count = 3000
+    data = get("/sleep") + b"GET / HTTP/1.1\r\n\r\n" * count
+    with RawClient(server.port, timeout=20) as c:
+        sender = threading.Thread(target=c.send, args=(data,))
+        sender.start()
+        responses = c.responses(count + 1)
+        sender.join(10)
+    assert len(responses) == count + 1
+    assert responses[0].body == b"slept" and responses[-1].body == b"ok"

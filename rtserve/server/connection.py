@@ -42,6 +42,7 @@ class HTTPConnection(asyncio.Protocol):
         "_drain_waiter",
         "_reading_paused_body",
         "_reading_paused_queue",
+        "_starting",
         "_watched",
         "active",
         "closed",
@@ -82,6 +83,7 @@ class HTTPConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
         self._continue_sent = False
+        self._starting = False
         self._watched: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -118,7 +120,7 @@ class HTTPConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         if self.active is None and self.queue:
-            self._start_next()
+            self._start_queued()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -238,20 +240,26 @@ class HTTPConnection(asyncio.Protocol):
         ):
             self.close()
             return
-        if self.queue:
-            if not self.writing_paused:
-                self._start_next()
-        self._rearm()
+        self._start_queued()
 
-    def _start_next(self) -> None:
-        exchange = self.queue.popleft()
-        if self._reading_paused_queue and len(self.queue) < (
-            self.state.settings.limits.max_pipelined // 2
-        ):
-            self._reading_paused_queue = False
-            if not self._reading_paused_body:
-                self.transport.resume_reading()
-        self._activate(exchange)
+    def _start_queued(self) -> None:
+        """Answer queued pipelined requests in order, in a loop (never by recursion)."""
+        if self._starting:
+            return  # an outer call is looping already and will pick up the next one
+        self._starting = True
+        try:
+            queue = self.queue
+            while queue and self.active is None and not self.writing_paused and not self.closed:
+                exchange = queue.popleft()
+                if self._reading_paused_queue and len(queue) < (
+                    self.state.settings.limits.max_pipelined // 2
+                ):
+                    self._reading_paused_queue = False
+                    if not self._reading_paused_body:
+                        self.transport.resume_reading()
+                self._activate(exchange)
+        finally:
+            self._starting = False
         self._rearm()
 
     def keep_alive_after(self, exchange: Exchange) -> bool:
