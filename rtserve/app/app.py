@@ -6,6 +6,7 @@ Task; one that suspends continues in a Task from where it stopped.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import gzip
 import inspect
@@ -13,10 +14,13 @@ import logging
 import re
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from asyncio import get_running_loop
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import copy_context
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rtserve.app.eager import Suspended, first_step
 from rtserve.app.errors_page import error_response
 from rtserve.app.handler import SENT, Handler
 from rtserve.app.request import Request
@@ -211,7 +215,17 @@ class App:
         exchange.scope = match
         return type(match) is tuple and bool(match[0].options.get("stream"))
 
-    def dispatch(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+    def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
+        # Each request runs in its own copy of the context: context variables a handler sets
+        # never leak into the next request, and its Task (if any) inherits them.
+        return copy_context().run(self._dispatch_in_context, exchange)
+
+    def _dispatch_in_context(self, exchange: Exchange) -> asyncio.Task[None] | None:
+        pending = self._answer(exchange)
+        return None if pending is None else get_running_loop().create_task(pending)
+
+    def _answer(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Answer now (None) or return the coroutine that finishes answering."""
         match = exchange.scope
         if type(match) is not tuple:
             request = Request(exchange, self, {})
@@ -228,21 +242,16 @@ class App:
             else:
                 result = endpoint.handler(request)
             if type(result) is types.CoroutineType:
-                try:
-                    yielded = result.send(None)
-                except StopIteration as stop:
-                    result = stop.value
-                else:
-                    return self._finish_later(request, result, yielded)
+                result = first_step(result, get_running_loop())
+                if type(result) is Suspended:
+                    return self._finish_later(request, result)
             return self._send(request, result)
         except Exception as exc:
             return self._on_exception(request, exc)
 
-    async def _finish_later(
-        self, request: Request, coro: Coroutine[Any, Any, Any], yielded: Any
-    ) -> None:
+    async def _finish_later(self, request: Request, suspended: Suspended) -> None:
         try:
-            result = await _resume(coro, yielded)
+            result = await suspended.finish()
             pending = self._send(request, result)
         except Exception as exc:
             pending = self._on_exception(request, exc)
@@ -356,24 +365,6 @@ class App:
             exchange.end()
             return None
         return error_response(request, error, trace).send(exchange)
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Continue `coro` inside a Task from its first suspension point (which yielded `yielded`)."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        try:
-            yielded = coro.send(sent)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _maybe_gzip(request: Request, response: Response) -> None:

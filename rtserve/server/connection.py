@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import current_task
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -202,13 +203,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def _dispatch(self, exchange: Exchange) -> None:
         try:
-            coro = self.state.app.dispatch(exchange)
+            task = self.state.app.dispatch(exchange)
         except Exception:
             log.exception("request dispatch failed")
             self._internal_error(exchange)
             return
-        if coro is not None:
-            task = self.state.loop.create_task(coro)
+        if task is not None:
             exchange.task = task
             self.state.track(task, exchange)
 
@@ -239,6 +239,11 @@ class HTTPConnection(asyncio.Protocol):
             or (self.eof and not self.queue)
         ):
             self.close()
+            return
+        if self.queue and current_task() is not None:
+            # Finishing inside a handler's Task: start the next request from the loop, so it
+            # does not run inside (or inherit the context of) the previous one.
+            state.loop.call_soon(self._start_queued, context=state.context)
             return
         self._start_queued()
 

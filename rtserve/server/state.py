@@ -7,10 +7,10 @@ Passed to each connection (never global). A ticker updates the coarse clock and 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,8 +32,8 @@ class Application(Protocol):
         """True to dispatch as soon as the head arrives and stream the body."""
         ...
 
-    def dispatch(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
-        """Answer the exchange now, or return a coroutine that will (run as a Task)."""
+    def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
+        """Answer the exchange now (None), or start and return the Task that will."""
         ...
 
 
@@ -66,6 +66,7 @@ class ServerState:
         self.scheme = "https" if ssl_context else "http"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.access_log = settings.access_log
+        self.context = contextvars.copy_context()  # the context requests start from
         self.connections: set[HTTPConnection] = set()
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()

@@ -1,0 +1,110 @@
+"""Handlers run their first step without a Task, yet asyncio behaves as inside one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Iterator
+
+import pytest
+
+from rtserve import App, Request
+from rtserve.testing import ThreadedServer
+
+user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    app = App()
+
+    @app.route("/timeout-sync")
+    async def timeout_sync(request: Request) -> str:
+        async with asyncio.timeout(1):
+            return "no await inside"
+
+    @app.route("/timeout-fires")
+    async def timeout_fires(request: Request) -> str:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "not timed out"
+
+    @app.route("/timeout-zero")
+    async def timeout_zero(request: Request) -> str:
+        try:
+            async with asyncio.timeout(0):
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return "timed out at once"
+        return "not timed out"
+
+    @app.route("/taskgroup")
+    async def taskgroup(request: Request) -> list[int]:
+        async def square(n: int) -> int:
+            await asyncio.sleep(0)
+            return n * n
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(square(n)) for n in range(4)]
+        return [t.result() for t in tasks]
+
+    @app.route("/current")
+    async def current(request: Request) -> dict[str, bool]:
+        before = asyncio.current_task() is not None
+        await asyncio.sleep(0)
+        after = asyncio.current_task() is not None
+        return {"before": before, "after": after}
+
+    @app.route("/set/{name}")
+    async def set_user(request: Request, name: str) -> str:
+        user.set(name)
+        await asyncio.sleep(0)
+        return user.get()  # still visible after the first suspension
+
+    @app.route("/set-sync/{name}")
+    def set_user_sync(request: Request, name: str) -> str:
+        user.set(name)
+        return user.get()
+
+    @app.route("/get")
+    async def get_user(request: Request) -> str:
+        return user.get()
+
+    with ThreadedServer(app, access_log=False) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/timeout-sync", "no await inside"),
+        ("/timeout-fires", "timed out"),
+        ("/timeout-zero", "timed out at once"),
+        ("/taskgroup", "[0,1,4,9]"),
+        ("/current", '{"before":true,"after":true}'),
+    ],
+)
+def test_asyncio_works_in_the_first_step(server: ThreadedServer, path: str, body: str) -> None:
+    with server.client() as c:
+        r = c.get(path)
+        assert (r.status, r.text) == (200, body)
+
+
+def test_context_variables_do_not_leak_between_requests(server: ThreadedServer) -> None:
+    with server.client() as c:
+        assert c.get("/set/alice").text == "alice"
+        assert c.get("/set-sync/bob").text == "bob"
+        assert c.get("/get").text == "nobody"
+    with server.client() as other:
+        assert other.get("/get").text == "nobody"
+
+
+def test_pipelined_request_after_a_suspending_one_starts_clean(server: ThreadedServer) -> None:
+    from tests.rawhttp import RawClient, get
+
+    with RawClient(server.port) as c:
+        c.send(get("/set/carol") + get("/timeout-sync") + get("/get"))
+        assert [r.body for r in c.responses(3)] == [b"carol", b"no await inside", b"nobody"]
