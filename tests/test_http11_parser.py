@@ -86,7 +86,7 @@ def test_head_details() -> None:
 def test_keep_alive_rules() -> None:
     [h10, _] = feed_all(b"GET / HTTP/1.0\r\n\r\n")
     [h10ka, _] = feed_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    [h11c, _] = feed_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    [h11c, _] = feed_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert isinstance(h10, RequestHead) and not h10.keep_alive
     assert isinstance(h10ka, RequestHead) and h10ka.keep_alive
     assert isinstance(h11c, RequestHead) and not h11c.keep_alive
@@ -134,7 +134,7 @@ def test_dead_parser_stays_dead() -> None:
 
 @pytest.mark.parametrize("step", [None, 1, 100])
 def test_head_size_limit(step: int | None) -> None:
-    raw = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
     with pytest.raises(ProtocolError) as info:
         feed_all(raw, step, max_head_size=1024)
     assert info.value.status == 431
@@ -157,7 +157,8 @@ def test_url_limit() -> None:
 
 
 def test_header_count_limit() -> None:
-    raw = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n"
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20))
+    raw += b"\r\n"
     with pytest.raises(ProtocolError) as info:
         feed_all(raw, max_headers=10)
     assert info.value.status == 431
@@ -167,10 +168,26 @@ def test_body_limits() -> None:
     with pytest.raises(ProtocolError) as info:
         feed_all(b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n", max_body_size=1000)
     assert info.value.status == 413
-    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"100\r\n" + b"a" * 256
+    chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"100\r\n" + b"a" * 256
     with pytest.raises(ProtocolError) as info:
         feed_all(chunked + b"\r\n" + b"100\r\n" + b"a" * 256 + b"\r\n", max_body_size=300)
     assert info.value.status == 413
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 3\r\n\r\nabc",
+    ],
+)
+def test_host_rules_and_upgrade_with_body(raw: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        feed_all(raw)
+    assert info.value.status == 400
 
 
 def test_upgrade_is_reported_with_following_bytes() -> None:
@@ -241,7 +258,7 @@ def test_mutated_requests_parse_or_fail_cleanly(pos: int, byte: int, step: int) 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8))
 def test_chunked_body_round_trip(pieces: list[bytes]) -> None:
-    raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     raw += b"".join(encode_chunk(p) for p in pieces) + b"0\r\n\r\n"
     for step in (None, 1, 9):
         events = feed_all(raw, step)

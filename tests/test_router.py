@@ -56,8 +56,11 @@ def test_backtracking_to_a_parameter() -> None:
 
 
 def test_encoded_slash_stays_in_one_segment() -> None:
-    r = router_with(("/rooms/{room}", ["GET"], "room"))
+    r = router_with(("/rooms/{room}", ["GET"], "room"), ("/lit/a/b", ["GET"], "lit"))
     assert r.match("GET", "/rooms/a/b", b"/rooms/a%2Fb")[1] == {"room": "a/b"}
+    with pytest.raises(HTTPError):
+        r.match("GET", "/lit/a/b", b"/lit/a%2fb")
+    assert r.match("GET", "/lit/a/b", b"/lit/%61/b")[0].handler == "lit"
 
 
 def test_405_with_allow_and_automatic_head() -> None:

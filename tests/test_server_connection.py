@@ -17,7 +17,12 @@ from tests.rawhttp import RawClient, get
 
 def make_app() -> App:
     app = App()
-    seen: dict[str, Any] = {"max_queue": 0, "max_buffer": 0, "paused": threading.Event()}
+    seen: dict[str, Any] = {
+        "max_queue": 0,
+        "max_buffer": 0,
+        "paused": threading.Event(),
+        "gone": threading.Event(),
+    }
     app.seen = seen  # type: ignore[attr-defined]
 
     @app.route("/")
@@ -65,6 +70,16 @@ def make_app() -> App:
         request.exchange.write(b"partial")
         await asyncio.sleep(0)
         raise RuntimeError("failed mid-body")
+
+    @app.route("/wait-gone")
+    async def wait_gone(request: Request) -> str:
+        await request.wait_disconnected()
+        seen["gone"].set()
+        return "bye"
+
+    @app.route("/boom")
+    def boom(request: Request) -> str:
+        raise ValueError("secret detail")
 
     @app.route("/stream")
     def stream(request: Request) -> StreamingResponse:
@@ -365,7 +380,7 @@ def test_long_pipeline_behind_a_slow_request(server: ThreadedServer) -> None:
     # Thousands of tiny requests queued behind one that suspends are then answered one after
     # another without recursing once per request.
     count = 3000
-    data = get("/sleep") + b"GET / HTTP/1.1\r\n\r\n" * count
+    data = get("/sleep") + b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * count
     with RawClient(server.port, timeout=20) as c:
         sender = threading.Thread(target=c.send, args=(data,))
         sender.start()
@@ -373,3 +388,27 @@ def test_long_pipeline_behind_a_slow_request(server: ThreadedServer) -> None:
         sender.join(10)
     assert len(responses) == count + 1
     assert responses[0].body == b"slept" and responses[-1].body == b"ok"
+
+
+def test_declined_upgrade_keeps_the_connection_usable(server: ThreadedServer) -> None:
+    with RawClient(server.port) as c:
+        c.send(get(extra="Connection: Upgrade\r\nUpgrade: h2c\r\n") + get("/n/1"))
+        first, second = c.responses(2)
+        assert first.body == b"ok" and second.body == b"response 1"
+
+
+def test_wait_disconnected_sees_the_client_leave(server: ThreadedServer) -> None:
+    seen = server.app.seen  # type: ignore[attr-defined]
+    seen["gone"].clear()
+    c = RawClient(server.port)
+    c.send(get("/wait-gone"))
+    c.close()
+    assert seen["gone"].wait(5)
+
+
+def test_debug_override_shows_tracebacks() -> None:
+    for debug in (False, True):
+        with ThreadedServer(make_app(), access_log=False, debug=debug) as srv, srv.client() as c:
+            r = c.get("/boom")
+            assert r.status == 500
+            assert ("secret detail" in r.text) is debug

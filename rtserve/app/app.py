@@ -55,7 +55,7 @@ class App:
     """A web application: routes, settings and hooks. No global state; make as many as you like.
 
     cookie_secret: one secret or a list (newest first) for signed cookies; rotation verifies
-    with all of them. xsrf_cookies: require the `_xsrf` token on unsafe form posts.
+    with all of them. xsrf_cookies: require the `_xsrf` token on every POST/PUT/PATCH/DELETE.
     gzip_min_size: compress compressible responses at least this big (None: never).
     """
 
@@ -162,8 +162,10 @@ class App:
 
     def run(self, host: str | None = None, port: int | None = None, **overrides: Any) -> None:
         """Serve this app until SIGINT/SIGTERM (blocking)."""
+        from rtserve.logs import setup_logging
         from rtserve.server.listener import serve
 
+        setup_logging()
         settings = copy.deepcopy(self.settings)
         if host is not None:
             settings.host = host
@@ -333,7 +335,7 @@ class App:
         ):
             from rtserve.app.forms import parse_form
 
-            limits = self.settings.limits
+            limits = request.settings.limits
             form = parse_form(
                 request.content_type,
                 request.body,
@@ -350,7 +352,7 @@ class App:
         if isinstance(exc, HTTPError):
             return self._send_error(request, exc)
         log.error("unhandled error in %s %s", request.method, request.target, exc_info=exc)
-        trace = "".join(traceback.format_exception(exc)) if self.settings.debug else None
+        trace = "".join(traceback.format_exception(exc)) if request.settings.debug else None
         return self._send_error(request, HTTPError(500), trace)
 
     def _send_error(

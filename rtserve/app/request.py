@@ -11,6 +11,7 @@ from rtserve.app.forms import FormData, parse_form
 from rtserve.app.signing import new_xsrf_token
 from rtserve.errors import HTTPError
 from rtserve.server.exchange import Exchange
+from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
@@ -64,6 +65,11 @@ class Request:
         """Set the `_xsrf` cookie on `response` if this request made a new token."""
         if self._xsrf_new:
             response.set_cookie("_xsrf", self._xsrf_new, httponly=False, samesite="Strict")
+
+    @property
+    def settings(self) -> ServerSettings:
+        """The settings the serving server runs with (overrides included)."""
+        return self.exchange.conn.state.settings
 
     @property
     def method(self) -> str:
@@ -157,7 +163,7 @@ class Request:
         """The body parsed as a form (urlencoded or multipart), within the configured limits."""
         if self._form is None:
             body = self.body if not self.exchange.streaming else await self._read_stream()
-            limits = self.app.settings.limits
+            limits = self.settings.limits
             self._form = parse_form(
                 self.content_type,
                 body,

@@ -170,7 +170,9 @@ class Router:
 
     def match(self, method: str, path: str, raw_path: bytes | None = None) -> Match:
         """Find the endpoint for a request; raises HTTPError 404 or 405 (with Allow)."""
-        table = self._literal.get(path)
+        # An encoded slash belongs inside one segment, so such a path is never a literal match.
+        encoded_slash = raw_path is not None and b"%" in raw_path and b"%2F" in raw_path.upper()
+        table = None if encoded_slash else self._literal.get(path)
         values: list[Any] = []
         if table is None:
             if raw_path is not None and b"%" in raw_path:

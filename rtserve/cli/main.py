@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 
 import click
@@ -11,18 +10,7 @@ import click
 from rtserve import __version__
 from rtserve.cli.loader import load_app
 from rtserve.errors import ConfigError
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """A clear live log on stderr: time, level, source, message."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)-15s %(message)s", "%H:%M:%S")
-    )
-    root = logging.getLogger("rtserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+from rtserve.logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,6 +51,8 @@ def run(
     """Serve the App named by TARGET (`module:app` or `file.py:app`)."""
     from rtserve.server.listener import serve
 
+    if tls_key and not tls_cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
     setup_logging()
     try:
         app = load_app(target)

@@ -119,6 +119,7 @@ class RequestParser:
         "_field_bytes",
         "_head_bytes",
         "_headers",
+        "_host",
         "_in_head",
         "_parser",
         "_te",
@@ -154,6 +155,7 @@ class RequestParser:
         self._content_length: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
+        self._host = False
         self._body_bytes = 0
 
     @property
@@ -219,6 +221,10 @@ class RequestParser:
             self._content_length = value
         elif size == 17 and name.lower() == b"transfer-encoding":
             self._te = value
+        elif size == 4 and name.lower() == b"host":
+            if self._host:
+                self._fail(400, "more than one Host header")
+            self._host = True
         elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
@@ -245,6 +251,11 @@ class RequestParser:
             head.content_length = length
         head.expect_continue = self._expect
         head.upgrade = parser.should_upgrade()
+        if head.upgrade and (head.chunked or head.content_length):
+            # llhttp stops before such a body, so it would be read as the next request.
+            self._fail(400, "Upgrade with a request body is not supported")
+        if not self._host and head.version == "1.1":
+            self._fail(400, "HTTP/1.1 request without Host")
         self._events.append(head)
 
     def on_body(self, body: bytes) -> None:

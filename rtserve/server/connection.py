@@ -62,12 +62,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        limits = state.settings.limits
-        self.parser = RequestParser(
-            max_head_size=limits.max_head_size,
-            max_headers=limits.max_headers,
-            max_body_size=limits.max_body_size,
-        )
+        self.parser = self._new_parser()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer: tuple[str, int] = ("", 0)
         self.active: Exchange | None = None
@@ -140,12 +135,28 @@ class HTTPConnection(asyncio.Protocol):
             elif event is END_OF_MESSAGE:
                 self._on_end()
             elif kind is UpgradeRequested:
-                # Upgrades are not spoken here: answer the request as plain HTTP, then close.
-                self.must_close = True
+                # The upgrade is declined (answered as plain HTTP): the client goes on speaking
+                # HTTP/1.1, so what followed the head is parsed afresh.
+                self.parser = self._new_parser()
+                self.data_received(event.data)  # type: ignore[union-attr]
+                return
         self._rearm()
+
+    def _new_parser(self) -> RequestParser:
+        limits = self.state.settings.limits
+        return RequestParser(
+            max_head_size=limits.max_head_size,
+            max_headers=limits.max_headers,
+            max_body_size=limits.max_body_size,
+        )
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        # Whoever waits for the client to go (long polls, streams) learns it now; what was
+        # already asked is still answered on the half-closed connection.
+        fut = self._closed_future
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self.active is None and not self.queue:
             self.transport.close()
             return None
@@ -213,7 +224,9 @@ class HTTPConnection(asyncio.Protocol):
             self.state.track(task, exchange)
 
     def _internal_error(self, exchange: Exchange) -> None:
-        if not exchange.started:
+        if self.closed and not exchange.finished:
+            exchange._finish()  # nobody to answer: just account for it
+        elif not exchange.started:
             exchange.respond(
                 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error\n"
             )
@@ -225,6 +238,9 @@ class HTTPConnection(asyncio.Protocol):
     def exchange_finished(self, exchange: Exchange) -> None:
         """Called by an exchange when its response is complete."""
         state = self.state
+        stats = state.stats
+        stats.requests_total += 1
+        stats.responses_by_class[exchange.status // 100 if exchange.status < 600 else 0] += 1
         if state.access_log:
             state.log_access(exchange)
         if exchange is not self.active:
@@ -360,7 +376,7 @@ class HTTPConnection(asyncio.Protocol):
         fut = self._closed_future
         if fut is None:
             fut = self._closed_future = self.state.loop.create_future()
-            if self.closed:
+            if self.closed or self.eof:
                 fut.set_result(None)
         return fut
 

@@ -95,10 +95,11 @@ class Exchange:
 
     @property
     def disconnected(self) -> bool:
-        return self.conn.closed
+        """The client closed the connection, or at least its sending side."""
+        return self.conn.closed or self.conn.eof
 
     def wait_disconnected(self) -> asyncio.Future[None]:
-        """A future that completes when the client's connection is gone."""
+        """A future that completes when the client closes the connection (or its side of it)."""
         return self.conn.closed_future()
 
     def _feed(self, data: bytes) -> None:

@@ -1,7 +1,7 @@
-"""Typed server settings: the single source for defaults, config keys and CLI options.
+"""Typed server settings: the one place where each setting, its default and its help live.
 
-Each field's `metadata["help"]` documents it; the YAML loader, `rtserve run` options and the
-configuration reference are derived from these dataclasses rather than written again.
+Each field's `metadata["help"]` documents it. `config.example.yaml` is checked against these
+fields by a test; the project loader (rtserve.yaml) is to be derived from them too.
 """
 
 from __future__ import annotations

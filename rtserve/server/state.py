@@ -14,6 +14,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rtserve.server.exchange import ClientDisconnected
 from rtserve.server.proxy import TrustedProxies
 from rtserve.server.settings import ServerSettings
 
@@ -136,7 +137,9 @@ class ServerState:
             error: BaseException | None = None
         else:
             error = task.exception()
-        if error is not None:
+        if isinstance(error, ClientDisconnected):
+            log.debug("client left during %s", exchange.head)
+        elif error is not None:
             log.error("unhandled error answering %s", exchange.head, exc_info=error)
         if not exchange.finished:
             exchange.conn._internal_error(exchange)
@@ -151,12 +154,12 @@ class ServerState:
         elapsed = (time.perf_counter() - exchange.start_time) * 1000.0
         client = exchange.client_and_scheme[0] or "unix"
         access_log.info(
-            '%s - "%s %s HTTP/%s" %d %dB %.1fms',
+            '%s - "%s %s HTTP/%s" %s %dB %.1fms',
             client,
             head.method,
             head.target.decode("latin-1"),
             head.version,
-            exchange.status,
+            exchange.status or "-",  # "-": the connection ended before any answer
             exchange.response_bytes,
             elapsed,
         )
