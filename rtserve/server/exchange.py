@@ -20,6 +20,7 @@ from rtserve.protocol.http11 import (
     encode_chunk,
     response_head,
 )
+from rtserve.server.sendfile import sendfile_in_thread
 
 if TYPE_CHECKING:
     from rtserve.server.connection import HTTPConnection
@@ -230,8 +231,8 @@ class Exchange:
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
         """Send `count` bytes of `file` from `offset` as the body (after `start`).
 
-        Uses the kernel's sendfile on plain TCP; falls back to reading in a worker thread
-        (never on the event loop) under TLS or where sendfile is unavailable.
+        Uses the kernel's sendfile on plain TCP (from a worker thread under uvloop); under TLS
+        it reads in a worker thread instead. Never blocks the event loop.
         """
         if self.head_only or count <= 0:
             return
@@ -241,12 +242,21 @@ class Exchange:
         self.response_bytes += count
         await conn.drain()
         loop = conn.state.loop
-        if conn.state.ssl_context is None:
+        if conn.state.ssl_context is None and hasattr(os, "sendfile"):
             try:
                 await loop.sendfile(conn.transport, file, offset, count, fallback=False)
                 return
-            except (NotImplementedError, asyncio.SendfileNotAvailableError, RuntimeError):
-                pass
+            except (NotImplementedError, asyncio.SendfileNotAvailableError):
+                pass  # uvloop: do it ourselves below
+            try:
+                sent = await sendfile_in_thread(conn, file.fileno(), offset, count)
+            except OSError as exc:  # the client reset, or stalled past timeouts.send
+                conn.abort()
+                raise ClientDisconnected(str(exc)) from None
+            if sent != count:
+                conn.abort()  # a short body: the client must not take it for a whole one
+                raise ClientDisconnected("file body cut short")
+            return
         remaining, position = count, offset
         while remaining > 0:
             size = min(remaining, 256 * 1024)

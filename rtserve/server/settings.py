@@ -42,6 +42,7 @@ class TimeoutSettings:
     header: float = _opt(10.0, "a request head must arrive within this (408, then close)")
     keepalive: float = _opt(75.0, "an idle keep-alive connection is closed after this")
     body: float = _opt(30.0, "longest pause between two pieces of a request body (408)")
+    send: float = _opt(60.0, "a client that takes none of a file body for this long is cut off")
     graceful: float = _opt(10.0, "on SIGTERM/SIGINT, in-flight requests get this long")
 
 

@@ -11,6 +11,7 @@ import contextvars
 import logging
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +83,7 @@ class ServerState:
         self.date_line = b""
         self._update_date()
         self._ticker: asyncio.TimerHandle | None = None
+        self._file_executor: ThreadPoolExecutor | None = None
         self._all_closed: asyncio.Event | None = None
         t = settings.timeouts
         self.tick_interval = max(0.01, min(1.0, t.header / 4, t.keepalive / 4, t.body / 4))
@@ -92,6 +94,12 @@ class ServerState:
         if second != self._second:
             self._second = second
             self.date_line = b"date: %s\r\n" % formatdate(wall, usegmt=True).encode("ascii")
+
+    def file_executor(self) -> ThreadPoolExecutor:
+        """Threads for file bodies; they mostly wait on slow clients, so there are many."""
+        if self._file_executor is None:
+            self._file_executor = ThreadPoolExecutor(64, thread_name_prefix="rtserve-file")
+        return self._file_executor
 
     def start_ticker(self) -> None:
         if self._ticker is None:
@@ -187,3 +195,5 @@ class ServerState:
         for task in list(self.tasks):
             task.cancel()
         self.stop_ticker()
+        if self._file_executor is not None:
+            self._file_executor.shutdown(wait=False, cancel_futures=True)
