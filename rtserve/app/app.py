@@ -237,7 +237,7 @@ class App:
         try:
             if self.xsrf_cookies and exchange.head.method not in _SAFE_METHODS:
                 self._check_xsrf(request)
-            if endpoint.options["is_class"]:
+            if endpoint.is_class:
                 result: Any = self._run_class(endpoint.handler, request, params)
             elif params:
                 result = endpoint.handler(request, **params)

@@ -10,6 +10,7 @@ import json
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
+    Callable,
     Coroutine,
     Generator,
     Iterable,
@@ -33,7 +34,30 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 
 
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _make_json_encoder() -> Callable[[Any], str]:
+    """A reusable C encoder where CPython has one (building one per call is most of the cost)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    escape = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or escape is None:
+        return _encoder.encode
+    try:
+        # No circular-reference markers: a cyclic value ends in RecursionError, a 500.
+        chunks = make(None, _encoder.default, escape, None, ":", ",", False, False, True)
+    except TypeError:
+        return _encoder.encode
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return _encoder.encode(value)
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_encode_json = _make_json_encoder()
 
 
 def dump_json(value: Any) -> bytes:

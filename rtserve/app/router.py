@@ -89,9 +89,11 @@ class Endpoint:
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     param_names: tuple[str, ...] = field(init=False)
+    is_class: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
+        self.is_class = bool(self.options.get("is_class"))
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class _Node:
 
 
 Match = tuple[Endpoint, dict[str, Any]]
+RECENT_MATCHES = 1024
 
 
 class Router:
@@ -121,6 +124,8 @@ class Router:
         self._literal: dict[str, dict[str, Endpoint]] = {}
         self._root = _Node()
         self._names: dict[str, Endpoint] = {}
+        # Parameterised paths matched lately -> (method table, converted values).
+        self._recent: dict[str | bytes, tuple[dict[str, Endpoint], tuple[Any, ...]]] = {}
         self.endpoints: list[tuple[str, Endpoint]] = []
 
     def add(
@@ -152,6 +157,7 @@ class Router:
                 table = node.rest
             else:
                 table = self._step(node, last).endpoints
+        self._recent.clear()
         for method in methods:
             method = method.upper()
             if method in table:
@@ -171,17 +177,35 @@ class Router:
     def match(self, method: str, path: str, raw_path: bytes | None = None) -> Match:
         """Find the endpoint for a request; raises HTTPError 404 or 405 (with Allow)."""
         # An encoded slash belongs inside one segment, so such a path is never a literal match.
-        encoded_slash = raw_path is not None and b"%" in raw_path and b"%2F" in raw_path.upper()
-        table = None if encoded_slash else self._literal.get(path)
-        values: list[Any] = []
+        table = self._literal.get(path)
+        encoded = raw_path is not None and b"%" in raw_path
+        if table is not None and not encoded:
+            endpoint = table.get(method)
+            if endpoint is not None:
+                return endpoint, {}
+        key: str | bytes = path
+        if encoded and raw_path is not None:
+            key = raw_path
+            if table is not None and b"%2F" in raw_path.upper():
+                table = None
+        values: tuple[Any, ...] = ()
         if table is None:
-            if raw_path is not None and b"%" in raw_path:
-                parts = [unquote(p) for p in raw_path.decode("latin-1")[1:].split("/")]
+            cached = self._recent.get(key)
+            if cached is not None:
+                table, values = cached
             else:
-                parts = path[1:].split("/")
-            table = _walk(self._root, parts, 0, values)
-            if table is None:
-                raise HTTPError(404)
+                if type(key) is bytes:
+                    parts = [unquote(p) for p in key.decode("latin-1")[1:].split("/")]
+                else:
+                    parts = path[1:].split("/")
+                found: list[Any] = []
+                table = _walk(self._root, parts, 0, found)
+                if table is None:
+                    raise HTTPError(404)
+                values = tuple(found)
+                if len(self._recent) >= RECENT_MATCHES:
+                    self._recent.clear()  # bounded: a flood of distinct paths only resets it
+                self._recent[key] = (table, values)
         endpoint = table.get(method)
         if endpoint is None:
             endpoint = table.get("GET") if method == "HEAD" else None

@@ -183,7 +183,8 @@ class HTTPConnection(asyncio.Protocol):
         if exchange is None:
             return
         self.receiving = None
-        exchange._complete()
+        if not exchange.body_complete:
+            exchange._complete()
         if exchange is self.active and not exchange.streaming and exchange.task is None:
             if not exchange.started:
                 self._dispatch(exchange)
