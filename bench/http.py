@@ -181,7 +181,6 @@ class Row:
     non_2xx: int = 0
     valid: bool = False
     invalid_reasons: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     attempts: int = 0
 
 
@@ -483,7 +482,7 @@ def _bench_running(
                 row.status, row.detail = "failed to start", f"{error}; log: {tail}"
             _say(f"  {server.name}: failed to start ({error})\n    {tail}")
             return
-        _say(f"  {server.name}: listening on {HOST}:{port} (pid {proc.pid}, log {log_file.name})")
+        _say(f"  {server.name}: listening on {HOST}:{port} (pid {proc.pid})")
         for row, endpoint in zip(rows, endpoints, strict=True):
             error = verify(port, endpoint)
             if error:
@@ -506,7 +505,6 @@ def _bench_running(
                 f"p99 {_fmt(m.wrk.p99_ms, 2)} ms, server core {m.server_core_pct:.0f} %, "
                 f"load core {m.load_core_pct:.0f} %"
                 + ("" if row.valid else f"  INVALID: {'; '.join(row.invalid_reasons)}")
-                + (f"  WARNING: {'; '.join(row.warnings)}" if row.warnings else "")
             )
 
 
@@ -574,13 +572,11 @@ def fill_row(row: Row, m: Measured) -> None:
         reasons.append(f"load core {m.load_core_pct:.0f} % >= {VALID_LOAD_MAX:.0f} %")
     if m.wrk.socket_errors or m.wrk.non_2xx:
         reasons.append(f"{m.wrk.socket_errors} socket errors, {m.wrk.non_2xx} non-2xx")
-    row.valid, row.invalid_reasons = not reasons, reasons
     if m.server_proc_pct is not None and m.server_core_pct - m.server_proc_pct > SHARED_CORE_GAP:
-        row.warnings.append(
-            f"server process only {m.server_proc_pct:.0f} % of its core: other load on it"
-        )
+        reasons.append(f"other load on the server core (server process {m.server_proc_pct:.0f} %)")
     if m.wrk_proc_pct is not None and m.load_core_pct - m.wrk_proc_pct > SHARED_CORE_GAP:
-        row.warnings.append(f"wrk only {m.wrk_proc_pct:.0f} % of the load core: other load on it")
+        reasons.append(f"other load on the load core (wrk {m.wrk_proc_pct:.0f} %)")
+    row.valid, row.invalid_reasons = not reasons, reasons
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -634,8 +630,6 @@ def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
             out.append(f"| {r.server} | {r.status} | - | - | - | - | no | - |")
             continue
         valid = "yes" if r.valid else f"**no**: {'; '.join(r.invalid_reasons)}"
-        if r.warnings:
-            valid += f" (warning: {'; '.join(r.warnings)})"
         vs = _ratio(r, uvicorn)
         out.append(
             f"| {r.server} | {r.requests_per_sec:,.0f} | {_fmt(r.p99_ms, 2)} "
@@ -711,6 +705,30 @@ def _wrk_version() -> str:
     return first[0].split(" Copyright")[0] if first else "wrk"
 
 
+def _git_state() -> str:
+    """The repo's commit, and whether rtserve/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h (%cd)", "--date=short"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "rtserve"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if not head:
+        return "no commit yet"
+    return head + (" + uncommitted changes in rtserve/" if dirty else "")
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -735,9 +753,10 @@ def render_report(
             f"wrk ({_wrk_version()}) pinned to cpu{args.load_cpu}",
             f"- Load: `wrk -t1 -c{args.connections} -d{args.duration}s --latency`, after a "
             f"{args.warmup} s warm-up run (discarded)",
-            f"- Software: {_versions(args.python)}",
+            f"- Software: {_versions(args.python)}; rtserve at commit {args.git_state}",
             f"- Valid row: server core >= {VALID_SERVER_MIN:.0f} % busy, load core < "
-            f"{VALID_LOAD_MAX:.0f} % busy, no socket errors or non-2xx responses",
+            f"{VALID_LOAD_MAX:.0f} % busy, neither core more than {SHARED_CORE_GAP:.0f} points "
+            "busier than its own process (server, wrk), no socket errors or non-2xx responses",
             "",
         ]
     for endpoint in endpoints:
@@ -830,6 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.server_cpu not in cpus or args.load_cpu not in cpus:
         print(f"error: cpus {sorted(cpus)} available; need two distinct ones", file=sys.stderr)
         return 2
+    args.git_state = _git_state()  # before the run: the code that is measured
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)  # even if started with it ignored
     endpoints = [ENDPOINTS[n] for n in args.endpoints]
@@ -839,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(
         f"benchmarking {', '.join(args.servers)} on {', '.join(e.path for e in endpoints)}: "
         f"{args.connections} connections, {args.duration} s (+{args.warmup} s warm-up), "
-        f"~{estimate} s total"
+        f"~{estimate} s total, more if a disturbed run is repeated"
     )
     try:
         for name in args.servers:
