@@ -1,18 +1,21 @@
 """HTTP/1.1 request parsing (over httptools/llhttp) and response serialisation, sans-I/O.
 
 `RequestParser.feed(data)` turns bytes into a list of events: a `RequestHead`, body chunks
-(`bytes`), `END_OF_MESSAGE`, or `UpgradeRequested`. It raises `ProtocolError` carrying the
-status to answer with (400, 413, 431, 501) and never anything else; after an error the parser
-is dead and the connection must close. Limits are constructor parameters.
+(`bytes`), `END_OF_MESSAGE`, or `UpgradeRequested`. Given a `RequestSink`, it calls the sink's
+methods instead (no event objects, for the server's hot path). It raises `ProtocolError`
+carrying the status to answer with (400, 413, 417, 431, 501); an exception raised by a sink
+propagates as it is. After an error the parser is dead and the connection must close. Limits
+are constructor parameters.
 
 The serialisers build whole response heads as bytes; the caller adds the body and writes once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -100,6 +103,16 @@ def _origin_form(target: bytes) -> bytes:
 Event = RequestHead | bytes | EndOfMessage | UpgradeRequested
 
 
+class RequestSink(Protocol):
+    """Receives what a parser reads, as it reads it."""
+
+    def request_head(self, head: RequestHead) -> None: ...
+    def request_body(self, data: bytes) -> None: ...
+    def request_end(self) -> None: ...
+    def request_upgrade(self, data: bytes) -> None:
+        """The request asked to switch protocols; `data` followed its head on the wire."""
+
+
 class RequestParser:
     """Incremental HTTP/1.1 request parser with size limits.
 
@@ -113,6 +126,10 @@ class RequestParser:
         "_body_bytes",
         "_content_length",
         "_dead",
+        "_emit_body",
+        "_emit_end",
+        "_emit_head",
+        "_emit_upgrade",
         "_error",
         "_events",
         "_expect",
@@ -135,12 +152,24 @@ class RequestParser:
         max_head_size: int = 16 * 1024,
         max_headers: int = 100,
         max_body_size: int | None = 1024 * 1024,
+        sink: RequestSink | None = None,
     ) -> None:
         self.max_head_size = max_head_size
         self.max_headers = max_headers
         self.max_body_size = max_body_size
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
+        if sink is None:
+            append = self._events.append
+            self._emit_head: Callable[[RequestHead], None] = append
+            self._emit_body: Callable[[bytes], None] = append
+            self._emit_end: Callable[[], None] = lambda: append(END_OF_MESSAGE)
+            self._emit_upgrade: Callable[[bytes], None] = lambda d: append(UpgradeRequested(d))
+        else:
+            self._emit_head = sink.request_head
+            self._emit_body = sink.request_body
+            self._emit_end = sink.request_end
+            self._emit_upgrade = sink.request_upgrade
         self._error: ProtocolError | None = None
         self._dead = False
         self._begun = 0
@@ -164,23 +193,28 @@ class RequestParser:
         return self._in_head
 
     def feed(self, data: bytes) -> list[Event]:
-        """Parse `data`; return the events it completes. Raises ProtocolError."""
+        """Parse `data`; return the events it completes (none with a sink).
+
+        Raises ProtocolError; what a sink raises propagates unchanged.
+        """
         if self._dead:
             raise ProtocolError(400, "connection already failed")
-        events = self._events = []
         continuing_head = self._in_head
         begun = self._begun
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
-            events.append(UpgradeRequested(bytes(data[offset:])))
             self._dead = True
-            return events
+            self._emit_upgrade(bytes(data[offset:]))
+            return self._take_events()
         except httptools.HttpParserError as exc:
             self._dead = True
             if self._error is not None:
                 raise self._error from None
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, httptools.HttpParserError):
+                raise cause  # the sink failed: that is not the client's fault
             raise ProtocolError(400, _reason(exc)) from None
         if self._in_head and continuing_head and begun == self._begun:
             # httptools keeps a partial field to itself: bound the head by the raw bytes of
@@ -189,7 +223,15 @@ class RequestParser:
             if self._head_bytes > self.max_head_size:
                 self._dead = True
                 raise ProtocolError(431, "request head too large")
-        return events
+        return self._take_events()
+
+    def _take_events(self) -> list[Event]:
+        events = self._events
+        if not events:
+            return []
+        taken = events[:]
+        events.clear()
+        return taken
 
     def _fail(self, status: int, reason: str) -> None:
         self._error = ProtocolError(status, reason)
@@ -256,16 +298,16 @@ class RequestParser:
             self._fail(400, "Upgrade with a request body is not supported")
         if not self._host and head.version == "1.1":
             self._fail(400, "HTTP/1.1 request without Host")
-        self._events.append(head)
+        self._emit_head(head)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self.max_body_size is not None and self._body_bytes > self.max_body_size:
             self._fail(413, "request body too large")
-        self._events.append(body)
+        self._emit_body(body)
 
     def on_message_complete(self) -> None:
-        self._events.append(END_OF_MESSAGE)
+        self._emit_end()
 
 
 def _reason(exc: Exception) -> str:

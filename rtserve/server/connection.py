@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING, Any
 from rtserve.errors import ProtocolError
 from rtserve.protocol.http11 import (
     CONTINUE_RESPONSE,
-    END_OF_MESSAGE,
     RequestHead,
     RequestParser,
-    UpgradeRequested,
     response_head,
 )
 from rtserve.server.exchange import ClientDisconnected, Exchange
@@ -119,27 +117,12 @@ class HTTPConnection(asyncio.Protocol):
             self._start_queued()
 
     def data_received(self, data: bytes) -> None:
+        # The parser calls request_head/_body/_end/_upgrade below as it reads.
         try:
-            events = self.parser.feed(data)
+            self.parser.feed(data)
         except ProtocolError as exc:
             self.protocol_error(exc)
             return
-        for event in events:
-            kind = type(event)
-            if kind is RequestHead:
-                self._on_head(event)  # type: ignore[arg-type]
-            elif kind is bytes:
-                receiving = self.receiving
-                if receiving is not None:
-                    receiving._feed(event)  # type: ignore[arg-type]
-            elif event is END_OF_MESSAGE:
-                self._on_end()
-            elif kind is UpgradeRequested:
-                # The upgrade is declined (answered as plain HTTP): the client goes on speaking
-                # HTTP/1.1, so what followed the head is parsed afresh.
-                self.parser = self._new_parser()
-                self.data_received(event.data)  # type: ignore[union-attr]
-                return
         self._rearm()
 
     def _new_parser(self) -> RequestParser:
@@ -148,7 +131,22 @@ class HTTPConnection(asyncio.Protocol):
             max_head_size=limits.max_head_size,
             max_headers=limits.max_headers,
             max_body_size=limits.max_body_size,
+            sink=self,
         )
+
+    # --- RequestSink: what the parser reads --------------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        receiving = self.receiving
+        if receiving is not None:
+            receiving._feed(data)
+
+    def request_upgrade(self, data: bytes) -> None:
+        # The upgrade is declined (answered as plain HTTP): the client goes on speaking
+        # HTTP/1.1, so what followed the head is parsed afresh.
+        self.parser = self._new_parser()
+        if data:
+            self.data_received(data)
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -164,7 +162,7 @@ class HTTPConnection(asyncio.Protocol):
 
     # --- request flow ----------------------------------------------------------------------
 
-    def _on_head(self, head: RequestHead) -> None:
+    def request_head(self, head: RequestHead) -> None:
         state = self.state
         exchange = Exchange(self, head, perf_counter() if state.access_log else 0.0)
         self.receiving = exchange
@@ -178,7 +176,7 @@ class HTTPConnection(asyncio.Protocol):
                 self._reading_paused_queue = True
                 self.transport.pause_reading()
 
-    def _on_end(self) -> None:
+    def request_end(self) -> None:
         exchange = self.receiving
         if exchange is None:
             return
