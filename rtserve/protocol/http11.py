@@ -214,7 +214,7 @@ class RequestParser:
                 raise self._error from None
             cause = exc.__context__
             if cause is not None and not isinstance(cause, httptools.HttpParserError):
-                raise cause  # the sink failed: that is not the client's fault
+                raise cause from None  # the sink failed: not the client's fault
             raise ProtocolError(400, _reason(exc)) from None
         if self._in_head and continuing_head and begun == self._begun:
             # httptools keeps a partial field to itself: bound the head by the raw bytes of
