@@ -264,3 +264,40 @@ def test_chunked_body_round_trip(pieces: list[bytes]) -> None:
         events = feed_all(raw, step)
         assert b"".join(e for e in events if isinstance(e, bytes)) == b"".join(pieces)
         assert events[-1] is END_OF_MESSAGE
+
+
+class RecordingSink:
+    def __init__(self, fail_on_head: bool = False) -> None:
+        self.calls: list[object] = []
+        self.fail_on_head = fail_on_head
+
+    def request_head(self, head: RequestHead) -> None:
+        if self.fail_on_head:
+            raise ValueError("the sink broke")
+        self.calls.append(head.path)
+
+    def request_body(self, data: bytes) -> None:
+        self.calls.append(data)
+
+    def request_end(self) -> None:
+        self.calls.append("end")
+
+    def request_upgrade(self, data: bytes) -> None:
+        self.calls.append(("upgrade", data))
+
+
+def test_sink_receives_what_the_parser_reads() -> None:
+    sink = RecordingSink()
+    parser = RequestParser(sink=sink)
+    assert parser.feed(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi") == []
+    assert (
+        parser.feed(b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n!")
+        == []
+    )
+    assert sink.calls == ["/a", b"hi", "end", "/b", "end", ("upgrade", b"!")]
+
+
+def test_sink_failure_is_not_blamed_on_the_client() -> None:
+    parser = RequestParser(sink=RecordingSink(fail_on_head=True))
+    with pytest.raises(ValueError, match="the sink broke"):
+        parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
