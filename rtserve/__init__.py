@@ -11,6 +11,7 @@ from rtserve.app.response import (
     StreamingResponse,
 )
 from rtserve.app.static import FileResponse
+from rtserve.app.websocket import WebSocketHandler, broadcast
 from rtserve.errors import ConfigError, HTTPError, RtserveError
 from rtserve.server.settings import ServerSettings
 
@@ -30,5 +31,7 @@ __all__ = [
     "RtserveError",
     "ServerSettings",
     "StreamingResponse",
+    "WebSocketHandler",
     "__version__",
+    "broadcast",
 ]

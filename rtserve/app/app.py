@@ -27,6 +27,7 @@ from rtserve.app.request import Request
 from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Response, dump_json
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
+from rtserve.app.websocket import WS_OPTIONS, WebSocketHandler, accept_websocket
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
 from rtserve.server.exchange import Exchange
@@ -127,6 +128,27 @@ class App:
         return self.router.add(
             path, list(methods), handler, name=name, stream=stream, is_class=is_class
         )
+
+    def websocket(
+        self, path: str, *, name: str | None = None, **options: Any
+    ) -> Callable[[type[WebSocketHandler]], type[WebSocketHandler]]:
+        """Route a `WebSocketHandler` subclass at `path`.
+
+        `options` override the `server.websocket` settings for this route (max_message_size,
+        compression, ping_interval, origins, slow_consumer, ...); `subprotocols` lists the
+        ones this route speaks, in order of preference.
+        """
+        unknown = set(options) - WS_OPTIONS - {"subprotocols"}
+        if unknown:
+            raise TypeError(f"unknown WebSocket option(s): {', '.join(sorted(unknown))}")
+
+        def decorator(cls: type[WebSocketHandler]) -> type[WebSocketHandler]:
+            if not (isinstance(cls, type) and issubclass(cls, WebSocketHandler)):
+                raise TypeError(f"{cls!r} is not a WebSocketHandler subclass")
+            self.router.add(path, ["GET"], cls, name=name, websocket=True, ws_options=options)
+            return cls
+
+        return decorator
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the named route with `params` filled in."""
@@ -237,6 +259,9 @@ class App:
         try:
             if self.xsrf_cookies and exchange.head.method not in _SAFE_METHODS:
                 self._check_xsrf(request)
+            if endpoint.is_websocket:
+                accept_websocket(request, endpoint.handler, params, endpoint.options["ws_options"])
+                return None
             if endpoint.is_class:
                 result: Any = self._run_class(endpoint.handler, request, params)
             elif params:

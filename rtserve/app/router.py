@@ -90,10 +90,12 @@ class Endpoint:
     options: dict[str, Any] = field(default_factory=dict)
     param_names: tuple[str, ...] = field(init=False)
     is_class: bool = field(init=False)
+    is_websocket: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
         self.is_class = bool(self.options.get("is_class"))
+        self.is_websocket = bool(self.options.get("websocket"))
 
 
 @dataclass(slots=True)

@@ -39,9 +39,12 @@ class HTTPConnection(asyncio.Protocol):
         "_closed_future",
         "_continue_sent",
         "_drain_waiter",
+        "_last",
         "_reading_paused_body",
         "_reading_paused_queue",
         "_starting",
+        "_upgrade_data",
+        "_upgrade_exchange",
         "_watched",
         "active",
         "closed",
@@ -55,6 +58,7 @@ class HTTPConnection(asyncio.Protocol):
         "receiving",
         "state",
         "transport",
+        "upgraded",
         "writing_paused",
     )
 
@@ -78,6 +82,10 @@ class HTTPConnection(asyncio.Protocol):
         self._closed_future: asyncio.Future[None] | None = None
         self._continue_sent = False
         self._starting = False
+        self._last: Exchange | None = None
+        self.upgraded: asyncio.Protocol | None = None
+        self._upgrade_data: bytes | None = None
+        self._upgrade_exchange: Exchange | None = None
         self._watched: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -142,8 +150,26 @@ class HTTPConnection(asyncio.Protocol):
             receiving._feed(data)
 
     def request_upgrade(self, data: bytes) -> None:
-        # The upgrade is declined (answered as plain HTTP): the client goes on speaking
-        # HTTP/1.1, so what followed the head is parsed afresh.
+        upgraded = self.upgraded
+        if upgraded is not None:  # switched already, while the request ended
+            if data:
+                upgraded.data_received(data)
+            return
+        exchange = self._last
+        if exchange is None or exchange.finished:
+            self._declined_upgrade(data)
+            return
+        # Not answered yet: hold what followed until we know which protocol it speaks.
+        self._upgrade_data = data
+        self._upgrade_exchange = exchange
+        self.transport.pause_reading()
+
+    def _declined_upgrade_later(self, data: bytes) -> None:
+        if not self.closed:
+            self.data_received(data)
+
+    def _declined_upgrade(self, data: bytes) -> None:
+        # Answered as plain HTTP: the client goes on with HTTP/1.1, parsed afresh.
         self.parser = self._new_parser()
         if data:
             self.data_received(data)
@@ -165,7 +191,7 @@ class HTTPConnection(asyncio.Protocol):
     def request_head(self, head: RequestHead) -> None:
         state = self.state
         exchange = Exchange(self, head, perf_counter() if state.access_log else 0.0)
-        self.receiving = exchange
+        self.receiving = self._last = exchange
         if self.active is None and not self.queue:
             self._activate(exchange)
         else:
@@ -242,8 +268,14 @@ class HTTPConnection(asyncio.Protocol):
         stats.responses_by_class[exchange.status // 100 if exchange.status < 600 else 0] += 1
         if state.access_log:
             state.log_access(exchange)
-        if exchange is not self.active:
+        if self.upgraded is not None or exchange is not self.active:
             return
+        if exchange is self._upgrade_exchange:
+            data, self._upgrade_data, self._upgrade_exchange = self._upgrade_data, None, None
+            self.transport.resume_reading()
+            self.parser = self._new_parser()
+            if data:
+                self.state.loop.call_soon(self._declined_upgrade_later, data)
         self.active = None
         if not exchange.body_complete:
             self.must_close = True  # the rest of its body is unread: the stream is unusable
@@ -347,6 +379,30 @@ class HTTPConnection(asyncio.Protocol):
             if active is not None:
                 active.started = active.finished = True
         self.close()
+
+    def begin_shutdown(self) -> None:
+        """Server shutdown: an idle connection closes now, a busy one after its response."""
+        if self.active is None and not self.queue:
+            self.close()
+
+    def upgrade(self, exchange: Exchange, response: bytes, protocol: asyncio.Protocol) -> None:
+        """Answer `exchange` with `response` (a 101) and hand the socket to `protocol`."""
+        exchange.started = True
+        exchange.status = 101
+        self.transport.write(response)
+        self.upgraded = protocol
+        self.deadline = INF
+        state = self.state
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        state.connection_closed(self)  # after the new protocol registered itself
+        exchange._finish()
+        pending = self._upgrade_data
+        if self._upgrade_exchange is not None:
+            self._upgrade_data = self._upgrade_exchange = None
+            self.transport.resume_reading()
+        if pending:
+            protocol.data_received(pending)
 
     def close(self) -> None:
         if not self.closed:

@@ -59,6 +59,26 @@ class TLSSettings:
 
 
 @dataclass(slots=True)
+class WebSocketSettings:
+    """Defaults for every WebSocket route; `app.websocket(path, **options)` overrides them."""
+
+    max_message_size: int = _opt(1 * MiB, "largest message accepted (1009 beyond)", size=True)
+    max_frame_size: int = _opt(1 * MiB, "largest single frame accepted (1009 beyond)", size=True)
+    max_queued_bytes: int = _opt(
+        1 * MiB, "outbound bytes a connection may have queued before the slow-consumer policy"
+    )
+    slow_consumer: str = _opt("close", "over the outbound budget: 'close' (1013) or 'drop'")
+    ping_interval: float = _opt(20.0, "seconds between keepalive pings (0 turns them off)")
+    ping_timeout: float = _opt(20.0, "a peer that does not answer a ping within this is closed")
+    close_timeout: float = _opt(5.0, "how long to wait for the peer's close frame")
+    compression: bool = _opt(True, "offer permessage-deflate (RFC 7692)")
+    compression_min_size: int = _opt(256, "messages smaller than this are sent uncompressed")
+    origins: list[str] | None = _opt(
+        None, "allowed Origin values; null means same origin only, ['*'] allows any"
+    )
+
+
+@dataclass(slots=True)
 class ServerSettings:
     """Where and how the HTTP server listens, and what it accepts."""
 
@@ -79,6 +99,9 @@ class ServerSettings:
         default_factory=TimeoutSettings, metadata={"help": "timeouts"}
     )
     tls: TLSSettings = field(default_factory=TLSSettings, metadata={"help": "TLS"})
+    websocket: WebSocketSettings = field(
+        default_factory=WebSocketSettings, metadata={"help": "WebSocket defaults"}
+    )
 
     @property
     def hosts(self) -> list[str]:

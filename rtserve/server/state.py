@@ -22,6 +22,7 @@ from rtserve.server.settings import ServerSettings
 if TYPE_CHECKING:
     from rtserve.server.connection import HTTPConnection
     from rtserve.server.exchange import Exchange
+    from rtserve.server.websocket import WebSocketConnection
 
 log = logging.getLogger("rtserve.server")
 access_log = logging.getLogger("rtserve.access")
@@ -42,13 +43,24 @@ class Application(Protocol):
 class ServerStats:
     """Plain counters, bumped on the hot path without allocation."""
 
-    __slots__ = ("connections_total", "limit_hits", "requests_total", "responses_by_class")
+    __slots__ = (
+        "connections_total",
+        "limit_hits",
+        "requests_total",
+        "responses_by_class",
+        "websockets_total",
+        "ws_dropped",
+        "ws_slow_closed",
+    )
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.requests_total = 0
         self.limit_hits = 0
         self.responses_by_class = [0, 0, 0, 0, 0, 0]
+        self.websockets_total = 0
+        self.ws_dropped = 0  # messages not queued to a slow consumer (policy "drop")
+        self.ws_slow_closed = 0  # connections closed as slow consumers (policy "close")
 
 
 class ServerState:
@@ -69,7 +81,11 @@ class ServerState:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.access_log = settings.access_log
         self.context = contextvars.copy_context()  # the context requests start from
-        self.connections: set[HTTPConnection] = set()
+        # Every live connection, HTTP or WebSocket: each has a deadline, on_timeout(),
+        # begin_shutdown() and abort().
+        self.connections: set[Any] = set()
+        self.websockets: set[WebSocketConnection] = set()
+        self._to_flush: list[WebSocketConnection] = []
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()
         self.shutting_down = False
@@ -128,10 +144,30 @@ class ServerState:
         self.connections.add(conn)
         self.stats.connections_total += 1
 
-    def connection_closed(self, conn: HTTPConnection) -> None:
+    def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
+
+    def websocket_opened(self, conn: WebSocketConnection) -> None:
+        self.connections.add(conn)
+        self.websockets.add(conn)
+        self.stats.websockets_total += 1
+
+    def websocket_closed(self, conn: WebSocketConnection) -> None:
+        self.websockets.discard(conn)
+        self.connection_closed(conn)
+
+    def schedule_flush(self, conn: WebSocketConnection) -> None:
+        """Write `conn`'s queued frames at the end of this loop tick (one call for all)."""
+        if not self._to_flush:
+            self.loop.call_soon(self._flush_all)
+        self._to_flush.append(conn)
+
+    def _flush_all(self) -> None:
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            conn.flush()
 
     def track(self, task: asyncio.Task[Any], exchange: Exchange) -> None:
         self.tasks[task] = exchange
@@ -178,8 +214,7 @@ class ServerState:
         """Close idle connections, let busy ones finish within `grace`, then abort the rest."""
         self.shutting_down = True
         for conn in list(self.connections):
-            if conn.active is None and not conn.queue:
-                conn.close()
+            conn.begin_shutdown()
         if self.connections:
             self._all_closed = asyncio.Event()
             try:

@@ -1,0 +1,174 @@
+"""WebSocket handlers, the upgrade from HTTP, and `broadcast`.
+
+Subclass `WebSocketHandler`, route it with `app.websocket(path, **options)`, and override
+`on_open`, `on_message(message)` and `on_close(code, reason)` (each sync or async). Messages of
+one connection reach `on_message` in order. `broadcast(handlers, message)` encodes a message
+once (and compresses it once) for any number of connections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from rtserve.errors import HTTPError
+from rtserve.protocol.deflate import (
+    DeflateConfig,
+    PerMessageDeflate,
+    compress_for_broadcast,
+    negotiate,
+)
+from rtserve.protocol.websocket import CloseCode, Opcode, encode_frame
+from rtserve.protocol.ws_handshake import (
+    HandshakeError,
+    check_origin,
+    choose_subprotocol,
+    parse_request,
+    response_101,
+)
+from rtserve.server.settings import WebSocketSettings
+from rtserve.server.websocket import WebSocketConnection
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+
+WS_OPTIONS = {f.name for f in dataclasses.fields(WebSocketSettings)}
+BROADCAST_CONFIG = DeflateConfig()
+# Shared frames use the default window: right for every client that did not ask for less.
+BROADCAST_WINDOW_BITS = BROADCAST_CONFIG.server_max_window_bits
+
+
+class WebSocketHandler:
+    """One WebSocket connection as the app sees it; subclass and override the `on_*` hooks."""
+
+    def __init__(self, request: Request, path_params: dict[str, Any]) -> None:
+        self.request = request
+        self.app = request.app
+        self.path_params = path_params
+        self.connection: WebSocketConnection = None  # type: ignore[assignment]  # set at upgrade
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def on_open(self) -> Any:
+        """The connection is open; may be async."""
+        return None
+
+    def on_message(self, message: str | bytes) -> Any:
+        """A whole message arrived (str for text, bytes for binary); may be async."""
+        return None
+
+    def on_close(self, code: int, reason: str) -> Any:
+        """The connection is closed (code 1006 when it ended without a close frame)."""
+        return None
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def send(self, message: str | bytes) -> bool:
+        """Queue a message; False if the connection is closing or the message was dropped."""
+        return self.connection.send(message)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        self.connection.close(code, reason)
+
+    def ping(self, data: bytes = b"") -> None:
+        self.connection.ping(data)
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.connection.subprotocol
+
+    @property
+    def closed(self) -> bool:
+        return self.connection.status != 0  # not OPEN
+
+    @property
+    def close_code(self) -> int:
+        return self.connection.close_code
+
+
+def _deflate_config(options: WebSocketSettings) -> DeflateConfig:
+    return DeflateConfig(min_size=options.compression_min_size)
+
+
+def accept_websocket(
+    request: Request,
+    handler_class: type[WebSocketHandler],
+    params: dict[str, Any],
+    route_options: dict[str, Any],
+) -> None:
+    """Validate the opening handshake, answer 101 and hand the socket to the handler.
+
+    Raises HTTPError (400, 403, 405, 426) when the request cannot be upgraded.
+    """
+    exchange = request.exchange
+    head = exchange.head
+    if not head.upgrade:
+        raise HTTPError(
+            426,
+            "this route speaks WebSocket",
+            headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
+        )
+    try:
+        handshake = parse_request(head.method, head.version, head.headers)
+    except HandshakeError as exc:
+        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
+        raise HTTPError(exc.status, exc.reason, headers=headers) from None
+    overrides = {k: v for k, v in route_options.items() if k in WS_OPTIONS}
+    options = dataclasses.replace(request.settings.websocket, **overrides)
+    if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
+        raise HTTPError(403, "origin not allowed")
+    subprotocol = choose_subprotocol(
+        handshake.subprotocols, route_options.get("subprotocols") or ()
+    )
+    deflate = None
+    extensions = None
+    if options.compression and handshake.extensions:
+        config = _deflate_config(options)
+        negotiated = negotiate(handshake.extensions, config)
+        if negotiated is not None:
+            deflate_params, extensions = negotiated
+            deflate = PerMessageDeflate(deflate_params, config)
+    handler = handler_class(request, params)
+    connection = WebSocketConnection(
+        exchange.conn.state,
+        handler,
+        options,
+        deflate=deflate,
+        subprotocol=subprotocol,
+        peer=exchange.peer,
+    )
+    handler.connection = connection
+    response = response_101(handshake.key, subprotocol=subprotocol, extensions=extensions)
+    exchange.conn.upgrade(exchange, response, connection)
+
+
+def broadcast(
+    targets: Iterable[WebSocketHandler | WebSocketConnection], message: str | bytes
+) -> int:
+    """Send `message` to every target, encoding (and compressing) it once; returns deliveries.
+
+    Connections over their outbound budget are handled by their slow-consumer policy.
+    """
+    if isinstance(message, str):
+        opcode, payload = Opcode.TEXT, message.encode("utf-8")
+    else:
+        opcode, payload = Opcode.BINARY, bytes(message)
+    plain = encode_frame(opcode, payload)
+    shared: bytes | None = None  # compressed once, for every connection that can take it
+    sent = 0
+    for target in targets:
+        conn = target.connection if isinstance(target, WebSocketHandler) else target
+        deflate = conn.deflate
+        frame = plain
+        if deflate is not None and deflate.should_compress(len(payload)):
+            if deflate.params.accepts_broadcast(BROADCAST_WINDOW_BITS):
+                if shared is None:
+                    compressed = compress_for_broadcast(payload, BROADCAST_CONFIG)
+                    shared = encode_frame(opcode, compressed, rsv1=True)
+                frame = shared
+            else:  # the client asked for a smaller window: compress for it alone
+                frame = encode_frame(opcode, deflate.compress(payload), rsv1=True)
+        if conn.send_frame(frame):
+            sent += 1
+    return sent

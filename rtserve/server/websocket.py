@@ -1,0 +1,338 @@
+"""The WebSocket connection: the asyncio.Protocol that takes a socket over after the 101.
+
+Bytes are parsed by the sans-I/O `FrameReader`; control frames are answered right here in
+`data_received`, so a slow handler never delays a pong or the close handshake. Messages reach
+the handler in order: a sync `on_message` runs at once, an async one in a single pump Task that
+later messages queue behind (reading pauses when that queue is full). Outbound frames are
+batched per loop tick (one write per connection per tick) and bounded by a byte budget; a
+connection over it is handled by the slow-consumer policy and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rtserve.protocol.websocket import (
+    BinaryMessage,
+    CloseCode,
+    CloseReceived,
+    FrameReader,
+    Opcode,
+    Ping,
+    Pong,
+    TextMessage,
+    WebSocketProtocolError,
+    encode_close,
+    encode_frame,
+    encode_ping,
+    encode_pong,
+)
+from rtserve.server.settings import WebSocketSettings
+
+if TYPE_CHECKING:
+    from rtserve.protocol.deflate import PerMessageDeflate
+    from rtserve.server.state import ServerState
+
+log = logging.getLogger("rtserve.websocket")
+
+OPEN, CLOSING, CLOSED = range(3)
+MAX_INBOX = 64  # queued inbound messages before reading pauses
+INF = float("inf")
+
+
+class WebSocketApp(Protocol):
+    """What the connection calls; each may return an awaitable, run in order."""
+
+    def on_open(self) -> Awaitable[None] | None: ...
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None: ...
+    def on_close(self, code: int, reason: str) -> Awaitable[None] | None: ...
+
+
+class _Closed:
+    """Inbox marker: call on_close once everything before it has been handled."""
+
+
+_CLOSED = _Closed()
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One open WebSocket."""
+
+    __slots__ = (
+        "_app",
+        "_inbox",
+        "_out",
+        "_out_bytes",
+        "_ping_sent",
+        "_pump",
+        "_reading_paused",
+        "close_code",
+        "close_reason",
+        "deadline",
+        "deflate",
+        "options",
+        "peer",
+        "reader",
+        "state",
+        "status",
+        "subprotocol",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        state: ServerState,
+        app: WebSocketApp,
+        options: WebSocketSettings,
+        *,
+        deflate: PerMessageDeflate | None = None,
+        subprotocol: str | None = None,
+        peer: tuple[str, int] = ("", 0),
+    ) -> None:
+        self.state = state
+        self._app = app
+        self.options = options
+        self.deflate = deflate
+        self.subprotocol = subprotocol
+        self.peer = peer
+        self.reader = FrameReader(
+            max_frame_size=options.max_frame_size,
+            max_message_size=options.max_message_size,
+            decompress=deflate.decompress if deflate is not None else None,
+        )
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.status = OPEN
+        self.close_code = int(CloseCode.ABNORMAL)
+        self.close_reason = ""
+        self.deadline = INF
+        self._ping_sent = False
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._inbox: deque[Any] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        self._reading_paused = False
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.websocket_opened(self)
+        self._schedule_ping()
+        self._call(self._app.on_open)
+
+    def data_received(self, data: bytes) -> None:
+        failure: WebSocketProtocolError | None = None
+        try:
+            events = self.reader.feed(data)
+        except WebSocketProtocolError as exc:
+            failure, events = exc, exc.events  # what came before the violation still counts
+        for event in events:
+            if type(event) is TextMessage or type(event) is BinaryMessage:
+                if self.status == OPEN:
+                    self._deliver(event.data)
+            elif type(event) is Ping:
+                if self.status == OPEN:
+                    self._queue(encode_pong(event.data))
+            elif type(event) is Pong:
+                self._ping_sent = False
+                self._schedule_ping()
+            elif type(event) is CloseReceived:
+                self._close_received(event)
+                return
+        if failure is not None:
+            self.fail(failure.code, failure.reason)
+
+    def pause_writing(self) -> None:
+        pass  # the outbound budget is checked on every send instead
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.status = CLOSED
+        self.deadline = INF
+        self._out.clear()
+        self.state.websocket_closed(self)
+        self._deliver_close()
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def send(self, message: str | bytes) -> bool:
+        """Queue a text (str) or binary (bytes) message; False when it was not queued."""
+        if self.status != OPEN:
+            return False
+        if isinstance(message, str):
+            opcode, payload = Opcode.TEXT, message.encode("utf-8")
+        else:
+            opcode, payload = Opcode.BINARY, bytes(message)
+        deflate = self.deflate
+        if deflate is not None and deflate.should_compress(len(payload)):
+            return self.send_frame(encode_frame(opcode, deflate.compress(payload), rsv1=True))
+        return self.send_frame(encode_frame(opcode, payload))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an already encoded frame (shared by a broadcast); applies the budget."""
+        if self.status != OPEN:
+            return False
+        queued = self._out_bytes + self.transport.get_write_buffer_size()
+        if queued + len(frame) > self.options.max_queued_bytes:
+            return self._over_budget()
+        self._queue(frame)
+        return True
+
+    def _queue(self, frame: bytes) -> None:
+        if not self._out:
+            self.state.schedule_flush(self)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
+    def flush(self) -> None:
+        """Write everything queued this tick in one system call."""
+        out = self._out
+        if not out:
+            return
+        if self.status != CLOSED:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+        self._out = []
+        self._out_bytes = 0
+
+    def _over_budget(self) -> bool:
+        stats = self.state.stats
+        if self.options.slow_consumer == "drop":
+            stats.ws_dropped += 1
+            return False
+        stats.ws_slow_closed += 1
+        log.info("%s:%s slow consumer closed", *self.peer)
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+        return False
+
+    def ping(self, data: bytes = b"") -> None:
+        if self.status == OPEN:
+            self._queue(encode_ping(data))
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the close handshake; the TCP connection ends when the peer answers (or not)."""
+        if self.status != OPEN:
+            return
+        self.status = CLOSING
+        self.close_code, self.close_reason = int(code), reason
+        self._queue(encode_close(code, reason))
+        self.flush()
+        self.deadline = self.state.now + self.options.close_timeout
+
+    def fail(self, code: int, reason: str) -> None:
+        """A protocol violation or policy: send the close frame and end the connection."""
+        if self.status == CLOSED:
+            return
+        log.info("%s:%s websocket closed %d %s", self.peer[0] or "unix", self.peer[1], code, reason)
+        if self.status == OPEN:
+            self.close_code, self.close_reason = code, reason
+            self._out.clear()
+            self._queue(encode_close(code, reason))
+            self.flush()
+        self.status = CLOSING
+        self.transport.close()
+
+    def _close_received(self, event: CloseReceived) -> None:
+        if self.status == OPEN:
+            # Echo the peer's code (1005 "no status" is echoed as an empty close).
+            self.close_code, self.close_reason = event.code, event.reason
+            self._queue(encode_close(event.code, ""))
+        self.flush()
+        self.status = CLOSING
+        self.transport.close()  # the server closes the TCP connection first (RFC 6455 7.1.1)
+
+    def on_timeout(self) -> None:
+        """The current deadline passed: send a ping, give up on a silent peer, or abort."""
+        if self.status == CLOSING:
+            self.transport.abort()
+        elif self._ping_sent:
+            self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        else:
+            self._ping_sent = True
+            self._queue(encode_ping(b""))
+            self.deadline = self.state.now + self.options.ping_timeout
+
+    def begin_shutdown(self) -> None:
+        self.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    def abort(self) -> None:
+        self.status = CLOSED
+        self.transport.abort()
+
+    def _schedule_ping(self) -> None:
+        interval = self.options.ping_interval
+        if self.status == OPEN:
+            self.deadline = self.state.now + interval if interval > 0 else INF
+
+    # --- delivering to the app, in order ----------------------------------------------------
+
+    def _deliver(self, message: str | bytes) -> None:
+        if self._pump is not None:
+            self._inbox.append(message)
+            if len(self._inbox) >= MAX_INBOX and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        self._call(self._app.on_message, message)
+
+    def _deliver_close(self) -> None:
+        if self._pump is not None:
+            self._inbox.append(_CLOSED)
+            return
+        self._call(self._app.on_close, self.close_code, self.close_reason)
+
+    def _call(self, method: Any, *args: Any) -> None:
+        try:
+            result = method(*args)
+        except Exception:
+            log.exception("error in the WebSocket handler")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        if result is not None and isinstance(result, Awaitable):
+            self._pump = self.state.loop.create_task(self._run_pump(result))
+
+    async def _run_pump(self, first: Awaitable[None]) -> None:
+        app = self._app
+        try:
+            await first
+            inbox = self._inbox
+            while inbox:
+                item = inbox.popleft()
+                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and self.status == OPEN:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                if item is _CLOSED:
+                    result = app.on_close(self.close_code, self.close_reason)
+                else:
+                    result = app.on_message(item)
+                if result is not None:
+                    await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error in the WebSocket handler")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._pump = None
+            if self._inbox and self._inbox[-1] is _CLOSED:
+                self._inbox.clear()
+                self._call(app.on_close, self.close_code, self.close_reason)
+
+
+def broadcast_frame(connections: Any, frame: bytes) -> int:
+    """Hand one encoded frame to every open connection; returns how many took it."""
+    sent = 0
+    for conn in connections:
+        if conn.send_frame(frame):
+            sent += 1
+    return sent

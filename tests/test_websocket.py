@@ -1,0 +1,316 @@
+"""WebSocket end to end, with the independent `websockets` library as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from rtserve import App, WebSocketHandler, broadcast
+from rtserve.protocol.websocket import Opcode, encode_client_frame
+from rtserve.server.settings import WebSocketSettings
+from rtserve.testing import ThreadedServer
+from tests.rawhttp import RawClient
+
+
+class Echo(WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.send(message)
+
+
+class SlowEcho(WebSocketHandler):
+    async def on_message(self, message: str | bytes) -> None:
+        await asyncio.sleep(0.3 if message == "slow" else 0)
+        self.send(message)
+
+
+def make_app(events: dict[str, Any]) -> App:
+    app = App()
+    app.websocket("/echo", max_message_size=64 * 1024)(Echo)
+    app.websocket("/slow")(SlowEcho)
+    app.websocket("/proto", subprotocols=["chat.v2", "chat.v1"])(Echo)
+    app.websocket("/anyorigin", origins=["*"])(Echo)
+    app.websocket("/listed", origins=["https://app.example"])(Echo)
+
+    @app.websocket("/rooms/{room}", compression=True)
+    class Room(WebSocketHandler):
+        def on_open(self) -> None:
+            events.setdefault("members", []).append(self)
+            self.send(f"joined {self.path_params['room']} as {self.request.query.get('u')}")
+
+        def on_message(self, message: str | bytes) -> None:
+            broadcast(events["members"], message)
+
+        def on_close(self, code: int, reason: str) -> None:
+            events["members"].remove(self)
+            events.setdefault("closed", []).append((code, reason))
+            events.setdefault("closed_event", threading.Event()).set()
+
+    @app.websocket("/closer")
+    class Closer(WebSocketHandler):
+        def on_message(self, message: str | bytes) -> None:
+            self.close(4000, "bye now")
+
+    @app.websocket("/flood", max_queued_bytes=256 * 1024, slow_consumer="close")
+    class Flood(WebSocketHandler):
+        async def on_open(self) -> None:
+            chunk = "x" * 16384
+            for _ in range(2000):  # 32 MiB offered to a client that reads nothing
+                if not self.send(chunk):
+                    break
+                await asyncio.sleep(0)
+            events["flood_done"] = True
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def events() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(events: dict[str, Any]) -> Iterator[ThreadedServer]:
+    with ThreadedServer(make_app(events), access_log=False) as srv:
+        yield srv
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro_fn(), 20))  # type: ignore[arg-type]
+
+
+def ws_url(server: ThreadedServer, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def test_echo_text_and_binary(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/echo")) as ws:
+            for message in ("hello", "", "é" * 1000, b"\x00\x01\xff", b"z" * 60000):
+                await ws.send(message)
+                assert await ws.recv() == message
+
+    run(scenario)
+
+
+def test_compression_negotiated_and_working(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/echo")) as ws:  # offers permessage-deflate
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in extensions
+            big = "compress me " * 2000
+            await ws.send(big)
+            assert await ws.recv() == big
+        async with connect(ws_url(server, "/echo"), compression=None) as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.send("plain")
+            assert await ws.recv() == "plain"
+
+    run(scenario)
+
+
+def test_subprotocol_follows_server_preference(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/proto"), subprotocols=["chat.v1", "chat.v2"]) as ws:
+            assert ws.subprotocol == "chat.v2"
+        async with connect(ws_url(server, "/proto"), subprotocols=["other"]) as ws:
+            assert ws.subprotocol is None
+
+    run(scenario)
+
+
+def test_origin_policy(server: ThreadedServer) -> None:
+    async def status(path: str, origin: str) -> int:
+        try:
+            async with connect(ws_url(server, path), origin=origin):  # type: ignore[arg-type]
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    async def scenario() -> None:
+        same = f"http://127.0.0.1:{server.port}"
+        assert await status("/echo", same) == 101
+        assert await status("/echo", "https://evil.example") == 403
+        assert await status("/anyorigin", "https://evil.example") == 101
+        assert await status("/listed", "https://app.example") == 101
+        assert await status("/listed", "https://evil.example") == 403
+
+    run(scenario)
+
+
+def test_plain_get_and_wrong_version(server: ThreadedServer) -> None:
+    with server.client() as c:
+        r = c.get("/echo")
+        assert r.status == 426 and r.headers["upgrade"] == "websocket"
+        r = c.get(
+            "/echo",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "8",
+            },
+        )
+        assert r.status == 426 and r.headers["sec-websocket-version"] == "13"
+
+
+def test_close_codes_both_ways(server: ThreadedServer, events: dict[str, Any]) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/closer")) as ws:
+            await ws.send("close please")
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd is not None
+            assert (info.value.rcvd.code, info.value.rcvd.reason) == (4000, "bye now")
+        events.pop("closed", None)
+        events["closed_event"] = threading.Event()
+        async with connect(ws_url(server, "/rooms/a?u=ann")) as ws:
+            assert await ws.recv() == "joined a as ann"
+            await ws.close(4321, "client done")
+        assert events["closed_event"].wait(5)
+        assert events["closed"] == [(4321, "client done")]
+
+    run(scenario)
+
+
+def test_message_too_big_is_1009(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/echo"), compression=None) as ws:
+            await ws.send("x" * (64 * 1024 + 1))
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+    run(scenario)
+
+
+def handshake(port: int, path: str = "/echo") -> RawClient:
+    c = RawClient(port)
+    c.send(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n"
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.sock.recv(4096)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    c.leftover = rest  # type: ignore[attr-defined]
+    return c
+
+
+def read_close_code(c: RawClient) -> int:
+    data = c.leftover  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        index = 0
+        while index + 2 <= len(data):  # skip to the close frame
+            opcode, length = data[index] & 0x0F, data[index + 1] & 0x7F
+            if opcode == Opcode.CLOSE and len(data) >= index + 4:
+                return int.from_bytes(data[index + 2 : index + 4], "big")
+            index += 2 + length
+        chunk = c.sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    raise AssertionError(f"no close frame in {data!r}")
+
+
+def test_invalid_utf8_is_1007_and_unmasked_is_1002(server: ThreadedServer) -> None:
+    with handshake(server.port) as c:
+        c.send(
+            encode_client_frame(Opcode.TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4")
+        )
+        assert read_close_code(c) == 1007
+    with handshake(server.port) as c:
+        c.send(bytes([0x81, 0x02]) + b"hi")  # a client frame without a mask
+        assert read_close_code(c) == 1002
+
+
+def test_pong_is_not_delayed_by_a_slow_handler(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/slow")) as ws:
+            await ws.send("slow")
+            start = asyncio.get_running_loop().time()
+            pong = await ws.ping()
+            await pong
+            assert asyncio.get_running_loop().time() - start < 0.25
+            for i in range(20):
+                await ws.send(str(i))
+            got = [await ws.recv() for _ in range(21)]
+            assert got == ["slow", *[str(i) for i in range(20)]]  # in order
+
+    run(scenario)
+
+
+def test_broadcast_reaches_everyone_once(server: ThreadedServer, events: dict[str, Any]) -> None:
+    async def scenario() -> None:
+        clients = []
+        for i in range(20):
+            ws = await connect(ws_url(server, "/rooms/b"), compression=None if i % 2 else "deflate")
+            assert (await ws.recv()).startswith("joined b")
+            clients.append(ws)
+        long_message = "all of you " * 100  # compressed once for the deflate half
+        await clients[0].send(long_message)
+        await clients[1].send("short")
+        for ws in clients:
+            assert await ws.recv() == long_message
+            assert await ws.recv() == "short"
+        for ws in clients:
+            await ws.close()
+
+    run(scenario)
+
+
+def test_slow_consumer_is_closed_and_counted(
+    server: ThreadedServer, events: dict[str, Any]
+) -> None:
+    assert server.server is not None and server.server.state is not None
+    stats = server.server.state.stats
+    before = stats.ws_slow_closed
+    c = handshake(server.port, "/flood")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        deadline = time.monotonic() + 10
+        while stats.ws_slow_closed == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # bounded wait for the server-side policy to act
+        assert stats.ws_slow_closed == before + 1
+    finally:
+        c.close()
+
+
+def test_keepalive_closes_a_silent_peer() -> None:
+    app = App()
+    app.websocket("/echo")(Echo)
+    settings = WebSocketSettings(ping_interval=0.1, ping_timeout=0.2)
+    with ThreadedServer(app, access_log=False, websocket=settings) as srv:
+        c = handshake(srv.port)  # a raw client that never answers pings
+        with c:
+            assert read_close_code(c) == 1011
+
+
+def test_shutdown_closes_websockets_with_1001() -> None:
+    app = App()
+    app.websocket("/echo")(Echo)
+
+    async def scenario() -> None:
+        from rtserve.testing import serve_app
+
+        async with serve_app(app, access_log=False) as srv:
+            ws = await connect(f"ws://127.0.0.1:{srv.port}/echo")
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            await srv.shutdown(grace=2)
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+    run(scenario)
