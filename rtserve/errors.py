@@ -1,10 +1,13 @@
 """The exception tree of rtserve.
 
 RtserveError
- ├── HTTPError          an HTTP answer with a status (raised by handlers and the framework)
- ├── ProtocolError      the peer broke HTTP/1.1 framing; carries the status to answer with
- ├── RouteError         routes that cannot coexist, or an unknown route name
- └── ConfigError        bad settings, naming where they came from
+ ├── HTTPError                 an HTTP answer with a status (raised by handlers and the framework)
+ ├── ProtocolError             the peer broke HTTP/1.1 framing; carries the status to answer with
+ ├── HandshakeError            a WebSocket upgrade that cannot be accepted (protocol/ws_handshake)
+ ├── WebSocketProtocolError    the peer broke RFC 6455; carries the close code (protocol/websocket)
+ │    └── DeflateError         a compressed message that cannot be accepted (protocol/deflate)
+ ├── RouteError                routes that cannot coexist, or an unknown route name
+ └── ConfigError               bad settings, naming where they came from
 """
 
 from __future__ import annotations

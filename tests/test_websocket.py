@@ -35,6 +35,8 @@ def make_app(events: dict[str, Any]) -> App:
     app = App()
     app.websocket("/echo", max_message_size=64 * 1024)(Echo)
     app.websocket("/slow")(SlowEcho)
+    app.websocket("/concurrent", concurrent=True)(SlowEcho)
+    app.websocket("/delayed", write_delay=0.02)(Echo)
     app.websocket("/proto", subprotocols=["chat.v2", "chat.v1"])(Echo)
     app.websocket("/anyorigin", origins=["*"])(Echo)
     app.websocket("/listed", origins=["https://app.example"])(Echo)
@@ -314,3 +316,38 @@ def test_shutdown_closes_websockets_with_1001() -> None:
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
 
     run(scenario)
+
+
+def test_concurrent_route_answers_out_of_order(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/concurrent")) as ws:
+            await ws.send("slow")
+            await ws.send("fast")
+            assert [await ws.recv(), await ws.recv()] == ["fast", "slow"]
+
+    run(scenario)
+
+
+def test_write_delay_still_delivers_everything(server: ThreadedServer) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/delayed")) as ws:
+            for i in range(50):
+                await ws.send(str(i))
+            assert [await ws.recv() for _ in range(50)] == [str(i) for i in range(50)]
+
+    run(scenario)
+
+
+def test_valid_messages_before_a_violation_are_answered(server: ThreadedServer) -> None:
+    with handshake(server.port) as c:
+        bad = bytes([0x81 | 0x20, 0x80]) + b"\0\0\0\0"  # RSV2 set, empty payload
+        c.send(encode_client_frame(Opcode.TEXT, b"first") + bad)
+        data = c.leftover  # type: ignore[attr-defined]
+        while b"first" not in data or len(data) < 9:
+            chunk = c.sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(bytes([0x81, 5]) + b"first")  # the echo, then the close
+        c.leftover = data[7:]  # type: ignore[attr-defined]
+        assert read_close_code(c) == 1002

@@ -141,7 +141,7 @@ def _close_code_allowed(code: int) -> bool:
 def parse_close_payload(payload: bytes | bytearray) -> tuple[int, str]:
     """The (code, reason) of a close frame; (1005, "") for an empty payload."""
     if not payload:
-        return CloseCode.NO_STATUS, ""
+        return int(CloseCode.NO_STATUS), ""
     if len(payload) == 1:
         raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "close payload of 1 byte")
     code = (payload[0] << 8) | payload[1]
@@ -201,7 +201,7 @@ class FrameReader:
         self.max_message_size = max_message_size
         self.decompress = decompress
         self._buf = bytearray()  # bytes of an incomplete frame
-        self._error: WebSocketProtocolError | None = None
+        self._error: tuple[int, str] | None = None
         self._closed = False
         # The fragmented message in progress: its opcode (0 when none) and wire size so far;
         # uncompressed text is decoded fragment by fragment into _texts (to fail early),
@@ -210,14 +210,14 @@ class FrameReader:
         self._msg_size = 0
         self._compressed = False
         self._decoding = False
-        self._decoder = _Decoder()
+        self._decoder: codecs.IncrementalDecoder | None = None  # made when first needed
         self._texts: list[str] = []
         self._chunks: list[bytes] = []
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes. Raises WebSocketProtocolError."""
         if self._error is not None:
-            raise WebSocketProtocolError(self._error.code, self._error.reason)
+            raise WebSocketProtocolError(*self._error)
         if self._closed:
             return []
         buf = self._buf
@@ -277,7 +277,7 @@ class FrameReader:
                 else:
                     self._data_frame(b0, payload, events)
         except WebSocketProtocolError as exc:
-            self._error = exc
+            self._error = (exc.code, exc.reason)  # not exc: its traceback would hold self
             exc.events = events
             buf.clear()
             self._texts.clear()
@@ -347,9 +347,14 @@ class FrameReader:
             self._msg_size = 0
             self._compressed = bool(b0 & 0x40)
             self._decoding = opcode == Opcode.TEXT and not self._compressed
-            self._decoder.reset()
+            if self._decoding:
+                if self._decoder is None:
+                    self._decoder = _Decoder()
+                else:
+                    self._decoder.reset()
         self._msg_size += len(payload)
         if self._decoding:
+            assert self._decoder is not None
             try:
                 self._texts.append(self._decoder.decode(payload, b0 >= 0x80))
             except UnicodeDecodeError:
@@ -388,6 +393,9 @@ class FrameReader:
 
 _HEAD16: Final = struct.Struct("!BBH").pack
 _HEAD64: Final = struct.Struct("!BBQ").pack
+# Ready-made heads of short whole text and binary messages, indexed by payload length.
+_TEXT_HEADS: Final = tuple(bytes((0x81, n)) for n in range(126))
+_BINARY_HEADS: Final = tuple(bytes((0x82, n)) for n in range(126))
 
 
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -408,7 +416,7 @@ def encode_text(text: str) -> bytes:
     payload = text.encode("utf-8")
     n = len(payload)
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _TEXT_HEADS[n] + payload
     return encode_frame(Opcode.TEXT, payload)
 
 
@@ -416,7 +424,7 @@ def encode_binary(data: bytes) -> bytes:
     """A whole binary message in one frame."""
     n = len(data)
     if n < 126:
-        return bytes((0x82, n)) + data
+        return _BINARY_HEADS[n] + data
     return encode_frame(Opcode.BINARY, data)
 
 

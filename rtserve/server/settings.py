@@ -76,6 +76,8 @@ class WebSocketSettings:
     origins: list[str] | None = _opt(
         None, "allowed Origin values; null means same origin only, ['*'] allows any"
     )
+    concurrent: bool = _opt(False, "handle one connection's messages concurrently, not in order")
+    write_delay: float = _opt(0.0, "seconds to hold outbound frames so more go in one write")
 
 
 @dataclass(slots=True)

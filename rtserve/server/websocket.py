@@ -26,10 +26,12 @@ from rtserve.protocol.websocket import (
     Pong,
     TextMessage,
     WebSocketProtocolError,
+    encode_binary,
     encode_close,
     encode_frame,
     encode_ping,
     encode_pong,
+    encode_text,
 )
 from rtserve.server.settings import WebSocketSettings
 
@@ -70,6 +72,8 @@ class WebSocketConnection(asyncio.Protocol):
         "_ping_sent",
         "_pump",
         "_reading_paused",
+        "_running",
+        "_running",
         "close_code",
         "close_reason",
         "deadline",
@@ -115,6 +119,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._inbox: deque[Any] = deque()
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
+        self._running = 0  # concurrent on_message Tasks in flight
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -165,12 +170,16 @@ class WebSocketConnection(asyncio.Protocol):
         """Queue a text (str) or binary (bytes) message; False when it was not queued."""
         if self.status != OPEN:
             return False
+        deflate = self.deflate
+        if deflate is None:
+            if isinstance(message, str):
+                return self.send_frame(encode_text(message))
+            return self.send_frame(encode_binary(message))
         if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode("utf-8")
         else:
             opcode, payload = Opcode.BINARY, bytes(message)
-        deflate = self.deflate
-        if deflate is not None and deflate.should_compress(len(payload)):
+        if deflate.should_compress(len(payload)):
             return self.send_frame(encode_frame(opcode, deflate.compress(payload), rsv1=True))
         return self.send_frame(encode_frame(opcode, payload))
 
@@ -186,7 +195,11 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _queue(self, frame: bytes) -> None:
         if not self._out:
-            self.state.schedule_flush(self)
+            delay = self.options.write_delay
+            if delay > 0:
+                self.state.loop.call_later(delay, self.flush)
+            else:
+                self.state.schedule_flush(self)
         self._out.append(frame)
         self._out_bytes += len(frame)
 
@@ -235,8 +248,8 @@ class WebSocketConnection(asyncio.Protocol):
             return
         log.info("%s:%s websocket closed %d %s", self.peer[0] or "unix", self.peer[1], code, reason)
         if self.status == OPEN:
+            # What was queued before the failure (say, echoes of valid messages) goes first.
             self.close_code, self.close_reason = code, reason
-            self._out.clear()
             self._queue(encode_close(code, reason))
             self.flush()
         self.status = CLOSING
@@ -277,6 +290,9 @@ class WebSocketConnection(asyncio.Protocol):
     # --- delivering to the app, in order ----------------------------------------------------
 
     def _deliver(self, message: str | bytes) -> None:
+        if self.options.concurrent:
+            self._deliver_concurrently(message)
+            return
         if self._pump is not None:
             self._inbox.append(message)
             if len(self._inbox) >= MAX_INBOX and not self._reading_paused:
@@ -284,6 +300,33 @@ class WebSocketConnection(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         self._call(self._app.on_message, message)
+
+    def _deliver_concurrently(self, message: str | bytes) -> None:
+        try:
+            result = self._app.on_message(message)
+        except Exception:
+            log.exception("error in the WebSocket handler")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        if result is None or not isinstance(result, Awaitable):
+            return
+        self._running += 1
+        if self._running >= MAX_INBOX and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self.state.loop.create_task(self._run_one(result))
+
+    async def _run_one(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("error in the WebSocket handler")
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._running -= 1
+            if self._reading_paused and self._running < MAX_INBOX // 2 and self.status == OPEN:
+                self._reading_paused = False
+                self.transport.resume_reading()
 
     def _deliver_close(self) -> None:
         if self._pump is not None:
