@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -74,7 +73,7 @@ class Exchange:
         self.scope: Any = None
         self._client: tuple[str, str] | None = None
         self._body_parts: list[bytes] = []
-        self._stream_buffer: deque[bytes] = deque()
+        self._stream_buffer: list[bytes] = []
         self._streamed = 0
         self._body_waiter: asyncio.Future[None] | None = None
         self._chunked = False
@@ -136,11 +135,12 @@ class Exchange:
         loop = self.conn.state.loop
         while True:
             while self._stream_buffer:
-                data = self._stream_buffer.popleft()
-                self._streamed -= len(data)
-                if self._streamed <= STREAM_HIGH_WATER:
-                    self.conn.resume_reading_for_body()
-                yield data
+                pieces, self._stream_buffer = self._stream_buffer, []
+                for data in pieces:
+                    self._streamed -= len(data)
+                    if self._streamed <= STREAM_HIGH_WATER:
+                        self.conn.resume_reading_for_body()
+                    yield data
             if self.body_complete:
                 return
             if self.conn.closed:
