@@ -5,6 +5,7 @@
 set -euo pipefail
 MODE=${1:-ci}; OUT=${2:-$(mktemp -d)/autobahn}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "${OUT%/*}"
 SHARED=${AUTOBAHN_DIR:-$ROOT/../shared/autobahn}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
