@@ -1,0 +1,1 @@
+"""Servers and the load client for bench/ws.py (WebSocket fan-out, echo, memory, hold)."""
