@@ -87,8 +87,18 @@ class WebSocketHandler:
         return self.connection.close_code
 
 
-def _deflate_config(options: WebSocketSettings) -> DeflateConfig:
-    return DeflateConfig(min_size=options.compression_min_size)
+def _route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
+    """The server's WebSocket settings with the route's overrides, made once per route and
+    shared by all its connections (kept in the route's options beside the base they came from).
+    """
+    cached = route_options.get("_resolved")
+    if cached is None or cached[0] is not base:
+        overrides = {k: v for k, v in route_options.items() if k in WS_OPTIONS}
+        options = dataclasses.replace(base, **overrides)
+        config = DeflateConfig(min_size=options.compression_min_size)
+        cached = route_options["_resolved"] = (base, options, config)
+    resolved: WebSocketSettings = cached[1]
+    return resolved
 
 
 def accept_websocket(
@@ -114,8 +124,7 @@ def accept_websocket(
     except HandshakeError as exc:
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
         raise HTTPError(exc.status, exc.reason, headers=headers) from None
-    overrides = {k: v for k, v in route_options.items() if k in WS_OPTIONS}
-    options = dataclasses.replace(request.settings.websocket, **overrides)
+    options = _route_settings(request.settings.websocket, route_options)
     if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
         raise HTTPError(403, "origin not allowed")
     subprotocol = choose_subprotocol(
@@ -124,7 +133,7 @@ def accept_websocket(
     deflate = None
     extensions = None
     if options.compression and handshake.extensions:
-        config = _deflate_config(options)
+        config = route_options["_resolved"][2]
         negotiated = negotiate(handshake.extensions, config)
         if negotiated is not None:
             deflate_params, extensions = negotiated

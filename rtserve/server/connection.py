@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rtserve.server.state import ServerState
 
 log = logging.getLogger("rtserve.server")
+# Shared by every connection that never pipelines; replaced before any append.
+_NO_QUEUE: deque[Exchange] = deque(maxlen=0)
 
 IDLE, HEAD, BODY, BUSY = range(4)
 INF = float("inf")
@@ -64,12 +66,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.parser = self._new_parser()
+        self.parser: RequestParser | None = self._new_parser()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer: tuple[str, int] = ("", 0)
         self.active: Exchange | None = None
         self.receiving: Exchange | None = None
-        self.queue: deque[Exchange] = deque()
+        self.queue: deque[Exchange] = _NO_QUEUE  # a real deque once requests pipeline
         self.phase = IDLE
         self.deadline = INF
         self.closed = False
@@ -127,7 +129,7 @@ class HTTPConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
         try:
-            self.parser.feed(data)
+            self.parser.feed(data)  # type: ignore[union-attr]  # None only once upgraded
         except ProtocolError as exc:
             self.protocol_error(exc)
             return
@@ -195,6 +197,8 @@ class HTTPConnection(asyncio.Protocol):
         if self.active is None and not self.queue:
             self._activate(exchange)
         else:
+            if self.queue is _NO_QUEUE:
+                self.queue = deque()
             self.queue.append(exchange)
             if len(self.queue) >= state.settings.limits.max_pipelined and not (
                 self._reading_paused_queue
@@ -336,7 +340,7 @@ class HTTPConnection(asyncio.Protocol):
             # Busy answering (reading may be paused by us): the client is not the one late.
             self.phase = BUSY
             self.deadline = INF
-        elif self.parser.in_head:
+        elif self.parser is not None and self.parser.in_head:
             if self.phase != HEAD:
                 self.phase = HEAD
                 self.deadline = state.now + timeouts.header
@@ -392,6 +396,7 @@ class HTTPConnection(asyncio.Protocol):
         self.transport.write(response)
         self.upgraded = protocol
         self.deadline = INF
+        self.parser = None  # the socket speaks another protocol now: free the HTTP parser
         state = self.state
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
@@ -452,4 +457,8 @@ class HTTPConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.active is None and not self.queue and not self.parser.in_head
+        return (
+            self.active is None
+            and not self.queue
+            and not (self.parser is not None and self.parser.in_head)
+        )

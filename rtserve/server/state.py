@@ -86,6 +86,7 @@ class ServerState:
         self.connections: set[Any] = set()
         self.websockets: set[WebSocketConnection] = set()
         self._to_flush: list[WebSocketConnection] = []
+        self._delayed: dict[float, list[WebSocketConnection]] = {}
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()
         self.shutting_down = False
@@ -158,15 +159,27 @@ class ServerState:
         self.websockets.discard(conn)
         self.connection_closed(conn)
 
-    def schedule_flush(self, conn: WebSocketConnection) -> None:
-        """Write `conn`'s queued frames at the end of this loop tick (one call for all)."""
-        if not self._to_flush:
-            self.loop.call_soon(self._flush_all)
-        self._to_flush.append(conn)
+    def schedule_flush(self, conn: WebSocketConnection, delay: float = 0.0) -> None:
+        """Write `conn`'s queued frames at the end of this loop tick, or after `delay` seconds;
+        one callback serves every connection due at the same time."""
+        if delay <= 0:
+            if not self._to_flush:
+                self.loop.call_soon(self._flush_all)
+            self._to_flush.append(conn)
+            return
+        batch = self._delayed.get(delay)
+        if batch is None:
+            batch = self._delayed[delay] = []
+            self.loop.call_later(delay, self._flush_delayed, delay)
+        batch.append(conn)
 
     def _flush_all(self) -> None:
         conns, self._to_flush = self._to_flush, []
         for conn in conns:
+            conn.flush()
+
+    def _flush_delayed(self, delay: float) -> None:
+        for conn in self._delayed.pop(delay, ()):
             conn.flush()
 
     def track(self, task: asyncio.Task[Any], exchange: Exchange) -> None:

@@ -59,6 +59,8 @@ class _Closed:
 
 
 _CLOSED = _Closed()
+# Shared by every connection whose handler never fell behind; replaced before any append.
+_NO_INBOX: deque[Any] = deque(maxlen=0)
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -66,13 +68,13 @@ class WebSocketConnection(asyncio.Protocol):
 
     __slots__ = (
         "_app",
+        "_backlog",
         "_inbox",
         "_out",
         "_out_bytes",
         "_ping_sent",
         "_pump",
         "_reading_paused",
-        "_running",
         "_running",
         "close_code",
         "close_reason",
@@ -116,7 +118,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._ping_sent = False
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._inbox: deque[Any] = deque()
+        self._backlog = 0  # the transport's buffer at the last flush
+        self._inbox: deque[Any] = _NO_INBOX
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
@@ -184,37 +187,43 @@ class WebSocketConnection(asyncio.Protocol):
         return self.send_frame(encode_frame(opcode, payload))
 
     def send_frame(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (shared by a broadcast); applies the budget."""
+        """Queue an already encoded frame (shared by a broadcast); applies the budget.
+
+        The budget counts what is queued here plus what the transport still held at the last
+        flush (it can only have shrunk since), so the hot path makes no transport call.
+        """
         if self.status != OPEN:
             return False
-        queued = self._out_bytes + self.transport.get_write_buffer_size()
-        if queued + len(frame) > self.options.max_queued_bytes:
+        queued = self._out_bytes + len(frame)
+        if queued + self._backlog > self.options.max_queued_bytes:
             return self._over_budget()
-        self._queue(frame)
+        if not self._out:
+            self.state.schedule_flush(self, self.options.write_delay)
+        self._out.append(frame)
+        self._out_bytes = queued
         return True
 
     def _queue(self, frame: bytes) -> None:
+        """Queue a frame outside the budget (control frames)."""
         if not self._out:
-            delay = self.options.write_delay
-            if delay > 0:
-                self.state.loop.call_later(delay, self.flush)
-            else:
-                self.state.schedule_flush(self)
+            self.state.schedule_flush(self, self.options.write_delay)
         self._out.append(frame)
         self._out_bytes += len(frame)
 
     def flush(self) -> None:
-        """Write everything queued this tick in one system call."""
+        """Write everything queued since the last flush in one system call."""
         out = self._out
         if not out:
             return
-        if self.status != CLOSED:
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.writelines(out)
         self._out = []
         self._out_bytes = 0
+        if self.status != CLOSED:
+            transport = self.transport
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+            self._backlog = transport.get_write_buffer_size()
 
     def _over_budget(self) -> bool:
         stats = self.state.stats
@@ -294,6 +303,8 @@ class WebSocketConnection(asyncio.Protocol):
             self._deliver_concurrently(message)
             return
         if self._pump is not None:
+            if self._inbox is _NO_INBOX:
+                self._inbox = deque()
             self._inbox.append(message)
             if len(self._inbox) >= MAX_INBOX and not self._reading_paused:
                 self._reading_paused = True
@@ -330,6 +341,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _deliver_close(self) -> None:
         if self._pump is not None:
+            if self._inbox is _NO_INBOX:
+                self._inbox = deque()
             self._inbox.append(_CLOSED)
             return
         self._call(self._app.on_close, self.close_code, self.close_reason)
