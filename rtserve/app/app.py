@@ -251,6 +251,7 @@ class App:
     def _answer(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Answer now (None) or return the coroutine that finishes answering."""
         match = exchange.scope
+        exchange.scope = None  # used up: nothing long-lived (a WebSocket) should keep it
         if type(match) is not tuple:
             request = Request(exchange, self, {})
             return self._send_error(request, match)

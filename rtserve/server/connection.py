@@ -221,13 +221,8 @@ class HTTPConnection(asyncio.Protocol):
         self.active = exchange
         self._continue_sent = False
         app = self.state.app
-        exchange.streaming = app.wants_stream(exchange)
-        if exchange.streaming:
-            # Hand over what arrived before the handler asked for a stream.
-            parts = exchange._body_parts
-            exchange._body_parts = []
-            for part in parts:
-                exchange._feed(part)
+        if app.wants_stream(exchange):
+            exchange._start_streaming()
             self._dispatch(exchange)
         elif exchange.body_complete:
             self._dispatch(exchange)

@@ -36,11 +36,10 @@ class Exchange:
     """A request read from a connection, and the means to answer it in order."""
 
     __slots__ = (
-        "_body_parts",
         "_body_waiter",
         "_chunked",
         "_client",
-        "_stream_buffer",
+        "_pieces",
         "_streamed",
         "body",
         "body_complete",
@@ -72,8 +71,8 @@ class Exchange:
         self.task: asyncio.Task[Any] | None = None
         self.scope: Any = None
         self._client: tuple[str, str] | None = None
-        self._body_parts: list[bytes] = []
-        self._stream_buffer: list[bytes] = []
+        # Body pieces not yet joined (or, when streaming, not yet taken); made on first use.
+        self._pieces: list[bytes] | None = None
         self._streamed = 0
         self._body_waiter: asyncio.Future[None] | None = None
         self._chunked = False
@@ -103,21 +102,28 @@ class Exchange:
         return self.conn.closed_future()
 
     def _feed(self, data: bytes) -> None:
+        pieces = self._pieces
+        if pieces is None:
+            pieces = self._pieces = []
+        pieces.append(data)
         if self.streaming:
-            self._stream_buffer.append(data)
             self._streamed += len(data)
             if self._streamed > STREAM_HIGH_WATER:
                 self.conn.pause_reading_for_body()
             self._wake_body()
-        else:
-            self._body_parts.append(data)
+
+    def _start_streaming(self) -> None:
+        """From now on the handler takes the body as it comes (what arrived is kept)."""
+        self.streaming = True
+        self._streamed = sum(len(p) for p in self._pieces or ())
 
     def _complete(self) -> None:
         self.body_complete = True
         if not self.streaming:
-            parts = self._body_parts
-            self.body = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._body_parts = []
+            parts = self._pieces
+            if parts:
+                self.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._pieces = None
         self._wake_body()
 
     def _wake_body(self) -> None:
@@ -134,8 +140,8 @@ class Exchange:
         self.conn.send_continue(self)
         loop = self.conn.state.loop
         while True:
-            while self._stream_buffer:
-                pieces, self._stream_buffer = self._stream_buffer, []
+            while self._pieces:
+                pieces, self._pieces = self._pieces, None
                 for data in pieces:
                     self._streamed -= len(data)
                     if self._streamed <= STREAM_HIGH_WATER:
