@@ -677,19 +677,26 @@ def render_goals(results: dict[str, list[Row]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _versions(python: str) -> str:
+def _versions(
+    python: str,
+    packages: Sequence[str] = ("rtserve", "tornado", "uvicorn", "aiohttp", "uvloop", "httptools"),
+) -> str:
+    """Python's and `packages`' versions as `python` sees them."""
     code = (
-        "import importlib.metadata as m\n"
-        "out = []\n"
-        "for n in ('rtserve', 'tornado', 'uvicorn', 'aiohttp', 'uvloop', 'httptools'):\n"
+        "import importlib.metadata as m, platform, sys\n"
+        "out = ['Python ' + platform.python_version()]\n"
+        "for n in sys.argv[1:]:\n"
         "    try: out.append(f'{n} {m.version(n)}')\n"
         "    except m.PackageNotFoundError: out.append(f'{n} (not installed)')\n"
-        "import platform; out.insert(0, 'Python ' + platform.python_version())\n"
         "print(', '.join(out))\n"
     )
     try:
         res = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=30, check=False
+            [python, "-c", code, *packages],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "versions unknown"

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,12 @@ from bench.http import (  # noqa: E402  (after the sys.path fix above)
     HOST,
     READY_TIMEOUT_S,
     _cpu_model,
+    _csv,
     _git_state,
+    _raise_keyboard_interrupt,
     _say,
     _tail,
+    _versions,
     busy_pct,
     free_port,
     read_cpu_times,
@@ -71,6 +74,7 @@ from bench.http import (  # noqa: E402  (after the sys.path fix above)
     wait_until_listening,
 )
 
+WS_PACKAGES = ("rtserve", "tornado", "websockets", "aiohttp", "uvloop")
 VALID_SERVER_MIN = 90.0
 VALID_LOAD_MAX = 90.0
 SHARED_CORE_GAP = 10.0
@@ -733,24 +737,6 @@ def render_goals(args: argparse.Namespace, results: dict[str, list[dict[str, Any
     return [*out, ""]
 
 
-def _versions(python: str) -> str:
-    code = (
-        "import importlib.metadata as m, platform\n"
-        "out = ['Python ' + platform.python_version()]\n"
-        "for n in ('rtserve', 'tornado', 'websockets', 'aiohttp', 'uvloop'):\n"
-        "    try: out.append(f'{n} {m.version(n)}')\n"
-        "    except m.PackageNotFoundError: out.append(f'{n} (not installed)')\n"
-        "print(', '.join(out))\n"
-    )
-    try:
-        res = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "versions unknown"
-    return res.stdout.strip() or "versions unknown"
-
-
 def header_lines(args: argparse.Namespace) -> list[str]:
     command = ("python bench/ws.py " + " ".join(args.argv_used)).strip()
     servers = "; ".join(f"`{n}`: {VARIANTS[n].describe(args.write_delay)}" for n in args.servers)
@@ -761,7 +747,7 @@ def header_lines(args: argparse.Namespace) -> list[str]:
         f"{platform.release()}, open-files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
         f"; each server is one process pinned to cpu{args.server_cpu}, the load client (one "
         f"process, uvloop, raw frames) pinned to cpu{args.load_cpu}",
-        f"- Software: {_versions(args.python)}; rtserve at commit {args.git_state}",
+        f"- Software: {_versions(args.python, WS_PACKAGES)}; rtserve at commit {args.git_state}",
         f"- Servers: {servers}. Compression (permessage-deflate) is off on every server for "
         "the throughput and latency figures; keepalive pings are off",
         f"- Valid row: server core >= {VALID_SERVER_MIN:.0f} % busy, load core < "
@@ -774,19 +760,6 @@ def header_lines(args: argparse.Namespace) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-
-
-def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in choices]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(choices)}"
-            )
-        return names
-
-    return parse
 
 
 def _rates(text: str) -> list[int]:
@@ -874,10 +847,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.server_cpu == args.load_cpu:
         parser.error("--server-cpu and --load-cpu must differ")
     return args
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
