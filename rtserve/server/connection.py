@@ -267,6 +267,8 @@ class HTTPConnection(asyncio.Protocol):
         stats.responses_by_class[exchange.status // 100 if exchange.status < 600 else 0] += 1
         if state.access_log:
             state.log_access(exchange)
+        if self._last is exchange:
+            self._last = None  # no cycle left between the connection and a finished exchange
         if self.upgraded is not None or exchange is not self.active:
             return
         if exchange is self._upgrade_exchange:
