@@ -55,6 +55,14 @@ def make_app(events: dict[str, Any]) -> App:
             events.setdefault("closed", []).append((code, reason))
             events.setdefault("closed_event", threading.Event()).set()
 
+    @app.websocket("/watch")
+    class Watch(WebSocketHandler):
+        async def on_open(self) -> None:
+            events["watch_open"] = (self.request.is_disconnected, self.request.client)
+            await self.request.wait_disconnected()
+            events["watch_gone"] = self.request.is_disconnected
+            events.setdefault("watch_event", threading.Event()).set()
+
     @app.websocket("/closer")
     class Closer(WebSocketHandler):
         def on_message(self, message: str | bytes) -> None:
@@ -351,3 +359,18 @@ def test_valid_messages_before_a_violation_are_answered(server: ThreadedServer) 
         assert data.startswith(bytes([0x81, 5]) + b"first")  # the echo, then the close
         c.leftover = data[7:]  # type: ignore[attr-defined]
         assert read_close_code(c) == 1002
+
+
+def test_upgrade_request_sees_the_websocket_go(
+    server: ThreadedServer, events: dict[str, Any]
+) -> None:
+    events["watch_event"] = threading.Event()
+
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/watch")) as ws:
+            await ws.send("hello")
+
+    run(scenario)
+    assert events["watch_event"].wait(5)
+    assert events["watch_open"] == (False, "127.0.0.1")
+    assert events["watch_gone"] is True

@@ -399,6 +399,9 @@ class HTTPConnection(asyncio.Protocol):
         protocol.connection_made(self.transport)
         state.connection_closed(self)  # after the new protocol registered itself
         exchange._finish()
+        # The request lives on with the handler; its exchange now asks the new protocol whether
+        # the client is there, so this object (and what it holds) can go.
+        exchange.conn = protocol  # type: ignore[assignment]
         pending = self._upgrade_data
         if self._upgrade_exchange is not None:
             self._upgrade_data = self._upgrade_exchange = None

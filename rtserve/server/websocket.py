@@ -69,6 +69,7 @@ class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_app",
         "_backlog",
+        "_closed_future",
         "_inbox",
         "_out",
         "_out_bytes",
@@ -119,6 +120,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._backlog = 0  # the transport's buffer at the last flush
+        self._closed_future: asyncio.Future[None] | None = None
         self._inbox: deque[Any] = _NO_INBOX
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
@@ -163,9 +165,28 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.status = CLOSED
         self.deadline = INF
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
         self._out.clear()
         self.state.websocket_closed(self)
         self._deliver_close()
+
+    # --- what the upgrade request's Exchange asks of its connection --------------------------
+
+    eof = False  # the request's side of things: no half-close once upgraded
+
+    @property
+    def closed(self) -> bool:
+        return self.status == CLOSED
+
+    def closed_future(self) -> asyncio.Future[None]:
+        """Completes when the WebSocket is gone (for `request.wait_disconnected()`)."""
+        fut = self._closed_future
+        if fut is None:
+            fut = self._closed_future = self.state.loop.create_future()
+            if self.status == CLOSED:
+                fut.set_result(None)
+        return fut
 
     # --- sending ---------------------------------------------------------------------------
 
