@@ -102,8 +102,13 @@ class ServerState:
         self._ticker: asyncio.TimerHandle | None = None
         self._file_executor: ThreadPoolExecutor | None = None
         self._all_closed: asyncio.Event | None = None
-        t = settings.timeouts
-        self.tick_interval = max(0.01, min(1.0, t.header / 4, t.keepalive / 4, t.body / 4))
+        t, ws = settings.timeouts, settings.websocket
+        # Deadlines are checked each tick, so a tick is a fraction of the shortest timeout
+        # (WebSocket routes may set shorter ones of their own; those are checked as often).
+        spans = [t.header, t.keepalive, t.body, ws.ping_timeout, ws.close_timeout]
+        if ws.ping_interval > 0:
+            spans.append(ws.ping_interval)
+        self.tick_interval = max(0.01, min(1.0, *(s / 4 for s in spans)))
 
     def _update_date(self) -> None:
         wall = time.time()
