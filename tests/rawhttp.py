@@ -113,3 +113,29 @@ class RawClient:
 
 def get(path: str = "/", *, extra: str = "", version: str = "1.1") -> bytes:
     return f"GET {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def raw_exchange(port: int, request: bytes, *, host: str = "127.0.0.1") -> bytes:
+    """Send `request` as is and read until the server closes (the request should say so)."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        for _ in range(100_000):  # bounded: the server closes after its answer
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of one complete response without chunking."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head in {data[:200]!r}"
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body

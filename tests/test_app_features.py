@@ -36,6 +36,7 @@ from rtserve.app.forms import UploadFile
 from rtserve.server.settings import LimitSettings
 from rtserve.testing import ThreadedServer
 from tests.conftest import require_tool
+from tests.rawhttp import parse_response, raw_exchange
 
 OLD_SECRET = "old-secret-0123456789abcdef"
 NEW_SECRET = "new-secret-fedcba9876543210"
@@ -45,30 +46,6 @@ STREAM_CLOSED = threading.Event()
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def raw_exchange(port: int, request: bytes) -> bytes:
-    """Send `request` as is and read until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        chunks = []
-        for _ in range(100_000):
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks)
-
-
-def split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    assert sep, data[:200]
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split(" ")[1]), headers, body
 
 
 def dechunk(body: bytes) -> tuple[bytes, bool]:
@@ -575,7 +552,7 @@ def test_headers_case_insensitive_and_repeated(server: ThreadedServer) -> None:
         b"X-Rep: one\r\nx-rep: two\r\nX-REP: three\r\nX-Mixed-Case: yes\r\n"
         b"Connection: close\r\n\r\n",
     )
-    status, _, body = split_response(data)
+    status, _, body = parse_response(data)
     assert status == 200
     info = json.loads(body)
     assert info["x_rep"] == ["one", "two", "three"]
@@ -945,7 +922,7 @@ def test_streaming_response_raw_chunks(server: ThreadedServer) -> None:
     data = raw_exchange(
         server.port, b"GET /stream/async HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    status, headers, body = split_response(data)
+    status, headers, body = parse_response(data)
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     decoded, complete = dechunk(body)
     assert decoded == STREAMED and complete
@@ -953,14 +930,14 @@ def test_streaming_response_raw_chunks(server: ThreadedServer) -> None:
 
 def test_streaming_response_http10(server: ThreadedServer) -> None:
     data = raw_exchange(server.port, b"GET /stream/async HTTP/1.0\r\nHost: x\r\n\r\n")
-    status, headers, body = split_response(data)
+    status, headers, body = parse_response(data)
     assert status == 200
     assert "transfer-encoding" not in headers and "content-length" not in headers
     assert headers["connection"] == "close"
     assert body == STREAMED  # the body ends when the server closes
     # Even when the 1.0 client asks for keep-alive, a length-less body must close.
     data = raw_exchange(server.port, b"GET /stream/sync HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    status, headers, body = split_response(data)
+    status, headers, body = parse_response(data)
     assert body == b"abc" and headers["connection"] == "close"
 
 
@@ -968,7 +945,7 @@ def test_streaming_head(server: ThreadedServer) -> None:
     data = raw_exchange(
         server.port, b"HEAD /stream/async HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    status, _, body = split_response(data)
+    status, _, body = parse_response(data)
     assert status == 200 and body == b""
 
 
@@ -976,7 +953,7 @@ def test_streaming_failure_is_not_a_complete_body(server: ThreadedServer) -> Non
     data = raw_exchange(
         server.port, b"GET /stream/fail HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    status, headers, body = split_response(data)
+    status, headers, body = parse_response(data)
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     decoded, complete = dechunk(body)
     assert decoded == b"first;"
@@ -995,7 +972,7 @@ def test_handler_flush(server: ThreadedServer) -> None:
         assert r.headers["content-type"] == "text/plain; charset=utf-8"
         assert c.get("/ping").text == "pong"
     data = raw_exchange(server.port, b"GET /flush HTTP/1.0\r\n\r\n")
-    status, headers, body = split_response(data)
+    status, headers, body = parse_response(data)
     assert status == 200 and body == b"piece-1;piece-2;piece-3"
     assert "transfer-encoding" not in headers
 
@@ -1004,7 +981,7 @@ def test_handler_flush_failure_is_not_a_complete_body(server: ThreadedServer) ->
     data = raw_exchange(
         server.port, b"GET /flush/fail HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
-    status, _, body = split_response(data)
+    status, _, body = parse_response(data)
     assert status == 200
     decoded, complete = dechunk(body)
     assert decoded == b"partial" and not complete
@@ -1069,7 +1046,7 @@ def test_header_injection_is_refused(server: ThreadedServer, path: str) -> None:
         server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     )
     assert b"injected" not in data.lower()
-    status, _, _ = split_response(data)
+    status, _, _ = parse_response(data)
     assert status == 500
 
 

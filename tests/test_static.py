@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import http.client
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from rtserve import App
 from rtserve.testing import ThreadedServer
 from tests.conftest import require_tool
+from tests.rawhttp import parse_response, raw_exchange
 
 SECRET = b"TOP-SECRET-CONTENT-outside-the-static-folder\n"
 DIGITS = b"0123456789abcdefghijklmnopqrstuvwxyz"  # 36 bytes, so ranges are easy to read
@@ -28,31 +28,6 @@ BIG_SIZE = 5 * 1024 * 1024
 
 
 # --- a raw HTTP/1.1 client ---------------------------------------------------------------------
-
-
-def raw_exchange(port: int, request: bytes, *, host: str = "127.0.0.1") -> bytes:
-    """Send `request` as is and read until the server closes (the request should say so)."""
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(request)
-        chunks = []
-        for _ in range(100_000):  # bounded: the server closes after its answer
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks)
-
-
-def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    assert sep, f"no complete response head in {data[:200]!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
 
 
 def raw_get(port: int, target: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:

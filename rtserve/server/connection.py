@@ -454,11 +454,3 @@ class HTTPConnection(asyncio.Protocol):
             self._reading_paused_body = False
             if not self._reading_paused_queue:
                 self.transport.resume_reading()
-
-    @property
-    def idle(self) -> bool:
-        return (
-            self.active is None
-            and not self.queue
-            and not (self.parser is not None and self.parser.in_head)
-        )

@@ -404,12 +404,3 @@ class WebSocketConnection(asyncio.Protocol):
             if self._inbox and self._inbox[-1] is _CLOSED:
                 self._inbox.clear()
                 self._call(app.on_close, self.close_code, self.close_reason)
-
-
-def broadcast_frame(connections: Any, frame: bytes) -> int:
-    """Hand one encoded frame to every open connection; returns how many took it."""
-    sent = 0
-    for conn in connections:
-        if conn.send_frame(frame):
-            sent += 1
-    return sent
