@@ -12,19 +12,33 @@ from rtserve.app.response import (
 )
 from rtserve.app.static import FileResponse
 from rtserve.app.websocket import WebSocketHandler, broadcast
+from rtserve.broker import Broker, MemoryBroker
 from rtserve.errors import ConfigError, HTTPError, RtserveError
+from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
+from rtserve.realtime.protocol import ChannelError, ErrorCode
+from rtserve.realtime.rules import ChannelRule
+from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.settings import ServerSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Broker",
+    "ChannelContext",
+    "ChannelError",
+    "ChannelRule",
+    "ChannelSettings",
     "ConfigError",
+    "ConnectContext",
+    "ConnectResult",
+    "ErrorCode",
     "FileResponse",
     "HTMLResponse",
     "HTTPError",
     "Handler",
     "JSONResponse",
+    "MemoryBroker",
     "RedirectResponse",
     "Request",
     "Response",

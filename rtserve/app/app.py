@@ -7,6 +7,7 @@ Task; one that suspends continues in a Task from where it stopped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import gzip
 import inspect
@@ -28,8 +29,12 @@ from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Respons
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
 from rtserve.app.websocket import WS_OPTIONS, WebSocketHandler, accept_websocket
+from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule, ChannelRules
+from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
@@ -58,6 +63,8 @@ class App:
     cookie_secret: one secret or a list (newest first) for signed cookies; rotation verifies
     with all of them. xsrf_cookies: require the `_xsrf` token on every POST/PUT/PATCH/DELETE.
     gzip_min_size: compress compressible responses at least this big (None: never).
+    channels: settings of the channel layer (tokens, publish API key, endpoints' prefix).
+    broker: the engine of the channels (default: a MemoryBroker, one process).
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class App:
         xsrf_cookies: bool = False,
         gzip_min_size: int | None = 1024,
         template_dir: str | Path = "templates",
+        channels: ChannelSettings | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings or ServerSettings()
         self.router = Router()
@@ -82,6 +91,12 @@ class App:
         self._templates: Any = None
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
+        if broker is None:
+            from rtserve.broker.memory import MemoryBroker
+
+            broker = MemoryBroker()
+        self.hub = Hub(ChannelRules(), broker, channels or ChannelSettings())
+        self._channel_routes = False
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -168,9 +183,66 @@ class App:
 
         self.router.add(path, ["GET"], StaticFile(file), name=name, is_class=False)
 
+    # --- channels --------------------------------------------------------------------------
+
+    def channel(self, pattern: str, **options: Any) -> ChannelRule:
+        """Allow the channels `pattern` matches, with the rule `options` (see ChannelRule).
+
+        The first rule adds the endpoints `{prefix}/ws` and `POST {prefix}/publish[/batch]`.
+        """
+        unknown = set(options) - RULE_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown channel option(s): {', '.join(sorted(unknown))}")
+        rule = self.hub.rules.add(ChannelRule(pattern, **options))
+        if not self._channel_routes:
+            self._add_channel_routes()
+        return rule
+
+    def _add_channel_routes(self) -> None:
+        from rtserve.realtime.publish_api import publish_batch_endpoint, publish_endpoint
+        from rtserve.realtime.ws_session import ChannelSocket
+
+        prefix = self.hub.settings.prefix.rstrip("/")
+        self.router.add(
+            f"{prefix}/ws", ["GET"], ChannelSocket, name="rt:ws", websocket=True, ws_options={}
+        )
+        self.add_route(f"{prefix}/publish", publish_endpoint, ["POST"], name="rt:publish")
+        self.add_route(
+            f"{prefix}/publish/batch", publish_batch_endpoint, ["POST"], name="rt:publish_batch"
+        )
+        self._channel_routes = True
+
+    def on_connect(self, hook: F) -> F:
+        """Decorate the hook that accepts or refuses a channel connection (see ConnectContext)."""
+        self.hub.on_connect = hook
+        return hook
+
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> StreamPosition:
+        """Publish `data` (any JSON value) to `channel` from server code; returns its position.
+
+        Raises ChannelError for a channel without a rule or when the broker fails.
+        """
+        return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
+
+    def publish_threadsafe(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> concurrent.futures.Future[StreamPosition]:
+        """`publish` from another thread (a worker pool, a sync library); a Future of the
+        position. Raises RuntimeError when the app is not serving."""
+        loop = self.hub.loop
+        if loop is None:
+            raise RuntimeError("the app is not running: publish_threadsafe needs a served app")
+        return asyncio.run_coroutine_threadsafe(
+            self.publish(channel, data, idempotency_key=idempotency_key), loop
+        )
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        if len(self.hub.rules):
+            await self.hub.start()
         for hook in self.on_startup:
             result = hook()
             if result is not None:
@@ -181,6 +253,8 @@ class App:
             result = hook()
             if result is not None:
                 await result
+        if self.hub.running:
+            await self.hub.close()
 
     def run(self, host: str | None = None, port: int | None = None, **overrides: Any) -> None:
         """Serve this app until SIGINT/SIGTERM (blocking)."""

@@ -62,6 +62,9 @@ class WebSocketHandler:
         """The connection is closed (code 1006 when it ended without a close frame)."""
         return None
 
+    def on_drain(self) -> None:
+        """The outbound buffer went down after filling up (`connection.has_room` again)."""
+
     # --- actions ---------------------------------------------------------------------------
 
     def send(self, message: str | bytes) -> bool:
@@ -152,6 +155,49 @@ def accept_websocket(
     exchange.conn.upgrade(exchange, response, connection)
 
 
+class SharedMessage:
+    """One message encoded once for many connections: the plain frame, and the frame
+    compressed once (no context takeover) for every connection that negotiated deflate."""
+
+    __slots__ = ("_opcode", "_payload", "_plain", "_shared")
+
+    def __init__(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self._opcode, self._payload = Opcode.TEXT, message.encode("utf-8")
+        else:
+            self._opcode, self._payload = Opcode.BINARY, bytes(message)
+        self._plain: bytes | None = None
+        self._shared: bytes | None = None
+
+    @classmethod
+    def text(cls, payload: bytes) -> SharedMessage:
+        """A text message from its UTF-8 bytes (no decoding round trip)."""
+        shared = cls.__new__(cls)
+        shared._opcode, shared._payload = Opcode.TEXT, payload
+        shared._plain = shared._shared = None
+        return shared
+
+    def frame_for(self, conn: WebSocketConnection) -> bytes:
+        """The frame to hand to `conn`."""
+        deflate = conn.deflate
+        if deflate is not None and deflate.should_compress(len(self._payload)):
+            if not deflate.params.accepts_broadcast(BROADCAST_WINDOW_BITS):
+                # The client asked for a smaller window: compress for it alone.
+                return encode_frame(self._opcode, deflate.compress(self._payload), rsv1=True)
+            if self._shared is None:
+                compressed = compress_for_broadcast(self._payload, BROADCAST_CONFIG)
+                self._shared = encode_frame(self._opcode, compressed, rsv1=True)
+            return self._shared
+        return self.plain_frame()
+
+    def plain_frame(self) -> bytes:
+        """The uncompressed frame (for connections without deflate)."""
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = encode_frame(self._opcode, self._payload)
+        return plain
+
+
 def broadcast(
     targets: Iterable[WebSocketHandler | WebSocketConnection], message: str | bytes
 ) -> int:
@@ -159,25 +205,11 @@ def broadcast(
 
     Connections over their outbound budget are handled by their slow-consumer policy.
     """
-    if isinstance(message, str):
-        opcode, payload = Opcode.TEXT, message.encode("utf-8")
-    else:
-        opcode, payload = Opcode.BINARY, bytes(message)
-    plain = encode_frame(opcode, payload)
-    shared: bytes | None = None  # compressed once, for every connection that can take it
+    shared = SharedMessage(message)
+    plain = shared.plain_frame()
     sent = 0
     for target in targets:
         conn = target.connection if isinstance(target, WebSocketHandler) else target
-        deflate = conn.deflate
-        frame = plain
-        if deflate is not None and deflate.should_compress(len(payload)):
-            if deflate.params.accepts_broadcast(BROADCAST_WINDOW_BITS):
-                if shared is None:
-                    compressed = compress_for_broadcast(payload, BROADCAST_CONFIG)
-                    shared = encode_frame(opcode, compressed, rsv1=True)
-                frame = shared
-            else:  # the client asked for a smaller window: compress for it alone
-                frame = encode_frame(opcode, deflate.compress(payload), rsv1=True)
-        if conn.send_frame(frame):
+        if conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
     return sent

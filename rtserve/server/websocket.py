@@ -52,6 +52,8 @@ class WebSocketApp(Protocol):
     def on_open(self) -> Awaitable[None] | None: ...
     def on_message(self, message: str | bytes) -> Awaitable[None] | None: ...
     def on_close(self, code: int, reason: str) -> Awaitable[None] | None: ...
+    def on_drain(self) -> None:
+        """The transport's buffer went down: the connection has room again."""
 
 
 class _Closed:
@@ -130,6 +132,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # resume_writing (-> on_drain) must fire before the outbound budget is reached.
+        high = min(64 * 1024, self.options.max_queued_bytes // 2)
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
         self.state.websocket_opened(self)
         self._schedule_ping()
         self._call(self._app.on_open)
@@ -160,7 +165,9 @@ class WebSocketConnection(asyncio.Protocol):
         pass  # the outbound budget is checked on every send instead
 
     def resume_writing(self) -> None:
-        pass
+        self._backlog = self.transport.get_write_buffer_size()
+        if self.status == OPEN:
+            self._app.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.status = CLOSED
@@ -223,6 +230,10 @@ class WebSocketConnection(asyncio.Protocol):
         self._out.append(frame)
         self._out_bytes = queued
         return True
+
+    def has_room(self, size: int) -> bool:
+        """Whether `size` more bytes fit in the outbound budget now."""
+        return self._out_bytes + size + self._backlog <= self.options.max_queued_bytes
 
     def _queue(self, frame: bytes) -> None:
         """Queue a frame outside the budget (control frames)."""

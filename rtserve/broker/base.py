@@ -1,0 +1,177 @@
+"""The Broker interface: what the Hub needs from the engine between nodes.
+
+A node is one server process. The Hub publishes through the broker; the broker appends the
+publication to the channel's history (when the channel keeps one), gives it the next offset
+of the channel, and hands it to every node subscribed to the channel, this one included, by
+calling `BrokerEvents.on_publication`. Join and leave events travel the same way but are not
+kept. Presence is a map per channel of client id to `ClientInfo`.
+
+Offsets are per channel, start at 1 and only grow while the channel's epoch stays the same.
+The epoch names one life of the channel's stream: when a broker loses the stream (restart,
+expiry of its metadata) the next publication starts a new epoch, and a client that comes back
+with the old epoch learns that its offset means nothing any more.
+
+Every method is async so a networked backend (Redis) fits without changing the interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class BrokerError(Exception):
+    """The broker could not do what was asked (unreachable, refused); never a silent drop."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who a client is, as presence and publications show it."""
+
+    client: str
+    user: str | None = None
+    info: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"client": self.client, "user": self.user}
+        if self.info:
+            out["info"] = self.info
+        return out
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ClientInfo:
+        return cls(value["client"], value.get("user"), value.get("info"))
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message of a channel: its offset, JSON data and, from a client, who sent it."""
+
+    offset: int
+    data: Any
+    info: ClientInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a channel's stream stands: the last offset given out, and the epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications with offsets above `since` (oldest first) and the stream's position."""
+
+    publications: list[Publication]
+    position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """How a channel keeps what is published to it.
+
+    history_size: publications kept (0: none). history_ttl: seconds a publication is kept.
+    idempotency_key: a publish repeated with the same key within `idempotency_ttl` seconds
+    lands once and returns the first position.
+    """
+
+    history_size: int = 0
+    history_ttl: float = 0.0
+    idempotency_key: str | None = None
+    idempotency_ttl: float = 300.0
+
+
+NO_OPTIONS = PublishOptions()
+
+
+class BrokerEvents(Protocol):
+    """What a broker calls on its node (the Hub) for channels the node subscribed to."""
+
+    def on_publication(self, channel: str, publication: Publication, epoch: str) -> None: ...
+    def on_join(self, channel: str, info: ClientInfo) -> None: ...
+    def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+
+@dataclass(slots=True)
+class PresenceStats:
+    """Counts of a channel's presence: clients, and distinct users among them."""
+
+    clients: int = 0
+    users: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """The engine between nodes. One instance per App; `start` before use, `close` after.
+
+    A channel's history TTL and size are those of its latest publish.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    async def start(self, events: BrokerEvents) -> None:
+        """Connect (raising BrokerError when the backend is unreachable) and deliver to
+        `events` from now on."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections; presence entries of this node go."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        info: ClientInfo | None = None,
+        options: PublishOptions = NO_OPTIONS,
+    ) -> StreamPosition:
+        """Append to the channel (offset + history) and fan out to subscribed nodes.
+
+        Returns the new publication's position. Raises BrokerError when it cannot be done.
+        """
+
+    @abc.abstractmethod
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        """Tell every node subscribed to `channel` that `info` joined it (not kept)."""
+
+    @abc.abstractmethod
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        """Tell every node subscribed to `channel` that `info` left it (not kept)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """This node wants the channel's publications, joins and leaves."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """This node no longer has local subscribers of the channel."""
+
+    @abc.abstractmethod
+    async def history(
+        self, channel: str, *, since: int | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Kept publications with offset > `since` (all kept when None), oldest first, at
+        most `limit` (None: no limit; 0: only the position)."""
+
+    @abc.abstractmethod
+    async def presence_add(self, channel: str, info: ClientInfo) -> None:
+        """Record `info.client` as present in `channel`."""
+
+    @abc.abstractmethod
+    async def presence_remove(self, channel: str, client: str) -> None:
+        """Forget `client` in `channel` (no error when absent)."""
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is present in `channel`, by client id."""
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """Counts of `channel`'s presence (backends may do this without listing everyone)."""
+        members = await self.presence(channel)
+        users = {m.user for m in members.values() if m.user is not None}
+        return PresenceStats(clients=len(members), users=len(users))

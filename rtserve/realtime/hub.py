@@ -1,0 +1,382 @@
+"""The Hub: one per App, between the local subscribers of channels and the Broker.
+
+Subscribers are client sessions of any transport. The Hub keeps, per channel with local
+subscribers, the set of them, subscribes this node to the channel at the broker while that
+set is not empty, and hands each publication the broker delivers to every local subscriber
+encoded once (`Outbound`). Recovery, presence and join/leave are done here on top of the
+broker's history and presence, so every backend behaves the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rtserve.app.websocket import SharedMessage
+from rtserve.broker.base import (
+    Broker,
+    BrokerError,
+    ClientInfo,
+    Publication,
+    StreamPosition,
+)
+from rtserve.realtime.context import ChannelContext, ConnectContext
+from rtserve.realtime.protocol import (
+    ChannelError,
+    ErrorCode,
+    encode_join,
+    encode_leave,
+    encode_presence_digest,
+    encode_publication,
+    publication_json,
+)
+from rtserve.realtime.rules import ChannelRule, ChannelRules
+from rtserve.realtime.settings import ChannelSettings
+
+log = logging.getLogger("rtserve.channels")
+
+
+class Outbound:
+    """One push encoded once for every local subscriber: JSON bytes and the shared frame."""
+
+    __slots__ = ("key", "offset", "payload", "ws")
+
+    def __init__(self, payload: bytes, offset: int = 0, key: Any = None) -> None:
+        self.payload = payload
+        self.offset = offset
+        self.key = key  # what conflation keeps the latest of
+        self.ws = SharedMessage.text(payload)
+
+
+class Subscriber(Protocol):
+    """A client session as the Hub sees it, whatever its transport."""
+
+    client: ClientInfo
+
+    def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        """A publication of a subscribed channel (apply the rule's slow-consumer policy)."""
+
+    def deliver_event(self, channel: str, message: Outbound) -> None:
+        """A join, leave or presence push."""
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters of the channel layer (read by the stats endpoint)."""
+
+    publications: int = 0  # accepted by the broker from this node
+    client_publications: int = 0
+    deliveries: int = 0  # publication pushes handed to local subscribers
+    subscriptions: int = 0  # subscribe commands that succeeded
+    dropped: int = 0  # slow consumer, policy drop_oldest
+    conflated: int = 0  # slow consumer, policy conflate
+    slow_disconnected: int = 0  # slow consumer, policy disconnect
+    rate_limited: int = 0
+    refused: int = 0  # commands answered with an error
+
+
+class _Local:
+    """The local side of one channel."""
+
+    __slots__ = ("joins", "leaves", "params", "rule", "subscribers")
+
+    def __init__(self, rule: ChannelRule, params: dict[str, str]) -> None:
+        self.rule = rule
+        self.params = params
+        self.subscribers: dict[Subscriber, None] = {}
+        self.joins: list[ClientInfo] = []
+        self.leaves: list[ClientInfo] = []
+
+
+async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync or async hook."""
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Hub:
+    """Channels of one App: subscribe, publish, history, presence, over one Broker."""
+
+    def __init__(self, rules: ChannelRules, broker: Broker, settings: ChannelSettings) -> None:
+        self.rules = rules
+        self.broker = broker
+        self.settings = settings
+        self.stats = HubStats()
+        self.on_connect: Callable[[ConnectContext], Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.users: dict[str, int] = {}  # open connections per user
+        self._local: dict[str, _Local] = {}
+        self._node: set[str] = set()  # channels this node is subscribed to at the broker
+        self._node_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._digest: set[str] = set()  # channels with batched joins/leaves to send
+        self._digest_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.broker.start(self)
+        self._digest_task = self.loop.create_task(self._run_digests())
+
+    async def close(self) -> None:
+        if self._digest_task is not None:
+            self._digest_task.cancel()
+            self._digest_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.close()
+        self._node.clear()
+        self.loop = None
+
+    @property
+    def running(self) -> bool:
+        return self.loop is not None
+
+    def rule(self, channel: str) -> tuple[ChannelRule, dict[str, str]]:
+        """The rule of `channel` and its pattern's parameters; ChannelError 102 for none."""
+        found = self.rules.match(channel)
+        if found is None:
+            raise ChannelError(ErrorCode.UNKNOWN_CHANNEL, f"no channel rule matches {channel!r}")
+        return found
+
+    def subscriber_count(self, channel: str) -> int:
+        local = self._local.get(channel)
+        return 0 if local is None else len(local.subscribers)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with local subscribers, and how many each has."""
+        return {name: len(local.subscribers) for name, local in self._local.items()}
+
+    # --- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        info: ClientInfo | None = None,
+        idempotency_key: str | None = None,
+    ) -> StreamPosition:
+        """Publish `data` to `channel` through the broker; returns its offset and epoch.
+
+        Raises ChannelError: 102 for a channel without a rule, 115 when the broker failed.
+        """
+        if self.loop is None:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "the hub is not running")
+        rule, _ = self.rule(channel)
+        try:
+            position = await self.broker.publish(
+                channel, data, info=info, options=rule.publish_options_for(idempotency_key)
+            )
+        except BrokerError as exc:
+            log.warning("publish to %s failed: %s", channel, exc)
+            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        self.stats.publications += 1
+        return position
+
+    async def client_publish(
+        self, client: ClientInfo, channel: str, data: Any, size: int, ctx: ChannelContext
+    ) -> StreamPosition:
+        """A publish from a client: the rule's permission, size and `on_publish` apply
+        (the caller checked the token and the rate)."""
+        rule = ctx_rule = self.rule(channel)[0]
+        if ctx_rule.publish != "clients":
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "clients may not publish here")
+        if size > rule.max_message_size:
+            raise ChannelError(
+                ErrorCode.TOO_LARGE, f"data is {size} bytes; at most {rule.max_message_size}"
+            )
+        if rule.on_publish is not None:
+            ctx.data = data
+            replaced = await call_hook(rule.on_publish, ctx)
+            if replaced is not None:
+                data = replaced
+        position = await self.publish(channel, data, info=client)
+        self.stats.client_publications += 1
+        return position
+
+    # --- what the broker delivers (BrokerEvents) --------------------------------------------
+
+    def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
+        local = self._local.get(channel)
+        if local is None:
+            return
+        rule = local.rule
+        key = None
+        if rule.slow_consumer == "conflate" and rule.conflate_key is not None:
+            data = publication.data
+            key = data.get(rule.conflate_key) if isinstance(data, dict) else None
+        message = Outbound(encode_publication(channel, publication), publication.offset, key)
+        subscribers = tuple(local.subscribers)
+        self.stats.deliveries += len(subscribers)
+        for subscriber in subscribers:
+            subscriber.deliver(channel, message, rule)
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self._presence_event(channel, info, joined=True)
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self._presence_event(channel, info, joined=False)
+
+    def _presence_event(self, channel: str, info: ClientInfo, *, joined: bool) -> None:
+        local = self._local.get(channel)
+        if local is None or not local.rule.join_leave:
+            return
+        if len(local.subscribers) > local.rule.presence_digest:
+            (local.joins if joined else local.leaves).append(info)
+            self._digest.add(channel)
+            return
+        message = Outbound(encode_join(channel, info) if joined else encode_leave(channel, info))
+        for subscriber in tuple(local.subscribers):
+            if subscriber.client.client != info.client:
+                subscriber.deliver_event(channel, message)
+
+    async def _run_digests(self) -> None:
+        """Every interval: one `presence` push per big channel with the joins and leaves."""
+        while True:
+            await asyncio.sleep(self.settings.presence_digest_interval)
+            channels, self._digest = self._digest, set()
+            for channel in channels:
+                local = self._local.get(channel)
+                if local is None or not (local.joins or local.leaves):
+                    continue
+                joins, leaves = local.joins, local.leaves
+                local.joins, local.leaves = [], []
+                count = len(local.subscribers)
+                if local.rule.presence:
+                    with contextlib.suppress(BrokerError):  # else the local count stands in
+                        count = (await self.broker.presence_stats(channel)).clients
+                    local = self._local.get(channel)
+                    if local is None:
+                        continue
+                message = Outbound(encode_presence_digest(channel, count, joins, leaves))
+                for subscriber in tuple(local.subscribers):
+                    subscriber.deliver_event(channel, message)
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    async def subscribe(
+        self, subscriber: Subscriber, channel: str, since: StreamPosition | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """Add a local subscriber; returns the subscribe result and the last offset it holds.
+
+        Publications delivered to `subscriber` for `channel` from now on may repeat what the
+        result holds: the subscriber skips offsets up to the returned one. With `since`, the
+        result holds the missed publications and `recovered`, or `recovered: false`.
+        """
+        rule, params = self.rule(channel)
+        local = self._local.get(channel)
+        if local is None:
+            local = self._local[channel] = _Local(rule, params)
+        if rule.max_subscribers and len(local.subscribers) >= rule.max_subscribers:
+            raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "channel is full")
+        local.subscribers[subscriber] = None
+        try:
+            await self._sync_node(channel)
+            if since is None:
+                history = await self.broker.history(channel, limit=0)
+            else:
+                history = await self.broker.history(channel, since=since.offset)
+        except BaseException as exc:
+            self._remove(subscriber, channel)
+            if isinstance(exc, BrokerError):
+                raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+            raise
+        position = history.position
+        result: dict[str, Any] = {
+            "channel": channel,
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+        last = position.offset
+        if since is not None:
+            pubs = history.publications
+            recovered = position.epoch == since.epoch and (
+                since.offset == position.offset
+                or (
+                    since.offset < position.offset
+                    and bool(pubs)
+                    and pubs[0].offset == since.offset + 1
+                )
+            )
+            result["recovered"] = recovered
+            if recovered:
+                result["publications"] = [publication_json(p) for p in pubs]
+                if pubs:
+                    last = max(last, pubs[-1].offset)
+        self.stats.subscriptions += 1
+        return result, last
+
+    def unsubscribe(self, subscriber: Subscriber, channel: str) -> bool:
+        """Remove a local subscriber (the broker side follows in the background)."""
+        return self._remove(subscriber, channel)
+
+    def _remove(self, subscriber: Subscriber, channel: str) -> bool:
+        local = self._local.get(channel)
+        if local is None or local.subscribers.pop(subscriber, 0) is not None:
+            return False
+        if not local.subscribers:
+            del self._local[channel]
+            if channel in self._node and self.loop is not None:
+                self._spawn(self._sync_node(channel))
+        return True
+
+    async def _sync_node(self, channel: str) -> None:
+        """Make the broker subscription of this node match whether anyone local listens."""
+        entry = self._node_locks.get(channel)
+        if entry is None:
+            entry = self._node_locks[channel] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                want = channel in self._local
+                if want and channel not in self._node:
+                    await self.broker.subscribe(channel)
+                    self._node.add(channel)
+                elif not want and channel in self._node:
+                    self._node.discard(channel)
+                    await self.broker.unsubscribe(channel)
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._node_locks[channel]
+
+    def _spawn(self, coro: Any) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("channel background task failed: %r", task.exception())
+
+    # --- presence --------------------------------------------------------------------------
+
+    async def join(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
+        """Record a subscriber in presence and tell the others (as the rule says)."""
+        if rule.presence:
+            await self.broker.presence_add(channel, info)
+        if rule.join_leave:
+            await self.broker.publish_join(channel, info)
+
+    async def leave(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
+        if rule.presence:
+            await self.broker.presence_remove(channel, info.client)
+        if rule.join_leave:
+            await self.broker.publish_leave(channel, info)
+
+    def leave_later(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
+        """`leave` in the background (a closing connection cannot wait for it)."""
+        if self.loop is not None and (rule.presence or rule.join_leave):
+            self._spawn(self.leave(channel, rule, info))

@@ -1,0 +1,248 @@
+"""The channel wire protocol, sans-I/O: commands in, replies and pushes out (JSON text).
+
+A client sends one JSON object per WebSocket text message: ``{"id": 1, "op": "subscribe",
+"channel": "chat:lobby"}``. Each command with an ``id`` gets exactly one reply with the same
+id, either ``{"id": 1, "result": {...}}`` or ``{"id": 1, "error": {"code": 103, "message":
+"permission denied"}}``. The server also sends pushes, which carry ``push`` instead of ``id``:
+``{"push": "pub", "channel": "chat:lobby", "offset": 7, "data": ...}``. docs/protocol.md is the
+full reference; the names here are the ones it uses.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rtserve.app.response import dump_json
+from rtserve.broker.base import ClientInfo, Publication, StreamPosition
+
+PROTOCOL_VERSION = 1
+MAX_CHANNEL_LENGTH = 255
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-:.@/=+#!~$]{1,255}\Z")  # MAX_CHANNEL_LENGTH
+
+
+class ErrorCode(enum.IntEnum):
+    """Stable error codes of replies (an app's own refusals use 1000 and above)."""
+
+    INTERNAL = 100
+    UNAUTHORIZED = 101
+    UNKNOWN_CHANNEL = 102
+    PERMISSION_DENIED = 103
+    UNKNOWN_OP = 104
+    ALREADY_SUBSCRIBED = 105
+    LIMIT_EXCEEDED = 106
+    BAD_REQUEST = 107
+    NOT_AVAILABLE = 108
+    TOKEN_EXPIRED = 109
+    NOT_CONNECTED = 110
+    RATE_LIMITED = 111
+    UNRECOVERABLE = 112
+    TOO_LARGE = 113
+    NOT_SUBSCRIBED = 114
+    BROKER_UNAVAILABLE = 115
+    ALREADY_CONNECTED = 116
+
+
+MESSAGES = {
+    ErrorCode.INTERNAL: "internal error",
+    ErrorCode.UNAUTHORIZED: "unauthorized",
+    ErrorCode.UNKNOWN_CHANNEL: "unknown channel",
+    ErrorCode.PERMISSION_DENIED: "permission denied",
+    ErrorCode.UNKNOWN_OP: "unknown op",
+    ErrorCode.ALREADY_SUBSCRIBED: "already subscribed",
+    ErrorCode.LIMIT_EXCEEDED: "limit exceeded",
+    ErrorCode.BAD_REQUEST: "bad request",
+    ErrorCode.NOT_AVAILABLE: "not available",
+    ErrorCode.TOKEN_EXPIRED: "token expired",
+    ErrorCode.NOT_CONNECTED: "connect first",
+    ErrorCode.RATE_LIMITED: "rate limited",
+    ErrorCode.UNRECOVERABLE: "position not in history",
+    ErrorCode.TOO_LARGE: "message too large",
+    ErrorCode.NOT_SUBSCRIBED: "not subscribed",
+    ErrorCode.BROKER_UNAVAILABLE: "broker unavailable",
+    ErrorCode.ALREADY_CONNECTED: "already connected",
+}
+
+
+class DisconnectCode(enum.IntEnum):
+    """WebSocket close codes the channel endpoint ends a connection with."""
+
+    GOING_AWAY = 1001  # server shutdown (RFC 6455)
+    BAD_REQUEST = 4000  # not a command (binary, not JSON, not an object)
+    UNAUTHORIZED = 4001  # connect refused: bad token or the app's on_connect said no
+    TOKEN_EXPIRED = 4002  # the connection's token expired and was not refreshed
+    CONNECTION_LIMIT = 4003  # too many connections for this user
+    SLOW_CONSUMER = 4004  # could not keep up with its channels (policy "disconnect")
+    FORCED = 4005  # disconnected by the server (admin, app code)
+    CONNECT_TIMEOUT = 4006  # no connect command in time
+
+
+class ChannelError(Exception):
+    """A refusal with a stable code; raise it from hooks to refuse with your own code."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        self.code = int(code)
+        if message is None:
+            try:
+                message = MESSAGES[ErrorCode(self.code)]
+            except ValueError:
+                message = "refused"
+        self.message = message
+        super().__init__(f"{self.code} {message}")
+
+
+OPS = frozenset(
+    {
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "history",
+        "presence",
+        "presence_stats",
+        "refresh",
+        "ping",
+    }
+)
+_NEEDS_CHANNEL = frozenset(
+    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats"}
+)
+
+
+@dataclass(slots=True)
+class Command:
+    """One parsed client command; fields not used by its op are None."""
+
+    id: int | None
+    op: str
+    channel: str | None = None
+    data: Any = None
+    token: str | None = None
+    since: StreamPosition | None = None
+    limit: int | None = None
+    size: int = 0  # bytes of `data` as JSON, for the size limits
+
+
+class CommandError(ChannelError):
+    """A command that cannot be parsed; `id` is its id when one could be read."""
+
+    def __init__(self, code: int, message: str, id: int | None = None) -> None:
+        super().__init__(code, message)
+        self.id = id
+
+
+def parse_command(text: str | bytes) -> Command:
+    """Parse one client message into a Command, or raise CommandError (code 107 or 104)."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise CommandError(ErrorCode.BAD_REQUEST, "not JSON") from None
+    if not isinstance(raw, dict):
+        raise CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
+    id_ = raw.get("id")
+    if id_ is not None and (type(id_) is not int or id_ < 0):
+        raise CommandError(ErrorCode.BAD_REQUEST, "id must be a non-negative integer")
+    op = raw.get("op")
+    if not isinstance(op, str):
+        raise CommandError(ErrorCode.BAD_REQUEST, "op missing", id_)
+    if op not in OPS:
+        raise CommandError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:40]!r}", id_)
+    command = Command(id_, op)
+    if op in _NEEDS_CHANNEL:
+        channel = raw.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
+            raise CommandError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name", id_)
+        command.channel = channel
+    token = raw.get("token")
+    if token is not None:
+        if not isinstance(token, str):
+            raise CommandError(ErrorCode.BAD_REQUEST, "token must be a string", id_)
+        command.token = token
+    elif op == "refresh":
+        raise CommandError(ErrorCode.BAD_REQUEST, "refresh needs a token", id_)
+    if "data" in raw:
+        command.data = raw["data"]
+        command.size = len(dump_json(command.data))
+    elif op == "publish":
+        raise CommandError(ErrorCode.BAD_REQUEST, "publish needs data", id_)
+    since = raw.get("since")
+    if since is not None:
+        command.since = _parse_position(since, id_)
+    limit = raw.get("limit")
+    if limit is not None:
+        if type(limit) is not int or limit < 0:
+            raise CommandError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer", id_)
+        command.limit = limit
+    return command
+
+
+def _parse_position(value: Any, id_: int | None) -> StreamPosition:
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if type(offset) is int and offset >= 0 and isinstance(epoch, str):
+            return StreamPosition(offset, epoch)
+    raise CommandError(
+        ErrorCode.BAD_REQUEST, "since must be {offset: int >= 0, epoch: string}", id_
+    )
+
+
+# --- what the server sends ------------------------------------------------------------------
+
+
+def encode_reply(id_: int | None, result: dict[str, Any]) -> bytes:
+    return dump_json({"id": id_, "result": result})
+
+
+def encode_error(id_: int | None, code: int, message: str) -> bytes:
+    return dump_json({"id": id_, "error": {"code": int(code), "message": message}})
+
+
+def publication_json(publication: Publication) -> dict[str, Any]:
+    out: dict[str, Any] = {"offset": publication.offset, "data": publication.data}
+    if publication.info is not None:
+        out["info"] = publication.info.to_json()
+    return out
+
+
+def encode_publication(channel: str, publication: Publication) -> bytes:
+    """The `pub` push, encoded once and shared by every subscriber."""
+    out: dict[str, Any] = {
+        "push": "pub",
+        "channel": channel,
+        "offset": publication.offset,
+        "data": publication.data,
+    }
+    if publication.info is not None:
+        out["info"] = publication.info.to_json()
+    return dump_json(out)
+
+
+def encode_join(channel: str, info: ClientInfo) -> bytes:
+    return dump_json({"push": "join", "channel": channel, "info": info.to_json()})
+
+
+def encode_leave(channel: str, info: ClientInfo) -> bytes:
+    return dump_json({"push": "leave", "channel": channel, "info": info.to_json()})
+
+
+def encode_presence_digest(
+    channel: str, count: int, joins: list[ClientInfo], leaves: list[ClientInfo]
+) -> bytes:
+    """Joins and leaves of the last interval in one push, for channels too big for each."""
+    return dump_json(
+        {
+            "push": "presence",
+            "channel": channel,
+            "count": count,
+            "joins": [i.to_json() for i in joins],
+            "leaves": [i.to_json() for i in leaves],
+        }
+    )
+
+
+def encode_unsubscribed(channel: str, code: int, message: str) -> bytes:
+    """The server ended a subscription (the client did not ask)."""
+    return dump_json({"push": "unsubscribe", "channel": channel, "code": code, "message": message})

@@ -1,0 +1,97 @@
+"""`POST {prefix}/publish` (and `/publish/batch`): publishing for other services over HTTP.
+
+Authorised by `Authorization: Bearer <api key>`. The body is `{"channel", "data",
+"idempotency_key"?}` (an `Idempotency-Key` header works too); the batch form takes
+`{"publications": [...]}` and answers each in order. Errors are `{"error": {"code",
+"message"}}` with the channel protocol's codes and a fitting HTTP status.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from rtserve.app.response import JSONResponse
+from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+    from rtserve.realtime.hub import Hub
+
+MAX_BATCH = 1000
+_STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.UNKNOWN_CHANNEL: 404,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.BROKER_UNAVAILABLE: 503,
+    ErrorCode.NOT_AVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def _error(exc: ChannelError) -> JSONResponse:
+    status = _STATUS.get(exc.code, 400)  # type: ignore[call-overload]
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status=status)
+
+
+def _authorise(hub: Hub, request: Request) -> None:
+    keys = hub.settings.api_keys()
+    if not keys:
+        raise ChannelError(ErrorCode.PERMISSION_DENIED, "the publish API has no api_key set")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ChannelError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <api key>")
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ChannelError(ErrorCode.UNAUTHORIZED, "wrong api key")
+
+
+async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str, Any]:
+    if not isinstance(item, dict) or "data" not in item:
+        raise ChannelError(ErrorCode.BAD_REQUEST, "a publication is {channel, data}")
+    channel = item.get("channel")
+    if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
+        raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
+    key = item.get("idempotency_key", header_key)
+    if key is not None and not isinstance(key, str):
+        raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
+    position = await hub.publish(channel, item["data"], idempotency_key=key)
+    return {"offset": position.offset, "epoch": position.epoch}
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except Exception:
+        raise ChannelError(ErrorCode.BAD_REQUEST, "the body is not JSON") from None
+
+
+async def publish_endpoint(request: Request) -> JSONResponse:
+    hub = request.app.hub
+    try:
+        _authorise(hub, request)
+        body = await _body(request)
+        return JSONResponse(await _publish_one(hub, body, request.headers.get("idempotency-key")))
+    except ChannelError as exc:
+        return _error(exc)
+
+
+async def publish_batch_endpoint(request: Request) -> JSONResponse:
+    hub = request.app.hub
+    try:
+        _authorise(hub, request)
+        body = await _body(request)
+        items = body.get("publications") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > MAX_BATCH:
+            raise ChannelError(
+                ErrorCode.BAD_REQUEST, f"publications must be a list of at most {MAX_BATCH}"
+            )
+    except ChannelError as exc:
+        return _error(exc)
+    results: list[dict[str, Any]] = []
+    for item in items:
+        try:
+            results.append(await _publish_one(hub, item, None))
+        except ChannelError as exc:
+            results.append({"error": {"code": exc.code, "message": exc.message}})
+    return JSONResponse({"results": results})

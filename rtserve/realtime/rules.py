@@ -1,0 +1,160 @@
+"""Channel rules: what a channel keeps and allows, matched to channel names by pattern.
+
+A pattern is a literal name (`news`), or has `{name}` parts, each matching one run of
+characters without `:` (`user:{id}`), and `*` matching any run, `:` included (`chat:*`). A
+literal rule wins over patterns; among patterns the first added wins. A channel name that
+matches no rule is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rtserve.broker.base import PublishOptions
+
+PUBLISHERS = ("server", "clients")
+SLOW_CONSUMER_POLICIES = ("disconnect", "drop_oldest", "conflate")
+HOOKS = ("on_subscribe", "on_publish", "on_join", "on_leave")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(slots=True, eq=False)
+class ChannelRule:
+    """The settings of the channels a pattern matches.
+
+    history / history_ttl: publications kept for recovery and `history` (count, seconds).
+    presence: who is subscribed can be asked; join_leave: subscribers get join/leave pushes
+    (batched into one `presence` push a second once the channel has more than
+    `presence_digest` subscribers on a node). publish: "server" (only the app and the publish
+    API) or "clients" too. token: subscribing needs a token whose channels allow the name.
+    max_message_size: bytes of a client publication's JSON data. publish_rate / publish_burst:
+    client publications per second per connection (0: no limit). max_subscribers: per node
+    (0: no limit). slow_consumer: what happens to a subscriber that cannot keep up —
+    "disconnect" (close 4004), "drop_oldest" (keep its newest `max_pending` messages) or
+    "conflate" (keep only the latest per `conflate_key` of the data, or per channel).
+    Hooks (sync or async): on_subscribe(ctx) / on_publish(ctx) refuse by raising
+    ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
+    """
+
+    pattern: str
+    history: int = 0
+    history_ttl: float = 300.0
+    presence: bool = False
+    join_leave: bool = False
+    presence_digest: int = 100
+    publish: str = "server"
+    token: bool = False
+    max_message_size: int = 65536
+    publish_rate: float = 0.0
+    publish_burst: int = 10
+    max_subscribers: int = 0
+    slow_consumer: str = "disconnect"
+    max_pending: int = 1000
+    conflate_key: str | None = None
+    on_subscribe: Callable[..., Any] | None = None
+    on_publish: Callable[..., Any] | None = None
+    on_join: Callable[..., Any] | None = None
+    on_leave: Callable[..., Any] | None = None
+    publish_options: PublishOptions = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.publish not in PUBLISHERS:
+            raise ValueError(f"publish must be one of {PUBLISHERS}, not {self.publish!r}")
+        if self.slow_consumer not in SLOW_CONSUMER_POLICIES:
+            raise ValueError(
+                f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}, not {self.slow_consumer!r}"
+            )
+        for name in ("history", "max_message_size", "max_subscribers", "publish_burst"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_pending < 1:
+            raise ValueError("max_pending must be >= 1")
+        if self.history_ttl < 0 or self.publish_rate < 0:
+            raise ValueError("history_ttl and publish_rate must be >= 0")
+        self.publish_options = PublishOptions(
+            history_size=self.history, history_ttl=self.history_ttl if self.history else 0.0
+        )
+
+    def publish_options_for(self, idempotency_key: str | None) -> PublishOptions:
+        if idempotency_key is None:
+            return self.publish_options
+        return dataclasses.replace(self.publish_options, idempotency_key=idempotency_key)
+
+
+RULE_OPTIONS = frozenset(f.name for f in dataclasses.fields(ChannelRule)) - {
+    "pattern",
+    "publish_options",
+}
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str] | None:
+    """The regex of a pattern, or None for a literal name."""
+    if "*" not in pattern and "{" not in pattern:
+        return None
+    out = []
+    pos = 0
+    for m in _PARAM.finditer(pattern):
+        out.append(_literal(pattern[pos : m.start()]))
+        out.append(f"(?P<{m.group(1)}>[^:]+)")
+        pos = m.end()
+    out.append(_literal(pattern[pos:]))
+    return re.compile("".join(out) + r"\Z")
+
+
+def _literal(text: str) -> str:
+    if "{" in text or "}" in text:
+        raise ValueError(f"bad parameter in channel pattern near {text!r}")
+    return ".+".join(re.escape(part) for part in text.split("*"))
+
+
+class ChannelRules:
+    """The rules of one App, looked up by channel name (results cached)."""
+
+    def __init__(self) -> None:
+        self._literal: dict[str, ChannelRule] = {}
+        self._patterns: list[tuple[re.Pattern[str], ChannelRule]] = []
+        self._cache: dict[str, tuple[ChannelRule, dict[str, str]] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._literal) + len(self._patterns)
+
+    def __iter__(self) -> Any:
+        yield from self._literal.values()
+        for _, rule in self._patterns:
+            yield rule
+
+    def add(self, rule: ChannelRule) -> ChannelRule:
+        if any(r.pattern == rule.pattern for r in self):
+            raise ValueError(f"channel pattern {rule.pattern!r} is defined twice")
+        regex = compile_pattern(rule.pattern)
+        if regex is None:
+            self._literal[rule.pattern] = rule
+        else:
+            self._patterns.append((regex, rule))
+        self._cache.clear()
+        return rule
+
+    def match(self, channel: str) -> tuple[ChannelRule, dict[str, str]] | None:
+        """The rule for `channel` and the values of its `{name}` parts, or None."""
+        try:
+            return self._cache[channel]
+        except KeyError:
+            pass
+        found: tuple[ChannelRule, dict[str, str]] | None = None
+        rule = self._literal.get(channel)
+        if rule is not None:
+            found = (rule, {})
+        else:
+            for regex, rule in self._patterns:
+                m = regex.match(channel)
+                if m is not None:
+                    found = (rule, m.groupdict())
+                    break
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[channel] = found
+        return found

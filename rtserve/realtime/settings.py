@@ -1,0 +1,35 @@
+"""Settings of an App's channel layer (the rules of each channel are in `rules.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class ChannelSettings:
+    """How clients reach the channels and prove who they are.
+
+    prefix: where the endpoints live (`{prefix}/ws`, `{prefix}/publish`).
+    token_secret: HMAC secret(s) for tokens, newest first (None: tokens are not accepted).
+    require_token: a connect without a valid token is refused.
+    api_key: key(s) for the HTTP publish API (None: the API answers 403).
+    max_connections_per_user: open connections one user may hold (0: no limit).
+    connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
+    presence_digest_interval: seconds between the batched presence pushes of big channels.
+    """
+
+    prefix: str = "/rt"
+    token_secret: str | list[str] | None = None
+    require_token: bool = False
+    api_key: str | list[str] | None = None
+    max_connections_per_user: int = 0
+    connect_timeout: float = 10.0
+    presence_digest_interval: float = 1.0
+
+    def secrets(self) -> list[str]:
+        secret = self.token_secret
+        return [] if secret is None else [secret] if isinstance(secret, str) else list(secret)
+
+    def api_keys(self) -> list[str]:
+        key = self.api_key
+        return [] if key is None else [key] if isinstance(key, str) else list(key)

@@ -1,0 +1,468 @@
+"""The channel endpoint over WebSocket (`/rt/ws`): one session per connection.
+
+Commands are handled in order (the connection's pump); each gets one reply. Publications of
+subscribed channels are pushed as the Hub hands them over, after the subscribe reply; a
+session that cannot keep up is handled by each channel's slow-consumer policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from rtserve.app.websocket import WebSocketHandler
+from rtserve.broker.base import BrokerError, ClientInfo
+from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
+from rtserve.realtime.hub import Hub, Outbound, call_hook
+from rtserve.realtime.protocol import (
+    PROTOCOL_VERSION,
+    ChannelError,
+    Command,
+    CommandError,
+    DisconnectCode,
+    ErrorCode,
+    encode_error,
+    encode_reply,
+    parse_command,
+)
+from rtserve.realtime.rules import ChannelRule
+from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+
+log = logging.getLogger("rtserve.channels")
+
+
+class _Bucket:
+    """Token bucket for one rule's client publish rate."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, rate: float, burst: int, now: float) -> bool:
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class ChannelSocket(WebSocketHandler):
+    """A client of the channel protocol over one WebSocket."""
+
+    def __init__(self, request: Request, path_params: dict[str, Any]) -> None:
+        super().__init__(request, path_params)
+        hub = request.app.hub
+        assert hub is not None
+        self.hub: Hub = hub
+        self.client: ClientInfo = None  # type: ignore[assignment]  # set by connect
+        self.claims: TokenClaims | None = None
+        self.subscriptions: dict[str, ChannelRule] = {}
+        self._buffering: dict[str, list[Outbound]] = {}
+        self._skip: dict[str, int] = {}  # offsets at or below were in the subscribe reply
+        self._pending: OrderedDict[Any, bytes] | None = None
+        self._buckets: dict[ChannelRule, _Bucket] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- connection hooks ------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.hub.settings.connect_timeout, self._connect_timeout)
+
+    async def on_message(self, message: str | bytes) -> None:
+        if not isinstance(message, str):
+            self.close(DisconnectCode.BAD_REQUEST, "binary messages are not commands")
+            return
+        try:
+            command = parse_command(message)
+        except CommandError as exc:
+            self.hub.stats.refused += 1
+            self._reply(encode_error(exc.id, exc.code, exc.message))
+            if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
+                self.close(DisconnectCode.BAD_REQUEST, exc.message)
+            return
+        try:
+            result = await self._run(command)
+        except ChannelError as exc:
+            self.hub.stats.refused += 1
+            self._reply(encode_error(command.id, exc.code, exc.message))
+            if isinstance(exc, _Refused):
+                self.close(exc.close_code, exc.message)
+            return
+        except Exception:
+            log.exception("error handling %s", command.op)
+            self._reply(encode_error(command.id, ErrorCode.INTERNAL, "internal error"))
+            return
+        if result is not None:
+            self._reply(encode_reply(command.id, result))
+
+    def on_close(self, code: int, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        hub = self.hub
+        for channel in list(self._buffering):
+            hub.unsubscribe(self, channel)
+        for channel, rule in self.subscriptions.items():
+            hub.unsubscribe(self, channel)
+            hub.leave_later(channel, rule, self.client)
+        self.subscriptions.clear()
+        self._pending = None
+        if self.client is not None and self.client.user is not None:
+            user = self.client.user
+            left = hub.users.get(user, 1) - 1
+            if left > 0:
+                hub.users[user] = left
+            else:
+                hub.users.pop(user, None)
+
+    def on_drain(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        conn = self.connection
+        while pending:
+            key = next(iter(pending))
+            frame = pending[key]
+            if not conn.has_room(len(frame)):
+                return
+            del pending[key]
+            conn.send_frame(frame)
+
+    # --- delivery (called by the Hub) -------------------------------------------------------
+
+    def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self._buffering:
+            buffer = self._buffering.get(channel)
+            if buffer is not None:
+                buffer.append(message)
+                return
+        conn = self.connection
+        frame = message.ws.frame_for(conn)
+        if self._pending:
+            self.on_drain()
+            if self._pending and rule.slow_consumer != "disconnect":
+                self._hold(channel, message, rule, frame)
+                return
+        if conn.has_room(len(frame)):
+            conn.send_frame(frame)
+        else:
+            self._hold(channel, message, rule, frame)
+
+    def deliver_event(self, channel: str, message: Outbound) -> None:
+        if channel in self.subscriptions:
+            frame = message.ws.frame_for(self.connection)
+            if self.connection.has_room(len(frame)):
+                self.connection.send_frame(frame)
+            # A join or leave that does not fit is not kept: presence can be asked again.
+
+    def _hold(self, channel: str, message: Outbound, rule: ChannelRule, frame: bytes) -> None:
+        stats = self.hub.stats
+        policy = rule.slow_consumer
+        if policy == "disconnect":
+            stats.slow_disconnected += 1
+            log.info("%s slow consumer disconnected on %s", self.client.client, channel)
+            self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = OrderedDict()
+        if policy == "conflate":
+            key: Any = (channel, message.key)
+            if key in pending:
+                stats.conflated += 1
+        else:
+            key = (channel, message.offset)
+        pending[key] = frame
+        if len(pending) > rule.max_pending:
+            pending.popitem(last=False)
+            stats.dropped += 1
+
+    def _reply(self, payload: bytes) -> None:
+        """Queue a reply; a client too slow to take even its replies is disconnected."""
+        conn = self.connection
+        frame = self._frame(payload)
+        if conn.has_room(len(frame)):
+            conn.send_frame(frame)
+        elif conn.status == 0:
+            self.hub.stats.slow_disconnected += 1
+            self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
+
+    def _frame(self, payload: bytes) -> bytes:
+        return Outbound(payload).ws.frame_for(self.connection)
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def _run(self, command: Command) -> dict[str, Any] | None:
+        op = command.op
+        if op == "connect":
+            return await self._connect(command)
+        if self.client is None:
+            raise ChannelError(ErrorCode.NOT_CONNECTED)
+        if op == "subscribe":
+            await self._subscribe(command)
+            return None  # replied inside, before the buffered publications
+        if op == "publish":
+            return await self._publish(command)
+        if op == "unsubscribe":
+            return await self._unsubscribe(command)
+        if op == "history":
+            return await self._history(command)
+        if op == "presence":
+            return await self._presence(command)
+        if op == "presence_stats":
+            return await self._presence_stats(command)
+        if op == "refresh":
+            return self._refresh(command)
+        return {}  # ping
+
+    async def _connect(self, command: Command) -> dict[str, Any]:
+        if self.client is not None:
+            raise ChannelError(ErrorCode.ALREADY_CONNECTED)
+        hub = self.hub
+        settings = hub.settings
+        claims = None
+        if command.token is not None:
+            claims = self._verify(command.token, disconnect=True)
+        elif settings.require_token:
+            self._refuse(ErrorCode.UNAUTHORIZED, "a token is required", DisconnectCode.UNAUTHORIZED)
+        user = claims.user if claims is not None else None
+        info = claims.info if claims is not None else None
+        if hub.on_connect is not None:
+            context = ConnectContext(self.request, claims, command.data)
+            try:
+                result = await call_hook(hub.on_connect, context)
+            except ChannelError as exc:
+                self._refuse(exc.code, exc.message, DisconnectCode.UNAUTHORIZED)
+            if isinstance(result, ConnectResult):
+                user = result.user if result.user is not None else user
+                info = result.info if result.info is not None else info
+            elif result is not None:
+                raise TypeError(f"on_connect returned {result!r}; return a ConnectResult or None")
+        limit = settings.max_connections_per_user
+        if user is not None:
+            if limit and hub.users.get(user, 0) >= limit:
+                self._refuse(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    "too many connections for this user",
+                    DisconnectCode.CONNECTION_LIMIT,
+                )
+            hub.users[user] = hub.users.get(user, 0) + 1
+        if self.closed:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "connection closed")
+        self.claims = claims
+        self.client = ClientInfo(secrets.token_hex(8), user, info)
+        self._schedule_expiry()
+        expires = claims.expires if claims is not None else None
+        return {
+            "client": self.client.client,
+            "user": user,
+            "expires": expires,
+            "version": PROTOCOL_VERSION,
+        }
+
+    def _refuse(self, code: int, message: str, close_code: int) -> None:
+        """Answer the connect with an error, then close the connection."""
+        raise _Refused(code, message, close_code)
+
+    async def _subscribe(self, command: Command) -> None:
+        channel = command.channel
+        assert channel is not None
+        if channel in self.subscriptions or channel in self._buffering:
+            raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
+        hub = self.hub
+        rule, params = hub.rule(channel)
+        claims = self.claims
+        if rule.token:
+            if command.token is not None:
+                claims = self._verify(command.token, disconnect=False)
+                if claims.user != self.client.user:
+                    raise ChannelError(ErrorCode.PERMISSION_DENIED, "token of another user")
+            if claims is None or not claims.allows(channel):
+                raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
+        context = self._context(channel, params, claims)
+        if rule.on_subscribe is not None:
+            await call_hook(rule.on_subscribe, context)
+        if self.closed:
+            return
+        self._buffering[channel] = []
+        try:
+            result, last = await hub.subscribe(self, channel, command.since)
+        finally:
+            buffered = self._buffering.pop(channel, [])
+        if self.closed:
+            hub.unsubscribe(self, channel)
+            return
+        self.subscriptions[channel] = rule
+        self._reply(encode_reply(command.id, result))
+        for message in buffered:
+            if message.offset > last:
+                self.deliver(channel, message, rule)
+        if rule.presence or rule.join_leave:
+            try:
+                await hub.join(channel, rule, self.client)
+            except BrokerError as exc:
+                log.warning("presence of %s in %s not recorded: %s", self.client, channel, exc)
+        if rule.on_join is not None:
+            await call_hook(rule.on_join, context)
+
+    async def _unsubscribe(self, command: Command) -> dict[str, Any]:
+        channel = command.channel
+        assert channel is not None
+        rule = self.subscriptions.pop(channel, None)
+        if rule is None:
+            raise ChannelError(ErrorCode.NOT_SUBSCRIBED)
+        self.hub.unsubscribe(self, channel)
+        if self._pending:
+            for key in [k for k in self._pending if k[0] == channel]:
+                del self._pending[key]
+        if rule.presence or rule.join_leave:
+            await self.hub.leave(channel, rule, self.client)
+        if rule.on_leave is not None:
+            _, params = self.hub.rule(channel)
+            await call_hook(rule.on_leave, self._context(channel, params, self.claims))
+        return {}
+
+    async def _publish(self, command: Command) -> dict[str, Any]:
+        channel = command.channel
+        assert channel is not None
+        hub = self.hub
+        rule, params = hub.rule(channel)
+        if rule.token and (self.claims is None or not self.claims.allows(channel)):
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
+        if rule.publish == "clients" and rule.publish_rate > 0:
+            now = time.monotonic()
+            bucket = self._buckets.get(rule)
+            if bucket is None:
+                bucket = self._buckets[rule] = _Bucket(max(rule.publish_burst, 1), now)
+            if not bucket.take(rule.publish_rate, max(rule.publish_burst, 1), now):
+                hub.stats.rate_limited += 1
+                raise ChannelError(ErrorCode.RATE_LIMITED)
+        context = self._context(channel, params, self.claims)
+        position = await hub.client_publish(
+            self.client, channel, command.data, command.size, context
+        )
+        return {"offset": position.offset, "epoch": position.epoch}
+
+    def _subscribed_rule(self, command: Command) -> tuple[str, ChannelRule]:
+        channel = command.channel
+        assert channel is not None
+        rule = self.subscriptions.get(channel)
+        if rule is None:
+            raise ChannelError(ErrorCode.NOT_SUBSCRIBED, "subscribe to the channel first")
+        return channel, rule
+
+    async def _history(self, command: Command) -> dict[str, Any]:
+        channel, rule = self._subscribed_rule(command)
+        if not rule.history:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
+        since = command.since
+        limit = command.limit if command.limit is not None else rule.history
+        try:
+            history = await self.hub.broker.history(
+                channel, since=since.offset if since else None, limit=limit
+            )
+        except BrokerError as exc:
+            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        position = history.position
+        if since is not None and since.epoch != position.epoch:
+            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+        from rtserve.realtime.protocol import publication_json
+
+        return {
+            "publications": [publication_json(p) for p in history.publications],
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+
+    async def _presence(self, command: Command) -> dict[str, Any]:
+        channel, rule = self._subscribed_rule(command)
+        if not rule.presence:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no presence")
+        try:
+            members = await self.hub.broker.presence(channel)
+        except BrokerError as exc:
+            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        return {"clients": {cid: info.to_json() for cid, info in members.items()}}
+
+    async def _presence_stats(self, command: Command) -> dict[str, Any]:
+        channel, rule = self._subscribed_rule(command)
+        if not rule.presence:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no presence")
+        try:
+            stats = await self.hub.broker.presence_stats(channel)
+        except BrokerError as exc:
+            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        return {"clients": stats.clients, "users": stats.users}
+
+    def _refresh(self, command: Command) -> dict[str, Any]:
+        assert command.token is not None
+        claims = self._verify(command.token, disconnect=False)
+        if claims.user != self.client.user:
+            raise ChannelError(ErrorCode.UNAUTHORIZED, "token of another user")
+        self.claims = claims
+        self._schedule_expiry()
+        return {"expires": claims.expires}
+
+    # --- tokens and timers -----------------------------------------------------------------
+
+    def _verify(self, token: str, *, disconnect: bool) -> TokenClaims:
+        keys = self.hub.settings.secrets()
+        try:
+            if not keys:
+                raise TokenError("this server accepts no tokens")
+            return verify(keys, token)
+        except TokenExpired:
+            if disconnect:
+                raise _Refused(
+                    ErrorCode.TOKEN_EXPIRED, "token expired", DisconnectCode.TOKEN_EXPIRED
+                ) from None
+            raise ChannelError(ErrorCode.TOKEN_EXPIRED) from None
+        except TokenError as exc:
+            if disconnect:
+                raise _Refused(
+                    ErrorCode.UNAUTHORIZED, str(exc), DisconnectCode.UNAUTHORIZED
+                ) from None
+            raise ChannelError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+    def _schedule_expiry(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        expires = self.claims.expires if self.claims is not None else None
+        if expires is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, expires - time.time())
+            self._timer = loop.call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._timer = None
+        self.close(DisconnectCode.TOKEN_EXPIRED, "token expired")
+
+    def _connect_timeout(self) -> None:
+        self._timer = None
+        if self.client is None:
+            self.close(DisconnectCode.CONNECT_TIMEOUT, "no connect command in time")
+
+    def _context(
+        self, channel: str, params: dict[str, str], claims: TokenClaims | None
+    ) -> ChannelContext:
+        return ChannelContext(channel, params, self.client, claims, self.request)
+
+
+class _Refused(ChannelError):
+    """A refusal that also ends the connection (after the error reply)."""
+
+    def __init__(self, code: int, message: str, close_code: int) -> None:
+        super().__init__(code, message)
+        self.close_code = close_code
