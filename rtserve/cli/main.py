@@ -9,6 +9,7 @@ import click
 
 from rtserve import __version__
 from rtserve.cli.loader import load_app
+from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
 from rtserve.logs import setup_logging
 
@@ -79,5 +80,6 @@ def run(
     serve(app, settings)
 
 
+main.add_command(token)
 if __name__ == "__main__":
     main()
