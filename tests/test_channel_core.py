@@ -1,0 +1,252 @@
+"""The channel layer without sockets: rules, the wire protocol parser, the Hub on a MemoryBroker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rtserve.broker.base import ClientInfo, StreamPosition
+from rtserve.broker.memory import MemoryBroker
+from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.protocol import (
+    ChannelError,
+    CommandError,
+    ErrorCode,
+    encode_publication,
+    parse_command,
+)
+from rtserve.realtime.rules import ChannelRule, ChannelRules
+from rtserve.realtime.settings import ChannelSettings
+
+# --- rules -------------------------------------------------------------------------------------
+
+
+def test_rules_match_literals_then_patterns_in_order() -> None:
+    rules = ChannelRules()
+    star = rules.add(ChannelRule("chat:*"))
+    user = rules.add(ChannelRule("user:{id}"))
+    lobby = rules.add(ChannelRule("chat:lobby"))
+    deep = rules.add(ChannelRule("org:{org}:team:{team}"))
+    assert rules.match("chat:lobby") == (lobby, {})
+    assert rules.match("chat:a:b") == (star, {})
+    assert rules.match("user:42") == (user, {"id": "42"})
+    assert rules.match("user:42:x") is None  # {id} stops at ':'
+    assert rules.match("org:acme:team:red") == (deep, {"org": "acme", "team": "red"})
+    assert rules.match("chat:") is None  # '*' needs at least one character
+    assert rules.match("other") is None
+    with pytest.raises(ValueError, match="twice"):
+        rules.add(ChannelRule("chat:*"))
+
+
+def test_rule_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="publish"):
+        ChannelRule("x", publish="everyone")
+    with pytest.raises(ValueError, match="slow_consumer"):
+        ChannelRule("x", slow_consumer="ignore")
+    with pytest.raises(ValueError, match="history"):
+        ChannelRule("x", history=-1)
+    with pytest.raises(ValueError, match="parameter"):
+        ChannelRules().add(ChannelRule("x:{bad-name}"))
+
+
+# --- wire protocol ------------------------------------------------------------------------------
+
+
+def test_parse_command_fields() -> None:
+    command = parse_command(
+        '{"id": 3, "op": "subscribe", "channel": "chat:a", "since": {"offset": 4, "epoch": "e"}}'
+    )
+    assert command.id == 3 and command.op == "subscribe" and command.channel == "chat:a"
+    assert command.since == StreamPosition(4, "e")
+    publish = parse_command(b'{"id": 1, "op": "publish", "channel": "c", "data": {"a": "\\u00e9"}}')
+    assert publish.data == {"a": "é"} and publish.size == len('{"a":"é"}'.encode())
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "id_"),
+    [
+        ("nope", ErrorCode.BAD_REQUEST, None),
+        ("[1]", ErrorCode.BAD_REQUEST, None),
+        ('{"id": -1, "op": "ping"}', ErrorCode.BAD_REQUEST, None),
+        ('{"id": 1.5, "op": "ping"}', ErrorCode.BAD_REQUEST, None),
+        ('{"id": 2}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "fly"}', ErrorCode.UNKNOWN_OP, 2),
+        ('{"id": 2, "op": "subscribe"}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "subscribe", "channel": "a b"}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "subscribe", "channel": "' + "x" * 256 + '"}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "publish", "channel": "c"}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "history", "channel": "c", "limit": -3}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "history", "channel": "c", "since": {"offset": 1}}', 107, 2),
+        ('{"id": 2, "op": "refresh"}', ErrorCode.BAD_REQUEST, 2),
+        ('{"id": 2, "op": "connect", "token": 5}', ErrorCode.BAD_REQUEST, 2),
+    ],
+)
+def test_parse_command_refusals(text: str, code: int, id_: int | None) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(text)
+    assert info.value.code == code and info.value.id == id_
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_parse_command_never_crashes_on_text(text: str | bytes) -> None:
+    try:
+        parse_command(text)
+    except CommandError as exc:
+        assert exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_OP)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "op", "channel", "data", "since", "limit", "token"]), json_values
+    )
+)
+def test_parse_command_never_crashes_on_objects(raw: dict[str, Any]) -> None:
+    try:
+        command = parse_command(json.dumps(raw))
+    except CommandError as exc:
+        assert exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_OP)
+    else:
+        assert command.op == raw["op"]
+
+
+def test_publication_push_is_plain_json() -> None:
+    from rtserve.broker.base import Publication
+
+    push = json.loads(encode_publication("c", Publication(3, {"x": 1}, ClientInfo("id", "u"))))
+    assert push == {
+        "push": "pub",
+        "channel": "c",
+        "offset": 3,
+        "data": {"x": 1},
+        "info": {"client": "id", "user": "u"},
+    }
+
+
+# --- the Hub over the memory broker ------------------------------------------------------------
+
+
+class FakeSubscriber:
+    def __init__(self, name: str) -> None:
+        self.client = ClientInfo(name)
+        self.got: list[tuple[str, int, bytes]] = []
+        self.events: list[bytes] = []
+
+    def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        self.got.append((channel, message.offset, message.payload))
+
+    def deliver_event(self, channel: str, message: Outbound) -> None:
+        self.events.append(message.payload)
+
+
+def make_hub(**rule: Any) -> Hub:
+    rules = ChannelRules()
+    rules.add(ChannelRule("c:*", **rule))
+    return Hub(rules, MemoryBroker(), ChannelSettings())
+
+
+def test_hub_fans_out_one_encoding_to_local_subscribers() -> None:
+    async def main() -> None:
+        hub = make_hub(history=10)
+        await hub.start()
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        await hub.subscribe(a, "c:1")
+        await hub.subscribe(b, "c:1")
+        position = await hub.publish("c:1", {"n": 1})
+        assert position.offset == 1
+        assert a.got == b.got and a.got[0][1] == 1
+        assert a.got[0][2] is b.got[0][2]  # one encoding for both
+        assert hub.stats.deliveries == 2 and hub.channels() == {"c:1": 2}
+        assert hub.unsubscribe(a, "c:1") and not hub.unsubscribe(a, "c:1")
+        await hub.publish("c:1", {"n": 2})
+        assert len(a.got) == 1 and len(b.got) == 2
+        hub.unsubscribe(b, "c:1")
+        await asyncio.sleep(0)  # the broker unsubscription runs in the background
+        await asyncio.sleep(0)
+        assert hub.channels() == {} and "c:1" not in hub._node
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_hub_recovery_decisions() -> None:
+    async def main() -> None:
+        hub = make_hub(history=3)
+        await hub.start()
+        sub = FakeSubscriber("s")
+        first, _ = await hub.subscribe(sub, "c:r")
+        epoch = first["epoch"]
+        hub.unsubscribe(sub, "c:r")
+        for i in range(5):
+            await hub.publish("c:r", i)
+        ok, last = await hub.subscribe(sub, "c:r", StreamPosition(3, epoch))
+        assert ok["recovered"] and [p["offset"] for p in ok["publications"]] == [4, 5] and last == 5
+        hub.unsubscribe(sub, "c:r")
+        gone, _ = await hub.subscribe(sub, "c:r", StreamPosition(1, epoch))
+        assert gone["recovered"] is False and "publications" not in gone
+        hub.unsubscribe(sub, "c:r")
+        ahead, _ = await hub.subscribe(sub, "c:r", StreamPosition(9, epoch))
+        assert ahead["recovered"] is False
+        hub.unsubscribe(sub, "c:r")
+        other, _ = await hub.subscribe(sub, "c:r", StreamPosition(5, "other-epoch"))
+        assert other["recovered"] is False
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_hub_refuses_unknown_channels_and_full_ones() -> None:
+    async def main() -> None:
+        hub = make_hub(max_subscribers=1)
+        await hub.start()
+        with pytest.raises(ChannelError) as info:
+            await hub.publish("nope", 1)
+        assert info.value.code == ErrorCode.UNKNOWN_CHANNEL
+        await hub.subscribe(FakeSubscriber("a"), "c:x")
+        with pytest.raises(ChannelError) as info:
+            await hub.subscribe(FakeSubscriber("b"), "c:x")
+        assert info.value.code == ErrorCode.LIMIT_EXCEEDED
+        assert hub.subscriber_count("c:x") == 1
+        await hub.close()
+        with pytest.raises(ChannelError):
+            await hub.publish("c:x", 1)
+
+    asyncio.run(main())
+
+
+def test_hub_join_and_leave_reach_others_only() -> None:
+    async def main() -> None:
+        hub = make_hub(presence=True, join_leave=True)
+        await hub.start()
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        rule, _ = hub.rule("c:p")
+        for sub in (a, b):
+            await hub.subscribe(sub, "c:p")
+            await hub.join("c:p", rule, sub.client)
+        assert [json.loads(e)["push"] for e in a.events] == ["join"]
+        assert b.events == []
+        assert set(await hub.broker.presence("c:p")) == {"a", "b"}
+        hub.unsubscribe(b, "c:p")
+        await hub.leave("c:p", rule, b.client)
+        assert json.loads(a.events[-1]) == {
+            "push": "leave",
+            "channel": "c:p",
+            "info": {"client": "b", "user": None},
+        }
+        assert set(await hub.broker.presence("c:p")) == {"a"}
+        await hub.close()
+
+    asyncio.run(main())
