@@ -63,7 +63,7 @@ class WebSocketHandler:
         return None
 
     def on_drain(self) -> None:
-        """The outbound buffer went down after filling up (`connection.has_room` again)."""
+        """The outbound buffer went down after filling up: `connection.offer_frame` fits again."""
 
     # --- actions ---------------------------------------------------------------------------
 

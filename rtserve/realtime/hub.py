@@ -44,13 +44,14 @@ log = logging.getLogger("rtserve.channels")
 class Outbound:
     """One push encoded once for every local subscriber: JSON bytes and the shared frame."""
 
-    __slots__ = ("key", "offset", "payload", "ws")
+    __slots__ = ("key", "offset", "payload", "plain", "ws")
 
     def __init__(self, payload: bytes, offset: int = 0, key: Any = None) -> None:
         self.payload = payload
         self.offset = offset
         self.key = key  # what conflation keeps the latest of
         self.ws = SharedMessage.text(payload)
+        self.plain = self.ws.plain_frame()  # the frame for connections without deflate
 
 
 class Subscriber(Protocol):

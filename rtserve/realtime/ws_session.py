@@ -30,6 +30,7 @@ from rtserve.realtime.protocol import (
     parse_command,
 )
 from rtserve.realtime.rules import ChannelRule
+from rtserve.server.websocket import OPEN
 from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
 
 if TYPE_CHECKING:
@@ -134,10 +135,9 @@ class ChannelSocket(WebSocketHandler):
         while pending:
             key = next(iter(pending))
             frame = pending[key]
-            if not conn.has_room(len(frame)):
+            if not conn.offer_frame(frame):
                 return
             del pending[key]
-            conn.send_frame(frame)
 
     # --- delivery (called by the Hub) -------------------------------------------------------
 
@@ -148,23 +148,23 @@ class ChannelSocket(WebSocketHandler):
                 buffer.append(message)
                 return
         conn = self.connection
-        frame = message.ws.frame_for(conn)
+        frame = message.plain if conn.deflate is None else message.ws.frame_for(conn)
+        if not self._pending and conn.offer_frame(frame):
+            return  # the common case: room, and nothing held back
         if self._pending:
             self.on_drain()
             if self._pending and rule.slow_consumer != "disconnect":
-                self._hold(channel, message, rule, frame)
+                self._hold(channel, message, rule, frame)  # behind what is held, in order
                 return
-        if conn.has_room(len(frame)):
-            conn.send_frame(frame)
-        else:
+            if conn.offer_frame(frame):
+                return
+        if conn.status == OPEN:
             self._hold(channel, message, rule, frame)
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         if channel in self.subscriptions:
-            frame = message.ws.frame_for(self.connection)
-            if self.connection.has_room(len(frame)):
-                self.connection.send_frame(frame)
             # A join or leave that does not fit is not kept: presence can be asked again.
+            self.connection.offer_frame(message.ws.frame_for(self.connection))
 
     def _hold(self, channel: str, message: Outbound, rule: ChannelRule, frame: bytes) -> None:
         stats = self.hub.stats
@@ -191,10 +191,7 @@ class ChannelSocket(WebSocketHandler):
     def _reply(self, payload: bytes) -> None:
         """Queue a reply; a client too slow to take even its replies is disconnected."""
         conn = self.connection
-        frame = self._frame(payload)
-        if conn.has_room(len(frame)):
-            conn.send_frame(frame)
-        elif conn.status == 0:
+        if not conn.offer_frame(self._frame(payload)) and conn.status == OPEN:
             self.hub.stats.slow_disconnected += 1
             self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
 

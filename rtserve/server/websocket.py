@@ -215,7 +215,15 @@ class WebSocketConnection(asyncio.Protocol):
         return self.send_frame(encode_frame(opcode, payload))
 
     def send_frame(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (shared by a broadcast); applies the budget.
+        """Queue an already encoded frame (shared by a broadcast); over the outbound budget,
+        the slow-consumer policy applies."""
+        if self.offer_frame(frame):
+            return True
+        return self.status == OPEN and self._over_budget()
+
+    def offer_frame(self, frame: bytes) -> bool:
+        """Queue `frame` if it fits in the outbound budget now; False (and nothing else
+        happens) when it does not or the connection is closing.
 
         The budget counts what is queued here plus what the transport still held at the last
         flush (it can only have shrunk since), so the hot path makes no transport call.
@@ -224,16 +232,12 @@ class WebSocketConnection(asyncio.Protocol):
             return False
         queued = self._out_bytes + len(frame)
         if queued + self._backlog > self.options.max_queued_bytes:
-            return self._over_budget()
+            return False
         if not self._out:
             self.state.schedule_flush(self, self.options.write_delay)
         self._out.append(frame)
         self._out_bytes = queued
         return True
-
-    def has_room(self, size: int) -> bool:
-        """Whether `size` more bytes fit in the outbound budget now."""
-        return self._out_bytes + size + self._backlog <= self.options.max_queued_bytes
 
     def _queue(self, frame: bytes) -> None:
         """Queue a frame outside the budget (control frames)."""
