@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,6 +92,16 @@ class _Local:
         self.subscribers: dict[Subscriber, None] = {}
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
+
+
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    """A BrokerError becomes ChannelError 115 (the client is told, nothing is dropped)."""
+    try:
+        yield
+    except BrokerError as exc:
+        log.warning("broker failed: %s", exc)
+        raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
@@ -173,13 +183,10 @@ class Hub:
         if self.loop is None:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "the hub is not running")
         rule, _ = self.rule(channel)
-        try:
+        with _broker_errors():
             position = await self.broker.publish(
                 channel, data, info=info, options=rule.publish_options_for(idempotency_key)
             )
-        except BrokerError as exc:
-            log.warning("publish to %s failed: %s", channel, exc)
-            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
         self.stats.publications += 1
         return position
 
@@ -188,8 +195,8 @@ class Hub:
     ) -> StreamPosition:
         """A publish from a client: the rule's permission, size and `on_publish` apply
         (the caller checked the token and the rate)."""
-        rule = ctx_rule = self.rule(channel)[0]
-        if ctx_rule.publish != "clients":
+        rule = self.rule(channel)[0]
+        if rule.publish != "clients":
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "clients may not publish here")
         if size > rule.max_message_size:
             raise ChannelError(
@@ -361,6 +368,50 @@ class Hub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("channel background task failed: %r", task.exception())
+
+    # --- reading: history and presence -----------------------------------------------------
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The kept publications after `since` (at most `limit`) and the stream's position.
+
+        ChannelError 108 when the channel keeps no history, 112 when `since` is of another
+        epoch, 115 when the broker fails.
+        """
+        rule, _ = self.rule(channel)
+        if not rule.history:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
+        with _broker_errors():
+            history = await self.broker.history(
+                channel, since=None if since is None else since.offset, limit=limit
+            )
+        position = history.position
+        if since is not None and since.epoch != position.epoch:
+            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+        return {
+            "publications": [publication_json(p) for p in history.publications],
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Who is in `channel`: `{"clients": {id: info}}` (108 without presence)."""
+        self._presence_rule(channel)
+        with _broker_errors():
+            members = await self.broker.presence(channel)
+        return {"clients": {cid: info.to_json() for cid, info in members.items()}}
+
+    async def presence_stats(self, channel: str) -> dict[str, Any]:
+        """How many clients and distinct users are in `channel` (108 without presence)."""
+        self._presence_rule(channel)
+        with _broker_errors():
+            stats = await self.broker.presence_stats(channel)
+        return {"clients": stats.clients, "users": stats.users}
+
+    def _presence_rule(self, channel: str) -> None:
+        if not self.rule(channel)[0].presence:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no presence")
 
     # --- presence --------------------------------------------------------------------------
 

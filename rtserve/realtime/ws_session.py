@@ -361,46 +361,16 @@ class ChannelSocket(WebSocketHandler):
 
     async def _history(self, command: Command) -> dict[str, Any]:
         channel, rule = self._subscribed_rule(command)
-        if not rule.history:
-            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
-        since = command.since
         limit = command.limit if command.limit is not None else rule.history
-        try:
-            history = await self.hub.broker.history(
-                channel, since=since.offset if since else None, limit=limit
-            )
-        except BrokerError as exc:
-            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
-        position = history.position
-        if since is not None and since.epoch != position.epoch:
-            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
-        from rtserve.realtime.protocol import publication_json
-
-        return {
-            "publications": [publication_json(p) for p in history.publications],
-            "offset": position.offset,
-            "epoch": position.epoch,
-        }
+        return await self.hub.history(channel, since=command.since, limit=limit)
 
     async def _presence(self, command: Command) -> dict[str, Any]:
-        channel, rule = self._subscribed_rule(command)
-        if not rule.presence:
-            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no presence")
-        try:
-            members = await self.hub.broker.presence(channel)
-        except BrokerError as exc:
-            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
-        return {"clients": {cid: info.to_json() for cid, info in members.items()}}
+        channel, _ = self._subscribed_rule(command)
+        return await self.hub.presence(channel)
 
     async def _presence_stats(self, command: Command) -> dict[str, Any]:
-        channel, rule = self._subscribed_rule(command)
-        if not rule.presence:
-            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no presence")
-        try:
-            stats = await self.hub.broker.presence_stats(channel)
-        except BrokerError as exc:
-            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
-        return {"clients": stats.clients, "users": stats.users}
+        channel, _ = self._subscribed_rule(command)
+        return await self.hub.presence_stats(channel)
 
     def _refresh(self, command: Command) -> dict[str, Any]:
         assert command.token is not None
