@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.broker.memory import MemoryBroker
+from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     ChannelError,
@@ -144,12 +145,16 @@ class FakeSubscriber:
         self.client = ClientInfo(name)
         self.got: list[tuple[str, int, bytes]] = []
         self.events: list[bytes] = []
+        self.ended: list[tuple[str, int]] = []
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
         self.got.append((channel, message.offset, message.payload))
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         self.events.append(message.payload)
+
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        self.ended.append((channel, code))
 
 
 def make_hub(**rule: Any) -> Hub:
@@ -235,12 +240,12 @@ def test_hub_join_and_leave_reach_others_only() -> None:
         rule, _ = hub.rule("c:p")
         for sub in (a, b):
             await hub.subscribe(sub, "c:p")
-            await hub.join("c:p", rule, sub.client)
+            await hub.join(rule, ChannelContext("c:p", {}, sub.client))
         assert [json.loads(e)["push"] for e in a.events] == ["join"]
         assert b.events == []
         assert set(await hub.broker.presence("c:p")) == {"a", "b"}
         hub.unsubscribe(b, "c:p")
-        await hub.leave("c:p", rule, b.client)
+        await hub.leave(rule, ChannelContext("c:p", {}, b.client))
         assert json.loads(a.events[-1]) == {
             "push": "leave",
             "channel": "c:p",
@@ -250,3 +255,30 @@ def test_hub_join_and_leave_reach_others_only() -> None:
         await hub.close()
 
     asyncio.run(main())
+
+
+def test_a_new_epoch_ends_subscriptions_with_112() -> None:
+    now = [0.0]
+
+    async def main() -> None:
+        rules = ChannelRules()
+        rules.add(ChannelRule("c:*", history=10))
+        hub = Hub(rules, MemoryBroker(meta_ttl=60, clock=lambda: now[0]), ChannelSettings())
+        await hub.start()
+        sub = FakeSubscriber("s")
+        await hub.publish("c:e", 1)
+        await hub.subscribe(sub, "c:e")
+        now[0] += 120  # the broker forgets the channel's stream
+        position = await hub.publish("c:e", 2)
+        assert position.offset == 1  # a new epoch
+        assert sub.ended == [("c:e", ErrorCode.UNRECOVERABLE)] and sub.got == []
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_short_token_secret_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="at least 32"):
+        ChannelSettings(token_secret="short")
+    with pytest.raises(ValueError, match="prefix"):
+        ChannelSettings(prefix="rt")

@@ -119,6 +119,12 @@ def test_recovery_impossible_is_said_plainly() -> None:
         assert same["recovered"] is True and same["publications"] == []
         history = await peer.call("history", channel="news")
         assert [p["offset"] for p in history["publications"]] == [8, 9, 10, 11, 12]
+        newest = await peer.call("history", channel="news", limit=2)
+        assert [p["offset"] for p in newest["publications"]] == [11, 12]
+        await refused(
+            ErrorCode.UNRECOVERABLE,
+            peer.call("history", channel="news", since={"offset": 2, "epoch": first["epoch"]}),
+        )
         await refused(
             ErrorCode.UNRECOVERABLE,
             peer.call("history", channel="news", since={"offset": 1, "epoch": "other"}),
@@ -258,7 +264,7 @@ def test_garbage_closes_with_4000() -> None:
 
 def test_tokens_guard_connect_and_token_channels() -> None:
     app = chat_app()
-    app.channel("user:{id}", token=True)
+    app.channel("user:{id}", token=True, publish="clients")
 
     async def scenario(server: Any, url: str) -> None:
         bad = await Peer.open(url, connect_cmd=False)
@@ -276,10 +282,21 @@ def test_tokens_guard_connect_and_token_channels() -> None:
         # a subscription token for one channel, for the same user
         sub_token = mint(SECRET, "1", channels=["user:2"])
         await one.call("subscribe", channel="user:2", token=sub_token)
+        await one.call("publish", channel="user:2", data="allowed by the subscription token")
+        await refused(
+            ErrorCode.PERMISSION_DENIED, anonymous.call("publish", channel="user:1", data=1)
+        )
         stranger = mint(SECRET, "9", channels=["user:3"])
         await refused(
             ErrorCode.PERMISSION_DENIED, one.call("subscribe", channel="user:3", token=stranger)
         )
+        # a subscription token that expires ends its subscription, not the connection
+        brief = mint(SECRET, "1", channels=["user:4"], ttl=1)
+        await one.call("subscribe", channel="user:4", token=brief)
+        ended = await one.next_push("unsubscribe")
+        assert ended["channel"] == "user:4" and ended["code"] == ErrorCode.TOKEN_EXPIRED
+        await refused(ErrorCode.NOT_SUBSCRIBED, one.call("unsubscribe", channel="user:4"))
+        await one.call("unsubscribe", channel="user:1")  # the rest of the connection goes on
 
     run(app, scenario)
 
@@ -335,13 +352,25 @@ def test_hooks_decide() -> None:
         stored.append(ctx.data)
         return {"text": ctx.data, "by": ctx.user}
 
+    left: list[str] = []
+    gone = asyncio.Event()
+
+    def leave(ctx: ChannelContext) -> None:
+        left.append(ctx.user)
+        gone.set()
+
+    def broken(ctx: ChannelContext) -> None:
+        raise RuntimeError("a bug in an observer")
+
     app.channel(
         "room:{room}",
         publish="clients",
         on_subscribe=check,
         on_publish=persist,
         on_join=lambda ctx: joined.append(ctx.user),
+        on_leave=leave,
     )
+    app.channel("lounge", on_join=broken, on_leave=broken)
 
     async def scenario(server: Any, url: str) -> None:
         peer = await Peer.open(url + "?name=carol")
@@ -356,6 +385,12 @@ def test_hooks_decide() -> None:
         assert stored == ["hello"]
         admin = await Peer.open(url, data={"name": "admin"})
         await admin.call("subscribe", channel="room:secret")
+        await admin.call("subscribe", channel="lounge")  # on_join fails: logged, one reply
+        assert await admin.call("ping") == {}
+        await admin.call("unsubscribe", channel="lounge")
+        await admin.close()
+        await asyncio.wait_for(gone.wait(), 5)  # on_leave runs for a disconnect too
+        assert left == ["admin"]
         bad = await Peer.open(url, connect_cmd=False)
         error = await refused(4100, bad.call("connect", data={"name": "mallory"}))
         assert error.message == "no mallory"

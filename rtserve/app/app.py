@@ -203,13 +203,22 @@ class App:
         from rtserve.realtime.ws_session import ChannelSocket
 
         prefix = self.hub.settings.prefix.rstrip("/")
+        # Commands of one connection must be handled in order, whatever the server default.
+        ws_options = {"concurrent": False}
         self.router.add(
-            f"{prefix}/ws", ["GET"], ChannelSocket, name="rt:ws", websocket=True, ws_options={}
+            f"{prefix}/ws",
+            ["GET"],
+            ChannelSocket,
+            name="rt:ws",
+            websocket=True,
+            ws_options=ws_options,
         )
-        self.add_route(f"{prefix}/publish", publish_endpoint, ["POST"], name="rt:publish")
-        self.add_route(
-            f"{prefix}/publish/batch", publish_batch_endpoint, ["POST"], name="rt:publish_batch"
-        )
+        # The publish API authenticates with its API key, not cookies: no XSRF token applies.
+        for path, endpoint, name in (
+            ("publish", publish_endpoint, "rt:publish"),
+            ("publish/batch", publish_batch_endpoint, "rt:publish_batch"),
+        ):
+            self.router.add(f"{prefix}/{path}", ["POST"], endpoint, name=name, xsrf_exempt=True)
         self._channel_routes = True
 
     def on_connect(self, hook: F) -> F:
@@ -332,7 +341,11 @@ class App:
         endpoint, params = match
         request = Request(exchange, self, params)
         try:
-            if self.xsrf_cookies and exchange.head.method not in _SAFE_METHODS:
+            if (
+                self.xsrf_cookies
+                and exchange.head.method not in _SAFE_METHODS
+                and not endpoint.options.get("xsrf_exempt")
+            ):
                 self._check_xsrf(request)
             if endpoint.is_websocket:
                 accept_websocket(request, endpoint.handler, params, endpoint.options["ws_options"])

@@ -65,6 +65,9 @@ class Subscriber(Protocol):
     def deliver_event(self, channel: str, message: Outbound) -> None:
         """A join, leave or presence push."""
 
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        """The server ends a subscription (tell the client, leave the channel)."""
+
 
 @dataclass(slots=True)
 class HubStats:
@@ -84,9 +87,10 @@ class HubStats:
 class _Local:
     """The local side of one channel."""
 
-    __slots__ = ("joins", "leaves", "params", "rule", "subscribers")
+    __slots__ = ("epoch", "joins", "leaves", "params", "rule", "subscribers")
 
     def __init__(self, rule: ChannelRule, params: dict[str, str]) -> None:
+        self.epoch: str | None = None  # of the stream the subscribers were given
         self.rule = rule
         self.params = params
         self.subscribers: dict[Subscriber, None] = {}
@@ -190,24 +194,26 @@ class Hub:
         self.stats.publications += 1
         return position
 
-    async def client_publish(
-        self, client: ClientInfo, channel: str, data: Any, size: int, ctx: ChannelContext
-    ) -> StreamPosition:
-        """A publish from a client: the rule's permission, size and `on_publish` apply
-        (the caller checked the token and the rate)."""
-        rule = self.rule(channel)[0]
+    def check_client_publish(self, rule: ChannelRule, size: int) -> None:
+        """Whether clients may publish `size` bytes of data under `rule` (ChannelError if not)."""
         if rule.publish != "clients":
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "clients may not publish here")
         if size > rule.max_message_size:
             raise ChannelError(
                 ErrorCode.TOO_LARGE, f"data is {size} bytes; at most {rule.max_message_size}"
             )
+
+    async def client_publish(
+        self, rule: ChannelRule, ctx: ChannelContext, data: Any
+    ) -> StreamPosition:
+        """A client's publish that passed `check_client_publish` (and the caller's token and
+        rate checks): `on_publish` may refuse or replace the data, then it is published."""
         if rule.on_publish is not None:
             ctx.data = data
             replaced = await call_hook(rule.on_publish, ctx)
             if replaced is not None:
                 data = replaced
-        position = await self.publish(channel, data, info=client)
+        position = await self.publish(ctx.channel, data, info=ctx.client)
         self.stats.client_publications += 1
         return position
 
@@ -216,6 +222,9 @@ class Hub:
     def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
         local = self._local.get(channel)
         if local is None:
+            return
+        if epoch != local.epoch and local.epoch is not None:
+            self._epoch_changed(channel, local)
             return
         rule = local.rule
         key = None
@@ -227,6 +236,13 @@ class Hub:
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)
+
+    def _epoch_changed(self, channel: str, local: _Local) -> None:
+        """The broker lost the channel's stream: offsets restart, so every subscription ends
+        with code 112 and clients subscribe again (learning `recovered: false`)."""
+        log.warning("channel %s restarted with a new epoch; ending its subscriptions", channel)
+        for subscriber in tuple(local.subscribers):
+            subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         self._presence_event(channel, info, joined=True)
@@ -299,6 +315,7 @@ class Hub:
                 raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
             raise
         position = history.position
+        local.epoch = position.epoch
         result: dict[str, Any] = {
             "channel": channel,
             "offset": position.offset,
@@ -374,21 +391,29 @@ class Hub:
     async def history(
         self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
     ) -> dict[str, Any]:
-        """The kept publications after `since` (at most `limit`) and the stream's position.
+        """The kept publications after `since` (the first `limit` of them), or without `since`
+        the newest `limit`, oldest first; and the stream's position.
 
         ChannelError 108 when the channel keeps no history, 112 when `since` is of another
-        epoch, 115 when the broker fails.
+        epoch or older than what is kept, 115 when the broker fails.
         """
         rule, _ = self.rule(channel)
         if not rule.history:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
         with _broker_errors():
-            history = await self.broker.history(
-                channel, since=None if since is None else since.offset, limit=limit
-            )
+            if since is None and limit:  # the newest `limit`: find where they start
+                top = (await self.broker.history(channel, limit=0)).position.offset
+                history = await self.broker.history(channel, since=max(0, top - limit))
+            else:
+                start = None if since is None else since.offset
+                history = await self.broker.history(channel, since=start, limit=limit)
         position = history.position
-        if since is not None and since.epoch != position.epoch:
-            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+        if since is not None:
+            pubs = history.publications
+            if since.epoch != position.epoch:
+                raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+            if since.offset < position.offset and (not pubs or pubs[0].offset > since.offset + 1):
+                raise ChannelError(ErrorCode.UNRECOVERABLE, "history no longer holds that offset")
         return {
             "publications": [publication_json(p) for p in history.publications],
             "offset": position.offset,
@@ -415,20 +440,40 @@ class Hub:
 
     # --- presence --------------------------------------------------------------------------
 
-    async def join(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
-        """Record a subscriber in presence and tell the others (as the rule says)."""
-        if rule.presence:
-            await self.broker.presence_add(channel, info)
-        if rule.join_leave:
-            await self.broker.publish_join(channel, info)
+    async def join(self, rule: ChannelRule, ctx: ChannelContext) -> None:
+        """A subscriber joined: record presence, tell the others, call `on_join` (as the rule
+        says). Failures are logged, not raised: the subscription stands either way."""
+        info = ctx.client
+        try:
+            if rule.presence:
+                await self.broker.presence_add(ctx.channel, info)
+            if rule.join_leave:
+                await self.broker.publish_join(ctx.channel, info)
+        except BrokerError as exc:
+            log.warning("join of %s to %s not recorded: %s", info.client, ctx.channel, exc)
+        await self._observe(rule.on_join, ctx)
 
-    async def leave(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
-        if rule.presence:
-            await self.broker.presence_remove(channel, info.client)
-        if rule.join_leave:
-            await self.broker.publish_leave(channel, info)
+    async def leave(self, rule: ChannelRule, ctx: ChannelContext) -> None:
+        """A subscriber left (unsubscribed or disconnected): the reverse of `join`."""
+        info = ctx.client
+        try:
+            if rule.presence:
+                await self.broker.presence_remove(ctx.channel, info.client)
+            if rule.join_leave:
+                await self.broker.publish_leave(ctx.channel, info)
+        except BrokerError as exc:
+            log.warning("leave of %s from %s not recorded: %s", info.client, ctx.channel, exc)
+        await self._observe(rule.on_leave, ctx)
 
-    def leave_later(self, channel: str, rule: ChannelRule, info: ClientInfo) -> None:
+    def leave_later(self, rule: ChannelRule, ctx: ChannelContext) -> None:
         """`leave` in the background (a closing connection cannot wait for it)."""
-        if self.loop is not None and (rule.presence or rule.join_leave):
-            self._spawn(self.leave(channel, rule, info))
+        if self.loop is not None and (rule.presence or rule.join_leave or rule.on_leave):
+            self._spawn(self.leave(rule, ctx))
+
+    async def _observe(self, hook: Callable[..., Any] | None, ctx: ChannelContext) -> None:
+        if hook is None:
+            return
+        try:
+            await call_hook(hook, ctx)
+        except Exception:
+            log.exception("error in the %s hook of %s", hook.__name__, ctx.channel)

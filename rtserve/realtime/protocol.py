@@ -4,8 +4,9 @@ A client sends one JSON object per WebSocket text message: ``{"id": 1, "op": "su
 "channel": "chat:lobby"}``. Each command with an ``id`` gets exactly one reply with the same
 id, either ``{"id": 1, "result": {...}}`` or ``{"id": 1, "error": {"code": 103, "message":
 "permission denied"}}``. The server also sends pushes, which carry ``push`` instead of ``id``:
-``{"push": "pub", "channel": "chat:lobby", "offset": 7, "data": ...}``. docs/protocol.md is the
-full reference; the names here are the ones it uses.
+``{"push": "pub", "channel": "chat:lobby", "offset": 7, "data": ...}``. A command without an
+id is answered too, with ``"id": null``; a message that is not a JSON object closes the
+connection (4000). docs/protocol.md is the full reference; the names here are the ones it uses.
 """
 
 from __future__ import annotations

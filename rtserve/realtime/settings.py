@@ -26,6 +26,18 @@ class ChannelSettings:
     connect_timeout: float = 10.0
     presence_digest_interval: float = 1.0
 
+    def __post_init__(self) -> None:
+        from rtserve.tokens import MIN_SECRET_LENGTH
+
+        for secret in self.secrets():
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"token_secret must be at least {MIN_SECRET_LENGTH} characters "
+                    f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+        if not self.prefix.startswith("/"):
+            raise ValueError(f"prefix must start with '/': {self.prefix!r}")
+
     def secrets(self) -> list[str]:
         secret = self.token_secret
         return [] if secret is None else [secret] if isinstance(secret, str) else list(secret)

@@ -12,10 +12,11 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.websocket import WebSocketHandler
-from rtserve.broker.base import BrokerError, ClientInfo
+from rtserve.broker.base import ClientInfo
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
 from rtserve.realtime.hub import Hub, Outbound, call_hook
 from rtserve.realtime.protocol import (
@@ -27,6 +28,7 @@ from rtserve.realtime.protocol import (
     ErrorCode,
     encode_error,
     encode_reply,
+    encode_unsubscribed,
     parse_command,
 )
 from rtserve.realtime.rules import ChannelRule
@@ -69,10 +71,10 @@ class ChannelSocket(WebSocketHandler):
         self.claims: TokenClaims | None = None
         self.subscriptions: dict[str, ChannelRule] = {}
         self._buffering: dict[str, list[Outbound]] = {}
-        self._skip: dict[str, int] = {}  # offsets at or below were in the subscribe reply
         self._pending: OrderedDict[Any, bytes] | None = None
         self._buckets: dict[ChannelRule, _Bucket] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -108,15 +110,17 @@ class ChannelSocket(WebSocketHandler):
             self._reply(encode_reply(command.id, result))
 
     def on_close(self, code: int, reason: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, *self._sub_tokens.values()):
+            if timer is not None:
+                timer.cancel()
+        self._timer = None
+        self._sub_tokens.clear()
         hub = self.hub
         for channel in list(self._buffering):
             hub.unsubscribe(self, channel)
         for channel, rule in self.subscriptions.items():
             hub.unsubscribe(self, channel)
-            hub.leave_later(channel, rule, self.client)
+            hub.leave_later(rule, self._context(channel, hub.rule(channel)[1], self.claims))
         self.subscriptions.clear()
         self._pending = None
         if self.client is not None and self.client.user is not None:
@@ -181,6 +185,7 @@ class ChannelSocket(WebSocketHandler):
             key: Any = (channel, message.key)
             if key in pending:
                 stats.conflated += 1
+                pending.move_to_end(key)  # so what is held stays in offset order
         else:
             key = (channel, message.offset)
         pending[key] = frame
@@ -246,6 +251,8 @@ class ChannelSocket(WebSocketHandler):
                 info = result.info if result.info is not None else info
             elif result is not None:
                 raise TypeError(f"on_connect returned {result!r}; return a ConnectResult or None")
+        if self.closed:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "connection closed")
         limit = settings.max_connections_per_user
         if user is not None:
             if limit and hub.users.get(user, 0) >= limit:
@@ -254,17 +261,14 @@ class ChannelSocket(WebSocketHandler):
                     "too many connections for this user",
                     DisconnectCode.CONNECTION_LIMIT,
                 )
-            hub.users[user] = hub.users.get(user, 0) + 1
-        if self.closed:
-            raise ChannelError(ErrorCode.NOT_AVAILABLE, "connection closed")
+            hub.users[user] = hub.users.get(user, 0) + 1  # on_close gives it back
         self.claims = claims
         self.client = ClientInfo(secrets.token_hex(8), user, info)
         self._schedule_expiry()
-        expires = claims.expires if claims is not None else None
         return {
             "client": self.client.client,
             "user": user,
-            "expires": expires,
+            "expires": _expires(claims),
             "version": PROTOCOL_VERSION,
         }
 
@@ -280,9 +284,10 @@ class ChannelSocket(WebSocketHandler):
         hub = self.hub
         rule, params = hub.rule(channel)
         claims = self.claims
+        sub_claims = None
         if rule.token:
             if command.token is not None:
-                claims = self._verify(command.token, disconnect=False)
+                claims = sub_claims = self._verify(command.token, disconnect=False)
                 if claims.user != self.client.user:
                     raise ChannelError(ErrorCode.PERMISSION_DENIED, "token of another user")
             if claims is None or not claims.allows(channel):
@@ -301,43 +306,60 @@ class ChannelSocket(WebSocketHandler):
             hub.unsubscribe(self, channel)
             return
         self.subscriptions[channel] = rule
+        if sub_claims is not None:
+            self._sub_tokens[channel] = self._expiry_timer(
+                sub_claims,
+                lambda: self.end_subscription(
+                    channel, ErrorCode.TOKEN_EXPIRED, "subscription token expired"
+                ),
+            )
         self._reply(encode_reply(command.id, result))
         for message in buffered:
             if message.offset > last:
                 self.deliver(channel, message, rule)
-        if rule.presence or rule.join_leave:
-            try:
-                await hub.join(channel, rule, self.client)
-            except BrokerError as exc:
-                log.warning("presence of %s in %s not recorded: %s", self.client, channel, exc)
-        if rule.on_join is not None:
-            await call_hook(rule.on_join, context)
+        await hub.join(rule, context)
 
     async def _unsubscribe(self, command: Command) -> dict[str, Any]:
         channel = command.channel
         assert channel is not None
-        rule = self.subscriptions.pop(channel, None)
+        rule = self._drop_subscription(channel)
         if rule is None:
             raise ChannelError(ErrorCode.NOT_SUBSCRIBED)
+        _, params = self.hub.rule(channel)
+        await self.hub.leave(rule, self._context(channel, params, self.claims))
+        return {}
+
+    def _drop_subscription(self, channel: str) -> ChannelRule | None:
+        """Forget a subscription here and at the Hub; its rule, or None if there was none."""
+        rule = self.subscriptions.pop(channel, None)
+        if rule is None:
+            return None
         self.hub.unsubscribe(self, channel)
+        timer = self._sub_tokens.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
         if self._pending:
             for key in [k for k in self._pending if k[0] == channel]:
                 del self._pending[key]
-        if rule.presence or rule.join_leave:
-            await self.hub.leave(channel, rule, self.client)
-        if rule.on_leave is not None:
-            _, params = self.hub.rule(channel)
-            await call_hook(rule.on_leave, self._context(channel, params, self.claims))
-        return {}
+        return rule
+
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        """End a subscription from the server side with an `unsubscribe` push."""
+        rule = self._drop_subscription(channel)
+        if rule is None:
+            return
+        self._reply(encode_unsubscribed(channel, code, message))
+        self.hub.leave_later(rule, self._context(channel, self.hub.rule(channel)[1], self.claims))
 
     async def _publish(self, command: Command) -> dict[str, Any]:
         channel = command.channel
         assert channel is not None
         hub = self.hub
         rule, params = hub.rule(channel)
-        if rule.token and (self.claims is None or not self.claims.allows(channel)):
+        hub.check_client_publish(rule, command.size)
+        if rule.token and not self._token_allows(channel):
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
-        if rule.publish == "clients" and rule.publish_rate > 0:
+        if rule.publish_rate > 0:
             now = time.monotonic()
             bucket = self._buckets.get(rule)
             if bucket is None:
@@ -346,10 +368,14 @@ class ChannelSocket(WebSocketHandler):
                 hub.stats.rate_limited += 1
                 raise ChannelError(ErrorCode.RATE_LIMITED)
         context = self._context(channel, params, self.claims)
-        position = await hub.client_publish(
-            self.client, channel, command.data, command.size, context
-        )
+        position = await hub.client_publish(rule, context, command.data)
         return {"offset": position.offset, "epoch": position.epoch}
+
+    def _token_allows(self, channel: str) -> bool:
+        """The connection's token, or the subscription token of `channel`, allows it."""
+        if self.claims is not None and self.claims.allows(channel):
+            return True
+        return channel in self._sub_tokens
 
     def _subscribed_rule(self, command: Command) -> tuple[str, ChannelRule]:
         channel = command.channel
@@ -379,7 +405,7 @@ class ChannelSocket(WebSocketHandler):
             raise ChannelError(ErrorCode.UNAUTHORIZED, "token of another user")
         self.claims = claims
         self._schedule_expiry()
-        return {"expires": claims.expires}
+        return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------
 
@@ -405,12 +431,16 @@ class ChannelSocket(WebSocketHandler):
     def _schedule_expiry(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        expires = self.claims.expires if self.claims is not None else None
-        if expires is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, expires - time.time())
-            self._timer = loop.call_later(delay, self._token_expired)
+        self._timer = self._expiry_timer(self.claims, self._token_expired)
+
+    @staticmethod
+    def _expiry_timer(
+        claims: TokenClaims | None, callback: Callable[[], None]
+    ) -> asyncio.TimerHandle | None:
+        if claims is None or claims.expires is None:
+            return None
+        delay = max(0.0, claims.expires - time.time())
+        return asyncio.get_running_loop().call_later(delay, callback)
 
     def _token_expired(self) -> None:
         self._timer = None
@@ -425,6 +455,13 @@ class ChannelSocket(WebSocketHandler):
         self, channel: str, params: dict[str, str], claims: TokenClaims | None
     ) -> ChannelContext:
         return ChannelContext(channel, params, self.client, claims, self.request)
+
+
+def _expires(claims: TokenClaims | None) -> int | None:
+    """A token's expiry as whole seconds of unix time (tokens carry whole seconds)."""
+    if claims is None or claims.expires is None:
+        return None
+    return int(claims.expires)
 
 
 class _Refused(ChannelError):
