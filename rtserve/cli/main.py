@@ -8,6 +8,7 @@ import sys
 import click
 
 from rtserve import __version__
+from rtserve.cli.channel_cmds import publish, subscribe
 from rtserve.cli.loader import load_app
 from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
@@ -81,5 +82,7 @@ def run(
 
 
 main.add_command(token)
+main.add_command(subscribe)
+main.add_command(publish)
 if __name__ == "__main__":
     main()

@@ -22,8 +22,11 @@ to send before closing; the reader is dead afterwards (each later `feed` raises 
   frame header before its payload arrives. For a compressed message the limit bounds its wire
   bytes here and its decompressed size in `decompress(payload, max_message_size)`.
 
+`UnmaskedFrameReader` is the same parser for the client side (rtserve.protocol.ws_client): it
+requires unmasked server frames instead.
+
 The encoders build unmasked server frames; `encode_client_frame` and `mask_payload` build
-masked frames for tests and test clients. Local misuse (a control frame over 125 bytes, a
+masked frames for clients and tests. Local misuse (a control frame over 125 bytes, a
 close code not allowed on the wire) raises ValueError.
 """
 
@@ -387,6 +390,72 @@ class FrameReader:
             events.append(TextMessage(data.decode("utf-8")))
         except UnicodeDecodeError:
             raise WebSocketProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8") from None
+
+
+class UnmaskedFrameReader(FrameReader):
+    """The same parser for the client side: it requires unmasked (server) frames.
+
+    A masked frame is a 1002 violation (RFC 6455 5.1); all other rules, limits and events are
+    those of FrameReader. A separate class, so the server's parsing loop stays as it is.
+    """
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse `data`; return the events it completes. Raises WebSocketProtocolError."""
+        if self._error is not None:
+            raise WebSocketProtocolError(*self._error)
+        if self._closed:
+            return []
+        buf = self._buf
+        buf += data
+        size = len(buf)
+        events: list[Event] = []
+        pos = 0
+        try:
+            while size - pos >= 2:
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                if b1 & 0x80:
+                    raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "server frame masked")
+                length = b1
+                if length < 126:
+                    start = pos + 2
+                elif length == 126:
+                    if size - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    start = pos + 4
+                else:
+                    if size - pos < 10:
+                        break
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    if length >> 63:
+                        raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "invalid length")
+                    start = pos + 10
+                self._check_header(b0, b1 | 0x80, length)  # as if masked: the rest applies
+                end = start + length
+                if end > size:
+                    break
+                payload = bytes(buf[start:end])
+                pos = end
+                if b0 & 0x08:
+                    self._control_frame(b0 & 0x0F, payload, events)
+                    if self._closed:
+                        pos = size
+                        break
+                else:
+                    self._data_frame(b0, payload, events)
+        except WebSocketProtocolError as exc:
+            self._error = (exc.code, exc.reason)
+            exc.events = events
+            buf.clear()
+            self._texts.clear()
+            self._chunks.clear()
+            raise
+        if pos:
+            del buf[:pos]
+        return events
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""`rtserve subscribe CHANNEL` and `rtserve publish CHANNEL DATA_JSON`: channels from a shell.
+
+`subscribe` prints each publication as one JSON line (offset, data, info) through
+rtserve.client (reconnecting, and recovering what it missed meanwhile); a gap it cannot recover
+is reported on stderr. `publish` POSTs to the HTTP publish API with urllib and prints its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+
+DEFAULT_WS_URL = "ws://127.0.0.1:8000/rt/ws"
+DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
+
+
+def _parse_since(value: str | None) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    offset, sep, epoch = value.partition(":")
+    if not sep or not offset.isdigit():
+        raise click.BadParameter("expected OFFSET:EPOCH, e.g. 42:a1b2c3", param_hint="--since")
+    return int(offset), epoch
+
+
+@click.command()
+@click.argument("channel")
+@click.option("--url", default=DEFAULT_WS_URL, show_default=True, help="Channel WebSocket URL.")
+@click.option("--token", envvar="RTSERVE_TOKEN", help="Connection token (or RTSERVE_TOKEN).")
+@click.option("--since", "since", metavar="OFFSET:EPOCH", help="Start after this position.")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many publications.")
+def subscribe(
+    channel: str, url: str, token: str | None, since: str | None, count: int | None
+) -> None:
+    """Print each publication of CHANNEL as a JSON line (Ctrl-C to stop)."""
+    position = _parse_since(since)
+    try:
+        sys.exit(asyncio.run(_subscribe(channel, url, token, position, count)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _subscribe(
+    channel: str, url: str, token: str | None, since: tuple[int, str] | None, count: int | None
+) -> int:
+    from rtserve.client import Client, ClientError, Disconnected, Unrecovered
+    from rtserve.protocol.ws_client import InvalidHandshake
+
+    client = Client(url, token=token)
+    try:
+        await client.connect()
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        click.echo(f"error: cannot connect to {url}: {exc}", err=True)
+        return 1
+    except ClientError as exc:
+        click.echo(f"error: connect refused: {exc.message} (code {exc.code})", err=True)
+        return 1
+    seen = 0
+    try:
+        sub = await client.subscribe(channel, since=since)
+        while count is None or seen < count:
+            try:
+                async for pub in sub:
+                    line: dict[str, Any] = {"offset": pub.offset, "data": pub.data}
+                    if pub.info is not None:
+                        line["info"] = {"client": pub.info.client, "user": pub.info.user}
+                        if pub.info.info is not None:
+                            line["info"]["info"] = pub.info.info
+                    click.echo(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+                else:
+                    return 0  # the subscription ended
+            except Unrecovered as exc:
+                where = f"{exc.since.offset}:{exc.since.epoch}" if exc.since else "the start"
+                now = f"{exc.position.offset}:{exc.position.epoch}"
+                click.echo(
+                    f"warning: publications after {where} were lost; continuing from {now}",
+                    err=True,
+                )
+    except ClientError as exc:
+        click.echo(f"error: {exc.message} (code {exc.code})", err=True)
+        return 1
+    except (Disconnected, TimeoutError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    finally:
+        await client.close()
+    return 0
+
+
+@click.command()
+@click.argument("channel")
+@click.argument("data_json", metavar="DATA_JSON")
+@click.option("--url", default=DEFAULT_HTTP_URL, show_default=True, help="Server base URL.")
+@click.option("--api-key", envvar="RTSERVE_API_KEY", help="Publish API key (or RTSERVE_API_KEY).")
+@click.option("--idempotency-key", help="Publish at most once for this key.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+def publish(
+    channel: str,
+    data_json: str,
+    url: str,
+    api_key: str | None,
+    idempotency_key: str | None,
+    timeout: float,
+) -> None:
+    """Publish DATA_JSON (any JSON value) to CHANNEL through POST {url}/rt/publish."""
+    try:
+        data = json.loads(data_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA_JSON") from None
+    body: dict[str, Any] = {"channel": channel, "data": data}
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    endpoint = url.rstrip("/") + "/rt/publish"
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(
+        endpoint, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as exc:
+        click.echo(f"error: {_error_message(exc.code, exc.reason, exc.read())}", err=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        click.echo(f"error: cannot reach {endpoint}: {reason}", err=True)
+        sys.exit(1)
+    try:
+        click.echo(json.dumps(json.loads(answer), ensure_ascii=False, separators=(",", ":")))
+    except ValueError:
+        click.echo(answer.decode("utf-8", "replace"))
+
+
+def _error_message(status: int, reason: str, body: bytes) -> str:
+    """The server's error message from `{"error": {"code", "message"}}`, else the status."""
+    try:
+        error = json.loads(body)["error"]
+        return f"{error['message']} (code {error['code']}, HTTP {status})"
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace").strip()[:200]
+        return f"HTTP {status} {reason}" + (f": {text}" if text else "")
