@@ -563,9 +563,18 @@ class Client:
                     if exc.code != ErrorCode.NOT_SUBSCRIBED:
                         raise
 
-    async def publish(self, channel: str, data: Any) -> Position:
-        """Publish `data` (any JSON value); returns its (offset, epoch)."""
-        result = await self._request({"op": "publish", "channel": channel, "data": data})
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> Position:
+        """Publish `data` (any JSON value); returns its (offset, epoch).
+
+        With `idempotency_key`, publishing again with the same key (after a lost reply, say)
+        lands once and returns the first position.
+        """
+        command: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
+        if idempotency_key is not None:
+            command["idempotency_key"] = idempotency_key
+        result = await self._request(command)
         return Position(int(result["offset"]), str(result["epoch"]))
 
     async def history(

@@ -60,6 +60,15 @@ def test_two_clients_chat() -> None:
             assert pub["info"]["client"] == alice.info["client"]
         await bob.call("publish", channel="chat:lobby", data="hello alice")
         assert (await alice.next_push("pub"))["data"] == "hello alice"
+        # a publish retried with its idempotency key (say, after a reconnect) lands once
+        once = [
+            await bob.call("publish", channel="chat:lobby", data="once", idempotency_key="m-1")
+            for _ in range(2)
+        ]
+        assert once[0] == once[1] and once[0]["offset"] == 3
+        assert (await alice.next_push("pub"))["offset"] == 3
+        await alice.call("ping")
+        assert not [p for p in alice.pushes if p["push"] == "pub"]
 
     run(chat_app(), scenario)
 

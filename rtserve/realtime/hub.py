@@ -204,7 +204,7 @@ class Hub:
             )
 
     async def client_publish(
-        self, rule: ChannelRule, ctx: ChannelContext, data: Any
+        self, rule: ChannelRule, ctx: ChannelContext, data: Any, idempotency_key: str | None = None
     ) -> StreamPosition:
         """A client's publish that passed `check_client_publish` (and the caller's token and
         rate checks): `on_publish` may refuse or replace the data, then it is published."""
@@ -213,7 +213,9 @@ class Hub:
             replaced = await call_hook(rule.on_publish, ctx)
             if replaced is not None:
                 data = replaced
-        position = await self.publish(ctx.channel, data, info=ctx.client)
+        position = await self.publish(
+            ctx.channel, data, info=ctx.client, idempotency_key=idempotency_key
+        )
         self.stats.client_publications += 1
         return position
 

@@ -124,6 +124,7 @@ class Command:
     token: str | None = None
     since: StreamPosition | None = None
     limit: int | None = None
+    idempotency_key: str | None = None
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -169,6 +170,11 @@ def parse_command(text: str | bytes) -> Command:
         command.size = len(dump_json(command.data))
     elif op == "publish":
         raise CommandError(ErrorCode.BAD_REQUEST, "publish needs data", id_)
+    key = raw.get("idempotency_key")
+    if key is not None:
+        if not isinstance(key, str) or not 0 < len(key) <= 256:
+            raise CommandError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string", id_)
+        command.idempotency_key = key
     since = raw.get("since")
     if since is not None:
         command.since = _parse_position(since, id_)

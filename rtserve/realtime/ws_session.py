@@ -368,7 +368,7 @@ class ChannelSocket(WebSocketHandler):
                 hub.stats.rate_limited += 1
                 raise ChannelError(ErrorCode.RATE_LIMITED)
         context = self._context(channel, params, self.claims)
-        position = await hub.client_publish(rule, context, command.data)
+        position = await hub.client_publish(rule, context, command.data, command.idempotency_key)
         return {"offset": position.offset, "epoch": position.epoch}
 
     def _token_allows(self, channel: str) -> bool:
