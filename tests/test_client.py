@@ -668,3 +668,47 @@ def test_cli_subscribe_errors(fake: tuple[FakeHub, ThreadedServer]) -> None:
     assert result.exit_code == 1 and "cannot connect" in result.output and "404" in result.output
     result = runner.invoke(main, ["subscribe", "x", "--since", "nope"])
     assert result.exit_code == 2 and "OFFSET:EPOCH" in result.output
+
+
+def test_against_the_real_hub_a_dropped_connection_loses_and_repeats_nothing() -> None:
+    """rtserve.client with the real /rt/ws: publications made while it was cut off arrive
+    after it reconnects, once each and in order."""
+    from rtserve import App
+    from rtserve.client import Client
+    from rtserve.testing import serve_app
+
+    app = App()
+    app.channel("feed:*", history=100)
+
+    async def main() -> None:
+        async with serve_app(app) as server:
+            client = Client(f"ws://127.0.0.1:{server.port}/rt/ws", backoff_min=0.01)
+            async with client:
+                sub = await client.subscribe("feed:1")
+                for i in range(3):
+                    await app.publish("feed:1", i)
+                got = []
+                async for pub in sub:
+                    got.append(pub.offset)
+                    if pub.offset == 3:
+                        break
+                assert client._ws is not None
+                client._ws.abort()  # cut off: no close handshake
+                for i in range(3, 8):
+                    await app.publish("feed:1", i)
+                async for pub in sub:
+                    got.append(pub.offset)
+                    if pub.offset == 8:
+                        break
+                assert got == list(range(1, 9))
+                for _ in range(200):  # counted once the resubscribing is all done
+                    if client.reconnects:
+                        break
+                    await asyncio.sleep(0.01)
+                assert client.reconnects == 1 and sub.recovered is not False
+                await app.publish("feed:1", "live")
+                async for pub in sub:
+                    assert (pub.offset, pub.data) == (9, "live")
+                    break
+
+    asyncio.run(asyncio.wait_for(main(), 20))
