@@ -272,6 +272,12 @@ def test_a_new_epoch_ends_subscriptions_with_112() -> None:
         position = await hub.publish("c:e", 2)
         assert position.offset == 1  # a new epoch
         assert sub.ended == [("c:e", ErrorCode.UNRECOVERABLE)] and sub.got == []
+        # the same when a new subscriber is the first to see the new stream
+        old, new = FakeSubscriber("old"), FakeSubscriber("new")
+        await hub.subscribe(old, "c:f")
+        now[0] += 120
+        await hub.subscribe(new, "c:f")
+        assert old.ended == [("c:f", ErrorCode.UNRECOVERABLE)] and new.ended == []
         await hub.close()
 
     asyncio.run(main())

@@ -239,12 +239,14 @@ class Hub:
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)
 
-    def _epoch_changed(self, channel: str, local: _Local) -> None:
-        """The broker lost the channel's stream: offsets restart, so every subscription ends
-        with code 112 and clients subscribe again (learning `recovered: false`)."""
+    def _epoch_changed(self, channel: str, local: _Local, keep: Subscriber | None = None) -> None:
+        """The broker lost the channel's stream: offsets restart, so every subscription (but
+        `keep`'s, made on the new stream) ends with code 112 and its client subscribes again,
+        learning `recovered: false`."""
         log.warning("channel %s restarted with a new epoch; ending its subscriptions", channel)
         for subscriber in tuple(local.subscribers):
-            subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
+            if subscriber is not keep:
+                subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         self._presence_event(channel, info, joined=True)
@@ -317,7 +319,10 @@ class Hub:
                 raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
             raise
         position = history.position
-        local.epoch = position.epoch
+        if local.epoch != position.epoch:
+            if local.epoch is not None:  # the stream restarted before any publication said so
+                self._epoch_changed(channel, local, keep=subscriber)
+            local.epoch = position.epoch
         result: dict[str, Any] = {
             "channel": channel,
             "offset": position.offset,
@@ -414,7 +419,8 @@ class Hub:
             pubs = history.publications
             if since.epoch != position.epoch:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
-            if since.offset < position.offset and (not pubs or pubs[0].offset > since.offset + 1):
+            trimmed = not pubs or pubs[0].offset > since.offset + 1
+            if since.offset < position.offset and limit != 0 and trimmed:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "history no longer holds that offset")
         return {
             "publications": [publication_json(p) for p in history.publications],
