@@ -39,11 +39,21 @@ class LimitSettings:
 class TimeoutSettings:
     """Timeouts in seconds; each ends the connection that hits it."""
 
-    header: float = _opt(10.0, "a request head must arrive within this (408, then close)")
-    keepalive: float = _opt(75.0, "an idle keep-alive connection is closed after this")
-    body: float = _opt(30.0, "longest pause between two pieces of a request body (408)")
-    send: float = _opt(60.0, "a client that takes none of a file body for this long is cut off")
-    graceful: float = _opt(10.0, "on SIGTERM/SIGINT, in-flight requests get this long")
+    header: float = _opt(
+        10.0, "a request head must arrive within this (408, then close)", duration=True
+    )
+    keepalive: float = _opt(
+        75.0, "an idle keep-alive connection is closed after this", duration=True
+    )
+    body: float = _opt(
+        30.0, "longest pause between two pieces of a request body (408)", duration=True
+    )
+    send: float = _opt(
+        60.0, "a client that takes none of a file body for this long is cut off", duration=True
+    )
+    graceful: float = _opt(
+        10.0, "on SIGTERM/SIGINT, in-flight requests get this long", duration=True
+    )
 
 
 @dataclass(slots=True)
@@ -65,19 +75,29 @@ class WebSocketSettings:
     max_message_size: int = _opt(1 * MiB, "largest message accepted (1009 beyond)", size=True)
     max_frame_size: int = _opt(1 * MiB, "largest single frame accepted (1009 beyond)", size=True)
     max_queued_bytes: int = _opt(
-        1 * MiB, "outbound bytes a connection may have queued before the slow-consumer policy"
+        1 * MiB,
+        "outbound bytes a connection may have queued before the slow-consumer policy",
+        size=True,
     )
     slow_consumer: str = _opt("close", "over the outbound budget: 'close' (1013) or 'drop'")
-    ping_interval: float = _opt(20.0, "seconds between keepalive pings (0 turns them off)")
-    ping_timeout: float = _opt(20.0, "a peer that does not answer a ping within this is closed")
-    close_timeout: float = _opt(5.0, "how long to wait for the peer's close frame")
+    ping_interval: float = _opt(
+        20.0, "seconds between keepalive pings (0 turns them off)", duration=True
+    )
+    ping_timeout: float = _opt(
+        20.0, "a peer that does not answer a ping within this is closed", duration=True
+    )
+    close_timeout: float = _opt(5.0, "how long to wait for the peer's close frame", duration=True)
     compression: bool = _opt(True, "offer permessage-deflate (RFC 7692)")
-    compression_min_size: int = _opt(256, "messages smaller than this are sent uncompressed")
+    compression_min_size: int = _opt(
+        256, "messages smaller than this are sent uncompressed", size=True
+    )
     origins: list[str] | None = _opt(
         None, "allowed Origin values; null means same origin only, ['*'] allows any"
     )
     concurrent: bool = _opt(False, "handle one connection's messages concurrently, not in order")
-    write_delay: float = _opt(0.0, "seconds to hold outbound frames so more go in one write")
+    write_delay: float = _opt(
+        0.0, "seconds to hold outbound frames so more go in one write", duration=True
+    )
 
 
 @dataclass(slots=True)
