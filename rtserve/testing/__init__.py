@@ -3,6 +3,8 @@
 `serve_app(app)` is an async context manager for async tests; `ThreadedServer(app)` runs the
 server on its own loop in a thread for plain (sync) tests, and `SyncClient` talks to it with
 the standard library's http.client — an independent HTTP implementation.
+`websocket_connect(url)` opens a WebSocket to a test server (rtserve's own client side of RFC
+6455); `rtserve.client.Client` speaks the channel protocol.
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ from typing import Any
 
 from rtserve.app.app import App
 from rtserve.app.datastructures import Headers
+from rtserve.protocol.ws_client import ClientWebSocket
+from rtserve.protocol.ws_client import connect as websocket_connect
 from rtserve.server.listener import Server, new_event_loop
 from rtserve.server.settings import ServerSettings
 
-__all__ = ["ClientResponse", "Server", "SyncClient", "ThreadedServer", "serve_app"]
+__all__ = [
+    "ClientResponse",
+    "ClientWebSocket",
+    "Server",
+    "SyncClient",
+    "ThreadedServer",
+    "serve_app",
+    "websocket_connect",
+]
 
 
 def _test_settings(app: App, **overrides: Any) -> ServerSettings:
