@@ -193,7 +193,11 @@ class App:
         unknown = set(options) - RULE_OPTIONS
         if unknown:
             raise TypeError(f"unknown channel option(s): {', '.join(sorted(unknown))}")
-        rule = self.hub.rules.add(ChannelRule(pattern, **options))
+        return self.add_channel_rule(ChannelRule(pattern, **options))
+
+    def add_channel_rule(self, rule: ChannelRule) -> ChannelRule:
+        """Add a rule made beforehand (from rtserve.yaml, say); see `channel`."""
+        self.hub.rules.add(rule)
         if not self._channel_routes:
             self._add_channel_routes()
         return rule

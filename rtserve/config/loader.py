@@ -408,6 +408,9 @@ class _Walker:
     def convert_node(
         self, node: yaml.Node | None, tp: Any, keypath: str, meta: Mapping[str, Any]
     ) -> Any:
+        converter = meta.get("convert")
+        if converter is not None and node is not None:
+            return self.converted(node, converter, keypath)
         if _is_dataclass_type(tp):
             return self.instance(node, tp, keypath)
         assert node is not None, "only a dataclass stands for an absent node"
@@ -443,6 +446,23 @@ class _Walker:
             return self.scalar_value(scalar, tp, meta)
         except _Invalid as exc:
             self.issue(node, keypath, str(exc))
+            return _FAIL
+
+    def converted(self, node: yaml.Node, converter: Callable[[str], Any], keypath: str) -> Any:
+        """A string field whose metadata names a `convert` function (an import reference,
+        say): its errors become issues at the value's position; null stays None."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.issue(node, keypath, f"expected a string, got {self.shown_node(node)}")
+            return _FAIL
+        scalar = self.scalar(node, keypath)
+        if scalar is None:
+            return _FAIL
+        if scalar.tag == _NULL:
+            return None
+        try:
+            return converter(str(self.construct(scalar)))
+        except Exception as exc:
+            self.issue(node, keypath, str(exc) or type(exc).__name__)
             return _FAIL
 
     def union(

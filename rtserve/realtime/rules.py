@@ -12,14 +12,24 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rtserve.broker.base import PublishOptions
+from rtserve.imports import import_object
 
 PUBLISHERS = ("server", "clients")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop_oldest", "conflate")
 HOOKS = ("on_subscribe", "on_publish", "on_join", "on_leave")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def _hook(help: str) -> Any:
+    """A hook: a callable in Python, `module:name` in rtserve.yaml (imported on load)."""
+    return dataclasses.field(default=None, metadata={"help": help, "convert": import_object})
 
 
 @dataclass(slots=True, eq=False)
@@ -40,25 +50,39 @@ class ChannelRule:
     ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
     """
 
-    pattern: str
-    history: int = 0
-    history_ttl: float = 300.0
-    presence: bool = False
-    join_leave: bool = False
-    presence_digest: int = 100
-    publish: str = "server"
-    token: bool = False
-    max_message_size: int = 65536
-    publish_rate: float = 0.0
-    publish_burst: int = 10
-    max_subscribers: int = 0
-    slow_consumer: str = "disconnect"
-    max_pending: int = 1000
-    conflate_key: str | None = None
-    on_subscribe: Callable[..., Any] | None = None
-    on_publish: Callable[..., Any] | None = None
-    on_join: Callable[..., Any] | None = None
-    on_leave: Callable[..., Any] | None = None
+    pattern: str = dataclasses.field(
+        metadata={"help": "channel names this rule covers: literal, 'chat:*' or 'user:{id}'"}
+    )
+    history: int = _opt(0, "publications kept for recovery and history (0: none)")
+    history_ttl: float = _opt(300.0, "seconds a kept publication lives", duration=True)
+    presence: bool = _opt(False, "who is subscribed can be asked (presence, presence_stats)")
+    join_leave: bool = _opt(False, "subscribers get join and leave pushes")
+    presence_digest: int = _opt(
+        100, "above this many subscribers on a node, joins/leaves come batched each interval"
+    )
+    publish: Literal["server", "clients"] = _opt(
+        "server", "who may publish: 'server' (app and publish API) or 'clients' too"
+    )
+    token: bool = _opt(False, "subscribing needs a token whose channels allow the name")
+    max_message_size: int = _opt(
+        65536, "largest client publication, bytes of JSON data", size=True
+    )
+    publish_rate: float = _opt(0.0, "client publications per second per connection (0: any)")
+    publish_burst: int = _opt(10, "publications a client may send at once before the rate applies")
+    max_subscribers: int = _opt(0, "subscribers per node (0: no limit)")
+    slow_consumer: Literal["disconnect", "drop_oldest", "conflate"] = _opt(
+        "disconnect", "a subscriber that cannot keep up: 'disconnect', 'drop_oldest', 'conflate'"
+    )
+    max_pending: int = _opt(1000, "messages held back for a slow subscriber before dropping")
+    conflate_key: str | None = _opt(
+        None, "field of the data whose latest value conflation keeps (None: one per channel)"
+    )
+    on_subscribe: Callable[..., Any] | None = _hook("may refuse a subscription (ChannelError)")
+    on_publish: Callable[..., Any] | None = _hook(
+        "validates, transforms or stores a client publication; may refuse it"
+    )
+    on_join: Callable[..., Any] | None = _hook("called after a client subscribed")
+    on_leave: Callable[..., Any] | None = _hook("called after a client unsubscribed or left")
     publish_options: PublishOptions = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:

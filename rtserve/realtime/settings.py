@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(slots=True)
@@ -18,13 +23,21 @@ class ChannelSettings:
     presence_digest_interval: seconds between the batched presence pushes of big channels.
     """
 
-    prefix: str = "/rt"
-    token_secret: str | list[str] | None = None
-    require_token: bool = False
-    api_key: str | list[str] | None = None
-    max_connections_per_user: int = 0
-    connect_timeout: float = 10.0
-    presence_digest_interval: float = 1.0
+    prefix: str = _opt("/rt", "where the endpoints live: {prefix}/ws, {prefix}/publish")
+    token_secret: str | list[str] | None = _opt(
+        None, "HMAC secret(s) for tokens, newest first, 32+ characters (null: no tokens)"
+    )
+    require_token: bool = _opt(False, "refuse a connect without a valid token")
+    api_key: str | list[str] | None = _opt(
+        None, "key(s) of the HTTP publish API (null: the API answers 403)"
+    )
+    max_connections_per_user: int = _opt(0, "open connections one user may hold (0: any)")
+    connect_timeout: float = _opt(
+        10.0, "seconds a new connection has to send connect (then 4006)", duration=True
+    )
+    presence_digest_interval: float = _opt(
+        1.0, "seconds between the batched presence pushes of big channels", duration=True
+    )
 
     def __post_init__(self) -> None:
         from rtserve.tokens import MIN_SECRET_LENGTH

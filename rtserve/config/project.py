@@ -1,0 +1,233 @@
+"""A project: `rtserve.yaml` beside Python modules, loaded into one typed `ProjectConfig` and
+built into an App.
+
+The dataclasses here (with `ServerSettings`, `ChannelSettings` and `ChannelRule`) are the one
+schema: the loader, `rtserve check`, `config.example.yaml` and the configuration reference all
+come from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rtserve.app.app import App
+from rtserve.app.response import RedirectResponse
+from rtserve.app.router import Router
+from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
+from rtserve.errors import RouteError
+from rtserve.imports import import_object
+from rtserve.realtime.rules import ChannelRule, ChannelRules
+from rtserve.realtime.settings import ChannelSettings
+from rtserve.server.settings import ServerSettings
+
+CONFIG_NAME = "rtserve.yaml"
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _list(help: str, factory: Callable[[], Any] = list) -> Any:
+    return field(default_factory=factory, metadata={"help": help})
+
+
+def _ref(help: str) -> Any:
+    return field(default=None, metadata={"help": help, "convert": import_object})
+
+
+@dataclass(slots=True)
+class RouteConfig:
+    """One route: exactly one of handler, websocket, static or redirect."""
+
+    path: str = field(metadata={"help": "URL path, with {name} parameters ('/hello/{name}')"})
+    handler: Any = _ref("function or Handler class that answers (module:name)")
+    websocket: Any = _ref("WebSocketHandler subclass (module:Name)")
+    static: str | None = _opt(None, "file or folder, relative to the project, served at path")
+    redirect: str | None = _opt(None, "answer with a redirect to this URL")
+    status: int = _opt(307, "status of a redirect (301, 302, 303, 307 or 308)")
+    methods: list[str] = _list("HTTP methods of a handler route", lambda: ["GET"])
+    name: str | None = _opt(None, "route name for url_for")
+    options: dict[str, Any] = _list("WebSocket options of this route (max_message_size, ...)", dict)
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k)]
+        if len(kinds) != 1:
+            given = " and ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a route needs exactly one of handler, websocket, static, redirect ({given} given)"
+            )
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/': {self.path!r}")
+        if self.status not in REDIRECT_STATUSES:
+            raise ValueError(f"status must be one of {REDIRECT_STATUSES}")
+        self.methods = [m.upper() for m in self.methods]
+        unknown = [m for m in self.methods if m not in HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s) {unknown}; use {', '.join(HTTP_METHODS)}")
+        if self.options and not self.websocket:
+            raise ValueError("options are for websocket routes")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k))
+
+
+@dataclass(slots=True)
+class ChannelsConfig(ChannelSettings):
+    """The channel layer: its settings, the on_connect hook and the rules."""
+
+    on_connect: Any = _ref("accepts or refuses a connection (module:name)")
+    rules: list[ChannelRule] = _list("channel rules, the first matching pattern wins")
+
+    def settings(self) -> ChannelSettings:
+        return ChannelSettings(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ChannelSettings)}
+        )
+
+
+@dataclass(slots=True)
+class LoggingConfig:
+    """The live log on stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = _opt("info", "lowest level shown")
+
+
+@dataclass(slots=True)
+class ProjectConfig:
+    """Everything `rtserve.yaml` holds."""
+
+    app: Any = _ref("a Python App (or factory) the YAML adds to (module:name); optional")
+    server: ServerSettings = field(
+        default_factory=ServerSettings, metadata={"help": "the HTTP server"}
+    )
+    routes: list[RouteConfig] = _list("routes, in the order they are added")
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "channels"})
+    broker: str = _opt("memory", "the channel broker: 'memory' (one process)")
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
+
+    def __post_init__(self) -> None:
+        if self.broker != "memory":
+            raise ValueError(
+                f"broker {self.broker!r} is not available: this version has the memory broker"
+            )
+        problems = _route_clashes(self.routes) + _pattern_clashes(self.channels.rules)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _route_clashes(routes: list[RouteConfig]) -> list[str]:
+    router = Router()
+    problems = []
+    for i, route in enumerate(routes):
+        pattern = route.path.rstrip("/") + "/{path:path}" if _is_folder(route) else route.path
+        try:
+            router.add(pattern, route.methods if route.handler else ["GET"], i)
+        except RouteError as exc:
+            problems.append(f"routes[{i}]: {exc}")
+    return problems
+
+
+def _pattern_clashes(rules: list[ChannelRule]) -> list[str]:
+    seen = ChannelRules()
+    problems = []
+    for i, rule in enumerate(rules):
+        try:
+            seen.add(rule)
+        except ValueError as exc:
+            problems.append(f"channels.rules[{i}]: {exc}")
+    return problems
+
+
+def _is_folder(route: RouteConfig) -> bool:
+    return bool(route.static) and (route.static or "").endswith("/")
+
+
+def find_config(path: str | Path | None = None) -> Path:
+    """The rtserve.yaml of `path` (a project folder or the file itself; default: here)."""
+    candidate = Path(path) if path is not None else Path.cwd()
+    if candidate.is_dir():
+        candidate = candidate / CONFIG_NAME
+    return candidate
+
+
+def load_project(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> tuple[ProjectConfig, Path]:
+    """Load and validate a project's rtserve.yaml; the config and the project folder.
+
+    Raises ConfigErrors listing every problem (file:line:column: key: message). The project
+    folder goes first on sys.path so `module:name` references import its modules.
+    """
+    config_file = find_config(path)
+    folder = config_file.resolve().parent
+    try:  # errors name the file as the user would: relative to where they are
+        config_file = config_file.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    config = load_file(config_file, ProjectConfig, env=env)
+    static_problems = [
+        ConfigIssue(
+            str(config_file), None, None, f"routes[{i}].static", f"no such path {r.static!r}"
+        )
+        for i, r in enumerate(config.routes)
+        if r.static and not (folder / r.static).exists()
+    ]
+    if static_problems:
+        raise ConfigErrors(static_problems)
+    return config, folder
+
+
+def build_app(config: ProjectConfig, folder: Path) -> App:
+    """The App a project describes: its `app` (or a new one) with the YAML's settings, routes
+    and channels added."""
+    target = config.app
+    if target is None:
+        app = App(config.server)
+    else:
+        app = target() if callable(target) and not isinstance(target, App) else target
+        if not isinstance(app, App):
+            raise ConfigErrors(
+                [
+                    ConfigIssue(
+                        str(folder / CONFIG_NAME), None, None, "app", f"{target!r} is not an App"
+                    )
+                ]
+            )
+        app.settings = config.server
+    app.hub.settings = config.channels.settings()
+    if config.channels.on_connect is not None:
+        app.hub.on_connect = config.channels.on_connect
+    for rule in config.channels.rules:
+        app.add_channel_rule(rule)
+    for route in config.routes:
+        _add_route(app, route, folder)
+    return app
+
+
+def _add_route(app: App, route: RouteConfig, folder: Path) -> None:
+    if route.handler is not None:
+        app.add_route(route.path, route.handler, route.methods, name=route.name)
+    elif route.websocket is not None:
+        app.websocket(route.path, name=route.name, **route.options)(route.websocket)
+    elif route.static is not None:
+        target = folder / route.static
+        if target.is_dir():
+            app.static(route.path, target, name=route.name)
+        else:
+            app.static_file(route.path, target, name=route.name)
+    else:
+        url, status = route.redirect, route.status
+
+        def redirect(request: Any, **params: Any) -> RedirectResponse:
+            return RedirectResponse((url or "/").format(**params), status=status)
+
+        app.add_route(route.path, redirect, ["GET", "HEAD"], name=route.name)
