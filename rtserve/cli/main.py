@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -10,6 +11,7 @@ import click
 from rtserve import __version__
 from rtserve.cli.channel_cmds import publish, subscribe
 from rtserve.cli.loader import load_app
+from rtserve.cli.project_cmds import check, routes, version
 from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
 from rtserve.logs import setup_logging
@@ -22,7 +24,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option("--config", "config_file", help="The project's YAML file (default: rtserve.yaml).")
 @click.option("--host", help="Address to bind (repeat the option for several).", multiple=True)
 @click.option("--port", type=int, help="TCP port (0 picks a free one).")
 @click.option("--unix-socket", "unix_socket", help="Listen on a unix socket path instead.")
@@ -34,11 +37,12 @@ def main() -> None:
 @click.option("--tls-key", help="TLS private key (PEM).")
 @click.option(
     "--reload/--no-reload",
-    default=False,
-    help="Reload on code changes (accepted now; reloading arrives with projects).",
+    default=None,
+    help="Restart on code and config changes (default: on for a project folder).",
 )
 def run(
-    target: str,
+    target: str | None,
+    config_file: str | None,
     host: tuple[str, ...],
     port: int | None,
     unix_socket: str | None,
@@ -48,19 +52,27 @@ def run(
     debug: bool | None,
     tls_cert: str | None,
     tls_key: str | None,
-    reload: bool,
+    reload: bool | None,
 ) -> None:
-    """Serve the App named by TARGET (`module:app` or `file.py:app`)."""
+    """Serve a project (TARGET a folder or its rtserve.yaml; default: here) or the App named
+    by TARGET (`module:app` or `file.py:app`)."""
     from rtserve.server.listener import serve
 
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
+    project = config_file or _project_target(target)
     setup_logging()
-    try:
-        app = load_app(target)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    if project is not None:
+        from rtserve.cli.project_cmds import load_project_app
+
+        app = load_project_app(project)
+    else:
+        assert target is not None
+        try:
+            app = load_app(target)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     settings = dataclasses.replace(app.settings)
     if host:
         settings.host = list(host) if len(host) > 1 else host[0]
@@ -81,7 +93,24 @@ def run(
     serve(app, settings)
 
 
+def _project_target(target: str | None) -> str | None:
+    """The project path TARGET names, or None when it names a Python App."""
+    if target is None:
+        if not os.path.exists("rtserve.yaml"):
+            raise click.UsageError(
+                "no rtserve.yaml here: run inside a project, or name one (a folder, its "
+                "rtserve.yaml, or module:app)"
+            )
+        return "."
+    if os.path.isdir(target) or target.endswith((".yaml", ".yml")):
+        return target
+    return None
+
+
 main.add_command(token)
+main.add_command(check)
+main.add_command(routes)
+main.add_command(version)
 main.add_command(subscribe)
 main.add_command(publish)
 if __name__ == "__main__":
