@@ -8,6 +8,7 @@ come from them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping
@@ -167,10 +168,8 @@ def load_project(
     """
     config_file = find_config(path)
     folder = config_file.resolve().parent
-    try:  # errors name the file as the user would: relative to where they are
+    with contextlib.suppress(ValueError):  # errors name the file relative to where one is
         config_file = config_file.resolve().relative_to(Path.cwd())
-    except ValueError:
-        pass
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     config = load_file(config_file, ProjectConfig, env=env)
