@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import platform
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ def load_project_app(path: str | None) -> App:
         sys.exit(2)
     try:
         config, folder = load_project(config_file)
-        return build_app(config, folder)
+        app = build_app(config, folder)
+        logging.getLogger("rtserve").setLevel(config.logging.level.upper())
+        return app
     except ConfigErrors as exc:
         for issue in exc.issues:
             click.echo(f"error: {issue}", err=True)
