@@ -1,15 +1,14 @@
-"""A minimal rtserve app: a page, a JSON endpoint with a path parameter, static files."""
+"""The App that rtserve.yaml describes, as a Python object.
+
+`rtserve run` in this folder reads rtserve.yaml itself; `rtserve run app.py:app` (or any
+tool that wants an App object) gets the very same App from here, with nothing repeated: add
+routes and settings in rtserve.yaml and handlers in handlers.py.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
 
-from rtserve import App, Request
+from rtserve.config.project import build_app, load_project
 
-HERE = Path(__file__).parent
-app = App()
-app.static_file("/", HERE / "static" / "index.html")
-app.static("/static", HERE / "static")
-
-
-@app.route("/hello/{name}")
-async def hello(request: Request, name: str) -> dict[str, str]:
-    return {"hello": name, "client": request.client}
+app = build_app(*load_project(Path(__file__).resolve().parent))
