@@ -255,6 +255,7 @@ class Session:
     detail: str = ""
     server_nofile: int | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
+    load_module: str = "bench.ws_apps.load"  # the load client (bench/channels.py has its own)
 
 
 def server_nofile(pid: int) -> int | None:
@@ -314,7 +315,7 @@ def _run_client(
         str(args.load_cpu),
         args.python,
         "-m",
-        "bench.ws_apps.load",
+        session.load_module,
         "--port",
         str(port),
         "--server-pid",
