@@ -35,24 +35,39 @@ def _parse_since(value: str | None) -> tuple[int, str] | None:
 @click.option("--token", envvar="RTSERVE_TOKEN", help="Connection token (or RTSERVE_TOKEN).")
 @click.option("--since", "since", metavar="OFFSET:EPOCH", help="Start after this position.")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many publications.")
+@click.option("--data", "data_json", metavar="JSON", help="Data for the connect (on_connect).")
 def subscribe(
-    channel: str, url: str, token: str | None, since: str | None, count: int | None
+    channel: str,
+    url: str,
+    token: str | None,
+    since: str | None,
+    count: int | None,
+    data_json: str | None,
 ) -> None:
     """Print each publication of CHANNEL as a JSON line (Ctrl-C to stop)."""
     position = _parse_since(since)
     try:
-        sys.exit(asyncio.run(_subscribe(channel, url, token, position, count)))
+        data = None if data_json is None else json.loads(data_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    try:
+        sys.exit(asyncio.run(_subscribe(channel, url, token, position, count, data)))
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 async def _subscribe(
-    channel: str, url: str, token: str | None, since: tuple[int, str] | None, count: int | None
+    channel: str,
+    url: str,
+    token: str | None,
+    since: tuple[int, str] | None,
+    count: int | None,
+    data: object = None,
 ) -> int:
     from rtserve.client import Client, ClientError, Disconnected, Unrecovered
     from rtserve.protocol.ws_client import InvalidHandshake
 
-    client = Client(url, token=token)
+    client = Client(url, token=token, data=data)
     try:
         await client.connect()
     except (OSError, TimeoutError, InvalidHandshake) as exc:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from rtserve import __version__
 from rtserve.cli.channel_cmds import publish, subscribe
 from rtserve.cli.loader import load_app
+from rtserve.cli.new_cmd import new
 from rtserve.cli.project_cmds import check, routes, version
 from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
 from rtserve.logs import setup_logging
+from rtserve.server.settings import ServerSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +44,14 @@ def main() -> None:
     default=None,
     help="Restart on code and config changes (default: on for a project folder).",
 )
+@click.option("--poll", is_flag=True, help="Reload: poll for changes (Docker, WSL, network drive).")
+@click.option(
+    "--reload-grace",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Reload: seconds the replaced worker's requests get (its WebSockets close with 1012).",
+)
 def run(
     target: str | None,
     config_file: str | None,
@@ -53,6 +65,8 @@ def run(
     tls_cert: str | None,
     tls_key: str | None,
     reload: bool | None,
+    poll: bool,
+    reload_grace: float,
 ) -> None:
     """Serve a project (TARGET a folder or its rtserve.yaml; default: here) or the App named
     by TARGET (`module:app` or `file.py:app`)."""
@@ -61,36 +75,62 @@ def run(
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
     project = config_file or _project_target(target)
-    setup_logging()
-    if project is not None:
-        from rtserve.cli.project_cmds import load_project_app
-
-        app = load_project_app(project)
-    else:
-        assert target is not None
-        try:
-            app = load_app(target)
-        except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-    settings = dataclasses.replace(app.settings)
-    if host:
-        settings.host = list(host) if len(host) > 1 else host[0]
-    overrides = {
+    options: dict[str, Any] = {
+        "host": list(host),
         "port": port,
         "unix_socket": unix_socket,
         "fd": fd,
         "reuse_port": reuse_port,
         "access_log": access_log,
         "debug": debug,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
-    for key, value in overrides.items():
+    if reload is None:
+        reload = project is not None and fd is None
+    if reload:
+        if fd is not None:
+            raise click.UsageError("--reload binds the socket itself: leave out --fd")
+        if reload_grace < 0:
+            raise click.UsageError("--reload-grace must be 0 or more")
+        from rtserve.cli.reload import supervise
+
+        sys.exit(supervise(target, project, options, poll=poll, grace=reload_grace))
+    setup_logging()
+    app = load_target(target, project)
+    app.settings = apply_options(app.settings, options)
+    serve(app, app.settings)
+
+
+def load_target(target: str | None, project: str | None) -> Any:
+    """The App `run` serves: the project's (or TARGET's); print what is wrong and exit 2."""
+    if project is not None:
+        from rtserve.cli.project_cmds import load_project_app
+
+        return load_project_app(project)
+    assert target is not None
+    try:
+        return load_app(target)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def apply_options(base: ServerSettings, options: Mapping[str, Any]) -> ServerSettings:
+    """A copy of `base` with `run`'s command-line options (those given) applied."""
+    settings = dataclasses.replace(base)
+    host = options.get("host") or ()
+    if host:
+        settings.host = list(host) if len(host) > 1 else host[0]
+    for key in ("port", "unix_socket", "fd", "reuse_port", "access_log", "debug"):
+        value = options.get(key)
         if value is not None:
             setattr(settings, key, value)
-    if tls_cert:
-        settings.tls = dataclasses.replace(settings.tls, cert=tls_cert, key=tls_key)
-    app.settings = settings
-    serve(app, settings)
+    if options.get("tls_cert"):
+        settings.tls = dataclasses.replace(
+            settings.tls, cert=options["tls_cert"], key=options.get("tls_key")
+        )
+    return settings
 
 
 def _project_target(target: str | None) -> str | None:
@@ -113,5 +153,6 @@ main.add_command(routes)
 main.add_command(version)
 main.add_command(subscribe)
 main.add_command(publish)
+main.add_command(new)
 if __name__ == "__main__":
     main()

@@ -42,6 +42,12 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         from rtserve.tokens import MIN_SECRET_LENGTH
 
+        # An empty value (`${VAR:-}` with VAR unset) means "not set".
+        if self.token_secret == "":
+            self.token_secret = None
+        if self.api_key == "":
+            self.api_key = None
+
         for secret in self.secrets():
             if len(secret) < MIN_SECRET_LENGTH:
                 raise ValueError(

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rtserve.server.connection import HTTPConnection
 from rtserve.server.settings import ServerSettings
@@ -63,25 +63,30 @@ class Server:
                 return int(sock.getsockname()[1])
         raise RuntimeError("not listening on TCP")
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Bind and start accepting (on `sock` if given, else as the settings say)."""
+    async def start(self, sock: socket.socket | Sequence[socket.socket] | None = None) -> None:
+        """Bind and start accepting (on `sock`, or each of several, if given; else as the
+        settings say)."""
         loop = asyncio.get_running_loop()
         s = self.settings
         ssl_context = make_ssl_context(s.tls.cert, s.tls.key) if s.tls.cert else None
         state = self.state = ServerState(self.app, s, loop, ssl_context)
         factory: Callable[[], HTTPConnection] = lambda: HTTPConnection(state)  # noqa: E731
-        if sock is None and s.fd is not None:
-            sock = socket.socket(fileno=s.fd)
-        if sock is not None:
-            server = await loop.create_server(
-                factory, sock=sock, ssl=ssl_context, backlog=s.backlog
-            )
+        socks = [sock] if isinstance(sock, socket.socket) else list(sock or ())
+        if not socks and s.fd is not None:
+            socks = [socket.socket(fileno=s.fd)]
+        if socks:
+            for one in socks:
+                server = await loop.create_server(
+                    factory, sock=one, ssl=ssl_context, backlog=s.backlog
+                )
+                self._servers.append(server)
         elif s.unix_socket:
             if os.path.exists(s.unix_socket) and _is_stale_socket(s.unix_socket):
                 os.unlink(s.unix_socket)
             server = await loop.create_unix_server(
                 factory, s.unix_socket, ssl=ssl_context, backlog=s.backlog
             )
+            self._servers.append(server)
         else:
             server = await loop.create_server(
                 factory,
@@ -91,17 +96,26 @@ class Server:
                 backlog=s.backlog,
                 reuse_port=s.reuse_port or None,
             )
-        self._servers.append(server)
+            self._servers.append(server)
         self._stopped = asyncio.Event()
         state.start_ticker()
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish within `grace` s, close the rest."""
+    async def shutdown(self, grace: float | None = None, *, restart: bool = False) -> None:
+        """Stop accepting, let in-flight requests finish within `grace` s, close the rest.
+
+        `restart`: another process takes over the (shared) listening socket, as on a reload:
+        WebSockets are closed with 1012 (service restart) instead of 1001 (going away).
+        """
         if self.state is None or self._stopped is None or self._stopped.is_set():
             return
         for server in self._servers:
             server.close()
         grace = self.settings.timeouts.graceful if grace is None else grace
+        if restart:
+            self.state.ws_shutdown_close = (1012, "server restarting")
+            # A connection accepted just before the close usually has its request on the way:
+            # give it a moment to arrive, so it is answered rather than closed as idle.
+            await asyncio.sleep(min(0.1, grace))
         await self.state.drain_connections(grace)
         for server in self._servers:
             await server.wait_closed()

@@ -90,6 +90,9 @@ class ServerState:
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()
         self.shutting_down = False
+        # The close frame WebSockets get on shutdown (1012 "service restart" when a reload
+        # replaces this server: see Server.shutdown(restart=True)).
+        self.ws_shutdown_close: tuple[int, str] = (1001, "server shutting down")
         self.server_line = (
             b"server: %s\r\n" % settings.server_header.encode("latin-1")
             if settings.server_header

@@ -43,6 +43,7 @@ log = logging.getLogger("rtserve.websocket")
 
 OPEN, CLOSING, CLOSED = range(3)
 MAX_INBOX = 64  # queued inbound messages before reading pauses
+YIELD_EVERY = 16  # queued messages handled before the pump lets the loop run
 INF = float("inf")
 
 
@@ -321,7 +322,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.deadline = self.state.now + self.options.ping_timeout
 
     def begin_shutdown(self) -> None:
-        self.close(CloseCode.GOING_AWAY, "server shutting down")
+        self.close(*self.state.ws_shutdown_close)  # 1001, or 1012 when restarting
 
     def abort(self) -> None:
         self.status = CLOSED
@@ -398,7 +399,15 @@ class WebSocketConnection(asyncio.Protocol):
         try:
             await first
             inbox = self._inbox
+            handled = 0
             while inbox:
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Handlers that never suspend would otherwise hold the loop for a whole
+                    # read's worth of messages: let the writes they queued go out.
+                    await asyncio.sleep(0)
+                    if not inbox:
+                        break
                 item = inbox.popleft()
                 if self._reading_paused and len(inbox) < MAX_INBOX // 2 and self.status == OPEN:
                     self._reading_paused = False

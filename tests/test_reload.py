@@ -1,0 +1,386 @@
+"""`rtserve run` with reload, as real processes: a supervisor holding the port, workers that
+take over only once ready, a broken save that leaves the previous version serving, WebSockets
+closed with 1012 on a reload, and SIGTERM that stops everything and frees the port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from rtserve.cli.reload import ProjectFilter
+from rtserve.protocol.ws_client import ConnectionClosed
+from rtserve.testing import websocket_connect
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+CONFIG = """\
+server:
+  access_log: false
+routes:
+  - path: /hello
+    handler: app:hello
+  - path: /slow
+    handler: app:slow
+  - path: /die
+    handler: app:die
+  - path: /ws
+    websocket: app:Echo
+"""
+
+APP = """\
+import asyncio
+import os
+
+from rtserve import WebSocketHandler
+
+
+def hello(request):
+    return "{version}"
+
+
+async def slow(request):
+    await asyncio.sleep(30)
+    return "slow"
+
+
+def die(request):
+    os._exit(3)
+
+
+class Echo(WebSocketHandler):
+    def on_message(self, message):
+        self.send(message)
+"""
+
+BROKEN_LINE = "def hello(request)\n"  # no colon: a SyntaxError on this line
+
+
+def write(path: Path, text: str) -> None:
+    """Save as editors do: a temporary file renamed over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_project(folder: Path, version: str = "v1") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder / "rtserve.yaml", CONFIG)
+    write(folder / "app.py", APP.format(version=version))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def until(check: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `check` until it returns something true (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def get(port: int, path: str = "/hello", timeout: float = 5.0) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"connection": "close"})
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def answer(port: int) -> str | None:
+    try:
+        return get(port, timeout=2)
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+class Run:
+    """`python -m rtserve.cli.main run ...` with its output (stdout and stderr) collected."""
+
+    def __init__(self, folder: Path, port: int, *args: str) -> None:
+        self.folder = folder
+        self.port = port
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rtserve.cli.main",
+                "run",
+                str(folder),
+                "--port",
+                str(port),
+                *args,
+            ],
+            cwd=folder.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.workers: set[int] = set()  # every worker seen, to clean up after a failure
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self.changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+        """The matches of the regex `pattern` once there are `count` of them in the output."""
+        with self.changed:
+            ok = self.changed.wait_for(
+                lambda: len(re.findall(pattern, "".join(self.lines))) >= count, timeout
+            )
+            assert ok, f"no {pattern!r} (x{count}) in the output:\n{''.join(self.lines)}"
+            return re.findall(pattern, "".join(self.lines))
+
+    def note_workers(self) -> list[int]:
+        pids = children(self.proc.pid)
+        self.workers.update(pids)
+        return pids
+
+    def stop(self) -> None:
+        """Kill whatever is left (after a failed test): the supervisor and its workers."""
+        self.note_workers()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.reader.join(5)
+
+
+@pytest.fixture
+def run_project(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    started: list[Run] = []
+
+    def start(*args: str, version: str = "v1") -> Run:
+        folder = make_project(tmp_path / "proj", version)
+        run = Run(folder, free_port(), *args)
+        started.append(run)
+        return run
+
+    try:
+        yield start
+    finally:
+        for run in started:
+            run.stop()
+
+
+def test_reload_keeps_serving_through_edits_and_errors(run_project: Callable[..., Run]) -> None:
+    run = run_project()
+    folder = run.folder
+    run.wait_for(r"ready in \d+ ms")
+    assert f"rtserve serving http://127.0.0.1:{run.port}" in run.output
+    assert "reload on: watching" in run.output
+    assert get(run.port) == "v1"
+
+    refused: list[BaseException] = []
+    other: list[BaseException] = []
+    polling = threading.Event()
+
+    def poll() -> None:  # a GET after another, all through the reloads
+        while not polling.is_set():
+            try:
+                get(run.port, timeout=5)
+            except ConnectionRefusedError as exc:
+                refused.append(exc)
+            except (OSError, http.client.HTTPException) as exc:
+                other.append(exc)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        write(folder / "app.py", APP.format(version="v2"))
+        until(lambda: answer(run.port) == "v2", 10, "v2")
+        run.wait_for(r"reloaded in \d+ ms \(app\.py changed\)")
+
+        broken = APP.format(version="v3").replace("def hello(request):\n", BROKEN_LINE)
+        line = broken.splitlines().index(BROKEN_LINE.strip()) + 1
+        write(folder / "app.py", broken)
+        run.wait_for(r"reload failed \(app\.py changed\); still serving the previous version:")
+        run.wait_for(rf"app\.py:{line}: SyntaxError")
+        assert "def hello(request)" in run.output  # the offending line is shown
+        assert get(run.port) == "v2"
+
+        write(folder / "app.py", APP.format(version="v3"))
+        until(lambda: answer(run.port) == "v3", 10, "v3")
+        run.wait_for(r"reloaded in \d+ ms", count=2)
+    finally:
+        polling.set()
+        poller.join(10)
+    assert not refused, refused
+    assert len(other) <= 1, other  # at most a rare race on a just-closed idle connection
+
+    # one worker once the old ones retired; SIGTERM stops it and the supervisor, frees the port
+    def one_worker() -> list[int]:
+        pids = run.note_workers()
+        return pids if len(pids) == 1 else []
+
+    workers = until(one_worker, 5, "a single worker")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(15) == 0
+    until(lambda: not alive(workers[0]), 10, "the worker to exit")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", run.port), timeout=2).close()
+
+
+def test_reload_closes_websockets_with_1012_and_bounds_the_grace(
+    run_project: Callable[..., Run],
+) -> None:
+    run = run_project("--reload-grace", "0.5")
+    folder = run.folder
+    run.wait_for(r"ready in \d+ ms")
+
+    async def scenario() -> tuple[int, float, bytes, float]:
+        ws = await websocket_connect(f"ws://127.0.0.1:{run.port}/ws")
+        await ws.send("ping")
+        assert await asyncio.wait_for(ws.recv(), 5) == "ping"
+        # a request that would take 30 s: the reload grace (0.5 s) cuts it
+        reader, writer = await asyncio.open_connection("127.0.0.1", run.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        start = time.monotonic()
+        write(folder / "app.py", APP.format(version="v2"))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        ws_after = time.monotonic() - start
+        slow = await asyncio.wait_for(reader.read(), 10)
+        slow_after = time.monotonic() - start
+        writer.close()
+        return closed.value.code, ws_after, slow, slow_after
+
+    code, ws_after, slow, slow_after = asyncio.run(scenario())
+    assert code == 1012
+    assert ws_after < 3  # the reload (well under a second) and the close, no waiting
+    assert slow == b""  # the old worker closed it without an answer after its grace
+    assert slow_after < 0.5 + 3
+    assert get(run.port) == "v2"
+    run.wait_for(r"reloaded in \d+ ms \(app\.py changed\)")
+
+
+def test_crashed_worker_is_restarted(run_project: Callable[..., Run]) -> None:
+    run = run_project()
+    run.wait_for(r"ready in \d+ ms")
+    with pytest.raises((OSError, http.client.HTTPException)):
+        get(run.port, "/die")
+    run.wait_for(r"the worker exited with code 3; restarting in 0\.5 s")
+    run.wait_for(r"restarted in \d+ ms")
+    assert get(run.port) == "v1"
+
+
+def test_config_error_keeps_the_previous_version(run_project: Callable[..., Run]) -> None:
+    run = run_project()
+    folder = run.folder
+    run.wait_for(r"ready in \d+ ms")
+    write(folder / "rtserve.yaml", CONFIG.replace("handler: app:hello", "hander: app:hello"))
+    run.wait_for(r"reload failed \(rtserve\.yaml changed\); still serving the previous version:")
+    run.wait_for(r"rtserve\.yaml:5:5: routes\[0\]\.hander: unknown key 'hander'")
+    assert get(run.port) == "v1"
+    write(folder / "rtserve.yaml", CONFIG)
+    run.wait_for(r"reloaded in \d+ ms \(rtserve\.yaml changed\)")
+    assert get(run.port) == "v1"
+
+
+def test_start_failure_then_fix(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "proj")
+    write(folder / "app.py", "import no_such_module_xyz\n")
+    run = Run(folder, free_port())
+    try:
+        run.wait_for(r"start failed; waiting for a change:")
+        run.wait_for(r"app\.py:1: ModuleNotFoundError: No module named 'no_such_module_xyz'")
+        # the port is held all along: a connection waits instead of being refused
+        sock = socket.create_connection(("127.0.0.1", run.port), timeout=2)
+        sock.close()
+        write(folder / "app.py", APP.format(version="fixed"))
+        run.wait_for(r"reloaded in \d+ ms \(app\.py changed\)")
+        assert get(run.port) == "fixed"
+    finally:
+        run.stop()
+
+
+def test_no_reload_serves_without_a_supervisor(run_project: Callable[..., Run]) -> None:
+    run = run_project("--no-reload")
+    until(lambda: answer(run.port) == "v1", 15, "the server")
+    assert children(run.proc.pid) == []
+    assert "reload on" not in run.output
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(15) == 0
+
+
+def test_watch_filter(tmp_path: Path) -> None:
+    from watchfiles import Change
+
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "pyvenv.cfg").write_text("home = /usr\n")
+    (tmp_path / "static").mkdir()
+    accepts = ProjectFilter(tmp_path)
+    accepts.static = [tmp_path / "static"]
+
+    def watched(name: str) -> bool:
+        return accepts(Change.modified, str(tmp_path / name))
+
+    assert watched("app.py") and watched("pkg/mod.py") and watched("rtserve.yaml")
+    assert watched("other.yml") and watched(".env") and watched("static/site.css")
+    assert not watched("notes.txt") and not watched("app.py.tmp") and not watched("app.py~")
+    for ignored in (".git", "__pycache__", "node_modules", ".pytest_cache", "env", ".venv"):
+        assert not watched(f"{ignored}/x.py"), ignored
+    assert not watched("env/lib/python3.11/site-packages/pkg/deep.py")
