@@ -2,8 +2,8 @@
 
 rtserve serves tests/browser_pages/websocket.html, which talks to the WebSocket routes with the
 browser's own WebSocket API and writes what happens into the page; the tests read the page's text.
-Playwright launches Chromium with `browser_type.launch`, which gives the browser a fresh temporary
-profile (user-data dir) and removes it at exit. Only 127.0.0.1 is contacted.
+The `browser` and `page` fixtures (tests/conftest.py) launch Chromium with a fresh temporary
+profile. Only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -19,21 +19,11 @@ import pytest
 
 from rtserve import App, WebSocketHandler
 from rtserve.testing import ThreadedServer
-from tests.conftest import require_chromium
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, expect
 
 PAGE = Path(__file__).parent / "browser_pages" / "websocket.html"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 TIMEOUT_MS = 10_000
 
 
@@ -73,29 +63,6 @@ def make_app(seen: dict[str, Seen]) -> App:
             self.close(4000, "bye now")
 
     return app
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = require_chromium()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 @pytest.fixture(scope="module")

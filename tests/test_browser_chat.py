@@ -1,0 +1,91 @@
+"""The chat scaffold in two headless Chromium pages: `rtserve new chat`, `rtserve run`, and a
+message sent from one page shows up in the other (through rt.js, /rt/ws and the hooks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from rtserve.cli.main import main
+
+with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
+    from playwright.sync_api import expect
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def chat_url(tmp_path: Path) -> Iterator[str]:
+    result = CliRunner().invoke(main, ["new", "chat", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rtserve.cli.main",
+            "run",
+            str(tmp_path / "demo"),
+            "--port",
+            str(port),
+        ],
+        start_new_session=True,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def join(page: Any, url: str, name: str) -> None:
+    page.goto(url)
+    page.fill("#name", name)
+    page.fill("#room", "lobby")
+    page.locator("#join").evaluate("form => form.requestSubmit()")
+    expect(page.locator("#text")).to_be_enabled()
+
+
+def test_two_pages_chat(browser: Any, chat_url: str) -> None:
+    ada = browser.new_context().new_page()
+    bob = browser.new_context().new_page()
+    join(ada, chat_url, "Ada")
+    join(bob, chat_url, "Bob")
+    expect(ada.locator("#members")).to_contain_text("Bob")
+    ada.fill("#text", "hello from Ada")
+    ada.locator("#send").evaluate("form => form.requestSubmit()")
+    expect(bob.locator("#messages")).to_contain_text("hello from Ada")
+    expect(bob.locator("#messages")).to_contain_text("Ada")
+    bob.fill("#text", "hi Ada")
+    bob.locator("#send").evaluate("form => form.requestSubmit()")
+    expect(ada.locator("#messages")).to_contain_text("hi Ada")
+    # a page opened later sees the room's history
+    cy = browser.new_context().new_page()
+    join(cy, chat_url, "Cy")
+    expect(cy.locator("#messages")).to_contain_text("hello from Ada")
