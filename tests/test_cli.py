@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rtserve import App, Request, __version__
+from rtserve import App, Request, ServerSettings, __version__
 from rtserve.cli.main import main
 from rtserve.testing import serve_app
 from tests.rawhttp import RawClient, get
@@ -174,3 +174,19 @@ def test_shutdown_grace_period_is_bounded() -> None:
 
     elapsed = asyncio.run(scenario())
     assert 0.15 < elapsed < 2
+
+
+def test_run_options_come_from_the_settings_schema() -> None:
+    from rtserve.cli.options import RUN_SETTINGS, _field, apply_options
+
+    text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
+    for key in RUN_SETTINGS:
+        found, _ = _field(key)
+        assert "--" + key.replace(".", "-").replace("_", "-") in text
+        assert " ".join(found.metadata["help"].split()) in text
+    settings = apply_options(
+        ServerSettings(),
+        {"host": ("::1", "127.0.0.1"), "port": 9, "tls_cert": "c.pem", "debug": False},
+    )
+    assert settings.host == ["::1", "127.0.0.1"] and settings.port == 9
+    assert settings.tls.cert == "c.pem" and settings.debug is False

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -14,11 +12,11 @@ from rtserve import __version__
 from rtserve.cli.channel_cmds import publish, subscribe
 from rtserve.cli.loader import load_app
 from rtserve.cli.new_cmd import new
+from rtserve.cli.options import apply_options, server_options
 from rtserve.cli.project_cmds import check, routes, version
 from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
 from rtserve.logs import setup_logging
-from rtserve.server.settings import ServerSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,15 +28,7 @@ def main() -> None:
 @main.command()
 @click.argument("target", required=False)
 @click.option("--config", "config_file", help="The project's YAML file (default: rtserve.yaml).")
-@click.option("--host", help="Address to bind (repeat the option for several).", multiple=True)
-@click.option("--port", type=int, help="TCP port (0 picks a free one).")
-@click.option("--unix-socket", "unix_socket", help="Listen on a unix socket path instead.")
-@click.option("--fd", type=int, help="Serve an inherited listening socket descriptor.")
-@click.option("--reuse-port", is_flag=True, default=None, help="Set SO_REUSEPORT.")
-@click.option("--access-log/--no-access-log", default=None, help="Log every request.")
-@click.option("--debug/--no-debug", default=None, help="Tracebacks in error pages.")
-@click.option("--tls-cert", help="TLS certificate chain (PEM).")
-@click.option("--tls-key", help="TLS private key (PEM).")
+@server_options
 @click.option(
     "--reload/--no-reload",
     default=None,
@@ -55,37 +45,19 @@ def main() -> None:
 def run(
     target: str | None,
     config_file: str | None,
-    host: tuple[str, ...],
-    port: int | None,
-    unix_socket: str | None,
-    fd: int | None,
-    reuse_port: bool | None,
-    access_log: bool | None,
-    debug: bool | None,
-    tls_cert: str | None,
-    tls_key: str | None,
     reload: bool | None,
     poll: bool,
     reload_grace: float,
+    **options: Any,
 ) -> None:
     """Serve a project (TARGET a folder or its rtserve.yaml; default: here) or the App named
     by TARGET (`module:app` or `file.py:app`)."""
     from rtserve.server.listener import serve
 
-    if tls_key and not tls_cert:
+    if options.get("tls_key") and not options.get("tls_cert"):
         raise click.UsageError("--tls-key needs --tls-cert")
     project = config_file or _project_target(target)
-    options: dict[str, Any] = {
-        "host": list(host),
-        "port": port,
-        "unix_socket": unix_socket,
-        "fd": fd,
-        "reuse_port": reuse_port,
-        "access_log": access_log,
-        "debug": debug,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-    }
+    fd = options.get("fd")
     if reload is None:
         reload = project is not None and fd is None
     if reload:
@@ -114,23 +86,6 @@ def load_target(target: str | None, project: str | None) -> Any:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-
-
-def apply_options(base: ServerSettings, options: Mapping[str, Any]) -> ServerSettings:
-    """A copy of `base` with `run`'s command-line options (those given) applied."""
-    settings = dataclasses.replace(base)
-    host = options.get("host") or ()
-    if host:
-        settings.host = list(host) if len(host) > 1 else host[0]
-    for key in ("port", "unix_socket", "fd", "reuse_port", "access_log", "debug"):
-        value = options.get(key)
-        if value is not None:
-            setattr(settings, key, value)
-    if options.get("tls_cert"):
-        settings.tls = dataclasses.replace(
-            settings.tls, cert=options["tls_cert"], key=options.get("tls_key")
-        )
-    return settings
 
 
 def _project_target(target: str | None) -> str | None:

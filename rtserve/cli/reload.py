@@ -286,7 +286,7 @@ class Supervisor:
             )
 
     def _listen_settings(self) -> tuple[ServerSettings, list[Path]]:
-        from rtserve.cli.main import apply_options
+        from rtserve.cli.options import apply_options
 
         if self.project is None:
             from rtserve.cli.loader import load_app
@@ -486,7 +486,7 @@ class Supervisor:
 def listen_settings(project: str, options: Mapping[str, Any]) -> tuple[ServerSettings, list[Path]]:
     """The project's `server` settings with `run`'s options applied, and its static paths;
     without importing any of its Python (ConfigErrors when the YAML is wrong)."""
-    from rtserve.cli.main import apply_options
+    from rtserve.cli.options import apply_options
     from rtserve.config.loader import load_file
     from rtserve.config.project import ProjectConfig, find_config
 
@@ -703,7 +703,7 @@ class _Failed(Exception):
 
 def _worker_main() -> None:
     """A worker: load the project, serve the inherited sockets, say when ready."""
-    from rtserve.cli.main import apply_options
+    from rtserve.cli.options import apply_options
     from rtserve.logs import setup_logging
     from rtserve.server.listener import new_event_loop
 
