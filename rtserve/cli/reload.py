@@ -98,6 +98,7 @@ class Worker:
     proc: asyncio.subprocess.Process
     started: float
     ready_at: float | None = None
+    summary: dict[str, Any] | None = None  # routes, channel rules, broker (from its ready line)
     retiring: bool = False
     done: bool = False
 
@@ -349,7 +350,11 @@ class Supervisor:
             line = b""
         finally:
             transport.close()
-        if line == b"ready\n":
+        if line.startswith(b"ready"):
+            try:
+                worker.summary = json.loads(line[5:] or b"{}")
+            except ValueError:
+                worker.summary = {}
             self.events.put_nowait(("ready", worker))
         elif line.startswith(b"error "):
             try:
@@ -358,7 +363,7 @@ class Supervisor:
                 lines = [line[6:].decode(errors="replace").strip()]
             self.events.put_nowait(("failed", worker, lines))
         code = await worker.proc.wait()
-        if line != b"ready\n" and not line.startswith(b"error "):
+        if not line.startswith((b"ready", b"error ")):
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
             self.events.put_nowait(
                 ("failed", worker, [f"the worker {how} before it was ready (see above)"])
@@ -381,6 +386,13 @@ class Supervisor:
             line = f"reloaded in {took}" + _changed_suffix(reload.changed)
         else:
             line = f"ready in {took}"
+            summary = worker.summary or {}
+            rules = summary.get("channels") or []
+            line += (
+                f": {summary.get('routes', '?')} route(s), "
+                f"{len(rules)} channel rule(s){' (' + ', '.join(rules) + ')' if rules else ''}, "
+                f"broker {summary.get('broker', '?')}"
+            )
         click.echo(click.style(line, fg="green"))
 
     def _failed(self, worker: Worker, lines: list[str]) -> None:
@@ -727,6 +739,17 @@ def _worker_main() -> None:
         runner.run(_serve(app, settings, sockets, spec, folder))
 
 
+def _summary(app: Any) -> dict[str, Any]:
+    """What the start-up line shows of the app: routes, channel rules, broker."""
+    routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
+    broker = type(app.hub.broker).__name__.removesuffix("Broker").lower() or "?"
+    return {
+        "routes": len(routes),
+        "channels": [rule.pattern for rule in app.hub.rules],
+        "broker": broker,
+    }
+
+
 def _report(ready_fd: int, lines: list[str]) -> NoReturn:
     os.write(ready_fd, b"error " + json.dumps(lines).encode() + b"\n")
     os.close(ready_fd)
@@ -800,7 +823,7 @@ async def _serve(
     loop.add_reader(lifeline, on_lifeline)
     gc.collect()
     gc.freeze()
-    os.write(ready_fd, b"ready\n")
+    os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
     os.close(ready_fd)
     try:
         await server.wait_stopped()
