@@ -257,7 +257,7 @@ def test_reload_keeps_serving_through_edits_and_errors(run_project: Callable[...
         write(folder / "app.py", broken)
         run.wait_for(r"reload failed \(app\.py changed\); still serving the previous version:")
         run.wait_for(rf"app\.py:{line}: SyntaxError")
-        assert "def hello(request)" in run.output  # the offending line is shown
+        run.wait_for(r"\n      def hello\(request\)\n")  # the offending line is shown
         assert get(run.port) == "v2"
 
         write(folder / "app.py", APP.format(version="v3"))

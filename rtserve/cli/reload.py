@@ -669,7 +669,9 @@ def compact_exception(exc: BaseException, folder: Path) -> list[str]:
     frame) and that line of source."""
     error = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
-        return _located(exc.filename, exc.lineno, f"{type(exc).__name__}: {exc.msg}", folder)
+        # The line as the compiler read it: the file may have changed again since.
+        error = f"{type(exc).__name__}: {exc.msg}"
+        return _located(exc.filename, exc.lineno, error, folder, exc.text)
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return [error]
@@ -678,9 +680,11 @@ def compact_exception(exc: BaseException, folder: Path) -> list[str]:
     return _located(frame.filename, frame.lineno or 0, error, folder)
 
 
-def _located(filename: str, line: int, error: str, folder: Path) -> list[str]:
+def _located(
+    filename: str, line: int, error: str, folder: Path, text: str | None = None
+) -> list[str]:
     out = [f"{_short(filename, folder)}:{line}: {error}"]
-    source = linecache.getline(filename, line).strip() if line else ""
+    source = (text or (linecache.getline(filename, line) if line else "")).strip()
     if source:
         out.append(f"    {source}")
     return out
