@@ -19,7 +19,7 @@ from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextvars import copy_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtserve.app.eager import Suspended, first_step
 from rtserve.app.errors_page import error_response
@@ -37,6 +37,10 @@ from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from rtserve.server.state import ServerState
+    from rtserve.stats.admin import AdminServer
 
 log = logging.getLogger("rtserve.app")
 
@@ -97,6 +101,10 @@ class App:
             broker = MemoryBroker()
         self.hub = Hub(ChannelRules(), broker, channels or ChannelSettings())
         self._channel_routes = False
+        # The state of the server serving this app (set by Server.start), and the admin
+        # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
+        self.server_state: ServerState | None = None
+        self.admin: AdminServer | None = None
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -252,6 +260,12 @@ class App:
         )
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    def bind_server_state(self, state: ServerState) -> None:
+        """Called by `Server.start`: the live connections and counters of this app's server."""
+        self.server_state = state
+        if self.admin is not None:
+            state.opened = {}  # the admin lists connections with their ages
 
     async def startup(self) -> None:
         if len(self.hub.rules):

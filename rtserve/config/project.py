@@ -25,6 +25,7 @@ from rtserve.imports import import_object
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.settings import ServerSettings
+from rtserve.stats.admin import DEFAULT_SOCKET, check_options, enable_admin
 
 CONFIG_NAME = "rtserve.yaml"
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -101,6 +102,24 @@ class LoggingConfig:
 
 
 @dataclass(slots=True)
+class AdminConfig:
+    """The admin interface: stats, connections and channels of the running server."""
+
+    enabled: bool = _opt(True, "serve the admin interface while the project runs")
+    socket: str | None = _opt(
+        DEFAULT_SOCKET, "unix socket, relative to the project (mode 0600, no token); null: none"
+    )
+    listen: str | None = _opt(
+        None, "also serve it over HTTP at host:port; beyond loopback a token is required"
+    )
+    token: str | None = _opt(None, "Bearer token every HTTP admin request must send (16+ chars)")
+    metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
+
+    def __post_init__(self) -> None:
+        check_options(self.socket, self.listen, self.token, enabled=self.enabled)
+
+
+@dataclass(slots=True)
 class ProjectConfig:
     """Everything `rtserve.yaml` holds."""
 
@@ -112,6 +131,10 @@ class ProjectConfig:
     channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "channels"})
     broker: str = _opt("memory", "the channel broker: 'memory' (one process)")
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
+    admin: AdminConfig = field(
+        default_factory=AdminConfig,
+        metadata={"help": "the admin interface (stats, connections, channels; Prometheus)"},
+    )
 
     def __post_init__(self) -> None:
         if self.broker != "memory":
@@ -209,6 +232,15 @@ def build_app(config: ProjectConfig, folder: Path) -> App:
         app.add_channel_rule(rule)
     for route in config.routes:
         _add_route(app, route, folder)
+    admin = config.admin
+    if admin.enabled:
+        enable_admin(
+            app,
+            socket=None if admin.socket is None else folder / admin.socket,
+            listen=admin.listen,
+            token=admin.token,
+            metrics=admin.metrics,
+        )
     return app
 
 

@@ -70,6 +70,9 @@ class Server:
         s = self.settings
         ssl_context = make_ssl_context(s.tls.cert, s.tls.key) if s.tls.cert else None
         state = self.state = ServerState(self.app, s, loop, ssl_context)
+        bind = getattr(self.app, "bind_server_state", None)
+        if bind is not None:  # the app's admin interface reads this server's state
+            bind(state)
         factory: Callable[[], HTTPConnection] = lambda: HTTPConnection(state)  # noqa: E731
         socks = [sock] if isinstance(sock, socket.socket) else list(sock or ())
         if not socks and s.fd is not None:

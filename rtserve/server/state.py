@@ -85,6 +85,9 @@ class ServerState:
         # begin_shutdown() and abort().
         self.connections: set[Any] = set()
         self.websockets: set[WebSocketConnection] = set()
+        # When each live connection opened (the coarse clock), oldest first, for the admin
+        # interface's ages and stable listing order; None (nothing kept) without an admin.
+        self.opened: dict[Any, float] | None = None
         self._to_flush: list[WebSocketConnection] = []
         self._delayed: dict[float, list[WebSocketConnection]] = {}
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
@@ -151,15 +154,21 @@ class ServerState:
 
     def connection_opened(self, conn: HTTPConnection) -> None:
         self.connections.add(conn)
+        if self.opened is not None:
+            self.opened[conn] = self.now
         self.stats.connections_total += 1
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
+        if self.opened is not None:
+            self.opened.pop(conn, None)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
     def websocket_opened(self, conn: WebSocketConnection) -> None:
         self.connections.add(conn)
+        if self.opened is not None:
+            self.opened[conn] = self.now
         self.websockets.add(conn)
         self.stats.websockets_total += 1
 

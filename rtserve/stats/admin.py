@@ -1,0 +1,410 @@
+"""The admin interface: a second, small rtserve `Server` in the app's own event loop, on a
+unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token).
+
+    GET  /rt/admin/stats                          counters, open connections, loop lag, process
+    GET  /rt/admin/connections?limit=&offset=&transport=&user=&channel=
+    GET  /rt/admin/channels?limit=&offset=&prefix=
+    POST /rt/admin/connections/{id}/disconnect    close one (WebSocket code 4005)
+    GET  /metrics                                 Prometheus text format (when `metrics`)
+
+A project turns it on with the `admin:` section of rtserve.yaml (on by default, on
+`.rtserve/admin.sock`); a plain Python app with `enable_admin(app, ...)`. Either way the app's
+startup hooks start it and its shutdown hooks stop it. It reads the state of the app's server
+(`App.server_state`, bound by `Server.start`), so it works however the app is served.
+
+The unix socket is bound under a temporary name, made 0600 and then renamed over the path, so
+a new process (a reload's new worker) takes the path over from the old one; a process removes
+the path on stopping only while it is still its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rtserve.app.app import App
+from rtserve.app.request import Request
+from rtserve.app.response import JSON, JSONResponse, Response
+from rtserve.protocol.http11 import encode_headers
+from rtserve.realtime.protocol import DisconnectCode
+from rtserve.server.exchange import Exchange
+from rtserve.server.listener import Server
+from rtserve.server.settings import ServerSettings
+from rtserve.server.websocket import WebSocketConnection
+from rtserve.stats.metrics import (
+    PROMETHEUS_CONTENT_TYPE,
+    TRANSPORTS,
+    LoopLag,
+    find_connection,
+    list_channels,
+    list_connections,
+    prometheus,
+    snapshot,
+    transport_of,
+)
+
+log = logging.getLogger("rtserve.admin")
+
+PREFIX = "/rt/admin"
+DEFAULT_SOCKET = ".rtserve/admin.sock"
+MIN_TOKEN_LENGTH = 16
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+DISCONNECT_REASON = "disconnected by admin"
+_UNIX_PATH_MAX = 100  # sun_path holds 104-108 bytes, depending on the system
+
+_UNAUTHORIZED_HEADERS = encode_headers(
+    [(b"content-type", JSON.encode()), (b"www-authenticate", b'Bearer realm="rtserve admin"')]
+)
+_UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for IPv6) as (host, port); ValueError when it is not one."""
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"listen must be host:port (like 127.0.0.1:9100), not {listen!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve anywhere
+
+
+def check_options(
+    socket: str | Path | None, listen: str | None, token: str | None, *, enabled: bool = True
+) -> None:
+    """ValueError for options that must not be served: an address beyond loopback without a
+    token, a short token, or (when `enabled`) nothing to serve on."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"token must have at least {MIN_TOKEN_LENGTH} characters")
+    if listen is not None:
+        host, _ = parse_listen(listen)
+        if token is None and not is_loopback(host):
+            raise ValueError(
+                f"listen {listen!r} is not a loopback address: set a token, or listen on 127.0.0.1"
+            )
+    if enabled and socket is None and listen is None:
+        raise ValueError("neither socket nor listen is set: nothing to serve the admin on")
+
+
+# --- the admin app -------------------------------------------------------------------------
+
+
+class _AdminApp(App):
+    """The admin routes, behind a Bearer token when one is given (checked before routing)."""
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__(ServerSettings(access_log=False))
+        self._token = None if token is None else token.encode("utf-8")
+
+    def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
+        if self._token is not None and not self._authorized(exchange):
+            exchange.respond(401, _UNAUTHORIZED_HEADERS, _UNAUTHORIZED_BODY)
+            return None
+        return super().dispatch(exchange)
+
+    def _authorized(self, exchange: Exchange) -> bool:
+        assert self._token is not None
+        for name, value in exchange.head.headers:
+            if name.lower() == b"authorization":
+                scheme, _, given = value.strip().partition(b" ")
+                ok = hmac.compare_digest(given.strip(), self._token)
+                return ok and scheme.lower() == b"bearer"
+        return False
+
+
+def _bad_request(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, 400)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise _BadParam(f"{name} must be an integer") from None
+    if value < low:
+        raise _BadParam(f"{name} must be at least {low}")
+    return min(value, high)
+
+
+class _BadParam(Exception):
+    pass
+
+
+class AdminServer:
+    """The admin interface of one App: `await start()` and `await stop()` (the app's startup
+    and shutdown hooks do both)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        socket: str | Path | None = DEFAULT_SOCKET,
+        listen: str | None = None,
+        token: str | None = None,
+        metrics: bool = False,
+    ) -> None:
+        check_options(socket, listen, token)
+        self.app = app
+        self.socket_path = None if socket is None else Path(socket).absolute()
+        self.listen = listen
+        self.token = token
+        self.metrics = metrics
+        self.lag = LoopLag()
+        self.started_at = time.time()
+        self._started = time.monotonic()
+        self._unix: Server | None = None
+        self._http: Server | None = None
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._made_folder = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._unix is not None or self._http is not None
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self.started_at, self._started = time.time(), time.monotonic()
+        self.lag.start(asyncio.get_running_loop())
+        try:
+            if self.socket_path is not None:
+                await self._start_unix(self.socket_path)
+            if self.listen is not None:
+                host, port = parse_listen(self.listen)
+                settings = ServerSettings(
+                    host=host,
+                    port=port,
+                    access_log=False,
+                    # A reload's new worker starts before the old one stops: both listen a
+                    # moment, as on the main port.
+                    reuse_port=hasattr(socket, "SO_REUSEPORT"),
+                )
+                self._http = Server(self._make_app(self.token), settings)
+                await self._http.start()
+        except BaseException:
+            await self.stop()
+            raise
+        if self.addresses:
+            log.info("admin interface on %s", ", ".join(self.addresses))
+
+    async def _start_unix(self, path: Path) -> None:
+        try:
+            sock = self._bind_unix(path)
+        except OSError as exc:
+            # The app matters more than its admin socket (a read-only folder, say): go on.
+            log.warning("admin socket %s not available: %s", path, exc)
+            return
+        self._unix = Server(self._make_app(None), ServerSettings(access_log=False))
+        try:
+            await self._unix.start(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def stop(self) -> None:
+        self.lag.stop()
+        servers = [s for s in (self._unix, self._http) if s is not None]
+        self._unix = self._http = None
+        for server in servers:
+            if server.state is not None:
+                await server.shutdown(grace=1.0)
+            else:
+                for sock in server.sockets:
+                    sock.close()
+        self._unlink_socket()
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where the admin interface answers: `unix:/path` and `http://host:port`."""
+        out = []
+        if self._unix is not None and self.socket_path is not None:
+            out.append(f"unix:{self.socket_path}")
+        if self._http is not None:
+            out += self._http.addresses
+        return out
+
+    @property
+    def port(self) -> int:
+        """The HTTP port (the one picked, for `listen: 127.0.0.1:0`)."""
+        if self._http is None:
+            raise RuntimeError("the admin interface is not listening on HTTP")
+        return self._http.port
+
+    def _bind_unix(self, path: Path) -> socket.socket:
+        folder = path.parent
+        self._made_folder = not folder.exists()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = f".{path.name}.{os.getpid()}.tmp"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _folder_fd(folder) as (dir_fd, bind_folder):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=dir_fd)
+                try:
+                    sock.bind(f"{bind_folder}/{temporary}")
+                    # Not listening yet (the Server does that): nobody connects in between.
+                    os.chmod(temporary, 0o600, dir_fd=dir_fd)
+                    os.replace(temporary, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    st = os.stat(path.name, dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary, dir_fd=dir_fd)
+                    raise
+        except BaseException:
+            sock.close()
+            self._remove_folder()
+            raise
+        self._socket_id = (st.st_dev, st.st_ino)
+        return sock
+
+    def _unlink_socket(self) -> None:
+        """Remove the socket file if it is still ours (not a newer process's), and its folder
+        if this made it and nothing else is in it."""
+        if self._socket_id is None or self.socket_path is None:
+            return
+        ours, self._socket_id = self._socket_id, None
+        with contextlib.suppress(OSError):
+            st = os.stat(self.socket_path)
+            if (st.st_dev, st.st_ino) == ours:
+                os.unlink(self.socket_path)
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self._made_folder and self.socket_path is not None:
+            self._made_folder = False
+            with contextlib.suppress(OSError):  # not empty (a newer process's socket, say)
+                self.socket_path.parent.rmdir()
+
+    # --- the endpoints ---------------------------------------------------------------------
+
+    def _make_app(self, token: str | None) -> _AdminApp:
+        admin = _AdminApp(token)
+        routes: list[tuple[str, str, Callable[..., Any]]] = [
+            ("GET", f"{PREFIX}/stats", self.stats),
+            ("GET", f"{PREFIX}/connections", self.connections),
+            ("GET", f"{PREFIX}/channels", self.channels),
+            ("POST", f"{PREFIX}/connections/{{conn_id}}/disconnect", self.disconnect),
+        ]
+        if self.metrics:
+            routes.append(("GET", "/metrics", self.prometheus))
+        for method, path, handler in routes:
+            admin.add_route(path, handler, [method])
+        return admin
+
+    def stats(self, request: Request) -> dict[str, Any]:
+        return snapshot(self.app, self.lag, self.started_at, self._started)
+
+    def connections(self, request: Request) -> Any:
+        query = request.query
+        transport = query.get("transport") or None
+        if transport is not None and transport not in TRANSPORTS:
+            return _bad_request(f"transport must be one of {', '.join(TRANSPORTS)}")
+        try:
+            limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+            offset = _int_param(request, "offset", 0, 0, 2**62)
+        except _BadParam as exc:
+            return _bad_request(str(exc))
+        return list_connections(
+            self.app.server_state,
+            limit=limit,
+            offset=offset,
+            transport=transport,
+            user=query.get("user") or None,
+            channel=query.get("channel") or None,
+        )
+
+    def channels(self, request: Request) -> Any:
+        try:
+            limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+            offset = _int_param(request, "offset", 0, 0, 2**62)
+        except _BadParam as exc:
+            return _bad_request(str(exc))
+        prefix = request.query.get("prefix") or None
+        return list_channels(self.app, limit=limit, offset=offset, prefix=prefix)
+
+    def disconnect(self, request: Request, conn_id: str) -> Any:
+        conn = find_connection(self.app.server_state, conn_id)
+        if conn is None:
+            return JSONResponse({"disconnected": False, "error": "no such connection"}, 404)
+        if isinstance(conn, WebSocketConnection):
+            conn.close(DisconnectCode.FORCED, DISCONNECT_REASON)
+        else:
+            conn.close()
+        log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], conn.peer)
+        return {"disconnected": True}
+
+    def prometheus(self, request: Request) -> Response:
+        stats = snapshot(self.app, self.lag, self.started_at, self._started)
+        return Response(prometheus(stats, self.started_at), content_type=PROMETHEUS_CONTENT_TYPE)
+
+
+@contextlib.contextmanager
+def _folder_fd(folder: Path) -> Iterator[tuple[int, str]]:
+    """A descriptor of `folder`, and a name of it short enough to bind a unix socket under
+    (through /proc/self/fd when the path is too long for sun_path)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        name = str(folder)
+        if len(os.fsencode(name)) + 40 > _UNIX_PATH_MAX and os.path.isdir("/proc/self/fd"):
+            name = f"/proc/self/fd/{fd}"
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def enable_admin(
+    app: App,
+    *,
+    socket: str | Path | None = DEFAULT_SOCKET,
+    listen: str | None = None,
+    token: str | None = None,
+    metrics: bool = False,
+) -> AdminServer:
+    """Serve the admin interface of `app` while it runs (started by its startup hooks).
+
+    `socket`: unix socket path (relative to the current folder; its folder is made, the socket
+    is mode 0600; None: none). `listen`: also serve over HTTP at `host:port`; beyond loopback a
+    `token` is required, and with a token every HTTP request must send `Authorization: Bearer
+    <token>`. `metrics`: serve `/metrics` (Prometheus). Calling it again before the app starts
+    replaces the previous settings.
+    """
+    admin = AdminServer(app, socket=socket, listen=listen, token=token, metrics=metrics)
+    old = app.admin
+    if old is not None:
+        if old.running:
+            raise RuntimeError("the admin interface is running: stop the app first")
+        with contextlib.suppress(ValueError):
+            app.on_startup.remove(old.start)
+        with contextlib.suppress(ValueError):
+            app.on_shutdown.remove(old.stop)
+    app.admin = admin
+    app.on_startup.append(admin.start)
+    app.on_shutdown.append(admin.stop)
+    return admin

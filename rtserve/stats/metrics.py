@@ -1,0 +1,413 @@
+"""What the admin interface reports about one App: a snapshot of its server, channels and
+process; its connections and channels, listed; and the snapshot in the Prometheus text format.
+
+Everything here reads what the hot path keeps anyway (`ServerStats` and `HubStats` counters,
+the server's connection sets and their opening times, `Hub.channels()`), and only when asked:
+nothing is counted per message for it. Bytes received and sent per connection are not kept,
+so they are not reported. `LoopLag` is the one thing that runs on its own: a timer every half
+second that notes how late it fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from rtserve.realtime.ws_session import ChannelSocket
+from rtserve.server.websocket import OPEN, WebSocketConnection
+
+if TYPE_CHECKING:
+    from rtserve.app.app import App
+    from rtserve.server.state import ServerState
+
+TRANSPORTS = ("http", "websocket", "channel")
+# ServerStats.responses_by_class holds 1xx..5xx at 1..5 and anything else at 0.
+RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_HTTP_PHASES = ("idle", "head", "body", "busy")  # rtserve.server.connection IDLE..BUSY
+
+
+class LoopLag:
+    """Event-loop lag: a `call_later` every `interval` seconds notes how late it ran.
+
+    `last` is the latest lateness, `max` the largest of the last `window` (10 s by default).
+    """
+
+    def __init__(self, interval: float = 0.5, window: int = 20) -> None:
+        self.interval = interval
+        self.samples: deque[float] = deque(maxlen=window)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._handle is None:
+            self._loop = loop
+            self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = self._loop.time() + self.interval
+        self._handle = self._loop.call_later(self.interval, self._probe)
+
+    def _probe(self) -> None:
+        assert self._loop is not None
+        # A timer may fire a clock tick early: that is no lag.
+        self.samples.append(max(0.0, self._loop.time() - self._due))
+        self._schedule()
+
+    @property
+    def last(self) -> float:
+        return self.samples[-1] if self.samples else 0.0
+
+    @property
+    def max(self) -> float:
+        return max(self.samples, default=0.0)
+
+
+def process_info() -> dict[str, Any]:
+    """Resident memory (current from /proc; else the peak from getrusage) and CPU seconds."""
+    out: dict[str, Any] = {}
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            out["rss_bytes"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["max_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024
+    times = os.times()
+    out["cpu_user_seconds"] = round(times.user, 3)
+    out["cpu_system_seconds"] = round(times.system, 3)
+    return out
+
+
+def transport_of(conn: Any) -> tuple[str, ChannelSocket | None]:
+    """`http`, `websocket` or `channel` (with its session) for a live connection."""
+    if isinstance(conn, WebSocketConnection):
+        handler = conn._app
+        if isinstance(handler, ChannelSocket):
+            return "channel", handler
+        return "websocket", None
+    return "http", None
+
+
+def open_counts(state: ServerState | None) -> dict[str, int]:
+    """Open connections by transport."""
+    counts = dict.fromkeys(TRANSPORTS, 0)
+    if state is None:
+        return counts
+    channel = sum(1 for ws in state.websockets if isinstance(ws._app, ChannelSocket))
+    counts["http"] = max(0, len(state.connections) - len(state.websockets))
+    counts["websocket"] = len(state.websockets) - channel
+    counts["channel"] = channel
+    return counts
+
+
+def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[str, Any]:
+    """`GET /rt/admin/stats`: the server's counters and open connections, the hub's counters
+    and channels, the loop's lag and the process; `started_at` is unix time, `started` a
+    `time.monotonic()` reading of the same moment."""
+    state = app.server_state
+    hub = app.hub
+    channels = hub.channels()
+    if state is not None:
+        s = state.stats
+        by_class = s.responses_by_class
+        totals: dict[str, Any] = {
+            "connections": s.connections_total,
+            "requests": s.requests_total,
+            "responses": dict(zip(RESPONSE_CLASSES, [*by_class[1:], by_class[0]], strict=True)),
+            "websockets": s.websockets_total,
+            "limit_hits": s.limit_hits,
+            "ws_dropped": s.ws_dropped,
+            "ws_slow_closed": s.ws_slow_closed,
+        }
+    else:
+        totals = {
+            "connections": 0,
+            "requests": 0,
+            "responses": dict.fromkeys(RESPONSE_CLASSES, 0),
+            "websockets": 0,
+            "limit_hits": 0,
+            "ws_dropped": 0,
+            "ws_slow_closed": 0,
+        }
+    return {
+        "pid": os.getpid(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+        "uptime_seconds": round(time.monotonic() - started, 3),
+        "serving": state is not None and not state.shutting_down,
+        "open": open_counts(state),
+        "totals": totals,
+        "hub": dataclasses.asdict(hub.stats),
+        "channels": {
+            "count": len(channels),
+            "subscribers": sum(channels.values()),
+            "users": len(hub.users),
+        },
+        "loop_lag_seconds": {"last": round(lag.last, 6), "max": round(lag.max, 6)},
+        "process": process_info(),
+    }
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+def connection_id(conn: Any) -> str:
+    """An id unique among open connections (an id may be used again once its connection is
+    closed)."""
+    return format(id(conn), "x")
+
+
+def _peer(peer: tuple[str, int]) -> str:
+    host, port = peer
+    if not host:
+        return "unix"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _queued(conn: Any) -> int:
+    try:
+        buffered = int(conn.transport.get_write_buffer_size())
+    except Exception:  # a transport closing under us
+        buffered = 0
+    if isinstance(conn, WebSocketConnection):
+        buffered += conn._out_bytes  # frames queued for this tick's write
+    return buffered
+
+
+def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
+    """One connection as the admin interface lists it."""
+    transport, session = transport_of(conn)
+    info: dict[str, Any] = {
+        "id": connection_id(conn),
+        "transport": transport,
+        "peer": _peer(conn.peer),
+        "user": None,
+        "client": None,
+        "channels": [],
+        "age_seconds": None if opened is None else round(max(0.0, now - opened), 1),
+        "queued_bytes": _queued(conn),
+    }
+    if isinstance(conn, WebSocketConnection):
+        info["state"] = "open" if conn.status == OPEN else "closing"
+        handler = conn._app
+        request = getattr(handler, "request", None)
+        if request is not None:
+            info["path"] = request.path
+    else:
+        info["state"] = _HTTP_PHASES[conn.phase] if 0 <= conn.phase < 4 else "?"
+        if conn.active is not None:
+            info["path"] = conn.active.head.path
+    if session is not None:
+        client = session.client
+        if client is not None:
+            info["user"] = client.user
+            info["client"] = client.client
+        info["channels"] = sorted(session.subscriptions)
+    return info
+
+
+def _in_open_order(state: ServerState) -> Iterator[tuple[Any, float | None]]:
+    """Live connections, oldest first (the order they opened in, so paging is stable)."""
+    opened = state.opened
+    if opened is None:  # not kept (no admin when the server started)
+        for conn in state.connections:
+            yield conn, None
+        return
+    yield from opened.items()
+    if len(opened) != len(state.connections):  # defensive: one not recorded at opening
+        for conn in state.connections:
+            if conn not in opened:
+                yield conn, None
+
+
+def _matches(conn: Any, transport: str | None, user: str | None, channel: str | None) -> bool:
+    kind, session = transport_of(conn)
+    if transport is not None and kind != transport:
+        return False
+    if user is None and channel is None:
+        return True
+    if session is None:
+        return False
+    if user is not None and (session.client is None or session.client.user != user):
+        return False
+    return channel is None or channel in session.subscriptions
+
+
+def list_connections(
+    state: ServerState | None,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    transport: str | None = None,
+    user: str | None = None,
+    channel: str | None = None,
+) -> dict[str, Any]:
+    """`GET /rt/admin/connections`: the matching connections, oldest first, one page."""
+    page: list[dict[str, Any]] = []
+    total = 0
+    if state is not None:
+        now = state.loop.time()
+        for conn, opened in list(_in_open_order(state)):
+            if not _matches(conn, transport, user, channel):
+                continue
+            if offset <= total < offset + limit:
+                page.append(describe(conn, now, opened))
+            total += 1
+    return {"total": total, "offset": offset, "limit": limit, "connections": page}
+
+
+def find_connection(state: ServerState | None, conn_id: str) -> Any:
+    """The open connection with this id, or None."""
+    if state is None:
+        return None
+    for conn in list(state.connections):
+        if connection_id(conn) == conn_id:
+            return conn
+    return None
+
+
+def list_channels(
+    app: App, *, limit: int = 100, offset: int = 0, prefix: str | None = None
+) -> dict[str, Any]:
+    """`GET /rt/admin/channels`: channels with local subscribers, most subscribed first."""
+    items = [
+        (name, count)
+        for name, count in app.hub.channels().items()
+        if prefix is None or name.startswith(prefix)
+    ]
+    items.sort(key=lambda item: (-item[1], item[0]))
+    page = [{"name": n, "subscribers": c} for n, c in items[offset : offset + limit]]
+    return {"total": len(items), "offset": offset, "limit": limit, "channels": page}
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+_HUB_HELP = {
+    "publications": "publications accepted by the broker from this node",
+    "client_publications": "publications made by clients",
+    "deliveries": "publications handed to local subscribers",
+    "subscriptions": "subscribe commands that succeeded",
+    "dropped": "publications dropped for slow consumers (policy drop_oldest)",
+    "conflated": "publications conflated for slow consumers (policy conflate)",
+    "slow_disconnected": "channel clients disconnected as slow consumers",
+    "rate_limited": "client publishes refused by the publish rate",
+    "refused": "channel commands answered with an error",
+}
+
+
+def _metric(
+    name: str, kind: str, help: str, samples: Iterable[tuple[str, float | int]]
+) -> list[str]:
+    lines = [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        lines.append(f"{name}{labels} {_number(value)}")
+    return lines
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def prometheus(stats: dict[str, Any], started_at: float) -> str:
+    """A `snapshot` in the Prometheus text exposition format 0.0.4."""
+    totals = stats["totals"]
+    out: list[str] = []
+    for key, name, help in (
+        ("connections", "connections", "connections accepted"),
+        ("requests", "requests", "HTTP requests answered"),
+        ("websockets", "websockets", "WebSocket connections opened"),
+        ("limit_hits", "limit_hits", "requests refused by a limit or a protocol error"),
+        ("ws_dropped", "ws_dropped", "WebSocket messages not queued to a slow consumer"),
+        ("ws_slow_closed", "ws_slow_closed", "WebSockets closed as slow consumers"),
+    ):
+        out += _metric(f"rtserve_{name}_total", "counter", help, [("", totals[key])])
+    out += _metric(
+        "rtserve_responses_total",
+        "counter",
+        "HTTP responses by status class",
+        [(f'{{class="{c}"}}', n) for c, n in totals["responses"].items()],
+    )
+    out += _metric(
+        "rtserve_open_connections",
+        "gauge",
+        "open connections by transport",
+        [(f'{{transport="{t}"}}', n) for t, n in stats["open"].items()],
+    )
+    for field, value in stats["hub"].items():
+        help = _HUB_HELP.get(field, field.replace("_", " "))
+        out += _metric(f"rtserve_channel_{field}_total", "counter", help, [("", value)])
+    channels = stats["channels"]
+    out += _metric(
+        "rtserve_channels", "gauge", "channels with local subscribers", [("", channels["count"])]
+    )
+    out += _metric(
+        "rtserve_channel_subscribers",
+        "gauge",
+        "local subscriptions over all channels",
+        [("", channels["subscribers"])],
+    )
+    out += _metric(
+        "rtserve_channel_users",
+        "gauge",
+        "users with an open channel connection",
+        [("", channels["users"])],
+    )
+    lag = stats["loop_lag_seconds"]
+    out += _metric(
+        "rtserve_event_loop_lag_seconds",
+        "gauge",
+        "how late the latest event-loop probe ran",
+        [("", float(lag["last"]))],
+    )
+    out += _metric(
+        "rtserve_event_loop_lag_max_seconds",
+        "gauge",
+        "how late the latest probes ran at most (10 s window)",
+        [("", float(lag["max"]))],
+    )
+    out += _metric(
+        "rtserve_uptime_seconds",
+        "gauge",
+        "seconds since the app started",
+        [("", stats["uptime_seconds"])],
+    )
+    process = stats["process"]
+    cpu = process["cpu_user_seconds"] + process["cpu_system_seconds"]
+    out += _metric("process_cpu_seconds_total", "counter", "user and system CPU time", [("", cpu)])
+    if "rss_bytes" in process:
+        out += _metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "resident memory size in bytes",
+            [("", process["rss_bytes"])],
+        )
+    else:
+        out += _metric(
+            "process_max_resident_memory_bytes",
+            "gauge",
+            "peak resident memory size in bytes",
+            [("", process["max_rss_bytes"])],
+        )
+    out += _metric(
+        "process_start_time_seconds",
+        "gauge",
+        "start time of the app, unix seconds",
+        [("", float(started_at))],
+    )
+    return "\n".join(out) + "\n"

@@ -1,0 +1,591 @@
+"""The admin interface: stats, connections, channels, disconnect and /metrics, over a unix
+socket (no token) and HTTP (Bearer token); `admin:` in rtserve.yaml.
+
+Requests go through the standard library's http.client (in a thread, so the server keeps
+running on the test's loop); channel clients are `tests.channel_peer.Peer` (the `websockets`
+package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from rtserve import App, ConnectResult, WebSocketHandler
+from rtserve.config.loader import ConfigErrors
+from rtserve.config.project import AdminConfig, build_app, load_project
+from rtserve.stats.admin import AdminServer, enable_admin
+from rtserve.testing import serve_app
+from tests.channel_peer import Peer
+
+TOKEN = "an-admin-token-of-32-characters!"
+TIMEOUT = 10.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__("localhost", timeout=5)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _fetch(
+    conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str]
+) -> Reply:
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+class AdminClient:
+    """The admin interface of a running app, over its unix socket and its HTTP address."""
+
+    def __init__(self, admin: AdminServer) -> None:
+        self.admin = admin
+
+    async def unix(self, path: str, method: str = "GET") -> Reply:
+        assert self.admin.socket_path is not None
+        conn = UnixHTTPConnection(self.admin.socket_path)
+        return await self._run(conn, method, path, {})
+
+    async def over_http(self, path: str, method: str = "GET", token: str | None = TOKEN) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin.port, timeout=5)
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return await self._run(conn, method, path, headers)
+
+    async def _run(
+        self, conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str]
+    ) -> Reply:
+        return await asyncio.wait_for(
+            asyncio.to_thread(_fetch, conn, method, path, headers), TIMEOUT
+        )
+
+    async def get(self, path: str) -> Any:
+        reply = await self.unix(path)
+        assert reply.status == 200, reply
+        assert reply.headers["content-type"] == "application/json"
+        return reply.json()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met within 5 s")
+
+
+class Echo(WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.send(message)
+
+
+def make_app(tmp_path: Path, **admin: Any) -> tuple[App, AdminServer]:
+    app = App()
+    app.channel("chat:*", publish="clients")
+    app.channel("news")
+    app.websocket("/echo")(Echo)
+
+    @app.on_connect
+    def who(ctx: Any) -> ConnectResult:
+        return ConnectResult(user=(ctx.data or {}).get("user"))
+
+    @app.route("/hello")
+    def hello(request: Any) -> str:
+        return "hi"
+
+    options: dict[str, Any] = {
+        "socket": tmp_path / "run" / "admin.sock",
+        "listen": "127.0.0.1:0",
+        "token": TOKEN,
+        "metrics": True,
+    }
+    options.update(admin)
+    return app, enable_admin(app, **options)
+
+
+Scenario = Callable[[Any, AdminClient], Awaitable[None]]
+
+
+def run(app: App, admin: AdminServer, scenario: Scenario) -> None:
+    async def main() -> None:
+        async with serve_app(app) as server:
+            await asyncio.wait_for(scenario(server, AdminClient(admin)), 30)
+
+    asyncio.run(main())
+
+
+async def open_http(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plain keep-alive HTTP connection that has had one answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+    assert await asyncio.wait_for(reader.readexactly(length), 5) == b"hi"
+    return reader, writer
+
+
+# --- stats, connections, channels, disconnect ----------------------------------------------
+
+
+def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        before = await client.get("/rt/admin/stats")
+        assert set(before) == {
+            "pid",
+            "started_at",
+            "uptime_seconds",
+            "serving",
+            "open",
+            "totals",
+            "hub",
+            "channels",
+            "loop_lag_seconds",
+            "process",
+        }
+        assert before["pid"] == os.getpid() and before["serving"] is True
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", before["started_at"])
+        assert before["open"] == {"http": 0, "websocket": 0, "channel": 0}
+        assert set(before["totals"]) == {
+            "connections",
+            "requests",
+            "responses",
+            "websockets",
+            "limit_hits",
+            "ws_dropped",
+            "ws_slow_closed",
+        }
+        assert list(before["totals"]["responses"]) == ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+        assert before["hub"]["subscriptions"] == 0 and "deliveries" in before["hub"]
+        assert before["channels"] == {"count": 0, "subscribers": 0, "users": 0}
+        assert set(before["loop_lag_seconds"]) == {"last", "max"}
+        assert before["process"]["rss_bytes"] > 0 and "cpu_user_seconds" in before["process"]
+
+        url = f"ws://127.0.0.1:{server.port}/rt/ws"
+        alice = await Peer.open(url, data={"user": "alice"})
+        await alice.call("subscribe", channel="chat:lobby")
+        await alice.call("subscribe", channel="news")
+        bob = await Peer.open(url, data={"user": "bob"})
+        await bob.call("subscribe", channel="chat:lobby")
+        echo = await ws_connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=5)
+        reader, writer = await open_http(server.port)
+
+        stats = await client.get("/rt/admin/stats")
+        assert stats["open"] == {"http": 1, "websocket": 1, "channel": 2}
+        assert stats["totals"]["connections"] == before["totals"]["connections"] + 4
+        assert stats["totals"]["websockets"] == 3
+        assert stats["totals"]["responses"]["1xx"] == 3  # the 101s
+        assert stats["totals"]["responses"]["2xx"] >= 1
+        assert stats["hub"]["subscriptions"] == 3
+        assert stats["channels"] == {"count": 2, "subscribers": 3, "users": 2}
+
+        listing = await client.get("/rt/admin/connections")
+        assert listing["total"] == 4 and listing["limit"] == 100 and listing["offset"] == 0
+        conns = listing["connections"]
+        assert [c["transport"] for c in conns] == ["channel", "channel", "websocket", "http"]
+        first = conns[0]
+        assert set(first) >= {
+            "id",
+            "transport",
+            "peer",
+            "user",
+            "client",
+            "channels",
+            "age_seconds",
+            "queued_bytes",
+        }
+        assert first["user"] == "alice" and first["client"] == alice.info["client"]
+        assert first["channels"] == ["chat:lobby", "news"]
+        assert first["peer"].startswith("127.0.0.1:") and first["path"] == "/rt/ws"
+        assert first["age_seconds"] >= 0 and first["queued_bytes"] == 0
+        assert conns[2]["user"] is None and conns[2]["channels"] == []
+        assert conns[3]["state"] == "idle"
+        assert "bytes_in" not in first  # not counted: not reported
+
+        # filters, each with the total of what matches
+        by_user = await client.get("/rt/admin/connections?user=alice")
+        assert by_user["total"] == 1 and by_user["connections"][0]["id"] == first["id"]
+        on_news = await client.get("/rt/admin/connections?channel=news")
+        assert [c["user"] for c in on_news["connections"]] == ["alice"]
+        lobby = await client.get("/rt/admin/connections?channel=chat:lobby&transport=channel")
+        assert lobby["total"] == 2
+        for transport, count in (("http", 1), ("websocket", 1), ("channel", 2)):
+            only = await client.get(f"/rt/admin/connections?transport={transport}")
+            assert only["total"] == count
+            assert {c["transport"] for c in only["connections"]} == {transport}
+        nobody = await client.get("/rt/admin/connections?user=carol")
+        assert nobody == {"total": 0, "offset": 0, "limit": 100, "connections": []}
+
+        # paging: pages of one give the same connections, in the same order
+        pages = [await client.get(f"/rt/admin/connections?limit=1&offset={i}") for i in range(5)]
+        assert [p["total"] for p in pages] == [4] * 5
+        assert [c["id"] for p in pages for c in p["connections"]] == [c["id"] for c in conns]
+        assert pages[4]["connections"] == []
+        capped = await client.get("/rt/admin/connections?limit=5000")
+        assert capped["limit"] == 1000
+        for bad in ("limit=abc", "limit=0", "offset=-1", "transport=sse"):
+            reply = await client.unix(f"/rt/admin/connections?{bad}")
+            assert reply.status == 400 and "error" in reply.json(), bad
+
+        channels = await client.get("/rt/admin/channels")
+        assert channels == {
+            "total": 2,
+            "offset": 0,
+            "limit": 100,
+            "channels": [
+                {"name": "chat:lobby", "subscribers": 2},
+                {"name": "news", "subscribers": 1},
+            ],
+        }
+        news = await client.get("/rt/admin/channels?prefix=ne")
+        assert news["total"] == 1 and news["channels"][0]["name"] == "news"
+        second = await client.get("/rt/admin/channels?limit=1&offset=1")
+        assert second["total"] == 2 and [c["name"] for c in second["channels"]] == ["news"]
+
+        # disconnect: a channel client sees 4005, a plain HTTP connection is closed
+        path = f"/rt/admin/connections/{first['id']}/disconnect"
+        reply = await client.unix(path, "POST")
+        assert reply.status == 200 and reply.json() == {"disconnected": True}
+        assert await alice.closed_with() == (4005, "disconnected by admin")
+
+        async def alice_gone() -> bool:
+            stats = await client.get("/rt/admin/stats")
+            return bool(stats["open"]["channel"] == 1 and stats["channels"]["subscribers"] == 1)
+
+        await eventually(alice_gone)
+        assert (await client.unix(path, "POST")).status == 404
+        assert (await client.unix("/rt/admin/connections/abc/disconnect", "POST")).status == 404
+        assert (await client.unix(path)).status == 405
+
+        reply = await client.over_http(f"/rt/admin/connections/{conns[3]['id']}/disconnect", "POST")
+        assert reply.status == 200
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+        # bob is untouched, and still receives
+        await bob.call("publish", channel="chat:lobby", data="still here")
+        assert (await bob.next_push("pub"))["data"] == "still here"
+        await bob.close()
+        await echo.close()
+
+    run(app, admin, scenario)
+
+
+def test_http_needs_the_token_and_the_unix_socket_does_not(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        for token in (None, "wrong-token-of-enough-length", TOKEN[:-1], TOKEN + "x"):
+            reply = await client.over_http("/rt/admin/stats", token=token)
+            assert reply.status == 401, token
+            assert reply.json() == {"error": "unauthorized"}
+            assert reply.headers["www-authenticate"].startswith("Bearer")
+        # checked before routing: nothing about the routes shows without it
+        assert (await client.over_http("/nothing-here", token=None)).status == 401
+        assert (await client.over_http("/metrics", token=None)).status == 401
+        basic = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=5)
+        reply = await client._run(basic, "GET", "/rt/admin/stats", {"Authorization": TOKEN})
+        assert reply.status == 401
+        lower = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=5)
+        headers = {"authorization": f"bearer {TOKEN}"}
+        assert (await client._run(lower, "GET", "/rt/admin/stats", headers)).status == 200
+
+        reply = await client.over_http("/rt/admin/stats")
+        assert reply.status == 200 and reply.json()["pid"] == os.getpid()
+        assert (await client.over_http("/nothing-here")).status == 404
+        assert (await client.unix("/rt/admin/stats")).status == 200
+        # the admin's own requests are not the app's
+        stats = (await client.unix("/rt/admin/stats")).json()
+        assert stats["totals"]["requests"] == 0 and stats["open"]["http"] == 0
+
+    run(app, admin, scenario)
+    assert admin.addresses == []
+
+
+def test_unix_socket_is_private_and_removed(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path, listen=None, token=None)
+    sock = tmp_path / "run" / "admin.sock"
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        mode = os.stat(sock).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+        assert admin.addresses == [f"unix:{sock}"]
+        assert [p.name for p in sock.parent.iterdir()] == ["admin.sock"]  # no temporary left
+        assert (await client.unix("/rt/admin/stats")).status == 200
+
+    run(app, admin, scenario)
+    assert not sock.parent.exists()  # the folder it made, with the socket
+
+    async def in_a_folder_of_mine(server: Any, client: AdminClient) -> None:
+        assert sorted(p.name for p in sock.parent.iterdir()) == ["admin.sock", "mine"]
+
+    sock.parent.mkdir()
+    (sock.parent / "mine").write_text("")
+    run(*make_app(tmp_path, listen=None, token=None), in_a_folder_of_mine)
+    assert [p.name for p in sock.parent.iterdir()] == ["mine"]  # left as it was
+
+
+def test_a_new_process_takes_the_socket_over(tmp_path: Path) -> None:
+    """As on a reload: the new worker binds before the old one stops, and the old one does
+    not remove the new one's socket."""
+    path = tmp_path / "admin.sock"
+    old_app, old = make_app(tmp_path, socket=path, listen=None, token=None)
+    new_app, new = make_app(tmp_path, socket=path, listen=None, token=None)
+
+    async def main() -> None:
+        async with serve_app(old_app):
+            async with serve_app(new_app) as server:
+                url = f"ws://127.0.0.1:{server.port}/rt/ws"
+                peer = await Peer.open(url)
+                await peer.call("subscribe", channel="news")
+                await old.stop()
+                stats = (await AdminClient(new).unix("/rt/admin/stats")).json()
+                assert stats["channels"]["subscribers"] == 1  # the new app's
+                await peer.close()
+            assert not path.exists()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_socket_path_too_long_for_sun_path(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    app, admin = make_app(tmp_path, socket=deep / "admin.sock", listen=None, token=None)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        assert stat.S_IMODE(os.stat(deep / "admin.sock").st_mode) == 0o600
+        # a client gets there the same way: through a descriptor of the folder
+        fd = os.open(deep, os.O_RDONLY)
+        try:
+            conn = UnixHTTPConnection(f"/proc/self/fd/{fd}/admin.sock")
+            reply = await client._run(conn, "GET", "/rt/admin/stats", {})
+        finally:
+            os.close(fd)
+        assert reply.status == 200
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    run(app, admin, scenario)
+    assert not (deep / "admin.sock").exists()
+
+
+# --- /metrics ------------------------------------------------------------------------------
+
+SAMPLE = re.compile(
+    r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
+    r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*\})? (\S+)'
+)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    helps, types, samples = set(), {}, {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps.add(line.split()[2])
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert kind in ("counter", "gauge"), line
+            types[name] = kind
+        else:
+            match = SAMPLE.fullmatch(line)
+            assert match, f"not a sample line: {line!r}"
+            name = match.group(1)
+            assert name in helps and name in types, f"{name} has no HELP or TYPE"
+            if types[name] == "counter":
+                assert name.endswith("_total"), name
+            samples[name + (match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+def test_metrics(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+        await peer.call("subscribe", channel="news")
+        reply = await client.over_http("/metrics")
+        assert reply.status == 200
+        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples = parse_metrics(reply.body.decode())
+        assert samples['rtserve_open_connections{transport="channel"}'] == 1
+        assert samples['rtserve_open_connections{transport="http"}'] == 0
+        assert samples['rtserve_responses_total{class="1xx"}'] == 1
+        assert samples["rtserve_connections_total"] == 1
+        assert samples["rtserve_websockets_total"] == 1
+        assert samples["rtserve_channel_subscriptions_total"] == 1
+        assert samples["rtserve_channels"] == 1 and samples["rtserve_channel_subscribers"] == 1
+        assert samples["rtserve_event_loop_lag_seconds"] >= 0
+        assert samples["process_resident_memory_bytes"] > 0
+        assert samples["process_cpu_seconds_total"] > 0
+        assert (await client.unix("/metrics")).status == 200
+        await peer.close()
+
+    run(app, admin, scenario)
+
+
+def test_no_metrics_unless_asked(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path, metrics=False)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        assert (await client.over_http("/metrics")).status == 404
+        assert (await client.unix("/metrics")).status == 404
+        assert (await client.unix("/rt/admin/stats")).status == 200
+
+    run(app, admin, scenario)
+
+
+def test_loop_lag_is_measured(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path, listen=None, token=None)
+    admin.lag.interval = 0.05
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        await asyncio.sleep(0.12)
+        time.sleep(0.2)  # hold the loop
+        await asyncio.sleep(0.12)
+        lag = (await client.get("/rt/admin/stats"))["loop_lag_seconds"]
+        assert 0.1 <= lag["max"] < 5
+
+    run(app, admin, scenario)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_listen_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text("broker: memory\nadmin:\n  listen: 0.0.0.0:9100\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_project(tmp_path)
+    [issue] = info.value.issues
+    assert (issue.line, issue.column, issue.keypath) == (3, 3, "admin")
+    assert "0.0.0.0:9100" in issue.message and "token" in issue.message
+    assert ":3:3: admin: listen '0.0.0.0:9100' is not a loopback address" in str(issue)
+
+
+def test_admin_config_checks() -> None:
+    for ok in (
+        AdminConfig(listen="127.0.0.1:9100"),
+        AdminConfig(listen="127.3.4.5:0"),
+        AdminConfig(listen="[::1]:9100"),
+        AdminConfig(listen="localhost:9100", socket=None),
+        AdminConfig(listen="0.0.0.0:9100", token=TOKEN),
+        AdminConfig(enabled=False, socket=None),
+    ):
+        assert ok.enabled in (True, False)
+    for kwargs, message in (
+        ({"listen": "0.0.0.0:9100"}, "not a loopback address"),
+        ({"listen": "[::]:9100"}, "not a loopback address"),
+        ({"listen": "admin.example.com:9100"}, "not a loopback address"),
+        ({"listen": "0.0.0.0:9100", "enabled": False}, "not a loopback address"),
+        ({"listen": "9100"}, "host:port"),
+        ({"listen": "127.0.0.1:99999"}, "host:port"),
+        ({"listen": "127.0.0.1:9100", "token": "short"}, "at least 16"),
+        ({"socket": None}, "nothing to serve"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            AdminConfig(**kwargs)
+    with pytest.raises(ValueError, match="not a loopback"):
+        enable_admin(App(), listen="10.0.0.1:9100")
+
+
+def test_a_project_serves_the_admin_socket_by_default(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text('channels:\n  rules:\n    - pattern: "chat:*"\nadmin:\n')
+    config, folder = load_project(tmp_path)
+    assert config.admin == AdminConfig()
+    app = build_app(config, folder)
+    assert app.admin is not None
+    sock = tmp_path / ".rtserve" / "admin.sock"
+    assert not sock.exists()  # built, not started
+
+    async def main() -> None:
+        async with serve_app(app) as server:
+            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+            assert app.admin is not None
+            client = AdminClient(app.admin)
+            peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+            await peer.call("subscribe", channel="chat:x")
+            channels = await client.get("/rt/admin/channels")
+            assert channels["channels"] == [{"name": "chat:x", "subscribers": 1}]
+            await peer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert not sock.parent.exists()
+
+
+def test_a_project_without_admin(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text("admin:\n  enabled: false\n")
+    config, folder = load_project(tmp_path)
+    app = build_app(config, folder)
+    assert app.admin is None
+
+    async def main() -> None:
+        async with serve_app(app):
+            assert not (tmp_path / ".rtserve").exists()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_enable_admin_again_replaces_the_settings(tmp_path: Path) -> None:
+    app = App()
+    first = enable_admin(app, socket=tmp_path / "one.sock")
+    second = enable_admin(app, socket=tmp_path / "two.sock")
+    assert app.admin is second and first.start not in app.on_startup
+    assert app.on_startup == [second.start] and app.on_shutdown == [second.stop]
+
+    async def main() -> None:
+        async with serve_app(app):
+            assert (tmp_path / "two.sock").exists() and not (tmp_path / "one.sock").exists()
+            with pytest.raises(RuntimeError):
+                enable_admin(app, socket=tmp_path / "three.sock")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_an_unusable_socket_path_does_not_stop_the_app(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    app, admin = make_app(tmp_path, socket=tmp_path / "taken" / "admin.sock")
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        assert admin.addresses == [f"http://127.0.0.1:{admin.port}"]
+        assert (await client.over_http("/rt/admin/stats")).status == 200
+
+    run(app, admin, scenario)
+    assert "admin socket" in caplog.text and "not available" in caplog.text
