@@ -196,7 +196,8 @@ class App:
     def channel(self, pattern: str, **options: Any) -> ChannelRule:
         """Allow the channels `pattern` matches, with the rule `options` (see ChannelRule).
 
-        The first rule adds the endpoints `{prefix}/ws` and `POST {prefix}/publish[/batch]`.
+        The first rule adds the endpoints `{prefix}/ws`, `POST {prefix}/publish[/batch]`,
+        `{prefix}/sse`, `{prefix}/poll`, `{prefix}/history` and `{prefix}/client/publish`.
         """
         unknown = set(options) - RULE_OPTIONS
         if unknown:
@@ -211,7 +212,13 @@ class App:
         return rule
 
     def _add_channel_routes(self) -> None:
+        from rtserve.realtime.poll import (
+            client_publish_endpoint,
+            history_endpoint,
+            poll_endpoint,
+        )
         from rtserve.realtime.publish_api import publish_batch_endpoint, publish_endpoint
+        from rtserve.realtime.sse import sse_endpoint
         from rtserve.realtime.ws_session import ChannelSocket
 
         prefix = self.hub.settings.prefix.rstrip("/")
@@ -231,6 +238,19 @@ class App:
             ("publish/batch", publish_batch_endpoint, "rt:publish_batch"),
         ):
             self.router.add(f"{prefix}/{path}", ["POST"], endpoint, name=name, xsrf_exempt=True)
+        # Clients without a WebSocket: Server-Sent Events, long polling, history, publish.
+        self.router.add(f"{prefix}/sse", ["GET"], sse_endpoint, name="rt:sse")
+        self.router.add(f"{prefix}/poll", ["GET"], poll_endpoint, name="rt:poll")
+        self.router.add(f"{prefix}/history", ["GET"], history_endpoint, name="rt:history")
+        # Authenticated by a bearer token (or anonymous), and only JSON bodies are taken, which
+        # a cross-site form cannot send: no XSRF token applies.
+        self.router.add(
+            f"{prefix}/client/publish",
+            ["POST", "OPTIONS"],
+            client_publish_endpoint,
+            name="rt:client_publish",
+            xsrf_exempt=True,
+        )
         self._channel_routes = True
 
     def on_connect(self, hook: F) -> F:

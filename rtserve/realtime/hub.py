@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,16 +43,70 @@ log = logging.getLogger("rtserve.channels")
 
 
 class Outbound:
-    """One push encoded once for every local subscriber: JSON bytes and the shared frame."""
+    """One push encoded once for every local subscriber: JSON bytes and the shared frame.
 
-    __slots__ = ("key", "offset", "payload", "plain", "ws")
+    `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
+    `publication` is what a `pub` push carries (for long polls).
+    """
 
-    def __init__(self, payload: bytes, offset: int = 0, key: Any = None) -> None:
+    __slots__ = (
+        "_sse",
+        "channel",
+        "epoch",
+        "event",
+        "key",
+        "offset",
+        "payload",
+        "plain",
+        "publication",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        payload: bytes,
+        offset: int = 0,
+        key: Any = None,
+        *,
+        event: str = "pub",
+        channel: str | None = None,
+        epoch: str | None = None,
+        publication: Publication | None = None,
+    ) -> None:
         self.payload = payload
         self.offset = offset
         self.key = key  # what conflation keeps the latest of
+        self.event = event
+        self.channel = channel
+        self.epoch = epoch
+        self.publication = publication
+        self._sse: bytes | None = None
         self.ws = SharedMessage.text(payload)
         self.plain = self.ws.plain_frame()  # the frame for connections without deflate
+
+    @property
+    def sse(self) -> bytes:
+        """`id: CHANNEL:OFFSET:EPOCH` (publications only), `event:` and `data:` lines."""
+        sse = self._sse
+        if sse is None:
+            sse = self._sse = sse_event(
+                self.event, self.payload, self.channel, self.epoch, self.offset
+            )
+        return sse
+
+
+def sse_event(
+    event: str,
+    payload: bytes,
+    channel: str | None = None,
+    epoch: str | None = None,
+    offset: int = 0,
+) -> bytes:
+    """One Server-Sent Event; with a channel and epoch it has the id `CHANNEL:OFFSET:EPOCH`."""
+    head = b""
+    if channel is not None and epoch is not None:
+        head = f"id: {channel}:{offset}:{epoch}\n".encode()
+    return b"%sevent: %s\ndata: %s\n\n" % (head, event.encode(), payload)
 
 
 class Subscriber(Protocol):
@@ -127,6 +182,8 @@ class Hub:
         self.on_connect: Callable[[ConnectContext], Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.users: dict[str, int] = {}  # open connections per user
+        # Publish rate buckets of HTTP clients (per token user or address), bounded LRU.
+        self.http_buckets: OrderedDict[Any, Any] = OrderedDict()
         self._local: dict[str, _Local] = {}
         self._node: set[str] = set()  # channels this node is subscribed to at the broker
         self._node_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -233,7 +290,14 @@ class Hub:
         if rule.slow_consumer == "conflate" and rule.conflate_key is not None:
             data = publication.data
             key = data.get(rule.conflate_key) if isinstance(data, dict) else None
-        message = Outbound(encode_publication(channel, publication), publication.offset, key)
+        message = Outbound(
+            encode_publication(channel, publication),
+            publication.offset,
+            key,
+            channel=channel,
+            epoch=epoch,
+            publication=publication,
+        )
         subscribers = tuple(local.subscribers)
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
@@ -262,7 +326,10 @@ class Hub:
             (local.joins if joined else local.leaves).append(info)
             self._digest.add(channel)
             return
-        message = Outbound(encode_join(channel, info) if joined else encode_leave(channel, info))
+        if joined:
+            message = Outbound(encode_join(channel, info), event="join")
+        else:
+            message = Outbound(encode_leave(channel, info), event="leave")
         for subscriber in tuple(local.subscribers):
             if subscriber.client.client != info.client:
                 subscriber.deliver_event(channel, message)
@@ -285,7 +352,9 @@ class Hub:
                     local = self._local.get(channel)
                     if local is None:
                         continue
-                message = Outbound(encode_presence_digest(channel, count, joins, leaves))
+                message = Outbound(
+                    encode_presence_digest(channel, count, joins, leaves), event="presence"
+                )
                 for subscriber in tuple(local.subscribers):
                     subscriber.deliver_event(channel, message)
 

@@ -64,9 +64,7 @@ class ChannelRule:
         "server", "who may publish: 'server' (app and publish API) or 'clients' too"
     )
     token: bool = _opt(False, "subscribing needs a token whose channels allow the name")
-    max_message_size: int = _opt(
-        65536, "largest client publication, bytes of JSON data", size=True
-    )
+    max_message_size: int = _opt(65536, "largest client publication, bytes of JSON data", size=True)
     publish_rate: float = _opt(0.0, "client publications per second per connection (0: any)")
     publish_burst: int = _opt(10, "publications a client may send at once before the rate applies")
     max_subscribers: int = _opt(0, "subscribers per node (0: no limit)")

@@ -21,6 +21,10 @@ class ChannelSettings:
     max_connections_per_user: open connections one user may hold (0: no limit).
     connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
     presence_digest_interval: seconds between the batched presence pushes of big channels.
+    sse_heartbeat: seconds between the heartbeat comments of an SSE stream.
+    poll_timeout: seconds a long poll waits by default (a poll may ask for up to 60).
+    cors_origins: Origins allowed to use the SSE, poll, history and client publish endpoints
+    from a browser page of another origin (`*` for any; empty: no CORS headers).
     """
 
     prefix: str = _opt("/rt", "where the endpoints live: {prefix}/ws, {prefix}/publish")
@@ -38,6 +42,16 @@ class ChannelSettings:
     presence_digest_interval: float = _opt(
         1.0, "seconds between the batched presence pushes of big channels", duration=True
     )
+    sse_heartbeat: float = _opt(
+        15.0, "seconds between the ': ping' comments of an SSE stream", duration=True
+    )
+    poll_timeout: float = _opt(
+        25.0, "seconds a long poll waits when it gives no timeout= (at most 60)", duration=True
+    )
+    cors_origins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Origins the HTTP client endpoints answer with CORS headers ('*': any)"},
+    )
 
     def __post_init__(self) -> None:
         from rtserve.tokens import MIN_SECRET_LENGTH
@@ -54,6 +68,8 @@ class ChannelSettings:
                     f"token_secret must be at least {MIN_SECRET_LENGTH} characters "
                     f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
                 )
+        if self.sse_heartbeat <= 0 or not 0 < self.poll_timeout <= 60:
+            raise ValueError("sse_heartbeat must be > 0 and poll_timeout in (0, 60]")
         if not self.prefix.startswith("/"):
             raise ValueError(f"prefix must start with '/': {self.prefix!r}")
 

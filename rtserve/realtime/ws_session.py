@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rtserve.app.websocket import WebSocketHandler
 from rtserve.broker.base import ClientInfo
-from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
-from rtserve.realtime.hub import Hub, Outbound, call_hook
+from rtserve.realtime.access import (
+    Bucket,
+    add_user_connection,
+    authorize_subscribe,
+    connect_claims,
+    remove_user_connection,
+    run_on_connect,
+    take_rate,
+    verify_token,
+)
+from rtserve.realtime.context import ChannelContext
+from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     PROTOCOL_VERSION,
     ChannelError,
@@ -33,30 +42,12 @@ from rtserve.realtime.protocol import (
 )
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.websocket import OPEN
-from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
+from rtserve.tokens import TokenClaims
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
 
 log = logging.getLogger("rtserve.channels")
-
-
-class _Bucket:
-    """Token bucket for one rule's client publish rate."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, burst: int, now: float) -> None:
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, rate: float, burst: int, now: float) -> bool:
-        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 class ChannelSocket(WebSocketHandler):
@@ -72,7 +63,7 @@ class ChannelSocket(WebSocketHandler):
         self.subscriptions: dict[str, ChannelRule] = {}
         self._buffering: dict[str, list[Outbound]] = {}
         self._pending: OrderedDict[Any, bytes] | None = None
-        self._buckets: dict[ChannelRule, _Bucket] = {}
+        self._buckets: dict[Any, Bucket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
 
@@ -123,13 +114,8 @@ class ChannelSocket(WebSocketHandler):
             hub.leave_later(rule, self._context(channel, hub.rule(channel)[1], self.claims))
         self.subscriptions.clear()
         self._pending = None
-        if self.client is not None and self.client.user is not None:
-            user = self.client.user
-            left = hub.users.get(user, 1) - 1
-            if left > 0:
-                hub.users[user] = left
-            else:
-                hub.users.pop(user, None)
+        if self.client is not None:
+            remove_user_connection(hub, self.client.user)
 
     def on_drain(self) -> None:
         pending = self._pending
@@ -232,47 +218,33 @@ class ChannelSocket(WebSocketHandler):
         if self.client is not None:
             raise ChannelError(ErrorCode.ALREADY_CONNECTED)
         hub = self.hub
-        settings = hub.settings
-        claims = None
-        if command.token is not None:
-            claims = self._verify(command.token, disconnect=True)
-        elif settings.require_token:
-            self._refuse(ErrorCode.UNAUTHORIZED, "a token is required", DisconnectCode.UNAUTHORIZED)
-        user = claims.user if claims is not None else None
-        info = claims.info if claims is not None else None
-        if hub.on_connect is not None:
-            context = ConnectContext(self.request, claims, command.data)
-            try:
-                result = await call_hook(hub.on_connect, context)
-            except ChannelError as exc:
-                self._refuse(exc.code, exc.message, DisconnectCode.UNAUTHORIZED)
-            if isinstance(result, ConnectResult):
-                user = result.user if result.user is not None else user
-                info = result.info if result.info is not None else info
-            elif result is not None:
-                raise TypeError(f"on_connect returned {result!r}; return a ConnectResult or None")
+        try:
+            claims = connect_claims(hub.settings, command.token)
+        except ChannelError as exc:
+            expired = exc.code == ErrorCode.TOKEN_EXPIRED
+            close_code = DisconnectCode.TOKEN_EXPIRED if expired else DisconnectCode.UNAUTHORIZED
+            self._refuse(exc.code, exc.message, close_code)
+        try:
+            client = await run_on_connect(hub, self.request, claims, command.data)
+        except ChannelError as exc:
+            self._refuse(exc.code, exc.message, DisconnectCode.UNAUTHORIZED)
         if self.closed:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "connection closed")
-        limit = settings.max_connections_per_user
-        if user is not None:
-            if limit and hub.users.get(user, 0) >= limit:
-                self._refuse(
-                    ErrorCode.LIMIT_EXCEEDED,
-                    "too many connections for this user",
-                    DisconnectCode.CONNECTION_LIMIT,
-                )
-            hub.users[user] = hub.users.get(user, 0) + 1  # on_close gives it back
+        try:
+            add_user_connection(hub, client.user)  # on_close gives it back
+        except ChannelError as exc:
+            self._refuse(exc.code, exc.message, DisconnectCode.CONNECTION_LIMIT)
         self.claims = claims
-        self.client = ClientInfo(secrets.token_hex(8), user, info)
+        self.client = client
         self._schedule_expiry()
         return {
-            "client": self.client.client,
-            "user": user,
+            "client": client.client,
+            "user": client.user,
             "expires": _expires(claims),
             "version": PROTOCOL_VERSION,
         }
 
-    def _refuse(self, code: int, message: str, close_code: int) -> None:
+    def _refuse(self, code: int, message: str, close_code: int) -> NoReturn:
         """Answer the connect with an error, then close the connection."""
         raise _Refused(code, message, close_code)
 
@@ -282,19 +254,9 @@ class ChannelSocket(WebSocketHandler):
         if channel in self.subscriptions or channel in self._buffering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
         hub = self.hub
-        rule, params = hub.rule(channel)
-        claims = self.claims
-        sub_claims = None
-        if rule.token:
-            if command.token is not None:
-                claims = sub_claims = self._verify(command.token, disconnect=False)
-                if claims.user != self.client.user:
-                    raise ChannelError(ErrorCode.PERMISSION_DENIED, "token of another user")
-            if claims is None or not claims.allows(channel):
-                raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
-        context = self._context(channel, params, claims)
-        if rule.on_subscribe is not None:
-            await call_hook(rule.on_subscribe, context)
+        rule, context, sub_claims = await authorize_subscribe(
+            hub, channel, self.client, self.claims, self.request, command.token
+        )
         if self.closed:
             return
         self._buffering[channel] = []
@@ -359,14 +321,7 @@ class ChannelSocket(WebSocketHandler):
         hub.check_client_publish(rule, command.size)
         if rule.token and not self._token_allows(channel):
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
-        if rule.publish_rate > 0:
-            now = time.monotonic()
-            bucket = self._buckets.get(rule)
-            if bucket is None:
-                bucket = self._buckets[rule] = _Bucket(max(rule.publish_burst, 1), now)
-            if not bucket.take(rule.publish_rate, max(rule.publish_burst, 1), now):
-                hub.stats.rate_limited += 1
-                raise ChannelError(ErrorCode.RATE_LIMITED)
+        take_rate(hub, self._buckets, rule, rule)
         context = self._context(channel, params, self.claims)
         position = await hub.client_publish(rule, context, command.data, command.idempotency_key)
         return {"offset": position.offset, "epoch": position.epoch}
@@ -400,7 +355,7 @@ class ChannelSocket(WebSocketHandler):
 
     def _refresh(self, command: Command) -> dict[str, Any]:
         assert command.token is not None
-        claims = self._verify(command.token, disconnect=False)
+        claims = verify_token(self.hub.settings, command.token)
         if claims.user != self.client.user:
             raise ChannelError(ErrorCode.UNAUTHORIZED, "token of another user")
         self.claims = claims
@@ -408,25 +363,6 @@ class ChannelSocket(WebSocketHandler):
         return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------
-
-    def _verify(self, token: str, *, disconnect: bool) -> TokenClaims:
-        keys = self.hub.settings.secrets()
-        try:
-            if not keys:
-                raise TokenError("this server accepts no tokens")
-            return verify(keys, token)
-        except TokenExpired:
-            if disconnect:
-                raise _Refused(
-                    ErrorCode.TOKEN_EXPIRED, "token expired", DisconnectCode.TOKEN_EXPIRED
-                ) from None
-            raise ChannelError(ErrorCode.TOKEN_EXPIRED) from None
-        except TokenError as exc:
-            if disconnect:
-                raise _Refused(
-                    ErrorCode.UNAUTHORIZED, str(exc), DisconnectCode.UNAUTHORIZED
-                ) from None
-            raise ChannelError(ErrorCode.UNAUTHORIZED, str(exc)) from None
 
     def _schedule_expiry(self) -> None:
         if self._timer is not None:

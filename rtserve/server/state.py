@@ -93,6 +93,9 @@ class ServerState:
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()
         self.shutting_down = False
+        # Long-lived answers (SSE streams, waiting polls) to end when the server shuts down:
+        # anything with a `stop()` method.
+        self.long_lived: set[Any] = set()
         # The close frame WebSockets get on shutdown (1012 "service restart" when a reload
         # replaces this server: see Server.shutdown(restart=True)).
         self.ws_shutdown_close: tuple[int, str] = (1001, "server shutting down")
@@ -243,6 +246,9 @@ class ServerState:
     async def drain_connections(self, grace: float) -> None:
         """Close idle connections, let busy ones finish within `grace`, then abort the rest."""
         self.shutting_down = True
+        for item in list(self.long_lived):
+            item.stop()
+        self.long_lived.clear()
         for conn in list(self.connections):
             conn.begin_shutdown()
         if self.connections:

@@ -1,0 +1,216 @@
+"""Channels over plain HTTP requests: long polling, a one-shot history read, client publish.
+
+`GET {prefix}/poll?channel=A&since=A:OFFSET:EPOCH&timeout=25&token=T` answers at once when
+the history holds publications after `since`, else waits, as a Hub subscriber, for the next
+publication (or `timeout` seconds): `{"channels": {A: {"publications", "offset", "epoch",
+"recovered"}}}`. Polling needs channels with history (108 otherwise): that is what makes the
+time between two polls lossless.
+
+`GET {prefix}/history?channel=A[&since=...][&limit=N]&token=T` reads the history with the
+permissions of a subscribe. `POST {prefix}/client/publish` (`Authorization: Bearer <client
+token>`, or anonymous when the app allows it) publishes as a WebSocket client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+from rtserve.app.response import JSONResponse, Response, dump_json
+from rtserve.broker.base import ClientInfo
+from rtserve.realtime.access import (
+    authorize_subscribe,
+    bearer_token,
+    channel_names,
+    cors_headers,
+    http_buckets,
+    http_client,
+    http_error,
+    positions,
+    take_rate,
+    unwatch_shutdown,
+    watch_shutdown,
+)
+from rtserve.realtime.context import ChannelContext
+from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, publication_json
+from rtserve.realtime.rules import ChannelRule
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+
+MAX_POLL_TIMEOUT = 60.0
+MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: next poll)
+
+
+class _Waiter:
+    """A long poll as the Hub sees it: it only notes what arrives and wakes its request."""
+
+    def __init__(self, client: ClientInfo) -> None:
+        self.client = client
+        self.got: dict[str, list[Outbound]] = {}
+        self.subscribed: dict[str, tuple[dict[str, Any], int]] = {}
+        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _wakeup(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+    def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        got = self.got.setdefault(channel, [])
+        if len(got) < MAX_WAITING:
+            got.append(message)
+        subscribed = self.subscribed.get(channel)
+        if subscribed is not None and message.offset > subscribed[1]:
+            self._wakeup()
+
+    def deliver_event(self, channel: str, message: Outbound) -> None:
+        pass  # pollers are not told about joins and leaves
+
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        self._wakeup()  # the stream restarted: the next poll learns `recovered: false`
+
+    def stop(self) -> None:
+        self._wakeup()  # the server shuts down: answer with what there is
+
+    def answer(self, channel: str) -> dict[str, Any]:
+        result, last = self.subscribed[channel]
+        publications = list(result.get("publications", ()))
+        for message in self.got.get(channel, ()):
+            if message.offset > last and message.publication is not None:
+                publications.append(publication_json(message.publication))
+                last = message.offset
+        return {
+            "publications": publications,
+            "offset": last,
+            "epoch": result["epoch"],
+            "recovered": result.get("recovered", True),
+        }
+
+    def ready(self) -> bool:
+        """Something to answer with already: publications, or a position that was lost."""
+        for channel, (result, last) in self.subscribed.items():
+            if result.get("publications") or result.get("recovered") is False:
+                return True
+            if any(m.offset > last for m in self.got.get(channel, ())):
+                return True
+        return False
+
+
+def _timeout(request: Request, default: float) -> float:
+    value = request.query.get("timeout")
+    if value is None:
+        return default
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = -1.0
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ChannelError(ErrorCode.BAD_REQUEST, "timeout is seconds, 0 to 60")
+    return min(timeout, MAX_POLL_TIMEOUT)
+
+
+async def poll_endpoint(request: Request) -> Response:
+    hub = request.app.hub
+    cors = cors_headers(request, hub.settings)
+    waiter: _Waiter | None = None
+    try:
+        client, claims = await http_client(hub, request, request.query.get("token"))
+        channels = channel_names(request)
+        since = positions(request, channels)
+        timeout = _timeout(request, hub.settings.poll_timeout)
+        waiter = _Waiter(client)
+        for channel in channels:
+            rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+            if not rule.history:
+                raise ChannelError(
+                    ErrorCode.NOT_AVAILABLE, f"{channel} keeps no history: it cannot be polled"
+                )
+            waiter.got[channel] = []
+            subscribed = await hub.subscribe(waiter, channel, since.get(channel))
+            waiter.subscribed[channel] = subscribed
+        if not waiter.ready() and timeout > 0:
+            watch_shutdown(request, waiter)
+            disconnected = request.exchange.wait_disconnected()
+            await asyncio.wait(
+                {waiter.wake, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        _leave(hub, request, waiter)
+        body = {"channels": {channel: waiter.answer(channel) for channel in channels}}
+        return JSONResponse(body, headers=cors)
+    except ChannelError as exc:
+        hub.stats.refused += 1
+        return http_error(exc, cors)
+    finally:
+        if waiter is not None:
+            _leave(hub, request, waiter)
+
+
+def _leave(hub: Hub, request: Request, waiter: _Waiter) -> None:
+    unwatch_shutdown(request, waiter)
+    for channel in waiter.got:
+        hub.unsubscribe(waiter, channel)
+
+
+async def history_endpoint(request: Request) -> Response:
+    hub = request.app.hub
+    cors = cors_headers(request, hub.settings)
+    try:
+        client, claims = await http_client(hub, request, request.query.get("token"))
+        channels = channel_names(request, max_channels=1)
+        channel = channels[0]
+        since = positions(request, channels).get(channel)
+        rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+        limit = rule.history
+        given = request.query.get("limit")
+        if given is not None:
+            if not given.isdigit():
+                raise ChannelError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
+            limit = int(given)
+        return JSONResponse(await hub.history(channel, since=since, limit=limit), headers=cors)
+    except ChannelError as exc:
+        hub.stats.refused += 1
+        return http_error(exc, cors)
+
+
+async def client_publish_endpoint(request: Request) -> Response:
+    hub = request.app.hub
+    cors = cors_headers(request, hub.settings)
+    if request.method == "OPTIONS":  # a CORS preflight
+        if cors:
+            cors += [
+                ("Access-Control-Allow-Methods", "POST"),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
+                ("Access-Control-Max-Age", "600"),
+            ]
+        return Response(b"", 204, headers=cors)
+    try:
+        client, claims = await http_client(hub, request, bearer_token(request))
+        if not request.content_type.lower().startswith("application/json"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "send JSON (Content-Type: application/json)")
+        try:
+            body = await request.json()
+        except Exception:
+            raise ChannelError(ErrorCode.BAD_REQUEST, "the body is not JSON") from None
+        if not isinstance(body, dict) or "data" not in body:
+            raise ChannelError(ErrorCode.BAD_REQUEST, "a publication is {channel, data}")
+        channel = body.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
+        key = body.get("idempotency_key")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string")
+        data = body["data"]
+        rule, params = hub.rule(channel)
+        hub.check_client_publish(rule, len(dump_json(data)))
+        if rule.token and (claims is None or not claims.allows(channel)):
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
+        who = ("user", client.user) if client.user is not None else ("address", request.client)
+        take_rate(hub, http_buckets(hub), (rule, who), rule)
+        context = ChannelContext(channel, params, client, claims, request)
+        position = await hub.client_publish(rule, context, data, key)
+        return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)
+    except ChannelError as exc:
+        hub.stats.refused += 1
+        return http_error(exc, cors)

@@ -1,0 +1,324 @@
+"""`GET {prefix}/sse`: the channels as a Server-Sent Events stream (EventSource).
+
+`?channel=A&channel=B&token=T&since=A:OFFSET:EPOCH`. The client is connected and each
+channel subscribed with the rules of `/rt/ws` before anything is streamed, so a refusal is a
+plain JSON error (401, 403, 404, ...). Then, per channel, an `event: subscribed` with the
+subscribe result, the recovered publications, and the live ones, each
+`id: CHANNEL:OFFSET:EPOCH` / `event: pub` / `data: <the pub push JSON>`, built once per
+publication for every stream. `Last-Event-ID` (what EventSource sends when it reconnects)
+resumes its channel like `since`. A `: ping` comment goes out every `sse_heartbeat` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from rtserve.app.response import Response, dump_json
+from rtserve.broker.base import ClientInfo, StreamPosition
+from rtserve.realtime.access import (
+    add_user_connection,
+    authorize_subscribe,
+    channel_names,
+    connect_claims,
+    cors_headers,
+    http_error,
+    parse_position_id,
+    positions,
+    remove_user_connection,
+    run_on_connect,
+    unwatch_shutdown,
+    watch_shutdown,
+)
+from rtserve.realtime.context import ChannelContext
+from rtserve.realtime.hub import Hub, Outbound, sse_event
+from rtserve.realtime.protocol import ChannelError, ErrorCode
+from rtserve.realtime.rules import ChannelRule
+from rtserve.server.exchange import ClientDisconnected
+
+if TYPE_CHECKING:
+    from rtserve.app.request import Request
+    from rtserve.tokens import TokenClaims
+
+log = logging.getLogger("rtserve.channels")
+
+PING = b": ping\n\n"
+MAX_PREAMBLE = 10000  # events gathered while the channels are subscribed, before streaming
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+async def sse_endpoint(request: Request) -> Response | None:
+    hub = request.app.hub
+    cors = cors_headers(request, hub.settings)
+    if request.method == "HEAD":  # no body, so no stream: the head of one
+        return Response(b"", 200, headers=[(n.decode(), v.decode()) for n, v in _HEADERS] + cors)
+    stream = SSEStream(hub, request)
+    try:
+        await stream.open()
+    except ChannelError as exc:
+        hub.stats.refused += 1
+        return http_error(exc, cors)
+    await stream.run(cors)
+    return None  # answered through the exchange
+
+
+class SSEStream:
+    """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
+
+    def __init__(self, hub: Hub, request: Request) -> None:
+        self.hub = hub
+        self.request = request
+        self.exchange = request.exchange
+        self.client: ClientInfo = None  # type: ignore[assignment]  # set by open
+        self.claims: TokenClaims | None = None
+        self.rules: dict[str, ChannelRule] = {}
+        self.contexts: dict[str, ChannelContext] = {}
+        self.ended = False
+        self._preamble: list[bytes] | None = []  # None once streaming
+        self._buffers: dict[str, list[Outbound]] = {}  # channels being subscribed
+        self._held: OrderedDict[Any, bytes] = OrderedDict()  # for a slow client
+        self._last_word: bytes | None = None  # an `error` event to end with
+        self._slow = False
+        self._counted = False
+        self._wake: asyncio.Future[None] | None = None
+        settings = request.settings
+        # Bytes the connection may have waiting to be sent before a publication is held back
+        # (at least the point where writing pauses, so that draining has something to await).
+        self._limit = max(settings.websocket.max_queued_bytes, settings.limits.write_buffer_high)
+
+    # --- connecting and subscribing (before the response starts) ---------------------------
+
+    async def open(self) -> None:
+        """Connect and subscribe every channel, or raise ChannelError with nothing left over."""
+        hub, request = self.hub, self.request
+        try:
+            self.claims = connect_claims(hub.settings, request.query.get("token"))
+            self.client = await run_on_connect(hub, request, self.claims)
+            add_user_connection(hub, self.client.user)
+            self._counted = True
+            channels = channel_names(request)
+            since = positions(request, channels)
+            last_id = request.headers.get("last-event-id")
+            if last_id:
+                channel, position = parse_position_id(last_id)
+                if channel in channels:
+                    since[channel] = position
+            for channel in channels:
+                await self._subscribe(channel, since.get(channel))
+        except BaseException:
+            self._close()
+            raise
+
+    async def _subscribe(self, channel: str, since: StreamPosition | None) -> None:
+        hub = self.hub
+        rule, context, _ = await authorize_subscribe(
+            hub, channel, self.client, self.claims, self.request
+        )
+        self._buffers[channel] = []
+        try:
+            result, last = await hub.subscribe(self, channel, since)
+        finally:
+            buffered = self._buffers.pop(channel, [])
+        self.rules[channel] = rule
+        self.contexts[channel] = context
+        preamble = self._preamble
+        assert preamble is not None
+        epoch = result["epoch"]
+        publications = result.pop("publications", [])
+        # The id of `subscribed` is where the client stands before the recovered publications:
+        # a reconnect right after it must not skip them.
+        at = since.offset if since is not None and result.get("recovered") else result["offset"]
+        preamble.append(sse_event("subscribed", dump_json(result), channel, epoch, at))
+        for pub in publications:
+            payload = dump_json({"push": "pub", "channel": channel, **pub})
+            preamble.append(sse_event("pub", payload, channel, epoch, pub["offset"]))
+        for message in buffered:
+            if message.offset > last:
+                preamble.append(message.sse)
+
+    # --- streaming -------------------------------------------------------------------------
+
+    async def run(self, cors: list[tuple[str, str]]) -> None:
+        hub, exchange = self.hub, self.exchange
+        conn = exchange.conn
+        loop = asyncio.get_running_loop()
+        disconnected = exchange.wait_disconnected()
+        watch_shutdown(self.request, self)
+        timer = None
+        if self.claims is not None and self.claims.expires is not None:
+            delay = max(0.0, self.claims.expires - time.time())
+            timer = loop.call_later(delay, self._token_expired)
+        drain: asyncio.Future[None] | None = None
+        try:
+            headers = _HEADERS + [(n.lower().encode(), v.encode("latin-1")) for n, v in cors]
+            exchange.start(200, headers)
+            preamble, self._preamble = self._preamble or [], None
+            exchange.write(b"".join(preamble) or PING)
+            for channel, rule in list(self.rules.items()):
+                await hub.join(rule, self.contexts[channel])
+            heartbeat = hub.settings.sse_heartbeat
+            next_ping = loop.time() + heartbeat
+            while not self.ended and not disconnected.done():
+                if self._held:
+                    self._flush()
+                wake = self._wake = loop.create_future()
+                waits: set[asyncio.Future[Any]] = {wake, disconnected}
+                timeout = max(0.0, next_ping - loop.time())
+                if self._held:
+                    if conn.writing_paused:  # wait for the client to take most of it
+                        if drain is None:
+                            drain = asyncio.ensure_future(exchange.drain())
+                    else:  # a message bigger than the room left: look again soon
+                        timeout = min(timeout, 0.01)
+                if drain is not None:
+                    waits.add(drain)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if drain is not None and drain.done():
+                    with contextlib.suppress(Exception):
+                        drain.result()
+                    drain = None
+                if loop.time() >= next_ping:
+                    next_ping = loop.time() + heartbeat
+                    if not self._held and self._room(len(PING)):
+                        exchange.write(PING)
+            if not conn.closed:
+                if self._last_word is not None and self._room(len(self._last_word)):
+                    exchange.write(self._last_word)
+                if self._slow:  # what is queued is not worth waiting for: drop it all
+                    conn.must_close = True
+                    conn.abort()
+                exchange.end()
+        except ClientDisconnected:
+            pass
+        finally:
+            self.ended = True
+            if drain is not None:
+                drain.cancel()
+            if timer is not None:
+                timer.cancel()
+            unwatch_shutdown(self.request, self)
+            self._close()
+
+    def _room(self, size: int) -> bool:
+        conn = self.exchange.conn
+        if conn.closed:
+            return False
+        queued = conn.transport.get_write_buffer_size()
+        return queued == 0 or queued + size <= self._limit
+
+    def _flush(self) -> None:
+        held = self._held
+        while held:
+            key = next(iter(held))
+            data = held[key]
+            if not self._room(len(data)):
+                return
+            del held[key]
+            self.exchange.write(data)
+
+    def _close(self) -> None:
+        """Leave every channel and give back the user's connection (once)."""
+        hub = self.hub
+        for channel in list(self._buffers):
+            hub.unsubscribe(self, channel)
+        self._buffers.clear()
+        for channel, rule in self.rules.items():
+            hub.unsubscribe(self, channel)
+            if self._preamble is None:  # joined
+                hub.leave_later(rule, self.contexts[channel])
+        self.rules.clear()
+        self._held.clear()
+        if self._counted:
+            self._counted = False
+            remove_user_connection(hub, self.client.user)
+
+    def _end(self, last_word: bytes | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._last_word = last_word
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def stop(self) -> None:
+        """The server shuts down: end the stream."""
+        self._end()
+
+    def _token_expired(self) -> None:
+        self._end(_error_event(ErrorCode.TOKEN_EXPIRED, "token expired"))
+
+    # --- what the Hub hands over -----------------------------------------------------------
+
+    def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self.ended:
+            return
+        preamble = self._preamble
+        if preamble is not None:  # not streaming yet
+            buffer = self._buffers.get(channel)
+            if buffer is not None:
+                buffer.append(message)
+            elif len(preamble) < MAX_PREAMBLE:
+                preamble.append(message.sse)
+            else:
+                self._slow_consumer(channel)
+            return
+        data = message.sse
+        if not self._held and self._room(len(data)):
+            with contextlib.suppress(ClientDisconnected):
+                self.exchange.write(data)
+            return
+        if rule.slow_consumer == "disconnect":
+            self._slow_consumer(channel)
+            return
+        held = self._held
+        key: Any
+        if rule.slow_consumer == "conflate":
+            key = (channel, message.key)
+            if key in held:
+                self.hub.stats.conflated += 1
+                held.move_to_end(key)
+        else:
+            key = (channel, message.offset)
+        held[key] = data
+        if len(held) > rule.max_pending:
+            held.popitem(last=False)
+            self.hub.stats.dropped += 1
+        self._wakeup()
+
+    def _slow_consumer(self, channel: str) -> None:
+        self.hub.stats.slow_disconnected += 1
+        log.info("%s slow SSE consumer disconnected on %s", self.client.client, channel)
+        self._slow = True
+        self._end()
+
+    def deliver_event(self, channel: str, message: Outbound) -> None:
+        # A join or leave that does not fit is not kept: presence can be asked again.
+        if self._preamble is None and not self.ended and not self._held:
+            data = message.sse
+            if self._room(len(data)):
+                with contextlib.suppress(ClientDisconnected):
+                    self.exchange.write(data)
+
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        """The server ends a subscription (its stream restarted): the whole stream ends with
+        an `error` event, and EventSource reconnects to learn `recovered: false`."""
+        self._end(_error_event(code, message, channel))
+
+
+def _error_event(code: int, message: str, channel: str | None = None) -> bytes:
+    body: dict[str, Any] = {"code": int(code), "message": message}
+    if channel is not None:
+        body["channel"] = channel
+    return sse_event("error", dump_json(body))

@@ -1,0 +1,555 @@
+"""Channels without WebSocket: Server-Sent Events, long polling, history GET, client publish.
+
+Real HTTP clients over loopback: stdlib http.client read incrementally for SSE, urllib for
+the request/response endpoints, curl (when installed) for one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from rtserve import App, ChannelContext, ChannelError, ChannelSettings
+from rtserve.realtime.protocol import ErrorCode
+from rtserve.testing import ThreadedServer, serve_app
+from rtserve.tokens import mint
+
+SECRET = "a-test-secret-of-32-characters!!"
+
+
+def make_app(**settings: Any) -> App:
+    app = App(channels=ChannelSettings(token_secret=SECRET, **settings))
+    app.channel("news", history=100)
+    app.channel("chat:*", history=100, publish="clients", publish_rate=1, publish_burst=2)
+    app.channel("secret:*", history=10, token=True, publish="clients")
+    app.channel("nohist")
+
+    def no_swearing(ctx: ChannelContext) -> None:
+        if ctx.data == "darn":
+            raise ChannelError(1001, "mind your language")
+
+    app.channel("guarded", history=10, publish="clients", on_publish=no_swearing)
+    return app
+
+
+class SSE:
+    """An EventSource-like reader over http.client, one event at a time."""
+
+    def __init__(self, port: int, query: str, headers: dict[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.conn.request("GET", f"/rt/sse?{query}", headers=headers or {})
+        self.response = self.conn.getresponse()
+
+    def event(self) -> dict[str, str]:
+        """The next event or comment: fields `id`, `event`, `data`, or `comment`."""
+        out: dict[str, str] = {}
+        while True:
+            line = self.response.readline()
+            if not line:
+                raise EOFError("stream ended")
+            text = line.decode("utf-8").rstrip("\n")
+            if text == "":
+                if out:
+                    return out
+                continue
+            if text.startswith(":"):
+                out["comment"] = text[1:].strip()
+                continue
+            name, _, value = text.partition(": ")
+            out[name] = value
+
+    def next(self, kind: str = "pub") -> dict[str, str]:
+        while True:
+            event = self.event()
+            if event.get("event") == kind:
+                return event
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def post(
+    port: int, body: Any, token: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/rt/client/publish",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    if token is not None:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def wait_for(check: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_sse_receives_publications_with_ids_and_resumes_with_last_event_id() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        stream = SSE(server.port, "channel=news")
+        assert stream.response.status == 200
+        headers = stream.response.headers
+        assert headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert headers["cache-control"] == "no-cache"
+        assert headers["x-accel-buffering"] == "no"
+        subscribed = stream.next("subscribed")
+        result = json.loads(subscribed["data"])
+        epoch = result["epoch"]
+        assert result["channel"] == "news" and result["offset"] == 0
+        assert subscribed["id"] == f"news:0:{epoch}"
+        for i in range(3):
+            server.call(app.publish, "news", {"n": i})
+        pubs = [stream.next() for _ in range(3)]
+        assert [p["id"] for p in pubs] == [f"news:{i}:{epoch}" for i in (1, 2, 3)]
+        first = json.loads(pubs[0]["data"])
+        assert first == {"push": "pub", "channel": "news", "offset": 1, "data": {"n": 0}}
+        stream.close()
+        wait_for(lambda: app.hub.subscriber_count("news") == 0)
+
+        for i in range(3, 7):  # missed while away
+            server.call(app.publish, "news", {"n": i})
+        again = SSE(server.port, "channel=news", {"Last-Event-ID": pubs[-1]["id"]})
+        subscribed = again.next("subscribed")
+        result = json.loads(subscribed["data"])
+        assert result["recovered"] is True and result["offset"] == 7
+        assert subscribed["id"] == pubs[-1]["id"]  # where it stands before the recovered ones
+        recovered = [again.next() for _ in range(4)]
+        assert [json.loads(p["data"])["data"]["n"] for p in recovered] == [3, 4, 5, 6]
+        assert [p["id"] for p in recovered] == [f"news:{i}:{epoch}" for i in range(4, 8)]
+        server.call(app.publish, "news", "live")
+        live = again.next()
+        assert live["id"] == f"news:8:{epoch}"  # nothing repeated before it
+        again.close()
+
+        # `since` does the same; a position of another epoch is not recovered
+        third = SSE(server.port, f"channel=news&since=news:6:{epoch}")
+        assert json.loads(third.next("subscribed")["data"])["recovered"] is True
+        assert [third.next()["id"] for _ in range(2)] == [f"news:7:{epoch}", f"news:8:{epoch}"]
+        third.close()
+        lost = SSE(server.port, "channel=news&since=news:3:otherepoch")
+        result = json.loads(lost.next("subscribed")["data"])
+        assert result["recovered"] is False and result["offset"] == 8
+        lost.close()
+
+
+def test_sse_heartbeat_and_several_channels() -> None:
+    app = make_app(sse_heartbeat=0.1)
+    with ThreadedServer(app) as server:
+        stream = SSE(server.port, "channel=news&channel=chat:a")
+        seen = [stream.event() for _ in range(2)]
+        assert [e["event"] for e in seen] == ["subscribed", "subscribed"]
+        started = time.monotonic()
+        assert stream.event() == {"comment": "ping"}
+        assert stream.event() == {"comment": "ping"}
+        assert time.monotonic() - started < 2
+        server.call(app.publish, "chat:a", "hi")
+        assert json.loads(stream.next()["data"])["channel"] == "chat:a"
+        stream.close()
+
+
+def test_sse_refusals_come_before_the_stream() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        port = server.port
+        status, body, _ = get(port, "/rt/sse?channel=nope")
+        assert status == 404 and body["error"]["code"] == ErrorCode.UNKNOWN_CHANNEL
+        status, body, _ = get(port, "/rt/sse?channel=secret:x")
+        assert status == 403 and body["error"]["code"] == ErrorCode.PERMISSION_DENIED
+        status, body, _ = get(port, "/rt/sse?channel=news&token=garbage")
+        assert status == 401 and body["error"]["code"] == ErrorCode.UNAUTHORIZED
+        expired = mint(SECRET, "u", ttl=10, now=time.time() - 100)
+        status, body, _ = get(port, f"/rt/sse?channel=news&token={expired}")
+        assert status == 401 and body["error"]["code"] == ErrorCode.TOKEN_EXPIRED
+        status, body, _ = get(port, "/rt/sse")
+        assert status == 400 and body["error"]["code"] == ErrorCode.BAD_REQUEST
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("HEAD", "/rt/sse?channel=news")
+        head = conn.getresponse()
+        assert head.status == 200 and head.read() == b""
+        assert head.headers["content-type"] == "text/event-stream; charset=utf-8"
+        conn.close()
+        # refused half-way: the channel subscribed first is left again
+        status, _, _ = get(port, "/rt/sse?channel=news&channel=secret:x")
+        assert status == 403
+        assert app.hub.subscriber_count("news") == 0
+        token = mint(SECRET, "ann", channels=["secret:*"])
+        stream = SSE(port, f"channel=secret:x&token={token}")
+        assert stream.response.status == 200
+        assert json.loads(stream.next("subscribed")["data"])["channel"] == "secret:x"
+        stream.close()
+
+
+def test_sse_token_expiry_ends_the_stream_with_an_error_event() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        token = mint(SECRET, "short", ttl=1)
+        stream = SSE(server.port, f"channel=news&token={token}")
+        stream.next("subscribed")
+        error = stream.next("error")
+        assert json.loads(error["data"])["code"] == ErrorCode.TOKEN_EXPIRED
+        with pytest.raises(EOFError):
+            stream.event()
+        wait_for(lambda: app.hub.subscriber_count("news") == 0)
+        assert app.hub.users == {}
+
+
+def test_sse_stream_ends_on_server_shutdown_and_leaves_the_hub() -> None:
+    app = make_app()
+
+    async def main() -> None:
+        async with serve_app(app) as server:
+            stream = await asyncio.to_thread(SSE, server.port, "channel=news&channel=chat:z")
+            await asyncio.to_thread(stream.next, "subscribed")
+            assert app.hub.subscriber_count("news") == 1
+            ended = asyncio.create_task(asyncio.to_thread(_read_to_end, stream))
+            poll = asyncio.create_task(
+                asyncio.to_thread(get, server.port, "/rt/poll?channel=news&timeout=30")
+            )
+            for _ in range(500):
+                if app.hub.subscriber_count("news") == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert app.hub.subscriber_count("news") == 2
+            started = time.monotonic()
+            await server.shutdown(grace=5.0)
+            assert time.monotonic() - started < 2  # ended, not cut off after the grace
+            assert (await ended) == "eof"
+            status, body, _ = await poll  # answered with what there was
+            assert status == 200 and body["channels"]["news"]["publications"] == []
+            assert app.hub.channels() == {}
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def _read_to_end(stream: SSE) -> str:
+    try:
+        while True:
+            stream.event()
+    except EOFError:
+        return "eof"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_sse_with_curl() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        process = subprocess.Popen(
+            ["curl", "-sN", "--max-time", "10", f"{server.url}/rt/sse?channel=news"],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            wait_for(lambda: app.hub.subscriber_count("news") == 1)
+            server.call(app.publish, "news", "via curl")
+            lines = []
+            while not any(b"via curl" in line for line in lines):
+                lines.append(process.stdout.readline())
+            assert lines[-3].startswith(b"id: news:1:")
+            assert lines[-2] == b"event: pub\n"
+        finally:
+            process.kill()
+            process.wait()
+
+
+def test_many_pollers_released_by_one_publish() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        results: list[Any] = []
+        lock = threading.Lock()
+
+        def poll() -> None:
+            outcome = get(server.port, "/rt/poll?channel=news&timeout=20")
+            with lock:
+                results.append(outcome)
+
+        threads = [threading.Thread(target=poll) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: app.hub.subscriber_count("news") == 50, 10)
+        started = time.monotonic()
+        server.call(app.publish, "news", "wake up")
+        for thread in threads:
+            thread.join(10)
+        assert time.monotonic() - started < 5
+        assert len(results) == 50
+        for status, body, _ in results:
+            assert status == 200
+            channel = body["channels"]["news"]
+            assert [p["data"] for p in channel["publications"]] == ["wake up"]
+            assert channel["offset"] == 1 and channel["recovered"] is True
+        assert app.hub.subscriber_count("news") == 0
+
+
+def test_polling_loses_nothing_between_polls_and_times_out_with_positions() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        port = server.port
+        started = time.monotonic()
+        status, body, _ = get(port, "/rt/poll?channel=news&timeout=0.3")
+        assert status == 200 and time.monotonic() - started >= 0.25
+        position = body["channels"]["news"]
+        assert position["publications"] == [] and position["offset"] == 0
+        epoch = position["epoch"]
+        assert app.hub.subscriber_count("news") == 0  # removed on timeout
+
+        for i in range(3):  # nobody is polling
+            server.call(app.publish, "news", i)
+        status, body, _ = get(port, f"/rt/poll?channel=news&since=news:0:{epoch}&timeout=5")
+        got = body["channels"]["news"]
+        assert [p["data"] for p in got["publications"]] == [0, 1, 2]
+        assert got["offset"] == 3 and got["recovered"] is True
+
+        # next poll from there waits; a publish for another channel polled too releases it
+        def later() -> None:
+            time.sleep(0.2)
+            server.call(app.publish, "chat:b", "b1")
+
+        threading.Thread(target=later).start()
+        status, body, _ = get(
+            port,
+            f"/rt/poll?channel=news&since=news:3:{epoch}&channel=chat:b&timeout=10",
+        )
+        channels = body["channels"]
+        assert channels["news"]["publications"] == [] and channels["news"]["offset"] == 3
+        assert [p["data"] for p in channels["chat:b"]["publications"]] == ["b1"]
+
+        status, body, _ = get(port, "/rt/poll?channel=news&since=news:1:otherepoch&timeout=5")
+        assert body["channels"]["news"]["recovered"] is False
+        assert body["channels"]["news"]["offset"] == 3
+
+        status, body, _ = get(port, "/rt/poll?channel=nohist&timeout=1")
+        assert status == 503 and body["error"]["code"] == ErrorCode.NOT_AVAILABLE
+        status, body, _ = get(port, "/rt/poll?channel=secret:x&timeout=1")
+        assert status == 403
+        status, body, _ = get(port, "/rt/poll?channel=news&timeout=-1")
+        assert status == 400
+
+
+def test_poll_of_a_client_that_goes_away_leaves_the_hub() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/rt/poll?channel=news&timeout=30")
+        wait_for(lambda: app.hub.subscriber_count("news") == 1)
+        conn.close()
+        wait_for(lambda: app.hub.subscriber_count("news") == 0)
+
+
+def test_history_get() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        port = server.port
+        for i in range(5):
+            server.call(app.publish, "news", i)
+        status, body, _ = get(port, "/rt/history?channel=news")
+        assert status == 200
+        assert [p["data"] for p in body["publications"]] == [0, 1, 2, 3, 4]
+        epoch = body["epoch"]
+        status, body, _ = get(port, f"/rt/history?channel=news&since=news:2:{epoch}&limit=1")
+        assert [p["offset"] for p in body["publications"]] == [3]
+        status, body, _ = get(port, "/rt/history?channel=news&limit=2")
+        assert [p["offset"] for p in body["publications"]] == [4, 5]
+        status, body, _ = get(port, "/rt/history?channel=news&since=news:2:other")
+        assert status == 400 and body["error"]["code"] == ErrorCode.UNRECOVERABLE
+        status, body, _ = get(port, "/rt/history?channel=secret:a")
+        assert status == 403
+        token = mint(SECRET, "ann", channels=["secret:a"])
+        status, body, _ = get(port, f"/rt/history?channel=secret:a&token={token}")
+        assert status == 200 and body["publications"] == []
+        status, body, _ = get(port, "/rt/history?channel=nohist")
+        assert status == 503 and body["error"]["code"] == ErrorCode.NOT_AVAILABLE
+
+
+def test_client_publish_over_post() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        port = server.port
+        stream = SSE(port, "channel=chat:room")
+        stream.next("subscribed")
+        token = mint(SECRET, "ann", info={"name": "Ann"})
+        status, body, _ = post(port, {"channel": "chat:room", "data": "hello"}, token)
+        assert status == 200 and body["offset"] == 1
+        pub = json.loads(stream.next()["data"])
+        assert pub["data"] == "hello" and pub["info"]["user"] == "ann"
+        stream.close()
+        # the burst is 2 a second per user: the third is refused
+        status, _, _ = post(port, {"channel": "chat:room", "data": 2}, token)
+        assert status == 200
+        status, body, _ = post(port, {"channel": "chat:room", "data": 3}, token)
+        assert status == 429 and body["error"]["code"] == ErrorCode.RATE_LIMITED
+        # another user (and anonymous clients, by address) have their own budget
+        status, _, _ = post(port, {"channel": "chat:room", "data": 4}, mint(SECRET, "bob"))
+        assert status == 200
+        status, _, _ = post(port, {"channel": "chat:room", "data": 5})
+        assert status == 200
+        status, body, _ = post(port, {"channel": "news", "data": 1}, token)
+        assert status == 403 and body["error"]["code"] == ErrorCode.PERMISSION_DENIED
+        status, body, _ = post(port, {"channel": "secret:x", "data": 1}, token)
+        assert status == 403
+        allowed = mint(SECRET, "ann", channels=["secret:x"])
+        status, body, _ = post(port, {"channel": "secret:x", "data": 1}, allowed)
+        assert status == 200
+        status, body, _ = post(port, {"channel": "guarded", "data": "darn"}, token)
+        assert status == 400 and body["error"] == {"code": 1001, "message": "mind your language"}
+        status, body, _ = post(port, {"channel": "guarded", "data": "x" * 70000}, token)
+        assert status == 413
+        status, body, _ = post(port, {"channel": "guarded", "data": 1}, "bad")
+        assert status == 401
+        status, body, _ = post(port, {"channel": "nope", "data": 1}, token)
+        assert status == 404
+        status, body, _ = post(port, {"channel": "guarded"}, token)
+        assert status == 400
+        status, body, _ = post(port, "x", token, {"content-type": "text/plain"})
+        assert status == 400
+
+
+def test_client_publish_needs_a_token_when_required() -> None:
+    app = make_app(require_token=True)
+    with ThreadedServer(app) as server:
+        status, body, _ = post(server.port, {"channel": "guarded", "data": 1})
+        assert status == 401 and body["error"]["code"] == ErrorCode.UNAUTHORIZED
+        status, body, _ = post(server.port, {"channel": "guarded", "data": 1}, mint(SECRET, "u"))
+        assert status == 200
+
+
+def test_cors_headers_and_preflight() -> None:
+    app = make_app(cors_origins=["https://app.example"])
+    with ThreadedServer(app) as server:
+        port = server.port
+        origin = {"Origin": "https://app.example"}
+        _, _, headers = get(port, "/rt/history?channel=news", origin)
+        assert headers["access-control-allow-origin"] == "https://app.example"
+        assert headers["vary"] == "Origin"
+        _, _, headers = get(port, "/rt/history?channel=news", {"Origin": "https://evil.example"})
+        assert headers["access-control-allow-origin"] is None
+        _, _, headers = get(port, "/rt/poll?channel=nope", origin)
+        assert headers["access-control-allow-origin"] == "https://app.example"
+        stream = SSE(port, "channel=news", origin)
+        assert stream.response.headers["access-control-allow-origin"] == "https://app.example"
+        stream.close()
+        status, _, headers = post(port, {"channel": "guarded", "data": 1}, None, origin)
+        assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request(
+            "OPTIONS",
+            "/rt/client/publish",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 204
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        assert response.headers["access-control-allow-methods"] == "POST"
+        assert response.headers["access-control-allow-headers"] == "Authorization, Content-Type"
+        conn.close()
+
+    plain = make_app()
+    with ThreadedServer(plain) as server:
+        _, _, headers = get(
+            server.port, "/rt/history?channel=news", {"Origin": "https://x.example"}
+        )
+        assert headers["access-control-allow-origin"] is None
+    star = make_app(cors_origins=["*"])
+    with ThreadedServer(star) as server:
+        _, _, headers = get(
+            server.port, "/rt/history?channel=news", {"Origin": "https://x.example"}
+        )
+        assert headers["access-control-allow-origin"] == "https://x.example"
+
+
+def test_slow_sse_consumer_is_disconnected_and_bounded() -> None:
+    app = App(channels=ChannelSettings())
+    app.channel("feed", slow_consumer="disconnect")
+    app.channel("latest", slow_consumer="conflate", max_pending=10)
+    app.channel("backlog", slow_consumer="drop_oldest", max_pending=10)
+    with ThreadedServer(app) as server:
+        for channel in ("feed", "latest", "backlog"):
+            stream = SSE(server.port, f"channel={channel}")
+            stream.next("subscribed")
+            # the client reads nothing more: the server's buffer fills and the policy applies
+            big = "x" * 60000
+            for i in range(200):
+                server.call(app.publish, channel, {"i": i, "pad": big})
+                if channel == "feed" and app.hub.subscriber_count("feed") == 0:
+                    break
+            if channel == "feed":
+                wait_for(lambda: app.hub.subscriber_count("feed") == 0)
+                assert app.hub.stats.slow_disconnected == 1
+            else:
+                assert app.hub.subscriber_count(channel) == 1
+                if channel == "latest":
+                    assert app.hub.stats.conflated > 0
+                else:
+                    assert app.hub.stats.dropped > 0
+                # reading again, the client gets what was held, ending with the newest
+                last = -1
+                while last != 199:
+                    data = json.loads(stream.next()["data"])["data"]
+                    assert data["i"] > last
+                    last = data["i"]
+            stream.close()
+        wait_for(lambda: app.hub.channels() == {})
+
+
+def test_unquoted_query_of_channel_names() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        query = urllib.parse.urlencode({"channel": "chat:x y"})
+        status, body, _ = get(server.port, f"/rt/history?{query}")
+        assert status == 400 and body["error"]["code"] == ErrorCode.BAD_REQUEST
+
+
+def test_sse_join_and_leave_events() -> None:
+    app = App(channels=ChannelSettings(token_secret=SECRET))
+    app.channel("room", join_leave=True, presence=True)
+    with ThreadedServer(app) as server:
+        first = SSE(server.port, f"channel=room&token={mint(SECRET, 'ann')}")
+        first.next("subscribed")
+        second = SSE(server.port, f"channel=room&token={mint(SECRET, 'bob')}")
+        second.next("subscribed")
+        join = json.loads(first.next("join")["data"])
+        assert join["push"] == "join" and join["info"]["user"] == "bob"
+        presence = server.call(app.hub.presence, "room")
+        assert sorted(c["user"] for c in presence["clients"].values()) == ["ann", "bob"]
+        second.close()
+        leave = json.loads(first.next("leave")["data"])
+        assert leave["info"]["user"] == "bob"
+        first.close()
+        wait_for(lambda: app.hub.channels() == {} and app.hub.users == {})
