@@ -156,12 +156,16 @@ def test_minimal_app_py_is_the_project_app(project_imports: None) -> None:
         assert http.get("/hello/world").json() == {"hello": "world", "client": "127.0.0.1"}
 
 
-def test_rt_js_is_the_same_everywhere() -> None:
-    copies = [TEMPLATES_DIR / name / "static" / "rt.js" for name in sorted(WITH_CHANNELS)]
-    assert len({path.read_bytes() for path in copies}) == 1
+def test_pages_load_rtserve_js_from_the_server() -> None:
+    """The scaffolds use the server's /rtserve.js, not a copy of their own."""
+    for name in sorted(WITH_CHANNELS):
+        assert not (TEMPLATES_DIR / name / "static" / "rt.js").exists()
+        assert (
+            '<script src="/rtserve.js">' in (TEMPLATES_DIR / name / "static/index.html").read_text()
+        )
     node = shutil.which("node")
     if node is not None:
-        for script in TEMPLATES_DIR.glob("*/static/*.js"):
+        for script in [*TEMPLATES_DIR.glob("*/static/*.js"), ROOT / "rtserve/static/rtserve.js"]:
             check = subprocess.run([node, "--check", script], capture_output=True, text=True)
             assert check.returncode == 0, check.stderr
 
@@ -182,6 +186,7 @@ def test_wheel_carries_the_templates(tmp_path: Path) -> None:
         names = set(archive.namelist())
         archive.extractall(site)
     assert "rtserve/_templates/chat/rtserve.yaml" in names
+    assert "rtserve/static/rtserve.js" in names  # package data, served at /rtserve.js
     for template in TEMPLATES:
         expected = {f"rtserve/_templates/{template}/{f}" for f in files(TEMPLATES_DIR / template)}
         assert expected <= names, expected - names
@@ -190,6 +195,8 @@ def test_wheel_carries_the_templates(tmp_path: Path) -> None:
     script = (
         "import sys, rtserve; from pathlib import Path\n"
         "assert Path(rtserve.__file__).is_relative_to(Path(sys.argv[1])), rtserve.__file__\n"
+        "from rtserve.app.static import RTSERVE_JS\n"
+        "assert RTSERVE_JS.is_file() and RTSERVE_JS.is_relative_to(Path(sys.argv[1]))\n"
         "from rtserve.cli.main import main\n"
         "main(['new', 'chat', sys.argv[2]])\n"
     )

@@ -212,6 +212,7 @@ class App:
         return rule
 
     def _add_channel_routes(self) -> None:
+        from rtserve.app.static import rtserve_js
         from rtserve.realtime.poll import (
             client_publish_endpoint,
             history_endpoint,
@@ -251,6 +252,8 @@ class App:
             name="rt:client_publish",
             xsrf_exempt=True,
         )
+        # The browser client of these endpoints, for every app with channels.
+        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js", is_class=False)
         self._channel_routes = True
 
     def on_connect(self, hook: F) -> F:

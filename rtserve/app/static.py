@@ -238,3 +238,17 @@ class StaticFile:
 
     def __call__(self, request: Request) -> Response:
         return FileResponse(self.file, request)
+
+
+RTSERVE_JS = Path(__file__).resolve().parent.parent / "static" / "rtserve.js"
+
+
+def rtserve_js(request: Request) -> Response:
+    """`GET /rtserve.js`: the browser client of the channels (rtserve/static/rtserve.js).
+
+    Cached by browsers and revalidated with its ETag, so a new rtserve version is picked up.
+    """
+    response = FileResponse(RTSERVE_JS, request)
+    response.set_header("content-type", "application/javascript; charset=utf-8")
+    response.set_header("cache-control", "no-cache")
+    return response

@@ -3,9 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let rt = null; // the connection, made when you join
+let rt = null; // the connection (rtserve.js, served by rtserve), made when you join
 let name = "";
 let channel = null; // "chat:<room>"
+let subscription = null;
 const members = new Map(); // client id -> { client, user, info }
 
 function status(text, state) {
@@ -18,7 +19,7 @@ function showError(message) {
 }
 
 function onState(state, detail) {
-  if (state === "connected") status(`online as ${detail.user}`, "on");
+  if (state === "connected") status(`online as ${detail.session?.user ?? name}`, "on");
   else if (state === "disconnected") status("reconnecting…", "wait");
   else if (state === "closed") {
     status("offline", "off");
@@ -39,21 +40,24 @@ function join(event) {
     if (rt !== null) rt.close();
     name = newName;
     channel = null;
-    rt = new RT({ data: { name }, onState });
+    subscription = null;
+    rt = new Rtserve({ data: { name } });
+    rt.on("state", onState);
+    rt.connect();
   }
   enter(`chat:${room}`);
 }
 
 function enter(newChannel) {
   if (newChannel === channel) return;
-  if (channel !== null) rt.unsubscribe(channel);
+  if (subscription !== null) subscription.unsubscribe();
   channel = newChannel;
   enable(false);
   $("messages").replaceChildren();
   members.clear();
   showMembers();
-  rt.subscribe(channel, {
-    onPub: showMessage,
+  subscription = rt.subscribe(channel, {
+    onPublication: showMessage,
     onSubscribed(result) {
       enable(true);
       if (!result.recovered) loadHistory(); // first time, or the gap could not be filled

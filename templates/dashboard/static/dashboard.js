@@ -47,15 +47,14 @@ function add(sample) {
   if (samples.length > KEEP) samples.splice(0, samples.length - KEEP);
 }
 
-const rt = new RT({
-  onState(state) {
-    $("status").dataset.state = state === "connected" ? "on" : state === "closed" ? "off" : "wait";
-    $("status").textContent = state === "connected" ? "live" : state;
-  },
+const rt = new Rtserve(); // rtserve.js, served by rtserve at /rtserve.js
+rt.on("state", (state) => {
+  $("status").dataset.state = state === "connected" ? "on" : state === "closed" ? "off" : "wait";
+  $("status").textContent = state === "connected" ? "live" : state;
 });
 
 rt.subscribe(CHANNEL, {
-  onPub(pub) {
+  onPublication(pub) {
     add(pub.data);
     show();
   },
@@ -73,4 +72,5 @@ rt.subscribe(CHANNEL, {
   },
 });
 
+rt.connect();
 addEventListener("resize", show);

@@ -1,5 +1,6 @@
 // The notifications page: log in as a user, see that user's notifications arrive.
-// rt.js does the protocol; getToken gives it a fresh token for every (re)connect.
+// rtserve.js (served by rtserve at /rtserve.js) does the protocol; getToken gives it a fresh
+// token for every (re)connect.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,7 +17,7 @@ async function getToken() {
 
 function onState(state, detail) {
   $("status").dataset.state = state === "connected" ? "on" : state === "closed" ? "off" : "wait";
-  if (state === "connected") $("status").textContent = `logged in as ${detail.user}`;
+  if (state === "connected") $("status").textContent = `logged in as ${user}`;
   else if (state === "disconnected") $("status").textContent = "reconnecting…";
   else if (state === "closed") $("status").textContent = detail.error ? detail.error.message : "offline";
   else $("status").textContent = state;
@@ -32,9 +33,10 @@ function login(event) {
     `-d '{"title": "Hello ${user}", "body": "from curl"}'`;
   $("hint").hidden = $("logout").hidden = false;
   const channel = `user:${user}`;
-  rt = new RT({ getToken, onState });
+  rt = new Rtserve({ getToken });
+  rt.on("state", onState);
   rt.subscribe(channel, {
-    onPub: (pub) => show(pub, true),
+    onPublication: (pub) => show(pub, true),
     async onSubscribed(result) {
       if (result.recovered) return; // what was missed came as onPub
       try {
@@ -47,6 +49,7 @@ function login(event) {
     onUnrecovered: () => $("list").replaceChildren(),
     onError: (error) => ($("status").textContent = error.message),
   });
+  rt.connect();
 }
 
 function logout() {

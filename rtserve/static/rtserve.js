@@ -1,0 +1,598 @@
+// rtserve.js: the browser client of rtserve channels. One file, no dependencies, no build
+// step (plain ES2017+). Every rtserve app with channels serves it at /rtserve.js; to bundle
+// it, copy this file (it sets `window.Rtserve`, and `module.exports` where there is one).
+//
+//   const rt = new Rtserve({ token: "..." });          // every option is optional
+//   rt.on("state", (state, info) => console.log(state, info.transport));
+//   const sub = rt.subscribe("chat:lobby", { onPublication: (pub) => show(pub.data) });
+//   rt.connect();
+//   const { offset, epoch } = await rt.publish("chat:lobby", { text: "hi" });
+//
+// new Rtserve(options):
+//   url         base URL of the server (default: this page's origin)
+//   prefix      where the channel endpoints are (default "/rt")
+//   token       a connection token; getToken: async () => token, called before every
+//               (re)connect (fetch a fresh one there)
+//   data        sent with the WebSocket `connect` (to the app's on_connect); not sent by SSE
+//               and polling, which have no such field
+//   transports  the order to try them in (default ["websocket", "sse", "poll"])
+//   fallbackAfter  failures before connecting that move on to the next transport (default 2)
+//   backoffMin, backoffMax  reconnect delays in ms (default 250 and 10000), with jitter
+// rt.connect()       starts (again); rt.close() stops for good (state "closed").
+// rt.subscribe(channel, handlers) -> subscription; handlers (all optional):
+//   onPublication(pub)  pub = { channel, offset, data, info? }, each offset once, in order
+//   onSubscribed(result), onUnrecovered(result), onJoin(info), onLeave(info),
+//   onPresence(push), onError(error); and since: { offset, epoch } to start from, token: a
+//   subscription token (WebSocket only).
+//   subscription.position is { offset, epoch } (null before the first answer);
+//   subscription.unsubscribe() ends it.
+// rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
+// rt.history(channel, { limit, since }) -> Promise of { publications, offset, epoch }
+// rt.presence(channel) -> Promise of { clients } (WebSocket only: 108 on SSE and polling)
+// rt.on("state", fn): fn(state, info), state "connecting", "connected", "disconnected"
+//   (will retry) or "closed" (gave up, or close()); info.transport is the transport's name,
+//   info.session connect's result (WebSocket), info.error the refusal when closed.
+// Commands made while not connected wait for the connection. A refusal rejects with an Error
+// carrying the server's `code`; code 0: the connection dropped (repeat a publish with an
+// idempotency_key to be safe).
+//
+// Transports: the WebSocket at {prefix}/ws first. If it cannot connect (`fallbackAfter`
+// failures in a row), Server-Sent Events ({prefix}/sse, one EventSource for all channels,
+// reopened with since= for every channel when the set changes) with POST
+// {prefix}/client/publish and GET {prefix}/history; if SSE fails too, long polling
+// ({prefix}/poll, channels need history). Every subscription keeps its last { offset, epoch }
+// across reconnects and transport switches and resumes from there: offsets already seen are
+// dropped, and when the server cannot give what was missed (`recovered: false`)
+// onUnrecovered says so (reload your state). Close codes 4000, 4001, 4003 and 4005 end the
+// client (retrying cannot help); so does 4002 (token expired) without getToken.
+"use strict";
+
+(function (global) {
+  const FINAL = new Set([4000, 4001, 4003, 4005]);
+  const PING_EVERY = 20000; // ms; a ping unanswered by the next one drops the WebSocket
+  const POLL_TIMEOUT = 25; // s, asked of the server per long poll
+
+  function rtError(error) {
+    return Object.assign(new Error(error.message), { code: error.code });
+  }
+  const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
+
+  class Subscription {
+    constructor(rt, channel, handlers) {
+      this.rt = rt;
+      this.channel = channel;
+      this.handlers = handlers;
+      this.token = handlers.token;
+      this.offset = handlers.since ? handlers.since.offset : 0;
+      this.epoch = handlers.since ? handlers.since.epoch : null;
+    }
+    get position() {
+      return this.epoch === null ? null : { offset: this.offset, epoch: this.epoch };
+    }
+    unsubscribe() {
+      return this.rt._unsubscribe(this);
+    }
+    _call(name, ...args) {
+      const fn = this.handlers[name];
+      if (!fn) return;
+      try {
+        fn.apply(this.handlers, args);
+      } catch (error) {
+        console.error(`rtserve.js: ${name} failed`, error);
+      }
+    }
+    // One publication: applied once, in order (offsets at or below the last are seen already;
+    // a jump ahead is a gap the server made for a slow client: applied anyway).
+    _pub(pub) {
+      if (pub.offset <= this.offset) return;
+      this.offset = pub.offset;
+      const out = { channel: this.channel, offset: pub.offset, data: pub.data };
+      if (pub.info) out.info = pub.info;
+      this._call("onPublication", out);
+    }
+    // A subscribe answer ({channel, offset, epoch, recovered?, publications?}).
+    _subscribed(result, asked) {
+      if (asked && result.recovered) {
+        this.epoch = result.epoch;
+        // WebSocket: the missed publications are in the answer; SSE: they follow it.
+        for (const pub of result.publications || []) this._pub(pub);
+      } else {
+        this.epoch = result.epoch;
+        this.offset = result.offset;
+        if (asked) this._call("onUnrecovered", result);
+      }
+      this._call("onSubscribed", result);
+    }
+  }
+
+  // --- transports: each calls rt._connected(info), rt._dropped(code, reason) -------------
+
+  class WebSocketTransport {
+    constructor(rt) {
+      this.rt = rt;
+      this.name = "websocket";
+      this.pending = new Map();
+      this.nextId = 1;
+    }
+    open() {
+      const rt = this.rt;
+      const ws = (this.ws = new WebSocket(rt.base.replace(/^http/, "ws") + rt.prefix + "/ws"));
+      ws.onmessage = (event) => this._message(event.data);
+      ws.onclose = (event) => this._closed(event.code, event.reason);
+      ws.onopen = () => {
+        const message = { op: "connect" };
+        if (rt.token) message.token = rt.token;
+        if (rt.data !== undefined) message.data = rt.data;
+        this.send(message).then(
+          (session) => this._ready(session),
+          (error) => {
+            // Refused: the server closes the connection (4001, 4002, 4003) and that decides.
+            // Code 100 (on_connect failed) leaves it open: drop it and retry.
+            rt.refusal = error;
+            if (error.code === 100) this._closed(1011, error.message);
+          },
+        );
+      };
+    }
+    _ready(session) {
+      if (this.ws === null) return;
+      this.rt._connected({ session });
+      for (const sub of this.rt.subs.values()) this.subscribe(sub);
+      let unanswered = false;
+      this.pinger = setInterval(() => {
+        if (unanswered) return this._closed(1006, "no answer to ping");
+        unanswered = true;
+        this.send({ op: "ping" }).then(() => (unanswered = false), () => {});
+      }, PING_EVERY);
+    }
+    subscribe(sub) {
+      const message = { op: "subscribe", channel: sub.channel };
+      const asked = sub.epoch !== null;
+      if (asked) message.since = { offset: sub.offset, epoch: sub.epoch };
+      if (sub.token) message.token = sub.token;
+      this.send(message).then(
+        (result) => this.rt.subs.get(sub.channel) === sub && sub._subscribed(result, asked),
+        (error) => {
+          if (error.code === 0 || error.code === 105) return; // dropped: made again later
+          this.rt._ended(sub, error);
+        },
+      );
+    }
+    unsubscribe(sub) {
+      this.send({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+    }
+    call(op, fields) {
+      return this.send({ op, ...fields });
+    }
+    send(message) {
+      const id = this.nextId++;
+      return new Promise((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
+        this.ws.send(JSON.stringify({ id, ...message }));
+      });
+    }
+    _message(text) {
+      const message = JSON.parse(text);
+      if (message.push === undefined) {
+        const waiter = this.pending.get(message.id);
+        if (!waiter) return;
+        this.pending.delete(message.id);
+        if (message.error) waiter.reject(rtError(message.error));
+        else waiter.resolve(message.result);
+        return;
+      }
+      const sub = this.rt.subs.get(message.channel);
+      if (!sub) return;
+      if (message.push === "pub") sub._pub(message);
+      else if (message.push === "join") sub._call("onJoin", message.info);
+      else if (message.push === "leave") sub._call("onLeave", message.info);
+      else if (message.push === "presence") sub._call("onPresence", message);
+      else if (message.push === "unsubscribe") {
+        // 112: the stream started a new epoch: subscribe again (the answer says
+        // recovered: false). Anything else (109: subscription token expired) ends it.
+        if (message.code === 112) this.subscribe(sub);
+        else this.rt._ended(sub, rtError(message));
+      }
+    }
+    close() {
+      const ws = this.ws;
+      if (!ws) return;
+      this.ws = null;
+      clearInterval(this.pinger);
+      ws.onclose = ws.onmessage = ws.onopen = null;
+      ws.close(1000);
+      for (const waiter of this.pending.values()) {
+        waiter.reject(rtError({ code: 0, message: "disconnected" }));
+      }
+      this.pending.clear();
+    }
+    _closed(code, reason) {
+      if (this.ws === null) return;
+      this.close();
+      this.rt._dropped(code, reason);
+    }
+  }
+
+  // SSE and polling: publish and history are plain HTTP requests.
+  class HTTPTransport {
+    constructor(rt, name) {
+      this.rt = rt;
+      this.name = name;
+    }
+    call(op, fields) {
+      const rt = this.rt;
+      if (op === "publish") {
+        const headers = { "Content-Type": "application/json" };
+        if (rt.token) headers.Authorization = `Bearer ${rt.token}`;
+        const body = { channel: fields.channel, data: fields.data };
+        if (fields.idempotency_key) body.idempotency_key = fields.idempotency_key;
+        return this._fetch("/client/publish", {
+          method: "POST",
+          headers,
+          body: JSON.stringify(body),
+        });
+      }
+      if (op === "history") {
+        const query = [["channel", fields.channel]];
+        if (fields.since) {
+          const { offset, epoch } = fields.since;
+          query.push(["since", `${fields.channel}:${offset}:${epoch}`]);
+        }
+        if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
+        return this._fetch(`/history?${this.query(query)}`);
+      }
+      const message = `${op} needs the WebSocket transport`;
+      return Promise.reject(rtError({ code: 108, message }));
+    }
+    query(pairs) {
+      if (this.rt.token) pairs.push(["token", this.rt.token]);
+      return new URLSearchParams(pairs).toString();
+    }
+    async _fetch(path, init = {}) {
+      let response;
+      try {
+        response = await fetch(this.rt.base + this.rt.prefix + path, init);
+      } catch (error) {
+        throw rtError({ code: 0, message: `network error: ${error.message}` });
+      }
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (error) {
+        // not JSON: a proxy's page, say
+      }
+      if (body && body.error) throw rtError(body.error);
+      if (!response.ok || body === null) {
+        throw rtError({ code: 0, message: `HTTP ${response.status}` });
+      }
+      return body;
+    }
+    subscribe() {
+      this.restart();
+    }
+    unsubscribe() {
+      this.restart();
+    }
+  }
+
+  class SSETransport extends HTTPTransport {
+    constructor(rt) {
+      super(rt, "sse");
+    }
+    open() {
+      this.restart();
+    }
+    // (Re)open the stream for the current channels, each from its own position.
+    restart() {
+      this._stop();
+      const subs = [...this.rt.subs.values()];
+      this.asked = new Map(subs.map((sub) => [sub.channel, sub.epoch !== null]));
+      if (!subs.length) {
+        // nothing to stream: publish and history work without one
+        if (!this.live) this._live();
+        return;
+      }
+      const pairs = [];
+      for (const sub of subs) {
+        pairs.push(["channel", sub.channel]);
+        if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
+      }
+      let source;
+      try {
+        const url = `${this.rt.base}${this.rt.prefix}/sse?${this.query(pairs)}`;
+        source = this.source = new EventSource(url);
+      } catch (error) {
+        return this.rt._dropped(1006, `EventSource failed: ${error.message}`);
+      }
+      const on = (type, fn) =>
+        source.addEventListener(type, (event) => {
+          if (this.source === source) fn(event.data === undefined ? null : JSON.parse(event.data));
+        });
+      on("open", () => this.live || this._live());
+      on("subscribed", (result) => {
+        const sub = this.rt.subs.get(result.channel);
+        if (sub) sub._subscribed(result, this.asked.get(result.channel));
+      });
+      on("pub", (push) => this.rt.subs.get(push.channel)?._pub(push));
+      on("join", (push) => this.rt.subs.get(push.channel)?._call("onJoin", push.info));
+      on("leave", (push) => this.rt.subs.get(push.channel)?._call("onLeave", push.info));
+      on("presence", (push) => this.rt.subs.get(push.channel)?._call("onPresence", push));
+      // A connection error (data null), or the server's `event: error` before it ends the
+      // stream (109 token expired, 112 a stream restarted): reopen with our own positions,
+      // not EventSource's Last-Event-ID, which names one channel only.
+      on("error", (error) => {
+        this._stop();
+        this.rt._dropped(error && error.code === 109 ? 4002 : 1006, error ? error.message : "");
+      });
+    }
+    _live() {
+      this.live = true;
+      this.rt._connected({});
+    }
+    _stop() {
+      if (this.source) this.source.close();
+      this.source = null;
+    }
+    close() {
+      this._stop();
+      this.live = false;
+    }
+  }
+
+  class PollTransport extends HTTPTransport {
+    constructor(rt) {
+      super(rt, "poll");
+      this.generation = 0;
+    }
+    open() {
+      this.restart();
+    }
+    restart() {
+      if (this.abort) this.abort.abort();
+      this._loop(++this.generation);
+    }
+    async _loop(generation) {
+      const rt = this.rt;
+      const asked = new Map();
+      while (generation === this.generation) {
+        const subs = [...rt.subs.values()];
+        if (!subs.length) {
+          if (!this.live) this._live();
+          return; // restarted by the next subscribe
+        }
+        const pairs = [];
+        for (const sub of subs) {
+          pairs.push(["channel", sub.channel]);
+          if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
+          if (!asked.has(sub.channel)) asked.set(sub.channel, sub.epoch !== null);
+        }
+        // The first poll, or a channel without a position yet: ask without waiting, to
+        // know at once that polling works and where every channel stands.
+        const fresh = !this.live || subs.some((sub) => sub.epoch === null);
+        pairs.push(["timeout", fresh ? "0" : String(POLL_TIMEOUT)]);
+        const abort = (this.abort = new AbortController());
+        let answer;
+        try {
+          answer = await this._fetch(`/poll?${this.query(pairs)}`, { signal: abort.signal });
+        } catch (error) {
+          if (generation !== this.generation) return;
+          this.generation++;
+          this.live = false;
+          // as the WebSocket would close: 101 refused (4001), 109 token expired (4002)
+          const code = { 101: 4001, 109: 4002 }[error.code] || 1006;
+          return rt._dropped(code, error.message);
+        }
+        if (generation !== this.generation) return;
+        if (!this.live) this._live();
+        for (const [channel, result] of Object.entries(answer.channels)) {
+          const sub = rt.subs.get(channel);
+          if (!sub) continue;
+          if (asked.get(channel) !== undefined) {
+            // the first answer since (re)starting: as a subscribe's
+            sub._subscribed({ channel, ...result }, asked.get(channel));
+            asked.set(channel, undefined);
+          } else if (!result.recovered) {
+            sub.offset = result.offset;
+            sub.epoch = result.epoch;
+            sub._call("onUnrecovered", { channel, ...result });
+          } else {
+            for (const pub of result.publications) sub._pub(pub);
+            sub.epoch = result.epoch;
+          }
+        }
+      }
+    }
+    _live() {
+      this.live = true;
+      this.rt._connected({});
+    }
+    close() {
+      this.generation++;
+      this.live = false;
+      if (this.abort) this.abort.abort();
+    }
+  }
+
+  const TRANSPORTS = {
+    websocket: (rt) => new WebSocketTransport(rt),
+    sse: (rt) => new SSETransport(rt),
+    poll: (rt) => new PollTransport(rt),
+  };
+
+  // --- the client ---------------------------------------------------------------------
+
+  class Rtserve {
+    constructor(options = {}) {
+      this.base = (options.url || global.location.origin).replace(/\/+$/, "");
+      this.prefix = (options.prefix || "/rt").replace(/\/+$/, "");
+      this.token = options.token || null;
+      this.getToken = options.getToken || null;
+      this.data = options.data;
+      this.transports = (options.transports || ["websocket", "sse", "poll"]).filter((name) => {
+        if (name === "websocket") return typeof global.WebSocket === "function";
+        if (name === "sse") return typeof global.EventSource === "function";
+        return name === "poll";
+      });
+      if (!this.transports.length) this.transports = ["poll"];
+      this.fallbackAfter = options.fallbackAfter || 2;
+      this.backoffMin = options.backoffMin || 250;
+      this.backoffMax = options.backoffMax || 10000;
+      this.subs = new Map(); // channel -> Subscription
+      this.listeners = { state: [] };
+      this.waiting = []; // [op, fields, resolve, reject] made while not connected
+      this.state = "disconnected";
+      this.transport = null; // the current one
+      this.which = 0; // index in this.transports
+      this.failures = 0; // failures before connecting, on this transport
+      this.attempt = 0; // reconnects since the last connected
+      this.started = false;
+      this.closed = false;
+      this.session = null;
+      this.refusal = null;
+    }
+
+    on(event, fn) {
+      (this.listeners[event] = this.listeners[event] || []).push(fn);
+      return this;
+    }
+
+    connect() {
+      if (this.started && !this.closed) return this;
+      this.started = true;
+      this.closed = false;
+      this._open();
+      return this;
+    }
+
+    subscribe(channel, handlers = {}) {
+      let sub = this.subs.get(channel);
+      if (sub) return sub;
+      sub = new Subscription(this, channel, handlers);
+      this.subs.set(channel, sub);
+      if (this.state === "connected") this.transport.subscribe(sub);
+      return sub;
+    }
+
+    publish(channel, data, options = {}) {
+      return this._command("publish", { channel, data, ...options });
+    }
+
+    history(channel, options = {}) {
+      return this._command("history", { channel, ...options });
+    }
+
+    presence(channel) {
+      return this._command("presence", { channel });
+    }
+
+    close() {
+      this.closed = true;
+      clearTimeout(this.retryTimer);
+      if (this.transport) this.transport.close();
+      this.transport = null;
+      this._reject(rtError({ code: 0, message: "closed" }));
+      this._state("closed", {});
+    }
+
+    // --- inside -----------------------------------------------------------------------
+
+    _command(op, fields) {
+      if (this.closed) return Promise.reject(rtError({ code: 0, message: "closed" }));
+      if (this.state === "connected") return this.transport.call(op, fields);
+      return new Promise((resolve, reject) => this.waiting.push([op, fields, resolve, reject]));
+    }
+
+    _reject(error) {
+      for (const [, , , reject] of this.waiting) reject(error);
+      this.waiting = [];
+    }
+
+    _unsubscribe(sub) {
+      if (this.subs.get(sub.channel) !== sub) return;
+      this.subs.delete(sub.channel);
+      if (this.state === "connected") this.transport.unsubscribe(sub);
+    }
+
+    _ended(sub, error) {
+      if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      sub._call("onError", error);
+    }
+
+    _state(state, info) {
+      this.state = state;
+      const detail = { transport: this.transport ? this.transport.name : null, ...info };
+      for (const fn of this.listeners.state || []) {
+        try {
+          fn(state, detail);
+        } catch (error) {
+          console.error("rtserve.js: state listener failed", error);
+        }
+      }
+    }
+
+    async _open() {
+      if (this.closed) return;
+      const transport = (this.transport = TRANSPORTS[this.transports[this.which]](this));
+      this._state("connecting", { attempt: this.attempt });
+      if (this.getToken) {
+        try {
+          this.token = await this.getToken();
+        } catch (error) {
+          this.transport = null;
+          this._state("disconnected", { code: 0, reason: `no token: ${error.message}` });
+          return this._retry(false);
+        }
+        if (this.closed || this.transport !== transport) return;
+      }
+      try {
+        transport.open();
+      } catch (error) {
+        this._dropped(1006, `${transport.name} failed: ${error.message}`); // blocked, say
+      }
+    }
+
+    _connected(info) {
+      this.session = info.session || null;
+      this.refusal = null;
+      this.attempt = 0;
+      this.failures = 0;
+      this._state("connected", info);
+      const waiting = this.waiting;
+      this.waiting = [];
+      for (const [op, fields, resolve, reject] of waiting) {
+        this.transport.call(op, fields).then(resolve, reject);
+      }
+    }
+
+    _dropped(code, reason) {
+      if (this.closed) return;
+      const wasConnected = this.state === "connected";
+      if (this.transport) this.transport.close();
+      if (FINAL.has(code) || (code === 4002 && !this.getToken)) {
+        const error = this.refusal || rtError({ code, message: reason });
+        this.closed = true;
+        this._reject(error);
+        return this._state("closed", { code, reason, error: this.refusal });
+      }
+      this._state("disconnected", { code, reason });
+      this._retry(!wasConnected);
+    }
+
+    _retry(failed) {
+      // Failing before connecting, fallbackAfter times in a row: the next transport (after
+      // the last, the first again: the network may have come back).
+      if (failed && ++this.failures >= this.fallbackAfter && this.transports.length > 1) {
+        this.failures = 0;
+        this.which = (this.which + 1) % this.transports.length;
+        this.attempt = 0;
+      }
+      const delay = Math.min(this.backoffMax, this.backoffMin * 2 ** this.attempt);
+      this.attempt += 1;
+      clearTimeout(this.retryTimer);
+      this.retryTimer = setTimeout(() => this._open(), delay * (0.5 + Math.random() / 2));
+    }
+  }
+
+  global.Rtserve = Rtserve;
+  if (typeof module === "object" && module.exports) module.exports = Rtserve;
+})(typeof window !== "undefined" ? window : globalThis);

@@ -1,0 +1,191 @@
+"""rtserve.js in headless Chromium: WebSocket, the fallbacks to SSE and long polling, and
+recovery across forced disconnects (every offset once, in order).
+
+The server (rtserve.testing.ThreadedServer, 127.0.0.1 only) serves tests/browser_pages/
+rtserve_js.html, which loads /rtserve.js from it, subscribes to `?channel=` and writes the
+offsets it receives into the page. WebSocket and EventSource are taken away from the page
+with init scripts (stubs that fail the way a blocking proxy makes them fail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserve import App
+from rtserve.testing import ThreadedServer
+
+with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
+    from playwright.sync_api import Page, expect
+
+PAGE = Path(__file__).parent / "browser_pages" / "rtserve_js.html"
+TIMEOUT_MS = 10_000
+
+# A WebSocket that never opens (as behind a proxy that refuses the upgrade).
+NO_WEBSOCKET = """
+window.WebSocket = class {
+  constructor() {
+    setTimeout(() => {
+      if (this.onerror) this.onerror(new Event("error"));
+      if (this.onclose) this.onclose({ code: 1006, reason: "" });
+    }, 5);
+  }
+  send() { throw new Error("not open"); }
+  close() {}
+};
+"""
+# An EventSource that never opens either.
+NO_EVENTSOURCE = """
+window.EventSource = class {
+  constructor() {
+    this.listeners = [];
+    setTimeout(() => this.listeners.forEach((fn) => fn(new Event("error"))), 5);
+  }
+  addEventListener(type, fn) { if (type === "error") this.listeners.push(fn); }
+  close() { this.listeners = []; }
+};
+"""
+STUBS = {"websocket": [], "sse": [NO_WEBSOCKET], "poll": [NO_WEBSOCKET, NO_EVENTSOURCE]}
+
+
+@pytest.fixture(scope="module")
+def app() -> App:
+    app = App()
+    app.static_file("/", PAGE)
+    app.channel("feed:*", history=1000, history_ttl=600, publish="clients")
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(app: App) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app, access_log=False) as srv:
+        yield srv
+
+
+def open_page(page: Page, server: ThreadedServer, channel: str, transport: str) -> None:
+    for script in STUBS[transport]:
+        page.add_init_script(script)
+    response = page.goto(f"{server.url}/?channel={channel}")
+    assert response is not None and response.status == 200
+    expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+    expect(page.locator("#transport")).to_have_text(transport, timeout=TIMEOUT_MS)
+
+
+def publish(app: App, channel: str, data: Any) -> int:
+    position = app.publish_threadsafe(channel, data).result(10)
+    return position.offset
+
+
+def offsets(page: Page) -> list[int]:
+    result: list[int] = page.evaluate("seen.map((pub) => pub.offset)")
+    return result
+
+
+def kill_connections(server: ThreadedServer, app: App) -> None:
+    """Drop every connection the server has (the page's too), without a close handshake."""
+
+    def kill() -> int:
+        state = app.server_state
+        assert state is not None
+        connections = list(state.connections)
+        for connection in connections:
+            connection.abort()
+        return len(connections)
+
+    assert server.call(kill) >= 1
+
+
+def test_rtserve_js_is_served_with_an_etag(server: ThreadedServer) -> None:
+    with server.client() as http:
+        first = http.get("/rtserve.js")
+        assert first.status == 200
+        assert first.headers["content-type"] == "application/javascript; charset=utf-8"
+        assert "class Rtserve" in first.text
+        etag = first.headers["etag"]
+        again = http.get("/rtserve.js", headers={"If-None-Match": etag})
+        assert again.status == 304
+
+
+def test_websocket(page: Page, server: ThreadedServer, app: App) -> None:
+    open_page(page, server, "feed:ws", "websocket")
+    assert publish(app, "feed:ws", "one") == 1
+    assert publish(app, "feed:ws", {"n": 2}) == 2
+    expect(page.locator("#offsets")).to_have_text("1 2", timeout=TIMEOUT_MS)
+    position = page.evaluate("rt.publish('feed:ws', 'from the page')")
+    assert position["offset"] == 3
+    expect(page.locator("#offsets")).to_have_text("1 2 3", timeout=TIMEOUT_MS)
+    assert page.evaluate("seen.map((pub) => pub.data)") == ["one", {"n": 2}, "from the page"]
+    assert page.evaluate("sub.position") == {"offset": 3, "epoch": position["epoch"]}
+    history = page.evaluate("rt.history('feed:ws', { limit: 2 })")
+    assert [p["offset"] for p in history["publications"]] == [2, 3]
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+def test_fallback(page: Page, server: ThreadedServer, app: App, transport: str) -> None:
+    channel = f"feed:{transport}"
+    open_page(page, server, channel, transport)
+    states = page.locator("#states li").all_text_contents()
+    assert states[0] == "connecting websocket" and "connected websocket" not in states
+    assert publish(app, channel, "one") == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    position = page.evaluate(f"rt.publish('{channel}', 'from the page')")
+    assert position["offset"] == 2
+    assert publish(app, channel, "three") == 3
+    expect(page.locator("#offsets")).to_have_text("1 2 3", timeout=TIMEOUT_MS)
+    assert page.evaluate("seen.map((pub) => pub.data)") == ["one", "from the page", "three"]
+    history = page.evaluate(f"rt.history('{channel}', {{ limit: 1 }})")
+    assert [p["offset"] for p in history["publications"]] == [3]
+    assert page.locator("#transport").text_content() == transport
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_forced_disconnects_lose_nothing(
+    page: Page, server: ThreadedServer, app: App, transport: str
+) -> None:
+    channel = f"feed:drop-{transport}"
+    total = 120
+    open_page(page, server, channel, transport)
+    for n in range(1, total + 1):
+        assert publish(app, channel, n) == n
+        if n in (30, 70):
+            kill_connections(server, app)
+        time.sleep(0.005)
+    expected = " ".join(str(n) for n in range(1, total + 1))
+    expect(page.locator("#offsets")).to_have_text(expected, timeout=TIMEOUT_MS)
+    assert offsets(page) == list(range(1, total + 1))
+    assert page.evaluate("seen.map((pub) => pub.data)") == list(range(1, total + 1))
+    assert page.locator("#unrecovered").text_content() == "0"
+    states = page.locator("#states li").all_text_contents()
+    if transport != "poll":  # (a poll between two requests has nothing to lose)
+        assert f"disconnected {transport}" in states, states  # the kills were noticed
+    assert page.locator("#transport").text_content() == transport
+
+
+def test_transport_switches_keep_the_offsets(page: Page, server: ThreadedServer, app: App) -> None:
+    """WebSocket, then (WebSocket blocked) SSE, then (EventSource blocked) polling: one stream
+    of offsets, none lost or repeated."""
+    channel = "feed:switch"
+    open_page(page, server, channel, "websocket")
+    n = 0
+    for transport, block in (("websocket", None), ("sse", NO_WEBSOCKET), ("poll", NO_EVENTSOURCE)):
+        if block is not None:
+            page.evaluate(f"() => {{ {block} }}")  # what the next connection attempts find
+            for _ in range(5):
+                n += 1
+                assert publish(app, channel, n) == n
+            kill_connections(server, app)
+            expect(page.locator("#transport")).to_have_text(transport, timeout=TIMEOUT_MS)
+            expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+        for _ in range(5):
+            n += 1
+            assert publish(app, channel, n) == n
+        expect(page.locator("#offsets")).to_have_text(
+            " ".join(str(i) for i in range(1, n + 1)), timeout=TIMEOUT_MS
+        )
+    assert offsets(page) == list(range(1, n + 1))
+    assert page.locator("#unrecovered").text_content() == "0"
