@@ -64,12 +64,12 @@ def chat_url(tmp_path: Path) -> Iterator[str]:
             os.killpg(server.pid, signal.SIGKILL)
 
 
-def join(page: Any, url: str, name: str) -> None:
+def join(page: Any, url: str, name: str, timeout: float = 5000) -> None:
     page.goto(url)
     page.fill("#name", name)
     page.fill("#room", "lobby")
     page.locator("#join").evaluate("form => form.requestSubmit()")
-    expect(page.locator("#text")).to_be_enabled()
+    expect(page.locator("#text")).to_be_enabled(timeout=timeout)
 
 
 def test_two_pages_chat(browser: Any, chat_url: str) -> None:
@@ -89,3 +89,44 @@ def test_two_pages_chat(browser: Any, chat_url: str) -> None:
     cy = browser.new_context().new_page()
     join(cy, chat_url, "Cy")
     expect(cy.locator("#messages")).to_contain_text("hello from Ada")
+
+
+# A WebSocket (and an EventSource) that never opens, as behind a proxy that blocks them.
+NO_WEBSOCKET = """
+window.WebSocket = class {
+  constructor() { setTimeout(() => this.onclose && this.onclose({ code: 1006, reason: "" }), 5); }
+  send() { throw new Error("not open"); }
+  close() {}
+};
+"""
+NO_EVENTSOURCE = """
+window.EventSource = class {
+  constructor() {
+    this.fns = [];
+    setTimeout(() => this.fns.forEach((fn) => fn(new Event("error"))), 5);
+  }
+  addEventListener(type, fn) { if (type === "error") this.fns.push(fn); }
+  close() { this.fns = []; }
+};
+"""
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+def test_chat_without_websocket(browser: Any, chat_url: str, transport: str) -> None:
+    """The name (rtserve.js's `data`) reaches on_connect over SSE and polling too."""
+    pages = []
+    for name in ("Ada", "Bob"):
+        page = browser.new_context().new_page()
+        page.add_init_script(NO_WEBSOCKET)
+        if transport == "poll":
+            page.add_init_script(NO_EVENTSOURCE)
+        join(page, chat_url, name, timeout=20_000)
+        pages.append(page)
+    ada, bob = pages
+    assert ada.evaluate("rt.transport.name") == transport
+    if transport == "sse":  # an SSE stream is in presence (a poll is not)
+        expect(bob.locator("#members")).to_contain_text("Ada")
+    ada.fill("#text", "hello from Ada")
+    ada.locator("#send").evaluate("form => form.requestSubmit()")
+    expect(bob.locator("#messages")).to_contain_text("hello from Ada", timeout=10_000)
+    expect(bob.locator("#messages")).to_contain_text("Ada")

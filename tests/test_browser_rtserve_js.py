@@ -10,14 +10,16 @@ with init scripts (stubs that fail the way a blocking proxy makes them fail).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rtserve import App
+from rtserve import App, ConnectContext, ConnectResult
 from rtserve.testing import ThreadedServer
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
@@ -51,13 +53,24 @@ window.EventSource = class {
 };
 """
 STUBS = {"websocket": [], "sse": [NO_WEBSOCKET], "poll": [NO_WEBSOCKET, NO_EVENTSOURCE]}
+CONNECT_DATA: list[Any] = []  # what on_connect was given, over every transport
 
 
 @pytest.fixture(scope="module")
 def app() -> App:
     app = App()
     app.static_file("/", PAGE)
-    app.channel("feed:*", history=1000, history_ttl=600, publish="clients")
+    app.channel("feed:*", history=1000, history_ttl=600, publish="clients", presence=True)
+    app.channel("plain:*", history=10)  # no presence
+
+    @app.on_connect
+    def named(ctx: ConnectContext) -> ConnectResult | None:
+        # the page's `data` option, over every transport: {"name": ...} names the user
+        CONNECT_DATA.append(ctx.data)
+        if isinstance(ctx.data, dict) and "name" in ctx.data:
+            return ConnectResult(user=str(ctx.data["name"]))
+        return None
+
     return app
 
 
@@ -67,10 +80,15 @@ def server(app: App) -> Iterator[ThreadedServer]:
         yield srv
 
 
-def open_page(page: Page, server: ThreadedServer, channel: str, transport: str) -> None:
+def open_page(
+    page: Page, server: ThreadedServer, channel: str, transport: str, data: Any = None
+) -> None:
     for script in STUBS[transport]:
         page.add_init_script(script)
-    response = page.goto(f"{server.url}/?channel={channel}")
+    query = {"channel": channel}
+    if data is not None:
+        query["data"] = json.dumps(data)
+    response = page.goto(f"{server.url}/?{urllib.parse.urlencode(query)}")
     assert response is not None and response.status == 200
     expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
     expect(page.locator("#transport")).to_have_text(transport, timeout=TIMEOUT_MS)
@@ -128,7 +146,9 @@ def test_websocket(page: Page, server: ThreadedServer, app: App) -> None:
 @pytest.mark.parametrize("transport", ["sse", "poll"])
 def test_fallback(page: Page, server: ThreadedServer, app: App, transport: str) -> None:
     channel = f"feed:{transport}"
-    open_page(page, server, channel, transport)
+    name = f"ann-{transport}"
+    open_page(page, server, channel, transport, data={"name": name})
+    assert {"name": name} in CONNECT_DATA  # the `data` option reached on_connect
     states = page.locator("#states li").all_text_contents()
     assert states[0] == "connecting websocket" and "connected websocket" not in states
     assert publish(app, channel, "one") == 1
@@ -138,8 +158,20 @@ def test_fallback(page: Page, server: ThreadedServer, app: App, transport: str) 
     assert publish(app, channel, "three") == 3
     expect(page.locator("#offsets")).to_have_text("1 2 3", timeout=TIMEOUT_MS)
     assert page.evaluate("seen.map((pub) => pub.data)") == ["one", "from the page", "three"]
+    # the page's publication was made as the user on_connect named from the page's data
+    assert page.evaluate("seen[1].info.user") == name
     history = page.evaluate(f"rt.history('{channel}', {{ limit: 1 }})")
     assert [p["offset"] for p in history["publications"]] == [3]
+    # presence over HTTP: an SSE stream is a subscriber (counted), a poll is not
+    presence = page.evaluate(f"rt.presence('{channel}')")
+    stats = page.evaluate(f"rt.presenceStats('{channel}')")
+    if transport == "sse":
+        assert [c["user"] for c in presence["clients"].values()] == [name]
+        assert stats == {"clients": 1, "users": 1}
+    else:
+        assert presence == {"clients": {}} and stats == {"clients": 0, "users": 0}
+    code = page.evaluate("rt.presence('plain:x').then(() => null, (error) => error.code)")
+    assert code == 108  # the channel keeps no presence
     assert page.locator("#transport").text_content() == transport
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from rtserve import App, ChannelContext, ChannelError, ChannelSettings
+from rtserve import (
+    App,
+    ChannelContext,
+    ChannelError,
+    ChannelSettings,
+    ConnectContext,
+    ConnectResult,
+)
 from rtserve.realtime.protocol import ErrorCode
 from rtserve.testing import ThreadedServer, serve_app
 from rtserve.tokens import mint
@@ -552,4 +559,118 @@ def test_sse_join_and_leave_events() -> None:
         leave = json.loads(first.next("leave")["data"])
         assert leave["info"]["user"] == "bob"
         first.close()
+        wait_for(lambda: app.hub.channels() == {} and app.hub.users == {})
+
+
+def test_presence_get() -> None:
+    app = App(channels=ChannelSettings(token_secret=SECRET))
+    app.channel("room", presence=True)
+    app.channel("vip:*", presence=True, token=True)
+    app.channel("plain")
+    seen: list[str] = []
+
+    def only_open(ctx: ChannelContext) -> None:
+        seen.append(ctx.channel)
+        if ctx.params["name"] == "closed":
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "closed")
+
+    app.channel("door:{name}", presence=True, on_subscribe=only_open)
+    with ThreadedServer(app) as server:
+        port = server.port
+        stream = SSE(port, f"channel=room&token={mint(SECRET, 'ann', info={'n': 1})}")
+        stream.next("subscribed")
+        other = SSE(port, f"channel=room&token={mint(SECRET, 'ann')}")
+        other.next("subscribed")
+        third = SSE(port, f"channel=room&token={mint(SECRET, 'bob')}")
+        third.next("subscribed")
+        wait_for(lambda: server.call(app.hub.presence_stats, "room")["clients"] == 3)
+        status, body, _ = get(port, "/rt/presence?channel=room")
+        assert status == 200
+        assert sorted(c["user"] for c in body["clients"].values()) == ["ann", "ann", "bob"]
+        assert body == server.call(app.hub.presence, "room")
+        status, body, _ = get(port, "/rt/presence?channel=room&stats=1")
+        assert status == 200 and body == {"clients": 3, "users": 2}
+        status, body, _ = get(port, "/rt/presence?channel=room&stats=maybe")
+        assert status == 400 and body["error"]["code"] == ErrorCode.BAD_REQUEST
+        for stream_ in (stream, other, third):
+            stream_.close()
+        wait_for(lambda: server.call(app.hub.presence_stats, "room")["clients"] == 0)
+        status, body, _ = get(port, "/rt/presence?channel=room")
+        assert status == 200 and body == {"clients": {}}
+        # the permissions of a subscribe
+        status, body, _ = get(port, "/rt/presence?channel=vip:a")
+        assert status == 403 and body["error"]["code"] == ErrorCode.PERMISSION_DENIED
+        status, body, _ = get(port, f"/rt/presence?channel=vip:a&token={mint(SECRET, 'ann')}")
+        assert status == 403
+        allowed = mint(SECRET, "ann", channels=["vip:*"])
+        status, body, _ = get(port, f"/rt/presence?channel=vip:a&token={allowed}&stats=1")
+        assert status == 200 and body == {"clients": 0, "users": 0}
+        status, body, _ = get(port, "/rt/presence?channel=room&token=garbage")
+        assert status == 401 and body["error"]["code"] == ErrorCode.UNAUTHORIZED
+        status, body, _ = get(port, "/rt/presence?channel=door:closed")
+        assert status == 403 and body["error"]["message"] == "closed"
+        status, body, _ = get(port, "/rt/presence?channel=door:open&stats=1")
+        assert status == 200 and body == {"clients": 0, "users": 0}
+        assert seen == ["door:closed", "door:open"]
+        status, body, _ = get(port, "/rt/presence?channel=nope")
+        assert status == 404 and body["error"]["code"] == ErrorCode.UNKNOWN_CHANNEL
+        status, body, _ = get(port, "/rt/presence?channel=room&channel=plain")
+        assert status == 400 and body["error"]["code"] == ErrorCode.BAD_REQUEST
+        # a channel without presence: 108, as the WebSocket answers
+        for query in ("channel=plain", "channel=plain&stats=1"):
+            status, body, _ = get(port, f"/rt/presence?{query}")
+            assert status == 503 and body["error"]["code"] == ErrorCode.NOT_AVAILABLE
+
+
+def test_connect_data_over_http() -> None:
+    """`data=<JSON>` reaches on_connect over SSE, poll, history, presence and client publish."""
+    app = make_app()
+    app.channel("lobby", history=10, presence=True, publish="clients")
+    given: list[Any] = []
+
+    @app.on_connect
+    def name_required(ctx: ConnectContext) -> ConnectResult:
+        given.append(ctx.data)
+        if not isinstance(ctx.data, dict) or not isinstance(ctx.data.get("name"), str):
+            raise ChannelError(ErrorCode.UNAUTHORIZED, "say your name")
+        return ConnectResult(user=ctx.data["name"])
+
+    def data(value: Any) -> str:
+        return urllib.parse.urlencode({"data": json.dumps(value)})
+
+    with ThreadedServer(app) as server:
+        port = server.port
+        stream = SSE(port, f"channel=lobby&{data({'name': 'ann'})}")
+        assert stream.response.status == 200
+        stream.next("subscribed")
+        assert given == [{"name": "ann"}]
+        status, body, _ = get(port, f"/rt/presence?channel=lobby&{data({'name': 'bob'})}")
+        assert status == 200 and [c["user"] for c in body["clients"].values()] == ["ann"]
+        status, body, _ = get(port, f"/rt/poll?channel=lobby&timeout=0&{data({'name': 'cy'})}")
+        assert status == 200 and body["channels"]["lobby"]["offset"] == 0
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/rt/client/publish?{data({'name': 'dee'})}",
+            data=json.dumps({"channel": "lobby", "data": "hi"}).encode(),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["offset"] == 1
+        pub = json.loads(stream.next()["data"])
+        assert pub["data"] == "hi" and pub["info"]["user"] == "dee"
+        status, body, _ = get(port, f"/rt/history?channel=lobby&{data({'name': 'eve'})}")
+        assert status == 200 and body["publications"][0]["info"]["user"] == "dee"
+        assert given[1:] == [{"name": n} for n in ("bob", "cy", "dee", "eve")]
+        stream.close()
+        # without data, on_connect refuses; data that is not JSON is a 400 before it runs
+        del given[:]
+        status, body, _ = get(port, "/rt/poll?channel=lobby&timeout=0")
+        assert status == 401 and body["error"]["message"] == "say your name"
+        for path in ("sse", "poll", "history", "presence"):
+            status, body, _ = get(port, f"/rt/{path}?channel=lobby&data=%7Bname")
+            assert status == 400 and body["error"]["code"] == ErrorCode.BAD_REQUEST, path
+            assert body["error"]["message"] == "data is not JSON"
+        status, body, _ = post(port, {"channel": "lobby", "data": 1}, None)
+        assert status == 401
+        assert given == [None, None]
         wait_for(lambda: app.hub.channels() == {} and app.hub.users == {})

@@ -197,7 +197,8 @@ class App:
         """Allow the channels `pattern` matches, with the rule `options` (see ChannelRule).
 
         The first rule adds the endpoints `{prefix}/ws`, `POST {prefix}/publish[/batch]`,
-        `{prefix}/sse`, `{prefix}/poll`, `{prefix}/history` and `{prefix}/client/publish`.
+        `{prefix}/sse`, `{prefix}/poll`, `{prefix}/history`, `{prefix}/presence` and
+        `{prefix}/client/publish`.
         """
         unknown = set(options) - RULE_OPTIONS
         if unknown:
@@ -217,6 +218,7 @@ class App:
             client_publish_endpoint,
             history_endpoint,
             poll_endpoint,
+            presence_endpoint,
         )
         from rtserve.realtime.publish_api import publish_batch_endpoint, publish_endpoint
         from rtserve.realtime.sse import sse_endpoint
@@ -243,6 +245,7 @@ class App:
         self.router.add(f"{prefix}/sse", ["GET"], sse_endpoint, name="rt:sse")
         self.router.add(f"{prefix}/poll", ["GET"], poll_endpoint, name="rt:poll")
         self.router.add(f"{prefix}/history", ["GET"], history_endpoint, name="rt:history")
+        self.router.add(f"{prefix}/presence", ["GET"], presence_endpoint, name="rt:presence")
         # Authenticated by a bearer token (or anonymous), and only JSON bodies are taken, which
         # a cross-site form cannot send: no XSRF token applies.
         self.router.add(

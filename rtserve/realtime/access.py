@@ -7,6 +7,7 @@ transports, errors as JSON with a fitting status and CORS headers.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -237,12 +238,26 @@ def positions(request: Request, channels: list[str]) -> dict[str, StreamPosition
     return out
 
 
+def connect_data(request: Request) -> Any:
+    """The `data` query parameter (JSON, what a WebSocket `connect` carries as `data`) for
+    `on_connect`; None without one (107 when it is not JSON)."""
+    value = request.query.get("data")
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON") from None
+
+
 async def http_client(
     hub: Hub, request: Request, token: str | None
 ) -> tuple[ClientInfo, TokenClaims | None]:
-    """Connect an HTTP client: its token (or anonymous when allowed), then `on_connect`."""
+    """Connect an HTTP client: its token (or anonymous when allowed), then `on_connect` with
+    the `data` query parameter."""
     claims = connect_claims(hub.settings, token)
-    return await run_on_connect(hub, request, claims), claims
+    data = connect_data(request)
+    return await run_on_connect(hub, request, claims, data), claims
 
 
 # --- long-lived HTTP answers and server shutdown ---------------------------------------------

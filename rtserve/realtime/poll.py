@@ -6,9 +6,11 @@ publication (or `timeout` seconds): `{"channels": {A: {"publications", "offset",
 "recovered"}}}`. Polling needs channels with history (108 otherwise): that is what makes the
 time between two polls lossless.
 
-`GET {prefix}/history?channel=A[&since=...][&limit=N]&token=T` reads the history with the
-permissions of a subscribe. `POST {prefix}/client/publish` (`Authorization: Bearer <client
-token>`, or anonymous when the app allows it) publishes as a WebSocket client would.
+`GET {prefix}/history?channel=A[&since=...][&limit=N]&token=T` reads the history, and
+`GET {prefix}/presence?channel=A[&stats=1]&token=T` the presence, with the permissions of a
+subscribe. `POST {prefix}/client/publish` (`Authorization: Bearer <client token>`, or
+anonymous when the app allows it) publishes as a WebSocket client would. Each request
+connects a client as `connect` does: `on_connect` gets the `data` query parameter (JSON).
 """
 
 from __future__ import annotations
@@ -169,6 +171,26 @@ async def history_endpoint(request: Request) -> Response:
                 raise ChannelError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
             limit = int(given)
         return JSONResponse(await hub.history(channel, since=since, limit=limit), headers=cors)
+    except ChannelError as exc:
+        hub.stats.refused += 1
+        return http_error(exc, cors)
+
+
+async def presence_endpoint(request: Request) -> Response:
+    """`GET {prefix}/presence?channel=A[&stats=1]`: who is in A (or how many), as the WebSocket
+    `presence` and `presence_stats` answer, with the permissions of a subscribe."""
+    hub = request.app.hub
+    cors = cors_headers(request, hub.settings)
+    try:
+        client, claims = await http_client(hub, request, request.query.get("token"))
+        channel = channel_names(request, max_channels=1)[0]
+        stats = request.query.get("stats", "0")
+        if stats not in ("0", "1", "false", "true"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "stats is 1 or 0")
+        await authorize_subscribe(hub, channel, client, claims, request)
+        if stats in ("1", "true"):
+            return JSONResponse(await hub.presence_stats(channel), headers=cors)
+        return JSONResponse(await hub.presence(channel), headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)

@@ -23,8 +23,8 @@ class ChannelSettings:
     presence_digest_interval: seconds between the batched presence pushes of big channels.
     sse_heartbeat: seconds between the heartbeat comments of an SSE stream.
     poll_timeout: seconds a long poll waits by default (a poll may ask for up to 60).
-    cors_origins: Origins allowed to use the SSE, poll, history and client publish endpoints
-    from a browser page of another origin (`*` for any; empty: no CORS headers).
+    cors_origins: Origins allowed to use the SSE, poll, history, presence and client publish
+    endpoints from a browser page of another origin (`*` for any; empty: no CORS headers).
     """
 
     prefix: str = _opt("/rt", "where the endpoints live: {prefix}/ws, {prefix}/publish")

@@ -1,6 +1,6 @@
 """`GET {prefix}/sse`: the channels as a Server-Sent Events stream (EventSource).
 
-`?channel=A&channel=B&token=T&since=A:OFFSET:EPOCH`. The client is connected and each
+`?channel=A&channel=B&token=T&since=A:OFFSET:EPOCH&data=JSON`. The client is connected and each
 channel subscribed with the rules of `/rt/ws` before anything is streamed, so a refusal is a
 plain JSON error (401, 403, 404, ...). Then, per channel, an `event: subscribed` with the
 subscribe result, the recovered publications, and the live ones, each
@@ -25,6 +25,7 @@ from rtserve.realtime.access import (
     authorize_subscribe,
     channel_names,
     connect_claims,
+    connect_data,
     cors_headers,
     http_error,
     parse_position_id,
@@ -101,7 +102,8 @@ class SSEStream:
         hub, request = self.hub, self.request
         try:
             self.claims = connect_claims(hub.settings, request.query.get("token"))
-            self.client = await run_on_connect(hub, request, self.claims)
+            data = connect_data(request)
+            self.client = await run_on_connect(hub, request, self.claims, data)
             add_user_connection(hub, self.client.user)
             self._counted = True
             channels = channel_names(request)

@@ -13,8 +13,9 @@
 //   prefix      where the channel endpoints are (default "/rt")
 //   token       a connection token; getToken: async () => token, called before every
 //               (re)connect (fetch a fresh one there)
-//   data        sent with the WebSocket `connect` (to the app's on_connect); not sent by SSE
-//               and polling, which have no such field
+//   data        for the app's on_connect: sent with the WebSocket `connect`, and as the
+//               `data` query parameter (JSON) of every SSE, poll, history, presence and
+//               publish request
 //   transports  the order to try them in (default ["websocket", "sse", "poll"])
 //   fallbackAfter  failures before connecting that move on to the next transport (default 2)
 //   backoffMin, backoffMax  reconnect delays in ms (default 250 and 10000), with jitter
@@ -28,7 +29,8 @@
 //   subscription.unsubscribe() ends it.
 // rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
 // rt.history(channel, { limit, since }) -> Promise of { publications, offset, epoch }
-// rt.presence(channel) -> Promise of { clients } (WebSocket only: 108 on SSE and polling)
+// rt.presence(channel) -> Promise of { clients }; rt.presenceStats(channel) -> Promise of
+//   { clients, users } (counts)
 // rt.on("state", fn): fn(state, info), state "connecting", "connected", "disconnected"
 //   (will retry) or "closed" (gave up, or close()); info.transport is the transport's name,
 //   info.session connect's result (WebSocket), info.error the refusal when closed.
@@ -39,7 +41,8 @@
 // Transports: the WebSocket at {prefix}/ws first. If it cannot connect (`fallbackAfter`
 // failures in a row), Server-Sent Events ({prefix}/sse, one EventSource for all channels,
 // reopened with since= for every channel when the set changes) with POST
-// {prefix}/client/publish and GET {prefix}/history; if SSE fails too, long polling
+// {prefix}/client/publish, GET {prefix}/history and GET {prefix}/presence; if SSE fails
+// too, long polling
 // ({prefix}/poll, channels need history). Every subscription keeps its last { offset, epoch }
 // across reconnects and transport switches and resumes from there: offsets already seen are
 // dropped, and when the server cannot give what was missed (`recovered: false`)
@@ -213,7 +216,7 @@
     }
   }
 
-  // SSE and polling: publish and history are plain HTTP requests.
+  // SSE and polling: publish, history and presence are plain HTTP requests.
   class HTTPTransport {
     constructor(rt, name) {
       this.rt = rt;
@@ -226,7 +229,8 @@
         if (rt.token) headers.Authorization = `Bearer ${rt.token}`;
         const body = { channel: fields.channel, data: fields.data };
         if (fields.idempotency_key) body.idempotency_key = fields.idempotency_key;
-        return this._fetch("/client/publish", {
+        const query = this.query([], false);
+        return this._fetch(`/client/publish${query ? "?" : ""}${query}`, {
           method: "POST",
           headers,
           body: JSON.stringify(body),
@@ -241,11 +245,20 @@
         if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
         return this._fetch(`/history?${this.query(query)}`);
       }
+      if (op === "presence" || op === "presence_stats") {
+        const query = [["channel", fields.channel]];
+        if (op === "presence_stats") query.push(["stats", "1"]);
+        return this._fetch(`/presence?${this.query(query)}`);
+      }
       const message = `${op} needs the WebSocket transport`;
       return Promise.reject(rtError({ code: 108, message }));
     }
-    query(pairs) {
-      if (this.rt.token) pairs.push(["token", this.rt.token]);
+    // The query of a request: `pairs`, the token (publish sends it as a header instead) and
+    // the `data` for on_connect, as JSON.
+    query(pairs, withToken = true) {
+      const rt = this.rt;
+      if (withToken && rt.token) pairs.push(["token", rt.token]);
+      if (rt.data !== undefined) pairs.push(["data", JSON.stringify(rt.data)]);
       return new URLSearchParams(pairs).toString();
     }
     async _fetch(path, init = {}) {
@@ -483,6 +496,10 @@
 
     presence(channel) {
       return this._command("presence", { channel });
+    }
+
+    presenceStats(channel) {
+      return this._command("presence_stats", { channel });
     }
 
     close() {
