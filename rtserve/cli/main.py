@@ -14,6 +14,7 @@ from rtserve.cli.loader import load_app
 from rtserve.cli.new_cmd import new
 from rtserve.cli.options import apply_options, server_options
 from rtserve.cli.project_cmds import check, routes, version
+from rtserve.cli.stats_cmd import stats
 from rtserve.cli.token_cmd import token
 from rtserve.errors import ConfigError
 from rtserve.logs import setup_logging
@@ -109,5 +110,6 @@ main.add_command(version)
 main.add_command(subscribe)
 main.add_command(publish)
 main.add_command(new)
+main.add_command(stats)
 if __name__ == "__main__":
     main()

@@ -1,0 +1,533 @@
+"""`rtserve stats`: a running server's admin interface, as a live dashboard, one snapshot or
+NDJSON.
+
+It finds the server by itself: the project's admin socket (`admin.socket` of its rtserve.yaml,
+read without importing the project; `.rtserve/admin.sock` by default), or `--url` with a
+token. It talks HTTP/1.1 with http.client (over AF_UNIX for the socket). Rates are the
+difference of two polls over the server's uptime between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import select
+import socket
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+ADMIN_PREFIX = "/rt/admin"
+DEFAULT_SOCKET = ".rtserve/admin.sock"
+CONFIG_NAME = "rtserve.yaml"
+TOP = 10
+TIMEOUT = 5.0
+_UNIX_PATH_MAX = 100
+# (key in "rates", where the counter is in the stats, label)
+RATES = (
+    ("requests", ("totals", "requests"), "requests"),
+    ("publications", ("hub", "publications"), "published"),
+    ("deliveries", ("hub", "deliveries"), "deliveries"),
+    ("connections", ("totals", "connections"), "connections"),
+)
+SORTS = ("queued", "age")
+
+
+class StatsError(Exception):
+    """What to tell the user before exiting 1."""
+
+
+# --- talking to the admin interface ----------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (through /proc/self/fd when the path is too long)."""
+
+    def __init__(self, path: Path, timeout: float = TIMEOUT) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            path = str(self.unix_path)
+            if len(os.fsencode(path)) > _UNIX_PATH_MAX and os.path.isdir("/proc/self/fd"):
+                fd = os.open(self.unix_path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    sock.connect(f"/proc/self/fd/{fd}/{self.unix_path.name}")
+                finally:
+                    os.close(fd)
+            else:
+                sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AdminClient:
+    """GETs on one admin interface: a unix socket, or an http:// URL with a Bearer token."""
+
+    def __init__(
+        self, *, socket_path: Path | None = None, url: str | None = None, token: str | None = None
+    ) -> None:
+        self.socket_path = socket_path
+        self.token = token
+        self.host = ""
+        self.port = 0
+        self.base = ""
+        if url is not None:
+            parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+            if parts.scheme != "http" or not parts.hostname:
+                raise StatsError(f"--url must be http://host:port, not {url!r}")
+            self.host = parts.hostname
+            try:
+                self.port = parts.port or 80
+            except ValueError:
+                raise StatsError(f"--url has a bad port: {url!r}") from None
+            self.base = parts.path.rstrip("/")
+            self.where = f"http://{parts.netloc}{self.base}"
+        elif socket_path is not None:
+            self.where = f"unix:{socket_path}"
+        else:
+            raise StatsError("no admin socket and no --url to connect to")
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.socket_path is not None and not self.host:
+            return UnixHTTPConnection(self.socket_path)
+        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+
+    def get(self, path: str) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.token and self.host:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        try:
+            conn.request("GET", self.base + ADMIN_PREFIX + path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except FileNotFoundError:
+            raise StatsError(
+                f"no running server: {self.where} does not exist (`rtserve run` starts one)"
+            ) from None
+        except ConnectionRefusedError:
+            raise StatsError(
+                f"no running server: {self.where} refused the connection (`rtserve run` starts one)"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise StatsError(f"cannot talk to {self.where}: {exc}") from None
+        finally:
+            conn.close()
+        if response.status == 401:
+            if self.token:
+                raise StatsError(
+                    f"{self.where} refused the token (401): check --token or RTSERVE_ADMIN_TOKEN"
+                )
+            raise StatsError(
+                f"{self.where} needs a token (401): pass --token or set RTSERVE_ADMIN_TOKEN"
+            )
+        if response.status == 404 and path.startswith("/stats"):
+            raise StatsError(
+                f"{self.where} is not an rtserve admin interface (404 on {ADMIN_PREFIX}/stats)"
+            )
+        if response.status != 200:
+            raise StatsError(f"{self.where}: {ADMIN_PREFIX}{path} answered {response.status}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise StatsError(f"{self.where} is not an rtserve admin interface (not JSON)") from None
+
+    def stats(self) -> dict[str, Any]:
+        data = self.get("/stats")
+        if not isinstance(data, dict) or "totals" not in data or "open" not in data:
+            raise StatsError(f"{self.where} is not an rtserve admin interface (unknown stats)")
+        return data
+
+    def channels(self) -> list[dict[str, Any]]:
+        return list(self.get(f"/channels?limit={TOP}").get("channels", []))
+
+    def connections(self) -> list[dict[str, Any]]:
+        return list(self.get("/connections?limit=1000").get("connections", []))
+
+
+def find_socket(path: str | None) -> tuple[Path | None, str | None, str | None]:
+    """The admin socket of the project at `path` (a folder or its rtserve.yaml; default: here),
+    read from its rtserve.yaml without importing the project; else its `listen` address and
+    `token` when it has no socket. (socket, listen, token)."""
+    candidate = Path(path) if path is not None else Path.cwd()
+    config = candidate / CONFIG_NAME if candidate.is_dir() else candidate
+    folder = config.absolute().parent
+    if path is not None and not candidate.exists():
+        raise StatsError(f"no project at {path}")
+    section: Any = {}
+    if config.is_file():
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise StatsError(f"cannot read {config}: {exc}") from None
+        section = data.get("admin") if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            section = {}
+    if _resolve(section.get("enabled", True)) in (False, "false", "no", "off"):
+        raise StatsError(f"the admin interface is off in {config} (admin: enabled: false)")
+    sock = _resolve(section.get("socket", DEFAULT_SOCKET))
+    listen = _resolve(section.get("listen"))
+    token = _resolve(section.get("token"))
+    listen = listen if isinstance(listen, str) and listen else None
+    token = token if isinstance(token, str) and token else None
+    if sock is None or sock == "":
+        if listen is None:
+            raise StatsError(f"{config} sets no admin socket and no listen address: use --url")
+        return None, listen, token
+    return folder / str(sock), listen, token
+
+
+def _resolve(value: Any) -> Any:
+    """A config value with `${VAR}` / `${VAR:-default}` looked up in the environment (None
+    when a variable is unset)."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    from rtserve.config.env import substitute
+
+    try:
+        text = substitute(value, os.environ)
+    except ValueError:
+        return None
+    return yaml.safe_load(text) if text else None
+
+
+# --- rates and figures -----------------------------------------------------------------------
+
+
+def _counter(stats: dict[str, Any], where: tuple[str, str]) -> float:
+    value = stats.get(where[0], {}).get(where[1], 0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def rates(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, float] | None:
+    """Per-second rates between two polls (by the server's uptime); None without a previous
+    poll of the same process."""
+    if previous is None or previous.get("pid") != current.get("pid"):
+        return None
+    elapsed = float(current.get("uptime_seconds", 0)) - float(previous.get("uptime_seconds", 0))
+    if elapsed <= 0:
+        return None
+    out = {
+        key: round(max(0.0, _counter(current, w) - _counter(previous, w)) / elapsed, 3)
+        for key, w, _ in RATES
+    }
+    out["interval_seconds"] = round(elapsed, 3)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _ms(seconds: Any) -> str:
+    return f"{float(seconds or 0) * 1000:.1f} ms"
+
+
+def sort_connections(conns: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """The top connections: most queued bytes first, or oldest first."""
+    if sort == "age":
+        key: Any = lambda c: -(c.get("age_seconds") or 0.0)  # noqa: E731
+    else:
+        key = lambda c: (-(c.get("queued_bytes") or 0), -(c.get("age_seconds") or 0.0))  # noqa: E731
+    return sorted(conns, key=key)[:TOP]
+
+
+class View:
+    """What one screen shows, as plain rows: both renderers (rich, plain text) use it."""
+
+    def __init__(
+        self,
+        where: str,
+        stats: dict[str, Any],
+        channels: list[dict[str, Any]],
+        conns: list[dict[str, Any]],
+        rate: dict[str, float] | None,
+        sort: str = "queued",
+    ) -> None:
+        self.where = where
+        process = stats.get("process", {})
+        rss = process.get("rss_bytes", process.get("max_rss_bytes", 0))
+        cpu = process.get("cpu_user_seconds", 0) + process.get("cpu_system_seconds", 0)
+        lag = stats.get("loop_lag_seconds", {})
+        self.header = (
+            f"pid {stats.get('pid')}  up {_duration(stats.get('uptime_seconds', 0))}  "
+            f"rss {_bytes(rss)}  cpu {cpu:.2f} s  "
+            f"loop lag {_ms(lag.get('last'))} (max {_ms(lag.get('max'))})"
+            + ("" if stats.get("serving", True) else "  [shutting down]")
+        )
+        opened = stats.get("open", {})
+        self.open = [(t, str(n)) for t, n in opened.items()] + [
+            ("total", str(sum(opened.values())))
+        ]
+        self.totals: list[tuple[str, str, str]] = []
+        for key, where_, label in RATES:
+            value = int(_counter(stats, where_))
+            per_s = "-" if rate is None else f"{rate[key]:.1f}/s"
+            self.totals.append((label, str(value), per_s))
+        ch = stats.get("channels", {})
+        self.channel_summary = (
+            f"{ch.get('count', 0)} channels, {ch.get('subscribers', 0)} subscribers, "
+            f"{ch.get('users', 0)} users"
+        )
+        self.channels = [(str(c.get("name")), str(c.get("subscribers"))) for c in channels[:TOP]]
+        self.sort = sort
+        self.conns = [
+            (
+                str(c.get("id", "")),
+                str(c.get("transport", "")),
+                str(c.get("peer", "")),
+                str(c.get("user") or "-"),
+                str(c.get("queued_bytes", 0)),
+                "-" if c.get("age_seconds") is None else _duration(c["age_seconds"]),
+                ",".join(c.get("channels") or []) or "-",
+            )
+            for c in sort_connections(conns, sort)
+        ]
+
+
+CONN_COLUMNS = ("id", "transport", "peer", "user", "queued", "age", "channels")
+
+
+def plain(view: View) -> str:
+    """A View as plain text."""
+    lines = [f"rtserve at {view.where}", view.header]
+    lines.append("open: " + ", ".join(f"{t} {n}" for t, n in view.open))
+    lines.append(
+        "totals: "
+        + ", ".join(
+            f"{label} {n} ({r})" if r != "-" else f"{label} {n}" for label, n, r in view.totals
+        )
+    )
+    lines.append(f"channels: {view.channel_summary}")
+    for name, subs in view.channels:
+        lines.append(f"  {name}  {subs}")
+    by = "queued bytes" if view.sort == "queued" else "age"
+    lines.append(f"connections (top {TOP} by {by}):")
+    if view.conns:
+        rows = [CONN_COLUMNS, *view.conns]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(CONN_COLUMNS))]
+        for row in rows:
+            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def rich_view(view: View, footer: str | None = None) -> Any:
+    """A View as a rich renderable."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    header = Text.assemble(("rtserve ", "bold"), (view.where, "cyan"), "\n", view.header)
+    opened = Text("open: " + ", ".join(f"{t} {n}" for t, n in view.open))
+    totals = Table(title="totals", title_justify="left")
+    totals.add_column("")
+    totals.add_column("total", justify="right")
+    totals.add_column("rate", justify="right")
+    for total in view.totals:
+        totals.add_row(*total)
+    channels = Table(title=f"top channels ({view.channel_summary})", title_justify="left")
+    channels.add_column("channel")
+    channels.add_column("subscribers", justify="right")
+    for channel in view.channels:
+        channels.add_row(*channel)
+    by = "queued bytes" if view.sort == "queued" else "age"
+    conns = Table(title=f"connections by {by}", title_justify="left")
+    for name in CONN_COLUMNS:
+        conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
+    for row in view.conns:
+        conns.add_row(*row)
+    parts: list[Any] = [header, opened, totals, channels, conns]
+    if footer:
+        parts.append(Text(footer, style="dim"))
+    return Group(*parts)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[Any]:
+    """A function `wait(timeout) -> key or None`: a key pressed on the terminal (cbreak mode,
+    restored on leaving), or just a sleep when stdin is not a terminal."""
+    stdin = sys.stdin
+    try:
+        fd = stdin.fileno()
+        interactive = os.isatty(fd)
+    except (OSError, ValueError, AttributeError):
+        interactive = False
+    if not interactive:
+        yield lambda timeout: time.sleep(timeout)
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+
+    def wait(timeout: float) -> str | None:
+        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        if not ready:
+            return None
+        data = os.read(fd, 1)
+        if not data:  # end of input: no more keys, just wait
+            time.sleep(max(0.0, timeout))
+            return None
+        return data.decode("utf-8", "replace")
+
+    try:
+        tty.setcbreak(fd)
+        yield wait
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+# --- the modes -------------------------------------------------------------------------------
+
+
+def run_dashboard(client: AdminClient, interval: float, ticks: int | None) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    sort = 0
+    previous: dict[str, Any] | None = None
+    footer = "q: quit  s: sort connections (queued bytes / age)  Ctrl-C: quit"
+    with _keys() as wait, Live(console=console, auto_refresh=False, screen=False) as live:
+        count = 0
+        while ticks is None or count < ticks:
+            stats = client.stats()
+            figures = (stats, client.channels(), client.connections(), rates(previous, stats))
+            previous = stats
+            live.update(rich_view(View(client.where, *figures, SORTS[sort]), footer), refresh=True)
+            count += 1
+            if ticks is not None and count >= ticks:
+                break
+            deadline = time.monotonic() + interval
+            while (left := deadline - time.monotonic()) > 0:
+                key = wait(left)
+                if key in ("q", "Q"):
+                    return
+                if key in ("s", "S"):
+                    sort = (sort + 1) % len(SORTS)
+                    view = View(client.where, *figures, SORTS[sort])
+                    live.update(rich_view(view, footer), refresh=True)
+
+
+def run_once(client: AdminClient) -> None:
+    stats = client.stats()
+    view = View(client.where, stats, client.channels(), client.connections(), None)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(rich_view(view))
+    else:
+        click.echo(plain(view))
+
+
+def run_ndjson(client: AdminClient, interval: float, ticks: int | None) -> None:
+    """One JSON line of stats (with `rates` since the previous poll) every `interval` s."""
+    previous = client.stats()
+    count = 0
+    while ticks is None or count < ticks:
+        time.sleep(interval)
+        stats = client.stats()
+        line = dict(stats, rates=rates(previous, stats))
+        previous = stats
+        click.echo(json.dumps(line, separators=(",", ":")))
+        sys.stdout.flush()
+        count += 1
+
+
+@click.command()
+@click.argument("path", required=False)
+@click.option("--url", help="The admin interface over HTTP: http://host:port.")
+@click.option(
+    "--token",
+    envvar="RTSERVE_ADMIN_TOKEN",
+    help="Bearer token for --url (default: $RTSERVE_ADMIN_TOKEN).",
+)
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stats JSON (once).")
+@click.option("--watch", is_flag=True, help="JSON: one NDJSON line per interval (until Ctrl-C).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option("--ticks", type=click.IntRange(min=1), default=None, hidden=True)
+def stats(
+    path: str | None,
+    url: str | None,
+    token: str | None,
+    once: bool,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    ticks: int | None,
+) -> None:
+    """Show a running server's stats: a live dashboard (q quits, s sorts the connections), one
+    snapshot (--once), JSON (--json) or NDJSON (--json --watch; the default when stdout is not a
+    terminal). Finds the project's admin socket (PATH a project folder or its rtserve.yaml;
+    default: here), or use --url with --token."""
+    try:
+        if url is not None:
+            if path is not None:
+                raise click.UsageError("give PATH or --url, not both")
+            client = AdminClient(url=url, token=token)
+        else:
+            socket_path, listen, config_token = find_socket(path)
+            if socket_path is None:
+                assert listen is not None
+                client = AdminClient(url=f"http://{listen}", token=token or config_token)
+            else:
+                client = AdminClient(socket_path=socket_path)
+        if once and as_json:
+            raise click.UsageError("give --once or --json, not both")
+        if once and watch:
+            raise click.UsageError("give --once or --watch, not both")
+        if once:
+            run_once(client)
+        elif as_json and not watch:
+            click.echo(json.dumps(client.stats(), separators=(",", ":")))
+        elif as_json or watch or not sys.stdout.isatty():
+            run_ndjson(client, interval, ticks)
+        else:
+            run_dashboard(client, interval, ticks)
+    except StatsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(0)
