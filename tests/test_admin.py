@@ -15,7 +15,9 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +183,7 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         }
         assert before["pid"] == os.getpid() and before["serving"] is True
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", before["started_at"])
-        assert before["open"] == {"http": 0, "websocket": 0, "channel": 0}
+        assert before["open"] == {"http": 0, "websocket": 0, "channel": 0, "sse": 0, "poll": 0}
         assert set(before["totals"]) == {
             "connections",
             "requests",
@@ -190,6 +192,8 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
             "limit_hits",
             "ws_dropped",
             "ws_slow_closed",
+            "bytes_received",
+            "bytes_sent",
         }
         assert list(before["totals"]["responses"]) == ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
         assert before["hub"]["subscriptions"] == 0 and "deliveries" in before["hub"]
@@ -207,7 +211,10 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         reader, writer = await open_http(server.port)
 
         stats = await client.get("/rt/admin/stats")
-        assert stats["open"] == {"http": 1, "websocket": 1, "channel": 2}
+        assert stats["open"] == {"http": 1, "websocket": 1, "channel": 2, "sse": 0, "poll": 0}
+        totals = stats["totals"]
+        assert totals["bytes_received"] > before["totals"]["bytes_received"]
+        assert totals["bytes_sent"] > before["totals"]["bytes_sent"]
         assert stats["totals"]["connections"] == before["totals"]["connections"] + 4
         assert stats["totals"]["websockets"] == 3
         assert stats["totals"]["responses"]["1xx"] == 3  # the 101s
@@ -229,6 +236,8 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
             "channels",
             "age_seconds",
             "queued_bytes",
+            "bytes_in",
+            "bytes_out",
         }
         assert first["user"] == "alice" and first["client"] == alice.info["client"]
         assert first["channels"] == ["chat:lobby", "news"]
@@ -236,7 +245,11 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         assert first["age_seconds"] >= 0 and first["queued_bytes"] == 0
         assert conns[2]["user"] is None and conns[2]["channels"] == []
         assert conns[3]["state"] == "idle"
-        assert "bytes_in" not in first  # not counted: not reported
+        # the handshake and three calls each way, at least
+        assert first["bytes_in"] > 100 and first["bytes_out"] > 100
+        plain = conns[3]  # one GET /hello and its answer, exactly
+        assert plain["bytes_in"] == len(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
+        assert plain["bytes_out"] > len(b"hi")
 
         # filters, each with the total of what matches
         by_user = await client.get("/rt/admin/connections?user=alice")
@@ -446,6 +459,10 @@ def test_metrics(tmp_path: Path) -> None:
         samples = parse_metrics(reply.body.decode())
         assert samples['rtserve_open_connections{transport="channel"}'] == 1
         assert samples['rtserve_open_connections{transport="http"}'] == 0
+        assert samples['rtserve_open_connections{transport="sse"}'] == 0
+        assert samples['rtserve_open_connections{transport="poll"}'] == 0
+        assert samples["rtserve_bytes_received_total"] > 0
+        assert samples["rtserve_bytes_sent_total"] > 0
         assert samples['rtserve_responses_total{class="1xx"}'] == 1
         assert samples["rtserve_connections_total"] == 1
         assert samples["rtserve_websockets_total"] == 1
@@ -589,3 +606,214 @@ def test_an_unusable_socket_path_does_not_stop_the_app(
 
     run(app, admin, scenario)
     assert "admin socket" in caplog.text and "not available" in caplog.text
+
+
+# --- /metrics read by the Prometheus client's own parser -----------------------------------
+
+# The families docs/projects.md names, as samples (counters with their `_total`).
+DOCUMENTED_SAMPLES = {
+    "rtserve_requests_total",
+    "rtserve_responses_total",
+    "rtserve_open_connections",
+    "rtserve_bytes_received_total",
+    "rtserve_bytes_sent_total",
+    "rtserve_channel_deliveries_total",
+    "rtserve_event_loop_lag_seconds",
+    "process_resident_memory_bytes",
+}
+
+
+def test_metrics_parse_with_prometheus_client(tmp_path: Path) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    app, admin = make_app(tmp_path)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+        await peer.call("subscribe", channel="news")
+        text = (await client.over_http("/metrics")).body.decode()
+        await peer.close()
+        families = list(parser.text_string_to_metric_families(text))
+        assert families
+        samples: dict[str, float] = {}
+        for family in families:
+            assert family.type in ("counter", "gauge"), family
+            assert family.documentation, family.name
+            assert family.samples, family.name
+            for sample in family.samples:
+                assert sample.name.startswith(("rtserve_", "process_")), sample
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        names = {key.partition("{")[0] for key in samples}
+        assert names >= DOCUMENTED_SAMPLES, DOCUMENTED_SAMPLES - names
+        # the same numbers as the test's own reading of the text
+        assert samples == parse_metrics(text)
+        for transport in ("http", "websocket", "channel", "sse", "poll"):
+            assert f'rtserve_open_connections{{transport="{transport}"}}' in samples
+        assert samples['rtserve_open_connections{transport="channel"}'] == 1
+        assert samples["rtserve_bytes_received_total"] > 0
+        assert samples["rtserve_bytes_sent_total"] > 0
+
+    run(app, admin, scenario)
+
+
+# --- exact figures after scripted traffic --------------------------------------------------
+
+CHANNEL_CLIENTS, SSE_STREAMS, POLLS, K = 50, 20, 10, 5
+
+
+class _SSEReader:
+    """An SSE stream over http.client (blocking: used from threads)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.conn.request("GET", "/rt/sse?channel=feed")
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200
+
+    def pubs(self, n: int) -> list[Any]:
+        """The data of the next `n` `pub` events."""
+        out: list[Any] = []
+        kind, data = "", ""
+        while len(out) < n:
+            line = self.response.readline()
+            if not line:
+                raise EOFError("stream ended")
+            text = line.decode("utf-8").rstrip("\n")
+            if text == "":
+                if kind == "pub":
+                    out.append(json.loads(data)["data"])
+                kind, data = "", ""
+            elif text.startswith("event: "):
+                kind = text[7:]
+            elif text.startswith("data: "):
+                data = text[6:]
+        return out
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+def _poll(port: int) -> Any:
+    url = f"http://127.0.0.1:{port}/rt/poll?channel=feed&timeout=30"
+    with urllib.request.urlopen(url, timeout=TIMEOUT * 2) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def _in_thread(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> asyncio.Future[Any]:
+    """Run `fn(*args)` in a new daemon thread; its result as a Future of `loop`."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, daemon=True).start()
+    return future
+
+
+def test_exact_figures_after_scripted_traffic(tmp_path: Path) -> None:
+    app, admin = make_app(tmp_path)
+    app.channel("feed", history=100)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        port = server.port
+        before = await client.get("/rt/admin/stats")
+        assert before["hub"]["deliveries"] == 0 and before["hub"]["subscriptions"] == 0
+
+        url = f"ws://127.0.0.1:{port}/rt/ws"
+        peers = await asyncio.gather(*(Peer.open(url) for _ in range(CHANNEL_CLIENTS)))
+        await asyncio.gather(*(p.call("subscribe", channel="feed") for p in peers))
+        streams = await asyncio.gather(
+            *(asyncio.to_thread(_SSEReader, port) for _ in range(SSE_STREAMS))
+        )
+        loop = asyncio.get_running_loop()
+        polls: list[asyncio.Future[Any]] = []
+        try:
+
+            async def subscribed(n: int) -> bool:
+                return bool(app.hub.subscriber_count("feed") == n)
+
+            await eventually(lambda: subscribed(CHANNEL_CLIENTS + SSE_STREAMS))
+            for i in range(K):
+                await app.publish("feed", {"i": i})
+            # every subscriber got all K, in order
+            expected = [{"i": i} for i in range(K)]
+            for peer in peers:
+                assert [m["data"] for m in await peer.pubs(K)] == expected
+            got = await asyncio.gather(*(asyncio.to_thread(s.pubs, K) for s in streams))
+            assert got == [expected] * SSE_STREAMS
+
+            # polls started after the publishes: they have nothing yet, so they wait
+            # (each in a thread of its own: they would fill the loop's default executor)
+            polls = [_in_thread(loop, _poll, port) for _ in range(POLLS)]
+
+            async def waiting() -> bool:
+                return bool((await client.get("/rt/admin/stats"))["open"]["poll"] == POLLS)
+
+            await eventually(waiting)
+            stats = await client.get("/rt/admin/stats")
+            assert stats["open"] == {
+                "http": SSE_STREAMS + POLLS,  # each SSE stream and poll is an HTTP connection
+                "websocket": 0,
+                "channel": CHANNEL_CLIENTS,
+                "sse": SSE_STREAMS,
+                "poll": POLLS,
+            }
+            hub = stats["hub"]
+            # each publication reached each channel client and each stream, and no poller
+            assert hub["publications"] == K
+            assert hub["deliveries"] == K * CHANNEL_CLIENTS + K * SSE_STREAMS
+            assert hub["subscriptions"] == CHANNEL_CLIENTS + SSE_STREAMS + POLLS
+            assert hub["dropped"] == hub["conflated"] == hub["slow_disconnected"] == 0
+            assert stats["channels"]["count"] == 1
+            assert stats["channels"]["subscribers"] == CHANNEL_CLIENTS + SSE_STREAMS + POLLS
+            assert app.hub.subscriber_count("feed") == stats["channels"]["subscribers"]
+            listing = await client.get("/rt/admin/channels")
+            assert listing["channels"] == [
+                {"name": "feed", "subscribers": CHANNEL_CLIENTS + SSE_STREAMS + POLLS}
+            ]
+            conns = (await client.get("/rt/admin/connections?transport=channel"))["connections"]
+            assert len(conns) == CHANNEL_CLIENTS
+            assert all(c["bytes_in"] > 0 and c["bytes_out"] > 0 for c in conns)
+            assert stats["totals"]["bytes_sent"] >= sum(c["bytes_out"] for c in conns)
+
+            # one more publication releases the polls: each answers with it alone
+            await app.publish("feed", "last")
+            answers = await asyncio.wait_for(asyncio.gather(*polls), TIMEOUT)
+            for answer in answers:
+                assert [p["data"] for p in answer["channels"]["feed"]["publications"]] == ["last"]
+            after = await client.get("/rt/admin/stats")
+            total = (K + 1) * (CHANNEL_CLIENTS + SSE_STREAMS) + POLLS
+            assert after["hub"]["deliveries"] == total
+            assert after["open"]["poll"] == 0 and after["open"]["sse"] == SSE_STREAMS
+        finally:
+            for peer in peers:
+                await peer.close()
+            await asyncio.gather(*(asyncio.to_thread(s.close) for s in streams))
+            if polls:  # released by the publication above, or by the server's shutdown
+                await asyncio.wait(polls, timeout=TIMEOUT)
+
+        async def all_closed() -> bool:
+            stats = await client.get("/rt/admin/stats")
+            return bool(
+                stats["open"] == dict.fromkeys(("http", "websocket", "channel", "sse", "poll"), 0)
+                and stats["channels"]["subscribers"] == 0
+            )
+
+        await eventually(all_closed)
+
+    run(app, admin, scenario)

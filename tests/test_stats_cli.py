@@ -74,7 +74,7 @@ def test_once_shows_connections_and_channels(running: Running) -> None:
     result = invoke(str(running.project), "--once")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "open: http 0, websocket 0, channel 2, total 2" in out
+    assert "open: http 0, websocket 0, channel 2, total 2, sse 0, poll 0" in out
     assert "chat:lobby  2" in out and "news  1" in out
     assert "2 channels, 3 subscribers, 2 users" in out
     assert "alice" in out and "bob" in out

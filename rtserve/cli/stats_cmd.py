@@ -288,9 +288,11 @@ class View:
             + ("" if stats.get("serving", True) else "  [shutting down]")
         )
         opened = stats.get("open", {})
-        self.open = [(t, str(n)) for t, n in opened.items()] + [
-            ("total", str(sum(opened.values())))
-        ]
+        # SSE streams and waiting polls are HTTP connections too: shown after the total.
+        among_http = ("sse", "poll")
+        base = [(t, n) for t, n in opened.items() if t not in among_http]
+        self.open = [(t, str(n)) for t, n in base] + [("total", str(sum(n for _, n in base)))]
+        self.open += [(t, str(opened[t])) for t in among_http if t in opened]
         self.totals: list[tuple[str, str, str]] = []
         for key, where_, label in RATES:
             value = int(_counter(stats, where_))

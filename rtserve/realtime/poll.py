@@ -49,6 +49,8 @@ MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: n
 class _Waiter:
     """A long poll as the Hub sees it: it only notes what arrives and wakes its request."""
 
+    kind = "poll"  # how the admin interface counts it among ServerState.long_lived
+
     def __init__(self, client: ClientInfo) -> None:
         self.client = client
         self.got: dict[str, list[Outbound]] = {}

@@ -74,6 +74,8 @@ async def sse_endpoint(request: Request) -> Response | None:
 class SSEStream:
     """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
 
+    kind = "sse"  # how the admin interface counts it among ServerState.long_lived
+
     def __init__(self, hub: Hub, request: Request) -> None:
         self.hub = hub
         self.request = request

@@ -49,6 +49,8 @@ class HTTPConnection(asyncio.Protocol):
         "_upgrade_exchange",
         "_watched",
         "active",
+        "bytes_in",
+        "bytes_out",
         "closed",
         "deadline",
         "eof",
@@ -89,6 +91,8 @@ class HTTPConnection(asyncio.Protocol):
         self._upgrade_data: bytes | None = None
         self._upgrade_exchange: Exchange | None = None
         self._watched: asyncio.Future[None] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -127,6 +131,12 @@ class HTTPConnection(asyncio.Protocol):
             self._start_queued()
 
     def data_received(self, data: bytes) -> None:
+        n = len(data)
+        self.bytes_in += n
+        self.state.stats.bytes_received += n
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
         try:
             self.parser.feed(data)  # type: ignore[union-attr]  # None only once upgraded
@@ -155,6 +165,7 @@ class HTTPConnection(asyncio.Protocol):
         upgraded = self.upgraded
         if upgraded is not None:  # switched already, while the request ended
             if data:
+                self.state.stats.bytes_received -= len(data)  # counted here already
                 upgraded.data_received(data)
             return
         exchange = self._last
@@ -168,13 +179,13 @@ class HTTPConnection(asyncio.Protocol):
 
     def _declined_upgrade_later(self, data: bytes) -> None:
         if not self.closed:
-            self.data_received(data)
+            self._feed(data)  # counted when it arrived
 
     def _declined_upgrade(self, data: bytes) -> None:
         # Answered as plain HTTP: the client goes on with HTTP/1.1, parsed afresh.
         self.parser = self._new_parser()
         if data:
-            self.data_received(data)
+            self._feed(data)  # counted when it arrived
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -234,6 +245,7 @@ class HTTPConnection(asyncio.Protocol):
         if exchange.head.expect_continue and not self._continue_sent and not exchange.started:
             self._continue_sent = True
             if not exchange.body_complete and not self.closed:
+                self._sent(len(CONTINUE_RESPONSE))
                 self.transport.write(CONTINUE_RESPONSE)
 
     def _dispatch(self, exchange: Exchange) -> None:
@@ -376,6 +388,7 @@ class HTTPConnection(asyncio.Protocol):
                 date=self.state.date_line,
                 server=self.state.server_line,
             )
+            self._sent(len(head) + len(body))
             self.transport.write(head + body)
             if active is not None:
                 active.started = active.finished = True
@@ -390,6 +403,7 @@ class HTTPConnection(asyncio.Protocol):
         """Answer `exchange` with `response` (a 101) and hand the socket to `protocol`."""
         exchange.started = True
         exchange.status = 101
+        self._sent(len(response))
         self.transport.write(response)
         self.upgraded = protocol
         self.deadline = INF
@@ -407,7 +421,13 @@ class HTTPConnection(asyncio.Protocol):
             self._upgrade_data = self._upgrade_exchange = None
             self.transport.resume_reading()
         if pending:
+            state.stats.bytes_received -= len(pending)  # counted here already
             protocol.data_received(pending)
+
+    def _sent(self, n: int) -> None:
+        """Count `n` bytes written to the client."""
+        self.bytes_out += n
+        self.state.stats.bytes_sent += n
 
     def close(self) -> None:
         if not self.closed:

@@ -179,6 +179,9 @@ class Exchange:
             body = b""
         self.response_bytes = len(body)
         if not conn.closed:
+            n = len(head) + len(body)
+            conn.bytes_out += n
+            conn.state.stats.bytes_sent += n
             if len(body) > 4096:
                 conn.transport.writelines((head, body))
             else:
@@ -207,6 +210,7 @@ class Exchange:
         self.started = True
         self.status = status
         if not conn.closed:
+            conn._sent(len(head))
             conn.transport.write(head)
 
     def write(self, data: bytes) -> None:
@@ -220,7 +224,11 @@ class Exchange:
         if not data or self.head_only:
             return
         self.response_bytes += len(data)
-        self.conn.transport.write(encode_chunk(data) if self._chunked else data)
+        out = encode_chunk(data) if self._chunked else data
+        conn = self.conn
+        conn.bytes_out += len(out)
+        conn.state.stats.bytes_sent += len(out)
+        conn.transport.write(out)
 
     async def drain(self) -> None:
         """Wait until the client has taken enough of what was written. Raises ClientDisconnected."""
@@ -231,6 +239,7 @@ class Exchange:
         if self.finished:
             return
         if self._chunked and not self.head_only and not self.conn.closed:
+            self.conn._sent(len(LAST_CHUNK))
             self.conn.transport.write(LAST_CHUNK)
         self._finish()
 
@@ -246,6 +255,7 @@ class Exchange:
         if conn.closed:
             raise ClientDisconnected("client disconnected")
         self.response_bytes += count
+        conn._sent(count)
         await conn.drain()
         loop = conn.state.loop
         if conn.state.ssl_context is None and hasattr(os, "sendfile"):

@@ -44,6 +44,8 @@ class ServerStats:
     """Plain counters, bumped on the hot path without allocation."""
 
     __slots__ = (
+        "bytes_received",
+        "bytes_sent",
         "connections_total",
         "limit_hits",
         "requests_total",
@@ -61,6 +63,8 @@ class ServerStats:
         self.websockets_total = 0
         self.ws_dropped = 0  # messages not queued to a slow consumer (policy "drop")
         self.ws_slow_closed = 0  # connections closed as slow consumers (policy "close")
+        self.bytes_received = 0  # read from clients' sockets, HTTP and WebSocket
+        self.bytes_sent = 0  # handed to clients' transports (file bodies: as they start)
 
 
 class ServerState:

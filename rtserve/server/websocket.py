@@ -80,6 +80,8 @@ class WebSocketConnection(asyncio.Protocol):
         "_pump",
         "_reading_paused",
         "_running",
+        "bytes_in",
+        "bytes_out",
         "close_code",
         "close_reason",
         "deadline",
@@ -128,6 +130,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -141,6 +145,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._call(self._app.on_open)
 
     def data_received(self, data: bytes) -> None:
+        n = len(data)
+        self.bytes_in += n
+        self.state.stats.bytes_received += n
         failure: WebSocketProtocolError | None = None
         try:
             events = self.reader.feed(data)
@@ -252,9 +259,12 @@ class WebSocketConnection(asyncio.Protocol):
         out = self._out
         if not out:
             return
+        n = self._out_bytes
         self._out = []
         self._out_bytes = 0
         if self.status != CLOSED:
+            self.bytes_out += n
+            self.state.stats.bytes_sent += n
             transport = self.transport
             if len(out) == 1:
                 transport.write(out[0])

@@ -3,9 +3,9 @@ process; its connections and channels, listed; and the snapshot in the Prometheu
 
 Everything here reads what the hot path keeps anyway (`ServerStats` and `HubStats` counters,
 the server's connection sets and their opening times, `Hub.channels()`), and only when asked:
-nothing is counted per message for it. Bytes received and sent per connection are not kept,
-so they are not reported. `LoopLag` is the one thing that runs on its own: a timer every half
-second that notes how late it fired.
+nothing is counted per message for it (bytes in and out are two int adds per read and per
+write, kept per connection and server-wide). `LoopLag` is the one thing that runs on its own:
+a timer every half second that notes how late it fired.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rtserve.server.state import ServerState
 
 TRANSPORTS = ("http", "websocket", "channel")
+# Long-lived HTTP answers, counted among `http` too: open SSE streams and waiting long polls.
+LONG_LIVED = ("sse", "poll")
 # ServerStats.responses_by_class holds 1xx..5xx at 1..5 and anything else at 0.
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -104,10 +106,14 @@ def transport_of(conn: Any) -> tuple[str, ChannelSocket | None]:
 
 
 def open_counts(state: ServerState | None) -> dict[str, int]:
-    """Open connections by transport."""
-    counts = dict.fromkeys(TRANSPORTS, 0)
+    """Open connections by transport, then the SSE streams and waiting polls among `http`."""
+    counts = dict.fromkeys((*TRANSPORTS, *LONG_LIVED), 0)
     if state is None:
         return counts
+    for item in list(state.long_lived):
+        kind = getattr(item, "kind", None)
+        if kind in LONG_LIVED:
+            counts[kind] += 1
     channel = sum(1 for ws in state.websockets if isinstance(ws._app, ChannelSocket))
     counts["http"] = max(0, len(state.connections) - len(state.websockets))
     counts["websocket"] = len(state.websockets) - channel
@@ -133,6 +139,8 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
             "limit_hits": s.limit_hits,
             "ws_dropped": s.ws_dropped,
             "ws_slow_closed": s.ws_slow_closed,
+            "bytes_received": s.bytes_received,
+            "bytes_sent": s.bytes_sent,
         }
     else:
         totals = {
@@ -143,6 +151,8 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
             "limit_hits": 0,
             "ws_dropped": 0,
             "ws_slow_closed": 0,
+            "bytes_received": 0,
+            "bytes_sent": 0,
         }
     return {
         "pid": os.getpid(),
@@ -200,6 +210,8 @@ def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
         "channels": [],
         "age_seconds": None if opened is None else round(max(0.0, now - opened), 1),
         "queued_bytes": _queued(conn),
+        "bytes_in": conn.bytes_in,
+        "bytes_out": conn.bytes_out,
     }
     if isinstance(conn, WebSocketConnection):
         info["state"] = "open" if conn.status == OPEN else "closing"
@@ -335,6 +347,8 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
         ("limit_hits", "limit_hits", "requests refused by a limit or a protocol error"),
         ("ws_dropped", "ws_dropped", "WebSocket messages not queued to a slow consumer"),
         ("ws_slow_closed", "ws_slow_closed", "WebSockets closed as slow consumers"),
+        ("bytes_received", "bytes_received", "bytes read from clients"),
+        ("bytes_sent", "bytes_sent", "bytes written to clients"),
     ):
         out += _metric(f"rtserve_{name}_total", "counter", help, [("", totals[key])])
     out += _metric(
@@ -346,7 +360,7 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
     out += _metric(
         "rtserve_open_connections",
         "gauge",
-        "open connections by transport",
+        "open connections by transport (sse and poll are counted among http too)",
         [(f'{{transport="{t}"}}', n) for t, n in stats["open"].items()],
     )
     for field, value in stats["hub"].items():
