@@ -6,6 +6,11 @@ unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token).
     GET  /rt/admin/channels?limit=&offset=&prefix=
     POST /rt/admin/connections/{id}/disconnect    close one (WebSocket code 4005)
     GET  /metrics                                 Prometheus text format (when `metrics`)
+    GET  /rt/admin/                               a live page of the stats (admin.html)
+    GET  /rt/admin/events                         the stats as SSE, `event: stats` every second
+
+With a token, `/rt/admin/` and `/rt/admin/events` also take it as `?token=` (a browser
+opening the page, and EventSource, cannot send the header).
 
 A project turns it on with the `admin:` section of rtserve.yaml (on by default, on
 `.rtserve/admin.sock`); a plain Python app with `enable_admin(app, ...)`. Either way the app's
@@ -30,13 +35,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from rtserve.app.app import App
 from rtserve.app.request import Request
-from rtserve.app.response import JSON, JSONResponse, Response
+from rtserve.app.response import JSON, HTMLResponse, JSONResponse, Response, dump_json
 from rtserve.protocol.http11 import encode_headers
+from rtserve.realtime.access import unwatch_shutdown, watch_shutdown
 from rtserve.realtime.protocol import DisconnectCode
-from rtserve.server.exchange import Exchange
+from rtserve.server.exchange import ClientDisconnected, Exchange
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.websocket import WebSocketConnection
@@ -66,6 +73,25 @@ _UNAUTHORIZED_HEADERS = encode_headers(
     [(b"content-type", JSON.encode()), (b"www-authenticate", b'Bearer realm="rtserve admin"')]
 )
 _UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+# The paths that also take the token as `?token=`: the page, and its EventSource.
+_QUERY_TOKEN_PATHS = frozenset({f"{PREFIX}/", f"{PREFIX}/events"})
+PAGE_FILE = Path(__file__).with_name("admin.html")
+EVENTS_INTERVAL = 1.0  # seconds between two `stats` events
+_PAGE_HEADERS = [
+    ("cache-control", "no-store"),
+    ("referrer-policy", "no-referrer"),  # the URL may hold the token
+    ("x-content-type-options", "nosniff"),
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    ),
+]
+_EVENTS_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 # --- options -------------------------------------------------------------------------------
@@ -126,12 +152,30 @@ class _AdminApp(App):
 
     def _authorized(self, exchange: Exchange) -> bool:
         assert self._token is not None
-        for name, value in exchange.head.headers:
+        head = exchange.head
+        for name, value in head.headers:
             if name.lower() == b"authorization":
                 scheme, _, given = value.strip().partition(b" ")
                 ok = hmac.compare_digest(given.strip(), self._token)
                 return ok and scheme.lower() == b"bearer"
+        if head.path in _QUERY_TOKEN_PATHS and head.query_string:
+            for key, value in parse_qsl(head.query_string, keep_blank_values=True):
+                if key == b"token":
+                    return hmac.compare_digest(value, self._token)
         return False
+
+
+class _StatsStream:
+    """One `GET /rt/admin/events`, ended by `stop()` when the admin server shuts down."""
+
+    kind = "admin"  # not a transport of the app: not counted among its open connections
+
+    def __init__(self) -> None:
+        self.stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stop(self) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(None)
 
 
 def _bad_request(message: str) -> JSONResponse:
@@ -311,6 +355,8 @@ class AdminServer:
             ("GET", f"{PREFIX}/connections", self.connections),
             ("GET", f"{PREFIX}/channels", self.channels),
             ("POST", f"{PREFIX}/connections/{{conn_id}}/disconnect", self.disconnect),
+            ("GET", f"{PREFIX}/", self.page),
+            ("GET", f"{PREFIX}/events", self.events),
         ]
         if self.metrics:
             routes.append(("GET", "/metrics", self.prometheus))
@@ -320,6 +366,38 @@ class AdminServer:
 
     def stats(self, request: Request) -> dict[str, Any]:
         return snapshot(self.app, self.lag, self.started_at, self._started)
+
+    def page(self, request: Request) -> Response:
+        return HTMLResponse(_page_html(), headers=_PAGE_HEADERS)
+
+    async def events(self, request: Request) -> Response | None:
+        """The stats as Server-Sent Events: `event: stats` now and every EVENTS_INTERVAL
+        seconds, until the client goes or the admin server shuts down."""
+        if request.method == "HEAD":  # no body, so no stream: the head of one
+            return Response(b"", headers=[(n.decode(), v.decode()) for n, v in _EVENTS_HEADERS])
+        exchange = request.exchange
+        conn = exchange.conn
+        disconnected = exchange.wait_disconnected()
+        stream = _StatsStream()
+        watch_shutdown(request, stream)
+        try:
+            exchange.start(200, _EVENTS_HEADERS)
+            while not disconnected.done() and not stream.stopped.done():
+                payload = dump_json(self.stats(request))
+                exchange.write(b"event: stats\ndata: " + payload + b"\n\n")
+                await exchange.drain()
+                await asyncio.wait(
+                    {disconnected, stream.stopped},
+                    timeout=EVENTS_INTERVAL,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            if not conn.closed:
+                exchange.end()
+        except ClientDisconnected:
+            pass
+        finally:
+            unwatch_shutdown(request, stream)
+        return None  # answered through the exchange
 
     def connections(self, request: Request) -> Any:
         query = request.query
@@ -365,6 +443,16 @@ class AdminServer:
         return Response(prometheus(stats, self.started_at), content_type=PROMETHEUS_CONTENT_TYPE)
 
 
+_page_cache: list[bytes] = []
+
+
+def _page_html() -> bytes:
+    """The live page (read once)."""
+    if not _page_cache:
+        _page_cache.append(PAGE_FILE.read_bytes())
+    return _page_cache[0]
+
+
 @contextlib.contextmanager
 def _folder_fd(folder: Path) -> Iterator[tuple[int, str]]:
     """A descriptor of `folder`, and a name of it short enough to bind a unix socket under
@@ -392,8 +480,9 @@ def enable_admin(
     `socket`: unix socket path (relative to the current folder; its folder is made, the socket
     is mode 0600; None: none). `listen`: also serve over HTTP at `host:port`; beyond loopback a
     `token` is required, and with a token every HTTP request must send `Authorization: Bearer
-    <token>`. `metrics`: serve `/metrics` (Prometheus). Calling it again before the app starts
-    replaces the previous settings.
+    <token>` (the page `/rt/admin/` and its `/rt/admin/events` also take `?token=`).
+    `metrics`: serve `/metrics` (Prometheus). Calling it again before the app starts replaces
+    the previous settings.
     """
     admin = AdminServer(app, socket=socket, listen=listen, token=token, metrics=metrics)
     old = app.admin
