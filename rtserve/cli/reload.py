@@ -11,7 +11,7 @@ short, bounded backoff.
 
 How they talk:
 
-- the worker is `python -m rtserve.cli.reload`, with a JSON spec in the environment variable
+- the worker is `python -m rtserve.cli.reload_worker`, with a JSON spec in the environment variable
   RTSERVE_RELOAD_WORKER: the target, `run`'s options, the inherited listening descriptors
   (`fds`), the write end of a pipe (`ready_fd`), the read end of the lifeline (`lifeline_fd`)
   and the reload grace;
@@ -31,27 +31,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
-import linecache
 import logging
 import os
-import re
 import signal
 import socket
 import sys
 import time
-import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from rtserve import __version__
-from rtserve.config.loader import ConfigErrors, ConfigIssue
-from rtserve.errors import ConfigError
+from rtserve.cli.reload_errors import plain_error
 from rtserve.server.settings import ServerSettings
 
 log = logging.getLogger("rtserve.server")
@@ -190,7 +185,7 @@ class Supervisor:
                 self.settings, static = self._listen_settings()
                 break
             except Exception as exc:
-                click.echo(_plain_error(exc, self.folder), err=True)
+                click.echo(plain_error(exc, self.folder), err=True)
                 if self.project is None:  # a module:app target is imported here, as `run` does
                     return 2
                 click.echo("waiting for a change to retry", err=True)
@@ -318,7 +313,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "rtserve.cli.reload",
+                "rtserve.cli.reload_worker",
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, SPEC_ENV: json.dumps(spec)},
                 pass_fds=(*fds, ready_w, self.lifeline_r),
@@ -632,212 +627,3 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def _plain_error(exc: BaseException, folder: Path) -> str:
-    if isinstance(exc, ConfigErrors):
-        return "\n".join(f"error: {line}" for line in compact_issues(exc.issues, folder))
-    if isinstance(exc, ConfigError):
-        return f"error: {exc}"
-    return "\n".join(f"error: {line}" for line in compact_exception(exc, folder))
-
-
-# --- compact errors ------------------------------------------------------------------------
-
-_PY_WHERE = re.compile(r"(?P<file>\S+?\.py):(?P<line>\d+): (?P<error>.+)$")
-
-
-def compact_issues(issues: Iterable[ConfigIssue], folder: Path) -> list[str]:
-    """Config problems, one line each; a Python error behind one (a handler module that does
-    not import) as `file:line: Error: message` and that line of source, once."""
-    lines: list[str] = []
-    seen: set[tuple[str, str, str]] = set()
-    for issue in issues:
-        match = _PY_WHERE.search(issue.message)
-        if match is None:
-            lines.append(str(issue))
-            continue
-        key = (match["file"], match["line"], match["error"])
-        if key not in seen:
-            seen.add(key)
-            lines.extend(_located(match["file"], int(match["line"]), match["error"], folder))
-    return lines
-
-
-def compact_exception(exc: BaseException, folder: Path) -> list[str]:
-    """`file:line: Error: message` (the innermost frame in the project, else the innermost
-    frame) and that line of source."""
-    error = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
-        # The line as the compiler read it: the file may have changed again since.
-        error = f"{type(exc).__name__}: {exc.msg}"
-        return _located(exc.filename, exc.lineno, error, folder, exc.text)
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return [error]
-    mine = [f for f in frames if _inside(Path(f.filename), folder)]
-    frame = (mine or frames)[-1]
-    return _located(frame.filename, frame.lineno or 0, error, folder)
-
-
-def _located(
-    filename: str, line: int, error: str, folder: Path, text: str | None = None
-) -> list[str]:
-    out = [f"{_short(filename, folder)}:{line}: {error}"]
-    source = (text or (linecache.getline(filename, line) if line else "")).strip()
-    if source:
-        out.append(f"    {source}")
-    return out
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder)
-    except (ValueError, OSError):
-        return False
-    return True
-
-
-def _short(filename: str, folder: Path) -> str:
-    path = Path(filename)
-    for base in (Path.cwd(), folder):
-        try:
-            return str(path.resolve().relative_to(base.resolve()))
-        except (ValueError, OSError):
-            continue
-    return filename
-
-
-# --- the worker ----------------------------------------------------------------------------
-
-
-class _Failed(Exception):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
-def _worker_main() -> None:
-    """A worker: load the project, serve the inherited sockets, say when ready."""
-    from rtserve.cli.options import apply_options
-    from rtserve.logs import setup_logging
-    from rtserve.server.listener import new_event_loop
-
-    spec = json.loads(os.environ.pop(SPEC_ENV))
-    # Each worker imports the project afresh; writing no bytecode means no stale .pyc when a
-    # file is saved twice within a second at the same size.
-    sys.dont_write_bytecode = True
-    setup_logging()
-    folder = Path(spec["folder"])
-    ready_fd: int = spec["ready_fd"]
-    try:
-        app = _load(spec, folder)
-        settings = apply_options(app.settings, spec["options"])
-        settings.fd = None
-        settings.unix_socket = None  # the supervisor owns the socket (and its file)
-        app.settings = settings
-    except _Failed as exc:
-        _report(ready_fd, exc.lines)
-    sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(_serve(app, settings, sockets, spec, folder))
-
-
-def _summary(app: Any) -> dict[str, Any]:
-    """What the start-up line shows of the app: routes, channel rules, broker."""
-    routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
-    broker = type(app.hub.broker).__name__.removesuffix("Broker").lower() or "?"
-    return {
-        "routes": len(routes),
-        "channels": [rule.pattern for rule in app.hub.rules],
-        "broker": broker,
-    }
-
-
-def _report(ready_fd: int, lines: list[str]) -> NoReturn:
-    os.write(ready_fd, b"error " + json.dumps(lines).encode() + b"\n")
-    os.close(ready_fd)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)  # threads the project's modules may have started do not hold the exit
-
-
-def _load(spec: Mapping[str, Any], folder: Path) -> Any:
-    from rtserve.cli.loader import load_app
-    from rtserve.config.project import build_app, find_config, load_project
-
-    try:
-        if spec["project"] is not None:
-            config_file = find_config(spec["project"])
-            if not config_file.exists():
-                raise _Failed([f"no {config_file.name} in {config_file.parent}"])
-            config, project_folder = load_project(config_file)
-            return build_app(config, project_folder)
-        return load_app(spec["target"])
-    except ConfigErrors as exc:
-        raise _Failed(compact_issues(exc.issues, folder)) from None
-    except ConfigError as exc:
-        raise _Failed([str(exc)]) from None
-    except Exception as exc:
-        raise _Failed(compact_exception(exc, folder)) from None
-
-
-async def _serve(
-    app: Any,
-    settings: ServerSettings,
-    sockets: list[socket.socket],
-    spec: Mapping[str, Any],
-    folder: Path,
-) -> None:
-    from rtserve.server.listener import Server
-
-    loop = asyncio.get_running_loop()
-    server = Server(app, settings)
-    ready_fd: int = spec["ready_fd"]
-    try:
-        startup = getattr(app, "startup", None)
-        if startup is not None:
-            await startup()
-        await server.start(sockets)
-    except Exception as exc:
-        _report(ready_fd, compact_exception(exc, folder))
-    stopping: list[asyncio.Task[None]] = []
-
-    def stop(restart: bool) -> None:
-        if stopping:  # asked again: close every connection now
-            log.warning("second signal: closing every connection now")
-            if server.state is not None:
-                for conn in list(server.state.connections):
-                    conn.abort()
-            return
-        grace = float(spec["grace"]) if restart else settings.timeouts.graceful
-        if not restart:
-            log.info("shutting down (grace %gs)", grace)
-        stopping.append(loop.create_task(server.shutdown(grace, restart=restart)))
-
-    lifeline: int = spec["lifeline_fd"]
-
-    def on_lifeline() -> None:
-        if os.read(lifeline, 1) == b"":  # the supervisor is gone
-            loop.remove_reader(lifeline)
-            stop(False)
-
-    loop.add_signal_handler(signal.SIGTERM, stop, True)
-    loop.add_signal_handler(signal.SIGINT, stop, False)
-    loop.add_reader(lifeline, on_lifeline)
-    gc.collect()
-    gc.freeze()
-    os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
-    os.close(ready_fd)
-    try:
-        await server.wait_stopped()
-    finally:
-        shutdown_hook = getattr(app, "shutdown", None)
-        if shutdown_hook is not None:
-            await shutdown_hook()
-
-
-if __name__ == "__main__":
-    from rtserve.cli.reload import _worker_main as worker_main  # the module, not this copy
-
-    worker_main()

@@ -1,0 +1,157 @@
+"""A reload worker (`python -m rtserve.cli.reload_worker`): load the project, serve the
+sockets the supervisor bound, say `ready` (or the compact error) on its pipe; see
+rtserve/cli/reload.py for how the two talk."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rtserve.cli.reload import SPEC_ENV
+from rtserve.cli.reload_errors import compact_exception, compact_issues
+from rtserve.config.loader import ConfigErrors
+from rtserve.errors import ConfigError
+from rtserve.server.settings import ServerSettings
+
+log = logging.getLogger("rtserve.server")
+
+
+class _Failed(Exception):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _worker_main() -> None:
+    """A worker: load the project, serve the inherited sockets, say when ready."""
+    from rtserve.cli.options import apply_options
+    from rtserve.logs import setup_logging
+    from rtserve.server.listener import new_event_loop
+
+    spec = json.loads(os.environ.pop(SPEC_ENV))
+    # Each worker imports the project afresh; writing no bytecode means no stale .pyc when a
+    # file is saved twice within a second at the same size.
+    sys.dont_write_bytecode = True
+    setup_logging()
+    folder = Path(spec["folder"])
+    ready_fd: int = spec["ready_fd"]
+    try:
+        app = _load(spec, folder)
+        settings = apply_options(app.settings, spec["options"])
+        settings.fd = None
+        settings.unix_socket = None  # the supervisor owns the socket (and its file)
+        app.settings = settings
+    except _Failed as exc:
+        _report(ready_fd, exc.lines)
+    sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_serve(app, settings, sockets, spec, folder))
+
+
+def _summary(app: Any) -> dict[str, Any]:
+    """What the start-up line shows of the app: routes, channel rules, broker."""
+    routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
+    broker = type(app.hub.broker).__name__.removesuffix("Broker").lower() or "?"
+    return {
+        "routes": len(routes),
+        "channels": [rule.pattern for rule in app.hub.rules],
+        "broker": broker,
+    }
+
+
+def _report(ready_fd: int, lines: list[str]) -> NoReturn:
+    os.write(ready_fd, b"error " + json.dumps(lines).encode() + b"\n")
+    os.close(ready_fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)  # threads the project's modules may have started do not hold the exit
+
+
+def _load(spec: Mapping[str, Any], folder: Path) -> Any:
+    from rtserve.cli.loader import load_app
+    from rtserve.config.project import build_app, find_config, load_project
+
+    try:
+        if spec["project"] is not None:
+            config_file = find_config(spec["project"])
+            if not config_file.exists():
+                raise _Failed([f"no {config_file.name} in {config_file.parent}"])
+            config, project_folder = load_project(config_file)
+            return build_app(config, project_folder)
+        return load_app(spec["target"])
+    except ConfigErrors as exc:
+        raise _Failed(compact_issues(exc.issues, folder)) from None
+    except ConfigError as exc:
+        raise _Failed([str(exc)]) from None
+    except Exception as exc:
+        raise _Failed(compact_exception(exc, folder)) from None
+
+
+async def _serve(
+    app: Any,
+    settings: ServerSettings,
+    sockets: list[socket.socket],
+    spec: Mapping[str, Any],
+    folder: Path,
+) -> None:
+    from rtserve.server.listener import Server
+
+    loop = asyncio.get_running_loop()
+    server = Server(app, settings)
+    ready_fd: int = spec["ready_fd"]
+    try:
+        startup = getattr(app, "startup", None)
+        if startup is not None:
+            await startup()
+        await server.start(sockets)
+    except Exception as exc:
+        _report(ready_fd, compact_exception(exc, folder))
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop(restart: bool) -> None:
+        if stopping:  # asked again: close every connection now
+            log.warning("second signal: closing every connection now")
+            if server.state is not None:
+                for conn in list(server.state.connections):
+                    conn.abort()
+            return
+        grace = float(spec["grace"]) if restart else settings.timeouts.graceful
+        if not restart:
+            log.info("shutting down (grace %gs)", grace)
+        stopping.append(loop.create_task(server.shutdown(grace, restart=restart)))
+
+    lifeline: int = spec["lifeline_fd"]
+
+    def on_lifeline() -> None:
+        if os.read(lifeline, 1) == b"":  # the supervisor is gone
+            loop.remove_reader(lifeline)
+            stop(False)
+
+    loop.add_signal_handler(signal.SIGTERM, stop, True)
+    loop.add_signal_handler(signal.SIGINT, stop, False)
+    loop.add_reader(lifeline, on_lifeline)
+    gc.collect()
+    gc.freeze()
+    os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
+    os.close(ready_fd)
+    try:
+        await server.wait_stopped()
+    finally:
+        shutdown_hook = getattr(app, "shutdown", None)
+        if shutdown_hook is not None:
+            await shutdown_hook()
+
+
+if __name__ == "__main__":
+    from rtserve.cli.reload_worker import _worker_main as worker_main  # the module, not this copy
+
+    worker_main()
