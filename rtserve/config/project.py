@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +21,9 @@ from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.errors import RouteError
-from rtserve.imports import import_object
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
+from rtserve.schema import opt, opt_list, ref
 from rtserve.server.settings import ServerSettings
 from rtserve.stats.admin import DEFAULT_SOCKET, check_options, enable_admin
 
@@ -32,31 +32,21 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def _list(help: str, factory: Callable[[], Any] = list) -> Any:
-    return field(default_factory=factory, metadata={"help": help})
-
-
-def _ref(help: str) -> Any:
-    return field(default=None, metadata={"help": help, "convert": import_object})
-
-
 @dataclass(slots=True)
 class RouteConfig:
     """One route: exactly one of handler, websocket, static or redirect."""
 
     path: str = field(metadata={"help": "URL path, with {name} parameters ('/hello/{name}')"})
-    handler: Any = _ref("function or Handler class that answers (module:name)")
-    websocket: Any = _ref("WebSocketHandler subclass (module:Name)")
-    static: str | None = _opt(None, "file or folder, relative to the project, served at path")
-    redirect: str | None = _opt(None, "answer with a redirect to this URL")
-    status: int = _opt(307, "status of a redirect (301, 302, 303, 307 or 308)")
-    methods: list[str] = _list("HTTP methods of a handler route", lambda: ["GET"])
-    name: str | None = _opt(None, "route name for url_for")
-    options: dict[str, Any] = _list("WebSocket options of this route (max_message_size, ...)", dict)
+    handler: Any = ref("function or Handler class that answers (module:name)")
+    websocket: Any = ref("WebSocketHandler subclass (module:Name)")
+    static: str | None = opt(None, "file or folder, relative to the project, served at path")
+    redirect: str | None = opt(None, "answer with a redirect to this URL")
+    status: int = opt(307, "status of a redirect (301, 302, 303, 307 or 308)")
+    methods: list[str] = opt_list("HTTP methods of a handler route", lambda: ["GET"])
+    name: str | None = opt(None, "route name for url_for")
+    options: dict[str, Any] = opt_list(
+        "WebSocket options of this route (max_message_size, ...)", dict
+    )
 
     def __post_init__(self) -> None:
         kinds = [k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k)]
@@ -85,8 +75,8 @@ class RouteConfig:
 class ChannelsConfig(ChannelSettings):
     """The channel layer: its settings, the on_connect hook and the rules."""
 
-    on_connect: Any = _ref("accepts or refuses a connection (module:name)")
-    rules: list[ChannelRule] = _list("channel rules, the first matching pattern wins")
+    on_connect: Any = ref("accepts or refuses a connection (module:name)")
+    rules: list[ChannelRule] = opt_list("channel rules, the first matching pattern wins")
 
     def settings(self) -> ChannelSettings:
         return ChannelSettings(
@@ -98,22 +88,22 @@ class ChannelsConfig(ChannelSettings):
 class LoggingConfig:
     """The live log on stderr."""
 
-    level: Literal["debug", "info", "warning", "error"] = _opt("info", "lowest level shown")
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "lowest level shown")
 
 
 @dataclass(slots=True)
 class AdminConfig:
     """The admin interface: stats, connections and channels of the running server."""
 
-    enabled: bool = _opt(True, "serve the admin interface while the project runs")
-    socket: str | None = _opt(
+    enabled: bool = opt(True, "serve the admin interface while the project runs")
+    socket: str | None = opt(
         DEFAULT_SOCKET, "unix socket, relative to the project (mode 0600, no token); null: none"
     )
-    listen: str | None = _opt(
+    listen: str | None = opt(
         None, "also serve it over HTTP at host:port; beyond loopback a token is required"
     )
-    token: str | None = _opt(None, "Bearer token every HTTP admin request must send (16+ chars)")
-    metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
+    token: str | None = opt(None, "Bearer token every HTTP admin request must send (16+ chars)")
+    metrics: bool = opt(False, "serve Prometheus metrics at /metrics")
 
     def __post_init__(self) -> None:
         check_options(self.socket, self.listen, self.token, enabled=self.enabled)
@@ -123,13 +113,13 @@ class AdminConfig:
 class ProjectConfig:
     """Everything `rtserve.yaml` holds."""
 
-    app: Any = _ref("a Python App (or factory) the YAML adds to (module:name); optional")
+    app: Any = ref("a Python App (or factory) the YAML adds to (module:name); optional")
     server: ServerSettings = field(
         default_factory=ServerSettings, metadata={"help": "the HTTP server"}
     )
-    routes: list[RouteConfig] = _list("routes, in the order they are added")
+    routes: list[RouteConfig] = opt_list("routes, in the order they are added")
     channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "channels"})
-    broker: str = _opt("memory", "the channel broker: 'memory' (one process)")
+    broker: str = opt("memory", "the channel broker: 'memory' (one process)")
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
     admin: AdminConfig = field(
         default_factory=AdminConfig,

@@ -15,21 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rtserve.broker.base import PublishOptions
-from rtserve.imports import import_object
+from rtserve.schema import opt, ref
 
 PUBLISHERS = ("server", "clients")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop_oldest", "conflate")
 HOOKS = ("on_subscribe", "on_publish", "on_join", "on_leave")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **extra})
-
-
-def _hook(help: str) -> Any:
-    """A hook: a callable in Python, `module:name` in rtserve.yaml (imported on load)."""
-    return dataclasses.field(default=None, metadata={"help": help, "convert": import_object})
 
 
 @dataclass(slots=True, eq=False)
@@ -53,34 +44,34 @@ class ChannelRule:
     pattern: str = dataclasses.field(
         metadata={"help": "channel names this rule covers: literal, 'chat:*' or 'user:{id}'"}
     )
-    history: int = _opt(0, "publications kept for recovery and history (0: none)")
-    history_ttl: float = _opt(300.0, "seconds a kept publication lives", duration=True)
-    presence: bool = _opt(False, "who is subscribed can be asked (presence, presence_stats)")
-    join_leave: bool = _opt(False, "subscribers get join and leave pushes")
-    presence_digest: int = _opt(
+    history: int = opt(0, "publications kept for recovery and history (0: none)")
+    history_ttl: float = opt(300.0, "seconds a kept publication lives", duration=True)
+    presence: bool = opt(False, "who is subscribed can be asked (presence, presence_stats)")
+    join_leave: bool = opt(False, "subscribers get join and leave pushes")
+    presence_digest: int = opt(
         100, "above this many subscribers on a node, joins/leaves come batched each interval"
     )
-    publish: Literal["server", "clients"] = _opt(
+    publish: Literal["server", "clients"] = opt(
         "server", "who may publish: 'server' (app and publish API) or 'clients' too"
     )
-    token: bool = _opt(False, "subscribing needs a token whose channels allow the name")
-    max_message_size: int = _opt(65536, "largest client publication, bytes of JSON data", size=True)
-    publish_rate: float = _opt(0.0, "client publications per second per connection (0: any)")
-    publish_burst: int = _opt(10, "publications a client may send at once before the rate applies")
-    max_subscribers: int = _opt(0, "subscribers per node (0: no limit)")
-    slow_consumer: Literal["disconnect", "drop_oldest", "conflate"] = _opt(
+    token: bool = opt(False, "subscribing needs a token whose channels allow the name")
+    max_message_size: int = opt(65536, "largest client publication, bytes of JSON data", size=True)
+    publish_rate: float = opt(0.0, "client publications per second per connection (0: any)")
+    publish_burst: int = opt(10, "publications a client may send at once before the rate applies")
+    max_subscribers: int = opt(0, "subscribers per node (0: no limit)")
+    slow_consumer: Literal["disconnect", "drop_oldest", "conflate"] = opt(
         "disconnect", "a subscriber that cannot keep up: 'disconnect', 'drop_oldest', 'conflate'"
     )
-    max_pending: int = _opt(1000, "messages held back for a slow subscriber before dropping")
-    conflate_key: str | None = _opt(
+    max_pending: int = opt(1000, "messages held back for a slow subscriber before dropping")
+    conflate_key: str | None = opt(
         None, "field of the data whose latest value conflation keeps (None: one per channel)"
     )
-    on_subscribe: Callable[..., Any] | None = _hook("may refuse a subscription (ChannelError)")
-    on_publish: Callable[..., Any] | None = _hook(
+    on_subscribe: Callable[..., Any] | None = ref("may refuse a subscription (ChannelError)")
+    on_publish: Callable[..., Any] | None = ref(
         "validates, transforms or stores a client publication; may refuse it"
     )
-    on_join: Callable[..., Any] | None = _hook("called after a client subscribed")
-    on_leave: Callable[..., Any] | None = _hook("called after a client unsubscribed or left")
+    on_join: Callable[..., Any] | None = ref("called after a client subscribed")
+    on_leave: Callable[..., Any] | None = ref("called after a client unsubscribed or left")
     publish_options: PublishOptions = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:

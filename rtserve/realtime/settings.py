@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+from rtserve.schema import opt
 
 
 @dataclass(slots=True)
@@ -27,25 +24,25 @@ class ChannelSettings:
     endpoints from a browser page of another origin (`*` for any; empty: no CORS headers).
     """
 
-    prefix: str = _opt("/rt", "where the endpoints live: {prefix}/ws, {prefix}/publish")
-    token_secret: str | list[str] | None = _opt(
+    prefix: str = opt("/rt", "where the endpoints live: {prefix}/ws, {prefix}/publish")
+    token_secret: str | list[str] | None = opt(
         None, "HMAC secret(s) for tokens, newest first, 32+ characters (null: no tokens)"
     )
-    require_token: bool = _opt(False, "refuse a connect without a valid token")
-    api_key: str | list[str] | None = _opt(
+    require_token: bool = opt(False, "refuse a connect without a valid token")
+    api_key: str | list[str] | None = opt(
         None, "key(s) of the HTTP publish API (null: the API answers 403)"
     )
-    max_connections_per_user: int = _opt(0, "open connections one user may hold (0: any)")
-    connect_timeout: float = _opt(
+    max_connections_per_user: int = opt(0, "open connections one user may hold (0: any)")
+    connect_timeout: float = opt(
         10.0, "seconds a new connection has to send connect (then 4006)", duration=True
     )
-    presence_digest_interval: float = _opt(
+    presence_digest_interval: float = opt(
         1.0, "seconds between the batched presence pushes of big channels", duration=True
     )
-    sse_heartbeat: float = _opt(
+    sse_heartbeat: float = opt(
         15.0, "seconds between the ': ping' comments of an SSE stream", duration=True
     )
-    poll_timeout: float = _opt(
+    poll_timeout: float = opt(
         25.0, "seconds a long poll waits when it gives no timeout= (at most 60)", duration=True
     )
     cors_origins: list[str] = field(

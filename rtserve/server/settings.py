@@ -9,49 +9,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from rtserve.schema import opt, opt_list
+
 KiB = 1024
 MiB = 1024 * 1024
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def _list(help: str) -> Any:
-    return field(default_factory=list, metadata={"help": help})
 
 
 @dataclass(slots=True)
 class LimitSettings:
     """Sizes the server accepts before answering 4xx."""
 
-    max_head_size: int = _opt(16 * KiB, "request line + headers, bytes (431 beyond)", size=True)
-    max_headers: int = _opt(100, "number of header fields (431 beyond)")
-    max_body_size: int = _opt(1 * MiB, "request body, bytes (413 beyond)", size=True)
-    max_pipelined: int = _opt(16, "queued pipelined requests before reading pauses")
-    max_form_fields: int = _opt(1000, "fields in one urlencoded or multipart form (413 beyond)")
-    max_upload_size: int = _opt(16 * MiB, "one uploaded file in a multipart form", size=True)
-    write_buffer_high: int = _opt(256 * KiB, "outbound bytes buffered before pausing", size=True)
-    write_buffer_low: int = _opt(64 * KiB, "outbound bytes at which writing resumes", size=True)
+    max_head_size: int = opt(16 * KiB, "request line + headers, bytes (431 beyond)", size=True)
+    max_headers: int = opt(100, "number of header fields (431 beyond)")
+    max_body_size: int = opt(1 * MiB, "request body, bytes (413 beyond)", size=True)
+    max_pipelined: int = opt(16, "queued pipelined requests before reading pauses")
+    max_form_fields: int = opt(1000, "fields in one urlencoded or multipart form (413 beyond)")
+    max_upload_size: int = opt(16 * MiB, "one uploaded file in a multipart form", size=True)
+    write_buffer_high: int = opt(256 * KiB, "outbound bytes buffered before pausing", size=True)
+    write_buffer_low: int = opt(64 * KiB, "outbound bytes at which writing resumes", size=True)
 
 
 @dataclass(slots=True)
 class TimeoutSettings:
     """Timeouts in seconds; each ends the connection that hits it."""
 
-    header: float = _opt(
+    header: float = opt(
         10.0, "a request head must arrive within this (408, then close)", duration=True
     )
-    keepalive: float = _opt(
+    keepalive: float = opt(
         75.0, "an idle keep-alive connection is closed after this", duration=True
     )
-    body: float = _opt(
+    body: float = opt(
         30.0, "longest pause between two pieces of a request body (408)", duration=True
     )
-    send: float = _opt(
+    send: float = opt(
         60.0, "a client that takes none of a file body for this long is cut off", duration=True
     )
-    graceful: float = _opt(
+    graceful: float = opt(
         10.0, "on SIGTERM/SIGINT, in-flight requests get this long", duration=True
     )
 
@@ -60,8 +54,8 @@ class TimeoutSettings:
 class TLSSettings:
     """TLS from a PEM certificate chain and private key (stdlib ssl)."""
 
-    cert: str | None = _opt(None, "certificate chain file (PEM)")
-    key: str | None = _opt(None, "private key file (PEM)")
+    cert: str | None = opt(None, "certificate chain file (PEM)")
+    key: str | None = opt(None, "private key file (PEM)")
 
     @property
     def enabled(self) -> bool:
@@ -72,30 +66,30 @@ class TLSSettings:
 class WebSocketSettings:
     """Defaults for every WebSocket route; `app.websocket(path, **options)` overrides them."""
 
-    max_message_size: int = _opt(1 * MiB, "largest message accepted (1009 beyond)", size=True)
-    max_frame_size: int = _opt(1 * MiB, "largest single frame accepted (1009 beyond)", size=True)
-    max_queued_bytes: int = _opt(
+    max_message_size: int = opt(1 * MiB, "largest message accepted (1009 beyond)", size=True)
+    max_frame_size: int = opt(1 * MiB, "largest single frame accepted (1009 beyond)", size=True)
+    max_queued_bytes: int = opt(
         1 * MiB,
         "outbound bytes a connection may have queued before the slow-consumer policy",
         size=True,
     )
-    slow_consumer: str = _opt("close", "over the outbound budget: 'close' (1013) or 'drop'")
-    ping_interval: float = _opt(
+    slow_consumer: str = opt("close", "over the outbound budget: 'close' (1013) or 'drop'")
+    ping_interval: float = opt(
         20.0, "seconds between keepalive pings (0 turns them off)", duration=True
     )
-    ping_timeout: float = _opt(
+    ping_timeout: float = opt(
         20.0, "a peer that does not answer a ping within this is closed", duration=True
     )
-    close_timeout: float = _opt(5.0, "how long to wait for the peer's close frame", duration=True)
-    compression: bool = _opt(True, "offer permessage-deflate (RFC 7692)")
-    compression_min_size: int = _opt(
+    close_timeout: float = opt(5.0, "how long to wait for the peer's close frame", duration=True)
+    compression: bool = opt(True, "offer permessage-deflate (RFC 7692)")
+    compression_min_size: int = opt(
         256, "messages smaller than this are sent uncompressed", size=True
     )
-    origins: list[str] | None = _opt(
+    origins: list[str] | None = opt(
         None, "allowed Origin values; null means same origin only, ['*'] allows any"
     )
-    concurrent: bool = _opt(False, "handle one connection's messages concurrently, not in order")
-    write_delay: float = _opt(
+    concurrent: bool = opt(False, "handle one connection's messages concurrently, not in order")
+    write_delay: float = opt(
         0.0, "seconds to hold outbound frames so more go in one write", duration=True
     )
 
@@ -104,16 +98,16 @@ class WebSocketSettings:
 class ServerSettings:
     """Where and how the HTTP server listens, and what it accepts."""
 
-    host: list[str] | str = _opt("127.0.0.1", "address(es) to bind; IPv4 and IPv6 both work")
-    port: int = _opt(8000, "TCP port (0 picks a free one)")
-    unix_socket: str | None = _opt(None, "listen on this unix socket path instead of TCP")
-    fd: int | None = _opt(None, "serve an inherited, already-listening socket descriptor")
-    reuse_port: bool = _opt(False, "SO_REUSEPORT, so several processes can share the port")
-    backlog: int = _opt(2048, "listen backlog")
-    access_log: bool = _opt(True, "log each request with its status, size and time")
-    debug: bool = _opt(False, "show tracebacks in error pages (never in production)")
-    server_header: str = _opt("rtserve", "value of the Server header; empty to omit")
-    trusted_proxies: list[str] = _list(
+    host: list[str] | str = opt("127.0.0.1", "address(es) to bind; IPv4 and IPv6 both work")
+    port: int = opt(8000, "TCP port (0 picks a free one)")
+    unix_socket: str | None = opt(None, "listen on this unix socket path instead of TCP")
+    fd: int | None = opt(None, "serve an inherited, already-listening socket descriptor")
+    reuse_port: bool = opt(False, "SO_REUSEPORT, so several processes can share the port")
+    backlog: int = opt(2048, "listen backlog")
+    access_log: bool = opt(True, "log each request with its status, size and time")
+    debug: bool = opt(False, "show tracebacks in error pages (never in production)")
+    server_header: str = opt("rtserve", "value of the Server header; empty to omit")
+    trusted_proxies: list[str] = opt_list(
         "addresses/networks whose X-Forwarded-For/-Proto and Forwarded are believed"
     )
     limits: LimitSettings = field(default_factory=LimitSettings, metadata={"help": "limits"})

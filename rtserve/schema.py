@@ -1,0 +1,26 @@
+"""Fields of the settings dataclasses: each carries its help (and units, or how to import it),
+so the YAML loader, `rtserve run`'s options and the configuration reference read one schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
+from rtserve.imports import import_object
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A setting with a default; `extra` marks units (`size=True`, `duration=True`)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def opt_list(help: str, factory: Callable[[], Any] = list) -> Any:
+    """A setting whose default is a fresh container (a list unless `factory` says)."""
+    return field(default_factory=factory, metadata={"help": help})
+
+
+def ref(help: str) -> Any:
+    """A callable or class: given directly in Python, as `module:name` in rtserve.yaml
+    (imported when the project loads)."""
+    return field(default=None, metadata={"help": help, "convert": import_object})
