@@ -179,6 +179,7 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
             "hub",
             "channels",
             "loop_lag_seconds",
+            "latency_seconds",
             "process",
         }
         assert before["pid"] == os.getpid() and before["serving"] is True
@@ -194,7 +195,13 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
             "ws_slow_closed",
             "bytes_received",
             "bytes_sent",
+            "ws_messages_received",
+            "ws_frames_sent",
         }
+        assert set(before["latency_seconds"]) == {"http", "broker_publish"}
+        for histogram in before["latency_seconds"].values():
+            assert histogram["count"] == 0 and histogram["p99"] is None
+            assert len(histogram["counts"]) == len(histogram["bounds"]) + 1
         assert list(before["totals"]["responses"]) == ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
         assert before["hub"]["subscriptions"] == 0 and "deliveries" in before["hub"]
         assert before["channels"] == {"count": 0, "subscribers": 0, "users": 0}
@@ -282,8 +289,8 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
             "offset": 0,
             "limit": 100,
             "channels": [
-                {"name": "chat:lobby", "subscribers": 2},
-                {"name": "news", "subscribers": 1},
+                {"name": "chat:lobby", "subscribers": 2, "publications": 0},
+                {"name": "news", "subscribers": 1, "publications": 0},
             ],
         }
         news = await client.get("/rt/admin/channels?prefix=ne")
@@ -434,15 +441,19 @@ def parse_metrics(text: str) -> dict[str, float]:
             helps.add(line.split()[2])
         elif line.startswith("# TYPE "):
             _, _, name, kind = line.split()
-            assert kind in ("counter", "gauge"), line
+            assert kind in ("counter", "gauge", "histogram"), line
             types[name] = kind
         else:
             match = SAMPLE.fullmatch(line)
             assert match, f"not a sample line: {line!r}"
             name = match.group(1)
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            if types.get(family) == "histogram":
+                name = family  # its samples: _bucket{le=...}, _sum, _count
             assert name in helps and name in types, f"{name} has no HELP or TYPE"
             if types[name] == "counter":
                 assert name.endswith("_total"), name
+            name = match.group(1)
             samples[name + (match.group(2) or "")] = float(match.group(3))
     return samples
 
@@ -558,7 +569,7 @@ def test_a_project_serves_the_admin_socket_by_default(tmp_path: Path) -> None:
             peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
             await peer.call("subscribe", channel="chat:x")
             channels = await client.get("/rt/admin/channels")
-            assert channels["channels"] == [{"name": "chat:x", "subscribers": 1}]
+            assert channels["channels"] == [{"name": "chat:x", "subscribers": 1, "publications": 0}]
             await peer.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
@@ -620,6 +631,11 @@ DOCUMENTED_SAMPLES = {
     "rtserve_channel_deliveries_total",
     "rtserve_event_loop_lag_seconds",
     "process_resident_memory_bytes",
+    "rtserve_http_latency_seconds_bucket",
+    "rtserve_http_latency_seconds_count",
+    "rtserve_broker_publish_latency_seconds_bucket",
+    "rtserve_ws_messages_received_total",
+    "rtserve_ws_frames_sent_total",
 }
 
 
@@ -636,7 +652,7 @@ def test_metrics_parse_with_prometheus_client(tmp_path: Path) -> None:
         assert families
         samples: dict[str, float] = {}
         for family in families:
-            assert family.type in ("counter", "gauge"), family
+            assert family.type in ("counter", "gauge", "histogram"), family
             assert family.documentation, family.name
             assert family.samples, family.name
             for sample in family.samples:
@@ -652,6 +668,10 @@ def test_metrics_parse_with_prometheus_client(tmp_path: Path) -> None:
         assert samples['rtserve_open_connections{transport="channel"}'] == 1
         assert samples["rtserve_bytes_received_total"] > 0
         assert samples["rtserve_bytes_sent_total"] > 0
+        # the one 101 so far; its histogram's buckets are cumulative and end at +Inf
+        assert samples["rtserve_http_latency_seconds_count"] == 1
+        assert samples['rtserve_http_latency_seconds_bucket{le="+Inf"}'] == 1
+        assert samples["rtserve_ws_messages_received_total"] == 2  # connect, subscribe
 
     run(app, admin, scenario)
 
@@ -776,6 +796,16 @@ def test_exact_figures_after_scripted_traffic(tmp_path: Path) -> None:
             hub = stats["hub"]
             # each publication reached each channel client and each stream, and no poller
             assert hub["publications"] == K
+            assert stats["latency_seconds"]["broker_publish"]["count"] == K
+            # every response head written, and the SSE streams' heads (not finished yet)
+            http_latency = stats["latency_seconds"]["http"]
+            assert http_latency["count"] == stats["totals"]["requests"] + SSE_STREAMS
+            assert sum(http_latency["counts"]) == http_latency["count"]
+            assert http_latency["p99"] is not None
+            totals = stats["totals"]
+            # each channel client sent connect and subscribe, and got their replies and K pubs
+            assert totals["ws_messages_received"] == 2 * CHANNEL_CLIENTS
+            assert totals["ws_frames_sent"] == (2 + K) * CHANNEL_CLIENTS
             assert hub["deliveries"] == K * CHANNEL_CLIENTS + K * SSE_STREAMS
             assert hub["subscriptions"] == CHANNEL_CLIENTS + SSE_STREAMS + POLLS
             assert hub["dropped"] == hub["conflated"] == hub["slow_disconnected"] == 0
@@ -784,7 +814,11 @@ def test_exact_figures_after_scripted_traffic(tmp_path: Path) -> None:
             assert app.hub.subscriber_count("feed") == stats["channels"]["subscribers"]
             listing = await client.get("/rt/admin/channels")
             assert listing["channels"] == [
-                {"name": "feed", "subscribers": CHANNEL_CLIENTS + SSE_STREAMS + POLLS}
+                {
+                    "name": "feed",
+                    "subscribers": CHANNEL_CLIENTS + SSE_STREAMS + POLLS,
+                    "publications": K,
+                }
             ]
             conns = (await client.get("/rt/admin/connections?transport=channel"))["connections"]
             assert len(conns) == CHANNEL_CLIENTS

@@ -159,6 +159,10 @@ def test_live_page_in_chromium(page: Any, tmp_path: Path) -> None:
             text = page.locator("body").inner_text()
             assert "pid" in text and "uptime" in text and "RSS" in text
             assert "loop lag" in text and "deliveries" in text
+            expect(page.locator("#rates")).to_contain_text("ws messages in")
+            expect(page.locator("#latency")).to_contain_text("broker publish p99")
+            expect(page.locator("#totals")).to_contain_text("ws messages received")
+            expect(page.locator("#channels")).to_contain_text("pub/s")
             assert float(page.locator("#open-now").inner_text()) >= 3
             # Saved by every run; docs/images/admin-page.png is refreshed only when asked
             # (RTSERVE_UPDATE_SCREENSHOTS=1), so a test run leaves the checkout as it was.

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from rtserve import App, ConnectResult
+from rtserve.cli import stats_cmd
 from rtserve.cli.main import main
 from rtserve.stats.admin import AdminServer, enable_admin
 from rtserve.testing import ThreadedServer
@@ -104,6 +105,14 @@ def test_json_watch_prints_ndjson_with_rates(running: Running) -> None:
             "publications",
             "deliveries",
             "connections",
+            "messages_in",
+            "frames_out",
+            "bytes_in",
+            "bytes_out",
+            "http_p50",
+            "http_p99",
+            "publish_p50",
+            "publish_p99",
             "interval_seconds",
         }
         assert line["rates"]["interval_seconds"] > 0
@@ -160,3 +169,78 @@ def test_socket_from_the_config(tmp_path: Path) -> None:
     (tmp_path / "rtserve.yaml").write_text("admin:\n  enabled: false\n")
     off = invoke(str(tmp_path), "--once")
     assert off.exit_code == 1 and "off" in off.output
+
+
+# --- figures computed by the CLI, without a server ------------------------------------------
+
+
+def _histogram(counts: list[int]) -> dict[str, Any]:
+    return {"bounds": [0.001, 0.01, 0.1], "counts": counts, "count": sum(counts)}
+
+
+def test_rates_and_latency_quantiles_over_one_interval() -> None:
+    before = {
+        "pid": 7,
+        "uptime_seconds": 10.0,
+        "totals": {"requests": 100, "bytes_sent": 0},
+        "hub": {"publications": 0, "deliveries": 0},
+        "latency_seconds": {"http": _histogram([100, 0, 0, 0])},
+    }
+    after = {
+        "pid": 7,
+        "uptime_seconds": 12.0,
+        "totals": {"requests": 300, "bytes_sent": 4096},
+        "hub": {"publications": 10, "deliveries": 1000},
+        "latency_seconds": {"http": _histogram([100, 0, 200, 0])},
+    }
+    rate = stats_cmd.rates(before, after)
+    assert rate is not None
+    assert rate["requests"] == 100.0 and rate["deliveries"] == 500.0
+    assert rate["bytes_out"] == 2048.0
+    # the 200 requests of the interval all fell in (0.01, 0.1]: the earlier 100 do not count
+    assert rate["http_p50"] == pytest.approx(0.055)
+    assert rate["http_p99"] == pytest.approx(0.0991)
+    assert rate["publish_p99"] is None  # no histogram: nothing to say
+    # another process (a restart) has no rates against the old one
+    assert stats_cmd.rates(before, dict(after, pid=8)) is None
+
+
+def test_channel_rates() -> None:
+    previous = [{"name": "a", "publications": 10}, {"name": "gone", "publications": 3}]
+    current = [{"name": "a", "publications": 30}, {"name": "new", "publications": 5}]
+    assert stats_cmd.channel_rates(previous, current, 2.0) == {"a": 10.0}
+    assert stats_cmd.channel_rates(None, current, 2.0) == {}
+
+
+def test_dashboard_keys_sort_filter_and_quit() -> None:
+    class FakeClient:
+        where = "fake"
+        asked: list[str | None] = []
+
+        def connections(self, transport: str | None = None) -> list[dict[str, Any]]:
+            self.asked.append(transport)
+            return []
+
+    client = FakeClient()
+    dashboard = stats_cmd.Dashboard(client)  # type: ignore[arg-type]
+    assert dashboard.view().connections_title() == "top 10 by queued bytes"
+    assert dashboard.key("s") and dashboard.key("f")
+    assert dashboard.view().connections_title() == "top 10 by age, channel only"
+    assert client.asked == [None, "channel"]
+    assert dashboard.key("f") and dashboard.key("f") and dashboard.key("f")
+    assert dashboard.view().transport is None
+    assert not dashboard.key("q")
+
+
+def test_histogram_buckets_and_quantiles() -> None:
+    from rtserve.histogram import Histogram, quantile
+
+    histogram = Histogram((0.001, 0.01))
+    for value in (0.0005, 0.001, 0.002, 5.0):
+        histogram.observe(value)
+    # le semantics: 0.001 falls in the first bucket, 5.0 above every bound
+    assert histogram.counts == [2, 1, 1]
+    assert histogram.count == 4 and histogram.sum == pytest.approx(5.0035)
+    assert quantile(histogram.bounds, histogram.counts, 0.5) == pytest.approx(0.001)
+    assert quantile(histogram.bounds, histogram.counts, 1.0) == 0.01  # a floor above the last
+    assert quantile(histogram.bounds, [0, 0, 0], 0.5) is None

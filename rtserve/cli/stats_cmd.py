@@ -25,6 +25,8 @@ from typing import Any
 import click
 import yaml
 
+from rtserve.histogram import quantile
+
 ADMIN_PREFIX = "/rt/admin"
 DEFAULT_SOCKET = ".rtserve/admin.sock"
 CONFIG_NAME = "rtserve.yaml"
@@ -37,8 +39,20 @@ RATES = (
     ("publications", ("hub", "publications"), "published"),
     ("deliveries", ("hub", "deliveries"), "deliveries"),
     ("connections", ("totals", "connections"), "connections"),
+    ("messages_in", ("totals", "ws_messages_received"), "ws messages in"),
+    ("frames_out", ("totals", "ws_frames_sent"), "ws frames out"),
+    ("bytes_in", ("totals", "bytes_received"), "bytes in"),
+    ("bytes_out", ("totals", "bytes_sent"), "bytes out"),
+)
+# (key in "rates", which histogram of stats["latency_seconds"], quantile)
+LATENCIES = (
+    ("http_p50", "http", 0.5),
+    ("http_p99", "http", 0.99),
+    ("publish_p50", "broker_publish", 0.5),
+    ("publish_p99", "broker_publish", 0.99),
 )
 SORTS = ("queued", "age")
+FILTERS = (None, "channel", "websocket", "http")
 
 
 class StatsError(Exception):
@@ -155,8 +169,9 @@ class AdminClient:
     def channels(self) -> list[dict[str, Any]]:
         return list(self.get(f"/channels?limit={TOP}").get("channels", []))
 
-    def connections(self) -> list[dict[str, Any]]:
-        return list(self.get("/connections?limit=1000").get("connections", []))
+    def connections(self, transport: str | None = None) -> list[dict[str, Any]]:
+        query = "/connections?limit=1000" + ("" if transport is None else f"&transport={transport}")
+        return list(self.get(query).get("connections", []))
 
 
 def find_socket(path: str | None) -> tuple[Path | None, str | None, str | None]:
@@ -221,11 +236,40 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
     elapsed = float(current.get("uptime_seconds", 0)) - float(previous.get("uptime_seconds", 0))
     if elapsed <= 0:
         return None
-    out = {
+    out: dict[str, Any] = {
         key: round(max(0.0, _counter(current, w) - _counter(previous, w)) / elapsed, 3)
         for key, w, _ in RATES
     }
+    before = previous.get("latency_seconds", {})
+    now = current.get("latency_seconds", {})
+    for key, name, q in LATENCIES:
+        out[key] = _interval_quantile(before.get(name), now.get(name), q)
     out["interval_seconds"] = round(elapsed, 3)
+    return out
+
+
+def _interval_quantile(before: Any, now: Any, q: float) -> float | None:
+    """The `q` quantile of what a histogram counted between two polls (None: nothing)."""
+    if not isinstance(now, dict) or not isinstance(before, dict):
+        return None
+    counts, earlier = now.get("counts"), before.get("counts")
+    if not isinstance(counts, list) or not isinstance(earlier, list) or len(counts) != len(earlier):
+        return None
+    return quantile(now["bounds"], [max(0, a - b) for a, b in zip(counts, earlier, strict=True)], q)
+
+
+def channel_rates(
+    previous: list[dict[str, Any]] | None, current: list[dict[str, Any]], elapsed: float | None
+) -> dict[str, float]:
+    """Publications per second of each channel listed in both polls."""
+    if not previous or not elapsed:
+        return {}
+    before = {c.get("name"): c.get("publications") for c in previous}
+    out: dict[str, float] = {}
+    for c in current:
+        old, new = before.get(c.get("name")), c.get("publications")
+        if isinstance(old, int) and isinstance(new, int) and new >= old:
+            out[str(c["name"])] = round((new - old) / elapsed, 3)
     return out
 
 
@@ -255,6 +299,18 @@ def _ms(seconds: Any) -> str:
     return f"{float(seconds or 0) * 1000:.1f} ms"
 
 
+def _latency(rate: dict[str, Any] | None, stats: dict[str, Any], name: str, key: str) -> str:
+    """p50 / p99 over the last interval (over the whole uptime for one snapshot)."""
+    if rate is not None:
+        p50, p99 = rate.get(f"{key}_p50"), rate.get(f"{key}_p99")
+    else:
+        histogram = stats.get("latency_seconds", {}).get(name, {})
+        p50, p99 = histogram.get("p50"), histogram.get("p99")
+    if p50 is None or p99 is None:
+        return "-"
+    return f"p50 {_ms(p50)}  p99 {_ms(p99)}"
+
+
 def sort_connections(conns: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
     """The top connections: most queued bytes first, or oldest first."""
     if sort == "age":
@@ -273,8 +329,10 @@ class View:
         stats: dict[str, Any],
         channels: list[dict[str, Any]],
         conns: list[dict[str, Any]],
-        rate: dict[str, float] | None,
+        rate: dict[str, Any] | None,
         sort: str = "queued",
+        channel_rate: dict[str, float] | None = None,
+        transport: str | None = None,
     ) -> None:
         self.where = where
         process = stats.get("process", {})
@@ -296,15 +354,34 @@ class View:
         self.totals: list[tuple[str, str, str]] = []
         for key, where_, label in RATES:
             value = int(_counter(stats, where_))
-            per_s = "-" if rate is None else f"{rate[key]:.1f}/s"
-            self.totals.append((label, str(value), per_s))
+            if key.startswith("bytes"):
+                shown = _bytes(value)
+                per_s = "-" if rate is None else f"{_bytes(rate[key])}/s"
+            else:
+                shown = str(value)
+                per_s = "-" if rate is None else f"{rate[key]:.1f}/s"
+            self.totals.append((label, shown, per_s))
+        span = "last interval" if rate is not None else "since start"
+        self.latency = [
+            (f"HTTP response ({span})", _latency(rate, stats, "http", "http")),
+            (f"broker publish ({span})", _latency(rate, stats, "broker_publish", "publish")),
+        ]
         ch = stats.get("channels", {})
         self.channel_summary = (
             f"{ch.get('count', 0)} channels, {ch.get('subscribers', 0)} subscribers, "
             f"{ch.get('users', 0)} users"
         )
-        self.channels = [(str(c.get("name")), str(c.get("subscribers"))) for c in channels[:TOP]]
+        per_channel = channel_rate or {}
+        self.channels = [
+            (
+                str(c.get("name")),
+                str(c.get("subscribers")),
+                f"{per_channel[c['name']]:.1f}/s" if c.get("name") in per_channel else "-",
+            )
+            for c in channels[:TOP]
+        ]
         self.sort = sort
+        self.transport = transport
         self.conns = [
             (
                 str(c.get("id", "")),
@@ -317,6 +394,11 @@ class View:
             )
             for c in sort_connections(conns, sort)
         ]
+
+    def connections_title(self) -> str:
+        by = "queued bytes" if self.sort == "queued" else "age"
+        only = "" if self.transport is None else f", {self.transport} only"
+        return f"top {TOP} by {by}{only}"
 
 
 CONN_COLUMNS = ("id", "transport", "peer", "user", "queued", "age", "channels")
@@ -332,11 +414,11 @@ def plain(view: View) -> str:
             f"{label} {n} ({r})" if r != "-" else f"{label} {n}" for label, n, r in view.totals
         )
     )
+    lines.append("latency: " + ", ".join(f"{label} {value}" for label, value in view.latency))
     lines.append(f"channels: {view.channel_summary}")
-    for name, subs in view.channels:
-        lines.append(f"  {name}  {subs}")
-    by = "queued bytes" if view.sort == "queued" else "age"
-    lines.append(f"connections (top {TOP} by {by}):")
+    for name, subs, per_s in view.channels:
+        lines.append(f"  {name}  {subs}" + ("" if per_s == "-" else f"  {per_s}"))
+    lines.append(f"connections ({view.connections_title()}):")
     if view.conns:
         rows = [CONN_COLUMNS, *view.conns]
         widths = [max(len(r[i]) for r in rows) for i in range(len(CONN_COLUMNS))]
@@ -359,18 +441,23 @@ def rich_view(view: View, footer: str | None = None) -> Any:
     totals.add_column("rate", justify="right")
     for total in view.totals:
         totals.add_row(*total)
+    latency = Table(title="latency", title_justify="left")
+    latency.add_column("")
+    latency.add_column("", justify="right")
+    for label, value in view.latency:
+        latency.add_row(label, value)
     channels = Table(title=f"top channels ({view.channel_summary})", title_justify="left")
     channels.add_column("channel")
     channels.add_column("subscribers", justify="right")
+    channels.add_column("publications/s", justify="right")
     for channel in view.channels:
         channels.add_row(*channel)
-    by = "queued bytes" if view.sort == "queued" else "age"
-    conns = Table(title=f"connections by {by}", title_justify="left")
+    conns = Table(title=f"connections, {view.connections_title()}", title_justify="left")
     for name in CONN_COLUMNS:
         conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
     for row in view.conns:
         conns.add_row(*row)
-    parts: list[Any] = [header, opened, totals, channels, conns]
+    parts: list[Any] = [header, opened, totals, latency, channels, conns]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
@@ -417,33 +504,79 @@ def _keys() -> Iterator[Any]:
 # --- the modes -------------------------------------------------------------------------------
 
 
+class Dashboard:
+    """The live dashboard's state: the latest poll and how connections are sorted and
+    filtered (keys change those between polls)."""
+
+    FOOTER = (
+        "q: quit  s: sort connections (queued bytes / age)  "
+        "f: filter connections (all / channel / websocket / http)"
+    )
+
+    def __init__(self, client: AdminClient) -> None:
+        self.client = client
+        self.sort = 0
+        self.filter = 0
+        self.stats: dict[str, Any] = {}
+        self.channels: list[dict[str, Any]] = []
+        self.rate: dict[str, Any] | None = None
+        self.channel_rate: dict[str, float] = {}
+
+    def poll(self) -> None:
+        """Fetch the stats and channels; rates are against the previous poll."""
+        previous, previous_channels = self.stats or None, self.channels or None
+        self.stats = self.client.stats()
+        self.channels = self.client.channels()
+        self.rate = rates(previous, self.stats)
+        elapsed = None if self.rate is None else self.rate["interval_seconds"]
+        self.channel_rate = channel_rates(previous_channels, self.channels, elapsed)
+
+    def key(self, key: str) -> bool:
+        """Apply a key; False to quit."""
+        if key in ("q", "Q"):
+            return False
+        if key in ("s", "S"):
+            self.sort = (self.sort + 1) % len(SORTS)
+        elif key in ("f", "F"):
+            self.filter = (self.filter + 1) % len(FILTERS)
+        return True
+
+    def view(self) -> View:
+        transport = FILTERS[self.filter]
+        conns = self.client.connections(transport)
+        return View(
+            self.client.where,
+            self.stats,
+            self.channels,
+            conns,
+            self.rate,
+            SORTS[self.sort],
+            self.channel_rate,
+            transport,
+        )
+
+
 def run_dashboard(client: AdminClient, interval: float, ticks: int | None) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console()
-    sort = 0
-    previous: dict[str, Any] | None = None
-    footer = "q: quit  s: sort connections (queued bytes / age)  Ctrl-C: quit"
-    with _keys() as wait, Live(console=console, auto_refresh=False, screen=False) as live:
+    dashboard = Dashboard(client)
+    with _keys() as wait, Live(console=Console(), auto_refresh=False, screen=False) as live:
         count = 0
         while ticks is None or count < ticks:
-            stats = client.stats()
-            figures = (stats, client.channels(), client.connections(), rates(previous, stats))
-            previous = stats
-            live.update(rich_view(View(client.where, *figures, SORTS[sort]), footer), refresh=True)
+            dashboard.poll()
+            live.update(rich_view(dashboard.view(), Dashboard.FOOTER), refresh=True)
             count += 1
             if ticks is not None and count >= ticks:
                 break
             deadline = time.monotonic() + interval
             while (left := deadline - time.monotonic()) > 0:
                 key = wait(left)
-                if key in ("q", "Q"):
+                if key is None:
+                    continue
+                if not dashboard.key(key):
                     return
-                if key in ("s", "S"):
-                    sort = (sort + 1) % len(SORTS)
-                    view = View(client.where, *figures, SORTS[sort])
-                    live.update(rich_view(view, footer), refresh=True)
+                live.update(rich_view(dashboard.view(), Dashboard.FOOTER), refresh=True)
 
 
 def run_once(client: AdminClient) -> None:
@@ -500,10 +633,10 @@ def stats(
     interval: float,
     ticks: int | None,
 ) -> None:
-    """Show a running server's stats: a live dashboard (q quits, s sorts the connections), one
-    snapshot (--once), JSON (--json) or NDJSON (--json --watch; the default when stdout is not a
-    terminal). Finds the project's admin socket (PATH a project folder or its rtserve.yaml;
-    default: here), or use --url with --token."""
+    """Show a running server's stats: a live dashboard (q quits, s sorts and f filters the
+    connections), one snapshot (--once), JSON (--json) or NDJSON (--json --watch; the default
+    when stdout is not a terminal). Finds the project's admin socket (PATH a project folder or
+    its rtserve.yaml; default: here), or use --url with --token."""
     try:
         if url is not None:
             if path is not None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from rtserve.broker.base import (
     Publication,
     StreamPosition,
 )
+from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext
 from rtserve.realtime.protocol import (
     ChannelError,
@@ -142,7 +144,7 @@ class HubStats:
 class _Local:
     """The local side of one channel."""
 
-    __slots__ = ("epoch", "joins", "leaves", "params", "rule", "subscribers")
+    __slots__ = ("epoch", "joins", "leaves", "params", "publications", "rule", "subscribers")
 
     def __init__(self, rule: ChannelRule, params: dict[str, str]) -> None:
         self.epoch: str | None = None  # of the stream the subscribers were given
@@ -151,6 +153,7 @@ class _Local:
         self.subscribers: dict[Subscriber, None] = {}
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
+        self.publications = 0  # delivered here since the channel got its first local subscriber
 
 
 @contextlib.contextmanager
@@ -179,6 +182,8 @@ class Hub:
         self.broker = broker
         self.settings = settings
         self.stats = HubStats()
+        # Seconds each broker publish from this node took, failures included.
+        self.publish_latency = Histogram()
         self.on_connect: Callable[[ConnectContext], Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.users: dict[str, int] = {}  # open connections per user
@@ -227,6 +232,14 @@ class Hub:
         """Channels with local subscribers, and how many each has."""
         return {name: len(local.subscribers) for name, local in self._local.items()}
 
+    def channel_figures(self) -> dict[str, tuple[int, int]]:
+        """Channels with local subscribers: (subscribers, publications delivered here since
+        the channel got its first local subscriber)."""
+        return {
+            name: (len(local.subscribers), local.publications)
+            for name, local in self._local.items()
+        }
+
     # --- publishing ------------------------------------------------------------------------
 
     async def publish(
@@ -244,10 +257,14 @@ class Hub:
         if self.loop is None:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "the hub is not running")
         rule, _ = self.rule(channel)
-        with _broker_errors():
-            position = await self.broker.publish(
-                channel, data, info=info, options=rule.publish_options_for(idempotency_key)
-            )
+        started = time.perf_counter()
+        try:
+            with _broker_errors():
+                position = await self.broker.publish(
+                    channel, data, info=info, options=rule.publish_options_for(idempotency_key)
+                )
+        finally:
+            self.publish_latency.observe(time.perf_counter() - started)
         self.stats.publications += 1
         return position
 
@@ -299,6 +316,7 @@ class Hub:
             publication=publication,
         )
         subscribers = tuple(local.subscribers)
+        local.publications += 1
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)

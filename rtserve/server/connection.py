@@ -203,7 +203,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def request_head(self, head: RequestHead) -> None:
         state = self.state
-        exchange = Exchange(self, head, perf_counter() if state.access_log else 0.0)
+        exchange = Exchange(self, head, perf_counter())
         self.receiving = self._last = exchange
         if self.active is None and not self.queue:
             self._activate(exchange)
@@ -403,6 +403,7 @@ class HTTPConnection(asyncio.Protocol):
         """Answer `exchange` with `response` (a 101) and hand the socket to `protocol`."""
         exchange.started = True
         exchange.status = 101
+        self.state.stats.http_latency.observe(perf_counter() - exchange.start_time)
         self._sent(len(response))
         self.transport.write(response)
         self.upgraded = protocol

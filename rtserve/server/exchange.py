@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rtserve.protocol.http11 import (
@@ -175,6 +176,7 @@ class Exchange:
         )
         self.started = True  # only now: a bad header above leaves room for a 500
         self.status = status
+        state.stats.http_latency.observe(perf_counter() - self.start_time)
         if self.head_only or status == 304 or status == 204:
             body = b""
         self.response_bytes = len(body)
@@ -209,6 +211,7 @@ class Exchange:
         )
         self.started = True
         self.status = status
+        conn.state.stats.http_latency.observe(perf_counter() - self.start_time)
         if not conn.closed:
             conn._sent(len(head))
             conn.transport.write(head)

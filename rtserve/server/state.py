@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rtserve.histogram import Histogram
 from rtserve.server.exchange import ClientDisconnected
 from rtserve.server.proxy import TrustedProxies
 from rtserve.server.settings import ServerSettings
@@ -47,11 +48,14 @@ class ServerStats:
         "bytes_received",
         "bytes_sent",
         "connections_total",
+        "http_latency",
         "limit_hits",
         "requests_total",
         "responses_by_class",
         "websockets_total",
         "ws_dropped",
+        "ws_frames_sent",
+        "ws_messages_received",
         "ws_slow_closed",
     )
 
@@ -65,6 +69,10 @@ class ServerStats:
         self.ws_slow_closed = 0  # connections closed as slow consumers (policy "close")
         self.bytes_received = 0  # read from clients' sockets, HTTP and WebSocket
         self.bytes_sent = 0  # handed to clients' transports (file bodies: as they start)
+        self.ws_messages_received = 0  # WebSocket messages from clients (text and binary)
+        self.ws_frames_sent = 0  # WebSocket frames written, messages and control frames
+        # Seconds from a request's head read to its response's head written.
+        self.http_latency = Histogram()
 
 
 class ServerState:

@@ -156,6 +156,7 @@ class WebSocketConnection(asyncio.Protocol):
         for event in events:
             if type(event) is TextMessage or type(event) is BinaryMessage:
                 if self.status == OPEN:
+                    self.state.stats.ws_messages_received += 1
                     self._deliver(event.data)
             elif type(event) is Ping:
                 if self.status == OPEN:
@@ -264,7 +265,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._out_bytes = 0
         if self.status != CLOSED:
             self.bytes_out += n
-            self.state.stats.bytes_sent += n
+            stats = self.state.stats
+            stats.bytes_sent += n
+            stats.ws_frames_sent += len(out)
             transport = self.transport
             if len(out) == 1:
                 transport.write(out[0])

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from rtserve.histogram import Histogram
 from rtserve.realtime.ws_session import ChannelSocket
 from rtserve.server.websocket import OPEN, WebSocketConnection
 
@@ -141,7 +142,10 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
             "ws_slow_closed": s.ws_slow_closed,
             "bytes_received": s.bytes_received,
             "bytes_sent": s.bytes_sent,
+            "ws_messages_received": s.ws_messages_received,
+            "ws_frames_sent": s.ws_frames_sent,
         }
+        http_latency = s.http_latency.to_json()
     else:
         totals = {
             "connections": 0,
@@ -153,7 +157,10 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
             "ws_slow_closed": 0,
             "bytes_received": 0,
             "bytes_sent": 0,
+            "ws_messages_received": 0,
+            "ws_frames_sent": 0,
         }
+        http_latency = Histogram().to_json()
     return {
         "pid": os.getpid(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
@@ -162,6 +169,10 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
         "open": open_counts(state),
         "totals": totals,
         "hub": dataclasses.asdict(hub.stats),
+        "latency_seconds": {
+            "http": http_latency,
+            "broker_publish": hub.publish_latency.to_json(),
+        },
         "channels": {
             "count": len(channels),
             "subscribers": sum(channels.values()),
@@ -295,14 +306,18 @@ def find_connection(state: ServerState | None, conn_id: str) -> Any:
 def list_channels(
     app: App, *, limit: int = 100, offset: int = 0, prefix: str | None = None
 ) -> dict[str, Any]:
-    """`GET /rt/admin/channels`: channels with local subscribers, most subscribed first."""
+    """`GET /rt/admin/channels`: channels with local subscribers, most subscribed first, with
+    the publications delivered here since each got its first local subscriber."""
     items = [
-        (name, count)
-        for name, count in app.hub.channels().items()
+        (name, subscribers, publications)
+        for name, (subscribers, publications) in app.hub.channel_figures().items()
         if prefix is None or name.startswith(prefix)
     ]
     items.sort(key=lambda item: (-item[1], item[0]))
-    page = [{"name": n, "subscribers": c} for n, c in items[offset : offset + limit]]
+    page = [
+        {"name": n, "subscribers": c, "publications": p}
+        for n, c, p in items[offset : offset + limit]
+    ]
     return {"total": len(items), "offset": offset, "limit": limit, "channels": page}
 
 
@@ -330,6 +345,18 @@ def _metric(
     return lines
 
 
+def _histogram(name: str, help: str, value: dict[str, Any]) -> list[str]:
+    lines = [f"# HELP {name} {help}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for bound, n in zip([*value["bounds"], "+Inf"], value["counts"], strict=True):
+        cumulative += n
+        le = bound if isinstance(bound, str) else repr(float(bound))
+        lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
+    lines.append(f"{name}_sum {_number(float(value['sum']))}")
+    lines.append(f"{name}_count {value['count']}")
+    return lines
+
+
 def _number(value: float | int) -> str:
     if isinstance(value, int):
         return str(value)
@@ -349,6 +376,8 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
         ("ws_slow_closed", "ws_slow_closed", "WebSockets closed as slow consumers"),
         ("bytes_received", "bytes_received", "bytes read from clients"),
         ("bytes_sent", "bytes_sent", "bytes written to clients"),
+        ("ws_messages_received", "ws_messages_received", "WebSocket messages from clients"),
+        ("ws_frames_sent", "ws_frames_sent", "WebSocket frames written (messages and control)"),
     ):
         out += _metric(f"rtserve_{name}_total", "counter", help, [("", totals[key])])
     out += _metric(
@@ -356,6 +385,17 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
         "counter",
         "HTTP responses by status class",
         [(f'{{class="{c}"}}', n) for c, n in totals["responses"].items()],
+    )
+    latency = stats["latency_seconds"]
+    out += _histogram(
+        "rtserve_http_latency_seconds",
+        "seconds from a request's head read to its response's head written",
+        latency["http"],
+    )
+    out += _histogram(
+        "rtserve_broker_publish_latency_seconds",
+        "seconds a publish through the broker took",
+        latency["broker_publish"],
     )
     out += _metric(
         "rtserve_open_connections",
