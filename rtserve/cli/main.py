@@ -61,18 +61,38 @@ def run(
     fd = options.get("fd")
     if reload is None:
         reload = project is not None and fd is None
-    if reload:
+    workers = _workers(target, project, options)
+    if workers > 1 and fd is not None:
+        raise click.UsageError("--workers binds the socket itself: leave out --fd")
+    if reload or workers > 1:
         if fd is not None:
             raise click.UsageError("--reload binds the socket itself: leave out --fd")
         if reload_grace < 0:
             raise click.UsageError("--reload-grace must be 0 or more")
         from rtserve.cli.reload import supervise
 
-        sys.exit(supervise(target, project, options, poll=poll, grace=reload_grace))
+        sys.exit(supervise(target, project, options, watch=reload, poll=poll, grace=reload_grace))
     setup_logging()
     app = load_target(target, project)
     app.settings = apply_options(app.settings, options)
     serve(app, app.settings)
+
+
+def _workers(target: str | None, project: str | None, options: dict[str, Any]) -> int:
+    """How many workers `run` starts: --workers, else the project's `server.workers` (read
+    without importing it; a module:app target says it with --workers)."""
+    if options.get("workers") is not None:
+        if options["workers"] < 1:
+            raise click.UsageError("--workers must be 1 or more")
+        return int(options["workers"])
+    if project is None:
+        return 1
+    from rtserve.cli.reload import light_config
+
+    try:
+        return int(light_config(project).server.workers)
+    except Exception:
+        return 1  # what is wrong is reported when the project loads
 
 
 def load_target(target: str | None, project: str | None) -> Any:

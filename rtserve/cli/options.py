@@ -24,6 +24,7 @@ RUN_SETTINGS = (
     "unix_socket",
     "fd",
     "reuse_port",
+    "workers",
     "access_log",
     "debug",
     "tls.cert",

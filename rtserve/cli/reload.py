@@ -67,10 +67,12 @@ def supervise(
     project: str | None,
     options: Mapping[str, Any],
     *,
+    watch: bool = True,
     poll: bool = False,
     grace: float = 2.0,
 ) -> int:
-    """Serve TARGET/project with reload until SIGINT/SIGTERM; the exit status."""
+    """Serve TARGET/project through worker processes until SIGINT/SIGTERM (reloading on
+    changes when `watch`); the exit status."""
     sys.dont_write_bytecode = True  # see _worker_main
     if project is not None:
         from rtserve.config.project import find_config
@@ -82,7 +84,9 @@ def supervise(
         folder = config_file.resolve().parent
     else:
         folder = Path.cwd().resolve()
-    supervisor = Supervisor(target, project, dict(options), folder, poll=poll, grace=grace)
+    supervisor = Supervisor(
+        target, project, dict(options), folder, watch=watch, poll=poll, grace=grace
+    )
     return asyncio.run(supervisor.main())
 
 
@@ -92,6 +96,7 @@ class Worker:
 
     proc: asyncio.subprocess.Process
     started: float
+    slot: int  # which of the `workers` places it fills
     ready_at: float | None = None
     summary: dict[str, Any] | None = None  # routes, channel rules, broker (from its ready line)
     retiring: bool = False
@@ -104,20 +109,33 @@ class Worker:
 
 
 @dataclass
+class Slot:
+    """One of the `workers` places: the worker serving in it, and its crashes in a row."""
+
+    index: int
+    current: Worker | None = None
+    crashes: int = 0
+
+
+@dataclass
 class Reload:
-    """A worker being started, and why."""
+    """A worker being started, and why; `rest` are the slots to replace after this one."""
 
     worker: Worker
     since: float  # when the change was seen
     changed: list[str]  # what changed (relative to the project folder)
     restart: bool  # after the previous worker exited on its own
+    rest: list[int] = field(default_factory=list)
+    why: str = ""  # "SIGHUP" for a reload asked by signal
 
 
 class Supervisor:
     """Holds the sockets, watches the folder, starts and replaces the workers.
 
-    Everything happens in one loop reading `events` (changes, worker news, signals, timers),
-    so there is exactly one current worker and at most one starting.
+    Everything happens in one loop reading `events` (changes, worker news, signals, timers).
+    Each slot has one current worker; at start every slot starts at once, a reload (a change
+    or SIGHUP) replaces them one slot at a time, each old worker retiring only once its
+    replacement is ready.
     """
 
     def __init__(
@@ -127,13 +145,15 @@ class Supervisor:
         options: dict[str, Any],
         folder: Path,
         *,
-        poll: bool,
-        grace: float,
+        watch: bool = True,
+        poll: bool = False,
+        grace: float = 2.0,
     ) -> None:
         self.target = target
         self.project = project
         self.options = options
         self.folder = folder
+        self.watch = watch
         self.poll = poll
         self.grace = grace
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -150,25 +170,33 @@ class Supervisor:
         self.lifeline_r = -1
         self.lifeline_w = -1
         self.workers: set[Worker] = set()  # every worker process not reaped yet
-        self.current: Worker | None = None
-        self.pending: Reload | None = None
-        self.crashes = 0
+        self.slots: list[Slot] = [Slot(0)]
+        self.pending: dict[int, Reload] = {}  # by slot
         self.stopping = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.admin: Any = None  # the combined admin interface, with several workers
+        self.status = 0  # the exit status once every worker is gone
+
+    @property
+    def many(self) -> bool:
+        return len(self.slots) > 1
 
     # --- the loop --------------------------------------------------------------------------
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self.events.put_nowait, ("signal", sig))
-        watcher = asyncio.create_task(self._watch())
+        watcher = asyncio.create_task(self._watch()) if self.watch else None
         try:
             status = await self._run()
         finally:
             self.stop_watching.set()
-            watcher.cancel()
-            await asyncio.wait([watcher], timeout=2)
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait([watcher], timeout=2)
+            if self.admin is not None:
+                await self.admin.stop()
             for sock in self.sockets:
                 sock.close()
             if self.settings.unix_socket and self.sockets:
@@ -182,15 +210,25 @@ class Supervisor:
     async def _run(self) -> int:
         while True:  # where to listen: from the options and the project's `server` settings
             try:
-                self.settings, static = self._listen_settings()
+                self.settings, static, shared = self._listen_settings()
                 break
             except Exception as exc:
                 click.echo(plain_error(exc, self.folder), err=True)
-                if self.project is None:  # a module:app target is imported here, as `run` does
+                if self.project is None or not self.watch:
                     return 2
                 click.echo("waiting for a change to retry", err=True)
             if not await self._wait_for_change():
                 return 0
+        count = self.settings.workers
+        if count > 1 and not shared:
+            click.echo(
+                f"error: {count} workers need a broker they share, and the memory broker lives "
+                "in one process: set `broker: redis://127.0.0.1:6379/0` in rtserve.yaml (or "
+                "run one worker)",
+                err=True,
+            )
+            return 2
+        self.slots = [Slot(i) for i in range(count)]
         self.filter.static = static
         self.listen_key = _listen_key(self.settings)
         try:
@@ -200,12 +238,26 @@ class Supervisor:
             click.echo(f"error: cannot listen on {where}: {exc.strerror or exc}", err=True)
             return 1
         self.lifeline_r, self.lifeline_w = os.pipe()
+        if self.many:
+            await self._start_admin()
         self._banner()
-        await self._start(time.monotonic())
+        now = time.monotonic()
+        for slot in self.slots:
+            await self._start(slot.index, now)
         while self.workers or not self.stopping:
             event = await self.events.get()
             await self._handle(event)
-        return 0
+        return self.status
+
+    async def _start_admin(self) -> None:
+        """With several workers, the admin interface the user reaches sums theirs."""
+        from rtserve.stats.combined import CombinedAdmin
+
+        config = admin_config(self.project, self.target, self.folder)
+        if config is None:
+            return
+        self.admin = CombinedAdmin(config, self.folder, len(self.slots))
+        await self.admin.start()
 
     async def _wait_for_change(self) -> bool:
         """Before anything runs: True on a change, False on a signal."""
@@ -213,7 +265,7 @@ class Supervisor:
             event = await self.events.get()
             if event[0] == "change":
                 return True
-            if event[0] == "signal":
+            if event[0] == "signal" and event[1] != signal.SIGHUP:
                 return False
 
     async def _handle(self, event: tuple[Any, ...]) -> None:
@@ -221,16 +273,20 @@ class Supervisor:
         if kind == "change":
             await self._changed(event[1], event[2])
         elif kind == "ready":
-            self._ready(event[1])
+            await self._ready(event[1])
         elif kind == "failed":
-            self._failed(event[1], event[2])
+            self._failed(event[1], event[2], event[3])
         elif kind == "exited":
             self._exited(event[1], event[2])
         elif kind == "restart":
-            if not self.stopping and self.current is None and self.pending is None:
-                await self._start(time.monotonic(), restart=True)
+            slot = self.slots[event[1]]
+            if not self.stopping and slot.current is None and slot.index not in self.pending:
+                await self._start(slot.index, time.monotonic(), restart=True)
         elif kind == "signal":
-            self._signalled()
+            if event[1] == signal.SIGHUP:
+                await self._reload_all(time.monotonic(), [], why="SIGHUP")
+            else:
+                self._signalled()
         elif kind == "kill":
             worker = event[1]
             if not worker.done:
@@ -259,43 +315,62 @@ class Supervisor:
         if self.stopping:
             return
         names = sorted({_relative(Path(p), self.folder) for p in paths})
-        self.crashes = 0
+        for slot in self.slots:
+            slot.crashes = 0
         if self.project is not None and any(Path(p).name in self.config_names for p in paths):
             self._check_listen_settings()
-        changed = names
-        if self.pending is not None:  # a newer save wins over a worker still starting
-            self._retire(self.pending.worker)
-            changed = sorted({*self.pending.changed, *names})
-        await self._start(since, changed)
+        await self._reload_all(since, names)
+
+    async def _reload_all(self, since: float, changed: list[str], why: str = "") -> None:
+        """Replace every slot's worker, one slot after another, starting with slot 0."""
+        if self.stopping:
+            return
+        for reload in list(self.pending.values()):  # a newer save wins over workers starting
+            self._retire(reload.worker)
+            changed = sorted({*reload.changed, *changed})
+            why = why or reload.why
+        self.pending.clear()
+        slots = [slot.index for slot in self.slots]
+        await self._start(slots[0], since, changed, rest=slots[1:], why=why)
 
     def _check_listen_settings(self) -> None:
         try:
-            settings, static = self._listen_settings()
+            settings, static, _ = self._listen_settings()
         except Exception:
             return  # the new worker reports it
         self.filter.static = static
-        if _listen_key(settings) != self.listen_key:
+        if _listen_key(settings) != self.listen_key or settings.workers != len(self.slots):
             click.echo(
-                "note: the address to listen on changed; it applies when `rtserve run` starts "
-                f"again (still serving {', '.join(self._urls())})",
+                "note: where to listen or how many workers changed; it applies when `rtserve "
+                f"run` starts again (still serving {', '.join(self._urls())})",
                 err=True,
             )
 
-    def _listen_settings(self) -> tuple[ServerSettings, list[Path]]:
+    def _listen_settings(self) -> tuple[ServerSettings, list[Path], bool]:
+        """The server settings, static paths, and whether the broker is shared by processes."""
         from rtserve.cli.options import apply_options
 
         if self.project is None:
+            from rtserve.broker.memory import MemoryBroker
             from rtserve.cli.loader import load_app
 
             assert self.target is not None
             app = load_app(self.target)
-            return apply_options(app.settings, self.options), []
+            shared = not isinstance(app.hub.broker, MemoryBroker)
+            return apply_options(app.settings, self.options), [], shared
         return listen_settings(self.project, self.options)
 
     # --- workers ---------------------------------------------------------------------------
 
     async def _start(
-        self, since: float, changed: list[str] | None = None, *, restart: bool = False
+        self,
+        slot: int,
+        since: float,
+        changed: list[str] | None = None,
+        *,
+        restart: bool = False,
+        rest: list[int] | None = None,
+        why: str = "",
     ) -> None:
         ready_r, ready_w = os.pipe()
         fds = [sock.fileno() for sock in self.sockets]
@@ -308,6 +383,8 @@ class Supervisor:
             "lifeline_fd": self.lifeline_r,
             "grace": self.grace,
             "folder": str(self.folder),
+            "worker": slot,
+            "workers": len(self.slots),
         }
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -324,9 +401,9 @@ class Supervisor:
             raise
         finally:
             os.close(ready_w)
-        worker = Worker(proc, time.monotonic())
+        worker = Worker(proc, time.monotonic(), slot)
         self.workers.add(worker)
-        self.pending = Reload(worker, since, changed or [], restart)
+        self.pending[slot] = Reload(worker, since, changed or [], restart, rest or [], why)
         task = asyncio.create_task(self._follow(worker, ready_r))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -351,36 +428,47 @@ class Supervisor:
             except ValueError:
                 worker.summary = {}
             self.events.put_nowait(("ready", worker))
-        elif line.startswith(b"error "):
+        elif line.startswith((b"error ", b"fatal ")):
             try:
                 lines = [str(x) for x in json.loads(line[6:])]
             except ValueError:
                 lines = [line[6:].decode(errors="replace").strip()]
-            self.events.put_nowait(("failed", worker, lines))
+            self.events.put_nowait(("failed", worker, lines, line.startswith(b"fatal ")))
         code = await worker.proc.wait()
-        if not line.startswith((b"ready", b"error ")):
+        if not line.startswith((b"ready", b"error ", b"fatal ")):
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
             self.events.put_nowait(
-                ("failed", worker, [f"the worker {how} before it was ready (see above)"])
+                ("failed", worker, [f"the worker {how} before it was ready (see above)"], False)
             )
         self.events.put_nowait(("exited", worker, code))
 
-    def _ready(self, worker: Worker) -> None:
-        reload = self.pending
+    async def _ready(self, worker: Worker) -> None:
+        reload = self.pending.get(worker.slot)
         if reload is None or reload.worker is not worker:
             return  # superseded, and told to stop already
-        self.pending = None
+        del self.pending[worker.slot]
+        slot = self.slots[worker.slot]
         now = worker.ready_at = time.monotonic()
-        old, self.current = self.current, worker
+        old, slot.current = slot.current, worker
         if old is not None:
             self._retire(old)
+        if self.admin is not None:
+            self.admin.worker_ready(worker.slot, worker.proc.pid)
+        if reload.rest:  # a rolling reload goes on with the next slot
+            await self._start(
+                reload.rest[0], reload.since, reload.changed, rest=reload.rest[1:], why=reload.why
+            )
+            return
         took = f"{(now - reload.since) * 1000:.0f} ms"
+        changed = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
+        who = f"worker {worker.slot} (pid {worker.proc.pid}) " if self.many else ""
         if reload.restart:
-            line = f"restarted in {took}"
-        elif reload.changed:
-            line = f"reloaded in {took}" + _changed_suffix(reload.changed)
+            line = f"{who}restarted in {took}"
+        elif reload.changed or reload.why:
+            workers = f"{len(self.slots)} workers " if self.many else ""
+            line = f"{workers}reloaded in {took}" + changed
         else:
-            line = f"ready in {took}"
+            line = f"{who}ready in {took}"
             summary = worker.summary or {}
             rules = summary.get("channels") or []
             line += (
@@ -390,20 +478,30 @@ class Supervisor:
             )
         click.echo(click.style(line, fg="green"))
 
-    def _failed(self, worker: Worker, lines: list[str]) -> None:
-        reload = self.pending
+    def _failed(self, worker: Worker, lines: list[str], fatal: bool) -> None:
+        reload = self.pending.get(worker.slot)
         if reload is None or reload.worker is not worker:
             return
-        self.pending = None
-        if self.current is not None:
-            head = "reload failed" + _changed_suffix(reload.changed)
+        del self.pending[worker.slot]
+        if fatal and not any(slot.current for slot in self.slots):
+            for line in lines:  # nothing serves, and no change to the code would help
+                click.echo(f"error: {line}", err=True)
+            self.status = 2
+            self._signalled()
+            return
+        current = self.slots[worker.slot].current
+        what = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
+        if current is not None:
+            head = "reload failed" + what
             head += "; still serving the previous version:"
         elif reload.restart:
             head = "restart failed; waiting for a change:"
         elif reload.changed:
-            head = "reload failed" + _changed_suffix(reload.changed) + "; waiting for a change:"
+            head = "reload failed" + what + "; waiting for a change:"
         else:
             head = "start failed; waiting for a change:"
+        if self.many:
+            head = f"worker {worker.slot}: {head}"
         click.echo(click.style(head, fg="red", bold=True), err=True)
         for line in lines:
             click.echo(f"  {line}", err=True)
@@ -411,23 +509,29 @@ class Supervisor:
     def _exited(self, worker: Worker, code: int) -> None:
         worker.done = True
         self.workers.discard(worker)
-        if worker is not self.current or self.stopping:
+        slot = self.slots[worker.slot]
+        if worker is not slot.current or self.stopping:
             return
-        self.current = None
+        slot.current = None
+        if self.admin is not None:
+            self.admin.worker_gone(worker.slot)
         uptime = time.monotonic() - (worker.ready_at or worker.started)
         if uptime >= STABLE_AFTER:
-            self.crashes = 0
+            slot.crashes = 0
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
-        if self.pending is not None:
-            click.echo(f"the worker {how}", err=True)
+        who = f"worker {worker.slot} (pid {worker.proc.pid})" if self.many else "the worker"
+        if slot.index in self.pending:
+            click.echo(f"{who} {how}", err=True)
             return
-        if self.crashes >= len(RESTART_DELAYS):
-            click.echo(f"the worker {how} again; waiting for a change", err=True)
+        if slot.crashes >= len(RESTART_DELAYS):
+            click.echo(f"{who} {how} again; waiting for a change", err=True)
             return
-        delay = RESTART_DELAYS[self.crashes]
-        self.crashes += 1
-        click.echo(f"the worker {how}; restarting in {delay:g} s", err=True)
-        asyncio.get_running_loop().call_later(delay, self.events.put_nowait, ("restart",))
+        delay = RESTART_DELAYS[slot.crashes]
+        slot.crashes += 1
+        click.echo(f"{who} {how}; restarting in {delay:g} s", err=True)
+        asyncio.get_running_loop().call_later(
+            delay, self.events.put_nowait, ("restart", slot.index)
+        )
 
     def _retire(self, worker: Worker) -> None:
         """SIGTERM: close WebSockets with 1012, give requests the grace, exit (or be killed)."""
@@ -442,18 +546,19 @@ class Supervisor:
         asyncio.get_running_loop().call_later(delay, self.events.put_nowait, ("kill", worker))
 
     def _signalled(self) -> None:
+        currents = [slot.current for slot in self.slots if slot.current is not None]
         if self.stopping:  # a second signal: stop at once
             for worker in list(self.workers):
-                worker.signal(signal.SIGINT if worker is self.current else signal.SIGKILL)
+                worker.signal(signal.SIGINT if worker in currents else signal.SIGKILL)
             return
         self.stopping = True
         self.stop_watching.set()
-        if self.pending is not None:
-            self._retire(self.pending.worker)
-            self.pending = None
-        if self.current is not None:
-            self.current.signal(signal.SIGINT)  # the project's graceful shutdown
-            self._kill_later(self.current, self.settings.timeouts.graceful)
+        for reload in self.pending.values():
+            self._retire(reload.worker)
+        self.pending.clear()
+        for worker in currents:
+            worker.signal(signal.SIGINT)  # the project's graceful shutdown
+            self._kill_later(worker, self.settings.timeouts.graceful)
 
     # --- what the user sees ----------------------------------------------------------------
 
@@ -474,6 +579,8 @@ class Supervisor:
         kinds = "*.py, *.yaml, *.yml, .env" + (", static files" if self.filter.static else "")
         watching = f"watching {_relative(self.folder, Path.cwd())} ({kinds})"
         reload = f"reload on: {watching}" + (" by polling" if self.poll else "")
+        if not self.watch:
+            reload = "reload off"
         if sys.stdout.isatty():
             from rich.console import Console
             from rich.panel import Panel
@@ -483,41 +590,92 @@ class Supervisor:
             for url in self._urls():
                 text.append(url + "\n", style="bold cyan")
             text.append(reload, style="dim")
+            if self.many:
+                text.append("\n" + self._workers_line(), style="dim")
             Console().print(Panel(text, title=f"rtserve {__version__}", expand=False))
         else:
             for url in self._urls():
                 click.echo(f"rtserve serving {url}")
             click.echo(reload)
+            if self.many:
+                click.echo(self._workers_line())
+
+    def _workers_line(self) -> str:
+        admin = ""
+        if self.admin is not None and self.admin.addresses:
+            admin = f"; stats summed on {', '.join(self.admin.addresses)}"
+        return f"{len(self.slots)} workers; SIGHUP reloads them one by one{admin}"
 
 
-def listen_settings(project: str, options: Mapping[str, Any]) -> tuple[ServerSettings, list[Path]]:
-    """The project's `server` settings with `run`'s options applied, and its static paths;
-    without importing any of its Python (ConfigErrors when the YAML is wrong)."""
-    from rtserve.cli.options import apply_options
+def light_config(project: str) -> Any:
+    """The project's YAML with `server` and `admin` read into their settings and every other
+    section as plain data: without importing any of its Python (ConfigErrors when wrong)."""
     from rtserve.config.loader import load_file
-    from rtserve.config.project import ProjectConfig, find_config
+    from rtserve.config.project import AdminConfig, ProjectConfig, find_config
 
     config_file = find_config(project)
-    folder = config_file.resolve().parent
     try:
         shown = config_file.resolve().relative_to(Path.cwd())
     except ValueError:
         shown = config_file
+    typed = {"server": ServerSettings, "admin": AdminConfig}
     schema = dataclasses.make_dataclass(
-        "ListenConfig",
+        "LightConfig",
         [
-            (f.name, ServerSettings, field(default_factory=ServerSettings))
-            if f.name == "server"
+            (f.name, typed[f.name], field(default_factory=typed[f.name]))
+            if f.name in typed
             else (f.name, Any, field(default=None))
             for f in dataclasses.fields(ProjectConfig)
         ],
     )
-    light: Any = load_file(shown, schema)
+    return load_file(shown, schema)
+
+
+def listen_settings(
+    project: str, options: Mapping[str, Any]
+) -> tuple[ServerSettings, list[Path], bool]:
+    """The project's `server` settings with `run`'s options applied, its static paths, and
+    whether its broker is shared between processes (not `memory`)."""
+    from rtserve.broker.url import is_shared
+    from rtserve.cli.options import apply_options
+    from rtserve.config.project import find_config
+
+    folder = find_config(project).resolve().parent
+    light = light_config(project)
     static = []
     for route in light.routes or ():
         if isinstance(route, dict) and isinstance(route.get("static"), str):
             static.append((folder / route["static"]).resolve())
-    return apply_options(light.server, options), static
+    shared = is_shared(light.broker)
+    return apply_options(light.server, options), static, shared
+
+
+def admin_config(project: str | None, target: str | None, folder: Path) -> Any:
+    """The admin settings (socket as an absolute path) of the project or app, or None when
+    it has no admin interface."""
+    from rtserve.config.project import AdminConfig
+
+    if project is not None:
+        config = light_config(project).admin
+        if not config.enabled:
+            return None
+        socket_path = None if config.socket is None else str(folder / config.socket)
+        return dataclasses.replace(config, socket=socket_path)
+    from rtserve.cli.loader import load_app
+
+    assert target is not None
+    admin = load_app(target).admin
+    if admin is None:
+        return None
+    socket_path = None if admin.socket_path is None else str(admin.socket_path)
+    return AdminConfig(
+        socket=socket_path, listen=admin.listen, token=admin.token, metrics=admin.metrics
+    )
+
+
+def worker_socket(folder: Path, index: int) -> Path:
+    """Where worker `index` serves its own admin interface when there are several."""
+    return folder / ".rtserve" / "workers" / f"{index}.sock"
 
 
 def _listen_key(settings: ServerSettings) -> tuple[Any, ...]:

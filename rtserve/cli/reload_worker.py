@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rtserve.cli.reload import SPEC_ENV
+from rtserve.broker.base import BrokerError
+from rtserve.cli.reload import SPEC_ENV, worker_socket
 from rtserve.cli.reload_errors import compact_exception, compact_issues
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError
@@ -50,6 +51,11 @@ def _worker_main() -> None:
         settings.fd = None
         settings.unix_socket = None  # the supervisor owns the socket (and its file)
         app.settings = settings
+        if spec.get("workers", 1) > 1 and app.admin is not None:
+            # The supervisor serves the admin address, summing the workers' own interfaces.
+            from rtserve.stats.admin import enable_admin
+
+            enable_admin(app, socket=worker_socket(folder, spec["worker"]))
     except _Failed as exc:
         _report(ready_fd, exc.lines)
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
@@ -68,8 +74,11 @@ def _summary(app: Any) -> dict[str, Any]:
     }
 
 
-def _report(ready_fd: int, lines: list[str]) -> NoReturn:
-    os.write(ready_fd, b"error " + json.dumps(lines).encode() + b"\n")
+def _report(ready_fd: int, lines: list[str], *, fatal: bool = False) -> NoReturn:
+    """Tell the supervisor why this worker cannot serve, and exit 2; `fatal`: nor can any
+    other (the broker is unreachable), so the supervisor stops too."""
+    kind = b"fatal " if fatal else b"error "
+    os.write(ready_fd, kind + json.dumps(lines).encode() + b"\n")
     os.close(ready_fd)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -113,6 +122,8 @@ async def _serve(
         if startup is not None:
             await startup()
         await server.start(sockets)
+    except BrokerError as exc:  # not the code's fault: no reload would fix it
+        _report(ready_fd, [f"cannot start: {exc}"], fatal=True)
     except Exception as exc:
         _report(ready_fd, compact_exception(exc, folder))
     stopping: list[asyncio.Task[None]] = []

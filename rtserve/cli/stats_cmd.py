@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,17 @@ class View:
             f"loop lag {_ms(lag.get('last'))} (max {_ms(lag.get('max'))})"
             + ("" if stats.get("serving", True) else "  [shutting down]")
         )
+        self.workers = [
+            (
+                str(w.get("worker")),
+                str(w.get("pid")),
+                str(w.get("connections", 0)),
+                _bytes(w.get("rss_bytes") or 0),
+                f"{w.get('cpu_seconds', 0):.2f} s",
+                _ms(w.get("loop_lag_seconds", {}).get("last")),
+            )
+            for w in stats.get("workers", [])
+        ]
         opened = stats.get("open", {})
         # SSE streams and waiting polls are HTTP connections too: shown after the total.
         among_http = ("sse", "poll")
@@ -401,12 +412,16 @@ class View:
         return f"top {TOP} by {by}{only}"
 
 
+WORKER_COLUMNS = ("worker", "pid", "connections", "rss", "cpu", "loop lag")
 CONN_COLUMNS = ("id", "transport", "peer", "user", "queued", "age", "channels")
 
 
 def plain(view: View) -> str:
     """A View as plain text."""
     lines = [f"rtserve at {view.where}", view.header]
+    if view.workers:
+        lines.append(f"workers ({len(view.workers)}, figures below summed):")
+        lines += _columns(WORKER_COLUMNS, view.workers)
     lines.append("open: " + ", ".join(f"{t} {n}" for t, n in view.open))
     lines.append(
         "totals: "
@@ -420,11 +435,15 @@ def plain(view: View) -> str:
         lines.append(f"  {name}  {subs}" + ("" if per_s == "-" else f"  {per_s}"))
     lines.append(f"connections ({view.connections_title()}):")
     if view.conns:
-        rows = [CONN_COLUMNS, *view.conns]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(CONN_COLUMNS))]
-        for row in rows:
-            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        lines += _columns(CONN_COLUMNS, view.conns)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _columns(names: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned plain-text columns under their names."""
+    table: list[tuple[str, ...]] = [names, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(names))]
+    return ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in table]
 
 
 def rich_view(view: View, footer: str | None = None) -> Any:
@@ -457,7 +476,18 @@ def rich_view(view: View, footer: str | None = None) -> Any:
         conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
     for row in view.conns:
         conns.add_row(*row)
-    parts: list[Any] = [header, opened, totals, latency, channels, conns]
+    parts: list[Any] = [header]
+    if view.workers:
+        workers = Table(
+            title=f"workers ({len(view.workers)}; the figures below are their sums)",
+            title_justify="left",
+        )
+        for name in WORKER_COLUMNS:
+            workers.add_column(name, justify="left" if name == "worker" else "right")
+        for worker_row in view.workers:
+            workers.add_row(*worker_row)
+        parts.append(workers)
+    parts += [opened, totals, latency, channels, conns]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

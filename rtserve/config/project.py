@@ -19,6 +19,7 @@ from typing import Any, Literal
 from rtserve.app.app import App
 from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
+from rtserve.broker.url import broker_from_url, check_broker_url
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.errors import RouteError
 from rtserve.realtime.rules import ChannelRule, ChannelRules
@@ -119,7 +120,12 @@ class ProjectConfig:
     )
     routes: list[RouteConfig] = opt_list("routes, in the order they are added")
     channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "channels"})
-    broker: str = opt("memory", "the channel broker: 'memory' (one process)")
+    broker: str = opt(
+        "memory",
+        "the channel broker: 'memory' (one process), or a Redis URL for many workers and "
+        "machines: redis://[:password@]host:port/db (rediss:// for TLS; ?prefix=NAME sets "
+        "the key prefix)",
+    )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
     admin: AdminConfig = field(
         default_factory=AdminConfig,
@@ -127,10 +133,7 @@ class ProjectConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.broker != "memory":
-            raise ValueError(
-                f"broker {self.broker!r} is not available: this version has the memory broker"
-            )
+        check_broker_url(self.broker)
         problems = _route_clashes(self.routes) + _pattern_clashes(self.channels.rules)
         if problems:
             raise ValueError("; ".join(problems))
@@ -215,6 +218,8 @@ def build_app(config: ProjectConfig, folder: Path) -> App:
                 ]
             )
         app.settings = config.server
+    if config.broker != "memory":
+        app.hub.broker = broker_from_url(config.broker)
     app.hub.settings = config.channels.settings()
     if config.channels.on_connect is not None:
         app.hub.on_connect = config.channels.on_connect

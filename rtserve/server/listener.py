@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Sequence
 
 from rtserve.server.connection import HTTPConnection
@@ -201,5 +202,11 @@ def serve(app: Application, settings: ServerSettings, *, use_uvloop: bool = True
             if shutdown_hook is not None:
                 await shutdown_hook()
 
+    from rtserve.broker.base import BrokerError
+
     with asyncio.Runner(loop_factory=new_event_loop if use_uvloop else None) as runner:
-        runner.run(main())
+        try:
+            runner.run(main())
+        except BrokerError as exc:  # the broker is unreachable at start: nothing to serve
+            log.error("cannot start: %s", exc)
+            sys.exit(2)

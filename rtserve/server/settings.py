@@ -103,6 +103,9 @@ class ServerSettings:
     unix_socket: str | None = opt(None, "listen on this unix socket path instead of TCP")
     fd: int | None = opt(None, "serve an inherited, already-listening socket descriptor")
     reuse_port: bool = opt(False, "SO_REUSEPORT, so several processes can share the port")
+    workers: int = opt(
+        1, "worker processes serving the same sockets (more than 1 needs a shared broker: Redis)"
+    )
     backlog: int = opt(2048, "listen backlog")
     access_log: bool = opt(True, "log each request with its status, size and time")
     debug: bool = opt(False, "show tracebacks in error pages (never in production)")

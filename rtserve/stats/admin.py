@@ -364,8 +364,12 @@ class AdminServer:
             admin.add_route(path, handler, [method])
         return admin
 
-    def stats(self, request: Request) -> dict[str, Any]:
+    async def current_stats(self) -> dict[str, Any]:
+        """The stats snapshot the endpoints serve."""
         return snapshot(self.app, self.lag, self.started_at, self._started)
+
+    async def stats(self, request: Request) -> dict[str, Any]:
+        return await self.current_stats()
 
     def page(self, request: Request) -> Response:
         return HTMLResponse(_page_html(), headers=_PAGE_HEADERS)
@@ -383,7 +387,7 @@ class AdminServer:
         try:
             exchange.start(200, _EVENTS_HEADERS)
             while not disconnected.done() and not stream.stopped.done():
-                payload = dump_json(self.stats(request))
+                payload = dump_json(await self.current_stats())
                 exchange.write(b"event: stats\ndata: " + payload + b"\n\n")
                 await exchange.drain()
                 await asyncio.wait(
@@ -399,7 +403,7 @@ class AdminServer:
             unwatch_shutdown(request, stream)
         return None  # answered through the exchange
 
-    def connections(self, request: Request) -> Any:
+    async def connections(self, request: Request) -> Any:
         query = request.query
         transport = query.get("transport") or None
         if transport is not None and transport not in TRANSPORTS:
@@ -409,8 +413,7 @@ class AdminServer:
             offset = _int_param(request, "offset", 0, 0, 2**62)
         except _BadParam as exc:
             return _bad_request(str(exc))
-        return list_connections(
-            self.app.server_state,
+        return await self.list_connections(
             limit=limit,
             offset=offset,
             transport=transport,
@@ -418,16 +421,24 @@ class AdminServer:
             channel=query.get("channel") or None,
         )
 
-    def channels(self, request: Request) -> Any:
+    async def list_connections(self, **query: Any) -> dict[str, Any]:
+        """One page of connections (`GET /rt/admin/connections` after its checks)."""
+        return list_connections(self.app.server_state, **query)
+
+    async def channels(self, request: Request) -> Any:
         try:
             limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
             offset = _int_param(request, "offset", 0, 0, 2**62)
         except _BadParam as exc:
             return _bad_request(str(exc))
         prefix = request.query.get("prefix") or None
+        return await self.list_channels(limit=limit, offset=offset, prefix=prefix)
+
+    async def list_channels(self, *, limit: int, offset: int, prefix: str | None) -> Any:
+        """One page of channels (`GET /rt/admin/channels` after its checks)."""
         return list_channels(self.app, limit=limit, offset=offset, prefix=prefix)
 
-    def disconnect(self, request: Request, conn_id: str) -> Any:
+    async def disconnect(self, request: Request, conn_id: str) -> Any:
         conn = find_connection(self.app.server_state, conn_id)
         if conn is None:
             return JSONResponse({"disconnected": False, "error": "no such connection"}, 404)
@@ -438,8 +449,8 @@ class AdminServer:
         log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], conn.peer)
         return {"disconnected": True}
 
-    def prometheus(self, request: Request) -> Response:
-        stats = snapshot(self.app, self.lag, self.started_at, self._started)
+    async def prometheus(self, request: Request) -> Response:
+        stats = await self.current_stats()
         return Response(prometheus(stats, self.started_at), content_type=PROMETHEUS_CONTENT_TYPE)
 
 
