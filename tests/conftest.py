@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.redis_support"]
+
 IN_CI = bool(os.environ.get("CI"))
 
 

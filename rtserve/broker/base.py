@@ -93,6 +93,9 @@ class BrokerEvents(Protocol):
     def on_publication(self, channel: str, publication: Publication, epoch: str) -> None: ...
     def on_join(self, channel: str, info: ClientInfo) -> None: ...
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+    def on_gap(self, channel: str) -> None:
+        """Publications of `channel` were missed and cannot be delivered (a networked broker
+        lost its connection and the history did not keep them)."""
 
 
 @dataclass(slots=True)

@@ -524,7 +524,13 @@ class Supervisor:
             click.echo(f"{who} {how}", err=True)
             return
         if slot.crashes >= len(RESTART_DELAYS):
-            click.echo(f"{who} {how} again; waiting for a change", err=True)
+            if self.watch:
+                click.echo(f"{who} {how} again; waiting for a change", err=True)
+                return
+            click.echo(f"{who} {how} again; giving up on it", err=True)
+            if not any(s.current for s in self.slots) and not self.pending:
+                self.status = 1  # nothing serves: let whoever started us (systemd) decide
+                self._signalled()
             return
         delay = RESTART_DELAYS[slot.crashes]
         slot.crashes += 1

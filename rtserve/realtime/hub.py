@@ -330,6 +330,14 @@ class Hub:
             if subscriber is not keep:
                 subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
 
+    def on_gap(self, channel: str) -> None:
+        local = self._local.get(channel)
+        if local is None:
+            return
+        log.warning("channel %s missed publications; ending its subscriptions", channel)
+        for subscriber in tuple(local.subscribers):
+            subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "publications lost")
+
     def on_join(self, channel: str, info: ClientInfo) -> None:
         self._presence_event(channel, info, joined=True)
 

@@ -1,0 +1,424 @@
+"""The Broker contract, run on every backend: MemoryBroker and RedisBroker.
+
+What a backend may differ in: delivery of a publication may come after `publish` returns
+(Redis delivers through pub/sub), so these tests wait for deliveries (bounded) and prove an
+absence by waiting for a later marker on the same node. Tests of the memory broker's fake
+clock and internals live in test_broker_memory.py, Redis-only ones in test_broker_redis.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from rtserve.broker.base import (
+    Broker,
+    BrokerError,
+    ClientInfo,
+    Publication,
+    PublishOptions,
+    StreamPosition,
+)
+from rtserve.broker.memory import MemoryBroker
+
+KEEP = PublishOptions(history_size=10)
+WAIT = 5.0  # seconds a test waits for something that should happen at once
+
+
+class Recorder:
+    """BrokerEvents that records every call and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self._changed = asyncio.Event()
+
+    def _add(self, event: tuple[Any, ...]) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
+        self._add(("pub", channel, publication.offset, publication.data, epoch))
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self._add(("join", channel, info.client))
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self._add(("leave", channel, info.client))
+
+    def on_gap(self, channel: str) -> None:
+        self._add(("gap", channel))
+
+    def offsets(self, channel: str) -> list[int]:
+        return [e[2] for e in self.events if e[0] == "pub" and e[1] == channel]
+
+    def of(self, channel: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[1] == channel]
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = WAIT) -> None:
+        """Wait (at most `timeout` seconds) until `condition()` holds after some event."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            self._changed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"condition not met in {timeout} s; events: {self.events}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_count(self, channel: str, count: int) -> None:
+        """Wait until `channel` has had `count` events (publications, joins, leaves, gaps)."""
+        await self.wait_until(lambda: len(self.of(channel)) >= count)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = WAIT, step: float = 0.02
+) -> None:
+    """Poll `check` (for time-driven expiry, where there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(step)
+
+
+Factory = Callable[..., Broker]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest) -> Factory:
+    """A factory of (not yet started) brokers of one backend; for Redis, brokers made by one
+    test share its key prefix, like nodes of one deployment."""
+    if request.param == "memory":
+        return MemoryBroker
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    from rtserve.broker.redis import RedisBroker
+
+    def make(**kwargs: Any) -> Broker:
+        return RedisBroker(url, prefix=prefix, **kwargs)
+
+    return make
+
+
+Scenario = Callable[[Broker, Recorder], Awaitable[None]]
+
+
+def run(make_broker: Factory, scenario: Scenario, **kwargs: Any) -> None:
+    async def main() -> None:
+        broker = make_broker(**kwargs)
+        events = Recorder()
+        await broker.start(events)
+        try:
+            await asyncio.wait_for(scenario(broker, events), 20)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def offsets(pubs: list[Publication]) -> list[int]:
+    return [p.offset for p in pubs]
+
+
+def test_offsets_start_at_one_and_epoch_is_stable(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        positions = [await broker.publish("a", i) for i in range(5)]
+        assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
+        assert len({p.epoch for p in positions}) == 1
+        assert positions[0].epoch
+        assert (await broker.publish("b", "x")).offset == 1
+        result = await broker.history("a")
+        assert result.publications == []  # history_size 0 keeps nothing, offsets still count
+        assert result.position == positions[-1]
+
+    run(make_broker, scenario)
+
+
+def test_history_keeps_the_newest_size_and_any_json(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        options = PublishOptions(history_size=3)
+        values: list[Any] = [None, {"n": 2, "s": "é\n\"'"}, [1, 2.5, True], "text", {"x": {}}]
+        alice = ClientInfo("c1", "alice", {"device": "phone"})
+        for value in values:
+            await broker.publish("a", value, info=alice, options=options)
+        result = await broker.history("a")
+        assert offsets(result.publications) == [3, 4, 5]
+        assert [p.data for p in result.publications] == values[2:]
+        assert all(p.info == alice for p in result.publications)
+        assert result.position.offset == 5
+        await broker.publish("a", "no info", options=options)
+        assert (await broker.history("a", since=5)).publications == [Publication(6, "no info")]
+        # A smaller size trims what is kept; size 0 keeps nothing.
+        await broker.publish("a", 7, options=PublishOptions(history_size=1))
+        assert offsets((await broker.history("a")).publications) == [7]
+        await broker.publish("a", 8)
+        assert (await broker.history("a")).publications == []
+        await broker.publish("a", 9, options=options)
+        assert offsets((await broker.history("a")).publications) == [9]
+
+    run(make_broker, scenario)
+
+
+def test_since_and_limit(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        options = PublishOptions(history_size=5)
+        for i in range(8):
+            await broker.publish("a", i, options=options)
+        # Kept: 4..8.
+        assert offsets((await broker.history("a", since=0)).publications) == [4, 5, 6, 7, 8]
+        assert offsets((await broker.history("a", since=2)).publications) == [4, 5, 6, 7, 8]
+        assert offsets((await broker.history("a", since=5)).publications) == [6, 7, 8]
+        assert (await broker.history("a", since=8)).publications == []
+        assert (await broker.history("a", since=20)).publications == []
+        assert offsets((await broker.history("a", limit=2)).publications) == [4, 5]
+        assert offsets((await broker.history("a", since=5, limit=2)).publications) == [6, 7]
+        assert offsets((await broker.history("a", since=5, limit=9)).publications) == [6, 7, 8]
+        empty = await broker.history("a", since=5, limit=0)
+        assert empty.publications == []
+        assert empty.position.offset == 8
+
+    run(make_broker, scenario)
+
+
+def test_history_ttl(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        options = PublishOptions(history_size=10, history_ttl=0.3)
+        first = await broker.publish("a", 1, options=options)
+        await broker.publish("a", 2, options=options)
+        assert offsets((await broker.history("a")).publications) == [1, 2]
+
+        async def emptied() -> bool:
+            return (await broker.history("a")).publications == []
+
+        await eventually(emptied)
+        result = await broker.history("a")
+        assert result.position == StreamPosition(2, first.epoch)
+        assert (await broker.publish("a", 3, options=options)).offset == 3
+        assert offsets((await broker.history("a")).publications) == [3]
+
+    run(make_broker, scenario)
+
+
+def test_delivery_only_when_subscribed_and_in_order(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        await broker.publish("a", "before")
+        await broker.subscribe("marker")
+        await broker.publish("marker", 1)
+        await events.wait_count("marker", 1)
+        assert events.of("a") == []
+
+        await broker.subscribe("a")
+        positions = [await broker.publish("a", i) for i in range(3)]
+        await broker.publish("b", "elsewhere")
+        await events.wait_count("a", 3)
+        assert events.of("a") == [
+            ("pub", "a", p.offset, i, p.epoch) for i, p in enumerate(positions)
+        ]
+        assert events.offsets("a") == [2, 3, 4]
+
+        await broker.unsubscribe("a")
+        await broker.unsubscribe("a")  # not subscribed: no error
+        await broker.publish("a", "after")
+        await broker.publish("marker", 2)
+        await events.wait_count("marker", 2)
+        assert events.offsets("a") == [2, 3, 4]
+        assert events.of("b") == []
+
+    run(make_broker, scenario)
+
+
+def test_concurrent_publications_arrive_in_offset_order(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        await broker.subscribe("a")
+        tasks = [asyncio.create_task(broker.publish("a", i, options=KEEP)) for i in range(50)]
+        positions = await asyncio.gather(*tasks)
+        assert sorted(p.offset for p in positions) == list(range(1, 51))
+        await events.wait_count("a", 50)
+        assert events.offsets("a") == list(range(1, 51))
+        # Each delivered publication carries the data its publish sent.
+        sent = {p.offset: i for i, p in enumerate(positions)}
+        assert all(e[3] == sent[e[2]] for e in events.of("a"))
+
+    run(make_broker, scenario)
+
+
+def test_failing_receiver_does_not_fail_the_publish(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        calls: list[str] = []
+
+        def boom(channel: str, publication: Publication, epoch: str) -> None:
+            calls.append("pub")
+            raise RuntimeError("receiver bug")
+
+        def boom_info(channel: str, info: ClientInfo) -> None:
+            calls.append("info")
+            raise RuntimeError("receiver bug")
+
+        events.on_publication = boom  # type: ignore[method-assign]
+        events.on_join = events.on_leave = boom_info  # type: ignore[method-assign]
+        await broker.subscribe("a")
+        assert (await broker.publish("a", 1, options=KEEP)).offset == 1
+        await broker.publish_join("a", ClientInfo("c1"))
+        await broker.publish_leave("a", ClientInfo("c1"))
+        assert offsets((await broker.history("a")).publications) == [1]
+        await eventually(lambda: _true(len(calls) == 3))
+        assert (await broker.publish("a", 2, options=KEEP)).offset == 2  # still works
+        await eventually(lambda: _true(len(calls) == 4))
+
+    run(make_broker, scenario)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_join_and_leave_delivery(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        alice = ClientInfo("c1", "alice")
+        await broker.subscribe("marker")
+        await broker.publish_join("a", alice)
+        await broker.publish("marker", 1)
+        await events.wait_count("marker", 1)
+        assert events.of("a") == []
+        await broker.subscribe("a")
+        await broker.publish_join("a", alice)
+        await broker.publish_leave("a", alice)
+        await broker.publish_join("b", alice)
+        await events.wait_count("a", 2)
+        assert events.of("a") == [("join", "a", "c1"), ("leave", "a", "c1")]
+        await broker.unsubscribe("a")
+        await broker.publish_leave("a", alice)
+        await broker.publish("marker", 2)
+        await events.wait_count("marker", 2)
+        assert len(events.of("a")) == 2
+        assert events.of("b") == []
+        assert (await broker.history("a")).position.offset == 0  # joins are not kept
+
+    run(make_broker, scenario)
+
+
+def test_idempotency(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        await broker.subscribe("a")
+        once = PublishOptions(history_size=10, idempotency_key="k", idempotency_ttl=60.0)
+        first = await broker.publish("a", "x", options=once)
+        assert await broker.publish("a", "y", options=once) == first
+        other = await broker.publish("b", "x", options=once)  # keys are per channel
+        assert other.offset == 1
+        different = PublishOptions(history_size=10, idempotency_key="k2")
+        assert (await broker.publish("a", "z", options=different)).offset == 2
+        await events.wait_count("a", 2)
+        assert events.offsets("a") == [1, 2]
+        assert [p.data for p in (await broker.history("a")).publications] == ["x", "z"]
+
+        short = PublishOptions(history_size=10, idempotency_key="s", idempotency_ttl=0.2)
+        kept = await broker.publish("a", "s1", options=short)
+        assert await broker.publish("a", "s2", options=short) == kept
+        await asyncio.sleep(0.25)
+        assert (await broker.publish("a", "s3", options=short)).offset == kept.offset + 1
+
+    run(make_broker, scenario)
+
+
+def test_unknown_channel_position_keeps_its_epoch(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        before = await broker.history("a")
+        assert before.publications == []
+        assert before.position.offset == 0
+        assert before.position.epoch
+        assert (await broker.history("a", limit=0)).position == before.position
+        published = await broker.publish("a", 1)
+        assert published == StreamPosition(1, before.position.epoch)
+
+    run(make_broker, scenario)
+
+
+def test_presence(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        assert await broker.presence("a") == {}
+        stats = await broker.presence_stats("a")
+        assert (stats.clients, stats.users) == (0, 0)
+
+        c1 = ClientInfo("c1", "alice", {"device": "phone"})
+        c2 = ClientInfo("c2", "alice")
+        c3 = ClientInfo("c3", "bob")
+        c4 = ClientInfo("c4")
+        for info in (c1, c2, c3, c4):
+            await broker.presence_add("a", info)
+        await broker.presence_add("b", c1)
+        members = await broker.presence("a")
+        assert members == {"c1": c1, "c2": c2, "c3": c3, "c4": c4}
+        stats = await broker.presence_stats("a")
+        assert (stats.clients, stats.users) == (4, 2)
+
+        members.clear()  # a copy
+        assert len(await broker.presence("a")) == 4
+
+        replaced = ClientInfo("c1", "carol")
+        await broker.presence_add("a", replaced)
+        assert (await broker.presence("a"))["c1"] == replaced
+        stats = await broker.presence_stats("a")
+        assert (stats.clients, stats.users) == (4, 3)
+        await broker.presence_add("a", c1)
+
+        await broker.presence_remove("a", "c1")
+        await broker.presence_remove("a", "nobody")
+        await broker.presence_remove("nowhere", "c1")
+        stats = await broker.presence_stats("a")
+        assert (stats.clients, stats.users) == (3, 2)
+        await broker.presence_remove("a", "c2")
+        stats = await broker.presence_stats("a")
+        assert (stats.clients, stats.users) == (2, 1)
+        for client in ("c3", "c4"):
+            await broker.presence_remove("a", client)
+        assert await broker.presence("a") == {}
+        assert await broker.presence("b") == {"c1": c1}
+
+    run(make_broker, scenario)
+
+
+def test_broker_error_before_start_and_after_close(make_broker: Factory) -> None:
+    async def main() -> None:
+        broker = make_broker()
+        alice = ClientInfo("c1")
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: broker.publish("a", 1),
+            lambda: broker.subscribe("a"),
+            lambda: broker.unsubscribe("a"),
+            lambda: broker.publish_join("a", alice),
+            lambda: broker.publish_leave("a", alice),
+            lambda: broker.history("a"),
+            lambda: broker.presence_add("a", alice),
+            lambda: broker.presence_remove("a", "c1"),
+            lambda: broker.presence("a"),
+            lambda: broker.presence_stats("a"),
+        ]
+        for call in calls:
+            with pytest.raises(BrokerError, match="not started"):
+                await call()
+
+        events = Recorder()
+        await broker.start(events)
+        await broker.subscribe("a")
+        await broker.presence_add("a", alice)
+        await broker.close()
+        for call in calls:
+            with pytest.raises(BrokerError, match="closed"):
+                await call()
+        with pytest.raises(BrokerError):
+            await broker.start(events)
+        await broker.close()  # twice is fine
+        assert events.events == []
+
+        # Closing removed this node's presence.
+        again = make_broker()
+        await again.start(Recorder())
+        assert await again.presence("a") == {}
+        await again.close()
+
+    asyncio.run(main())
