@@ -176,6 +176,7 @@ class Supervisor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.admin: Any = None  # the combined admin interface, with several workers
         self.status = 0  # the exit status once every worker is gone
+        self.reuse_port = False  # workers listen on their own SO_REUSEPORT sockets
 
     @property
     def many(self) -> bool:
@@ -231,8 +232,20 @@ class Supervisor:
         self.slots = [Slot(i) for i in range(count)]
         self.filter.static = static
         self.listen_key = _listen_key(self.settings)
+        # Several workers on TCP: each listens on its own SO_REUSEPORT socket, so the kernel
+        # balances connections (one shared socket goes mostly to whichever wakes first).
+        self.reuse_port = (
+            self.many
+            and not self.settings.unix_socket
+            and sys.platform == "linux"
+            and hasattr(socket, "SO_REUSEPORT")
+        )
         try:
-            self.sockets = bind(self.settings)
+            if self.reuse_port:
+                settings = dataclasses.replace(self.settings, reuse_port=True)
+                self.sockets = bind(settings, listen=False)
+            else:
+                self.sockets = bind(self.settings)
         except OSError as exc:
             where = self.settings.unix_socket or f"{self.settings.hosts} port {self.settings.port}"
             click.echo(f"error: cannot listen on {where}: {exc.strerror or exc}", err=True)
@@ -373,12 +386,15 @@ class Supervisor:
         why: str = "",
     ) -> None:
         ready_r, ready_w = os.pipe()
-        fds = [sock.fileno() for sock in self.sockets]
+        fds = [] if self.reuse_port else [sock.fileno() for sock in self.sockets]
+        addresses = [[s.family, s.getsockname()] for s in self.sockets] if self.reuse_port else []
         spec = {
             "target": self.target,
             "project": self.project,
             "options": {**self.options, "fd": None},
             "fds": fds,
+            "listen_again": addresses,
+            "backlog": self.settings.backlog,
             "ready_fd": ready_w,
             "lifeline_fd": self.lifeline_r,
             "grace": self.grace,
@@ -679,6 +695,28 @@ def admin_config(project: str | None, target: str | None, folder: Path) -> Any:
     )
 
 
+def listen_again(addresses: list[list[Any]], backlog: int) -> list[socket.socket]:
+    """A worker's own listening sockets on the supervisor's addresses ([family, sockaddr]
+    pairs), joined to the port with SO_REUSEPORT: the kernel spreads new connections over
+    the workers evenly."""
+    socks: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(tuple(address))
+            sock.listen(backlog)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def worker_socket(folder: Path, index: int) -> Path:
     """Where worker `index` serves its own admin interface when there are several."""
     return folder / ".rtserve" / "workers" / f"{index}.sock"
@@ -688,8 +726,10 @@ def _listen_key(settings: ServerSettings) -> tuple[Any, ...]:
     return (tuple(settings.hosts), settings.port, settings.unix_socket, settings.tls.enabled)
 
 
-def bind(settings: ServerSettings) -> list[socket.socket]:
-    """Listening sockets as the settings say (as `Server.start` would bind them)."""
+def bind(settings: ServerSettings, *, listen: bool = True) -> list[socket.socket]:
+    """Listening sockets as the settings say (as `Server.start` would bind them); with
+    `listen=False` bound only, holding the address for processes that bind it again with
+    SO_REUSEPORT (`settings.reuse_port`)."""
     from rtserve.server.listener import _is_stale_socket
 
     if settings.unix_socket:
@@ -726,7 +766,8 @@ def bind(settings: ServerSettings) -> list[socket.socket]:
                 if port == 0 and len(socks) > 1:  # one free port for every address
                     address = (address[0], socks[0].getsockname()[1], *address[2:])
                 sock.bind(address)
-                sock.listen(settings.backlog)
+                if listen:
+                    sock.listen(settings.backlog)
     except OSError:
         for sock in socks:
             sock.close()

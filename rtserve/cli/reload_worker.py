@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rtserve.broker.base import BrokerError
-from rtserve.cli.reload import SPEC_ENV, worker_socket
+from rtserve.cli.reload import SPEC_ENV, listen_again, worker_socket
 from rtserve.cli.reload_errors import compact_exception, compact_issues
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError
@@ -59,6 +59,11 @@ def _worker_main() -> None:
     except _Failed as exc:
         _report(ready_fd, exc.lines)
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
+    if spec.get("listen_again"):
+        try:
+            sockets = listen_again(spec["listen_again"], spec["backlog"])
+        except OSError as exc:
+            _report(ready_fd, [f"cannot listen: {exc}"])
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(app, settings, sockets, spec, folder))
 
