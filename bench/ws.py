@@ -1,4 +1,5 @@
-"""Benchmark WebSocket servers side by side: rtserve, Tornado, websockets, aiohttp, a floor.
+"""Benchmark WebSocket servers side by side: rtserve, Tornado, websockets, aiohttp, a floor;
+and rtserve with its admin interface and stats on (``rtserve-stats``) against ``rtserve``.
 
 Each server runs as one process pinned to the server core (``taskset -c 0``); the load is our
 own raw asyncio client (``bench/ws_apps/load.py``, uvloop, hand-parsed frames), one process
@@ -14,6 +15,12 @@ Measurements, per server:
 3. memory per idle connection: the server's VmRSS before and after 10,000 idle connections;
 4. hold 18,000 connections in one process, check they stay open and a broadcast reaches all.
 
+``rtserve-stats`` is ``rtserve`` with the admin interface on (the admin socket, each
+connection's opening time kept, the loop-lag probe, /metrics), as ``rtserve run`` has it by
+default, and a poller (``bench/ws_apps/stats_poll.py``, pinned to the load core) asking what the
+``rtserve stats`` dashboard asks once a second; the report compares its fan-out with
+``rtserve``'s (goal: at most 5 % fewer deliveries/s).
+
 While the client runs, both cores' busy share (/proc/stat) and both processes' CPU share
 (/proc/PID/stat) are sampled; a throughput figure is valid when the server core is >= 90 %
 busy and the load core < 90 %.
@@ -22,6 +29,7 @@ Usage (from anywhere; paths are resolved against the repo root):
     python bench/ws.py                          # everything, about 5 minutes
     python bench/ws.py --quick                  # small numbers: a smoke test (about 1 min)
     python bench/ws.py --servers rtserve,websockets --subscribers 2000 --markdown
+    python bench/ws.py --servers rtserve,rtserve-stats,rtserve,rtserve-stats --phases fanout,echo
 
 Standard library only (the servers and the client need their packages). Traffic goes to
 127.0.0.1 only; every phase has a timeout.
@@ -38,6 +46,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +101,9 @@ GOAL_DELIVERIES = 1_000_000
 GOAL_P99_MS = 20.0
 GOAL_KIB = 4.0
 GOAL_KIB_DEFLATE = 8.0
+GOAL_STATS_SLOWDOWN = 5.0  # % fewer deliveries/s with the admin interface and stats on
+ADMIN_POLL_S = 1.0  # rtserve-stats: seconds between two polls, as `rtserve stats` does
+PHASES = ("memory", "fanout", "echo", "hold")
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,8 +117,9 @@ class Variant:
     description: str
     module: str
     extra: tuple[str, ...] = ()
-    phases: frozenset[str] = frozenset({"memory", "fanout", "echo", "hold"})
+    phases: frozenset[str] = frozenset(PHASES)
     deflate_memory: bool = False
+    admin: bool = False  # serve the admin interface (--admin-socket) and poll it meanwhile
 
     def argv(self, python: str, port: int, write_delay: float) -> list[str]:
         extra = [x.format(write_delay=write_delay) for x in self.extra]
@@ -147,6 +160,14 @@ VARIANTS: dict[str, Variant] = {
             "rtserve_ws",
             ("--loop", "asyncio"),
             frozenset({"fanout", "echo"}),
+        ),
+        Variant(
+            "rtserve-stats",
+            "`rtserve` with the admin interface on (`enable_admin`: admin socket, connection "
+            "ages kept, loop-lag probe, /metrics) and polled once a second as by `rtserve stats`",
+            "rtserve_ws",
+            phases=frozenset({"fanout", "echo"}),
+            admin=True,
         ),
         Variant(
             "websockets",
@@ -268,9 +289,17 @@ def server_nofile(pid: int) -> int | None:
 
 def run_session(args: argparse.Namespace, variant: Variant, session: Session) -> None:
     wait_quiet(args)
-    with tempfile.NamedTemporaryFile(prefix=f"bench-ws-{variant.name}-", suffix=".log") as log:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(
+            tempfile.NamedTemporaryFile(prefix=f"bench-ws-{variant.name}-", suffix=".log")
+        )
         port = free_port()
         argv = variant.argv(args.python, port, args.write_delay)
+        admin_socket: Path | None = None
+        if variant.admin:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ws-admin-"))
+            admin_socket = Path(folder) / "admin.sock"
+            argv += ["--admin-socket", str(admin_socket)]
         cmd = ["taskset", "-c", str(args.server_cpu), *argv]
         server = subprocess.Popen(
             cmd,
@@ -294,7 +323,14 @@ def run_session(args: argparse.Namespace, variant: Variant, session: Session) ->
                 f"  {variant.name} ({session.label}): listening on {HOST}:{port} "
                 f"(pid {server.pid}, open-files limit {session.server_nofile})"
             )
-            _run_client(args, server, port, session)
+            poller = None if admin_socket is None else start_poller(args, admin_socket)
+            try:
+                _run_client(args, server, port, session)
+            finally:
+                if poller is not None:
+                    record = stop_poller(poller)
+                    session.results.append(record)
+                    _say("  " + summarize(session.variant, record))
             if server.poll() is not None:
                 log.flush()
                 session.status = "server died"
@@ -302,6 +338,31 @@ def run_session(args: argparse.Namespace, variant: Variant, session: Session) ->
                 _say(f"  {variant.name}: server died: {session.detail}")
         finally:
             stop_process(server)
+
+
+def start_poller(args: argparse.Namespace, admin_socket: Path) -> subprocess.Popen[str]:
+    """The admin poller of `rtserve-stats` (bench/ws_apps/stats_poll.py), on the load core."""
+    interval = getattr(args, "admin_interval", ADMIN_POLL_S)
+    cmd = ["taskset", "-c", str(args.load_cpu), args.python, "-m", "bench.ws_apps.stats_poll"]
+    return subprocess.Popen(
+        [*cmd, "--socket", str(admin_socket), "--interval", str(interval)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_poller(poller: subprocess.Popen[str]) -> dict[str, Any]:
+    """SIGTERM the poller; its summary line (`phase: admin_poll`)."""
+    stop_process(poller, grace_s=5.0)
+    assert poller.stdout is not None
+    lines = [x for x in poller.stdout.read().splitlines() if x.startswith("{")]
+    poller.stdout.close()
+    if not lines:
+        return {"phase": "admin_poll", "error": f"the poller exited {poller.returncode}"}
+    return dict(json.loads(lines[-1]))
 
 
 def _run_client(
@@ -384,6 +445,14 @@ def summarize(variant: str, r: dict[str, Any]) -> str:
             f"{variant} memory ({r['label']}): {_fmt(r.get('kib_per_conn'), 2)} KiB per "
             f"connection over {r['opened']} (negotiated {r.get('negotiated') or 'nothing'!r})"
         )
+    if phase == "admin_poll":
+        return (
+            f"{variant} admin poller: {r['polls']} polls (one every {r['interval_s']:g} s: "
+            f"stats, channels, 1,000 connections), p50 {_fmt(r.get('poll_ms_p50'), 1)} ms, "
+            f"max {_fmt(r.get('poll_ms_max'), 1)} ms, {r['errors']} errors; up to "
+            f"{r['most_open_websockets']:,} WebSockets open, {r['most_connections_listed']:,} "
+            f"connections listed, {r['most_ages_known']:,} with their age in one page"
+        )
     if phase == "hold":
         return (
             f"{variant} hold: {r['opened']}/{r['connections']} open, "
@@ -400,11 +469,12 @@ def summarize(variant: str, r: dict[str, Any]) -> str:
 
 def sessions_for(args: argparse.Namespace, variant: Variant) -> list[Session]:
     plan: list[dict[str, Any]] = []
-    if "memory" in variant.phases:
+    phases = variant.phases & set(getattr(args, "phases", PHASES))
+    if "memory" in phases:
         plan.append(
             {"phase": "memory", "connections": args.idle_connections, "label": "no compression"}
         )
-    if "fanout" in variant.phases:
+    if "fanout" in phases:
         plan.append(
             {
                 "phase": "fanout",
@@ -415,7 +485,7 @@ def sessions_for(args: argparse.Namespace, variant: Variant) -> list[Session]:
                 "sustained_seconds": args.sustained_seconds,
             }
         )
-    if "echo" in variant.phases:
+    if "echo" in phases:
         plan.append(
             {
                 "phase": "echo",
@@ -423,7 +493,7 @@ def sessions_for(args: argparse.Namespace, variant: Variant) -> list[Session]:
                 "duration": args.echo_seconds,
             }
         )
-    if "hold" in variant.phases:
+    if "hold" in phases:
         plan.append(
             {
                 "phase": "hold",
@@ -431,8 +501,8 @@ def sessions_for(args: argparse.Namespace, variant: Variant) -> list[Session]:
                 "hold_seconds": args.hold_seconds,
             }
         )
-    sessions = [Session(variant.name, plan)]
-    if variant.deflate_memory and "memory" in variant.phases:
+    sessions = [Session(variant.name, plan)] if plan else []
+    if variant.deflate_memory and "memory" in phases:
         for label, offer in DEFLATE_OFFERS.items():
             spec = {
                 "phase": "memory",
@@ -488,6 +558,10 @@ def _first(results: dict[str, list[dict[str, Any]]], name: str, phase: str) -> d
     return {}
 
 
+def _all(results: dict[str, list[dict[str, Any]]], name: str, phase: str) -> list[dict[str, Any]]:
+    return [r for r in results.get(name, []) if r.get("phase") == phase and "error" not in r]
+
+
 def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
     x, y = a.get(key), b.get(key)
     if not x or not y:
@@ -501,154 +575,166 @@ def _valid_cell(r: dict[str, Any]) -> str:
 
 
 def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> str:
-    names = [n for n in args.servers if n in results]
+    names = [n for n in dict.fromkeys(args.servers) if n in results]  # a name may repeat
+    ran = set(getattr(args, "phases", PHASES))
     ws, tor = _first(results, "websockets", "burst"), _first(results, "tornado", "burst")
     out: list[str] = []
     if args.markdown:
         out += header_lines(args)
 
     # 1. fan-out burst
-    out += [
-        f"### Fan-out burst: {args.subscribers:,} subscribers, 100-byte messages",
-        "",
-        "Deliveries/s over all connections, from the first message's send timestamp to the "
-        "last delivery; latency is per message, from the server's send timestamp to the LAST "
-        "subscriber receiving it (messages of a burst queue behind each other, so this is "
-        "mostly queueing).",
-        "",
-        "| server | messages | deliveries/s | p50 (ms) | p99 (ms) | server core % | server proc % "
-        "| load core % | valid | vs websockets | vs tornado |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-    ]
-    for n in names:
-        r = _first(results, n, "burst")
-        if not r:
-            out.append(f"| {n} | {_status(results, n, 'burst')} | | | | | | | no | | |")
-            continue
-        out.append(
-            f"| {n} | {r['messages']:,} | {_fmt(r.get('deliveries_per_s'), 0, True)} "
-            f"| {_fmt(r.get('latency_p50_ms'), 1)} | {_fmt(r.get('latency_p99_ms'), 1)} "
-            f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('server_proc_pct'), 0)} "
-            f"| {_fmt(r.get('load_core_pct'), 0)} | {_valid_cell(r)} "
-            f"| {_ratio(r, ws, 'deliveries_per_s')} | {_ratio(r, tor, 'deliveries_per_s')} |"
-        )
-    out.append("")
+    if "fanout" in ran:
+        out += [
+            f"### Fan-out burst: {args.subscribers:,} subscribers, 100-byte messages",
+            "",
+            "Deliveries/s over all connections, from the first message's send timestamp to the "
+            "last delivery; latency is per message, from the server's send timestamp to the LAST "
+            "subscriber receiving it (messages of a burst queue behind each other, so this is "
+            "mostly queueing).",
+            "",
+            "| server | messages | deliveries/s | p50 (ms) | p99 (ms) | server core % "
+            "| server proc % | load core % | valid | vs websockets | vs tornado |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for n in names:
+            rows = _all(results, n, "burst")
+            if not rows and "fanout" in VARIANTS[n].phases:
+                out.append(f"| {n} | {_status(results, n, 'burst')} | | | | | | | no | | |")
+            for r in rows:
+                out.append(
+                    f"| {n} | {r['messages']:,} | {_fmt(r.get('deliveries_per_s'), 0, True)} "
+                    f"| {_fmt(r.get('latency_p50_ms'), 1)} | {_fmt(r.get('latency_p99_ms'), 1)} "
+                    f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('server_proc_pct'), 0)} "
+                    f"| {_fmt(r.get('load_core_pct'), 0)} | {_valid_cell(r)} "
+                    f"| {_ratio(r, ws, 'deliveries_per_s')} "
+                    f"| {_ratio(r, tor, 'deliveries_per_s')} |"
+                )
+        out.append("")
 
     # 1b. sustained
-    out += [
-        f"### Fan-out at a steady offered rate: {args.subscribers:,} subscribers, "
-        f"{args.sustained_seconds:g} s per rate",
-        "",
-        "Latency: per message, server send timestamp to the last of the subscribers receiving "
-        'it. "server send": the server\'s own time from that timestamp until the loop '
-        "iteration that wrote the message to every socket was over (rtserve-batch's delayed "
-        'writes are not included). "kept up": every message reached every subscriber within '
-        "the run plus 15 s.",
-        "",
-        "| server | msg/s | offered deliveries/s | achieved deliveries/s | kept up | p50 (ms) "
-        "| p99 (ms) | max (ms) | server send p50 / max (ms) | server core % | load core % |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for n in names:
-        for r in results.get(n, []):
-            if r.get("phase") != "sustained" or "error" in r:
-                continue
-            offered = r["rate_hz"] * r["subscribers"]
-            kept = "yes" if r["complete"] else f"**no** ({r['delivered']:,}/{r['expected']:,})"
-            out.append(
-                f"| {n} | {r['rate_hz']} | {offered:,} | {_fmt(r.get('deliveries_per_s'), 0, True)}"
-                f" | {kept} | {_fmt(r.get('latency_p50_ms'), 2)} "
-                f"| {_fmt(r.get('latency_p99_ms'), 2)} | {_fmt(r.get('latency_max_ms'), 2)} "
-                f"| {_fmt(r.get('server_send_p50_ms'), 1)} "
-                f"/ {_fmt(r.get('server_send_max_ms'), 1)} "
-                f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('load_core_pct'), 0)} |"
-            )
-    out.append("")
+    if "fanout" in ran:
+        out += [
+            f"### Fan-out at a steady offered rate: {args.subscribers:,} subscribers, "
+            f"{args.sustained_seconds:g} s per rate",
+            "",
+            "Latency: per message, server send timestamp to the last of the subscribers receiving "
+            'it. "server send": the server\'s own time from that timestamp until the loop '
+            "iteration that wrote the message to every socket was over (rtserve-batch's delayed "
+            'writes are not included). "kept up": every message reached every subscriber within '
+            "the run plus 15 s.",
+            "",
+            "| server | msg/s | offered deliveries/s | achieved deliveries/s | kept up | p50 (ms) "
+            "| p99 (ms) | max (ms) | server send p50 / max (ms) | server core % | load core % |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for n in names:
+            for r in results.get(n, []):
+                if r.get("phase") != "sustained" or "error" in r:
+                    continue
+                offered = r["rate_hz"] * r["subscribers"]
+                kept = "yes" if r["complete"] else f"**no** ({r['delivered']:,}/{r['expected']:,})"
+                out.append(
+                    f"| {n} | {r['rate_hz']} | {offered:,} "
+                    f"| {_fmt(r.get('deliveries_per_s'), 0, True)} | {kept} "
+                    f"| {_fmt(r.get('latency_p50_ms'), 2)} "
+                    f"| {_fmt(r.get('latency_p99_ms'), 2)} | {_fmt(r.get('latency_max_ms'), 2)} "
+                    f"| {_fmt(r.get('server_send_p50_ms'), 1)} "
+                    f"/ {_fmt(r.get('server_send_max_ms'), 1)} "
+                    f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('load_core_pct'), 0)} |"
+                )
+        out.append("")
 
     # 2. echo
-    ws_e, tor_e = _first(results, "websockets", "echo"), _first(results, "tornado", "echo")
-    out += [
-        f"### Echo: {args.echo_connections} connections, {args.echo_seconds:g} s, "
-        "100-byte text messages",
-        "",
-        "| server | round trips/s | p50 (ms) | p99 (ms) | server core % | server proc % "
-        "| load core % | valid | vs websockets | vs tornado |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-    ]
-    for n in names:
-        r = _first(results, n, "echo")
-        if not r:
-            if "echo" in VARIANTS[n].phases:
+    if "echo" in ran:
+        ws_e, tor_e = _first(results, "websockets", "echo"), _first(results, "tornado", "echo")
+        out += [
+            f"### Echo: {args.echo_connections} connections, {args.echo_seconds:g} s, "
+            "100-byte text messages",
+            "",
+            "| server | round trips/s | p50 (ms) | p99 (ms) | server core % | server proc % "
+            "| load core % | valid | vs websockets | vs tornado |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for n in names:
+            rows = _all(results, n, "echo")
+            if not rows and "echo" in VARIANTS[n].phases:
                 out.append(f"| {n} | {_status(results, n, 'echo')} | | | | | | no | | |")
-            continue
-        out.append(
-            f"| {n} | {_fmt(r.get('round_trips_per_s'), 0, True)} "
-            f"| {_fmt(r.get('rtt_p50_ms'), 2)} | {_fmt(r.get('rtt_p99_ms'), 2)} "
-            f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('server_proc_pct'), 0)} "
-            f"| {_fmt(r.get('load_core_pct'), 0)} | {_valid_cell(r)} "
-            f"| {_ratio(r, ws_e, 'round_trips_per_s')} | {_ratio(r, tor_e, 'round_trips_per_s')} |"
-        )
-    out.append("")
+            for r in rows:
+                out.append(
+                    f"| {n} | {_fmt(r.get('round_trips_per_s'), 0, True)} "
+                    f"| {_fmt(r.get('rtt_p50_ms'), 2)} | {_fmt(r.get('rtt_p99_ms'), 2)} "
+                    f"| {_fmt(r.get('server_core_pct'), 0)} | {_fmt(r.get('server_proc_pct'), 0)} "
+                    f"| {_fmt(r.get('load_core_pct'), 0)} | {_valid_cell(r)} "
+                    f"| {_ratio(r, ws_e, 'round_trips_per_s')} "
+                    f"| {_ratio(r, tor_e, 'round_trips_per_s')} |"
+                )
+        out.append("")
 
     # 3. memory
-    out += [
-        f"### Memory per idle connection ({args.idle_connections:,} connections)",
-        "",
-        "The server's VmRSS (from /proc/PID/status) after 200 warm-up connections, and again "
-        "after opening the idle connections (on a fresh server process each row); "
-        "(after - before) / N.",
-        "",
-        "| server | client offers | negotiated | connections | RSS before (MiB) "
-        "| RSS after (MiB) | KiB per connection |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for n in names:
-        for r in results.get(n, []):
-            if r.get("phase") != "memory" or "error" in r:
-                continue
-            out.append(
-                f"| {n} | {('`' + r['offered'] + '`') if r.get('offered') else 'no extension'} "
-                f"| {('`' + r['negotiated'] + '`') if r.get('negotiated') else 'none'} "
-                f"| {r['opened']:,} | {_mib(r.get('rss_before_kib'))} "
-                f"| {_mib(r.get('rss_after_kib'))} | {_fmt(r.get('kib_per_conn'), 2)} |"
-            )
-    out.append("")
+    if "memory" in ran:
+        out += [
+            f"### Memory per idle connection ({args.idle_connections:,} connections)",
+            "",
+            "The server's VmRSS (from /proc/PID/status) after 200 warm-up connections, and again "
+            "after opening the idle connections (on a fresh server process each row); "
+            "(after - before) / N.",
+            "",
+            "| server | client offers | negotiated | connections | RSS before (MiB) "
+            "| RSS after (MiB) | KiB per connection |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for n in names:
+            for r in results.get(n, []):
+                if r.get("phase") != "memory" or "error" in r:
+                    continue
+                out.append(
+                    f"| {n} | {('`' + r['offered'] + '`') if r.get('offered') else 'no extension'} "
+                    f"| {('`' + r['negotiated'] + '`') if r.get('negotiated') else 'none'} "
+                    f"| {r['opened']:,} | {_mib(r.get('rss_before_kib'))} "
+                    f"| {_mib(r.get('rss_after_kib'))} | {_fmt(r.get('kib_per_conn'), 2)} |"
+                )
+        out.append("")
 
     # 4. hold
-    out += [
-        f"### Holding {args.hold_connections:,} connections in one process",
-        "",
-        f"Open them all, wait {args.hold_seconds:g} s, count what is still open (client side "
-        "and the server's own count), then broadcast one message and count who got it.",
-        "",
-        "| server | server open-files limit | opened | still open after hold | server counts "
-        "| broadcast reached | time to reach all (ms) | connect time (s) | result |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for n in names:
-        r = _first(results, n, "hold")
-        if not r:
-            if "hold" in VARIANTS[n].phases:
-                out.append(f"| {n} | | {_status(results, n, 'hold')} | | | | | | failed |")
-            continue
-        target = r["connections"]
-        still = r["opened"] - r["closed_during_hold"]
-        ok = (
-            r["opened"] == target
-            and still == target
-            and r["registered_after_hold"] == target
-            and r["broadcast_reached"] == target
-        )
-        note = "all held, all reached" if ok else "**failed**"
-        if r.get("error_count"):
-            note += f" ({r['error_count']} connect errors: {r['errors'][0] if r['errors'] else ''})"
-        out.append(
-            f"| {n} | {_fmt(r.get('server_nofile'), 0)} | {r['opened']:,} | {still:,} "
-            f"| {r['registered_after_hold']:,} | {r['broadcast_reached']:,} "
-            f"| {_fmt(r.get('broadcast_latency_ms'), 1)} | {_fmt(r.get('connect_s'), 1)} "
-            f"| {note} |"
-        )
-    out.append("")
+    if "hold" in ran:
+        out += [
+            f"### Holding {args.hold_connections:,} connections in one process",
+            "",
+            f"Open them all, wait {args.hold_seconds:g} s, count what is still open (client side "
+            "and the server's own count), then broadcast one message and count who got it.",
+            "",
+            "| server | server open-files limit | opened | still open after hold | server counts "
+            "| broadcast reached | time to reach all (ms) | connect time (s) | result |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for n in names:
+            r = _first(results, n, "hold")
+            if not r:
+                if "hold" in VARIANTS[n].phases:
+                    out.append(f"| {n} | | {_status(results, n, 'hold')} | | | | | | failed |")
+                continue
+            target = r["connections"]
+            still = r["opened"] - r["closed_during_hold"]
+            ok = (
+                r["opened"] == target
+                and still == target
+                and r["registered_after_hold"] == target
+                and r["broadcast_reached"] == target
+            )
+            note = "all held, all reached" if ok else "**failed**"
+            if r.get("error_count"):
+                note += (
+                    f" ({r['error_count']} connect errors: {r['errors'][0] if r['errors'] else ''})"
+                )
+            out.append(
+                f"| {n} | {_fmt(r.get('server_nofile'), 0)} | {r['opened']:,} | {still:,} "
+                f"| {r['registered_after_hold']:,} | {r['broadcast_reached']:,} "
+                f"| {_fmt(r.get('broadcast_latency_ms'), 1)} | {_fmt(r.get('connect_s'), 1)} "
+                f"| {note} |"
+            )
+        out.append("")
+    if "rtserve" in results and "rtserve-stats" in results:
+        out += render_stats_cost(results)
     if any(n.startswith("rtserve") for n in names):
         out += render_goals(args, results)
     errors = [
@@ -656,6 +742,12 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         for n in names
         for r in results.get(n, [])
         if "error" in r or r.get("phase") in ("client_errors", "session")
+    ]
+    errors += [
+        f"- {n}: admin poller: {r['errors']} failed polls, the first: {r['first_error']}"
+        for n in names
+        for r in results.get(n, [])
+        if r.get("phase") == "admin_poll" and r.get("errors")
     ]
     if errors:
         out += ["### Errors", "", *errors, ""]
@@ -673,6 +765,73 @@ def _status(results: dict[str, list[dict[str, Any]]], name: str, phase: str) -> 
         if r.get("phase") == phase and "error" in r:
             return f"error: {r['error']}"
     return "no result"
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key)]
+    return statistics.median(values) if values else None
+
+
+def stats_slowdown(results: dict[str, list[dict[str, Any]]]) -> tuple[float, bool] | None:
+    """% fewer burst deliveries/s of rtserve-stats than rtserve (medians over their runs), and
+    whether every row involved is valid; None without both."""
+    off, on = _all(results, "rtserve", "burst"), _all(results, "rtserve-stats", "burst")
+    a, b = _median(off, "deliveries_per_s"), _median(on, "deliveries_per_s")
+    if not a or not b:
+        return None
+    return 100.0 * (1.0 - b / a), all(r.get("valid") for r in off + on)
+
+
+def render_stats_cost(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """`rtserve-stats` against `rtserve`: the price of the admin interface and its poller."""
+    out = [
+        "### Stats on vs off",
+        "",
+        "`rtserve-stats` is `rtserve` with the admin interface on (admin socket, each "
+        "connection's opening time kept, the loop-lag probe, /metrics) and a poller asking "
+        "once a second what the `rtserve stats` dashboard asks (stats, top channels, a page of "
+        "1,000 connections). Medians over the runs of each (repeat the names in `--servers` "
+        "to alternate them).",
+        "",
+        "| measure | rtserve (off) | rtserve-stats (on) | on / off | runs (off, on) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    measures = [
+        ("burst deliveries/s", "burst", "deliveries_per_s", 0),
+        ("burst p99 to the last subscriber (ms)", "burst", "latency_p99_ms", 1),
+        ("echo round trips/s", "echo", "round_trips_per_s", 0),
+    ]
+    rates = sorted(
+        {r["rate_hz"] for r in _all(results, "rtserve-stats", "sustained")}
+        & {r["rate_hz"] for r in _all(results, "rtserve", "sustained")}
+    )
+    for rate in rates:
+        measures.append((f"p99 at {rate} msg/s (ms)", f"sustained@{rate}", "latency_p99_ms", 2))
+    for label, phase, key, digits in measures:
+        rows = []
+        for name in ("rtserve", "rtserve-stats"):
+            if "@" in phase:
+                rate = int(phase.split("@")[1])
+                found = [r for r in _all(results, name, "sustained") if r["rate_hz"] == rate]
+            else:
+                found = _all(results, name, phase)
+            rows.append(found)
+        a, b = _median(rows[0], key), _median(rows[1], key)
+        if a is None and b is None:
+            continue
+        ratio = f"{b / a:.3f}x" if a and b else "-"
+        valid = all(r.get("valid", True) for r in rows[0] + rows[1])
+        mark = "" if valid else " (a row is invalid)"
+        out.append(
+            f"| {label} | {_fmt(a, digits, True)} | {_fmt(b, digits, True)} | {ratio}{mark} "
+            f"| {len(rows[0])}, {len(rows[1])} |"
+        )
+    for r in results.get("rtserve-stats", []):
+        if r.get("phase") == "admin_poll":
+            out.append("")
+            out.append("Admin poller: " + summarize("rtserve-stats", r).split(": ", 1)[1])
+            break
+    return [*out, ""]
 
 
 def render_goals(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -702,6 +861,15 @@ def render_goals(args: argparse.Namespace, results: dict[str, list[dict[str, Any
                 f"- fan-out >= {GOAL_VS_TORNADO:g}x Tornado ({name}): "
                 f"{verdict(x >= GOAL_VS_TORNADO)} ({x:.2f}x){caveat(r, tor)}"
             )
+    slowdown = stats_slowdown(results)
+    if slowdown is not None:
+        pct, valid = slowdown
+        out.append(
+            f"- stats on costs at most {GOAL_STATS_SLOWDOWN:g} % of the fan-out deliveries/s "
+            f"(rtserve-stats vs rtserve): {verdict(pct <= GOAL_STATS_SLOWDOWN)} "
+            f"({abs(pct):.1f} % {'fewer' if pct >= 0 else 'more'})"
+            + ("" if valid else " (a row involved is invalid)")
+        )
     for name in ("rtserve-batch", "rtserve-batch50"):
         batch = _first(results, name, "burst")
         if batch.get("deliveries_per_s"):
@@ -740,7 +908,9 @@ def render_goals(args: argparse.Namespace, results: dict[str, list[dict[str, Any
 
 def header_lines(args: argparse.Namespace) -> list[str]:
     command = ("python bench/ws.py " + " ".join(args.argv_used)).strip()
-    servers = "; ".join(f"`{n}`: {VARIANTS[n].describe(args.write_delay)}" for n in args.servers)
+    servers = "; ".join(
+        f"`{n}`: {VARIANTS[n].describe(args.write_delay)}" for n in dict.fromkeys(args.servers)
+    )
     return [
         f"- Command: `{command}`",
         f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -816,6 +986,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=WRITE_DELAY_S,
         help=f"rtserve-batch's write_delay in seconds (default {WRITE_DELAY_S})",
+    )
+    parser.add_argument(
+        "--phases",
+        type=_csv(PHASES),
+        default=list(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--admin-interval",
+        type=float,
+        default=ADMIN_POLL_S,
+        help=f"rtserve-stats: seconds between admin polls (default {ADMIN_POLL_S:g})",
     )
     parser.add_argument("--quick", action="store_true", help="small numbers: a smoke test")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write results as JSON")
@@ -917,6 +1099,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "hold_seconds",
                     "server_cpu",
                     "load_cpu",
+                    "phases",
+                    "admin_interval",
                 )
             },
             "results": results,

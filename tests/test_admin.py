@@ -279,7 +279,10 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         assert pages[4]["connections"] == []
         capped = await client.get("/rt/admin/connections?limit=5000")
         assert capped["limit"] == 1000
-        for bad in ("limit=abc", "limit=0", "offset=-1", "transport=sse"):
+        by_queued = await client.get("/rt/admin/connections?sort=queued&limit=2")
+        assert by_queued["total"] == 4 and len(by_queued["connections"]) == 2
+        assert {c["id"] for c in by_queued["connections"]} <= {c["id"] for c in conns}
+        for bad in ("limit=abc", "limit=0", "offset=-1", "transport=sse", "sort=size"):
             reply = await client.unix(f"/rt/admin/connections?{bad}")
             assert reply.status == 400 and "error" in reply.json(), bad
 

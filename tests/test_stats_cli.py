@@ -215,10 +215,12 @@ def test_channel_rates() -> None:
 def test_dashboard_keys_sort_filter_and_quit() -> None:
     class FakeClient:
         where = "fake"
-        asked: list[str | None] = []
+        asked: list[tuple[str | None, str]] = []
 
-        def connections(self, transport: str | None = None) -> list[dict[str, Any]]:
-            self.asked.append(transport)
+        def connections(
+            self, transport: str | None = None, sort: str = "queued"
+        ) -> list[dict[str, Any]]:
+            self.asked.append((transport, sort))
             return []
 
     client = FakeClient()
@@ -226,7 +228,7 @@ def test_dashboard_keys_sort_filter_and_quit() -> None:
     assert dashboard.view().connections_title() == "top 10 by queued bytes"
     assert dashboard.key("s") and dashboard.key("f")
     assert dashboard.view().connections_title() == "top 10 by age, channel only"
-    assert client.asked == [None, "channel"]
+    assert client.asked == [(None, "queued"), ("channel", "age")]
     assert dashboard.key("f") and dashboard.key("f") and dashboard.key("f")
     assert dashboard.view().transport is None
     assert not dashboard.key("q")

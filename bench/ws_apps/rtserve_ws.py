@@ -3,8 +3,13 @@
 Compression is off on every route but ``/subz`` (which offers permessage-deflate, for the
 memory measurement only); keepalive pings are off, as on every server in the benchmark.
 
+With ``--admin-socket PATH`` the admin interface is on (``enable_admin``: the admin socket,
+``/metrics``, the loop-lag probe, and each connection's opening time kept for the connection
+list), as ``rtserve run`` has it by default: bench/ws.py's ``rtserve-stats``.
+
 Run (from the repo root):
     python -m bench.ws_apps.rtserve_ws --port 8000 [--loop asyncio] [--write-delay 0.005]
+        [--admin-socket /tmp/x/admin.sock]
 """
 
 from __future__ import annotations
@@ -66,12 +71,17 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--write-delay", type=float, default=0.0)
+    parser.add_argument("--admin-socket", help="serve the admin interface on this unix socket")
     args = parser.parse_args()
     from rtserve.logs import setup_logging
     from rtserve.server.listener import serve
 
     setup_logging(logging.WARNING)
     app = make_app(args.write_delay)
+    if args.admin_socket:
+        from rtserve.stats.admin import enable_admin
+
+        enable_admin(app, socket=args.admin_socket, metrics=True)
     settings = dataclasses.replace(app.settings, host=args.host, port=args.port)
     app.settings = settings
     serve(app, settings, use_uvloop=args.loop == "uvloop")

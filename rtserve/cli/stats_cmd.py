@@ -169,8 +169,11 @@ class AdminClient:
     def channels(self) -> list[dict[str, Any]]:
         return list(self.get(f"/channels?limit={TOP}").get("channels", []))
 
-    def connections(self, transport: str | None = None) -> list[dict[str, Any]]:
-        query = "/connections?limit=1000" + ("" if transport is None else f"&transport={transport}")
+    def connections(self, transport: str | None = None, sort: str = "queued") -> list[Any]:
+        """The top connections, sorted by the server (`queued` bytes or `age`)."""
+        query = f"/connections?limit={TOP}&sort={sort}"
+        if transport is not None:
+            query += f"&transport={transport}"
         return list(self.get(query).get("connections", []))
 
 
@@ -460,7 +463,7 @@ def rich_view(view: View, footer: str | None = None) -> Any:
     totals.add_column("rate", justify="right")
     for total in view.totals:
         totals.add_row(*total)
-    latency = Table(title="latency", title_justify="left")
+    latency = Table(title="latency", title_justify="left", show_header=False)
     latency.add_column("")
     latency.add_column("", justify="right")
     for label, value in view.latency:
@@ -573,7 +576,7 @@ class Dashboard:
 
     def view(self) -> View:
         transport = FILTERS[self.filter]
-        conns = self.client.connections(transport)
+        conns = self.client.connections(transport, SORTS[self.sort])
         return View(
             self.client.where,
             self.stats,

@@ -2,7 +2,7 @@
 unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token).
 
     GET  /rt/admin/stats                          counters, open connections, loop lag, process
-    GET  /rt/admin/connections?limit=&offset=&transport=&user=&channel=
+    GET  /rt/admin/connections?limit=&offset=&transport=&user=&channel=&sort=age|queued
     GET  /rt/admin/channels?limit=&offset=&prefix=
     POST /rt/admin/connections/{id}/disconnect    close one (WebSocket code 4005)
     GET  /metrics                                 Prometheus text format (when `metrics`)
@@ -54,6 +54,7 @@ from rtserve.stats.metrics import (
     find_connection,
     list_channels,
     list_connections,
+    peer_text,
     prometheus,
     snapshot,
     transport_of,
@@ -67,6 +68,7 @@ MIN_TOKEN_LENGTH = 16
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DISCONNECT_REASON = "disconnected by admin"
+SORTS = ("age", "queued")  # of GET /rt/admin/connections: oldest first, most queued first
 _UNIX_PATH_MAX = 100  # sun_path holds 104-108 bytes, depending on the system
 
 _UNAUTHORIZED_HEADERS = encode_headers(
@@ -413,12 +415,16 @@ class AdminServer:
             offset = _int_param(request, "offset", 0, 0, 2**62)
         except _BadParam as exc:
             return _bad_request(str(exc))
+        sort = query.get("sort") or "age"
+        if sort not in SORTS:
+            return _bad_request(f"sort must be one of {', '.join(SORTS)}")
         return await self.list_connections(
             limit=limit,
             offset=offset,
             transport=transport,
             user=query.get("user") or None,
             channel=query.get("channel") or None,
+            sort=sort,
         )
 
     async def list_connections(self, **query: Any) -> dict[str, Any]:
@@ -446,7 +452,7 @@ class AdminServer:
             conn.close(DisconnectCode.FORCED, DISCONNECT_REASON)
         else:
             conn.close()
-        log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], conn.peer)
+        log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], peer_text(conn))
         return {"disconnected": True}
 
     async def prometheus(self, request: Request) -> Response:

@@ -226,6 +226,10 @@ class CombinedAdmin(AdminServer):
             total += answer.get("total", 0)
             for conn in answer.get("connections", []):
                 rows.append(dict(conn, id=f"{index}-{conn['id']}", worker=index))
+        if query.get("sort") == "queued":
+            rows.sort(key=lambda c: -int(c.get("queued_bytes") or 0))
+        else:
+            rows.sort(key=lambda c: -float(c.get("age_seconds") or 0.0))
         return {
             "total": total,
             "offset": offset,

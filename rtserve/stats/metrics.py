@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import os
 import sys
 import time
@@ -192,6 +193,11 @@ def connection_id(conn: Any) -> str:
     return format(id(conn), "x")
 
 
+def peer_text(conn: Any) -> str:
+    """A connection's peer as `host:port` (`[v6]:port`, `unix`)."""
+    return _peer(conn.peer)
+
+
 def _peer(peer: tuple[str, int]) -> str:
     host, port = peer
     if not host:
@@ -278,18 +284,30 @@ def list_connections(
     transport: str | None = None,
     user: str | None = None,
     channel: str | None = None,
+    sort: str = "age",
 ) -> dict[str, Any]:
-    """`GET /rt/admin/connections`: the matching connections, oldest first, one page."""
+    """`GET /rt/admin/connections`: the matching connections, oldest first (`sort="age"`) or
+    most queued bytes first (`sort="queued"`), one page; only that page is described."""
     page: list[dict[str, Any]] = []
     total = 0
     if state is not None:
         now = state.loop.time()
-        for conn, opened in list(_in_open_order(state)):
-            if not _matches(conn, transport, user, channel):
-                continue
-            if offset <= total < offset + limit:
-                page.append(describe(conn, now, opened))
-            total += 1
+        if sort == "queued":
+            matches = [
+                item
+                for item in list(_in_open_order(state))
+                if _matches(item[0], transport, user, channel)
+            ]
+            total = len(matches)
+            top = heapq.nsmallest(offset + limit, matches, key=lambda item: -_queued(item[0]))
+            page = [describe(conn, now, opened) for conn, opened in top[offset:]]
+        else:
+            for conn, opened in list(_in_open_order(state)):
+                if not _matches(conn, transport, user, channel):
+                    continue
+                if offset <= total < offset + limit:
+                    page.append(describe(conn, now, opened))
+                total += 1
     return {"total": total, "offset": offset, "limit": limit, "connections": page}
 
 
@@ -442,7 +460,7 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
         [("", stats["uptime_seconds"])],
     )
     process = stats["process"]
-    cpu = process["cpu_user_seconds"] + process["cpu_system_seconds"]
+    cpu = round(process["cpu_user_seconds"] + process["cpu_system_seconds"], 3)
     out += _metric("process_cpu_seconds_total", "counter", "user and system CPU time", [("", cpu)])
     if "rss_bytes" in process:
         out += _metric(
