@@ -1,0 +1,1 @@
+"""Servers and the load client of bench/scale.py (channel fan-out on Redis, several workers)."""
