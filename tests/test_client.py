@@ -670,6 +670,7 @@ def test_cli_subscribe_errors(fake: tuple[FakeHub, ThreadedServer]) -> None:
     assert result.exit_code == 2 and "OFFSET:EPOCH" in result.output
 
 
+@pytest.mark.usefixtures("app_broker")  # on each broker (tests/brokers.py)
 def test_against_the_real_hub_a_dropped_connection_loses_and_repeats_nothing() -> None:
     """rtserve.client with the real /rt/ws: publications made while it was cut off arrive
     after it reconnects, once each and in order."""

@@ -43,6 +43,10 @@ from rtserve.realtime.settings import ChannelSettings
 
 log = logging.getLogger("rtserve.channels")
 
+# Seconds `Hub.close` waits for the leaves (and broker unsubscribes) of the clients that just
+# went, before it cancels what is left and closes the broker.
+CLOSE_TIMEOUT = 2.0
+
 
 class Outbound:
     """One push encoded once for every local subscriber: JSON bytes and the shared frame.
@@ -207,6 +211,8 @@ class Hub:
         if self._digest_task is not None:
             self._digest_task.cancel()
             self._digest_task = None
+        if self._tasks:  # the other nodes learn the leaves of this node's last clients
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()

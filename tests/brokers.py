@@ -1,0 +1,67 @@
+"""Channel and transport tests on every broker: MemoryBroker and RedisBroker.
+
+Loaded by tests/conftest.py as a pytest plugin. A test that uses the `app_broker` fixture
+(usually through ``pytestmark = pytest.mark.usefixtures("app_broker")``) runs once per
+backend, ids ``[memory]`` and ``[redis]``; while it runs, an ``App()`` made without a broker
+gets one of that backend (for Redis: the machine's Redis, with a key prefix of this test,
+shared by every App of the test like nodes of one deployment). The Redis variant is skipped
+without a reachable Redis, or fails when CI is set (see tests/redis_support.py).
+
+``@pytest.mark.memory_only("why")`` keeps a test on the memory broker alone: for tests of
+memory-only behaviour (injected clocks, MemoryBroker options, timing of its expiry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rtserve import App
+from rtserve.broker.base import Broker
+from rtserve.broker.memory import MemoryBroker
+
+BACKENDS = ("memory", "redis")
+
+BrokerFactory = Callable[..., Broker]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "memory_only(reason): run this broker-parametrised test on MemoryBroker only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "app_broker" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("memory_only")
+    if marker is not None and not (marker.args or marker.kwargs.get("reason")):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: memory_only needs a reason")
+    backends = ["memory"] if marker is not None else list(BACKENDS)
+    metafunc.parametrize("app_broker", backends, indirect=True)
+
+
+@pytest.fixture
+def app_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> BrokerFactory:
+    """A factory of (not started) brokers of this test's backend, which ``App()`` also uses
+    while the test runs when it is given no broker."""
+    factory: BrokerFactory
+    if request.param == "memory":
+        factory = MemoryBroker
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+        from rtserve.broker.redis import RedisBroker
+
+        def factory(**kwargs: Any) -> Broker:
+            return RedisBroker(url, prefix=prefix, **kwargs)
+
+    original = App.__init__
+
+    def init(self: App, *args: Any, broker: Broker | None = None, **kwargs: Any) -> None:
+        original(self, *args, broker=factory() if broker is None else broker, **kwargs)
+
+    monkeypatch.setattr(App, "__init__", init)
+    return factory
