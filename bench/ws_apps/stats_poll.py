@@ -2,10 +2,11 @@
 asks a server once a second, for as long as the benchmark runs.
 
 Each tick it GETs `/rt/admin/stats`, `/rt/admin/channels?limit=10` and
-`/rt/admin/connections?limit=1000` over the server's admin socket, with the dashboard's own
-client (`rtserve.cli.stats_cmd.AdminClient`). On SIGTERM it prints one JSON line: how many polls
-were made and failed, how long they took, and what the server reported (so the report shows
-that per-connection tracking was on: connections listed with their ages).
+`/rt/admin/connections?limit=10&sort=queued` (the top 10 by queued bytes) over the server's
+admin socket, with the dashboard's own client (`rtserve.cli.stats_cmd.AdminClient`). On
+SIGTERM it prints one JSON line: how many polls were made and failed, how long they took, and
+what the server reported (so the report shows that per-connection tracking was on:
+connections listed with their ages).
 
     python -m bench.ws_apps.stats_poll --socket /tmp/x/admin.sock [--interval 1.0]
 """
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rtserve.cli.stats_cmd import AdminClient, StatsError
+from rtserve.cli.stats_cmd import TOP, AdminClient, StatsError
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -54,7 +55,7 @@ def main() -> None:
         try:
             stats = client.stats()
             client.channels()
-            listed: dict[str, Any] = client.get("/connections?limit=1000")
+            listed: dict[str, Any] = client.get(f"/connections?limit={TOP}&sort=queued")
         except StatsError as exc:
             errors.append(str(exc))
         else:

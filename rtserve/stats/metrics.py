@@ -215,6 +215,14 @@ def _queued(conn: Any) -> int:
     return buffered
 
 
+def _weight(conn: Any) -> int:
+    """Queued bytes as the last write left them (no transport call for a WebSocket): enough
+    to rank connections; the ones listed are described with `_queued`."""
+    if isinstance(conn, WebSocketConnection):
+        return conn._backlog + conn._out_bytes
+    return _queued(conn)
+
+
 def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
     """One connection as the admin interface lists it."""
     transport, session = transport_of(conn)
@@ -293,13 +301,11 @@ def list_connections(
     if state is not None:
         now = state.loop.time()
         if sort == "queued":
-            matches = [
-                item
-                for item in list(_in_open_order(state))
-                if _matches(item[0], transport, user, channel)
-            ]
+            matches = list(_in_open_order(state))
+            if transport is not None or user is not None or channel is not None:
+                matches = [item for item in matches if _matches(item[0], transport, user, channel)]
             total = len(matches)
-            top = heapq.nsmallest(offset + limit, matches, key=lambda item: -_queued(item[0]))
+            top = heapq.nsmallest(offset + limit, matches, key=lambda item: -_weight(item[0]))
             page = [describe(conn, now, opened) for conn, opened in top[offset:]]
         else:
             for conn, opened in list(_in_open_order(state)):
