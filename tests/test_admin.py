@@ -187,6 +187,7 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         assert before["open"] == {"http": 0, "websocket": 0, "channel": 0, "sse": 0, "poll": 0}
         assert set(before["totals"]) == {
             "connections",
+            "connections_refused",
             "requests",
             "responses",
             "websockets",
@@ -207,6 +208,7 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         assert before["channels"] == {"count": 0, "subscribers": 0, "users": 0}
         assert set(before["loop_lag_seconds"]) == {"last", "max"}
         assert before["process"]["rss_bytes"] > 0 and "cpu_user_seconds" in before["process"]
+        assert before["process"]["open_fds"] > 0 and before["process"]["tasks"] > 0
 
         url = f"ws://127.0.0.1:{server.port}/rt/ws"
         alice = await Peer.open(url, data={"user": "alice"})

@@ -8,6 +8,7 @@ transports, errors as JSON with a fitting status and CORS headers.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -148,10 +149,23 @@ def take_rate(hub: Hub, buckets: dict[Any, Bucket], key: Any, rule: ChannelRule)
 
     An OrderedDict of buckets is kept to MAX_HTTP_BUCKETS, least recently used first out.
     """
-    if rule.publish_rate <= 0:
+    _take(hub, buckets, key, rule.publish_rate, rule.publish_burst)
+
+
+def take_address_rate(hub: Hub, address: str) -> None:
+    """One client publication from `address`, whatever its connection and channel
+    (ChannelError 111 over `publish_rate_per_ip`)."""
+    settings = hub.settings
+    if settings.publish_rate_per_ip > 0:
+        burst = settings.publish_burst_per_ip or math.ceil(settings.publish_rate_per_ip)
+        _take(hub, hub.http_buckets, ("ip", address), settings.publish_rate_per_ip, burst)
+
+
+def _take(hub: Hub, buckets: dict[Any, Bucket], key: Any, rate: float, burst: int) -> None:
+    if rate <= 0:
         return
     now = time.monotonic()
-    burst = max(rule.publish_burst, 1)
+    burst = max(burst, 1)
     bucket = buckets.get(key)
     if bucket is None:
         bucket = buckets[key] = Bucket(burst, now)
@@ -159,7 +173,7 @@ def take_rate(hub: Hub, buckets: dict[Any, Bucket], key: Any, rule: ChannelRule)
             buckets.popitem(last=False)
     elif isinstance(buckets, OrderedDict):
         buckets.move_to_end(key)
-    if not bucket.take(rule.publish_rate, burst, now):
+    if not bucket.take(rate, burst, now):
         hub.stats.rate_limited += 1
         raise ChannelError(ErrorCode.RATE_LIMITED)
 

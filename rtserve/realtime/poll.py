@@ -30,6 +30,7 @@ from rtserve.realtime.access import (
     http_client,
     http_error,
     positions,
+    take_address_rate,
     take_rate,
     unwatch_shutdown,
     watch_shutdown,
@@ -232,6 +233,7 @@ async def client_publish_endpoint(request: Request) -> Response:
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
         who = ("user", client.user) if client.user is not None else ("address", request.client)
         take_rate(hub, http_buckets(hub), (rule, who), rule)
+        take_address_rate(hub, request.client)
         context = ChannelContext(channel, params, client, claims, request)
         position = await hub.client_publish(rule, context, data, key)
         return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)

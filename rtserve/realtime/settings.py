@@ -16,6 +16,8 @@ class ChannelSettings:
     require_token: a connect without a valid token is refused.
     api_key: key(s) for the HTTP publish API (None: the API answers 403).
     max_connections_per_user: open connections one user may hold (0: no limit).
+    publish_rate_per_ip / publish_burst_per_ip: a token bucket per client address over all its
+    publications (WebSocket and HTTP), on top of each rule's per-connection `publish_rate`.
     connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
     presence_digest_interval: seconds between the batched presence pushes of big channels.
     sse_heartbeat: seconds between the heartbeat comments of an SSE stream.
@@ -33,6 +35,14 @@ class ChannelSettings:
         None, "key(s) of the HTTP publish API (null: the API answers 403)"
     )
     max_connections_per_user: int = opt(0, "open connections one user may hold (0: any)")
+    publish_rate_per_ip: float = opt(
+        0.0,
+        "client publications per second from one IP address, all its connections and "
+        "channels together (0: any)",
+    )
+    publish_burst_per_ip: int = opt(
+        0, "publications one IP address may send at once (0: the rate, rounded up)"
+    )
     connect_timeout: float = opt(
         10.0, "seconds a new connection has to send connect (then 4006)", duration=True
     )

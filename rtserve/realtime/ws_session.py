@@ -23,6 +23,7 @@ from rtserve.realtime.access import (
     connect_claims,
     remove_user_connection,
     run_on_connect,
+    take_address_rate,
     take_rate,
     verify_token,
 )
@@ -322,6 +323,7 @@ class ChannelSocket(WebSocketHandler):
         if rule.token and not self._token_allows(channel):
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
         take_rate(hub, self._buckets, rule, rule)
+        take_address_rate(hub, self.request.client)
         context = self._context(channel, params, self.claims)
         position = await hub.client_publish(rule, context, command.data, command.idempotency_key)
         return {"offset": position.offset, "epoch": position.epoch}

@@ -12,6 +12,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 
+from rtserve.server.busy import BusyConnection
 from rtserve.server.connection import HTTPConnection
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application, ServerState
@@ -26,6 +27,27 @@ def make_ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def new_connection(state: ServerState) -> asyncio.Protocol:
+    """The protocol of a new connection: an HTTPConnection, or a BusyConnection (503) when
+    `max_connections` are open already. Beyond as many refusals again in flight, the new
+    connection is dropped at once (its handshake done, nothing read), so a flood of them
+    cannot hold descriptors."""
+    limit = state.settings.max_connections
+    if limit and len(state.connections) >= limit:
+        if state.refusing >= limit:
+            state.stats.connections_refused += 1
+            return _Dropped()
+        return BusyConnection(state)
+    return HTTPConnection(state)
+
+
+class _Dropped(asyncio.Protocol):
+    """A connection closed as soon as it is made (an abort: no lingering)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
 
 
 class Server:
@@ -74,7 +96,7 @@ class Server:
         bind = getattr(self.app, "bind_server_state", None)
         if bind is not None:  # the app's admin interface reads this server's state
             bind(state)
-        factory: Callable[[], HTTPConnection] = lambda: HTTPConnection(state)  # noqa: E731
+        factory: Callable[[], asyncio.Protocol] = lambda: new_connection(state)  # noqa: E731
         socks = [sock] if isinstance(sock, socket.socket) else list(sock or ())
         if not socks and s.fd is not None:
             socks = [socket.socket(fileno=s.fd)]

@@ -106,6 +106,9 @@ class ServerSettings:
     workers: int = opt(
         1, "worker processes serving the same sockets (more than 1 needs a shared broker: Redis)"
     )
+    max_connections: int = opt(
+        0, "open connections (HTTP and WebSocket); new ones beyond get 503 and close (0: any)"
+    )
     backlog: int = opt(2048, "listen backlog")
     access_log: bool = opt(True, "log each request with its status, size and time")
     debug: bool = opt(False, "show tracebacks in error pages (never in production)")

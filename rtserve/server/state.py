@@ -47,6 +47,7 @@ class ServerStats:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
+        "connections_refused",
         "connections_total",
         "http_latency",
         "limit_hits",
@@ -61,6 +62,7 @@ class ServerStats:
 
     def __init__(self) -> None:
         self.connections_total = 0
+        self.connections_refused = 0  # over max_connections: answered 503 (or dropped)
         self.requests_total = 0
         self.limit_hits = 0
         self.responses_by_class = [0, 0, 0, 0, 0, 0]
@@ -97,6 +99,7 @@ class ServerState:
         # begin_shutdown() and abort().
         self.connections: set[Any] = set()
         self.websockets: set[WebSocketConnection] = set()
+        self.refusing = 0  # connections being answered 503 (over max_connections)
         # When each live connection opened (the coarse clock), oldest first, for the admin
         # interface's ages and stable listing order; None (nothing kept) without an admin.
         self.opened: dict[Any, float] | None = None

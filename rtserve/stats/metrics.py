@@ -11,6 +11,7 @@ a timer every half second that notes how late it fired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import os
@@ -81,7 +82,8 @@ class LoopLag:
 
 
 def process_info() -> dict[str, Any]:
-    """Resident memory (current from /proc; else the peak from getrusage) and CPU seconds."""
+    """Resident memory (current from /proc; else the peak from getrusage), CPU seconds, open
+    descriptors (where /proc has them) and the event loop's tasks."""
     out: dict[str, Any] = {}
     try:
         with open("/proc/self/statm", "rb") as statm:
@@ -94,6 +96,10 @@ def process_info() -> dict[str, Any]:
     times = os.times()
     out["cpu_user_seconds"] = round(times.user, 3)
     out["cpu_system_seconds"] = round(times.system, 3)
+    with contextlib.suppress(OSError):
+        out["open_fds"] = len(os.listdir("/proc/self/fd"))
+    with contextlib.suppress(RuntimeError):  # asked from outside a running loop
+        out["tasks"] = len(asyncio.all_tasks())
     return out
 
 
@@ -135,6 +141,7 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
         by_class = s.responses_by_class
         totals: dict[str, Any] = {
             "connections": s.connections_total,
+            "connections_refused": s.connections_refused,
             "requests": s.requests_total,
             "responses": dict(zip(RESPONSE_CLASSES, [*by_class[1:], by_class[0]], strict=True)),
             "websockets": s.websockets_total,
@@ -150,6 +157,7 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
     else:
         totals = {
             "connections": 0,
+            "connections_refused": 0,
             "requests": 0,
             "responses": dict.fromkeys(RESPONSE_CLASSES, 0),
             "websockets": 0,
@@ -393,6 +401,7 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
     out: list[str] = []
     for key, name, help in (
         ("connections", "connections", "connections accepted"),
+        ("connections_refused", "connections_refused", "connections refused (max_connections)"),
         ("requests", "requests", "HTTP requests answered"),
         ("websockets", "websockets", "WebSocket connections opened"),
         ("limit_hits", "limit_hits", "requests refused by a limit or a protocol error"),
@@ -468,6 +477,14 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
     process = stats["process"]
     cpu = round(process["cpu_user_seconds"] + process["cpu_system_seconds"], 3)
     out += _metric("process_cpu_seconds_total", "counter", "user and system CPU time", [("", cpu)])
+    if "open_fds" in process:
+        out += _metric(
+            "process_open_fds", "gauge", "open file descriptors", [("", process["open_fds"])]
+        )
+    if "tasks" in process:
+        out += _metric(
+            "rtserve_event_loop_tasks", "gauge", "tasks of the event loop", [("", process["tasks"])]
+        )
     if "rss_bytes" in process:
         out += _metric(
             "process_resident_memory_bytes",
