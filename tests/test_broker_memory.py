@@ -1,4 +1,6 @@
-"""MemoryBroker: offsets, epochs, history, delivery, idempotency, expiry and presence."""
+"""MemoryBroker only: what its injected clock shows (history TTL, idempotency and stream
+expiry, sweeping), delivery done when publish returns, and a model-based property test. The
+interface itself is tested on both brokers in tests/test_broker_contract.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtserve.broker.base import (
-    BrokerError,
     ClientInfo,
     Publication,
     PublishOptions,
@@ -75,21 +76,6 @@ def offsets(pubs: list[Publication]) -> list[int]:
     return [p.offset for p in pubs]
 
 
-def test_offsets_start_at_one_and_epoch_is_stable() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        positions = [await broker.publish("a", i) for i in range(5)]
-        assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
-        assert len({p.epoch for p in positions}) == 1
-        assert positions[0].epoch
-        other = await broker.publish("b", "x")
-        assert other.offset == 1
-        result = await broker.history("a")
-        assert result.publications == []  # history_size 0 keeps nothing, offsets still count
-        assert result.position == positions[-1]
-
-    run(scenario)
-
-
 def test_history_keeps_the_newest_size() -> None:
     async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
         options = PublishOptions(history_size=3)
@@ -125,46 +111,6 @@ def test_history_ttl() -> None:
     run(scenario)
 
 
-def test_since_and_limit() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        options = PublishOptions(history_size=5)
-        for i in range(8):
-            await broker.publish("a", i, options=options)
-        # Kept: 4..8.
-        assert offsets((await broker.history("a", since=0)).publications) == [4, 5, 6, 7, 8]
-        assert offsets((await broker.history("a", since=2)).publications) == [4, 5, 6, 7, 8]
-        assert offsets((await broker.history("a", since=5)).publications) == [6, 7, 8]
-        assert (await broker.history("a", since=8)).publications == []
-        assert (await broker.history("a", since=20)).publications == []
-        assert offsets((await broker.history("a", limit=2)).publications) == [4, 5]
-        assert offsets((await broker.history("a", since=5, limit=2)).publications) == [6, 7]
-        assert offsets((await broker.history("a", since=5, limit=9)).publications) == [6, 7, 8]
-        empty = await broker.history("a", since=5, limit=0)
-        assert empty.publications == []
-        assert empty.position.offset == 8
-
-    run(scenario)
-
-
-def test_delivery_only_when_subscribed_and_in_order() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        await broker.publish("a", "before")
-        assert events.events == []
-        await broker.subscribe("a")
-        positions = [await broker.publish("a", i) for i in range(3)]
-        await broker.publish("b", "elsewhere")
-        assert events.events == [
-            ("pub", "a", p.offset, i, p.epoch) for i, p in enumerate(positions)
-        ]
-        assert events.offsets("a") == [2, 3, 4]
-        await broker.unsubscribe("a")
-        await broker.unsubscribe("a")  # not subscribed: no error
-        await broker.publish("a", "after")
-        assert events.offsets("a") == [2, 3, 4]
-
-    run(scenario)
-
-
 def test_delivery_is_done_when_publish_returns() -> None:
     async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
         await broker.subscribe("a")
@@ -172,43 +118,6 @@ def test_delivery_is_done_when_publish_returns() -> None:
         positions = await asyncio.gather(*tasks)
         assert events.offsets("a") == sorted(p.offset for p in positions)
         assert events.offsets("a") == list(range(1, 21))
-
-    run(scenario)
-
-
-def test_failing_receiver_does_not_fail_the_publish() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        def boom(channel: str, publication: Publication, epoch: str) -> None:
-            raise RuntimeError("receiver bug")
-
-        def boom_info(channel: str, info: ClientInfo) -> None:
-            raise RuntimeError("receiver bug")
-
-        events.on_publication = boom  # type: ignore[method-assign]
-        events.on_join = events.on_leave = boom_info  # type: ignore[method-assign]
-        await broker.subscribe("a")
-        assert (await broker.publish("a", 1, options=KEEP)).offset == 1
-        await broker.publish_join("a", ClientInfo("c1"))
-        await broker.publish_leave("a", ClientInfo("c1"))
-        assert offsets((await broker.history("a")).publications) == [1]
-
-    run(scenario)
-
-
-def test_join_and_leave_delivery() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        alice = ClientInfo("c1", "alice")
-        await broker.publish_join("a", alice)
-        assert events.events == []
-        await broker.subscribe("a")
-        await broker.publish_join("a", alice)
-        await broker.publish_leave("a", alice)
-        await broker.publish_join("b", alice)
-        assert events.events == [("join", "a", "c1"), ("leave", "a", "c1")]
-        await broker.unsubscribe("a")
-        await broker.publish_leave("a", alice)
-        assert len(events.events) == 2
-        assert (await broker.history("a")).position.offset == 0  # joins are not kept
 
     run(scenario)
 
@@ -296,81 +205,6 @@ def test_unknown_channel_position_keeps_its_epoch() -> None:
         assert published == StreamPosition(1, before.position.epoch)
 
     run(scenario)
-
-
-def test_presence() -> None:
-    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
-        assert await broker.presence("a") == {}
-        stats = await broker.presence_stats("a")
-        assert (stats.clients, stats.users) == (0, 0)
-
-        c1 = ClientInfo("c1", "alice", {"device": "phone"})
-        c2 = ClientInfo("c2", "alice")
-        c3 = ClientInfo("c3", "bob")
-        c4 = ClientInfo("c4")
-        for info in (c1, c2, c3, c4):
-            await broker.presence_add("a", info)
-        await broker.presence_add("b", c1)
-        members = await broker.presence("a")
-        assert members == {"c1": c1, "c2": c2, "c3": c3, "c4": c4}
-        stats = await broker.presence_stats("a")
-        assert (stats.clients, stats.users) == (4, 2)
-
-        members.clear()  # a copy
-        assert len(await broker.presence("a")) == 4
-
-        await broker.presence_remove("a", "c1")
-        await broker.presence_remove("a", "nobody")
-        await broker.presence_remove("nowhere", "c1")
-        stats = await broker.presence_stats("a")
-        assert (stats.clients, stats.users) == (3, 2)
-        await broker.presence_remove("a", "c2")
-        stats = await broker.presence_stats("a")
-        assert (stats.clients, stats.users) == (2, 1)
-        for client in ("c3", "c4"):
-            await broker.presence_remove("a", client)
-        assert await broker.presence("a") == {}
-        assert "a" not in broker._presence
-        assert await broker.presence("b") == {"c1": c1}
-
-    run(scenario)
-
-
-def test_broker_error_before_start_and_after_close() -> None:
-    async def main() -> None:
-        broker = MemoryBroker()
-        alice = ClientInfo("c1")
-        calls: list[Callable[[], Awaitable[object]]] = [
-            lambda: broker.publish("a", 1),
-            lambda: broker.subscribe("a"),
-            lambda: broker.unsubscribe("a"),
-            lambda: broker.publish_join("a", alice),
-            lambda: broker.publish_leave("a", alice),
-            lambda: broker.history("a"),
-            lambda: broker.presence_add("a", alice),
-            lambda: broker.presence("a"),
-            lambda: broker.presence_stats("a"),
-        ]
-        for call in calls:
-            with pytest.raises(BrokerError):
-                await call()
-
-        events = Recorder()
-        await broker.start(events)
-        await broker.subscribe("a")
-        await broker.presence_add("a", alice)
-        await broker.close()
-        for call in calls:
-            with pytest.raises(BrokerError):
-                await call()
-        with pytest.raises(BrokerError):
-            await broker.start(events)
-        await broker.close()  # twice is fine
-        assert events.events == []
-        assert broker._presence == {}
-        assert broker._subscriptions == set()
-
-    asyncio.run(main())
 
 
 def test_meta_ttl_must_be_positive() -> None:
