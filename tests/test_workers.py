@@ -157,10 +157,11 @@ def test_several_workers_need_a_shared_broker(workers_project: Callable[..., Run
     assert "broker: redis://" in run.output
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process serving, or a supervisor
 def test_an_unreachable_redis_stops_the_start_with_status_2(
-    workers_project: Callable[..., Run],
+    workers_project: Callable[..., Run], workers: str
 ) -> None:
     port = free_port()  # nothing listens there
-    run = workers_project("--workers", "2", broker=f"redis://127.0.0.1:{port}/0")
+    run = workers_project("--workers", workers, broker=f"redis://127.0.0.1:{port}/0")
     assert run.proc.wait(20) == 2
-    assert "error: cannot start:" in run.output and f"127.0.0.1:{port}" in run.output
+    assert "cannot start:" in run.output and f"127.0.0.1:{port}" in run.output
