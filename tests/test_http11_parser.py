@@ -113,6 +113,18 @@ BAD = [
     (b"GET / HTTP/1.1\nHost: a\n\n", 400),
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nExpect: something-else\r\n\r\n", 417),
+    # Several Transfer-Encoding fields are one list: gzip, chunked is not just chunked.
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+        501,
+    ),
+    (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # asterisk-form is for OPTIONS only
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    (b"GET /\r\n\r\n", 505),  # HTTP/0.9
+    (b"GET http://u@b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # userinfo
+    (b"GET ftp://b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET http://b/ HTTP/1.1\r\n\r\n", 400),  # absolute-form still needs Host in 1.1
 ]
 
 
@@ -153,7 +165,7 @@ def test_head_limit_without_end_of_head() -> None:
 def test_url_limit() -> None:
     with pytest.raises(ProtocolError) as info:
         feed_all(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 512, max_head_size=1024)
-    assert info.value.status == 431
+    assert info.value.status == 414  # URI Too Long, not a header problem
 
 
 def test_header_count_limit() -> None:
@@ -252,7 +264,7 @@ def test_mutated_requests_parse_or_fail_cleanly(pos: int, byte: int, step: int) 
         for i in range(0, len(data), step):
             parser.feed(data[i : i + step])
     except ProtocolError as exc:
-        assert exc.status in (400, 413, 417, 431, 501)
+        assert exc.status in (400, 413, 414, 417, 431, 501, 505)
 
 
 @settings(max_examples=200, deadline=None)
@@ -301,3 +313,40 @@ def test_sink_failure_is_not_blamed_on_the_client() -> None:
     parser = RequestParser(sink=RecordingSink(fail_on_head=True))
     with pytest.raises(ValueError, match="the sink broke"):
         parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+
+
+def test_absolute_form_target_replaces_host() -> None:
+    raw = b"GET http://b.example:81/p?q=1 HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\n"
+    for step in (None, 1):
+        head = feed_all(raw, step)[0]
+        assert isinstance(head, RequestHead)
+        assert (head.target, head.path, head.query_string) == (b"/p?q=1", "/p", b"q=1")
+        assert head.authority == b"b.example:81"
+        assert head.headers == [(b"X", b"y"), (b"host", b"b.example:81")]
+
+
+def test_options_asterisk() -> None:
+    head = feed_all(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert isinstance(head, RequestHead) and head.path == "*"
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 100, 1000])
+def test_chunk_extensions_are_bounded(step: int) -> None:
+    parser = RequestParser(max_head_size=1024)
+    parser.feed(CHUNKED_HEAD)
+    data = b"5;x=" + b"y" * 5000 + b"\r\nhello\r\n0\r\n\r\n"
+    with pytest.raises(ProtocolError) as info:
+        for i in range(0, len(data), step):
+            parser.feed(data[i : i + step])
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("step", [None, 1, 7, 4096])
+def test_many_small_chunks_with_extensions_pass(step: int | None) -> None:
+    body = b"".join(b"1;n=%d\r\n%c\r\n" % (i, 97 + i % 26) for i in range(2000))
+    events = feed_all(CHUNKED_HEAD + body + b"0\r\n\r\n", step, max_head_size=1024)
+    assert len(b"".join(e for e in events if isinstance(e, bytes))) == 2000
+    assert events[-1] is END_OF_MESSAGE

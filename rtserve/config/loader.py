@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar, cast
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 
 import yaml
 
@@ -187,7 +187,10 @@ def load_mapping(
         raise TypeError(f"schema must be a dataclass type, not {schema!r}")
     node = _compose(source, filename) if isinstance(source, str) else source
     walker = _Walker(filename, os.environ if env is None else env)
-    value = walker.load(node, schema, section)
+    try:
+        value = walker.load(node, schema, section)
+    except RecursionError:
+        raise ConfigErrors([ConfigIssue(filename, None, None, "", _TOO_DEEP)]) from None
     if walker.issues:
         issues = sorted(walker.issues, key=lambda issue: (issue.line or 0, issue.column or 0))
         raise ConfigErrors(issues)
@@ -235,6 +238,11 @@ def _compose(text: str, filename: str) -> yaml.Node | None:
         raise ConfigErrors(
             [ConfigIssue(filename, None, None, "", f"invalid YAML: {exc}")]
         ) from None
+    except RecursionError:  # PyYAML composes nested collections by recursion
+        raise ConfigErrors([ConfigIssue(filename, None, None, "", _TOO_DEEP)]) from None
+
+
+_TOO_DEEP: Final = "invalid YAML: collections nested too deeply"
 
 
 # --- schema introspection -------------------------------------------------------------------
@@ -571,14 +579,18 @@ class _Walker:
             self._merging.discard(id(node))
 
     def instance(self, node: yaml.Node | None, cls: type[Any], keypath: str) -> Any:
+        null: yaml.Node | None = None  # an explicit null stands for an empty mapping
         if node is not None and isinstance(node, yaml.ScalarNode):
             scalar = self.scalar(node, keypath)
             if scalar is None:
                 return _FAIL
             if scalar.tag == _NULL:
-                node = None
+                null, node = node, None
         if node is None:
-            return self.build(cls, {}, None, keypath)
+            missing = [f.name for f in _init_fields(cls) if _required(f)]
+            for name in missing:  # `routes: [null]` names what the item lacks, where it is
+                self.issue(null, _child(keypath, name), f"missing required key {name!r}")
+            return _FAIL if missing else self.build(cls, {}, null, keypath)
         if not isinstance(node, yaml.MappingNode):
             self.issue(node, keypath, f"expected a mapping, got {self.shown_node(node)}")
             return _FAIL

@@ -3,9 +3,9 @@
 `RequestParser.feed(data)` turns bytes into a list of events: a `RequestHead`, body chunks
 (`bytes`), `END_OF_MESSAGE`, or `UpgradeRequested`. Given a `RequestSink`, it calls the sink's
 methods instead (no event objects, for the server's hot path). It raises `ProtocolError`
-carrying the status to answer with (400, 413, 417, 431, 501); an exception raised by a sink
-propagates as it is. After an error the parser is dead and the connection must close. Limits
-are constructor parameters.
+carrying the status to answer with (400, 413, 414, 417, 431, 501, 505); an exception raised
+by a sink propagates as it is. After an error the parser is dead and the connection must
+close. Limits are constructor parameters.
 
 The serialisers build whole response heads as bytes; the caller adds the body and writes once.
 """
@@ -48,6 +48,7 @@ class RequestHead:
     """Everything known about a request once its headers are in."""
 
     __slots__ = (
+        "authority",
         "chunked",
         "content_length",
         "expect_continue",
@@ -79,9 +80,12 @@ class RequestHead:
         self.chunked = False
         self.expect_continue = False
         self.upgrade = False
+        # The host of an absolute-form target (`http://host/p`), which replaces Host.
+        self.authority: bytes | None = None
         raw_path, _, query = target.partition(b"?")
         if raw_path[:1] != b"/" and raw_path != b"*":
-            raw_path = _origin_form(raw_path)
+            self.authority, raw_path = _origin_form(raw_path)
+            self.target = raw_path + (b"?" + query if query else b"")
         self.raw_path = raw_path
         self.query_string = query
         decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
@@ -91,13 +95,19 @@ class RequestHead:
         return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
 
 
-def _origin_form(target: bytes) -> bytes:
-    """The path of an absolute-form target (`http://host/p` -> `/p`)."""
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """Authority and path of an absolute-form target (`http://host/p` -> `host`, `/p`)."""
     scheme, sep, rest = target.partition(b"://")
-    if not sep or not scheme.isalpha():
+    if not sep or scheme.lower() not in _SCHEMES:
         raise ProtocolError(400, "bad request target")
     slash = rest.find(b"/")
-    return rest[slash:] if slash >= 0 else b"/"
+    authority, path = (rest[:slash], rest[slash:]) if slash >= 0 else (rest, b"/")
+    if not authority or b"@" in authority:  # RFC 9110 4.2.4: no userinfo in http(s) URIs
+        raise ProtocolError(400, "bad request target")
+    return authority, path
+
+
+_SCHEMES: Final = frozenset((b"http", b"https", b"ws", b"wss"))
 
 
 Event = RequestHead | bytes | EndOfMessage | UpgradeRequested
@@ -124,6 +134,9 @@ class RequestParser:
     __slots__ = (
         "_begun",
         "_body_bytes",
+        "_chunk_overhead",
+        "_chunked",
+        "_chunks",
         "_content_length",
         "_dead",
         "_emit_body",
@@ -186,6 +199,9 @@ class RequestParser:
         self._expect = False
         self._host = False
         self._body_bytes = 0
+        self._chunked = False
+        self._chunks = 0
+        self._chunk_overhead = 0
 
     @property
     def in_head(self) -> bool:
@@ -201,6 +217,7 @@ class RequestParser:
             raise ProtocolError(400, "connection already failed")
         continuing_head = self._in_head
         begun = self._begun
+        body_before = self._body_bytes
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -223,6 +240,13 @@ class RequestParser:
             if self._head_bytes > self.max_head_size:
                 self._dead = True
                 raise ProtocolError(431, "request head too large")
+        elif self._chunked and begun == self._begun and not continuing_head:
+            # Inside one chunked body for the whole read: bound what is not body (chunk-size
+            # lines, extensions, trailers), which llhttp skips without limit (CVE-2024-22019).
+            self._chunk_overhead += len(data) - (self._body_bytes - body_before)
+            if self._chunk_overhead > self.max_head_size + _CHUNK_LINE_ALLOWANCE * self._chunks:
+                self._dead = True
+                raise ProtocolError(400, "chunk extensions or trailers too long")
         return self._take_events()
 
     def _take_events(self) -> list[Event]:
@@ -248,7 +272,7 @@ class RequestParser:
         self._url += url
         self._field_bytes += len(url)
         if self._field_bytes > self.max_head_size:
-            self._fail(431, "request line too long")
+            self._fail(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
@@ -262,7 +286,8 @@ class RequestParser:
         if size == 14 and name.lower() == b"content-length":
             self._content_length = value
         elif size == 17 and name.lower() == b"transfer-encoding":
-            self._te = value
+            # Several fields form one list (RFC 9110 5.3): `gzip` then `chunked` is gzip, chunked.
+            self._te = value if self._te is None else self._te + b", " + value
         elif size == 4 and name.lower() == b"host":
             if self._host:
                 self._fail(400, "more than one Host header")
@@ -275,17 +300,23 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._in_head = False
+        method = parser.get_method().decode("ascii")
         head = RequestHead(
-            parser.get_method().decode("ascii"),
+            method,
             self._url,
             self._headers,
             parser.get_http_version(),
             parser.should_keep_alive(),
         )
+        if head.version != "1.1" and head.version != "1.0":
+            # llhttp also takes HTTP/0.9 and HTTP/2.0 request lines; we speak neither.
+            self._fail(505, "HTTP version not supported")
+        if head.raw_path == b"*" and method != "OPTIONS":
+            self._fail(400, "asterisk-form target is for OPTIONS only")
         if self._te is not None:
             if self._te.strip().lower() != b"chunked":
                 self._fail(501, "unsupported transfer coding")
-            head.chunked = True
+            head.chunked = self._chunked = True
         elif self._content_length is not None:
             length = int(self._content_length)
             if self.max_body_size is not None and length > self.max_body_size:
@@ -298,7 +329,16 @@ class RequestParser:
             self._fail(400, "Upgrade with a request body is not supported")
         if not self._host and head.version == "1.1":
             self._fail(400, "HTTP/1.1 request without Host")
+        if head.authority is not None:
+            # RFC 9112 3.2.2: the target's host wins over any Host field, so the app, the
+            # router and the origin checks all see one host.
+            headers = [h for h in self._headers if h[0].lower() != b"host"]
+            headers.append((b"host", head.authority))
+            head.headers = headers
         self._emit_head(head)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -308,6 +348,10 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._emit_end()
+
+
+# Bytes of chunk-size line and framing each chunk may use beyond `max_head_size` in total.
+_CHUNK_LINE_ALLOWANCE: Final = 32
 
 
 def _reason(exc: Exception) -> str:

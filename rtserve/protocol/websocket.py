@@ -187,7 +187,6 @@ class FrameReader:
         "_error",
         "_msg_opcode",
         "_msg_size",
-        "_texts",
         "decompress",
         "max_frame_size",
         "max_message_size",
@@ -207,15 +206,15 @@ class FrameReader:
         self._error: tuple[int, str] | None = None
         self._closed = False
         # The fragmented message in progress: its opcode (0 when none) and wire size so far;
-        # uncompressed text is decoded fragment by fragment into _texts (to fail early),
-        # anything else is kept in _chunks.
+        # its payload accumulates in _chunks, one buffer (not a list of fragments: thousands
+        # of tiny or empty fragments must cost what their bytes cost, no more); uncompressed
+        # text is also checked fragment by fragment (to fail early) by the decoder.
         self._msg_opcode = 0
         self._msg_size = 0
         self._compressed = False
         self._decoding = False
         self._decoder: codecs.IncrementalDecoder | None = None  # made when first needed
-        self._texts: list[str] = []
-        self._chunks: list[bytes] = []
+        self._chunks = bytearray()
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes. Raises WebSocketProtocolError."""
@@ -283,7 +282,6 @@ class FrameReader:
             self._error = (exc.code, exc.reason)  # not exc: its traceback would hold self
             exc.events = events
             buf.clear()
-            self._texts.clear()
             self._chunks.clear()
             raise
         if view is buf:
@@ -359,20 +357,18 @@ class FrameReader:
         if self._decoding:
             assert self._decoder is not None
             try:
-                self._texts.append(self._decoder.decode(payload, b0 >= 0x80))
+                self._decoder.decode(payload, b0 >= 0x80)  # validation only
             except UnicodeDecodeError:
                 raise WebSocketProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8") from None
-        else:
-            self._chunks.append(payload)
+        self._chunks += payload
         if not b0 & 0x80:
             return
         opcode, self._msg_opcode = self._msg_opcode, 0
-        if self._decoding:
-            events.append(TextMessage("".join(self._texts)))
-            self._texts.clear()
-            return
-        data = b"".join(self._chunks)
+        data = bytes(self._chunks)
         self._chunks.clear()
+        if self._decoding:
+            events.append(TextMessage(data.decode("utf-8")))  # valid: checked above
+            return
         if self._compressed:
             assert self.decompress is not None  # RSV1 is refused without it
             try:
@@ -450,7 +446,6 @@ class UnmaskedFrameReader(FrameReader):
             self._error = (exc.code, exc.reason)
             exc.events = events
             buf.clear()
-            self._texts.clear()
             self._chunks.clear()
             raise
         if pos:

@@ -148,7 +148,16 @@ class HubStats:
 class _Local:
     """The local side of one channel."""
 
-    __slots__ = ("epoch", "joins", "leaves", "params", "publications", "rule", "subscribers")
+    __slots__ = (
+        "epoch",
+        "floors",
+        "joins",
+        "leaves",
+        "params",
+        "publications",
+        "rule",
+        "subscribers",
+    )
 
     def __init__(self, rule: ChannelRule, params: dict[str, str]) -> None:
         self.epoch: str | None = None  # of the stream the subscribers were given
@@ -158,6 +167,10 @@ class _Local:
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
         self.publications = 0  # delivered here since the channel got its first local subscriber
+        # Subscribers whose subscribe result ran ahead of the publications still on their way
+        # from the broker (a networked broker delivers after publish returns): the offset up
+        # to which they have everything already.
+        self.floors: dict[Subscriber, int] = {}
 
 
 @contextlib.contextmanager
@@ -323,6 +336,12 @@ class Hub:
         )
         subscribers = tuple(local.subscribers)
         local.publications += 1
+        floors = local.floors
+        if floors:  # new subscribers whose subscribe result already held this publication
+            offset = publication.offset
+            subscribers = tuple(sub for sub in subscribers if floors.get(sub, 0) < offset)
+            if offset >= max(floors.values()):
+                floors.clear()  # what follows is past every floor
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)
@@ -332,6 +351,7 @@ class Hub:
         `keep`'s, made on the new stream) ends with code 112 and its client subscribes again,
         learning `recovered: false`."""
         log.warning("channel %s restarted with a new epoch; ending its subscriptions", channel)
+        local.floors.clear()  # offsets of the old stream
         for subscriber in tuple(local.subscribers):
             if subscriber is not keep:
                 subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
@@ -445,6 +465,8 @@ class Hub:
                 result["publications"] = [publication_json(p) for p in pubs]
                 if pubs:
                     last = max(last, pubs[-1].offset)
+        if self._local.get(channel) is local and subscriber in local.subscribers:
+            local.floors[subscriber] = last
         self.stats.subscriptions += 1
         return result, last
 
@@ -456,6 +478,7 @@ class Hub:
         local = self._local.get(channel)
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
+        local.floors.pop(subscriber, None)
         if not local.subscribers:
             del self._local[channel]
             if channel in self._node and self.loop is not None:

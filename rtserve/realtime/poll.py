@@ -37,7 +37,13 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, publication_json
+from rtserve.realtime.protocol import (
+    CHANNEL_NAME,
+    ChannelError,
+    ErrorCode,
+    is_strict_json,
+    publication_json,
+)
 from rtserve.realtime.rules import ChannelRule
 
 if TYPE_CHECKING:
@@ -227,6 +233,8 @@ async def client_publish_endpoint(request: Request) -> Response:
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string")
         data = body["data"]
+        if not is_strict_json(data):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")
         rule, params = hub.rule(channel)
         hub.check_client_publish(rule, len(dump_json(data)))
         if rule.token and (claims is None or not claims.allows(channel)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -139,9 +140,11 @@ class CommandError(ChannelError):
 def parse_command(text: str | bytes) -> Command:
     """Parse one client message into a Command, or raise CommandError (code 107 or 104)."""
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise CommandError(ErrorCode.BAD_REQUEST, "not JSON") from None
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise CommandError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
     id_ = raw.get("id")
@@ -167,7 +170,10 @@ def parse_command(text: str | bytes) -> Command:
         raise CommandError(ErrorCode.BAD_REQUEST, "refresh needs a token", id_)
     if "data" in raw:
         command.data = raw["data"]
-        command.size = len(dump_json(command.data))
+        try:
+            command.size = len(dump_json(command.data))
+        except RecursionError:  # parsed, but too deep to encode again for subscribers
+            raise CommandError(ErrorCode.BAD_REQUEST, "data nested too deeply", id_) from None
     elif op == "publish":
         raise CommandError(ErrorCode.BAD_REQUEST, "publish needs data", id_)
     key = raw.get("idempotency_key")
@@ -184,6 +190,30 @@ def parse_command(text: str | bytes) -> Command:
             raise CommandError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer", id_)
         command.limit = limit
     return command
+
+
+def is_strict_json(value: Any) -> bool:
+    """Whether `value` (as parsed by json.loads) holds no NaN or Infinity: those are not JSON,
+    and a publication carrying one would break every subscriber's JSON.parse. For bodies read
+    by Python's lenient parser (the HTTP endpoints); iterative, so any depth is fine."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.values())
+    return True
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: a publication carrying one would break every
+    subscriber's JSON.parse."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_position(value: Any, id_: int | None) -> StreamPosition:

@@ -12,7 +12,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import JSONResponse
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode
+from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, is_strict_json
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
@@ -52,6 +52,8 @@ async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str,
     channel = item.get("channel")
     if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
         raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
+    if not is_strict_json(item["data"]):
+        raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")
     key = item.get("idempotency_key", header_key)
     if key is not None and not isinstance(key, str):
         raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")

@@ -205,7 +205,7 @@ class HTTPConnection(asyncio.Protocol):
         state = self.state
         exchange = Exchange(self, head, perf_counter())
         self.receiving = self._last = exchange
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and not self.writing_paused:
             self._activate(exchange)
         else:
             if self.queue is _NO_QUEUE:

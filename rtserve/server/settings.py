@@ -19,7 +19,9 @@ MiB = 1024 * 1024
 class LimitSettings:
     """Sizes the server accepts before answering 4xx."""
 
-    max_head_size: int = opt(16 * KiB, "request line + headers, bytes (431 beyond)", size=True)
+    max_head_size: int = opt(
+        16 * KiB, "request line + headers, bytes (414 for a long target, 431 beyond)", size=True
+    )
     max_headers: int = opt(100, "number of header fields (431 beyond)")
     max_body_size: int = opt(1 * MiB, "request body, bytes (413 beyond)", size=True)
     max_pipelined: int = opt(16, "queued pipelined requests before reading pauses")

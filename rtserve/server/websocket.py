@@ -160,7 +160,9 @@ class WebSocketConnection(asyncio.Protocol):
                     self._deliver(event.data)
             elif type(event) is Ping:
                 if self.status == OPEN:
-                    self._queue(encode_pong(event.data))
+                    # Pongs count against the outbound budget: a peer that pings without
+                    # reading meets the slow-consumer policy instead of growing the buffer.
+                    self.send_frame(encode_pong(event.data))
             elif type(event) is Pong:
                 self._ping_sent = False
                 self._schedule_ping()

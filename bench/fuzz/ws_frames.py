@@ -1,0 +1,43 @@
+"""Fuzz the server-side WebSocket frame reader (with and without permessage-deflate).
+
+Allowed: events, or WebSocketProtocolError with close code 1002, 1007 or 1009.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+with atheris.instrument_imports(include=["rtserve"]):
+    from rtserve.protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
+    from rtserve.protocol.websocket import FrameReader, WebSocketProtocolError
+
+from _harness import main
+
+CODES = {1002, 1007, 1009}
+
+
+def test_one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    step = data[0] % 16 + 1
+    compressed = bool(data[1] & 1)
+    payload = data[2:]
+    deflate = PerMessageDeflate(DeflateParams(True, False, 15, 15), DeflateConfig())
+    decompress = deflate.decompress if compressed else None
+    reader = FrameReader(max_frame_size=4096, max_message_size=8192, decompress=decompress)
+    try:
+        for i in range(0, len(payload), step):
+            reader.feed(payload[i : i + step])
+    except WebSocketProtocolError as exc:
+        if exc.code not in CODES:
+            raise
+
+
+if __name__ == "__main__":
+    main(test_one_input)
