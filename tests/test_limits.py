@@ -186,3 +186,24 @@ def test_publish_rate_per_address_holds_across_connections_and_transports() -> N
 
         asyncio.run(scenario())
         assert app.hub.stats.rate_limited == 2
+
+
+def test_subscriptions_per_connection_are_capped() -> None:
+    app = App(ServerSettings(access_log=False), channels=ChannelSettings(max_subscriptions=3))
+    app.channel("chat:*")
+    with ThreadedServer(app) as server:
+
+        async def scenario() -> None:
+            peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+            try:
+                for i in range(3):
+                    await peer.call("subscribe", channel=f"chat:{i}")
+                with pytest.raises(ReplyError) as refused:
+                    await peer.call("subscribe", channel="chat:3")
+                assert refused.value.code == 106
+                await peer.call("unsubscribe", channel="chat:0")
+                await peer.call("subscribe", channel="chat:3")  # room again
+            finally:
+                await peer.close()
+
+        asyncio.run(scenario())

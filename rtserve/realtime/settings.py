@@ -16,6 +16,7 @@ class ChannelSettings:
     require_token: a connect without a valid token is refused.
     api_key: key(s) for the HTTP publish API (None: the API answers 403).
     max_connections_per_user: open connections one user may hold (0: no limit).
+    max_subscriptions: channels one /rt/ws connection may be subscribed to (0: no limit).
     publish_rate_per_ip / publish_burst_per_ip: a token bucket per client address over all its
     publications (WebSocket and HTTP), on top of each rule's per-connection `publish_rate`.
     connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
@@ -35,6 +36,9 @@ class ChannelSettings:
         None, "key(s) of the HTTP publish API (null: the API answers 403)"
     )
     max_connections_per_user: int = opt(0, "open connections one user may hold (0: any)")
+    max_subscriptions: int = opt(
+        1000, "channels one WebSocket connection may subscribe to at once (0: any)"
+    )
     publish_rate_per_ip: float = opt(
         0.0,
         "client publications per second from one IP address, all its connections and "

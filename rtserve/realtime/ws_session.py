@@ -255,6 +255,9 @@ class ChannelSocket(WebSocketHandler):
         if channel in self.subscriptions or channel in self._buffering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
         hub = self.hub
+        limit = hub.settings.max_subscriptions
+        if limit and len(self.subscriptions) + len(self._buffering) >= limit:
+            raise ChannelError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} subscriptions")
         rule, context, sub_claims = await authorize_subscribe(
             hub, channel, self.client, self.claims, self.request, command.token
         )
