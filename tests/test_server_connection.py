@@ -298,6 +298,18 @@ def test_idle_keep_alive_timeout(server: ThreadedServer) -> None:
         assert not c.collector.done  # closed quietly, no 408
 
 
+def test_a_busy_keep_alive_connection_is_not_timed_out(server: ThreadedServer) -> None:
+    # Requests answered within the read that brought them never leave the idle phase: each
+    # one must still push the keep-alive deadline back (it closed a steady client once).
+    keepalive = server.server.settings.timeouts.keepalive
+    with RawClient(server.port) as c:
+        start = time.monotonic()
+        while time.monotonic() - start < 3 * keepalive:
+            c.send(get())
+            assert c.response().status == 200
+            time.sleep(keepalive / 5)
+
+
 def test_body_timeout(server: ThreadedServer) -> None:
     with RawClient(server.port) as c:
         c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")

@@ -353,7 +353,7 @@ class HTTPConnection(asyncio.Protocol):
             if self.phase != HEAD:
                 self.phase = HEAD
                 self.deadline = state.now + timeouts.header
-        elif self.phase != IDLE:
+        else:  # idle since now: a request answered within one read counts as activity too
             self.phase = IDLE
             self.deadline = state.now + timeouts.keepalive
 
