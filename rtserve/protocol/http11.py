@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -208,6 +208,14 @@ class RequestParser:
         """True while a request head has started but is not complete."""
         return self._in_head
 
+    def close(self) -> None:
+        """Done with this parser: let go of httptools' parser (which points back at this one)
+        and of the sink, so neither waits for the cyclic GC. `feed` fails from now on."""
+        self._dead = True
+        self._parser = None  # type: ignore[assignment]
+        self._emit_head = self._emit_body = self._emit_upgrade = _ignore
+        self._emit_end = _ignore_end
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes (none with a sink).
 
@@ -352,6 +360,14 @@ class RequestParser:
 
 # Bytes of chunk-size line and framing each chunk may use beyond `max_head_size` in total.
 _CHUNK_LINE_ALLOWANCE: Final = 32
+
+
+def _ignore(item: Any) -> None:
+    """What a closed parser's events go to."""
+
+
+def _ignore_end() -> None:
+    """What a closed parser's end of message goes to."""
 
 
 def _reason(exc: Exception) -> str:

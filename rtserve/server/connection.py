@@ -112,6 +112,8 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connection_closed(self)
+        if self.parser is not None:
+            self.parser.close()  # it and httptools' parser point at each other (and at us)
         for fut in (self._drain_waiter, self._closed_future, self._watched):
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -138,11 +140,15 @@ class HTTPConnection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
+        parser = self.parser
         try:
-            self.parser.feed(data)  # type: ignore[union-attr]  # None only once upgraded
+            parser.feed(data)  # type: ignore[union-attr]  # None only once upgraded
         except ProtocolError as exc:
             self.protocol_error(exc)
             return
+        finally:
+            if self.parser is not parser and parser is not None:
+                parser.close()  # replaced (a declined upgrade) or dropped (an upgrade)
         self._rearm()
 
     def _new_parser(self) -> RequestParser:
@@ -286,6 +292,8 @@ class HTTPConnection(asyncio.Protocol):
         if exchange is self._upgrade_exchange:
             data, self._upgrade_data, self._upgrade_exchange = self._upgrade_data, None, None
             self.transport.resume_reading()
+            if self.parser is not None:
+                self.parser.close()
             self.parser = self._new_parser()
             if data:
                 self.state.loop.call_soon(self._declined_upgrade_later, data)

@@ -66,6 +66,18 @@ _CLOSED = _Closed()
 _NO_INBOX: deque[Any] = deque(maxlen=0)
 
 
+class _Released:
+    """Stands in for a handler the connection let go of after its close (nothing is called)."""
+
+    def on_open(self) -> None: ...
+    def on_message(self, message: str | bytes) -> None: ...
+    def on_close(self, code: int, reason: str) -> None: ...
+    def on_drain(self) -> None: ...
+
+
+_RELEASED: Any = _Released()
+
+
 class WebSocketConnection(asyncio.Protocol):
     """One open WebSocket."""
 
@@ -398,6 +410,13 @@ class WebSocketConnection(asyncio.Protocol):
             self._inbox.append(_CLOSED)
             return
         self._call(self._app.on_close, self.close_code, self.close_reason)
+        if self._pump is None:
+            self._release()
+
+    def _release(self) -> None:
+        """The handler has seen the close: let go of it, so that the connection, the handler
+        and its request (which point at each other) are freed at once, not by the cyclic GC."""
+        self._app = _RELEASED
 
     def _call(self, method: Any, *args: Any) -> None:
         try:
@@ -443,3 +462,5 @@ class WebSocketConnection(asyncio.Protocol):
             if self._inbox and self._inbox[-1] is _CLOSED:
                 self._inbox.clear()
                 self._call(app.on_close, self.close_code, self.close_reason)
+            if self.status == CLOSED and self._pump is None and not self._inbox:
+                self._release()
