@@ -44,6 +44,7 @@ from rtserve.realtime.protocol import (
     is_strict_json,
     publication_json,
 )
+from rtserve.realtime.publish_api import refuse_when_shutting_down
 from rtserve.realtime.rules import ChannelRule
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ async def client_publish_endpoint(request: Request) -> Response:
         who = ("user", client.user) if client.user is not None else ("address", request.client)
         take_rate(hub, http_buckets(hub), (rule, who), rule)
         take_address_rate(hub, request.client)
+        refuse_when_shutting_down(request)
         context = ChannelContext(channel, params, client, claims, request)
         position = await hub.client_publish(rule, context, data, key)
         return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)

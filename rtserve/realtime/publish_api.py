@@ -46,6 +46,13 @@ def _authorise(hub: Hub, request: Request) -> None:
         raise ChannelError(ErrorCode.UNAUTHORIZED, "wrong api key")
 
 
+def refuse_when_shutting_down(request: Request) -> None:
+    """ChannelError 108 once the server serving `request` shuts down: its WebSockets are
+    closing, so a publication accepted now could reach none of them."""
+    if request.exchange.conn.state.shutting_down:
+        raise ChannelError(ErrorCode.NOT_AVAILABLE, "the server is shutting down")
+
+
 async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str, Any]:
     if not isinstance(item, dict) or "data" not in item:
         raise ChannelError(ErrorCode.BAD_REQUEST, "a publication is {channel, data}")
@@ -73,6 +80,7 @@ async def publish_endpoint(request: Request) -> JSONResponse:
     try:
         _authorise(hub, request)
         body = await _body(request)
+        refuse_when_shutting_down(request)
         return JSONResponse(await _publish_one(hub, body, request.headers.get("idempotency-key")))
     except ChannelError as exc:
         return _error(exc)
@@ -83,6 +91,7 @@ async def publish_batch_endpoint(request: Request) -> JSONResponse:
     try:
         _authorise(hub, request)
         body = await _body(request)
+        refuse_when_shutting_down(request)
         items = body.get("publications") if isinstance(body, dict) else None
         if not isinstance(items, list) or len(items) > MAX_BATCH:
             raise ChannelError(
