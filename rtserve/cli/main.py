@@ -87,7 +87,7 @@ def _workers(target: str | None, project: str | None, options: dict[str, Any]) -
         return int(options["workers"])
     if project is None:
         return 1
-    from rtserve.cli.reload import light_config
+    from rtserve.cli.listening import light_config
 
     try:
         return int(light_config(project).server.workers)

@@ -1,22 +1,27 @@
-"""`rtserve run` with reload: a supervisor that never leaves you stranded.
+"""`rtserve run` with reload or several workers: a supervisor that never leaves you stranded.
 
 The supervisor (the `rtserve run` process) binds the listening socket(s) once and serves
-through a worker subprocess that inherits them, so the port never goes away. It watches the
-project folder (.py, .yaml/.yml, .env and the files of static routes). On a change it starts
-a NEW worker on the same sockets; only when that one has loaded the project and is accepting
-does the old one get SIGTERM. A new worker that fails first (a config error, a SyntaxError or
-ImportError in a handler module, ...) is reported in a few lines and the old one keeps serving
-until a later save fixes things. A worker that exits on its own is started again, with a
-short, bounded backoff.
+through worker subprocesses that inherit them (with several workers on Linux, each listens on
+its own SO_REUSEPORT socket on the same port instead: see listening.py), so the port never
+goes away. With `--workers N` there are N slots, each with one current worker; the rest of
+this describes one slot, and a reload (a change, or SIGHUP) replaces the slots one by one.
+With reload on it watches the project folder (.py, .yaml/.yml, .env and the files of static
+routes). On a change it starts a NEW worker on the same sockets; only when that one has
+loaded the project and is accepting does the old one get SIGTERM. A new worker that fails
+first (a config error, a SyntaxError or ImportError in a handler module, ...) is reported in
+a few lines and the old one keeps serving until a later save fixes things. A worker that
+exits on its own is started again, with a short, bounded backoff.
 
 How they talk:
 
-- the worker is `python -m rtserve.cli.reload_worker`, with a JSON spec in the environment variable
-  RTSERVE_RELOAD_WORKER: the target, `run`'s options, the inherited listening descriptors
-  (`fds`), the write end of a pipe (`ready_fd`), the read end of the lifeline (`lifeline_fd`)
-  and the reload grace;
+- the worker is `python -m rtserve.cli.reload_worker`, with a JSON spec in the environment
+  variable RTSERVE_RELOAD_WORKER: the target, `run`'s options, the inherited listening
+  descriptors (`fds`) or the addresses to listen on again (`listen_again`), its slot and the
+  number of workers, the write end of a pipe (`ready_fd`), the read end of the lifeline
+  (`lifeline_fd`) and the reload grace;
 - on `ready_fd` the worker writes `ready` once it accepts connections, or `error <json list
-  of lines>` (the compact error) and exits 2;
+  of lines>` (the compact error) and exits 2, or `fatal <json list>` when no worker could
+  serve (the broker is unreachable): the supervisor then stops, with status 2;
 - SIGTERM retires a worker: it stops accepting, closes WebSockets with 1012 (service
   restart) and gives in-flight requests `grace` seconds. SIGINT stops it for good: 1001 and
   the project's `timeouts.graceful` (a second SIGINT closes everything at once). The end of
@@ -46,6 +51,7 @@ from typing import Any
 import click
 
 from rtserve import __version__
+from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
 from rtserve.cli.reload_errors import plain_error
 from rtserve.server.settings import ServerSettings
 
@@ -231,7 +237,7 @@ class Supervisor:
             return 2
         self.slots = [Slot(i) for i in range(count)]
         self.filter.static = static
-        self.listen_key = _listen_key(self.settings)
+        self.listen_key = listen_key(self.settings)
         # Several workers on TCP: each listens on its own SO_REUSEPORT socket, so the kernel
         # balances connections (one shared socket goes mostly to whichever wakes first).
         self.reuse_port = (
@@ -352,7 +358,7 @@ class Supervisor:
         except Exception:
             return  # the new worker reports it
         self.filter.static = static
-        if _listen_key(settings) != self.listen_key or settings.workers != len(self.slots):
+        if listen_key(settings) != self.listen_key or settings.workers != len(self.slots):
             click.echo(
                 "note: where to listen or how many workers changed; it applies when `rtserve "
                 f"run` starts again (still serving {', '.join(self._urls())})",
@@ -627,152 +633,6 @@ class Supervisor:
         if self.admin is not None and self.admin.addresses:
             admin = f"; stats summed on {', '.join(self.admin.addresses)}"
         return f"{len(self.slots)} workers; SIGHUP reloads them one by one{admin}"
-
-
-def light_config(project: str) -> Any:
-    """The project's YAML with `server` and `admin` read into their settings and every other
-    section as plain data: without importing any of its Python (ConfigErrors when wrong)."""
-    from rtserve.config.loader import load_file
-    from rtserve.config.project import AdminConfig, ProjectConfig, find_config
-
-    config_file = find_config(project)
-    try:
-        shown = config_file.resolve().relative_to(Path.cwd())
-    except ValueError:
-        shown = config_file
-    typed = {"server": ServerSettings, "admin": AdminConfig}
-    schema = dataclasses.make_dataclass(
-        "LightConfig",
-        [
-            (f.name, typed[f.name], field(default_factory=typed[f.name]))
-            if f.name in typed
-            else (f.name, Any, field(default=None))
-            for f in dataclasses.fields(ProjectConfig)
-        ],
-    )
-    return load_file(shown, schema)
-
-
-def listen_settings(
-    project: str, options: Mapping[str, Any]
-) -> tuple[ServerSettings, list[Path], bool]:
-    """The project's `server` settings with `run`'s options applied, its static paths, and
-    whether its broker is shared between processes (not `memory`)."""
-    from rtserve.broker.url import is_shared
-    from rtserve.cli.options import apply_options
-    from rtserve.config.project import find_config
-
-    folder = find_config(project).resolve().parent
-    light = light_config(project)
-    static = []
-    for route in light.routes or ():
-        if isinstance(route, dict) and isinstance(route.get("static"), str):
-            static.append((folder / route["static"]).resolve())
-    shared = is_shared(light.broker)
-    return apply_options(light.server, options), static, shared
-
-
-def admin_config(project: str | None, target: str | None, folder: Path) -> Any:
-    """The admin settings (socket as an absolute path) of the project or app, or None when
-    it has no admin interface."""
-    from rtserve.config.project import AdminConfig
-
-    if project is not None:
-        config = light_config(project).admin
-        if not config.enabled:
-            return None
-        socket_path = None if config.socket is None else str(folder / config.socket)
-        return dataclasses.replace(config, socket=socket_path)
-    from rtserve.cli.loader import load_app
-
-    assert target is not None
-    admin = load_app(target).admin
-    if admin is None:
-        return None
-    socket_path = None if admin.socket_path is None else str(admin.socket_path)
-    return AdminConfig(
-        socket=socket_path, listen=admin.listen, token=admin.token, metrics=admin.metrics
-    )
-
-
-def listen_again(addresses: list[list[Any]], backlog: int) -> list[socket.socket]:
-    """A worker's own listening sockets on the supervisor's addresses ([family, sockaddr]
-    pairs), joined to the port with SO_REUSEPORT: the kernel spreads new connections over
-    the workers evenly."""
-    socks: list[socket.socket] = []
-    try:
-        for family, address in addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(tuple(address))
-            sock.listen(backlog)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
-
-
-def worker_socket(folder: Path, index: int) -> Path:
-    """Where worker `index` serves its own admin interface when there are several."""
-    return folder / ".rtserve" / "workers" / f"{index}.sock"
-
-
-def _listen_key(settings: ServerSettings) -> tuple[Any, ...]:
-    return (tuple(settings.hosts), settings.port, settings.unix_socket, settings.tls.enabled)
-
-
-def bind(settings: ServerSettings, *, listen: bool = True) -> list[socket.socket]:
-    """Listening sockets as the settings say (as `Server.start` would bind them); with
-    `listen=False` bound only, holding the address for processes that bind it again with
-    SO_REUSEPORT (`settings.reuse_port`)."""
-    from rtserve.server.listener import _is_stale_socket
-
-    if settings.unix_socket:
-        path = settings.unix_socket
-        if os.path.exists(path) and _is_stale_socket(path):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            sock.listen(settings.backlog)
-        except OSError:
-            sock.close()
-            raise
-        return [sock]
-    socks: list[socket.socket] = []
-    port = settings.port
-    seen = set()
-    try:
-        for host in settings.hosts:
-            infos = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            for family, kind, proto, _, address in infos:
-                if (family, address[:2]) in seen:
-                    continue
-                seen.add((family, address[:2]))
-                sock = socket.socket(family, kind, proto)
-                socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if settings.reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and len(socks) > 1:  # one free port for every address
-                    address = (address[0], socks[0].getsockname()[1], *address[2:])
-                sock.bind(address)
-                if listen:
-                    sock.listen(settings.backlog)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
 
 
 class ProjectFilter:

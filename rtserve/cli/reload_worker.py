@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rtserve.broker.base import BrokerError
-from rtserve.cli.reload import SPEC_ENV, listen_again, worker_socket
+from rtserve.cli.listening import listen_again, worker_socket
+from rtserve.cli.reload import SPEC_ENV
 from rtserve.cli.reload_errors import compact_exception, compact_issues
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError

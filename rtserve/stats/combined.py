@@ -145,7 +145,7 @@ class CombinedAdmin(AdminServer):
             token=config.token,
             metrics=config.metrics,
         )
-        from rtserve.cli.reload import worker_socket
+        from rtserve.cli.listening import worker_socket
 
         self.worker_sockets = [worker_socket(folder, i) for i in range(count)]
         self.pids: dict[int, int] = {}
