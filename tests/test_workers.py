@@ -165,3 +165,15 @@ def test_an_unreachable_redis_stops_the_start_with_status_2(
     run = workers_project("--workers", workers, broker=f"redis://127.0.0.1:{port}/0")
     assert run.proc.wait(20) == 2
     assert "cannot start:" in run.output and f"127.0.0.1:{port}" in run.output
+
+
+def test_an_app_without_channels_needs_no_shared_broker(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "plain")  # routes only: no channel rules, no app:
+    run = Run(folder, free_port(), "--no-reload", "--workers", "2")
+    try:
+        run.wait_for(r"worker \d \(pid \d+\) ready in", count=2, timeout=20)
+        assert answer(run.port) == "v1"
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(TIMEOUT) == 0
+    finally:
+        run.stop()

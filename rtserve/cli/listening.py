@@ -43,7 +43,8 @@ def listen_settings(
     project: str, options: Mapping[str, Any]
 ) -> tuple[ServerSettings, list[Path], bool]:
     """The project's `server` settings with `run`'s options applied, its static paths, and
-    whether its broker is shared between processes (not `memory`)."""
+    whether several workers may serve it (a broker shared between processes, or no
+    channels)."""
     from rtserve.broker.url import is_shared
     from rtserve.cli.options import apply_options
     from rtserve.config.project import find_config
@@ -54,7 +55,11 @@ def listen_settings(
     for route in light.routes or ():
         if isinstance(route, dict) and isinstance(route.get("static"), str):
             static.append((folder / route["static"]).resolve())
-    shared = is_shared(light.broker)
+    # Workers may serve it when they share the broker, or when it has no channels at all (no
+    # rules in the YAML and no `app:` that could add some in Python).
+    channels = light.channels if isinstance(light.channels, dict) else {}
+    no_channels = not channels.get("rules") and light.app is None
+    shared = is_shared(light.broker) or no_channels
     return apply_options(light.server, options), static, shared
 
 

@@ -229,9 +229,14 @@ class Supervisor:
         count = self.settings.workers
         if count > 1 and not shared:
             click.echo(
-                f"error: {count} workers need a broker they share, and the memory broker lives "
-                "in one process: set `broker: redis://127.0.0.1:6379/0` in rtserve.yaml (or "
-                "run one worker)",
+                f"error: {count} workers need a broker they share for their channels, and the "
+                "memory broker lives in one process: "
+                + (
+                    "set `broker: redis://127.0.0.1:6379/0` in rtserve.yaml"
+                    if self.project is not None
+                    else 'give the App `broker=RedisBroker("redis://127.0.0.1:6379/0")`'
+                )
+                + " (or run one worker)",
                 err=True,
             )
             return 2
@@ -366,7 +371,8 @@ class Supervisor:
             )
 
     def _listen_settings(self) -> tuple[ServerSettings, list[Path], bool]:
-        """The server settings, static paths, and whether the broker is shared by processes."""
+        """The server settings, static paths, and whether several workers may serve it (a
+        broker shared by processes, or no channels to share)."""
         from rtserve.cli.options import apply_options
 
         if self.project is None:
@@ -375,7 +381,8 @@ class Supervisor:
 
             assert self.target is not None
             app = load_app(self.target)
-            shared = not isinstance(app.hub.broker, MemoryBroker)
+            # An app without channel rules has nothing for workers to share.
+            shared = not isinstance(app.hub.broker, MemoryBroker) or not list(app.hub.rules)
             return apply_options(app.settings, self.options), [], shared
         return listen_settings(self.project, self.options)
 
