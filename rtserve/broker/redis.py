@@ -83,6 +83,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from rtserve.broker import redis_scripts as scripts
 from rtserve.broker.base import (
     NO_OPTIONS,
     Broker,
@@ -99,167 +100,6 @@ from rtserve.broker.base import (
 __all__ = ["RedisBroker", "RedisBrokerStats"]
 
 log = logging.getLogger("rtserve.broker")
-
-# Lua helpers shared by the scripts: Redis time in ms.
-_NOW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-# KEYS: meta, stream, idempotency key (the meta key when there is none).
-# ARGV: payload, new epoch, history_size, history_ttl ms, meta_ttl ms, idempotency ttl ms
-#       (0: no key), pub/sub name.
-# Returns {offset, epoch, 1 when published / 0 when an earlier position was returned}.
-_PUBLISH = (
-    _NOW
-    + """
-local idem_ttl = tonumber(ARGV[6])
-if idem_ttl > 0 then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then
-    local o, e = string.match(seen, '^(%d+):(.*)$')
-    return {tonumber(o), e, 0}
-  end
-end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local size = tonumber(ARGV[3])
-local meta_ttl = tonumber(ARGV[5])
-if size > 0 then
-  local id = string.format('%d-0', offset)
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, id, 'p', ARGV[1], 't', now_ms())
-  redis.call('HSET', KEYS[1], 'ttl', ARGV[4])
-  local ttl = tonumber(ARGV[4])
-  if ttl <= 0 or ttl > meta_ttl then ttl = meta_ttl end
-  redis.call('PEXPIRE', KEYS[2], ttl)
-else
-  redis.call('DEL', KEYS[2])
-end
-redis.call('PEXPIRE', KEYS[1], meta_ttl)
-if idem_ttl > 0 then
-  redis.call('SET', KEYS[3], string.format('%d:', offset) .. epoch, 'PX', idem_ttl)
-end
-redis.call('PUBLISH', ARGV[7],
-  '{"o":' .. string.format('%d', offset) .. ',"e":"' .. epoch .. '","p":' .. ARGV[1] .. '}')
-return {offset, epoch, 1}
-"""
-)
-
-# KEYS: meta, stream. ARGV: since (-1: all), limit (-1: no limit), new epoch, meta_ttl ms,
-# 1 to drop publications older than the history TTL.
-# Returns {epoch, offset, offset1, payload1, offset2, payload2, ...}. A channel without meta
-# gets its epoch now (atomically, so every node agrees on it).
-_HISTORY = (
-    _NOW
-    + """
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'ttl')
-local epoch = m[1]
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {epoch, 0}
-end
-local out = {epoch, tonumber(m[2])}
-local limit = tonumber(ARGV[2])
-if limit == 0 then return out end
-local cutoff = nil
-local ttl = tonumber(m[3] or '0')
-if ARGV[5] == '1' and ttl > 0 then cutoff = now_ms() - ttl end
-local since = tonumber(ARGV[1])
-local start = '-'
-if since >= 0 then start = string.format('%d-0', since + 1) end
-local found = 0
-while true do
-  local want = 500
-  if limit > 0 then want = limit - found end
-  local batch = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', want)
-  for _, entry in ipairs(batch) do
-    local f = entry[2]
-    if cutoff == nil or tonumber(f[4]) > cutoff then
-      out[#out + 1] = tonumber(string.match(entry[1], '^(%d+)'))
-      out[#out + 1] = f[2]
-      found = found + 1
-    end
-  end
-  if #batch < want or (limit > 0 and found >= limit) then break end
-  start = string.format('%d-0', tonumber(string.match(batch[#batch][1], '^(%d+)')) + 1)
-end
-return out
-"""
-)
-
-_PRUNE = (
-    _NOW
-    + """
-local function prune()
-  local now = now_ms()
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-  for i = 1, #dead, 500 do
-    redis.call('HDEL', KEYS[1], unpack(dead, i, math.min(i + 499, #dead)))
-  end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-end
-"""
-)
-
-# KEYS: pres, pres:exp. ARGV: client, info JSON, ttl ms.
-_PRESENCE_ADD = (
-    _NOW
-    + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-local at = math.floor(tonumber(last[2]))
-redis.call('PEXPIREAT', KEYS[1], at)
-redis.call('PEXPIREAT', KEYS[2], at)
-return 1
-"""
-)
-
-# KEYS: pres, pres:exp. ARGV: client.
-_PRESENCE_REMOVE = """
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: pres, pres:exp. Returns HGETALL after dropping expired members.
-_PRESENCE = (
-    _PRUNE
-    + """
-prune()
-return redis.call('HGETALL', KEYS[1])
-"""
-)
-
-# KEYS: pres, pres:exp. Returns {clients, distinct users}.
-_PRESENCE_STATS = (
-    _PRUNE
-    + """
-prune()
-local values = redis.call('HVALS', KEYS[1])
-local users, count = {}, 0
-for _, value in ipairs(values) do
-  local ok, info = pcall(cjson.decode, value)
-  if ok and type(info) == 'table' and type(info['user']) == 'string' then
-    if not users[info['user']] then
-      users[info['user']] = true
-      count = count + 1
-    end
-  end
-end
-return {#values, count}
-"""
-)
 
 
 @dataclass(slots=True)
@@ -465,12 +305,12 @@ class RedisBroker(Broker):
                 f"cannot reach Redis at {where}: {str(exc) or type(exc).__name__}"
             ) from None
         self._client, self._sub_pool, self._conn = client, sub_pool, conn
-        self._publish = client.register_script(_PUBLISH)
-        self._history = client.register_script(_HISTORY)
-        self._presence_add = client.register_script(_PRESENCE_ADD)
-        self._presence_remove = client.register_script(_PRESENCE_REMOVE)
-        self._presence = client.register_script(_PRESENCE)
-        self._presence_stats = client.register_script(_PRESENCE_STATS)
+        self._publish = client.register_script(scripts.PUBLISH)
+        self._history = client.register_script(scripts.HISTORY)
+        self._presence_add = client.register_script(scripts.PRESENCE_ADD)
+        self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
+        self._presence = client.register_script(scripts.PRESENCE)
+        self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
         self._events = events
         self._ready = True
         loop = asyncio.get_running_loop()
