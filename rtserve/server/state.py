@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rtserve.server")
 access_log = logging.getLogger("rtserve.access")
+
+# Secrets that ride in query strings (channel tokens on /rt/sse and /rt/poll, the admin page's
+# ?token=): the access log shows the parameter, not its value.
+SECRET_PARAMETER = re.compile(r"([?&](?:token|access_token|api_key)=)[^&#]*")
 
 
 class Application(Protocol):
@@ -249,7 +254,7 @@ class ServerState:
             '%s - "%s %s HTTP/%s" %s %dB %.1fms',
             client,
             head.method,
-            head.target.decode("latin-1"),
+            loggable_target(head.target),
             head.version,
             exchange.status or "-",  # "-": the connection ended before any answer
             exchange.response_bytes,
@@ -283,3 +288,11 @@ class ServerState:
         self.stop_ticker()
         if self._file_executor is not None:
             self._file_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def loggable_target(target: bytes) -> str:
+    """The request target for the access log, with the values of secret parameters hidden."""
+    text = target.decode("latin-1")
+    if "token=" in text or "api_key=" in text:
+        return SECRET_PARAMETER.sub(r"\1[redacted]", text)
+    return text
