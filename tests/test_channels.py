@@ -631,6 +631,18 @@ def test_server_publish_errors() -> None:
         with pytest.raises(ChannelError) as info:
             await app.publish("nope", 1)
         assert info.value.code == ErrorCode.UNKNOWN_CHANNEL
+        # Data that cannot be sent is refused where it is made, and nothing is published.
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        cyclic: list[Any] = []
+        cyclic.append(cyclic)
+        for bad in ({"v": float("nan")}, {"when": object()}, [float("inf")], cyclic):
+            with pytest.raises(ChannelError) as info:
+                await app.publish("news", bad)
+            assert info.value.code == ErrorCode.BAD_REQUEST
+            assert "data is not JSON" in str(info.value)
+        assert (await app.publish("news", "fine")).offset == 1
+        assert (await peer.next_push("pub"))["data"] == "fine"
 
     run(app, scenario)
     with pytest.raises(RuntimeError):

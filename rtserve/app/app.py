@@ -33,6 +33,7 @@ from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
 from rtserve.realtime.hub import Hub
+from rtserve.realtime.protocol import check_publishable
 from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.exchange import Exchange
@@ -269,8 +270,10 @@ class App:
     ) -> StreamPosition:
         """Publish `data` (any JSON value) to `channel` from server code; returns its position.
 
-        Raises ChannelError for a channel without a rule or when the broker fails.
+        Raises ChannelError: 107 for data that is not JSON (NaN included), 102 for a channel
+        without a rule, 115 when the broker fails.
         """
+        check_publishable(data)
         return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
 
     def publish_threadsafe(

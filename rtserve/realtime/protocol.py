@@ -210,6 +210,19 @@ def is_strict_json(value: Any) -> bool:
     return True
 
 
+_STRICT = json.JSONEncoder(allow_nan=False)
+
+
+def check_publishable(data: Any) -> None:
+    """ChannelError 107 unless `data` encodes as strict JSON: server code may hand `publish`
+    any Python value, and one that cannot be sent (an object, NaN, a cycle) must be refused
+    where it is made, not fail later in every delivery and every recovery from history."""
+    try:
+        _STRICT.encode(data)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ChannelError(ErrorCode.BAD_REQUEST, f"data is not JSON: {error}") from None
+
+
 def _no_constant(name: str) -> Any:
     """NaN and Infinity are not JSON: a publication carrying one would break every
     subscriber's JSON.parse."""
