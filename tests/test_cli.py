@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +52,26 @@ def test_run_bad_target_exits_2(target: str, message: str) -> None:
     )
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_run_on_a_port_in_use_says_so_in_one_line(workers: str) -> None:
+    """In one process and under the supervisor alike: exit 1, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = [sys.executable, "-m", "rtserve", "run", "tests.apps.slow:app"]
+        proc = subprocess.run(
+            [*command, "--port", port, "--workers", workers, "--no-reload"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 class Served:

@@ -126,9 +126,9 @@ DOCS: dict[str, CommandDoc] = {
             ("0", "stopped by SIGINT or SIGTERM"),
             (
                 "1",
-                "the address cannot be bound (in one process this is an uncaught `OSError` "
-                "with its traceback); under the supervisor without reload, every worker "
-                "kept exiting and was given up on",
+                "the address cannot be bound (`cannot listen on 127.0.0.1 port 8000: "
+                "Address already in use`); under the supervisor without reload, every "
+                "worker kept exiting and was given up on",
             ),
             (
                 "2",

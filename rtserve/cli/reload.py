@@ -53,6 +53,7 @@ import click
 from rtserve import __version__
 from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
 from rtserve.cli.reload_errors import plain_error
+from rtserve.server.listener import listen_failure
 from rtserve.server.settings import ServerSettings
 
 log = logging.getLogger("rtserve.server")
@@ -258,8 +259,7 @@ class Supervisor:
             else:
                 self.sockets = bind(self.settings)
         except OSError as exc:
-            where = self.settings.unix_socket or f"{self.settings.hosts} port {self.settings.port}"
-            click.echo(f"error: cannot listen on {where}: {exc.strerror or exc}", err=True)
+            click.echo(f"error: {listen_failure(self.settings, exc)}", err=True)
             return 1
         self.lifeline_r, self.lifeline_w = os.pipe()
         if self.many:

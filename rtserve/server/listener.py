@@ -29,6 +29,17 @@ def make_ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
     return context
 
 
+class CannotListen(Exception):
+    """The server's address cannot be bound (in use, not permitted, no such address)."""
+
+
+def listen_failure(settings: ServerSettings, error: OSError) -> str:
+    """One line saying which address could not be bound and why."""
+    where = settings.unix_socket or f"{', '.join(settings.hosts)} port {settings.port}"
+    why = os.strerror(error.errno) if error.errno else str(error)
+    return f"cannot listen on {where}: {why}"
+
+
 def new_connection(state: ServerState) -> asyncio.Protocol:
     """The protocol of a new connection: an HTTPConnection, or a BusyConnection (503) when
     `max_connections` are open already. Beyond as many refusals again in flight, the new
@@ -210,14 +221,17 @@ def serve(app: Application, settings: ServerSettings, *, use_uvloop: bool = True
         startup = getattr(app, "startup", None)
         if startup is not None:
             await startup()
-        await server.start()
-        # Everything built so far lives as long as the server: keep it out of the cyclic GC's
-        # generations so tens of thousands of connections do not make collections slow.
-        gc.collect()
-        gc.freeze()
-        for address in server.addresses:
-            log.info("listening on %s", address)
         try:
+            try:
+                await server.start()
+            except OSError as exc:
+                raise CannotListen(listen_failure(settings, exc)) from None
+            # Everything built so far lives as long as the server: keep it out of the cyclic
+            # GC's generations so tens of thousands of connections do not make collections slow.
+            gc.collect()
+            gc.freeze()
+            for address in server.addresses:
+                log.info("listening on %s", address)
             await server.serve_until_signalled()
         finally:
             shutdown_hook = getattr(app, "shutdown", None)
@@ -232,3 +246,6 @@ def serve(app: Application, settings: ServerSettings, *, use_uvloop: bool = True
         except BrokerError as exc:  # the broker is unreachable at start: nothing to serve
             log.error("cannot start: %s", exc)
             sys.exit(2)
+        except CannotListen as exc:
+            log.error("%s", exc)
+            sys.exit(1)
