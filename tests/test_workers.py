@@ -177,3 +177,17 @@ def test_an_app_without_channels_needs_no_shared_broker(tmp_path: Path) -> None:
         assert run.proc.wait(TIMEOUT) == 0
     finally:
         run.stop()
+
+
+def test_workers_that_cannot_load_the_project_without_reload_exit_2(tmp_path: Path) -> None:
+    """With reload off nothing would ever retry: the errors are printed and the run ends."""
+    folder = make_project(tmp_path / "broken")
+    with open(folder / "app.py", "a") as app:
+        app.write("\nimport no_such_module_of_the_test\n")
+    run = Run(folder, free_port(), "--no-reload", "--workers", "2")
+    try:
+        assert run.proc.wait(20) == 2
+        assert "No module named 'no_such_module_of_the_test'" in run.output
+        assert "waiting for a change" not in run.output
+    finally:
+        run.stop()

@@ -137,8 +137,9 @@ DOCS: dict[str, CommandDoc] = {
                 "Under the supervisor: the project's `server` settings cannot be read "
                 "(with reload it waits for a change instead), no worker serves and one "
                 "reports the broker unreachable, or several workers with the memory "
-                "broker; a worker that fails to load the project is reported and the "
-                "supervisor waits for a change (with reload off, for SIGHUP). A usage "
+                "broker, or (reload off) no worker serves and one cannot load the "
+                "project; with reload on, a worker that fails to load the project is "
+                "reported and the supervisor waits for a change. A usage "
                 "error (`--tls-key` without "
                 "`--tls-cert`, `--fd` with reload or workers, `--workers 0`, "
                 "`--reload-grace -1`, no `rtserve.yaml` here)",

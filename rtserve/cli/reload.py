@@ -512,8 +512,10 @@ class Supervisor:
         if reload is None or reload.worker is not worker:
             return
         del self.pending[worker.slot]
-        if fatal and not any(slot.current for slot in self.slots):
-            for line in lines:  # nothing serves, and no change to the code would help
+        if (fatal or not self.watch) and not any(slot.current for slot in self.slots):
+            # Nothing serves, and no change to the code would help (fatal), or none is
+            # watched for (reload off): waiting would only hang.
+            for line in lines:
                 click.echo(f"error: {line}", err=True)
             self.status = 2
             self._signalled()
