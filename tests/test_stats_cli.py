@@ -169,6 +169,22 @@ def test_socket_from_the_config(tmp_path: Path) -> None:
     (tmp_path / "rtserve.yaml").write_text("admin:\n  enabled: false\n")
     off = invoke(str(tmp_path), "--once")
     assert off.exit_code == 1 and "off" in off.output
+    (tmp_path / "rtserve.yaml").write_text("admin:\n  enabled: [not, a, bool]\n")
+    bad = invoke(str(tmp_path), "--once")
+    assert bad.exit_code == 1 and "rtserve.yaml:2:12: admin.enabled" in bad.output
+
+
+def test_the_admin_address_and_token_may_come_from_dot_env(running: Running) -> None:
+    """As `rtserve run` reads them: the environment first, then .env beside rtserve.yaml."""
+    (running.project / "rtserve.yaml").write_text(
+        "admin:\n  socket: null\n  listen: ${ADMIN_LISTEN}\n  token: ${ADMIN_TOKEN}\n"
+    )
+    (running.project / ".env").write_text(
+        f"ADMIN_LISTEN=127.0.0.1:{running.admin.port}\nADMIN_TOKEN={TOKEN}\n"
+    )
+    result = invoke(str(running.project), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["open"]["channel"] == 2
 
 
 # --- figures computed by the CLI, without a server ------------------------------------------

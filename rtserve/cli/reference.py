@@ -187,9 +187,10 @@ DOCS: dict[str, CommandDoc] = {
     ),
     "stats": CommandDoc(
         about=(
-            "Without `--url` it reads `admin.socket` from the project's YAML file (without "
-            "importing the project; `${VAR}` values come from the environment only, not from "
-            "`.env`) and connects to that unix socket (`.rtserve/admin.sock` by default); "
+            "Without `--url` it reads the `admin` section of the project's YAML file as "
+            "`rtserve run` does (`${VAR}` from the environment, then `.env`), without "
+            "importing the project, and connects to `admin.socket` (`.rtserve/admin.sock` by "
+            "default); "
             "with `socket: null` it uses the file's `admin.listen` and `admin.token`. "
             "`--url` (with `--token`) reaches any admin interface over HTTP. When stdout is "
             "not a terminal, the default is NDJSON (as `--json --watch`). The dashboard's "
@@ -319,8 +320,8 @@ ENVIRONMENT = """\
 The options in the table read these variables when they are not given. The CLI also reads:
 
 - **`${VAR}` and `${VAR:-default}` in `rtserve.yaml`** are looked up in the environment, then
-  in a `.env` file beside it, by `run`, `check` and `routes` (and by `stats`, which reads
-  `admin.socket`, `admin.listen` and `admin.token` from the environment only); see
+  in a `.env` file beside it, by `run`, `check`, `routes` and `stats` (which reads only the
+  `server` and `admin` sections); see
   [configuration.md](configuration.md).
 - **`RTSERVE_RELOAD_WORKER`** is internal: the supervisor of `rtserve run` hands each worker
   process its spec in it. Do not set it.

@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from rtserve.histogram import quantile
 
 ADMIN_PREFIX = "/rt/admin"
-DEFAULT_SOCKET = ".rtserve/admin.sock"
 CONFIG_NAME = "rtserve.yaml"
 TOP = 10
 TIMEOUT = 5.0
@@ -179,48 +177,30 @@ class AdminClient:
 
 def find_socket(path: str | None) -> tuple[Path | None, str | None, str | None]:
     """The admin socket of the project at `path` (a folder or its rtserve.yaml; default: here),
-    read from its rtserve.yaml without importing the project; else its `listen` address and
-    `token` when it has no socket. (socket, listen, token)."""
+    read from its rtserve.yaml as `rtserve run` reads it (`${VAR}`s from the environment and
+    `.env`) without importing the project; else its `listen` address and `token` when it has
+    no socket. (socket, listen, token)."""
+    from rtserve.cli.listening import light_config
+    from rtserve.config.project import AdminConfig
+    from rtserve.errors import ConfigError
+
     candidate = Path(path) if path is not None else Path.cwd()
-    config = candidate / CONFIG_NAME if candidate.is_dir() else candidate
-    folder = config.absolute().parent
     if path is not None and not candidate.exists():
         raise StatsError(f"no project at {path}")
-    section: Any = {}
+    config = candidate / CONFIG_NAME if candidate.is_dir() else candidate
+    admin = AdminConfig()
     if config.is_file():
         try:
-            data = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise StatsError(f"cannot read {config}: {exc}") from None
-        section = data.get("admin") if isinstance(data, dict) else None
-        if not isinstance(section, dict):
-            section = {}
-    if _resolve(section.get("enabled", True)) in (False, "false", "no", "off"):
+            admin = light_config(str(config)).admin
+        except ConfigError as exc:
+            raise StatsError(str(exc)) from None
+    if not admin.enabled:
         raise StatsError(f"the admin interface is off in {config} (admin: enabled: false)")
-    sock = _resolve(section.get("socket", DEFAULT_SOCKET))
-    listen = _resolve(section.get("listen"))
-    token = _resolve(section.get("token"))
-    listen = listen if isinstance(listen, str) and listen else None
-    token = token if isinstance(token, str) and token else None
-    if sock is None or sock == "":
-        if listen is None:
+    if not admin.socket:
+        if not admin.listen:
             raise StatsError(f"{config} sets no admin socket and no listen address: use --url")
-        return None, listen, token
-    return folder / str(sock), listen, token
-
-
-def _resolve(value: Any) -> Any:
-    """A config value with `${VAR}` / `${VAR:-default}` looked up in the environment (None
-    when a variable is unset)."""
-    if not isinstance(value, str) or "${" not in value:
-        return value
-    from rtserve.config.env import substitute
-
-    try:
-        text = substitute(value, os.environ)
-    except ValueError:
-        return None
-    return yaml.safe_load(text) if text else None
+        return None, admin.listen, admin.token
+    return config.absolute().parent / admin.socket, admin.listen, admin.token
 
 
 # --- rates and figures -----------------------------------------------------------------------
