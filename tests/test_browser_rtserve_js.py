@@ -221,3 +221,22 @@ def test_transport_switches_keep_the_offsets(page: Page, server: ThreadedServer,
         )
     assert offsets(page) == list(range(1, n + 1))
     assert page.locator("#unrecovered").text_content() == "0"
+
+
+def test_close_then_connect_starts_afresh(page: Page, server: ThreadedServer, app: App) -> None:
+    """close() twice is one `closed`; connect() after it goes back to the first transport
+    (here the WebSocket, unblocked meanwhile) and resumes the subscription's offsets."""
+    channel = "feed:reopen"
+    page.add_init_script("window.RealWebSocket = window.WebSocket;")
+    open_page(page, server, channel, "sse")
+    assert publish(app, channel, 1) == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    page.evaluate("rt.close(); rt.close();")
+    states = page.locator("#states li").all_text_contents()
+    assert [s for s in states if s.startswith("closed")] == ["closed null"]
+    assert publish(app, channel, 2) == 2  # while closed: recovered on the way back
+    page.evaluate("window.WebSocket = window.RealWebSocket; rt.connect();")
+    expect(page.locator("#transport")).to_have_text("websocket", timeout=TIMEOUT_MS)
+    expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+    assert publish(app, channel, 3) == 3
+    expect(page.locator("#offsets")).to_have_text("1 2 3", timeout=TIMEOUT_MS)

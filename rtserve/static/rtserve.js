@@ -1,5 +1,5 @@
 // rtserve.js: the browser client of rtserve channels. One file, no dependencies, no build
-// step (plain ES2017+). Every rtserve app with channels serves it at /rtserve.js; to bundle
+// step (plain ES2020). Every rtserve app with channels serves it at /rtserve.js; to bundle
 // it, copy this file (it sets `window.Rtserve`, and `module.exports` where there is one).
 //
 //   const rt = new Rtserve({ token: "..." });          // every option is optional
@@ -471,6 +471,10 @@
 
     connect() {
       if (this.started && !this.closed) return this;
+      if (this.closed) {
+        // Again after close() (or a final close code): from the first transport, afresh.
+        Object.assign(this, { which: 0, failures: 0, attempt: 0, refusal: null });
+      }
       this.started = true;
       this.closed = false;
       this._open();
@@ -503,6 +507,7 @@
     }
 
     close() {
+      if (this.closed && this.state === "closed") return;
       this.closed = true;
       clearTimeout(this.retryTimer);
       if (this.transport) this.transport.close();
