@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from rtserve import App, ConnectContext, ConnectResult
+from rtserve import App, ChannelError, ConnectContext, ConnectResult, ErrorCode
 from rtserve.testing import ThreadedServer
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
@@ -67,6 +67,8 @@ def app() -> App:
     def named(ctx: ConnectContext) -> ConnectResult | None:
         # the page's `data` option, over every transport: {"name": ...} names the user
         CONNECT_DATA.append(ctx.data)
+        if isinstance(ctx.data, dict) and ctx.data.get("name") == "banned":
+            raise ChannelError(ErrorCode.UNAUTHORIZED, "banned")
         if isinstance(ctx.data, dict) and "name" in ctx.data:
             return ConnectResult(user=str(ctx.data["name"]))
         return None
@@ -240,3 +242,36 @@ def test_close_then_connect_starts_afresh(page: Page, server: ThreadedServer, ap
     expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
     assert publish(app, channel, 3) == 3
     expect(page.locator("#offsets")).to_have_text("1 2 3", timeout=TIMEOUT_MS)
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+def test_a_refused_channel_ends_alone(
+    page: Page, server: ThreadedServer, app: App, transport: str
+) -> None:
+    """Over HTTP a refusal answers the whole request: the client learns which channel it was
+    about, ends that subscription with onError, and streams the others on."""
+    channel = f"feed:refused-{transport}"
+    open_page(page, server, channel, transport)
+    page.evaluate(
+        "window.errors = [];"
+        "rt.subscribe('nope:1', { onError: (e) => errors.push([e.code, e.channel]) });"
+    )
+    page.wait_for_function("errors.length > 0", timeout=TIMEOUT_MS)
+    assert page.evaluate("errors") == [[102, "nope:1"]]
+    assert publish(app, channel, "still here") == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    assert page.locator("#transport").text_content() == transport
+    assert page.evaluate("[...rt.subs.keys()]") == [channel]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_a_refused_connection_closes_with_the_servers_error(
+    page: Page, server: ThreadedServer, transport: str
+) -> None:
+    data = '{"name": "banned"}'
+    query = urllib.parse.urlencode({"channel": "feed:x", "data": data, "transports": transport})
+    page.goto(f"{server.url}/?{query}")
+    expect(page.locator("#state")).to_have_text("closed", timeout=TIMEOUT_MS)
+    assert page.locator("#transport").text_content() == transport
+    error = page.evaluate("(({ code, message }) => ({ code, message }))(infos.at(-1).error)")
+    assert error == {"code": 101, "message": "banned"}

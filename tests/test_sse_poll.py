@@ -195,10 +195,13 @@ def test_sse_refusals_come_before_the_stream() -> None:
         port = server.port
         status, body, _ = get(port, "/rt/sse?channel=nope")
         assert status == 404 and body["error"]["code"] == ErrorCode.UNKNOWN_CHANNEL
-        status, body, _ = get(port, "/rt/sse?channel=secret:x")
+        # A channel's refusal names it (the client ends that one and streams the others).
+        status, body, _ = get(port, "/rt/sse?channel=news&channel=secret:x")
         assert status == 403 and body["error"]["code"] == ErrorCode.PERMISSION_DENIED
+        assert body["error"]["channel"] == "secret:x"
         status, body, _ = get(port, "/rt/sse?channel=news&token=garbage")
         assert status == 401 and body["error"]["code"] == ErrorCode.UNAUTHORIZED
+        assert "channel" not in body["error"]  # the connection's refusal names none
         expired = mint(SECRET, "u", ttl=10, now=time.time() - 100)
         status, body, _ = get(port, f"/rt/sse?channel=news&token={expired}")
         assert status == 401 and body["error"]["code"] == ErrorCode.TOKEN_EXPIRED
@@ -367,8 +370,9 @@ def test_polling_loses_nothing_between_polls_and_times_out_with_positions() -> N
         assert body["channels"]["news"]["recovered"] is False
         assert body["channels"]["news"]["offset"] == 3
 
-        status, body, _ = get(port, "/rt/poll?channel=nohist&timeout=1")
+        status, body, _ = get(port, "/rt/poll?channel=news&channel=nohist&timeout=1")
         assert status == 503 and body["error"]["code"] == ErrorCode.NOT_AVAILABLE
+        assert body["error"]["channel"] == "nohist"
         status, body, _ = get(port, "/rt/poll?channel=secret:x&timeout=1")
         assert status == 403
         status, body, _ = get(port, "/rt/poll?channel=news&timeout=-1")

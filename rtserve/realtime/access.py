@@ -7,11 +7,13 @@ transports, errors as JSON with a fitting status and CORS headers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtserve.app.response import JSONResponse
@@ -188,10 +190,23 @@ def http_buckets(hub: Hub) -> OrderedDict[Any, Bucket]:
 
 
 def http_error(exc: ChannelError, headers: list[tuple[str, str]] | None = None) -> JSONResponse:
-    """`{"error": {"code", "message"}}` with the status that fits the code."""
+    """`{"error": {"code", "message", "channel"?}}` with the status that fits the code;
+    `channel` when the refusal is of one channel of the request."""
     status = HTTP_STATUS.get(exc.code, 400)
-    body = {"error": {"code": exc.code, "message": exc.message}}
-    return JSONResponse(body, status=status, headers=headers)
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.channel is not None:
+        error["channel"] = exc.channel
+    return JSONResponse({"error": error}, status=status, headers=headers)
+
+
+@contextlib.contextmanager
+def refusing(channel: str) -> Iterator[None]:
+    """Name `channel` in a ChannelError raised within (see `http_error`)."""
+    try:
+        yield
+    except ChannelError as exc:
+        exc.channel = channel
+        raise
 
 
 def cors_headers(request: Request, settings: ChannelSettings) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ from rtserve.realtime.access import (
     http_client,
     http_error,
     positions,
+    refusing,
     take_address_rate,
     take_rate,
     unwatch_shutdown,
@@ -134,14 +135,16 @@ async def poll_endpoint(request: Request) -> Response:
         timeout = _timeout(request, hub.settings.poll_timeout)
         waiter = _Waiter(client)
         for channel in channels:
-            rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
-            if not rule.history:
-                raise ChannelError(
-                    ErrorCode.NOT_AVAILABLE, f"{channel} keeps no history: it cannot be polled"
+            with refusing(channel):
+                rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+                if not rule.history:
+                    raise ChannelError(
+                        ErrorCode.NOT_AVAILABLE, f"{channel} keeps no history: it cannot be polled"
+                    )
+                waiter.got[channel] = []
+                waiter.subscribed[channel] = await hub.subscribe(
+                    waiter, channel, since.get(channel)
                 )
-            waiter.got[channel] = []
-            subscribed = await hub.subscribe(waiter, channel, since.get(channel))
-            waiter.subscribed[channel] = subscribed
         if not waiter.ready() and timeout > 0:
             watch_shutdown(request, waiter)
             disconnected = request.exchange.wait_disconnected()

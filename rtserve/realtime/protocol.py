@@ -83,7 +83,12 @@ class DisconnectCode(enum.IntEnum):
 
 
 class ChannelError(Exception):
-    """A refusal with a stable code; raise it from hooks to refuse with your own code."""
+    """A refusal with a stable code; raise it from hooks to refuse with your own code.
+
+    `channel` names the channel refused, where a request names several (the HTTP streams).
+    """
+
+    channel: str | None = None
 
     def __init__(self, code: int, message: str | None = None) -> None:
         self.code = int(code)

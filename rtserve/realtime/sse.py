@@ -30,6 +30,7 @@ from rtserve.realtime.access import (
     http_error,
     parse_position_id,
     positions,
+    refusing,
     remove_user_connection,
     run_on_connect,
     unwatch_shutdown,
@@ -116,7 +117,8 @@ class SSEStream:
                 if channel in channels:
                     since[channel] = position
             for channel in channels:
-                await self._subscribe(channel, since.get(channel))
+                with refusing(channel):
+                    await self._subscribe(channel, since.get(channel))
         except BaseException:
             self._close()
             raise

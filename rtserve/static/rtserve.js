@@ -56,7 +56,16 @@
   const POLL_TIMEOUT = 25; // s, asked of the server per long poll
 
   function rtError(error) {
-    return Object.assign(new Error(error.message), { code: error.code });
+    const fields = { code: error.code };
+    if (error.channel !== undefined) fields.channel = error.channel;
+    return Object.assign(new Error(error.message), fields);
+  }
+  // A refusal of an HTTP stream that is not about one channel, as the WebSocket would close:
+  // 101 refused (4001), 109 token expired (4002), 106 too many connections (4003); failures
+  // that may pass (0 network, 100 on_connect failed, 108 shutting down, 115 broker) retry.
+  function refusalCloseCode(code) {
+    if ([0, 100, 108, 115].includes(code)) return 1006;
+    return { 109: 4002, 106: 4003 }[code] || 4001;
   }
   const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
 
@@ -286,6 +295,20 @@
     unsubscribe() {
       this.restart();
     }
+    // The stream's request was refused (`error` from the server's JSON, an Error with
+    // `code`): one channel's (that subscription ends with onError and the stream goes on
+    // without it) or the connection's (the client closes or retries as the code says).
+    _refused(error) {
+      const rt = this.rt;
+      const sub = error.channel !== undefined ? rt.subs.get(error.channel) : undefined;
+      if (sub) {
+        rt._ended(sub, error);
+        return this.restart();
+      }
+      const code = refusalCloseCode(error.code);
+      if (code !== 1006) rt.refusal = error;
+      rt._dropped(code, error.message);
+    }
   }
 
   class SSETransport extends HTTPTransport {
@@ -311,17 +334,21 @@
         if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
       }
       let source;
+      const url = `${this.rt.base}${this.rt.prefix}/sse?${this.query(pairs)}`;
       try {
-        const url = `${this.rt.base}${this.rt.prefix}/sse?${this.query(pairs)}`;
         source = this.source = new EventSource(url);
       } catch (error) {
         return this.rt._dropped(1006, `EventSource failed: ${error.message}`);
       }
+      let opened = false;
       const on = (type, fn) =>
         source.addEventListener(type, (event) => {
           if (this.source === source) fn(event.data === undefined ? null : JSON.parse(event.data));
         });
-      on("open", () => this.live || this._live());
+      on("open", () => {
+        opened = true;
+        if (!this.live) this._live();
+      });
       on("subscribed", (result) => {
         const sub = this.rt.subs.get(result.channel);
         if (sub) sub._subscribed(result, this.asked.get(result.channel));
@@ -335,8 +362,26 @@
       // not EventSource's Last-Event-ID, which names one channel only.
       on("error", (error) => {
         this._stop();
+        if (error === null && !opened) return this._probe(url, source);
         this.rt._dropped(error && error.code === 109 ? 4002 : 1006, error ? error.message : "");
       });
+    }
+    // The stream failed before it opened, and EventSource cannot say why: ask once with
+    // fetch (aborted as soon as the head shows it would stream after all) to tell a refusal
+    // (a channel's or the connection's) from a network failure.
+    async _probe(url, source) {
+      const abort = new AbortController();
+      let error = { code: 0, message: "EventSource failed" };
+      try {
+        const response = await fetch(url, { signal: abort.signal });
+        if (!response.ok) error = (await response.json()).error || error;
+      } catch (failure) {
+        // not JSON, or no network: a failure to retry
+      }
+      abort.abort();
+      if (this.source !== null || this.rt.transport !== this || this.probed === source) return;
+      this.probed = source;
+      this._refused(rtError(error));
     }
     _live() {
       this.live = true;
@@ -390,10 +435,8 @@
         } catch (error) {
           if (generation !== this.generation) return;
           this.generation++;
-          this.live = false;
-          // as the WebSocket would close: 101 refused (4001), 109 token expired (4002)
-          const code = { 101: 4001, 109: 4002 }[error.code] || 1006;
-          return rt._dropped(code, error.message);
+          if (error.channel === undefined) this.live = false;
+          return this._refused(error);
         }
         if (generation !== this.generation) return;
         if (!this.live) this._live();
