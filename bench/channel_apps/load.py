@@ -309,7 +309,7 @@ class Conn(asyncio.Protocol):
             self.fail("compressed, reserved-bit or fragmented frame")
         elif opcode == 1:
             if self.live:
-                self._push(payload, now)
+                self.on_push(payload, now)
             elif not self.joined.done():
                 self.proto.joining(self, payload)
             elif self.role is CTL:
@@ -325,7 +325,8 @@ class Conn(asyncio.Protocol):
         elif opcode == 8:
             self.transport.close()
 
-    def _push(self, payload: bytes, now: int) -> None:
+    def on_push(self, payload: bytes, now: int) -> None:
+        """A text frame after joining (a publication): timed here; subclasses may take it."""
         client = self.client
         run = client.run
         at = payload.find(client.marker)
