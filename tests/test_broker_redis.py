@@ -472,3 +472,18 @@ def test_malformed_messages_are_ignored(redis_url: str, redis_prefix: str) -> No
             assert ea.events == [("pub", "ch", 1, "fine", ea.events[0][4])]
 
     run(main)
+
+
+def test_a_burst_of_commands_waits_for_the_pool_instead_of_failing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Many clients subscribing at once (a reconnect storm) need more connections than the
+    pool has: they wait their turn, none is refused."""
+
+    async def main() -> None:
+        async with node(redis_url, redis_prefix, pool_size=4) as (broker, _):
+            await broker.publish("burst", "x", options=KEEP)
+            answers = await asyncio.gather(*(broker.history("burst") for _ in range(400)))
+            assert all([p.data for p in a.publications] == ["x"] for a in answers)
+
+    run(main)

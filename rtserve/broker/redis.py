@@ -78,7 +78,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -174,6 +174,7 @@ class RedisBroker(Broker):
     timeout: seconds to connect, and to wait for an answer of Redis, before BrokerError.
     ping_interval: seconds of silence on the pub/sub connection before a PING checks it.
     reconnect_delay: (first, largest) pause in seconds between reconnection attempts.
+    pool_size: connections for commands; more commands at once wait (up to `timeout`) for one.
     """
 
     __slots__ = (
@@ -187,6 +188,7 @@ class RedisBroker(Broker):
         "_meta_ttl",
         "_node_id",
         "_ping_interval",
+        "_pool_size",
         "_prefix",
         "_presence",
         "_presence_add",
@@ -217,6 +219,7 @@ class RedisBroker(Broker):
         timeout: float = 5.0,
         ping_interval: float = 10.0,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
+        pool_size: int = 64,
     ) -> None:
         if meta_ttl <= 0:
             raise ValueError("meta_ttl must be > 0")
@@ -228,6 +231,9 @@ class RedisBroker(Broker):
             raise ValueError("prefix must be non-empty and without braces")
         if not 0 < reconnect_delay[0] <= reconnect_delay[1]:
             raise ValueError("reconnect_delay must be (first, largest) with 0 < first <= largest")
+        if pool_size < 1:
+            raise ValueError("pool_size must be 1 or more")
+        self._pool_size = pool_size
         self._url = url
         self._prefix = prefix
         self._meta_ttl = meta_ttl
@@ -288,7 +294,16 @@ class RedisBroker(Broker):
             "client_name": f"rtserve:{self._node_id}",
         }
         try:
-            client = aioredis.Redis.from_url(self._url, socket_timeout=self._timeout, **options)
+            # A pool that waits for a free connection: a burst of subscribes (thousands of
+            # clients reconnecting at once) queues for `timeout` instead of failing at once.
+            pool = BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._pool_size,
+                timeout=self._timeout,
+                socket_timeout=self._timeout,
+                **options,
+            )
+            client = aioredis.Redis.from_pool(pool)  # closes the pool when it closes
             sub_pool = ConnectionPool.from_url(
                 self._url, socket_timeout=None, **{**options, "client_name": self._sub_name}
             )
