@@ -94,6 +94,10 @@ def open_page(
     assert response is not None and response.status == 200
     expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
     expect(page.locator("#transport")).to_have_text(transport, timeout=TIMEOUT_MS)
+    # A first subscribe resumes nothing: its answer says nothing of `recovered`.
+    page.wait_for_function("(window.subscribed || []).length > 0", timeout=TIMEOUT_MS)
+    first = page.evaluate("subscribed[0]")
+    assert first["channel"] == channel and "recovered" not in first, first
 
 
 def publish(app: App, channel: str, data: Any) -> int:

@@ -104,6 +104,11 @@
     }
     // A subscribe answer ({channel, offset, epoch, recovered?, publications?}).
     _subscribed(result, asked) {
+      if (!asked) {
+        // A start from now resumes nothing: no `recovered` (a poll's answer has one anyway).
+        const { recovered, publications, ...fresh } = result;
+        result = fresh;
+      }
       if (asked && result.recovered) {
         this.epoch = result.epoch;
         // WebSocket: the missed publications are in the answer; SSE: they follow it.

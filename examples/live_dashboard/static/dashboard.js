@@ -151,8 +151,7 @@ function follow(since) {
       apply(pub.data);
     },
     async onSubscribed(result) {
-      // A resumed subscription that missed nothing: the gap came as publications. (Not
-      // `result.recovered` alone: a first long poll answers `recovered: true` too.)
+      // A resumed subscription that missed nothing: the gap came as publications.
       if (result.recovered && lastOffset !== null) return;
       lastOffset = result.offset;
       // A new page (or one that lost track): fill the charts from the channel's history.
