@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from rtserve import App, ChannelError, ConnectContext, ConnectResult, ErrorCode
+from rtserve import (
+    App,
+    ChannelContext,
+    ChannelError,
+    ConnectContext,
+    ConnectResult,
+    ErrorCode,
+)
 from rtserve.testing import ThreadedServer
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
@@ -54,6 +61,7 @@ window.EventSource = class {
 """
 STUBS = {"websocket": [], "sse": [NO_WEBSOCKET], "poll": [NO_WEBSOCKET, NO_EVENTSOURCE]}
 CONNECT_DATA: list[Any] = []  # what on_connect was given, over every transport
+FLAKY_SUBSCRIBES: dict[str, int] = {}  # subscribes tried, per flaky channel
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,14 @@ def app() -> App:
     app.static_file("/", PAGE)
     app.channel("feed:*", history=1000, history_ttl=600, publish="clients", presence=True)
     app.channel("plain:*", history=10)  # no presence
+
+    def flaky(ctx: ChannelContext) -> None:
+        # The first two subscribes of each flaky channel meet a broker failure (115).
+        FLAKY_SUBSCRIBES[ctx.channel] = FLAKY_SUBSCRIBES.get(ctx.channel, 0) + 1
+        if FLAKY_SUBSCRIBES[ctx.channel] <= 2:
+            raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, "broker failed (a test)")
+
+    app.channel("flaky:*", history=100, on_subscribe=flaky)
 
     @app.on_connect
     def named(ctx: ConnectContext) -> ConnectResult | None:
@@ -279,3 +295,15 @@ def test_a_refused_connection_closes_with_the_servers_error(
     assert page.locator("#transport").text_content() == transport
     error = page.evaluate("(({ code, message }) => ({ code, message }))(infos.at(-1).error)")
     assert error == {"code": 101, "message": "banned"}
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_a_broker_failure_on_subscribe_is_retried(
+    page: Page, server: ThreadedServer, app: App, transport: str
+) -> None:
+    channel = f"flaky:{transport}"
+    open_page(page, server, channel, transport)
+    assert FLAKY_SUBSCRIBES[channel] >= 3  # refused twice, then subscribed
+    assert publish(app, channel, "through") == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    assert page.evaluate("[...rt.subs.keys()]") == [channel]

@@ -54,6 +54,7 @@
   const FINAL = new Set([4000, 4001, 4003, 4005]);
   const PING_EVERY = 20000; // ms; a ping unanswered by the next one drops the WebSocket
   const POLL_TIMEOUT = 25; // s, asked of the server per long poll
+  const BROKER_FAILED = 115; // a refusal that may pass: retried, never the end
 
   function rtError(error) {
     const fields = { code: error.code };
@@ -77,6 +78,7 @@
       this.token = handlers.token;
       this.offset = handlers.since ? handlers.since.offset : 0;
       this.epoch = handlers.since ? handlers.since.epoch : null;
+      this.retries = 0; // subscribes refused in a row by a broker failure
     }
     get position() {
       return this.epoch === null ? null : { offset: this.offset, epoch: this.epoch };
@@ -104,6 +106,7 @@
     }
     // A subscribe answer ({channel, offset, epoch, recovered?, publications?}).
     _subscribed(result, asked) {
+      this.retries = 0;
       if (!asked) {
         // A start from now resumes nothing: no `recovered` (a poll's answer has one anyway).
         const { recovered, publications, ...fresh } = result;
@@ -171,9 +174,19 @@
         (result) => this.rt.subs.get(sub.channel) === sub && sub._subscribed(result, asked),
         (error) => {
           if (error.code === 0 || error.code === 105) return; // dropped: made again later
+          if (error.code === BROKER_FAILED) return this._subscribeLater(sub);
           this.rt._ended(sub, error);
         },
       );
+    }
+    // The server's broker failed this subscribe: ask again after a pause that grows.
+    _subscribeLater(sub) {
+      const rt = this.rt;
+      sub.retries += 1;
+      const delay = Math.min(rt.backoffMax, rt.backoffMin * 2 ** sub.retries);
+      setTimeout(() => {
+        if (this.ws !== null && rt.subs.get(sub.channel) === sub) this.subscribe(sub);
+      }, delay * (0.5 + Math.random() / 2));
     }
     unsubscribe(sub) {
       this.send({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
@@ -306,7 +319,7 @@
     _refused(error) {
       const rt = this.rt;
       const sub = error.channel !== undefined ? rt.subs.get(error.channel) : undefined;
-      if (sub) {
+      if (sub && error.code !== BROKER_FAILED) {
         rt._ended(sub, error);
         return this.restart();
       }
