@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import traceback
+from pathlib import Path
 from typing import Any
 
 
@@ -21,9 +22,9 @@ def import_object(reference: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise ValueError(f"no module named {module_name!r} in the project") from None
-        raise ValueError(f"importing {module_name!r} failed: {_where(exc)}") from None
+        raise ValueError(f"importing {module_name!r} failed: {where_raised(exc)}") from None
     except Exception as exc:
-        raise ValueError(f"importing {module_name!r} failed: {_where(exc)}") from None
+        raise ValueError(f"importing {module_name!r} failed: {where_raised(exc)}") from None
     obj: Any = module
     for part in attribute.split("."):
         try:
@@ -36,11 +37,16 @@ def import_object(reference: str) -> Any:
     return obj
 
 
-def _where(exc: BaseException) -> str:
-    """`file:line: Error: message` of the innermost frame of the error (for a broken edit)."""
-    frames = traceback.extract_tb(exc.__traceback__)
+def where_raised(exc: BaseException, folder: Path | None = None) -> str:
+    """`file:line: Error: message` of the innermost frame of the error (for a broken edit):
+    the innermost one inside `folder` (the project's own code) when there is one."""
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(exc.__traceback__))
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}: SyntaxError: {exc.msg}"
+    if folder is not None:
+        base = folder.resolve()
+        mine = [f for f in frames if Path(f.filename).resolve().is_relative_to(base)]
+        frames = mine or frames
     if frames:
         last = frames[-1]
         return f"{last.filename}:{last.lineno}: {type(exc).__name__}: {exc}"

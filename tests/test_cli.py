@@ -211,3 +211,24 @@ def test_run_options_come_from_the_settings_schema() -> None:
     )
     assert settings.host == ["::1", "127.0.0.1"] and settings.port == 9
     assert settings.tls.cert == "c.pem" and settings.debug is False
+
+
+def test_check_names_the_line_of_a_failing_app_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `app:` factory raising is a problem of the project, reported as one (no traceback),
+    at the line of the project's code that raised, not rtserve's."""
+    (tmp_path / "rtserve.yaml").write_text("app: shop_factory:create_app\n")
+    (tmp_path / "shop_factory.py").write_text(
+        "from rtserve import App\n\n\ndef create_app():\n    app = App()\n"
+        '    app.static_file("/x", "missing.html")\n    return app\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    for command in ("check", "routes"):
+        result = CliRunner().invoke(main, [command])
+        assert result.exit_code == 2, result.output
+        assert "app: create_app() failed:" in result.output
+        assert "shop_factory.py:6: ValueError: static file 'missing.html' does not exist" in (
+            result.output
+        )
+        assert "Traceback" not in result.output

@@ -22,6 +22,7 @@ from rtserve.app.router import Router
 from rtserve.broker.url import broker_from_url, check_broker_url
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.errors import RouteError
+from rtserve.imports import where_raised
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.schema import opt, opt_list, ref
@@ -201,6 +202,21 @@ def load_project(
     return config, folder
 
 
+def _call_factory(target: Any, folder: Path) -> Any:
+    """What the `app:` factory returns (a non-callable is returned as it is); its exception
+    as a ConfigErrors naming the line of the project's code that raised it."""
+    if not callable(target):
+        return target
+    try:
+        return target()
+    except Exception as exc:
+        name = getattr(target, "__qualname__", repr(target))
+        message = f"{name}() failed: {where_raised(exc, folder)}"
+        raise ConfigErrors(
+            [ConfigIssue(str(folder / CONFIG_NAME), None, None, "app", message)]
+        ) from None
+
+
 def build_app(config: ProjectConfig, folder: Path) -> App:
     """The App a project describes: its `app` (or a new one) with the YAML's settings, routes
     and channels added."""
@@ -208,7 +224,7 @@ def build_app(config: ProjectConfig, folder: Path) -> App:
     if target is None:
         app = App(config.server)
     else:
-        app = target() if callable(target) and not isinstance(target, App) else target
+        app = _call_factory(target, folder) if not isinstance(target, App) else target
         if not isinstance(app, App):
             raise ConfigErrors(
                 [
