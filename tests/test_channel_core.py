@@ -262,7 +262,7 @@ def test_a_new_epoch_ends_subscriptions_with_112() -> None:
 
     async def main() -> None:
         rules = ChannelRules()
-        rules.add(ChannelRule("c:*", history=10))
+        rules.add(ChannelRule("c:*", history=10, history_ttl=60))
         hub = Hub(rules, MemoryBroker(meta_ttl=60, clock=lambda: now[0]), ChannelSettings())
         await hub.start()
         sub = FakeSubscriber("s")
@@ -278,6 +278,28 @@ def test_a_new_epoch_ends_subscriptions_with_112() -> None:
         now[0] += 120
         await hub.subscribe(new, "c:f")
         assert old.ended == [("c:f", ErrorCode.UNRECOVERABLE)] and new.ended == []
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_a_rules_history_outlives_a_shorter_broker_meta_ttl() -> None:
+    """A week of history on a broker that forgets idle streams after a day: the stream (its
+    epoch and offsets) is kept as long as the history, so a client back after two days
+    recovers instead of meeting a new epoch."""
+    now = [0.0]
+
+    async def main() -> None:
+        rules = ChannelRules()
+        rules.add(ChannelRule("inbox:*", history=10, history_ttl=600))
+        hub = Hub(rules, MemoryBroker(meta_ttl=60, clock=lambda: now[0]), ChannelSettings())
+        await hub.start()
+        first = await hub.publish("inbox:a", "kept")
+        now[0] += 300  # past the broker's meta_ttl, within the rule's history_ttl
+        position = await hub.publish("inbox:a", "later")
+        assert position == StreamPosition(2, first.epoch)
+        now[0] += 601  # past both: a new stream
+        assert (await hub.publish("inbox:a", "new")).offset == 1
         await hub.close()
 
     asyncio.run(main())

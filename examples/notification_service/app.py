@@ -199,15 +199,15 @@ def create_app(
                 store.add_user(user_id, name, password)
 
     redis_url = redis_url or os.environ.get("NOTIFY_REDIS_URL")
-    # A stream (its epoch and history) is forgotten this long after its last publication:
-    # as long as the history is kept, so a quiet week does not lose the notifications.
+    # (The broker keeps each user's stream as long as the rule's history: a quiet week loses
+    # nothing.)
     broker: Broker
     if redis_url:
         from rtserve.broker.redis import RedisBroker
 
-        broker = RedisBroker(redis_url, prefix="notify", meta_ttl=HISTORY_TTL)
+        broker = RedisBroker(redis_url, prefix="notify")
     else:
-        broker = MemoryBroker(meta_ttl=HISTORY_TTL)
+        broker = MemoryBroker()
     app = App(
         cookie_secret=cookie_secret,
         channels=ChannelSettings(

@@ -116,6 +116,12 @@ class Broker(abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
+    def keep_streams_at_least(self, seconds: float) -> None:
+        """Keep a channel's stream (epoch, offset, history) at least `seconds` after its last
+        publication, whatever the broker's own `meta_ttl`: a rule's `history_ttl` must not
+        outlive the stream it belongs to."""
+
+    @abc.abstractmethod
     async def start(self, events: BrokerEvents) -> None:
         """Connect (raising BrokerError when the backend is unreachable) and deliver to
         `events` from now on."""

@@ -96,6 +96,9 @@ class MemoryBroker(Broker):
         # (expires at, channel, key); an entry whose key was stored again later is stale.
         self._idempotency_expiry: list[tuple[float, str, str]] = []
 
+    def keep_streams_at_least(self, seconds: float) -> None:
+        self._meta_ttl = max(self._meta_ttl, seconds)
+
     async def start(self, events: BrokerEvents) -> None:
         """Deliver to `events` from now on (a second call replaces it)."""
         if self._closed:

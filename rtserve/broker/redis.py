@@ -265,6 +265,9 @@ class RedisBroker(Broker):
         self._presence: Any = None
         self._presence_stats: Any = None
 
+    def keep_streams_at_least(self, seconds: float) -> None:
+        self._meta_ttl = max(self._meta_ttl, seconds)
+
     @property
     def node_id(self) -> str:
         return self._node_id

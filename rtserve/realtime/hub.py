@@ -217,8 +217,15 @@ class Hub:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        for rule in self.rules:
+            self.keep_history_of(rule)
         await self.broker.start(self)
         self._digest_task = self.loop.create_task(self._run_digests())
+
+    def keep_history_of(self, rule: ChannelRule) -> None:
+        """Have the broker keep the streams of `rule`'s channels as long as their history."""
+        if rule.history:
+            self.broker.keep_streams_at_least(rule.history_ttl)
 
     async def close(self) -> None:
         if self._digest_task is not None:
