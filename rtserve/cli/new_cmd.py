@@ -44,7 +44,7 @@ def describe(template: Path) -> str:
 
 
 @click.command("new")
-@click.argument("template", required=False)
+@click.argument("template", metavar="TEMPLATE", required=False)  # both needed, but for --list
 @click.argument("directory", metavar="DIR", required=False, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
 @click.option("--list", "list_", is_flag=True, help="List the templates and exit.")

@@ -27,7 +27,7 @@ def _check_secret(ctx: click.Context, param: click.Parameter, value: str) -> str
     if len(value) < MIN_SECRET_LENGTH:
         raise click.BadParameter(
             f"the secret is {len(value)} characters long; at least {MIN_SECRET_LENGTH} "
-            "are needed (32 or more recommended)",
+            "are needed (make one: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
             ctx,
             param,
         )
