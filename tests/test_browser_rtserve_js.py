@@ -27,7 +27,9 @@ from rtserve import (
     ConnectResult,
     ErrorCode,
 )
+from rtserve.realtime.settings import ChannelSettings
 from rtserve.testing import ThreadedServer
+from rtserve.tokens import mint
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import Page, expect
@@ -60,14 +62,21 @@ window.EventSource = class {
 };
 """
 STUBS = {"websocket": [], "sse": [NO_WEBSOCKET], "poll": [NO_WEBSOCKET, NO_EVENTSOURCE]}
+SECRET = "a-test-secret-of-32-characters!!"
+TOKEN_TTL = 4  # seconds: rtserve.js refreshes a quarter of that before expiry
 CONNECT_DATA: list[Any] = []  # what on_connect was given, over every transport
 FLAKY_SUBSCRIBES: dict[str, int] = {}  # subscribes tried, per flaky channel
 
 
 @pytest.fixture(scope="module")
 def app() -> App:
-    app = App()
+    app = App(channels=ChannelSettings(token_secret=SECRET))
     app.static_file("/", PAGE)
+
+    @app.route("/token")
+    async def short_lived_token(request: Any) -> str:
+        return mint(SECRET, "ann", ttl=TOKEN_TTL)
+
     app.channel("feed:*", history=1000, history_ttl=600, publish="clients", presence=True)
     app.channel("plain:*", history=10)  # no presence
 
@@ -307,3 +316,19 @@ def test_a_broker_failure_on_subscribe_is_retried(
     assert publish(app, channel, "through") == 1
     expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
     assert page.evaluate("[...rt.subs.keys()]") == [channel]
+
+
+def test_a_connection_token_is_refreshed_before_it_expires(
+    page: Page, server: ThreadedServer, app: App
+) -> None:
+    """With getToken, the WebSocket outlives several short tokens without a drop."""
+    channel = "feed:refresh"
+    page.goto(f"{server.url}/?{urllib.parse.urlencode({'channel': channel, 'tokenUrl': '/token'})}")
+    expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+    assert page.evaluate("rt.session.user") == "ann"
+    # Two refreshes take about 2 x 3 s: past the first token's expiry and the second's.
+    page.wait_for_function("tokens >= 3", timeout=3 * TOKEN_TTL * 1000)
+    assert publish(app, channel, "after the refreshes") == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    states = page.locator("#states li").all_text_contents()
+    assert states == ["connecting websocket", "connected websocket"], states
