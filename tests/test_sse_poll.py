@@ -189,6 +189,25 @@ def test_sse_heartbeat_and_several_channels() -> None:
         stream.close()
 
 
+def test_sse_probe_answers_as_the_stream_would_without_one() -> None:
+    """`probe=1` (how rtserve.js reads a refusal EventSource hides): 204 where the stream
+    would start, the stream's JSON error where it would be refused; nothing subscribes."""
+    app = make_app()
+    app.channel("room", presence=True, join_leave=True)
+    with ThreadedServer(app) as server:
+        port = server.port
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/rt/sse?channel=room&channel=news&probe=1", timeout=10
+        ) as response:
+            assert response.status == 204 and response.read() == b""
+        status, body, _ = get(port, "/rt/sse?channel=room&channel=secret:x&probe=1")
+        assert status == 403 and body["error"]["channel"] == "secret:x"
+        status, body, _ = get(port, "/rt/sse?channel=room&token=garbage&probe=1")
+        assert status == 401 and body["error"]["code"] == ErrorCode.UNAUTHORIZED
+        assert get(port, "/rt/presence?channel=room")[1] == {"clients": {}}
+        assert server.call(lambda: asyncio.sleep(0, app.hub.channels())) == {}
+
+
 def test_sse_refusals_come_before_the_stream() -> None:
     app = make_app()
     with ThreadedServer(app) as server:

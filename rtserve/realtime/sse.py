@@ -62,14 +62,30 @@ async def sse_endpoint(request: Request) -> Response | None:
     cors = cors_headers(request, hub.settings)
     if request.method == "HEAD":  # no body, so no stream: the head of one
         return Response(b"", 200, headers=[(n.decode(), v.decode()) for n, v in _HEADERS] + cors)
-    stream = SSEStream(hub, request)
     try:
+        if request.query.get("probe") is not None:
+            await probe(hub, request)
+            return Response(b"", 204, headers=cors)
+        stream = SSEStream(hub, request)
         await stream.open()
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
     await stream.run(cors)
     return None  # answered through the exchange
+
+
+async def probe(hub: Hub, request: Request) -> None:
+    """What the stream would answer, without one: ChannelError where it would be refused
+    (an EventSource cannot read a refusal, so rtserve.js asks this way). Nothing is
+    subscribed and nobody is told of a join; the app's `on_connect` and `on_subscribe` run."""
+    claims = connect_claims(hub.settings, request.query.get("token"))
+    client = await run_on_connect(hub, request, claims, connect_data(request))
+    channels = channel_names(request)
+    positions(request, channels)
+    for channel in channels:
+        with refusing(channel):
+            await authorize_subscribe(hub, channel, client, claims, request)
 
 
 class SSEStream:

@@ -408,19 +408,17 @@
         this.rt._dropped(error && error.code === 109 ? 4002 : 1006, error ? error.message : "");
       });
     }
-    // The stream failed before it opened, and EventSource cannot say why: ask once with
-    // fetch (aborted as soon as the head shows it would stream after all) to tell a refusal
+    // The stream failed before it opened, and EventSource cannot say why: ask the server
+    // once what it would answer (`probe=1`: no stream, nothing subscribed) to tell a refusal
     // (a channel's or the connection's) from a network failure.
     async _probe(url, source) {
-      const abort = new AbortController();
       let error = { code: 0, message: "EventSource failed" };
       try {
-        const response = await fetch(url, { signal: abort.signal });
+        const response = await fetch(`${url}&probe=1`);
         if (!response.ok) error = (await response.json()).error || error;
       } catch (failure) {
         // not JSON, or no network: a failure to retry
       }
-      abort.abort();
       if (this.source !== null || this.rt.transport !== this || this.probed === source) return;
       this.probed = source;
       this._refused(rtError(error));
