@@ -51,7 +51,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "not included in the \"nav\"" not in result.stderr, result.stderr  # no orphans
+    assert 'not included in the "nav"' not in result.stderr, result.stderr  # no orphans
     for page in PAGES:
         assert (site / page).is_file(), page
     api = (site / "api.html").read_text()
