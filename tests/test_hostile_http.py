@@ -12,7 +12,9 @@ targets, symlinks out of the folder, absolute-form traversal).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import select
 import socket
 import threading
 import time
@@ -656,3 +658,53 @@ def test_connections_all_back_to_baseline(server: ThreadedServer) -> None:
     wait_for_baseline(server)
     state: Any = server.app.server_state
     assert not server.call(lambda: list(state.tasks))
+
+
+SEND_TIMEOUT = 1.0
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_off(site: Path) -> None:
+    """Pipelined requests and no reading fill the write buffer; the client has
+    `timeouts.send` to take some of it, then its connection is aborted. A slow reader that
+    keeps taking a little is not."""
+    with ThreadedServer(
+        make_app(site), access_log=False, timeouts=TimeoutSettings(send=SEND_TIMEOUT)
+    ) as srv:
+        data = get("/n/1") * 100_000  # 3 MB of requests: far more answers than buffers hold
+
+        def flood(sock: socket.socket, seconds: float) -> None:
+            sock.setblocking(False)
+            sent, deadline = 0, time.monotonic() + seconds
+            while sent < len(data) and time.monotonic() < deadline:  # bounded in time
+                try:
+                    sent += sock.send(data[sent : sent + 65536])
+                except (BlockingIOError, ConnectionError):
+                    time.sleep(0.01)
+
+        stopped = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        slow = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        slow_sender = socket.socket(fileno=os.dup(slow.fileno()))  # its writes, in a thread
+        try:
+            flood(stopped, 1.0)
+            sender = threading.Thread(target=flood, args=(slow_sender, 3.0), daemon=True)
+            sender.start()
+            got = 0
+            deadline = time.monotonic() + SEND_TIMEOUT * 2 + TIMEOUT_SLACK
+            while time.monotonic() < deadline:  # reads a little, every 0.1 s
+                readable, _, _ = select.select([slow], [], [], 1.0)
+                if readable:
+                    got += len(slow.recv(65536))
+                time.sleep(0.1)
+            sender.join(5)
+            assert got > 0
+            stopped.setblocking(True)
+            with pytest.raises(ConnectionError):  # aborted: reset, after what was buffered
+                for _ in range(10_000):
+                    if not stopped.recv(1 << 20):
+                        raise ConnectionResetError("closed")
+            assert open_connections(srv) == 1  # the slow reader's, still served
+            assert len(slow.recv(16384)) > 0
+        finally:
+            stopped.close()
+            slow_sender.close()
+            slow.close()

@@ -8,11 +8,17 @@ read timeout) or BUSY (no timeout while the app answers). The server's ticker en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 from asyncio import current_task
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
 
 from rtserve.errors import ProtocolError
 from rtserve.protocol.http11 import (
@@ -30,7 +36,9 @@ log = logging.getLogger("rtserve.server")
 # Shared by every connection that never pipelines; replaced before any append.
 _NO_QUEUE: deque[Exchange] = deque(maxlen=0)
 
-IDLE, HEAD, BODY, BUSY = range(4)
+IDLE, HEAD, BODY, BUSY, SEND = range(5)
+# The ioctl that reads a TCP socket's unacknowledged send queue (SIOCOUTQ), where there is one.
+_OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 INF = float("inf")
 
 
@@ -44,6 +52,7 @@ class HTTPConnection(asyncio.Protocol):
         "_last",
         "_reading_paused_body",
         "_reading_paused_queue",
+        "_send_left",
         "_starting",
         "_upgrade_data",
         "_upgrade_exchange",
@@ -82,6 +91,7 @@ class HTTPConnection(asyncio.Protocol):
         self.writing_paused = False
         self._reading_paused_queue = False
         self._reading_paused_body = False
+        self._send_left = 0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
         self._continue_sent = False
@@ -121,9 +131,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._send_phase()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.phase == SEND:
+            self._rearm()
         waiter = self._drain_waiter
         if waiter is not None:
             self._drain_waiter = None
@@ -347,6 +360,10 @@ class HTTPConnection(asyncio.Protocol):
     # --- timers ----------------------------------------------------------------------------
 
     def _rearm(self) -> None:
+        if self.writing_paused:
+            if self.phase != SEND:
+                self._send_phase()
+            return
         state = self.state
         timeouts = state.settings.timeouts
         receiving = self.receiving
@@ -365,11 +382,41 @@ class HTTPConnection(asyncio.Protocol):
             self.phase = IDLE
             self.deadline = state.now + timeouts.keepalive
 
+    def _send_phase(self) -> None:
+        """Our answers fill the write buffer: the client has `timeouts.send` to take some."""
+        self.phase = SEND
+        self._send_left = self._unsent()
+        self.deadline = self.state.now + self.state.settings.timeouts.send
+
+    def _unsent(self) -> int:
+        """Bytes written and not yet taken by the client: the transport's buffer, plus the
+        kernel's send queue where it says (a slow reader drains that one first)."""
+        size = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                size += int.from_bytes(fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4)), sys.byteorder)
+        return size
+
     def on_timeout(self) -> None:
         """The current phase's deadline passed."""
         phase = self.phase
         self.deadline = INF
-        if phase == IDLE:
+        if phase == SEND:
+            left = self._unsent()
+            if left < self._send_left:  # it took some: a slow reader, not one that stopped
+                self._send_left = left
+                self.deadline = self.state.now + self.state.settings.timeouts.send
+                return
+            self.state.stats.limit_hits += 1
+            log.warning(
+                "%s:%s cut off: took nothing of its answers for %g s (timeouts.send)",
+                self.peer[0] or "unix",
+                self.peer[1],
+                self.state.settings.timeouts.send,
+            )
+            self.transport.abort()
+        elif phase == IDLE:
             self.close()
         elif phase == HEAD:
             self.state.limit_hit(self, 408, "request head not received in time")

@@ -45,7 +45,9 @@ class TimeoutSettings:
         30.0, "longest pause between two pieces of a request body (408)", duration=True
     )
     send: float = opt(
-        60.0, "a client that takes none of a file body for this long is cut off", duration=True
+        60.0,
+        "a client that takes nothing of a full write buffer for this long is cut off",
+        duration=True,
     )
     graceful: float = opt(
         10.0, "on SIGTERM/SIGINT, in-flight requests get this long", duration=True
