@@ -366,7 +366,8 @@ class App:
         try:
             match: Any = self.router.match(head.method, head.path, head.raw_path)
         except HTTPError as error:
-            match = error
+            # Kept without its traceback, whose frames hold this exchange: no cycle to collect.
+            match = error.with_traceback(None)
         exchange.scope = match
         return type(match) is tuple and bool(match[0].options.get("stream"))
 
