@@ -13,7 +13,7 @@ from rtserve.app.response import (
 from rtserve.app.static import FileResponse
 from rtserve.app.websocket import WebSocketHandler, broadcast
 from rtserve.broker import Broker, MemoryBroker
-from rtserve.errors import ConfigError, HTTPError, RtserveError
+from rtserve.errors import ConfigError, HTTPError, MissingArgument, RtserveError
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
 from rtserve.realtime.protocol import ChannelError, ErrorCode
 from rtserve.realtime.rules import ChannelRule
@@ -39,6 +39,7 @@ __all__ = [
     "Handler",
     "JSONResponse",
     "MemoryBroker",
+    "MissingArgument",
     "RedirectResponse",
     "Request",
     "Response",

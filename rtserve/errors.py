@@ -2,6 +2,7 @@
 
 RtserveError
  ├── HTTPError                 an HTTP answer with a status (raised by handlers and the framework)
+ │    └── MissingArgument      `request.query[name]` / `form[name]` without it: 400 (a KeyError too)
  ├── ProtocolError             the peer broke HTTP/1.1 framing; carries the status to answer with
  ├── HandshakeError            a WebSocket upgrade that cannot be accepted (protocol/ws_handshake)
  ├── WebSocketProtocolError    the peer broke RFC 6455; carries the close code (protocol/websocket)
@@ -41,6 +42,18 @@ class HTTPError(RtserveError):
         self.detail = detail if detail is not None else phrase
         self.headers = dict(headers or {})
         super().__init__(f"{self.status} {self.detail}")
+
+
+class MissingArgument(HTTPError, KeyError):
+    """A required query parameter or form field is absent: `request.query["q"]` answers 400
+    by itself when nothing catches it, and is still the KeyError a mapping raises."""
+
+    def __init__(self, where: str, name: str) -> None:
+        super().__init__(400, f"missing {where} {name!r}")
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.detail}"
 
 
 class ProtocolError(RtserveError):

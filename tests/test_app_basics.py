@@ -21,6 +21,15 @@ def make_app() -> App:
     def item(request, id):  # type: ignore[no-untyped-def]
         return {"id": id, "q": request.query.getall("q")}
 
+    @app.route("/search")
+    def search(request):  # type: ignore[no-untyped-def]
+        return {"q": request.query["q"]}  # required: missing answers 400 by itself
+
+    @app.route("/signup", methods=["POST"])
+    async def signup(request):  # type: ignore[no-untyped-def]
+        form = await request.form()
+        return {"name": form["name"]}
+
     @app.route("/rooms/{room}")
     async def room(request, room):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0)
@@ -84,6 +93,19 @@ def test_path_params_and_query(server: ThreadedServer) -> None:
         assert r.json() == {"id": 42, "q": ["a", "b"]}
         assert c.get("/items/abc").status == 404
         assert c.get("/rooms/lobby").json() == {"room": "lobby"}
+
+
+def test_a_missing_required_argument_answers_400(server: ThreadedServer) -> None:
+    """`request.query[name]` and `form[name]` without it: 400 naming it, not a 500."""
+    with server.client() as c:
+        assert c.get("/search?q=rt").json() == {"q": "rt"}
+        missing = c.get("/search?x=1", headers={"Accept": "application/json"})
+        assert missing.status == 400
+        assert "missing query parameter 'q'" in missing.text
+        form = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "text/plain"}
+        assert c.post("/signup", body="name=ann", headers=form).json() == {"name": "ann"}
+        missing = c.post("/signup", body="nom=ann", headers=form)
+        assert missing.status == 400 and "missing form field 'name'" in missing.text
 
 
 def test_post_json_and_405(server: ThreadedServer) -> None:

@@ -17,7 +17,7 @@ from rtserve.app.forms import (
     parse_multipart,
     parse_urlencoded,
 )
-from rtserve.errors import HTTPError
+from rtserve.errors import HTTPError, MissingArgument
 
 BOUNDARY = "----rtserveBoundary7MA4YWxkTrZu0gW"
 FUZZ = settings(max_examples=200, deadline=None)
@@ -91,7 +91,9 @@ def test_formdata_is_an_ordered_multimap() -> None:
     assert len(form) == 3
     assert form.items() == [("a", "1"), ("b", "2"), ("a", "3"), ("doc", upload)]
     assert form.files() == [("doc", upload)]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError):  # a MissingArgument: answers 400 when not caught
+        form["zzz"]
+    with pytest.raises(MissingArgument, match="missing form field 'zzz'"):
         form["zzz"]
 
 

@@ -7,6 +7,8 @@ from http.cookies import SimpleCookie
 from typing import TypeVar, overload
 from urllib.parse import parse_qsl, unquote
 
+from rtserve.errors import MissingArgument
+
 T = TypeVar("T")
 
 
@@ -86,9 +88,16 @@ class Headers(MultiDict):
 
 
 class QueryParams(MultiDict):
-    """Query string parameters, blank values kept."""
+    """Query string parameters, blank values kept. `[name]` of a missing one raises
+    MissingArgument (a KeyError that answers 400 when the handler lets it through)."""
 
     __slots__ = ()
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise MissingArgument("query parameter", key) from None
 
     @classmethod
     def parse(cls, query_string: bytes | str) -> QueryParams:

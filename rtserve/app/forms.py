@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeAlias, TypeVar, overload
 from urllib.parse import unquote_to_bytes
 
-from rtserve.errors import HTTPError
+from rtserve.errors import HTTPError, MissingArgument
 
 __all__ = [
     "DEFAULT_MAX_FIELDS",
@@ -96,8 +96,11 @@ class FormData:
             self._index.setdefault(name, []).append(value)
 
     def __getitem__(self, name: str) -> FormValue:
-        """Return the first value of `name`; raise KeyError if there is none."""
-        return self._index[name][0]
+        """The first value of `name`; MissingArgument (a KeyError that answers 400) if none."""
+        try:
+            return self._index[name][0]
+        except KeyError:
+            raise MissingArgument("form field", name) from None
 
     @overload
     def get(self, name: str) -> FormValue | None: ...
