@@ -125,9 +125,14 @@ def check_errors(ns: dict[str, Any], server: ThreadedServer, client: SyncClient)
     page = client.get("/rooms/kitchen", headers={"Accept": "text/html"})
     assert page.status == 404 and page.headers["content-type"].startswith("text/html")
     assert "no such room" in page.text
-    custom = client.get("/nowhere")
-    assert (custom.status, custom.text) == (404, "<h1>Nothing at /nowhere</h1>")
-    assert client.post("/rooms/lobby").status == 405
+    assert page.text == "<h1>404</h1><p>no such room</p>"  # the app's error page
+    html = {"Accept": "text/html"}
+    lost = client.get("/nowhere", headers=html)
+    assert (lost.status, lost.text) == (404, "<h1>404</h1><p>Not Found</p>")
+    wrong = client.post("/rooms/lobby", headers=html)
+    assert wrong.status == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.text == "<h1>405</h1><p>Method Not Allowed</p>"
+    assert client.get("/nowhere").json() == {"error": {"status": 404, "detail": "Not Found"}}
 
 
 def check_static(ns: dict[str, Any], server: ThreadedServer, client: SyncClient) -> None:

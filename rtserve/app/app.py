@@ -47,6 +47,8 @@ log = logging.getLogger("rtserve.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[], Awaitable[None] | None]
+ErrorPage = Callable[[Request, HTTPError], Any]  # a Response, None, or an awaitable of one
+E = TypeVar("E", bound=ErrorPage)
 
 _TEXT_HEADERS = encode_headers([(b"content-type", TEXT.encode())])
 _JSON_HEADERS = encode_headers([(b"content-type", JSON.encode())])
@@ -102,6 +104,7 @@ class App:
             broker = MemoryBroker()
         self.hub = Hub(ChannelRules(), broker, channels or ChannelSettings())
         self._channel_routes = False
+        self._error_page: ErrorPage | None = None
         # The state of the server serving this app (set by Server.start), and the admin
         # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
         self.server_state: ServerState | None = None
@@ -260,6 +263,14 @@ class App:
         # The browser client of these endpoints, for every app with channels.
         self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js", is_class=False)
         self._channel_routes = True
+
+    def error_page(self, page: E) -> E:
+        """Decorate `page(request, error) -> Response | None` (may be async): the answer to
+        every HTTPError of the app's routes (no route, 405, a handler's, a 500), instead of the
+        built-in page. None keeps the built-in one. The response gets the error's status
+        unless it sets another, and the error's headers (`Allow`) it does not set itself."""
+        self._error_page = page
+        return page
 
     def on_connect(self, hook: F) -> F:
         """Decorate the hook that accepts or refuses a channel connection (see ConnectContext)."""
@@ -528,7 +539,44 @@ class App:
             exchange.conn.close()
             exchange.end()
             return None
+        if self._error_page is not None:
+            try:
+                made = self._error_page(request, error)
+            except Exception:
+                log.exception("the error page failed for %s %s", request.method, request.target)
+            else:
+                if inspect.isawaitable(made):
+                    return self._send_error_page(request, error, trace, made)
+                return self._error_page_response(request, error, trace, made).send(exchange)
         return error_response(request, error, trace).send(exchange)
+
+    async def _send_error_page(
+        self, request: Request, error: HTTPError, trace: str | None, made: Awaitable[Any]
+    ) -> None:
+        try:
+            page = await made
+        except Exception:
+            log.exception("the error page failed for %s %s", request.method, request.target)
+            page = None
+        sending = self._error_page_response(request, error, trace, page).send(request.exchange)
+        if sending is not None:
+            await sending
+
+    def _error_page_response(
+        self, request: Request, error: HTTPError, trace: str | None, page: Any
+    ) -> Response:
+        """What the app's error page made of `error`, or the built-in page."""
+        if page is None:
+            return error_response(request, error, trace)
+        if not isinstance(page, Response):
+            log.error("the error page returned %r, not a Response", type(page).__name__)
+            return error_response(request, error, trace)
+        if page.status == 200:
+            page.status = error.status
+        for name, value in error.headers.items():
+            if not page.has_header(name):
+                page.set_header(name, value)
+        return page
 
 
 def _maybe_gzip(request: Request, response: Response) -> None:
