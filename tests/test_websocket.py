@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -374,3 +375,91 @@ def test_upgrade_request_sees_the_websocket_go(
     assert events["watch_event"].wait(5)
     assert events["watch_open"] == (False, "127.0.0.1")
     assert events["watch_gone"] is True
+
+
+def test_prepare_refuses_an_upgrade_before_any_websocket() -> None:
+    """`prepare` (sync or async) runs before the 101: an HTTPError there is the answer, and
+    what it sets is there in `on_open`."""
+    from rtserve import HTTPError
+
+    app = App()
+    opened: list[str] = []
+
+    class Guarded(WebSocketHandler):
+        def on_open(self) -> None:
+            opened.append(self.user)
+            self.send(f"hello {self.user}")
+
+    @app.websocket("/sync")
+    class SyncGuard(Guarded):
+        def prepare(self) -> None:
+            user = self.request.query.get("user")
+            if user is None:
+                raise HTTPError(401, "who are you?", headers={"WWW-Authenticate": "Bearer"})
+            self.user = user
+
+    @app.websocket("/async")
+    class AsyncGuard(Guarded):
+        async def prepare(self) -> None:
+            await asyncio.sleep(0.01)  # a database, say
+            if self.request.query.get("user") != "ann":
+                raise HTTPError(403, "not you")
+            self.user = "ann"
+
+    async def status(url: str) -> int | str:
+        try:
+            async with connect(url) as ws:
+                return str(await asyncio.wait_for(ws.recv(), 5))
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    with ThreadedServer(app, access_log=False) as server:
+
+        async def scenario() -> None:
+            base = f"ws://127.0.0.1:{server.port}"
+            assert await status(f"{base}/sync") == 401
+            assert await status(f"{base}/sync?user=bo") == "hello bo"
+            assert await status(f"{base}/async?user=bo") == 403
+            assert await status(f"{base}/async?user=ann") == "hello ann"
+
+        run(scenario)
+        with server.client() as c:  # the refusal is an ordinary error response
+            r = c.get(
+                "/sync",
+                headers={
+                    "Connection": "Upgrade",
+                    "Upgrade": "websocket",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Version": "13",
+                },
+            )
+            assert r.status == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert opened == ["bo", "ann"]
+
+
+def test_on_pong_sees_the_answer_to_a_ping() -> None:
+    app = App()
+    pongs: list[bytes] = []
+    got_pong = threading.Event()
+
+    @app.websocket("/ping")
+    class Pinger(WebSocketHandler):
+        def on_message(self, message: str | bytes) -> None:
+            self.ping(b"t0")
+
+        def on_pong(self, data: bytes) -> None:
+            pongs.append(data)
+            got_pong.set()
+
+    with ThreadedServer(app, access_log=False) as server:
+
+        async def scenario() -> None:
+            async with connect(f"ws://127.0.0.1:{server.port}/ping") as ws:
+                await ws.send("ping me")
+                # the websockets client answers pings by itself while it reads
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 1.0)
+
+        run(scenario)
+        assert got_pong.wait(5)
+    assert pongs == [b"t0"]

@@ -408,7 +408,10 @@ class App:
             ):
                 self._check_xsrf(request)
             if endpoint.is_websocket:
-                accept_websocket(request, endpoint.handler, params, endpoint.options["ws_options"])
+                options = endpoint.options["ws_options"]
+                upgrading = accept_websocket(request, endpoint.handler, params, options)
+                if upgrading is not None:  # the handler's prepare is async
+                    return self._upgrade_later(request, upgrading)
                 return None
             if endpoint.is_class:
                 result: Any = self._run_class(endpoint.handler, request, params)
@@ -423,6 +426,14 @@ class App:
             return self._send(request, result)
         except Exception as exc:
             return self._on_exception(request, exc)
+
+    async def _upgrade_later(self, request: Request, upgrading: Coroutine[Any, Any, None]) -> None:
+        try:
+            await upgrading
+        except Exception as exc:
+            pending = self._on_exception(request, exc)
+            if pending is not None:
+                await pending
 
     async def _finish_later(self, request: Request, suspended: Suspended) -> None:
         try:

@@ -9,7 +9,8 @@ once (and compresses it once) for any number of connections.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import inspect
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from rtserve.errors import HTTPError
@@ -50,6 +51,12 @@ class WebSocketHandler:
 
     # --- hooks -----------------------------------------------------------------------------
 
+    def prepare(self) -> Any:
+        """Before the upgrade is answered (may be async): raise HTTPError to refuse it with
+        that status (401, 403, ...); `self.request` is the upgrade request. The place for
+        checking who is connecting, before any WebSocket exists."""
+        return None
+
     def on_open(self) -> Any:
         """The connection is open; may be async."""
         return None
@@ -61,6 +68,10 @@ class WebSocketHandler:
     def on_close(self, code: int, reason: str) -> Any:
         """The connection is closed (code 1006 when it ended without a close frame)."""
         return None
+
+    def on_pong(self, data: bytes) -> None:
+        """A pong arrived: the answer to `ping(data)` (or to the server's keepalive ping, with
+        empty data). Sync; for measuring round trips, say."""
 
     def on_drain(self) -> None:
         """The outbound buffer went down after filling up: `connection.offer_frame` fits again."""
@@ -109,10 +120,11 @@ def accept_websocket(
     handler_class: type[WebSocketHandler],
     params: dict[str, Any],
     route_options: dict[str, Any],
-) -> None:
-    """Validate the opening handshake, answer 101 and hand the socket to the handler.
+) -> Coroutine[Any, Any, None] | None:
+    """Validate the opening handshake, run the handler's `prepare`, answer 101 and hand the
+    socket to the handler; a coroutine that does the rest when `prepare` is async.
 
-    Raises HTTPError (400, 403, 405, 426) when the request cannot be upgraded.
+    Raises HTTPError (400, 403, 405, 426, or prepare's) when the request cannot be upgraded.
     """
     exchange = request.exchange
     head = exchange.head
@@ -142,6 +154,31 @@ def accept_websocket(
             deflate_params, extensions = negotiated
             deflate = PerMessageDeflate(deflate_params, config)
     handler = handler_class(request, params)
+    prepared = handler.prepare()
+    upgrade = (handler, options, deflate, subprotocol, handshake.key, extensions)
+    if inspect.isawaitable(prepared):
+        return _upgrade_when(prepared, *upgrade)
+    _upgrade(*upgrade)
+    return None
+
+
+async def _upgrade_when(prepared: Awaitable[Any], *upgrade: Any) -> None:
+    await prepared
+    _upgrade(*upgrade)
+
+
+def _upgrade(
+    handler: WebSocketHandler,
+    options: WebSocketSettings,
+    deflate: PerMessageDeflate | None,
+    subprotocol: str | None,
+    key: str,
+    extensions: str | None,
+) -> None:
+    """Answer 101 and hand the socket to `handler` (unless the client left meanwhile)."""
+    exchange = handler.request.exchange
+    if exchange.conn.closed:
+        return
     connection = WebSocketConnection(
         exchange.conn.state,
         handler,
@@ -151,7 +188,7 @@ def accept_websocket(
         peer=exchange.peer,
     )
     handler.connection = connection
-    response = response_101(handshake.key, subprotocol=subprotocol, extensions=extensions)
+    response = response_101(key, subprotocol=subprotocol, extensions=extensions)
     exchange.conn.upgrade(exchange, response, connection)
 
 

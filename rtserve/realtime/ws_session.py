@@ -118,6 +118,9 @@ class ChannelSocket(WebSocketHandler):
         if self.client is not None:
             remove_user_connection(hub, self.client.user)
 
+    def on_pong(self, data: bytes) -> None:
+        pass  # the connection's keepalive is all a session needs of pongs
+
     def on_drain(self) -> None:
         pending = self._pending
         if not pending:

@@ -55,6 +55,8 @@ class WebSocketApp(Protocol):
     def on_close(self, code: int, reason: str) -> Awaitable[None] | None: ...
     def on_drain(self) -> None:
         """The transport's buffer went down: the connection has room again."""
+    def on_pong(self, data: bytes) -> None:
+        """A pong arrived (the answer to a ping: ours, or one the app sent)."""
 
 
 class _Closed:
@@ -73,6 +75,7 @@ class _Released:
     def on_message(self, message: str | bytes) -> None: ...
     def on_close(self, code: int, reason: str) -> None: ...
     def on_drain(self) -> None: ...
+    def on_pong(self, data: bytes) -> None: ...
 
 
 _RELEASED: Any = _Released()
@@ -178,6 +181,10 @@ class WebSocketConnection(asyncio.Protocol):
             elif type(event) is Pong:
                 self._ping_sent = False
                 self._schedule_ping()
+                try:
+                    self._app.on_pong(event.data)
+                except Exception:
+                    log.exception("on_pong failed")
             elif type(event) is CloseReceived:
                 self._close_received(event)
                 return
