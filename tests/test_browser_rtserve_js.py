@@ -332,3 +332,22 @@ def test_a_connection_token_is_refreshed_before_it_expires(
     expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
     states = page.locator("#states li").all_text_contents()
     assert states == ["connecting websocket", "connected websocket"], states
+
+
+def test_bad_numeric_options_are_refused_up_front(page: Page, server: ThreadedServer) -> None:
+    open_page(page, server, "feed:options", "websocket")
+    refused = page.evaluate(
+        """() => [{ backoffMin: 0 }, { fallbackAfter: "2" }, { backoffMin: 500, backoffMax: 100 }]
+            .map((options) => { try { new Rtserve(options); return null; }
+                                catch (e) { return e.constructor.name + ": " + e.message; } })"""
+    )
+    assert refused == [
+        "RangeError: rtserve.js: backoffMin must be a number above 0, not 0",
+        "RangeError: rtserve.js: fallbackAfter must be a number above 0, not 2",
+        "RangeError: rtserve.js: backoffMax must be at least backoffMin",
+    ]
+    defaults = page.evaluate(
+        "(() => { const r = new Rtserve({});"
+        " return [r.fallbackAfter, r.backoffMin, r.backoffMax]; })()"
+    )
+    assert defaults == [2, 250, 10000]

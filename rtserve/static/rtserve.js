@@ -68,6 +68,16 @@
     if ([0, 100, 108, 115].includes(code)) return 1006;
     return { 109: 4002, 106: 4003 }[code] || 4001;
   }
+  // A numeric option: its default when not given, a RangeError when not a number > 0.
+  function positive(options, name, fallback) {
+    const value = options[name];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== "number" || !(value > 0)) {
+      throw new RangeError(`rtserve.js: ${name} must be a number above 0, not ${value}`);
+    }
+    return value;
+  }
+
   const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
 
   class Subscription {
@@ -530,9 +540,12 @@
         return name === "poll";
       });
       if (!this.transports.length) this.transports = ["poll"];
-      this.fallbackAfter = options.fallbackAfter || 2;
-      this.backoffMin = options.backoffMin || 250;
-      this.backoffMax = options.backoffMax || 10000;
+      this.fallbackAfter = positive(options, "fallbackAfter", 2);
+      this.backoffMin = positive(options, "backoffMin", 250);
+      this.backoffMax = positive(options, "backoffMax", 10000);
+      if (this.backoffMax < this.backoffMin) {
+        throw new RangeError("rtserve.js: backoffMax must be at least backoffMin");
+      }
       this.subs = new Map(); // channel -> Subscription
       this.listeners = { state: [] };
       this.waiting = []; // [op, fields, resolve, reject] made while not connected
