@@ -1,36 +1,5 @@
-"""An asyncio client of rtserve's channel protocol (rtserve.realtime.protocol), for services
-and tests.
-
-    async with Client("ws://127.0.0.1:8000/rt/ws", token=token) as client:
-        sub = await client.subscribe("chat:lobby")
-        offset, epoch = await client.publish("chat:lobby", {"text": "hi"})
-        async for pub in sub:               # Publication(channel, offset, data, info)
-            ...
-
-Commands are matched to replies by id; a refusal raises `ClientError(code, message)`. Each
-`Subscription` keeps its last position (offset, epoch) and drops any publication at or below
-it, so nothing is seen twice; a live push out of sequence (an offset jump: the server skipped
-some; or one falling back: a new epoch) makes the subscription again from its position (see
-Subscription).
-
-With `reconnect=True` (the default), a connection that ends without `close()` is opened again
-with exponential backoff and jitter; `connect` is sent again and every subscription is made
-again with `since` = its last position, so the publications missed meanwhile arrive first. When
-the server cannot give them (`recovered: false`), the subscription's iterator raises
-`Unrecovered` once, at the point of the gap; iterating again continues from the new position.
-Commands in flight when the connection drops raise `Disconnected` (a publish may or may not have
-landed); commands issued while reconnecting wait for the new connection (up to
-`request_timeout`). Close codes that retrying cannot fix (4000, 4001, 4003, 4005, and 4002
-without `get_token`) and a refused `connect` stop the client: pending calls and every
-subscription's iterator then raise `Disconnected` or the `ClientError`.
-
-Every queue is bounded: the WebSocket keeps at most 64 messages before it stops reading, and a
-subscription at most `max_queue` publications. A subscription whose consumer falls behind stops
-queueing; once its consumer has caught up halfway, it is made again with `since` (unsubscribe,
-subscribe), so the publications it skipped come from the channel's history — or `Unrecovered`
-says they cannot. Join, leave and presence digest pushes go to the subscription's
-`on_presence` callback.
-"""
+"""Client: one connection to a channel endpoint, with its commands, reconnects and
+subscriptions."""
 
 from __future__ import annotations
 
@@ -39,12 +8,24 @@ import contextlib
 import json
 import logging
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from rtserve.errors import RtserveError
+from rtserve.client.messages import (
+    ClientError,
+    ClientInfo,
+    Disconnected,
+    History,
+    Join,
+    Leave,
+    Position,
+    PresenceDigest,
+    PresenceEvent,
+    PresenceStats,
+    Publication,
+    to_position,
+)
+from rtserve.client.subscription import END, Subscription
 from rtserve.protocol.ws_client import (
     ClientWebSocket,
     ConnectionClosed,
@@ -53,23 +34,6 @@ from rtserve.protocol.ws_client import (
     connect,
 )
 from rtserve.realtime.protocol import DisconnectCode, ErrorCode
-
-__all__ = [
-    "Client",
-    "ClientError",
-    "ClientInfo",
-    "Disconnected",
-    "History",
-    "Join",
-    "Leave",
-    "Position",
-    "PresenceDigest",
-    "PresenceEvent",
-    "PresenceStats",
-    "Publication",
-    "Subscription",
-    "Unrecovered",
-]
 
 log = logging.getLogger("rtserve.client")
 
@@ -82,322 +46,6 @@ _FINAL_CODES = frozenset(
         DisconnectCode.FORCED,
     }
 )
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class ClientError(RtserveError):
-    """The server refused a command: `code` (rtserve.realtime.protocol.ErrorCode, or an app's
-    own from 1000) and `message`."""
-
-    def __init__(self, code: int, message: str) -> None:
-        self.code = int(code)
-        self.message = message
-        super().__init__(f"{self.code} {message}")
-
-
-class Disconnected(RtserveError):
-    """The connection ended: `code` and `reason` of its close (1006 without a close frame)."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        self.code = int(code)
-        self.reason = reason
-        super().__init__(f"disconnected: {self.code} {reason}".rstrip())
-
-
-class Unrecovered(RtserveError):
-    """Publications of `channel` after `since` were lost: the stream went on from `position`
-    (the server could not recover them, or its stream started a new epoch)."""
-
-    def __init__(self, channel: str, since: Position | None, position: Position) -> None:
-        self.channel = channel
-        self.since = since
-        self.position = position
-        super().__init__(f"{channel}: publications after {since} could not be recovered")
-
-
-# --- values ---------------------------------------------------------------------------------
-
-
-class Position(NamedTuple):
-    """A place in a channel's stream."""
-
-    offset: int
-    epoch: str
-
-
-class PresenceStats(NamedTuple):
-    clients: int
-    users: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who a client is, as presence and publications show it."""
-
-    client: str
-    user: str | None = None
-    info: dict[str, Any] | None = None
-
-    @classmethod
-    def from_json(cls, value: Any) -> ClientInfo:
-        if not isinstance(value, dict):
-            raise TypeError(f"client info is an object, not {value!r}")
-        return cls(str(value.get("client")), value.get("user"), value.get("info"))
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    channel: str
-    offset: int
-    data: Any
-    info: ClientInfo | None = None
-
-    @classmethod
-    def from_json(cls, channel: str, value: dict[str, Any]) -> Publication:
-        info = value.get("info")
-        return cls(
-            channel,
-            int(value["offset"]),
-            value.get("data"),
-            ClientInfo.from_json(info) if info is not None else None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    channel: str
-    info: ClientInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    channel: str
-    info: ClientInfo
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceDigest:
-    """Joins and leaves of an interval, for channels too big for one push each."""
-
-    channel: str
-    count: int
-    joins: list[ClientInfo] = field(default_factory=list)
-    leaves: list[ClientInfo] = field(default_factory=list)
-
-
-PresenceEvent = Join | Leave | PresenceDigest
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    publications: list[Publication]
-    position: Position
-
-
-def _position(value: Position | tuple[int, str] | None) -> Position | None:
-    return None if value is None else Position(int(value[0]), str(value[1]))
-
-
-# --- subscriptions --------------------------------------------------------------------------
-
-_END = object()  # StopAsyncIteration: the subscription was ended by unsubscribe() or close()
-
-
-class Subscription:
-    """One channel subscribed by a Client; async-iterable over its publications.
-
-    position: the last position seen (None until subscribed).
-    recovered: the `recovered` of the last subscribe that gave `since` (None before one).
-    gaps: how many times publications were lost (each is also raised as Unrecovered, except
-        with `recover=False`, which asks for no missed publications and only counts them).
-    duplicates: publications dropped because their offset was not above `position`.
-    skipped: publications the server skipped (offset jumps) that `fill_gaps=False` accepted.
-
-    A live push whose offset jumps ahead (the server skipped publications for a slow client)
-    or falls back (pushes carry no epoch, so that is how a new epoch of the stream shows) makes
-    the subscription again from `position`, as after an overflow; the history fills the gap, or
-    Unrecovered says it cannot. `fill_gaps=False` (for channels with the `conflate` policy, whose
-    skips are wanted) accepts jumps and just drops what falls back.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        channel: str,
-        *,
-        recover: bool,
-        fill_gaps: bool,
-        token: str | None,
-        max_queue: int,
-        on_presence: Callable[[PresenceEvent], Any] | None,
-    ) -> None:
-        self.client = client
-        self.channel = channel
-        self.recover = recover
-        self.fill_gaps = fill_gaps
-        self.token = token
-        self.max_queue = max(1, max_queue)
-        self.on_presence = on_presence
-        self.position: Position | None = None
-        self.recovered: bool | None = None
-        self.gaps = 0
-        self.duplicates = 0
-        self.skipped = 0
-        self._queue: deque[Publication | Unrecovered] = deque()
-        self._subscribing = False  # a subscribe is waiting for its reply
-        self._early: list[tuple[Publication, str | None]] = []  # pushes meanwhile
-        self._early_lost = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._end: object | BaseException | None = None
-        self._overflow = False  # publications are being skipped: make it again when drained
-        self._resyncing = False
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.channel} at {self.position}>"
-
-    @property
-    def ended(self) -> bool:
-        return self._end is not None
-
-    async def unsubscribe(self) -> None:
-        await self.client.unsubscribe(self.channel)
-
-    # --- iteration -------------------------------------------------------------------------
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Publication:
-        while True:
-            if self._queue:
-                item = self._queue.popleft()
-                if self._overflow and len(self._queue) <= self.max_queue // 2:
-                    self.client._resync(self)
-                if isinstance(item, Unrecovered):
-                    raise item
-                return item
-            end = self._end
-            if end is _END:
-                raise StopAsyncIteration
-            if isinstance(end, BaseException):
-                raise end
-            if self._waiter is not None:
-                raise RuntimeError("this subscription is already being iterated by another task")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # --- what the Client hands over --------------------------------------------------------
-
-    def _publication(self, pub: Publication, epoch: str | None = None) -> None:
-        """A `pub` push; kept aside while a subscribe is waiting for its reply."""
-        if self._subscribing or self.position is None:
-            if len(self._early) < self.max_queue:
-                self._early.append((pub, epoch))
-            else:
-                self._early_lost = True
-            return
-        self._deliver(pub, epoch, live=True)
-
-    def _deliver(self, pub: Publication, epoch: str | None = None, *, live: bool = False) -> None:
-        position = self.position
-        assert position is not None
-        if epoch is not None and epoch != position.epoch:
-            # A new life of the stream: its offsets start again.
-            since, position = position, Position(pub.offset - 1, epoch)
-            self._gap(since, position, report=True)
-        if pub.offset <= position.offset:
-            self.duplicates += 1
-            if live and self.fill_gaps and not self._overflow:
-                self._make_again()  # maybe a new epoch: subscribing with since tells
-            return
-        if self._overflow:
-            return  # fetched again when the subscription is made again
-        if live and pub.offset > position.offset + 1:
-            if self.fill_gaps:
-                self._make_again()
-                return
-            self.skipped += pub.offset - position.offset - 1
-        if len(self._queue) >= self.max_queue:
-            self._overflow = True
-            log.info("%s: consumer behind from offset %d", self.channel, pub.offset)
-            return
-        self.position = Position(pub.offset, position.epoch)
-        self._queue.append(pub)
-        self._wake()
-
-    def _make_again(self) -> None:
-        """Stop queueing and subscribe again from `position`."""
-        log.info(
-            "%s: offsets out of sequence after %s; subscribing again", self.channel, self.position
-        )
-        self._overflow = True
-        self.client._resync(self)
-
-    def _presence(self, event: PresenceEvent) -> None:
-        if self.on_presence is None:
-            return
-        try:
-            self.on_presence(event)
-        except Exception:
-            log.exception("on_presence of %s failed", self.channel)
-
-    def _gap(self, since: Position | None, position: Position, *, report: bool) -> None:
-        self.gaps += 1
-        self.position = position
-        if report:
-            self._queue.append(Unrecovered(self.channel, since, position))
-            self._wake()
-
-    def _subscribed(self, result: dict[str, Any], since: Position | None, resumed: bool) -> None:
-        """Apply a subscribe result (`resumed`: made again after a reconnect or an overflow)."""
-        top = Position(int(result["offset"]), str(result["epoch"]))
-        self._subscribing = False
-        self._overflow = False
-        if since is not None:
-            self.recovered = bool(result.get("recovered"))
-            if self.recovered and since.epoch == top.epoch:
-                if self.position is None or self.position.epoch != since.epoch:
-                    self.position = since
-                for value in result.get("publications") or ():
-                    self._deliver(Publication.from_json(self.channel, value))
-            else:
-                self._gap(since, top, report=True)
-        elif resumed and self.position is not None:
-            self._gap(self.position, top, report=False)  # recover=False: counted only
-        if self.position is None:
-            self.position = top
-        elif top.offset > self.position.offset and not self._overflow:
-            self.position = top  # (the same epoch: a gap above moved it to `top`)
-        early, self._early = self._early, []
-        for pub, epoch in early:
-            self._deliver(pub, epoch)
-        if self._early_lost:
-            self._early_lost = False
-            self._overflow = True
-        if self._overflow and len(self._queue) <= self.max_queue // 2:
-            self.client._resync(self)  # nobody may pop to trigger it
-
-    def _subscribe_failed(self) -> None:
-        self._subscribing = False
-        self._early.clear()
-        self._early_lost = False
-
-    def _finish(self, end: object | BaseException) -> None:
-        if self._end is None:
-            self._end = end
-            self._wake()
-
-
-# --- the client -----------------------------------------------------------------------------
 
 
 class Client:
@@ -497,7 +145,7 @@ class Client:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._stop(_END, Disconnected(1000, "client closed"))
+        self._stop(END, Disconnected(1000, "client closed"))
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -542,7 +190,7 @@ class Client:
         self._subs[channel] = sub
         try:
             ws = await self._wait_live()
-            await self._subscribe_on(ws, sub, _position(since), resumed=False)
+            await self._subscribe_on(ws, sub, to_position(since), resumed=False)
         except BaseException:
             if self._subs.get(channel) is sub:
                 del self._subs[channel]
@@ -554,7 +202,7 @@ class Client:
         sub = self._subs.pop(channel, None)
         if sub is None:
             return
-        sub._finish(_END)
+        sub._finish(END)
         if self._live and self._ws is not None:
             with contextlib.suppress(Disconnected):
                 try:
@@ -587,7 +235,7 @@ class Client:
         command: dict[str, Any] = {"op": "history", "channel": channel}
         if limit is not None:
             command["limit"] = limit
-        position = _position(since)
+        position = to_position(since)
         if position is not None:
             command["since"] = {"offset": position.offset, "epoch": position.epoch}
         result = await self._request(command)
