@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.test_reload import ROOT, Run, alive, answer, free_port, make_project, until
+from tests.test_reload import ROOT, Run, alive, answer, free_port, get, make_project, until
 
 TIMEOUT = 10.0
 CHANNEL_CONFIG = """\
@@ -189,5 +189,28 @@ def test_workers_that_cannot_load_the_project_without_reload_exit_2(tmp_path: Pa
         assert run.proc.wait(20) == 2
         assert "No module named 'no_such_module_of_the_test'" in run.output
         assert "waiting for a change" not in run.output
+    finally:
+        run.stop()
+
+
+def test_each_worker_knows_its_index(tmp_path: Path) -> None:
+    """RTSERVE_WORKER (0..N-1) and RTSERVE_WORKERS (N) in each worker's environment."""
+    folder = make_project(tmp_path / "indexed")
+    with open(folder / "app.py", "a") as app:
+        app.write(
+            "\n\ndef which(request):\n"
+            "    return f\"{os.environ['RTSERVE_WORKER']}/{os.environ['RTSERVE_WORKERS']}\"\n"
+        )
+    with open(folder / "rtserve.yaml", "a") as config:
+        config.write("  - path: /which\n    handler: app:which\n")
+    run = Run(folder, free_port(), "--no-reload", "--workers", "2")
+    try:
+        run.wait_for(r"worker \d \(pid \d+\) ready in", count=2, timeout=20)
+        seen: set[str] = set()
+        for _ in range(200):  # new connections spread over both workers (SO_REUSEPORT)
+            seen.add(get(run.port, "/which"))
+            if len(seen) == 2:
+                break
+        assert seen == {"0/2", "1/2"}
     finally:
         run.stop()

@@ -323,6 +323,9 @@ The options in the table read these variables when they are not given. The CLI a
   in a `.env` file beside it, by `run`, `check`, `routes` and `stats` (which reads only the
   `server` and `admin` sections); see
   [configuration.md](configuration.md).
+- **`RTSERVE_WORKER`** and **`RTSERVE_WORKERS`** are set by `rtserve run` in each worker
+  process, for the app: which worker it is (0 to N-1) and how many there are (see
+  [deployment.md](deployment.md#workers-on-one-machine)).
 - **`RTSERVE_RELOAD_WORKER`** is internal: the supervisor of `rtserve run` hands each worker
   process its spec in it. Do not set it.
 """

@@ -421,7 +421,14 @@ class Supervisor:
                 "-m",
                 "rtserve.cli.reload_worker",
                 stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, SPEC_ENV: json.dumps(spec)},
+                env={
+                    **os.environ,
+                    SPEC_ENV: json.dumps(spec),
+                    # For the app: which worker this is, of how many (a task to run once
+                    # per machine starts in worker 0).
+                    "RTSERVE_WORKER": str(slot),
+                    "RTSERVE_WORKERS": str(len(self.slots)),
+                },
                 pass_fds=(*fds, ready_w, self.lifeline_r),
                 process_group=0,
             )

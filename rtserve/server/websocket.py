@@ -55,6 +55,7 @@ class WebSocketApp(Protocol):
     def on_close(self, code: int, reason: str) -> Awaitable[None] | None: ...
     def on_drain(self) -> None:
         """The transport's buffer went down: the connection has room again."""
+
     def on_pong(self, data: bytes) -> None:
         """A pong arrived (the answer to a ping: ours, or one the app sent)."""
 
