@@ -431,6 +431,38 @@ def test_stalled_body_gets_408(
         assert time.monotonic() - start < BODY_TIMEOUT + TIMEOUT_SLACK
 
 
+@pytest.mark.parametrize("path", ["/echo", "/upload"], ids=["buffered", "streamed-handler"])
+def test_a_body_trickled_below_the_minimum_rate_gets_408(site: Path, path: str) -> None:
+    """Each piece well within timeouts.body, but the average far below limits.min_body_rate:
+    the budget (timeouts.body, plus a second per min_body_rate bytes) runs out."""
+    with ThreadedServer(
+        make_app(site),
+        access_log=False,
+        timeouts=TimeoutSettings(body=BODY_TIMEOUT),
+        limits=LimitSettings(min_body_rate=100),
+    ) as srv:
+        head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+        with RawClient(srv.port) as c:
+            c.send(head.encode())
+            start = time.monotonic()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(100):  # 10 bytes/s, one byte every 0.1 s: never a 0.5 s pause
+                    c.send(b"x")
+                    if select.select([c.sock], [], [], 0)[0]:  # answered
+                        break
+                    time.sleep(0.1)
+            r = c.response()
+            assert (r.status, r.body) == (408, b"408 request body too slow\n")
+            assert time.monotonic() - start < BODY_TIMEOUT * 2 + TIMEOUT_SLACK
+        # A body at a rate above the minimum is taken whole.
+        with RawClient(srv.port) as c:
+            c.send(head.encode())
+            for _ in range(10):
+                c.send(b"x" * 100)
+                time.sleep(0.1)
+            assert c.response().status == 200
+
+
 # --- huge heads and bodies -----------------------------------------------------------------
 
 

@@ -46,6 +46,9 @@ class HTTPConnection(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0)."""
 
     __slots__ = (
+        "_body_budget",
+        "_body_mark",
+        "_body_piece_deadline",
         "_closed_future",
         "_continue_sent",
         "_drain_waiter",
@@ -92,6 +95,9 @@ class HTTPConnection(asyncio.Protocol):
         self._reading_paused_queue = False
         self._reading_paused_body = False
         self._send_left = 0
+        self._body_budget = INF
+        self._body_mark = 0
+        self._body_piece_deadline = INF
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
         self._continue_sent = False
@@ -368,8 +374,17 @@ class HTTPConnection(asyncio.Protocol):
         timeouts = state.settings.timeouts
         receiving = self.receiving
         if receiving is not None and receiving is self.active and not self._reading_paused_body:
-            self.phase = BODY
-            self.deadline = state.now + timeouts.body
+            # Each piece must come within timeouts.body, and the whole body at an average of
+            # limits.min_body_rate: a trickle of tiny pieces cannot hold the connection.
+            rate = state.settings.limits.min_body_rate
+            if self.phase != BODY:
+                self.phase = BODY
+                self._body_budget = state.now + timeouts.body if rate else INF
+            elif rate:
+                self._body_budget += (self.bytes_in - self._body_mark) / rate
+            self._body_mark = self.bytes_in
+            self._body_piece_deadline = state.now + timeouts.body
+            self.deadline = min(self._body_piece_deadline, self._body_budget)
         elif self.active is not None or self.queue:
             # Busy answering (reading may be paused by us): the client is not the one late.
             self.phase = BUSY
@@ -422,8 +437,11 @@ class HTTPConnection(asyncio.Protocol):
             self.state.limit_hit(self, 408, "request head not received in time")
             self._send_error_and_close(408, "request head not received in time")
         elif phase == BODY:
-            self.state.limit_hit(self, 408, "request body stalled")
-            self._send_error_and_close(408, "request body stalled")
+            # Which deadline it was: the average rate's (the budget), or the last piece's.
+            slow = self._body_budget < self._body_piece_deadline
+            reason = "request body too slow" if slow else "request body stalled"
+            self.state.limit_hit(self, 408, reason)
+            self._send_error_and_close(408, reason)
 
     # --- errors and closing ----------------------------------------------------------------
 

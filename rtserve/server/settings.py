@@ -27,6 +27,9 @@ class LimitSettings:
     max_pipelined: int = opt(16, "queued pipelined requests before reading pauses")
     max_form_fields: int = opt(1000, "fields in one urlencoded or multipart form (413 beyond)")
     max_upload_size: int = opt(16 * MiB, "one uploaded file in a multipart form", size=True)
+    min_body_rate: int = opt(
+        500, "bytes/s a request body must average beyond timeouts.body (408; 0: any)", size=True
+    )
     write_buffer_high: int = opt(256 * KiB, "outbound bytes buffered before pausing", size=True)
     write_buffer_low: int = opt(64 * KiB, "outbound bytes at which writing resumes", size=True)
 
