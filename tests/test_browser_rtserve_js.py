@@ -351,3 +351,16 @@ def test_bad_numeric_options_are_refused_up_front(page: Page, server: ThreadedSe
         " return [r.fallbackAfter, r.backoffMin, r.backoffMax]; })()"
     )
     assert defaults == [2, 250, 10000]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_user_disconnected_by_the_app_stays_closed(
+    page: Page, server: ThreadedServer, app: App, transport: str
+) -> None:
+    name = f"zed-{transport}"
+    open_page(page, server, f"feed:zed-{transport}", transport, data={"name": name})
+    server.call(app.disconnect, name, "banned")
+    expect(page.locator("#state")).to_have_text("closed", timeout=TIMEOUT_MS)
+    assert page.evaluate("[infos.at(-1).code, infos.at(-1).reason]") == [4005, "banned"]
+    page.wait_for_timeout(500)  # no reconnect follows (the backoff here is 50 ms)
+    assert page.locator("#states li").last.text_content() == f"closed {transport}"

@@ -258,3 +258,34 @@ def test_a_server_that_stops_takes_its_clients_out_of_presence_with_leaves(
         await here.close()
 
     run(scenario)
+
+
+def test_disconnecting_a_user_reaches_their_connections_on_every_server(
+    nodes: tuple[ThreadedServer, ThreadedServer],
+) -> None:
+    """`app.disconnect(user)` on A ends the user's WebSocket on A and SSE stream on B (4005);
+    other users stay."""
+    a, b = nodes
+    bob, alice = mint(SECRET, "bob"), mint(SECRET, "alice")
+    stream = SSE(b.port, f"channel=room:x&token={bob}")
+    try:
+        stream.next("subscribed")
+
+        async def on_a() -> None:  # runs on A's loop
+            await a.app.disconnect("bob", "banned")
+
+        async def scenario() -> None:
+            bob_ws = await Peer.open(ws_url(a), token=bob)
+            alice_ws = await Peer.open(ws_url(b), token=alice)
+            await asyncio.to_thread(a.call, on_a)
+            assert await bob_ws.closed_with() == (4005, "banned")
+            await alice_ws.call("subscribe", channel="room:x")  # still served
+            await alice_ws.close()
+
+        run(scenario)
+        error = stream.next("error")
+        assert json.loads(error["data"]) == {"code": 4005, "message": "banned"}
+        with pytest.raises(EOFError):
+            stream.event()  # the stream ended
+    finally:
+        stream.close()

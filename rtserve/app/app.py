@@ -288,6 +288,13 @@ class App:
         check_publishable(data)
         return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
 
+    async def disconnect(self, user: str, reason: str = "") -> None:
+        """End every live channel connection of `user`, on every worker and machine of the
+        broker: WebSockets close with 4005 and SSE streams end with an `error` event 4005, after
+        which rtserve.js and rtserve.client do not reconnect. To keep the user out, refuse them
+        in `on_connect` too. ChannelError 115 when the broker fails."""
+        await self.hub.disconnect_user(user, reason)
+
     def publish_threadsafe(
         self, channel: str, data: Any, *, idempotency_key: str | None = None
     ) -> concurrent.futures.Future[StreamPosition]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rtserve.app.response import JSONResponse
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
-from rtserve.realtime.hub import call_hook
+from rtserve.realtime.hub import UserConnection, call_hook
 from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode
 from rtserve.realtime.publish_api import _STATUS
 from rtserve.realtime.rules import ChannelRule
@@ -80,24 +80,27 @@ async def run_on_connect(
     return ClientInfo(secrets.token_hex(8), user, info)
 
 
-def add_user_connection(hub: Hub, user: str | None) -> None:
-    """Count one more open connection of `user` (ChannelError 106 over the limit)."""
+def add_user_connection(hub: Hub, user: str | None, connection: UserConnection) -> None:
+    """One more open connection of `user` (ChannelError 106 over the limit)."""
     if user is None:
         return
+    open_ = hub.users.setdefault(user, set())
     limit = hub.settings.max_connections_per_user
-    if limit and hub.users.get(user, 0) >= limit:
+    if limit and len(open_) >= limit:
+        if not open_:
+            del hub.users[user]
         raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "too many connections for this user")
-    hub.users[user] = hub.users.get(user, 0) + 1
+    open_.add(connection)
 
 
-def remove_user_connection(hub: Hub, user: str | None) -> None:
+def remove_user_connection(hub: Hub, user: str | None, connection: UserConnection) -> None:
     if user is None:
         return
-    left = hub.users.get(user, 1) - 1
-    if left > 0:
-        hub.users[user] = left
-    else:
-        hub.users.pop(user, None)
+    open_ = hub.users.get(user)
+    if open_ is not None:
+        open_.discard(connection)
+        if not open_:
+            del hub.users[user]
 
 
 # --- subscribing and publishing ----------------------------------------------------------

@@ -46,6 +46,9 @@ log = logging.getLogger("rtserve.channels")
 # Seconds `Hub.close` waits for the leaves (and broker unsubscribes) of the clients that just
 # went, before it cancels what is left and closes the broker.
 CLOSE_TIMEOUT = 2.0
+# The broker channel that carries commands to every node (disconnect a user). The space keeps
+# it out of reach of clients: no channel name they may give contains one.
+CONTROL_CHANNEL = "rtserve control"
 
 
 class Outbound:
@@ -130,6 +133,13 @@ class Subscriber(Protocol):
         """The server ends a subscription (tell the client, leave the channel)."""
 
 
+class UserConnection(Protocol):
+    """A live connection of a known user (a /rt/ws session, an SSE stream)."""
+
+    def disconnect(self, reason: str) -> None:
+        """End it for good (close code 4005): the client is not to reconnect by itself."""
+
+
 @dataclass(slots=True)
 class HubStats:
     """Counters of the channel layer (read by the stats endpoint)."""
@@ -203,7 +213,7 @@ class Hub:
         self.publish_latency = Histogram()
         self.on_connect: Callable[[ConnectContext], Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.users: dict[str, int] = {}  # open connections per user
+        self.users: dict[str, set[UserConnection]] = {}  # open connections per user
         # Publish rate buckets of HTTP clients (per token user or address), bounded LRU.
         self.http_buckets: OrderedDict[Any, Any] = OrderedDict()
         self._local: dict[str, _Local] = {}
@@ -220,6 +230,7 @@ class Hub:
         for rule in self.rules:
             self.keep_history_of(rule)
         await self.broker.start(self)
+        await self.broker.subscribe(CONTROL_CHANNEL)
         self._digest_task = self.loop.create_task(self._run_digests())
 
     def keep_history_of(self, rule: ChannelRule) -> None:
@@ -324,6 +335,8 @@ class Hub:
     def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
         local = self._local.get(channel)
         if local is None:
+            if channel == CONTROL_CHANNEL:
+                self._control(publication.data)
             return
         if epoch != local.epoch and local.epoch is not None:
             self._epoch_changed(channel, local)
@@ -362,6 +375,22 @@ class Hub:
         for subscriber in tuple(local.subscribers):
             if subscriber is not keep:
                 subscriber.end_subscription(channel, ErrorCode.UNRECOVERABLE, "epoch changed")
+
+    async def disconnect_user(self, user: str, reason: str = "") -> None:
+        """End every live connection of `user` on every node of the broker (WebSocket close
+        4005, SSE `event: error` 4005). ChannelError 115 when the broker fails."""
+        command = {"disconnect": user, "reason": reason}
+        with _broker_errors():
+            await self.broker.publish(CONTROL_CHANNEL, command)
+
+    def _control(self, command: Any) -> None:
+        """A command from a node (this one included), through the broker."""
+        if not isinstance(command, dict) or not isinstance(command.get("disconnect"), str):
+            log.warning("ignoring a malformed control command: %r", command)
+            return
+        reason = command.get("reason")
+        for connection in list(self.users.get(command["disconnect"], ())):
+            connection.disconnect(reason if isinstance(reason, str) else "")
 
     def on_gap(self, channel: str) -> None:
         local = self._local.get(channel)

@@ -38,7 +38,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound, sse_event
-from rtserve.realtime.protocol import ChannelError, ErrorCode
+from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.exchange import ClientDisconnected
 
@@ -123,7 +123,7 @@ class SSEStream:
             self.claims = connect_claims(hub.settings, request.query.get("token"))
             data = connect_data(request)
             self.client = await run_on_connect(hub, request, self.claims, data)
-            add_user_connection(hub, self.client.user)
+            add_user_connection(hub, self.client.user, self)
             self._counted = True
             channels = channel_names(request)
             since = positions(request, channels)
@@ -260,7 +260,7 @@ class SSEStream:
         self._held.clear()
         if self._counted:
             self._counted = False
-            remove_user_connection(hub, self.client.user)
+            remove_user_connection(hub, self.client.user, self)
 
     def _end(self, last_word: bytes | None = None) -> None:
         if self.ended:
@@ -280,6 +280,10 @@ class SSEStream:
 
     def _token_expired(self) -> None:
         self._end(_error_event(ErrorCode.TOKEN_EXPIRED, "token expired"))
+
+    def disconnect(self, reason: str) -> None:
+        """The app ends this user's connections: `event: error` with code 4005, then the end."""
+        self._end(_error_event(DisconnectCode.FORCED, reason or "disconnected by the server"))
 
     # --- what the Hub hands over -----------------------------------------------------------
 

@@ -116,10 +116,14 @@ class ChannelSocket(WebSocketHandler):
         self.subscriptions.clear()
         self._pending = None
         if self.client is not None:
-            remove_user_connection(hub, self.client.user)
+            remove_user_connection(hub, self.client.user, self)
 
     def on_pong(self, data: bytes) -> None:
         pass  # the connection's keepalive is all a session needs of pongs
+
+    def disconnect(self, reason: str) -> None:
+        """The app ends this user's connections: close code 4005 (clients do not reconnect)."""
+        self.connection.close(DisconnectCode.FORCED, reason or "disconnected by the server")
 
     def on_drain(self) -> None:
         pending = self._pending
@@ -235,7 +239,7 @@ class ChannelSocket(WebSocketHandler):
         if self.closed:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "connection closed")
         try:
-            add_user_connection(hub, client.user)  # on_close gives it back
+            add_user_connection(hub, client.user, self)  # on_close gives it back
         except ChannelError as exc:
             self._refuse(exc.code, exc.message, DisconnectCode.CONNECTION_LIMIT)
         self.claims = claims

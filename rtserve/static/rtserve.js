@@ -415,7 +415,10 @@
       on("error", (error) => {
         this._stop();
         if (error === null && !opened) return this._probe(url, source);
-        this.rt._dropped(error && error.code === 109 ? 4002 : 1006, error ? error.message : "");
+        // 109: the token expired (as close code 4002); 4005: the server disconnected this
+        // user (final); anything else: reconnect.
+        const code = !error ? 1006 : error.code === 109 ? 4002 : error.code === 4005 ? 4005 : 1006;
+        this.rt._dropped(code, error ? error.message : "");
       });
     }
     // The stream failed before it opened, and EventSource cannot say why: ask the server
