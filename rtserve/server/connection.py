@@ -13,7 +13,7 @@ import logging
 import sys
 from asyncio import current_task
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 if sys.platform == "linux":
@@ -56,6 +56,7 @@ class HTTPConnection(asyncio.Protocol):
         "_reading_paused_body",
         "_reading_paused_queue",
         "_send_left",
+        "_send_since",
         "_starting",
         "_upgrade_data",
         "_upgrade_exchange",
@@ -95,6 +96,7 @@ class HTTPConnection(asyncio.Protocol):
         self._reading_paused_queue = False
         self._reading_paused_body = False
         self._send_left = 0
+        self._send_since = 0.0
         self._body_budget = INF
         self._body_mark = 0
         self._body_piece_deadline = INF
@@ -401,6 +403,7 @@ class HTTPConnection(asyncio.Protocol):
         """Our answers fill the write buffer: the client has `timeouts.send` to take some."""
         self.phase = SEND
         self._send_left = self._unsent()
+        self._send_since = monotonic()  # the ticker's clock is coarse: this one is exact
         self.deadline = self.state.now + self.state.settings.timeouts.send
 
     def _unsent(self) -> int:
@@ -418,10 +421,13 @@ class HTTPConnection(asyncio.Protocol):
         phase = self.phase
         self.deadline = INF
         if phase == SEND:
-            left = self._unsent()
-            if left < self._send_left:  # it took some: a slow reader, not one that stopped
-                self._send_left = left
-                self.deadline = self.state.now + self.state.settings.timeouts.send
+            if self._unsent() < self._send_left:  # it took some: a slow reader, not a stopped one
+                self._send_phase()
+                return
+            send = self.state.settings.timeouts.send
+            waited = monotonic() - self._send_since
+            if waited < send:  # the ticker's coarse clock fired early: the rest of the time
+                self.deadline = self.state.now + (send - waited)
                 return
             self.state.stats.limit_hits += 1
             log.warning(
