@@ -2,7 +2,9 @@
 
 Requests are parsed in `data_received` and answered strictly in order (pipelining). Each
 connection is in one timer phase: IDLE (keep-alive timeout), HEAD (header timeout), BODY (body
-read timeout) or BUSY (no timeout while the app answers). The server's ticker enforces them.
+read timeout and the body's minimum rate), BUSY (no timeout while the app answers) or SEND (the
+write buffer is full: the client must take some of it within the send timeout). The server's
+ticker enforces them.
 """
 
 from __future__ import annotations
