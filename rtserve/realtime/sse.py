@@ -27,6 +27,7 @@ from rtserve.realtime.access import (
     connect_claims,
     connect_data,
     cors_headers,
+    http_client,
     http_error,
     parse_position_id,
     positions,
@@ -79,8 +80,7 @@ async def probe(hub: Hub, request: Request) -> None:
     """What the stream would answer, without one: ChannelError where it would be refused
     (an EventSource cannot read a refusal, so rtserve.js asks this way). Nothing is
     subscribed and nobody is told of a join; the app's `on_connect` and `on_subscribe` run."""
-    claims = connect_claims(hub.settings, request.query.get("token"))
-    client = await run_on_connect(hub, request, claims, connect_data(request))
+    client, claims = await http_client(hub, request, request.query.get("token"))
     channels = channel_names(request)
     positions(request, channels)
     for channel in channels:
