@@ -6,6 +6,8 @@ import asyncio
 import contextvars
 from collections.abc import Iterator
 
+import anyio
+import httpx
 import pytest
 
 from rtserve import App, Request
@@ -58,6 +60,27 @@ def server() -> Iterator[ThreadedServer]:
         after = asyncio.current_task() is not None
         return {"before": before, "after": after}
 
+    @app.route("/same-task")
+    async def same_task(request: Request) -> dict[str, bool]:
+        before = asyncio.current_task()
+        await asyncio.sleep(0)
+        return {"same": asyncio.current_task() is before}  # libraries key state on the task
+
+    @app.route("/anyio-scope")
+    async def anyio_scope(request: Request) -> str:
+        # Entered in the first step, left after it suspended: anyio checks it is one task.
+        with anyio.fail_after(5):
+            await anyio.sleep(0.001)
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(5)
+        return f"cancelled: {scope.cancelled_caught}"
+
+    @app.route("/httpx")
+    async def call_upstream(request: Request) -> str:
+        async with httpx.AsyncClient(timeout=5) as client:
+            answer = await client.get(request.query["url"])
+        return f"upstream said {answer.text}"
+
     @app.route("/set/{name}")
     async def set_user(request: Request, name: str) -> str:
         user.set(name)
@@ -85,6 +108,8 @@ def server() -> Iterator[ThreadedServer]:
         ("/timeout-zero", "timed out at once"),
         ("/taskgroup", "[0,1,4,9]"),
         ("/current", '{"before":true,"after":true}'),
+        ("/same-task", '{"same":true}'),
+        ("/anyio-scope", "cancelled: True"),
     ],
 )
 def test_asyncio_works_in_the_first_step(server: ThreadedServer, path: str, body: str) -> None:
@@ -108,3 +133,11 @@ def test_pipelined_request_after_a_suspending_one_starts_clean(server: ThreadedS
     with RawClient(server.port) as c:
         c.send(get("/set/carol") + get("/timeout-sync") + get("/get"))
         assert [r.body for r in c.responses(3)] == [b"carol", b"no await inside", b"nobody"]
+
+
+def test_an_anyio_based_client_works_in_a_handler(server: ThreadedServer) -> None:
+    """httpx (on anyio) enters cancel scopes in the handler's first step and leaves them
+    after it suspended: rtserve's stand-in for the task must be one task to anyio."""
+    with server.client() as c:
+        r = c.get(f"/httpx?url={server.url}/timeout-sync")
+        assert (r.status, r.text) == (200, "upstream said no await inside")

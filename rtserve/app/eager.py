@@ -3,8 +3,11 @@
 Most handlers finish without suspending; running their first step directly answers them with
 no Task and no extra loop iteration. So that `asyncio.timeout()`, `TaskGroup` and
 `asyncio.current_task()` still work during that step, a `StandInTask` is the current task
-while it runs; if the coroutine suspends, the real Task takes over and the stand-in forwards
-to it (a cancel requested before then is replayed).
+while it runs. If the coroutine suspends, a real Task drives it on, the stand-in forwards to
+that Task (a cancel requested before then is replayed), and the stand-in stays the current
+task of every later step: to the handler it is one task from start to end, as libraries that
+key state on the task need (anyio's cancel scopes, and so httpx, check that a scope is left in
+the task that entered it).
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import types
 from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 
 class StandInTask:
     """The current task of a first step; forwards to the real Task once there is one."""
 
-    __slots__ = ("_cancels", "_loop", "task")
+    __slots__ = ("__weakref__", "_cancels", "_loop", "task")  # anyio keeps weak references
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -74,7 +77,7 @@ class Suspended:
         task = asyncio.current_task()
         assert task is not None
         self.stand_in.attach(task)
-        return await _resume(self.coro, self.yielded)
+        return await _resume(self.coro, self.yielded, task, self.stand_in)
 
 
 def first_step(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
@@ -91,18 +94,26 @@ def first_step(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) 
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Drive `coro` on from the suspension point that yielded `yielded`."""
+def _resume(
+    coro: Coroutine[Any, Any, Any], yielded: Any, task: asyncio.Task[Any], stand_in: StandInTask
+) -> Generator[Any, Any, Any]:
+    """Drive `coro` on from the suspension point that yielded `yielded`, inside `task`, with
+    `stand_in` as the current task of each step."""
+    loop = stand_in.get_loop()
+    step: Callable[[Any], Any]
     while True:
         try:
             sent = yield yielded
         except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
+            step, value = coro.throw, exc
+        else:
+            step, value = coro.send, sent
+        _leave_task(loop, task)
+        _enter_task(loop, stand_in)  # type: ignore[arg-type]
         try:
-            yielded = coro.send(sent)
+            yielded = step(value)
         except StopIteration as stop:
             return stop.value
+        finally:
+            _leave_task(loop, stand_in)  # type: ignore[arg-type]
+            _enter_task(loop, task)
