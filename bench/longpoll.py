@@ -1,0 +1,292 @@
+"""Benchmark long polling: N pending polls on one channel, released by one publication.
+
+Servers (alternated, one process each pinned to the server core with ``taskset -c 0``):
+
+- ``rtserve``: ``GET /rt/poll`` on a channel with history, as a user configures it
+  (``bench/longpoll_apps/rtserve_app.py``);
+- ``tornado``: Tornado's long-poll pattern from its chat demo, a message buffer with a
+  ``Condition`` every poll waits on (``bench/longpoll_apps/tornado_app.py``).
+
+Per server, per N, per round: open N keep-alive connections, each sending one poll; wait until
+the server says N are pending; read the server's RSS (per pending poll: the growth over the
+idle server, divided by N); publish once and time until the LAST poll has its whole answer
+(and the server's CPU time spent meanwhile); check each answer carries the publication; then
+every poller polls again with the position it was given, a second publication is made, and
+each must receive it (`lost` counts those that did not). The load (this script) runs on the
+load core (``taskset -c 1``, set by the script itself).
+
+Usage:
+    python bench/longpoll.py                          # 1,000, 5,000, 10,000 polls, 3 rounds
+    python bench/longpoll.py --polls 1000 --rounds 1  # a smoke run, seconds
+
+Traffic goes to 127.0.0.1 only; every wait is bounded. Needs tornado for the peer
+(``pip install -e '.[bench]'``) and 2 cores; 10,000 polls need 10,000 descriptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE, LOAD_CORE = 0, 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+WAIT_S = 120.0
+
+
+@dataclass
+class Server:
+    name: str
+    command: Callable[[int], list[str]]
+    first_poll: str
+    next_poll: Callable[[dict[str, Any]], str]
+    seq_of: Callable[[dict[str, Any]], Any]
+
+
+def _rtserve_next(answer: dict[str, Any]) -> str:
+    lp = answer["channels"]["lp"]
+    return f"/rt/poll?channel=lp&timeout=55&since=lp:{lp['offset']}:{lp['epoch']}"
+
+
+SERVERS = {
+    "rtserve": Server(
+        "rtserve",
+        lambda port: [
+            sys.executable, "-m", "rtserve", "run", "bench.longpoll_apps.rtserve_app:app",
+            "--port", str(port), "--no-reload", "--no-access-log",
+        ],
+        "/rt/poll?channel=lp&timeout=55",
+        _rtserve_next,
+        lambda answer: answer["channels"]["lp"]["publications"][-1]["data"]["seq"],
+    ),
+    "tornado": Server(
+        "tornado",
+        lambda port: [sys.executable, "-m", "bench.longpoll_apps.tornado_app", str(port)],
+        "/poll?cursor=0",
+        lambda answer: f"/poll?cursor={answer['messages'][-1]['id']}",
+        lambda answer: answer["messages"][-1]["data"]["seq"],
+    ),
+}
+
+
+class Poller(asyncio.Protocol):
+    """One keep-alive connection that sends a GET and reads one Content-Length answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answered: asyncio.Future[tuple[float, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get(self, path: str) -> None:
+        assert self.transport is not None
+        self.buffer.clear()
+        self.answered = asyncio.get_running_loop().create_future()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answered is None or self.answered.done():
+            return
+        head = bytes(self.buffer[:end]).lower()
+        start = head.find(b"content-length:")
+        if start < 0:
+            self.answered.set_exception(RuntimeError(f"no content-length: {head[:200]!r}"))
+            return
+        length = int(head[start + 15 :].split(b"\r\n", 1)[0])
+        if len(self.buffer) >= end + 4 + length:
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            self.answered.set_result((time.perf_counter(), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answered is not None and not self.answered.done():
+            self.answered.set_exception(ConnectionError("closed before the answer"))
+
+
+async def request(port: int, method: str, path: str, body: bytes = b"") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+    data = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+async def wait_pending(port: int, n: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while int(await request(port, "GET", "/pending")) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} polls did not become pending in {WAIT_S} s")
+        await asyncio.sleep(0.1)
+
+
+def rss_kib(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+
+
+def cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
+
+
+@dataclass
+class Result:
+    release_ms: float
+    release_cpu_ms: float
+    kib_per_poll: float
+    lost: int
+
+
+@dataclass
+class Table:
+    rows: dict[tuple[str, int], list[Result]] = field(default_factory=dict)
+
+
+async def release(
+    port: int, pid: int, pollers: list[Poller], seq: int, server: Server
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """Publish `seq`; (ms until the last answer, server CPU ms meanwhile, the answers)."""
+    cpu_before = cpu_ms(pid)
+    started = time.perf_counter()
+    await request(port, "POST", "/publish", json.dumps({"seq": seq}).encode())
+    done = await asyncio.wait_for(
+        asyncio.gather(*(p.answered for p in pollers if p.answered)), WAIT_S
+    )
+    last = max(at for at, _ in done)
+    answers = [json.loads(body) for _, body in done]
+    return (last - started) * 1000, cpu_ms(pid) - cpu_before, answers
+
+
+async def measure(server: Server, n: int, port: int, pid: int) -> Result:
+    loop = asyncio.get_running_loop()
+    idle = rss_kib(pid)
+    pollers: list[Poller] = []
+    for start in range(0, n, 500):
+        batch = await asyncio.gather(
+            *(
+                loop.create_connection(Poller, "127.0.0.1", port)
+                for _ in range(start, min(n, start + 500))
+            )
+        )
+        pollers.extend(protocol for _, protocol in batch)
+    for poller in pollers:
+        poller.get(server.first_poll)
+    await wait_pending(port, n)
+    kib_per_poll = (rss_kib(pid) - idle) / n
+    release_ms, release_cpu, answers = await release(port, pid, pollers, 1, server)
+    assert all(server.seq_of(a) == 1 for a in answers), "an answer lacks the publication"
+    for poller, answer in zip(pollers, answers, strict=True):
+        poller.get(server.next_poll(answer))
+    await wait_pending(port, n)
+    _, _, again = await release(port, pid, pollers, 2, server)
+    lost = sum(1 for a in again if server.seq_of(a) != 2)
+    for poller in pollers:
+        if poller.transport is not None:
+            poller.transport.close()
+    return Result(release_ms, release_cpu, kib_per_poll, lost)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_one(server: Server, n: int) -> Result:
+    port = free_port()
+    command = ["taskset", "-c", str(SERVER_CORE), *server.command(port)]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{server.name} did not start") from None
+                time.sleep(0.05)
+        # taskset execs the server, and `rtserve run --no-reload` serves in that process.
+        return asyncio.run(measure(server, n, port, proc.pid))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def report(table: Table, polls: list[int], rounds: int) -> str:
+    lines = [
+        f"Medians of {rounds} round(s), servers alternated; server on cpu{SERVER_CORE}, "
+        f"load on cpu{LOAD_CORE}.",
+        "",
+        "| polls | server | release: time to the last answer | server CPU for the release "
+        "| RSS per pending poll | lost | release vs tornado |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n in polls:
+        medians: dict[str, tuple[float, float, float, int]] = {}
+        for name in SERVERS:
+            results = table.rows.get((name, n), [])
+            if results:
+                medians[name] = (
+                    statistics.median(r.release_ms for r in results),
+                    statistics.median(r.release_cpu_ms for r in results),
+                    statistics.median(r.kib_per_poll for r in results),
+                    sum(r.lost for r in results),
+                )
+        for name, (ms, cpu, kib, lost) in medians.items():
+            ratio = ""
+            if "tornado" in medians and name != "tornado":
+                ratio = f"{medians['tornado'][0] / ms:.1f}× faster"
+            lines.append(
+                f"| {n:,} | {name} | {ms:,.0f} ms | {cpu:,.0f} ms | {kib:.1f} KiB | {lost} "
+                f"| {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--polls", default="1000,5000,10000", help="comma-separated Ns")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    args = parser.parse_args()
+    polls = [int(n) for n in args.polls.split(",")]
+    names = args.servers.split(",")
+    os.sched_setaffinity(0, {LOAD_CORE})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, max(polls) + 1000)), hard))
+    table = Table()
+    for n in polls:
+        for round_ in range(args.rounds):
+            order = names if round_ % 2 == 0 else names[::-1]
+            for name in order:
+                result = run_one(SERVERS[name], n)
+                table.rows.setdefault((name, n), []).append(result)
+                print(f"{name} {n} round {round_ + 1}: {result}", file=sys.stderr)
+    print(report(table, polls, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
