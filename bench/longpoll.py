@@ -66,8 +66,15 @@ SERVERS = {
     "rtserve": Server(
         "rtserve",
         lambda port: [
-            sys.executable, "-m", "rtserve", "run", "bench.longpoll_apps.rtserve_app:app",
-            "--port", str(port), "--no-reload", "--no-access-log",
+            sys.executable,
+            "-m",
+            "rtserve",
+            "run",
+            "bench.longpoll_apps.rtserve_app:app",
+            "--port",
+            str(port),
+            "--no-reload",
+            "--no-access-log",
         ],
         "/rt/poll?channel=lp&timeout=55",
         _rtserve_next,
@@ -258,7 +265,7 @@ def report(table: Table, polls: list[int], rounds: int) -> str:
         for name, (ms, cpu, kib, lost) in medians.items():
             ratio = ""
             if "tornado" in medians and name != "tornado":
-                ratio = f"{medians['tornado'][0] / ms:.1f}× faster"
+                ratio = f"{medians['tornado'][0] / ms:.1f}x faster"
             lines.append(
                 f"| {n:,} | {name} | {ms:,.0f} ms | {cpu:,.0f} ms | {kib:.1f} KiB | {lost} "
                 f"| {ratio} |"

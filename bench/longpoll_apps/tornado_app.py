@@ -1,7 +1,8 @@
 """Tornado's long-poll pattern (its chat demo): a message buffer with a Condition; each poll
 waits on it with its cursor and is answered with the messages after the cursor.
 
-`GET /poll?cursor=N`, `POST /publish`, `GET /pending`. Run: python -m bench.longpoll_apps.tornado_app PORT
+`GET /poll?cursor=N`, `POST /publish`, `GET /pending`.
+Run: python -m bench.longpoll_apps.tornado_app PORT
 """
 
 from __future__ import annotations
