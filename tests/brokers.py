@@ -1,8 +1,10 @@
-"""Channel and transport tests on every broker: MemoryBroker and RedisBroker.
+"""Channel and transport tests on every broker: MemoryBroker and RedisBroker. BACKENDS is
+the one list of them; `broker_factory` makes a backend's brokers.
 
 Loaded by tests/conftest.py as a pytest plugin. A test that uses the `app_broker` fixture
 (usually through ``pytestmark = pytest.mark.usefixtures("app_broker")``) runs once per
-backend, ids ``[memory]`` and ``[redis]``; while it runs, an ``App()`` made without a broker
+backend, ids ``[memory]`` and ``[redis]`` (``make_broker``, for tests of the Broker
+interface itself, likewise); while it runs, an ``App()`` made without a broker
 gets one of that backend (for Redis: the machine's Redis, with a key prefix of this test,
 shared by every App of the test like nodes of one deployment). The Redis variant is skipped
 without a reachable Redis, or fails when CI is set (see tests/redis_support.py).
@@ -43,21 +45,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("app_broker", backends, indirect=True)
 
 
+def broker_factory(request: pytest.FixtureRequest, backend: str) -> BrokerFactory:
+    """A factory of (not started) brokers of `backend` (one of BACKENDS); for Redis, the
+    brokers of one test share its key prefix, like nodes of one deployment."""
+    if backend == "memory":
+        return MemoryBroker
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    from rtserve.broker.redis import RedisBroker
+
+    def factory(**kwargs: Any) -> Broker:
+        return RedisBroker(url, prefix=prefix, **kwargs)
+
+    return factory
+
+
+@pytest.fixture(params=BACKENDS)
+def make_broker(request: pytest.FixtureRequest) -> BrokerFactory:
+    """A factory of (not started) brokers, once per backend: for tests of the Broker itself."""
+    return broker_factory(request, request.param)
+
+
 @pytest.fixture
 def app_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> BrokerFactory:
     """A factory of (not started) brokers of this test's backend, which ``App()`` also uses
     while the test runs when it is given no broker."""
-    factory: BrokerFactory
-    if request.param == "memory":
-        factory = MemoryBroker
-    else:
-        url = request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        from rtserve.broker.redis import RedisBroker
-
-        def factory(**kwargs: Any) -> Broker:
-            return RedisBroker(url, prefix=prefix, **kwargs)
-
+    factory = broker_factory(request, request.param)
     original = App.__init__
 
     def init(self: App, *args: Any, broker: Broker | None = None, **kwargs: Any) -> None:

@@ -24,7 +24,6 @@ from rtserve.broker.base import (
     PublishOptions,
     StreamPosition,
 )
-from rtserve.broker.memory import MemoryBroker
 
 KEEP = PublishOptions(history_size=10)
 WAIT = 5.0  # seconds a test waits for something that should happen at once
@@ -87,22 +86,6 @@ async def eventually(
 
 
 Factory = Callable[..., Broker]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> Factory:
-    """A factory of (not yet started) brokers of one backend; for Redis, brokers made by one
-    test share its key prefix, like nodes of one deployment."""
-    if request.param == "memory":
-        return MemoryBroker
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("redis_prefix")
-    from rtserve.broker.redis import RedisBroker
-
-    def make(**kwargs: Any) -> Broker:
-        return RedisBroker(url, prefix=prefix, **kwargs)
-
-    return make
 
 
 Scenario = Callable[[Broker, Recorder], Awaitable[None]]

@@ -278,3 +278,8 @@ class MemoryBroker(Broker):
             return PresenceStats()
         users = {m.user for m in members.values() if m.user is not None}
         return PresenceStats(clients=len(members), users=len(users))
+
+
+def from_url(url: str) -> MemoryBroker:
+    """The broker `broker: memory` names (see rtserve.broker.url)."""
+    return MemoryBroker()

@@ -75,7 +75,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
@@ -857,3 +857,13 @@ class RedisBroker(Broker):
             with contextlib.suppress(RedisError, OSError):
                 for channel, member in gone:
                     await self._presence_remove(keys=self._presence_keys(channel), args=[member])
+
+
+def from_url(url: str) -> RedisBroker:
+    """The broker a Redis URL names (see rtserve.broker.url): `?prefix=NAME` is the key
+    prefix (default `rtserve`); the rest of the URL goes to redis-py."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), None) or "rtserve"
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return RedisBroker(urlunsplit(parts._replace(query=rest)), prefix=prefix)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from rtserve.app.app import App
 from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
-from rtserve.broker.url import broker_from_url, check_broker_url
+from rtserve.broker.url import broker_from_url, checked_broker_url
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.errors import RouteError
 from rtserve.imports import where_raised
@@ -126,6 +126,7 @@ class ProjectConfig:
         "the channel broker: 'memory' (one process), or a Redis URL for many workers and "
         "machines: redis://[:password@]host:port/db (rediss:// for TLS; ?prefix=NAME sets "
         "the key prefix)",
+        convert=checked_broker_url,
     )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})
     admin: AdminConfig = field(
@@ -134,7 +135,6 @@ class ProjectConfig:
     )
 
     def __post_init__(self) -> None:
-        check_broker_url(self.broker)
         problems = _route_clashes(self.routes) + _pattern_clashes(self.channels.rules)
         if problems:
             raise ValueError("; ".join(problems))

@@ -16,6 +16,7 @@ import yaml
 
 from rtserve.config.loader import _hints, _init_fields, _is_dataclass_type
 from rtserve.config.project import ProjectConfig
+from rtserve.imports import import_object
 
 HEADER = """\
 # rtserve.yaml: every key rtserve knows, with its default and what it does.
@@ -196,7 +197,7 @@ def _tables(schema: type[Any], prefix: str, out: list[str]) -> None:
 
 
 def _kind(tp: Any, f: dataclasses.Field[Any]) -> str:
-    if "convert" in f.metadata:
+    if f.metadata.get("convert") is import_object:
         return "reference"
     if f.metadata.get("size"):
         return "size"
