@@ -501,6 +501,68 @@ def test_slow_subscriber_is_handled_by_policy_while_fast_ones_keep_receiving(pol
     run(app, scenario)
 
 
+def _read_until(sock: socket.socket, done: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:
+    """Read a raw subscriber's stream (past the 101) until `done(pushes)`, or 5 s without data."""
+    from rtserve.protocol.websocket import TextMessage, UnmaskedFrameReader
+
+    reader = UnmaskedFrameReader(max_message_size=1 << 22, max_frame_size=1 << 22)
+    head = b""
+    pushes: list[dict[str, Any]] = []
+    sock.settimeout(5.0)
+    while not done(pushes):
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        if head is not None:
+            head += data
+            if b"\r\n\r\n" not in head:
+                continue
+            data = head.split(b"\r\n\r\n", 1)[1]
+            head = None  # type: ignore[assignment]
+        for event in reader.feed(data):
+            if isinstance(event, TextMessage):
+                message = json.loads(event.data)
+                if "push" in message:
+                    pushes.append(message)
+    return pushes
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "conflate"])
+def test_held_publications_reach_a_slow_subscriber_when_it_reads_again(policy: str) -> None:
+    # Held pushes go out as the connection drains, with no further publication to push them.
+    settings = ServerSettings()
+    settings.websocket.max_queued_bytes = 64 * 1024
+    app = App(settings)
+    app.channel("feed", slow_consumer=policy, max_pending=5, conflate_key="k")
+    count, keys = 300, 3
+
+    async def scenario(server: Any, url: str) -> None:
+        slow = await asyncio.to_thread(_raw_subscriber, server.port, "feed")
+        hub = app.hub
+        for _ in range(500):
+            if hub.subscriber_count("feed") == 1:
+                break
+            await asyncio.sleep(0.01)
+        for i in range(count):  # the subscriber reads nothing meanwhile
+            await app.publish("feed", {"k": i % keys, "n": i, "pad": "x" * 20000})
+        assert hub.stats.dropped + hub.stats.conflated > 0  # some were held and let go
+        latest = set(range(count - keys, count))  # each key's last value
+
+        def got_latest(pushes: list[dict[str, Any]]) -> bool:
+            return latest <= {p["data"]["n"] for p in pushes if p["push"] == "pub"}
+
+        pushes = await asyncio.to_thread(_read_until, slow, got_latest)
+        seen = [p["data"]["n"] for p in pushes if p["push"] == "pub"]
+        assert latest <= set(seen), seen[-10:]
+        assert seen == sorted(seen)  # in their queue order
+        slow.close()
+
+    run(app, scenario)
+
+
 def test_publish_api() -> None:
     app = chat_app()
 
