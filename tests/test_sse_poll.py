@@ -709,3 +709,25 @@ def test_connect_data_over_http() -> None:
         assert status == 401
         assert given == [None, None]
         wait_for(lambda: app.hub.channels() == {} and app.hub.users == {})
+
+
+def test_history_and_presence_refusals_name_the_channel_as_the_streams_do() -> None:
+    """A channel's refusal (102, 103, on_subscribe) names it on every HTTP transport; the
+    connection's (a bad token) names none."""
+    app = make_app()
+    app.channel("room", history=10, presence=True)
+
+    def shut(ctx: ChannelContext) -> None:
+        raise ChannelError(1003, "shut")
+
+    app.channel("shut:*", history=10, presence=True, on_subscribe=shut)
+    cases = [("nope", 404, 102), ("secret:x", 403, 103), ("shut:x", 400, 1003)]
+    with ThreadedServer(app) as server:
+        port = server.port
+        for path in ("/rt/history", "/rt/presence", "/rt/poll", "/rt/sse"):
+            for channel, status, code in cases:
+                got, body, _ = get(port, f"{path}?channel={channel}&timeout=0")
+                assert (got, body["error"]["code"]) == (status, code), (path, body)
+                assert body["error"].get("channel") == channel, (path, body)
+            got, body, _ = get(port, f"{path}?channel=room&token=garbage")
+            assert got == 401 and "channel" not in body["error"], (path, body)

@@ -176,7 +176,8 @@ async def history_endpoint(request: Request) -> Response:
         channels = channel_names(request, max_channels=1)
         channel = channels[0]
         since = positions(request, channels).get(channel)
-        rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+        with refusing(channel):
+            rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
         limit = rule.history
         given = request.query.get("limit")
         if given is not None:
@@ -200,7 +201,8 @@ async def presence_endpoint(request: Request) -> Response:
         stats = request.query.get("stats", "0")
         if stats not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "stats is 1 or 0")
-        await authorize_subscribe(hub, channel, client, claims, request)
+        with refusing(channel):
+            await authorize_subscribe(hub, channel, client, claims, request)
         if stats in ("1", "true"):
             return JSONResponse(await hub.presence_stats(channel), headers=cors)
         return JSONResponse(await hub.presence(channel), headers=cors)
