@@ -709,3 +709,29 @@ def test_server_publish_errors() -> None:
     run(app, scenario)
     with pytest.raises(RuntimeError):
         app.publish_threadsafe("news", 1)
+
+
+def test_fields_are_checked_whenever_present_null_included() -> None:
+    # token, since, limit and idempotency_key: present means checked (null is not absent).
+    async def scenario(server: Any, url: str) -> None:
+        fresh = await Peer.open(url, connect_cmd=False)
+        await refused(ErrorCode.BAD_REQUEST, fresh.call("connect", token=None))
+        await fresh.call("connect")  # the 107 left the connection open and unconnected
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        for op, fields in [
+            ("subscribe", {"channel": "chat:a", "token": None}),
+            ("subscribe", {"channel": "chat:a", "since": None}),
+            ("history", {"channel": "news", "since": None}),
+            ("history", {"channel": "news", "limit": None}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": None}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": ""}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": "k" * 257}),
+            ("ping", {"limit": None}),
+        ]:
+            await refused(ErrorCode.BAD_REQUEST, peer.call(op, **fields))
+        assert await peer.call("history", channel="news", limit=0)
+        sent = await peer.call("publish", channel="chat:a", data=1, idempotency_key="k" * 256)
+        assert sent["offset"] == 1
+
+    run(chat_app(), scenario)

@@ -42,6 +42,7 @@ from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
     ErrorCode,
+    check_idempotency_key,
     is_strict_json,
     publication_json,
 )
@@ -235,9 +236,7 @@ async def client_publish_endpoint(request: Request) -> Response:
         channel = body.get("channel")
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
-        key = body.get("idempotency_key")
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string")
+        key = check_idempotency_key(body["idempotency_key"]) if "idempotency_key" in body else None
         data = body["data"]
         if not is_strict_json(data):
             raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")

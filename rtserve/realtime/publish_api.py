@@ -12,7 +12,13 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import JSONResponse
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, is_strict_json
+from rtserve.realtime.protocol import (
+    CHANNEL_NAME,
+    ChannelError,
+    ErrorCode,
+    check_idempotency_key,
+    is_strict_json,
+)
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
@@ -61,9 +67,11 @@ async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str,
         raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
     if not is_strict_json(item["data"]):
         raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")
-    key = item.get("idempotency_key", header_key)
-    if key is not None and not isinstance(key, str):
-        raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
+    key: str | None = None
+    if "idempotency_key" in item:  # the body's field wins over the header
+        key = check_idempotency_key(item["idempotency_key"])
+    elif header_key is not None:
+        key = check_idempotency_key(header_key)
     position = await hub.publish(channel, item["data"], idempotency_key=key)
     return {"offset": position.offset, "epoch": position.epoch}
 
