@@ -12,6 +12,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import JSONResponse
+from rtserve.realtime.access import http_error
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
@@ -25,20 +26,6 @@ if TYPE_CHECKING:
     from rtserve.realtime.hub import Hub
 
 MAX_BATCH = 1000
-_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.UNKNOWN_CHANNEL: 404,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.BROKER_UNAVAILABLE: 503,
-    ErrorCode.NOT_AVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
-}
-
-
-def _error(exc: ChannelError) -> JSONResponse:
-    status = _STATUS.get(exc.code, 400)  # type: ignore[call-overload]
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status=status)
 
 
 def _authorise(hub: Hub, request: Request) -> None:
@@ -91,7 +78,7 @@ async def publish_endpoint(request: Request) -> JSONResponse:
         refuse_when_shutting_down(request)
         return JSONResponse(await _publish_one(hub, body, request.headers.get("idempotency-key")))
     except ChannelError as exc:
-        return _error(exc)
+        return http_error(exc)
 
 
 async def publish_batch_endpoint(request: Request) -> JSONResponse:
@@ -106,7 +93,7 @@ async def publish_batch_endpoint(request: Request) -> JSONResponse:
                 ErrorCode.BAD_REQUEST, f"publications must be a list of at most {MAX_BATCH}"
             )
     except ChannelError as exc:
-        return _error(exc)
+        return http_error(exc)
     results: list[dict[str, Any]] = []
     for item in items:
         try:
