@@ -735,3 +735,36 @@ def test_fields_are_checked_whenever_present_null_included() -> None:
         assert sent["offset"] == 1
 
     run(chat_app(), scenario)
+
+
+def test_refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_allows() -> None:
+    app = chat_app()
+    app.channel("user:{team}", token=True, history=10, publish="clients")
+
+    async def scenario(server: Any, url: str) -> None:
+        wide = mint(SECRET, "ann", channels=["user:teamx", "user:teamy"])
+        peer = await Peer.open(url, token=wide)
+        for channel in ("user:teamx", "user:teamy", "news"):
+            await peer.call("subscribe", channel=channel)
+        # user:teamz by a subscription token of its own: that token alone decides it
+        await peer.call(
+            "subscribe", channel="user:teamz", token=mint(SECRET, "ann", channels=["user:teamz"])
+        )
+        await peer.call("refresh", token=mint(SECRET, "ann", channels=["user:teamy"]))
+        ended = await peer.next_push("unsubscribe")
+        assert ended == {
+            "push": "unsubscribe",
+            "channel": "user:teamx",
+            "code": ErrorCode.PERMISSION_DENIED,
+            "message": "token does not allow channel",
+        }
+        for channel in ("user:teamx", "user:teamy", "user:teamz", "news"):
+            await app.publish(channel, channel)
+        got = [p["channel"] for p in await peer.pubs(3)]
+        assert got == ["user:teamy", "user:teamz", "news"]
+        await refused(ErrorCode.NOT_SUBSCRIBED, peer.call("history", channel="user:teamx"))
+        await refused(ErrorCode.PERMISSION_DENIED, peer.call("subscribe", channel="user:teamx"))
+        await peer.call("ping")
+        assert not [p for p in peer.pushes if p["push"] in ("pub", "unsubscribe")]
+
+    run(app, scenario)
