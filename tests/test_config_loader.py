@@ -646,3 +646,9 @@ def test_a_channel_pattern_no_channel_name_can_match_is_refused_where_it_is_writ
         load_project(tmp_path)
     assert "rtserve.yaml:5:16: channels.rules[1].pattern: " in str(caught.value)
     assert "' ' cannot be in a channel name" in str(caught.value)
+    from rtserve import App
+
+    for pattern in ("chat room:{id}", "x" * 256, "", "user:{id"):
+        with pytest.raises(ValueError):
+            App().channel(pattern)
+    App().channel("ok:{id}:*")
