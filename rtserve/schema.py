@@ -24,3 +24,12 @@ def ref(help: str) -> Any:
     """A callable or class: given directly in Python, as `module:name` in rtserve.yaml
     (imported when the project loads)."""
     return field(default=None, metadata={"help": help, "convert": import_object})
+
+
+class OptionError(ValueError):
+    """A value of one option that cannot be accepted (raised by a settings class as it is made):
+    the config loader reports it where that option is written."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option

@@ -501,6 +501,68 @@ def test_slow_subscriber_is_handled_by_policy_while_fast_ones_keep_receiving(pol
     run(app, scenario)
 
 
+def _read_until(sock: socket.socket, done: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:
+    """Read a raw subscriber's stream (past the 101) until `done(pushes)`, or 5 s without data."""
+    from rtserve.protocol.websocket import TextMessage, UnmaskedFrameReader
+
+    reader = UnmaskedFrameReader(max_message_size=1 << 22, max_frame_size=1 << 22)
+    head = b""
+    pushes: list[dict[str, Any]] = []
+    sock.settimeout(5.0)
+    while not done(pushes):
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        if head is not None:
+            head += data
+            if b"\r\n\r\n" not in head:
+                continue
+            data = head.split(b"\r\n\r\n", 1)[1]
+            head = None  # type: ignore[assignment]
+        for event in reader.feed(data):
+            if isinstance(event, TextMessage):
+                message = json.loads(event.data)
+                if "push" in message:
+                    pushes.append(message)
+    return pushes
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "conflate"])
+def test_held_publications_reach_a_slow_subscriber_when_it_reads_again(policy: str) -> None:
+    # Held pushes go out as the connection drains, with no further publication to push them.
+    settings = ServerSettings()
+    settings.websocket.max_queued_bytes = 64 * 1024
+    app = App(settings)
+    app.channel("feed", slow_consumer=policy, max_pending=5, conflate_key="k")
+    count, keys = 300, 3
+
+    async def scenario(server: Any, url: str) -> None:
+        slow = await asyncio.to_thread(_raw_subscriber, server.port, "feed")
+        hub = app.hub
+        for _ in range(500):
+            if hub.subscriber_count("feed") == 1:
+                break
+            await asyncio.sleep(0.01)
+        for i in range(count):  # the subscriber reads nothing meanwhile
+            await app.publish("feed", {"k": i % keys, "n": i, "pad": "x" * 20000})
+        assert hub.stats.dropped + hub.stats.conflated > 0  # some were held and let go
+        latest = set(range(count - keys, count))  # each key's last value
+
+        def got_latest(pushes: list[dict[str, Any]]) -> bool:
+            return latest <= {p["data"]["n"] for p in pushes if p["push"] == "pub"}
+
+        pushes = await asyncio.to_thread(_read_until, slow, got_latest)
+        seen = [p["data"]["n"] for p in pushes if p["push"] == "pub"]
+        assert latest <= set(seen), seen[-10:]
+        assert seen == sorted(seen)  # in their queue order
+        slow.close()
+
+    run(app, scenario)
+
+
 def test_publish_api() -> None:
     app = chat_app()
 
@@ -647,3 +709,62 @@ def test_server_publish_errors() -> None:
     run(app, scenario)
     with pytest.raises(RuntimeError):
         app.publish_threadsafe("news", 1)
+
+
+def test_fields_are_checked_whenever_present_null_included() -> None:
+    # token, since, limit and idempotency_key: present means checked (null is not absent).
+    async def scenario(server: Any, url: str) -> None:
+        fresh = await Peer.open(url, connect_cmd=False)
+        await refused(ErrorCode.BAD_REQUEST, fresh.call("connect", token=None))
+        await fresh.call("connect")  # the 107 left the connection open and unconnected
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        for op, fields in [
+            ("subscribe", {"channel": "chat:a", "token": None}),
+            ("subscribe", {"channel": "chat:a", "since": None}),
+            ("history", {"channel": "news", "since": None}),
+            ("history", {"channel": "news", "limit": None}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": None}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": ""}),
+            ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": "k" * 257}),
+            ("ping", {"limit": None}),
+        ]:
+            await refused(ErrorCode.BAD_REQUEST, peer.call(op, **fields))
+        assert await peer.call("history", channel="news", limit=0)
+        sent = await peer.call("publish", channel="chat:a", data=1, idempotency_key="k" * 256)
+        assert sent["offset"] == 1
+
+    run(chat_app(), scenario)
+
+
+def test_refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_allows() -> None:
+    app = chat_app()
+    app.channel("user:{team}", token=True, history=10, publish="clients")
+
+    async def scenario(server: Any, url: str) -> None:
+        wide = mint(SECRET, "ann", channels=["user:teamx", "user:teamy"])
+        peer = await Peer.open(url, token=wide)
+        for channel in ("user:teamx", "user:teamy", "news"):
+            await peer.call("subscribe", channel=channel)
+        # user:teamz by a subscription token of its own: that token alone decides it
+        await peer.call(
+            "subscribe", channel="user:teamz", token=mint(SECRET, "ann", channels=["user:teamz"])
+        )
+        await peer.call("refresh", token=mint(SECRET, "ann", channels=["user:teamy"]))
+        ended = await peer.next_push("unsubscribe")
+        assert ended == {
+            "push": "unsubscribe",
+            "channel": "user:teamx",
+            "code": ErrorCode.PERMISSION_DENIED,
+            "message": "token does not allow channel",
+        }
+        for channel in ("user:teamx", "user:teamy", "user:teamz", "news"):
+            await app.publish(channel, channel)
+        got = [p["channel"] for p in await peer.pubs(3)]
+        assert got == ["user:teamy", "user:teamz", "news"]
+        await refused(ErrorCode.NOT_SUBSCRIBED, peer.call("history", channel="user:teamx"))
+        await refused(ErrorCode.PERMISSION_DENIED, peer.call("subscribe", channel="user:teamx"))
+        await peer.call("ping")
+        assert not [p for p in peer.pushes if p["push"] in ("pub", "unsubscribe")]
+
+    run(app, scenario)

@@ -631,3 +631,24 @@ def test_unit_looking_garbage_raises_only_value_error(text: str) -> None:
     for parse in (parse_size, parse_duration):
         with contextlib.suppress(ValueError):
             parse(text)
+
+
+def test_a_channel_pattern_no_channel_name_can_match_is_refused_where_it_is_written(
+    tmp_path: Path,
+) -> None:
+    from rtserve.config.project import load_project
+
+    (tmp_path / "rtserve.yaml").write_text(
+        "channels:\n  rules:\n    - pattern: 'chat:*'\n"
+        "    - history: 5\n      pattern: 'chat room:{id}'\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path)
+    assert "rtserve.yaml:5:16: channels.rules[1].pattern: " in str(caught.value)
+    assert "' ' cannot be in a channel name" in str(caught.value)
+    from rtserve import App
+
+    for pattern in ("chat room:{id}", "x" * 256, "", "user:{id"):
+        with pytest.raises(ValueError):
+            App().channel(pattern)
+    App().channel("ok:{id}:*")

@@ -709,3 +709,62 @@ def test_connect_data_over_http() -> None:
         assert status == 401
         assert given == [None, None]
         wait_for(lambda: app.hub.channels() == {} and app.hub.users == {})
+
+
+def test_history_and_presence_refusals_name_the_channel_as_the_streams_do() -> None:
+    """A channel's refusal (102, 103, on_subscribe) names it on every HTTP transport; the
+    connection's (a bad token) names none."""
+    app = make_app()
+    app.channel("room", history=10, presence=True)
+
+    def shut(ctx: ChannelContext) -> None:
+        raise ChannelError(1003, "shut")
+
+    app.channel("shut:*", history=10, presence=True, on_subscribe=shut)
+    cases = [("nope", 404, 102), ("secret:x", 403, 103), ("shut:x", 400, 1003)]
+    with ThreadedServer(app) as server:
+        port = server.port
+        for path in ("/rt/history", "/rt/presence", "/rt/poll", "/rt/sse"):
+            for channel, status, code in cases:
+                got, body, _ = get(port, f"{path}?channel={channel}&timeout=0")
+                assert (got, body["error"]["code"]) == (status, code), (path, body)
+                assert body["error"].get("channel") == channel, (path, body)
+            got, body, _ = get(port, f"{path}?channel=room&token=garbage")
+            assert got == 401 and "channel" not in body["error"], (path, body)
+
+
+def test_idempotency_keys_are_checked_alike_on_every_http_publish() -> None:
+    """1 to 256 characters, as over the WebSocket: the client publish, the publish API (body
+    and header) and its batch refuse an empty, a too long and a null key with 107."""
+    app = make_app(api_key="k" * 20)
+    api_key = {"authorization": "Bearer " + "k" * 20}
+
+    def publish_api(body: Any, path: str = "", headers: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/rt/publish{path}",
+            data=json.dumps(body).encode(),
+            headers={**api_key, **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    bad_keys: list[Any] = ["", "x" * 257, None]
+    with ThreadedServer(app) as server:
+        for key in bad_keys:
+            body = {"channel": "chat:a", "data": 1, "idempotency_key": key}
+            status, answer, _ = post(server.port, body)
+            assert (status, answer["error"]["code"]) == (400, 107), (key, answer)
+            status, answer = publish_api(body)
+            assert (status, answer["error"]["code"]) == (400, 107), (key, answer)
+            status, answer = publish_api({"publications": [body]}, "/batch")
+            assert status == 200 and answer["results"][0]["error"]["code"] == 107, answer
+        status, answer = publish_api(
+            {"channel": "news", "data": 1}, headers={"idempotency-key": "x" * 257}
+        )
+        assert (status, answer["error"]["code"]) == (400, 107), answer
+        longest = {"channel": "news", "data": 1, "idempotency_key": "x" * 256}
+        assert publish_api(longest)[0] == 200
+        assert publish_api(longest)[1]["offset"] == 1  # the repeat is the same publication

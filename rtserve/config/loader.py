@@ -55,6 +55,7 @@ import yaml
 from rtserve.config.env import DotenvError, has_references, parse_dotenv, substitute
 from rtserve.config.units import parse_duration, parse_size
 from rtserve.errors import ConfigError
+from rtserve.schema import OptionError
 
 __all__ = [
     "ConfigErrors",
@@ -309,6 +310,15 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
 
 def _describe_members(members: Sequence[Any], meta: Mapping[str, Any]) -> str:
     return " or ".join(dict.fromkeys(_describe(member, meta) for member in members))
+
+
+def _value_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    """The node of `key`'s value in a mapping node, or None."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return cast(yaml.Node, value_node)
+    return None
 
 
 def _child(keypath: str, key: str) -> str:
@@ -623,6 +633,9 @@ class _Walker:
     ) -> Any:
         try:
             return cls(**kwargs)
+        except OptionError as exc:
+            self.issue(_value_node(node, exc.option) or node, _child(keypath, exc.option), str(exc))
+            return _FAIL
         except ValueError as exc:
             self.issue(node, keypath, str(exc))
             return _FAIL

@@ -21,7 +21,6 @@ from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
 from rtserve.realtime.hub import UserConnection, call_hook
 from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode
-from rtserve.realtime.publish_api import _STATUS
 from rtserve.realtime.rules import ChannelRule
 from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
 
@@ -30,11 +29,18 @@ if TYPE_CHECKING:
     from rtserve.realtime.hub import Hub
     from rtserve.realtime.settings import ChannelSettings
 
+# The HTTP status of an error's code (docs/protocol.md's table); any other code is 400.
 HTTP_STATUS: dict[int, int] = {
-    **{int(code): status for code, status in _STATUS.items()},
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.UNKNOWN_CHANNEL: 404,
+    ErrorCode.TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.LIMIT_EXCEEDED: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.BROKER_UNAVAILABLE: 503,
+    ErrorCode.NOT_AVAILABLE: 503,
 }
 MAX_HTTP_BUCKETS = 10000  # rate buckets of HTTP publishers kept (least recently used go)
 

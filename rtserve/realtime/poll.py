@@ -42,6 +42,7 @@ from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
     ErrorCode,
+    check_idempotency_key,
     is_strict_json,
     publication_json,
 )
@@ -176,7 +177,8 @@ async def history_endpoint(request: Request) -> Response:
         channels = channel_names(request, max_channels=1)
         channel = channels[0]
         since = positions(request, channels).get(channel)
-        rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+        with refusing(channel):
+            rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
         limit = rule.history
         given = request.query.get("limit")
         if given is not None:
@@ -200,7 +202,8 @@ async def presence_endpoint(request: Request) -> Response:
         stats = request.query.get("stats", "0")
         if stats not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "stats is 1 or 0")
-        await authorize_subscribe(hub, channel, client, claims, request)
+        with refusing(channel):
+            await authorize_subscribe(hub, channel, client, claims, request)
         if stats in ("1", "true"):
             return JSONResponse(await hub.presence_stats(channel), headers=cors)
         return JSONResponse(await hub.presence(channel), headers=cors)
@@ -233,9 +236,7 @@ async def client_publish_endpoint(request: Request) -> Response:
         channel = body.get("channel")
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
-        key = body.get("idempotency_key")
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string")
+        key = check_idempotency_key(body["idempotency_key"]) if "idempotency_key" in body else None
         data = body["data"]
         if not is_strict_json(data):
             raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")

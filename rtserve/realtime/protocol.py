@@ -15,15 +15,19 @@ import enum
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rtserve.app.response import dump_json
 from rtserve.broker.base import ClientInfo, Publication, StreamPosition
 
 PROTOCOL_VERSION = 1
 MAX_CHANNEL_LENGTH = 255
-CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-:.@/=+#!~$]{1,255}\Z")  # MAX_CHANNEL_LENGTH
+MAX_IDEMPOTENCY_KEY = 256
+_T = TypeVar("_T")
+CHANNEL_CHARACTERS = r"A-Za-z0-9_\-:.@/=+#!~$"  # a regex character class's body
+CHANNEL_NAME = re.compile(rf"[{CHANNEL_CHARACTERS}]{{1,{MAX_CHANNEL_LENGTH}}}\Z")
 
 
 class ErrorCode(enum.IntEnum):
@@ -166,12 +170,8 @@ def parse_command(text: str | bytes) -> Command:
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise CommandError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name", id_)
         command.channel = channel
-    token = raw.get("token")
-    if token is not None:
-        if not isinstance(token, str):
-            raise CommandError(ErrorCode.BAD_REQUEST, "token must be a string", id_)
-        command.token = token
-    elif op == "refresh":
+    command.token = _field(raw, "token", check_token, id_)
+    if command.token is None and op == "refresh":
         raise CommandError(ErrorCode.BAD_REQUEST, "refresh needs a token", id_)
     if "data" in raw:
         command.data = raw["data"]
@@ -181,19 +181,9 @@ def parse_command(text: str | bytes) -> Command:
             raise CommandError(ErrorCode.BAD_REQUEST, "data nested too deeply", id_) from None
     elif op == "publish":
         raise CommandError(ErrorCode.BAD_REQUEST, "publish needs data", id_)
-    key = raw.get("idempotency_key")
-    if key is not None:
-        if not isinstance(key, str) or not 0 < len(key) <= 256:
-            raise CommandError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string", id_)
-        command.idempotency_key = key
-    since = raw.get("since")
-    if since is not None:
-        command.since = _parse_position(since, id_)
-    limit = raw.get("limit")
-    if limit is not None:
-        if type(limit) is not int or limit < 0:
-            raise CommandError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer", id_)
-        command.limit = limit
+    command.idempotency_key = _field(raw, "idempotency_key", check_idempotency_key, id_)
+    command.since = _field(raw, "since", check_position, id_)
+    command.limit = _field(raw, "limit", check_limit, id_)
     return command
 
 
@@ -234,14 +224,48 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_position(value: Any, id_: int | None) -> StreamPosition:
+def _field(
+    raw: dict[str, Any], name: str, check: Callable[[Any], _T], id_: int | None
+) -> _T | None:
+    """`check(raw[name])` when the field is there (null included), else None."""
+    if name not in raw:
+        return None
+    try:
+        return check(raw[name])
+    except ChannelError as exc:
+        raise CommandError(exc.code, exc.message, id_) from None
+
+
+# --- fields every transport checks alike (107 when they are not acceptable) -----------------
+
+
+def check_token(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ChannelError(ErrorCode.BAD_REQUEST, "token must be a string")
+    return value
+
+
+def check_idempotency_key(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise ChannelError(
+            ErrorCode.BAD_REQUEST,
+            f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    return value
+
+
+def check_limit(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ChannelError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
+    return value
+
+
+def check_position(value: Any) -> StreamPosition:
     if isinstance(value, dict):
         offset, epoch = value.get("offset"), value.get("epoch")
         if type(offset) is int and offset >= 0 and isinstance(epoch, str):
             return StreamPosition(offset, epoch)
-    raise CommandError(
-        ErrorCode.BAD_REQUEST, "since must be {offset: int >= 0, epoch: string}", id_
-    )
+    raise ChannelError(ErrorCode.BAD_REQUEST, "since must be {offset: int >= 0, epoch: string}")
 
 
 # --- what the server sends ------------------------------------------------------------------

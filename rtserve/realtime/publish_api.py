@@ -12,27 +12,20 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import JSONResponse
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, is_strict_json
+from rtserve.realtime.access import http_error
+from rtserve.realtime.protocol import (
+    CHANNEL_NAME,
+    ChannelError,
+    ErrorCode,
+    check_idempotency_key,
+    is_strict_json,
+)
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
     from rtserve.realtime.hub import Hub
 
 MAX_BATCH = 1000
-_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.UNKNOWN_CHANNEL: 404,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.BROKER_UNAVAILABLE: 503,
-    ErrorCode.NOT_AVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
-}
-
-
-def _error(exc: ChannelError) -> JSONResponse:
-    status = _STATUS.get(exc.code, 400)  # type: ignore[call-overload]
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status=status)
 
 
 def _authorise(hub: Hub, request: Request) -> None:
@@ -61,9 +54,11 @@ async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str,
         raise ChannelError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name")
     if not is_strict_json(item["data"]):
         raise ChannelError(ErrorCode.BAD_REQUEST, "data is not JSON (NaN or Infinity)")
-    key = item.get("idempotency_key", header_key)
-    if key is not None and not isinstance(key, str):
-        raise ChannelError(ErrorCode.BAD_REQUEST, "idempotency_key must be a string")
+    key: str | None = None
+    if "idempotency_key" in item:  # the body's field wins over the header
+        key = check_idempotency_key(item["idempotency_key"])
+    elif header_key is not None:
+        key = check_idempotency_key(header_key)
     position = await hub.publish(channel, item["data"], idempotency_key=key)
     return {"offset": position.offset, "epoch": position.epoch}
 
@@ -83,7 +78,7 @@ async def publish_endpoint(request: Request) -> JSONResponse:
         refuse_when_shutting_down(request)
         return JSONResponse(await _publish_one(hub, body, request.headers.get("idempotency-key")))
     except ChannelError as exc:
-        return _error(exc)
+        return http_error(exc)
 
 
 async def publish_batch_endpoint(request: Request) -> JSONResponse:
@@ -98,7 +93,7 @@ async def publish_batch_endpoint(request: Request) -> JSONResponse:
                 ErrorCode.BAD_REQUEST, f"publications must be a list of at most {MAX_BATCH}"
             )
     except ChannelError as exc:
-        return _error(exc)
+        return http_error(exc)
     results: list[dict[str, Any]] = []
     for item in items:
         try:

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rtserve.broker.base import PublishOptions
-from rtserve.schema import opt, ref
+from rtserve.realtime.protocol import CHANNEL_CHARACTERS, MAX_CHANNEL_LENGTH
+from rtserve.schema import OptionError, opt, ref
 
 PUBLISHERS = ("server", "clients")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop_oldest", "conflate")
 HOOKS = ("on_subscribe", "on_publish", "on_join", "on_leave")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NOT_IN_NAMES = re.compile(rf"[^{CHANNEL_CHARACTERS}]")
 
 
 @dataclass(slots=True, eq=False)
@@ -88,6 +90,7 @@ class ChannelRule:
             raise ValueError("max_pending must be >= 1")
         if self.history_ttl < 0 or self.publish_rate < 0:
             raise ValueError("history_ttl and publish_rate must be >= 0")
+        check_pattern(self.pattern)
         self.publish_options = PublishOptions(
             history_size=self.history, history_ttl=self.history_ttl if self.history else 0.0
         )
@@ -116,6 +119,28 @@ def compile_pattern(pattern: str) -> re.Pattern[str] | None:
         pos = m.end()
     out.append(_literal(pattern[pos:]))
     return re.compile("".join(out) + r"\Z")
+
+
+def check_pattern(pattern: str) -> None:
+    """OptionError for a pattern no channel name can match (a character names may not have,
+    a literal longer than a name may be, a malformed `{name}`)."""
+    try:
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise OptionError("pattern", str(exc)) from None
+    bare = _PARAM.sub("", pattern).replace("*", "")
+    bad = sorted(set(_NOT_IN_NAMES.findall(bare)))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise OptionError(
+            "pattern",
+            f"{shown} cannot be in a channel name (only A-Z a-z 0-9 _ - : . @ / = + # ! ~ $), "
+            f"so {pattern!r} would match none",
+        )
+    if not pattern or len(bare) > MAX_CHANNEL_LENGTH:
+        raise OptionError(
+            "pattern", f"a channel name has 1 to {MAX_CHANNEL_LENGTH} characters: {pattern[:40]!r}"
+        )
 
 
 def _literal(text: str) -> str:

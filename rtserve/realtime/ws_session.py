@@ -372,6 +372,11 @@ class ChannelSocket(WebSocketHandler):
             raise ChannelError(ErrorCode.UNAUTHORIZED, "token of another user")
         self.claims = claims
         self._schedule_expiry()
+        for channel, rule in list(self.subscriptions.items()):  # the new token decides too
+            if rule.token and not self._token_allows(channel):
+                self.end_subscription(
+                    channel, ErrorCode.PERMISSION_DENIED, "token does not allow channel"
+                )
         return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------

@@ -54,7 +54,8 @@ class WebSocketApp(Protocol):
     def on_message(self, message: str | bytes) -> Awaitable[None] | None: ...
     def on_close(self, code: int, reason: str) -> Awaitable[None] | None: ...
     def on_drain(self) -> None:
-        """The transport's buffer went down: the connection has room again."""
+        """The connection has room again after an `offer_frame` was refused (its buffer went
+        down, or a write went straight to the kernel)."""
 
     def on_pong(self, data: bytes) -> None:
         """A pong arrived (the answer to a ping: ours, or one the app sent)."""
@@ -96,6 +97,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_pump",
         "_reading_paused",
         "_running",
+        "_wants_room",
         "bytes_in",
         "bytes_out",
         "close_code",
@@ -146,6 +148,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
+        self._wants_room = False  # an offer was refused: call on_drain when there is room
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -197,6 +200,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._backlog = self.transport.get_write_buffer_size()
+        self._wants_room = False
         if self.status == OPEN:
             self._app.on_drain()
 
@@ -263,6 +267,7 @@ class WebSocketConnection(asyncio.Protocol):
             return False
         queued = self._out_bytes + len(frame)
         if queued + self._backlog > self.options.max_queued_bytes:
+            self._wants_room = True
             return False
         if not self._out:
             self.state.schedule_flush(self, self.options.write_delay)
@@ -296,6 +301,11 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 transport.writelines(out)
             self._backlog = transport.get_write_buffer_size()
+            if self._wants_room and self.status == OPEN:
+                # Room came back without the transport ever pausing (the kernel took all of
+                # it), so no resume_writing will tell the app: tell it now.
+                self._wants_room = False
+                self._app.on_drain()
 
     def _over_budget(self) -> bool:
         stats = self.state.stats
