@@ -227,16 +227,9 @@ class Hub:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        for rule in self.rules:
-            self.keep_history_of(rule)
         await self.broker.start(self)
         await self.broker.subscribe(CONTROL_CHANNEL)
         self._digest_task = self.loop.create_task(self._run_digests())
-
-    def keep_history_of(self, rule: ChannelRule) -> None:
-        """Have the broker keep the streams of `rule`'s channels as long as their history."""
-        if rule.history:
-            self.broker.keep_streams_at_least(rule.history_ttl)
 
     async def close(self) -> None:
         if self._digest_task is not None:
@@ -573,17 +566,22 @@ class Hub:
                 history = await self.broker.history(channel, since=max(0, top - limit))
             else:
                 start = None if since is None else since.offset
-                history = await self.broker.history(channel, since=start, limit=limit)
+                # With `since`, limit 0 still reads the first one after it: that is what
+                # shows the history holds what follows `since`.
+                read = 1 if since is not None and limit == 0 else limit
+                history = await self.broker.history(channel, since=start, limit=read)
         position = history.position
+        pubs = history.publications
         if since is not None:
-            pubs = history.publications
             if since.epoch != position.epoch:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
             trimmed = not pubs or pubs[0].offset > since.offset + 1
-            if since.offset < position.offset and limit != 0 and trimmed:
+            if since.offset < position.offset and trimmed:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "history no longer holds that offset")
+        if limit == 0:
+            pubs = []
         return {
-            "publications": [publication_json(p) for p in history.publications],
+            "publications": [publication_json(p) for p in pubs],
             "offset": position.offset,
             "epoch": position.epoch,
         }
