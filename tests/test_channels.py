@@ -647,3 +647,56 @@ def test_server_publish_errors() -> None:
     run(app, scenario)
     with pytest.raises(RuntimeError):
         app.publish_threadsafe("news", 1)
+
+
+def test_huge_since_and_limit_get_the_same_answer_on_every_broker() -> None:
+    """2**70 as `since` or `limit` is 'after everything' / 'no limit' on both brokers (Redis
+    answered 115 with its script's SHA and line: issue 16)."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        epoch = ""
+        for i in range(3):
+            epoch = (await app.publish("news", i)).epoch
+        huge = 2**70
+        ahead = await peer.call("history", channel="news", since={"offset": huge, "epoch": epoch})
+        assert ahead == {"publications": [], "offset": 3, "epoch": epoch}
+        every = await peer.call("history", channel="news", limit=huge)
+        assert [p["offset"] for p in every["publications"]] == [1, 2, 3]
+        await peer.call("unsubscribe", channel="news")
+        back = await peer.call("subscribe", channel="news", since={"offset": huge, "epoch": epoch})
+        assert back["recovered"] is False and back["offset"] == 3
+
+    run(app, scenario)
+
+
+def test_a_broker_failure_tells_the_client_nothing_of_the_broker(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """115 says 'broker unavailable'; what failed (a script's SHA and line, the Redis
+    address) goes to the log only (issue 16)."""
+    from rtserve.broker.base import BrokerError
+
+    app = chat_app()
+    detail = "Redis history failed: script: 145e4e54, on @user_script:29 (redis://10.0.0.5)"
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError(detail)
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        monkeypatch.setattr(type(app.hub.broker), "history", failing)
+        monkeypatch.setattr(type(app.hub.broker), "publish", failing)
+        for call in (
+            peer.call("history", channel="news"),
+            peer.call("subscribe", channel="chat:a"),
+            peer.call("publish", channel="chat:a", data=1),
+        ):
+            error = await refused(ErrorCode.BROKER_UNAVAILABLE, call)
+            assert error.message == "broker unavailable"
+        assert detail in caplog.text
+
+    run(app, scenario)

@@ -184,8 +184,9 @@ class RedisBroker(Broker):
     url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` for TLS.
     prefix: first part of every key (no braces). meta_ttl: seconds a channel's stream is kept
     after its last publication (its history TTL when longer); every node of a prefix must
-    have the same, as new epochs are made from it. presence_ttl: seconds a present client of a node that stopped
-    refreshing it stays listed. node_id: this node's name (the Redis client name shows it).
+    have the same, as new epochs are made from it. presence_ttl: seconds a present client
+    of a node that stopped refreshing it stays listed. node_id: this node's name (the Redis
+    client name shows it).
     timeout: seconds to connect, and to wait for an answer of Redis, before BrokerError.
     ping_interval: seconds of silence on the pub/sub connection before a PING checks it.
     reconnect_delay: (first, largest) pause in seconds between reconnection attempts.

@@ -185,12 +185,13 @@ class _Local:
 
 @contextlib.contextmanager
 def _broker_errors() -> Iterator[None]:
-    """A BrokerError becomes ChannelError 115 (the client is told, nothing is dropped)."""
+    """A BrokerError becomes ChannelError 115 (the client is told, nothing is dropped); what
+    failed, which may name the broker's address or scripts, goes to the log only."""
     try:
         yield
     except BrokerError as exc:
         log.warning("broker failed: %s", exc)
-        raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        raise ChannelError(ErrorCode.BROKER_UNAVAILABLE) from None
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
@@ -466,7 +467,8 @@ class Hub:
         except BaseException as exc:
             self._remove(subscriber, channel)
             if isinstance(exc, BrokerError):
-                raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+                log.warning("broker failed: %s", exc)
+                raise ChannelError(ErrorCode.BROKER_UNAVAILABLE) from None
             raise
         position = history.position
         if local.epoch != position.epoch:
