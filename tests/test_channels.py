@@ -700,3 +700,32 @@ def test_a_broker_failure_tells_the_client_nothing_of_the_broker(
         assert detail in caplog.text
 
     run(app, scenario)
+
+
+def test_idempotency_keys_are_the_publishers_own() -> None:
+    """A client's key does not swallow another client's publish with the same key (issue
+    16: the second answered success with the first's offset and was dropped). Keys are per
+    token user (across its connections), else per connection; the publish API has its own."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        alice, bob = await Peer.open(url), await Peer.open(url)
+        await bob.call("subscribe", channel="chat:k")
+        first = await alice.call("publish", channel="chat:k", data="a", idempotency_key="msg-1")
+        again = await alice.call("publish", channel="chat:k", data="a", idempotency_key="msg-1")
+        assert again == first and first["offset"] == 1
+        other = await bob.call("publish", channel="chat:k", data="b", idempotency_key="msg-1")
+        assert other["offset"] == 2
+        assert [(await bob.next_push("pub"))["data"] for _ in range(2)] == ["a", "b"]
+        # one token user on two connections shares its keys; another user does not
+        carol = [await Peer.open(url, token=mint(SECRET, user="carol")) for _ in range(2)]
+        dave = await Peer.open(url, token=mint(SECRET, user="dave"))
+        c1 = await carol[0].call("publish", channel="chat:k", data="c", idempotency_key="k")
+        assert await carol[1].call("publish", channel="chat:k", data="c", idempotency_key="k") == c1
+        d1 = await dave.call("publish", channel="chat:k", data="d", idempotency_key="k")
+        assert (c1["offset"], d1["offset"]) == (3, 4)
+        # the server's publish API keeps its own keys
+        server_side = await app.publish("chat:k", "s", idempotency_key="msg-1")
+        assert server_side.offset == 5
+
+    run(app, scenario)

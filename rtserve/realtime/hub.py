@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -309,10 +310,24 @@ class Hub:
             )
 
     async def client_publish(
-        self, rule: ChannelRule, ctx: ChannelContext, data: Any, idempotency_key: str | None = None
+        self,
+        rule: ChannelRule,
+        ctx: ChannelContext,
+        data: Any,
+        idempotency_key: str | None = None,
+        scope: tuple[str, ...] | None = None,
     ) -> StreamPosition:
         """A client's publish that passed `check_client_publish` (and the caller's token and
-        rate checks): `on_publish` may refuse or replace the data, then it is published."""
+        rate checks): `on_publish` may refuse or replace the data, then it is published.
+
+        Its idempotency key is the publisher's own, within `scope`: by default the token's
+        user, or the connection without one; the server's keys are another scope again.
+        """
+        if idempotency_key is not None:
+            if scope is None:
+                user = ctx.token_user
+                scope = ("user", user) if user is not None else ("client", ctx.client.client)
+            idempotency_key = json.dumps([*scope, idempotency_key], separators=(",", ":"))
         if rule.on_publish is not None:
             ctx.data = data
             replaced = await call_hook(rule.on_publish, ctx)
