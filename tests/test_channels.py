@@ -729,3 +729,25 @@ def test_idempotency_keys_are_the_publishers_own() -> None:
         assert server_side.offset == 5
 
     run(app, scenario)
+
+
+def test_history_limit_0_over_the_wire_says_whether_since_is_kept() -> None:
+    """The client's check 'can I still recover from here?' (`history`, `limit: 0`, `since`)
+    gets 112 for a position the history dropped (issue 18), the position otherwise."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        epoch = ""
+        for i in range(8):  # news keeps 5: offsets 4 to 8
+            epoch = (await app.publish("news", i)).epoch
+
+        def check(offset: int) -> Awaitable[Any]:
+            since = {"offset": offset, "epoch": epoch}
+            return peer.call("history", channel="news", since=since, limit=0)
+
+        assert await check(3) == {"publications": [], "offset": 8, "epoch": epoch}
+        await refused(ErrorCode.UNRECOVERABLE, check(1))
+
+    run(app, scenario)
