@@ -405,3 +405,193 @@ def test_broker_error_before_start_and_after_close(make_broker: Factory) -> None
         await again.close()
 
     asyncio.run(main())
+
+
+# --- what a channel costs, and how long its stream lives -----------------------------------
+
+
+async def kept_per_channel(broker: Broker) -> int:
+    """What the backend holds for channels: streams (memory), or keys under the prefix that
+    belong to a channel (Redis: ``P:{C}:...``; the prefix's one epoch seed is not counted)."""
+    if isinstance(broker, MemoryBroker):
+        return len(broker._streams)
+    from rtserve.broker.redis import RedisBroker
+
+    assert isinstance(broker, RedisBroker) and broker._client is not None
+    return len([key async for key in broker._client.scan_iter(match=f"{broker._prefix}:{{*")])
+
+
+def test_reading_and_subscribing_unknown_channels_keeps_nothing(make_broker: Factory) -> None:
+    """A subscribe or a history read of a channel nothing was published to creates no stream
+    (issue 16: 180,000 names cost 200 MiB for a day); the position it reports is the one the
+    first publication starts."""
+
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        for i in range(200):
+            name = f"names:{i}"
+            await broker.subscribe(name)
+            await broker.history(name, limit=0)
+            await broker.history(name, since=5, limit=10)
+            await broker.unsubscribe(name)
+        assert await kept_per_channel(broker) == 0
+        before = await broker.history("names:7")
+        assert before.position.offset == 0 and before.position.epoch
+        assert (await broker.history("names:7")).position == before.position
+        assert await broker.publish("names:7", 1) == StreamPosition(1, before.position.epoch)
+        assert await kept_per_channel(broker) == 1  # the stream exists from its publication
+
+    run(make_broker, scenario)
+
+
+def test_each_stream_lives_as_long_as_its_own_history(make_broker: Factory) -> None:
+    """A channel's stream lives meta_ttl after its last publication, or its own history_ttl
+    when that is longer; another channel's longer history does not leak to it (issue 18)."""
+
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        short = await broker.publish("short", 1)
+        kept = PublishOptions(history_size=5, history_ttl=30)
+        long = await broker.publish("long", 1, options=kept)
+
+        async def short_reset() -> bool:
+            return (await broker.history("short", limit=0)).position.offset == 0
+
+        await eventually(short_reset)
+        assert (await broker.history("short")).position.epoch != short.epoch
+        result = await broker.history("long")
+        assert result.position == long and offsets(result.publications) == [1]
+        assert await broker.publish("long", 2, options=kept) == StreamPosition(2, long.epoch)
+
+    run(make_broker, scenario, meta_ttl=0.3)
+
+
+def test_huge_since_and_limit_are_answered_like_any_other(make_broker: Factory) -> None:
+    """Offsets and limits far beyond anything kept (2**70) read as 'nothing after that' and
+    'no limit', on every backend (Redis's script failed on them: issue 16)."""
+
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        for i in range(3):
+            await broker.publish("a", i, options=KEEP)
+        huge = 2**70
+        ahead = await broker.history("a", since=huge)
+        assert ahead.publications == [] and ahead.position.offset == 3
+        assert offsets((await broker.history("a", limit=huge)).publications) == [1, 2, 3]
+        both = await broker.history("a", since=huge, limit=huge)
+        assert both.publications == [] and both.position.offset == 3
+        assert (await broker.history("unknown", since=huge, limit=huge)).position.offset == 0
+
+    run(make_broker, scenario)
+
+
+# --- the Hub on each backend ------------------------------------------------------------------
+
+
+class HubSubscriber:
+    """A Hub subscriber that records what it is given."""
+
+    def __init__(self, name: str) -> None:
+        self.client = ClientInfo(name)
+        self.got: list[tuple[str, int]] = []
+        self.ended: list[tuple[str, int]] = []
+        self.changed = asyncio.Event()
+
+    def deliver(self, channel: str, message: Any, rule: Any) -> None:
+        self.got.append((channel, message.offset))
+        self.changed.set()
+
+    def deliver_event(self, channel: str, message: Any) -> None:
+        pass
+
+    def end_subscription(self, channel: str, code: int, message: str) -> None:
+        self.ended.append((channel, code))
+        self.changed.set()
+
+
+def hub_on(broker: Broker, *rules: Any) -> Any:
+    from rtserve.realtime.hub import Hub
+    from rtserve.realtime.rules import ChannelRule, ChannelRules
+    from rtserve.realtime.settings import ChannelSettings
+
+    table = ChannelRules()
+    for pattern, options in rules:
+        table.add(ChannelRule(pattern, **options))
+    return Hub(table, broker, ChannelSettings())
+
+
+def run_hub(
+    make_broker: Factory, scenario: Callable[[Any], Awaitable[None]], *rules: Any, **kwargs: Any
+) -> None:
+    async def main() -> None:
+        hub = hub_on(make_broker(**kwargs), *rules)
+        await hub.start()
+        try:
+            await asyncio.wait_for(scenario(hub), 20)
+        finally:
+            await hub.close()
+
+    asyncio.run(main())
+
+
+def test_hub_a_rule_without_history_keeps_its_stream_only_meta_ttl(make_broker: Factory) -> None:
+    """Another rule's long history_ttl does not keep this rule's streams (issue 18)."""
+
+    async def scenario(hub: Any) -> None:
+        first = await hub.publish("plain:a", 1)
+        kept = await hub.publish("inbox:a", 1)
+
+        async def reset() -> bool:
+            return (await hub.broker.history("plain:a", limit=0)).position.offset == 0
+
+        await eventually(reset)
+        assert (await hub.publish("plain:a", 2)).epoch != first.epoch
+        assert await hub.publish("inbox:a", 2) == StreamPosition(2, kept.epoch)
+
+    rules = [("plain:*", {}), ("inbox:*", {"history": 10, "history_ttl": 30})]
+    run_hub(make_broker, scenario, *rules, meta_ttl=0.3)
+
+
+def test_hub_a_subscriber_before_the_first_publication_recovers_exactly(
+    make_broker: Factory,
+) -> None:
+    """Subscribing creates no stream, yet the first publication continues the position the
+    subscriber was given: it is delivered (no 112), and a resubscribe with it recovers."""
+
+    async def scenario(hub: Any) -> None:
+        early = HubSubscriber("early")
+        result, _ = await hub.subscribe(early, "room:1")
+        assert result["offset"] == 0
+        assert await kept_per_channel(hub.broker) == 0
+        position = await hub.publish("room:1", "first")
+        assert position == StreamPosition(1, result["epoch"])
+        while not early.got:
+            early.changed.clear()
+            await asyncio.wait_for(early.changed.wait(), WAIT)
+        assert early.got == [("room:1", 1)] and early.ended == []
+        hub.unsubscribe(early, "room:1")
+        await hub.publish("room:1", "second")
+        again, _ = await hub.subscribe(early, "room:1", StreamPosition(1, result["epoch"]))
+        assert again["recovered"] is True
+        assert [p["offset"] for p in again["publications"]] == [2]
+
+    run_hub(make_broker, scenario, ("room:*", {"history": 10}))
+
+
+def test_hub_history_limit_0_says_whether_since_is_still_kept(make_broker: Factory) -> None:
+    """`history` with `limit: 0` and a `since` answers 112 when the history no longer holds
+    what follows `since`, as without a limit (issue 18: it answered as if it could recover)."""
+    from rtserve.realtime.protocol import ChannelError, ErrorCode
+
+    async def scenario(hub: Any) -> None:
+        for i in range(6):
+            epoch = (await hub.publish("news", i)).epoch  # kept: 4, 5, 6
+        for since in (3, 4, 5, 6):
+            result = await hub.history("news", since=StreamPosition(since, epoch), limit=0)
+            assert result == {"publications": [], "offset": 6, "epoch": epoch}, since
+        for since in (0, 1, 2):
+            with pytest.raises(ChannelError) as info:
+                await hub.history("news", since=StreamPosition(since, epoch), limit=0)
+            assert info.value.code == ErrorCode.UNRECOVERABLE, since
+        with pytest.raises(ChannelError) as info:
+            await hub.history("news", since=StreamPosition(6, "other"), limit=0)
+        assert info.value.code == ErrorCode.UNRECOVERABLE
+
+    run_hub(make_broker, scenario, ("news", {"history": 3}))

@@ -273,3 +273,37 @@ def test_history_property(
         await broker.close()
 
     asyncio.run(main())
+
+
+def test_a_new_stream_never_takes_an_expired_ones_epoch() -> None:
+    """Reads before the first publication report the epoch it then starts (within one
+    meta_ttl window); after a stream expired, reads and the next stream get another one."""
+
+    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
+        seen = (await broker.history("a")).position
+        clock.advance(50)
+        first = await broker.publish("a", 1, options=KEEP)
+        assert first == StreamPosition(1, seen.epoch)
+        clock.advance(100)  # expired
+        after = (await broker.history("a")).position
+        assert after.offset == 0 and after.epoch != first.epoch
+        assert broker._streams == {} and broker._expiry == {}
+        assert (await broker.publish("a", 2)).epoch == after.epoch
+
+    run(scenario, meta_ttl=100.0)
+
+
+def test_streams_of_different_lifetimes_are_swept_each_in_time() -> None:
+    async def scenario(broker: MemoryBroker, events: Recorder, clock: Clock) -> None:
+        week = PublishOptions(history_size=5, history_ttl=1000)
+        await broker.publish("long", 1, options=week)  # first in line, lives longest
+        for i in range(100):
+            await broker.publish(f"short:{i}", i)
+        clock.advance(100)
+        await broker.history("x")
+        assert list(broker._streams) == ["long"]
+        clock.advance(900)
+        await broker.history("x")
+        assert broker._streams == {}
+
+    run(scenario, meta_ttl=100.0)

@@ -767,4 +767,106 @@ def test_refresh_to_a_narrower_token_ends_the_subscriptions_it_no_longer_allows(
         await peer.call("ping")
         assert not [p for p in peer.pushes if p["push"] in ("pub", "unsubscribe")]
 
+
+def test_huge_since_and_limit_get_the_same_answer_on_every_broker() -> None:
+    """2**70 as `since` or `limit` is 'after everything' / 'no limit' on both brokers (Redis
+    answered 115 with its script's SHA and line: issue 16)."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        epoch = ""
+        for i in range(3):
+            epoch = (await app.publish("news", i)).epoch
+        huge = 2**70
+        ahead = await peer.call("history", channel="news", since={"offset": huge, "epoch": epoch})
+        assert ahead == {"publications": [], "offset": 3, "epoch": epoch}
+        every = await peer.call("history", channel="news", limit=huge)
+        assert [p["offset"] for p in every["publications"]] == [1, 2, 3]
+        await peer.call("unsubscribe", channel="news")
+        back = await peer.call("subscribe", channel="news", since={"offset": huge, "epoch": epoch})
+        assert back["recovered"] is False and back["offset"] == 3
+
+    run(app, scenario)
+
+
+def test_a_broker_failure_tells_the_client_nothing_of_the_broker(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """115 says 'broker unavailable'; what failed (a script's SHA and line, the Redis
+    address) goes to the log only (issue 16)."""
+    from rtserve.broker.base import BrokerError
+
+    app = chat_app()
+    detail = "Redis history failed: script: 145e4e54, on @user_script:29 (redis://10.0.0.5)"
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError(detail)
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        monkeypatch.setattr(type(app.hub.broker), "history", failing)
+        monkeypatch.setattr(type(app.hub.broker), "publish", failing)
+        for call in (
+            peer.call("history", channel="news"),
+            peer.call("subscribe", channel="chat:a"),
+            peer.call("publish", channel="chat:a", data=1),
+        ):
+            error = await refused(ErrorCode.BROKER_UNAVAILABLE, call)
+            assert error.message == "broker unavailable"
+        assert detail in caplog.text
+
+    run(app, scenario)
+
+
+def test_idempotency_keys_are_the_publishers_own() -> None:
+    """A client's key does not swallow another client's publish with the same key (issue
+    16: the second answered success with the first's offset and was dropped). Keys are per
+    token user (across its connections), else per connection; the publish API has its own."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        alice, bob = await Peer.open(url), await Peer.open(url)
+        await bob.call("subscribe", channel="chat:k")
+        first = await alice.call("publish", channel="chat:k", data="a", idempotency_key="msg-1")
+        again = await alice.call("publish", channel="chat:k", data="a", idempotency_key="msg-1")
+        assert again == first and first["offset"] == 1
+        other = await bob.call("publish", channel="chat:k", data="b", idempotency_key="msg-1")
+        assert other["offset"] == 2
+        assert [(await bob.next_push("pub"))["data"] for _ in range(2)] == ["a", "b"]
+        # one token user on two connections shares its keys; another user does not
+        carol = [await Peer.open(url, token=mint(SECRET, user="carol")) for _ in range(2)]
+        dave = await Peer.open(url, token=mint(SECRET, user="dave"))
+        c1 = await carol[0].call("publish", channel="chat:k", data="c", idempotency_key="k")
+        assert await carol[1].call("publish", channel="chat:k", data="c", idempotency_key="k") == c1
+        d1 = await dave.call("publish", channel="chat:k", data="d", idempotency_key="k")
+        assert (c1["offset"], d1["offset"]) == (3, 4)
+        # the server's publish API keeps its own keys
+        server_side = await app.publish("chat:k", "s", idempotency_key="msg-1")
+        assert server_side.offset == 5
+
+    run(app, scenario)
+
+
+def test_history_limit_0_over_the_wire_says_whether_since_is_kept() -> None:
+    """The client's check 'can I still recover from here?' (`history`, `limit: 0`, `since`)
+    gets 112 for a position the history dropped (issue 18), the position otherwise."""
+    app = chat_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        await peer.call("subscribe", channel="news")
+        epoch = ""
+        for i in range(8):  # news keeps 5: offsets 4 to 8
+            epoch = (await app.publish("news", i)).epoch
+
+        def check(offset: int) -> Awaitable[Any]:
+            since = {"offset": offset, "epoch": epoch}
+            return peer.call("history", channel="news", since=since, limit=0)
+
+        assert await check(3) == {"publications": [], "offset": 8, "epoch": epoch}
+        await refused(ErrorCode.UNRECOVERABLE, check(1))
+
     run(app, scenario)

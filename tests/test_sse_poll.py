@@ -768,3 +768,67 @@ def test_idempotency_keys_are_checked_alike_on_every_http_publish() -> None:
         longest = {"channel": "news", "data": 1, "idempotency_key": "x" * 256}
         assert publish_api(longest)[0] == 200
         assert publish_api(longest)[1]["offset"] == 1  # the repeat is the same publication
+
+
+def named_by_client_app() -> App:
+    """A chat whose users are whatever name a client sends (as the chat template)."""
+    app = make_app()
+    app.channel("slow:*", publish="clients", publish_rate=0.01, publish_burst=2)
+
+    @app.on_connect
+    def named(ctx: ConnectContext) -> ConnectResult:
+        name = ctx.data.get("name") if isinstance(ctx.data, dict) else None
+        return ConnectResult(user=name if isinstance(name, str) else None)
+
+    return app
+
+
+def post_as(port: int, name: str, body: Any, token: str | None = None) -> tuple[int, Any]:
+    query = urllib.parse.urlencode({"data": json.dumps({"name": name})})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/rt/client/publish?{query}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    if token is not None:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_client_publish_rate_of_self_named_clients_is_per_address() -> None:
+    """A name a client picks does not buy it a rate bucket of its own (issue 16: 200 posts
+    under 200 names were all accepted): without a token, the bucket is the address's. A
+    token's user keeps its own."""
+    app = named_by_client_app()
+    with ThreadedServer(app) as server:
+        statuses = [
+            post_as(server.port, f"name-{i}", {"channel": "slow:r", "data": i})[0]
+            for i in range(10)
+        ]
+        assert statuses[:2] == [200, 200] and set(statuses[2:]) == {429}  # burst 2
+        for user in ("ann", "bob"):
+            token = mint(SECRET, user=user)
+            status, _ = post_as(server.port, user, {"channel": "slow:r", "data": user}, token)
+            assert status == 200, user
+
+
+def test_client_publish_idempotency_keys_are_the_publishers_own() -> None:
+    """Over HTTP a key is scoped to the token's user, or without a token to the address and
+    the name given: another name's publish with the same key lands (issue 16)."""
+    app = named_by_client_app()
+    app.channel("room", history=10, publish="clients")
+    with ThreadedServer(app) as server:
+        port = server.port
+        body = {"channel": "room", "data": "x", "idempotency_key": "msg-1"}
+        first = post_as(port, "dee", body)
+        assert first == (200, {"offset": 1, "epoch": first[1]["epoch"]})
+        assert post_as(port, "dee", body) == first  # a retry
+        assert post_as(port, "eve", body)[1]["offset"] == 2
+        token = mint(SECRET, user="fay")
+        assert post_as(port, "fay", body, token)[1]["offset"] == 3
+        assert post_as(port, "fay", body, token)[1]["offset"] == 3  # the token's user again

@@ -213,3 +213,10 @@ def test_wheel_carries_the_templates(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "rtserve run" in run.stdout
     assert files(target) == files(TEMPLATES_DIR / "chat")
+
+
+def test_chat_template_limits_publications_per_address(project_imports: None) -> None:
+    """Anyone may take any name in the chat, and open many connections: one address's
+    publications are limited over all of them (issue 16)."""
+    config, _ = load_project(TEMPLATES_DIR / "chat")
+    assert config.channels.publish_rate_per_ip > 0

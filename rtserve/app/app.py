@@ -212,7 +212,6 @@ class App:
     def add_channel_rule(self, rule: ChannelRule) -> ChannelRule:
         """Add a rule made beforehand (from rtserve.yaml, say); see `channel`."""
         self.hub.rules.add(rule)
-        self.hub.keep_history_of(rule)
         if not self._channel_routes:
             self._add_channel_routes()
         return rule

@@ -11,12 +11,20 @@ The epoch names one life of the channel's stream: when a broker loses the stream
 expiry of its metadata) the next publication starts a new epoch, and a client that comes back
 with the old epoch learns that its offset means nothing any more.
 
+A stream exists from its channel's first publication: subscribing and reading keep nothing,
+so a client cannot make the broker hold state for names nobody publishes to. A channel
+without a stream reports offset 0 and the epoch its next stream will start with
+(`empty_epoch`), so a client that subscribed before the first publication continues on it.
+A stream lives `meta_ttl` seconds after its last publication, or its own history's
+`history_ttl` when that is longer (`stream_lifetime`).
+
 Every method is async so a networked backend (Redis) fits without changing the interface.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +95,24 @@ class PublishOptions:
 NO_OPTIONS = PublishOptions()
 
 
+def stream_lifetime(meta_ttl: float, options: PublishOptions) -> float:
+    """Seconds a stream is kept after a publication with `options`: `meta_ttl`, or the
+    history's TTL when the publication is kept and that is longer."""
+    if options.history_size > 0 and options.history_ttl > meta_ttl:
+        return options.history_ttl
+    return meta_ttl
+
+
+def empty_epoch(seed: str, channel: str, now_ms: int, window_ms: int) -> str:
+    """The epoch of `channel`'s stream when one starts at `now_ms`: every node (and every
+    read before the first publication) agrees on it within one `window_ms` (the brokers use
+    `meta_ttl`), and no two lives of a stream share it, since a stream lives at least
+    `meta_ttl`. `seed` is new whenever the broker's streams are lost (a MemoryBroker's
+    life, a Redis data set). RedisBroker's scripts compute the same in Lua."""
+    slot = now_ms // max(1, window_ms)
+    return hashlib.sha1(f"{seed}\0{channel}\0{slot}".encode()).hexdigest()[:8]
+
+
 class BrokerEvents(Protocol):
     """What a broker calls on its node (the Hub) for channels the node subscribed to."""
 
@@ -110,16 +136,11 @@ class PresenceStats:
 class Broker(abc.ABC):
     """The engine between nodes. One instance per App; `start` before use, `close` after.
 
-    A channel's history TTL and size are those of its latest publish.
+    A channel's history TTL and size, and so its stream's lifetime, are those of its latest
+    publish.
     """
 
     __slots__ = ()
-
-    @abc.abstractmethod
-    def keep_streams_at_least(self, seconds: float) -> None:
-        """Keep a channel's stream (epoch, offset, history) at least `seconds` after its last
-        publication, whatever the broker's own `meta_ttl`: a rule's `history_ttl` must not
-        outlive the stream it belongs to."""
 
     @abc.abstractmethod
     async def start(self, events: BrokerEvents) -> None:
@@ -165,7 +186,8 @@ class Broker(abc.ABC):
         self, channel: str, *, since: int | None = None, limit: int | None = None
     ) -> HistoryResult:
         """Kept publications with offset > `since` (all kept when None), oldest first, at
-        most `limit` (None: no limit; 0: only the position)."""
+        most `limit` (None: no limit; 0: only the position). Any `since` and `limit` >= 0
+        are valid, however large. Keeps nothing for a channel without a stream."""
 
     @abc.abstractmethod
     async def presence_add(self, channel: str, info: ClientInfo) -> None:

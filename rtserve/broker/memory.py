@@ -1,10 +1,11 @@
 """MemoryBroker: the embedded default broker, for one process and no services.
 
-Each channel that was published to (or whose history was asked for) has a stream: an epoch,
-the last offset given out and, when the channel keeps history, its latest publications. A
-stream lives `meta_ttl` seconds after its last publication; once it is gone the next
-publication starts a new epoch at offset 1. Expired streams and idempotency keys are swept
-lazily by the calls that touch them, so many one-off channels do not make memory grow.
+Each channel that was published to has a stream: an epoch, the last offset given out and,
+when the channel keeps history, its latest publications. Subscribing and reading keep
+nothing. A stream lives `meta_ttl` seconds after its last publication (or its history's TTL,
+when longer); once it is gone the next publication starts a new epoch at offset 1. Expired
+streams and idempotency keys are swept lazily by the calls that touch them, so many one-off
+channels do not make memory grow.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from rtserve.broker.base import (
     Publication,
     PublishOptions,
     StreamPosition,
+    empty_epoch,
+    stream_lifetime,
 )
 
 __all__ = ["MemoryBroker"]
@@ -43,13 +46,14 @@ class _Stream:
     (publishing with history_size 0 empties it), which `history()` relies on to find `since`.
     """
 
-    __slots__ = ("epoch", "history", "history_ttl", "offset", "touched")
+    __slots__ = ("epoch", "history", "history_ttl", "lifetime", "offset", "touched")
 
-    def __init__(self, now: float) -> None:
-        self.epoch = secrets.token_hex(4)
+    def __init__(self, epoch: str, lifetime: float, now: float) -> None:
+        self.epoch = epoch
         self.offset = 0
         self.history: deque[tuple[Publication, float]] = deque()
         self.history_ttl = 0.0
+        self.lifetime = lifetime  # seconds it is kept after `touched`
         self.touched = now
 
     def prune(self, now: float) -> None:
@@ -64,17 +68,20 @@ class MemoryBroker(Broker):
     """The Broker for one process: offsets, history, idempotency and presence in memory.
 
     meta_ttl: seconds a channel's stream (epoch, offset, history) is kept after its last
-    publication. clock: a monotonic clock in seconds (tests inject their own).
+    publication (longer for a history with a longer TTL). clock: a monotonic clock in
+    seconds (tests inject their own).
     """
 
     __slots__ = (
         "_clock",
         "_closed",
         "_events",
+        "_expiry",
         "_idempotency",
         "_idempotency_expiry",
         "_meta_ttl",
         "_presence",
+        "_seed",
         "_streams",
         "_subscriptions",
     )
@@ -88,16 +95,16 @@ class MemoryBroker(Broker):
         self._clock = clock
         self._events: BrokerEvents | None = None
         self._closed = False
-        # Ordered by `touched` (moved to the end on every publication): expired ones lead.
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._streams: dict[str, _Stream] = {}
+        # Channels by stream lifetime (one queue per lifetime: a few, one per rule), each in
+        # the order of their last publication, so expired ones lead their queue.
+        self._expiry: dict[float, OrderedDict[str, None]] = {}
+        self._seed = secrets.token_hex(8)  # new epochs for every life of this broker
         self._subscriptions: set[str] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._idempotency: dict[tuple[str, str], tuple[StreamPosition, float]] = {}
         # (expires at, channel, key); an entry whose key was stored again later is stale.
         self._idempotency_expiry: list[tuple[float, str, str]] = []
-
-    def keep_streams_at_least(self, seconds: float) -> None:
-        self._meta_ttl = max(self._meta_ttl, seconds)
 
     async def start(self, events: BrokerEvents) -> None:
         """Deliver to `events` from now on (a second call replaces it)."""
@@ -139,12 +146,7 @@ class MemoryBroker(Broker):
             if seen is not None and now < seen[1]:
                 return seen[0]
 
-        stream = self._streams.get(channel)
-        if stream is None:
-            stream = self._streams[channel] = _Stream(now)
-        else:
-            self._streams.move_to_end(channel)
-            stream.touched = now
+        stream = self._touch(channel, stream_lifetime(self._meta_ttl, options), now)
         stream.offset += 1
         publication = Publication(stream.offset, data, info)
         self._keep(stream, publication, options, now)
@@ -163,6 +165,25 @@ class MemoryBroker(Broker):
                 # this node must not turn it into a failed publish (joins and leaves alike).
                 log.exception("delivering a publication of %r failed", channel)
         return position
+
+    def _empty_epoch(self, channel: str, now: float) -> str:
+        return empty_epoch(self._seed, channel, int(now * 1000), int(self._meta_ttl * 1000))
+
+    def _touch(self, channel: str, lifetime: float, now: float) -> _Stream:
+        """The channel's stream (started now when it has none), kept `lifetime` from now."""
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream(
+                self._empty_epoch(channel, now), lifetime, now
+            )
+        else:
+            queue = self._expiry[stream.lifetime]
+            del queue[channel]
+            if not queue and stream.lifetime != lifetime:
+                del self._expiry[stream.lifetime]
+            stream.lifetime, stream.touched = lifetime, now
+        self._expiry.setdefault(lifetime, OrderedDict())[channel] = None
+        return stream
 
     @staticmethod
     def _keep(
@@ -211,14 +232,15 @@ class MemoryBroker(Broker):
     ) -> HistoryResult:
         """Kept publications with offset > `since`, oldest first, at most `limit`.
 
-        An unknown channel gets its stream (and so its epoch) now, at offset 0.
+        A channel without a stream is at offset 0 of the epoch its first publication will
+        start (nothing is kept for it).
         """
         self._sink()
         now = self._clock()
         self._sweep(now)
         stream = self._streams.get(channel)
         if stream is None:
-            stream = self._streams[channel] = _Stream(now)
+            return HistoryResult([], StreamPosition(0, self._empty_epoch(channel, now)))
         position = StreamPosition(stream.offset, stream.epoch)
         stream.prune(now)
         history = stream.history
@@ -237,13 +259,18 @@ class MemoryBroker(Broker):
         return HistoryResult(publications, position)
 
     def _sweep(self, now: float) -> None:
-        """Forget expired streams and idempotency keys (cost: what expired, plus one)."""
-        streams, meta_ttl = self._streams, self._meta_ttl
-        while streams:
-            channel, stream = next(iter(streams.items()))
-            if now - stream.touched < meta_ttl:
-                break
-            del streams[channel]
+        """Forget expired streams and idempotency keys (cost: what expired, plus one per
+        stream lifetime)."""
+        streams = self._streams
+        for lifetime, queue in list(self._expiry.items()):
+            while queue:
+                channel = next(iter(queue))
+                if now - streams[channel].touched < lifetime:
+                    break
+                del queue[channel]
+                del streams[channel]
+            if not queue:
+                del self._expiry[lifetime]
         expiry, seen = self._idempotency_expiry, self._idempotency
         while expiry and expiry[0][0] <= now:
             expires, channel, key = heapq.heappop(expiry)

@@ -13,13 +13,15 @@ tag, so every key of one channel lives in one slot and the scripts may touch the
 key                        type    what
 =========================  ======  ===========================================================
 ``P:{C}:meta``             hash    ``epoch``, ``offset`` (last given out), ``ttl`` (history TTL
-                                   of the latest publication, ms); expires ``meta_ttl`` after
-                                   the last publication. Gone: the next publication (or
-                                   history read) starts a new epoch at offset 0.
+                                   of the latest publication, ms); made by the first
+                                   publication (never by a subscribe or read), expires
+                                   ``meta_ttl`` after the last publication (the history TTL
+                                   when that is longer). Gone: the next publication starts a
+                                   new epoch at offset 1.
 ``P:{C}:stream``           stream  history: entry id ``<offset>-0``, fields ``p`` (the
                                    payload, JSON ``{"d": data, "i": client info}``) and ``t``
                                    (Redis time of the publication, ms); ``MAXLEN =
-                                   history_size``; expires after min(history_ttl, meta_ttl);
+                                   history_size``; expires with its history TTL (or the meta);
                                    deleted when the channel publishes with history_size 0 and
                                    when a new epoch starts.
 ``P:{C}:idem:<key>``       string  ``<offset>:<epoch>`` of a publication with an idempotency
@@ -27,6 +29,11 @@ key                        type    what
 ``P:{C}:pres``             hash    presence: client id -> JSON ``ClientInfo``.
 ``P:{C}:pres:exp``         zset    presence: client id -> expiry (Redis time, ms). Both
                                    presence keys expire with their last member.
+``P:epoch-seed``           string  random; with the channel and the time window (``meta_ttl``)
+                                   it makes the epoch of a new stream, which every node and
+                                   every read before the first publication agree on. The one
+                                   key without a TTL (one per prefix; lost with the data set,
+                                   which then starts new epochs).
 ``P:{C}:pub``              pubsub  the channel's pub/sub name (not a key). Messages are JSON:
                                    ``{"o": offset, "e": epoch, "p": payload}`` for a
                                    publication, ``{"j": info}`` / ``{"l": info}`` for a join /
@@ -58,7 +65,8 @@ Redis Cluster (on paper, not implemented: this class talks to one Redis, or a pr
 Sentinel-style failover at one address): the hash tags already put every key of a channel in
 one slot, so the scripts run unchanged on the slot's shard; fan-out would move to sharded
 pub/sub (``SPUBLISH`` inside the script, ``SSUBSCRIBE`` on one pub/sub connection per shard),
-whose channel name ``P:{C}:pub`` carries the same hash tag.
+whose channel name ``P:{C}:pub`` carries the same hash tag. The scripts also read
+``P:epoch-seed``, in another slot: under Cluster it would be one seed per shard.
 """
 
 from __future__ import annotations
@@ -95,9 +103,15 @@ from rtserve.broker.base import (
     Publication,
     PublishOptions,
     StreamPosition,
+    stream_lifetime,
 )
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
+
+# The largest `since` and `limit` sent to the scripts: Lua numbers are doubles, and Redis
+# refuses larger stream ids and counts. Above them: "after everything" and "no limit".
+MAX_OFFSET = 2**53 - 1
+MAX_LIMIT = 2**31 - 1
 
 log = logging.getLogger("rtserve.broker")
 
@@ -169,8 +183,10 @@ class RedisBroker(Broker):
 
     url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` for TLS.
     prefix: first part of every key (no braces). meta_ttl: seconds a channel's stream is kept
-    after its last publication. presence_ttl: seconds a present client of a node that stopped
-    refreshing it stays listed. node_id: this node's name (the Redis client name shows it).
+    after its last publication (its history TTL when longer); every node of a prefix must
+    have the same, as new epochs are made from it. presence_ttl: seconds a present client
+    of a node that stopped refreshing it stays listed. node_id: this node's name (the Redis
+    client name shows it).
     timeout: seconds to connect, and to wait for an answer of Redis, before BrokerError.
     ping_interval: seconds of silence on the pub/sub connection before a PING checks it.
     reconnect_delay: (first, largest) pause in seconds between reconnection attempts.
@@ -265,9 +281,6 @@ class RedisBroker(Broker):
         self._presence: Any = None
         self._presence_stats: Any = None
 
-    def keep_streams_at_least(self, seconds: float) -> None:
-        self._meta_ttl = max(self._meta_ttl, seconds)
-
     @property
     def node_id(self) -> str:
         return self._node_id
@@ -276,6 +289,10 @@ class RedisBroker(Broker):
 
     def _key(self, channel: str, name: str) -> str:
         return f"{self._prefix}:{{{channel}}}:{name}"
+
+    @property
+    def _seed_key(self) -> str:
+        return f"{self._prefix}:epoch-seed"
 
     def _pubsub_name(self, channel: str) -> bytes:
         return self._key(channel, "pub").encode()
@@ -413,15 +430,17 @@ class RedisBroker(Broker):
         idem_ttl = _ms(options.idempotency_ttl) if key is not None else 0
         meta = self._key(channel, "meta")
         idem = self._key(channel, f"idem:{key}") if idem_ttl else meta
-        keys = [meta, self._key(channel, "stream"), idem]
+        keys = [meta, self._key(channel, "stream"), idem, self._seed_key]
         args = [
             payload,
-            secrets.token_hex(4),
+            secrets.token_hex(8),
             max(0, options.history_size),
             _ms(options.history_ttl),
-            _ms(self._meta_ttl),
+            _ms(stream_lifetime(self._meta_ttl, options)),
             idem_ttl,
             self._pubsub_name(channel),
+            channel,
+            _ms(self._meta_ttl),
         ]
         with self._errors("publish"):
             offset, epoch, _ = await self._publish(keys=keys, args=args)
@@ -444,13 +463,14 @@ class RedisBroker(Broker):
     def _history_call(
         self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
     ) -> tuple[list[str], list[Any]]:
-        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
+        keys = [self._key(channel, "meta"), self._key(channel, "stream"), self._seed_key]
         args = [
-            -1 if since is None or since < 0 else since,
-            -1 if limit is None else max(0, limit),
-            secrets.token_hex(4),
+            -1 if since is None or since < 0 else min(since, MAX_OFFSET),
+            -1 if limit is None or limit > MAX_LIMIT else max(0, limit),
+            secrets.token_hex(8),
             _ms(self._meta_ttl),
             1 if apply_ttl else 0,
+            channel,
         ]
         return keys, args
 
@@ -487,7 +507,8 @@ class RedisBroker(Broker):
     ) -> HistoryResult:
         """Kept publications with offset > `since`, oldest first, at most `limit`.
 
-        An unknown channel gets its stream (and so its epoch) now, at offset 0.
+        A channel without a stream is at offset 0 of the epoch its first publication will
+        start (nothing is written for it).
         """
         self._redis()
         return await self._read(channel, since, limit, apply_ttl=True)

@@ -9,12 +9,28 @@ local function now_ms()
 end
 """
 
-# KEYS: meta, stream, idempotency key (the meta key when there is none).
-# ARGV: payload, new epoch, history_size, history_ttl ms, meta_ttl ms, idempotency ttl ms
-#       (0: no key), pub/sub name.
+# The epoch a stream of a channel starting now gets (rtserve.broker.base.empty_epoch): a hash
+# of the prefix's seed (made from `new_seed` when missing), the channel and the time window.
+EMPTY_EPOCH = """
+local function empty_epoch(seed_key, new_seed, channel, window_ms)
+  local seed = redis.call('GET', seed_key)
+  if not seed then
+    redis.call('SET', seed_key, new_seed)
+    seed = new_seed
+  end
+  local slot = math.floor(now_ms() / math.max(1, tonumber(window_ms)))
+  local text = seed .. '\\0' .. channel .. '\\0' .. string.format('%d', slot)
+  return string.sub(redis.sha1hex(text), 1, 8)
+end
+"""
+
+# KEYS: meta, stream, idempotency key (the meta key when there is none), epoch seed.
+# ARGV: payload, new seed, history_size, history_ttl ms, stream lifetime ms, idempotency ttl
+#       ms (0: no key), pub/sub name, channel, epoch window ms (meta_ttl).
 # Returns {offset, epoch, 1 when published / 0 when an earlier position was returned}.
 PUBLISH = (
     NOW
+    + EMPTY_EPOCH
     + """
 local idem_ttl = tonumber(ARGV[6])
 if idem_ttl > 0 then
@@ -26,7 +42,13 @@ if idem_ttl > 0 then
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  epoch = ARGV[2]
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    -- The meta was lost before its time (the stream outlived it): its life may have had
+    -- this window's epoch, so this one takes a random one.
+    epoch = string.sub(ARGV[2], 1, 8)
+  else
+    epoch = empty_epoch(KEYS[4], ARGV[2], ARGV[8], ARGV[9])
+  end
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
@@ -53,21 +75,18 @@ return {offset, epoch, 1}
 """
 )
 
-# KEYS: meta, stream. ARGV: since (-1: all), limit (-1: no limit), new epoch, meta_ttl ms,
-# 1 to drop publications older than the history TTL.
+# KEYS: meta, stream, epoch seed. ARGV: since (-1: all), limit (-1: no limit), new seed,
+# epoch window ms (meta_ttl), 1 to drop publications older than the history TTL, channel.
 # Returns {epoch, offset, offset1, payload1, offset2, payload2, ...}. A channel without meta
-# gets its epoch now (atomically, so every node agrees on it).
+# is at offset 0 of the epoch its first publication will start; nothing is written for it.
 HISTORY = (
     NOW
+    + EMPTY_EPOCH
     + """
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'ttl')
 local epoch = m[1]
 if not epoch then
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {epoch, 0}
+  return {empty_epoch(KEYS[3], ARGV[3], ARGV[6], ARGV[4]), 0}
 end
 local out = {epoch, tonumber(m[2])}
 local limit = tonumber(ARGV[2])

@@ -50,3 +50,16 @@ class ChannelContext:
     @property
     def user(self) -> str | None:
         return self.client.user
+
+    @property
+    def token_user(self) -> str | None:
+        """The user when the token vouches for it; None for an anonymous client and for one
+        named otherwise (`on_connect` may take any name the client sends)."""
+        return token_user(self.client, self.claims)
+
+
+def token_user(client: ClientInfo, claims: TokenClaims | None) -> str | None:
+    """`client`'s user when its token `claims` vouch for it, else None."""
+    if claims is not None and claims.user is not None and claims.user == client.user:
+        return claims.user
+    return None

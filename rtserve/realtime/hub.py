@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -185,12 +186,13 @@ class _Local:
 
 @contextlib.contextmanager
 def _broker_errors() -> Iterator[None]:
-    """A BrokerError becomes ChannelError 115 (the client is told, nothing is dropped)."""
+    """A BrokerError becomes ChannelError 115 (the client is told, nothing is dropped); what
+    failed, which may name the broker's address or scripts, goes to the log only."""
     try:
         yield
     except BrokerError as exc:
         log.warning("broker failed: %s", exc)
-        raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+        raise ChannelError(ErrorCode.BROKER_UNAVAILABLE) from None
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
@@ -227,16 +229,9 @@ class Hub:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        for rule in self.rules:
-            self.keep_history_of(rule)
         await self.broker.start(self)
         await self.broker.subscribe(CONTROL_CHANNEL)
         self._digest_task = self.loop.create_task(self._run_digests())
-
-    def keep_history_of(self, rule: ChannelRule) -> None:
-        """Have the broker keep the streams of `rule`'s channels as long as their history."""
-        if rule.history:
-            self.broker.keep_streams_at_least(rule.history_ttl)
 
     async def close(self) -> None:
         if self._digest_task is not None:
@@ -315,10 +310,24 @@ class Hub:
             )
 
     async def client_publish(
-        self, rule: ChannelRule, ctx: ChannelContext, data: Any, idempotency_key: str | None = None
+        self,
+        rule: ChannelRule,
+        ctx: ChannelContext,
+        data: Any,
+        idempotency_key: str | None = None,
+        scope: tuple[str, ...] | None = None,
     ) -> StreamPosition:
         """A client's publish that passed `check_client_publish` (and the caller's token and
-        rate checks): `on_publish` may refuse or replace the data, then it is published."""
+        rate checks): `on_publish` may refuse or replace the data, then it is published.
+
+        Its idempotency key is the publisher's own, within `scope`: by default the token's
+        user, or the connection without one; the server's keys are another scope again.
+        """
+        if idempotency_key is not None:
+            if scope is None:
+                user = ctx.token_user
+                scope = ("user", user) if user is not None else ("client", ctx.client.client)
+            idempotency_key = json.dumps([*scope, idempotency_key], separators=(",", ":"))
         if rule.on_publish is not None:
             ctx.data = data
             replaced = await call_hook(rule.on_publish, ctx)
@@ -473,7 +482,8 @@ class Hub:
         except BaseException as exc:
             self._remove(subscriber, channel)
             if isinstance(exc, BrokerError):
-                raise ChannelError(ErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
+                log.warning("broker failed: %s", exc)
+                raise ChannelError(ErrorCode.BROKER_UNAVAILABLE) from None
             raise
         position = history.position
         if local.epoch != position.epoch:
@@ -573,17 +583,22 @@ class Hub:
                 history = await self.broker.history(channel, since=max(0, top - limit))
             else:
                 start = None if since is None else since.offset
-                history = await self.broker.history(channel, since=start, limit=limit)
+                # With `since`, limit 0 still reads the first one after it: that is what
+                # shows the history holds what follows `since`.
+                read = 1 if since is not None and limit == 0 else limit
+                history = await self.broker.history(channel, since=start, limit=read)
         position = history.position
+        pubs = history.publications
         if since is not None:
-            pubs = history.publications
             if since.epoch != position.epoch:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
             trimmed = not pubs or pubs[0].offset > since.offset + 1
-            if since.offset < position.offset and limit != 0 and trimmed:
+            if since.offset < position.offset and trimmed:
                 raise ChannelError(ErrorCode.UNRECOVERABLE, "history no longer holds that offset")
+        if limit == 0:
+            pubs = []
         return {
-            "publications": [publication_json(p) for p in history.publications],
+            "publications": [publication_json(p) for p in pubs],
             "offset": position.offset,
             "epoch": position.epoch,
         }

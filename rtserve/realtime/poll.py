@@ -36,7 +36,7 @@ from rtserve.realtime.access import (
     unwatch_shutdown,
     watch_shutdown,
 )
-from rtserve.realtime.context import ChannelContext
+from rtserve.realtime.context import ChannelContext, token_user
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
@@ -244,12 +244,15 @@ async def client_publish_endpoint(request: Request) -> Response:
         hub.check_client_publish(rule, len(dump_json(data)))
         if rule.token and (claims is None or not claims.allows(channel)):
             raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
-        who = ("user", client.user) if client.user is not None else ("address", request.client)
+        # Without a token, the name is the client's own choice: its address is who it is.
+        user = token_user(client, claims)
+        who = ("user", user) if user is not None else ("address", request.client)
         take_rate(hub, http_buckets(hub), (rule, who), rule)
         take_address_rate(hub, request.client)
         refuse_when_shutting_down(request)
         context = ChannelContext(channel, params, client, claims, request)
-        position = await hub.client_publish(rule, context, data, key)
+        scope = who if user is not None else (*who, client.user or "")
+        position = await hub.client_publish(rule, context, data, key, scope)
         return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
