@@ -24,6 +24,7 @@ from rtserve.broker.base import (
     PublishOptions,
     StreamPosition,
 )
+from rtserve.broker.memory import MemoryBroker
 
 KEEP = PublishOptions(history_size=10)
 WAIT = 5.0  # seconds a test waits for something that should happen at once
