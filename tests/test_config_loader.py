@@ -631,3 +631,26 @@ def test_unit_looking_garbage_raises_only_value_error(text: str) -> None:
     for parse in (parse_size, parse_duration):
         with contextlib.suppress(ValueError):
             parse(text)
+
+
+def test_route_headers_are_for_static_routes() -> None:
+    from rtserve.config.project import ProjectConfig
+
+    text = """\
+    routes:
+      - path: /
+        static: static/index.html
+        headers: {X-Frame-Options: DENY}
+      - path: /hello
+        handler: builtins:print
+        headers: {X-Frame-Options: DENY}
+      - path: /s
+        static: static/
+        headers: {"Bad Name": x}
+    """
+    assert errors(text, ProjectConfig) == [
+        "rtserve.yaml:5:5: routes[1]: headers are for static routes (a handler sets its own)",
+        "rtserve.yaml:8:5: routes[2]: invalid header field 'Bad Name': 'x'",
+    ]
+    ok = load(text.split("  - path: /hello")[0], ProjectConfig)
+    assert ok.routes[0].headers == {"X-Frame-Options": "DENY"}
