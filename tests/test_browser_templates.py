@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_page_fits_a_phone_and_every_request_succeeds(browser: Any, served: Scaf
     page = phone_page(browser)
     page.goto(served.url)
     assert_fits(page, "the page as it opens")
+    if served.folder.name == "dashboard":  # and with its figures in
+        expect(page.locator("[data-field=tick] output")).to_have_text(re.compile(r"\d+"))
+        assert_fits(page, "with a sample shown")
     assert served.wait_for_request("/favicon.ico") == 200
     failed = [(target, status) for target, status in served.requests() if status >= 400]
     assert failed == [], failed
