@@ -4,64 +4,22 @@ message sent from one page shows up in the other (through rt.js, /rt/ws and the 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from rtserve.cli.main import main
+from tests.scaffold_server import serve_scaffold
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import expect
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def chat_url(tmp_path: Path) -> Iterator[str]:
-    result = CliRunner().invoke(main, ["new", "chat", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rtserve.cli.main",
-            "run",
-            str(tmp_path / "demo"),
-            "--port",
-            str(port),
-        ],
-        start_new_session=True,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+    with serve_scaffold("chat", tmp_path) as server:
+        yield server.url
 
 
 def join(page: Any, url: str, name: str, timeout: float = 5000) -> None:
@@ -130,3 +88,26 @@ def test_chat_without_websocket(browser: Any, chat_url: str, transport: str) -> 
     ada.locator("#send").evaluate("form => form.requestSubmit()")
     expect(bob.locator("#messages")).to_contain_text("hello from Ada", timeout=10_000)
     expect(bob.locator("#messages")).to_contain_text("Ada")
+
+
+def test_comings_and_goings_are_shown(browser: Any, chat_url: str) -> None:
+    """'Bob joined' and 'Bob left' in the room of the page that was there (join_leave in
+    rtserve.yaml), in the order things happened; a newcomer sees the history without them."""
+    ada = browser.new_context().new_page()
+    join(ada, chat_url, "Ada")
+    bob = browser.new_context().new_page()
+    join(bob, chat_url, "Bob")
+    lines = ada.locator("#messages li")
+    expect(lines.last).to_have_text("Bob joined")
+    bob.fill("#text", "hi Ada")
+    bob.locator("#send").evaluate("form => form.requestSubmit()")
+    expect(lines.last).to_contain_text("hi Ada")
+    bob.context.close()
+    expect(lines.last).to_have_text("Bob left")
+    expect(ada.locator("#members")).not_to_contain_text("Bob")
+    texts = lines.all_inner_texts()
+    assert texts[-3] == "Bob joined" and "hi Ada" in texts[-2], texts
+    cy = browser.new_context().new_page()
+    join(cy, chat_url, "Cy")
+    expect(cy.locator("#messages")).to_contain_text("hi Ada")
+    expect(cy.locator("#messages")).not_to_contain_text("joined")

@@ -652,3 +652,26 @@ def test_a_channel_pattern_no_channel_name_can_match_is_refused_where_it_is_writ
         with pytest.raises(ValueError):
             App().channel(pattern)
     App().channel("ok:{id}:*")
+
+
+def test_route_headers_are_for_static_routes() -> None:
+    from rtserve.config.project import ProjectConfig
+
+    text = """\
+    routes:
+      - path: /
+        static: static/index.html
+        headers: {X-Frame-Options: DENY}
+      - path: /hello
+        handler: builtins:print
+        headers: {X-Frame-Options: DENY}
+      - path: /s
+        static: static/
+        headers: {"Bad Name": x}
+    """
+    assert errors(text, ProjectConfig) == [
+        "rtserve.yaml:5:5: routes[1]: headers are for static routes (a handler sets its own)",
+        "rtserve.yaml:8:5: routes[2]: invalid header field 'Bad Name': 'x'",
+    ]
+    ok = load(text.split("  - path: /hello")[0], ProjectConfig)
+    assert ok.routes[0].headers == {"X-Frame-Options": "DENY"}

@@ -572,3 +572,34 @@ def test_dotfiles_are_private_except_well_known(server: ThreadedServer, site: Pa
         assert status == 404 and b"SECRET" not in body, target
     status, _, body = raw_get(server.port, "/static/.well-known/security.txt")
     assert status == 200 and body == b"Contact: x"
+
+
+NO_FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+def test_route_headers(site: Path) -> None:
+    """`headers=` of a static route go with each file it serves, a 304 and a HEAD too; not
+    with its 404s, which are error pages of the app."""
+    app = App()
+    app.static("/static", site / "public", headers=NO_FRAMING)
+    app.static_file("/", site / "public" / "index.html", headers={"Cache-Control": "no-cache"})
+    with ThreadedServer(app, access_log=False) as srv, srv.client() as c:
+        for target in ("/static/", "/static/docs/page.txt"):
+            r = c.get(target)
+            assert r.status == 200, target
+            assert r.headers["x-frame-options"] == "DENY"
+            assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+            etag = r.headers["etag"]
+            again = c.get(target, headers={"If-None-Match": etag})
+            assert again.status == 304 and again.headers["x-frame-options"] == "DENY"
+            assert c.request("HEAD", target).headers["x-frame-options"] == "DENY"
+        assert "x-frame-options" not in c.get("/static/nothing-here").headers
+        page = c.get("/")
+        assert page.headers["cache-control"] == "no-cache" and "x-frame-options" not in page.headers
+
+
+def test_route_headers_are_checked(site: Path) -> None:
+    with pytest.raises(ValueError, match="invalid header field"):
+        App().static_file("/", site / "public" / "index.html", headers={"X-Bad": "a\r\nb"})
+    with pytest.raises(ValueError, match="invalid header field"):
+        App().static("/s", site / "public", headers={"Bad Name": "x"})

@@ -110,6 +110,21 @@ def test_new_project_tests_pass(template: str, tmp_path: Path) -> None:
     assert " passed" in proc.stdout and "skipped" not in proc.stdout
 
 
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_pages_refuse_to_be_framed(template: str, tmp_path: Path, project_imports: None) -> None:
+    """No other site may show a scaffold's page in a frame (clickjacking): its page routes
+    send X-Frame-Options and a CSP frame-ancestors, at / and wherever else index.html is."""
+    assert new(template, tmp_path / template).exit_code == 0
+    app = build_app(*load_project(tmp_path / template))
+    pages = ["/"] + (["/static/", "/static/index.html"] if template in WITH_CHANNELS else [])
+    with ThreadedServer(app, access_log=False) as server, server.client() as http:
+        for page in pages:
+            answer = http.get(page)
+            assert answer.status == 200 and "<html" in answer.text, page
+            assert answer.headers.get("x-frame-options") == "DENY", page
+            assert answer.headers.get("content-security-policy") == "frame-ancestors 'none'", page
+
+
 def test_new_refuses_a_non_empty_dir(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     result = new("chat", tmp_path)

@@ -16,7 +16,7 @@ import re
 import traceback
 import types
 from asyncio import get_running_loop
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import copy_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -181,19 +181,34 @@ class App:
         """The path of the named route with `params` filled in."""
         return self.router.url_for(name, **params)
 
-    def static(self, prefix: str, directory: str | Path, *, name: str | None = None) -> None:
-        """Serve the files under `directory` at `prefix` (e.g. `/static`)."""
+    def static(
+        self,
+        prefix: str,
+        directory: str | Path,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve the files under `directory` at `prefix` (e.g. `/static`), each with `headers`
+        added (`{"X-Frame-Options": "DENY"}`)."""
         from rtserve.app.static import StaticFiles
 
-        files = StaticFiles(directory)
+        files = StaticFiles(directory, headers)
         pattern = prefix.rstrip("/") + "/{path:path}"
         self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}", is_class=False)
 
-    def static_file(self, path: str, file: str | Path, *, name: str | None = None) -> None:
-        """Serve one file at `path`."""
+    def static_file(
+        self,
+        path: str,
+        file: str | Path,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve one file at `path`, with `headers` added."""
         from rtserve.app.static import StaticFile
 
-        self.router.add(path, ["GET"], StaticFile(file), name=name, is_class=False)
+        self.router.add(path, ["GET"], StaticFile(file, headers), name=name, is_class=False)
 
     # --- channels --------------------------------------------------------------------------
 

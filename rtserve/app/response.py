@@ -192,6 +192,11 @@ class Response:
         return None
 
 
+def check_header(name: str, value: str) -> None:
+    """ValueError unless `name: value` can be sent as a header field."""
+    _field(name, value)
+
+
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     if not name or any(c in name for c in _BAD_NAME_CHARS) or any(c in value for c in "\r\n\0"):
         raise ValueError(f"invalid header field {name!r}: {value!r}")

@@ -11,7 +11,7 @@ import errno
 import mimetypes
 import os
 import stat
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_from_bytes
@@ -23,7 +23,7 @@ from rtserve.app.conditional import (
     make_etag,
     parse_range,
 )
-from rtserve.app.response import Response
+from rtserve.app.response import Response, check_header
 from rtserve.errors import HTTPError
 from rtserve.server.exchange import Exchange
 
@@ -194,13 +194,23 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-class StaticFiles:
-    """A route target serving every file below `directory` (index.html for folders)."""
+def header_list(headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """`headers` as fields to send, each checked (ValueError for one that cannot be sent)."""
+    fields = list((headers or {}).items())
+    for name, value in fields:
+        check_header(name, value)
+    return fields
 
-    def __init__(self, directory: str | Path) -> None:
+
+class StaticFiles:
+    """A route target serving every file below `directory` (index.html for folders), each
+    with `headers` added."""
+
+    def __init__(self, directory: str | Path, headers: Mapping[str, str] | None = None) -> None:
         self.root = Path(directory).resolve()
         if not self.root.is_dir():
             raise ValueError(f"static folder {str(directory)!r} does not exist")
+        self.headers = header_list(headers)
 
     def __call__(self, request: Request, path: str) -> Response:
         target = safe_join(self.root, path)
@@ -212,7 +222,7 @@ class StaticFiles:
             target = target / "index.html"
         elif path.endswith("/") or not path:
             raise HTTPError(404)  # `file.txt/` names a folder, and there is none
-        return FileResponse(target, request)
+        return FileResponse(target, request, self.headers)
 
 
 def _add_slash(request: Request) -> Response:
@@ -229,15 +239,16 @@ def _add_slash(request: Request) -> Response:
 
 
 class StaticFile:
-    """A route target serving one file."""
+    """A route target serving one file, with `headers` added."""
 
-    def __init__(self, file: str | Path) -> None:
+    def __init__(self, file: str | Path, headers: Mapping[str, str] | None = None) -> None:
         self.file = Path(file).resolve()
         if not self.file.is_file():
             raise ValueError(f"static file {str(file)!r} does not exist")
+        self.headers = header_list(headers)
 
     def __call__(self, request: Request) -> Response:
-        return FileResponse(self.file, request)
+        return FileResponse(self.file, request, self.headers)
 
 
 RTSERVE_JS = Path(__file__).resolve().parent.parent / "static" / "rtserve.js"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from rtserve.app.app import App
 from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
+from rtserve.app.static import header_list
 from rtserve.broker.url import broker_from_url, checked_broker_url
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.errors import RouteError
@@ -49,6 +50,9 @@ class RouteConfig:
     options: dict[str, Any] = opt_list(
         "WebSocket options of this route (max_message_size, ...)", dict
     )
+    headers: dict[str, str] = opt_list(
+        "response headers added to a static route's files (X-Frame-Options, ...)", dict
+    )
 
     def __post_init__(self) -> None:
         kinds = [k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k)]
@@ -67,6 +71,9 @@ class RouteConfig:
             raise ValueError(f"unknown HTTP method(s) {unknown}; use {', '.join(HTTP_METHODS)}")
         if self.options and not self.websocket:
             raise ValueError("options are for websocket routes")
+        if self.headers and not self.static:
+            raise ValueError("headers are for static routes (a handler sets its own)")
+        header_list(self.headers)
 
     @property
     def kind(self) -> str:
@@ -263,9 +270,9 @@ def _add_route(app: App, route: RouteConfig, folder: Path) -> None:
     elif route.static is not None:
         target = folder / route.static
         if target.is_dir():
-            app.static(route.path, target, name=route.name)
+            app.static(route.path, target, name=route.name, headers=route.headers)
         else:
-            app.static_file(route.path, target, name=route.name)
+            app.static_file(route.path, target, name=route.name, headers=route.headers)
     else:
         url, status = route.redirect, route.status
 

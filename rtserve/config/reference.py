@@ -28,7 +28,7 @@ HEADER = """\
 # List sections are shown with examples (their items have no defaults to show).
 EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "routes": [
-        {"path": "/", "static": "static/index.html"},
+        {"path": "/", "static": "static/index.html", "headers": {"X-Frame-Options": "DENY"}},
         {"path": "/static", "static": "static/"},
         {"path": "/hello/{name}", "handler": "app:hello", "methods": ["GET"], "name": "hello"},
         {"path": "/ws/echo", "websocket": "app:Echo", "options": {"max_message_size": "1MiB"}},

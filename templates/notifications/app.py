@@ -15,12 +15,13 @@ import time
 import uuid
 from typing import Any
 
-from rtserve import App, HTTPError, Request
+from rtserve import App, ChannelError, ErrorCode, HTTPError, Request
 from rtserve.tokens import mint
 
 USER_ID = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
 TOKEN_TTL = 3600  # seconds; the page fetches a new token when it reconnects
 DEV_PREFIX = "dev-only-"  # the development defaults of rtserve.yaml start with this
+UNAVAILABLE = {ErrorCode.BROKER_UNAVAILABLE, ErrorCode.NOT_AVAILABLE}  # broker down, shutting down
 
 log = logging.getLogger("notifications")
 
@@ -70,6 +71,7 @@ async def notify(request: Request, user: str) -> dict[str, Any]:
     Authorization: `Bearer <channels.api_key>`. Body: `{"title": "...", "body": "...",
     "url": "..."}`, title required. The pages get the notification with an `id` and a `time`
     added. With an `Idempotency-Key` header, a retry within 5 minutes is not sent twice.
+    503 when it cannot be sent now (the broker is down, the server is stopping): retry.
     """
     check_api_key(request)
     channel = user_channel(user)
@@ -89,7 +91,15 @@ async def notify(request: Request, user: str) -> dict[str, Any]:
         "time": time.time(),
     }
     key = request.headers.get("idempotency-key")
-    position = await request.app.publish(channel, notification, idempotency_key=key)
+    try:
+        position = await request.app.publish(channel, notification, idempotency_key=key)
+    except ChannelError as exc:
+        if exc.code not in UNAVAILABLE:
+            raise
+        # What failed (the broker's address, its error) is in the server's log, not the answer.
+        raise HTTPError(
+            503, "the notification was not sent; try again shortly", headers={"Retry-After": "1"}
+        ) from None
     return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
 
 

@@ -8,6 +8,7 @@ let name = "";
 let channel = null; // "chat:<room>"
 let subscription = null;
 const members = new Map(); // client id -> { client, user, info }
+let newest = 0; // the room's newest offset known here: comings and goings are shown after it
 
 function status(text, state) {
   $("status").textContent = text;
@@ -54,23 +55,28 @@ function enter(newChannel) {
   channel = newChannel;
   enable(false);
   $("messages").replaceChildren();
+  newest = 0;
   members.clear();
   showMembers();
   subscription = rt.subscribe(channel, {
     onPublication: showMessage,
     onSubscribed(result) {
+      newest = Math.max(newest, result.offset ?? 0);
       enable(true);
       if (!result.recovered) loadHistory(); // first time, or the gap could not be filled
       loadPresence(); // who is here now (also after a reconnect)
     },
     onUnrecovered: () => $("messages").replaceChildren(),
     onJoin(info) {
+      const here = names().has(memberName(info)); // already here on another page
       members.set(info.client, info);
       showMembers();
+      if (!here) showEvent(`${memberName(info)} joined`);
     },
     onLeave(info) {
       members.delete(info.client);
       showMembers();
+      if (!names().has(memberName(info))) showEvent(`${memberName(info)} left`);
     },
     onError: (error) => showError(error.message),
   });
@@ -106,6 +112,7 @@ function showMessage(pub) {
   const data = pub.data && typeof pub.data === "object" ? pub.data : { text: JSON.stringify(pub.data) };
   const item = document.createElement("li");
   item.dataset.offset = pub.offset;
+  newest = Math.max(newest, pub.offset);
   if (pub.info && rt && pub.info.client === rt.session?.client) item.className = "mine";
   const time = document.createElement("time");
   time.textContent = data.time ? new Date(data.time).toLocaleTimeString() : "";
@@ -114,21 +121,41 @@ function showMessage(pub) {
   const text = document.createElement("span");
   text.textContent = data.text ?? "";
   item.append(time, author, text);
-  // Keep offset order: history may arrive after live messages.
+  insert(item, pub.offset);
+}
+
+// "Ada joined", "Ada left": after the messages seen so far, before the ones still to come.
+function showEvent(text) {
+  const item = Object.assign(document.createElement("li"), { className: "event", textContent: text });
+  item.dataset.offset = newest + 0.5;
+  insert(item, newest + 0.5);
+}
+
+// Keep offset order: history may arrive after live messages.
+function insert(item, offset) {
+  const list = $("messages");
   let before = null;
-  for (let node = list.lastElementChild; node && Number(node.dataset.offset) > pub.offset; node = node.previousElementSibling) {
+  for (let node = list.lastElementChild; node && Number(node.dataset.offset) > offset; node = node.previousElementSibling) {
     before = node;
   }
   list.insertBefore(item, before);
   if (before === null) list.scrollTop = list.scrollHeight;
 }
 
+function memberName(member) {
+  return member.info?.name || member.user || "anonymous";
+}
+
+function names() {
+  return new Set([...members.values()].map(memberName));
+}
+
 function showMembers() {
-  const names = new Set([...members.values()].map((m) => m.info?.name || m.user || "anonymous"));
+  const online = names();
   $("members").replaceChildren(
-    ...[...names].sort().map((n) => Object.assign(document.createElement("li"), { textContent: n })),
+    ...[...online].sort().map((n) => Object.assign(document.createElement("li"), { textContent: n })),
   );
-  $("count").textContent = names.size ? `(${names.size})` : "";
+  $("count").textContent = online.size ? `(${online.size})` : "";
 }
 
 function enable(on) {

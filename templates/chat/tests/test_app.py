@@ -41,7 +41,8 @@ def user(url: str, name: str) -> Client:
 def test_page_and_script_are_served(rtserve_client: SyncClient) -> None:
     page = rtserve_client.get("/")
     assert page.status == 200 and "/rtserve.js" in page.text
-    for path in ("/rtserve.js", "/static/chat.js", "/static/style.css"):
+    assert page.headers["x-frame-options"] == "DENY"  # no other site may frame it
+    for path in ("/rtserve.js", "/static/chat.js", "/static/style.css", "/favicon.ico"):
         assert rtserve_client.get(path).status == 200, path
 
 

@@ -10,6 +10,8 @@ def test_page(rtserve_client: SyncClient) -> None:
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "rtserve is running" in response.text
+    assert response.headers["x-frame-options"] == "DENY"  # no other site may frame it
+    assert rtserve_client.get("/favicon.ico").status == 200
 
 
 def test_hello(rtserve_client: SyncClient) -> None:

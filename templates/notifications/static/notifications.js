@@ -4,6 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const DEV_API_KEY = "dev-only-api-key-change-me-0123456789"; // rtserve.yaml's default channels.api_key
 let rt = null;
 let user = null;
 
@@ -28,10 +29,12 @@ function login(event) {
   logout();
   user = $("user").value.trim();
   localStorage.setItem("user", user);
+  // The shell takes RTSERVE_API_KEY when it is set, else the development key the server uses.
   $("curl").textContent =
-    `curl ${location.origin}/notify/${user} -H "Authorization: Bearer $RTSERVE_API_KEY" ` +
+    `curl ${location.origin}/notify/${user} ` +
+    `-H "Authorization: Bearer \${RTSERVE_API_KEY:-${DEV_API_KEY}}" ` +
     `-d '{"title": "Hello ${user}", "body": "from curl"}'`;
-  $("hint").hidden = $("logout").hidden = false;
+  showLoggedIn(true);
   const channel = `user:${user}`;
   rt = new Rtserve({ getToken });
   rt.on("state", onState);
@@ -56,8 +59,16 @@ function logout() {
   if (rt !== null) rt.close();
   rt = null;
   $("list").replaceChildren();
-  $("hint").hidden = $("logout").hidden = true;
+  showLoggedIn(false);
   localStorage.removeItem("user");
+}
+
+// Logged out: the login form and a word on what to do. Logged in: "Log out", the curl hint,
+// and the desktop notifications button while the browser has not been asked yet.
+function showLoggedIn(on) {
+  $("login").hidden = $("welcome").hidden = on;
+  $("logout").hidden = $("hint").hidden = !on;
+  $("desktop").hidden = !(on && window.Notification?.permission === "default");
 }
 
 function show(pub, live) {
@@ -96,13 +107,10 @@ $("logout").addEventListener("click", () => {
   logout();
   onState("closed", {});
 });
-if (window.Notification && Notification.permission === "default") {
-  $("desktop").hidden = false;
-  $("desktop").addEventListener("click", async () => {
-    await Notification.requestPermission();
-    $("desktop").hidden = true;
-  });
-}
+$("desktop").addEventListener("click", async () => {
+  await Notification.requestPermission();
+  $("desktop").hidden = true;
+});
 const saved = localStorage.getItem("user");
 if (saved) {
   $("user").value = saved;

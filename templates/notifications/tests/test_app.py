@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rtserve import App
+from rtserve.broker import BrokerError, MemoryBroker
 from rtserve.client import Client, ClientError, Publication, Subscription
 from rtserve.config.project import build_app, load_project
 from rtserve.testing import SyncClient, ThreadedServer
@@ -41,7 +42,8 @@ def api_key(app: App) -> dict[str, str]:
 def test_page_and_script_are_served(rtserve_client: SyncClient) -> None:
     page = rtserve_client.get("/")
     assert page.status == 200 and "/rtserve.js" in page.text
-    for path in ("/rtserve.js", "/static/notifications.js", "/static/style.css"):
+    assert page.headers["x-frame-options"] == "DENY"  # no other site may frame it
+    for path in ("/rtserve.js", "/static/notifications.js", "/static/style.css", "/favicon.ico"):
         assert rtserve_client.get(path).status == 200, path
 
 
@@ -134,6 +136,23 @@ def test_notify_refuses(
     assert sent.status == status, sent.text
     bad_user = rtserve_client.post("/notify/a:b", json={"title": "x"}, headers=api_key(app))
     assert bad_user.status == 400
+
+
+class BrokerInAnOutage(MemoryBroker):
+    """A broker that cannot publish, as when Redis is down."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("publish failed: connection refused (a test)")
+
+
+def test_notify_during_a_broker_outage(app: App) -> None:
+    """503 with a body that says to retry, as the publish API answers; not a 500."""
+    app.hub.broker = BrokerInAnOutage()
+    with ThreadedServer(app) as server, server.client() as http:
+        sent = http.post("/notify/alice", json={"title": "x"}, headers=api_key(app))
+    assert sent.status == 503, sent.text
+    assert "try again" in sent.json()["error"]["detail"]
+    assert "connection refused" not in sent.text  # what failed is for the log, not the client
 
 
 def test_connect_needs_a_token(ws_url: str) -> None:
