@@ -3,7 +3,10 @@
 Bytes are parsed by the sans-I/O `FrameReader`; control frames are answered right here in
 `data_received`, so a slow handler never delays a pong or the close handshake. Messages reach
 the handler in order: a sync `on_message` runs at once, an async one in a single pump Task that
-later messages queue behind (reading pauses when that queue is full). Outbound frames are
+later messages queue behind. What waits for the handler is bounded by count (`MAX_INBOX`) and
+by size: the reader hands over messages (inflating them) only while those waiting hold less
+than `max_message_size`, so a connection holds under 2 x `max_message_size` of them however
+many arrive in one read; reading pauses until the handler has taken them. Outbound frames are
 batched per loop tick (one write per connection per tick) and bounded by a byte budget; a
 connection over it is handled by the slow-consumer policy and counted.
 """
@@ -89,9 +92,11 @@ class WebSocketConnection(asyncio.Protocol):
         "_app",
         "_backlog",
         "_closed_future",
+        "_held",
         "_inbox",
         "_out",
         "_out_bytes",
+        "_parse_scheduled",
         "_ping_sent",
         "_pump",
         "_reading_paused",
@@ -146,6 +151,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._pump: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
+        self._held = 0  # size of the messages received and not yet taken by the handler
+        self._parse_scheduled = False
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -164,9 +171,13 @@ class WebSocketConnection(asyncio.Protocol):
         n = len(data)
         self.bytes_in += n
         self.state.stats.bytes_received += n
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed the reader with the room the handler's backlog leaves; act on the events."""
         failure: WebSocketProtocolError | None = None
         try:
-            events = self.reader.feed(data)
+            events = self.reader.feed(data, self.options.max_message_size - self._held)
         except WebSocketProtocolError as exc:
             failure, events = exc, exc.events  # what came before the violation still counts
         for event in events:
@@ -191,6 +202,43 @@ class WebSocketConnection(asyncio.Protocol):
                 return
         if failure is not None:
             self.fail(failure.code, failure.reason)
+        elif self.reader.held_back:
+            self._pause_reading()
+            self._parse_held_back_soon()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _parse_held_back_soon(self) -> None:
+        """Parse what the reader held back on a later loop turn, if the handler left room
+        (a sync handler takes each message at once; a busy one first takes some)."""
+        if not self._parse_scheduled and self._held < self.options.max_message_size:
+            self._parse_scheduled = True
+            self.state.loop.call_soon(self._parse_held_back)
+
+    def _parse_held_back(self) -> None:
+        self._parse_scheduled = False
+        if self.status != CLOSED:
+            self._parse(b"")
+            self._taken(0)
+
+    def _taken(self, size: int) -> None:
+        """The handler took a message of `size`: go on parsing, then reading, once there is
+        room (the inbox half empty, what is held under max_message_size)."""
+        self._held -= size
+        if not self._reading_paused or self.status != OPEN:
+            return
+        if self.reader.held_back:
+            self._parse_held_back_soon()
+        elif (
+            len(self._inbox) < MAX_INBOX // 2
+            and self._running < MAX_INBOX // 2
+            and self._held < self.options.max_message_size
+        ):
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         pass  # the outbound budget is checked on every send instead
@@ -378,9 +426,9 @@ class WebSocketConnection(asyncio.Protocol):
             if self._inbox is _NO_INBOX:
                 self._inbox = deque()
             self._inbox.append(message)
-            if len(self._inbox) >= MAX_INBOX and not self._reading_paused:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            self._held += len(message)
+            if len(self._inbox) >= MAX_INBOX or self._held >= self.options.max_message_size:
+                self._pause_reading()
             return
         self._call(self._app.on_message, message)
 
@@ -394,12 +442,13 @@ class WebSocketConnection(asyncio.Protocol):
         if result is None or not isinstance(result, Awaitable):
             return
         self._running += 1
-        if self._running >= MAX_INBOX and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self.state.loop.create_task(self._run_one(result))
+        size = len(message)
+        self._held += size
+        if self._running >= MAX_INBOX or self._held >= self.options.max_message_size:
+            self._pause_reading()
+        self.state.loop.create_task(self._run_one(result, size))
 
-    async def _run_one(self, pending: Awaitable[None]) -> None:
+    async def _run_one(self, pending: Awaitable[None], size: int) -> None:
         try:
             await pending
         except Exception:
@@ -407,9 +456,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.fail(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._running -= 1
-            if self._reading_paused and self._running < MAX_INBOX // 2 and self.status == OPEN:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            self._taken(size)
 
     def _deliver_close(self) -> None:
         if self._pump is not None:
@@ -451,12 +498,10 @@ class WebSocketConnection(asyncio.Protocol):
                     if not inbox:
                         break
                 item = inbox.popleft()
-                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and self.status == OPEN:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
                 if item is _CLOSED:
                     result = app.on_close(self.close_code, self.close_reason)
                 else:
+                    self._taken(len(item))
                     result = app.on_message(item)
                 if result is not None:
                     await result
