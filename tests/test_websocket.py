@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -463,3 +464,23 @@ def test_on_pong_sees_the_answer_to_a_ping() -> None:
         run(scenario)
         assert got_pong.wait(5)
     assert pongs == [b"t0"]
+
+
+def test_a_message_larger_than_the_outbound_budget_is_echoed() -> None:
+    """max_message_size 64 MiB with the default 1 MiB max_queued_bytes: 4 MiB echoes reach a
+    client that reads promptly; one message alone never meets the slow-consumer policy."""
+    app = App()
+    big = 64 * 1024 * 1024
+    app.websocket("/big", max_message_size=big, max_frame_size=big)(Echo)
+    with ThreadedServer(app, access_log=False) as server:
+        stats = server.server.state.stats  # type: ignore[union-attr]
+
+        async def scenario() -> None:
+            async with connect(ws_url(server, "/big"), max_size=None) as ws:
+                for _ in range(3):
+                    payload = os.urandom(4 * 1024 * 1024)  # incompressible
+                    await ws.send(payload)
+                    assert await ws.recv() == payload
+
+        run(scenario)
+        assert stats.ws_slow_closed == 0

@@ -101,7 +101,7 @@ class WebSocketHandler:
         return self.connection.close_code
 
 
-def _route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
+def route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
     """The server's WebSocket settings with the route's overrides, made once per route and
     shared by all its connections (kept in the route's options beside the base they came from).
     """
@@ -113,6 +113,19 @@ def _route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> W
         cached = route_options["_resolved"] = (base, options, config)
     resolved: WebSocketSettings = cached[1]
     return resolved
+
+
+def settings_contradictions(
+    base: WebSocketSettings, routes: Iterable[tuple[str, dict[str, Any]]]
+) -> list[str]:
+    """`WebSocketSettings.contradictions()` of the server's settings ("server.websocket: ...")
+    and of each route (path, options) whose overrides make its own ("route /path: ...")."""
+    found = [f"server.websocket: {problem}" for problem in base.contradictions()]
+    for path, route_options in routes:
+        problems = route_settings(base, route_options).contradictions()
+        if problems != base.contradictions():
+            found += [f"route {path}: {problem}" for problem in problems]
+    return found
 
 
 def accept_websocket(
@@ -139,7 +152,7 @@ def accept_websocket(
     except HandshakeError as exc:
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
         raise HTTPError(exc.status, exc.reason, headers=headers) from None
-    options = _route_settings(request.settings.websocket, route_options)
+    options = route_settings(request.settings.websocket, route_options)
     if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
         raise HTTPError(403, "origin not allowed")
     subprotocol = choose_subprotocol(

@@ -160,8 +160,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # resume_writing (-> on_drain) must fire before the outbound budget is reached.
-        high = min(64 * 1024, self.options.max_queued_bytes // 2)
+        high = self._high_water()
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         self.state.websocket_opened(self)
         self._schedule_ping()
@@ -257,6 +256,11 @@ class WebSocketConnection(asyncio.Protocol):
         self.state.websocket_closed(self)
         self._deliver_close()
 
+    def _high_water(self) -> int:
+        """The transport's high-water mark: resume_writing (-> on_drain) must fire before the
+        outbound budget is reached."""
+        return min(64 * 1024, self.options.max_queued_bytes // 2)
+
     # --- what the upgrade request's Exchange asks of its connection --------------------------
 
     eof = False  # the request's side of things: no half-close once upgraded
@@ -305,12 +309,16 @@ class WebSocketConnection(asyncio.Protocol):
         happens) when it does not or the connection is closing.
 
         The budget counts what is queued here plus what the transport still held at the last
-        flush (it can only have shrunk since), so the hot path makes no transport call.
+        flush (it can only have shrunk since), so the hot path makes no transport call. A frame
+        that finds nothing queued and the transport under its high-water mark is taken even
+        when it alone is over the budget: one message never meets the slow-consumer policy.
         """
         if self.status != OPEN:
             return False
         queued = self._out_bytes + len(frame)
-        if queued + self._backlog > self.options.max_queued_bytes:
+        if queued + self._backlog > self.options.max_queued_bytes and (
+            self._out_bytes or self._backlog >= self._high_water()
+        ):
             return False
         if not self._out:
             self.state.schedule_flush(self, self.options.write_delay)
