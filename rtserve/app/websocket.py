@@ -29,7 +29,7 @@ from rtserve.protocol.ws_handshake import (
     response_101,
 )
 from rtserve.server.settings import WebSocketSettings
-from rtserve.server.websocket import WebSocketConnection
+from rtserve.server.websocket import SendResult, WebSocketConnection
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
@@ -78,9 +78,12 @@ class WebSocketHandler:
 
     # --- actions ---------------------------------------------------------------------------
 
-    def send(self, message: str | bytes) -> bool:
-        """Queue a message; False if the connection is closing or the message was dropped."""
-        return self.connection.send(message)
+    def send(self, message: str | bytes) -> SendResult:
+        """Queue a message; the result is false if the connection is closing or the message
+        was dropped. `await self.send(...)` also waits until the outbound buffer is below its
+        high-water mark (flow control for streaming to one client)."""
+        connection = self.connection
+        return SendResult(connection, connection.send(message))
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         self.connection.close(code, reason)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtserve.protocol.websocket import (
@@ -101,6 +101,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_pump",
         "_reading_paused",
         "_running",
+        "_writable_waiter",
         "bytes_in",
         "bytes_out",
         "close_code",
@@ -152,6 +153,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
         self._held = 0  # size of the messages received and not yet taken by the handler
+        self._writable_waiter: asyncio.Future[None] | None = None
         self._parse_scheduled = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -244,6 +246,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._backlog = self.transport.get_write_buffer_size()
+        self._wake_writers()
         if self.status == OPEN:
             self._app.on_drain()
 
@@ -253,6 +256,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self._closed_future is not None and not self._closed_future.done():
             self._closed_future.set_result(None)
         self._out.clear()
+        self._wake_writers()
         self.state.websocket_closed(self)
         self._deliver_close()
 
@@ -260,6 +264,32 @@ class WebSocketConnection(asyncio.Protocol):
         """The transport's high-water mark: resume_writing (-> on_drain) must fire before the
         outbound budget is reached."""
         return min(64 * 1024, self.options.max_queued_bytes // 2)
+
+    @property
+    def high_water(self) -> int:
+        """Outbound bytes over which an awaited send waits (the transport's high-water mark)."""
+        return self._high_water()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Outbound bytes not yet taken by the kernel: queued here and in the transport."""
+        return self._out_bytes + self.transport.get_write_buffer_size()
+
+    def wait_writable(self) -> asyncio.Future[None]:
+        """Done once `queued_bytes` is at most `high_water`, or the connection is closing."""
+        waiter = self._writable_waiter
+        if waiter is None:
+            waiter = self._writable_waiter = self.state.loop.create_future()
+        if self.status != OPEN or self.queued_bytes <= self._high_water():
+            self._wake_writers()
+        return waiter
+
+    def _wake_writers(self) -> None:
+        waiter = self._writable_waiter
+        if waiter is not None:
+            self._writable_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- what the upgrade request's Exchange asks of its connection --------------------------
 
@@ -317,7 +347,7 @@ class WebSocketConnection(asyncio.Protocol):
             return False
         queued = self._out_bytes + len(frame)
         if queued + self._backlog > self.options.max_queued_bytes and (
-            self._out_bytes or self._backlog >= self._high_water()
+            self._out_bytes or self._backlog > self._high_water()
         ):
             return False
         if not self._out:
@@ -352,6 +382,8 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 transport.writelines(out)
             self._backlog = transport.get_write_buffer_size()
+            if self._writable_waiter is not None and self._backlog <= self._high_water():
+                self._wake_writers()  # over it, resume_writing will
 
     def _over_budget(self) -> bool:
         stats = self.state.stats
@@ -377,6 +409,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.close_code, self.close_reason = int(code), reason
         self._queue(encode_close(code, reason))
         self.flush()
+        self._wake_writers()
         self.deadline = self.state.now + self.options.close_timeout
 
     def fail(self, code: int, reason: str) -> None:
@@ -390,6 +423,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._queue(encode_close(code, reason))
             self.flush()
         self.status = CLOSING
+        self._wake_writers()
         self.transport.close()
 
     def _close_received(self, event: CloseReceived) -> None:
@@ -399,6 +433,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._queue(encode_close(event.code, ""))
         self.flush()
         self.status = CLOSING
+        self._wake_writers()
         self.transport.close()  # the server closes the TCP connection first (RFC 6455 7.1.1)
 
     def on_timeout(self) -> None:
@@ -525,3 +560,28 @@ class WebSocketConnection(asyncio.Protocol):
                 self._call(app.on_close, self.close_code, self.close_reason)
             if self.status == CLOSED and self._pump is None and not self._inbox:
                 self._release()
+
+
+class SendResult:
+    """What `WebSocketHandler.send` returns: true when the message was queued, false when the
+    connection is closing or the slow-consumer policy dropped it; awaiting it also waits until
+    the outbound buffer is at most its high-water mark (or the connection is closing), then
+    gives the same bool. Not awaiting it is fine: it is no coroutine."""
+
+    __slots__ = ("_connection", "queued")
+
+    def __init__(self, connection: WebSocketConnection, queued: bool) -> None:
+        self._connection = connection
+        self.queued = queued
+
+    def __bool__(self) -> bool:
+        return self.queued
+
+    def __repr__(self) -> str:
+        return f"<SendResult queued={self.queued}>"
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        conn = self._connection
+        if conn.status == OPEN and conn.queued_bytes > conn.high_water:
+            yield from conn.wait_writable()
+        return self.queued
