@@ -511,6 +511,49 @@ def test_deflate_burst_in_one_write_is_inflated_within_the_budget() -> None:
             ws.__exit__()
 
 
+def test_deflate_burst_to_a_concurrent_route_is_inflated_within_the_budget() -> None:
+    """With `concurrent=True` each message is handed to a Task at once: those Tasks hold at
+    most 2 x max_message_size of messages, and all 200 are answered once they may."""
+    app = App()
+    app.websocket("/gated", max_message_size=INFLATE_MAX, concurrent=True)(Gated)
+    burst = deflate_burst([b"%05d" % i + b"a" * (INFLATE_MAX - 5) for i in range(BURST)])
+    with ThreadedServer(app, access_log=False) as server:
+        ws = raw_ws(server.port, "/gated", extensions="permessage-deflate")
+        try:
+            (conn,) = state(server).websockets
+            ws.sock.sendall(burst)
+            wait_all_read(server, conn, len(burst))
+            waiting = server.call(lambda: conn._running)  # each Task holds one message
+            print(f"deflate burst, concurrent: {waiting} messages held")
+            assert waiting * INFLATE_MAX <= 2 * INFLATE_MAX, waiting
+            gate = Gated.gate
+            assert gate is not None
+            server.call(gate.set)
+            frames = read_frames(ws.sock, want=BURST, seconds=10)
+            expected = [b"%05d %d" % (i, INFLATE_MAX) for i in range(BURST)]
+            assert sorted(p for _, p in frames) == expected
+        finally:
+            ws.__exit__()
+
+
+def test_deflate_burst_to_a_sync_handler_is_answered_in_order() -> None:
+    """A sync handler takes each message at once: the held-back rest is inflated on later loop
+    turns, one budget at a time, and every echo comes back in order."""
+    app = App()
+    app.websocket("/echo", max_message_size=INFLATE_MAX)(Echo)
+    messages = [b"%05d" % i + b"e" * (INFLATE_MAX - 5) for i in range(BURST)]
+    with (
+        ThreadedServer(app, access_log=False) as server,
+        raw_ws(server.port, "/echo", extensions="permessage-deflate") as sock,
+    ):
+        sock.settimeout(10)
+        sock.sendall(deflate_burst(messages))
+        frames = read_frames(sock, want=BURST, seconds=20)
+        inflater = zlib.decompressobj(wbits=-15)  # the server compresses without context
+        echoes = [inflater.decompress(p + b"\x00\x00\xff\xff")[:5] for _, p in frames]
+        assert echoes == [b"%05d" % i for i in range(BURST)]
+
+
 def test_deflate_burst_before_connect_on_rt_ws_is_inflated_within_the_budget() -> None:
     """The same on /rt/ws while on_connect has not answered: the commands behind `connect`
     wait within the budget, and each is answered in order once it has."""
