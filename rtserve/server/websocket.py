@@ -162,7 +162,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        high = self._high_water()
+        high = self.high_water
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         self.state.websocket_opened(self)
         self._schedule_ping()
@@ -260,15 +260,11 @@ class WebSocketConnection(asyncio.Protocol):
         self.state.websocket_closed(self)
         self._deliver_close()
 
-    def _high_water(self) -> int:
-        """The transport's high-water mark: resume_writing (-> on_drain) must fire before the
-        outbound budget is reached."""
-        return min(64 * 1024, self.options.max_queued_bytes // 2)
-
     @property
     def high_water(self) -> int:
-        """Outbound bytes over which an awaited send waits (the transport's high-water mark)."""
-        return self._high_water()
+        """The transport's high-water mark, over which an awaited send waits. Under the
+        outbound budget, so that resume_writing (-> on_drain) fires before it is reached."""
+        return min(64 * 1024, self.options.max_queued_bytes // 2)
 
     @property
     def queued_bytes(self) -> int:
@@ -280,7 +276,7 @@ class WebSocketConnection(asyncio.Protocol):
         waiter = self._writable_waiter
         if waiter is None:
             waiter = self._writable_waiter = self.state.loop.create_future()
-        if self.status != OPEN or self.queued_bytes <= self._high_water():
+        if self.status != OPEN or self.queued_bytes <= self.high_water:
             self._wake_writers()
         return waiter
 
@@ -347,7 +343,7 @@ class WebSocketConnection(asyncio.Protocol):
             return False
         queued = self._out_bytes + len(frame)
         if queued + self._backlog > self.options.max_queued_bytes and (
-            self._out_bytes or self._backlog > self._high_water()
+            self._out_bytes or self._backlog > self.high_water
         ):
             return False
         if not self._out:
@@ -382,7 +378,7 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 transport.writelines(out)
             self._backlog = transport.get_write_buffer_size()
-            if self._writable_waiter is not None and self._backlog <= self._high_water():
+            if self._writable_waiter is not None and self._backlog <= self.high_water:
                 self._wake_writers()  # over it, resume_writing will
 
     def _over_budget(self) -> bool:
