@@ -166,8 +166,8 @@ def parse_close_payload(payload: bytes | bytearray) -> tuple[int, str]:
 
 # --- reading ------------------------------------------------------------------------------
 
-_DATA_START: Final = (Opcode.TEXT, Opcode.BINARY)
 UNBOUNDED: Final = 1 << 62  # `feed`'s default room: no bound
+_DATA_START: Final = (Opcode.TEXT, Opcode.BINARY)
 _CONTROL_OPCODES: Final = (Opcode.CLOSE, Opcode.PING, Opcode.PONG)
 _Decoder = codecs.getincrementaldecoder("utf-8")
 
