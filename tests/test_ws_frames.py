@@ -553,6 +553,32 @@ def test_round_trip_in_any_split(stream: tuple[bytes, list[Event]], rng: random.
     assert run(data, chunks) == (expected, None)
 
 
+@given(streams(), st.integers(1, 400), st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_room_gives_the_same_events(
+    stream: tuple[bytes, list[Event]], room: int, rng: random.Random
+) -> None:
+    """Fed in random pieces with a bound on each call (and `feed(b"", room)` while held
+    back), the reader yields the events of one unbounded feed; no call returns messages of
+    `room` bytes or more before its last."""
+    data, expected = stream
+    reader = FrameReader()
+    events: list[Event] = []
+    pos = 0
+    while pos < len(data):
+        step = rng.randint(1, 60)
+        got = reader.feed(data[pos : pos + step], room)
+        pos += step
+        for _ in range(len(data)):  # each call with room takes at least one message
+            sizes = [len(e.data) for e in got if isinstance(e, TextMessage | BinaryMessage)]
+            assert sum(sizes[:-1]) < room
+            events += got
+            if not reader.held_back:
+                break
+            got = reader.feed(b"", room)
+    assert events == expected
+
+
 @given(
     streams(),
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
