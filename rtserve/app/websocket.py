@@ -2,8 +2,9 @@
 
 Subclass `WebSocketHandler`, route it with `app.websocket(path, **options)`, and override
 `on_open`, `on_message(message)` and `on_close(code, reason)` (each sync or async). Messages of
-one connection reach `on_message` in order. `broadcast(handlers, message)` encodes a message
-once (and compresses it once) for any number of connections.
+one connection reach `on_message` in order. `send(message)` queues one (`await` it to wait for
+room in the outbound buffer); `broadcast(handlers, message)` encodes a message once (and
+compresses it once) for any number of connections.
 """
 
 from __future__ import annotations
