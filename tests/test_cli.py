@@ -232,3 +232,57 @@ def test_check_names_the_line_of_a_failing_app_factory(
             result.output
         )
         assert "Traceback" not in result.output
+
+
+def test_check_warns_about_websocket_settings_that_contradict_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message limit above the outbound budget is valid alone but breaks an echo of a large
+    message: `check` says so (exit 0), for the server's settings and a route's overrides."""
+    (tmp_path / "rtserve.yaml").write_text(
+        "server:\n  websocket:\n    max_message_size: 64MiB\n"
+        "routes:\n"
+        "  - path: /ws/echo\n    websocket: handlers:Echo\n"
+        "    options: {max_queued_bytes: 128MiB}\n"
+        "  - path: /ws/small\n    websocket: handlers:Echo\n"
+        "    options: {max_message_size: 2MiB, max_queued_bytes: 1MiB}\n"
+    )
+    (tmp_path / "handlers.py").write_text(
+        "from rtserve import WebSocketHandler\n\n\nclass Echo(WebSocketHandler):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.output
+    assert warnings[0].startswith("warning: server.websocket: max_queued_bytes (1 MiB)")
+    assert "max_message_size (64 MiB)" in warnings[0]
+    assert warnings[1].startswith("warning: route /ws/small: max_queued_bytes (1 MiB)")
+    assert "ok: 2 route(s)" in result.output
+
+
+def test_websocket_route_options_read_sizes_and_durations_and_refuse_unknown_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`options: {max_message_size: 2MiB, ping_interval: 5s}` reach the route as 2097152 and
+    5.0 (they reached it as strings, which failed on the first connection); an unknown option
+    is a problem `check` lists with its line, not a traceback."""
+    from rtserve.config.project import build_app, find_config, load_project
+
+    (tmp_path / "handlers.py").write_text(
+        "from rtserve import WebSocketHandler\n\n\nclass Echo(WebSocketHandler):\n    pass\n"
+    )
+    route = "routes:\n  - path: /ws\n    websocket: handlers:Echo\n    options: {%s}\n"
+    (tmp_path / "rtserve.yaml").write_text(route % "max_message_size: 2MiB, ping_interval: 5s")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = build_app(*load_project(find_config(None)))
+    (endpoint,) = [e for _, e in app.router.endpoints if e.is_websocket]
+    options = endpoint.options["ws_options"]
+    assert options == {"max_message_size": 2 * 1024 * 1024, "ping_interval": 5.0}
+
+    (tmp_path / "rtserve.yaml").write_text(route % "max_mesage_size: 2MiB")
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 2, result.output
+    assert "rtserve.yaml:2" in result.output and "max_mesage_size" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -8,9 +8,11 @@ still gets its echo. Figures for docs/reliability.md come from here and bench/ch
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from websockets.asyncio.client import connect
 from bench.churn import run_churn
 from rtserve import App, WebSocketHandler, broadcast
 from rtserve.protocol.websocket import Opcode, encode_client_frame
+from rtserve.server.settings import WebSocketSettings
 from rtserve.testing import ThreadedServer
 
 MAX_MESSAGE = 64 * 1024
@@ -97,16 +100,19 @@ def wait_for_count(server: ThreadedServer, baseline: int, seconds: float) -> Non
 
 
 class RawWS:
-    def __init__(self, port: int, path: str, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, port: int, path: str, rcvbuf: int | None = None, extensions: str | None = None
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the window is small from the start
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(5)
         self.sock.connect(("127.0.0.1", port))
+        extension_header = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n"
             "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Version: 13\r\n{extension_header}\r\n".encode()
         )
         data = b""
         while b"\r\n\r\n" not in data:
@@ -115,6 +121,8 @@ class RawWS:
             data += chunk
         head, _, self.leftover = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
+        if extensions:
+            assert b"permessage-deflate" in head, head
 
     def __enter__(self) -> socket.socket:
         return self.sock
@@ -126,8 +134,10 @@ class RawWS:
 _leftovers: dict[int, bytes] = {}
 
 
-def raw_ws(port: int, path: str = "/echo", rcvbuf: int | None = None) -> RawWS:
-    ws = RawWS(port, path, rcvbuf)
+def raw_ws(
+    port: int, path: str = "/echo", rcvbuf: int | None = None, extensions: str | None = None
+) -> RawWS:
+    ws = RawWS(port, path, rcvbuf, extensions)
     _leftovers[ws.sock.fileno()] = ws.leftover
     return ws
 
@@ -201,6 +211,7 @@ def frame(
 
 FIN = 0x80
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
+RSV1 = 0x40
 
 VIOLATIONS: list[tuple[str, bytes, int]] = [
     # 1009: too big, known from the header before the payload arrives
@@ -429,3 +440,150 @@ def test_churn_without_close_handshakes_returns_to_baseline() -> None:
 def test_churn_10000() -> None:
     figures = run_churn(connections=10_000, hold=2_000)
     assert figures["ok"], figures
+
+
+# --- permessage-deflate amplification: inflated bytes held per connection are bounded ------
+
+INFLATE_MAX = 64 * 1024  # max_message_size of the gated routes
+BURST = 200  # compressed messages in one write, each inflating to INFLATE_MAX
+
+
+class Gated(WebSocketHandler):
+    """Takes no message until `gate` is set; then answers each with its number and size."""
+
+    gate: asyncio.Event | None = None  # made on the server's loop at on_open
+
+    def on_open(self) -> None:
+        Gated.gate = asyncio.Event()
+
+    async def on_message(self, message: str | bytes) -> None:
+        assert Gated.gate is not None
+        await Gated.gate.wait()
+        self.send(f"{message[:5]!s} {len(message)}")
+
+
+def deflated(payload: bytes) -> bytes:
+    """A permessage-deflate payload (RFC 7692: raw deflate, sync flush, tail removed)."""
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def deflate_burst(messages: list[bytes]) -> bytes:
+    return b"".join(frame(FIN | RSV1 | TEXT, deflated(m)) for m in messages)
+
+
+def inbox_bytes(conn: Any) -> int:
+    """Inflated bytes of the messages the connection holds for its handler (not yet taken)."""
+    return sum(len(m) for m in conn._inbox if isinstance(m, str | bytes))
+
+
+def wait_all_read(server: ThreadedServer, conn: Any, sent: int, seconds: float = 5.0) -> None:
+    """Until the server has read every byte the client sent (bounded)."""
+    deadline = time.monotonic() + seconds
+    while server.call(lambda: conn.bytes_in) < sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.call(lambda: conn.bytes_in) == sent
+
+
+def test_deflate_burst_in_one_write_is_inflated_within_the_budget() -> None:
+    """200 compressed messages (each inflating to max_message_size) in one write to a handler
+    that takes none: the connection holds at most 2 x max_message_size inflated, reads on as
+    the handler takes them, and every message arrives, in order."""
+    app = App()
+    app.websocket("/gated", max_message_size=INFLATE_MAX)(Gated)
+    messages = [b"%05d" % i + b"a" * (INFLATE_MAX - 5) for i in range(BURST)]
+    burst = deflate_burst(messages)
+    with ThreadedServer(app, access_log=False) as server:
+        ws = raw_ws(server.port, "/gated", extensions="permessage-deflate")
+        try:
+            (conn,) = state(server).websockets
+            ws.sock.sendall(burst)
+            wait_all_read(server, conn, len(burst))
+            held = server.call(lambda: inbox_bytes(conn))
+            print(f"deflate burst: {len(burst)} bytes sent, {held} bytes held inflated")
+            assert held <= 2 * INFLATE_MAX, held
+            gate = Gated.gate
+            assert gate is not None
+            server.call(gate.set)
+            frames = read_frames(ws.sock, want=BURST, seconds=10)
+            assert [p for _, p in frames] == [b"%05d %d" % (i, INFLATE_MAX) for i in range(BURST)]
+        finally:
+            ws.__exit__()
+
+
+def test_deflate_burst_to_a_concurrent_route_is_inflated_within_the_budget() -> None:
+    """With `concurrent=True` each message is handed to a Task at once: those Tasks hold at
+    most 2 x max_message_size of messages, and all 200 are answered once they may."""
+    app = App()
+    app.websocket("/gated", max_message_size=INFLATE_MAX, concurrent=True)(Gated)
+    burst = deflate_burst([b"%05d" % i + b"a" * (INFLATE_MAX - 5) for i in range(BURST)])
+    with ThreadedServer(app, access_log=False) as server:
+        ws = raw_ws(server.port, "/gated", extensions="permessage-deflate")
+        try:
+            (conn,) = state(server).websockets
+            ws.sock.sendall(burst)
+            wait_all_read(server, conn, len(burst))
+            waiting = server.call(lambda: conn._running)  # each Task holds one message
+            print(f"deflate burst, concurrent: {waiting} messages held")
+            assert waiting * INFLATE_MAX <= 2 * INFLATE_MAX, waiting
+            gate = Gated.gate
+            assert gate is not None
+            server.call(gate.set)
+            frames = read_frames(ws.sock, want=BURST, seconds=10)
+            expected = [b"%05d %d" % (i, INFLATE_MAX) for i in range(BURST)]
+            assert sorted(p for _, p in frames) == expected
+        finally:
+            ws.__exit__()
+
+
+def test_deflate_burst_to_a_sync_handler_is_answered_in_order() -> None:
+    """A sync handler takes each message at once: the held-back rest is inflated on later loop
+    turns, one budget at a time, and every echo comes back in order."""
+    app = App()
+    app.websocket("/echo", max_message_size=INFLATE_MAX)(Echo)
+    messages = [b"%05d" % i + b"e" * (INFLATE_MAX - 5) for i in range(BURST)]
+    with (
+        ThreadedServer(app, access_log=False) as server,
+        raw_ws(server.port, "/echo", extensions="permessage-deflate") as sock,
+    ):
+        sock.settimeout(10)
+        sock.sendall(deflate_burst(messages))
+        frames = read_frames(sock, want=BURST, seconds=20)
+        inflater = zlib.decompressobj(wbits=-15)  # the server compresses without context
+        echoes = [inflater.decompress(p + b"\x00\x00\xff\xff")[:5] for _, p in frames]
+        assert echoes == [b"%05d" % i for i in range(BURST)]
+
+
+def test_deflate_burst_before_connect_on_rt_ws_is_inflated_within_the_budget() -> None:
+    """The same on /rt/ws while on_connect has not answered: the commands behind `connect`
+    wait within the budget, and each is answered in order once it has."""
+    app = App()
+    app.channel("room:{room}")
+    gate: list[asyncio.Event] = []
+
+    @app.on_connect
+    async def slow_connect(ctx: Any) -> None:
+        gate.append(asyncio.Event())
+        await gate[0].wait()
+
+    pad = "p" * (INFLATE_MAX - 64)
+    commands = [json.dumps({"id": 1, "op": "connect"}).encode()]
+    commands += [json.dumps({"id": i, "op": "ping", "pad": pad}).encode() for i in range(2, BURST)]
+    burst = deflate_burst(commands)
+    settings = WebSocketSettings(max_message_size=INFLATE_MAX)
+    with ThreadedServer(app, access_log=False, websocket=settings) as server:
+        ws = raw_ws(server.port, "/rt/ws", extensions="permessage-deflate")
+        try:
+            (conn,) = state(server).websockets
+            ws.sock.sendall(burst)
+            wait_all_read(server, conn, len(burst))
+            held = server.call(lambda: inbox_bytes(conn))
+            print(f"/rt/ws deflate burst before connect: {held} bytes held inflated")
+            assert held <= 2 * INFLATE_MAX, held
+            assert gate, "on_connect was not called"
+            server.call(gate[0].set)
+            frames = read_frames(ws.sock, want=BURST - 1, seconds=10)
+            ids = [json.loads(payload)["id"] for _, payload in frames]
+            assert ids == list(range(1, BURST))
+        finally:
+            ws.__exit__()

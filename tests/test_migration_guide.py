@@ -187,6 +187,15 @@ def check_websocket_broadcast(
     assert server.call(len, ns["waiters"]) == 0  # on_close left the set
 
 
+def check_websocket_stream(ns: dict[str, Any], server: ThreadedServer, client: SyncClient) -> None:
+    with ws_connect(f"ws://127.0.0.1:{server.port}/export", open_timeout=5) as ws:
+        ws.send("1000")
+        assert [ws.recv(timeout=5) for _ in range(1001)] == [
+            *(f"row {row}" for row in range(1000)),
+            "done",
+        ]
+
+
 def check_longpoll(ns: dict[str, Any], server: ThreadedServer, client: SyncClient) -> None:
     empty = client.get("/updates?cursor=0&timeout=0.1")
     assert empty.json() == {"messages": [], "cursor": 0}
@@ -254,6 +263,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], ThreadedServer, SyncClient], None]] 
     "templates": check_templates,
     "websocket_echo": check_websocket_echo,
     "websocket_broadcast": check_websocket_broadcast,
+    "websocket_stream": check_websocket_stream,
     "longpoll": check_longpoll,
     "channels_poll": check_channels_poll,
     "periodic": check_periodic,

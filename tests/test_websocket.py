@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -15,7 +18,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rtserve import App, WebSocketHandler, broadcast
-from rtserve.protocol.websocket import Opcode, encode_client_frame
+from rtserve.protocol.websocket import (
+    BinaryMessage,
+    Opcode,
+    TextMessage,
+    UnmaskedFrameReader,
+    encode_client_frame,
+)
 from rtserve.server.settings import WebSocketSettings
 from rtserve.testing import ThreadedServer
 from tests.rawhttp import RawClient
@@ -463,3 +472,113 @@ def test_on_pong_sees_the_answer_to_a_ping() -> None:
         run(scenario)
         assert got_pong.wait(5)
     assert pongs == [b"t0"]
+
+
+def test_a_message_larger_than_the_outbound_budget_is_echoed() -> None:
+    """max_message_size 64 MiB with the default 1 MiB max_queued_bytes: 4 MiB echoes reach a
+    client that reads promptly; one message alone never meets the slow-consumer policy."""
+    app = App()
+    big = 64 * 1024 * 1024
+    app.websocket("/big", max_message_size=big, max_frame_size=big)(Echo)
+    with ThreadedServer(app, access_log=False) as server:
+        stats = server.server.state.stats  # type: ignore[union-attr]
+
+        async def scenario() -> None:
+            async with connect(ws_url(server, "/big"), max_size=None) as ws:
+                for _ in range(3):
+                    payload = os.urandom(4 * 1024 * 1024)  # incompressible
+                    await ws.send(payload)
+                    assert await ws.recv() == payload
+
+        run(scenario)
+        assert stats.ws_slow_closed == 0
+
+
+STREAM_CHUNK = 60_000  # bytes per message (a 4-byte head on the wire)
+STREAM_COUNT = 1_700  # 102 MB in all
+
+
+def test_awaited_send_streams_100_mb_to_a_slow_reader_within_the_high_water_mark() -> None:
+    """`await self.send(chunk)` waits while the outbound buffer is over its high-water mark: a
+    handler streaming 102 MB to a reader that takes nothing at first, then reads in 16 KiB
+    pieces, never has more queued than the mark plus one message, and everything arrives."""
+    app = App()
+    stalled = threading.Event()
+    figures: dict[str, int] = {"peak": 0, "after_await": 0}
+
+    @app.websocket("/stream")
+    class Stream(WebSocketHandler):
+        async def on_message(self, message: str | bytes) -> None:
+            conn = self.connection
+            pad = b"s" * (STREAM_CHUNK - 4)
+            for i in range(STREAM_COUNT):
+                sending = self.send(i.to_bytes(4, "big") + pad)
+                figures["peak"] = max(figures["peak"], conn.queued_bytes)
+                if conn.queued_bytes > conn.high_water:
+                    stalled.set()  # the reader starts reading once the handler must wait
+                assert await sending
+                figures["after_await"] = max(figures["after_await"], conn.queued_bytes)
+            self.send("done")
+
+    with ThreadedServer(app, access_log=False) as server:
+        c = handshake(server.port, "/stream")
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        with c:
+            c.send(encode_client_frame(Opcode.TEXT, b"go"))
+            assert stalled.wait(10), "the handler never had to wait"
+            reader = UnmaskedFrameReader(max_message_size=STREAM_CHUNK)
+            messages = reader.feed(c.leftover)  # type: ignore[attr-defined]
+            received = 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                data = c.sock.recv(16 * 1024)
+                if not data:
+                    break
+                for event in reader.feed(data):
+                    assert isinstance(event, BinaryMessage | TextMessage)
+                    if isinstance(event, TextMessage):
+                        messages.append(event)
+                        break
+                    assert event.data[:4] == received.to_bytes(4, "big"), received
+                    assert len(event.data) == STREAM_CHUNK
+                    received += 1
+                if messages:
+                    break
+            assert received == STREAM_COUNT
+            assert messages == [TextMessage("done")]
+    high = 64 * 1024  # the transport's high-water mark with the default max_queued_bytes
+    print(f"await send: {STREAM_COUNT * STREAM_CHUNK:,} bytes; peak queued {figures}")
+    assert figures["after_await"] <= high, figures
+    assert figures["peak"] <= high + STREAM_CHUNK + 4, figures
+
+
+def test_send_without_await_keeps_its_bool_and_warns_nothing() -> None:
+    """The non-awaited call as before: a truthy result when queued, falsy once closing, and no
+    'coroutine was never awaited' warning."""
+    app = App()
+    results: list[bool] = []
+
+    @app.websocket("/plain")
+    class Plain(WebSocketHandler):
+        def on_message(self, message: str | bytes) -> None:
+            results.append(bool(self.send(message)))
+            self.close()
+            results.append(bool(self.send("after the close")))
+
+    async def scenario() -> None:
+        from rtserve.testing import serve_app
+
+        async with (
+            serve_app(app, access_log=False) as srv,
+            connect(f"ws://127.0.0.1:{srv.port}/plain") as ws,
+        ):
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            await ws.wait_closed()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(scenario)
+        gc.collect()
+    assert results == [True, False]
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], caught

@@ -433,6 +433,41 @@ def test_decompress_gets_the_message_limit_and_its_errors_become_close_codes() -
     assert calls == [(b"abcd", 777)]
 
 
+def test_room_holds_back_whole_messages_before_inflating_them() -> None:
+    """With `room`, a feed stops once its messages hold that many bytes, before inflating the
+    next one; `feed(b"", room)` goes on, and the events are those of one unbounded feed."""
+    inflated: list[int] = []
+
+    def counting_inflate(payload: bytes, max_size: int) -> bytes:
+        data = inflate(payload, max_size)
+        inflated.append(len(data))
+        return data
+
+    stream = (
+        client(TEXT, b"a" * 40)
+        + client(BINARY, deflate(b"b" * 100), rsv1=True)
+        + client(PING, b"p")
+        + client(TEXT, deflate(b"c" * 100), fin=False, rsv1=True)
+        + client(CONT, b"")
+        + client(BINARY, b"d" * 10)
+    )
+    reader = FrameReader(decompress=counting_inflate)
+    # control frames and fragments go on; the final frame of the third message waits
+    assert reader.feed(stream, 50) == [
+        TextMessage("a" * 40),
+        BinaryMessage(b"b" * 100),
+        Ping(b"p"),
+    ]
+    assert reader.held_back and inflated == [100]  # the third message is not inflated yet
+    assert reader.feed(b"", 0) == [] and reader.held_back  # no room: nothing more
+    assert reader.feed(b"", 1) == [TextMessage("c" * 100)]
+    assert reader.held_back and inflated == [100, 100]
+    assert reader.feed(b"", 1) == [BinaryMessage(b"d" * 10)]
+    assert not reader.held_back
+    # a frame that is not complete is waited for, not held back
+    assert reader.feed(client(TEXT, b"e" * 10)[:-1], 0) == [] and not reader.held_back
+
+
 # --- encoding --------------------------------------------------------------------------------
 
 
@@ -516,6 +551,32 @@ def test_round_trip_in_any_split(stream: tuple[bytes, list[Event]], rng: random.
     assert run(data) == (expected, None)
     chunks = [rng.randint(1, 50) for _ in range(len(data) // 10 + 1)]
     assert run(data, chunks) == (expected, None)
+
+
+@given(streams(), st.integers(1, 400), st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_room_gives_the_same_events(
+    stream: tuple[bytes, list[Event]], room: int, rng: random.Random
+) -> None:
+    """Fed in random pieces with a bound on each call (and `feed(b"", room)` while held
+    back), the reader yields the events of one unbounded feed; no call returns messages of
+    `room` bytes or more before its last."""
+    data, expected = stream
+    reader = FrameReader()
+    events: list[Event] = []
+    pos = 0
+    while pos < len(data):
+        step = rng.randint(1, 60)
+        got = reader.feed(data[pos : pos + step], room)
+        pos += step
+        for _ in range(len(data)):  # each call with room takes at least one message
+            sizes = [len(e.data) for e in got if isinstance(e, TextMessage | BinaryMessage)]
+            assert sum(sizes[:-1]) < room
+            events += got
+            if not reader.held_back:
+                break
+            got = reader.feed(b"", room)
+    assert events == expected
 
 
 @given(

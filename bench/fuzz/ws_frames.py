@@ -27,13 +27,19 @@ def test_one_input(data: bytes) -> None:
         return
     step = data[0] % 16 + 1
     compressed = bool(data[1] & 1)
+    room = (data[1] >> 1) * 128 + 1  # 1..16,257 bytes of messages per call
     payload = data[2:]
     deflate = PerMessageDeflate(DeflateParams(True, False, 15, 15), DeflateConfig())
     decompress = deflate.decompress if compressed else None
     reader = FrameReader(max_frame_size=4096, max_message_size=8192, decompress=decompress)
     try:
         for i in range(0, len(payload), step):
-            reader.feed(payload[i : i + step])
+            reader.feed(payload[i : i + step], room)
+            for _ in range(len(payload)):  # each call with room takes a message or more
+                if not reader.held_back:
+                    break
+                reader.feed(b"", room)
+            assert not reader.held_back
     except WebSocketProtocolError as exc:
         if exc.code not in CODES:
             raise

@@ -2,8 +2,9 @@
 
 Subclass `WebSocketHandler`, route it with `app.websocket(path, **options)`, and override
 `on_open`, `on_message(message)` and `on_close(code, reason)` (each sync or async). Messages of
-one connection reach `on_message` in order. `broadcast(handlers, message)` encodes a message
-once (and compresses it once) for any number of connections.
+one connection reach `on_message` in order. `send(message)` queues one (`await` it to wait for
+room in the outbound buffer); `broadcast(handlers, message)` encodes a message once (and
+compresses it once) for any number of connections.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rtserve.protocol.ws_handshake import (
     response_101,
 )
 from rtserve.server.settings import WebSocketSettings
-from rtserve.server.websocket import WebSocketConnection
+from rtserve.server.websocket import SendResult, WebSocketConnection
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
@@ -78,9 +79,12 @@ class WebSocketHandler:
 
     # --- actions ---------------------------------------------------------------------------
 
-    def send(self, message: str | bytes) -> bool:
-        """Queue a message; False if the connection is closing or the message was dropped."""
-        return self.connection.send(message)
+    def send(self, message: str | bytes) -> SendResult:
+        """Queue a message; the result is false if the connection is closing or the message
+        was dropped. `await self.send(...)` also waits until the outbound buffer is below its
+        high-water mark (flow control for streaming to one client)."""
+        connection = self.connection
+        return SendResult(connection, connection.send(message))
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         self.connection.close(code, reason)
@@ -101,7 +105,7 @@ class WebSocketHandler:
         return self.connection.close_code
 
 
-def _route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
+def route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
     """The server's WebSocket settings with the route's overrides, made once per route and
     shared by all its connections (kept in the route's options beside the base they came from).
     """
@@ -113,6 +117,19 @@ def _route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> W
         cached = route_options["_resolved"] = (base, options, config)
     resolved: WebSocketSettings = cached[1]
     return resolved
+
+
+def settings_contradictions(
+    base: WebSocketSettings, routes: Iterable[tuple[str, dict[str, Any]]]
+) -> list[str]:
+    """`WebSocketSettings.contradictions()` of the server's settings ("server.websocket: ...")
+    and of each route (path, options) whose overrides make its own ("route /path: ...")."""
+    found = [f"server.websocket: {problem}" for problem in base.contradictions()]
+    for path, route_options in routes:
+        problems = route_settings(base, route_options).contradictions()
+        if problems != base.contradictions():
+            found += [f"route {path}: {problem}" for problem in problems]
+    return found
 
 
 def accept_websocket(
@@ -139,7 +156,7 @@ def accept_websocket(
     except HandshakeError as exc:
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
         raise HTTPError(exc.status, exc.reason, headers=headers) from None
-    options = _route_settings(request.settings.websocket, route_options)
+    options = route_settings(request.settings.websocket, route_options)
     if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
         raise HTTPError(403, "origin not allowed")
     subprotocol = choose_subprotocol(

@@ -44,8 +44,17 @@ def load_project_app(path: str | None) -> App:
 @click.argument("path", required=False)
 def check(path: str | None) -> None:
     """Validate the project at PATH (default: here): list every problem; exit 0 or 2."""
+    from rtserve.app.websocket import settings_contradictions
+
     app = load_project_app(path)
     routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
+    websocket_routes = {
+        endpoint.pattern: endpoint.options["ws_options"]
+        for _, endpoint in app.router.endpoints
+        if endpoint.is_websocket
+    }
+    for warning in settings_contradictions(app.settings.websocket, websocket_routes.items()):
+        click.echo(f"warning: {warning}", err=True)
     rules = len(app.hub.rules)
     click.echo(f"ok: {len(routes)} route(s), {rules} channel rule(s)")
 

@@ -156,8 +156,10 @@ DOCS: dict[str, CommandDoc] = {
         about=(
             "Loads the project as `rtserve run` would (the YAML, `.env`, `${VAR}`s, the "
             "modules it names, the routes and channel rules) without serving it, and prints "
-            "every problem as `error: FILE:LINE:COL: KEY: message`, then how many. See "
-            "[projects.md](projects.md#checking-it)."
+            "every problem as `error: FILE:LINE:COL: KEY: message`, then how many. Settings "
+            "that work against each other (a WebSocket `max_queued_bytes` below "
+            "`max_message_size`) are printed as `warning: ...` and do not change the exit "
+            "status. See [projects.md](projects.md#checking-it)."
         ),
         arguments={"path": "a project folder or its YAML file; default: the current folder"},
         exits=(

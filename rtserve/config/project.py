@@ -22,12 +22,13 @@ from rtserve.app.router import Router
 from rtserve.app.static import header_list
 from rtserve.broker.url import broker_from_url, checked_broker_url
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
+from rtserve.config.units import parse_duration, parse_size
 from rtserve.errors import RouteError
 from rtserve.imports import where_raised
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.schema import opt, opt_list, ref
-from rtserve.server.settings import ServerSettings
+from rtserve.server.settings import ServerSettings, WebSocketSettings
 from rtserve.stats.admin import DEFAULT_SOCKET, check_options, enable_admin
 
 CONFIG_NAME = "rtserve.yaml"
@@ -74,10 +75,34 @@ class RouteConfig:
         if self.headers and not self.static:
             raise ValueError("headers are for static routes (a handler sets its own)")
         header_list(self.headers)
+        self.options = _websocket_options(self.options)
 
     @property
     def kind(self) -> str:
         return next(k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k))
+
+
+_WEBSOCKET_FIELDS = {f.name: f for f in dataclasses.fields(WebSocketSettings)}
+
+
+def _websocket_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A route's WebSocket options, sizes and durations read as in `server.websocket`;
+    ValueError names an unknown or unreadable one."""
+    converted: dict[str, Any] = {}
+    for name, value in options.items():
+        found = _WEBSOCKET_FIELDS.get(name)
+        if found is None and name != "subprotocols":
+            known = ", ".join(sorted([*_WEBSOCKET_FIELDS, "subprotocols"]))
+            raise ValueError(f"unknown WebSocket option {name!r} (known: {known})")
+        try:
+            if found is not None and found.metadata.get("size"):
+                value = parse_size(value)
+            elif found is not None and found.metadata.get("duration"):
+                value = parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"options.{name}: {exc}") from None
+        converted[name] = value
+    return converted
 
 
 @dataclass(slots=True)

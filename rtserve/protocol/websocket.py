@@ -6,6 +6,11 @@ same events) and returns the events it completes: `TextMessage`, `BinaryMessage`
 arrive between fragments are returned at once, in wire order. After a `CloseReceived` the
 reader ignores whatever follows (the peer must send nothing more).
 
+`feed(data, room)` bounds what one call hands over: once the messages it returned hold `room`
+bytes (inflated size), it stops before the next whole message, before inflating it, and keeps
+the rest of the input; `held_back` then says so, and `feed(b"", room)` goes on when the caller
+has room again. Control frames behind a held-back message wait with it.
+
 Every violation raises `WebSocketProtocolError`, whose `code` and `reason` are the close frame
 to send before closing; the reader is dead afterwards (each later `feed` raises again).
 `exc.events` holds the events the failing call completed before the violation. Codes:
@@ -161,6 +166,7 @@ def parse_close_payload(payload: bytes | bytearray) -> tuple[int, str]:
 
 # --- reading ------------------------------------------------------------------------------
 
+UNBOUNDED: Final = 1 << 62  # `feed`'s default room: no bound
 _DATA_START: Final = (Opcode.TEXT, Opcode.BINARY)
 _CONTROL_OPCODES: Final = (Opcode.CLOSE, Opcode.PING, Opcode.PONG)
 _Decoder = codecs.getincrementaldecoder("utf-8")
@@ -185,6 +191,7 @@ class FrameReader:
         "_decoder",
         "_decoding",
         "_error",
+        "_held_back",
         "_msg_opcode",
         "_msg_size",
         "decompress",
@@ -202,7 +209,8 @@ class FrameReader:
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.decompress = decompress
-        self._buf = bytearray()  # bytes of an incomplete frame
+        self._buf = bytearray()  # bytes of an incomplete frame, or held back for room
+        self._held_back = False
         self._error: tuple[int, str] | None = None
         self._closed = False
         # The fragmented message in progress: its opcode (0 when none) and wire size so far;
@@ -216,10 +224,20 @@ class FrameReader:
         self._decoder: codecs.IncrementalDecoder | None = None  # made when first needed
         self._chunks = bytearray()
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse `data`; return the events it completes. Raises WebSocketProtocolError."""
+    @property
+    def held_back(self) -> bool:
+        """The last `feed` stopped for room before a whole message it has buffered."""
+        return self._held_back
+
+    def feed(self, data: bytes, room: int = UNBOUNDED) -> list[Event]:
+        """Parse `data`; return the events it completes. Raises WebSocketProtocolError.
+
+        Messages are returned while those returned so far hold fewer than `room` bytes (their
+        inflated size); the rest stays buffered (`held_back`) for a later `feed(b"", room)`.
+        """
         if self._error is not None:
             raise WebSocketProtocolError(*self._error)
+        self._held_back = False
         if self._closed:
             return []
         buf = self._buf
@@ -255,11 +273,21 @@ class FrameReader:
                     # The common case: a whole uncompressed message in one frame.
                     if length > self.max_frame_size or length > self.max_message_size:
                         self._too_big(length)
+                    end = start + length
+                    if end > size:
+                        break
+                    if room <= 0:
+                        self._held_back = True
+                        break
+                    room -= length
                 else:
                     self._check_header(b0, b1, length)
-                end = start + length
-                if end > size:
-                    break
+                    end = start + length
+                    if end > size:
+                        break
+                    if room <= 0 and b0 & 0x88 == 0x80:  # a message's final frame
+                        self._held_back = True
+                        break
                 payload = mask_payload(view[start:end], view[start - 4 : start])
                 pos = end
                 if b0 == 0x81:
@@ -277,7 +305,7 @@ class FrameReader:
                         pos = size
                         break
                 else:
-                    self._data_frame(b0, payload, events)
+                    room -= self._data_frame(b0, payload, events)
         except WebSocketProtocolError as exc:
             self._error = (exc.code, exc.reason)  # not exc: its traceback would hold self
             exc.events = events
@@ -340,8 +368,9 @@ class FrameReader:
             events.append(CloseReceived(*parse_close_payload(payload)))
             self._closed = True
 
-    def _data_frame(self, b0: int, payload: bytes, events: list[Event]) -> None:
-        """A fragment of a message, or a compressed message (validated by _check_header)."""
+    def _data_frame(self, b0: int, payload: bytes, events: list[Event]) -> int:
+        """A fragment of a message, or a compressed message (validated by _check_header);
+        returns the size of the message it completed (0 when none)."""
         opcode = b0 & 0x0F
         if opcode:  # the first frame of a message
             self._msg_opcode = opcode
@@ -362,13 +391,13 @@ class FrameReader:
                 raise WebSocketProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8") from None
         self._chunks += payload
         if not b0 & 0x80:
-            return
+            return 0
         opcode, self._msg_opcode = self._msg_opcode, 0
         data = bytes(self._chunks)
         self._chunks.clear()
         if self._decoding:
             events.append(TextMessage(data.decode("utf-8")))  # valid: checked above
-            return
+            return len(data)
         if self._compressed:
             assert self.decompress is not None  # RSV1 is refused without it
             try:
@@ -381,11 +410,12 @@ class FrameReader:
                 raise WebSocketProtocolError(code, reason) from exc
         if opcode == Opcode.BINARY:
             events.append(BinaryMessage(data))
-            return
+            return len(data)
         try:
             events.append(TextMessage(data.decode("utf-8")))
         except UnicodeDecodeError:
             raise WebSocketProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8") from None
+        return len(data)
 
 
 class UnmaskedFrameReader(FrameReader):
@@ -397,10 +427,12 @@ class UnmaskedFrameReader(FrameReader):
 
     __slots__ = ()
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse `data`; return the events it completes. Raises WebSocketProtocolError."""
+    def feed(self, data: bytes, room: int = UNBOUNDED) -> list[Event]:
+        """Parse `data`; return the events it completes (bounded by `room` as in FrameReader).
+        Raises WebSocketProtocolError."""
         if self._error is not None:
             raise WebSocketProtocolError(*self._error)
+        self._held_back = False
         if self._closed:
             return []
         buf = self._buf
@@ -433,6 +465,9 @@ class UnmaskedFrameReader(FrameReader):
                 end = start + length
                 if end > size:
                     break
+                if room <= 0 and b0 & 0x88 == 0x80:  # a message's final frame
+                    self._held_back = True
+                    break
                 payload = bytes(buf[start:end])
                 pos = end
                 if b0 & 0x08:
@@ -441,7 +476,7 @@ class UnmaskedFrameReader(FrameReader):
                         pos = size
                         break
                 else:
-                    self._data_frame(b0, payload, events)
+                    room -= self._data_frame(b0, payload, events)
         except WebSocketProtocolError as exc:
             self._error = (exc.code, exc.reason)
             exc.events = events

@@ -100,6 +100,26 @@ class WebSocketSettings:
         0.0, "seconds to hold outbound frames so more go in one write", duration=True
     )
 
+    def contradictions(self) -> list[str]:
+        """Settings valid alone that work against each other (`rtserve check` warns)."""
+        found = []
+        if self.max_queued_bytes < self.max_message_size:
+            found.append(
+                f"max_queued_bytes ({_show_size(self.max_queued_bytes)}) is below "
+                f"max_message_size ({_show_size(self.max_message_size)}): an answer as large "
+                "as a message accepted (an echo) goes out only when nothing else is queued, "
+                f"and behind another meets slow_consumer ({self.slow_consumer!r}); set "
+                "max_queued_bytes to at least max_message_size (twice it to queue two)"
+            )
+        return found
+
+
+def _show_size(size: int) -> str:
+    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size:,} bytes"
+
 
 @dataclass(slots=True)
 class ServerSettings:

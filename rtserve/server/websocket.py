@@ -3,7 +3,10 @@
 Bytes are parsed by the sans-I/O `FrameReader`; control frames are answered right here in
 `data_received`, so a slow handler never delays a pong or the close handshake. Messages reach
 the handler in order: a sync `on_message` runs at once, an async one in a single pump Task that
-later messages queue behind (reading pauses when that queue is full). Outbound frames are
+later messages queue behind. What waits for the handler is bounded by count (`MAX_INBOX`) and
+by size: the reader hands over messages (inflating them) only while those waiting hold less
+than `max_message_size`, so a connection holds under 2 x `max_message_size` of them however
+many arrive in one read; reading pauses until the handler has taken them. Outbound frames are
 batched per loop tick (one write per connection per tick) and bounded by a byte budget; a
 connection over it is handled by the slow-consumer policy and counted.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtserve.protocol.websocket import (
@@ -90,14 +93,17 @@ class WebSocketConnection(asyncio.Protocol):
         "_app",
         "_backlog",
         "_closed_future",
+        "_held",
         "_inbox",
         "_out",
         "_out_bytes",
+        "_parse_scheduled",
         "_ping_sent",
         "_pump",
         "_reading_paused",
         "_running",
         "_wants_room",
+        "_writable_waiter",
         "bytes_in",
         "bytes_out",
         "close_code",
@@ -149,6 +155,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
         self._wants_room = False  # an offer was refused: call on_drain when there is room
+        self._held = 0  # size of the messages received and not yet taken by the handler
+        self._writable_waiter: asyncio.Future[None] | None = None
+        self._parse_scheduled = False
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -156,8 +165,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # resume_writing (-> on_drain) must fire before the outbound budget is reached.
-        high = min(64 * 1024, self.options.max_queued_bytes // 2)
+        high = self.high_water
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         self.state.websocket_opened(self)
         self._schedule_ping()
@@ -167,9 +175,13 @@ class WebSocketConnection(asyncio.Protocol):
         n = len(data)
         self.bytes_in += n
         self.state.stats.bytes_received += n
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed the reader with the room the handler's backlog leaves; act on the events."""
         failure: WebSocketProtocolError | None = None
         try:
-            events = self.reader.feed(data)
+            events = self.reader.feed(data, self.options.max_message_size - self._held)
         except WebSocketProtocolError as exc:
             failure, events = exc, exc.events  # what came before the violation still counts
         for event in events:
@@ -194,6 +206,43 @@ class WebSocketConnection(asyncio.Protocol):
                 return
         if failure is not None:
             self.fail(failure.code, failure.reason)
+        elif self.reader.held_back:
+            self._pause_reading()
+            self._parse_held_back_soon()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _parse_held_back_soon(self) -> None:
+        """Parse what the reader held back on a later loop turn, if the handler left room
+        (a sync handler takes each message at once; a busy one first takes some)."""
+        if not self._parse_scheduled and self._held < self.options.max_message_size:
+            self._parse_scheduled = True
+            self.state.loop.call_soon(self._parse_held_back)
+
+    def _parse_held_back(self) -> None:
+        self._parse_scheduled = False
+        if self.status != CLOSED:
+            self._parse(b"")
+            self._taken(0)
+
+    def _taken(self, size: int) -> None:
+        """The handler took a message of `size`: go on parsing, then reading, once there is
+        room (the inbox half empty, what is held under max_message_size)."""
+        self._held -= size
+        if not self._reading_paused or self.status != OPEN:
+            return
+        if self.reader.held_back:
+            self._parse_held_back_soon()
+        elif (
+            len(self._inbox) < MAX_INBOX // 2
+            and self._running < MAX_INBOX // 2
+            and self._held < self.options.max_message_size
+        ):
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         pass  # the outbound budget is checked on every send instead
@@ -201,6 +250,7 @@ class WebSocketConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._backlog = self.transport.get_write_buffer_size()
         self._wants_room = False
+        self._wake_writers()
         if self.status == OPEN:
             self._app.on_drain()
 
@@ -210,8 +260,36 @@ class WebSocketConnection(asyncio.Protocol):
         if self._closed_future is not None and not self._closed_future.done():
             self._closed_future.set_result(None)
         self._out.clear()
+        self._wake_writers()
         self.state.websocket_closed(self)
         self._deliver_close()
+
+    @property
+    def high_water(self) -> int:
+        """The transport's high-water mark, over which an awaited send waits. Under the
+        outbound budget, so that resume_writing (-> on_drain) fires before it is reached."""
+        return min(64 * 1024, self.options.max_queued_bytes // 2)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Outbound bytes not yet taken by the kernel: queued here and in the transport."""
+        return self._out_bytes + self.transport.get_write_buffer_size()
+
+    def wait_writable(self) -> asyncio.Future[None]:
+        """Done once `queued_bytes` is at most `high_water`, or the connection is closing."""
+        waiter = self._writable_waiter
+        if waiter is None:
+            waiter = self._writable_waiter = self.state.loop.create_future()
+        if self.status != OPEN or self.queued_bytes <= self.high_water:
+            self._wake_writers()
+        return waiter
+
+    def _wake_writers(self) -> None:
+        waiter = self._writable_waiter
+        if waiter is not None:
+            self._writable_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- what the upgrade request's Exchange asks of its connection --------------------------
 
@@ -261,12 +339,16 @@ class WebSocketConnection(asyncio.Protocol):
         happens) when it does not or the connection is closing.
 
         The budget counts what is queued here plus what the transport still held at the last
-        flush (it can only have shrunk since), so the hot path makes no transport call.
+        flush (it can only have shrunk since), so the hot path makes no transport call. A frame
+        that finds nothing queued and the transport under its high-water mark is taken even
+        when it alone is over the budget: one message never meets the slow-consumer policy.
         """
         if self.status != OPEN:
             return False
         queued = self._out_bytes + len(frame)
-        if queued + self._backlog > self.options.max_queued_bytes:
+        if queued + self._backlog > self.options.max_queued_bytes and (
+            self._out_bytes or self._backlog > self.high_water
+        ):
             self._wants_room = True
             return False
         if not self._out:
@@ -301,6 +383,8 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 transport.writelines(out)
             self._backlog = transport.get_write_buffer_size()
+            if self._writable_waiter is not None and self._backlog <= self.high_water:
+                self._wake_writers()  # over it, resume_writing will
             if self._wants_room and self.status == OPEN:
                 # Room came back without the transport ever pausing (the kernel took all of
                 # it), so no resume_writing will tell the app: tell it now.
@@ -331,6 +415,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.close_code, self.close_reason = int(code), reason
         self._queue(encode_close(code, reason))
         self.flush()
+        self._wake_writers()
         self.deadline = self.state.now + self.options.close_timeout
 
     def fail(self, code: int, reason: str) -> None:
@@ -344,6 +429,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._queue(encode_close(code, reason))
             self.flush()
         self.status = CLOSING
+        self._wake_writers()
         self.transport.close()
 
     def _close_received(self, event: CloseReceived) -> None:
@@ -353,6 +439,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._queue(encode_close(event.code, ""))
         self.flush()
         self.status = CLOSING
+        self._wake_writers()
         self.transport.close()  # the server closes the TCP connection first (RFC 6455 7.1.1)
 
     def on_timeout(self) -> None:
@@ -388,9 +475,9 @@ class WebSocketConnection(asyncio.Protocol):
             if self._inbox is _NO_INBOX:
                 self._inbox = deque()
             self._inbox.append(message)
-            if len(self._inbox) >= MAX_INBOX and not self._reading_paused:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            self._held += len(message)
+            if len(self._inbox) >= MAX_INBOX or self._held >= self.options.max_message_size:
+                self._pause_reading()
             return
         self._call(self._app.on_message, message)
 
@@ -404,12 +491,13 @@ class WebSocketConnection(asyncio.Protocol):
         if result is None or not isinstance(result, Awaitable):
             return
         self._running += 1
-        if self._running >= MAX_INBOX and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self.state.loop.create_task(self._run_one(result))
+        size = len(message)
+        self._held += size
+        if self._running >= MAX_INBOX or self._held >= self.options.max_message_size:
+            self._pause_reading()
+        self.state.loop.create_task(self._run_one(result, size))
 
-    async def _run_one(self, pending: Awaitable[None]) -> None:
+    async def _run_one(self, pending: Awaitable[None], size: int) -> None:
         try:
             await pending
         except Exception:
@@ -417,9 +505,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.fail(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._running -= 1
-            if self._reading_paused and self._running < MAX_INBOX // 2 and self.status == OPEN:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            self._taken(size)
 
     def _deliver_close(self) -> None:
         if self._pump is not None:
@@ -461,12 +547,10 @@ class WebSocketConnection(asyncio.Protocol):
                     if not inbox:
                         break
                 item = inbox.popleft()
-                if self._reading_paused and len(inbox) < MAX_INBOX // 2 and self.status == OPEN:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
                 if item is _CLOSED:
                     result = app.on_close(self.close_code, self.close_reason)
                 else:
+                    self._taken(len(item))
                     result = app.on_message(item)
                 if result is not None:
                     await result
@@ -482,3 +566,28 @@ class WebSocketConnection(asyncio.Protocol):
                 self._call(app.on_close, self.close_code, self.close_reason)
             if self.status == CLOSED and self._pump is None and not self._inbox:
                 self._release()
+
+
+class SendResult:
+    """What `WebSocketHandler.send` returns: true when the message was queued, false when the
+    connection is closing or the slow-consumer policy dropped it; awaiting it also waits until
+    the outbound buffer is at most its high-water mark (or the connection is closing), then
+    gives the same bool. Not awaiting it is fine: it is no coroutine."""
+
+    __slots__ = ("_connection", "queued")
+
+    def __init__(self, connection: WebSocketConnection, queued: bool) -> None:
+        self._connection = connection
+        self.queued = queued
+
+    def __bool__(self) -> bool:
+        return self.queued
+
+    def __repr__(self) -> str:
+        return f"<SendResult queued={self.queued}>"
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        conn = self._connection
+        if conn.status == OPEN and conn.queued_bytes > conn.high_water:
+            yield from conn.wait_writable()
+        return self.queued
