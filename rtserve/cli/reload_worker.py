@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rtserve.broker.base import BrokerError
+from rtserve.broker.memory import MemoryBroker
 from rtserve.cli.listening import listen_again, worker_socket
 from rtserve.cli.reload import SPEC_ENV
 from rtserve.cli.reload_errors import compact_exception, compact_issues
+from rtserve.cli.reload_state import export_state, import_state
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError
 from rtserve.server.settings import ServerSettings
@@ -59,6 +61,9 @@ def _worker_main() -> None:
             enable_admin(app, socket=worker_socket(folder, spec["worker"]))
     except _Failed as exc:
         _report(ready_fd, exc.lines)
+    broker = app.hub.broker
+    if isinstance(broker, MemoryBroker):
+        _take_over(broker, ready_fd, spec["control_fd"])
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     if spec.get("listen_again"):
         try:
@@ -67,6 +72,22 @@ def _worker_main() -> None:
             _report(ready_fd, [f"cannot listen: {exc}"])
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(app, settings, sockets, spec, folder))
+
+
+def _take_over(broker: MemoryBroker, ready_fd: int, control_fd: int) -> None:
+    """Before serving: say `loaded`, and take the channels the supervisor hands over (the
+    previous worker's state), if any."""
+    os.write(ready_fd, b"loaded\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(control_fd, 4096)
+        if not chunk:  # the supervisor is gone: the lifeline stops us soon
+            break
+        line += chunk
+    command, _, path = line.decode(errors="replace").strip().partition(" ")
+    if command == "import":
+        count = import_state(broker, Path(path))
+        log.debug("took over %d channel(s) from the previous worker", count)
 
 
 def _summary(app: Any) -> dict[str, Any]:
@@ -156,16 +177,44 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop, True)
     loop.add_signal_handler(signal.SIGINT, stop, False)
     loop.add_reader(lifeline, on_lifeline)
+    control: int = spec["control_fd"]
+    commands = _Commands(app.hub.broker, ready_fd)
+    loop.add_reader(control, commands.read, control)
     gc.collect()
     gc.freeze()
+    # ready_fd stays open: the supervisor reads what later commands answer on it.
     os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
-    os.close(ready_fd)
     try:
         await server.wait_stopped()
     finally:
         shutdown_hook = getattr(app, "shutdown", None)
         if shutdown_hook is not None:
             await shutdown_hook()
+
+
+class _Commands:
+    """What the supervisor asks of a serving worker, a line each on the control pipe:
+    `export PATH` (freeze the memory broker, write its state, answer `exported` or `exported
+    none`) and `thaw` (the replacement failed: accept publications again)."""
+
+    def __init__(self, broker: Any, answers: int) -> None:
+        self.broker = broker if isinstance(broker, MemoryBroker) else None
+        self.answers = answers
+        self.pending = b""
+
+    def read(self, fd: int) -> None:
+        chunk = os.read(fd, 4096)
+        if not chunk:  # the supervisor is gone: the lifeline stops this worker
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            command, _, argument = line.decode(errors="replace").partition(" ")
+            if command == "export":
+                done = self.broker is not None and export_state(self.broker, Path(argument))
+                os.write(self.answers, b"exported\n" if done else b"exported none\n")
+            elif command == "thaw" and self.broker is not None:
+                self.broker.freeze(False)
 
 
 if __name__ == "__main__":
