@@ -6,6 +6,7 @@ a 503 development error page instead of hanging."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rtserve.broker.base import BrokerError, ClientInfo, Publication, PublishOpt
 from rtserve.broker.memory import MemoryBroker
 from rtserve.cli.reload_state import export_state, import_state
 from tests.channel_peer import Peer
-from tests.test_reload import APP, Run, free_port, make_project, write
+from tests.test_reload import APP, Run, answer, free_port, make_project, until, write
 
 CHANNELS = """\
 channels:
@@ -81,6 +82,47 @@ def test_reload_keeps_the_memory_brokers_streams(channel_project: Callable[..., 
             await p.close()
 
     asyncio.run(scenario())
+
+
+def fetch(port: int, path: str, accept: str) -> tuple[int, str, str]:
+    """Status, content type and body of a GET that asks for `accept`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"accept": accept, "connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.getheader("content-type", ""), response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_project_that_cannot_start_answers_503_with_its_error(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "proj")
+    broken_line = "def hello(request) <b>\n"  # a SyntaxError, and markup to escape
+    broken = APP.format(version="v1").replace("def hello(request):\n", broken_line)
+    line = broken.splitlines().index(broken_line.strip()) + 1
+    write(folder / "app.py", broken)
+    run = Run(folder, free_port())
+    try:
+        run.wait_for(r"start failed; waiting for a change:")
+        run.wait_for(rf"rtserve waiting http://127\.0\.0\.1:{run.port}")
+        assert "rtserve serving" not in run.output
+
+        status, kind, page = fetch(run.port, "/hello", "text/html,application/xhtml+xml,*/*")
+        assert (status, kind.split(";")[0]) == (503, "text/html"), (status, kind)
+        assert f"app.py:{line}: SyntaxError" in page
+        assert "def hello(request) &lt;b&gt;" in page and "<b>" not in page
+
+        status, kind, text = fetch(run.port, "/anything/else?x=1", "*/*")  # curl's Accept
+        assert (status, kind.split(";")[0]) == (503, "text/plain"), (status, kind)
+        assert f"app.py:{line}: SyntaxError" in text and "def hello(request) <b>" in text
+
+        write(folder / "app.py", APP.format(version="fixed"))
+        run.wait_for(r"reloaded in \d+ ms \(app\.py changed\)", timeout=20)
+        run.wait_for(rf"rtserve serving http://127\.0\.0\.1:{run.port}")
+        # the worker that answered with the error retires as the new one takes over
+        until(lambda: answer(run.port) == "fixed", 10, "the fixed version")
+    finally:
+        run.stop()
 
 
 # --- the state itself, without processes ----------------------------------------------------

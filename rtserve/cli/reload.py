@@ -74,6 +74,7 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # after a worker exits on its own; t
 STABLE_AFTER = 10.0  # a worker up this long before it exits does not count as a crash loop
 KILL_MARGIN = 5.0  # seconds past a worker's grace before it is killed
 HANDOVER_TIMEOUT = 10.0  # seconds an old worker has to export its channels
+WAITING = "(the project does not start: every request gets a 503 with the error)"
 
 
 # --- the supervisor ------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class Worker:
     done: bool = False
     control: int = -1  # the write end of its control pipe
     answered: bool = False  # said ready, error or fatal
+    error_page: bool = False  # if it cannot start, it serves a 503 with the error
 
     def signal(self, signum: int) -> None:
         if not self.done and self.proc.returncode is None:
@@ -140,6 +142,7 @@ class Slot:
     index: int
     current: Worker | None = None
     crashes: int = 0
+    failed: Worker | None = None  # serving the error page while nothing else serves
 
 
 @dataclass
@@ -205,6 +208,7 @@ class Supervisor:
         self.status = 0  # the exit status once every worker is gone
         self.reuse_port = False  # workers listen on their own SO_REUSEPORT sockets
         self.handovers: Path | None = None  # a private folder for the channels' state
+        self.announced = ""  # "serving" or "waiting" once the URLs were printed
 
     @property
     def many(self) -> bool:
@@ -288,7 +292,6 @@ class Supervisor:
         self.handovers = Path(tempfile.mkdtemp(prefix="rtserve-reload-"))
         if self.many:
             await self._start_admin()
-        self._banner()
         now = time.monotonic()
         for slot in self.slots:
             await self._start(slot.index, now)
@@ -436,6 +439,8 @@ class Supervisor:
         control_r, control_w = os.pipe()
         fds = [] if self.reuse_port else [sock.fileno() for sock in self.sockets]
         addresses = [[s.family, s.getsockname()] for s in self.sockets] if self.reuse_port else []
+        # With nothing serving in its slot, a worker that cannot start answers with the error.
+        error_page = self.watch and self.slots[slot].current is None
         spec = {
             "target": self.target,
             "project": self.project,
@@ -450,6 +455,7 @@ class Supervisor:
             "folder": str(self.folder),
             "worker": slot,
             "workers": len(self.slots),
+            "error_page": error_page,
         }
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -475,7 +481,7 @@ class Supervisor:
         finally:
             os.close(ready_w)
             os.close(control_r)
-        worker = Worker(proc, time.monotonic(), slot, control=control_w)
+        worker = Worker(proc, time.monotonic(), slot, control=control_w, error_page=error_page)
         self.workers.add(worker)
         self.pending[slot] = Reload(worker, since, changed or [], restart, rest or [], why)
         task = asyncio.create_task(self._follow(worker, ready_r))
@@ -579,8 +585,11 @@ class Supervisor:
         slot = self.slots[worker.slot]
         now = worker.ready_at = time.monotonic()
         old, slot.current = slot.current, worker
-        if old is not None:
-            self._retire(old)
+        for replaced in (old, slot.failed):
+            if replaced is not None:
+                self._retire(replaced)
+        slot.failed = None
+        self._announce("serving")
         if self.admin is not None:
             self.admin.worker_ready(worker.slot, worker.proc.pid)
         if reload.rest:  # a rolling reload goes on with the next slot
@@ -622,6 +631,13 @@ class Supervisor:
             self._signalled()
             return
         current = self.slots[worker.slot].current
+        if worker.error_page and worker.answered and not fatal:  # it stays, answering 503
+            slot = self.slots[worker.slot]
+            if slot.failed is not None:
+                self._retire(slot.failed)
+            slot.failed = worker
+            if not any(s.current for s in self.slots):
+                self._announce("waiting")
         what = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
         if current is not None:
             head = "reload failed" + what
@@ -648,6 +664,8 @@ class Supervisor:
             if reload.frozen is worker and reload.exporting:
                 self._exported(worker, False)  # it died before writing: start empty
         slot = self.slots[worker.slot]
+        if worker is slot.failed:
+            slot.failed = None
         if worker is not slot.current or self.stopping:
             return
         slot.current = None
@@ -702,6 +720,9 @@ class Supervisor:
         for reload in self.pending.values():
             self._thaw(reload)
         self.pending.clear()
+        for slot in self.slots:
+            if slot.failed is not None:
+                self._retire(slot.failed)
         for worker in currents:
             worker.signal(signal.SIGINT)  # the project's graceful shutdown
             self._kill_later(worker, self.settings.timeouts.graceful)
@@ -721,7 +742,19 @@ class Supervisor:
                 urls.append(f"{scheme}://{name[0]}:{name[1]}")
         return urls
 
-    def _banner(self) -> None:
+    def _announce(self, state: str) -> None:
+        """Print where it listens, with `state` ("serving", or "waiting": every request gets
+        the error page): the whole banner the first time, then the URLs when it changes."""
+        if state == self.announced:
+            return
+        first, self.announced = not self.announced, state
+        if first:
+            self._banner(state)
+            return
+        for url in self._urls():
+            click.echo(click.style(f"rtserve {state} {url}", fg="cyan"))
+
+    def _banner(self, state: str) -> None:
         kinds = "*.py, *.yaml, *.yml, .env" + (", static files" if self.filter.static else "")
         watching = f"watching {_relative(self.folder, Path.cwd())} ({kinds})"
         reload = f"reload on: {watching}" + (" by polling" if self.poll else "")
@@ -734,14 +767,17 @@ class Supervisor:
 
             text = Text()
             for url in self._urls():
-                text.append(url + "\n", style="bold cyan")
+                text.append(url, style="bold cyan")
+                if state == "waiting":
+                    text.append(f" {WAITING}", style="yellow")
+                text.append("\n")
             text.append(reload, style="dim")
             if self.many:
                 text.append("\n" + self._workers_line(), style="dim")
             Console().print(Panel(text, title=f"rtserve {__version__}", expand=False))
         else:
             for url in self._urls():
-                click.echo(f"rtserve serving {url}")
+                click.echo(f"rtserve {state} {url}" + (f" {WAITING}" if state == "waiting" else ""))
             click.echo(reload)
             if self.many:
                 click.echo(self._workers_line())
