@@ -84,6 +84,68 @@ def test_reload_keeps_the_memory_brokers_streams(channel_project: Callable[..., 
     asyncio.run(scenario())
 
 
+FACTORY = """\
+from rtserve import App
+
+
+def make():
+    app = App()
+
+    def check():
+        if {fail}:
+            raise RuntimeError("the startup hook refused")
+
+    app.on_startup.append(check)
+    return app
+
+
+def hello(request):
+    return "hello"
+"""
+
+
+def test_a_reload_that_fails_after_the_handover_leaves_the_old_worker_publishing(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    write(
+        folder / "rtserve.yaml",
+        "app: app:make\nroutes:\n  - path: /hello\n    handler: app:hello\n" + CHANNELS,
+    )
+    write(folder / "app.py", FACTORY.format(fail=False))
+    run = Run(folder, free_port())
+    url = f"ws://127.0.0.1:{run.port}/rt/ws"
+
+    async def scenario() -> None:
+        peer = await Peer.open(url)
+        sub = await peer.call("subscribe", channel="chat:room")
+        await peer.call("publish", channel="chat:room", data="a")
+        # the new worker loads, takes the channels over, then its startup hook fails
+        write(folder / "app.py", FACTORY.format(fail=True))
+        await asyncio.to_thread(run.wait_for, r"still serving the previous version:", 20)
+        run.wait_for(r"RuntimeError: the startup hook refused")
+        position = await peer.call("publish", channel="chat:room", data="b")
+        assert position == {"offset": 2, "epoch": sub["epoch"]}  # the old one took it back
+
+        write(folder / "app.py", FACTORY.format(fail=False))
+        await asyncio.to_thread(run.wait_for, r"reloaded in \d+ ms", 20)
+        await peer.closed_with()
+        back = await Peer.open(url)
+        result = await back.call(
+            "subscribe", channel="chat:room", since={"offset": 1, "epoch": sub["epoch"]}
+        )
+        assert result["recovered"] is True, result
+        assert [(p["offset"], p["data"]) for p in result["publications"]] == [(2, "b")]
+        await back.close()
+
+    try:
+        run.wait_for(r"ready in \d+ ms", 20)
+        asyncio.run(scenario())
+    finally:
+        run.stop()
+
+
 def fetch(port: int, path: str, accept: str) -> tuple[int, str, str]:
     """Status, content type and body of a GET that asks for `accept`."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -138,7 +138,7 @@ class MemoryBroker(Broker):
         """
         events = self._sink()
         if self._frozen:
-            raise BrokerError("the server is reloading: its channels moved to the new worker")
+            raise BrokerError("the server is reloading: publish again in a moment")
         now = self._clock()
         self._sweep(now)
         key = options.idempotency_key
