@@ -215,7 +215,7 @@ def test_state_goes_from_one_broker_to_another(tmp_path: Path) -> None:
             await old.publish("a", i, options=keep, info=ClientInfo("c1", "u1", {"n": 1}))
         first = await old.publish("b", "x", options=once)
         clock[0] += 50  # 'a' was kept for 60 s: 10 s left
-        assert export_state(old, tmp_path / "state.json")
+        assert await export_state(old, tmp_path / "state.json")
         with pytest.raises(BrokerError, match="reloading"):
             await old.publish("a", "late", options=keep)
 
@@ -244,7 +244,7 @@ def test_a_state_that_cannot_move_gives_an_empty_broker_and_a_log_line(
         await old.start(Events())
         await old.publish("a", "x" * 1000, options=PublishOptions(history_size=10))
         state = tmp_path / "state.json"
-        assert not export_state(old, state, limit=500)
+        assert not await export_state(old, state, limit=500)
         assert "a reload carries" in caplog.text
         assert not state.exists()
 

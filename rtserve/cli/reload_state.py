@@ -3,32 +3,40 @@
 The old worker freezes its MemoryBroker (publications are refused from then on, so none is
 made after the export and lost), writes its state to a file the supervisor named, and stays
 frozen until it retires (or is thawed, when its replacement fails). The new worker reads the
-file before it serves. A state over `STATE_LIMIT`, one that does not encode, or a file that
-does not read gives the new worker an empty broker and a log line, never a failed start.
+file before it serves (the freeze lasts that long: a few seconds for a state of 10 MiB). A
+state over `STATE_LIMIT`, one that does not encode, or a file that does not read gives the
+new worker an empty broker and a log line, never a failed start.
 Presence is not handed over: the connections it described end with the old worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from rtserve.broker.memory import MemoryBroker
 
 log = logging.getLogger("rtserve.server")
 
-STATE_LIMIT = 64 << 20  # bytes of JSON: beyond it a reload starts with an empty broker
+STATE_LIMIT = 16 << 20  # bytes of JSON: beyond it a reload starts with an empty broker
 
 
-def export_state(broker: MemoryBroker, path: Path, limit: int = STATE_LIMIT) -> bool:
-    """Freeze `broker` and write its state to `path`; False (logged, nothing written) when
-    it cannot be handed over."""
+async def export_state(broker: MemoryBroker, path: Path, limit: int = STATE_LIMIT) -> bool:
+    """Freeze `broker` and write its state to `path`, encoded on a thread (the worker goes
+    on serving meanwhile); False (logged, nothing written) when it cannot be handed over."""
     broker.freeze()
+    state = broker.export_state()  # lists of its own: the broker may change while encoding
+    return await asyncio.to_thread(_write, state, path, limit)
+
+
+def _write(state: dict[str, Any], path: Path, limit: int) -> bool:
     try:
-        data = json.dumps(broker.export_state(), allow_nan=False, separators=(",", ":"))
+        data = json.dumps(state, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         log.warning("the channels are not handed to the new worker: %s", exc)
         return False

@@ -236,6 +236,7 @@ class _Commands:
         self.broker = broker if isinstance(broker, MemoryBroker) else None
         self.answers = answers
         self.pending = b""
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def read(self, fd: int) -> None:
         chunk = os.read(fd, 4096)
@@ -246,10 +247,15 @@ class _Commands:
         for line in lines:
             command, _, argument = line.decode(errors="replace").partition(" ")
             if command == "export":
-                done = self.broker is not None and export_state(self.broker, Path(argument))
-                os.write(self.answers, b"exported\n" if done else b"exported none\n")
+                task = asyncio.get_running_loop().create_task(self.export(Path(argument)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
             elif command == "thaw" and self.broker is not None:
                 self.broker.freeze(False)
+
+    async def export(self, path: Path) -> None:
+        done = self.broker is not None and await export_state(self.broker, path)
+        os.write(self.answers, b"exported\n" if done else b"exported none\n")
 
 
 if __name__ == "__main__":
