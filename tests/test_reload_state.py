@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rtserve.broker.base import BrokerError, ClientInfo, Publication, PublishOpt
 from rtserve.broker.memory import MemoryBroker
 from rtserve.cli.reload_state import export_state, import_state
 from tests.channel_peer import Peer
-from tests.test_reload import APP, Run, answer, free_port, make_project, until, write
+from tests.test_reload import APP, Run, alive, answer, free_port, make_project, until, write
 
 CHANNELS = """\
 channels:
@@ -183,6 +184,20 @@ def test_a_project_that_cannot_start_answers_503_with_its_error(tmp_path: Path) 
         run.wait_for(rf"rtserve serving http://127\.0\.0\.1:{run.port}")
         # the worker that answered with the error retires as the new one takes over
         until(lambda: answer(run.port) == "fixed", 10, "the fixed version")
+    finally:
+        run.stop()
+
+
+def test_sigterm_stops_the_worker_serving_the_error_page(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "proj")
+    write(folder / "app.py", "import no_such_module_xyz\n")
+    run = Run(folder, free_port())
+    try:
+        run.wait_for(r"start failed; waiting for a change:", 20)
+        workers = until(run.note_workers, 5, "the worker")
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(15) == 0
+        until(lambda: not alive(workers[0]), 10, "the worker to exit")
     finally:
         run.stop()
 
