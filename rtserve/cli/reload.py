@@ -11,10 +11,11 @@ loaded the project and is accepting does the old one get SIGTERM. With the memor
 channels go along (see reload_state.py): the new worker, once it has loaded the project, says
 so; the old one freezes its broker and writes its state to a file; the new one reads it, then
 serves. A worker that starts with no predecessor (the first, or after a crash) starts empty.
-A new worker that fails
-first (a config error, a SyntaxError or ImportError in a handler module, ...) is reported in
-a few lines and the old one keeps serving until a later save fixes things. A worker that
-exits on its own is started again, with a short, bounded backoff.
+A new worker that fails first (a config error, a SyntaxError or ImportError in a handler
+module, ...) is reported in a few lines and the old one keeps serving until a later save
+fixes things; with no old one (at start, after a crash) it answers every request with a 503
+and the error instead. A worker that exits on its own is started again, with a short,
+bounded backoff.
 
 How they talk:
 
@@ -28,7 +29,10 @@ How they talk:
   serve (the broker is unreachable): the supervisor then stops, with status 2. Before
   `ready`, a worker with a memory broker writes `loaded` and waits on `control_fd` for
   `import <path>` (the previous worker's channels) or `fresh`. A serving worker takes
-  `export <path>` (answered on `ready_fd` with `exported` or `exported none`) and `thaw`;
+  `export <path>` (answered on `ready_fd` with `exported ok <path>` or `exported none
+  <path>`) and `thaw`. With `error_page` in the spec (nothing else serves in its slot), a
+  worker that cannot start says `error` and answers every request with a 503 and the error
+  until it is retired;
 - SIGTERM retires a worker: it stops accepting, closes WebSockets with 1012 (service
   restart) and gives in-flight requests `grace` seconds. SIGINT stops it for good: 1001 and
   the project's `timeouts.graceful` (a second SIGINT closes everything at once). The end of
@@ -328,12 +332,16 @@ class Supervisor:
         elif kind == "loaded":
             self._loaded(event[1])
         elif kind == "exported":
-            self._exported(event[1], event[2])
+            self._exported(event[1], Path(event[2]), event[3])
         elif kind == "handover timeout":
             reload = self.pending.get(event[1].slot)
             if reload is not None and reload.worker is event[1] and reload.exporting:
-                click.echo("the old worker did not hand its channels over in time", err=True)
-                self._exported(reload.frozen, False)
+                click.echo(
+                    "the old worker did not hand its channels over in time: the new one starts "
+                    "with empty channels",
+                    err=True,
+                )
+                self._exported(reload.frozen, self._state_file(event[1]), False)
         elif kind == "failed":
             self._failed(event[1], event[2], event[3])
         elif kind == "exited":
@@ -529,8 +537,9 @@ class Supervisor:
             self.events.put_nowait(("failed", worker, lines, line.startswith(b"fatal ")))
         elif line.startswith(b"loaded"):
             self.events.put_nowait(("loaded", worker))
-        elif line.startswith(b"exported"):
-            self.events.put_nowait(("exported", worker, line.strip() == b"exported"))
+        elif line.startswith(b"exported "):
+            _, how, path = line.decode(errors="replace").strip().split(" ", 2)
+            self.events.put_nowait(("exported", worker, path, how == "ok"))
 
     # --- handing the channels over ---------------------------------------------------------
 
@@ -554,13 +563,13 @@ class Supervisor:
             HANDOVER_TIMEOUT, self.events.put_nowait, ("handover timeout", worker)
         )
 
-    def _exported(self, old: Worker | None, done: bool) -> None:
-        """The old worker wrote its channels (or could not): the new one goes on."""
+    def _exported(self, old: Worker | None, path: Path, done: bool) -> None:
+        """The old worker wrote its channels to `path` (or could not): the new one goes on."""
         for reload in self.pending.values():
-            if reload.frozen is old and reload.exporting:
+            mine = self._state_file(reload.worker) == path
+            if reload.frozen is old and reload.exporting and mine:
                 reload.exporting = False
-                state = self._state_file(reload.worker)
-                reload.worker.tell(f"import {state}" if done else "fresh")
+                reload.worker.tell(f"import {path}" if done else "fresh")
                 return
         if old is not None:
             old.tell("thaw")  # the worker it was for is gone
@@ -660,9 +669,9 @@ class Supervisor:
             os.close(worker.control)
             worker.control = -1
         self.workers.discard(worker)
-        for reload in self.pending.values():
-            if reload.frozen is worker and reload.exporting:
-                self._exported(worker, False)  # it died before writing: start empty
+        for reload in list(self.pending.values()):
+            if reload.frozen is worker and reload.exporting:  # it died before writing
+                self._exported(worker, self._state_file(reload.worker), False)
         slot = self.slots[worker.slot]
         if worker is slot.failed:
             slot.failed = None
@@ -717,7 +726,6 @@ class Supervisor:
         self.stop_watching.set()
         for reload in self.pending.values():
             self._retire(reload.worker)
-        for reload in self.pending.values():
             self._thaw(reload)
         self.pending.clear()
         for slot in self.slots:
@@ -751,8 +759,12 @@ class Supervisor:
         if first:
             self._banner(state)
             return
-        for url in self._urls():
-            click.echo(click.style(f"rtserve {state} {url}", fg="cyan"))
+        for line in self._url_lines(state):
+            click.echo(click.style(line, fg="cyan"))
+
+    def _url_lines(self, state: str) -> list[str]:
+        note = f" {WAITING}" if state == "waiting" else ""
+        return [f"rtserve {state} {url}{note}" for url in self._urls()]
 
     def _banner(self, state: str) -> None:
         kinds = "*.py, *.yaml, *.yml, .env" + (", static files" if self.filter.static else "")
@@ -776,8 +788,8 @@ class Supervisor:
                 text.append("\n" + self._workers_line(), style="dim")
             Console().print(Panel(text, title=f"rtserve {__version__}", expand=False))
         else:
-            for url in self._urls():
-                click.echo(f"rtserve {state} {url}" + (f" {WAITING}" if state == "waiting" else ""))
+            for line in self._url_lines(state):
+                click.echo(line)
             click.echo(reload)
             if self.many:
                 click.echo(self._workers_line())

@@ -229,8 +229,8 @@ async def _serve(
 
 class _Commands:
     """What the supervisor asks of a serving worker, a line each on the control pipe:
-    `export PATH` (freeze the memory broker, write its state, answer `exported` or `exported
-    none`) and `thaw` (the replacement failed: accept publications again)."""
+    `export PATH` (freeze the memory broker, write its state, answer `exported ok PATH` or
+    `exported none PATH`) and `thaw` (the replacement failed: accept publications again)."""
 
     def __init__(self, broker: Any, answers: int) -> None:
         self.broker = broker if isinstance(broker, MemoryBroker) else None
@@ -255,7 +255,7 @@ class _Commands:
 
     async def export(self, path: Path) -> None:
         done = self.broker is not None and await export_state(self.broker, path)
-        os.write(self.answers, b"exported\n" if done else b"exported none\n")
+        os.write(self.answers, f"exported {'ok' if done else 'none'} {path}\n".encode())
 
 
 if __name__ == "__main__":
