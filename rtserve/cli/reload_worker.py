@@ -209,7 +209,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGINT, stop, False)
     loop.add_reader(lifeline, on_lifeline)
     control: int = spec["control_fd"]
-    commands = _Commands(app.hub.broker, ready_fd)
+    commands = _Commands(app.hub.broker if failure is None else None, ready_fd)
     loop.add_reader(control, commands.read, control)
     gc.collect()
     gc.freeze()
