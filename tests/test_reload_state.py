@@ -188,6 +188,24 @@ def test_a_project_that_cannot_start_answers_503_with_its_error(tmp_path: Path) 
         run.stop()
 
 
+def test_a_config_that_does_not_parse_at_start_answers_503_too(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "proj")
+    config = (folder / "rtserve.yaml").read_text()
+    write(folder / "rtserve.yaml", config + "  bad: [\n")  # where to listen cannot be read
+    run = Run(folder, free_port())
+    try:
+        run.wait_for(rf"rtserve waiting http://127\.0\.0\.1:{run.port}", 20)
+        status, kind, text = fetch(run.port, "/hello", "*/*")
+        assert (status, kind.split(";")[0]) == (503, "text/plain"), (status, kind)
+        assert "rtserve.yaml:12:" in text and "invalid YAML" in text, text
+        write(folder / "rtserve.yaml", config)
+        run.wait_for(r"reloaded in \d+ ms \(rtserve\.yaml changed\)", timeout=20)
+        until(lambda: answer(run.port) == "v1", 10, "the project")
+        assert "where to listen" not in run.output  # the defaults were what it says
+    finally:
+        run.stop()
+
+
 def test_sigterm_stops_the_worker_serving_the_error_page(tmp_path: Path) -> None:
     folder = make_project(tmp_path / "proj")
     write(folder / "app.py", "import no_such_module_xyz\n")

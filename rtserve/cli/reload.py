@@ -65,6 +65,7 @@ import click
 
 from rtserve import __version__
 from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
+from rtserve.cli.options import apply_options
 from rtserve.cli.reload_errors import plain_error
 from rtserve.server.listener import listen_failure
 from rtserve.server.settings import ServerSettings
@@ -252,9 +253,16 @@ class Supervisor:
                 self.settings, static, shared = self._listen_settings()
                 break
             except Exception as exc:
-                click.echo(plain_error(exc, self.folder), err=True)
                 if self.project is None or not self.watch:
+                    click.echo(plain_error(exc, self.folder), err=True)
                     return 2
+                fallback = apply_options(ServerSettings(), self.options)
+                if fallback.workers == 1:
+                    # Listen where the options and the defaults say, and let the worker answer
+                    # with the error (a 503) until a save fixes the file.
+                    self.settings, static, shared = fallback, [], True
+                    break
+                click.echo(plain_error(exc, self.folder), err=True)
                 click.echo("waiting for a change to retry", err=True)
             if not await self._wait_for_change():
                 return 0
@@ -418,8 +426,6 @@ class Supervisor:
     def _listen_settings(self) -> tuple[ServerSettings, list[Path], bool]:
         """The server settings, static paths, and whether several workers may serve it (a
         broker shared by processes, or no channels to share)."""
-        from rtserve.cli.options import apply_options
-
         if self.project is None:
             from rtserve.broker.memory import MemoryBroker
             from rtserve.cli.loader import load_app
