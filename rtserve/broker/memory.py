@@ -6,6 +6,10 @@ nothing. A stream lives `meta_ttl` seconds after its last publication (or its hi
 when longer); once it is gone the next publication starts a new epoch at offset 1. Expired
 streams and idempotency keys are swept lazily by the calls that touch them, so many one-off
 channels do not make memory grow.
+
+A reload hands the streams to the next process: `freeze()` refuses publications from then on,
+`export_state()` gives the streams and idempotency keys as JSON-able data (times as ages, so
+another process's clock reads them), `import_state()` takes them into a broker not serving yet.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -77,6 +81,7 @@ class MemoryBroker(Broker):
         "_closed",
         "_events",
         "_expiry",
+        "_frozen",
         "_idempotency",
         "_idempotency_expiry",
         "_meta_ttl",
@@ -95,6 +100,7 @@ class MemoryBroker(Broker):
         self._clock = clock
         self._events: BrokerEvents | None = None
         self._closed = False
+        self._frozen = False
         self._streams: dict[str, _Stream] = {}
         # Channels by stream lifetime (one queue per lifetime: a few, one per rule), each in
         # the order of their last publication, so expired ones lead their queue.
@@ -138,6 +144,8 @@ class MemoryBroker(Broker):
         position and does nothing else.
         """
         events = self._sink()
+        if self._frozen:
+            raise BrokerError("the server is reloading: publish again in a moment")
         now = self._clock()
         self._sweep(now)
         key = options.idempotency_key
@@ -305,6 +313,85 @@ class MemoryBroker(Broker):
             return PresenceStats()
         users = {m.user for m in members.values() if m.user is not None}
         return PresenceStats(clients=len(members), users=len(users))
+
+    # --- handing the streams over to the next process ---------------------------------------
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Refuse publications (BrokerError) while `frozen`, so an export stays whole."""
+        self._frozen = frozen
+
+    def export_state(self) -> dict[str, Any]:
+        """The streams (epoch, offset, history, lifetime), the idempotency keys and the seed
+        of the epochs of streams not started yet, as JSON-able data (times as ages)."""
+        now = self._clock()
+        self._sweep(now)
+        streams = []
+        for channel, stream in self._streams.items():
+            stream.prune(now)
+            streams.append(
+                {
+                    "channel": channel,
+                    "epoch": stream.epoch,
+                    "offset": stream.offset,
+                    "size": stream.history.maxlen or 0,
+                    "ttl": stream.history_ttl,
+                    "lifetime": stream.lifetime,
+                    "age": now - stream.touched,
+                    "history": [
+                        [p.offset, p.data, p.info.to_json() if p.info else None, now - added]
+                        for p, added in stream.history
+                    ],
+                }
+            )
+        keys = [
+            [channel, key, position.offset, position.epoch, expires - now]
+            for (channel, key), (position, expires) in self._idempotency.items()
+        ]
+        return {"version": 2, "seed": self._seed, "streams": streams, "idempotency": keys}
+
+    def import_state(self, state: Mapping[str, Any]) -> int:
+        """Take over what `export_state` gave (replacing this broker's streams); the number
+        of streams. ValueError, with nothing changed, when `state` is not such data."""
+        now = self._clock()
+        try:
+            if state["version"] != 2:
+                raise ValueError(f"unknown version {state['version']!r}")
+            seed = str(state["seed"])
+            streams: dict[str, _Stream] = {}
+            for item in sorted(state["streams"], key=lambda item: -float(item["age"])):
+                stream = _Stream(
+                    str(item["epoch"]), float(item["lifetime"]), now - float(item["age"])
+                )
+                stream.offset = int(item["offset"])
+                stream.history_ttl = float(item["ttl"])
+                stream.history = deque(
+                    (
+                        (
+                            Publication(int(o), data, ClientInfo.from_json(info) if info else None),
+                            now - float(age),
+                        )
+                        for o, data, info, age in item["history"]
+                    ),
+                    maxlen=int(item["size"]) or None,
+                )
+                streams[str(item["channel"])] = stream
+            seen: dict[tuple[str, str], tuple[StreamPosition, float]] = {}
+            for channel, key, offset, epoch, left in state["idempotency"]:
+                seen[(str(channel), str(key))] = (
+                    StreamPosition(int(offset), str(epoch)),
+                    now + float(left),
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a memory broker's state: {exc!r}") from None
+        self._seed = seed
+        self._streams = streams
+        self._expiry = {}
+        for channel, stream in streams.items():  # oldest touched first: expired ones lead
+            self._expiry.setdefault(stream.lifetime, OrderedDict())[channel] = None
+        self._idempotency = seen
+        self._idempotency_expiry = [(expires, c, k) for (c, k), (_, expires) in seen.items()]
+        heapq.heapify(self._idempotency_expiry)
+        return len(streams)
 
 
 def from_url(url: str) -> MemoryBroker:

@@ -7,21 +7,32 @@ goes away. With `--workers N` there are N slots, each with one current worker; t
 this describes one slot, and a reload (a change, or SIGHUP) replaces the slots one by one.
 With reload on it watches the project folder (.py, .yaml/.yml, .env and the files of static
 routes). On a change it starts a NEW worker on the same sockets; only when that one has
-loaded the project and is accepting does the old one get SIGTERM. A new worker that fails
-first (a config error, a SyntaxError or ImportError in a handler module, ...) is reported in
-a few lines and the old one keeps serving until a later save fixes things. A worker that
-exits on its own is started again, with a short, bounded backoff.
+loaded the project and is accepting does the old one get SIGTERM. With the memory broker the
+channels go along (see reload_state.py): the new worker, once it has loaded the project, says
+so; the old one freezes its broker and writes its state to a file; the new one reads it, then
+serves. A worker that starts with no predecessor (the first, or after a crash) starts empty.
+A new worker that fails first (a config error, a SyntaxError or ImportError in a handler
+module, ...) is reported in a few lines and the old one keeps serving until a later save
+fixes things; with no old one (at start, after a crash) it answers every request with a 503
+and the error instead. A worker that exits on its own is started again, with a short,
+bounded backoff.
 
 How they talk:
 
 - the worker is `python -m rtserve.cli.reload_worker`, with a JSON spec in the environment
   variable RTSERVE_RELOAD_WORKER: the target, `run`'s options, the inherited listening
   descriptors (`fds`) or the addresses to listen on again (`listen_again`), its slot and the
-  number of workers, the write end of a pipe (`ready_fd`), the read end of the lifeline
-  (`lifeline_fd`) and the reload grace;
+  number of workers, the write end of a pipe (`ready_fd`), the read end of another
+  (`control_fd`), the read end of the lifeline (`lifeline_fd`) and the reload grace;
 - on `ready_fd` the worker writes `ready` once it accepts connections, or `error <json list
   of lines>` (the compact error) and exits 2, or `fatal <json list>` when no worker could
-  serve (the broker is unreachable): the supervisor then stops, with status 2;
+  serve (the broker is unreachable): the supervisor then stops, with status 2. Before
+  `ready`, a worker with a memory broker writes `loaded` and waits on `control_fd` for
+  `import <path>` (the previous worker's channels) or `fresh`. A serving worker takes
+  `export <path>` (answered on `ready_fd` with `exported ok <path>` or `exported none
+  <path>`) and `thaw`. With `error_page` in the spec (nothing else serves in its slot), a
+  worker that cannot start says `error` and answers every request with a 503 and the error
+  until it is retired;
 - SIGTERM retires a worker: it stops accepting, closes WebSockets with 1012 (service
   restart) and gives in-flight requests `grace` seconds. SIGINT stops it for good: 1001 and
   the project's `timeouts.graceful` (a second SIGINT closes everything at once). The end of
@@ -39,9 +50,11 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +65,7 @@ import click
 
 from rtserve import __version__
 from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
+from rtserve.cli.options import apply_options
 from rtserve.cli.reload_errors import plain_error
 from rtserve.server.listener import listen_failure
 from rtserve.server.settings import ServerSettings
@@ -64,6 +78,8 @@ WATCHED_NAMES = (".env",)
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # after a worker exits on its own; then give up
 STABLE_AFTER = 10.0  # a worker up this long before it exits does not count as a crash loop
 KILL_MARGIN = 5.0  # seconds past a worker's grace before it is killed
+HANDOVER_TIMEOUT = 10.0  # seconds an old worker has to export its channels
+WAITING = "(the project does not start: every request gets a 503 with the error)"
 
 
 # --- the supervisor ------------------------------------------------------------------------
@@ -108,11 +124,20 @@ class Worker:
     summary: dict[str, Any] | None = None  # routes, channel rules, broker (from its ready line)
     retiring: bool = False
     done: bool = False
+    control: int = -1  # the write end of its control pipe
+    answered: bool = False  # said ready, error or fatal
+    error_page: bool = False  # if it cannot start, it serves a 503 with the error
 
     def signal(self, signum: int) -> None:
         if not self.done and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signum)
+
+    def tell(self, command: str) -> None:
+        """One line on its control pipe (nothing when it is gone)."""
+        if self.control >= 0 and not self.done:
+            with contextlib.suppress(OSError):
+                os.write(self.control, command.encode() + b"\n")
 
 
 @dataclass
@@ -122,6 +147,7 @@ class Slot:
     index: int
     current: Worker | None = None
     crashes: int = 0
+    failed: Worker | None = None  # serving the error page while nothing else serves
 
 
 @dataclass
@@ -134,6 +160,8 @@ class Reload:
     restart: bool  # after the previous worker exited on its own
     rest: list[int] = field(default_factory=list)
     why: str = ""  # "SIGHUP" for a reload asked by signal
+    frozen: Worker | None = None  # the old worker whose channels this one takes over
+    exporting: bool = False  # waiting for `frozen` to write them
 
 
 class Supervisor:
@@ -184,6 +212,8 @@ class Supervisor:
         self.admin: Any = None  # the combined admin interface, with several workers
         self.status = 0  # the exit status once every worker is gone
         self.reuse_port = False  # workers listen on their own SO_REUSEPORT sockets
+        self.handovers: Path | None = None  # a private folder for the channels' state
+        self.announced = ""  # "serving" or "waiting" once the URLs were printed
 
     @property
     def many(self) -> bool:
@@ -213,6 +243,8 @@ class Supervisor:
             for fd in (self.lifeline_r, self.lifeline_w):
                 if fd >= 0:
                     os.close(fd)
+            if self.handovers is not None:
+                shutil.rmtree(self.handovers, ignore_errors=True)
         return status
 
     async def _run(self) -> int:
@@ -221,9 +253,16 @@ class Supervisor:
                 self.settings, static, shared = self._listen_settings()
                 break
             except Exception as exc:
-                click.echo(plain_error(exc, self.folder), err=True)
                 if self.project is None or not self.watch:
+                    click.echo(plain_error(exc, self.folder), err=True)
                     return 2
+                fallback = apply_options(ServerSettings(), self.options)
+                if fallback.workers == 1:
+                    # Listen where the options and the defaults say, and let the worker answer
+                    # with the error (a 503) until a save fixes the file.
+                    self.settings, static, shared = fallback, [], True
+                    break
+                click.echo(plain_error(exc, self.folder), err=True)
                 click.echo("waiting for a change to retry", err=True)
             if not await self._wait_for_change():
                 return 0
@@ -262,9 +301,9 @@ class Supervisor:
             click.echo(f"error: {listen_failure(self.settings, exc)}", err=True)
             return 1
         self.lifeline_r, self.lifeline_w = os.pipe()
+        self.handovers = Path(tempfile.mkdtemp(prefix="rtserve-reload-"))
         if self.many:
             await self._start_admin()
-        self._banner()
         now = time.monotonic()
         for slot in self.slots:
             await self._start(slot.index, now)
@@ -298,6 +337,19 @@ class Supervisor:
             await self._changed(event[1], event[2])
         elif kind == "ready":
             await self._ready(event[1])
+        elif kind == "loaded":
+            self._loaded(event[1])
+        elif kind == "exported":
+            self._exported(event[1], Path(event[2]), event[3])
+        elif kind == "handover timeout":
+            reload = self.pending.get(event[1].slot)
+            if reload is not None and reload.worker is event[1] and reload.exporting:
+                click.echo(
+                    "the old worker did not hand its channels over in time: the new one starts "
+                    "with empty channels",
+                    err=True,
+                )
+                self._exported(reload.frozen, self._state_file(event[1]), False)
         elif kind == "failed":
             self._failed(event[1], event[2], event[3])
         elif kind == "exited":
@@ -351,6 +403,7 @@ class Supervisor:
             return
         for reload in list(self.pending.values()):  # a newer save wins over workers starting
             self._retire(reload.worker)
+            self._thaw(reload)
             changed = sorted({*reload.changed, *changed})
             why = why or reload.why
         self.pending.clear()
@@ -373,8 +426,6 @@ class Supervisor:
     def _listen_settings(self) -> tuple[ServerSettings, list[Path], bool]:
         """The server settings, static paths, and whether several workers may serve it (a
         broker shared by processes, or no channels to share)."""
-        from rtserve.cli.options import apply_options
-
         if self.project is None:
             from rtserve.broker.memory import MemoryBroker
             from rtserve.cli.loader import load_app
@@ -399,8 +450,11 @@ class Supervisor:
         why: str = "",
     ) -> None:
         ready_r, ready_w = os.pipe()
+        control_r, control_w = os.pipe()
         fds = [] if self.reuse_port else [sock.fileno() for sock in self.sockets]
         addresses = [[s.family, s.getsockname()] for s in self.sockets] if self.reuse_port else []
+        # With nothing serving in its slot, a worker that cannot start answers with the error.
+        error_page = self.watch and self.slots[slot].current is None
         spec = {
             "target": self.target,
             "project": self.project,
@@ -409,11 +463,13 @@ class Supervisor:
             "listen_again": addresses,
             "backlog": self.settings.backlog,
             "ready_fd": ready_w,
+            "control_fd": control_r,
             "lifeline_fd": self.lifeline_r,
             "grace": self.grace,
             "folder": str(self.folder),
             "worker": slot,
             "workers": len(self.slots),
+            "error_page": error_page,
         }
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -429,15 +485,17 @@ class Supervisor:
                     "RTSERVE_WORKER": str(slot),
                     "RTSERVE_WORKERS": str(len(self.slots)),
                 },
-                pass_fds=(*fds, ready_w, self.lifeline_r),
+                pass_fds=(*fds, ready_w, control_r, self.lifeline_r),
                 process_group=0,
             )
         except BaseException:
             os.close(ready_r)
+            os.close(control_w)
             raise
         finally:
             os.close(ready_w)
-        worker = Worker(proc, time.monotonic(), slot)
+            os.close(control_r)
+        worker = Worker(proc, time.monotonic(), slot, control=control_w, error_page=error_page)
         self.workers.add(worker)
         self.pending[slot] = Reload(worker, since, changed or [], restart, rest or [], why)
         task = asyncio.create_task(self._follow(worker, ready_r))
@@ -453,30 +511,86 @@ class Supervisor:
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
         try:
-            line = await reader.readline()
+            while line := await reader.readline():
+                self._said(worker, line)
         except (ValueError, OSError):
-            line = b""
+            pass
         finally:
             transport.close()
+        code = await worker.proc.wait()
+        if not worker.answered:
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            self.events.put_nowait(
+                ("failed", worker, [f"the worker {how} before it was ready (see above)"], False)
+            )
+        self.events.put_nowait(("exited", worker, code))
+
+    def _said(self, worker: Worker, line: bytes) -> None:
+        """One line from a worker's pipe, as an event."""
         if line.startswith(b"ready"):
+            worker.answered = True
             try:
                 worker.summary = json.loads(line[5:] or b"{}")
             except ValueError:
                 worker.summary = {}
             self.events.put_nowait(("ready", worker))
         elif line.startswith((b"error ", b"fatal ")):
+            worker.answered = True
             try:
                 lines = [str(x) for x in json.loads(line[6:])]
             except ValueError:
                 lines = [line[6:].decode(errors="replace").strip()]
             self.events.put_nowait(("failed", worker, lines, line.startswith(b"fatal ")))
-        code = await worker.proc.wait()
-        if not line.startswith((b"ready", b"error ", b"fatal ")):
-            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
-            self.events.put_nowait(
-                ("failed", worker, [f"the worker {how} before it was ready (see above)"], False)
-            )
-        self.events.put_nowait(("exited", worker, code))
+        elif line.startswith(b"loaded"):
+            self.events.put_nowait(("loaded", worker))
+        elif line.startswith(b"exported "):
+            _, how, path = line.decode(errors="replace").strip().split(" ", 2)
+            self.events.put_nowait(("exported", worker, path, how == "ok"))
+
+    # --- handing the channels over ---------------------------------------------------------
+
+    def _loaded(self, worker: Worker) -> None:
+        """A new worker with a memory broker loaded the project: ask the worker it replaces
+        for its channels, or let it start empty."""
+        reload = self.pending.get(worker.slot)
+        old = self.slots[worker.slot].current
+        if (
+            reload is None
+            or reload.worker is not worker
+            or old is None
+            or old.retiring
+            or self.handovers is None
+        ):
+            worker.tell("fresh")
+            return
+        reload.frozen, reload.exporting = old, True
+        old.tell(f"export {self._state_file(worker)}")
+        asyncio.get_running_loop().call_later(
+            HANDOVER_TIMEOUT, self.events.put_nowait, ("handover timeout", worker)
+        )
+
+    def _exported(self, old: Worker | None, path: Path, done: bool) -> None:
+        """The old worker wrote its channels to `path` (or could not): the new one goes on."""
+        for reload in self.pending.values():
+            mine = self._state_file(reload.worker) == path
+            if reload.frozen is old and reload.exporting and mine:
+                reload.exporting = False
+                reload.worker.tell(f"import {path}" if done else "fresh")
+                return
+        if old is not None:
+            old.tell("thaw")  # the worker it was for is gone
+
+    def _state_file(self, worker: Worker) -> Path:
+        assert self.handovers is not None
+        return self.handovers / f"channels-{worker.proc.pid}.json"
+
+    def _thaw(self, reload: Reload) -> None:
+        """A reload that will not serve gives the old worker its channels back."""
+        if reload.frozen is not None:
+            reload.frozen.tell("thaw")
+            reload.frozen = None
+        with contextlib.suppress(OSError):
+            self._state_file(reload.worker).unlink()
 
     async def _ready(self, worker: Worker) -> None:
         reload = self.pending.get(worker.slot)
@@ -486,8 +600,11 @@ class Supervisor:
         slot = self.slots[worker.slot]
         now = worker.ready_at = time.monotonic()
         old, slot.current = slot.current, worker
-        if old is not None:
-            self._retire(old)
+        for replaced in (old, slot.failed):
+            if replaced is not None:
+                self._retire(replaced)
+        slot.failed = None
+        self._announce("serving")
         if self.admin is not None:
             self.admin.worker_ready(worker.slot, worker.proc.pid)
         if reload.rest:  # a rolling reload goes on with the next slot
@@ -519,6 +636,7 @@ class Supervisor:
         if reload is None or reload.worker is not worker:
             return
         del self.pending[worker.slot]
+        self._thaw(reload)
         if (fatal or not self.watch) and not any(slot.current for slot in self.slots):
             # Nothing serves, and no change to the code would help (fatal), or none is
             # watched for (reload off): waiting would only hang.
@@ -528,6 +646,13 @@ class Supervisor:
             self._signalled()
             return
         current = self.slots[worker.slot].current
+        if worker.error_page and worker.answered and not fatal:  # it stays, answering 503
+            slot = self.slots[worker.slot]
+            if slot.failed is not None:
+                self._retire(slot.failed)
+            slot.failed = worker
+            if not any(s.current for s in self.slots):
+                self._announce("waiting")
         what = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
         if current is not None:
             head = "reload failed" + what
@@ -546,8 +671,16 @@ class Supervisor:
 
     def _exited(self, worker: Worker, code: int) -> None:
         worker.done = True
+        if worker.control >= 0:
+            os.close(worker.control)
+            worker.control = -1
         self.workers.discard(worker)
+        for reload in list(self.pending.values()):
+            if reload.frozen is worker and reload.exporting:  # it died before writing
+                self._exported(worker, self._state_file(reload.worker), False)
         slot = self.slots[worker.slot]
+        if worker is slot.failed:
+            slot.failed = None
         if worker is not slot.current or self.stopping:
             return
         slot.current = None
@@ -599,7 +732,11 @@ class Supervisor:
         self.stop_watching.set()
         for reload in self.pending.values():
             self._retire(reload.worker)
+            self._thaw(reload)
         self.pending.clear()
+        for slot in self.slots:
+            if slot.failed is not None:
+                self._retire(slot.failed)
         for worker in currents:
             worker.signal(signal.SIGINT)  # the project's graceful shutdown
             self._kill_later(worker, self.settings.timeouts.graceful)
@@ -619,7 +756,23 @@ class Supervisor:
                 urls.append(f"{scheme}://{name[0]}:{name[1]}")
         return urls
 
-    def _banner(self) -> None:
+    def _announce(self, state: str) -> None:
+        """Print where it listens, with `state` ("serving", or "waiting": every request gets
+        the error page): the whole banner the first time, then the URLs when it changes."""
+        if state == self.announced:
+            return
+        first, self.announced = not self.announced, state
+        if first:
+            self._banner(state)
+            return
+        for line in self._url_lines(state):
+            click.echo(click.style(line, fg="cyan"))
+
+    def _url_lines(self, state: str) -> list[str]:
+        note = f" {WAITING}" if state == "waiting" else ""
+        return [f"rtserve {state} {url}{note}" for url in self._urls()]
+
+    def _banner(self, state: str) -> None:
         kinds = "*.py, *.yaml, *.yml, .env" + (", static files" if self.filter.static else "")
         watching = f"watching {_relative(self.folder, Path.cwd())} ({kinds})"
         reload = f"reload on: {watching}" + (" by polling" if self.poll else "")
@@ -632,14 +785,17 @@ class Supervisor:
 
             text = Text()
             for url in self._urls():
-                text.append(url + "\n", style="bold cyan")
+                text.append(url, style="bold cyan")
+                if state == "waiting":
+                    text.append(f" {WAITING}", style="yellow")
+                text.append("\n")
             text.append(reload, style="dim")
             if self.many:
                 text.append("\n" + self._workers_line(), style="dim")
             Console().print(Panel(text, title=f"rtserve {__version__}", expand=False))
         else:
-            for url in self._urls():
-                click.echo(f"rtserve serving {url}")
+            for line in self._url_lines(state):
+                click.echo(line)
             click.echo(reload)
             if self.many:
                 click.echo(self._workers_line())

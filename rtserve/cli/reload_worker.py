@@ -5,6 +5,7 @@ rtserve/cli/reload.py for how the two talk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rtserve.broker.base import BrokerError
-from rtserve.cli.listening import listen_again, worker_socket
+from rtserve.broker.memory import MemoryBroker
+from rtserve.cli.listening import listen_again, listen_settings, worker_socket
 from rtserve.cli.reload import SPEC_ENV
+from rtserve.cli.reload_error_page import error_app
 from rtserve.cli.reload_errors import compact_exception, compact_issues
+from rtserve.cli.reload_state import export_state, import_state
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError
 from rtserve.server.settings import ServerSettings
@@ -46,6 +50,8 @@ def _worker_main() -> None:
     setup_logging()
     folder = Path(spec["folder"])
     ready_fd: int = spec["ready_fd"]
+    app: Any = None
+    failure: list[str] | None = None
     try:
         app = _load(spec, folder)
         settings = apply_options(app.settings, spec["options"])
@@ -58,7 +64,11 @@ def _worker_main() -> None:
 
             enable_admin(app, socket=worker_socket(folder, spec["worker"]))
     except _Failed as exc:
-        _report(ready_fd, exc.lines)
+        if not spec.get("error_page"):
+            _report(ready_fd, exc.lines)
+        failure = exc.lines
+    if app is not None and isinstance(app.hub.broker, MemoryBroker):
+        _take_over(app.hub.broker, ready_fd, spec["control_fd"])
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     if spec.get("listen_again"):
         try:
@@ -66,7 +76,42 @@ def _worker_main() -> None:
         except OSError as exc:
             _report(ready_fd, [f"cannot listen: {exc}"])
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(_serve(app, settings, sockets, spec, folder))
+        if failure is None:
+            failure = runner.run(_serve(app, settings, sockets, spec, folder))
+        if failure is not None:
+            page = error_app(failure, _error_page_settings(spec))
+            runner.run(_serve(page, page.settings, sockets, spec, folder, failure))
+
+
+def _error_page_settings(spec: Mapping[str, Any]) -> ServerSettings:
+    """How to serve the error page: the project's `server` settings (TLS, limits) when they
+    still read, else the defaults, with `run`'s options."""
+    from rtserve.cli.options import apply_options
+
+    settings = ServerSettings()
+    if spec["project"] is not None:
+        with contextlib.suppress(Exception):
+            settings = listen_settings(spec["project"], {})[0]
+    settings = apply_options(settings, spec["options"])
+    settings.fd = None
+    settings.unix_socket = None
+    return settings
+
+
+def _take_over(broker: MemoryBroker, ready_fd: int, control_fd: int) -> None:
+    """Before serving: say `loaded`, and take the channels the supervisor hands over (the
+    previous worker's state), if any."""
+    os.write(ready_fd, b"loaded\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(control_fd, 4096)
+        if not chunk:  # the supervisor is gone: the lifeline stops us soon
+            break
+        line += chunk
+    command, _, path = line.decode(errors="replace").strip().partition(" ")
+    if command == "import":
+        count = import_state(broker, Path(path))
+        log.debug("took over %d channel(s) from the previous worker", count)
 
 
 def _summary(app: Any) -> dict[str, Any]:
@@ -117,7 +162,11 @@ async def _serve(
     sockets: list[socket.socket],
     spec: Mapping[str, Any],
     folder: Path,
-) -> None:
+    failure: list[str] | None = None,
+) -> list[str] | None:
+    """Serve `app` until told to stop, and say `ready` once it accepts. With `failure`, `app`
+    is the error page of a project that does not start, and the supervisor is told `error`.
+    The compact error when the project does not start and the error page may stand in."""
     from rtserve.server.listener import Server
 
     loop = asyncio.get_running_loop()
@@ -131,7 +180,10 @@ async def _serve(
     except BrokerError as exc:  # not the code's fault: no reload would fix it
         _report(ready_fd, [f"cannot start: {exc}"], fatal=True)
     except Exception as exc:
-        _report(ready_fd, compact_exception(exc, folder))
+        lines = failure or compact_exception(exc, folder)
+        if failure is None and spec.get("error_page"):
+            return lines
+        _report(ready_fd, lines)
     stopping: list[asyncio.Task[None]] = []
 
     def stop(restart: bool) -> None:
@@ -156,16 +208,54 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop, True)
     loop.add_signal_handler(signal.SIGINT, stop, False)
     loop.add_reader(lifeline, on_lifeline)
+    control: int = spec["control_fd"]
+    commands = _Commands(app.hub.broker if failure is None else None, ready_fd)
+    loop.add_reader(control, commands.read, control)
     gc.collect()
     gc.freeze()
-    os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
-    os.close(ready_fd)
+    # ready_fd stays open: the supervisor reads what later commands answer on it.
+    if failure is None:
+        os.write(ready_fd, b"ready " + json.dumps(_summary(app)).encode() + b"\n")
+    else:
+        os.write(ready_fd, b"error " + json.dumps(failure).encode() + b"\n")
     try:
         await server.wait_stopped()
     finally:
         shutdown_hook = getattr(app, "shutdown", None)
         if shutdown_hook is not None:
             await shutdown_hook()
+    return None
+
+
+class _Commands:
+    """What the supervisor asks of a serving worker, a line each on the control pipe:
+    `export PATH` (freeze the memory broker, write its state, answer `exported ok PATH` or
+    `exported none PATH`) and `thaw` (the replacement failed: accept publications again)."""
+
+    def __init__(self, broker: Any, answers: int) -> None:
+        self.broker = broker if isinstance(broker, MemoryBroker) else None
+        self.answers = answers
+        self.pending = b""
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def read(self, fd: int) -> None:
+        chunk = os.read(fd, 4096)
+        if not chunk:  # the supervisor is gone: the lifeline stops this worker
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            command, _, argument = line.decode(errors="replace").partition(" ")
+            if command == "export":
+                task = asyncio.get_running_loop().create_task(self.export(Path(argument)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif command == "thaw" and self.broker is not None:
+                self.broker.freeze(False)
+
+    async def export(self, path: Path) -> None:
+        done = self.broker is not None and await export_state(self.broker, path)
+        os.write(self.answers, f"exported {'ok' if done else 'none'} {path}\n".encode())
 
 
 if __name__ == "__main__":
