@@ -84,10 +84,16 @@ class AdminClient:
         conn = UnixHTTPConnection(self.admin.socket_path)
         return await self._run(conn, method, path, {})
 
-    async def over_http(self, path: str, method: str = "GET", token: str | None = TOKEN) -> Reply:
+    async def over_http(
+        self,
+        path: str,
+        method: str = "GET",
+        token: str | None = TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin.port, timeout=5)
-        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        return await self._run(conn, method, path, headers)
+        sent = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return await self._run(conn, method, path, sent | (headers or {}))
 
     async def _run(
         self, conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str]
@@ -361,6 +367,86 @@ def test_http_needs_the_token_and_the_unix_socket_does_not(tmp_path: Path) -> No
 
     run(app, admin, scenario)
     assert admin.addresses == []
+
+
+def test_tokenless_http_reads_only_for_its_own_address(tmp_path: Path) -> None:
+    """Without a token, the HTTP address is read-only and only for a Host naming it: a page
+    of another site that rebinds its DNS name to 127.0.0.1 gets nothing."""
+    app, admin = make_app(tmp_path, token=None)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        port = admin.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+            reply = await client.over_http("/rt/admin/stats", token=None, headers={"Host": host})
+            assert reply.status == 200, host
+        for host in (
+            f"evil.example:{port}",
+            "127.0.0.1:1",
+            "127.0.0.1",
+            f"127.0.0.1.nip.io:{port}",
+        ):
+            for path in ("/rt/admin/stats", "/rt/admin/", "/metrics", "/nothing-here"):
+                reply = await client.over_http(path, token=None, headers={"Host": host})
+                assert reply.status == 403, (host, path)
+                assert "not this admin interface's address" in reply.json()["error"]
+                assert "token" in reply.json()["error"]
+
+        peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+        conn_id = (await client.get("/rt/admin/connections"))["connections"][0]["id"]
+        path = f"/rt/admin/connections/{conn_id}/disconnect"
+        reply = await client.over_http(path, "POST", token=None)
+        assert reply.status == 403
+        assert "admin.token" in reply.json()["error"] and "socket" in reply.json()["error"]
+        assert (await client.get("/rt/admin/stats"))["open"]["channel"] == 1  # still there
+        assert (await client.unix(path, "POST")).status == 200  # the unix socket may
+        assert await peer.closed_with() == (4005, "disconnected by admin")
+
+    run(app, admin, scenario)
+
+
+def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
+    """A form on another site cannot post to the admin address, with or without a token;
+    the admin page's own requests and a typed address go through."""
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        port = admin.port
+        token = admin.token
+        cross = [
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": f"http://127.0.0.1:{port + 1}"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ]
+        for headers in cross:
+            for method, path in (
+                ("POST", "/rt/admin/connections/x/disconnect"),
+                ("GET", "/rt/admin/stats"),
+            ):
+                reply = await client.over_http(path, method, token=token, headers=headers)
+                assert reply.status == 403, (headers, method, token)
+                assert "cross-site" in reply.json()["error"]
+        same = [
+            {},
+            {"Origin": f"http://127.0.0.1:{port}"},
+            {"Sec-Fetch-Site": "same-origin"},
+            {"Sec-Fetch-Site": "none"},  # the address typed in the browser
+            {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},  # a link to the page
+        ]
+        for headers in same:
+            reply = await client.over_http("/rt/admin/", token=token, headers=headers)
+            assert reply.status == 200, (headers, token)
+        if token is not None:
+            reply = await client.over_http(
+                "/rt/admin/connections/x/disconnect",
+                "POST",
+                headers={"Origin": f"http://127.0.0.1:{port}"},
+            )
+            assert reply.status == 404  # through the checks: no such connection
+
+    for options in ({}, {"token": None}):
+        app, admin = make_app(tmp_path, **options)
+        run(app, admin, scenario)
 
 
 def test_unix_socket_is_private_and_removed(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The admin interface: a second, small rtserve `Server` in the app's own event loop, on a
-unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token).
+unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token; without one,
+read-only: see admin_guard.py).
 
     GET  /rt/admin/stats                          counters, open connections, loop lag, process
     GET  /rt/admin/connections?limit=&offset=&transport=&user=&channel=&sort=age|queued
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -47,6 +47,7 @@ from rtserve.server.exchange import ClientDisconnected, Exchange
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.websocket import WebSocketConnection
+from rtserve.stats.admin_guard import is_loopback, refusal
 from rtserve.stats.metrics import (
     PROMETHEUS_CONTENT_TYPE,
     TRANSPORTS,
@@ -75,6 +76,7 @@ _UNAUTHORIZED_HEADERS = encode_headers(
     [(b"content-type", JSON.encode()), (b"www-authenticate", b'Bearer realm="rtserve admin"')]
 )
 _UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+_FORBIDDEN_HEADERS = encode_headers([(b"content-type", JSON.encode())])
 # The paths that also take the token as `?token=`: the page, and its EventSource.
 _QUERY_TOKEN_PATHS = frozenset({f"{PREFIX}/", f"{PREFIX}/events"})
 PAGE_FILE = Path(__file__).with_name("admin.html")
@@ -109,16 +111,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve anywhere
-
-
 def check_options(
     socket: str | Path | None, listen: str | None, token: str | None, *, enabled: bool = True
 ) -> None:
@@ -140,16 +132,30 @@ def check_options(
 
 
 class _AdminApp(App):
-    """The admin routes, behind a Bearer token when one is given (checked before routing)."""
+    """The admin routes, behind a Bearer token when one is given (checked before routing);
+    over HTTP (`http_port` gives the bound port) also behind admin_guard's checks."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, http_port: Callable[[], int] | None = None) -> None:
         super().__init__(ServerSettings(access_log=False))
         self._token = None if token is None else token.encode("utf-8")
+        self._http_port = http_port
 
     def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if self._token is not None and not self._authorized(exchange):
             exchange.respond(401, _UNAUTHORIZED_HEADERS, _UNAUTHORIZED_BODY)
             return None
+        if self._http_port is not None:
+            head = exchange.head
+            why = refusal(
+                head.method,
+                head.headers,
+                head.authority,
+                has_token=self._token is not None,
+                port=self._http_port(),
+            )
+            if why is not None:
+                exchange.respond(403, _FORBIDDEN_HEADERS, dump_json({"error": why}))
+                return None
         return super().dispatch(exchange)
 
     def _authorized(self, exchange: Exchange) -> bool:
@@ -252,7 +258,7 @@ class AdminServer:
                     # moment, as on the main port.
                     reuse_port=hasattr(socket, "SO_REUSEPORT"),
                 )
-                self._http = Server(self._make_app(self.token), settings)
+                self._http = Server(self._make_app(self.token, lambda: self.port), settings)
                 await self._http.start()
         except BaseException:
             await self.stop()
@@ -350,8 +356,8 @@ class AdminServer:
 
     # --- the endpoints ---------------------------------------------------------------------
 
-    def _make_app(self, token: str | None) -> _AdminApp:
-        admin = _AdminApp(token)
+    def _make_app(self, token: str | None, http_port: Callable[[], int] | None = None) -> _AdminApp:
+        admin = _AdminApp(token, http_port)
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", f"{PREFIX}/stats", self.stats),
             ("GET", f"{PREFIX}/connections", self.connections),
@@ -497,7 +503,8 @@ def enable_admin(
     `socket`: unix socket path (relative to the current folder; its folder is made, the socket
     is mode 0600; None: none). `listen`: also serve over HTTP at `host:port`; beyond loopback a
     `token` is required, and with a token every HTTP request must send `Authorization: Bearer
-    <token>` (the page `/rt/admin/` and its `/rt/admin/events` also take `?token=`).
+    <token>` (the page `/rt/admin/` and its `/rt/admin/events` also take `?token=`); without
+    one it is read-only and for a loopback Host only. Cross-site requests are refused.
     `metrics`: serve `/metrics` (Prometheus). Calling it again before the app starts replaces
     the previous settings.
     """
