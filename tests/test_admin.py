@@ -495,6 +495,38 @@ def test_a_new_process_takes_the_socket_over(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_a_second_instance_that_cannot_listen_leaves_the_first_ones_socket(
+    tmp_path: Path,
+) -> None:
+    """A second `rtserve run` of the same project whose port is taken starts its admin, fails
+    to bind and stops: the first instance's socket is at the path again afterwards (as when a
+    reload's new worker fails to start)."""
+    from rtserve.server.listener import Server
+    from rtserve.server.settings import ServerSettings
+
+    path = tmp_path / "run" / "admin.sock"
+    first_app, first = make_app(tmp_path, socket=path, listen=None, token=None)
+    second_app, second = make_app(tmp_path, socket=path, listen=None, token=None)
+
+    async def main() -> None:
+        async with serve_app(first_app) as server:
+            peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+            await peer.call("subscribe", channel="news")
+            # as listener.serve() does: the startup hooks, a bind that fails, the shutdown hooks
+            await second_app.startup()
+            taken = ServerSettings(host="127.0.0.1", port=server.port, access_log=False)
+            with pytest.raises(OSError):
+                await Server(second_app, taken).start()
+            await second_app.shutdown()
+            stats = (await AdminClient(first).unix("/rt/admin/stats")).json()
+            assert stats["channels"]["subscribers"] == 1  # the first app's, still reachable
+            assert sorted(p.name for p in path.parent.iterdir()) == ["admin.sock"]
+            await peer.close()
+        assert not path.parent.exists()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_a_socket_path_too_long_for_sun_path(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     app, admin = make_app(tmp_path, socket=deep / "admin.sock", listen=None, token=None)

@@ -19,8 +19,11 @@ startup hooks start it and its shutdown hooks stop it. It reads the state of the
 (`App.server_state`, bound by `Server.start`), so it works however the app is served.
 
 The unix socket is bound under a temporary name, made 0600 and then renamed over the path, so
-a new process (a reload's new worker) takes the path over from the old one; a process removes
-the path on stopping only while it is still its own socket.
+a new process (a reload's new worker) takes the path over from the old one. The socket it
+displaced is kept under a second name (a hard link); on stopping, a process whose socket is
+still at the path puts the displaced one back if it still listens (a second instance that
+could not bind its port, a reload's worker that failed), else removes the path. It never
+touches the path once another process's socket is there.
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ class AdminServer:
         self._unix: Server | None = None
         self._http: Server | None = None
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._displaced: str | None = None  # the name of the socket ours replaced, kept
         self._made_folder = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -314,20 +318,30 @@ class AdminServer:
         self._made_folder = not folder.exists()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = f".{path.name}.{os.getpid()}.tmp"
+        displaced = f".{path.name}.{os.getpid()}.prev"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _folder_fd(folder) as (dir_fd, bind_folder):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary, dir_fd=dir_fd)
+                _drop_dead_displaced(path.name, dir_fd, bind_folder)
+                for leftover in (temporary, displaced):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(leftover, dir_fd=dir_fd)
                 try:
                     sock.bind(f"{bind_folder}/{temporary}")
                     # Not listening yet (the Server does that): nobody connects in between.
                     os.chmod(temporary, 0o600, dir_fd=dir_fd)
+                    try:
+                        os.link(path.name, displaced, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                        self._displaced = displaced
+                    except FileNotFoundError:
+                        self._displaced = None
                     os.replace(temporary, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     st = os.stat(path.name, dir_fd=dir_fd)
                 except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temporary, dir_fd=dir_fd)
+                    for name in (temporary, displaced):
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=dir_fd)
+                    self._displaced = None
                     raise
         except BaseException:
             sock.close()
@@ -337,15 +351,24 @@ class AdminServer:
         return sock
 
     def _unlink_socket(self) -> None:
-        """Remove the socket file if it is still ours (not a newer process's), and its folder
-        if this made it and nothing else is in it."""
+        """Leave the path as if this process had never bound it: while it is still our socket
+        (not a newer process's), put back the one ours displaced if that one still listens,
+        else remove it; then remove the folder if this made it and nothing else is in it."""
         if self._socket_id is None or self.socket_path is None:
             return
         ours, self._socket_id = self._socket_id, None
-        with contextlib.suppress(OSError):
-            st = os.stat(self.socket_path)
+        displaced, self._displaced = self._displaced, None
+        path = self.socket_path
+        with contextlib.suppress(OSError), _folder_fd(path.parent) as (dir_fd, folder):
+            st = os.stat(path.name, dir_fd=dir_fd)
             if (st.st_dev, st.st_ino) == ours:
-                os.unlink(self.socket_path)
+                if displaced is not None and _listening(f"{folder}/{displaced}"):
+                    os.replace(displaced, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    os.unlink(path.name, dir_fd=dir_fd)
+        if displaced is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / displaced)
         self._remove_folder()
 
     def _remove_folder(self) -> None:
@@ -488,6 +511,34 @@ def _folder_fd(folder: Path) -> Iterator[tuple[int, str]]:
         yield fd, name
     finally:
         os.close(fd)
+
+
+def _listening(path: str) -> bool:
+    """Whether a process listens on the unix socket at `path` (connected, or its backlog is
+    full); without waiting."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _drop_dead_displaced(name: str, dir_fd: int, folder: str) -> None:
+    """Remove the kept sockets (`.NAME.PID.prev`) nobody listens on any more: left by a
+    process that was killed before it could stop."""
+    prefix = f".{name}."
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(dir_fd):
+            if entry.startswith(prefix) and entry.endswith(".prev"):
+                if not _listening(f"{folder}/{entry}"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry, dir_fd=dir_fd)
 
 
 def enable_admin(
