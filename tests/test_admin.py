@@ -26,15 +26,20 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from rtserve import App, ConnectResult, WebSocketHandler
+from rtserve import App, ConnectResult, WebSocketHandler, testing
 from rtserve.config.loader import ConfigErrors
 from rtserve.config.project import AdminConfig, build_app, load_project
 from rtserve.stats.admin import AdminServer, enable_admin
-from rtserve.testing import serve_app
 from tests.channel_peer import Peer
 
 TOKEN = "an-admin-token-of-32-characters!"
 TIMEOUT = 10.0
+
+
+def serve_app(app: App, **overrides: Any) -> Any:
+    """`rtserve.testing.serve_app` with the admin interface at the addresses the test sets
+    (by default a test server serves it on private ones)."""
+    return testing.serve_app(app, private_admin=False, **overrides)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -506,7 +511,7 @@ def test_a_second_instance_that_cannot_listen_leaves_the_first_ones_socket(
 
     path = tmp_path / "run" / "admin.sock"
     first_app, first = make_app(tmp_path, socket=path, listen=None, token=None)
-    second_app, second = make_app(tmp_path, socket=path, listen=None, token=None)
+    second_app, _ = make_app(tmp_path, socket=path, listen=None, token=None)
 
     async def main() -> None:
         async with serve_app(first_app) as server:
@@ -525,6 +530,32 @@ def test_a_second_instance_that_cannot_listen_leaves_the_first_ones_socket(
         assert not path.parent.exists()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_test_server_serves_the_admin_on_private_addresses(tmp_path: Path) -> None:
+    """rtserve.testing never binds the app's own admin addresses (a running `rtserve run` of
+    the project owns them): a socket in a temporary folder and another port instead."""
+    path = tmp_path / "run" / "admin.sock"
+    app, admin = make_app(tmp_path, socket=path, listen="127.0.0.1:0", token=TOKEN)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    admin.listen = f"127.0.0.1:{taken.getsockname()[1]}"  # where a running server's would be
+
+    async def main() -> None:
+        async with testing.serve_app(app):
+            assert admin.socket_path is not None and admin.socket_path != path
+            assert not path.parent.exists()
+            assert admin.port != taken.getsockname()[1]
+            assert (await AdminClient(admin).unix("/rt/admin/stats")).status == 200
+            assert (await AdminClient(admin).over_http("/rt/admin/stats")).status == 200
+            private = admin.socket_path
+        assert (admin.socket_path, admin.listen) == (path, f"127.0.0.1:{taken.getsockname()[1]}")
+        assert not private.parent.exists()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        taken.close()
 
 
 def test_a_socket_path_too_long_for_sun_path(tmp_path: Path) -> None:

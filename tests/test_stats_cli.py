@@ -8,6 +8,9 @@ run on the server's loop through `ThreadedServer.call`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     admin = enable_admin(
         app, socket=project / ".rtserve" / "admin.sock", listen="127.0.0.1:0", token=TOKEN
     )
-    with ThreadedServer(app) as server:
+    with ThreadedServer(app, private_admin=False) as server:
         url = f"ws://127.0.0.1:{server.port}/rt/ws"
         peers: list[Peer] = []
         try:
@@ -136,6 +139,47 @@ def test_url_with_a_wrong_or_missing_token(running: Running) -> None:
     assert "token" in wrong.output and "401" in wrong.output
     missing = invoke("--url", running.admin_url, "--once", env={"RTSERVE_ADMIN_TOKEN": ""})
     assert missing.exit_code == 1 and "needs a token" in missing.output
+
+
+def test_a_projects_own_tests_leave_the_running_servers_admin_socket(tmp_path: Path) -> None:
+    """`pytest` in a project while `rtserve run` serves it: the test servers (rtserve's
+    fixtures) serve their admin elsewhere, and `rtserve stats` reaches the running server
+    during and after the tests."""
+    from rtserve.config.project import build_app, load_project
+    from tests.test_stats_tmux import LiveProject
+
+    project = tmp_path / "proj"
+    assert CliRunner().invoke(main, ["new", "minimal", str(project)]).exit_code == 0
+    live = LiveProject(project)
+    try:
+        socket_id = os.stat(live.socket).st_ino
+
+        def served_by_the_running_server() -> None:
+            result = invoke(str(project), "--json")
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["pid"] == live.proc.pid
+
+        served_by_the_running_server()
+        # What the template's conftest and rtserve's pytest plugin do for each test.
+        with ThreadedServer(build_app(*load_project(project))) as server:
+            assert server.client().get("/hello/x").status == 200
+            assert os.stat(live.socket).st_ino == socket_id
+            served_by_the_running_server()
+        served_by_the_running_server()
+        # The template's own suite, as `pytest` in the project runs it.
+        suite = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert suite.returncode == 0, suite.stdout + suite.stderr
+        assert os.stat(live.socket).st_ino == socket_id
+        assert os.listdir(live.socket.parent) == ["admin.sock"]
+        served_by_the_running_server()
+    finally:
+        live.stop()
 
 
 def test_not_an_admin_interface(running: Running) -> None:

@@ -34,6 +34,7 @@ import hmac
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -295,6 +296,23 @@ class AdminServer:
                 for sock in server.sockets:
                     sock.close()
         self._unlink_socket()
+
+    @contextlib.contextmanager
+    def private(self) -> Iterator[None]:
+        """Within the block, serve on a socket in a temporary folder of its own and (when it
+        has `listen`) an ephemeral loopback port instead of the addresses set: what a test
+        server does, so it never takes over a running server's (the project's
+        `.rtserve/admin.sock`, its `listen` port)."""
+        if self.running:
+            raise RuntimeError("the admin interface is running: stop the app first")
+        saved = self.socket_path, self.listen
+        with tempfile.TemporaryDirectory(prefix="rtserve-admin-") as folder:
+            self.socket_path = None if saved[0] is None else Path(folder) / "admin.sock"
+            self.listen = None if saved[1] is None else "127.0.0.1:0"
+            try:
+                yield
+            finally:
+                self.socket_path, self.listen = saved
 
     @property
     def addresses(self) -> list[str]:
