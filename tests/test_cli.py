@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -232,3 +233,36 @@ def test_check_names_the_line_of_a_failing_app_factory(
             result.output
         )
         assert "Traceback" not in result.output
+
+
+# --- the first hour: what a new user hits on the command line --------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-5"])
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    """Not a port wrapped around to another (99999 served on 34463), nor 'Unknown error -8'."""
+    result = CliRunner().invoke(main, ["run", "tests.apps.slow:nope", "--port", port])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "0<=x<=65535" in result.output
+
+
+def test_a_port_out_of_range_in_rtserve_yaml_names_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rtserve.yaml").write_text("server:\n  host: 127.0.0.1\n  port: 99999\n")
+    monkeypatch.chdir(tmp_path)
+    expected = "rtserve.yaml:3:9: server.port: expected a port (0 to 65535), got 99999"
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtserve", "run", "--no-reload"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    (tmp_path / "rtserve.yaml").write_text("server:\n  port: 65535\n")
+    assert CliRunner().invoke(main, ["check"]).exit_code == 0
