@@ -96,6 +96,13 @@ def test_json_prints_the_stats(running: Running) -> None:
     assert stats["channels"] == {"count": 2, "subscribers": 3, "users": 2}
 
 
+def test_once_with_json_prints_the_json_once(running: Running) -> None:
+    result = invoke(str(running.project), "--once", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["open"]["channel"] == 2  # one document, one line
+    assert invoke(str(running.project), "--once", "--watch").exit_code == 2  # still contrary
+
+
 def test_json_watch_prints_ndjson_with_rates(running: Running) -> None:
     result = invoke(str(running.project), "--json", "--watch", "--interval", "0.1", "--ticks", "3")
     assert result.exit_code == 0, result.output
@@ -306,3 +313,37 @@ def test_histogram_buckets_and_quantiles() -> None:
     assert quantile(histogram.bounds, histogram.counts, 0.5) == pytest.approx(0.001)
     assert quantile(histogram.bounds, histogram.counts, 1.0) == 0.01  # a floor above the last
     assert quantile(histogram.bounds, [0, 0, 0], 0.5) is None
+
+
+def _one_channel_view(transport: str | None) -> stats_cmd.View:
+    stats = {
+        "pid": 7,
+        "uptime_seconds": 5,
+        "open": {"http": 0, "websocket": 0, "channel": 1},
+        "channels": {"count": 1, "subscribers": 1, "users": 1},
+    }
+    where = "unix:/home/someone/projects/chat/.rtserve/admin.sock"
+    channels = [{"name": "chat:lobby", "subscribers": 1, "publications": 0}]
+    return stats_cmd.View(where, stats, channels, [], None, transport=transport)
+
+
+def test_counts_are_singular_and_an_empty_listing_says_none() -> None:
+    import io
+
+    from rich.console import Console
+
+    view = _one_channel_view("websocket")
+    text = stats_cmd.plain(view)
+    assert "channels: 1 channel, 1 subscriber, 1 user" in text
+    assert text.endswith("connections (top 10 by queued bytes, websocket only):\n  none")
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stats_cmd.rich_view(view))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    # the channels table's title on one line at 160 columns
+    assert "top channels (1 channel, 1 subscriber, 1 user)" in [line.strip() for line in lines]
+    title = next(i for i, line in enumerate(lines) if "websocket only" in line)
+    assert any("none" in line for line in lines[title:])
+    many = stats_cmd.View(
+        "x", {"channels": {"count": 2, "subscribers": 0, "users": 3}}, [], [], None
+    )
+    assert many.channel_summary == "2 channels, 0 subscribers, 3 users"

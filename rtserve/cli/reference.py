@@ -206,7 +206,7 @@ DOCS: dict[str, CommandDoc] = {
                 "off, a token is missing or refused (401), or the address is not an rtserve "
                 "admin interface",
             ),
-            ("2", "PATH with `--url`, `--once` with `--json` or `--watch`, or another usage error"),
+            ("2", "PATH with `--url`, `--once` with `--watch`, or another usage error"),
         ),
         example=(
             "rtserve stats                          # live dashboard of the project here\n"

@@ -278,6 +278,11 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def counted(n: Any, noun: str) -> str:
+    """`1 channel`, `2 channels`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _ms(seconds: Any) -> str:
     return f"{float(seconds or 0) * 1000:.1f} ms"
 
@@ -361,9 +366,13 @@ class View:
             (f"broker publish ({span})", _latency(rate, stats, "broker_publish", "publish")),
         ]
         ch = stats.get("channels", {})
-        self.channel_summary = (
-            f"{ch.get('count', 0)} channels, {ch.get('subscribers', 0)} subscribers, "
-            f"{ch.get('users', 0)} users"
+        self.channel_summary = ", ".join(
+            counted(ch.get(key, 0), noun)
+            for key, noun in (
+                ("count", "channel"),
+                ("subscribers", "subscriber"),
+                ("users", "user"),
+            )
         )
         per_channel = channel_rate or {}
         self.channels = [
@@ -395,6 +404,7 @@ class View:
         return f"top {TOP} by {by}{only}"
 
 
+NONE = "none"  # what an empty listing shows
 WORKER_COLUMNS = ("worker", "pid", "connections", "rss", "cpu", "loop lag")
 CONN_COLUMNS = ("id", "transport", "peer", "user", "queued", "age", "channels")
 
@@ -417,8 +427,7 @@ def plain(view: View) -> str:
     for name, subs, per_s in view.channels:
         lines.append(f"  {name}  {subs}" + ("" if per_s == "-" else f"  {per_s}"))
     lines.append(f"connections ({view.connections_title()}):")
-    if view.conns:
-        lines += _columns(CONN_COLUMNS, view.conns)
+    lines += _columns(CONN_COLUMNS, view.conns) if view.conns else [f"  {NONE}"]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -448,7 +457,9 @@ def rich_view(view: View, footer: str | None = None) -> Any:
     latency.add_column("", justify="right")
     for label, value in view.latency:
         latency.add_row(label, value)
-    channels = Table(title=f"top channels ({view.channel_summary})", title_justify="left")
+    title = f"top channels ({view.channel_summary})"
+    # A table's title wraps at the table's width: make it as wide as its title.
+    channels = Table(title=title, title_justify="left", min_width=len(title))
     channels.add_column("channel")
     channels.add_column("subscribers", justify="right")
     channels.add_column("publications/s", justify="right")
@@ -459,6 +470,8 @@ def rich_view(view: View, footer: str | None = None) -> Any:
         conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
     for row in view.conns:
         conns.add_row(*row)
+    if not view.conns:
+        conns.add_row(Text(NONE, style="dim"))
     parts: list[Any] = [header]
     if view.workers:
         workers = Table(
@@ -662,11 +675,9 @@ def stats(
                 client = AdminClient(url=f"http://{listen}", token=token or config_token)
             else:
                 client = AdminClient(socket_path=socket_path)
-        if once and as_json:
-            raise click.UsageError("give --once or --json, not both")
         if once and watch:
             raise click.UsageError("give --once or --watch, not both")
-        if once:
+        if once and not as_json:
             run_once(client)
         elif as_json and not watch:
             click.echo(json.dumps(client.stats(), separators=(",", ":")))
