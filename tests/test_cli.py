@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -266,3 +267,67 @@ def test_a_port_out_of_range_in_rtserve_yaml_names_its_line(
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     (tmp_path / "rtserve.yaml").write_text("server:\n  port: 65535\n")
     assert CliRunner().invoke(main, ["check"]).exit_code == 0
+
+
+API_KEY = "an-api-key-of-some-length"
+
+
+def test_publish_and_subscribe_find_the_projects_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a project both reach the server its rtserve.yaml describes (not port 8000), and
+    both take the same base URL; subscribe still takes the old ws://…/rt/ws."""
+    from rtserve import ChannelSettings
+    from rtserve.testing import ThreadedServer
+
+    app = App(channels=ChannelSettings(api_key=API_KEY))
+    app.channel("news", history=10)
+    runner = CliRunner(env={"RTSERVE_API_KEY": API_KEY})
+    with ThreadedServer(app, access_log=False) as server:
+        (tmp_path / "rtserve.yaml").write_text(
+            f"server:\n  host: 0.0.0.0\n  port: ${{NEWS_PORT:-{server.port}}}\n"
+        )
+        monkeypatch.chdir(tmp_path)
+        published = runner.invoke(main, ["publish", "news", '"from the project"'])
+        assert published.exit_code == 0, published.output
+        position = json.loads(published.output)
+        assert position["offset"] == 1
+        since = f"0:{position['epoch']}"
+        got = runner.invoke(main, ["subscribe", "news", "--since", since, "--count", "1"])
+        assert got.exit_code == 0, got.output
+        assert json.loads(got.stdout) == {"offset": 1, "data": "from the project"}
+
+        base = f"http://127.0.0.1:{server.port}"
+        monkeypatch.chdir(ROOT)  # not a project: --url says where
+        assert runner.invoke(main, ["publish", "news", "2", "--url", base]).exit_code == 0
+        for url in (base, base + "/", f"ws://127.0.0.1:{server.port}/rt/ws"):
+            args = ["subscribe", "news", "--since", since, "--count", "2", "--url", url]
+            got = runner.invoke(main, args)
+            assert got.exit_code == 0, (url, got.output)
+            assert [json.loads(line)["data"] for line in got.stdout.splitlines()] == [
+                "from the project",
+                2,
+            ]
+        bad = runner.invoke(main, ["publish", "news", "3", "--url", "ftp://example.com"])
+        assert bad.exit_code == 2 and "http://host:port" in bad.output
+
+
+def test_messages_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtserve import ChannelSettings
+    from rtserve.testing import ThreadedServer
+
+    app = App(channels=ChannelSettings(api_key=API_KEY))
+    app.channel("news")
+    with ThreadedServer(app, access_log=False) as server:
+        result = CliRunner(env={"RTSERVE_API_KEY": None}).invoke(
+            main, ["publish", "news", "1", "--url", server.url]
+        )
+    assert result.exit_code == 1
+    assert "set RTSERVE_API_KEY or pass --api-key" in result.output
+    assert "Authorization" not in result.output
+
+    monkeypatch.chdir(tmp_path)  # no rtserve.yaml, no admin socket: not a project
+    result = CliRunner().invoke(main, ["stats", "--once"])
+    assert result.exit_code == 1
+    assert f"no rtserve.yaml in {tmp_path}" in result.output
+    assert "--url" in result.output and "no running server" not in result.output

@@ -196,6 +196,7 @@ def test_not_an_admin_interface(running: Running) -> None:
 
 
 def test_no_running_server(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text("")  # a project, not running
     result = invoke(str(tmp_path), "--once")
     assert result.exit_code == 1
     assert str(tmp_path / ".rtserve" / "admin.sock") in result.output

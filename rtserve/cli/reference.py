@@ -222,7 +222,11 @@ DOCS: dict[str, CommandDoc] = {
             '`{"client", "user", "info"?}` of the publishing client, absent for '
             "publications of the server). It reconnects by itself and recovers what it "
             "missed; when the server cannot give it (`recovered: false`) it prints a "
-            "`warning:` on stderr and goes on from the stream's position. See "
+            "`warning:` on stderr and goes on from the stream's position. Without `--url`, "
+            "inside a project it reaches the server its YAML file's `server:` section "
+            "describes (read as `rtserve run` reads it), elsewhere `http://127.0.0.1:8000`; "
+            "`--url` is the server's base URL, as for `rtserve publish` (the older "
+            "`ws://host:port/rt/ws` works too). See "
             "[channels.md](channels.md#clients-rtserveclient-and-the-shell)."
         ),
         arguments={"channel": "the channel to subscribe to, e.g. `chat:lobby`"},
@@ -246,6 +250,8 @@ DOCS: dict[str, CommandDoc] = {
             'POSTs `{"channel", "data", "idempotency_key"?}` to the publish API '
             "(`{url}/rt/publish`, with `Authorization: Bearer` the API key, which the server "
             'sets as `channels.api_key`) and prints its answer, `{"offset", "epoch"}`. '
+            "It finds the server as `rtserve subscribe` does: `--url http://host:port`, else "
+            "the project's here, else `http://127.0.0.1:8000`. "
             "See [channels.md](channels.md#the-publish-api)."
         ),
         arguments={

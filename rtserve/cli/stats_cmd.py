@@ -200,7 +200,13 @@ def find_socket(path: str | None) -> tuple[Path | None, str | None, str | None]:
         if not admin.listen:
             raise StatsError(f"{config} sets no admin socket and no listen address: use --url")
         return None, admin.listen, admin.token
-    return config.absolute().parent / admin.socket, admin.listen, admin.token
+    socket_path = config.absolute().parent / admin.socket
+    if not config.is_file() and not socket_path.exists():  # nor a `module:app` served here
+        raise StatsError(
+            f"no {CONFIG_NAME} in {config.absolute().parent}: run rtserve stats in a project "
+            "folder, give one as PATH, or use --url for a server elsewhere"
+        )
+    return socket_path, admin.listen, admin.token
 
 
 # --- rates and figures -----------------------------------------------------------------------
