@@ -331,3 +331,44 @@ def test_messages_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert result.exit_code == 1
     assert f"no rtserve.yaml in {tmp_path}" in result.output
     assert "--url" in result.output and "no running server" not in result.output
+
+
+@pytest.mark.parametrize("group", [[], ["token"]])
+def test_help_lists_each_command_with_a_whole_sentence(group: list[str]) -> None:
+    """At 80 columns, click cuts a summary that does not fit with '...'."""
+    result = CliRunner().invoke(main, [*group, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    listing = result.output.split("Commands:\n", 1)[1].splitlines()
+    assert len(listing) >= 2
+    for line in listing:
+        assert not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith((".", ")")), line
+
+
+def test_routes_prints_whole_paths_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = "/api/v1/organisations/{organisation}/projects/{project}/environments/{environment}"
+    module = "long_route_handlers"  # a name no other test imports (modules stay cached)
+    (tmp_path / f"{module}.py").write_text("def show(request, **params):\n    return params\n")
+    (tmp_path / "rtserve.yaml").write_text(
+        f"routes:\n  - path: {path}\n    handler: {module}:show\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        result = CliRunner().invoke(main, ["routes"])  # stdout is not a terminal here
+    finally:
+        sys.modules.pop(module, None)
+    assert result.exit_code == 0, result.output
+    assert path in result.output
+    assert f"{module}.show ({module}.py:1)" in result.output
+
+
+def test_new_says_how_to_get_pytest(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["new", "minimal", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    steps = result.output.split("Next steps:", 1)[1].splitlines()
+    install = next(i for i, line in enumerate(steps) if "pip install pytest" in line)
+    run_tests = next(i for i, line in enumerate(steps) if line.strip().startswith("pytest"))
+    assert install < run_tests, result.output

@@ -88,7 +88,7 @@ def _parse_since(value: str | None) -> tuple[int, str] | None:
     return int(offset), epoch
 
 
-@click.command()
+@click.command(short_help="Print a channel's publications as JSON lines.")
 @click.argument("channel")
 @click.option("--url", help=URL_HELP)
 @click.option("--token", envvar="RTSERVE_TOKEN", help="Connection token (or RTSERVE_TOKEN).")
@@ -171,7 +171,7 @@ async def _subscribe(
     return 0
 
 
-@click.command()
+@click.command(short_help="Publish a JSON value to a channel.")
 @click.argument("channel")
 @click.argument("data_json", metavar="DATA_JSON")
 @click.option("--url", help=URL_HELP)

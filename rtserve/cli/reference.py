@@ -170,7 +170,9 @@ DOCS: dict[str, CommandDoc] = {
         about=(
             "Without `--match`: a table of the routes (path, methods, kind, handler with its "
             "file and line, name) and one of the channel rules. With `--match URL`: which "
-            "route the path of URL hits for `--method`, its parameters and its handler."
+            "route the path of URL hits for `--method`, its parameters and its handler. "
+            "On a terminal the table fits its width; piped (to a file, `grep`), every row is "
+            "printed whole."
         ),
         arguments={"path": "a project folder or its YAML file; default: the current folder"},
         exits=(

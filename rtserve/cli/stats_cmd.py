@@ -636,7 +636,7 @@ def run_ndjson(client: AdminClient, interval: float, ticks: int | None) -> None:
         count += 1
 
 
-@click.command()
+@click.command(short_help="Show a running server's stats (live, once, JSON).")
 @click.argument("path", required=False)
 @click.option("--url", help="The admin interface over HTTP: http://host:port.")
 @click.option(
