@@ -332,6 +332,16 @@ def test_messages_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert f"no rtserve.yaml in {tmp_path}" in result.output
     assert "--url" in result.output and "no running server" not in result.output
 
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    (tmp_path / "rtserve.yaml").write_text(f"server:\n  port: {port}\n")
+    for command in (["publish", "news", "1", "--api-key", API_KEY], ["subscribe", "news"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        assert f"127.0.0.1:{port}" in result.output
+        assert "the address rtserve.yaml gives; pass --url" in result.output, result.output
+
 
 @pytest.mark.parametrize("group", [[], ["token"]])
 def test_help_lists_each_command_with_a_whole_sentence(group: list[str]) -> None:

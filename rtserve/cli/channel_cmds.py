@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -34,21 +34,38 @@ _WS_SCHEMES = {"http": "ws", "https": "wss"}
 _HTTP_SCHEMES = {"ws": "http", "wss": "https"}
 
 
-def server_urls(url: str | None) -> tuple[str, str]:
-    """The server's base URL and its channel WebSocket URL, from `--url` (a base URL, or the
-    older ws://host:port/rt/ws), else from the project here, else the default."""
+class ServerURLs(NamedTuple):
+    """Where the server is: its base URL, its channel WebSocket URL, and (when --url did not
+    say) a hint for when nothing answers there."""
+
+    base: str
+    ws: str
+    hint: str
+
+
+def server_urls(url: str | None) -> ServerURLs:
+    """The server's URLs, from `--url` (a base URL, or the older ws://host:port/rt/ws), else
+    from the project here, else the default."""
+    hint = ""
     if url is None:
-        url = project_url(Path.cwd()) or DEFAULT_URL
+        url = project_url(Path.cwd())
+        if url is not None:
+            hint = f" (the address {CONFIG_NAME} gives; pass --url if the server runs elsewhere)"
+        else:
+            url = DEFAULT_URL
+            hint = f" (no {CONFIG_NAME} here: run this in the project's folder, or pass --url)"
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/")
     if parts.scheme in _WS_SCHEMES and parts.netloc:
         base = f"{parts.scheme}://{parts.netloc}{path}"
-        return base, f"{_WS_SCHEMES[parts.scheme]}://{parts.netloc}{path}{WS_PATH}"
+        return ServerURLs(
+            base, f"{_WS_SCHEMES[parts.scheme]}://{parts.netloc}{path}{WS_PATH}", hint
+        )
     if parts.scheme in _HTTP_SCHEMES and parts.netloc:
         endpoint = path if path else WS_PATH
         ws = urllib.parse.urlunsplit((parts.scheme, parts.netloc, endpoint, parts.query, ""))
         base_path = path.removesuffix(WS_PATH)
-        return f"{_HTTP_SCHEMES[parts.scheme]}://{parts.netloc}{base_path}", ws
+        return ServerURLs(f"{_HTTP_SCHEMES[parts.scheme]}://{parts.netloc}{base_path}", ws, hint)
     raise click.BadParameter(f"expected http://host:port, not {url!r}", param_hint="--url")
 
 
@@ -109,16 +126,16 @@ def subscribe(
         data = None if data_json is None else json.loads(data_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
-    _, ws_url = server_urls(url)
+    urls = server_urls(url)
     try:
-        sys.exit(asyncio.run(_subscribe(channel, ws_url, token, position, count, data)))
+        sys.exit(asyncio.run(_subscribe(channel, urls, token, position, count, data)))
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 async def _subscribe(
     channel: str,
-    url: str,
+    urls: ServerURLs,
     token: str | None,
     since: tuple[int, str] | None,
     count: int | None,
@@ -127,11 +144,11 @@ async def _subscribe(
     from rtserve.client import Client, ClientError, Disconnected, Unrecovered
     from rtserve.protocol.ws_client import InvalidHandshake
 
-    client = Client(url, token=token, data=data)
+    client = Client(urls.ws, token=token, data=data)
     try:
         await client.connect()
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        click.echo(f"error: cannot connect to {url}: {exc}", err=True)
+        click.echo(f"error: cannot connect to {urls.ws}: {exc}{urls.hint}", err=True)
         return 1
     except ClientError as exc:
         click.echo(f"error: connect refused: {exc.message} (code {exc.code})", err=True)
@@ -194,8 +211,8 @@ def publish(
     body: dict[str, Any] = {"channel": channel, "data": data}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
-    base, _ = server_urls(url)
-    endpoint = base + "/rt/publish"
+    urls = server_urls(url)
+    endpoint = urls.base + "/rt/publish"
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -214,7 +231,7 @@ def publish(
         sys.exit(1)
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        click.echo(f"error: cannot reach {endpoint}: {reason}", err=True)
+        click.echo(f"error: cannot reach {endpoint}: {reason}{urls.hint}", err=True)
         sys.exit(1)
     try:
         click.echo(json.dumps(json.loads(answer), ensure_ascii=False, separators=(",", ":")))
