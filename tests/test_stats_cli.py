@@ -148,45 +148,64 @@ def test_url_with_a_wrong_or_missing_token(running: Running) -> None:
     assert missing.exit_code == 1 and "needs a token" in missing.output
 
 
-def test_a_projects_own_tests_leave_the_running_servers_admin_socket(tmp_path: Path) -> None:
-    """`pytest` in a project while `rtserve run` serves it: the test servers (rtserve's
-    fixtures) serve their admin elsewhere, and `rtserve stats` reaches the running server
-    during and after the tests."""
-    from rtserve.config.project import build_app, load_project
+@pytest.fixture
+def live_minimal(tmp_path: Path) -> Iterator[Any]:
+    """`rtserve run` of a scaffolded minimal project (a process of its own)."""
     from tests.test_stats_tmux import LiveProject
 
     project = tmp_path / "proj"
     assert CliRunner().invoke(main, ["new", "minimal", str(project)]).exit_code == 0
     live = LiveProject(project)
     try:
-        socket_id = os.stat(live.socket).st_ino
-
-        def served_by_the_running_server() -> None:
-            result = invoke(str(project), "--json")
-            assert result.exit_code == 0, result.output
-            assert json.loads(result.output)["pid"] == live.proc.pid
-
-        served_by_the_running_server()
-        # What the template's conftest and rtserve's pytest plugin do for each test.
-        with ThreadedServer(build_app(*load_project(project))) as server:
-            assert server.client().get("/hello/x").status == 200
-            assert os.stat(live.socket).st_ino == socket_id
-            served_by_the_running_server()
-        served_by_the_running_server()
-        # The template's own suite, as `pytest` in the project runs it.
-        suite = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert suite.returncode == 0, suite.stdout + suite.stderr
-        assert os.stat(live.socket).st_ino == socket_id
-        assert os.listdir(live.socket.parent) == ["admin.sock"]
-        served_by_the_running_server()
+        yield live
     finally:
         live.stop()
+
+
+def socket_identity(path: Path) -> tuple[int, int]:
+    """The socket file's inode and change time: a takeover and its undoing change the time
+    (the file is linked under a second name meanwhile)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_ctime_ns
+
+
+def served_by(live: Any) -> None:
+    """`rtserve stats` in the project reaches the running server (its pid)."""
+    result = invoke(str(live.project), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pid"] == live.proc.pid
+
+
+def test_a_projects_test_server_leaves_the_running_servers_admin_socket(live_minimal: Any) -> None:
+    """What the template's conftest and rtserve's pytest plugin do for each test, while
+    `rtserve run` serves the project: the test server serves its admin elsewhere."""
+    from rtserve.config.project import build_app, load_project
+
+    socket_id = socket_identity(live_minimal.socket)
+    served_by(live_minimal)
+    with ThreadedServer(build_app(*load_project(live_minimal.project))) as server:
+        assert server.client().get("/hello/x").status == 200
+        assert socket_identity(live_minimal.socket) == socket_id
+        served_by(live_minimal)
+    assert os.listdir(live_minimal.socket.parent) == ["admin.sock"]
+    served_by(live_minimal)
+
+
+@pytest.mark.slow
+def test_a_projects_own_suite_leaves_the_running_servers_admin_socket(live_minimal: Any) -> None:
+    """`pytest` in the project (the template's own suite) while `rtserve run` serves it."""
+    socket_id = socket_identity(live_minimal.socket)
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=live_minimal.project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert socket_identity(live_minimal.socket) == socket_id
+    assert os.listdir(live_minimal.socket.parent) == ["admin.sock"]
+    served_by(live_minimal)
 
 
 def test_not_an_admin_interface(running: Running) -> None:
