@@ -351,7 +351,7 @@ class AdminServer:
                     try:
                         os.link(path.name, displaced, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                         self._displaced = displaced
-                    except FileNotFoundError:
+                    except OSError:  # nothing there, or no hard links here: nothing to put back
                         self._displaced = None
                     os.replace(temporary, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     st = os.stat(path.name, dir_fd=dir_fd)
