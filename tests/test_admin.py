@@ -409,6 +409,66 @@ def test_tokenless_http_reads_only_for_its_own_address(tmp_path: Path) -> None:
     run(app, admin, scenario)
 
 
+@pytest.mark.parametrize(
+    ("method", "headers", "authority", "has_token", "refused"),
+    [
+        ("GET", [(b"Host", b"127.0.0.1:9100")], None, False, None),
+        ("GET", [(b"host", b"[::1]:9100")], None, False, None),
+        ("GET", [(b"host", b"localhost:9100")], None, False, None),
+        ("HEAD", [(b"host", b"127.0.0.2:9100")], None, False, None),
+        ("GET", [(b"host", b"[::1]")], None, False, "address"),  # port 80
+        ("GET", [], None, False, "address"),  # no Host at all
+        ("GET", [(b"host", b"evil.example:9100")], b"127.0.0.1:9100", False, None),
+        ("GET", [(b"host", b"127.0.0.1:9100")], b"evil.example:9100", False, "address"),
+        ("GET", [(b"host", b"admin.example.com")], None, True, None),  # behind a proxy
+        ("POST", [(b"host", b"127.0.0.1:9100")], None, False, "token"),
+        ("DELETE", [(b"host", b"127.0.0.1:9100")], None, False, "token"),
+        ("POST", [(b"host", b"127.0.0.1:9100")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"http://h:1")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"https://h:1")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"http://h:2")], None, True, "cross-site"),
+        ("POST", [(b"host", b"h:1"), (b"Sec-Fetch-Site", b"Cross-Site")], None, True, "cross-site"),
+        (
+            "POST",
+            [
+                (b"host", b"h:1"),
+                (b"sec-fetch-mode", b"navigate"),
+                (b"sec-fetch-site", b"cross-site"),
+            ],
+            None,
+            True,
+            "cross-site",
+        ),
+        (
+            "GET",
+            [
+                (b"host", b"h:1"),
+                (b"sec-fetch-mode", b"navigate"),
+                (b"sec-fetch-site", b"cross-site"),
+            ],
+            None,
+            True,
+            None,
+        ),
+    ],
+)
+def test_admin_guard_table(
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    authority: bytes | None,
+    has_token: bool,
+    refused: str | None,
+) -> None:
+    """admin_guard.refusal, case by case: None to serve, else a word of why."""
+    from rtserve.stats.admin_guard import refusal
+
+    why = refusal(method, headers, authority, has_token=has_token, port=9100)
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why, why
+
+
 def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
     """A form on another site cannot post to the admin address, with or without a token;
     the admin page's own requests and a typed address go through."""
