@@ -53,7 +53,7 @@ async def serve_app(
     ephemeral port (`app.admin.socket_path`, `app.admin.port`), never on the project's own
     addresses, which a running `rtserve run` owns; `private_admin=False` keeps them."""
     admin = app.admin if private_admin else None
-    with admin.private() if admin is not None else nullcontext():
+    with admin.private() if admin is not None and not admin.running else nullcontext():
         server = Server(app, _test_settings(app, **overrides))
         await app.startup()
         await server.start()
