@@ -265,6 +265,9 @@ def test_a_port_out_of_range_in_rtserve_yaml_names_its_line(
         timeout=30,
     )
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    for command in (["publish", "news", "1"], ["subscribe", "news"]):  # they read it too
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and f"error: {expected}" in result.output, result.output
     (tmp_path / "rtserve.yaml").write_text("server:\n  port: 65535\n")
     assert CliRunner().invoke(main, ["check"]).exit_code == 0
 

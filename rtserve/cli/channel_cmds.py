@@ -80,8 +80,9 @@ def project_url(folder: Path) -> str | None:
         return None
     try:
         server = light_config(str(config)).server
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ConfigError as exc:  # as `rtserve check` says it, and with its status
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if server.unix_socket or server.fd is not None or server.port == 0:
         how = "a unix socket" if server.unix_socket else "no fixed port"
         raise click.UsageError(f"{config} serves on {how}: pass --url http://host:port")
