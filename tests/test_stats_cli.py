@@ -367,3 +367,8 @@ def test_counts_are_singular_and_an_empty_listing_says_none() -> None:
         "x", {"channels": {"count": 2, "subscribers": 0, "users": 3}}, [], [], None
     )
     assert many.channel_summary == "2 channels, 0 subscribers, 3 users"
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(stats_cmd.rich_view(many))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    channels = next(i for i, line in enumerate(lines) if line.startswith("top channels"))
+    assert "none" in lines[channels + 4], lines  # title, top rule, header, rule, the row

@@ -450,40 +450,40 @@ def rich_view(view: View, footer: str | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    def titled(title: str, **options: Any) -> Table:
+        # A table's title wraps at the table's width: make the table as wide as its title.
+        return Table(title=title, title_justify="left", min_width=len(title), **options)
+
     header = Text.assemble(("rtserve ", "bold"), (view.where, "cyan"), "\n", view.header)
     opened = Text("open: " + ", ".join(f"{t} {n}" for t, n in view.open))
-    totals = Table(title="totals", title_justify="left")
+    totals = titled("totals")
     totals.add_column("")
     totals.add_column("total", justify="right")
     totals.add_column("rate", justify="right")
     for total in view.totals:
         totals.add_row(*total)
-    latency = Table(title="latency", title_justify="left", show_header=False)
+    latency = titled("latency", show_header=False)
     latency.add_column("")
     latency.add_column("", justify="right")
     for label, value in view.latency:
         latency.add_row(label, value)
-    title = f"top channels ({view.channel_summary})"
-    # A table's title wraps at the table's width: make it as wide as its title.
-    channels = Table(title=title, title_justify="left", min_width=len(title))
+    channels = titled(f"top channels ({view.channel_summary})")
     channels.add_column("channel")
     channels.add_column("subscribers", justify="right")
     channels.add_column("publications/s", justify="right")
     for channel in view.channels:
         channels.add_row(*channel)
-    conns = Table(title=f"connections, {view.connections_title()}", title_justify="left")
+    conns = titled(f"connections, {view.connections_title()}")
     for name in CONN_COLUMNS:
         conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
     for row in view.conns:
         conns.add_row(*row)
-    if not view.conns:
-        conns.add_row(Text(NONE, style="dim"))
+    for table, rows in ((channels, view.channels), (conns, view.conns)):
+        if not rows:
+            table.add_row(Text(NONE, style="dim"))
     parts: list[Any] = [header]
     if view.workers:
-        workers = Table(
-            title=f"workers ({len(view.workers)}; the figures below are their sums)",
-            title_justify="left",
-        )
+        workers = titled(f"workers ({len(view.workers)}; the figures below are their sums)")
         for name in WORKER_COLUMNS:
             workers.add_column(name, justify="left" if name == "worker" else "right")
         for worker_row in view.workers:
