@@ -9,9 +9,12 @@ from typing import Any
 
 from rtserve.imports import import_object
 
+PORT_RANGE = (0, 65535)
+
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
-    """A setting with a default; `extra` marks units (`size=True`, `duration=True`)."""
+    """A setting with a default; `extra` marks units (`size=True`, `duration=True`) and
+    ranges (`port=True`: an int in PORT_RANGE)."""
     return field(default=default, metadata={"help": help, **extra})
 
 

@@ -26,15 +26,20 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from rtserve import App, ConnectResult, WebSocketHandler
+from rtserve import App, ConnectResult, WebSocketHandler, testing
 from rtserve.config.loader import ConfigErrors
 from rtserve.config.project import AdminConfig, build_app, load_project
 from rtserve.stats.admin import AdminServer, enable_admin
-from rtserve.testing import serve_app
 from tests.channel_peer import Peer
 
 TOKEN = "an-admin-token-of-32-characters!"
 TIMEOUT = 10.0
+
+
+def serve_app(app: App, **overrides: Any) -> Any:
+    """`rtserve.testing.serve_app` with the admin interface at the addresses the test sets
+    (by default a test server serves it on private ones)."""
+    return testing.serve_app(app, private_admin=False, **overrides)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -84,10 +89,16 @@ class AdminClient:
         conn = UnixHTTPConnection(self.admin.socket_path)
         return await self._run(conn, method, path, {})
 
-    async def over_http(self, path: str, method: str = "GET", token: str | None = TOKEN) -> Reply:
+    async def over_http(
+        self,
+        path: str,
+        method: str = "GET",
+        token: str | None = TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin.port, timeout=5)
-        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        return await self._run(conn, method, path, headers)
+        sent = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return await self._run(conn, method, path, sent | (headers or {}))
 
     async def _run(
         self, conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str]
@@ -363,6 +374,146 @@ def test_http_needs_the_token_and_the_unix_socket_does_not(tmp_path: Path) -> No
     assert admin.addresses == []
 
 
+def test_tokenless_http_reads_only_for_its_own_address(tmp_path: Path) -> None:
+    """Without a token, the HTTP address is read-only and only for a Host naming it: a page
+    of another site that rebinds its DNS name to 127.0.0.1 gets nothing."""
+    app, admin = make_app(tmp_path, token=None)
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        port = admin.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+            reply = await client.over_http("/rt/admin/stats", token=None, headers={"Host": host})
+            assert reply.status == 200, host
+        for host in (
+            f"evil.example:{port}",
+            "127.0.0.1:1",
+            "127.0.0.1",
+            f"127.0.0.1.nip.io:{port}",
+        ):
+            for path in ("/rt/admin/stats", "/rt/admin/", "/metrics", "/nothing-here"):
+                reply = await client.over_http(path, token=None, headers={"Host": host})
+                assert reply.status == 403, (host, path)
+                assert "not this admin interface's address" in reply.json()["error"]
+                assert "token" in reply.json()["error"]
+
+        peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+        conn_id = (await client.get("/rt/admin/connections"))["connections"][0]["id"]
+        path = f"/rt/admin/connections/{conn_id}/disconnect"
+        reply = await client.over_http(path, "POST", token=None)
+        assert reply.status == 403
+        assert "admin.token" in reply.json()["error"] and "socket" in reply.json()["error"]
+        assert (await client.get("/rt/admin/stats"))["open"]["channel"] == 1  # still there
+        assert (await client.unix(path, "POST")).status == 200  # the unix socket may
+        assert await peer.closed_with() == (4005, "disconnected by admin")
+
+    run(app, admin, scenario)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "authority", "has_token", "refused"),
+    [
+        ("GET", [(b"Host", b"127.0.0.1:9100")], None, False, None),
+        ("GET", [(b"host", b"[::1]:9100")], None, False, None),
+        ("GET", [(b"host", b"localhost:9100")], None, False, None),
+        ("HEAD", [(b"host", b"127.0.0.2:9100")], None, False, None),
+        ("GET", [(b"host", b"[::1]")], None, False, "address"),  # port 80
+        ("GET", [], None, False, "address"),  # no Host at all
+        ("GET", [(b"host", b"evil.example:9100")], b"127.0.0.1:9100", False, None),
+        ("GET", [(b"host", b"127.0.0.1:9100")], b"evil.example:9100", False, "address"),
+        ("GET", [(b"host", b"admin.example.com")], None, True, None),  # behind a proxy
+        ("POST", [(b"host", b"127.0.0.1:9100")], None, False, "token"),
+        ("DELETE", [(b"host", b"127.0.0.1:9100")], None, False, "token"),
+        ("POST", [(b"host", b"127.0.0.1:9100")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"http://h:1")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"https://h:1")], None, True, None),
+        ("POST", [(b"host", b"h:1"), (b"origin", b"http://h:2")], None, True, "cross-site"),
+        ("POST", [(b"host", b"h:1"), (b"Sec-Fetch-Site", b"Cross-Site")], None, True, "cross-site"),
+        (
+            "POST",
+            [
+                (b"host", b"h:1"),
+                (b"sec-fetch-mode", b"navigate"),
+                (b"sec-fetch-site", b"cross-site"),
+            ],
+            None,
+            True,
+            "cross-site",
+        ),
+        (
+            "GET",
+            [
+                (b"host", b"h:1"),
+                (b"sec-fetch-mode", b"navigate"),
+                (b"sec-fetch-site", b"cross-site"),
+            ],
+            None,
+            True,
+            None,
+        ),
+    ],
+)
+def test_admin_guard_table(
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    authority: bytes | None,
+    has_token: bool,
+    refused: str | None,
+) -> None:
+    """admin_guard.refusal, case by case: None to serve, else a word of why."""
+    from rtserve.stats.admin_guard import refusal
+
+    why = refusal(method, headers, authority, has_token=has_token, port=9100)
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why, why
+
+
+def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
+    """A form on another site cannot post to the admin address, with or without a token;
+    the admin page's own requests and a typed address go through."""
+
+    async def scenario(server: Any, client: AdminClient) -> None:
+        port = admin.port
+        token = admin.token
+        cross = [
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": f"http://127.0.0.1:{port + 1}"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ]
+        for headers in cross:
+            for method, path in (
+                ("POST", "/rt/admin/connections/x/disconnect"),
+                ("GET", "/rt/admin/stats"),
+            ):
+                reply = await client.over_http(path, method, token=token, headers=headers)
+                assert reply.status == 403, (headers, method, token)
+                assert "cross-site" in reply.json()["error"]
+        same = [
+            {},
+            {"Origin": f"http://127.0.0.1:{port}"},
+            {"Sec-Fetch-Site": "same-origin"},
+            {"Sec-Fetch-Site": "none"},  # the address typed in the browser
+            {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},  # a link to the page
+        ]
+        for headers in same:
+            reply = await client.over_http("/rt/admin/", token=token, headers=headers)
+            assert reply.status == 200, (headers, token)
+        if token is not None:
+            reply = await client.over_http(
+                "/rt/admin/connections/x/disconnect",
+                "POST",
+                headers={"Origin": f"http://127.0.0.1:{port}"},
+            )
+            assert reply.status == 404  # through the checks: no such connection
+
+    for options in ({}, {"token": None}):
+        app, admin = make_app(tmp_path, **options)
+        run(app, admin, scenario)
+
+
 def test_unix_socket_is_private_and_removed(tmp_path: Path) -> None:
     app, admin = make_app(tmp_path, listen=None, token=None)
     sock = tmp_path / "run" / "admin.sock"
@@ -407,6 +558,64 @@ def test_a_new_process_takes_the_socket_over(tmp_path: Path) -> None:
             assert not path.exists()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_second_instance_that_cannot_listen_leaves_the_first_ones_socket(
+    tmp_path: Path,
+) -> None:
+    """A second `rtserve run` of the same project whose port is taken starts its admin, fails
+    to bind and stops: the first instance's socket is at the path again afterwards (as when a
+    reload's new worker fails to start)."""
+    from rtserve.server.listener import Server
+    from rtserve.server.settings import ServerSettings
+
+    path = tmp_path / "run" / "admin.sock"
+    first_app, first = make_app(tmp_path, socket=path, listen=None, token=None)
+    second_app, _ = make_app(tmp_path, socket=path, listen=None, token=None)
+
+    async def main() -> None:
+        async with serve_app(first_app) as server:
+            peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
+            await peer.call("subscribe", channel="news")
+            # as listener.serve() does: the startup hooks, a bind that fails, the shutdown hooks
+            await second_app.startup()
+            taken = ServerSettings(host="127.0.0.1", port=server.port, access_log=False)
+            with pytest.raises(OSError):
+                await Server(second_app, taken).start()
+            await second_app.shutdown()
+            stats = (await AdminClient(first).unix("/rt/admin/stats")).json()
+            assert stats["channels"]["subscribers"] == 1  # the first app's, still reachable
+            assert sorted(p.name for p in path.parent.iterdir()) == ["admin.sock"]
+            await peer.close()
+        assert not path.parent.exists()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_test_server_serves_the_admin_on_private_addresses(tmp_path: Path) -> None:
+    """rtserve.testing never binds the app's own admin addresses (a running `rtserve run` of
+    the project owns them): a socket in a temporary folder and another port instead."""
+    path = tmp_path / "run" / "admin.sock"
+    app, admin = make_app(tmp_path, socket=path, listen="127.0.0.1:0", token=TOKEN)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    admin.listen = f"127.0.0.1:{taken.getsockname()[1]}"  # where a running server's would be
+
+    async def main() -> None:
+        async with testing.serve_app(app):
+            assert admin.socket_path is not None and admin.socket_path != path
+            assert not path.parent.exists()
+            assert admin.port != taken.getsockname()[1]
+            assert (await AdminClient(admin).unix("/rt/admin/stats")).status == 200
+            assert (await AdminClient(admin).over_http("/rt/admin/stats")).status == 200
+            private = admin.socket_path
+        assert (admin.socket_path, admin.listen) == (path, f"127.0.0.1:{taken.getsockname()[1]}")
+        assert not private.parent.exists()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        taken.close()
 
 
 def test_a_socket_path_too_long_for_sun_path(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import signal
 import socket
@@ -286,3 +288,154 @@ def test_websocket_route_options_read_sizes_and_durations_and_refuse_unknown_one
     assert result.exit_code == 2, result.output
     assert "rtserve.yaml:2" in result.output and "max_mesage_size" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+# --- the first hour: what a new user hits on the command line --------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-5"])
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    """Not a port wrapped around to another (99999 served on 34463), nor 'Unknown error -8'."""
+    result = CliRunner().invoke(main, ["run", "tests.apps.slow:nope", "--port", port])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "0<=x<=65535" in result.output
+
+
+def test_a_port_out_of_range_in_rtserve_yaml_names_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rtserve.yaml").write_text("server:\n  host: 127.0.0.1\n  port: 99999\n")
+    monkeypatch.chdir(tmp_path)
+    expected = "rtserve.yaml:3:9: server.port: expected a port (0 to 65535), got 99999"
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtserve", "run", "--no-reload"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    for command in (["publish", "news", "1"], ["subscribe", "news"]):  # they read it too
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and f"error: {expected}" in result.output, result.output
+    (tmp_path / "rtserve.yaml").write_text("server:\n  port: 65535\n")
+    assert CliRunner().invoke(main, ["check"]).exit_code == 0
+
+
+API_KEY = "an-api-key-of-some-length"
+
+
+def test_publish_and_subscribe_find_the_projects_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a project both reach the server its rtserve.yaml describes (not port 8000), and
+    both take the same base URL; subscribe still takes the old ws://…/rt/ws."""
+    from rtserve import ChannelSettings
+    from rtserve.testing import ThreadedServer
+
+    app = App(channels=ChannelSettings(api_key=API_KEY))
+    app.channel("news", history=10)
+    runner = CliRunner(env={"RTSERVE_API_KEY": API_KEY})
+    with ThreadedServer(app, access_log=False) as server:
+        (tmp_path / "rtserve.yaml").write_text(
+            f"server:\n  host: 0.0.0.0\n  port: ${{NEWS_PORT:-{server.port}}}\n"
+        )
+        monkeypatch.chdir(tmp_path)
+        published = runner.invoke(main, ["publish", "news", '"from the project"'])
+        assert published.exit_code == 0, published.output
+        position = json.loads(published.output)
+        assert position["offset"] == 1
+        since = f"0:{position['epoch']}"
+        got = runner.invoke(main, ["subscribe", "news", "--since", since, "--count", "1"])
+        assert got.exit_code == 0, got.output
+        assert json.loads(got.stdout) == {"offset": 1, "data": "from the project"}
+
+        base = f"http://127.0.0.1:{server.port}"
+        monkeypatch.chdir(ROOT)  # not a project: --url says where
+        assert runner.invoke(main, ["publish", "news", "2", "--url", base]).exit_code == 0
+        for url in (base, base + "/", f"ws://127.0.0.1:{server.port}/rt/ws"):
+            args = ["subscribe", "news", "--since", since, "--count", "2", "--url", url]
+            got = runner.invoke(main, args)
+            assert got.exit_code == 0, (url, got.output)
+            assert [json.loads(line)["data"] for line in got.stdout.splitlines()] == [
+                "from the project",
+                2,
+            ]
+        bad = runner.invoke(main, ["publish", "news", "3", "--url", "ftp://example.com"])
+        assert bad.exit_code == 2 and "http://host:port" in bad.output
+
+
+def test_messages_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtserve import ChannelSettings
+    from rtserve.testing import ThreadedServer
+
+    app = App(channels=ChannelSettings(api_key=API_KEY))
+    app.channel("news")
+    with ThreadedServer(app, access_log=False) as server:
+        result = CliRunner(env={"RTSERVE_API_KEY": None}).invoke(
+            main, ["publish", "news", "1", "--url", server.url]
+        )
+    assert result.exit_code == 1
+    assert "set RTSERVE_API_KEY or pass --api-key" in result.output
+    assert "Authorization" not in result.output
+
+    monkeypatch.chdir(tmp_path)  # no rtserve.yaml, no admin socket: not a project
+    result = CliRunner().invoke(main, ["stats", "--once"])
+    assert result.exit_code == 1
+    assert f"no rtserve.yaml in {tmp_path}" in result.output
+    assert "--url" in result.output and "no running server" not in result.output
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    (tmp_path / "rtserve.yaml").write_text(f"server:\n  port: {port}\n")
+    for command in (["publish", "news", "1", "--api-key", API_KEY], ["subscribe", "news"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        assert f"127.0.0.1:{port}" in result.output
+        assert "the address rtserve.yaml gives; pass --url" in result.output, result.output
+
+
+@pytest.mark.parametrize("group", [[], ["token"]])
+def test_help_lists_each_command_with_a_whole_sentence(group: list[str]) -> None:
+    """At 80 columns, click cuts a summary that does not fit with '...'."""
+    result = CliRunner().invoke(main, [*group, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    listing = result.output.split("Commands:\n", 1)[1].splitlines()
+    assert len(listing) >= 2
+    for line in listing:
+        assert not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith((".", ")")), line
+
+
+def test_routes_prints_whole_paths_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = "/api/v1/organisations/{organisation}/projects/{project}/environments/{environment}"
+    module = "long_route_handlers"  # a name no other test imports (modules stay cached)
+    (tmp_path / f"{module}.py").write_text("def show(request, **params):\n    return params\n")
+    (tmp_path / "rtserve.yaml").write_text(
+        f"routes:\n  - path: {path}\n    handler: {module}:show\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        result = CliRunner().invoke(main, ["routes"])  # stdout is not a terminal here
+    finally:
+        sys.modules.pop(module, None)
+    assert result.exit_code == 0, result.output
+    assert path in result.output
+    assert f"{module}.show ({module}.py:1)" in result.output
+
+
+def test_new_says_how_to_get_pytest(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["new", "minimal", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    steps = result.output.split("Next steps:", 1)[1].splitlines()
+    install = next(i for i, line in enumerate(steps) if "pip install pytest" in line)
+    run_tests = next(i for i, line in enumerate(steps) if line.strip().startswith("pytest"))
+    assert install < run_tests, result.output

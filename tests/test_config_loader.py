@@ -241,7 +241,7 @@ def test_wrong_types() -> None:
       tls: yes
     """
     assert errors(text, ServerSettings, section="server") == [
-        "rtserve.yaml:2:9: server.port: expected an integer, got 'abc'",
+        "rtserve.yaml:2:9: server.port: expected a port (0 to 65535), got 'abc'",
         "rtserve.yaml:3:12: server.backlog: expected an integer, got true",
         "rtserve.yaml:4:10: server.debug: expected true or false, got 1",
         "rtserve.yaml:5:18: server.server_header: expected a string, got null "
@@ -441,7 +441,7 @@ def test_env_substitution_whole_and_embedded() -> None:
 def test_env_substituted_value_is_still_type_checked() -> None:
     assert errors(
         "server:\n  port: ${PORT}\n", ServerSettings, section="server", env={"PORT": "x"}
-    ) == ["rtserve.yaml:2:9: server.port: expected an integer, got 'x'"]
+    ) == ["rtserve.yaml:2:9: server.port: expected a port (0 to 65535), got 'x'"]
 
 
 def test_unset_variable_is_an_error_with_position() -> None:

@@ -8,6 +8,9 @@ run on the server's loop through `ThreadedServer.call`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     admin = enable_admin(
         app, socket=project / ".rtserve" / "admin.sock", listen="127.0.0.1:0", token=TOKEN
     )
-    with ThreadedServer(app) as server:
+    with ThreadedServer(app, private_admin=False) as server:
         url = f"ws://127.0.0.1:{server.port}/rt/ws"
         peers: list[Peer] = []
         try:
@@ -91,6 +94,13 @@ def test_json_prints_the_stats(running: Running) -> None:
     assert {"pid", "uptime_seconds", "open", "totals", "hub", "channels", "process"} <= set(stats)
     assert stats["open"]["channel"] == 2
     assert stats["channels"] == {"count": 2, "subscribers": 3, "users": 2}
+
+
+def test_once_with_json_prints_the_json_once(running: Running) -> None:
+    result = invoke(str(running.project), "--once", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["open"]["channel"] == 2  # one document, one line
+    assert invoke(str(running.project), "--once", "--watch").exit_code == 2  # still contrary
 
 
 def test_json_watch_prints_ndjson_with_rates(running: Running) -> None:
@@ -138,6 +148,66 @@ def test_url_with_a_wrong_or_missing_token(running: Running) -> None:
     assert missing.exit_code == 1 and "needs a token" in missing.output
 
 
+@pytest.fixture
+def live_minimal(tmp_path: Path) -> Iterator[Any]:
+    """`rtserve run` of a scaffolded minimal project (a process of its own)."""
+    from tests.test_stats_tmux import LiveProject
+
+    project = tmp_path / "proj"
+    assert CliRunner().invoke(main, ["new", "minimal", str(project)]).exit_code == 0
+    live = LiveProject(project)
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def socket_identity(path: Path) -> tuple[int, int]:
+    """The socket file's inode and change time: a takeover and its undoing change the time
+    (the file is linked under a second name meanwhile)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_ctime_ns
+
+
+def served_by(live: Any) -> None:
+    """`rtserve stats` in the project reaches the running server (its pid)."""
+    result = invoke(str(live.project), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pid"] == live.proc.pid
+
+
+def test_a_projects_test_server_leaves_the_running_servers_admin_socket(live_minimal: Any) -> None:
+    """What the template's conftest and rtserve's pytest plugin do for each test, while
+    `rtserve run` serves the project: the test server serves its admin elsewhere."""
+    from rtserve.config.project import build_app, load_project
+
+    socket_id = socket_identity(live_minimal.socket)
+    served_by(live_minimal)
+    with ThreadedServer(build_app(*load_project(live_minimal.project))) as server:
+        assert server.client().get("/hello/x").status == 200
+        assert socket_identity(live_minimal.socket) == socket_id
+        served_by(live_minimal)
+    assert os.listdir(live_minimal.socket.parent) == ["admin.sock"]
+    served_by(live_minimal)
+
+
+@pytest.mark.slow
+def test_a_projects_own_suite_leaves_the_running_servers_admin_socket(live_minimal: Any) -> None:
+    """`pytest` in the project (the template's own suite) while `rtserve run` serves it."""
+    socket_id = socket_identity(live_minimal.socket)
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=live_minimal.project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert socket_identity(live_minimal.socket) == socket_id
+    assert os.listdir(live_minimal.socket.parent) == ["admin.sock"]
+    served_by(live_minimal)
+
+
 def test_not_an_admin_interface(running: Running) -> None:
     result = invoke("--url", running.server.url, "--once")
     assert result.exit_code == 1
@@ -145,6 +215,7 @@ def test_not_an_admin_interface(running: Running) -> None:
 
 
 def test_no_running_server(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text("")  # a project, not running
     result = invoke(str(tmp_path), "--once")
     assert result.exit_code == 1
     assert str(tmp_path / ".rtserve" / "admin.sock") in result.output
@@ -262,3 +333,42 @@ def test_histogram_buckets_and_quantiles() -> None:
     assert quantile(histogram.bounds, histogram.counts, 0.5) == pytest.approx(0.001)
     assert quantile(histogram.bounds, histogram.counts, 1.0) == 0.01  # a floor above the last
     assert quantile(histogram.bounds, [0, 0, 0], 0.5) is None
+
+
+def _one_channel_view(transport: str | None) -> stats_cmd.View:
+    stats = {
+        "pid": 7,
+        "uptime_seconds": 5,
+        "open": {"http": 0, "websocket": 0, "channel": 1},
+        "channels": {"count": 1, "subscribers": 1, "users": 1},
+    }
+    where = "unix:/home/someone/projects/chat/.rtserve/admin.sock"
+    channels = [{"name": "chat:lobby", "subscribers": 1, "publications": 0}]
+    return stats_cmd.View(where, stats, channels, [], None, transport=transport)
+
+
+def test_counts_are_singular_and_an_empty_listing_says_none() -> None:
+    import io
+
+    from rich.console import Console
+
+    view = _one_channel_view("websocket")
+    text = stats_cmd.plain(view)
+    assert "channels: 1 channel, 1 subscriber, 1 user" in text
+    assert text.endswith("connections (top 10 by queued bytes, websocket only):\n  none")
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stats_cmd.rich_view(view))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    # the channels table's title on one line at 160 columns
+    assert "top channels (1 channel, 1 subscriber, 1 user)" in [line.strip() for line in lines]
+    title = next(i for i, line in enumerate(lines) if "websocket only" in line)
+    assert any("none" in line for line in lines[title:])
+    many = stats_cmd.View(
+        "x", {"channels": {"count": 2, "subscribers": 0, "users": 3}}, [], [], None
+    )
+    assert many.channel_summary == "2 channels, 0 subscribers, 3 users"
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(stats_cmd.rich_view(many))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    channels = next(i for i, line in enumerate(lines) if line.startswith("top channels"))
+    assert "none" in lines[channels + 4], lines  # title, top rule, header, rule, the row

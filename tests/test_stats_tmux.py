@@ -279,7 +279,7 @@ def test_dashboard_in_tmux(tmp_path: Path, tmux: Tmux) -> None:
         )
         assert f"rtserve unix:{server.socket}" in flat(screen)
         assert "open: http 0, websocket 0, channel 3, total 3, sse 0, poll 0" in screen
-        assert "top channels (2 channels, 3 subscribers, 3 users)" in flat(screen)
+        assert "top channels (2 channels, 3 subscribers, 3 users)" in screen  # on one line
         assert re.search(r"│ chat:lobby\s+│\s+2 │", screen), screen
         assert re.search(r"│ chat:python\s+│\s+1 │", screen), screen
         assert re.search(rf"│ published\s+│\s+{PUBLISHED} │", screen), screen
@@ -306,6 +306,8 @@ def test_dashboard_in_tmux(tmp_path: Path, tmux: Tmux) -> None:
         tmux("send-keys", "-t", "stats", "f")  # only plain WebSockets: none here
         screen = tmux.wait_for("stats", lambda s: "websocket only" in flat(s), "the filter")
         assert not any(f" {name} " in screen for name, _ in USERS), screen
+        listing = screen[screen.index("websocket only") :]
+        assert re.search(r"│ none\s+│", listing), screen  # not an empty table
 
         tmux("send-keys", "-t", "stats", "q")
         assert tmux.wait_exit("stats") == 0

@@ -3,6 +3,11 @@
 `subscribe` prints each publication as one JSON line (offset, data, info) through
 rtserve.client (reconnecting, and recovering what it missed meanwhile); a gap it cannot recover
 is reported on stderr. `publish` POSTs to the HTTP publish API with urllib and prints its answer.
+
+Both take the server's base URL (`--url http://host:port`; subscribe also the older
+`ws://host:port/rt/ws`). Without it, inside a project (a folder with rtserve.yaml) they reach
+the server its `server:` section describes, read as `rtserve run` reads it (`${VAR}` from the
+environment and `.env`); elsewhere http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
@@ -11,13 +16,85 @@ import asyncio
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import click
 
-DEFAULT_WS_URL = "ws://127.0.0.1:8000/rt/ws"
-DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
+DEFAULT_URL = "http://127.0.0.1:8000"
+CONFIG_NAME = "rtserve.yaml"
+WS_PATH = "/rt/ws"
+URL_HELP = (
+    "The server's base URL, http://host:port (default: the server of the project here, as "
+    f"its {CONFIG_NAME} says; else {DEFAULT_URL})."
+)
+_WS_SCHEMES = {"http": "ws", "https": "wss"}
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+class ServerURLs(NamedTuple):
+    """Where the server is: its base URL, its channel WebSocket URL, and (when --url did not
+    say) a hint for when nothing answers there."""
+
+    base: str
+    ws: str
+    hint: str
+
+
+def server_urls(url: str | None) -> ServerURLs:
+    """The server's URLs, from `--url` (a base URL, or the older ws://host:port/rt/ws), else
+    from the project here, else the default."""
+    hint = ""
+    if url is None:
+        url = project_url(Path.cwd())
+        if url is not None:
+            hint = f" (the address {CONFIG_NAME} gives; pass --url if the server runs elsewhere)"
+        else:
+            url = DEFAULT_URL
+            hint = f" (no {CONFIG_NAME} here: run this in the project's folder, or pass --url)"
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if parts.scheme in _WS_SCHEMES and parts.netloc:
+        base = f"{parts.scheme}://{parts.netloc}{path}"
+        return ServerURLs(
+            base, f"{_WS_SCHEMES[parts.scheme]}://{parts.netloc}{path}{WS_PATH}", hint
+        )
+    if parts.scheme in _HTTP_SCHEMES and parts.netloc:
+        endpoint = path if path else WS_PATH
+        ws = urllib.parse.urlunsplit((parts.scheme, parts.netloc, endpoint, parts.query, ""))
+        base_path = path.removesuffix(WS_PATH)
+        return ServerURLs(f"{_HTTP_SCHEMES[parts.scheme]}://{parts.netloc}{base_path}", ws, hint)
+    raise click.BadParameter(f"expected http://host:port, not {url!r}", param_hint="--url")
+
+
+def project_url(folder: Path) -> str | None:
+    """The base URL of the server of the project in `folder`, from its rtserve.yaml's
+    `server` section; None when `folder` holds no project."""
+    from rtserve.cli.listening import light_config
+    from rtserve.errors import ConfigError
+
+    config = folder / CONFIG_NAME
+    if not config.is_file():
+        return None
+    try:
+        server = light_config(str(config)).server
+    except ConfigError as exc:  # as `rtserve check` says it, and with its status
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if server.unix_socket or server.fd is not None or server.port == 0:
+        how = "a unix socket" if server.unix_socket else "no fixed port"
+        raise click.UsageError(f"{config} serves on {how}: pass --url http://host:port")
+    host = server.hosts[0] if server.hosts else ""
+    if host in ("", "0.0.0.0"):  # every address: this machine's is one of them
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if server.tls.enabled else "http"
+    return f"{scheme}://{host}:{server.port}"
 
 
 def _parse_since(value: str | None) -> tuple[int, str] | None:
@@ -29,16 +106,16 @@ def _parse_since(value: str | None) -> tuple[int, str] | None:
     return int(offset), epoch
 
 
-@click.command()
+@click.command(short_help="Print a channel's publications as JSON lines.")
 @click.argument("channel")
-@click.option("--url", default=DEFAULT_WS_URL, show_default=True, help="Channel WebSocket URL.")
+@click.option("--url", help=URL_HELP)
 @click.option("--token", envvar="RTSERVE_TOKEN", help="Connection token (or RTSERVE_TOKEN).")
 @click.option("--since", "since", metavar="OFFSET:EPOCH", help="Start after this position.")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many publications.")
 @click.option("--data", "data_json", metavar="JSON", help="Data for the connect (on_connect).")
 def subscribe(
     channel: str,
-    url: str,
+    url: str | None,
     token: str | None,
     since: str | None,
     count: int | None,
@@ -50,15 +127,16 @@ def subscribe(
         data = None if data_json is None else json.loads(data_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    urls = server_urls(url)
     try:
-        sys.exit(asyncio.run(_subscribe(channel, url, token, position, count, data)))
+        sys.exit(asyncio.run(_subscribe(channel, urls, token, position, count, data)))
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 async def _subscribe(
     channel: str,
-    url: str,
+    urls: ServerURLs,
     token: str | None,
     since: tuple[int, str] | None,
     count: int | None,
@@ -67,11 +145,11 @@ async def _subscribe(
     from rtserve.client import Client, ClientError, Disconnected, Unrecovered
     from rtserve.protocol.ws_client import InvalidHandshake
 
-    client = Client(url, token=token, data=data)
+    client = Client(urls.ws, token=token, data=data)
     try:
         await client.connect()
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        click.echo(f"error: cannot connect to {url}: {exc}", err=True)
+        click.echo(f"error: cannot connect to {urls.ws}: {exc}{urls.hint}", err=True)
         return 1
     except ClientError as exc:
         click.echo(f"error: connect refused: {exc.message} (code {exc.code})", err=True)
@@ -111,22 +189,22 @@ async def _subscribe(
     return 0
 
 
-@click.command()
+@click.command(short_help="Publish a JSON value to a channel.")
 @click.argument("channel")
 @click.argument("data_json", metavar="DATA_JSON")
-@click.option("--url", default=DEFAULT_HTTP_URL, show_default=True, help="Server base URL.")
+@click.option("--url", help=URL_HELP)
 @click.option("--api-key", envvar="RTSERVE_API_KEY", help="Publish API key (or RTSERVE_API_KEY).")
 @click.option("--idempotency-key", help="Publish at most once for this key.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 def publish(
     channel: str,
     data_json: str,
-    url: str,
+    url: str | None,
     api_key: str | None,
     idempotency_key: str | None,
     timeout: float,
 ) -> None:
-    """Publish DATA_JSON (any JSON value) to CHANNEL through POST {url}/rt/publish."""
+    """Publish DATA_JSON (any JSON value) to CHANNEL through the server's publish API."""
     try:
         data = json.loads(data_json)
     except ValueError as exc:
@@ -134,7 +212,8 @@ def publish(
     body: dict[str, Any] = {"channel": channel, "data": data}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
-    endpoint = url.rstrip("/") + "/rt/publish"
+    urls = server_urls(url)
+    endpoint = urls.base + "/rt/publish"
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -145,11 +224,15 @@ def publish(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             answer = response.read()
     except urllib.error.HTTPError as exc:
-        click.echo(f"error: {_error_message(exc.code, exc.reason, exc.read())}", err=True)
+        if exc.code == 401 and not api_key:
+            message = "the publish API needs its key: set RTSERVE_API_KEY or pass --api-key"
+        else:
+            message = _error_message(exc.code, exc.reason, exc.read())
+        click.echo(f"error: {message}", err=True)
         sys.exit(1)
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        click.echo(f"error: cannot reach {endpoint}: {reason}", err=True)
+        click.echo(f"error: cannot reach {endpoint}: {reason}{urls.hint}", err=True)
         sys.exit(1)
     try:
         click.echo(json.dumps(json.loads(answer), ensure_ascii=False, separators=(",", ":")))

@@ -26,7 +26,7 @@ def main() -> None:
     """rtserve: a real-time server toolkit (HTTP/1.1, WebSocket, SSE, channels)."""
 
 
-@main.command()
+@main.command(short_help="Serve a project or an App (reloading on changes).")
 @click.argument("target", required=False)
 @click.option("--config", "config_file", help="The project's YAML file (default: rtserve.yaml).")
 @server_options

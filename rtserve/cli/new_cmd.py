@@ -43,7 +43,7 @@ def describe(template: Path) -> str:
         return f.readline().strip().lstrip("#").strip()
 
 
-@click.command("new")
+@click.command("new", short_help="Create a project from a template.")
 @click.argument("template", metavar="TEMPLATE", required=False)  # both needed, but for --list
 @click.argument("directory", metavar="DIR", required=False, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
@@ -78,6 +78,7 @@ def new(template: str | None, directory: Path | None, force: bool, list_: bool) 
     click.echo(f"Created {directory} from the {template!r} template: {describe(source)}")
     click.echo("\nNext steps:")
     click.echo(f"  cd {shlex.quote(str(directory))}")
-    click.echo("  rtserve run     # serves it on http://127.0.0.1:8000")
-    click.echo("  pytest          # runs its tests")
+    click.echo("  rtserve run         # serves it on http://127.0.0.1:8000")
+    click.echo("  pip install pytest  # once, if this environment has no pytest")
+    click.echo("  pytest              # runs its tests")
     click.echo(f"\nREADME.md in {directory} says what is where.")

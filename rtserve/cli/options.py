@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from rtserve.schema import PORT_RANGE
 from rtserve.server.settings import ServerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,7 +60,9 @@ def _option(key: str) -> Callable[[F], F]:
         return click.option(
             flag, param_name(key), multiple=True, help=f"{help_text} (repeat for several)"
         )
-    kind = int if int in members else str
+    kind: Any = int if int in members else str
+    if found.metadata.get("port"):
+        kind = click.IntRange(*PORT_RANGE)
     return click.option(flag, param_name(key), type=kind, default=None, help=help_text)
 
 

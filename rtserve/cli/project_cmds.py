@@ -40,7 +40,7 @@ def load_project_app(path: str | None) -> App:
         sys.exit(2)
 
 
-@click.command()
+@click.command(short_help="Validate a project: list every problem.")
 @click.argument("path", required=False)
 def check(path: str | None) -> None:
     """Validate the project at PATH (default: here): list every problem; exit 0 or 2."""
@@ -82,7 +82,10 @@ def _short(path: str) -> str:
         return path
 
 
-@click.command()
+UNBOUNDED_WIDTH = 100_000  # columns for `routes` when stdout is not a terminal
+
+
+@click.command(short_help="List a project's routes and channel rules.")
 @click.argument("path", required=False)
 @click.option("--match", "url", help="Show which route a URL (path) hits, and where it is defined.")
 @click.option("--method", default="GET", show_default=True, help="Method for --match.")
@@ -92,7 +95,8 @@ def routes(path: str | None, url: str | None, method: str) -> None:
     from rich.table import Table
 
     app = load_project_app(path)
-    console = Console()
+    # A terminal's width, else none: piped (to grep, a file) every path is printed whole.
+    console = Console() if sys.stdout.isatty() else Console(width=UNBOUNDED_WIDTH)
     if url is not None:
         target = url.split("?", 1)[0]
         try:
@@ -137,7 +141,7 @@ def routes(path: str | None, url: str | None, method: str) -> None:
         console.print(rules)
 
 
-@click.command()
+@click.command(short_help="Show versions for bug reports (rtserve, Python, OS).")
 def version() -> None:
     """rtserve, Python, event loop and platform versions (for bug reports)."""
     try:

@@ -176,7 +176,9 @@ DOCS: dict[str, CommandDoc] = {
         about=(
             "Without `--match`: a table of the routes (path, methods, kind, handler with its "
             "file and line, name) and one of the channel rules. With `--match URL`: which "
-            "route the path of URL hits for `--method`, its parameters and its handler."
+            "route the path of URL hits for `--method`, its parameters and its handler. "
+            "On a terminal the table fits its width; piped (to a file, `grep`), every row is "
+            "printed whole."
         ),
         arguments={"path": "a project folder or its YAML file; default: the current folder"},
         exits=(
@@ -212,7 +214,7 @@ DOCS: dict[str, CommandDoc] = {
                 "off, a token is missing or refused (401), or the address is not an rtserve "
                 "admin interface",
             ),
-            ("2", "PATH with `--url`, `--once` with `--json` or `--watch`, or another usage error"),
+            ("2", "PATH with `--url`, `--once` with `--watch`, or another usage error"),
         ),
         example=(
             "rtserve stats                          # live dashboard of the project here\n"
@@ -228,7 +230,11 @@ DOCS: dict[str, CommandDoc] = {
             '`{"client", "user", "info"?}` of the publishing client, absent for '
             "publications of the server). It reconnects by itself and recovers what it "
             "missed; when the server cannot give it (`recovered: false`) it prints a "
-            "`warning:` on stderr and goes on from the stream's position. See "
+            "`warning:` on stderr and goes on from the stream's position. Without `--url`, "
+            "inside a project it reaches the server its YAML file's `server:` section "
+            "describes (read as `rtserve run` reads it), elsewhere `http://127.0.0.1:8000`; "
+            "`--url` is the server's base URL, as for `rtserve publish` (the older "
+            "`ws://host:port/rt/ws` works too). See "
             "[channels.md](channels.md#clients-rtserveclient-and-the-shell)."
         ),
         arguments={"channel": "the channel to subscribe to, e.g. `chat:lobby`"},
@@ -252,6 +258,8 @@ DOCS: dict[str, CommandDoc] = {
             'POSTs `{"channel", "data", "idempotency_key"?}` to the publish API '
             "(`{url}/rt/publish`, with `Authorization: Bearer` the API key, which the server "
             'sets as `channels.api_key`) and prints its answer, `{"offset", "epoch"}`. '
+            "It finds the server as `rtserve subscribe` does: `--url http://host:port`, else "
+            "the project's here, else `http://127.0.0.1:8000`. "
             "See [channels.md](channels.md#the-publish-api)."
         ),
         arguments={

@@ -200,7 +200,13 @@ def find_socket(path: str | None) -> tuple[Path | None, str | None, str | None]:
         if not admin.listen:
             raise StatsError(f"{config} sets no admin socket and no listen address: use --url")
         return None, admin.listen, admin.token
-    return config.absolute().parent / admin.socket, admin.listen, admin.token
+    socket_path = config.absolute().parent / admin.socket
+    if not config.is_file() and not socket_path.exists():  # nor a `module:app` served here
+        raise StatsError(
+            f"no {CONFIG_NAME} in {config.absolute().parent}: run rtserve stats in a project "
+            "folder, give one as PATH, or use --url for a server elsewhere"
+        )
+    return socket_path, admin.listen, admin.token
 
 
 # --- rates and figures -----------------------------------------------------------------------
@@ -276,6 +282,11 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def counted(n: Any, noun: str) -> str:
+    """`1 channel`, `2 channels`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _ms(seconds: Any) -> str:
@@ -361,9 +372,13 @@ class View:
             (f"broker publish ({span})", _latency(rate, stats, "broker_publish", "publish")),
         ]
         ch = stats.get("channels", {})
-        self.channel_summary = (
-            f"{ch.get('count', 0)} channels, {ch.get('subscribers', 0)} subscribers, "
-            f"{ch.get('users', 0)} users"
+        self.channel_summary = ", ".join(
+            counted(ch.get(key, 0), noun)
+            for key, noun in (
+                ("count", "channel"),
+                ("subscribers", "subscriber"),
+                ("users", "user"),
+            )
         )
         per_channel = channel_rate or {}
         self.channels = [
@@ -395,6 +410,7 @@ class View:
         return f"top {TOP} by {by}{only}"
 
 
+NONE = "none"  # what an empty listing shows
 WORKER_COLUMNS = ("worker", "pid", "connections", "rss", "cpu", "loop lag")
 CONN_COLUMNS = ("id", "transport", "peer", "user", "queued", "age", "channels")
 
@@ -417,8 +433,7 @@ def plain(view: View) -> str:
     for name, subs, per_s in view.channels:
         lines.append(f"  {name}  {subs}" + ("" if per_s == "-" else f"  {per_s}"))
     lines.append(f"connections ({view.connections_title()}):")
-    if view.conns:
-        lines += _columns(CONN_COLUMNS, view.conns)
+    lines += _columns(CONN_COLUMNS, view.conns) if view.conns else [f"  {NONE}"]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -435,36 +450,40 @@ def rich_view(view: View, footer: str | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    def titled(title: str, **options: Any) -> Table:
+        # A table's title wraps at the table's width: make the table as wide as its title.
+        return Table(title=title, title_justify="left", min_width=len(title), **options)
+
     header = Text.assemble(("rtserve ", "bold"), (view.where, "cyan"), "\n", view.header)
     opened = Text("open: " + ", ".join(f"{t} {n}" for t, n in view.open))
-    totals = Table(title="totals", title_justify="left")
+    totals = titled("totals")
     totals.add_column("")
     totals.add_column("total", justify="right")
     totals.add_column("rate", justify="right")
     for total in view.totals:
         totals.add_row(*total)
-    latency = Table(title="latency", title_justify="left", show_header=False)
+    latency = titled("latency", show_header=False)
     latency.add_column("")
     latency.add_column("", justify="right")
     for label, value in view.latency:
         latency.add_row(label, value)
-    channels = Table(title=f"top channels ({view.channel_summary})", title_justify="left")
+    channels = titled(f"top channels ({view.channel_summary})")
     channels.add_column("channel")
     channels.add_column("subscribers", justify="right")
     channels.add_column("publications/s", justify="right")
     for channel in view.channels:
         channels.add_row(*channel)
-    conns = Table(title=f"connections, {view.connections_title()}", title_justify="left")
+    conns = titled(f"connections, {view.connections_title()}")
     for name in CONN_COLUMNS:
         conns.add_column(name, justify="right" if name in ("queued", "age") else "left")
     for row in view.conns:
         conns.add_row(*row)
+    for table, rows in ((channels, view.channels), (conns, view.conns)):
+        if not rows:
+            table.add_row(Text(NONE, style="dim"))
     parts: list[Any] = [header]
     if view.workers:
-        workers = Table(
-            title=f"workers ({len(view.workers)}; the figures below are their sums)",
-            title_justify="left",
-        )
+        workers = titled(f"workers ({len(view.workers)}; the figures below are their sums)")
         for name in WORKER_COLUMNS:
             workers.add_column(name, justify="left" if name == "worker" else "right")
         for worker_row in view.workers:
@@ -617,7 +636,7 @@ def run_ndjson(client: AdminClient, interval: float, ticks: int | None) -> None:
         count += 1
 
 
-@click.command()
+@click.command(short_help="Show a running server's stats (live, once, JSON).")
 @click.argument("path", required=False)
 @click.option("--url", help="The admin interface over HTTP: http://host:port.")
 @click.option(
@@ -662,11 +681,9 @@ def stats(
                 client = AdminClient(url=f"http://{listen}", token=token or config_token)
             else:
                 client = AdminClient(socket_path=socket_path)
-        if once and as_json:
-            raise click.UsageError("give --once or --json, not both")
         if once and watch:
             raise click.UsageError("give --once or --watch, not both")
-        if once:
+        if once and not as_json:
             run_once(client)
         elif as_json and not watch:
             click.echo(json.dumps(client.stats(), separators=(",", ":")))

@@ -127,7 +127,7 @@ def mint_cmd(
         raise click.UsageError(str(exc)) from None
 
 
-@token.command("verify")
+@token.command("verify", short_help="Check a token and print its claims.")
 @click.option(
     "--secret",
     "secrets",

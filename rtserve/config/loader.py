@@ -55,7 +55,7 @@ import yaml
 from rtserve.config.env import DotenvError, has_references, parse_dotenv, substitute
 from rtserve.config.units import parse_duration, parse_size
 from rtserve.errors import ConfigError
-from rtserve.schema import OptionError
+from rtserve.schema import PORT_RANGE, OptionError
 
 __all__ = [
     "ConfigErrors",
@@ -298,6 +298,8 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
     if tp is bool:
         return "true or false"
     if tp is int:
+        if meta.get("port"):
+            return f"a port ({PORT_RANGE[0]} to {PORT_RANGE[1]})"
         return "a size (bytes, or 64KiB, 1MiB, 64KB, ...)" if meta.get("size") else "an integer"
     if tp is float:
         if meta.get("duration"):
@@ -746,10 +748,12 @@ class _Walker:
                     return parse_size(value)
                 except ValueError as exc:
                     raise _Invalid(str(exc)) from None
-            if isinstance(value, int):
-                return value
             if isinstance(value, float) and value.is_integer():
-                return int(value)
+                value = int(value)
+            if isinstance(value, int):
+                if meta.get("port") and not PORT_RANGE[0] <= value <= PORT_RANGE[1]:
+                    raise _Invalid(f"expected {_describe(tp, meta)}, got {value}")
+                return value
             if isinstance(value, float) and math.isfinite(value):
                 raise _Invalid(f"expected an integer, got {scalar.text} (not a whole number)")
             raise _Invalid(expected)

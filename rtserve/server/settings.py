@@ -126,7 +126,7 @@ class ServerSettings:
     """Where and how the HTTP server listens, and what it accepts."""
 
     host: list[str] | str = opt("127.0.0.1", "address(es) to bind; IPv4 and IPv6 both work")
-    port: int = opt(8000, "TCP port (0 picks a free one)")
+    port: int = opt(8000, "TCP port (0 picks a free one)", port=True)
     unix_socket: str | None = opt(None, "listen on this unix socket path instead of TCP")
     fd: int | None = opt(None, "serve an inherited, already-listening socket descriptor")
     reuse_port: bool = opt(False, "SO_REUSEPORT, so several processes can share the port")

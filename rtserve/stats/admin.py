@@ -1,5 +1,6 @@
 """The admin interface: a second, small rtserve `Server` in the app's own event loop, on a
-unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token).
+unix socket (mode 0600, no token) and/or an HTTP address (with a Bearer token; without one,
+read-only: see admin_guard.py).
 
     GET  /rt/admin/stats                          counters, open connections, loop lag, process
     GET  /rt/admin/connections?limit=&offset=&transport=&user=&channel=&sort=age|queued
@@ -18,8 +19,11 @@ startup hooks start it and its shutdown hooks stop it. It reads the state of the
 (`App.server_state`, bound by `Server.start`), so it works however the app is served.
 
 The unix socket is bound under a temporary name, made 0600 and then renamed over the path, so
-a new process (a reload's new worker) takes the path over from the old one; a process removes
-the path on stopping only while it is still its own socket.
+a new process (a reload's new worker) takes the path over from the old one. The socket it
+displaced is kept under a second name (a hard link); on stopping, a process whose socket is
+still at the path puts the displaced one back if it still listens (a second instance that
+could not bind its port, a reload's worker that failed), else removes the path. It never
+touches the path once another process's socket is there.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +51,7 @@ from rtserve.server.exchange import ClientDisconnected, Exchange
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.websocket import WebSocketConnection
+from rtserve.stats.admin_guard import is_loopback, refusal
 from rtserve.stats.metrics import (
     PROMETHEUS_CONTENT_TYPE,
     TRANSPORTS,
@@ -75,6 +80,7 @@ _UNAUTHORIZED_HEADERS = encode_headers(
     [(b"content-type", JSON.encode()), (b"www-authenticate", b'Bearer realm="rtserve admin"')]
 )
 _UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
+_FORBIDDEN_HEADERS = encode_headers([(b"content-type", JSON.encode())])
 # The paths that also take the token as `?token=`: the page, and its EventSource.
 _QUERY_TOKEN_PATHS = frozenset({f"{PREFIX}/", f"{PREFIX}/events"})
 PAGE_FILE = Path(__file__).with_name("admin.html")
@@ -109,16 +115,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve anywhere
-
-
 def check_options(
     socket: str | Path | None, listen: str | None, token: str | None, *, enabled: bool = True
 ) -> None:
@@ -140,16 +136,30 @@ def check_options(
 
 
 class _AdminApp(App):
-    """The admin routes, behind a Bearer token when one is given (checked before routing)."""
+    """The admin routes, behind a Bearer token when one is given (checked before routing);
+    over HTTP (`http_port` gives the bound port) also behind admin_guard's checks."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, http_port: Callable[[], int] | None = None) -> None:
         super().__init__(ServerSettings(access_log=False))
         self._token = None if token is None else token.encode("utf-8")
+        self._http_port = http_port
 
     def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if self._token is not None and not self._authorized(exchange):
             exchange.respond(401, _UNAUTHORIZED_HEADERS, _UNAUTHORIZED_BODY)
             return None
+        if self._http_port is not None:
+            head = exchange.head
+            why = refusal(
+                head.method,
+                head.headers,
+                head.authority,
+                has_token=self._token is not None,
+                port=self._http_port(),
+            )
+            if why is not None:
+                exchange.respond(403, _FORBIDDEN_HEADERS, dump_json({"error": why}))
+                return None
         return super().dispatch(exchange)
 
     def _authorized(self, exchange: Exchange) -> bool:
@@ -226,6 +236,7 @@ class AdminServer:
         self._unix: Server | None = None
         self._http: Server | None = None
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._displaced: str | None = None  # the name of the socket ours replaced, kept
         self._made_folder = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -252,7 +263,7 @@ class AdminServer:
                     # moment, as on the main port.
                     reuse_port=hasattr(socket, "SO_REUSEPORT"),
                 )
-                self._http = Server(self._make_app(self.token), settings)
+                self._http = Server(self._make_app(self.token, lambda: self.port), settings)
                 await self._http.start()
         except BaseException:
             await self.stop()
@@ -286,6 +297,23 @@ class AdminServer:
                     sock.close()
         self._unlink_socket()
 
+    @contextlib.contextmanager
+    def private(self) -> Iterator[None]:
+        """Within the block, serve on a socket in a temporary folder of its own and (when it
+        has `listen`) an ephemeral loopback port instead of the addresses set: what a test
+        server does, so it never takes over a running server's (the project's
+        `.rtserve/admin.sock`, its `listen` port)."""
+        if self.running:
+            raise RuntimeError("the admin interface is running: stop the app first")
+        saved = self.socket_path, self.listen
+        with tempfile.TemporaryDirectory(prefix="rtserve-admin-") as folder:
+            self.socket_path = None if saved[0] is None else Path(folder) / "admin.sock"
+            self.listen = None if saved[1] is None else "127.0.0.1:0"
+            try:
+                yield
+            finally:
+                self.socket_path, self.listen = saved
+
     @property
     def addresses(self) -> list[str]:
         """Where the admin interface answers: `unix:/path` and `http://host:port`."""
@@ -308,20 +336,30 @@ class AdminServer:
         self._made_folder = not folder.exists()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = f".{path.name}.{os.getpid()}.tmp"
+        displaced = f".{path.name}.{os.getpid()}.prev"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _folder_fd(folder) as (dir_fd, bind_folder):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary, dir_fd=dir_fd)
+                _drop_dead_displaced(path.name, dir_fd, bind_folder)
+                for leftover in (temporary, displaced):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(leftover, dir_fd=dir_fd)
                 try:
                     sock.bind(f"{bind_folder}/{temporary}")
                     # Not listening yet (the Server does that): nobody connects in between.
                     os.chmod(temporary, 0o600, dir_fd=dir_fd)
+                    try:
+                        os.link(path.name, displaced, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                        self._displaced = displaced
+                    except OSError:  # nothing there, or no hard links here: nothing to put back
+                        self._displaced = None
                     os.replace(temporary, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     st = os.stat(path.name, dir_fd=dir_fd)
                 except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temporary, dir_fd=dir_fd)
+                    for name in (temporary, displaced):
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=dir_fd)
+                    self._displaced = None
                     raise
         except BaseException:
             sock.close()
@@ -331,15 +369,24 @@ class AdminServer:
         return sock
 
     def _unlink_socket(self) -> None:
-        """Remove the socket file if it is still ours (not a newer process's), and its folder
-        if this made it and nothing else is in it."""
+        """Leave the path as if this process had never bound it: while it is still our socket
+        (not a newer process's), put back the one ours displaced if that one still listens,
+        else remove it; then remove the folder if this made it and nothing else is in it."""
         if self._socket_id is None or self.socket_path is None:
             return
         ours, self._socket_id = self._socket_id, None
-        with contextlib.suppress(OSError):
-            st = os.stat(self.socket_path)
+        displaced, self._displaced = self._displaced, None
+        path = self.socket_path
+        with contextlib.suppress(OSError), _folder_fd(path.parent) as (dir_fd, folder):
+            st = os.stat(path.name, dir_fd=dir_fd)
             if (st.st_dev, st.st_ino) == ours:
-                os.unlink(self.socket_path)
+                if displaced is not None and _listening(f"{folder}/{displaced}"):
+                    os.replace(displaced, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    os.unlink(path.name, dir_fd=dir_fd)
+        if displaced is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / displaced)
         self._remove_folder()
 
     def _remove_folder(self) -> None:
@@ -350,8 +397,8 @@ class AdminServer:
 
     # --- the endpoints ---------------------------------------------------------------------
 
-    def _make_app(self, token: str | None) -> _AdminApp:
-        admin = _AdminApp(token)
+    def _make_app(self, token: str | None, http_port: Callable[[], int] | None = None) -> _AdminApp:
+        admin = _AdminApp(token, http_port)
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", f"{PREFIX}/stats", self.stats),
             ("GET", f"{PREFIX}/connections", self.connections),
@@ -484,6 +531,34 @@ def _folder_fd(folder: Path) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
+def _listening(path: str) -> bool:
+    """Whether a process listens on the unix socket at `path` (connected, or its backlog is
+    full); without waiting."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _drop_dead_displaced(name: str, dir_fd: int, folder: str) -> None:
+    """Remove the kept sockets (`.NAME.PID.prev`) nobody listens on any more: left by a
+    process that was killed before it could stop."""
+    prefix = f".{name}."
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(dir_fd):
+            if entry.startswith(prefix) and entry.endswith(".prev"):
+                if not _listening(f"{folder}/{entry}"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry, dir_fd=dir_fd)
+
+
 def enable_admin(
     app: App,
     *,
@@ -497,7 +572,8 @@ def enable_admin(
     `socket`: unix socket path (relative to the current folder; its folder is made, the socket
     is mode 0600; None: none). `listen`: also serve over HTTP at `host:port`; beyond loopback a
     `token` is required, and with a token every HTTP request must send `Authorization: Bearer
-    <token>` (the page `/rt/admin/` and its `/rt/admin/events` also take `?token=`).
+    <token>` (the page `/rt/admin/` and its `/rt/admin/events` also take `?token=`); without
+    one it is read-only and for a loopback Host only. Cross-site requests are refused.
     `metrics`: serve `/metrics` (Prometheus). Calling it again before the app starts replaces
     the previous settings.
     """

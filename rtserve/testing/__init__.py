@@ -14,7 +14,7 @@ import http.client
 import json as jsonlib
 import threading
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,16 +44,24 @@ def _test_settings(app: App, **overrides: Any) -> ServerSettings:
 
 
 @asynccontextmanager
-async def serve_app(app: App, **overrides: Any) -> AsyncIterator[Server]:
-    """Run `app` on 127.0.0.1 and an ephemeral port for the duration of the block."""
-    server = Server(app, _test_settings(app, **overrides))
-    await app.startup()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.shutdown(grace=1.0)
-        await app.shutdown()
+async def serve_app(
+    app: App, *, private_admin: bool = True, **overrides: Any
+) -> AsyncIterator[Server]:
+    """Run `app` on 127.0.0.1 and an ephemeral port for the duration of the block.
+
+    Its admin interface, if it has one, serves on a socket in a temporary folder and an
+    ephemeral port (`app.admin.socket_path`, `app.admin.port`), never on the project's own
+    addresses, which a running `rtserve run` owns; `private_admin=False` keeps them."""
+    admin = app.admin if private_admin else None
+    with admin.private() if admin is not None and not admin.running else nullcontext():
+        server = Server(app, _test_settings(app, **overrides))
+        await app.startup()
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.shutdown(grace=1.0)
+            await app.shutdown()
 
 
 @dataclass
@@ -113,13 +121,15 @@ class SyncClient:
 
 
 class ThreadedServer:
-    """Serve `app` from a background thread with its own event loop (for sync tests).
+    """Serve `app` from a background thread with its own event loop (for sync tests), as
+    `serve_app` does (its admin interface on private addresses unless `private_admin=False`).
 
     Use as a context manager; `port`, `url` and `client()` are available inside.
     """
 
-    def __init__(self, app: App, **overrides: Any) -> None:
+    def __init__(self, app: App, *, private_admin: bool = True, **overrides: Any) -> None:
         self.app = app
+        self.private_admin = private_admin
         self.overrides = overrides
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: Server | None = None
@@ -152,7 +162,9 @@ class ThreadedServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with serve_app(self.app, **self.overrides) as server:
+        async with serve_app(
+            self.app, private_admin=self.private_admin, **self.overrides
+        ) as server:
             self.server = server
             self._ready.set()
             await self._stop.wait()
