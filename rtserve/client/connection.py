@@ -33,7 +33,7 @@ from rtserve.protocol.ws_client import (
     InvalidHandshake,
     connect,
 )
-from rtserve.realtime.protocol import DisconnectCode, ErrorCode
+from rtserve.realtime.protocol import PROTOCOL_VERSION, DisconnectCode, ErrorCode
 
 log = logging.getLogger("rtserve.client")
 
@@ -98,6 +98,8 @@ class Client:
         self.user: str | None = None
         self.expires: float | None = None
         self.version: int | None = None
+        self.connect_data: Any = None  # what the app's on_connect gave back (ConnectResult.data)
+        self.limits: dict[str, int] = {}  # max_message_size, max_subscriptions, ...
         self.reconnects = 0
         self._subs: dict[str, Subscription] = {}
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -344,7 +346,7 @@ class Client:
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws))
         try:
-            command: dict[str, Any] = {"op": "connect"}
+            command: dict[str, Any] = {"op": "connect", "protocol": PROTOCOL_VERSION}
             if self.token is not None:
                 command["token"] = self.token
             if self.data is not None:
@@ -355,6 +357,9 @@ class Client:
             expires = result.get("expires")
             self.expires = float(expires) if expires is not None else None
             self.version = result.get("version")
+            self.connect_data = result.get("data")
+            limits = result.get("limits")
+            self.limits = dict(limits) if isinstance(limits, dict) else {}
             subs = [s for s in self._subs.values() if s.position is not None]
             outcomes = await asyncio.gather(
                 *(
@@ -481,7 +486,11 @@ class Client:
             if not isinstance(error, dict):
                 error = {"message": str(error)}
             future.set_exception(
-                ClientError(int(error.get("code", 0)), str(error.get("message", "")))
+                ClientError(
+                    int(error.get("code", 0)),
+                    str(error.get("message", "")),
+                    error.get("temporary") is True,
+                )
             )
         else:
             result = message.get("result")

@@ -13,11 +13,12 @@ from rtserve.errors import RtserveError
 
 class ClientError(RtserveError):
     """The server refused a command: `code` (rtserve.realtime.protocol.ErrorCode, or an app's
-    own from 1000) and `message`."""
+    own from 1000), `message`, and `temporary` (the same command may succeed later)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, temporary: bool = False) -> None:
         self.code = int(code)
         self.message = message
+        self.temporary = temporary
         super().__init__(f"{self.code} {message}")
 
 

@@ -25,10 +25,12 @@ class ConnectContext:
 
 @dataclass(slots=True)
 class ConnectResult:
-    """Who the connection is: the user id and the info shown in presence."""
+    """Who the connection is: the user id and the info shown in presence; `data` (any JSON
+    value) goes back to the client in the `connect` result of protocol 2 (WebSocket only)."""
 
     user: str | None = None
     info: dict[str, Any] | None = None
+    data: Any = None
 
 
 @dataclass(slots=True)

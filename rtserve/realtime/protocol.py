@@ -21,7 +21,8 @@ from typing import Any
 from rtserve.app.response import dump_json
 from rtserve.broker.base import ClientInfo, Publication, StreamPosition
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the newest; a connect without `protocol` is answered as version 1
+PROTOCOL_VERSIONS = (1, 2)
 MAX_CHANNEL_LENGTH = 255
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-:.@/=+#!~$]{1,255}\Z")  # MAX_CHANNEL_LENGTH
 
@@ -48,25 +49,34 @@ class ErrorCode(enum.IntEnum):
     ALREADY_CONNECTED = 116
 
 
-MESSAGES = {
-    ErrorCode.INTERNAL: "internal error",
-    ErrorCode.UNAUTHORIZED: "unauthorized",
-    ErrorCode.UNKNOWN_CHANNEL: "unknown channel",
-    ErrorCode.PERMISSION_DENIED: "permission denied",
-    ErrorCode.UNKNOWN_OP: "unknown op",
-    ErrorCode.ALREADY_SUBSCRIBED: "already subscribed",
-    ErrorCode.LIMIT_EXCEEDED: "limit exceeded",
-    ErrorCode.BAD_REQUEST: "bad request",
-    ErrorCode.NOT_AVAILABLE: "not available",
-    ErrorCode.TOKEN_EXPIRED: "token expired",
-    ErrorCode.NOT_CONNECTED: "connect first",
-    ErrorCode.RATE_LIMITED: "rate limited",
-    ErrorCode.UNRECOVERABLE: "position not in history",
-    ErrorCode.TOO_LARGE: "message too large",
-    ErrorCode.NOT_SUBSCRIBED: "not subscribed",
-    ErrorCode.BROKER_UNAVAILABLE: "broker unavailable",
-    ErrorCode.ALREADY_CONNECTED: "already connected",
+# Each code's default message, and whether the same command may succeed if sent again later
+# unchanged (`temporary`, sent with every error of a protocol 2 session).
+ERRORS: dict[int, tuple[str, bool]] = {
+    ErrorCode.INTERNAL: ("internal error", True),
+    ErrorCode.UNAUTHORIZED: ("unauthorized", False),
+    ErrorCode.UNKNOWN_CHANNEL: ("unknown channel", False),
+    ErrorCode.PERMISSION_DENIED: ("permission denied", False),
+    ErrorCode.UNKNOWN_OP: ("unknown op", False),
+    ErrorCode.ALREADY_SUBSCRIBED: ("already subscribed", False),
+    ErrorCode.LIMIT_EXCEEDED: ("limit exceeded", True),
+    ErrorCode.BAD_REQUEST: ("bad request", False),
+    ErrorCode.NOT_AVAILABLE: ("not available", False),
+    ErrorCode.TOKEN_EXPIRED: ("token expired", False),
+    ErrorCode.NOT_CONNECTED: ("connect first", False),
+    ErrorCode.RATE_LIMITED: ("rate limited", True),
+    ErrorCode.UNRECOVERABLE: ("position not in history", False),
+    ErrorCode.TOO_LARGE: ("message too large", False),
+    ErrorCode.NOT_SUBSCRIBED: ("not subscribed", False),
+    ErrorCode.BROKER_UNAVAILABLE: ("broker unavailable", True),
+    ErrorCode.ALREADY_CONNECTED: ("already connected", False),
 }
+MESSAGES = {ErrorCode(code): message for code, (message, _) in ERRORS.items()}
+
+
+def is_temporary(code: int) -> bool:
+    """Whether an error of `code` may pass (ERRORS); an app's own codes are not, by default."""
+    entry = ERRORS.get(code)
+    return entry is not None and entry[1]
 
 
 class DisconnectCode(enum.IntEnum):
@@ -86,11 +96,15 @@ class ChannelError(Exception):
     """A refusal with a stable code; raise it from hooks to refuse with your own code.
 
     `channel` names the channel refused, where a request names several (the HTTP streams).
+    `temporary`: the same command may succeed later (default: the code's, from ERRORS; False
+    for an app's own codes).
     """
 
     channel: str | None = None
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str | None = None, *, temporary: bool | None = None
+    ) -> None:
         self.code = int(code)
         if message is None:
             try:
@@ -98,6 +112,7 @@ class ChannelError(Exception):
             except ValueError:
                 message = "refused"
         self.message = message
+        self.temporary = is_temporary(self.code) if temporary is None else temporary
         super().__init__(f"{self.code} {message}")
 
 
@@ -117,6 +132,7 @@ OPS = frozenset(
 _NEEDS_CHANNEL = frozenset(
     {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats"}
 )
+_NEEDS_TOKEN = frozenset({"refresh"})
 
 
 @dataclass(slots=True)
@@ -131,6 +147,7 @@ class Command:
     since: StreamPosition | None = None
     limit: int | None = None
     idempotency_key: str | None = None
+    protocol: int | None = None  # `connect`: the version the client speaks (None: 1)
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -171,8 +188,8 @@ def parse_command(text: str | bytes) -> Command:
         if not isinstance(token, str):
             raise CommandError(ErrorCode.BAD_REQUEST, "token must be a string", id_)
         command.token = token
-    elif op == "refresh":
-        raise CommandError(ErrorCode.BAD_REQUEST, "refresh needs a token", id_)
+    elif op in _NEEDS_TOKEN:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"{op} needs a token", id_)
     if "data" in raw:
         command.data = raw["data"]
         try:
@@ -186,6 +203,13 @@ def parse_command(text: str | bytes) -> Command:
         if not isinstance(key, str) or not 0 < len(key) <= 256:
             raise CommandError(ErrorCode.BAD_REQUEST, "idempotency_key must be a short string", id_)
         command.idempotency_key = key
+    if op == "connect":
+        protocol = raw.get("protocol")
+        if protocol is not None:
+            if type(protocol) is not int or protocol not in PROTOCOL_VERSIONS:
+                versions = " or ".join(map(str, PROTOCOL_VERSIONS))
+                raise CommandError(ErrorCode.BAD_REQUEST, f"protocol must be {versions}", id_)
+            command.protocol = protocol
     since = raw.get("since")
     if since is not None:
         command.since = _parse_position(since, id_)
@@ -251,8 +275,12 @@ def encode_reply(id_: int | None, result: dict[str, Any]) -> bytes:
     return dump_json({"id": id_, "result": result})
 
 
-def encode_error(id_: int | None, code: int, message: str) -> bytes:
-    return dump_json({"id": id_, "error": {"code": int(code), "message": message}})
+def encode_error(id_: int | None, code: int, message: str, temporary: bool | None = None) -> bytes:
+    """An error reply; with `temporary` (protocol 2) the error says whether it may pass."""
+    error: dict[str, Any] = {"code": int(code), "message": message}
+    if temporary is not None:
+        error["temporary"] = temporary
+    return dump_json({"id": id_, "error": error})
 
 
 def publication_json(publication: Publication) -> dict[str, Any]:

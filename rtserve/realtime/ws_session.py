@@ -21,8 +21,8 @@ from rtserve.realtime.access import (
     add_user_connection,
     authorize_subscribe,
     connect_claims,
+    connect_client,
     remove_user_connection,
-    run_on_connect,
     take_address_rate,
     take_rate,
     verify_token,
@@ -30,7 +30,6 @@ from rtserve.realtime.access import (
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
-    PROTOCOL_VERSION,
     ChannelError,
     Command,
     CommandError,
@@ -67,6 +66,7 @@ class ChannelSocket(WebSocketHandler):
         self._buckets: dict[Any, Bucket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
+        self.protocol = 1  # the version `connect` asked for
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ class ChannelSocket(WebSocketHandler):
             command = parse_command(message)
         except CommandError as exc:
             self.hub.stats.refused += 1
-            self._reply(encode_error(exc.id, exc.code, exc.message))
+            self._reply(self._error(exc.id, exc))
             if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
                 self.close(DisconnectCode.BAD_REQUEST, exc.message)
             return
@@ -90,13 +90,13 @@ class ChannelSocket(WebSocketHandler):
             result = await self._run(command)
         except ChannelError as exc:
             self.hub.stats.refused += 1
-            self._reply(encode_error(command.id, exc.code, exc.message))
+            self._reply(self._error(command.id, exc))
             if isinstance(exc, _Refused):
                 self.close(exc.close_code, exc.message)
             return
         except Exception:
             log.exception("error handling %s", command.op)
-            self._reply(encode_error(command.id, ErrorCode.INTERNAL, "internal error"))
+            self._reply(self._error(command.id, ChannelError(ErrorCode.INTERNAL)))
             return
         if result is not None:
             self._reply(encode_reply(command.id, result))
@@ -194,6 +194,11 @@ class ChannelSocket(WebSocketHandler):
             self.hub.stats.slow_disconnected += 1
             self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
 
+    def _error(self, id_: int | None, exc: ChannelError) -> bytes:
+        """An error reply; with `temporary` from protocol 2 on."""
+        temporary = exc.temporary if self.protocol >= 2 else None
+        return encode_error(id_, exc.code, exc.message, temporary)
+
     def _frame(self, payload: bytes) -> bytes:
         return Outbound(payload).ws.frame_for(self.connection)
 
@@ -225,6 +230,7 @@ class ChannelSocket(WebSocketHandler):
     async def _connect(self, command: Command) -> dict[str, Any]:
         if self.client is not None:
             raise ChannelError(ErrorCode.ALREADY_CONNECTED)
+        self.protocol = command.protocol or 1
         hub = self.hub
         try:
             claims = connect_claims(hub.settings, command.token)
@@ -233,7 +239,7 @@ class ChannelSocket(WebSocketHandler):
             close_code = DisconnectCode.TOKEN_EXPIRED if expired else DisconnectCode.UNAUTHORIZED
             self._refuse(exc.code, exc.message, close_code)
         try:
-            client = await run_on_connect(hub, self.request, claims, command.data)
+            client, data = await connect_client(hub, self.request, claims, command.data)
         except ChannelError as exc:
             self._refuse(exc.code, exc.message, DisconnectCode.UNAUTHORIZED)
         if self.closed:
@@ -245,11 +251,23 @@ class ChannelSocket(WebSocketHandler):
         self.claims = claims
         self.client = client
         self._schedule_expiry()
-        return {
+        result = {
             "client": client.client,
             "user": client.user,
             "expires": _expires(claims),
-            "version": PROTOCOL_VERSION,
+            "version": self.protocol,
+        }
+        if self.protocol >= 2:
+            if data is not None:
+                result["data"] = data
+            result["limits"] = self._limits()
+        return result
+
+    def _limits(self) -> dict[str, int]:
+        """What this connection may send (protocol 2's connect result); 0 is no limit."""
+        return {
+            "max_message_size": self.connection.options.max_message_size,
+            "max_subscriptions": self.hub.settings.max_subscriptions,
         }
 
     def _refuse(self, code: int, message: str, close_code: int) -> NoReturn:
@@ -280,12 +298,7 @@ class ChannelSocket(WebSocketHandler):
             return
         self.subscriptions[channel] = rule
         if sub_claims is not None:
-            self._sub_tokens[channel] = self._expiry_timer(
-                sub_claims,
-                lambda: self.end_subscription(
-                    channel, ErrorCode.TOKEN_EXPIRED, "subscription token expired"
-                ),
-            )
+            self._sub_tokens[channel] = self._sub_token_timer(channel, sub_claims)
         self._reply(encode_reply(command.id, result))
         for message in buffered:
             if message.offset > last:
@@ -375,6 +388,15 @@ class ChannelSocket(WebSocketHandler):
         return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------
+
+    def _sub_token_timer(self, channel: str, claims: TokenClaims) -> asyncio.TimerHandle | None:
+        """Ends the subscription to `channel` when its subscription token expires."""
+        return self._expiry_timer(
+            claims,
+            lambda: self.end_subscription(
+                channel, ErrorCode.TOKEN_EXPIRED, "subscription token expired"
+            ),
+        )
 
     def _schedule_expiry(self) -> None:
         if self._timer is not None:

@@ -33,10 +33,13 @@
 //   { clients, users } (counts)
 // rt.on("state", fn): fn(state, info), state "connecting", "connected", "disconnected"
 //   (will retry) or "closed" (gave up, or close()); info.transport is the transport's name,
-//   info.session connect's result (WebSocket), info.error the refusal when closed.
+//   info.session connect's result (WebSocket: client, user, expires, version, data from the
+//   app's on_connect, limits), info.error the refusal when closed.
 // Commands made while not connected wait for the connection. A refusal rejects with an Error
-// carrying the server's `code`; code 0: the connection dropped (repeat a publish with an
-// idempotency_key to be safe).
+// carrying the server's `code` and, over the WebSocket, `temporary` (true: the same command
+// may succeed later); code 0: the connection dropped (repeat a publish with an
+// idempotency_key to be safe). A subscribe refused with a temporary error (or 115) is tried
+// again with a growing pause.
 //
 // Transports: the WebSocket at {prefix}/ws first. If it cannot connect (`fallbackAfter`
 // failures in a row), Server-Sent Events ({prefix}/sse, one EventSource for all channels,
@@ -55,10 +58,12 @@
   const PING_EVERY = 20000; // ms; a ping unanswered by the next one drops the WebSocket
   const POLL_TIMEOUT = 25; // s, asked of the server per long poll
   const BROKER_FAILED = 115; // a refusal that may pass: retried, never the end
+  const PROTOCOL = 2; // the version of docs/protocol.md this client speaks
 
   function rtError(error) {
     const fields = { code: error.code };
     if (error.channel !== undefined) fields.channel = error.channel;
+    if (error.temporary !== undefined) fields.temporary = error.temporary;
     return Object.assign(new Error(error.message), fields);
   }
   // A refusal of an HTTP stream that is not about one channel, as the WebSocket would close:
@@ -150,7 +155,7 @@
       ws.onmessage = (event) => this._message(event.data);
       ws.onclose = (event) => this._closed(event.code, event.reason);
       ws.onopen = () => {
-        const message = { op: "connect" };
+        const message = { op: "connect", protocol: PROTOCOL };
         if (rt.token) message.token = rt.token;
         if (rt.data !== undefined) message.data = rt.data;
         this.send(message).then(
@@ -207,7 +212,7 @@
         (result) => this.rt.subs.get(sub.channel) === sub && sub._subscribed(result, asked),
         (error) => {
           if (error.code === 0 || error.code === 105) return; // dropped: made again later
-          if (error.code === BROKER_FAILED) return this._subscribeLater(sub);
+          if (error.temporary || error.code === BROKER_FAILED) return this._subscribeLater(sub);
           this.rt._ended(sub, error);
         },
       );

@@ -1,0 +1,104 @@
+"""rtserve.js on protocol 2 in headless Chromium: what the `connect` result brings, errors'
+`temporary`, and the other protocol 2 features as they land (docs/rtserve-js.md).
+
+Served as in tests/test_browser_rtserve_js.py: tests/browser_pages/rtserve_js.html on a
+rtserve.testing.ThreadedServer (127.0.0.1, port 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserve import App, ChannelContext, ChannelError, ConnectContext, ConnectResult
+from rtserve.realtime.settings import ChannelSettings
+from rtserve.testing import ThreadedServer
+
+with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
+    from playwright.sync_api import Page, expect
+
+PAGE = Path(__file__).parent / "browser_pages" / "rtserve_js.html"
+TIMEOUT_MS = 10_000
+SECRET = "a-test-secret-of-32-characters!!"
+LATER_SUBSCRIBES: dict[str, int] = {}  # subscribes tried, per `later:` channel
+
+
+@pytest.fixture(scope="module")
+def app() -> App:
+    app = App(channels=ChannelSettings(token_secret=SECRET, max_subscriptions=50))
+    app.static_file("/", PAGE)
+    app.channel("feed:*", history=100, publish="clients")
+
+    def later(ctx: ChannelContext) -> None:
+        # The app's own refusal, marked temporary, for the first two subscribes.
+        LATER_SUBSCRIBES[ctx.channel] = LATER_SUBSCRIBES.get(ctx.channel, 0) + 1
+        if LATER_SUBSCRIBES[ctx.channel] <= 2:
+            raise ChannelError(1500, "not ready yet", temporary=True)
+
+    app.channel("later:*", history=10, on_subscribe=later)
+
+    @app.on_connect
+    def greet(ctx: ConnectContext) -> ConnectResult | None:
+        name = ctx.data.get("name") if isinstance(ctx.data, dict) else None
+        return ConnectResult(user=name, data={"greeting": f"hello {name}"}) if name else None
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(app: App) -> Iterator[ThreadedServer]:
+    with ThreadedServer(app, access_log=False) as srv:
+        yield srv
+
+
+def open_page(page: Page, server: ThreadedServer, channel: str, data: Any = None) -> None:
+    query = {"channel": channel, "transports": "websocket"}
+    if data is not None:
+        query["data"] = json.dumps(data)
+    response = page.goto(f"{server.url}/?{urllib.parse.urlencode(query)}")
+    assert response is not None and response.status == 200
+    expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+    page.wait_for_function("(window.subscribed || []).length > 0", timeout=TIMEOUT_MS)
+
+
+def publish(app: App, channel: str, data: Any) -> int:
+    return app.publish_threadsafe(channel, data).result(10).offset
+
+
+def test_the_session_has_the_apps_data_and_the_limits(page: Page, server: ThreadedServer) -> None:
+    open_page(page, server, "feed:session", {"name": "ann"})
+    session = page.evaluate("rt.session")
+    assert session["version"] == 2 and session["user"] == "ann"
+    assert session["data"] == {"greeting": "hello ann"}
+    assert session["limits"]["max_subscriptions"] == 50
+
+
+def test_errors_say_whether_they_are_temporary_and_temporary_ones_are_retried(
+    page: Page, server: ThreadedServer, app: App
+) -> None:
+    open_page(page, server, "feed:errors")
+    page.evaluate(
+        "window.errors = [];"
+        "rt.subscribe('nope:1', { onError: (e) => errors.push([e.code, e.temporary]) });"
+    )
+    page.wait_for_function("errors.length > 0", timeout=TIMEOUT_MS)
+    assert page.evaluate("errors") == [[102, False]]
+    # refused twice with the app's temporary code, then subscribed: the retries did it
+    page.evaluate(
+        "window.later = [];"
+        "rt.subscribe('later:1', { onPublication: (p) => later.push(p.data),"
+        " onError: (e) => later.push(['error', e.code]) });"
+    )
+    page.wait_for_function(
+        "rt.subs.get('later:1') && rt.subs.get('later:1').epoch !== null", timeout=TIMEOUT_MS
+    )
+    assert LATER_SUBSCRIBES["later:1"] == 3
+    assert publish(app, "later:1", "through") == 1
+    page.wait_for_function("later.length > 0", timeout=TIMEOUT_MS)
+    assert page.evaluate("later") == ["through"]

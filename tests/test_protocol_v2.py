@@ -1,0 +1,190 @@
+"""Protocol version 2 over /rt/ws (docs/protocol.md): what a `connect` with `protocol: 2`
+changes, the ops added with it, and that a client sending no `protocol` sees version 1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserve import App, ChannelContext, ChannelError, ChannelSettings, ConnectResult
+from rtserve.client import Client, ClientError
+from rtserve.realtime.protocol import (
+    ERRORS,
+    CommandError,
+    ErrorCode,
+    is_temporary,
+    parse_command,
+)
+from rtserve.testing import serve_app
+from tests.channel_peer import Peer
+
+SECRET = "a-test-secret-of-32-characters!!"
+Scenario = Callable[[Any, str], Awaitable[None]]
+
+
+def run(app: App, scenario: Scenario) -> None:
+    async def main() -> None:
+        async with serve_app(app) as server:
+            await asyncio.wait_for(scenario(server, f"ws://127.0.0.1:{server.port}/rt/ws"), 30)
+
+    asyncio.run(main())
+
+
+def v2_app(**settings: Any) -> App:
+    app = App(channels=ChannelSettings(token_secret=SECRET, **settings))
+    app.channel("chat:*", history=100, presence=True, join_leave=True, publish="clients")
+    app.channel("slow", publish="clients", publish_rate=0.001, publish_burst=1)
+    app.channel("user:{id}", token=True, publish="clients")
+
+    def on_subscribe(context: ChannelContext) -> None:
+        if context.channel == "busy":
+            raise ChannelError(1001, "come back later", temporary=True)
+        raise ChannelError(1002, "never")
+
+    app.channel("busy", on_subscribe=on_subscribe)
+    app.channel("closed", on_subscribe=on_subscribe)
+    return app
+
+
+async def raw_call(peer: Peer, op: str, **fields: Any) -> dict[str, Any]:
+    """The whole reply (result or error) to one command."""
+    return await peer.reply(await peer.send(op, **fields))
+
+
+# --- version and connect result -------------------------------------------------------------
+
+
+def test_protocol_field_is_checked_on_connect() -> None:
+    assert parse_command('{"op": "connect", "protocol": 2}').protocol == 2
+    assert parse_command('{"op": "connect"}').protocol is None
+    for bad in ("3", "0", "1.5", '"2"', "true"):
+        with pytest.raises(CommandError) as info:
+            parse_command('{"id": 4, "op": "connect", "protocol": ' + bad + "}")
+        assert info.value.code == ErrorCode.BAD_REQUEST and info.value.id == 4
+
+
+def test_temporary_comes_from_one_table() -> None:
+    assert {code for code, (_, temporary) in ERRORS.items() if temporary} == {
+        ErrorCode.INTERNAL,
+        ErrorCode.LIMIT_EXCEEDED,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.BROKER_UNAVAILABLE,
+    }
+    assert set(ERRORS) == set(ErrorCode)
+    assert ChannelError(ErrorCode.BROKER_UNAVAILABLE).temporary
+    assert not ChannelError(ErrorCode.UNKNOWN_CHANNEL).temporary
+    assert not ChannelError(4321, "app's own").temporary and not is_temporary(4321)
+    assert ChannelError(4321, "app's own", temporary=True).temporary
+
+
+def test_the_error_table_of_the_docs_says_what_the_server_sends() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| (\d{3}) \| (\w+) \| .*? \| (true|false) \| ", doc, re.M)
+    assert {int(code): (name, flag == "true") for code, name, flag in rows} == {
+        code: (ErrorCode(code).name, temporary) for code, (_, temporary) in ERRORS.items()
+    }
+
+
+def test_a_connect_without_protocol_is_answered_as_version_1() -> None:
+    app = v2_app()
+
+    @app.on_connect
+    def on_connect(context: Any) -> ConnectResult:
+        return ConnectResult(data={"motd": "hello"})
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url)
+        assert set(peer.info) == {"client", "user", "expires", "version"}
+        assert peer.info["version"] == 1
+        reply = await raw_call(peer, "subscribe", channel="nope")
+        assert reply["error"] == {"code": 102, "message": "no channel rule matches 'nope'"}
+
+    run(app, scenario)
+
+
+def test_a_protocol_2_connect_result_has_the_apps_data_and_the_limits() -> None:
+    app = v2_app(max_subscriptions=7)
+
+    @app.on_connect
+    def on_connect(context: Any) -> ConnectResult:
+        return ConnectResult(user="ann", data={"motd": "hello", "asked": context.data})
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2, data=5)
+        info = peer.info
+        assert info["version"] == 2 and info["user"] == "ann"
+        assert info["data"] == {"motd": "hello", "asked": 5}
+        assert info["limits"]["max_subscriptions"] == 7
+        assert info["limits"]["max_message_size"] == 1024 * 1024
+        # a version the server does not speak is a bad request, and the connection stays
+        other = await Peer.open(url, connect_cmd=False)
+        reply = await raw_call(other, "connect", protocol=3)
+        assert reply["error"]["code"] == 107 and "protocol" in reply["error"]["message"]
+        assert (await other.call("connect"))["version"] == 1
+
+    run(app, scenario)
+
+
+def test_connect_data_that_is_not_json_is_an_internal_error() -> None:
+    app = v2_app()
+
+    @app.on_connect
+    def on_connect(context: Any) -> ConnectResult:
+        return ConnectResult(data={"when": object()})
+
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, connect_cmd=False)
+        reply = await raw_call(peer, "connect", protocol=2)
+        assert reply["error"] == {"code": 100, "message": "internal error", "temporary": True}
+
+    run(app, scenario)
+
+
+def test_every_error_of_protocol_2_says_whether_it_is_temporary() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+
+        async def error(op: str, **fields: Any) -> tuple[int, bool]:
+            reply = await raw_call(peer, op, **fields)
+            return reply["error"]["code"], reply["error"]["temporary"]
+
+        assert await error("subscribe", channel="nope") == (102, False)
+        assert await error("fly") == (104, False)
+        assert await error("history", channel="chat:a", limit=-1) == (107, False)
+        assert await error("subscribe", channel="user:2") == (103, False)
+        await peer.call("publish", channel="slow", data=1)  # the burst of one
+        assert await error("publish", channel="slow", data=2) == (111, True)
+        assert await error("subscribe", channel="busy") == (1001, True)
+        assert await error("subscribe", channel="closed") == (1002, False)
+        assert await error("connect", protocol=2) == (116, False)
+
+    run(v2_app(), scenario)
+
+
+# --- rtserve.client on protocol 2 ------------------------------------------------------------
+
+
+def test_rtserve_client_speaks_protocol_2() -> None:
+    app = v2_app(max_subscriptions=9)
+
+    @app.on_connect
+    def on_connect(context: Any) -> ConnectResult:
+        return ConnectResult(data={"motd": "hello"})
+
+    async def scenario(server: Any, url: str) -> None:
+        async with Client(url) as client:
+            assert client.version == 2 and client.connect_data == {"motd": "hello"}
+            assert client.limits["max_subscriptions"] == 9
+            with pytest.raises(ClientError) as info:
+                await client.subscribe("busy")
+            assert (info.value.code, info.value.temporary) == (1001, True)
+            with pytest.raises(ClientError) as info:
+                await client.subscribe("nope")
+            assert (info.value.code, info.value.temporary) == (102, False)
+
+    run(app, scenario)
