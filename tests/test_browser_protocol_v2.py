@@ -19,6 +19,7 @@ import pytest
 from rtserve import App, ChannelContext, ChannelError, ConnectContext, ConnectResult
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.testing import ThreadedServer
+from rtserve.tokens import mint
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import Page, expect
@@ -27,6 +28,7 @@ PAGE = Path(__file__).parent / "browser_pages" / "rtserve_js.html"
 TIMEOUT_MS = 10_000
 SECRET = "a-test-secret-of-32-characters!!"
 LATER_SUBSCRIBES: dict[str, int] = {}  # subscribes tried, per `later:` channel
+SUB_TOKEN_TTL = 2  # seconds: rtserve.js refreshes a quarter of that before expiry
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,11 @@ def app() -> App:
             raise ChannelError(1500, "not ready yet", temporary=True)
 
     app.channel("later:*", history=10, on_subscribe=later)
+    app.channel("private:*", history=10, token=True)
+
+    @app.route("/subtoken")
+    async def subscription_token(request: Any) -> str:
+        return mint(SECRET, None, channels=[request.query["channel"]], ttl=SUB_TOKEN_TTL)
 
     @app.on_connect
     def greet(ctx: ConnectContext) -> ConnectResult | None:
@@ -102,3 +109,32 @@ def test_errors_say_whether_they_are_temporary_and_temporary_ones_are_retried(
     assert publish(app, "later:1", "through") == 1
     page.wait_for_function("later.length > 0", timeout=TIMEOUT_MS)
     assert page.evaluate("later") == ["through"]
+
+
+def test_a_subscription_token_is_refreshed_before_it_expires(
+    page: Page, server: ThreadedServer, app: App
+) -> None:
+    """With handlers.getToken the subscription outlives several short subscription tokens
+    (sub_refresh), without onError and without being made again."""
+    open_page(page, server, "feed:sub-refresh")
+    page.evaluate(
+        """async () => {
+          const fetchToken = async (channel) =>
+            (await fetch(`/subtoken?channel=${encodeURIComponent(channel)}`)).text();
+          window.subTokens = 0;
+          window.priv = { subscribed: 0, pubs: [], errors: [] };
+          rt.subscribe("private:1", {
+            token: await fetchToken("private:1"),
+            getToken: async (channel) => { subTokens += 1; return fetchToken(channel); },
+            onSubscribed: () => (priv.subscribed += 1),
+            onPublication: (pub) => priv.pubs.push(pub.data),
+            onError: (error) => priv.errors.push(error.code),
+          });
+        }"""
+    )
+    # Two refreshes: past the first token's expiry and the second's.
+    page.wait_for_function("subTokens >= 2", timeout=4 * SUB_TOKEN_TTL * 1000)
+    page.wait_for_function("priv.subscribed === 1", timeout=TIMEOUT_MS)
+    assert publish(app, "private:1", "after the refreshes") == 1
+    page.wait_for_function("priv.pubs.length > 0", timeout=TIMEOUT_MS)
+    assert page.evaluate("priv") == {"subscribed": 1, "pubs": ["after the refreshes"], "errors": []}

@@ -32,7 +32,7 @@ SECRET = "a-test-secret-of-32-characters!!"
 PARSE_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_OP}
 # What /rt/ws may close with (docs/protocol.md); 1009 is out of reach of these small inputs.
 CLOSE_CODES = {4000, 4001, 4002, 4003, 4004, 4005, 4006}
-FIELDS = ["id", "op", "channel", "data", "token", "since", "limit", "idempotency_key"]
+FIELDS = ["id", "op", "channel", "data", "token", "since", "limit", "idempotency_key", "protocol"]
 
 
 def _strict(name: str) -> Any:
@@ -77,6 +77,7 @@ field_values = {
     | values,
     "limit": st.integers(min_value=-2, max_value=2**64) | values,
     "idempotency_key": st.text(max_size=300) | values,
+    "protocol": st.sampled_from([1, 2, 3, 0, 2.0]) | values,
 }
 commands = st.fixed_dictionaries(
     {"op": field_values["op"]},
@@ -175,6 +176,7 @@ good_commands = st.fixed_dictionaries(
             {"offset": st.integers(0, 20), "epoch": st.sampled_from(["", "e"])}
         ),
         "limit": st.integers(0, 20),
+        "protocol": st.sampled_from([1, 2]),
     },
 )
 messages = st.lists(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from rtserve.realtime.protocol import (
     parse_command,
 )
 from rtserve.testing import serve_app
+from rtserve.tokens import mint
 from tests.channel_peer import Peer
 
 SECRET = "a-test-secret-of-32-characters!!"
@@ -188,3 +190,96 @@ def test_rtserve_client_speaks_protocol_2() -> None:
             assert (info.value.code, info.value.temporary) == (102, False)
 
     run(app, scenario)
+
+
+# --- sub_refresh ------------------------------------------------------------------------------
+
+
+def test_sub_refresh_is_parsed_with_its_channel_and_token() -> None:
+    command = parse_command('{"id": 1, "op": "sub_refresh", "channel": "user:2", "token": "t"}')
+    assert (command.op, command.channel, command.token) == ("sub_refresh", "user:2", "t")
+    for text in (
+        '{"id": 1, "op": "sub_refresh", "channel": "user:2"}',
+        '{"id": 1, "op": "sub_refresh", "token": "t"}',
+        '{"id": 1, "op": "sub_refresh", "channel": "user:2", "token": 5}',
+    ):
+        with pytest.raises(CommandError) as info:
+            parse_command(text)
+        assert info.value.code == ErrorCode.BAD_REQUEST and info.value.id == 1
+
+
+def test_sub_refresh_extends_a_subscription_token_without_resubscribing() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2, token=mint(SECRET, "1", channels=["user:1"]))
+        short = mint(SECRET, "1", channels=["user:2"], ttl=1)
+        subscribed = await peer.call("subscribe", channel="user:2", token=short)
+        old_expiry = subscribed["expires"]
+        assert isinstance(old_expiry, int) and old_expiry <= time.time() + 1
+        fresh = mint(SECRET, "1", channels=["user:2"], ttl=60)
+        refreshed = await peer.call("sub_refresh", channel="user:2", token=fresh)
+        assert refreshed["expires"] >= time.time() + 59
+        # past the first token's expiry (no event tells that nothing happened: wait it out)
+        await asyncio.sleep(max(0.0, old_expiry - time.time()) + 0.3)
+        await peer.call("publish", channel="user:2", data="still subscribed")
+        pub = await peer.next_push()  # an `unsubscribe` push would come first
+        assert (pub["push"], pub["data"]) == ("pub", "still subscribed")
+        # the publish right of the subscription token goes on too
+        assert (await peer.call("publish", channel="user:2", data=2))["offset"] == 2
+
+    run(v2_app(), scenario)
+
+
+def test_sub_refresh_refusals() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2, token=mint(SECRET, "1", channels=["user:1"]))
+        await peer.call("subscribe", channel="user:2", token=mint(SECRET, "1", channels=["user:2"]))
+        await peer.call("subscribe", channel="chat:a")
+
+        async def error(channel: str, token: str) -> tuple[int, str]:
+            reply = await raw_call(peer, "sub_refresh", channel=channel, token=token)
+            return reply["error"]["code"], reply["error"]["message"]
+
+        good = mint(SECRET, "1", channels=["user:2"])
+        assert (await error("user:3", good))[0] == 114
+        assert (await error("chat:a", good))[0] == 107  # subscribed without a token
+        assert await error("user:2", mint(SECRET, "9", channels=["user:2"])) == (
+            103,
+            "token of another user",
+        )
+        assert await error("user:2", mint(SECRET, "1", channels=["user:3"])) == (
+            103,
+            "token does not allow channel",
+        )
+        expired = mint(SECRET, "1", channels=["user:2"], ttl=10, now=time.time() - 60)
+        assert (await error("user:2", expired))[0] == 109
+        assert (await error("user:2", "x.y.z"))[0] == 101
+        # the subscription survived every refusal
+        assert (await peer.call("publish", channel="user:2", data=1))["offset"] == 1
+
+    run(v2_app(), scenario)
+
+
+def test_rtserve_client_sub_refresh() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        async with Client(url, token=mint(SECRET, "1", channels=["user:1"])) as client:
+            short = mint(SECRET, "1", channels=["user:2"], ttl=1)
+            sub = await client.subscribe("user:2", token=short)
+            assert sub.expires is not None and sub.expires <= time.time() + 1
+            fresh = mint(SECRET, "1", channels=["user:2"], ttl=60)
+            assert await sub.refresh(fresh) >= time.time() + 59
+            assert sub.token == fresh and sub.expires is not None
+            await asyncio.sleep(max(0.0, short_expiry(short) - time.time()) + 0.3)
+            await client.publish("user:2", "after")
+            async with asyncio.timeout(5):
+                pub = await anext(aiter(sub))
+            assert pub.data == "after"
+
+    run(v2_app(), scenario)
+
+
+def short_expiry(token: str) -> float:
+    from rtserve.tokens import verify
+
+    expires = verify([SECRET], token).expires
+    assert expires is not None
+    return expires

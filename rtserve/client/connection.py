@@ -261,6 +261,17 @@ class Client:
         self.expires = float(expires) if expires is not None else None
         return self.expires
 
+    async def sub_refresh(self, channel: str, token: str) -> float | None:
+        """Replace the subscription token of `channel` before it expires, without subscribing
+        again; it is also the one used when subscribing again. Returns the new expiry."""
+        sub = self._subs.get(channel)
+        result = await self._request({"op": "sub_refresh", "channel": channel, "token": token})
+        expires = result.get("expires")
+        if sub is not None and self._subs.get(channel) is sub:
+            sub.token = token
+            sub.expires = float(expires) if expires is not None else None
+        return float(expires) if expires is not None else None
+
     async def ping(self) -> None:
         """A round trip of the protocol's ping command."""
         await self._request({"op": "ping"})

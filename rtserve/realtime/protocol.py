@@ -127,12 +127,13 @@ OPS = frozenset(
         "presence_stats",
         "refresh",
         "ping",
+        "sub_refresh",  # protocol 2 on
     }
 )
 _NEEDS_CHANNEL = frozenset(
-    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats"}
+    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats", "sub_refresh"}
 )
-_NEEDS_TOKEN = frozenset({"refresh"})
+_NEEDS_TOKEN = frozenset({"refresh", "sub_refresh"})
 
 
 @dataclass(slots=True)

@@ -225,6 +225,8 @@ class ChannelSocket(WebSocketHandler):
             return await self._presence_stats(command)
         if op == "refresh":
             return self._refresh(command)
+        if op == "sub_refresh":
+            return self._sub_refresh(command)
         return {}  # ping
 
     async def _connect(self, command: Command) -> dict[str, Any]:
@@ -299,6 +301,8 @@ class ChannelSocket(WebSocketHandler):
         self.subscriptions[channel] = rule
         if sub_claims is not None:
             self._sub_tokens[channel] = self._sub_token_timer(channel, sub_claims)
+            if self.protocol >= 2:
+                result["expires"] = _expires(sub_claims)
         self._reply(encode_reply(command.id, result))
         for message in buffered:
             if message.offset > last:
@@ -385,6 +389,24 @@ class ChannelSocket(WebSocketHandler):
             raise ChannelError(ErrorCode.UNAUTHORIZED, "token of another user")
         self.claims = claims
         self._schedule_expiry()
+        return {"expires": _expires(claims)}
+
+    def _sub_refresh(self, command: Command) -> dict[str, Any]:
+        """Replace the subscription token of a subscription made with one: its expiry, and
+        what it allows (the subscription stays, nothing is re-sent)."""
+        channel, _ = self._subscribed_rule(command)
+        if channel not in self._sub_tokens:
+            raise ChannelError(ErrorCode.BAD_REQUEST, "subscribed without a subscription token")
+        assert command.token is not None
+        claims = verify_token(self.hub.settings, command.token)
+        if claims.user != self.client.user:
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token of another user")
+        if not claims.allows(channel):
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
+        timer = self._sub_tokens[channel]
+        if timer is not None:
+            timer.cancel()
+        self._sub_tokens[channel] = self._sub_token_timer(channel, claims)
         return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------

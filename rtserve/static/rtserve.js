@@ -24,7 +24,8 @@
 //   onPublication(pub)  pub = { channel, offset, data, info? }, each offset once, in order
 //   onSubscribed(result), onUnrecovered(result), onJoin(info), onLeave(info),
 //   onPresence(push), onError(error); and since: { offset, epoch } to start from, token: a
-//   subscription token (WebSocket only).
+//   subscription token (WebSocket only), getToken: async (channel) => a fresh subscription
+//   token, called before the current one expires (`sub_refresh`, WebSocket only).
 //   subscription.position is { offset, epoch } (null before the first answer);
 //   subscription.unsubscribe() ends it.
 // rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
@@ -84,6 +85,12 @@
   }
 
   const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
+  // ms until a token expiring at `expires` (unix s) is replaced: a quarter of its life
+  // early, at most 30 s.
+  function refreshDelay(expires) {
+    const left = expires * 1000 - Date.now();
+    return Math.max(0, left - Math.min(30000, left / 4));
+  }
 
   class Subscription {
     constructor(rt, channel, handlers) {
@@ -187,8 +194,6 @@
       clearTimeout(this.refresher);
       const rt = this.rt;
       if (!expires || !rt.getToken) return;
-      const left = expires * 1000 - Date.now();
-      const delay = Math.max(0, left - Math.min(30000, left / 4));
       this.refresher = setTimeout(async () => {
         if (this.ws === null) return;
         try {
@@ -201,7 +206,27 @@
           // Refused, or getToken failed: at expiry the server closes (4002) and the client
           // reconnects with a new token from getToken.
         }
-      }, delay);
+      }, refreshDelay(expires));
+    }
+    // A subscription's own getToken replaces its subscription token the same way
+    // (`sub_refresh`), so the server does not end it (109) when the token expires.
+    _subRefreshBefore(sub, expires) {
+      clearTimeout(sub.refresher);
+      const getToken = sub.handlers.getToken;
+      if (!expires || !getToken) return;
+      const live = () => this.ws !== null && this.rt.subs.get(sub.channel) === sub;
+      sub.refresher = setTimeout(async () => {
+        if (!live()) return;
+        try {
+          const token = await getToken.call(sub.handlers, sub.channel);
+          if (!live()) return;
+          const result = await this.send({ op: "sub_refresh", channel: sub.channel, token });
+          sub.token = token;
+          this._subRefreshBefore(sub, result.expires);
+        } catch (error) {
+          // Refused, or getToken failed: at expiry the server ends the subscription (onError).
+        }
+      }, refreshDelay(expires));
     }
     subscribe(sub) {
       const message = { op: "subscribe", channel: sub.channel };
@@ -209,7 +234,11 @@
       if (asked) message.since = { offset: sub.offset, epoch: sub.epoch };
       if (sub.token) message.token = sub.token;
       this.send(message).then(
-        (result) => this.rt.subs.get(sub.channel) === sub && sub._subscribed(result, asked),
+        (result) => {
+          if (this.rt.subs.get(sub.channel) !== sub) return;
+          sub._subscribed(result, asked);
+          this._subRefreshBefore(sub, result.expires);
+        },
         (error) => {
           if (error.code === 0 || error.code === 105) return; // dropped: made again later
           if (error.temporary || error.code === BROKER_FAILED) return this._subscribeLater(sub);
@@ -268,6 +297,7 @@
       this.ws = null;
       clearInterval(this.pinger);
       clearTimeout(this.refresher);
+      for (const sub of this.rt.subs.values()) clearTimeout(sub.refresher);
       ws.onclose = ws.onmessage = ws.onopen = null;
       ws.close(1000);
       for (const waiter of this.pending.values()) {
@@ -636,11 +666,13 @@
     _unsubscribe(sub) {
       if (this.subs.get(sub.channel) !== sub) return;
       this.subs.delete(sub.channel);
+      clearTimeout(sub.refresher);
       if (this.state === "connected") this.transport.unsubscribe(sub);
     }
 
     _ended(sub, error) {
       if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      clearTimeout(sub.refresher);
       sub._call("onError", error);
     }
 
