@@ -138,3 +138,59 @@ def test_a_subscription_token_is_refreshed_before_it_expires(
     assert publish(app, "private:1", "after the refreshes") == 1
     page.wait_for_function("priv.pubs.length > 0", timeout=TIMEOUT_MS)
     assert page.evaluate("priv") == {"subscribed": 1, "pubs": ["after the refreshes"], "errors": []}
+
+
+# Every message a page's WebSockets send, by socket: sentFrames[n] for the n-th socket.
+RECORD_SENDS = """
+(() => {
+  const numbers = new WeakMap();
+  const send = WebSocket.prototype.send;
+  window.sentFrames = [];
+  WebSocket.prototype.send = function (data) {
+    if (!numbers.has(this)) numbers.set(this, sentFrames.push([]) - 1);
+    sentFrames[numbers.get(this)].push(JSON.parse(data));
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def test_many_channels_connect_in_one_round_trip_and_a_ticks_commands_go_together(
+    page: Page, server: ThreadedServer, app: App
+) -> None:
+    page.add_init_script(RECORD_SENDS)
+    open_page(page, server, "feed:many-page")
+    page.evaluate(
+        """() => {
+          window.many = new Rtserve({ transports: ["websocket"] });
+          window.manyState = { subscribed: 0, pubs: [] };
+          for (let n = 0; n < 20; n++) {
+            many.subscribe(`feed:many-${n}`, {
+              onSubscribed: () => (manyState.subscribed += 1),
+              onPublication: (pub) => manyState.pubs.push([pub.channel, pub.data]),
+            });
+          }
+          many.connect();
+        }"""
+    )
+    page.wait_for_function("manyState.subscribed === 20", timeout=TIMEOUT_MS)
+    frames = page.evaluate("sentFrames[1]")
+    assert len(frames) == 1, frames  # the connect, with every subscription in it
+    assert frames[0]["op"] == "connect" and frames[0]["protocol"] == 2
+    assert [s["channel"] for s in frames[0]["subscriptions"]] == [
+        f"feed:many-{n}" for n in range(20)
+    ]
+    # five publishes in one tick: one message, an array of five commands
+    offsets = page.evaluate(
+        """() => Promise.all([0, 1, 2, 3, 4].map((n) => many.publish(`feed:many-${n}`, n)))
+          .then((positions) => positions.map((p) => p.offset))"""
+    )
+    assert offsets == [1, 1, 1, 1, 1]
+    frames = page.evaluate("sentFrames[1]")
+    assert len(frames) == 2 and [c["op"] for c in frames[1]] == ["publish"] * 5
+    assert publish(app, "feed:many-7", "from the server") == 1
+    page.wait_for_function("manyState.pubs.length === 6", timeout=TIMEOUT_MS)
+    pubs = page.evaluate("manyState.pubs")
+    assert sorted(pubs) == sorted(
+        [[f"feed:many-{n}", n] for n in range(5)] + [["feed:many-7", "from the server"]]
+    )

@@ -4,6 +4,7 @@ changes, the ops added with it, and that a client sending no `protocol` sees ver
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -13,13 +14,18 @@ from typing import Any
 import pytest
 
 from rtserve import App, ChannelContext, ChannelError, ChannelSettings, ConnectResult
+from rtserve.broker.base import StreamPosition
 from rtserve.client import Client, ClientError
 from rtserve.realtime.protocol import (
     ERRORS,
+    MAX_BATCH,
+    Command,
     CommandError,
     ErrorCode,
+    SubscribeRequest,
     is_temporary,
     parse_command,
+    parse_frame,
 )
 from rtserve.testing import serve_app
 from rtserve.tokens import mint
@@ -283,3 +289,238 @@ def short_expiry(token: str) -> float:
     expires = verify([SECRET], token).expires
     assert expires is not None
     return expires
+
+
+# --- several commands in one message; subscriptions in connect ---------------------------------
+
+
+def test_parse_frame_reads_a_batch_item_by_item() -> None:
+    batch = parse_frame('[{"id": 1, "op": "ping"}, {"id": 2, "op": "fly"}, 5, {"op": "ping"}]')
+    assert isinstance(batch, list) and len(batch) == 4
+    first, second, third, fourth = batch
+    assert isinstance(first, Command) and first.id == 1
+    assert isinstance(second, CommandError) and (second.code, second.id) == (104, 2)
+    assert isinstance(third, CommandError) and (third.code, third.id) == (107, None)
+    assert isinstance(fourth, Command) and fourth.id is None
+    single = parse_frame('{"id": 3, "op": "ping"}')
+    assert isinstance(single, Command) and single.id == 3
+    for text in ("[]", "[" + ",".join(['{"op": "ping"}'] * (MAX_BATCH + 1)) + "]"):
+        with pytest.raises(CommandError) as info:
+            parse_frame(text)
+        assert (info.value.code, info.value.id) == (107, None)
+
+
+def test_connect_subscriptions_are_parsed_and_checked() -> None:
+    command = parse_command(
+        '{"id": 1, "op": "connect", "subscriptions": [{"channel": "a"},'
+        ' {"channel": "b", "since": {"offset": 3, "epoch": "e"}, "token": "t"}]}'
+    )
+    assert command.subscriptions == [
+        SubscribeRequest("a"),
+        SubscribeRequest("b", StreamPosition(3, "e"), "t"),
+    ]
+    for bad in (
+        '{"channel": "a"}',
+        '[{"channel": "a b"}]',
+        '[{"channel": "a"}, {"channel": "a"}]',
+        '[{"channel": "a", "token": 5}]',
+        '[{"channel": "a", "since": {"offset": -1, "epoch": "e"}}]',
+        "[" + ",".join(f'{{"channel": "c{n}"}}' for n in range(MAX_BATCH + 1)) + "]",
+    ):
+        with pytest.raises(CommandError) as info:
+            parse_command('{"id": 1, "op": "connect", "subscriptions": ' + bad + "}")
+        assert (info.value.code, info.value.id) == (107, 1)
+
+
+async def frames(peer: Peer, ids: set[int]) -> list[Any]:
+    """Messages received until every id in `ids` is answered (arrays are batched replies)."""
+    out: list[Any] = []
+    while ids:
+        message = json.loads(await asyncio.wait_for(peer.ws.recv(), 5))
+        out.append(message)
+        for reply in message if isinstance(message, list) else [message]:
+            ids.discard(reply.get("id"))
+    return out
+
+
+def test_a_batch_is_answered_in_one_message_in_order() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+        assert peer.info["limits"]["max_batch"] == MAX_BATCH
+        batch = [
+            {"id": 1, "op": "subscribe", "channel": "chat:a"},
+            {"id": 2, "op": "subscribe", "channel": "chat:b"},
+            {"id": 3, "op": "presence_stats", "channel": "chat:a"},
+            {"id": 4, "op": "fly"},
+            {"id": 5, "op": "ping"},
+        ]
+        await peer.ws.send(json.dumps(batch))
+        (answer,) = await frames(peer, {1, 2, 3, 4, 5})
+        assert [reply["id"] for reply in answer] == [1, 2, 3, 4, 5]
+        assert answer[0]["result"]["channel"] == "chat:a"
+        assert answer[2]["result"] == {"clients": 1, "users": 0}
+        assert answer[3]["error"] == {
+            "code": 104,
+            "message": "unknown op 'fly'",
+            "temporary": False,
+        }
+        assert answer[4]["result"] == {}
+
+    run(v2_app(), scenario)
+
+
+def test_a_push_in_a_batch_comes_after_the_replies_before_it() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+        batch = [
+            {"id": 1, "op": "subscribe", "channel": "chat:a"},
+            {"id": 2, "op": "publish", "channel": "chat:a", "data": "x"},
+            {"id": 3, "op": "ping"},
+        ]
+        await peer.ws.send(json.dumps(batch))
+        received = await frames(peer, {1, 2, 3})
+        order = [
+            f"reply {m['id']}" if "id" in m else f"push {m['push']}"
+            for message in received
+            for m in (message if isinstance(message, list) else [message])
+        ]
+        assert order.index("reply 1") < order.index("push pub")
+        assert [o for o in order if o.startswith("reply")] == ["reply 1", "reply 2", "reply 3"]
+
+    run(v2_app(), scenario)
+
+
+def test_a_batch_may_open_with_a_protocol_2_connect_and_only_then() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, connect_cmd=False)
+        batch = [
+            {"id": 1, "op": "connect", "protocol": 2},
+            {"id": 2, "op": "subscribe", "channel": "chat:a"},
+        ]
+        await peer.ws.send(json.dumps(batch))
+        (answer,) = await frames(peer, {1, 2})
+        assert answer[0]["result"]["version"] == 2 and answer[1]["result"]["offset"] == 0
+        # a version 1 session (or a batch before a protocol 2 connect) is as before: 4000
+        for opening in ({"id": 1, "op": "connect"}, {"id": 1, "op": "ping"}):
+            old = await Peer.open(url, connect_cmd=False)
+            await old.ws.send(json.dumps([opening, {"id": 2, "op": "ping"}]))
+            reply = json.loads(await asyncio.wait_for(old.ws.recv(), 5))
+            assert reply == {
+                "id": None,
+                "error": {"code": 107, "message": "a command is a JSON object"},
+            }
+            assert await old.closed_with() == (4000, "a command is a JSON object")
+
+    run(v2_app(), scenario)
+
+
+def test_a_malformed_command_without_id_in_a_batch_closes_after_the_replies_before_it() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+        batch = [{"id": 1, "op": "ping"}, {"op": "subscribe"}, {"id": 3, "op": "ping"}]
+        await peer.ws.send(json.dumps(batch))
+        answer = json.loads(await asyncio.wait_for(peer.ws.recv(), 5))
+        assert [reply["id"] for reply in answer] == [1, None]
+        assert answer[1]["error"]["code"] == 107
+        assert (await peer.closed_with())[0] == 4000
+
+    run(v2_app(), scenario)
+
+
+def test_connect_makes_the_subscriptions_it_asks_for_in_one_round_trip() -> None:
+    app = v2_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        first = await Peer.open(url, protocol=2)
+        await first.call("subscribe", channel="chat:a")
+        for n in range(3):
+            await first.call("publish", channel="chat:a", data=n)
+        epoch = (await first.call("history", channel="chat:a", limit=0))["epoch"]
+        await first.close()
+        peer = await Peer.open(url, connect_cmd=False)
+        requests = [
+            {"channel": "chat:a", "since": {"offset": 1, "epoch": epoch}},
+            {"channel": "nope"},
+            {"channel": "busy"},
+        ] + [{"channel": f"chat:{n}"} for n in range(20)]
+        await peer.ws.send(
+            json.dumps({"id": 1, "op": "connect", "protocol": 2, "subscriptions": requests})
+        )
+        reply = json.loads(await asyncio.wait_for(peer.ws.recv(), 5))  # the first message
+        subscriptions = reply["result"]["subscriptions"]
+        assert len(subscriptions) == 23
+        recovered = subscriptions["chat:a"]
+        assert recovered["recovered"] is True
+        assert [p["data"] for p in recovered["publications"]] == [1, 2]
+        assert subscriptions["nope"]["error"]["code"] == 102
+        assert subscriptions["busy"]["error"] == {
+            "code": 1001,
+            "message": "come back later",
+            "temporary": True,
+        }
+        assert subscriptions["chat:7"]["offset"] == 0
+        await app.publish("chat:7", "live")
+        push = await peer.next_push("pub")
+        assert (push["channel"], push["data"]) == ("chat:7", "live")
+        stats = await peer.call("presence_stats", channel="chat:19")
+        assert stats["clients"] == 1
+        # the refused ones were not subscribed; the limit counts the others
+        assert (await raw_call(peer, "unsubscribe", channel="busy"))["error"]["code"] == 114
+
+    run(app, scenario)
+
+
+def test_connect_subscriptions_count_against_max_subscriptions() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, connect_cmd=False)
+        requests = [{"channel": f"chat:{n}"} for n in range(4)]
+        info = await raw_call(peer, "connect", protocol=2, subscriptions=requests)
+        answers = info["result"]["subscriptions"]
+        assert [answers[f"chat:{n}"].get("error", {}).get("code") for n in range(4)] == [
+            None,
+            None,
+            106,
+            106,
+        ]
+
+    run(v2_app(max_subscriptions=2), scenario)
+
+
+def test_rtserve_client_makes_its_subscriptions_again_in_the_reconnects_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rtserve.realtime.ws_session import ChannelSocket
+
+    subscribes: list[str] = []  # subscribe commands the server handled
+    plain = ChannelSocket._subscribe
+
+    async def counted(self: ChannelSocket, command: Any) -> None:
+        subscribes.append(command.channel)
+        await plain(self, command)
+
+    monkeypatch.setattr(ChannelSocket, "_subscribe", counted)
+    app = v2_app()
+
+    async def scenario(server: Any, url: str) -> None:
+        async with Client(url, backoff_min=0.01, backoff_max=0.05) as client:
+            subs = [await client.subscribe(f"chat:{n}") for n in range(3)]
+            await client.publish("chat:1", "before")
+            async with asyncio.timeout(5):
+                assert (await anext(aiter(subs[1]))).data == "before"
+            assert subscribes == ["chat:0", "chat:1", "chat:2"]
+            connected = client._ws
+            assert connected is not None
+            connected.abort()  # the network drops
+            await app.publish("chat:1", "during")  # recovered from the history
+            async with asyncio.timeout(5):
+                while client._ws is connected or not client.connected:
+                    await asyncio.sleep(0.01)
+            await app.publish("chat:1", "after")
+            async with asyncio.timeout(5):
+                assert (await anext(aiter(subs[1]))).data == "during"
+                assert (await anext(aiter(subs[1]))).data == "after"
+            assert client.reconnects == 1
+            assert subscribes == ["chat:0", "chat:1", "chat:2"]  # none sent again: in connect
+            assert [s.recovered for s in subs] == [True, True, True]
+
+    run(app, scenario)

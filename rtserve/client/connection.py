@@ -321,11 +321,7 @@ class Client:
     async def _subscribe_on(
         self, ws: ClientWebSocket, sub: Subscription, since: Position | None, *, resumed: bool
     ) -> None:
-        command: dict[str, Any] = {"op": "subscribe", "channel": sub.channel}
-        if sub.token is not None:
-            command["token"] = sub.token
-        if since is not None:
-            command["since"] = {"offset": since.offset, "epoch": since.epoch}
+        command = {"op": "subscribe", **_subscription_fields(sub.channel, sub.token, since)}
         sub._subscribing = True
         try:
             try:
@@ -362,7 +358,21 @@ class Client:
                 command["token"] = self.token
             if self.data is not None:
                 command["data"] = self.data
-            result = await self._request_on(ws, command)
+            # Every subscription is made again in the connect itself: one round trip.
+            subs = [s for s in self._subs.values() if s.position is not None]
+            asked = {s.channel: s.position if s.recover else None for s in subs}
+            if subs:
+                command["subscriptions"] = [
+                    _subscription_fields(s.channel, s.token, asked[s.channel]) for s in subs
+                ]
+                for sub in subs:
+                    sub._subscribing = True
+            try:
+                result = await self._request_on(ws, command)
+            except BaseException:
+                for sub in subs:
+                    sub._subscribe_failed()
+                raise
             self.client_id = result.get("client")
             self.user = result.get("user")
             expires = result.get("expires")
@@ -371,15 +381,33 @@ class Client:
             self.connect_data = result.get("data")
             limits = result.get("limits")
             self.limits = dict(limits) if isinstance(limits, dict) else {}
-            subs = [s for s in self._subs.values() if s.position is not None]
+            answers = result.get("subscriptions")
+            answers = answers if isinstance(answers, dict) else {}
+            again = []  # not answered in the connect (a server of version 1), or 112
+            for sub in subs:
+                answer = answers.get(sub.channel)
+                since = asked[sub.channel]
+                error = answer.get("error") if isinstance(answer, dict) else None
+                if not isinstance(answer, dict) or (
+                    isinstance(error, dict) and since is not None and error.get("code") == 112
+                ):
+                    sub._subscribe_failed()
+                    again.append(sub)
+                elif isinstance(error, dict):
+                    sub._subscribe_failed()
+                    refusal = _client_error(error)
+                    log.warning("%s: subscribing again was refused: %s", sub.channel, refusal)
+                    self._end_subscription(sub, refusal)
+                elif self._subs.get(sub.channel) is sub:
+                    sub._subscribed(answer, since, resumed=True)
             outcomes = await asyncio.gather(
                 *(
                     self._subscribe_on(ws, s, s.position if s.recover else None, resumed=True)
-                    for s in subs
+                    for s in again
                 ),
                 return_exceptions=True,
             )
-            for sub, outcome in zip(subs, outcomes, strict=True):
+            for sub, outcome in zip(again, outcomes, strict=True):
                 if isinstance(outcome, ClientError):
                     log.warning("%s: subscribing again was refused: %s", sub.channel, outcome)
                     self._end_subscription(sub, outcome)
@@ -473,6 +501,10 @@ class Client:
         except ValueError:
             log.warning("not JSON from %s: %.200s", self.url, text)
             return
+        for one in message if isinstance(message, list) else [message]:  # a batch's answers
+            self._dispatch_one(one, text)
+
+    def _dispatch_one(self, message: Any, text: str) -> None:
         if not isinstance(message, dict):
             log.warning("not an object from %s: %.200s", self.url, text)
             return
@@ -496,13 +528,7 @@ class Client:
         if error is not None:
             if not isinstance(error, dict):
                 error = {"message": str(error)}
-            future.set_exception(
-                ClientError(
-                    int(error.get("code", 0)),
-                    str(error.get("message", "")),
-                    error.get("temporary") is True,
-                )
-            )
+            future.set_exception(_client_error(error))
         else:
             result = message.get("result")
             future.set_result(result if isinstance(result, dict) else {})
@@ -610,3 +636,20 @@ class Client:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _client_error(error: dict[str, Any]) -> ClientError:
+    """The ClientError of a reply's `error` object."""
+    return ClientError(
+        int(error.get("code", 0)), str(error.get("message", "")), error.get("temporary") is True
+    )
+
+
+def _subscription_fields(channel: str, token: str | None, since: Position | None) -> dict[str, Any]:
+    """What a subscribe asks: {channel, token?, since?} (a command's, or one in a connect)."""
+    fields: dict[str, Any] = {"channel": channel}
+    if token is not None:
+        fields["token"] = token
+    if since is not None:
+        fields["since"] = {"offset": since.offset, "epoch": since.epoch}
+    return fields

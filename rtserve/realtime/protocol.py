@@ -23,6 +23,7 @@ from rtserve.broker.base import ClientInfo, Publication, StreamPosition
 
 PROTOCOL_VERSION = 2  # the newest; a connect without `protocol` is answered as version 1
 PROTOCOL_VERSIONS = (1, 2)
+MAX_BATCH = 100  # commands in one message, and subscriptions in one connect (protocol 2)
 MAX_CHANNEL_LENGTH = 255
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-:.@/=+#!~$]{1,255}\Z")  # MAX_CHANNEL_LENGTH
 
@@ -136,6 +137,15 @@ _NEEDS_CHANNEL = frozenset(
 _NEEDS_TOKEN = frozenset({"refresh", "sub_refresh"})
 
 
+@dataclass(slots=True, frozen=True)
+class SubscribeRequest:
+    """One of the subscriptions a `connect` asks for."""
+
+    channel: str
+    since: StreamPosition | None = None
+    token: str | None = None
+
+
 @dataclass(slots=True)
 class Command:
     """One parsed client command; fields not used by its op are None."""
@@ -149,6 +159,7 @@ class Command:
     limit: int | None = None
     idempotency_key: str | None = None
     protocol: int | None = None  # `connect`: the version the client speaks (None: 1)
+    subscriptions: list[SubscribeRequest] | None = None  # `connect`: subscribe at once
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -162,12 +173,38 @@ class CommandError(ChannelError):
 
 def parse_command(text: str | bytes) -> Command:
     """Parse one client message into a Command, or raise CommandError (code 107 or 104)."""
+    return command_from_json(_load(text))
+
+
+def parse_frame(text: str | bytes) -> Command | list[Command | CommandError]:
+    """Parse one client message: a command, or a batch (protocol 2: a JSON array of 1 to
+    MAX_BATCH commands, each parsed alone, a bad one as its CommandError). CommandError when
+    the message is neither."""
+    raw = _load(text)
+    if type(raw) is not list:
+        return command_from_json(raw)
+    if not 0 < len(raw) <= MAX_BATCH:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"a batch holds 1 to {MAX_BATCH} commands")
+    batch: list[Command | CommandError] = []
+    for item in raw:
+        try:
+            batch.append(command_from_json(item))
+        except CommandError as exc:
+            batch.append(exc)
+    return batch
+
+
+def _load(text: str | bytes) -> Any:
     try:
-        raw = json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise CommandError(ErrorCode.BAD_REQUEST, "not JSON") from None
     except RecursionError:  # nesting deeper than the parser's stack
         raise CommandError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
+
+
+def command_from_json(raw: Any) -> Command:
+    """A Command from a parsed JSON value, or CommandError (code 107 or 104)."""
     if not isinstance(raw, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
     id_ = raw.get("id")
@@ -211,6 +248,9 @@ def parse_command(text: str | bytes) -> Command:
                 versions = " or ".join(map(str, PROTOCOL_VERSIONS))
                 raise CommandError(ErrorCode.BAD_REQUEST, f"protocol must be {versions}", id_)
             command.protocol = protocol
+        requests = raw.get("subscriptions")
+        if requests is not None:
+            command.subscriptions = _parse_subscriptions(requests, id_)
     since = raw.get("since")
     if since is not None:
         command.since = _parse_position(since, id_)
@@ -259,6 +299,33 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
+    """`connect`'s `subscriptions`: a list of {channel, since?, token?}, each channel once."""
+    if type(value) is not list or len(value) > MAX_BATCH:
+        raise CommandError(
+            ErrorCode.BAD_REQUEST, f"subscriptions must be a list of at most {MAX_BATCH}", id_
+        )
+    requests: list[SubscribeRequest] = []
+    seen: set[str] = set()
+    for item in value:
+        channel = item.get("channel") if isinstance(item, dict) else None
+        if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
+            raise CommandError(
+                ErrorCode.BAD_REQUEST, "each subscription needs a valid channel", id_
+            )
+        if channel in seen:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"{channel} is in subscriptions twice", id_)
+        seen.add(channel)
+        assert isinstance(item, dict)
+        token = item.get("token")
+        if token is not None and not isinstance(token, str):
+            raise CommandError(ErrorCode.BAD_REQUEST, "token must be a string", id_)
+        since = item.get("since")
+        position = _parse_position(since, id_) if since is not None else None
+        requests.append(SubscribeRequest(channel, position, token))
+    return requests
+
+
 def _parse_position(value: Any, id_: int | None) -> StreamPosition:
     if isinstance(value, dict):
         offset, epoch = value.get("offset"), value.get("epoch")
@@ -278,10 +345,15 @@ def encode_reply(id_: int | None, result: dict[str, Any]) -> bytes:
 
 def encode_error(id_: int | None, code: int, message: str, temporary: bool | None = None) -> bytes:
     """An error reply; with `temporary` (protocol 2) the error says whether it may pass."""
+    return dump_json({"id": id_, "error": error_json(code, message, temporary)})
+
+
+def error_json(code: int, message: str, temporary: bool | None = None) -> dict[str, Any]:
+    """The `error` object of a reply (and of a refused subscription in a connect result)."""
     error: dict[str, Any] = {"code": int(code), "message": message}
     if temporary is not None:
         error["temporary"] = temporary
-    return dump_json({"id": id_, "error": error})
+    return error
 
 
 def publication_json(publication: Publication) -> dict[str, Any]:

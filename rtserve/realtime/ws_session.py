@@ -12,10 +12,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rtserve.app.websocket import WebSocketHandler
-from rtserve.broker.base import ClientInfo
+from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.access import (
     Bucket,
     add_user_connection,
@@ -30,15 +31,18 @@ from rtserve.realtime.access import (
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
+    MAX_BATCH,
     ChannelError,
     Command,
     CommandError,
     DisconnectCode,
     ErrorCode,
+    SubscribeRequest,
     encode_error,
     encode_reply,
     encode_unsubscribed,
-    parse_command,
+    error_json,
+    parse_frame,
 )
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.websocket import OPEN
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from rtserve.app.request import Request
 
 log = logging.getLogger("rtserve.channels")
+MAX_BATCH_REPLY = 64 * 1024  # bytes of a batch's replies held before they are sent
 
 
 class ChannelSocket(WebSocketHandler):
@@ -67,6 +72,9 @@ class ChannelSocket(WebSocketHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
         self.protocol = 1  # the version `connect` asked for
+        self._batch: list[bytes] | None = None  # replies held while a batch runs
+        self._batch_size = 0
+        self._openings: list[_Opening] = []  # subscriptions of a connect, before its reply
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -79,27 +87,62 @@ class ChannelSocket(WebSocketHandler):
             self.close(DisconnectCode.BAD_REQUEST, "binary messages are not commands")
             return
         try:
-            command = parse_command(message)
+            parsed = parse_frame(message)
         except CommandError as exc:
-            self.hub.stats.refused += 1
-            self._reply(self._error(exc.id, exc))
-            if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
-                self.close(DisconnectCode.BAD_REQUEST, exc.message)
+            self._refused_command(exc)
             return
+        if type(parsed) is list:
+            await self._run_batch(parsed)
+        else:
+            assert isinstance(parsed, Command)
+            await self._handle(parsed)
+
+    async def _handle(self, command: Command) -> None:
+        """Run one command and answer it."""
         try:
             result = await self._run(command)
         except ChannelError as exc:
             self.hub.stats.refused += 1
-            self._reply(self._error(command.id, exc))
+            self._answer(self._error(command.id, exc))
             if isinstance(exc, _Refused):
+                self._flush_batch()
                 self.close(exc.close_code, exc.message)
             return
         except Exception:
             log.exception("error handling %s", command.op)
-            self._reply(self._error(command.id, ChannelError(ErrorCode.INTERNAL)))
+            self._answer(self._error(command.id, ChannelError(ErrorCode.INTERNAL)))
             return
         if result is not None:
-            self._reply(encode_reply(command.id, result))
+            self._answer(encode_reply(command.id, result))
+
+    def _refused_command(self, exc: CommandError) -> None:
+        """Answer a command that could not be parsed; one without an id ends the connection."""
+        self.hub.stats.refused += 1
+        self._answer(self._error(exc.id, exc))
+        if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
+            self._flush_batch()
+            self.close(DisconnectCode.BAD_REQUEST, exc.message)
+
+    async def _run_batch(self, batch: list[Command | CommandError]) -> None:
+        """Several commands of one message (protocol 2, or a batch opening with a protocol 2
+        `connect`), in order; their answers go out together, in one array per message."""
+        first = batch[0]
+        opens_v2 = isinstance(first, Command) and first.op == "connect" and first.protocol == 2
+        if self.protocol < 2 and not opens_v2:
+            self._refused_command(CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object"))
+            return
+        self._batch = []
+        try:
+            for item in batch:
+                if self.closed:
+                    break
+                if isinstance(item, CommandError):
+                    self._refused_command(item)
+                else:
+                    await self._handle(item)
+        finally:
+            self._flush_batch()
+            self._batch = None
 
     def on_close(self, code: int, reason: str) -> None:
         for timer in (self._timer, *self._sub_tokens.values()):
@@ -140,6 +183,8 @@ class ChannelSocket(WebSocketHandler):
     # --- delivery (called by the Hub) -------------------------------------------------------
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self._batch:
+            self._flush_batch()  # the replies before: a subscribe's comes before its pushes
         if self._buffering:
             buffer = self._buffering.get(channel)
             if buffer is not None:
@@ -160,6 +205,8 @@ class ChannelSocket(WebSocketHandler):
             self._hold(channel, message, rule, frame)
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
+        if self._batch:
+            self._flush_batch()
         if channel in self.subscriptions:
             # A join or leave that does not fit is not kept: presence can be asked again.
             self.connection.offer_frame(message.ws.frame_for(self.connection))
@@ -186,6 +233,25 @@ class ChannelSocket(WebSocketHandler):
         if len(pending) > rule.max_pending:
             pending.popitem(last=False)
             stats.dropped += 1
+
+    def _answer(self, payload: bytes) -> None:
+        """A reply to a command: into the batch being answered, if any."""
+        batch = self._batch
+        if batch is None:
+            self._reply(payload)
+            return
+        batch.append(payload)
+        self._batch_size += len(payload)
+        if self._batch_size >= MAX_BATCH_REPLY:
+            self._flush_batch()  # what a batch holds back stays small
+
+    def _flush_batch(self) -> None:
+        """Send the replies of the batch so far, as one JSON array."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self._batch_size = 0
+            self._reply(b"[" + b",".join(batch) + b"]")
 
     def _reply(self, payload: bytes) -> None:
         """Queue a reply; a client too slow to take even its replies is disconnected."""
@@ -229,7 +295,7 @@ class ChannelSocket(WebSocketHandler):
             return self._sub_refresh(command)
         return {}  # ping
 
-    async def _connect(self, command: Command) -> dict[str, Any]:
+    async def _connect(self, command: Command) -> dict[str, Any] | None:
         if self.client is not None:
             raise ChannelError(ErrorCode.ALREADY_CONNECTED)
         self.protocol = command.protocol or 1
@@ -263,13 +329,21 @@ class ChannelSocket(WebSocketHandler):
             if data is not None:
                 result["data"] = data
             result["limits"] = self._limits()
-        return result
+        if command.subscriptions is None:
+            return result
+        result["subscriptions"] = await self._subscribe_all(command.subscriptions)
+        self._answer(encode_reply(command.id, result))
+        openings, self._openings = self._openings, []
+        for opening in openings:
+            await self._start_subscription(opening)
+        return None
 
     def _limits(self) -> dict[str, int]:
         """What this connection may send (protocol 2's connect result); 0 is no limit."""
         return {
             "max_message_size": self.connection.options.max_message_size,
             "max_subscriptions": self.hub.settings.max_subscriptions,
+            "max_batch": MAX_BATCH,
         }
 
     def _refuse(self, code: int, message: str, close_code: int) -> NoReturn:
@@ -279,6 +353,16 @@ class ChannelSocket(WebSocketHandler):
     async def _subscribe(self, command: Command) -> None:
         channel = command.channel
         assert channel is not None
+        opening = await self._open_subscription(channel, command.since, command.token)
+        if opening is not None:
+            self._answer(encode_reply(command.id, opening.result))
+            await self._start_subscription(opening)
+
+    async def _open_subscription(
+        self, channel: str, since: StreamPosition | None, token: str | None
+    ) -> _Opening | None:
+        """Subscribe at the Hub; publications are held back until _start_subscription, which
+        comes after the reply (None: the connection closed meanwhile)."""
         if channel in self.subscriptions or channel in self._buffering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
         hub = self.hub
@@ -286,28 +370,61 @@ class ChannelSocket(WebSocketHandler):
         if limit and len(self.subscriptions) + len(self._buffering) >= limit:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} subscriptions")
         rule, context, sub_claims = await authorize_subscribe(
-            hub, channel, self.client, self.claims, self.request, command.token
+            hub, channel, self.client, self.claims, self.request, token
         )
         if self.closed:
-            return
+            return None
         self._buffering[channel] = []
         try:
-            result, last = await hub.subscribe(self, channel, command.since)
-        finally:
-            buffered = self._buffering.pop(channel, [])
+            result, last = await hub.subscribe(self, channel, since)
+        except BaseException:
+            self._buffering.pop(channel, None)
+            raise
         if self.closed:
+            self._buffering.pop(channel, None)
             hub.unsubscribe(self, channel)
-            return
-        self.subscriptions[channel] = rule
+            return None
         if sub_claims is not None:
             self._sub_tokens[channel] = self._sub_token_timer(channel, sub_claims)
             if self.protocol >= 2:
                 result["expires"] = _expires(sub_claims)
-        self._reply(encode_reply(command.id, result))
+        return _Opening(channel, rule, context, result, last)
+
+    async def _start_subscription(self, opening: _Opening) -> None:
+        """After its reply: the publications held back, then the join."""
+        channel, rule = opening.channel, opening.rule
+        buffered = self._buffering.pop(channel, [])
+        if self.closed:
+            return  # on_close left the Hub
+        self.subscriptions[channel] = rule
         for message in buffered:
-            if message.offset > last:
+            if message.offset > opening.last:
                 self.deliver(channel, message, rule)
-        await hub.join(rule, context)
+        await self.hub.join(rule, opening.context)
+
+    async def _subscribe_all(self, requests: list[SubscribeRequest]) -> dict[str, Any]:
+        """The subscriptions a `connect` asks for, made in order: each one's result or error
+        by channel; their publications wait for _start_subscription."""
+        answers: dict[str, Any] = {}
+        self._openings = []
+        for request in requests:
+            channel = request.channel
+            try:
+                opening = await self._open_subscription(channel, request.since, request.token)
+            except ChannelError as exc:
+                self.hub.stats.refused += 1
+                temporary = exc.temporary if self.protocol >= 2 else None
+                answers[channel] = {"error": error_json(exc.code, exc.message, temporary)}
+                continue
+            except Exception:
+                log.exception("error subscribing to %s in connect", channel)
+                answers[channel] = {"error": error_json(ErrorCode.INTERNAL, "internal error")}
+                continue
+            if opening is None:
+                break  # closed
+            self._openings.append(opening)
+            answers[channel] = opening.result
+        return answers
 
     async def _unsubscribe(self, command: Command) -> dict[str, Any]:
         channel = command.channel
@@ -338,6 +455,7 @@ class ChannelSocket(WebSocketHandler):
         rule = self._drop_subscription(channel)
         if rule is None:
             return
+        self._flush_batch()
         self._reply(encode_unsubscribed(channel, code, message))
         self.hub.leave_later(rule, self._context(channel, self.hub.rule(channel)[1], self.claims))
 
@@ -454,6 +572,17 @@ def _expires(claims: TokenClaims | None) -> int | None:
     if claims is None or claims.expires is None:
         return None
     return int(claims.expires)
+
+
+@dataclass(slots=True)
+class _Opening:
+    """A subscription made at the Hub whose reply is not sent yet."""
+
+    channel: str
+    rule: ChannelRule
+    context: ChannelContext
+    result: dict[str, Any]
+    last: int  # the offset the result holds: buffered publications up to it are dropped
 
 
 class _Refused(ChannelError):

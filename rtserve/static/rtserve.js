@@ -42,6 +42,10 @@
 // idempotency_key to be safe). A subscribe refused with a temporary error (or 115) is tried
 // again with a growing pause.
 //
+// On a WebSocket (protocol 2) the `connect` carries every subscription, so a page of many
+// channels (re)connects in one round trip; and commands made in one tick (a loop of
+// subscribe() or publish()) go out together, as one message.
+//
 // Transports: the WebSocket at {prefix}/ws first. If it cannot connect (`fallbackAfter`
 // failures in a row), Server-Sent Events ({prefix}/sse, one EventSource for all channels,
 // reopened with since= for every channel when the set changes) with POST
@@ -155,6 +159,8 @@
       this.name = "websocket";
       this.pending = new Map();
       this.nextId = 1;
+      this.maxBatch = 1; // commands in one message (protocol 2's limits.max_batch)
+      this.outbox = []; // commands of this tick, for one message
     }
     open() {
       const rt = this.rt;
@@ -165,8 +171,17 @@
         const message = { op: "connect", protocol: PROTOCOL };
         if (rt.token) message.token = rt.token;
         if (rt.data !== undefined) message.data = rt.data;
+        // Every subscription is made in the connect (one round trip), each from its position.
+        const asked = new Map();
+        const subs = [...rt.subs.values()];
+        if (subs.length) {
+          message.subscriptions = subs.map((sub) => {
+            asked.set(sub, sub.epoch !== null);
+            return this._subscription(sub);
+          });
+        }
         this.send(message).then(
-          (session) => this._ready(session),
+          (session) => this._ready(session, asked),
           (error) => {
             // Refused: the server closes the connection (4001, 4002, 4003) and that decides.
             // Code 100 (on_connect failed) leaves it open: drop it and retry.
@@ -176,11 +191,25 @@
         );
       };
     }
-    _ready(session) {
+    _ready(reply, asked) {
       if (this.ws === null) return;
+      const { subscriptions, ...session } = reply;
+      // Protocol 2: commands made in one tick go out as one message (a JSON array).
+      this.maxBatch = session.version >= 2 ? session.limits?.max_batch || 1 : 1;
       this.rt._connected({ session });
       this._refreshBefore(session.expires);
-      for (const sub of this.rt.subs.values()) this.subscribe(sub);
+      for (const sub of this.rt.subs.values()) {
+        const answer = subscriptions && asked.has(sub) ? subscriptions[sub.channel] : undefined;
+        if (answer === undefined) this.subscribe(sub); // made since (or a server of version 1)
+        else if (answer.error) this._subscribeRefused(sub, rtError(answer.error));
+        else this._subscribeAnswered(sub, answer, asked.get(sub));
+      }
+      for (const [sub] of asked) {
+        // unsubscribed while the connect was on its way: the server made it all the same
+        if (!this.rt.subs.has(sub.channel) && !subscriptions?.[sub.channel]?.error) {
+          this.unsubscribe(sub);
+        }
+      }
       let unanswered = false;
       this.pinger = setInterval(() => {
         if (unanswered) return this._closed(1006, "no answer to ping");
@@ -229,22 +258,28 @@
       }, refreshDelay(expires));
     }
     subscribe(sub) {
-      const message = { op: "subscribe", channel: sub.channel };
       const asked = sub.epoch !== null;
-      if (asked) message.since = { offset: sub.offset, epoch: sub.epoch };
-      if (sub.token) message.token = sub.token;
-      this.send(message).then(
-        (result) => {
-          if (this.rt.subs.get(sub.channel) !== sub) return;
-          sub._subscribed(result, asked);
-          this._subRefreshBefore(sub, result.expires);
-        },
-        (error) => {
-          if (error.code === 0 || error.code === 105) return; // dropped: made again later
-          if (error.temporary || error.code === BROKER_FAILED) return this._subscribeLater(sub);
-          this.rt._ended(sub, error);
-        },
+      this.send({ op: "subscribe", ...this._subscription(sub) }).then(
+        (result) => this._subscribeAnswered(sub, result, asked),
+        (error) => this._subscribeRefused(sub, error),
       );
+    }
+    // What a subscribe asks: {channel, since?, token?}.
+    _subscription(sub) {
+      const fields = { channel: sub.channel };
+      if (sub.epoch !== null) fields.since = { offset: sub.offset, epoch: sub.epoch };
+      if (sub.token) fields.token = sub.token;
+      return fields;
+    }
+    _subscribeAnswered(sub, result, asked) {
+      if (this.rt.subs.get(sub.channel) !== sub) return;
+      sub._subscribed(result, asked);
+      this._subRefreshBefore(sub, result.expires);
+    }
+    _subscribeRefused(sub, error) {
+      if (error.code === 0 || error.code === 105) return; // dropped: made again later
+      if (error.temporary || error.code === BROKER_FAILED) return this._subscribeLater(sub);
+      this.rt._ended(sub, error);
     }
     // The server's broker failed this subscribe: ask again after a pause that grows.
     _subscribeLater(sub) {
@@ -265,11 +300,35 @@
       const id = this.nextId++;
       return new Promise((resolve, reject) => {
         this.pending.set(id, { resolve, reject });
-        this.ws.send(JSON.stringify({ id, ...message }));
+        const command = { id, ...message };
+        if (this.maxBatch <= 1) return this.ws.send(JSON.stringify(command));
+        this.outbox.push(command);
+        if (this.outbox.length === 1) queueMicrotask(() => this._flush());
       });
+    }
+    // The commands of this tick: one message, a JSON array when there are several.
+    _flush() {
+      const outbox = this.outbox;
+      this.outbox = [];
+      if (this.ws === null) return;
+      for (let i = 0; i < outbox.length; i += this.maxBatch) {
+        const part = outbox.slice(i, i + this.maxBatch);
+        try {
+          this.ws.send(JSON.stringify(part.length === 1 ? part[0] : part));
+        } catch (error) {
+          // closing: the close rejects what waits for an answer
+        }
+      }
     }
     _message(text) {
       const message = JSON.parse(text);
+      if (Array.isArray(message)) {
+        for (const one of message) this._one(one); // the answers of a batch
+        return;
+      }
+      this._one(message);
+    }
+    _one(message) {
       if (message.push === undefined) {
         const waiter = this.pending.get(message.id);
         if (!waiter) return;
