@@ -29,11 +29,13 @@ TIMEOUT_MS = 10_000
 SECRET = "a-test-secret-of-32-characters!!"
 LATER_SUBSCRIBES: dict[str, int] = {}  # subscribes tried, per `later:` channel
 SUB_TOKEN_TTL = 2  # seconds: rtserve.js refreshes a quarter of that before expiry
+HEARTBEAT = 0.5  # seconds between the server's ping pushes
 
 
 @pytest.fixture(scope="module")
 def app() -> App:
-    app = App(channels=ChannelSettings(token_secret=SECRET, max_subscriptions=50))
+    channels = ChannelSettings(token_secret=SECRET, max_subscriptions=50, heartbeat=HEARTBEAT)
+    app = App(channels=channels)
     app.static_file("/", PAGE)
     app.channel("feed:*", history=100, publish="clients")
 
@@ -194,3 +196,40 @@ def test_many_channels_connect_in_one_round_trip_and_a_ticks_commands_go_togethe
     assert sorted(pubs) == sorted(
         [[f"feed:many-{n}", n] for n in range(5)] + [["feed:many-7", "from the server"]]
     )
+
+
+# A page whose WebSockets so far can be made deaf (deafen()), as when the network dies
+# without a close: nothing arrives on them, nothing tells. Later ones hear.
+DEAFNESS = """
+(() => {
+  const sockets = new Set();
+  window.deafen = () => sockets.forEach((ws) => (ws.deaf = true));
+  const own = Object.getOwnPropertyDescriptor(WebSocket.prototype, "onmessage");
+  Object.defineProperty(WebSocket.prototype, "onmessage", {
+    get() { return own.get.call(this); },
+    set(fn) {
+      const ws = this;
+      sockets.add(ws);
+      own.set.call(ws, fn && ((event) => { if (!ws.deaf) fn(event); }));
+    },
+  });
+})();
+"""
+
+
+def test_a_silent_connection_is_dropped_by_the_heartbeat_and_made_again(
+    page: Page, server: ThreadedServer, app: App
+) -> None:
+    page.add_init_script(DEAFNESS)
+    open_page(page, server, "feed:heartbeat")
+    assert page.evaluate("rt.session.ping") == HEARTBEAT
+    assert publish(app, "feed:heartbeat", "heard") == 1
+    expect(page.locator("#offsets")).to_have_text("1", timeout=TIMEOUT_MS)
+    page.evaluate("deafen()")
+    # 1.5 intervals and a second of silence: dropped, then reconnected (a new WebSocket)
+    page.wait_for_function(
+        "infos.some((info) => info.reason === 'no heartbeat')", timeout=TIMEOUT_MS
+    )
+    expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
+    assert publish(app, "feed:heartbeat", "heard again") == 2
+    expect(page.locator("#offsets")).to_have_text("1 2", timeout=TIMEOUT_MS)

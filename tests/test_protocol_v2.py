@@ -524,3 +524,57 @@ def test_rtserve_client_makes_its_subscriptions_again_in_the_reconnects_connect(
             assert [s.recovered for s in subs] == [True, True, True]
 
     run(app, scenario)
+
+
+# --- the server's heartbeat -------------------------------------------------------------------
+
+
+def test_heartbeat_setting_is_checked() -> None:
+    assert ChannelSettings().heartbeat == 25.0
+    with pytest.raises(ValueError, match="heartbeat"):
+        ChannelSettings(heartbeat=-1)
+
+
+def test_a_protocol_2_session_gets_ping_pushes_at_the_interval_of_its_connect_result() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+        assert peer.info["ping"] == 0.2
+        started = time.monotonic()
+        assert await peer.next_push() == {"push": "ping"}
+        assert await peer.next_push() == {"push": "ping"}
+        assert time.monotonic() - started >= 0.35  # two intervals, give or take the clock
+        # a version 1 session gets none: the same wait, then only the reply to its ping
+        old = await Peer.open(url)
+        assert "ping" not in old.info
+        await asyncio.sleep(0.5)
+        await old.call("ping")
+        assert old.pushes == []
+
+    run(v2_app(heartbeat=0.2), scenario)
+
+
+def test_no_ping_pushes_with_heartbeat_0() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2)
+        assert peer.info["ping"] == 0
+        await asyncio.sleep(0.3)
+        await peer.call("ping")
+        assert peer.pushes == []
+
+    run(v2_app(heartbeat=0), scenario)
+
+
+def test_rtserve_client_takes_ping_pushes_in_its_stride(caplog: pytest.LogCaptureFixture) -> None:
+    app = v2_app(heartbeat=0.05)
+
+    async def scenario(server: Any, url: str) -> None:
+        async with Client(url) as client:
+            sub = await client.subscribe("chat:a")
+            await asyncio.sleep(0.2)  # a few heartbeats
+            await app.publish("chat:a", "hi")
+            async with asyncio.timeout(5):
+                assert (await anext(aiter(sub))).data == "hi"
+
+    with caplog.at_level("WARNING", logger="rtserve.client"):
+        run(app, scenario)
+    assert not [r for r in caplog.records if r.name == "rtserve.client"], caplog.records

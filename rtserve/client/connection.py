@@ -535,6 +535,8 @@ class Client:
 
     def _push(self, message: dict[str, Any]) -> None:
         kind = message["push"]
+        if kind == "ping":
+            return  # the heartbeat for browsers; this client has the WebSocket's pings
         channel = message["channel"]
         sub = self._subs.get(channel)
         if sub is None:

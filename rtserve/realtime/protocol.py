@@ -399,6 +399,9 @@ def encode_presence_digest(
     )
 
 
+PING_PUSH = b'{"push":"ping"}'  # the heartbeat of protocol 2 (no answer expected)
+
+
 def encode_unsubscribed(channel: str, code: int, message: str) -> bytes:
     """The server ended a subscription (the client did not ask)."""
     return dump_json({"push": "unsubscribe", "channel": channel, "code": code, "message": message})

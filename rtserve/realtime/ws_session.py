@@ -32,6 +32,7 @@ from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     MAX_BATCH,
+    PING_PUSH,
     ChannelError,
     Command,
     CommandError,
@@ -75,6 +76,7 @@ class ChannelSocket(WebSocketHandler):
         self._batch: list[bytes] | None = None  # replies held while a batch runs
         self._batch_size = 0
         self._openings: list[_Opening] = []  # subscriptions of a connect, before its reply
+        self._heartbeat: asyncio.TimerHandle | None = None
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -145,10 +147,10 @@ class ChannelSocket(WebSocketHandler):
             self._batch = None
 
     def on_close(self, code: int, reason: str) -> None:
-        for timer in (self._timer, *self._sub_tokens.values()):
+        for timer in (self._timer, self._heartbeat, *self._sub_tokens.values()):
             if timer is not None:
                 timer.cancel()
-        self._timer = None
+        self._timer = self._heartbeat = None
         self._sub_tokens.clear()
         hub = self.hub
         for channel in list(self._buffering):
@@ -329,6 +331,8 @@ class ChannelSocket(WebSocketHandler):
             if data is not None:
                 result["data"] = data
             result["limits"] = self._limits()
+            result["ping"] = hub.settings.heartbeat
+            self._schedule_heartbeat()
         if command.subscriptions is None:
             return result
         result["subscriptions"] = await self._subscribe_all(command.subscriptions)
@@ -528,6 +532,18 @@ class ChannelSocket(WebSocketHandler):
         return {"expires": _expires(claims)}
 
     # --- tokens and timers -----------------------------------------------------------------
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self.hub.settings.heartbeat
+        if interval > 0 and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        """A `ping` push (the browser cannot see the WebSocket's own pings)."""
+        self._heartbeat = None
+        self.connection.offer_frame(self._frame(PING_PUSH))  # a full buffer is alive anyway
+        self._schedule_heartbeat()
 
     def _sub_token_timer(self, channel: str, claims: TokenClaims) -> asyncio.TimerHandle | None:
         """Ends the subscription to `channel` when its subscription token expires."""

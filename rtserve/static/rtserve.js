@@ -60,7 +60,8 @@
 
 (function (global) {
   const FINAL = new Set([4000, 4001, 4003, 4005]);
-  const PING_EVERY = 20000; // ms; a ping unanswered by the next one drops the WebSocket
+  const PING_EVERY = 20000; // ms; without the server's heartbeat (a server of version 1),
+  // a ping unanswered by the next one drops the WebSocket
   const POLL_TIMEOUT = 25; // s, asked of the server per long poll
   const BROKER_FAILED = 115; // a refusal that may pass: retried, never the end
   const PROTOCOL = 2; // the version of docs/protocol.md this client speaks
@@ -210,6 +211,16 @@
           this.unsubscribe(sub);
         }
       }
+      if (session.ping > 0) {
+        // The server's heartbeat (protocol 2): a connection silent for 1.5 of its interval
+        // and a second is dead: closed, and made again.
+        const limit = session.ping * 1500 + 1000;
+        this.heard = Date.now();
+        this.pinger = setInterval(() => {
+          if (Date.now() - this.heard > limit) this._closed(1006, "no heartbeat");
+        }, session.ping * 500);
+        return;
+      }
       let unanswered = false;
       this.pinger = setInterval(() => {
         if (unanswered) return this._closed(1006, "no answer to ping");
@@ -321,6 +332,7 @@
       }
     }
     _message(text) {
+      this.heard = Date.now();
       const message = JSON.parse(text);
       if (Array.isArray(message)) {
         for (const one of message) this._one(one); // the answers of a batch
