@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rtserve import App, ChannelContext, ChannelError, ConnectContext, ConnectResult
+from rtserve import App, ChannelContext, ChannelError, ConnectContext, ConnectResult, RpcContext
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.testing import ThreadedServer
 from rtserve.tokens import mint
@@ -51,6 +51,12 @@ def app() -> App:
     @app.route("/subtoken")
     async def subscription_token(request: Any) -> str:
         return mint(SECRET, None, channels=[request.query["channel"]], ttl=SUB_TOKEN_TTL)
+
+    @app.rpc("double")
+    async def double(ctx: RpcContext) -> Any:
+        if not isinstance(ctx.data, int):
+            raise ChannelError(4400, "a number, please")
+        return {"double": ctx.data * 2, "user": ctx.user}
 
     @app.on_connect
     def greet(ctx: ConnectContext) -> ConnectResult | None:
@@ -233,3 +239,15 @@ def test_a_silent_connection_is_dropped_by_the_heartbeat_and_made_again(
     expect(page.locator("#state")).to_have_text("connected", timeout=TIMEOUT_MS)
     assert publish(app, "feed:heartbeat", "heard again") == 2
     expect(page.locator("#offsets")).to_have_text("1 2", timeout=TIMEOUT_MS)
+
+
+def test_rpc_calls_the_apps_handler(page: Page, server: ThreadedServer) -> None:
+    open_page(page, server, "feed:rpc", {"name": "ann"})
+    answers = page.evaluate(
+        """async () => [
+          await rt.rpc("double", 21),
+          await rt.rpc("double", "x").catch((e) => [e.code, e.message, e.temporary]),
+          await rt.rpc("nope").catch((e) => e.code),
+        ]"""
+    )
+    assert answers == [{"double": 42, "user": "ann"}, [4400, "a number, please", False], 117]

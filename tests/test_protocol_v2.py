@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from rtserve import App, ChannelContext, ChannelError, ChannelSettings, ConnectResult
+from rtserve import App, ChannelContext, ChannelError, ChannelSettings, ConnectResult, RpcContext
 from rtserve.broker.base import StreamPosition
 from rtserve.client import Client, ClientError
 from rtserve.realtime.protocol import (
@@ -578,3 +578,105 @@ def test_rtserve_client_takes_ping_pushes_in_its_stride(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING", logger="rtserve.client"):
         run(app, scenario)
     assert not [r for r in caplog.records if r.name == "rtserve.client"], caplog.records
+
+
+# --- rpc ----------------------------------------------------------------------------------------
+
+
+def rpc_app() -> App:
+    app = v2_app()
+
+    @app.rpc("add")
+    def add(context: RpcContext) -> Any:
+        numbers = context.data["numbers"]
+        return {"sum": sum(numbers), "user": context.user, "method": context.method}
+
+    @app.rpc("cart.total")
+    async def total(context: RpcContext) -> Any:
+        await asyncio.sleep(0)
+        if context.data is None:
+            raise ChannelError(4400, "which cart?")
+        return None
+
+    @app.rpc("busy")
+    def busy(context: RpcContext) -> Any:
+        raise ChannelError(4503, "try later", temporary=True)
+
+    @app.rpc("broken")
+    def broken(context: RpcContext) -> Any:
+        raise RuntimeError("a bug")
+
+    @app.rpc("not-json")
+    def not_json(context: RpcContext) -> Any:
+        return {"when": object()}
+
+    return app
+
+
+def test_rpc_is_parsed_with_its_method() -> None:
+    command = parse_command('{"id": 1, "op": "rpc", "method": "cart.total", "data": [1]}')
+    assert (command.method, command.data) == ("cart.total", [1])
+    for method in ("", '"a b"', '"' + "m" * 129 + '"', "5", "null"):
+        text = '{"id": 1, "op": "rpc"' + (f', "method": {method}' if method else "") + "}"
+        with pytest.raises(CommandError) as info:
+            parse_command(text)
+        assert (info.value.code, info.value.id) == (107, 1)
+
+
+def test_rpc_methods_are_checked_when_registered() -> None:
+    app = App()
+    app.rpc("ok")(lambda context: None)
+    with pytest.raises(ValueError, match="twice"):
+        app.rpc("ok")
+    with pytest.raises(ValueError, match="rpc method"):
+        app.rpc("not ok")
+
+
+def test_rpc_calls_the_apps_handler_over_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer = await Peer.open(url, protocol=2, token=mint(SECRET, "ann"))
+        result = await peer.call("rpc", method="add", data={"numbers": [1, 2, 3]})
+        assert result == {"data": {"sum": 6, "user": "ann", "method": "add"}}
+        assert await peer.call("rpc", method="cart.total", data=7) == {"data": None}
+
+        async def error(method: str, **fields: Any) -> dict[str, Any]:
+            reply = await raw_call(peer, "rpc", method=method, **fields)
+            return reply["error"]  # type: ignore[no-any-return]
+
+        assert await error("cart.total") == {
+            "code": 4400,
+            "message": "which cart?",
+            "temporary": False,
+        }
+        assert await error("busy") == {"code": 4503, "message": "try later", "temporary": True}
+        assert await error("nope") == {
+            "code": 117,
+            "message": "no rpc method 'nope'",
+            "temporary": False,
+        }
+        assert (await error("broken"))["code"] == 100
+        assert (await error("not-json"))["code"] == 100
+        await peer.call("ping")  # the connection stays
+        before = await Peer.open(url, connect_cmd=False)
+        reply = await raw_call(before, "rpc", method="add", data={"numbers": [1]})
+        assert reply["error"]["code"] == 110
+
+    with caplog.at_level("ERROR", logger="rtserve.channels"):
+        run(rpc_app(), scenario)
+    logged = [r.getMessage() for r in caplog.records if r.name == "rtserve.channels"]
+    assert logged == ["error handling rpc", "error handling rpc"]
+
+
+def test_rtserve_client_rpc() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        async with Client(url) as client:
+            assert await client.rpc("add", {"numbers": [4, 5]}) == {
+                "sum": 9,
+                "user": None,
+                "method": "add",
+            }
+            with pytest.raises(ClientError) as info:
+                await client.rpc("cart.total")
+            assert (info.value.code, info.value.message) == (4400, "which cart?")
+
+    run(rpc_app(), scenario)

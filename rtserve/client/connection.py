@@ -272,6 +272,14 @@ class Client:
             sub.expires = float(expires) if expires is not None else None
         return float(expires) if expires is not None else None
 
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call the app's `@app.rpc(method)` handler with `data`; what it returned."""
+        command: dict[str, Any] = {"op": "rpc", "method": method}
+        if data is not None:
+            command["data"] = data
+        result = await self._request(command)
+        return result.get("data")
+
     async def ping(self) -> None:
         """A round trip of the protocol's ping command."""
         await self._request({"op": "ping"})

@@ -34,6 +34,23 @@ class ConnectResult:
 
 
 @dataclass(slots=True)
+class RpcContext:
+    """Given to an `rpc` handler (`@app.rpc(method)`): the method, the `data` the client sent
+    (None without), who is calling. Return the reply's data (any JSON value, None too), or
+    raise ChannelError to refuse."""
+
+    method: str
+    data: Any
+    client: ClientInfo
+    claims: TokenClaims | None = None
+    request: Request | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.client.user
+
+
+@dataclass(slots=True)
 class ChannelContext:
     """Given to the hooks of a channel rule.
 

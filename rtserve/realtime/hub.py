@@ -28,7 +28,7 @@ from rtserve.broker.base import (
     StreamPosition,
 )
 from rtserve.histogram import Histogram
-from rtserve.realtime.context import ChannelContext, ConnectContext
+from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
@@ -212,6 +212,7 @@ class Hub:
         # Seconds each broker publish from this node took, failures included.
         self.publish_latency = Histogram()
         self.on_connect: Callable[[ConnectContext], Any] | None = None
+        self.rpc_handlers: dict[str, Callable[[RpcContext], Any]] = {}  # by method
         self.loop: asyncio.AbstractEventLoop | None = None
         self.users: dict[str, set[UserConnection]] = {}  # open connections per user
         # Publish rate buckets of HTTP clients (per token user or address), bounded LRU.

@@ -25,6 +25,7 @@ PROTOCOL_VERSION = 2  # the newest; a connect without `protocol` is answered as 
 PROTOCOL_VERSIONS = (1, 2)
 MAX_BATCH = 100  # commands in one message, and subscriptions in one connect (protocol 2)
 MAX_CHANNEL_LENGTH = 255
+METHOD_NAME = re.compile(r"[A-Za-z0-9_\-:.]{1,128}\Z")  # of the `rpc` command
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-:.@/=+#!~$]{1,255}\Z")  # MAX_CHANNEL_LENGTH
 
 
@@ -48,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     NOT_SUBSCRIBED = 114
     BROKER_UNAVAILABLE = 115
     ALREADY_CONNECTED = 116
+    UNKNOWN_METHOD = 117
 
 
 # Each code's default message, and whether the same command may succeed if sent again later
@@ -70,6 +72,7 @@ ERRORS: dict[int, tuple[str, bool]] = {
     ErrorCode.NOT_SUBSCRIBED: ("not subscribed", False),
     ErrorCode.BROKER_UNAVAILABLE: ("broker unavailable", True),
     ErrorCode.ALREADY_CONNECTED: ("already connected", False),
+    ErrorCode.UNKNOWN_METHOD: ("unknown rpc method", False),
 }
 MESSAGES = {ErrorCode(code): message for code, (message, _) in ERRORS.items()}
 
@@ -129,6 +132,7 @@ OPS = frozenset(
         "refresh",
         "ping",
         "sub_refresh",  # protocol 2 on
+        "rpc",
     }
 )
 _NEEDS_CHANNEL = frozenset(
@@ -160,6 +164,7 @@ class Command:
     idempotency_key: str | None = None
     protocol: int | None = None  # `connect`: the version the client speaks (None: 1)
     subscriptions: list[SubscribeRequest] | None = None  # `connect`: subscribe at once
+    method: str | None = None  # `rpc`: the app's handler to call
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -221,6 +226,11 @@ def command_from_json(raw: Any) -> Command:
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise CommandError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name", id_)
         command.channel = channel
+    if op == "rpc":
+        method = raw.get("method")
+        if not isinstance(method, str) or not METHOD_NAME.match(method):
+            raise CommandError(ErrorCode.BAD_REQUEST, "method missing or not a valid name", id_)
+        command.method = method
     token = raw.get("token")
     if token is not None:
         if not isinstance(token, str):

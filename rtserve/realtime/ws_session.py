@@ -28,8 +28,8 @@ from rtserve.realtime.access import (
     take_rate,
     verify_token,
 )
-from rtserve.realtime.context import ChannelContext
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.context import ChannelContext, RpcContext
+from rtserve.realtime.hub import Hub, Outbound, call_hook
 from rtserve.realtime.protocol import (
     MAX_BATCH,
     PING_PUSH,
@@ -39,6 +39,7 @@ from rtserve.realtime.protocol import (
     DisconnectCode,
     ErrorCode,
     SubscribeRequest,
+    check_publishable,
     encode_error,
     encode_reply,
     encode_unsubscribed,
@@ -295,6 +296,8 @@ class ChannelSocket(WebSocketHandler):
             return self._refresh(command)
         if op == "sub_refresh":
             return self._sub_refresh(command)
+        if op == "rpc":
+            return await self._rpc(command)
         return {}  # ping
 
     async def _connect(self, command: Command) -> dict[str, Any] | None:
@@ -530,6 +533,21 @@ class ChannelSocket(WebSocketHandler):
             timer.cancel()
         self._sub_tokens[channel] = self._sub_token_timer(channel, claims)
         return {"expires": _expires(claims)}
+
+    async def _rpc(self, command: Command) -> dict[str, Any]:
+        """The app's handler of `method`: its return value is the reply's `data`."""
+        method = command.method
+        assert method is not None
+        handler = self.hub.rpc_handlers.get(method)
+        if handler is None:
+            raise ChannelError(ErrorCode.UNKNOWN_METHOD, f"no rpc method {method!r}")
+        context = RpcContext(method, command.data, self.client, self.claims, self.request)
+        data = await call_hook(handler, context)
+        try:
+            check_publishable(data)
+        except ChannelError as exc:  # the app's bug: an internal error, logged
+            raise TypeError(f"rpc {method!r} returned {exc.message}") from None
+        return {"data": data}
 
     # --- tokens and timers -----------------------------------------------------------------
 

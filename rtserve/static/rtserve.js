@@ -32,6 +32,8 @@
 // rt.history(channel, { limit, since }) -> Promise of { publications, offset, epoch }
 // rt.presence(channel) -> Promise of { clients }; rt.presenceStats(channel) -> Promise of
 //   { clients, users } (counts)
+// rt.rpc(method, data) -> Promise of what the app's @app.rpc(method) handler returned
+//   (WebSocket only)
 // rt.on("state", fn): fn(state, info), state "connecting", "connected", "disconnected"
 //   (will retry) or "closed" (gave up, or close()); info.transport is the transport's name,
 //   info.session connect's result (WebSocket: client, user, expires, version, data from the
@@ -709,6 +711,10 @@
 
     presenceStats(channel) {
       return this._command("presence_stats", { channel });
+    }
+
+    rpc(method, data) {
+      return this._command("rpc", { method, data }).then((result) => result.data);
     }
 
     close() {
