@@ -72,8 +72,10 @@ def server(app: App) -> Iterator[ThreadedServer]:
         yield srv
 
 
-def open_page(page: Page, server: ThreadedServer, channel: str, data: Any = None) -> None:
-    query = {"channel": channel, "transports": "websocket"}
+def open_page(
+    page: Page, server: ThreadedServer, channel: str, data: Any = None, transport: str = "websocket"
+) -> None:
+    query = {"channel": channel, "transports": transport}
     if data is not None:
         query["data"] = json.dumps(data)
     response = page.goto(f"{server.url}/?{urllib.parse.urlencode(query)}")
@@ -251,3 +253,24 @@ def test_rpc_calls_the_apps_handler(page: Page, server: ThreadedServer) -> None:
         ]"""
     )
     assert answers == [{"double": 42, "user": "ann"}, [4400, "a number, please", False], 117]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_history_pages_backwards(
+    page: Page, server: ThreadedServer, app: App, transport: str
+) -> None:
+    channel = f"feed:back-{transport}"
+    open_page(page, server, channel, transport=transport)
+    for n in range(1, 6):
+        assert publish(app, channel, f"m{n}") == n
+    pages = page.evaluate(
+        """async (channel) => {
+          const offsets = (answer) => answer.publications.map((pub) => pub.offset);
+          const first = await rt.history(channel, { limit: 2, reverse: true });
+          const since = { offset: 4, epoch: first.epoch };
+          const second = await rt.history(channel, { limit: 2, reverse: true, since });
+          return [offsets(first), offsets(second)];
+        }""",
+        channel,
+    )
+    assert pages == [[5, 4], [3, 2]]

@@ -40,7 +40,19 @@ SECRET = "a-test-secret-of-32-characters!!"
 PARSE_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_OP}
 # What /rt/ws may close with (docs/protocol.md); 1009 is out of reach of these small inputs.
 CLOSE_CODES = {4000, 4001, 4002, 4003, 4004, 4005, 4006}
-FIELDS = ["id", "op", "channel", "data", "token", "since", "limit", "idempotency_key", "protocol"]
+FIELDS = [
+    "id",
+    "op",
+    "channel",
+    "data",
+    "token",
+    "since",
+    "limit",
+    "idempotency_key",
+    "protocol",
+    "method",
+    "reverse",
+]
 
 
 def _strict(name: str) -> Any:
@@ -86,6 +98,8 @@ field_values = {
     "limit": st.integers(min_value=-2, max_value=2**64) | values,
     "idempotency_key": st.text(max_size=300) | values,
     "protocol": st.sampled_from([1, 2, 3, 0, 2.0]) | values,
+    "method": st.sampled_from(["add", "", "a b", "m" * 129]) | values,
+    "reverse": st.booleans() | values,
     "subscriptions": st.lists(
         st.fixed_dictionaries(
             {"channel": channels | values},
@@ -220,6 +234,8 @@ good_commands = st.fixed_dictionaries(
         ),
         "limit": st.integers(0, 20),
         "protocol": st.sampled_from([1, 2]),
+        "method": st.sampled_from(["add", "nope"]),
+        "reverse": st.booleans(),
         "subscriptions": st.lists(
             st.fixed_dictionaries(
                 {"channel": channels},

@@ -680,3 +680,67 @@ def test_rtserve_client_rpc() -> None:
             assert (info.value.code, info.value.message) == (4400, "which cart?")
 
     run(rpc_app(), scenario)
+
+
+# --- history backwards --------------------------------------------------------------------------
+
+
+def test_history_reverse_is_parsed() -> None:
+    assert parse_command('{"op": "history", "channel": "c", "reverse": true}').reverse
+    assert not parse_command('{"op": "history", "channel": "c"}').reverse
+    for bad in ("1", '"true"', "null"):
+        with pytest.raises(CommandError) as info:
+            parse_command('{"id": 1, "op": "history", "channel": "c", "reverse": ' + bad + "}")
+        assert (info.value.code, info.value.id) == (107, 1)
+
+
+@pytest.mark.usefixtures("app_broker")  # memory and Redis
+def test_history_pages_backwards_to_the_start_of_what_is_kept() -> None:
+    app = App(channels=ChannelSettings())
+    app.channel("news", history=8)
+
+    async def scenario(server: Any, url: str) -> None:
+        for n in range(1, 13):  # offsets 1 to 12; 5 to 12 kept
+            await app.publish("news", f"n{n}")
+        peer = await Peer.open(url, protocol=2)
+        await peer.call("subscribe", channel="news")
+
+        async def page(**fields: Any) -> list[int]:
+            result = await peer.call("history", channel="news", reverse=True, **fields)
+            assert result["offset"] == 12
+            return [p["offset"] for p in result["publications"]]
+
+        assert await page(limit=3) == [12, 11, 10]
+        epoch = (await peer.call("history", channel="news", limit=0))["epoch"]
+        assert await page(limit=3, since={"offset": 10, "epoch": epoch}) == [9, 8, 7]
+        assert await page(limit=3, since={"offset": 7, "epoch": epoch}) == [6, 5]
+        assert await page(limit=3, since={"offset": 5, "epoch": epoch}) == []
+        assert await page() == list(range(12, 4, -1))  # the rule's history by default
+        assert await page(limit=0) == []
+        assert await page(limit=2, since={"offset": 99, "epoch": epoch}) == [12, 11]
+        reply = await raw_call(
+            peer, "history", channel="news", reverse=True, since={"offset": 3, "epoch": "x"}
+        )
+        assert reply["error"]["code"] == 112
+        # over HTTP too, with the same answer
+        query = f"channel=news&limit=3&reverse=1&since=news:10:{epoch}"
+        answer = await asyncio.to_thread(http_json, server.port, f"/rt/history?{query}")
+        assert [p["offset"] for p in answer["publications"]] == [9, 8, 7]
+        # and rtserve.client
+        async with Client(url) as client:
+            await client.subscribe("news")
+            back = await client.history("news", limit=2, since=(9, epoch), reverse=True)
+            assert [p.offset for p in back.publications] == [8, 7]
+
+    run(app, scenario)
+
+
+def http_json(port: int, path: str) -> Any:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()

@@ -233,8 +233,13 @@ class Client:
         *,
         limit: int | None = None,
         since: Position | tuple[int, str] | None = None,
+        reverse: bool = False,
     ) -> History:
+        """Kept publications after `since` (without: the newest `limit`), oldest first; with
+        `reverse`, the newest first, below `since` (to page backwards)."""
         command: dict[str, Any] = {"op": "history", "channel": channel}
+        if reverse:
+            command["reverse"] = True
         if limit is not None:
             command["limit"] = limit
         position = to_position(since)

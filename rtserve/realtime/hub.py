@@ -589,6 +589,37 @@ class Hub:
             "epoch": position.epoch,
         }
 
+    async def history_before(
+        self, channel: str, *, before: StreamPosition | None = None, limit: int
+    ) -> dict[str, Any]:
+        """`history` backwards: the newest `limit` kept publications below `before.offset`
+        (without `before`: of all), newest first; and the stream's position. Paging back past
+        what is kept ends in fewer (or no) publications. ChannelError 108, 112 (`before` of
+        another epoch), 115 as `history`."""
+        if before is None:
+            newest = await self.history(channel, limit=limit)
+            newest["publications"].reverse()
+            return newest
+        rule, _ = self.rule(channel)
+        if not rule.history:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
+        end = before.offset - 1  # the newest offset wanted
+        with _broker_errors():
+            history = await self.broker.history(channel, since=max(0, end - limit), limit=limit)
+            top = history.position.offset
+            if end > top:  # `before` is above the stream's top: the newest are wanted
+                end = top
+                history = await self.broker.history(channel, since=max(0, end - limit), limit=limit)
+        position = history.position
+        if before.epoch != position.epoch:
+            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+        pubs = [p for p in history.publications if p.offset <= end] if limit else []
+        return {
+            "publications": [publication_json(p) for p in reversed(pubs)],
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+
     async def presence(self, channel: str) -> dict[str, Any]:
         """Who is in `channel`: `{"clients": {id: info}}` (108 without presence)."""
         self._presence_rule(channel)

@@ -183,7 +183,14 @@ async def history_endpoint(request: Request) -> Response:
             if not given.isdigit():
                 raise ChannelError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
             limit = int(given)
-        return JSONResponse(await hub.history(channel, since=since, limit=limit), headers=cors)
+        reverse = request.query.get("reverse", "0")
+        if reverse not in ("0", "1", "false", "true"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "reverse is 1 or 0")
+        if reverse in ("1", "true"):
+            answer = await hub.history_before(channel, before=since, limit=limit)
+        else:
+            answer = await hub.history(channel, since=since, limit=limit)
+        return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)

@@ -165,6 +165,7 @@ class Command:
     protocol: int | None = None  # `connect`: the version the client speaks (None: 1)
     subscriptions: list[SubscribeRequest] | None = None  # `connect`: subscribe at once
     method: str | None = None  # `rpc`: the app's handler to call
+    reverse: bool = False  # `history`: newest first, paging backwards from `since`
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -226,6 +227,11 @@ def command_from_json(raw: Any) -> Command:
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise CommandError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name", id_)
         command.channel = channel
+    if op == "history":
+        reverse = raw.get("reverse", False)
+        if type(reverse) is not bool:
+            raise CommandError(ErrorCode.BAD_REQUEST, "reverse must be true or false", id_)
+        command.reverse = reverse
     if op == "rpc":
         method = raw.get("method")
         if not isinstance(method, str) or not METHOD_NAME.match(method):

@@ -497,6 +497,8 @@ class ChannelSocket(WebSocketHandler):
     async def _history(self, command: Command) -> dict[str, Any]:
         channel, rule = self._subscribed_rule(command)
         limit = command.limit if command.limit is not None else rule.history
+        if command.reverse:
+            return await self.hub.history_before(channel, before=command.since, limit=limit)
         return await self.hub.history(channel, since=command.since, limit=limit)
 
     async def _presence(self, command: Command) -> dict[str, Any]:

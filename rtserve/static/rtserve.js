@@ -29,7 +29,8 @@
 //   subscription.position is { offset, epoch } (null before the first answer);
 //   subscription.unsubscribe() ends it.
 // rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
-// rt.history(channel, { limit, since }) -> Promise of { publications, offset, epoch }
+// rt.history(channel, { limit, since, reverse }) -> Promise of { publications, offset, epoch }
+//   (reverse: newest first, below `since`: pages backwards)
 // rt.presence(channel) -> Promise of { clients }; rt.presenceStats(channel) -> Promise of
 //   { clients, users } (counts)
 // rt.rpc(method, data) -> Promise of what the app's @app.rpc(method) handler returned
@@ -412,6 +413,7 @@
           query.push(["since", `${fields.channel}:${offset}:${epoch}`]);
         }
         if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
+        if (fields.reverse) query.push(["reverse", "1"]);
         return this._fetch(`/history?${this.query(query)}`);
       }
       if (op === "presence" || op === "presence_stats") {
