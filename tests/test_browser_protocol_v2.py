@@ -47,6 +47,7 @@ def app() -> App:
 
     app.channel("later:*", history=10, on_subscribe=later)
     app.channel("private:*", history=10, token=True)
+    app.channel("room:*", history=10, presence=True, join_leave=True)
 
     @app.route("/subtoken")
     async def subscription_token(request: Any) -> str:
@@ -274,3 +275,29 @@ def test_history_pages_backwards(
         channel,
     )
     assert pages == [[5, 4], [3, 2]]
+
+
+def test_presence_by_user_and_its_diffs(page: Page, server: ThreadedServer) -> None:
+    from websockets.sync.client import connect
+
+    open_page(page, server, "feed:presence", {"name": "ann"})
+    page.evaluate(
+        """window.diffs = [];
+        rt.subscribe("room:1", { onPresenceDiff: (diff) => diffs.push(diff) });"""
+    )
+    page.wait_for_function("rt.subs.get('room:1').epoch !== null", timeout=TIMEOUT_MS)
+    with connect(f"ws://127.0.0.1:{server.port}/rt/ws", open_timeout=5) as bob:
+        bob.send(json.dumps({"id": 1, "op": "connect", "data": {"name": "bob"}}))
+        bob_id = json.loads(bob.recv(timeout=5))["result"]["client"]
+        bob.send(json.dumps({"id": 2, "op": "subscribe", "channel": "room:1"}))
+        bob.recv(timeout=5)
+        page.wait_for_function("diffs.length === 1", timeout=TIMEOUT_MS)
+        grouped = page.evaluate("rt.presence('room:1', { group: 'user' })")
+        assert {user: list(clients) for user, clients in grouped["users"].items()} == {
+            "ann": [page.evaluate("rt.session.client")],
+            "bob": [bob_id],
+        }
+    page.wait_for_function("diffs.length === 2", timeout=TIMEOUT_MS)
+    joined, left = page.evaluate("diffs")
+    assert list(joined["joins"]["users"]) == ["bob"] and joined["leaves"]["users"] == {}
+    assert list(left["leaves"]["users"]["bob"]) == [bob_id]

@@ -52,6 +52,8 @@ FIELDS = [
     "protocol",
     "method",
     "reverse",
+    "group",
+    "presence_diff",
 ]
 
 
@@ -100,6 +102,8 @@ field_values = {
     "protocol": st.sampled_from([1, 2, 3, 0, 2.0]) | values,
     "method": st.sampled_from(["add", "", "a b", "m" * 129]) | values,
     "reverse": st.booleans() | values,
+    "group": st.sampled_from(["user", "client"]) | values,
+    "presence_diff": st.booleans() | values,
     "subscriptions": st.lists(
         st.fixed_dictionaries(
             {"channel": channels | values},
@@ -236,6 +240,8 @@ good_commands = st.fixed_dictionaries(
         "protocol": st.sampled_from([1, 2]),
         "method": st.sampled_from(["add", "nope"]),
         "reverse": st.booleans(),
+        "group": st.just("user"),
+        "presence_diff": st.booleans(),
         "subscriptions": st.lists(
             st.fixed_dictionaries(
                 {"channel": channels},

@@ -15,7 +15,7 @@ import pytest
 
 from rtserve import App, ChannelContext, ChannelError, ChannelSettings, ConnectResult, RpcContext
 from rtserve.broker.base import StreamPosition
-from rtserve.client import Client, ClientError
+from rtserve.client import Client, ClientError, PresenceDiff
 from rtserve.realtime.protocol import (
     ERRORS,
     MAX_BATCH,
@@ -744,3 +744,113 @@ def http_json(port: int, path: str) -> Any:
         return json.loads(connection.getresponse().read())
     finally:
         connection.close()
+
+
+# --- presence by user, and its diffs -------------------------------------------------------------
+
+
+def test_presence_grouping_and_diffs_are_parsed() -> None:
+    assert parse_command('{"op": "presence", "channel": "c", "group": "user"}').by_user
+    assert parse_command('{"op": "subscribe", "channel": "c", "presence_diff": true}').presence_diff
+    connect = parse_command(
+        '{"op": "connect", "subscriptions": [{"channel": "c", "presence_diff": true}]}'
+    )
+    assert connect.subscriptions == [SubscribeRequest("c", presence_diff=True)]
+    for text in (
+        '{"id": 1, "op": "presence", "channel": "c", "group": "client"}',
+        '{"id": 1, "op": "subscribe", "channel": "c", "presence_diff": 1}',
+        '{"id": 1, "op": "connect", "subscriptions": [{"channel": "c", "presence_diff": "y"}]}',
+    ):
+        with pytest.raises(CommandError) as info:
+            parse_command(text)
+        assert (info.value.code, info.value.id) == (107, 1)
+
+
+@pytest.mark.usefixtures("app_broker")  # memory and Redis
+def test_presence_by_user_and_presence_diff_pushes() -> None:
+    def token(user: str) -> str:
+        return mint(SECRET, user, info={"name": user.title()})
+
+    async def scenario(server: Any, url: str) -> None:
+        watcher = await Peer.open(url, protocol=2, token=token("wat"))
+        await watcher.call("subscribe", channel="chat:p", presence_diff=True)
+        ann1 = await Peer.open(url, protocol=2, token=token("ann"))
+        await ann1.call("subscribe", channel="chat:p")
+        joined = await watcher.next_push()
+        ann = ann1.info["client"]
+        assert joined == {
+            "push": "presence_diff",
+            "channel": "chat:p",
+            "joins": {
+                "users": {"ann": {ann: {"client": ann, "user": "ann", "info": {"name": "Ann"}}}},
+                "anonymous": {},
+            },
+            "leaves": {"users": {}, "anonymous": {}},
+        }
+        ann2 = await Peer.open(url, protocol=2, token=token("ann"))
+        await ann2.call("subscribe", channel="chat:p")
+        guest = await Peer.open(url, protocol=2)
+        await guest.call("subscribe", channel="chat:p")
+        assert set((await watcher.next_push())["joins"]["users"]["ann"]) == {ann2.info["client"]}
+        assert set((await watcher.next_push())["joins"]["anonymous"]) == {guest.info["client"]}
+        grouped = await watcher.call("presence", channel="chat:p", group="user")
+        assert set(grouped) == {"users", "anonymous"}
+        assert {user: set(clients) for user, clients in grouped["users"].items()} == {
+            "wat": {watcher.info["client"]},
+            "ann": {ann, ann2.info["client"]},
+        }
+        assert set(grouped["anonymous"]) == {guest.info["client"]}
+        await ann1.call("unsubscribe", channel="chat:p")
+        left = await watcher.next_push()
+        assert left["push"] == "presence_diff" and set(left["leaves"]["users"]["ann"]) == {ann}
+        # a subscriber without presence_diff still gets join and leave pushes
+        await ann2.call("unsubscribe", channel="chat:p")
+        assert (await guest.next_push())["push"] == "leave"
+        # and over HTTP
+        query = "channel=chat:p&group=user"
+        answer = await asyncio.to_thread(http_json, server.port, f"/rt/presence?{query}")
+        assert set(answer["users"]) == {"wat"} and set(answer["anonymous"]) == {
+            guest.info["client"]
+        }
+
+    run(v2_app(), scenario)
+
+
+def test_a_big_channels_digest_comes_as_a_presence_diff_too() -> None:
+    app = App(channels=ChannelSettings(presence_digest_interval=0.05))
+    app.channel("big", presence=True, join_leave=True, presence_digest=1)
+
+    async def scenario(server: Any, url: str) -> None:
+        watcher = await Peer.open(url, protocol=2)
+        await watcher.call("subscribe", channel="big", presence_diff=True)
+        plain = await Peer.open(url, protocol=2)
+        await plain.call("subscribe", channel="big")
+        third = await Peer.open(url, protocol=2)
+        await third.call("subscribe", channel="big")  # 3 > presence_digest: a digest
+        diffs = [await watcher.next_push("presence_diff")]
+        while third.info["client"] not in diffs[-1]["joins"]["anonymous"]:
+            diffs.append(await watcher.next_push("presence_diff"))
+        assert (await plain.next_push("presence"))["count"] >= 2  # the digest as before
+
+    run(app, scenario)
+
+
+def test_rtserve_client_presence_by_user_and_diffs() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        events: list[Any] = []
+        async with Client(url, token=mint(SECRET, "wat")) as client:
+            await client.subscribe("chat:p", presence_diff=True, on_presence=events.append)
+            other = await Peer.open(url, protocol=2, token=mint(SECRET, "ann"))
+            await other.call("subscribe", channel="chat:p")
+            await other.close()
+            async with asyncio.timeout(5):
+                while len(events) < 2:
+                    await asyncio.sleep(0.01)
+            joined, left = events
+            assert isinstance(joined, PresenceDiff) and isinstance(left, PresenceDiff)
+            assert [i.user for i in joined.joins] == ["ann"] and joined.leaves == []
+            assert [i.user for i in left.leaves] == ["ann"] and left.joins == []
+            grouped = await client.presence_by_user("chat:p")
+            assert list(grouped) == ["wat"] and list(grouped["wat"]) == [client.client_id]
+
+    run(v2_app(), scenario)

@@ -19,10 +19,12 @@ from rtserve.client.messages import (
     Join,
     Leave,
     Position,
+    PresenceDiff,
     PresenceDigest,
     PresenceEvent,
     PresenceStats,
     Publication,
+    grouped_clients,
     to_position,
 )
 from rtserve.client.subscription import END, Subscription
@@ -168,6 +170,7 @@ class Client:
         token: str | None = None,
         max_queue: int | None = None,
         on_presence: Callable[[PresenceEvent], Any] | None = None,
+        presence_diff: bool = False,
     ) -> Subscription:
         """Subscribe to `channel`: from now on, or from `since` (missed publications first;
         Unrecovered from the iterator when the server cannot give them).
@@ -176,7 +179,8 @@ class Client:
             start again from the stream's top; the loss is counted in `gaps`, not raised).
         fill_gaps: fill offset jumps from the history (False: accept them, for `conflate`).
         token: the channel's subscription token, when its rule asks for one.
-        on_presence: called (synchronously) with each Join, Leave and PresenceDigest.
+        on_presence: called (synchronously) with each Join, Leave and PresenceDigest, or with
+            `presence_diff=True` each PresenceDiff instead.
         """
         if channel in self._subs:
             raise ValueError(f"already subscribed to {channel!r}")
@@ -188,6 +192,7 @@ class Client:
             token=token,
             max_queue=max_queue if max_queue is not None else self.max_queue,
             on_presence=on_presence,
+            presence_diff=presence_diff,
         )
         self._subs[channel] = sub
         try:
@@ -253,6 +258,14 @@ class Client:
         result = await self._request({"op": "presence", "channel": channel})
         clients = result.get("clients") or {}
         return {str(k): ClientInfo.from_json(v) for k, v in clients.items()}
+
+    async def presence_by_user(self, channel: str) -> dict[str | None, dict[str, ClientInfo]]:
+        """Who is in `channel`, grouped by user (None: the anonymous clients)."""
+        result = await self._request({"op": "presence", "channel": channel, "group": "user"})
+        grouped: dict[str | None, dict[str, ClientInfo]] = {}
+        for info in grouped_clients(result):
+            grouped.setdefault(info.user, {})[info.client] = info
+        return grouped
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         result = await self._request({"op": "presence_stats", "channel": channel})
@@ -334,7 +347,7 @@ class Client:
     async def _subscribe_on(
         self, ws: ClientWebSocket, sub: Subscription, since: Position | None, *, resumed: bool
     ) -> None:
-        command = {"op": "subscribe", **_subscription_fields(sub.channel, sub.token, since)}
+        command = {"op": "subscribe", **_subscription_fields(sub, since)}
         sub._subscribing = True
         try:
             try:
@@ -375,9 +388,7 @@ class Client:
             subs = [s for s in self._subs.values() if s.position is not None]
             asked = {s.channel: s.position if s.recover else None for s in subs}
             if subs:
-                command["subscriptions"] = [
-                    _subscription_fields(s.channel, s.token, asked[s.channel]) for s in subs
-                ]
+                command["subscriptions"] = [_subscription_fields(s, asked[s.channel]) for s in subs]
                 for sub in subs:
                     sub._subscribing = True
             try:
@@ -570,6 +581,10 @@ class Client:
                     [ClientInfo.from_json(i) for i in message.get("leaves") or ()],
                 )
             )
+        elif kind == "presence_diff":
+            joins = grouped_clients(message.get("joins") or {})
+            leaves = grouped_clients(message.get("leaves") or {})
+            sub._presence(PresenceDiff(channel, joins, leaves))
         elif kind == "unsubscribe":
             code = int(message.get("code", 0))
             reason = str(message.get("message", "unsubscribed by the server"))
@@ -660,11 +675,14 @@ def _client_error(error: dict[str, Any]) -> ClientError:
     )
 
 
-def _subscription_fields(channel: str, token: str | None, since: Position | None) -> dict[str, Any]:
-    """What a subscribe asks: {channel, token?, since?} (a command's, or one in a connect)."""
-    fields: dict[str, Any] = {"channel": channel}
-    if token is not None:
-        fields["token"] = token
+def _subscription_fields(sub: Subscription, since: Position | None) -> dict[str, Any]:
+    """What a subscribe asks: {channel, token?, since?, presence_diff?} (a command's, or one
+    in a connect)."""
+    fields: dict[str, Any] = {"channel": sub.channel}
+    if sub.token is not None:
+        fields["token"] = sub.token
+    if sub.presence_diff:
+        fields["presence_diff"] = True
     if since is not None:
         fields["since"] = {"offset": since.offset, "epoch": since.epoch}
     return fields

@@ -112,7 +112,26 @@ class PresenceDigest:
     leaves: list[ClientInfo] = field(default_factory=list)
 
 
-PresenceEvent = Join | Leave | PresenceDigest
+@dataclass(frozen=True, slots=True)
+class PresenceDiff:
+    """Who came and went (protocol 2's `presence_diff`, for subscriptions made with
+    `presence_diff=True`, instead of Join, Leave and PresenceDigest)."""
+
+    channel: str
+    joins: list[ClientInfo] = field(default_factory=list)
+    leaves: list[ClientInfo] = field(default_factory=list)
+
+
+PresenceEvent = Join | Leave | PresenceDigest | PresenceDiff
+
+
+def grouped_clients(value: Any) -> list[ClientInfo]:
+    """The clients of a presence grouped by user (`{"users": {user: {id: info}}, "anonymous":
+    {id: info}}`)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"grouped presence is an object, not {value!r}")
+    groups = [*(value.get("users") or {}).values(), value.get("anonymous") or {}]
+    return [ClientInfo.from_json(info) for group in groups for info in group.values()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class Subscription:
         token: str | None,
         max_queue: int,
         on_presence: Callable[[PresenceEvent], Any] | None,
+        presence_diff: bool = False,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -56,6 +57,7 @@ class Subscription:
         self.token = token
         self.max_queue = max(1, max_queue)
         self.on_presence = on_presence
+        self.presence_diff = presence_diff
         self.position: Position | None = None
         self.expires: float | None = None
         self.recovered: bool | None = None

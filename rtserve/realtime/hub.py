@@ -34,8 +34,10 @@ from rtserve.realtime.protocol import (
     ErrorCode,
     encode_join,
     encode_leave,
+    encode_presence_diff,
     encode_presence_digest,
     encode_publication,
+    presence_by_user,
     publication_json,
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
@@ -102,6 +104,29 @@ class Outbound:
                 self.event, self.payload, self.channel, self.epoch, self.offset
             )
         return sse
+
+
+class PresenceOutbound(Outbound):
+    """A join, leave or digest push that also knows who came and went, for the sessions that
+    asked for `presence_diff` pushes instead (built on first use, then shared)."""
+
+    __slots__ = ("_diff", "joins", "leaves")
+
+    def __init__(
+        self, payload: bytes, event: str, joins: list[ClientInfo], leaves: list[ClientInfo]
+    ) -> None:
+        super().__init__(payload, event=event)
+        self.joins = joins
+        self.leaves = leaves
+        self._diff: Outbound | None = None
+
+    def diff(self, channel: str) -> Outbound:
+        """The same event as a `presence_diff` push (grouped by user)."""
+        diff = self._diff
+        if diff is None:
+            payload = encode_presence_diff(channel, self.joins, self.leaves)
+            diff = self._diff = Outbound(payload, event="presence_diff")
+        return diff
 
 
 def sse_event(
@@ -416,9 +441,9 @@ class Hub:
             self._digest.add(channel)
             return
         if joined:
-            message = Outbound(encode_join(channel, info), event="join")
+            message = PresenceOutbound(encode_join(channel, info), "join", [info], [])
         else:
-            message = Outbound(encode_leave(channel, info), event="leave")
+            message = PresenceOutbound(encode_leave(channel, info), "leave", [], [info])
         for subscriber in tuple(local.subscribers):
             if subscriber.client.client != info.client:
                 subscriber.deliver_event(channel, message)
@@ -441,8 +466,8 @@ class Hub:
                     local = self._local.get(channel)
                     if local is None:
                         continue
-                message = Outbound(
-                    encode_presence_digest(channel, count, joins, leaves), event="presence"
+                message = PresenceOutbound(
+                    encode_presence_digest(channel, count, joins, leaves), "presence", joins, leaves
                 )
                 for subscriber in tuple(local.subscribers):
                     subscriber.deliver_event(channel, message)
@@ -620,11 +645,14 @@ class Hub:
             "epoch": position.epoch,
         }
 
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """Who is in `channel`: `{"clients": {id: info}}` (108 without presence)."""
+    async def presence(self, channel: str, *, by_user: bool = False) -> dict[str, Any]:
+        """Who is in `channel`: `{"clients": {id: info}}`, or with `by_user` grouped as
+        `{"users": {user: {id: info}}, "anonymous": {id: info}}` (108 without presence)."""
         self._presence_rule(channel)
         with _broker_errors():
             members = await self.broker.presence(channel)
+        if by_user:
+            return presence_by_user(members.values())
         return {"clients": {cid: info.to_json() for cid, info in members.items()}}
 
     async def presence_stats(self, channel: str) -> dict[str, Any]:

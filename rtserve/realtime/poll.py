@@ -207,10 +207,14 @@ async def presence_endpoint(request: Request) -> Response:
         stats = request.query.get("stats", "0")
         if stats not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "stats is 1 or 0")
+        group = request.query.get("group")
+        if group not in (None, "user"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "group is user")
         await authorize_subscribe(hub, channel, client, claims, request)
         if stats in ("1", "true"):
             return JSONResponse(await hub.presence_stats(channel), headers=cors)
-        return JSONResponse(await hub.presence(channel), headers=cors)
+        answer = await hub.presence(channel, by_user=group == "user")
+        return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)

@@ -15,6 +15,7 @@ import enum
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +149,7 @@ class SubscribeRequest:
     channel: str
     since: StreamPosition | None = None
     token: str | None = None
+    presence_diff: bool = False
 
 
 @dataclass(slots=True)
@@ -166,6 +168,8 @@ class Command:
     subscriptions: list[SubscribeRequest] | None = None  # `connect`: subscribe at once
     method: str | None = None  # `rpc`: the app's handler to call
     reverse: bool = False  # `history`: newest first, paging backwards from `since`
+    by_user: bool = False  # `presence`: grouped by user ("group": "user")
+    presence_diff: bool = False  # `subscribe`: `presence_diff` pushes for joins and leaves
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -232,6 +236,13 @@ def command_from_json(raw: Any) -> Command:
         if type(reverse) is not bool:
             raise CommandError(ErrorCode.BAD_REQUEST, "reverse must be true or false", id_)
         command.reverse = reverse
+    if op == "presence":
+        group = raw.get("group")
+        if group is not None and group != "user":
+            raise CommandError(ErrorCode.BAD_REQUEST, 'group must be "user"', id_)
+        command.by_user = group == "user"
+    if op == "subscribe":
+        command.presence_diff = _parse_flag(raw, "presence_diff", id_)
     if op == "rpc":
         method = raw.get("method")
         if not isinstance(method, str) or not METHOD_NAME.match(method):
@@ -338,8 +349,16 @@ def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
             raise CommandError(ErrorCode.BAD_REQUEST, "token must be a string", id_)
         since = item.get("since")
         position = _parse_position(since, id_) if since is not None else None
-        requests.append(SubscribeRequest(channel, position, token))
+        diff = _parse_flag(item, "presence_diff", id_)
+        requests.append(SubscribeRequest(channel, position, token, diff))
     return requests
+
+
+def _parse_flag(raw: dict[str, Any], name: str, id_: int | None) -> bool:
+    value = raw.get(name, False)
+    if type(value) is not bool:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"{name} must be true or false", id_)
+    return value
 
 
 def _parse_position(value: Any, id_: int | None) -> StreamPosition:
@@ -416,6 +435,29 @@ def encode_presence_digest(
 
 
 PING_PUSH = b'{"push":"ping"}'  # the heartbeat of protocol 2 (no answer expected)
+
+
+def presence_by_user(clients: Iterable[ClientInfo]) -> dict[str, Any]:
+    """Clients grouped by user: `{"users": {user: {client: info}}, "anonymous": {client:
+    info}}` (the anonymous have no user)."""
+    users: dict[str, dict[str, Any]] = {}
+    anonymous: dict[str, Any] = {}
+    for info in clients:
+        group = anonymous if info.user is None else users.setdefault(info.user, {})
+        group[info.client] = info.to_json()
+    return {"users": users, "anonymous": anonymous}
+
+
+def encode_presence_diff(channel: str, joins: list[ClientInfo], leaves: list[ClientInfo]) -> bytes:
+    """Who came and went (protocol 2's `presence_diff`), each side grouped by user."""
+    return dump_json(
+        {
+            "push": "presence_diff",
+            "channel": channel,
+            "joins": presence_by_user(joins),
+            "leaves": presence_by_user(leaves),
+        }
+    )
 
 
 def encode_unsubscribed(channel: str, code: int, message: str) -> bytes:

@@ -29,7 +29,7 @@ from rtserve.realtime.access import (
     verify_token,
 )
 from rtserve.realtime.context import ChannelContext, RpcContext
-from rtserve.realtime.hub import Hub, Outbound, call_hook
+from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
 from rtserve.realtime.protocol import (
     MAX_BATCH,
     PING_PUSH,
@@ -78,6 +78,7 @@ class ChannelSocket(WebSocketHandler):
         self._batch_size = 0
         self._openings: list[_Opening] = []  # subscriptions of a connect, before its reply
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._diffs: set[str] = set()  # channels subscribed with presence_diff
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -211,6 +212,8 @@ class ChannelSocket(WebSocketHandler):
         if self._batch:
             self._flush_batch()
         if channel in self.subscriptions:
+            if self._diffs and channel in self._diffs and isinstance(message, PresenceOutbound):
+                message = message.diff(channel)
             # A join or leave that does not fit is not kept: presence can be asked again.
             self.connection.offer_frame(message.ws.frame_for(self.connection))
 
@@ -360,13 +363,19 @@ class ChannelSocket(WebSocketHandler):
     async def _subscribe(self, command: Command) -> None:
         channel = command.channel
         assert channel is not None
-        opening = await self._open_subscription(channel, command.since, command.token)
+        opening = await self._open_subscription(
+            channel, command.since, command.token, command.presence_diff
+        )
         if opening is not None:
             self._answer(encode_reply(command.id, opening.result))
             await self._start_subscription(opening)
 
     async def _open_subscription(
-        self, channel: str, since: StreamPosition | None, token: str | None
+        self,
+        channel: str,
+        since: StreamPosition | None,
+        token: str | None,
+        presence_diff: bool = False,
     ) -> _Opening | None:
         """Subscribe at the Hub; publications are held back until _start_subscription, which
         comes after the reply (None: the connection closed meanwhile)."""
@@ -395,6 +404,8 @@ class ChannelSocket(WebSocketHandler):
             self._sub_tokens[channel] = self._sub_token_timer(channel, sub_claims)
             if self.protocol >= 2:
                 result["expires"] = _expires(sub_claims)
+        if presence_diff:
+            self._diffs.add(channel)
         return _Opening(channel, rule, context, result, last)
 
     async def _start_subscription(self, opening: _Opening) -> None:
@@ -417,7 +428,9 @@ class ChannelSocket(WebSocketHandler):
         for request in requests:
             channel = request.channel
             try:
-                opening = await self._open_subscription(channel, request.since, request.token)
+                opening = await self._open_subscription(
+                    channel, request.since, request.token, request.presence_diff
+                )
             except ChannelError as exc:
                 self.hub.stats.refused += 1
                 temporary = exc.temporary if self.protocol >= 2 else None
@@ -449,6 +462,7 @@ class ChannelSocket(WebSocketHandler):
         if rule is None:
             return None
         self.hub.unsubscribe(self, channel)
+        self._diffs.discard(channel)
         timer = self._sub_tokens.pop(channel, None)
         if timer is not None:
             timer.cancel()
@@ -503,7 +517,7 @@ class ChannelSocket(WebSocketHandler):
 
     async def _presence(self, command: Command) -> dict[str, Any]:
         channel, _ = self._subscribed_rule(command)
-        return await self.hub.presence(channel)
+        return await self.hub.presence(channel, by_user=command.by_user)
 
     async def _presence_stats(self, command: Command) -> dict[str, Any]:
         channel, _ = self._subscribed_rule(command)

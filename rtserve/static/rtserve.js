@@ -23,7 +23,9 @@
 // rt.subscribe(channel, handlers) -> subscription; handlers (all optional):
 //   onPublication(pub)  pub = { channel, offset, data, info? }, each offset once, in order
 //   onSubscribed(result), onUnrecovered(result), onJoin(info), onLeave(info),
-//   onPresence(push), onError(error); and since: { offset, epoch } to start from, token: a
+//   onPresence(push), onPresenceDiff(diff) (WebSocket: instead of onJoin, onLeave and
+//   onPresence, each change as {joins, leaves}, each {users: {user: {client: info}},
+//   anonymous: {client: info}}), onError(error); and since: { offset, epoch } to start from, token: a
 //   subscription token (WebSocket only), getToken: async (channel) => a fresh subscription
 //   token, called before the current one expires (`sub_refresh`, WebSocket only).
 //   subscription.position is { offset, epoch } (null before the first answer);
@@ -31,7 +33,8 @@
 // rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
 // rt.history(channel, { limit, since, reverse }) -> Promise of { publications, offset, epoch }
 //   (reverse: newest first, below `since`: pages backwards)
-// rt.presence(channel) -> Promise of { clients }; rt.presenceStats(channel) -> Promise of
+// rt.presence(channel, { group }) -> Promise of { clients } (group: "user": of
+//   { users: { user: { client: info } }, anonymous }); rt.presenceStats(channel) -> Promise of
 //   { clients, users } (counts)
 // rt.rpc(method, data) -> Promise of what the app's @app.rpc(method) handler returned
 //   (WebSocket only)
@@ -283,6 +286,7 @@
       const fields = { channel: sub.channel };
       if (sub.epoch !== null) fields.since = { offset: sub.offset, epoch: sub.epoch };
       if (sub.token) fields.token = sub.token;
+      if (sub.handlers.onPresenceDiff) fields.presence_diff = true;
       return fields;
     }
     _subscribeAnswered(sub, result, asked) {
@@ -358,6 +362,7 @@
       else if (message.push === "join") sub._call("onJoin", message.info);
       else if (message.push === "leave") sub._call("onLeave", message.info);
       else if (message.push === "presence") sub._call("onPresence", message);
+      else if (message.push === "presence_diff") sub._call("onPresenceDiff", message);
       else if (message.push === "unsubscribe") {
         // 112: the stream started a new epoch: subscribe again (the answer says
         // recovered: false). Anything else (109: subscription token expired) ends it.
@@ -419,6 +424,7 @@
       if (op === "presence" || op === "presence_stats") {
         const query = [["channel", fields.channel]];
         if (op === "presence_stats") query.push(["stats", "1"]);
+        if (fields.group) query.push(["group", fields.group]);
         return this._fetch(`/presence?${this.query(query)}`);
       }
       const message = `${op} needs the WebSocket transport`;
@@ -707,8 +713,8 @@
       return this._command("history", { channel, ...options });
     }
 
-    presence(channel) {
-      return this._command("presence", { channel });
+    presence(channel, options = {}) {
+      return this._command("presence", { channel, ...options });
     }
 
     presenceStats(channel) {
