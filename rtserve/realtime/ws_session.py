@@ -76,7 +76,6 @@ class ChannelSocket(WebSocketHandler):
         self.protocol = 1  # the version `connect` asked for
         self._batch: list[bytes] | None = None  # replies held while a batch runs
         self._batch_size = 0
-        self._openings: list[_Opening] = []  # subscriptions of a connect, before its reply
         self._heartbeat: asyncio.TimerHandle | None = None
         self._diffs: set[str] = set()  # channels subscribed with presence_diff
 
@@ -271,6 +270,11 @@ class ChannelSocket(WebSocketHandler):
         temporary = exc.temporary if self.protocol >= 2 else None
         return encode_error(id_, exc.code, exc.message, temporary)
 
+    def _error_json(self, exc: ChannelError) -> dict[str, Any]:
+        """The `error` object of a reply, as _error makes it."""
+        temporary = exc.temporary if self.protocol >= 2 else None
+        return error_json(exc.code, exc.message, temporary)
+
     def _frame(self, payload: bytes) -> bytes:
         return Outbound(payload).ws.frame_for(self.connection)
 
@@ -341,9 +345,8 @@ class ChannelSocket(WebSocketHandler):
             self._schedule_heartbeat()
         if command.subscriptions is None:
             return result
-        result["subscriptions"] = await self._subscribe_all(command.subscriptions)
+        result["subscriptions"], openings = await self._subscribe_all(command.subscriptions)
         self._answer(encode_reply(command.id, result))
-        openings, self._openings = self._openings, []
         for opening in openings:
             await self._start_subscription(opening)
         return None
@@ -420,11 +423,13 @@ class ChannelSocket(WebSocketHandler):
                 self.deliver(channel, message, rule)
         await self.hub.join(rule, opening.context)
 
-    async def _subscribe_all(self, requests: list[SubscribeRequest]) -> dict[str, Any]:
+    async def _subscribe_all(
+        self, requests: list[SubscribeRequest]
+    ) -> tuple[dict[str, Any], list[_Opening]]:
         """The subscriptions a `connect` asks for, made in order: each one's result or error
-        by channel; their publications wait for _start_subscription."""
+        by channel, and those made (their publications wait for _start_subscription)."""
         answers: dict[str, Any] = {}
-        self._openings = []
+        openings: list[_Opening] = []
         for request in requests:
             channel = request.channel
             try:
@@ -433,18 +438,17 @@ class ChannelSocket(WebSocketHandler):
                 )
             except ChannelError as exc:
                 self.hub.stats.refused += 1
-                temporary = exc.temporary if self.protocol >= 2 else None
-                answers[channel] = {"error": error_json(exc.code, exc.message, temporary)}
+                answers[channel] = {"error": self._error_json(exc)}
                 continue
             except Exception:
                 log.exception("error subscribing to %s in connect", channel)
-                answers[channel] = {"error": error_json(ErrorCode.INTERNAL, "internal error")}
+                answers[channel] = {"error": self._error_json(ChannelError(ErrorCode.INTERNAL))}
                 continue
             if opening is None:
                 break  # closed
-            self._openings.append(opening)
+            openings.append(opening)
             answers[channel] = opening.result
-        return answers
+        return answers, openings
 
     async def _unsubscribe(self, command: Command) -> dict[str, Any]:
         channel = command.channel
