@@ -14,7 +14,7 @@ from rtserve.app.static import FileResponse
 from rtserve.app.websocket import WebSocketHandler, broadcast
 from rtserve.broker import Broker, MemoryBroker
 from rtserve.errors import ConfigError, HTTPError, MissingArgument, RtserveError
-from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
+from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult, RpcContext
 from rtserve.realtime.protocol import ChannelError, ErrorCode
 from rtserve.realtime.rules import ChannelRule
 from rtserve.realtime.settings import ChannelSettings
@@ -43,6 +43,7 @@ __all__ = [
     "RedirectResponse",
     "Request",
     "Response",
+    "RpcContext",
     "RtserveError",
     "ServerSettings",
     "StreamingResponse",

@@ -248,7 +248,13 @@ def test_connect_and_commands() -> None:
     async def scenario(hub: FakeHub, url: str) -> None:
         async with client(url, token="ann", data={"v": 1}) as c:
             assert (c.client_id, c.user, c.version, c.connected) == ("c1", "ann", 1, True)
-            assert hub.commands[0] == {"id": 1, "op": "connect", "token": "ann", "data": {"v": 1}}
+            assert hub.commands[0] == {
+                "id": 1,
+                "op": "connect",
+                "protocol": 2,
+                "token": "ann",
+                "data": {"v": 1},
+            }
             assert await c.publish("news", {"n": 1}) == Position(1, "epoch1")
             offset, epoch = await c.publish("news", {"n": 2})
             assert (offset, epoch) == (2, "epoch1")

@@ -24,7 +24,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from rtserve import App, ChannelSettings
-from rtserve.realtime.protocol import OPS, CommandError, ErrorCode, parse_command
+from rtserve.realtime.protocol import (
+    MAX_BATCH,
+    OPS,
+    Command,
+    CommandError,
+    ErrorCode,
+    parse_command,
+    parse_frame,
+)
 from rtserve.testing import ThreadedServer
 from rtserve.tokens import mint
 
@@ -32,7 +40,21 @@ SECRET = "a-test-secret-of-32-characters!!"
 PARSE_CODES = {ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_OP}
 # What /rt/ws may close with (docs/protocol.md); 1009 is out of reach of these small inputs.
 CLOSE_CODES = {4000, 4001, 4002, 4003, 4004, 4005, 4006}
-FIELDS = ["id", "op", "channel", "data", "token", "since", "limit", "idempotency_key"]
+FIELDS = [
+    "id",
+    "op",
+    "channel",
+    "data",
+    "token",
+    "since",
+    "limit",
+    "idempotency_key",
+    "protocol",
+    "method",
+    "reverse",
+    "group",
+    "presence_diff",
+]
 
 
 def _strict(name: str) -> Any:
@@ -77,6 +99,20 @@ field_values = {
     | values,
     "limit": st.integers(min_value=-2, max_value=2**64) | values,
     "idempotency_key": st.text(max_size=300) | values,
+    "protocol": st.sampled_from([1, 2, 3, 0, 2.0]) | values,
+    "method": st.sampled_from(["add", "", "a b", "m" * 129]) | values,
+    "reverse": st.booleans() | values,
+    "group": st.sampled_from(["user", "client"]) | values,
+    "presence_diff": st.booleans() | values,
+    "subscriptions": st.lists(
+        st.fixed_dictionaries(
+            {"channel": channels | values},
+            optional={"since": values, "token": st.sampled_from(["x.y.z"]) | values},
+        )
+        | values,
+        max_size=4,
+    )
+    | values,
 }
 commands = st.fixed_dictionaries(
     {"op": field_values["op"]},
@@ -101,6 +137,32 @@ def check_parse(text: str | bytes) -> None:
 @given(commands)
 def test_parse_command_on_hostile_fields(raw: dict[str, Any]) -> None:
     check_parse(json.dumps(raw))  # json.dumps writes NaN and Infinity for such floats
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(commands | values, min_size=0, max_size=6))
+def test_parse_frame_on_hostile_batches(items: list[Any]) -> None:
+    """A batch (protocol 2) is refused whole only when it is empty or too long; otherwise
+    each item is a Command or the CommandError it gets when sent alone."""
+    try:
+        text = json.dumps(items, allow_nan=False)
+    except ValueError:  # NaN or Infinity somewhere: the message is not JSON, refused whole
+        with pytest.raises(CommandError):
+            parse_frame(json.dumps(items))
+        return
+    try:
+        batch = parse_frame(text)
+    except CommandError as exc:
+        assert not items and (exc.code, exc.id) == (ErrorCode.BAD_REQUEST, None)
+        return
+    assert isinstance(batch, list) and len(batch) == len(items) <= MAX_BATCH
+    for item, parsed in zip(items, batch, strict=True):
+        if isinstance(parsed, Command):
+            assert parse_command(json.dumps(item)) == parsed
+        else:
+            assert parsed.code in PARSE_CODES
+            with pytest.raises(CommandError):
+                parse_command(json.dumps(item))
 
 
 @settings(max_examples=300, deadline=None)
@@ -175,6 +237,22 @@ good_commands = st.fixed_dictionaries(
             {"offset": st.integers(0, 20), "epoch": st.sampled_from(["", "e"])}
         ),
         "limit": st.integers(0, 20),
+        "protocol": st.sampled_from([1, 2]),
+        "method": st.sampled_from(["add", "nope"]),
+        "reverse": st.booleans(),
+        "group": st.just("user"),
+        "presence_diff": st.booleans(),
+        "subscriptions": st.lists(
+            st.fixed_dictionaries(
+                {"channel": channels},
+                optional={
+                    "since": st.fixed_dictionaries(
+                        {"offset": st.integers(0, 5), "epoch": st.just("e")}
+                    )
+                },
+            ),
+            max_size=3,
+        ),
     },
 )
 messages = st.lists(
@@ -184,6 +262,7 @@ messages = st.lists(
         commands.map(lambda c: ("cmd", c)),
         st.text(max_size=30).map(lambda t: ("text", t)),
         st.binary(max_size=10).map(lambda b: ("binary", b)),
+        st.lists(good_commands, min_size=1, max_size=4).map(lambda cs: ("batch", cs)),
     ),
     min_size=1,
     max_size=12,
@@ -211,9 +290,13 @@ def test_live_session_answers_each_id_once_or_closes_with_a_documented_code(
             try:
                 if kind == "cmd":
                     command = dict(item)
-                    command["id"] = n  # unique, so "answered once" can be checked
+                    command["id"] = n * 100  # unique and rising: "once, in order" is checked
                     ws.send(json.dumps(command))
-                    sent.append(n)
+                    sent.append(n * 100)
+                elif kind == "batch":  # ids n * 100 + k: unique, and in order
+                    batch = [{**c, "id": n * 100 + k} for k, c in enumerate(item)]
+                    ws.send(json.dumps(batch))
+                    sent.extend(c["id"] for c in batch)
                 elif kind == "text":
                     ws.send(item)
                 else:
@@ -224,9 +307,12 @@ def test_live_session_answers_each_id_once_or_closes_with_a_documented_code(
         try:
             while time.monotonic() < deadline:
                 message = json.loads(ws.recv(timeout=1 if not sent else 5))
-                if "push" in message:
+                if isinstance(message, dict) and "push" in message:
                     continue
-                replies.append(message["id"])
+                # a batch's answers come in arrays
+                replies.extend(
+                    m["id"] for m in (message if isinstance(message, list) else [message])
+                )
                 if sent and replies and replies[-1] == sent[-1]:
                     break
         except TimeoutError:

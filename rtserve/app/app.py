@@ -33,7 +33,7 @@ from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
 from rtserve.realtime.hub import Hub
-from rtserve.realtime.protocol import check_publishable
+from rtserve.realtime.protocol import METHOD_NAME, check_publishable
 from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.exchange import Exchange
@@ -290,6 +290,20 @@ class App:
         """Decorate the hook that accepts or refuses a channel connection (see ConnectContext)."""
         self.hub.on_connect = hook
         return hook
+
+    def rpc(self, method: str) -> Callable[[F], F]:
+        """Decorate the handler of the channel protocol's `rpc` command `method` (sync or
+        async; see RpcContext): a request and its reply over the client's connection."""
+        if not METHOD_NAME.match(method):
+            raise ValueError(f"rpc method {method!r}: 1 to 128 of A-Z a-z 0-9 _ - : .")
+        if method in self.hub.rpc_handlers:
+            raise ValueError(f"rpc method {method!r} is registered twice")
+
+        def register(handler: F) -> F:
+            self.hub.rpc_handlers[method] = handler
+            return handler
+
+        return register
 
     async def publish(
         self, channel: str, data: Any, *, idempotency_key: str | None = None

@@ -14,9 +14,9 @@ some; or one falling back: a new epoch) makes the subscription again from its po
 Subscription).
 
 With `reconnect=True` (the default), a connection that ends without `close()` is opened again
-with exponential backoff and jitter; `connect` is sent again and every subscription is made
-again with `since` = its last position, so the publications missed meanwhile arrive first. When
-the server cannot give them (`recovered: false`), the subscription's iterator raises
+with exponential backoff and jitter; `connect` is sent again, carrying every subscription with
+`since` = its last position (one round trip), so the publications missed meanwhile arrive
+first. When the server cannot give them (`recovered: false`), the subscription's iterator raises
 `Unrecovered` once, at the point of the gap; iterating again continues from the new position.
 Commands in flight when the connection drops raise `Disconnected` (a publish may or may not have
 landed); commands issued while reconnecting wait for the new connection (up to
@@ -43,6 +43,7 @@ from rtserve.client.messages import (
     Join,
     Leave,
     Position,
+    PresenceDiff,
     PresenceDigest,
     PresenceEvent,
     PresenceStats,
@@ -60,6 +61,7 @@ __all__ = [
     "Join",
     "Leave",
     "Position",
+    "PresenceDiff",
     "PresenceDigest",
     "PresenceEvent",
     "PresenceStats",

@@ -19,10 +19,12 @@ from rtserve.client.messages import (
     Join,
     Leave,
     Position,
+    PresenceDiff,
     PresenceDigest,
     PresenceEvent,
     PresenceStats,
     Publication,
+    grouped_clients,
     to_position,
 )
 from rtserve.client.subscription import END, Subscription
@@ -33,7 +35,7 @@ from rtserve.protocol.ws_client import (
     InvalidHandshake,
     connect,
 )
-from rtserve.realtime.protocol import DisconnectCode, ErrorCode
+from rtserve.realtime.protocol import PROTOCOL_VERSION, DisconnectCode, ErrorCode
 
 log = logging.getLogger("rtserve.client")
 
@@ -98,6 +100,8 @@ class Client:
         self.user: str | None = None
         self.expires: float | None = None
         self.version: int | None = None
+        self.connect_data: Any = None  # what the app's on_connect gave back (ConnectResult.data)
+        self.limits: dict[str, int] = {}  # max_message_size, max_subscriptions, ...
         self.reconnects = 0
         self._subs: dict[str, Subscription] = {}
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -166,6 +170,7 @@ class Client:
         token: str | None = None,
         max_queue: int | None = None,
         on_presence: Callable[[PresenceEvent], Any] | None = None,
+        presence_diff: bool = False,
     ) -> Subscription:
         """Subscribe to `channel`: from now on, or from `since` (missed publications first;
         Unrecovered from the iterator when the server cannot give them).
@@ -174,7 +179,8 @@ class Client:
             start again from the stream's top; the loss is counted in `gaps`, not raised).
         fill_gaps: fill offset jumps from the history (False: accept them, for `conflate`).
         token: the channel's subscription token, when its rule asks for one.
-        on_presence: called (synchronously) with each Join, Leave and PresenceDigest.
+        on_presence: called (synchronously) with each Join, Leave and PresenceDigest, or with
+            `presence_diff=True` each PresenceDiff instead.
         """
         if channel in self._subs:
             raise ValueError(f"already subscribed to {channel!r}")
@@ -186,6 +192,7 @@ class Client:
             token=token,
             max_queue=max_queue if max_queue is not None else self.max_queue,
             on_presence=on_presence,
+            presence_diff=presence_diff,
         )
         self._subs[channel] = sub
         try:
@@ -231,8 +238,13 @@ class Client:
         *,
         limit: int | None = None,
         since: Position | tuple[int, str] | None = None,
+        reverse: bool = False,
     ) -> History:
+        """Kept publications after `since` (without: the newest `limit`), oldest first; with
+        `reverse`, the newest first, below `since` (to page backwards)."""
         command: dict[str, Any] = {"op": "history", "channel": channel}
+        if reverse:
+            command["reverse"] = True
         if limit is not None:
             command["limit"] = limit
         position = to_position(since)
@@ -247,6 +259,14 @@ class Client:
         clients = result.get("clients") or {}
         return {str(k): ClientInfo.from_json(v) for k, v in clients.items()}
 
+    async def presence_by_user(self, channel: str) -> dict[str | None, dict[str, ClientInfo]]:
+        """Who is in `channel`, grouped by user (None: the anonymous clients)."""
+        result = await self._request({"op": "presence", "channel": channel, "group": "user"})
+        grouped: dict[str | None, dict[str, ClientInfo]] = {}
+        for info in grouped_clients(result):
+            grouped.setdefault(info.user, {})[info.client] = info
+        return grouped
+
     async def presence_stats(self, channel: str) -> PresenceStats:
         result = await self._request({"op": "presence_stats", "channel": channel})
         return PresenceStats(int(result["clients"]), int(result["users"]))
@@ -258,6 +278,25 @@ class Client:
         expires = result.get("expires")
         self.expires = float(expires) if expires is not None else None
         return self.expires
+
+    async def sub_refresh(self, channel: str, token: str) -> float | None:
+        """Replace the subscription token of `channel` before it expires, without subscribing
+        again; it is also the one used when subscribing again. Returns the new expiry."""
+        sub = self._subs.get(channel)
+        result = await self._request({"op": "sub_refresh", "channel": channel, "token": token})
+        expires = result.get("expires")
+        if sub is not None and self._subs.get(channel) is sub:
+            sub.token = token
+            sub.expires = float(expires) if expires is not None else None
+        return float(expires) if expires is not None else None
+
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call the app's `@app.rpc(method)` handler with `data`; what it returned."""
+        command: dict[str, Any] = {"op": "rpc", "method": method}
+        if data is not None:
+            command["data"] = data
+        result = await self._request(command)
+        return result.get("data")
 
     async def ping(self) -> None:
         """A round trip of the protocol's ping command."""
@@ -308,11 +347,7 @@ class Client:
     async def _subscribe_on(
         self, ws: ClientWebSocket, sub: Subscription, since: Position | None, *, resumed: bool
     ) -> None:
-        command: dict[str, Any] = {"op": "subscribe", "channel": sub.channel}
-        if sub.token is not None:
-            command["token"] = sub.token
-        if since is not None:
-            command["since"] = {"offset": since.offset, "epoch": since.epoch}
+        command = {"op": "subscribe", **_subscription_fields(sub, since)}
         sub._subscribing = True
         try:
             try:
@@ -344,26 +379,59 @@ class Client:
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws))
         try:
-            command: dict[str, Any] = {"op": "connect"}
+            command: dict[str, Any] = {"op": "connect", "protocol": PROTOCOL_VERSION}
             if self.token is not None:
                 command["token"] = self.token
             if self.data is not None:
                 command["data"] = self.data
-            result = await self._request_on(ws, command)
+            # Every subscription is made again in the connect itself: one round trip.
+            subs = [s for s in self._subs.values() if s.position is not None]
+            asked = {s.channel: s.position if s.recover else None for s in subs}
+            if subs:
+                command["subscriptions"] = [_subscription_fields(s, asked[s.channel]) for s in subs]
+                for sub in subs:
+                    sub._subscribing = True
+            try:
+                result = await self._request_on(ws, command)
+            except BaseException:
+                for sub in subs:
+                    sub._subscribe_failed()
+                raise
             self.client_id = result.get("client")
             self.user = result.get("user")
             expires = result.get("expires")
             self.expires = float(expires) if expires is not None else None
             self.version = result.get("version")
-            subs = [s for s in self._subs.values() if s.position is not None]
+            self.connect_data = result.get("data")
+            limits = result.get("limits")
+            self.limits = dict(limits) if isinstance(limits, dict) else {}
+            answers = result.get("subscriptions")
+            answers = answers if isinstance(answers, dict) else {}
+            again = []  # not answered in the connect (a server of version 1), or 112
+            for sub in subs:
+                answer = answers.get(sub.channel)
+                since = asked[sub.channel]
+                error = answer.get("error") if isinstance(answer, dict) else None
+                if not isinstance(answer, dict) or (
+                    isinstance(error, dict) and since is not None and error.get("code") == 112
+                ):
+                    sub._subscribe_failed()
+                    again.append(sub)
+                elif isinstance(error, dict):
+                    sub._subscribe_failed()
+                    refusal = _client_error(error)
+                    log.warning("%s: subscribing again was refused: %s", sub.channel, refusal)
+                    self._end_subscription(sub, refusal)
+                elif self._subs.get(sub.channel) is sub:
+                    sub._subscribed(answer, since, resumed=True)
             outcomes = await asyncio.gather(
                 *(
                     self._subscribe_on(ws, s, s.position if s.recover else None, resumed=True)
-                    for s in subs
+                    for s in again
                 ),
                 return_exceptions=True,
             )
-            for sub, outcome in zip(subs, outcomes, strict=True):
+            for sub, outcome in zip(again, outcomes, strict=True):
                 if isinstance(outcome, ClientError):
                     log.warning("%s: subscribing again was refused: %s", sub.channel, outcome)
                     self._end_subscription(sub, outcome)
@@ -457,6 +525,10 @@ class Client:
         except ValueError:
             log.warning("not JSON from %s: %.200s", self.url, text)
             return
+        for one in message if isinstance(message, list) else [message]:  # a batch's answers
+            self._dispatch_one(one, text)
+
+    def _dispatch_one(self, message: Any, text: str) -> None:
         if not isinstance(message, dict):
             log.warning("not an object from %s: %.200s", self.url, text)
             return
@@ -480,15 +552,15 @@ class Client:
         if error is not None:
             if not isinstance(error, dict):
                 error = {"message": str(error)}
-            future.set_exception(
-                ClientError(int(error.get("code", 0)), str(error.get("message", "")))
-            )
+            future.set_exception(_client_error(error))
         else:
             result = message.get("result")
             future.set_result(result if isinstance(result, dict) else {})
 
     def _push(self, message: dict[str, Any]) -> None:
         kind = message["push"]
+        if kind == "ping":
+            return  # the heartbeat for browsers; this client has the WebSocket's pings
         channel = message["channel"]
         sub = self._subs.get(channel)
         if sub is None:
@@ -509,6 +581,10 @@ class Client:
                     [ClientInfo.from_json(i) for i in message.get("leaves") or ()],
                 )
             )
+        elif kind == "presence_diff":
+            joins = grouped_clients(message.get("joins") or {})
+            leaves = grouped_clients(message.get("leaves") or {})
+            sub._presence(PresenceDiff(channel, joins, leaves))
         elif kind == "unsubscribe":
             code = int(message.get("code", 0))
             reason = str(message.get("message", "unsubscribed by the server"))
@@ -590,3 +666,23 @@ class Client:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _client_error(error: dict[str, Any]) -> ClientError:
+    """The ClientError of a reply's `error` object."""
+    return ClientError(
+        int(error.get("code", 0)), str(error.get("message", "")), error.get("temporary") is True
+    )
+
+
+def _subscription_fields(sub: Subscription, since: Position | None) -> dict[str, Any]:
+    """What a subscribe asks: {channel, token?, since?, presence_diff?} (a command's, or one
+    in a connect)."""
+    fields: dict[str, Any] = {"channel": sub.channel}
+    if sub.token is not None:
+        fields["token"] = sub.token
+    if sub.presence_diff:
+        fields["presence_diff"] = True
+    if since is not None:
+        fields["since"] = {"offset": since.offset, "epoch": since.epoch}
+    return fields

@@ -13,11 +13,12 @@ from rtserve.errors import RtserveError
 
 class ClientError(RtserveError):
     """The server refused a command: `code` (rtserve.realtime.protocol.ErrorCode, or an app's
-    own from 1000) and `message`."""
+    own from 1000), `message`, and `temporary` (the same command may succeed later)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, temporary: bool = False) -> None:
         self.code = int(code)
         self.message = message
+        self.temporary = temporary
         super().__init__(f"{self.code} {message}")
 
 
@@ -111,7 +112,26 @@ class PresenceDigest:
     leaves: list[ClientInfo] = field(default_factory=list)
 
 
-PresenceEvent = Join | Leave | PresenceDigest
+@dataclass(frozen=True, slots=True)
+class PresenceDiff:
+    """Who came and went (protocol 2's `presence_diff`, for subscriptions made with
+    `presence_diff=True`, instead of Join, Leave and PresenceDigest)."""
+
+    channel: str
+    joins: list[ClientInfo] = field(default_factory=list)
+    leaves: list[ClientInfo] = field(default_factory=list)
+
+
+PresenceEvent = Join | Leave | PresenceDigest | PresenceDiff
+
+
+def grouped_clients(value: Any) -> list[ClientInfo]:
+    """The clients of a presence grouped by user (`{"users": {user: {id: info}}, "anonymous":
+    {id: info}}`)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"grouped presence is an object, not {value!r}")
+    groups = [*(value.get("users") or {}).values(), value.get("anonymous") or {}]
+    return [ClientInfo.from_json(info) for group in groups for info in group.values()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ class Subscription:
         with `recover=False`, which asks for no missed publications and only counts them).
     duplicates: publications dropped because their offset was not above `position`.
     skipped: publications the server skipped (offset jumps) that `fill_gaps=False` accepted.
+    expires: when the subscription token expires (unix seconds; None without one): the server
+        ends the subscription then (ClientError 109) unless `refresh(token)` extended it.
 
     A live push whose offset jumps ahead (the server skipped publications for a slow client)
     or falls back (pushes carry no epoch, so that is how a new epoch of the stream shows) makes
@@ -46,6 +48,7 @@ class Subscription:
         token: str | None,
         max_queue: int,
         on_presence: Callable[[PresenceEvent], Any] | None,
+        presence_diff: bool = False,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -54,7 +57,9 @@ class Subscription:
         self.token = token
         self.max_queue = max(1, max_queue)
         self.on_presence = on_presence
+        self.presence_diff = presence_diff
         self.position: Position | None = None
+        self.expires: float | None = None
         self.recovered: bool | None = None
         self.gaps = 0
         self.duplicates = 0
@@ -77,6 +82,10 @@ class Subscription:
 
     async def unsubscribe(self) -> None:
         await self.client.unsubscribe(self.channel)
+
+    async def refresh(self, token: str) -> float | None:
+        """Replace the subscription token (`sub_refresh`): Client.sub_refresh."""
+        return await self.client.sub_refresh(self.channel, token)
 
     # --- iteration -------------------------------------------------------------------------
 
@@ -174,6 +183,8 @@ class Subscription:
     def _subscribed(self, result: dict[str, Any], since: Position | None, resumed: bool) -> None:
         """Apply a subscribe result (`resumed`: made again after a reconnect or an overflow)."""
         top = Position(int(result["offset"]), str(result["epoch"]))
+        expires = result.get("expires")
+        self.expires = float(expires) if expires is not None else None
         self._subscribing = False
         self._overflow = False
         if since is not None:

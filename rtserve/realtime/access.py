@@ -20,7 +20,7 @@ from rtserve.app.response import JSONResponse
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
 from rtserve.realtime.hub import UserConnection, call_hook
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode
+from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, check_publishable
 from rtserve.realtime.rules import ChannelRule
 from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
 
@@ -74,16 +74,31 @@ async def run_on_connect(
 ) -> ClientInfo:
     """Who a new client is: its token's user and info, as the app's `on_connect` may change
     them (or refuse with ChannelError); a new client id."""
+    client, _ = await connect_client(hub, request, claims, data)
+    return client
+
+
+async def connect_client(
+    hub: Hub, request: Request | None, claims: TokenClaims | None, data: Any = None
+) -> tuple[ClientInfo, Any]:
+    """run_on_connect, and the `data` the app's `on_connect` gives back for the client."""
     user = claims.user if claims is not None else None
     info = claims.info if claims is not None else None
+    reply = None
     if hub.on_connect is not None:
         result = await call_hook(hub.on_connect, ConnectContext(request, claims, data))
         if isinstance(result, ConnectResult):
             user = result.user if result.user is not None else user
             info = result.info if result.info is not None else info
+            reply = result.data
+            if reply is not None:
+                try:
+                    check_publishable(reply)
+                except ChannelError as exc:  # the app's bug: an internal error, logged
+                    raise TypeError(f"on_connect's ConnectResult.data: {exc.message}") from None
         elif result is not None:
             raise TypeError(f"on_connect returned {result!r}; return a ConnectResult or None")
-    return ClientInfo(secrets.token_hex(8), user, info)
+    return ClientInfo(secrets.token_hex(8), user, info), reply
 
 
 def add_user_connection(hub: Hub, user: str | None, connection: UserConnection) -> None:

@@ -25,10 +25,29 @@ class ConnectContext:
 
 @dataclass(slots=True)
 class ConnectResult:
-    """Who the connection is: the user id and the info shown in presence."""
+    """Who the connection is: the user id and the info shown in presence; `data` (any JSON
+    value) goes back to the client in the `connect` result of protocol 2 (WebSocket only)."""
 
     user: str | None = None
     info: dict[str, Any] | None = None
+    data: Any = None
+
+
+@dataclass(slots=True)
+class RpcContext:
+    """Given to an `rpc` handler (`@app.rpc(method)`): the method, the `data` the client sent
+    (None without), who is calling. Return the reply's data (any JSON value, None too), or
+    raise ChannelError to refuse."""
+
+    method: str
+    data: Any
+    client: ClientInfo
+    claims: TokenClaims | None = None
+    request: Request | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.client.user
 
 
 @dataclass(slots=True)

@@ -29,14 +29,16 @@ from rtserve.broker.base import (
     StreamPosition,
 )
 from rtserve.histogram import Histogram
-from rtserve.realtime.context import ChannelContext, ConnectContext
+from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
     encode_join,
     encode_leave,
+    encode_presence_diff,
     encode_presence_digest,
     encode_publication,
+    presence_by_user,
     publication_json,
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
@@ -103,6 +105,29 @@ class Outbound:
                 self.event, self.payload, self.channel, self.epoch, self.offset
             )
         return sse
+
+
+class PresenceOutbound(Outbound):
+    """A join, leave or digest push that also knows who came and went, for the sessions that
+    asked for `presence_diff` pushes instead (built on first use, then shared)."""
+
+    __slots__ = ("_diff", "joins", "leaves")
+
+    def __init__(
+        self, payload: bytes, event: str, joins: list[ClientInfo], leaves: list[ClientInfo]
+    ) -> None:
+        super().__init__(payload, event=event)
+        self.joins = joins
+        self.leaves = leaves
+        self._diff: Outbound | None = None
+
+    def diff(self, channel: str) -> Outbound:
+        """The same event as a `presence_diff` push (grouped by user)."""
+        diff = self._diff
+        if diff is None:
+            payload = encode_presence_diff(channel, self.joins, self.leaves)
+            diff = self._diff = Outbound(payload, event="presence_diff")
+        return diff
 
 
 def sse_event(
@@ -214,6 +239,7 @@ class Hub:
         # Seconds each broker publish from this node took, failures included.
         self.publish_latency = Histogram()
         self.on_connect: Callable[[ConnectContext], Any] | None = None
+        self.rpc_handlers: dict[str, Callable[[RpcContext], Any]] = {}  # by method
         self.loop: asyncio.AbstractEventLoop | None = None
         self.users: dict[str, set[UserConnection]] = {}  # open connections per user
         # Publish rate buckets of HTTP clients (per token user or address), bounded LRU.
@@ -424,9 +450,9 @@ class Hub:
             self._digest.add(channel)
             return
         if joined:
-            message = Outbound(encode_join(channel, info), event="join")
+            message = PresenceOutbound(encode_join(channel, info), "join", [info], [])
         else:
-            message = Outbound(encode_leave(channel, info), event="leave")
+            message = PresenceOutbound(encode_leave(channel, info), "leave", [], [info])
         for subscriber in tuple(local.subscribers):
             if subscriber.client.client != info.client:
                 subscriber.deliver_event(channel, message)
@@ -449,8 +475,8 @@ class Hub:
                     local = self._local.get(channel)
                     if local is None:
                         continue
-                message = Outbound(
-                    encode_presence_digest(channel, count, joins, leaves), event="presence"
+                message = PresenceOutbound(
+                    encode_presence_digest(channel, count, joins, leaves), "presence", joins, leaves
                 )
                 for subscriber in tuple(local.subscribers):
                     subscriber.deliver_event(channel, message)
@@ -603,11 +629,45 @@ class Hub:
             "epoch": position.epoch,
         }
 
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """Who is in `channel`: `{"clients": {id: info}}` (108 without presence)."""
+    async def history_before(
+        self, channel: str, *, before: StreamPosition | None = None, limit: int
+    ) -> dict[str, Any]:
+        """`history` backwards: the newest `limit` kept publications below `before.offset`
+        (without `before`: of all), newest first; and the stream's position. Paging back past
+        what is kept ends in fewer (or no) publications. ChannelError 108, 112 (`before` of
+        another epoch), 115 as `history`."""
+        if before is None:
+            newest = await self.history(channel, limit=limit)
+            newest["publications"].reverse()
+            return newest
+        rule, _ = self.rule(channel)
+        if not rule.history:
+            raise ChannelError(ErrorCode.NOT_AVAILABLE, "this channel keeps no history")
+        end = before.offset - 1  # the newest offset wanted
+        with _broker_errors():
+            history = await self.broker.history(channel, since=max(0, end - limit), limit=limit)
+            top = history.position.offset
+            if end > top:  # `before` is above the stream's top: the newest are wanted
+                end = top
+                history = await self.broker.history(channel, since=max(0, end - limit), limit=limit)
+        position = history.position
+        if before.epoch != position.epoch:
+            raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
+        pubs = [p for p in history.publications if p.offset <= end] if limit else []
+        return {
+            "publications": [publication_json(p) for p in reversed(pubs)],
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+
+    async def presence(self, channel: str, *, by_user: bool = False) -> dict[str, Any]:
+        """Who is in `channel`: `{"clients": {id: info}}`, or with `by_user` grouped as
+        `{"users": {user: {id: info}}, "anonymous": {id: info}}` (108 without presence)."""
         self._presence_rule(channel)
         with _broker_errors():
             members = await self.broker.presence(channel)
+        if by_user:
+            return presence_by_user(members.values())
         return {"clients": {cid: info.to_json() for cid, info in members.items()}}
 
     async def presence_stats(self, channel: str) -> dict[str, Any]:

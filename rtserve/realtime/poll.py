@@ -185,7 +185,14 @@ async def history_endpoint(request: Request) -> Response:
             if not given.isdigit():
                 raise ChannelError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
             limit = int(given)
-        return JSONResponse(await hub.history(channel, since=since, limit=limit), headers=cors)
+        reverse = request.query.get("reverse", "0")
+        if reverse not in ("0", "1", "false", "true"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "reverse is 1 or 0")
+        if reverse in ("1", "true"):
+            answer = await hub.history_before(channel, before=since, limit=limit)
+        else:
+            answer = await hub.history(channel, since=since, limit=limit)
+        return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
@@ -202,11 +209,15 @@ async def presence_endpoint(request: Request) -> Response:
         stats = request.query.get("stats", "0")
         if stats not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "stats is 1 or 0")
+        group = request.query.get("group")
+        if group not in (None, "user"):
+            raise ChannelError(ErrorCode.BAD_REQUEST, "group is user")
         with refusing(channel):
             await authorize_subscribe(hub, channel, client, claims, request)
         if stats in ("1", "true"):
             return JSONResponse(await hub.presence_stats(channel), headers=cors)
-        return JSONResponse(await hub.presence(channel), headers=cors)
+        answer = await hub.presence(channel, by_user=group == "user")
+        return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)

@@ -15,19 +15,22 @@ import enum
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rtserve.app.response import dump_json
 from rtserve.broker.base import ClientInfo, Publication, StreamPosition
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the newest; a connect without `protocol` is answered as version 1
+PROTOCOL_VERSIONS = (1, 2)
+MAX_BATCH = 100  # commands in one message, and subscriptions in one connect (protocol 2)
 MAX_CHANNEL_LENGTH = 255
 MAX_IDEMPOTENCY_KEY = 256
 _T = TypeVar("_T")
 CHANNEL_CHARACTERS = r"A-Za-z0-9_\-:.@/=+#!~$"  # a regex character class's body
 CHANNEL_NAME = re.compile(rf"[{CHANNEL_CHARACTERS}]{{1,{MAX_CHANNEL_LENGTH}}}\Z")
+METHOD_NAME = re.compile(r"[A-Za-z0-9_\-:.]{1,128}\Z")  # of the `rpc` command
 
 
 class ErrorCode(enum.IntEnum):
@@ -50,27 +53,38 @@ class ErrorCode(enum.IntEnum):
     NOT_SUBSCRIBED = 114
     BROKER_UNAVAILABLE = 115
     ALREADY_CONNECTED = 116
+    UNKNOWN_METHOD = 117
 
 
-MESSAGES = {
-    ErrorCode.INTERNAL: "internal error",
-    ErrorCode.UNAUTHORIZED: "unauthorized",
-    ErrorCode.UNKNOWN_CHANNEL: "unknown channel",
-    ErrorCode.PERMISSION_DENIED: "permission denied",
-    ErrorCode.UNKNOWN_OP: "unknown op",
-    ErrorCode.ALREADY_SUBSCRIBED: "already subscribed",
-    ErrorCode.LIMIT_EXCEEDED: "limit exceeded",
-    ErrorCode.BAD_REQUEST: "bad request",
-    ErrorCode.NOT_AVAILABLE: "not available",
-    ErrorCode.TOKEN_EXPIRED: "token expired",
-    ErrorCode.NOT_CONNECTED: "connect first",
-    ErrorCode.RATE_LIMITED: "rate limited",
-    ErrorCode.UNRECOVERABLE: "position not in history",
-    ErrorCode.TOO_LARGE: "message too large",
-    ErrorCode.NOT_SUBSCRIBED: "not subscribed",
-    ErrorCode.BROKER_UNAVAILABLE: "broker unavailable",
-    ErrorCode.ALREADY_CONNECTED: "already connected",
+# Each code's default message, and whether the same command may succeed if sent again later
+# unchanged (`temporary`, sent with every error of a protocol 2 session).
+ERRORS: dict[int, tuple[str, bool]] = {
+    ErrorCode.INTERNAL: ("internal error", True),
+    ErrorCode.UNAUTHORIZED: ("unauthorized", False),
+    ErrorCode.UNKNOWN_CHANNEL: ("unknown channel", False),
+    ErrorCode.PERMISSION_DENIED: ("permission denied", False),
+    ErrorCode.UNKNOWN_OP: ("unknown op", False),
+    ErrorCode.ALREADY_SUBSCRIBED: ("already subscribed", False),
+    ErrorCode.LIMIT_EXCEEDED: ("limit exceeded", True),
+    ErrorCode.BAD_REQUEST: ("bad request", False),
+    ErrorCode.NOT_AVAILABLE: ("not available", False),
+    ErrorCode.TOKEN_EXPIRED: ("token expired", False),
+    ErrorCode.NOT_CONNECTED: ("connect first", False),
+    ErrorCode.RATE_LIMITED: ("rate limited", True),
+    ErrorCode.UNRECOVERABLE: ("position not in history", False),
+    ErrorCode.TOO_LARGE: ("message too large", False),
+    ErrorCode.NOT_SUBSCRIBED: ("not subscribed", False),
+    ErrorCode.BROKER_UNAVAILABLE: ("broker unavailable", True),
+    ErrorCode.ALREADY_CONNECTED: ("already connected", False),
+    ErrorCode.UNKNOWN_METHOD: ("unknown rpc method", False),
 }
+MESSAGES = {ErrorCode(code): message for code, (message, _) in ERRORS.items()}
+
+
+def is_temporary(code: int) -> bool:
+    """Whether an error of `code` may pass (ERRORS); an app's own codes are not, by default."""
+    entry = ERRORS.get(code)
+    return entry is not None and entry[1]
 
 
 class DisconnectCode(enum.IntEnum):
@@ -90,11 +104,15 @@ class ChannelError(Exception):
     """A refusal with a stable code; raise it from hooks to refuse with your own code.
 
     `channel` names the channel refused, where a request names several (the HTTP streams).
+    `temporary`: the same command may succeed later (default: the code's, from ERRORS; False
+    for an app's own codes).
     """
 
     channel: str | None = None
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str | None = None, *, temporary: bool | None = None
+    ) -> None:
         self.code = int(code)
         if message is None:
             try:
@@ -102,6 +120,7 @@ class ChannelError(Exception):
             except ValueError:
                 message = "refused"
         self.message = message
+        self.temporary = is_temporary(self.code) if temporary is None else temporary
         super().__init__(f"{self.code} {message}")
 
 
@@ -116,11 +135,24 @@ OPS = frozenset(
         "presence_stats",
         "refresh",
         "ping",
+        "sub_refresh",  # protocol 2 on
+        "rpc",
     }
 )
 _NEEDS_CHANNEL = frozenset(
-    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats"}
+    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats", "sub_refresh"}
 )
+_NEEDS_TOKEN = frozenset({"refresh", "sub_refresh"})
+
+
+@dataclass(slots=True, frozen=True)
+class SubscribeRequest:
+    """One of the subscriptions a `connect` asks for."""
+
+    channel: str
+    since: StreamPosition | None = None
+    token: str | None = None
+    presence_diff: bool = False
 
 
 @dataclass(slots=True)
@@ -135,6 +167,12 @@ class Command:
     since: StreamPosition | None = None
     limit: int | None = None
     idempotency_key: str | None = None
+    protocol: int | None = None  # `connect`: the version the client speaks (None: 1)
+    subscriptions: list[SubscribeRequest] | None = None  # `connect`: subscribe at once
+    method: str | None = None  # `rpc`: the app's handler to call
+    reverse: bool = False  # `history`: newest first, paging backwards from `since`
+    by_user: bool = False  # `presence`: grouped by user ("group": "user")
+    presence_diff: bool = False  # `subscribe`: `presence_diff` pushes for joins and leaves
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -148,12 +186,38 @@ class CommandError(ChannelError):
 
 def parse_command(text: str | bytes) -> Command:
     """Parse one client message into a Command, or raise CommandError (code 107 or 104)."""
+    return command_from_json(_load(text))
+
+
+def parse_frame(text: str | bytes) -> Command | list[Command | CommandError]:
+    """Parse one client message: a command, or a batch (protocol 2: a JSON array of 1 to
+    MAX_BATCH commands, each parsed alone, a bad one as its CommandError). CommandError when
+    the message is neither."""
+    raw = _load(text)
+    if type(raw) is not list:
+        return command_from_json(raw)
+    if not 0 < len(raw) <= MAX_BATCH:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"a batch holds 1 to {MAX_BATCH} commands")
+    batch: list[Command | CommandError] = []
+    for item in raw:
+        try:
+            batch.append(command_from_json(item))
+        except CommandError as exc:
+            batch.append(exc)
+    return batch
+
+
+def _load(text: str | bytes) -> Any:
     try:
-        raw = json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise CommandError(ErrorCode.BAD_REQUEST, "not JSON") from None
     except RecursionError:  # nesting deeper than the parser's stack
         raise CommandError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
+
+
+def command_from_json(raw: Any) -> Command:
+    """A Command from a parsed JSON value, or CommandError (code 107 or 104)."""
     if not isinstance(raw, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
     id_ = raw.get("id")
@@ -170,9 +234,26 @@ def parse_command(text: str | bytes) -> Command:
         if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
             raise CommandError(ErrorCode.BAD_REQUEST, "channel missing or not a valid name", id_)
         command.channel = channel
+    if op == "history":
+        reverse = raw.get("reverse", False)
+        if type(reverse) is not bool:
+            raise CommandError(ErrorCode.BAD_REQUEST, "reverse must be true or false", id_)
+        command.reverse = reverse
+    if op == "presence":
+        group = raw.get("group")
+        if group is not None and group != "user":
+            raise CommandError(ErrorCode.BAD_REQUEST, 'group must be "user"', id_)
+        command.by_user = group == "user"
+    if op == "subscribe":
+        command.presence_diff = _parse_flag(raw, "presence_diff", id_)
+    if op == "rpc":
+        method = raw.get("method")
+        if not isinstance(method, str) or not METHOD_NAME.match(method):
+            raise CommandError(ErrorCode.BAD_REQUEST, "method missing or not a valid name", id_)
+        command.method = method
     command.token = _field(raw, "token", check_token, id_)
-    if command.token is None and op == "refresh":
-        raise CommandError(ErrorCode.BAD_REQUEST, "refresh needs a token", id_)
+    if command.token is None and op in _NEEDS_TOKEN:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"{op} needs a token", id_)
     if "data" in raw:
         command.data = raw["data"]
         try:
@@ -182,6 +263,15 @@ def parse_command(text: str | bytes) -> Command:
     elif op == "publish":
         raise CommandError(ErrorCode.BAD_REQUEST, "publish needs data", id_)
     command.idempotency_key = _field(raw, "idempotency_key", check_idempotency_key, id_)
+    if op == "connect":
+        if "protocol" in raw:
+            protocol = raw["protocol"]
+            if type(protocol) is not int or protocol not in PROTOCOL_VERSIONS:
+                versions = " or ".join(map(str, PROTOCOL_VERSIONS))
+                raise CommandError(ErrorCode.BAD_REQUEST, f"protocol must be {versions}", id_)
+            command.protocol = protocol
+        if "subscriptions" in raw:
+            command.subscriptions = _parse_subscriptions(raw["subscriptions"], id_)
     command.since = _field(raw, "since", check_position, id_)
     command.limit = _field(raw, "limit", check_limit, id_)
     return command
@@ -222,6 +312,38 @@ def _no_constant(name: str) -> Any:
     """NaN and Infinity are not JSON: a publication carrying one would break every
     subscriber's JSON.parse."""
     raise ValueError(f"{name} is not JSON")
+
+
+def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
+    """`connect`'s `subscriptions`: a list of {channel, since?, token?}, each channel once."""
+    if type(value) is not list or len(value) > MAX_BATCH:
+        raise CommandError(
+            ErrorCode.BAD_REQUEST, f"subscriptions must be a list of at most {MAX_BATCH}", id_
+        )
+    requests: list[SubscribeRequest] = []
+    seen: set[str] = set()
+    for item in value:
+        channel = item.get("channel") if isinstance(item, dict) else None
+        if not isinstance(channel, str) or not CHANNEL_NAME.match(channel):
+            raise CommandError(
+                ErrorCode.BAD_REQUEST, "each subscription needs a valid channel", id_
+            )
+        if channel in seen:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"{channel} is in subscriptions twice", id_)
+        seen.add(channel)
+        assert isinstance(item, dict)
+        token = _field(item, "token", check_token, id_)
+        position = _field(item, "since", check_position, id_)
+        diff = _parse_flag(item, "presence_diff", id_)
+        requests.append(SubscribeRequest(channel, position, token, diff))
+    return requests
+
+
+def _parse_flag(raw: dict[str, Any], name: str, id_: int | None) -> bool:
+    value = raw.get(name, False)
+    if type(value) is not bool:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"{name} must be true or false", id_)
+    return value
 
 
 def _field(
@@ -275,8 +397,17 @@ def encode_reply(id_: int | None, result: dict[str, Any]) -> bytes:
     return dump_json({"id": id_, "result": result})
 
 
-def encode_error(id_: int | None, code: int, message: str) -> bytes:
-    return dump_json({"id": id_, "error": {"code": int(code), "message": message}})
+def encode_error(id_: int | None, code: int, message: str, temporary: bool | None = None) -> bytes:
+    """An error reply; with `temporary` (protocol 2) the error says whether it may pass."""
+    return dump_json({"id": id_, "error": error_json(code, message, temporary)})
+
+
+def error_json(code: int, message: str, temporary: bool | None = None) -> dict[str, Any]:
+    """The `error` object of a reply (and of a refused subscription in a connect result)."""
+    error: dict[str, Any] = {"code": int(code), "message": message}
+    if temporary is not None:
+        error["temporary"] = temporary
+    return error
 
 
 def publication_json(publication: Publication) -> dict[str, Any]:
@@ -318,6 +449,32 @@ def encode_presence_digest(
             "count": count,
             "joins": [i.to_json() for i in joins],
             "leaves": [i.to_json() for i in leaves],
+        }
+    )
+
+
+PING_PUSH = b'{"push":"ping"}'  # the heartbeat of protocol 2 (no answer expected)
+
+
+def presence_by_user(clients: Iterable[ClientInfo]) -> dict[str, Any]:
+    """Clients grouped by user: `{"users": {user: {client: info}}, "anonymous": {client:
+    info}}` (the anonymous have no user)."""
+    users: dict[str, dict[str, Any]] = {}
+    anonymous: dict[str, Any] = {}
+    for info in clients:
+        group = anonymous if info.user is None else users.setdefault(info.user, {})
+        group[info.client] = info.to_json()
+    return {"users": users, "anonymous": anonymous}
+
+
+def encode_presence_diff(channel: str, joins: list[ClientInfo], leaves: list[ClientInfo]) -> bytes:
+    """Who came and went (protocol 2's `presence_diff`), each side grouped by user."""
+    return dump_json(
+        {
+            "push": "presence_diff",
+            "channel": channel,
+            "joins": presence_by_user(joins),
+            "leaves": presence_by_user(leaves),
         }
     )
 

@@ -22,6 +22,8 @@ class ChannelSettings:
     connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
     presence_digest_interval: seconds between the batched presence pushes of big channels.
     sse_heartbeat: seconds between the heartbeat comments of an SSE stream.
+    heartbeat: seconds between the `ping` pushes to a protocol 2 WebSocket client (0: none),
+    so a browser notices a dead connection.
     poll_timeout: seconds a long poll waits by default (a poll may ask for up to 60).
     cors_origins: Origins allowed to use the SSE, poll, history, presence and client publish
     endpoints from a browser page of another origin (`*` for any; empty: no CORS headers).
@@ -56,6 +58,11 @@ class ChannelSettings:
     sse_heartbeat: float = opt(
         15.0, "seconds between the ': ping' comments of an SSE stream", duration=True
     )
+    heartbeat: float = opt(
+        25.0,
+        "seconds between the ping pushes to protocol 2 WebSocket clients (0: none)",
+        duration=True,
+    )
     poll_timeout: float = opt(
         25.0, "seconds a long poll waits when it gives no timeout= (at most 60)", duration=True
     )
@@ -81,6 +88,8 @@ class ChannelSettings:
                 )
         if self.sse_heartbeat <= 0 or not 0 < self.poll_timeout <= 60:
             raise ValueError("sse_heartbeat must be > 0 and poll_timeout in (0, 60]")
+        if self.heartbeat < 0:
+            raise ValueError("heartbeat must be >= 0 (0: no ping pushes)")
         if not self.prefix.startswith("/"):
             raise ValueError(f"prefix must start with '/': {self.prefix!r}")
 

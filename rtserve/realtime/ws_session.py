@@ -12,34 +12,39 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rtserve.app.websocket import WebSocketHandler
-from rtserve.broker.base import ClientInfo
+from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.access import (
     Bucket,
     add_user_connection,
     authorize_subscribe,
     connect_claims,
+    connect_client,
     remove_user_connection,
-    run_on_connect,
     take_address_rate,
     take_rate,
     verify_token,
 )
-from rtserve.realtime.context import ChannelContext
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.context import ChannelContext, RpcContext
+from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
 from rtserve.realtime.protocol import (
-    PROTOCOL_VERSION,
+    MAX_BATCH,
+    PING_PUSH,
     ChannelError,
     Command,
     CommandError,
     DisconnectCode,
     ErrorCode,
+    SubscribeRequest,
+    check_publishable,
     encode_error,
     encode_reply,
     encode_unsubscribed,
-    parse_command,
+    error_json,
+    parse_frame,
 )
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.websocket import OPEN
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     from rtserve.app.request import Request
 
 log = logging.getLogger("rtserve.channels")
+MAX_BATCH_REPLY = 64 * 1024  # bytes of a batch's replies held before they are sent
 
 
 class ChannelSocket(WebSocketHandler):
@@ -67,6 +73,11 @@ class ChannelSocket(WebSocketHandler):
         self._buckets: dict[Any, Bucket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
+        self.protocol = 1  # the version `connect` asked for
+        self._batch: list[bytes] | None = None  # replies held while a batch runs
+        self._batch_size = 0
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._diffs: set[str] = set()  # channels subscribed with presence_diff
 
     # --- connection hooks ------------------------------------------------------------------
 
@@ -79,33 +90,68 @@ class ChannelSocket(WebSocketHandler):
             self.close(DisconnectCode.BAD_REQUEST, "binary messages are not commands")
             return
         try:
-            command = parse_command(message)
+            parsed = parse_frame(message)
         except CommandError as exc:
-            self.hub.stats.refused += 1
-            self._reply(encode_error(exc.id, exc.code, exc.message))
-            if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
-                self.close(DisconnectCode.BAD_REQUEST, exc.message)
+            self._refused_command(exc)
             return
+        if type(parsed) is list:
+            await self._run_batch(parsed)
+        else:
+            assert isinstance(parsed, Command)
+            await self._handle(parsed)
+
+    async def _handle(self, command: Command) -> None:
+        """Run one command and answer it."""
         try:
             result = await self._run(command)
         except ChannelError as exc:
             self.hub.stats.refused += 1
-            self._reply(encode_error(command.id, exc.code, exc.message))
+            self._answer(self._error(command.id, exc))
             if isinstance(exc, _Refused):
+                self._flush_batch()
                 self.close(exc.close_code, exc.message)
             return
         except Exception:
             log.exception("error handling %s", command.op)
-            self._reply(encode_error(command.id, ErrorCode.INTERNAL, "internal error"))
+            self._answer(self._error(command.id, ChannelError(ErrorCode.INTERNAL)))
             return
         if result is not None:
-            self._reply(encode_reply(command.id, result))
+            self._answer(encode_reply(command.id, result))
+
+    def _refused_command(self, exc: CommandError) -> None:
+        """Answer a command that could not be parsed; one without an id ends the connection."""
+        self.hub.stats.refused += 1
+        self._answer(self._error(exc.id, exc))
+        if exc.code == ErrorCode.BAD_REQUEST and exc.id is None:
+            self._flush_batch()
+            self.close(DisconnectCode.BAD_REQUEST, exc.message)
+
+    async def _run_batch(self, batch: list[Command | CommandError]) -> None:
+        """Several commands of one message (protocol 2, or a batch opening with a protocol 2
+        `connect`), in order; their answers go out together, in one array per message."""
+        first = batch[0]
+        opens_v2 = isinstance(first, Command) and first.op == "connect" and first.protocol == 2
+        if self.protocol < 2 and not opens_v2:
+            self._refused_command(CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object"))
+            return
+        self._batch = []
+        try:
+            for item in batch:
+                if self.closed:
+                    break
+                if isinstance(item, CommandError):
+                    self._refused_command(item)
+                else:
+                    await self._handle(item)
+        finally:
+            self._flush_batch()
+            self._batch = None
 
     def on_close(self, code: int, reason: str) -> None:
-        for timer in (self._timer, *self._sub_tokens.values()):
+        for timer in (self._timer, self._heartbeat, *self._sub_tokens.values()):
             if timer is not None:
                 timer.cancel()
-        self._timer = None
+        self._timer = self._heartbeat = None
         self._sub_tokens.clear()
         hub = self.hub
         for channel in list(self._buffering):
@@ -140,6 +186,8 @@ class ChannelSocket(WebSocketHandler):
     # --- delivery (called by the Hub) -------------------------------------------------------
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self._batch:
+            self._flush_batch()  # the replies before: a subscribe's comes before its pushes
         if self._buffering:
             buffer = self._buffering.get(channel)
             if buffer is not None:
@@ -160,7 +208,11 @@ class ChannelSocket(WebSocketHandler):
             self._hold(channel, message, rule, frame)
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
+        if self._batch:
+            self._flush_batch()
         if channel in self.subscriptions:
+            if self._diffs and channel in self._diffs and isinstance(message, PresenceOutbound):
+                message = message.diff(channel)
             # A join or leave that does not fit is not kept: presence can be asked again.
             self.connection.offer_frame(message.ws.frame_for(self.connection))
 
@@ -187,12 +239,41 @@ class ChannelSocket(WebSocketHandler):
             pending.popitem(last=False)
             stats.dropped += 1
 
+    def _answer(self, payload: bytes) -> None:
+        """A reply to a command: into the batch being answered, if any."""
+        batch = self._batch
+        if batch is None:
+            self._reply(payload)
+            return
+        batch.append(payload)
+        self._batch_size += len(payload)
+        if self._batch_size >= MAX_BATCH_REPLY:
+            self._flush_batch()  # what a batch holds back stays small
+
+    def _flush_batch(self) -> None:
+        """Send the replies of the batch so far, as one JSON array."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self._batch_size = 0
+            self._reply(b"[" + b",".join(batch) + b"]")
+
     def _reply(self, payload: bytes) -> None:
         """Queue a reply; a client too slow to take even its replies is disconnected."""
         conn = self.connection
         if not conn.offer_frame(self._frame(payload)) and conn.status == OPEN:
             self.hub.stats.slow_disconnected += 1
             self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
+
+    def _error(self, id_: int | None, exc: ChannelError) -> bytes:
+        """An error reply; with `temporary` from protocol 2 on."""
+        temporary = exc.temporary if self.protocol >= 2 else None
+        return encode_error(id_, exc.code, exc.message, temporary)
+
+    def _error_json(self, exc: ChannelError) -> dict[str, Any]:
+        """The `error` object of a reply, as _error makes it."""
+        temporary = exc.temporary if self.protocol >= 2 else None
+        return error_json(exc.code, exc.message, temporary)
 
     def _frame(self, payload: bytes) -> bytes:
         return Outbound(payload).ws.frame_for(self.connection)
@@ -220,11 +301,16 @@ class ChannelSocket(WebSocketHandler):
             return await self._presence_stats(command)
         if op == "refresh":
             return self._refresh(command)
+        if op == "sub_refresh":
+            return self._sub_refresh(command)
+        if op == "rpc":
+            return await self._rpc(command)
         return {}  # ping
 
-    async def _connect(self, command: Command) -> dict[str, Any]:
+    async def _connect(self, command: Command) -> dict[str, Any] | None:
         if self.client is not None:
             raise ChannelError(ErrorCode.ALREADY_CONNECTED)
+        self.protocol = command.protocol or 1
         hub = self.hub
         try:
             claims = connect_claims(hub.settings, command.token)
@@ -233,7 +319,7 @@ class ChannelSocket(WebSocketHandler):
             close_code = DisconnectCode.TOKEN_EXPIRED if expired else DisconnectCode.UNAUTHORIZED
             self._refuse(exc.code, exc.message, close_code)
         try:
-            client = await run_on_connect(hub, self.request, claims, command.data)
+            client, data = await connect_client(hub, self.request, claims, command.data)
         except ChannelError as exc:
             self._refuse(exc.code, exc.message, DisconnectCode.UNAUTHORIZED)
         if self.closed:
@@ -245,11 +331,32 @@ class ChannelSocket(WebSocketHandler):
         self.claims = claims
         self.client = client
         self._schedule_expiry()
-        return {
+        result = {
             "client": client.client,
             "user": client.user,
             "expires": _expires(claims),
-            "version": PROTOCOL_VERSION,
+            "version": self.protocol,
+        }
+        if self.protocol >= 2:
+            if data is not None:
+                result["data"] = data
+            result["limits"] = self._limits()
+            result["ping"] = hub.settings.heartbeat
+            self._schedule_heartbeat()
+        if command.subscriptions is None:
+            return result
+        result["subscriptions"], openings = await self._subscribe_all(command.subscriptions)
+        self._answer(encode_reply(command.id, result))
+        for opening in openings:
+            await self._start_subscription(opening)
+        return None
+
+    def _limits(self) -> dict[str, int]:
+        """What this connection may send (protocol 2's connect result); 0 is no limit."""
+        return {
+            "max_message_size": self.connection.options.max_message_size,
+            "max_subscriptions": self.hub.settings.max_subscriptions,
+            "max_batch": MAX_BATCH,
         }
 
     def _refuse(self, code: int, message: str, close_code: int) -> NoReturn:
@@ -259,6 +366,22 @@ class ChannelSocket(WebSocketHandler):
     async def _subscribe(self, command: Command) -> None:
         channel = command.channel
         assert channel is not None
+        opening = await self._open_subscription(
+            channel, command.since, command.token, command.presence_diff
+        )
+        if opening is not None:
+            self._answer(encode_reply(command.id, opening.result))
+            await self._start_subscription(opening)
+
+    async def _open_subscription(
+        self,
+        channel: str,
+        since: StreamPosition | None,
+        token: str | None,
+        presence_diff: bool = False,
+    ) -> _Opening | None:
+        """Subscribe at the Hub; publications are held back until _start_subscription, which
+        comes after the reply (None: the connection closed meanwhile)."""
         if channel in self.subscriptions or channel in self._buffering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
         hub = self.hub
@@ -266,31 +389,66 @@ class ChannelSocket(WebSocketHandler):
         if limit and len(self.subscriptions) + len(self._buffering) >= limit:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} subscriptions")
         rule, context, sub_claims = await authorize_subscribe(
-            hub, channel, self.client, self.claims, self.request, command.token
+            hub, channel, self.client, self.claims, self.request, token
         )
         if self.closed:
-            return
+            return None
         self._buffering[channel] = []
         try:
-            result, last = await hub.subscribe(self, channel, command.since)
-        finally:
-            buffered = self._buffering.pop(channel, [])
+            result, last = await hub.subscribe(self, channel, since)
+        except BaseException:
+            self._buffering.pop(channel, None)
+            raise
         if self.closed:
+            self._buffering.pop(channel, None)
             hub.unsubscribe(self, channel)
-            return
-        self.subscriptions[channel] = rule
+            return None
         if sub_claims is not None:
-            self._sub_tokens[channel] = self._expiry_timer(
-                sub_claims,
-                lambda: self.end_subscription(
-                    channel, ErrorCode.TOKEN_EXPIRED, "subscription token expired"
-                ),
-            )
-        self._reply(encode_reply(command.id, result))
+            self._sub_tokens[channel] = self._sub_token_timer(channel, sub_claims)
+            if self.protocol >= 2:
+                result["expires"] = _expires(sub_claims)
+        if presence_diff:
+            self._diffs.add(channel)
+        return _Opening(channel, rule, context, result, last)
+
+    async def _start_subscription(self, opening: _Opening) -> None:
+        """After its reply: the publications held back, then the join."""
+        channel, rule = opening.channel, opening.rule
+        buffered = self._buffering.pop(channel, [])
+        if self.closed:
+            return  # on_close left the Hub
+        self.subscriptions[channel] = rule
         for message in buffered:
-            if message.offset > last:
+            if message.offset > opening.last:
                 self.deliver(channel, message, rule)
-        await hub.join(rule, context)
+        await self.hub.join(rule, opening.context)
+
+    async def _subscribe_all(
+        self, requests: list[SubscribeRequest]
+    ) -> tuple[dict[str, Any], list[_Opening]]:
+        """The subscriptions a `connect` asks for, made in order: each one's result or error
+        by channel, and those made (their publications wait for _start_subscription)."""
+        answers: dict[str, Any] = {}
+        openings: list[_Opening] = []
+        for request in requests:
+            channel = request.channel
+            try:
+                opening = await self._open_subscription(
+                    channel, request.since, request.token, request.presence_diff
+                )
+            except ChannelError as exc:
+                self.hub.stats.refused += 1
+                answers[channel] = {"error": self._error_json(exc)}
+                continue
+            except Exception:
+                log.exception("error subscribing to %s in connect", channel)
+                answers[channel] = {"error": self._error_json(ChannelError(ErrorCode.INTERNAL))}
+                continue
+            if opening is None:
+                break  # closed
+            openings.append(opening)
+            answers[channel] = opening.result
+        return answers, openings
 
     async def _unsubscribe(self, command: Command) -> dict[str, Any]:
         channel = command.channel
@@ -308,6 +466,7 @@ class ChannelSocket(WebSocketHandler):
         if rule is None:
             return None
         self.hub.unsubscribe(self, channel)
+        self._diffs.discard(channel)
         timer = self._sub_tokens.pop(channel, None)
         if timer is not None:
             timer.cancel()
@@ -321,6 +480,7 @@ class ChannelSocket(WebSocketHandler):
         rule = self._drop_subscription(channel)
         if rule is None:
             return
+        self._flush_batch()
         self._reply(encode_unsubscribed(channel, code, message))
         self.hub.leave_later(rule, self._context(channel, self.hub.rule(channel)[1], self.claims))
 
@@ -355,11 +515,13 @@ class ChannelSocket(WebSocketHandler):
     async def _history(self, command: Command) -> dict[str, Any]:
         channel, rule = self._subscribed_rule(command)
         limit = command.limit if command.limit is not None else rule.history
+        if command.reverse:
+            return await self.hub.history_before(channel, before=command.since, limit=limit)
         return await self.hub.history(channel, since=command.since, limit=limit)
 
     async def _presence(self, command: Command) -> dict[str, Any]:
         channel, _ = self._subscribed_rule(command)
-        return await self.hub.presence(channel)
+        return await self.hub.presence(channel, by_user=command.by_user)
 
     async def _presence_stats(self, command: Command) -> dict[str, Any]:
         channel, _ = self._subscribed_rule(command)
@@ -379,7 +541,61 @@ class ChannelSocket(WebSocketHandler):
                 )
         return {"expires": _expires(claims)}
 
+    def _sub_refresh(self, command: Command) -> dict[str, Any]:
+        """Replace the subscription token of a subscription made with one: its expiry, and
+        what it allows (the subscription stays, nothing is re-sent)."""
+        channel, _ = self._subscribed_rule(command)
+        if channel not in self._sub_tokens:
+            raise ChannelError(ErrorCode.BAD_REQUEST, "subscribed without a subscription token")
+        assert command.token is not None
+        claims = verify_token(self.hub.settings, command.token)
+        if claims.user != self.client.user:
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token of another user")
+        if not claims.allows(channel):
+            raise ChannelError(ErrorCode.PERMISSION_DENIED, "token does not allow channel")
+        timer = self._sub_tokens[channel]
+        if timer is not None:
+            timer.cancel()
+        self._sub_tokens[channel] = self._sub_token_timer(channel, claims)
+        return {"expires": _expires(claims)}
+
+    async def _rpc(self, command: Command) -> dict[str, Any]:
+        """The app's handler of `method`: its return value is the reply's `data`."""
+        method = command.method
+        assert method is not None
+        handler = self.hub.rpc_handlers.get(method)
+        if handler is None:
+            raise ChannelError(ErrorCode.UNKNOWN_METHOD, f"no rpc method {method!r}")
+        context = RpcContext(method, command.data, self.client, self.claims, self.request)
+        data = await call_hook(handler, context)
+        try:
+            check_publishable(data)
+        except ChannelError as exc:  # the app's bug: an internal error, logged
+            raise TypeError(f"rpc {method!r} returned {exc.message}") from None
+        return {"data": data}
+
     # --- tokens and timers -----------------------------------------------------------------
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self.hub.settings.heartbeat
+        if interval > 0 and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        """A `ping` push (the browser cannot see the WebSocket's own pings)."""
+        self._heartbeat = None
+        self.connection.offer_frame(self._frame(PING_PUSH))  # a full buffer is alive anyway
+        self._schedule_heartbeat()
+
+    def _sub_token_timer(self, channel: str, claims: TokenClaims) -> asyncio.TimerHandle | None:
+        """Ends the subscription to `channel` when its subscription token expires."""
+        return self._expiry_timer(
+            claims,
+            lambda: self.end_subscription(
+                channel, ErrorCode.TOKEN_EXPIRED, "subscription token expired"
+            ),
+        )
 
     def _schedule_expiry(self) -> None:
         if self._timer is not None:
@@ -415,6 +631,17 @@ def _expires(claims: TokenClaims | None) -> int | None:
     if claims is None or claims.expires is None:
         return None
     return int(claims.expires)
+
+
+@dataclass(slots=True)
+class _Opening:
+    """A subscription made at the Hub whose reply is not sent yet."""
+
+    channel: str
+    rule: ChannelRule
+    context: ChannelContext
+    result: dict[str, Any]
+    last: int  # the offset the result holds: buffered publications up to it are dropped
 
 
 class _Refused(ChannelError):

@@ -23,20 +23,34 @@
 // rt.subscribe(channel, handlers) -> subscription; handlers (all optional):
 //   onPublication(pub)  pub = { channel, offset, data, info? }, each offset once, in order
 //   onSubscribed(result), onUnrecovered(result), onJoin(info), onLeave(info),
-//   onPresence(push), onError(error); and since: { offset, epoch } to start from, token: a
-//   subscription token (WebSocket only).
+//   onPresence(push), onPresenceDiff(diff) (WebSocket: instead of onJoin, onLeave and
+//   onPresence, each change as {joins, leaves}, each {users: {user: {client: info}},
+//   anonymous: {client: info}}), onError(error); and since: { offset, epoch } to start from, token: a
+//   subscription token (WebSocket only), getToken: async (channel) => a fresh subscription
+//   token, called before the current one expires (`sub_refresh`, WebSocket only).
 //   subscription.position is { offset, epoch } (null before the first answer);
 //   subscription.unsubscribe() ends it.
 // rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
-// rt.history(channel, { limit, since }) -> Promise of { publications, offset, epoch }
-// rt.presence(channel) -> Promise of { clients }; rt.presenceStats(channel) -> Promise of
+// rt.history(channel, { limit, since, reverse }) -> Promise of { publications, offset, epoch }
+//   (reverse: newest first, below `since`: pages backwards)
+// rt.presence(channel, { group }) -> Promise of { clients } (group: "user": of
+//   { users: { user: { client: info } }, anonymous }); rt.presenceStats(channel) -> Promise of
 //   { clients, users } (counts)
+// rt.rpc(method, data) -> Promise of what the app's @app.rpc(method) handler returned
+//   (WebSocket only)
 // rt.on("state", fn): fn(state, info), state "connecting", "connected", "disconnected"
 //   (will retry) or "closed" (gave up, or close()); info.transport is the transport's name,
-//   info.session connect's result (WebSocket), info.error the refusal when closed.
+//   info.session connect's result (WebSocket: client, user, expires, version, data from the
+//   app's on_connect, limits), info.error the refusal when closed.
 // Commands made while not connected wait for the connection. A refusal rejects with an Error
-// carrying the server's `code`; code 0: the connection dropped (repeat a publish with an
-// idempotency_key to be safe).
+// carrying the server's `code` and, over the WebSocket, `temporary` (true: the same command
+// may succeed later); code 0: the connection dropped (repeat a publish with an
+// idempotency_key to be safe). A subscribe refused with a temporary error (or 115) is tried
+// again with a growing pause.
+//
+// On a WebSocket (protocol 2) the `connect` carries every subscription, so a page of many
+// channels (re)connects in one round trip; and commands made in one tick (a loop of
+// subscribe() or publish()) go out together, as one message.
 //
 // Transports: the WebSocket at {prefix}/ws first. If it cannot connect (`fallbackAfter`
 // failures in a row), Server-Sent Events ({prefix}/sse, one EventSource for all channels,
@@ -52,13 +66,16 @@
 
 (function (global) {
   const FINAL = new Set([4000, 4001, 4003, 4005]);
-  const PING_EVERY = 20000; // ms; a ping unanswered by the next one drops the WebSocket
+  const PING_EVERY = 20000; // ms; without the server's heartbeat (a server of version 1),
+  // a ping unanswered by the next one drops the WebSocket
   const POLL_TIMEOUT = 25; // s, asked of the server per long poll
   const BROKER_FAILED = 115; // a refusal that may pass: retried, never the end
+  const PROTOCOL = 2; // the version of docs/protocol.md this client speaks
 
   function rtError(error) {
     const fields = { code: error.code };
     if (error.channel !== undefined) fields.channel = error.channel;
+    if (error.temporary !== undefined) fields.temporary = error.temporary;
     return Object.assign(new Error(error.message), fields);
   }
   // A refusal of an HTTP stream that is not about one channel, as the WebSocket would close:
@@ -79,6 +96,12 @@
   }
 
   const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
+  // ms until a token expiring at `expires` (unix s) is replaced: a quarter of its life
+  // early, at most 30 s.
+  function refreshDelay(expires) {
+    const left = expires * 1000 - Date.now();
+    return Math.max(0, left - Math.min(30000, left / 4));
+  }
 
   class Subscription {
     constructor(rt, channel, handlers) {
@@ -143,6 +166,8 @@
       this.name = "websocket";
       this.pending = new Map();
       this.nextId = 1;
+      this.maxBatch = 1; // commands in one message (protocol 2's limits.max_batch)
+      this.outbox = []; // commands of this tick, for one message
     }
     open() {
       const rt = this.rt;
@@ -150,11 +175,20 @@
       ws.onmessage = (event) => this._message(event.data);
       ws.onclose = (event) => this._closed(event.code, event.reason);
       ws.onopen = () => {
-        const message = { op: "connect" };
+        const message = { op: "connect", protocol: PROTOCOL };
         if (rt.token) message.token = rt.token;
         if (rt.data !== undefined) message.data = rt.data;
+        // Every subscription is made in the connect (one round trip), each from its position.
+        const asked = new Map();
+        const subs = [...rt.subs.values()];
+        if (subs.length) {
+          message.subscriptions = subs.map((sub) => {
+            asked.set(sub, sub.epoch !== null);
+            return this._subscription(sub);
+          });
+        }
         this.send(message).then(
-          (session) => this._ready(session),
+          (session) => this._ready(session, asked),
           (error) => {
             // Refused: the server closes the connection (4001, 4002, 4003) and that decides.
             // Code 100 (on_connect failed) leaves it open: drop it and retry.
@@ -164,11 +198,35 @@
         );
       };
     }
-    _ready(session) {
+    _ready(reply, asked) {
       if (this.ws === null) return;
+      const { subscriptions, ...session } = reply;
+      // Protocol 2: commands made in one tick go out as one message (a JSON array).
+      this.maxBatch = session.version >= 2 ? session.limits?.max_batch || 1 : 1;
       this.rt._connected({ session });
       this._refreshBefore(session.expires);
-      for (const sub of this.rt.subs.values()) this.subscribe(sub);
+      for (const sub of this.rt.subs.values()) {
+        const answer = subscriptions && asked.has(sub) ? subscriptions[sub.channel] : undefined;
+        if (answer === undefined) this.subscribe(sub); // made since (or a server of version 1)
+        else if (answer.error) this._subscribeRefused(sub, rtError(answer.error));
+        else this._subscribeAnswered(sub, answer, asked.get(sub));
+      }
+      for (const [sub] of asked) {
+        // unsubscribed while the connect was on its way: the server made it all the same
+        if (!this.rt.subs.has(sub.channel) && !subscriptions?.[sub.channel]?.error) {
+          this.unsubscribe(sub);
+        }
+      }
+      if (session.ping > 0) {
+        // The server's heartbeat (protocol 2): a connection silent for 1.5 of its interval
+        // and a second is dead: closed, and made again.
+        const limit = session.ping * 1500 + 1000;
+        this.heard = Date.now();
+        this.pinger = setInterval(() => {
+          if (Date.now() - this.heard > limit) this._closed(1006, "no heartbeat");
+        }, session.ping * 500);
+        return;
+      }
       let unanswered = false;
       this.pinger = setInterval(() => {
         if (unanswered) return this._closed(1006, "no answer to ping");
@@ -182,8 +240,6 @@
       clearTimeout(this.refresher);
       const rt = this.rt;
       if (!expires || !rt.getToken) return;
-      const left = expires * 1000 - Date.now();
-      const delay = Math.max(0, left - Math.min(30000, left / 4));
       this.refresher = setTimeout(async () => {
         if (this.ws === null) return;
         try {
@@ -196,21 +252,52 @@
           // Refused, or getToken failed: at expiry the server closes (4002) and the client
           // reconnects with a new token from getToken.
         }
-      }, delay);
+      }, refreshDelay(expires));
+    }
+    // A subscription's own getToken replaces its subscription token the same way
+    // (`sub_refresh`), so the server does not end it (109) when the token expires.
+    _subRefreshBefore(sub, expires) {
+      clearTimeout(sub.refresher);
+      const getToken = sub.handlers.getToken;
+      if (!expires || !getToken) return;
+      const live = () => this.ws !== null && this.rt.subs.get(sub.channel) === sub;
+      sub.refresher = setTimeout(async () => {
+        if (!live()) return;
+        try {
+          const token = await getToken.call(sub.handlers, sub.channel);
+          if (!live()) return;
+          const result = await this.send({ op: "sub_refresh", channel: sub.channel, token });
+          sub.token = token;
+          this._subRefreshBefore(sub, result.expires);
+        } catch (error) {
+          // Refused, or getToken failed: at expiry the server ends the subscription (onError).
+        }
+      }, refreshDelay(expires));
     }
     subscribe(sub) {
-      const message = { op: "subscribe", channel: sub.channel };
       const asked = sub.epoch !== null;
-      if (asked) message.since = { offset: sub.offset, epoch: sub.epoch };
-      if (sub.token) message.token = sub.token;
-      this.send(message).then(
-        (result) => this.rt.subs.get(sub.channel) === sub && sub._subscribed(result, asked),
-        (error) => {
-          if (error.code === 0 || error.code === 105) return; // dropped: made again later
-          if (error.code === BROKER_FAILED) return this._subscribeLater(sub);
-          this.rt._ended(sub, error);
-        },
+      this.send({ op: "subscribe", ...this._subscription(sub) }).then(
+        (result) => this._subscribeAnswered(sub, result, asked),
+        (error) => this._subscribeRefused(sub, error),
       );
+    }
+    // What a subscribe asks: {channel, since?, token?}.
+    _subscription(sub) {
+      const fields = { channel: sub.channel };
+      if (sub.epoch !== null) fields.since = { offset: sub.offset, epoch: sub.epoch };
+      if (sub.token) fields.token = sub.token;
+      if (sub.handlers.onPresenceDiff) fields.presence_diff = true;
+      return fields;
+    }
+    _subscribeAnswered(sub, result, asked) {
+      if (this.rt.subs.get(sub.channel) !== sub) return;
+      sub._subscribed(result, asked);
+      this._subRefreshBefore(sub, result.expires);
+    }
+    _subscribeRefused(sub, error) {
+      if (error.code === 0 || error.code === 105) return; // dropped: made again later
+      if (error.temporary || error.code === BROKER_FAILED) return this._subscribeLater(sub);
+      this.rt._ended(sub, error);
     }
     // The server's broker failed this subscribe: ask again after a pause that grows.
     _subscribeLater(sub) {
@@ -231,11 +318,36 @@
       const id = this.nextId++;
       return new Promise((resolve, reject) => {
         this.pending.set(id, { resolve, reject });
-        this.ws.send(JSON.stringify({ id, ...message }));
+        const command = { id, ...message };
+        if (this.maxBatch <= 1) return this.ws.send(JSON.stringify(command));
+        this.outbox.push(command);
+        if (this.outbox.length === 1) queueMicrotask(() => this._flush());
       });
     }
+    // The commands of this tick: one message, a JSON array when there are several.
+    _flush() {
+      const outbox = this.outbox;
+      this.outbox = [];
+      if (this.ws === null) return;
+      for (let i = 0; i < outbox.length; i += this.maxBatch) {
+        const part = outbox.slice(i, i + this.maxBatch);
+        try {
+          this.ws.send(JSON.stringify(part.length === 1 ? part[0] : part));
+        } catch (error) {
+          // closing: the close rejects what waits for an answer
+        }
+      }
+    }
     _message(text) {
+      this.heard = Date.now();
       const message = JSON.parse(text);
+      if (Array.isArray(message)) {
+        for (const one of message) this._one(one); // the answers of a batch
+        return;
+      }
+      this._one(message);
+    }
+    _one(message) {
       if (message.push === undefined) {
         const waiter = this.pending.get(message.id);
         if (!waiter) return;
@@ -250,6 +362,7 @@
       else if (message.push === "join") sub._call("onJoin", message.info);
       else if (message.push === "leave") sub._call("onLeave", message.info);
       else if (message.push === "presence") sub._call("onPresence", message);
+      else if (message.push === "presence_diff") sub._call("onPresenceDiff", message);
       else if (message.push === "unsubscribe") {
         // 112: the stream started a new epoch: subscribe again (the answer says
         // recovered: false). Anything else (109: subscription token expired) ends it.
@@ -263,6 +376,7 @@
       this.ws = null;
       clearInterval(this.pinger);
       clearTimeout(this.refresher);
+      for (const sub of this.rt.subs.values()) clearTimeout(sub.refresher);
       ws.onclose = ws.onmessage = ws.onopen = null;
       ws.close(1000);
       for (const waiter of this.pending.values()) {
@@ -304,11 +418,13 @@
           query.push(["since", `${fields.channel}:${offset}:${epoch}`]);
         }
         if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
+        if (fields.reverse) query.push(["reverse", "1"]);
         return this._fetch(`/history?${this.query(query)}`);
       }
       if (op === "presence" || op === "presence_stats") {
         const query = [["channel", fields.channel]];
         if (op === "presence_stats") query.push(["stats", "1"]);
+        if (fields.group) query.push(["group", fields.group]);
         return this._fetch(`/presence?${this.query(query)}`);
       }
       const message = `${op} needs the WebSocket transport`;
@@ -597,12 +713,16 @@
       return this._command("history", { channel, ...options });
     }
 
-    presence(channel) {
-      return this._command("presence", { channel });
+    presence(channel, options = {}) {
+      return this._command("presence", { channel, ...options });
     }
 
     presenceStats(channel) {
       return this._command("presence_stats", { channel });
+    }
+
+    rpc(method, data) {
+      return this._command("rpc", { method, data }).then((result) => result.data);
     }
 
     close() {
@@ -631,11 +751,13 @@
     _unsubscribe(sub) {
       if (this.subs.get(sub.channel) !== sub) return;
       this.subs.delete(sub.channel);
+      clearTimeout(sub.refresher);
       if (this.state === "connected") this.transport.unsubscribe(sub);
     }
 
     _ended(sub, error) {
       if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      clearTimeout(sub.refresher);
       sub._call("onError", error);
     }
 
