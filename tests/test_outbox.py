@@ -167,40 +167,85 @@ def test_publications_during_a_subscribe_are_gathered_then_delivered_by_the_poli
         assert offsets(pipe) == [9, 4]
 
 
+def test_idle_is_nothing_held_and_nothing_gathered() -> None:
+    box, pipe, _ = outbox(room=0)
+    assert box.idle
+    box.deliver("c", message(1), rule("drop_oldest"))
+    assert not box.idle
+    pipe.room = 1
+    box.drained()
+    assert box.idle
+    box.gather("c")
+    assert not box.idle
+    box.gathered("c", 0)
+    assert box.idle
+    box.gather("c")
+    box.forget("c")
+    assert box.idle
+
+
 CHANNELS = {"d": "disconnect", "o": "drop_oldest", "k": "conflate"}
+NAMES = st.sampled_from(sorted(CHANNELS))
+DELIVER = st.tuples(st.just("deliver"), NAMES, st.integers(0, 2))
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("deliver"), st.sampled_from(sorted(CHANNELS)), st.integers(0, 2)),
-        st.tuples(st.just("room"), st.integers(0, 3), st.just(0)),
+        DELIVER,
+        DELIVER,
+        DELIVER,  # mostly publications, so that things are held
+        st.tuples(st.just("room"), st.just(""), st.integers(0, 3)),
         st.tuples(st.just("drained"), st.just(""), st.just(0)),
+        st.tuples(st.sampled_from(["gather", "gathered"]), NAMES, st.just(0)),
     ),
     max_size=60,
 )
 
 
 @given(OPS, st.integers(1, 4))
-def test_any_sequence_of_offers_refusals_and_drains(ops: list[Any], max_pending: int) -> None:
+def test_any_sequence_of_offers_refusals_drains_and_subscribes(
+    ops: list[Any], max_pending: int
+) -> None:
     box, pipe, stats = outbox(room=0)
     rules = {channel: rule(policy, max_pending) for channel, policy in CHANNELS.items()}
     delivered: list[tuple[str, int, int]] = []  # channel, offset, key
     refused = 0
+
+    def deliver(channel: str, m: Outbound) -> None:
+        nonlocal refused
+        if not box.deliver(channel, m, rules[channel]):
+            refused += 1
+            assert channel == "d"
+
+    def subscribed(channel: str) -> None:  # what a transport does after its subscribe reply
+        for m in box.gathered(channel, 0):
+            deliver(channel, m)
+
     for op, channel, value in ops:
         if op == "deliver":
             offset = len(delivered) + 1
             delivered.append((channel, offset, value))
-            if not box.deliver(channel, message(offset, value), rules[channel]):
-                refused += 1
-                assert channel == "d"
+            deliver(channel, message(offset, value))
         elif op == "room":
-            pipe.room += channel
-        else:
+            pipe.room += value
+        elif op == "drained":
             box.drained()
+        elif op == "gather" and channel not in box.gathering:
+            box.gather(channel)
+        elif op == "gathered":
+            subscribed(channel)
         assert box.pending <= max_pending
+        assert box.idle == (box.pending == 0 and not box.gathering)
+    for channel in list(box.gathering):
+        subscribed(channel)
     pipe.room = len(delivered)
     box.drained()
     sent = offsets(pipe)
-    assert sent == sorted(set(sent))  # nothing reordered, nothing twice
-    assert box.pending == 0
+    channel_of = {offset: channel for channel, offset, _ in delivered}
+    for channel in CHANNELS:
+        in_channel = [offset for offset in sent if channel_of[offset] == channel]
+        assert in_channel == sorted(set(in_channel))  # nothing reordered, nothing twice
+    if not any(op.startswith("gather") for op, _, _ in ops):
+        assert sent == sorted(set(sent))  # across channels too
+    assert box.pending == 0 and box.idle
     assert len(sent) + refused + stats.dropped + stats.conflated == len(delivered)
     if stats.dropped == 0:  # all the held ones were kept: each key's latest arrived
         latest = {(c, key): offset for c, offset, key in delivered if c == "k"}

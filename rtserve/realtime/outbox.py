@@ -15,6 +15,9 @@ now, or refuses them with nothing else happening; `encode(message)` picks its by
 What is held goes out in the order it was held, before anything newer. Publications that
 arrive while a subscribe is being answered are gathered instead (`gather`), and handed back
 by `gathered` once the reply is out: the ones past the offset that reply stood at.
+
+`idle` (nothing held, nothing gathered) lets a transport offer a publication itself on its
+hot path, without the call; `deliver` after a refused offer is correct too (it offers again).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ HeldKey = tuple[str, Any]  # (channel, offset), or (channel, conflation key) for
 class Outbox:
     """The messages one subscriber could not take yet, and the policy that bounds them."""
 
-    __slots__ = ("_encode", "_gathering", "_held", "_offer", "_stats")
+    __slots__ = ("_encode", "_gathering", "_held", "_offer", "_stats", "idle")
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class Outbox:
         # Both made on first need: most connections never hold anything back.
         self._held: OrderedDict[HeldKey, bytes] | None = None
         self._gathering: dict[str, list[Outbound]] | None = None
+        self.idle = True  # nothing held, nothing gathered (read-only)
 
     @property
     def pending(self) -> int:
@@ -82,12 +86,14 @@ class Outbox:
             if not offer(held[key]):
                 return
             del held[key]
+        self._settle()
 
     def gather(self, channel: str) -> None:
         """A subscribe to `channel` is being answered: keep its publications until `gathered`."""
         if self._gathering is None:
             self._gathering = {}
         self._gathering[channel] = []
+        self.idle = False
 
     def gathered(self, channel: str, last: int) -> list[Outbound]:
         """Stop gathering `channel`; its publications past offset `last`, in order."""
@@ -97,6 +103,7 @@ class Outbox:
         messages = gathering.pop(channel, [])
         if not gathering:
             self._gathering = None
+            self._settle()
         return [message for message in messages if message.offset > last]
 
     def forget(self, channel: str) -> None:
@@ -108,11 +115,13 @@ class Outbox:
         if held:
             for key in [key for key in held if key[0] == channel]:
                 del held[key]
+        self._settle()
 
     def clear(self) -> None:
         """The connection is gone: let go of everything held and gathered."""
         self._held = None
         self._gathering = None
+        self.idle = True
 
     def _refused(self, channel: str, message: Outbound, rule: ChannelRule, data: bytes) -> bool:
         """`data` did not fit, or others are held before it."""
@@ -134,6 +143,7 @@ class Outbox:
         held = self._held
         if held is None:
             held = self._held = OrderedDict()
+        self.idle = False
         key: HeldKey
         if rule.slow_consumer == "conflate":
             key = (channel, message.key)
@@ -146,3 +156,6 @@ class Outbox:
         if len(held) > rule.max_pending:
             held.popitem(last=False)
             self._stats.dropped += 1
+
+    def _settle(self) -> None:
+        self.idle = not self._held and self._gathering is None
