@@ -133,12 +133,15 @@ def test_forget_lets_go_of_one_channel_only() -> None:
 
 
 def test_clear_lets_go_of_everything() -> None:
-    box, _, _ = outbox(room=0)
+    box, pipe, _ = outbox(room=0)
     box.deliver("a", message(1), rule("drop_oldest"))
     box.gather("b")
     box.clear()
-    assert box.pending == 0 and list(box.gathering) == []
+    assert box.pending == 0 and list(box.gathering) == [] and box.idle
     assert box.gathered("b", 0) == []
+    pipe.room = 5
+    box.deliver("a", message(2), rule("drop_oldest"))
+    assert pipe.sent == []  # nor does it offer to the connection any more (no cycle to it)
 
 
 @pytest.mark.parametrize("policy", ["disconnect", "drop_oldest", "conflate"])

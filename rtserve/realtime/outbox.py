@@ -118,9 +118,11 @@ class Outbox:
         self._settle()
 
     def clear(self) -> None:
-        """The connection is gone: let go of everything held and gathered."""
+        """The connection is gone: let go of everything held and gathered, and of its offer
+        (a transport's bound method: kept, it would be a cycle for the garbage collector)."""
         self._held = None
         self._gathering = None
+        self._offer = _refuse
         self.idle = True
 
     def _refused(self, channel: str, message: Outbound, rule: ChannelRule, data: bytes) -> bool:
@@ -159,3 +161,8 @@ class Outbox:
 
     def _settle(self) -> None:
         self.idle = not self._held and self._gathering is None
+
+
+def _refuse(data: bytes) -> bool:
+    """The offer of a connection that is gone."""
+    return False
