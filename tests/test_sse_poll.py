@@ -779,9 +779,10 @@ def test_sse_publications_past_the_preamble_follow_the_channel_policy(
     from rtserve.realtime import sse
 
     monkeypatch.setattr(sse, "MAX_PREAMBLE", 3)
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
 
     async def wait_for_gate(ctx: ChannelContext) -> None:
+        entered.set()  # `backlog` is subscribed by now
         await asyncio.to_thread(gate.wait, 10)
 
     app = App(channels=ChannelSettings())
@@ -794,7 +795,7 @@ def test_sse_publications_past_the_preamble_follow_the_channel_policy(
         )
         opener.start()
         try:
-            wait_for(lambda: app.hub.subscriber_count("backlog") == 1)
+            assert entered.wait(10)
             for i in range(1, 7):
                 server.call(app.publish, "backlog", {"i": i})
             # the preamble holds `subscribed` and 1, 2; then 5 and 6 are held, 3 and 4 dropped
