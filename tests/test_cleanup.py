@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import json
 import logging
 import socket
@@ -16,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from rtserve import App, HTTPError, Request
+from rtserve.realtime.sse import SSEStream
 from rtserve.server.connection import HTTPConnection
 from rtserve.server.exchange import Exchange
 from rtserve.server.websocket import WebSocketConnection
@@ -30,7 +32,7 @@ REQUESTS = {
     "malformed (400)": b"GARBAGE\r\n\r\n",
     "pipelined": b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 3,
 }
-KINDS = (HTTPConnection, Exchange, WebSocketConnection)
+KINDS = (HTTPConnection, Exchange, WebSocketConnection, SSEStream)
 
 
 def make_app() -> App:
@@ -105,6 +107,27 @@ def test_a_closed_channel_connection_is_freed_at_once(server: ThreadedServer) ->
         baseline = alive(server)
         for _ in range(10):
             asyncio.run(session())
+        assert settle(server, baseline) == baseline
+    finally:
+        gc.enable()
+
+
+def test_a_closed_sse_stream_is_freed_at_once(server: ThreadedServer) -> None:
+    def stream() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/rt/sse?channel=news")
+        response = conn.getresponse()
+        assert response.status == 200
+        while b"event: subscribed" not in response.readline():
+            pass
+        conn.close()
+
+    gc.collect()
+    gc.disable()
+    try:
+        baseline = alive(server)
+        for _ in range(10):
+            stream()
         assert settle(server, baseline) == baseline
     finally:
         gc.enable()

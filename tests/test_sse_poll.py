@@ -832,3 +832,47 @@ def test_client_publish_idempotency_keys_are_the_publishers_own() -> None:
         token = mint(SECRET, user="fay")
         assert post_as(port, "fay", body, token)[1]["offset"] == 3
         assert post_as(port, "fay", body, token)[1]["offset"] == 3  # the token's user again
+
+
+def test_sse_publications_past_the_preamble_follow_the_channel_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # While a later channel is being subscribed, publications of an earlier one wait in the
+    # preamble; past its bound the channel's slow_consumer policy applies, as on a full
+    # connection (was: a disconnect whatever the policy).
+    from rtserve.realtime import sse
+
+    monkeypatch.setattr(sse, "MAX_PREAMBLE", 3)
+    entered, gate = threading.Event(), threading.Event()
+
+    async def wait_for_gate(ctx: ChannelContext) -> None:
+        entered.set()  # `backlog` is subscribed by now
+        await asyncio.to_thread(gate.wait, 10)
+
+    app = App(channels=ChannelSettings())
+    app.channel("backlog", slow_consumer="drop_oldest", max_pending=2)
+    app.channel("gate", on_subscribe=wait_for_gate)
+    with ThreadedServer(app) as server:
+        opened: list[SSE] = []
+        opener = threading.Thread(
+            target=lambda: opened.append(SSE(server.port, "channel=backlog&channel=gate"))
+        )
+        opener.start()
+        try:
+            assert entered.wait(10)
+            for i in range(1, 7):
+                server.call(app.publish, "backlog", {"i": i})
+            # the preamble holds `subscribed` and 1, 2; then 5 and 6 are held, 3 and 4 dropped
+            wait_for(lambda: app.hub.stats.dropped == 2)
+        finally:
+            gate.set()
+            opener.join(10)
+        stream = opened[0]
+        assert stream.next("subscribed")["id"].startswith("backlog:")
+        seen = [json.loads(stream.next("pub")["data"])["data"]["i"] for _ in range(2)]
+        assert stream.next("subscribed")["id"].startswith("gate:")
+        seen += [json.loads(stream.next("pub")["data"])["data"]["i"] for _ in range(2)]
+        assert seen == [1, 2, 5, 6]
+        assert app.hub.stats.slow_disconnected == 0
+        stream.close()
+        wait_for(lambda: app.hub.channels() == {})

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import Response, dump_json
@@ -39,6 +39,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound, sse_event
+from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.exchange import ClientDisconnected
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtserve.channels")
 
 PING = b": ping\n\n"
-MAX_PREAMBLE = 10000  # events gathered while the channels are subscribed, before streaming
+MAX_PREAMBLE = 10000  # events kept while the channels are subscribed, before streaming
+_EVENT = attrgetter("sse")  # a publication's event, built once for every stream
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -103,8 +105,7 @@ class SSEStream:
         self.contexts: dict[str, ChannelContext] = {}
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
-        self._buffers: dict[str, list[Outbound]] = {}  # channels being subscribed
-        self._held: OrderedDict[Any, bytes] = OrderedDict()  # for a slow client
+        self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
         self._counted = False
@@ -144,11 +145,13 @@ class SSEStream:
         rule, context, _ = await authorize_subscribe(
             hub, channel, self.client, self.claims, self.request
         )
-        self._buffers[channel] = []
+        outbox = self._outbox
+        outbox.gather(channel)
         try:
             result, last = await hub.subscribe(self, channel, since)
-        finally:
-            buffered = self._buffers.pop(channel, [])
+        except BaseException:
+            outbox.forget(channel)
+            raise
         self.rules[channel] = rule
         self.contexts[channel] = context
         preamble = self._preamble
@@ -162,9 +165,8 @@ class SSEStream:
         for pub in publications:
             payload = dump_json({"push": "pub", "channel": channel, **pub})
             preamble.append(sse_event("pub", payload, channel, epoch, pub["offset"]))
-        for message in buffered:
-            if message.offset > last:
-                preamble.append(message.sse)
+        for message in outbox.gathered(channel, last):
+            self.deliver(channel, message, rule)
 
     # --- streaming -------------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class SSEStream:
             delay = max(0.0, self.claims.expires - time.time())
             timer = loop.call_later(delay, self._token_expired)
         drain: asyncio.Future[None] | None = None
+        outbox = self._outbox
         try:
             headers = _HEADERS + [(n.lower().encode(), v.encode("latin-1")) for n, v in cors]
             exchange.start(200, headers)
@@ -189,12 +192,11 @@ class SSEStream:
             heartbeat = hub.settings.sse_heartbeat
             next_ping = loop.time() + heartbeat
             while not self.ended and not disconnected.done():
-                if self._held:
-                    self._flush()
+                outbox.drained()
                 wake = self._wake = loop.create_future()
                 waits: set[asyncio.Future[Any]] = {wake, disconnected}
                 timeout = max(0.0, next_ping - loop.time())
-                if self._held:
+                if outbox.pending:
                     if conn.writing_paused:  # wait for the client to take most of it
                         if drain is None:
                             drain = asyncio.ensure_future(exchange.drain())
@@ -209,7 +211,7 @@ class SSEStream:
                     drain = None
                 if loop.time() >= next_ping:
                     next_ping = loop.time() + heartbeat
-                    if not self._held and self._room(len(PING)):
+                    if not outbox.pending and self._room(len(PING)):
                         exchange.write(PING)
             if not conn.closed:
                 if self._last_word is not None and self._room(len(self._last_word)):
@@ -236,28 +238,34 @@ class SSEStream:
         queued = conn.transport.get_write_buffer_size()
         return queued == 0 or queued + size <= self._limit
 
-    def _flush(self) -> None:
-        held = self._held
-        while held:
-            key = next(iter(held))
-            data = held[key]
-            if not self._room(len(data)):
-                return
-            del held[key]
+    def _offer(self, data: bytes) -> bool:
+        """The outbox's seam: keep `data` in the preamble (up to MAX_PREAMBLE events) before
+        streaming, write it once streaming if the connection has room; False: neither."""
+        preamble = self._preamble
+        if preamble is not None:
+            if len(preamble) >= MAX_PREAMBLE:
+                return False
+            preamble.append(data)
+            return True
+        if not self._room(len(data)):
+            return False
+        try:  # noqa: SIM105 (suppress() would cost a context manager per event)
             self.exchange.write(data)
+        except ClientDisconnected:
+            pass  # the run loop sees the disconnect and ends
+        return True
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
-        hub = self.hub
-        for channel in list(self._buffers):
+        hub, outbox = self.hub, self._outbox
+        for channel in list(outbox.gathering):
             hub.unsubscribe(self, channel)
-        self._buffers.clear()
         for channel, rule in self.rules.items():
             hub.unsubscribe(self, channel)
             if self._preamble is None:  # joined
                 hub.leave_later(rule, self.contexts[channel])
         self.rules.clear()
-        self._held.clear()
+        outbox.clear()
         if self._counted:
             self._counted = False
             remove_user_connection(hub, self.client.user, self)
@@ -290,38 +298,13 @@ class SSEStream:
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
         if self.ended:
             return
-        preamble = self._preamble
-        if preamble is not None:  # not streaming yet
-            buffer = self._buffers.get(channel)
-            if buffer is not None:
-                buffer.append(message)
-            elif len(preamble) < MAX_PREAMBLE:
-                preamble.append(message.sse)
-            else:
-                self._slow_consumer(channel)
-            return
-        data = message.sse
-        if not self._held and self._room(len(data)):
-            with contextlib.suppress(ClientDisconnected):
-                self.exchange.write(data)
-            return
-        if rule.slow_consumer == "disconnect":
+        outbox = self._outbox
+        if outbox.idle and self._offer(message.sse):
+            return  # the common case, kept free of a call: room, nothing held or gathered
+        if not outbox.deliver(channel, message, rule):
             self._slow_consumer(channel)
-            return
-        held = self._held
-        key: Any
-        if rule.slow_consumer == "conflate":
-            key = (channel, message.key)
-            if key in held:
-                self.hub.stats.conflated += 1
-                held.move_to_end(key)
-        else:
-            key = (channel, message.offset)
-        held[key] = data
-        if len(held) > rule.max_pending:
-            held.popitem(last=False)
-            self.hub.stats.dropped += 1
-        self._wakeup()
+        elif outbox.pending:
+            self._wakeup()  # the loop waits for the client to take what is held
 
     def _slow_consumer(self, channel: str) -> None:
         self.hub.stats.slow_disconnected += 1
@@ -331,7 +314,7 @@ class SSEStream:
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         # A join or leave that does not fit is not kept: presence can be asked again.
-        if self._preamble is None and not self.ended and not self._held:
+        if self._preamble is None and not self.ended and not self._outbox.pending:
             data = message.sse
             if self._room(len(data)):
                 with contextlib.suppress(ClientDisconnected):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rtserve.app.websocket import WebSocketHandler
@@ -30,6 +30,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.context import ChannelContext, RpcContext
 from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
+from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import (
     MAX_BATCH,
     PING_PUSH,
@@ -47,7 +48,7 @@ from rtserve.realtime.protocol import (
     parse_frame,
 )
 from rtserve.realtime.rules import ChannelRule
-from rtserve.server.websocket import OPEN
+from rtserve.server.websocket import OPEN, WebSocketConnection
 from rtserve.tokens import TokenClaims
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rtserve.channels")
 MAX_BATCH_REPLY = 64 * 1024  # bytes of a batch's replies held before they are sent
+
+_PLAIN_FRAME = attrgetter("plain")  # a publication's frame for connections without deflate
 
 
 class ChannelSocket(WebSocketHandler):
@@ -68,8 +71,7 @@ class ChannelSocket(WebSocketHandler):
         self.client: ClientInfo = None  # type: ignore[assignment]  # set by connect
         self.claims: TokenClaims | None = None
         self.subscriptions: dict[str, ChannelRule] = {}
-        self._buffering: dict[str, list[Outbound]] = {}
-        self._pending: OrderedDict[Any, bytes] | None = None
+        self._outbox: Outbox = None  # type: ignore[assignment]  # set by on_open
         self._buckets: dict[Any, Bucket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sub_tokens: dict[str, asyncio.TimerHandle | None] = {}  # expiry of each
@@ -82,6 +84,8 @@ class ChannelSocket(WebSocketHandler):
     # --- connection hooks ------------------------------------------------------------------
 
     def on_open(self) -> None:
+        conn = self.connection
+        self._outbox = Outbox(conn.offer_frame, _frame_encoder(conn), self.hub.stats)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.hub.settings.connect_timeout, self._connect_timeout)
 
@@ -153,14 +157,14 @@ class ChannelSocket(WebSocketHandler):
                 timer.cancel()
         self._timer = self._heartbeat = None
         self._sub_tokens.clear()
-        hub = self.hub
-        for channel in list(self._buffering):
+        hub, outbox = self.hub, self._outbox
+        for channel in list(outbox.gathering):
             hub.unsubscribe(self, channel)
         for channel, rule in self.subscriptions.items():
             hub.unsubscribe(self, channel)
             hub.leave_later(rule, self._context(channel, hub.rule(channel)[1], self.claims))
         self.subscriptions.clear()
-        self._pending = None
+        outbox.clear()
         if self.client is not None:
             remove_user_connection(hub, self.client.user, self)
 
@@ -172,40 +176,22 @@ class ChannelSocket(WebSocketHandler):
         self.connection.close(DisconnectCode.FORCED, reason or "disconnected by the server")
 
     def on_drain(self) -> None:
-        pending = self._pending
-        if not pending:
-            return
-        conn = self.connection
-        while pending:
-            key = next(iter(pending))
-            frame = pending[key]
-            if not conn.offer_frame(frame):
-                return
-            del pending[key]
+        self._outbox.drained()
 
     # --- delivery (called by the Hub) -------------------------------------------------------
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
         if self._batch:
             self._flush_batch()  # the replies before: a subscribe's comes before its pushes
-        if self._buffering:
-            buffer = self._buffering.get(channel)
-            if buffer is not None:
-                buffer.append(message)
+        outbox = self._outbox
+        if outbox.idle:  # the common case, kept free of a call: offer the shared frame now
+            conn = self.connection
+            if conn.offer_frame(
+                message.plain if conn.deflate is None else message.ws.frame_for(conn)
+            ):
                 return
-        conn = self.connection
-        frame = message.plain if conn.deflate is None else message.ws.frame_for(conn)
-        if not self._pending and conn.offer_frame(frame):
-            return  # the common case: room, and nothing held back
-        if self._pending:
-            self.on_drain()
-            if self._pending and rule.slow_consumer != "disconnect":
-                self._hold(channel, message, rule, frame)  # behind what is held, in order
-                return
-            if conn.offer_frame(frame):
-                return
-        if conn.status == OPEN:
-            self._hold(channel, message, rule, frame)
+        if not outbox.deliver(channel, message, rule) and self.connection.status == OPEN:
+            self._slow_consumer(channel)
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         if self._batch:
@@ -216,28 +202,11 @@ class ChannelSocket(WebSocketHandler):
             # A join or leave that does not fit is not kept: presence can be asked again.
             self.connection.offer_frame(message.ws.frame_for(self.connection))
 
-    def _hold(self, channel: str, message: Outbound, rule: ChannelRule, frame: bytes) -> None:
-        stats = self.hub.stats
-        policy = rule.slow_consumer
-        if policy == "disconnect":
-            stats.slow_disconnected += 1
-            log.info("%s slow consumer disconnected on %s", self.client.client, channel)
-            self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
-            return
-        pending = self._pending
-        if pending is None:
-            pending = self._pending = OrderedDict()
-        if policy == "conflate":
-            key: Any = (channel, message.key)
-            if key in pending:
-                stats.conflated += 1
-                pending.move_to_end(key)  # so what is held stays in offset order
-        else:
-            key = (channel, message.offset)
-        pending[key] = frame
-        if len(pending) > rule.max_pending:
-            pending.popitem(last=False)
-            stats.dropped += 1
+    def _slow_consumer(self, channel: str) -> None:
+        """The channel's policy is disconnect, and a publication found no room."""
+        self.hub.stats.slow_disconnected += 1
+        log.info("%s slow consumer disconnected on %s", self.client.client, channel)
+        self.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
 
     def _answer(self, payload: bytes) -> None:
         """A reply to a command: into the batch being answered, if any."""
@@ -382,25 +351,26 @@ class ChannelSocket(WebSocketHandler):
     ) -> _Opening | None:
         """Subscribe at the Hub; publications are held back until _start_subscription, which
         comes after the reply (None: the connection closed meanwhile)."""
-        if channel in self.subscriptions or channel in self._buffering:
+        outbox = self._outbox
+        if channel in self.subscriptions or channel in outbox.gathering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
         hub = self.hub
         limit = hub.settings.max_subscriptions
-        if limit and len(self.subscriptions) + len(self._buffering) >= limit:
+        if limit and len(self.subscriptions) + len(outbox.gathering) >= limit:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} subscriptions")
         rule, context, sub_claims = await authorize_subscribe(
             hub, channel, self.client, self.claims, self.request, token
         )
         if self.closed:
             return None
-        self._buffering[channel] = []
+        outbox.gather(channel)
         try:
             result, last = await hub.subscribe(self, channel, since)
         except BaseException:
-            self._buffering.pop(channel, None)
+            outbox.forget(channel)
             raise
         if self.closed:
-            self._buffering.pop(channel, None)
+            outbox.forget(channel)
             hub.unsubscribe(self, channel)
             return None
         if sub_claims is not None:
@@ -414,13 +384,12 @@ class ChannelSocket(WebSocketHandler):
     async def _start_subscription(self, opening: _Opening) -> None:
         """After its reply: the publications held back, then the join."""
         channel, rule = opening.channel, opening.rule
-        buffered = self._buffering.pop(channel, [])
+        gathered = self._outbox.gathered(channel, opening.last)
         if self.closed:
             return  # on_close left the Hub
         self.subscriptions[channel] = rule
-        for message in buffered:
-            if message.offset > opening.last:
-                self.deliver(channel, message, rule)
+        for message in gathered:
+            self.deliver(channel, message, rule)
         await self.hub.join(rule, opening.context)
 
     async def _subscribe_all(
@@ -470,9 +439,7 @@ class ChannelSocket(WebSocketHandler):
         timer = self._sub_tokens.pop(channel, None)
         if timer is not None:
             timer.cancel()
-        if self._pending:
-            for key in [k for k in self._pending if k[0] == channel]:
-                del self._pending[key]
+        self._outbox.forget(channel)
         return rule
 
     def end_subscription(self, channel: str, code: int, message: str) -> None:
@@ -650,3 +617,14 @@ class _Refused(ChannelError):
     def __init__(self, code: int, message: str, close_code: int) -> None:
         super().__init__(code, message)
         self.close_code = close_code
+
+
+def _frame_encoder(conn: WebSocketConnection) -> Callable[[Outbound], bytes]:
+    """How a publication's shared frame is picked for `conn` (compressed once if it deflates)."""
+    if conn.deflate is None:
+        return _PLAIN_FRAME
+
+    def deflated(message: Outbound) -> bytes:
+        return message.ws.frame_for(conn)
+
+    return deflated
