@@ -92,6 +92,19 @@ def test_keep_alive_rules() -> None:
     assert isinstance(h11c, RequestHead) and not h11c.keep_alive
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
+def test_http10_with_transfer_encoding_is_not_kept_alive(connection: bytes) -> None:
+    # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the server
+    # answers it and then closes the connection.
+    raw = b"POST / HTTP/1.0\r\n%sTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    head, body, end = feed_all(raw % connection)
+    assert isinstance(head, RequestHead) and head.chunked and not head.keep_alive
+    assert (body, end) == (b"abc", END_OF_MESSAGE)
+    with pytest.raises(ProtocolError) as info:  # nothing may follow it, as after a close
+        feed_all(raw % connection + b"GET / HTTP/1.0\r\n\r\n")
+    assert info.value.status == 400
+
+
 def test_pipelined_requests_come_out_in_order() -> None:
     raw = b"".join(f"GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
     for step in (None, 1, 5):
@@ -125,6 +138,17 @@ BAD = [
     (b"GET http://u@b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # userinfo
     (b"GET ftp://b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     (b"GET http://b/ HTTP/1.1\r\n\r\n", 400),  # absolute-form still needs Host in 1.1
+    # Host is host[:port] (RFC 9112 3.2, RFC 3986 3.2.2).
+    (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a?b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a#b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:70000\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", 400),
+    (b"GET http://a:x/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 ]
 
 

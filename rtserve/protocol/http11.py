@@ -12,6 +12,7 @@ The serialisers build whole response heads as bytes; the caller adds the body an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -102,12 +103,31 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes]:
         raise ProtocolError(400, "bad request target")
     slash = rest.find(b"/")
     authority, path = (rest[:slash], rest[slash:]) if slash >= 0 else (rest, b"/")
-    if not authority or b"@" in authority:  # RFC 9110 4.2.4: no userinfo in http(s) URIs
+    # RFC 9110 4.2.4: no userinfo in http(s) URIs; the host[:port] rule keeps it out.
+    if not valid_host(authority):
         raise ProtocolError(400, "bad request target")
     return authority, path
 
 
 _SCHEMES: Final = frozenset((b"http", b"https", b"ws", b"wss"))
+
+# host[:port] (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3): an IP-literal (IPv6 with an optional
+# RFC 6874 zone, or IPvFuture) or a non-empty reg-name (which covers IPv4), then a port.
+_HOST: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+(?:%25(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+)?\]"
+    rb"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)"
+    rb"(?::([0-9]{1,5}))?"
+)
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether `value` is host[:port] as a Host field or an absolute target's authority."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group(1)
+    return port is None or int(port) <= 65535
 
 
 Event = RequestHead | bytes | EndOfMessage | UpgradeRequested
@@ -137,6 +157,7 @@ class RequestParser:
         "_chunk_overhead",
         "_chunked",
         "_chunks",
+        "_closing",
         "_content_length",
         "_dead",
         "_emit_body",
@@ -154,6 +175,7 @@ class RequestParser:
         "_parser",
         "_te",
         "_url",
+        "_valid_host",
         "max_body_size",
         "max_head_size",
         "max_headers",
@@ -185,6 +207,8 @@ class RequestParser:
             self._emit_upgrade = sink.request_upgrade
         self._error: ProtocolError | None = None
         self._dead = False
+        self._closing = False
+        self._valid_host = b"\0"  # the last Host value found valid (none yet)
         self._begun = 0
         self._reset_message()
 
@@ -272,6 +296,9 @@ class RequestParser:
     # httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._closing:
+            # As llhttp does after `Connection: close`: nothing may follow such a request.
+            self._fail(400, "data after a request that closes the connection")
         self._reset_message()
         self._in_head = True
         self._begun += 1
@@ -299,7 +326,10 @@ class RequestParser:
         elif size == 4 and name.lower() == b"host":
             if self._host:
                 self._fail(400, "more than one Host header")
+            if value != self._valid_host and not valid_host(value):
+                self._fail(400, "Host is not host[:port]")
             self._host = True
+            self._valid_host = value  # a connection sends the same Host again and again
         elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
@@ -325,6 +355,10 @@ class RequestParser:
             if self._te.strip().lower() != b"chunked":
                 self._fail(501, "unsupported transfer coding")
             head.chunked = self._chunked = True
+            if head.version == "1.0":
+                # RFC 9112 6.1: faulty framing in HTTP/1.0; answer, then close.
+                head.keep_alive = False
+                self._closing = True
         elif self._content_length is not None:
             length = int(self._content_length)
             if self.max_body_size is not None and length > self.max_body_size:
