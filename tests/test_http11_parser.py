@@ -374,3 +374,55 @@ def test_many_small_chunks_with_extensions_pass(step: int | None) -> None:
     events = feed_all(CHUNKED_HEAD + body + b"0\r\n\r\n", step, max_head_size=1024)
     assert len(b"".join(e for e in events if isinstance(e, bytes))) == 2000
     assert events[-1] is END_OF_MESSAGE
+
+
+def joined(calls: list[object]) -> list[object]:
+    """A sink's calls with each run of body pieces as one."""
+    out: list[object] = []
+    for call in calls:
+        if isinstance(call, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += call
+        else:
+            out.append(call)
+    return out
+
+
+# A pipeline whose bodies hold blank lines: pieces are cut at a `\r\n\r\n` in a body too, except
+# in the part of a Content-Length body the parser knows is coming.
+PIPELINE = (
+    b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(40))
+    + b"POST /cl HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n"
+    + b"POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"8\r\n\r\n\r\nab\r\n\r\n0\r\n\r\n"
+    + b"".join(b"GET /x%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(10))
+)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 16, 1000])
+def test_feed_until_reads_a_bounded_number_of_heads_per_call(budget: int) -> None:
+    whole = RecordingSink()
+    RequestParser(sink=whole).feed(PIPELINE)
+    sink = RecordingSink()
+    parser = RequestParser(sink=sink)
+    position, calls = 0, 0
+    while position < len(PIPELINE):
+        heads_before = sum(isinstance(c, str) and c.startswith("/") for c in sink.calls)
+        stop = parser.feed_until(PIPELINE, budget, position)
+        heads = sum(isinstance(c, str) and c.startswith("/") for c in sink.calls) - heads_before
+        assert position < stop <= len(PIPELINE)
+        assert heads <= budget
+        position, calls = stop, calls + 1
+        assert calls <= len(PIPELINE)  # bounded
+    assert joined(sink.calls) == joined(whole.calls)  # the same requests and bodies
+    assert calls == 1 if budget == 1000 else calls >= 52 // budget
+
+
+def test_feed_until_hands_an_upgrade_everything_after_its_head() -> None:
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    after = b"frame\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    sink = RecordingSink()
+    parser = RequestParser(sink=sink)
+    data = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n" + upgrade + after
+    assert parser.feed_until(data, 1) < len(data)  # stopped after /a
+    assert parser.feed_until(data, 1, data.index(upgrade)) == len(data)
+    assert sink.calls == ["/a", "end", "/ws", "end", ("upgrade", after)]

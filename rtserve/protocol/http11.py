@@ -154,6 +154,7 @@ class RequestParser:
     __slots__ = (
         "_begun",
         "_body_bytes",
+        "_body_left",
         "_chunk_overhead",
         "_chunked",
         "_chunks",
@@ -170,9 +171,11 @@ class RequestParser:
         "_field_bytes",
         "_head_bytes",
         "_headers",
+        "_heads",
         "_host",
         "_in_head",
         "_parser",
+        "_tail",
         "_te",
         "_url",
         "_valid_host",
@@ -210,6 +213,8 @@ class RequestParser:
         self._closing = False
         self._valid_host = b"\0"  # the last Host value found valid (none yet)
         self._begun = 0
+        self._heads = 0  # request heads read, ever
+        self._tail: bytes | memoryview = b""  # what follows the piece being fed (feed_until)
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -223,6 +228,7 @@ class RequestParser:
         self._expect = False
         self._host = False
         self._body_bytes = 0
+        self._body_left = 0  # of a Content-Length body still to come
         self._chunked = False
         self._chunks = 0
         self._chunk_overhead = 0
@@ -240,6 +246,47 @@ class RequestParser:
         self._emit_head = self._emit_body = self._emit_upgrade = _ignore
         self._emit_end = _ignore_end
 
+    def feed_until(self, data: bytes, max_heads: int, start: int = 0) -> int:
+        """Parse `data` from `start` until about `max_heads` more request heads are read;
+        return where it stopped (`len(data)` unless early: feed the rest later from there).
+
+        It feeds pieces that end at a blank line (`\\r\\n\\r\\n`, which ends every head) and
+        stops after `max_heads` pieces or heads, so one call reads at most `max_heads` heads
+        (one more if the first piece completes a head begun before). Known body bytes are
+        never cut. Raises as `feed`; events go to the sink.
+        """
+        size = len(data)
+        cut = self._cut(data, start, max_heads)
+        if start == 0 and cut == size:
+            self.feed(data)  # the usual case: the whole read is within the budget
+            return size
+        view = memoryview(data)
+        pos, left = start, max_heads
+        while True:
+            heads = self._heads
+            self._tail = view[cut:]  # an upgrade takes all that follows, not just this piece
+            try:
+                self.feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
+            finally:
+                self._tail = b""
+            if self._dead:  # switched protocols: the rest went with the upgrade
+                return size
+            pos = cut
+            left -= max(1, self._heads - heads)
+            if pos == size or left <= 0:
+                return pos
+            cut = self._cut(data, pos, left)
+
+    def _cut(self, data: bytes, pos: int, heads: int) -> int:
+        """Where a piece of `data` from `pos` holding at most `heads` head ends must end."""
+        end = pos + self._body_left
+        for _ in range(heads):
+            end = data.find(b"\r\n\r\n", end)
+            if end < 0:
+                return len(data)
+            end += 4
+        return min(end, len(data))
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes (none with a sink).
 
@@ -255,7 +302,7 @@ class RequestParser:
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._dead = True
-            self._emit_upgrade(bytes(data[offset:]))
+            self._emit_upgrade(bytes(data[offset:]) + self._tail)
             return self._take_events()
         except httptools.HttpParserError as exc:
             self._dead = True
@@ -363,7 +410,7 @@ class RequestParser:
             length = int(self._content_length)
             if self.max_body_size is not None and length > self.max_body_size:
                 self._fail(413, "request body too large")
-            head.content_length = length
+            head.content_length = self._body_left = length
         head.expect_continue = self._expect
         head.upgrade = parser.should_upgrade()
         if head.upgrade and (head.chunked or head.content_length):
@@ -377,6 +424,7 @@ class RequestParser:
             headers = [h for h in self._headers if h[0].lower() != b"host"]
             headers.append((b"host", head.authority))
             head.headers = headers
+        self._heads += 1
         self._emit_head(head)
 
     def on_chunk_header(self) -> None:
@@ -384,11 +432,14 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if not self._chunked:
+            self._body_left -= len(body)
         if self.max_body_size is not None and self._body_bytes > self.max_body_size:
             self._fail(413, "request body too large")
         self._emit_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         self._emit_end()
 
 
