@@ -1,8 +1,8 @@
 """The HTTP/1.1 connection: an asyncio.Protocol that moves bytes between socket and app.
 
 Requests are parsed in `data_received` and answered strictly in order (pipelining), at most
-REQUESTS_PER_TURN of them per loop turn: the rest of a read waits in a backlog (reading paused)
-for the next turn, so one connection's flood cannot hold up the others. Each
+its share of TURN_REQUESTS per loop turn: the rest of a read waits in a backlog (reading
+paused) for the next turn, so a connection's flood cannot hold up the others. Each
 connection is in one timer phase: IDLE (keep-alive timeout), HEAD (header timeout), BODY (body
 read timeout and the body's minimum rate), BUSY (no timeout while the app answers) or SEND (the
 write buffer is full: the client must take some of it within the send timeout). The server's
@@ -44,9 +44,12 @@ IDLE, HEAD, BODY, BUSY, SEND = range(5)
 # The ioctl that reads a TCP socket's unacknowledged send queue (SIOCOUTQ), where there is one.
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 INF = float("inf")
-# Requests one connection may start per loop turn: one read can hold thousands of pipelined
-# requests, and every other connection waits while they are answered.
-REQUESTS_PER_TURN = 16
+# Requests started per loop turn: one read can hold thousands of pipelined requests, and every
+# other connection waits while they are answered. Connections with more to parse than their
+# share share TURN_REQUESTS, each at least MIN_TURN_REQUESTS, so a turn stays short however many
+# flood at once.
+TURN_REQUESTS = 128
+MIN_TURN_REQUESTS = 2
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -113,7 +116,7 @@ class HTTPConnection(asyncio.Protocol):
         self._backlog = b""
         self._backlog_at = 0
         self._backlog_scheduled = False
-        self._turn_left = REQUESTS_PER_TURN
+        self._turn_left = TURN_REQUESTS
         self._send_left = 0
         self._send_since = 0.0
         self._body_budget = INF
@@ -148,7 +151,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._backlog = b""
+        self._drop_backlog()
         self.state.connection_closed(self)
         if self.parser is not None:
             self.parser.close()  # it and httptools' parser point at each other (and at us)
@@ -181,8 +184,21 @@ class HTTPConnection(asyncio.Protocol):
             self._backlog = self._backlog[self._backlog_at :] + data
             self._backlog_at = 0
             return
-        self._turn_left = REQUESTS_PER_TURN  # a new loop turn for this connection
+        self._turn_left = self._turn_share()  # a new loop turn for this connection
         self._feed(data)
+
+    def _turn_share(self) -> int:
+        """Requests this connection may start in this loop turn."""
+        waiting = self.state.backlogged + (0 if self._backlog else 1)
+        return max(MIN_TURN_REQUESTS, TURN_REQUESTS // waiting)
+
+    def _drop_backlog(self) -> tuple[bytes, int]:
+        """Take what waits for a later turn (b"" when nothing does)."""
+        data = self._backlog
+        if data:
+            self._backlog = b""
+            self.state.backlogged -= 1
+        return data, self._backlog_at
 
     def _feed(self, data: bytes, start: int = 0) -> None:
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
@@ -190,7 +206,7 @@ class HTTPConnection(asyncio.Protocol):
         try:
             stop = parser.feed_until(data, max(1, self._turn_left), start)  # type: ignore[union-attr]  # None only once upgraded
         except ProtocolError as exc:
-            self._backlog = b""
+            self._drop_backlog()
             self.protocol_error(exc)
             return
         finally:
@@ -202,6 +218,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _stash(self, data: bytes, at: int) -> None:
         """This turn's requests are spent: keep `data[at:]` for the next turn, stop reading."""
+        if not self._backlog:
+            self.state.backlogged += 1
         self._backlog, self._backlog_at = data, at
         if not self._reading_paused_backlog:
             self._reading_paused_backlog = True
@@ -217,14 +235,14 @@ class HTTPConnection(asyncio.Protocol):
     def _feed_backlog(self) -> None:
         """A later turn: parse on where the last one stopped."""
         self._backlog_scheduled = False
-        if self.closed or self.parser is None or not self._backlog:
-            self._backlog = b""
+        if self.closed or self.parser is None:
+            self._drop_backlog()
             return
-        if self._reading_paused_queue:
+        if self._reading_paused_queue or not self._backlog:
             return  # the queue is full: its draining schedules this again
-        data, self._backlog = self._backlog, b""
-        self._turn_left = REQUESTS_PER_TURN
-        self._feed(data, self._backlog_at)
+        self._turn_left = self._turn_share()
+        data, at = self._drop_backlog()
+        self._feed(data, at)
         if not self._backlog and self._reading_paused_backlog and not self.closed:
             self._reading_paused_backlog = False
             if not (self._reading_paused_queue or self._reading_paused_body):
@@ -396,16 +414,16 @@ class HTTPConnection(asyncio.Protocol):
         self._start_queued()
 
     def _start_queued(self) -> None:
-        """Answer queued pipelined requests in order, in a loop (never by recursion), at most
-        REQUESTS_PER_TURN of them before going on in a later turn."""
+        """Answer queued pipelined requests in order, in a loop (never by recursion), this
+        turn's share of them before going on in a later turn."""
         if self._starting:
             return  # an outer call is looping already and will pick up the next one
         self._starting = True
-        started = 0
+        started, share = 0, self._turn_share()
         try:
             queue = self.queue
             while queue and self.active is None and not self.writing_paused and not self.closed:
-                if started == REQUESTS_PER_TURN:
+                if started == share:
                     self.state.loop.call_soon(self._start_queued, context=self.state.context)
                     break
                 started += 1

@@ -105,6 +105,7 @@ class ServerState:
         self.connections: set[Any] = set()
         self.websockets: set[WebSocketConnection] = set()
         self.refusing = 0  # connections being answered 503 (over max_connections)
+        self.backlogged = 0  # HTTP connections with pipelined requests left for a later turn
         # When each live connection opened (the coarse clock), oldest first, for the admin
         # interface's ages and stable listing order; None (nothing kept) without an admin.
         self.opened: dict[Any, float] | None = None
