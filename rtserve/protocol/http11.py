@@ -256,10 +256,10 @@ class RequestParser:
         never cut. Raises as `feed`; events go to the sink.
         """
         size = len(data)
-        cut = self._cut(data, start, max_heads)
-        if start == 0 and cut == size:
+        if start == 0 and data.count(b"\r\n\r\n", self._body_left) <= max_heads:
             self.feed(data)  # the usual case: the whole read is within the budget
             return size
+        cut = self._cut(data, start, max_heads)
         view = memoryview(data)
         pos, left = start, max_heads
         while True:

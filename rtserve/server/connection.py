@@ -184,7 +184,8 @@ class HTTPConnection(asyncio.Protocol):
             self._backlog = self._backlog[self._backlog_at :] + data
             self._backlog_at = 0
             return
-        self._turn_left = self._turn_share()  # a new loop turn for this connection
+        # A new loop turn for this connection: its share of the turn's requests.
+        self._turn_left = self._turn_share() if self.state.backlogged else TURN_REQUESTS
         self._feed(data)
 
     def _turn_share(self) -> int:
@@ -204,7 +205,7 @@ class HTTPConnection(asyncio.Protocol):
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
         parser = self.parser
         try:
-            stop = parser.feed_until(data, max(1, self._turn_left), start)  # type: ignore[union-attr]  # None only once upgraded
+            stop = parser.feed_until(data, self._turn_left, start)  # type: ignore[union-attr]  # None only once upgraded
         except ProtocolError as exc:
             self._drop_backlog()
             self.protocol_error(exc)
