@@ -7,7 +7,7 @@ the whole run. Meanwhile a probe sends sequential GETs on one kept-alive connect
 second probe opens a new connection for each GET: their latencies are the stall others see.
 
 Usage (from the repo root):
-    python -m bench.pipeline_stall                        # floods of 1, 4 and 50, log off/on
+    python -m bench.pipeline_stall                        # 0, 1, 4 and 50 floods, log off/on
     python -m bench.pipeline_stall --floods 50 --duration 3 --access-log on
     python -m bench.pipeline_stall --repo /tmp/old-checkout   # the same against other code
 
@@ -175,9 +175,7 @@ def measure(args: argparse.Namespace, floods: int, access_log: bool) -> dict[str
             new = json.loads(fresh.communicate(timeout=args.duration + 60)[0])["latencies"]
             answered = 0
             if flood is not None:
-                answered = json.loads(flood.communicate(timeout=args.duration + 60)[0])[
-                    "answered"
-                ]
+                answered = json.loads(flood.communicate(timeout=args.duration + 60)[0])["answered"]
         finally:
             stop_process(server)
     return {
@@ -212,7 +210,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--floods", default="1,4,50", help="flooding connections, comma list")
+    parser.add_argument("--floods", default="0,1,4,50", help="flooding connections (0: none)")
     parser.add_argument("--access-log", default="off,on", help="off, on or off,on")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per row")
     parser.add_argument("--never-read", action="store_true", help="floods never read answers")
