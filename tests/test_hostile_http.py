@@ -768,11 +768,26 @@ def test_a_client_that_stops_reading_its_answers_is_cut_off(site: Path) -> None:
                 except (BlockingIOError, ConnectionError):
                     time.sleep(0.01)
 
+        state = srv.app.server_state
+        assert state is not None
+
+        def stopped_is_blocked() -> bool:  # our answers to it fill the buffers: SEND phase
+            return bool(
+                srv.call(lambda: any(getattr(c, "writing_paused", 0) for c in state.connections))
+            )
+
         stopped = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         slow = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         slow_sender = socket.socket(fileno=os.dup(slow.fileno()))  # its writes, in a thread
         try:
             flood(stopped, 1.0)
+            # On a loaded machine a second of flood may not be answers enough to fill the
+            # buffers; the case starts once they are full (bounded: at most 20 s more).
+            for _ in range(200):
+                if stopped_is_blocked():
+                    break
+                flood(stopped, 0.1)
+            assert stopped_is_blocked(), "the answers never filled the buffers"
             sender = threading.Thread(target=flood, args=(slow_sender, 3.0), daemon=True)
             sender.start()
             got = 0
@@ -787,7 +802,7 @@ def test_a_client_that_stops_reading_its_answers_is_cut_off(site: Path) -> None:
                 time.sleep(0.05)
             sender.join(5)
             assert got > 0
-            stopped.setblocking(True)
+            stopped.settimeout(10)  # a timeout, not a hang, if it were never cut off
             with pytest.raises(ConnectionError):  # aborted: reset, after what was buffered
                 for _ in range(10_000):
                     if not stopped.recv(1 << 20):
