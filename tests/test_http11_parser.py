@@ -92,6 +92,19 @@ def test_keep_alive_rules() -> None:
     assert isinstance(h11c, RequestHead) and not h11c.keep_alive
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
+def test_http10_with_transfer_encoding_is_not_kept_alive(connection: bytes) -> None:
+    # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the server
+    # answers it and then closes the connection.
+    raw = b"POST / HTTP/1.0\r\n%sTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    head, body, end = feed_all(raw % connection)
+    assert isinstance(head, RequestHead) and head.chunked and not head.keep_alive
+    assert (body, end) == (b"abc", END_OF_MESSAGE)
+    with pytest.raises(ProtocolError) as info:  # nothing may follow it, as after a close
+        feed_all(raw % connection + b"GET / HTTP/1.0\r\n\r\n")
+    assert info.value.status == 400
+
+
 def test_pipelined_requests_come_out_in_order() -> None:
     raw = b"".join(f"GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for i in range(5))
     for step in (None, 1, 5):
@@ -125,6 +138,17 @@ BAD = [
     (b"GET http://u@b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # userinfo
     (b"GET ftp://b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     (b"GET http://b/ HTTP/1.1\r\n\r\n", 400),  # absolute-form still needs Host in 1.1
+    # Host is host[:port] (RFC 9112 3.2, RFC 3986 3.2.2).
+    (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a?b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a#b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:70000\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", 400),
+    (b"GET http://a:x/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 ]
 
 
@@ -350,3 +374,55 @@ def test_many_small_chunks_with_extensions_pass(step: int | None) -> None:
     events = feed_all(CHUNKED_HEAD + body + b"0\r\n\r\n", step, max_head_size=1024)
     assert len(b"".join(e for e in events if isinstance(e, bytes))) == 2000
     assert events[-1] is END_OF_MESSAGE
+
+
+def joined(calls: list[object]) -> list[object]:
+    """A sink's calls with each run of body pieces as one."""
+    out: list[object] = []
+    for call in calls:
+        if isinstance(call, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += call
+        else:
+            out.append(call)
+    return out
+
+
+# A pipeline whose bodies hold blank lines: pieces are cut at a `\r\n\r\n` in a body too, except
+# in the part of a Content-Length body the parser knows is coming.
+PIPELINE = (
+    b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(40))
+    + b"POST /cl HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n"
+    + b"POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"8\r\n\r\n\r\nab\r\n\r\n0\r\n\r\n"
+    + b"".join(b"GET /x%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(10))
+)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 16, 1000])
+def test_feed_until_reads_a_bounded_number_of_heads_per_call(budget: int) -> None:
+    whole = RecordingSink()
+    RequestParser(sink=whole).feed(PIPELINE)
+    sink = RecordingSink()
+    parser = RequestParser(sink=sink)
+    position, calls = 0, 0
+    while position < len(PIPELINE):
+        heads_before = sum(isinstance(c, str) and c.startswith("/") for c in sink.calls)
+        stop = parser.feed_until(PIPELINE, budget, position)
+        heads = sum(isinstance(c, str) and c.startswith("/") for c in sink.calls) - heads_before
+        assert position < stop <= len(PIPELINE)
+        assert heads <= budget
+        position, calls = stop, calls + 1
+        assert calls <= len(PIPELINE)  # bounded
+    assert joined(sink.calls) == joined(whole.calls)  # the same requests and bodies
+    assert calls == 1 if budget == 1000 else calls >= 52 // budget
+
+
+def test_feed_until_hands_an_upgrade_everything_after_its_head() -> None:
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    after = b"frame\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    sink = RecordingSink()
+    parser = RequestParser(sink=sink)
+    data = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n" + upgrade + after
+    assert parser.feed_until(data, 1) < len(data)  # stopped after /a
+    assert parser.feed_until(data, 1, data.index(upgrade)) == len(data)
+    assert sink.calls == ["/a", "end", "/ws", "end", ("upgrade", after)]

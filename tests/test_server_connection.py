@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from rtserve import App, Request, StreamingResponse
+from rtserve.server.connection import TURN_REQUESTS
 from rtserve.server.settings import LimitSettings, TimeoutSettings
 from rtserve.testing import ThreadedServer
 from tests.rawhttp import RawClient, get
@@ -424,3 +425,48 @@ def test_debug_override_shows_tracebacks() -> None:
             r = c.get("/boom")
             assert r.status == 500
             assert ("secret detail" in r.text) is debug
+
+
+def test_a_pipelining_flood_does_not_hold_up_another_client() -> None:
+    """One read full of pipelined requests is answered a bounded number per loop turn, so a
+    request on another connection that arrived at the same time is answered long before the
+    flood is; the flood is still answered whole and in order."""
+    app = App()
+    answered: list[int] = []  # flood request numbers, and -1 for the probe, as answered
+
+    @app.route("/n/{n:int}")
+    def numbered(request: Request, n: int) -> str:
+        answered.append(n)
+        return f"response {n}"
+
+    @app.route("/probe")
+    def probe_route(request: Request) -> str:
+        answered.append(-1)
+        return "probe"
+
+    flood = b"".join(get(f"/n/{i}") for i in range(1000))  # ~30 KB: socket buffers hold it
+    with ThreadedServer(app, access_log=False) as server:
+        state = server.app.server_state
+        assert state is not None and server.loop is not None
+        with RawClient(server.port, timeout=10) as flooder, RawClient(server.port) as probe:
+            for _ in range(500):  # bounded: both accepted, before the loop is held
+                if server.call(lambda: len(state.connections)) == 2:
+                    break
+                time.sleep(0.01)
+            # Hold the server's loop while both send, so one turn finds both reads waiting.
+            held, release = threading.Event(), threading.Event()
+            server.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(10)))
+            assert held.wait(10)
+            try:
+                flooder.send(flood)
+                probe.send(get("/probe"))
+            finally:
+                release.set()
+            assert probe.response().body == b"probe"
+            flood_answers = flooder.responses(1000)
+            assert server.call(lambda: state.backlogged) == 0  # nothing left for a later turn
+    before_probe = answered.index(-1)
+    print(f"flood answers before the probe's: {before_probe} of 1000")
+    assert before_probe <= TURN_REQUESTS + 1  # a turn's share (and one head begun before)
+    assert [r.body for r in flood_answers] == [f"response {i}".encode() for i in range(1000)]
+    assert [n for n in answered if n != -1] == list(range(1000))

@@ -12,6 +12,7 @@ The serialisers build whole response heads as bytes; the caller adds the body an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -102,12 +103,31 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes]:
         raise ProtocolError(400, "bad request target")
     slash = rest.find(b"/")
     authority, path = (rest[:slash], rest[slash:]) if slash >= 0 else (rest, b"/")
-    if not authority or b"@" in authority:  # RFC 9110 4.2.4: no userinfo in http(s) URIs
+    # RFC 9110 4.2.4: no userinfo in http(s) URIs; the host[:port] rule keeps it out.
+    if not valid_host(authority):
         raise ProtocolError(400, "bad request target")
     return authority, path
 
 
 _SCHEMES: Final = frozenset((b"http", b"https", b"ws", b"wss"))
+
+# host[:port] (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3): an IP-literal (IPv6 with an optional
+# RFC 6874 zone, or IPvFuture) or a non-empty reg-name (which covers IPv4), then a port.
+_HOST: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+(?:%25(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+)?\]"
+    rb"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)"
+    rb"(?::([0-9]{1,5}))?"
+)
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether `value` is host[:port] as a Host field or an absolute target's authority."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group(1)
+    return port is None or int(port) <= 65535
 
 
 Event = RequestHead | bytes | EndOfMessage | UpgradeRequested
@@ -134,9 +154,11 @@ class RequestParser:
     __slots__ = (
         "_begun",
         "_body_bytes",
+        "_body_left",
         "_chunk_overhead",
         "_chunked",
         "_chunks",
+        "_closing",
         "_content_length",
         "_dead",
         "_emit_body",
@@ -149,11 +171,14 @@ class RequestParser:
         "_field_bytes",
         "_head_bytes",
         "_headers",
+        "_heads",
         "_host",
         "_in_head",
         "_parser",
+        "_tail",
         "_te",
         "_url",
+        "_valid_host",
         "max_body_size",
         "max_head_size",
         "max_headers",
@@ -185,7 +210,11 @@ class RequestParser:
             self._emit_upgrade = sink.request_upgrade
         self._error: ProtocolError | None = None
         self._dead = False
+        self._closing = False
+        self._valid_host = b"\0"  # the last Host value found valid (none yet)
         self._begun = 0
+        self._heads = 0  # request heads read, ever
+        self._tail: bytes | memoryview = b""  # what follows the piece being fed (feed_until)
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -199,6 +228,7 @@ class RequestParser:
         self._expect = False
         self._host = False
         self._body_bytes = 0
+        self._body_left = 0  # of a Content-Length body still to come
         self._chunked = False
         self._chunks = 0
         self._chunk_overhead = 0
@@ -216,6 +246,47 @@ class RequestParser:
         self._emit_head = self._emit_body = self._emit_upgrade = _ignore
         self._emit_end = _ignore_end
 
+    def feed_until(self, data: bytes, max_heads: int, start: int = 0) -> int:
+        """Parse `data` from `start` until about `max_heads` more request heads are read;
+        return where it stopped (`len(data)` unless early: feed the rest later from there).
+
+        It feeds pieces that end at a blank line (`\\r\\n\\r\\n`, which ends every head) and
+        stops after `max_heads` pieces or heads, so one call reads at most `max_heads` heads
+        (one more if the first piece completes a head begun before). Known body bytes are
+        never cut. Raises as `feed`; events go to the sink.
+        """
+        size = len(data)
+        if start == 0 and data.count(b"\r\n\r\n", self._body_left) <= max_heads:
+            self.feed(data)  # the usual case: the whole read is within the budget
+            return size
+        cut = self._cut(data, start, max_heads)
+        view = memoryview(data)
+        pos, left = start, max_heads
+        while True:
+            heads = self._heads
+            self._tail = view[cut:]  # an upgrade takes all that follows, not just this piece
+            try:
+                self.feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
+            finally:
+                self._tail = b""
+            if self._dead:  # switched protocols: the rest went with the upgrade
+                return size
+            pos = cut
+            left -= max(1, self._heads - heads)
+            if pos == size or left <= 0:
+                return pos
+            cut = self._cut(data, pos, left)
+
+    def _cut(self, data: bytes, pos: int, heads: int) -> int:
+        """Where a piece of `data` from `pos` holding at most `heads` head ends must end."""
+        end = pos + self._body_left
+        for _ in range(heads):
+            end = data.find(b"\r\n\r\n", end)
+            if end < 0:
+                return len(data)
+            end += 4
+        return min(end, len(data))
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes (none with a sink).
 
@@ -231,7 +302,7 @@ class RequestParser:
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._dead = True
-            self._emit_upgrade(bytes(data[offset:]))
+            self._emit_upgrade(bytes(data[offset:]) + self._tail)
             return self._take_events()
         except httptools.HttpParserError as exc:
             self._dead = True
@@ -272,6 +343,9 @@ class RequestParser:
     # httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._closing:
+            # As llhttp does after `Connection: close`: nothing may follow such a request.
+            self._fail(400, "data after a request that closes the connection")
         self._reset_message()
         self._in_head = True
         self._begun += 1
@@ -299,7 +373,10 @@ class RequestParser:
         elif size == 4 and name.lower() == b"host":
             if self._host:
                 self._fail(400, "more than one Host header")
+            if value != self._valid_host and not valid_host(value):
+                self._fail(400, "Host is not host[:port]")
             self._host = True
+            self._valid_host = value  # a connection sends the same Host again and again
         elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
@@ -325,11 +402,15 @@ class RequestParser:
             if self._te.strip().lower() != b"chunked":
                 self._fail(501, "unsupported transfer coding")
             head.chunked = self._chunked = True
+            if head.version == "1.0":
+                # RFC 9112 6.1: faulty framing in HTTP/1.0; answer, then close.
+                head.keep_alive = False
+                self._closing = True
         elif self._content_length is not None:
             length = int(self._content_length)
             if self.max_body_size is not None and length > self.max_body_size:
                 self._fail(413, "request body too large")
-            head.content_length = length
+            head.content_length = self._body_left = length
         head.expect_continue = self._expect
         head.upgrade = parser.should_upgrade()
         if head.upgrade and (head.chunked or head.content_length):
@@ -343,6 +424,7 @@ class RequestParser:
             headers = [h for h in self._headers if h[0].lower() != b"host"]
             headers.append((b"host", head.authority))
             head.headers = headers
+        self._heads += 1
         self._emit_head(head)
 
     def on_chunk_header(self) -> None:
@@ -350,11 +432,14 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if not self._chunked:
+            self._body_left -= len(body)
         if self.max_body_size is not None and self._body_bytes > self.max_body_size:
             self._fail(413, "request body too large")
         self._emit_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         self._emit_end()
 
 

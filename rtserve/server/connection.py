@@ -1,6 +1,8 @@
 """The HTTP/1.1 connection: an asyncio.Protocol that moves bytes between socket and app.
 
-Requests are parsed in `data_received` and answered strictly in order (pipelining). Each
+Requests are parsed in `data_received` and answered strictly in order (pipelining), at most
+its share of TURN_REQUESTS per loop turn: the rest of a read waits in a backlog (reading
+paused) for the next turn, so a connection's flood cannot hold up the others. Each
 connection is in one timer phase: IDLE (keep-alive timeout), HEAD (header timeout), BODY (body
 read timeout and the body's minimum rate), BUSY (no timeout while the app answers) or SEND (the
 write buffer is full: the client must take some of it within the send timeout). The server's
@@ -42,12 +44,21 @@ IDLE, HEAD, BODY, BUSY, SEND = range(5)
 # The ioctl that reads a TCP socket's unacknowledged send queue (SIOCOUTQ), where there is one.
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 INF = float("inf")
+# Requests started per loop turn: one read can hold thousands of pipelined requests, and every
+# other connection waits while they are answered. Connections with more to parse than their
+# share share TURN_REQUESTS, each at least MIN_TURN_REQUESTS, so a turn stays short however many
+# flood at once.
+TURN_REQUESTS = 128
+MIN_TURN_REQUESTS = 2
 
 
 class HTTPConnection(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0)."""
 
     __slots__ = (
+        "_backlog",
+        "_backlog_at",
+        "_backlog_scheduled",
         "_body_budget",
         "_body_mark",
         "_body_piece_deadline",
@@ -55,11 +66,13 @@ class HTTPConnection(asyncio.Protocol):
         "_continue_sent",
         "_drain_waiter",
         "_last",
+        "_reading_paused_backlog",
         "_reading_paused_body",
         "_reading_paused_queue",
         "_send_left",
         "_send_since",
         "_starting",
+        "_turn_left",
         "_upgrade_data",
         "_upgrade_exchange",
         "_watched",
@@ -97,6 +110,13 @@ class HTTPConnection(asyncio.Protocol):
         self.writing_paused = False
         self._reading_paused_queue = False
         self._reading_paused_body = False
+        self._reading_paused_backlog = False
+        # A read not parsed in full (from _backlog_at on) waits for a later turn; and the
+        # requests left to this turn.
+        self._backlog = b""
+        self._backlog_at = 0
+        self._backlog_scheduled = False
+        self._turn_left = TURN_REQUESTS
         self._send_left = 0
         self._send_since = 0.0
         self._body_budget = INF
@@ -131,6 +151,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._drop_backlog()
         self.state.connection_closed(self)
         if self.parser is not None:
             self.parser.close()  # it and httptools' parser point at each other (and at us)
@@ -159,20 +180,74 @@ class HTTPConnection(asyncio.Protocol):
         n = len(data)
         self.bytes_in += n
         self.state.stats.bytes_received += n
+        if self._backlog:  # read before pausing took effect: after what waits, in order
+            self._backlog = self._backlog[self._backlog_at :] + data
+            self._backlog_at = 0
+            return
+        # A new loop turn for this connection: its share of the turn's requests.
+        self._turn_left = self._turn_share() if self.state.backlogged else TURN_REQUESTS
         self._feed(data)
 
-    def _feed(self, data: bytes) -> None:
+    def _turn_share(self) -> int:
+        """Requests this connection may start in this loop turn."""
+        waiting = self.state.backlogged + (0 if self._backlog else 1)
+        return max(MIN_TURN_REQUESTS, TURN_REQUESTS // waiting)
+
+    def _drop_backlog(self) -> tuple[bytes, int]:
+        """Take what waits for a later turn (b"" when nothing does)."""
+        data = self._backlog
+        if data:
+            self._backlog = b""
+            self.state.backlogged -= 1
+        return data, self._backlog_at
+
+    def _feed(self, data: bytes, start: int = 0) -> None:
         # The parser calls request_head/_body/_end/_upgrade below as it reads.
         parser = self.parser
         try:
-            parser.feed(data)  # type: ignore[union-attr]  # None only once upgraded
+            stop = parser.feed_until(data, self._turn_left, start)  # type: ignore[union-attr]  # None only once upgraded
         except ProtocolError as exc:
+            self._drop_backlog()
             self.protocol_error(exc)
             return
         finally:
             if self.parser is not parser and parser is not None:
                 parser.close()  # replaced (a declined upgrade) or dropped (an upgrade)
+        if stop < len(data) and not self.closed:
+            self._stash(data, stop)
         self._rearm()
+
+    def _stash(self, data: bytes, at: int) -> None:
+        """This turn's requests are spent: keep `data[at:]` for the next turn, stop reading."""
+        if not self._backlog:
+            self.state.backlogged += 1
+        self._backlog, self._backlog_at = data, at
+        if not self._reading_paused_backlog:
+            self._reading_paused_backlog = True
+            self.transport.pause_reading()
+        if not self._reading_paused_queue:
+            self._schedule_backlog()
+
+    def _schedule_backlog(self) -> None:
+        if not self._backlog_scheduled:
+            self._backlog_scheduled = True
+            self.state.loop.call_soon(self._feed_backlog, context=self.state.context)
+
+    def _feed_backlog(self) -> None:
+        """A later turn: parse on where the last one stopped."""
+        self._backlog_scheduled = False
+        if self.closed or self.parser is None:
+            self._drop_backlog()
+            return
+        if self._reading_paused_queue or not self._backlog:
+            return  # the queue is full: its draining schedules this again
+        self._turn_left = self._turn_share()
+        data, at = self._drop_backlog()
+        self._feed(data, at)
+        if not self._backlog and self._reading_paused_backlog and not self.closed:
+            self._reading_paused_backlog = False
+            if not (self._reading_paused_queue or self._reading_paused_body):
+                self.transport.resume_reading()
 
     def _new_parser(self) -> RequestParser:
         limits = self.state.settings.limits
@@ -223,7 +298,7 @@ class HTTPConnection(asyncio.Protocol):
         fut = self._closed_future
         if fut is not None and not fut.done():
             fut.set_result(None)
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and not self._backlog:
             self.transport.close()
             return None
         return True  # half-close: finish answering what was asked, then close
@@ -232,6 +307,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def request_head(self, head: RequestHead) -> None:
         state = self.state
+        self._turn_left -= 1
         exchange = Exchange(self, head, perf_counter())
         self.receiving = self._last = exchange
         if self.active is None and not self.queue and not self.writing_paused:
@@ -327,7 +403,7 @@ class HTTPConnection(asyncio.Protocol):
             self.must_close
             or not exchange.head.keep_alive
             or state.shutting_down
-            or (self.eof and not self.queue)
+            or (self.eof and not self.queue and not self._backlog)
         ):
             self.close()
             return
@@ -339,19 +415,27 @@ class HTTPConnection(asyncio.Protocol):
         self._start_queued()
 
     def _start_queued(self) -> None:
-        """Answer queued pipelined requests in order, in a loop (never by recursion)."""
+        """Answer queued pipelined requests in order, in a loop (never by recursion), this
+        turn's share of them before going on in a later turn."""
         if self._starting:
             return  # an outer call is looping already and will pick up the next one
         self._starting = True
+        started, share = 0, self._turn_share()
         try:
             queue = self.queue
             while queue and self.active is None and not self.writing_paused and not self.closed:
+                if started == share:
+                    self.state.loop.call_soon(self._start_queued, context=self.state.context)
+                    break
+                started += 1
                 exchange = queue.popleft()
                 if self._reading_paused_queue and len(queue) < (
                     self.state.settings.limits.max_pipelined // 2
                 ):
                     self._reading_paused_queue = False
-                    if not self._reading_paused_body:
+                    if self._backlog:
+                        self._schedule_backlog()  # it resumes reading once parsed
+                    elif not (self._reading_paused_body or self._reading_paused_backlog):
                         self.transport.resume_reading()
                 self._activate(exchange)
         finally:
@@ -364,7 +448,7 @@ class HTTPConnection(asyncio.Protocol):
             exchange.head.keep_alive
             and not self.must_close
             and not self.state.shutting_down
-            and not (self.eof and not self.queue)
+            and not (self.eof and not self.queue and not self._backlog)
         )
 
     # --- timers ----------------------------------------------------------------------------
@@ -389,7 +473,7 @@ class HTTPConnection(asyncio.Protocol):
             self._body_mark = self.bytes_in
             self._body_piece_deadline = state.now + timeouts.body
             self.deadline = min(self._body_piece_deadline, self._body_budget)
-        elif self.active is not None or self.queue:
+        elif self.active is not None or self.queue or self._backlog:
             # Busy answering (reading may be paused by us): the client is not the one late.
             self.phase = BUSY
             self.deadline = INF
@@ -477,7 +561,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def begin_shutdown(self) -> None:
         """Server shutdown: an idle connection closes now, a busy one after its response."""
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and not self._backlog:
             self.close()
 
     def upgrade(self, exchange: Exchange, response: bytes, protocol: asyncio.Protocol) -> None:
@@ -554,5 +638,5 @@ class HTTPConnection(asyncio.Protocol):
     def resume_reading_for_body(self) -> None:
         if self._reading_paused_body and not self.closed:
             self._reading_paused_body = False
-            if not self._reading_paused_queue:
+            if not (self._reading_paused_queue or self._reading_paused_backlog):
                 self.transport.resume_reading()

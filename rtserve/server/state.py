@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote_plus
 
 from rtserve.histogram import Histogram
 from rtserve.server.exchange import ClientDisconnected
@@ -31,7 +31,7 @@ access_log = logging.getLogger("rtserve.access")
 
 # Secrets that ride in query strings (channel tokens on /rt/sse and /rt/poll, the admin page's
 # ?token=): the access log shows the parameter, not its value.
-SECRET_PARAMETER = re.compile(r"([?&](?:token|access_token|api_key)=)[^&#]*")
+SECRET_PARAMETERS = frozenset(("token", "access_token", "api_key"))
 
 
 class Application(Protocol):
@@ -105,6 +105,7 @@ class ServerState:
         self.connections: set[Any] = set()
         self.websockets: set[WebSocketConnection] = set()
         self.refusing = 0  # connections being answered 503 (over max_connections)
+        self.backlogged = 0  # HTTP connections with pipelined requests left for a later turn
         # When each live connection opened (the coarse clock), oldest first, for the admin
         # interface's ages and stable listing order; None (nothing kept) without an admin.
         self.opened: dict[Any, float] | None = None
@@ -291,8 +292,27 @@ class ServerState:
 
 
 def loggable_target(target: bytes) -> str:
-    """The request target for the access log, with the values of secret parameters hidden."""
+    """The request target for the access log, with the values of secret parameters hidden.
+
+    A parameter is secret when its name, decoded as the app's query parser decodes it
+    (`?%74oken=` is `token`), is one of SECRET_PARAMETERS.
+    """
     text = target.decode("latin-1")
-    if "token=" in text or "api_key=" in text:
-        return SECRET_PARAMETER.sub(r"\1[redacted]", text)
-    return text
+    path, question, query = text.partition("?")
+    if not question or "=" not in query:
+        return text
+    fields = query.split("&")
+    hidden = False
+    for i, field in enumerate(fields):
+        name, equals, _ = field.partition("=")
+        if not equals:
+            continue
+        if "%" in name or "+" in name:
+            name_read = unquote_plus(name, errors="replace")  # as parse_qsl reads it
+            secret = name_read in SECRET_PARAMETERS
+        else:
+            secret = name in SECRET_PARAMETERS
+        if secret:
+            fields[i] = name + "=[redacted]"
+            hidden = True
+    return path + "?" + "&".join(fields) if hidden else text
