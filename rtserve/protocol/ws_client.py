@@ -34,11 +34,11 @@ from rtserve.protocol.websocket import (
     BinaryMessage,
     CloseCode,
     CloseReceived,
+    FrameReader,
     Opcode,
     Ping,
     Pong,
     TextMessage,
-    UnmaskedFrameReader,
     WebSocketProtocolError,
     encode_client_frame,
     encode_close,
@@ -255,8 +255,8 @@ class ClientWebSocket(asyncio.Protocol):
         self._subprotocols = tuple(subprotocols)
         self._max_queue = max(1, max_queue)
         self.close_timeout = close_timeout
-        self._reader = UnmaskedFrameReader(
-            max_frame_size=max_message_size, max_message_size=max_message_size
+        self._reader = FrameReader(
+            max_frame_size=max_message_size, max_message_size=max_message_size, masked=False
         )
         self._transport: asyncio.Transport | None = None
         self._state = _CONNECTING
