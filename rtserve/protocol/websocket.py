@@ -469,20 +469,26 @@ def encode_binary(data: bytes) -> bytes:
     return encode_frame(Opcode.BINARY, data)
 
 
-def encode_close(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
-    """A close frame; the reason is cut to 123 bytes of UTF-8 on a character boundary.
+def close_payload(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
+    """The payload of a close frame; the reason is cut to 123 bytes of UTF-8 on a character
+    boundary.
 
-    Code 1005 (NO_STATUS) encodes an empty payload; other codes not allowed on the wire
+    Code 1005 (NO_STATUS) gives an empty payload; other codes not allowed on the wire
     (1004, 1006, 1015, ...) raise ValueError.
     """
     if code == CloseCode.NO_STATUS:
-        return b"\x88\x00"
+        return b""
     if not _close_code_allowed(code):
         raise ValueError(f"close code {code} cannot be sent")
     data = reason.encode("utf-8")
     if len(data) > 123:
         data = data[:123].decode("utf-8", "ignore").encode("utf-8")
-    return encode_frame(Opcode.CLOSE, code.to_bytes(2, "big") + data)
+    return int(code).to_bytes(2, "big") + data
+
+
+def encode_close(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
+    """An unmasked (server) close frame of `close_payload(code, reason)`."""
+    return encode_frame(Opcode.CLOSE, close_payload(code, reason))
 
 
 def encode_ping(data: bytes = b"") -> bytes:
