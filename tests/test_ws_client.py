@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rtserve import App, WebSocketHandler
+from rtserve.client.ws import ClientWebSocket, connect
 from rtserve.protocol.websocket import (
     BinaryMessage,
     CloseReceived,
@@ -30,13 +31,11 @@ from rtserve.protocol.websocket import (
     mask_payload,
 )
 from rtserve.protocol.ws_client import (
-    ClientWebSocket,
     ConnectionClosed,
     HandshakeResponse,
     InvalidHandshake,
     build_request,
     check_response,
-    connect,
     new_key,
     parse_response,
     parse_url,
