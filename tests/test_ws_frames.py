@@ -570,21 +570,13 @@ def test_either_side_any_split_gives_the_same_events(
     frames (masked=False) gives the same events fed whole, in random pieces, or byte by byte;
     the other side's reader refuses it (1002) unless it is empty."""
     stream, expected = data.draw(streams(masked))
-    assert FrameReader(masked=masked).feed(stream) == expected
-    reader = FrameReader(masked=masked)
-    events: list[Event] = []
-    pos = 0
-    while pos < len(stream):
-        step = split.randint(1, 40)
-        events += reader.feed(stream[pos : pos + step])
-        pos += step
-    assert events == expected
-    reader = FrameReader(masked=masked)
-    assert [e for i in range(len(stream)) for e in reader.feed(stream[i : i + 1])] == expected
+    assert run(stream, masked=masked) == (expected, None)
+    chunks = [split.randint(1, 40) for _ in range(len(stream) // 10 + 1)]
+    assert run(stream, chunks, masked=masked) == (expected, None)
+    assert run(stream, [1] * len(stream), masked=masked) == (expected, None)
     if stream:
-        with pytest.raises(WebSocketProtocolError) as failure:
-            FrameReader(masked=not masked).feed(stream)
-        assert failure.value.code == 1002
+        _, failure = run(stream, masked=not masked)
+        assert failure is not None and failure.code == 1002
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["server", "client"])
