@@ -503,9 +503,9 @@ def test_slow_subscriber_is_handled_by_policy_while_fast_ones_keep_receiving(pol
 
 def _read_until(sock: socket.socket, done: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:
     """Read a raw subscriber's stream (past the 101) until `done(pushes)`, or 5 s without data."""
-    from rtserve.protocol.websocket import TextMessage, UnmaskedFrameReader
+    from rtserve.protocol.websocket import FrameReader, TextMessage
 
-    reader = UnmaskedFrameReader(max_message_size=1 << 22, max_frame_size=1 << 22)
+    reader = FrameReader(masked=False, max_message_size=1 << 22, max_frame_size=1 << 22)
     head = b""
     pushes: list[dict[str, Any]] = []
     sock.settimeout(5.0)

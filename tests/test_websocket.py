@@ -20,9 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from rtserve import App, WebSocketHandler, broadcast
 from rtserve.protocol.websocket import (
     BinaryMessage,
+    FrameReader,
     Opcode,
     TextMessage,
-    UnmaskedFrameReader,
     encode_client_frame,
 )
 from rtserve.server.settings import WebSocketSettings
@@ -526,7 +526,7 @@ def test_awaited_send_streams_100_mb_to_a_slow_reader_within_the_high_water_mark
         with c:
             c.send(encode_client_frame(Opcode.TEXT, b"go"))
             assert stalled.wait(10), "the handler never had to wait"
-            reader = UnmaskedFrameReader(max_message_size=STREAM_CHUNK)
+            reader = FrameReader(masked=False, max_message_size=STREAM_CHUNK)
             messages = reader.feed(c.leftover)  # type: ignore[attr-defined]
             received = 0
             deadline = time.monotonic() + 60

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from rtserve import App, WebSocketHandler
+from rtserve.client.ws import ClientWebSocket, connect
 from rtserve.protocol.websocket import (
     BinaryMessage,
     CloseReceived,
+    FrameReader,
     Opcode,
     Ping,
     TextMessage,
-    UnmaskedFrameReader,
     WebSocketProtocolError,
     encode_binary,
     encode_client_frame,
@@ -30,13 +31,11 @@ from rtserve.protocol.websocket import (
     mask_payload,
 )
 from rtserve.protocol.ws_client import (
-    ClientWebSocket,
     ConnectionClosed,
     HandshakeResponse,
     InvalidHandshake,
     build_request,
     check_response,
-    connect,
     new_key,
     parse_response,
     parse_url,
@@ -161,7 +160,7 @@ def test_parse_response_refuses_garbage() -> None:
 # --- server frames ----------------------------------------------------------------------------
 
 
-def feed_all(reader: UnmaskedFrameReader, data: bytes, rng: random.Random) -> list[Any]:
+def feed_all(reader: FrameReader, data: bytes, rng: random.Random) -> list[Any]:
     events: list[Any] = []
     pos = 0
     while pos < len(data):
@@ -188,15 +187,15 @@ def test_unmasked_reader_parses_server_frames_in_any_split() -> None:
         TextMessage("é!"),
         CloseReceived(1001, "bye"),
     ]
-    assert UnmaskedFrameReader(max_message_size=1 << 20).feed(stream) == expected
+    assert FrameReader(masked=False, max_message_size=1 << 20).feed(stream) == expected
     rng = random.Random(6455)
     for _ in range(20):
-        reader = UnmaskedFrameReader(max_message_size=1 << 20, max_frame_size=1 << 20)
+        reader = FrameReader(masked=False, max_message_size=1 << 20, max_frame_size=1 << 20)
         assert feed_all(reader, stream, rng) == expected
 
 
 def test_unmasked_reader_refuses_masked_frames_and_keeps_the_rules() -> None:
-    reader = UnmaskedFrameReader()
+    reader = FrameReader(masked=False)
     with pytest.raises(WebSocketProtocolError) as info:
         reader.feed(encode_text("ok") + encode_client_frame(Opcode.TEXT, b"masked"))
     assert info.value.code == 1002 and info.value.events == [TextMessage("ok")]
@@ -211,7 +210,7 @@ def test_unmasked_reader_refuses_masked_frames_and_keeps_the_rules() -> None:
     ]
     for data, code in cases:
         with pytest.raises(WebSocketProtocolError) as info:
-            UnmaskedFrameReader().feed(data)
+            FrameReader(masked=False).feed(data)
         assert info.value.code == code
 
 

@@ -522,8 +522,15 @@ controls = st.lists(st.tuples(st.sampled_from([PING, PONG]), st.binary(max_size=
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[bytes, list[Event]]:
-    """Random messages in random fragments with control frames between; expected events."""
+def streams(draw: st.DrawFn, masked: bool = True) -> tuple[bytes, list[Event]]:
+    """Random messages in random fragments with control frames between; expected events.
+    Client frames (masked), or server frames with `masked=False`."""
+
+    def frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = None) -> bytes:
+        if masked:
+            return encode_client_frame(opcode, payload, fin=fin, mask=mask)
+        return encode_frame(opcode, payload, fin=fin)
+
     data = bytearray()
     expected: list[Event] = []
     for message in draw(messages):
@@ -533,10 +540,10 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[Event]]:
         for i, piece in enumerate(pieces):
             opcode = (TEXT if isinstance(message, str) else BINARY) if i == 0 else CONT
             mask = draw(st.binary(min_size=4, max_size=4))
-            data += encode_client_frame(opcode, piece, fin=i == len(pieces) - 1, mask=mask)
+            data += frame(opcode, piece, fin=i == len(pieces) - 1, mask=mask)
             if i < len(pieces) - 1:
                 for op, body in draw(controls):
-                    data += encode_client_frame(op, body)
+                    data += frame(op, body)
                     expected.append(Ping(body) if op == PING else Pong(body))
         expected.append(
             TextMessage(message) if isinstance(message, str) else BinaryMessage(message)
@@ -553,23 +560,43 @@ def test_round_trip_in_any_split(stream: tuple[bytes, list[Event]], rng: random.
     assert run(data, chunks) == (expected, None)
 
 
-@given(streams(), st.integers(1, 400), st.randoms(use_true_random=False))
+@pytest.mark.parametrize("masked", [True, False], ids=["server", "client"])
+@given(data=st.data(), split=st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_either_side_any_split_gives_the_same_events(
+    masked: bool, data: st.DataObject, split: random.Random
+) -> None:
+    """The one reader of both sides: a valid stream of client frames (masked=True) or server
+    frames (masked=False) gives the same events fed whole, in random pieces, or byte by byte;
+    the other side's reader refuses it (1002) unless it is empty."""
+    stream, expected = data.draw(streams(masked))
+    assert run(stream, masked=masked) == (expected, None)
+    chunks = [split.randint(1, 40) for _ in range(len(stream) // 10 + 1)]
+    assert run(stream, chunks, masked=masked) == (expected, None)
+    assert run(stream, [1] * len(stream), masked=masked) == (expected, None)
+    if stream:
+        _, failure = run(stream, masked=not masked)
+        assert failure is not None and failure.code == 1002
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["server", "client"])
+@given(data=st.data(), room=st.integers(1, 400), rng=st.randoms(use_true_random=False))
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_room_gives_the_same_events(
-    stream: tuple[bytes, list[Event]], room: int, rng: random.Random
+    masked: bool, data: st.DataObject, room: int, rng: random.Random
 ) -> None:
     """Fed in random pieces with a bound on each call (and `feed(b"", room)` while held
-    back), the reader yields the events of one unbounded feed; no call returns messages of
-    `room` bytes or more before its last."""
-    data, expected = stream
-    reader = FrameReader()
+    back), either side's reader yields the events of one unbounded feed; no call returns
+    messages of `room` bytes or more before its last."""
+    stream, expected = data.draw(streams(masked))
+    reader = FrameReader(masked=masked)
     events: list[Event] = []
     pos = 0
-    while pos < len(data):
+    while pos < len(stream):
         step = rng.randint(1, 60)
-        got = reader.feed(data[pos : pos + step], room)
+        got = reader.feed(stream[pos : pos + step], room)
         pos += step
-        for _ in range(len(data)):  # each call with room takes at least one message
+        for _ in range(len(stream)):  # each call with room takes at least one message
             sizes = [len(e.data) for e in got if isinstance(e, TextMessage | BinaryMessage)]
             assert sum(sizes[:-1]) < room
             events += got

@@ -1,4 +1,5 @@
-"""Fuzz the server-side WebSocket frame reader (with and without permessage-deflate).
+"""Fuzz the WebSocket frame reader of either side (server: masked frames, client: unmasked),
+with and without permessage-deflate.
 
 Allowed: events, or WebSocketProtocolError with close code 1002, 1007 or 1009.
 """
@@ -26,12 +27,15 @@ def test_one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     step = data[0] % 16 + 1
+    masked = not data[0] & 0x10  # the server's reader, or the client's
     compressed = bool(data[1] & 1)
     room = (data[1] >> 1) * 128 + 1  # 1..16,257 bytes of messages per call
     payload = data[2:]
     deflate = PerMessageDeflate(DeflateParams(True, False, 15, 15), DeflateConfig())
     decompress = deflate.decompress if compressed else None
-    reader = FrameReader(max_frame_size=4096, max_message_size=8192, decompress=decompress)
+    reader = FrameReader(
+        max_frame_size=4096, max_message_size=8192, decompress=decompress, masked=masked
+    )
     try:
         for i in range(0, len(payload), step):
             reader.feed(payload[i : i + step], room)

@@ -28,13 +28,8 @@ from rtserve.client.messages import (
     to_position,
 )
 from rtserve.client.subscription import END, Subscription
-from rtserve.protocol.ws_client import (
-    ClientWebSocket,
-    ConnectionClosed,
-    HeadersLike,
-    InvalidHandshake,
-    connect,
-)
+from rtserve.client.ws import ClientWebSocket, ConnectionClosed, InvalidHandshake, connect
+from rtserve.protocol.ws_client import HeadersLike
 from rtserve.realtime.protocol import PROTOCOL_VERSION, DisconnectCode, ErrorCode
 
 log = logging.getLogger("rtserve.client")

@@ -1,6 +1,6 @@
-"""RFC 6455 framing for the server side, sans-I/O: bytes in, events out.
+"""RFC 6455 framing for both sides, sans-I/O: bytes in, events out.
 
-`FrameReader.feed(data)` parses client frames incrementally (any split of the input yields the
+`FrameReader.feed(data)` parses frames incrementally (any split of the input yields the
 same events) and returns the events it completes: `TextMessage`, `BinaryMessage`, `Ping`,
 `Pong`, `CloseReceived`. Fragments are assembled into whole messages; control frames that
 arrive between fragments are returned at once, in wire order. After a `CloseReceived` the
@@ -15,7 +15,9 @@ Every violation raises `WebSocketProtocolError`, whose `code` and `reason` are t
 to send before closing; the reader is dead afterwards (each later `feed` raises again).
 `exc.events` holds the events the failing call completed before the violation. Codes:
 
-- 1002 bad framing: an unmasked frame, RSV bits not negotiated (RSV1 only on the first frame
+- 1002 bad framing: a frame masked when it must not be or not masked when it must (the
+  server's reader, `masked=True`, reads client frames: masked; the client's, `masked=False`,
+  server frames: unmasked; RFC 6455 5.1), RSV bits not negotiated (RSV1 only on the first frame
   of a data message and only with `decompress`), an unknown opcode, a fragmented or
   over-125-byte control frame, a continuation without a start, a data frame inside an open
   fragmented message, a 64-bit length with the high bit set, a bad close payload (1 byte, or
@@ -26,9 +28,6 @@ to send before closing; the reader is dead afterwards (each later `feed` raises 
 - 1009 a frame over `max_frame_size` or a message over `max_message_size`, known from the
   frame header before its payload arrives. For a compressed message the limit bounds its wire
   bytes here and its decompressed size in `decompress(payload, max_message_size)`.
-
-`UnmaskedFrameReader` is the same parser for the client side (rtserve.protocol.ws_client): it
-requires unmasked server frames instead.
 
 The encoders build unmasked server frames; `encode_client_frame` and `mask_payload` build
 masked frames for clients and tests. Local misuse (a control frame over 125 bytes, a
@@ -173,8 +172,10 @@ _Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class FrameReader:
-    """Incremental parser of client frames (see the module docstring for the contract).
+    """Incremental parser of one side's incoming frames (see the module docstring).
 
+    masked: True on the server (client frames are masked), False on the client (server frames
+        are not); a frame the other way round is a 1002 violation.
     max_frame_size: payload bytes of one frame (1009 beyond).
     max_message_size: payload bytes of one message, across its fragments (1009 beyond).
     decompress: given when permessage-deflate was negotiated; called as
@@ -192,6 +193,7 @@ class FrameReader:
         "_decoding",
         "_error",
         "_held_back",
+        "_mask_bit",
         "_msg_opcode",
         "_msg_size",
         "decompress",
@@ -205,7 +207,9 @@ class FrameReader:
         max_frame_size: int = 1024 * 1024,
         max_message_size: int = 1024 * 1024,
         decompress: Callable[[bytes, int], bytes] | None = None,
+        masked: bool = True,
     ) -> None:
+        self._mask_bit = 0x80 if masked else 0  # the MASK bit every incoming frame must have
         self.max_frame_size = max_frame_size
         self.max_message_size = max_message_size
         self.decompress = decompress
@@ -250,26 +254,28 @@ class FrameReader:
         size = len(view)
         events: list[Event] = []
         pos = 0
+        mask_bit = self._mask_bit
+        head = 6 if mask_bit else 2  # header bytes of a short frame, its masking key included
         try:
             while size - pos >= 2:
                 b0 = view[pos]
                 b1 = view[pos + 1]
                 length = b1 & 0x7F
                 if length < 126:
-                    start = pos + 6
+                    start = pos + head
                 elif length == 126:
                     if size - pos < 4:
                         break
                     length = (view[pos + 2] << 8) | view[pos + 3]
-                    start = pos + 8
+                    start = pos + head + 2
                 else:
                     if size - pos < 10:
                         break
                     length = int.from_bytes(view[pos + 2 : pos + 10], "big")
                     if length >> 63:
                         raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "invalid length")
-                    start = pos + 14
-                if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and not self._msg_opcode:
+                    start = pos + head + 8
+                if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 == mask_bit and not self._msg_opcode:
                     # The common case: a whole uncompressed message in one frame.
                     if length > self.max_frame_size or length > self.max_message_size:
                         self._too_big(length)
@@ -288,7 +294,10 @@ class FrameReader:
                     if room <= 0 and b0 & 0x88 == 0x80:  # a message's final frame
                         self._held_back = True
                         break
-                payload = mask_payload(view[start:end], view[start - 4 : start])
+                if mask_bit:
+                    payload = mask_payload(view[start:end], view[start - 4 : start])
+                else:
+                    payload = bytes(view[start:end])
                 pos = end
                 if b0 == 0x81:
                     try:
@@ -327,8 +336,11 @@ class FrameReader:
     def _check_header(self, b0: int, b1: int, length: int) -> None:
         """Validate any header but that of a whole uncompressed message in one frame."""
         opcode = b0 & 0x0F
-        if not b1 & 0x80:
-            raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "client frame not masked")
+        if b1 & 0x80 != self._mask_bit:
+            raise WebSocketProtocolError(
+                CloseCode.PROTOCOL_ERROR,
+                "client frame not masked" if self._mask_bit else "server frame masked",
+            )
         if opcode in _CONTROL_OPCODES:
             if b0 & 0x70:
                 raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
@@ -418,76 +430,6 @@ class FrameReader:
         return len(data)
 
 
-class UnmaskedFrameReader(FrameReader):
-    """The same parser for the client side: it requires unmasked (server) frames.
-
-    A masked frame is a 1002 violation (RFC 6455 5.1); all other rules, limits and events are
-    those of FrameReader. A separate class, so the server's parsing loop stays as it is.
-    """
-
-    __slots__ = ()
-
-    def feed(self, data: bytes, room: int = UNBOUNDED) -> list[Event]:
-        """Parse `data`; return the events it completes (bounded by `room` as in FrameReader).
-        Raises WebSocketProtocolError."""
-        if self._error is not None:
-            raise WebSocketProtocolError(*self._error)
-        self._held_back = False
-        if self._closed:
-            return []
-        buf = self._buf
-        buf += data
-        size = len(buf)
-        events: list[Event] = []
-        pos = 0
-        try:
-            while size - pos >= 2:
-                b0 = buf[pos]
-                b1 = buf[pos + 1]
-                if b1 & 0x80:
-                    raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "server frame masked")
-                length = b1
-                if length < 126:
-                    start = pos + 2
-                elif length == 126:
-                    if size - pos < 4:
-                        break
-                    length = (buf[pos + 2] << 8) | buf[pos + 3]
-                    start = pos + 4
-                else:
-                    if size - pos < 10:
-                        break
-                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                    if length >> 63:
-                        raise WebSocketProtocolError(CloseCode.PROTOCOL_ERROR, "invalid length")
-                    start = pos + 10
-                self._check_header(b0, b1 | 0x80, length)  # as if masked: the rest applies
-                end = start + length
-                if end > size:
-                    break
-                if room <= 0 and b0 & 0x88 == 0x80:  # a message's final frame
-                    self._held_back = True
-                    break
-                payload = bytes(buf[start:end])
-                pos = end
-                if b0 & 0x08:
-                    self._control_frame(b0 & 0x0F, payload, events)
-                    if self._closed:
-                        pos = size
-                        break
-                else:
-                    room -= self._data_frame(b0, payload, events)
-        except WebSocketProtocolError as exc:
-            self._error = (exc.code, exc.reason)
-            exc.events = events
-            buf.clear()
-            self._chunks.clear()
-            raise
-        if pos:
-            del buf[:pos]
-        return events
-
-
 # --- writing ------------------------------------------------------------------------------
 
 _HEAD16: Final = struct.Struct("!BBH").pack
@@ -527,20 +469,26 @@ def encode_binary(data: bytes) -> bytes:
     return encode_frame(Opcode.BINARY, data)
 
 
-def encode_close(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
-    """A close frame; the reason is cut to 123 bytes of UTF-8 on a character boundary.
+def close_payload(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
+    """The payload of a close frame; the reason is cut to 123 bytes of UTF-8 on a character
+    boundary.
 
-    Code 1005 (NO_STATUS) encodes an empty payload; other codes not allowed on the wire
+    Code 1005 (NO_STATUS) gives an empty payload; other codes not allowed on the wire
     (1004, 1006, 1015, ...) raise ValueError.
     """
     if code == CloseCode.NO_STATUS:
-        return b"\x88\x00"
+        return b""
     if not _close_code_allowed(code):
         raise ValueError(f"close code {code} cannot be sent")
     data = reason.encode("utf-8")
     if len(data) > 123:
         data = data[:123].decode("utf-8", "ignore").encode("utf-8")
-    return encode_frame(Opcode.CLOSE, code.to_bytes(2, "big") + data)
+    return int(code).to_bytes(2, "big") + data
+
+
+def encode_close(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
+    """An unmasked (server) close frame of `close_payload(code, reason)`."""
+    return encode_frame(Opcode.CLOSE, close_payload(code, reason))
 
 
 def encode_ping(data: bytes = b"") -> bytes:

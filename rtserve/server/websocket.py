@@ -36,6 +36,7 @@ from rtserve.protocol.websocket import (
     encode_pong,
     encode_text,
 )
+from rtserve.protocol.ws_close import CloseHandshake, CloseState, CloseStep, Tcp
 from rtserve.server.settings import WebSocketSettings
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtserve.websocket")
 
 OPEN, CLOSING, CLOSED = range(3)
+# The connection's `status` (read on every send) for each state of its close handshake.
+_STATUS = {
+    CloseState.OPEN: OPEN,
+    CloseState.CLOSE_SENT: CLOSING,
+    CloseState.CLOSE_RECEIVED: CLOSING,
+    CloseState.CLOSED: CLOSED,
+}
 MAX_INBOX = 64  # queued inbound messages before reading pauses
 YIELD_EVERY = 16  # queued messages handled before the pump lets the loop run
 INF = float("inf")
@@ -93,6 +101,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_app",
         "_backlog",
         "_closed_future",
+        "_closing",
         "_held",
         "_inbox",
         "_out",
@@ -141,7 +150,8 @@ class WebSocketConnection(asyncio.Protocol):
             decompress=deflate.decompress if deflate is not None else None,
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.status = OPEN
+        self._closing = CloseHandshake(client=False)
+        self.status = OPEN  # _STATUS of the close handshake's state
         self.close_code = int(CloseCode.ABNORMAL)
         self.close_reason = ""
         self.deadline = INF
@@ -255,7 +265,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._app.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.status = CLOSED
+        self._closing_step(self._closing.lost())
         self.deadline = INF
         if self._closed_future is not None and not self._closed_future.done():
             self._closed_future.set_result(None)
@@ -409,38 +419,36 @@ class WebSocketConnection(asyncio.Protocol):
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; the TCP connection ends when the peer answers (or not)."""
-        if self.status != OPEN:
-            return
-        self.status = CLOSING
-        self.close_code, self.close_reason = int(code), reason
-        self._queue(encode_close(code, reason))
-        self.flush()
-        self._wake_writers()
-        self.deadline = self.state.now + self.options.close_timeout
+        self._closing_step(self._closing.close(code, reason))
 
     def fail(self, code: int, reason: str) -> None:
         """A protocol violation or policy: send the close frame and end the connection."""
         if self.status == CLOSED:
             return
         log.info("%s:%s websocket closed %d %s", self.peer[0] or "unix", self.peer[1], code, reason)
-        if self.status == OPEN:
-            # What was queued before the failure (say, echoes of valid messages) goes first.
-            self.close_code, self.close_reason = code, reason
-            self._queue(encode_close(code, reason))
-            self.flush()
-        self.status = CLOSING
-        self._wake_writers()
-        self.transport.close()
+        # What was queued before the failure (say, echoes of valid messages) goes first.
+        self._closing_step(self._closing.fail(code, reason))
 
     def _close_received(self, event: CloseReceived) -> None:
-        if self.status == OPEN:
-            # Echo the peer's code (1005 "no status" is echoed as an empty close).
-            self.close_code, self.close_reason = event.code, event.reason
-            self._queue(encode_close(event.code, ""))
+        self._closing_step(self._closing.receive(event.code, event.reason))
+
+    def _closing_step(self, step: CloseStep) -> None:
+        """Carry out a step of the close handshake: its close frame, then the TCP connection
+        (the server ends it once the handshake is over, RFC 6455 7.1.1)."""
+        handshake = self._closing
+        if handshake.first is not None:
+            self.close_code, self.close_reason = handshake.first
+        self.status = _STATUS[handshake.state]
+        if step.send is not None:
+            self._queue(encode_close(*step.send))
+        if step.tcp is Tcp.KEEP:
+            return
         self.flush()
-        self.status = CLOSING
         self._wake_writers()
-        self.transport.close()  # the server closes the TCP connection first (RFC 6455 7.1.1)
+        if step.tcp is Tcp.AWAIT_CLOSE:
+            self.deadline = self.state.now + self.options.close_timeout
+        else:
+            self.transport.close()
 
     def on_timeout(self) -> None:
         """The current deadline passed: send a ping, give up on a silent peer, or abort."""
@@ -457,7 +465,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.close(*self.state.ws_shutdown_close)  # 1001, or 1012 when restarting
 
     def abort(self) -> None:
-        self.status = CLOSED
+        self._closing_step(self._closing.lost())
         self.transport.abort()
 
     def _schedule_ping(self) -> None:

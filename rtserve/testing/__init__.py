@@ -20,8 +20,8 @@ from typing import Any
 
 from rtserve.app.app import App
 from rtserve.app.datastructures import Headers
-from rtserve.protocol.ws_client import ClientWebSocket
-from rtserve.protocol.ws_client import connect as websocket_connect
+from rtserve.client.ws import ClientWebSocket
+from rtserve.client.ws import connect as websocket_connect
 from rtserve.server.listener import Server, new_event_loop
 from rtserve.server.settings import ServerSettings
 
