@@ -172,10 +172,12 @@ class LocalCluster:
             "bind": "127.0.0.1",
             "save": "",
             "appendonly": "no",
+            "repl-diskless-sync-delay": "0",  # replicas in sync at once (5 s by default)
             "cluster-enabled": "yes",
             "cluster-node-timeout": "1000",  # ms before a silent master fails over
             "cluster-config-file": f"nodes-{port}.conf",
             "dir": str(self.directory),
+            "logfile": f"redis-{port}.log",
         }
         return subprocess.Popen(
             ["redis-server", *(arg for k, v in options.items() for arg in (f"--{k}", v))],
@@ -206,6 +208,11 @@ class LocalCluster:
                 timeout=CLUSTER_START_TIMEOUT,
             )
             self.wait_ok()
+            deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+            while self._replicas_in_sync() < self.masters:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster's replicas did not sync with their masters")
+                time.sleep(0.05)
         except BaseException:
             self.stop()
             raise
@@ -223,6 +230,23 @@ class LocalCluster:
         if isinstance(text, dict):
             return {str(k): str(v) for k, v in text.items()}
         return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def _replicas_in_sync(self) -> int:
+        """How many running replicas have their link to their master up (one that never
+        synced cannot be promoted when its master fails)."""
+        import redis
+
+        count = 0
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            count += info.get("role") == "slave" and info.get("master_link_status") == "up"
+        return count
 
     def wait_ok(self, timeout: float = CLUSTER_START_TIMEOUT) -> None:
         """Wait until every running node says cluster_state:ok with all slots served."""
@@ -279,3 +303,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 def redis_cluster_url(redis_cluster: LocalCluster) -> str:
     """The URL (redis+cluster://...) of the session's cluster."""
     return redis_cluster.url
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Redis Cluster of this test alone (3 masters, 3 replicas), for tests that kill or
+    move parts of it; stopped at teardown."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _require("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    cluster = LocalCluster(tmp_path)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

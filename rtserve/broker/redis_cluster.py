@@ -215,10 +215,13 @@ class RedisClusterBroker(RedisBroker):
             return
         try:
             await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
-            await self._load_scripts(client)  # a promoted replica has none
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("refreshing the Redis Cluster slot map failed: %s", exc)
             return
+        try:
+            await self._load_scripts(client)  # a promoted replica has none
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("loading the scripts on the Redis Cluster masters failed: %s", exc)
         targets: set[_ShardLink] = set()
         for name, sub in list(link._subs.items()):
             address = self._master_of(sub.channel)
@@ -233,7 +236,8 @@ class RedisClusterBroker(RedisBroker):
                     waiters
                 )
             targets.add(target)
-        for target in targets:
+        for target in targets:  # a reconnection of these channels, on another master
+            self.stats.reconnects += 1
             await target.restart()
 
     def _forget(self, link: _ShardLink) -> None:
