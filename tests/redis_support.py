@@ -317,3 +317,24 @@ def private_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def migrate_slot(cluster: LocalCluster, slot: int, source: int, target: int) -> None:
+    """Move `slot` with its keys from the master on port `source` to the one on `target`,
+    as `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, SETSLOT NODE)."""
+    import redis
+
+    clients = {port: redis.Redis(port=port, socket_timeout=5) for port in (source, target)}
+    try:
+        ids = {port: client.execute_command("CLUSTER MYID") for port, client in clients.items()}
+        clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            clients[source].execute_command(
+                "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+            )
+        for port in (target, source):
+            clients[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+    finally:
+        for client in clients.values():
+            client.close()

@@ -9,9 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from redis.crc import key_slot
+
 from rtserve.broker.base import BrokerError, PublishOptions
 from rtserve.broker.redis_cluster import RedisClusterBroker, from_url
-from tests.redis_support import LocalCluster
+from tests.redis_support import LocalCluster, migrate_slot
 from tests.test_broker_contract import Recorder
 
 KEEP_ALL = PublishOptions(history_size=10_000)
@@ -98,5 +100,34 @@ def test_a_master_killed_while_publishing_on_three_shards(private_cluster: Local
                     assert offsets == sorted(set(offsets)), channel  # once, in order
                 else:
                     assert delivered == accepted[channel], channel
+
+    asyncio.run(main())
+
+
+def test_a_slot_migrated_under_a_subscription(private_cluster: LocalCluster) -> None:
+    """After the channel's slot moved to another master (Redis ends the sharded
+    subscription), the subscriber follows it: what is published there arrives once, in
+    order, after what was published before."""
+
+    async def main() -> None:
+        async with (
+            cluster_node(private_cluster, "move", **FAST) as (a, ea),
+            cluster_node(private_cluster, "move", **FAST) as (b, _),
+        ):
+            channel = "room-0"
+            await a.subscribe(channel)
+            for i in range(1, 6):
+                await b.publish(channel, i, options=KEEP_ALL)
+            await ea.wait_until(lambda: len(ea.offsets(channel)) == 5)
+            _, source = a._master_of(channel)
+            masters = {a._master_of(f"room-{i}")[1] for i in range(100)}
+            target = min(masters - {source})
+            slot = key_slot(a._pubsub_name(channel))
+            await asyncio.to_thread(migrate_slot, private_cluster, slot, source, target)
+            for i in range(6, 11):
+                await b.publish(channel, i, options=KEEP_ALL)
+            await ea.wait_until(lambda: len(ea.offsets(channel)) >= 10, FAULT_TIMEOUT)
+            assert [(e[2], e[3]) for e in ea.of(channel)] == [(i, i) for i in range(1, 11)]
+            assert a._master_of(channel)[1] == target
 
     asyncio.run(main())
