@@ -61,12 +61,11 @@ not keep (history_size 0, or trimmed) cannot be caught up; they are logged, coun
 ``stats.lost``, and the node is told (``BrokerEvents.on_gap``): the Hub ends those
 subscriptions with code 112, so their clients resubscribe and learn ``recovered: false``.
 
-Redis Cluster (on paper, not implemented: this class talks to one Redis, or a primary behind
-Sentinel-style failover at one address): the hash tags already put every key of a channel in
-one slot, so the scripts run unchanged on the slot's shard; fan-out would move to sharded
-pub/sub (``SPUBLISH`` inside the script, ``SSUBSCRIBE`` on one pub/sub connection per shard),
-whose channel name ``P:{C}:pub`` carries the same hash tag. The scripts also read
-``P:epoch-seed``, in another slot: under Cluster it would be one seed per shard.
+Redis Cluster: RedisClusterBroker (rtserve/broker/redis_cluster.py) is this class on a
+cluster client: the hash tags put every key of a channel in one slot, so the scripts run
+unchanged on the slot's shard; fan-out is sharded pub/sub (``SPUBLISH`` inside the script,
+one ``SSUBSCRIBE`` connection per shard master, each this class's reader), and the seed is
+read once per node and passed to the scripts.
 """
 
 from __future__ import annotations
