@@ -1,12 +1,15 @@
-"""Channel and transport tests on every broker: MemoryBroker and RedisBroker. BACKENDS is
+"""Channel and transport tests on every broker: MemoryBroker, RedisBroker and
+RedisClusterBroker. BACKENDS is
 the one list of them; `broker_factory` makes a backend's brokers.
 
 Loaded by tests/conftest.py as a pytest plugin. A test that uses the `app_broker` fixture
 (usually through ``pytestmark = pytest.mark.usefixtures("app_broker")``) runs once per
-backend, ids ``[memory]`` and ``[redis]`` (``make_broker``, for tests of the Broker
+backend, ids ``[memory]``, ``[redis]`` and ``[cluster]`` (``make_broker``, for tests of the Broker
 interface itself, likewise); while it runs, an ``App()`` made without a broker
 gets one of that backend (for Redis: the machine's Redis, with a key prefix of this test,
-shared by every App of the test like nodes of one deployment). The Redis variant is skipped
+shared by every App of the test like nodes of one deployment; for the cluster: a Redis Cluster
+of three masters and three replicas started once per session, tests/redis_support.py,
+with a key prefix of this test). The Redis variants are skipped
 without a reachable Redis, or fails when CI is set (see tests/redis_support.py).
 
 ``@pytest.mark.memory_only("why")`` keeps a test on the memory broker alone: for tests of
@@ -15,6 +18,7 @@ memory-only behaviour (injected clocks, MemoryBroker options, timing of its expi
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +28,7 @@ from rtserve import App
 from rtserve.broker.base import Broker
 from rtserve.broker.memory import MemoryBroker
 
-BACKENDS = ("memory", "redis")
+BACKENDS = ("memory", "redis", "cluster")
 
 BrokerFactory = Callable[..., Broker]
 
@@ -50,6 +54,17 @@ def broker_factory(request: pytest.FixtureRequest, backend: str) -> BrokerFactor
     brokers of one test share its key prefix, like nodes of one deployment."""
     if backend == "memory":
         return MemoryBroker
+    if backend == "cluster":
+        from rtserve.broker.redis_cluster import from_url
+
+        cluster_url = request.getfixturevalue("redis_cluster_url")
+        prefix = f"rtserve-test-{secrets.token_hex(6)}"
+
+        def cluster_factory(**kwargs: Any) -> Broker:
+            broker = from_url(f"{cluster_url}?prefix={prefix}")
+            return broker if not kwargs else type(broker)(broker._nodes, prefix=prefix, **kwargs)
+
+        return cluster_factory
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
     from rtserve.broker.redis import RedisBroker

@@ -144,3 +144,197 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.kill()
+
+
+CLUSTER_START_TIMEOUT = 30.0  # seconds for a new cluster to say cluster_state:ok everywhere
+
+
+class LocalCluster:
+    """A Redis Cluster of `masters` masters with one replica each, on free ports of
+    127.0.0.1, its files in `directory` (no persistence: a killed master's data lives on in
+    its replica). `url` names every node: ``redis+cluster://h:p,h:p,...``."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.size = masters * 2
+        self.masters = masters
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}  # by port
+        self.ports: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def _spawn(self, port: int, bus: int) -> subprocess.Popen[bytes]:
+        options = {
+            "port": str(port),
+            "cluster-port": str(bus),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "repl-diskless-sync-delay": "0",  # replicas in sync at once (5 s by default)
+            "cluster-enabled": "yes",
+            "cluster-node-timeout": "1000",  # ms before a silent master fails over
+            "cluster-config-file": f"nodes-{port}.conf",
+            "dir": str(self.directory),
+            "logfile": f"redis-{port}.log",
+        }
+        return subprocess.Popen(
+            ["redis-server", *(arg for k, v in options.items() for arg in (f"--{k}", v))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        """Start the servers, make them one cluster and wait until every node says ok."""
+        try:
+            for _ in range(self.size):
+                port, bus = free_port(), free_port()
+                self.processes[port] = self._spawn(port, bus)
+                self.ports.append(port)
+            deadline = time.monotonic() + START_TIMEOUT
+            for port in self.ports:
+                while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
+                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                        raise RuntimeError(f"cluster node on port {port} did not start")
+                    time.sleep(0.02)
+            subprocess.run(
+                ["redis-cli", "--cluster", "create"]
+                + [f"127.0.0.1:{port}" for port in self.ports]
+                + ["--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=CLUSTER_START_TIMEOUT,
+            )
+            self.wait_ok()
+            deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+            while self._replicas_in_sync() < self.masters:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster's replicas did not sync with their masters")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def cluster_info(self, port: int) -> dict[str, str]:
+        import redis
+
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            text = client.execute_command("CLUSTER INFO")
+        finally:
+            client.close()
+        if isinstance(text, bytes):
+            text = text.decode()
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def _replicas_in_sync(self) -> int:
+        """How many running replicas have their link to their master up (one that never
+        synced cannot be promoted when its master fails)."""
+        import redis
+
+        count = 0
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            count += info.get("role") == "slave" and info.get("master_link_status") == "up"
+        return count
+
+    def wait_ok(self, timeout: float = CLUSTER_START_TIMEOUT) -> None:
+        """Wait until every running node says cluster_state:ok with all slots served."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            while True:
+                try:
+                    info = self.cluster_info(port)
+                    if (
+                        info.get("cluster_state") == "ok"
+                        and info.get("cluster_slots_ok") == "16384"
+                    ):
+                        break
+                except (redis.RedisError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node on port {port} is not ok after {timeout} s")
+                time.sleep(0.05)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on `port` and wait for it to be gone."""
+        process = self.processes.get(port)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of the test session (3 masters, 3 replicas), stopped at its end."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _require("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        _require("the redis package is not installed (pip install -e '.[dev]')")
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalCluster) -> str:
+    """The URL (redis+cluster://...) of the session's cluster."""
+    return redis_cluster.url
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Redis Cluster of this test alone (3 masters, 3 replicas), for tests that kill or
+    move parts of it; stopped at teardown."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _require("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    cluster = LocalCluster(tmp_path)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def migrate_slot(cluster: LocalCluster, slot: int, source: int, target: int) -> None:
+    """Move `slot` with its keys from the master on port `source` to the one on `target`,
+    as `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, SETSLOT NODE)."""
+    import redis
+
+    clients = {port: redis.Redis(port=port, socket_timeout=5) for port in (source, target)}
+    try:
+        ids = {port: client.execute_command("CLUSTER MYID") for port, client in clients.items()}
+        clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            clients[source].execute_command(
+                "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+            )
+        for port in (target, source):
+            clients[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+    finally:
+        for client in clients.values():
+            client.close()

@@ -17,18 +17,34 @@ from rtserve.errors import ConfigError
 
 def test_every_kind_in_the_table_builds_its_broker() -> None:
     from rtserve.broker.redis import RedisBroker
+    from rtserve.broker.redis_cluster import RedisClusterBroker
 
     urls = {
         "memory": "memory",
         "redis": "redis://127.0.0.1:6379/0?prefix=shop",
         "rediss": "rediss://:secret@127.0.0.1:6380/1",
         "unix": "unix:///run/redis.sock?db=0",
+        "redis+cluster": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001?prefix=shop",
+        "rediss+cluster": "rediss+cluster://u:p%40ss@[::1]:7000",
     }
     assert set(urls) == set(BROKER_KINDS)
     assert type(broker_from_url(urls["memory"])) is MemoryBroker
     for scheme in ("redis", "rediss", "unix"):
         assert type(broker_from_url(urls[scheme])) is RedisBroker
     assert broker_from_url(urls["redis"])._key("a", "meta") == "shop:{a}:meta"  # type: ignore[attr-defined]
+    cluster = broker_from_url(urls["redis+cluster"])
+    assert type(cluster) is RedisClusterBroker
+    assert cluster._nodes == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
+    assert cluster._key("a", "meta") == "shop:{a}:meta"
+    tls = broker_from_url(urls["rediss+cluster"])
+    assert isinstance(tls, RedisClusterBroker)
+    assert (tls._nodes, tls._tls) == ([("::1", 7000)], True)
+    assert (tls._username, tls._password) == ("u", "p@ss")
+
+
+def test_a_cluster_url_with_a_bad_node_is_refused() -> None:
+    with pytest.raises(ValueError, match="node is host:port, not 'cache'"):
+        broker_from_url("redis+cluster://cache,127.0.0.1:7001")
 
 
 @pytest.mark.parametrize(

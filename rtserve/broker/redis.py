@@ -61,12 +61,11 @@ not keep (history_size 0, or trimmed) cannot be caught up; they are logged, coun
 ``stats.lost``, and the node is told (``BrokerEvents.on_gap``): the Hub ends those
 subscriptions with code 112, so their clients resubscribe and learn ``recovered: false``.
 
-Redis Cluster (on paper, not implemented: this class talks to one Redis, or a primary behind
-Sentinel-style failover at one address): the hash tags already put every key of a channel in
-one slot, so the scripts run unchanged on the slot's shard; fan-out would move to sharded
-pub/sub (``SPUBLISH`` inside the script, ``SSUBSCRIBE`` on one pub/sub connection per shard),
-whose channel name ``P:{C}:pub`` carries the same hash tag. The scripts also read
-``P:epoch-seed``, in another slot: under Cluster it would be one seed per shard.
+Redis Cluster: RedisClusterBroker (rtserve/broker/redis_cluster.py) is this class on a
+cluster client: the hash tags put every key of a channel in one slot, so the scripts run
+unchanged on the slot's shard; fan-out is sharded pub/sub (``SPUBLISH`` inside the script,
+one ``SSUBSCRIBE`` connection per shard master, each this class's reader), and the seed is
+read once per node and passed to the scripts.
 """
 
 from __future__ import annotations
@@ -192,6 +191,10 @@ class RedisBroker(Broker):
     reconnect_delay: (first, largest) pause in seconds between reconnection attempts.
     pool_size: connections for commands; more commands at once wait (up to `timeout`) for one.
     """
+
+    # The pub/sub commands and the kinds of their replies (sharded ones under Cluster).
+    _SUBSCRIBE, _UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
+    _SUBSCRIBED, _UNSUBSCRIBED, _MESSAGE = b"subscribe", b"unsubscribe", b"message"
 
     __slots__ = (
         "_buffer",
@@ -340,17 +343,21 @@ class RedisBroker(Broker):
                 f"cannot reach Redis at {where}: {str(exc) or type(exc).__name__}"
             ) from None
         self._client, self._sub_pool, self._conn = client, sub_pool, conn
+        self._register_scripts(client)
+        self._events = events
+        self._ready = True
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._run_reader(), name="rtserve-redis-reader")
+        self._heartbeat = loop.create_task(self._run_heartbeat(), name="rtserve-redis-heartbeat")
+
+    def _register_scripts(self, client: Any) -> None:
+        """The scripts (redis_scripts), called through `client` (a Redis or RedisCluster)."""
         self._publish = client.register_script(scripts.PUBLISH)
         self._history = client.register_script(scripts.HISTORY)
         self._presence_add = client.register_script(scripts.PRESENCE_ADD)
         self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
         self._presence = client.register_script(scripts.PRESENCE)
         self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
-        self._events = events
-        self._ready = True
-        loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._run_reader(), name="rtserve-redis-reader")
-        self._heartbeat = loop.create_task(self._run_heartbeat(), name="rtserve-redis-heartbeat")
 
     @property
     def _sub_name(self) -> str:
@@ -426,6 +433,15 @@ class RedisBroker(Broker):
         """
         self._redis()
         payload = _dumps({"d": data} if info is None else {"d": data, "i": info.to_json()})
+        keys, args = self._publish_call(channel, payload, options)
+        with self._errors("publish"):
+            offset, epoch, _ = await self._publish(keys=keys, args=args)
+        return StreamPosition(int(offset), epoch.decode())
+
+    def _publish_call(
+        self, channel: str, payload: str, options: PublishOptions
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the publish script (redis_scripts.PUBLISH)."""
         key = options.idempotency_key
         idem_ttl = _ms(options.idempotency_ttl) if key is not None else 0
         meta = self._key(channel, "meta")
@@ -442,27 +458,30 @@ class RedisBroker(Broker):
             channel,
             _ms(self._meta_ttl),
         ]
-        with self._errors("publish"):
-            offset, epoch, _ = await self._publish(keys=keys, args=args)
-        return StreamPosition(int(offset), epoch.decode())
+        return keys, args
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         """Tell every node subscribed to `channel` that `info` joined it (not kept)."""
-        client = self._redis()
+        self._redis()
         with self._errors("publish of a join"):
-            await client.publish(self._pubsub_name(channel), _dumps({"j": info.to_json()}))
+            await self._announce(channel, _dumps({"j": info.to_json()}))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         """Tell every node subscribed to `channel` that `info` left it (not kept)."""
-        client = self._redis()
+        self._redis()
         with self._errors("publish of a leave"):
-            await client.publish(self._pubsub_name(channel), _dumps({"l": info.to_json()}))
+            await self._announce(channel, _dumps({"l": info.to_json()}))
+
+    async def _announce(self, channel: str, message: str) -> None:
+        """Send `message` to the nodes subscribed to `channel`, keeping nothing."""
+        await self._redis().publish(self._pubsub_name(channel), message)
 
     # --- history --------------------------------------------------------------------------
 
     def _history_call(
         self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
     ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the history script (redis_scripts.HISTORY)."""
         keys = [self._key(channel, "meta"), self._key(channel, "stream"), self._seed_key]
         args = [
             -1 if since is None or since < 0 else min(since, MAX_OFFSET),
@@ -563,7 +582,7 @@ class RedisBroker(Broker):
             if self._ready and self._conn is not None:
                 # On failure the reader reconnects and subscribes to everything in `_subs`.
                 with contextlib.suppress(RedisError, OSError):
-                    await self._conn.send_command("SUBSCRIBE", name)
+                    await self._conn.send_command(self._SUBSCRIBE, name)
         future = sub.confirmed
         if future is None or future.done():
             return
@@ -582,7 +601,7 @@ class RedisBroker(Broker):
             del self._subs[name]
             if self._ready and self._conn is not None:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._conn.send_command("UNSUBSCRIBE", name)
+                    await self._conn.send_command(self._UNSUBSCRIBE, name)
             if isinstance(exc, TimeoutError):
                 raise error from None
             raise
@@ -598,7 +617,7 @@ class RedisBroker(Broker):
             return  # a reconnection subscribes only to what is in `_subs`
         future = self._waiter(b"unsubscribe", name)
         try:
-            await self._conn.send_command("UNSUBSCRIBE", name)
+            await self._conn.send_command(self._UNSUBSCRIBE, name)
             await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except (RedisError, OSError):
             pass  # the connection is gone, and the subscription with it
@@ -613,19 +632,25 @@ class RedisBroker(Broker):
 
     async def _run_reader(self) -> None:
         """Read the pub/sub connection; on loss reconnect, resubscribe and catch up."""
-        lost, delay = False, self._reconnect_delay[0]
+        # start() made the first connection (a Cluster shard's reader makes its own).
+        lost, first, delay = self._conn is None, self._conn is None, self._reconnect_delay[0]
         while True:
             try:
-                if lost:  # (start() made the first connection)
+                if lost:
+                    if not await self._still_wanted(first):
+                        return
                     await self._reconnect()
                     await self._resubscribe()
                     lost, delay = False, self._reconnect_delay[0]
-                    self.stats.reconnects += 1
-                    log.info("Redis pub/sub connection restored (%s)", _safe_url(self._url))
+                    if not first:
+                        self.stats.reconnects += 1
+                        log.info("Redis pub/sub connection restored (%s)", _safe_url(self._url))
+                first = False
                 await self._read_forever()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                first = False
                 self._ready = False
                 self._buffer = None
                 if self._conn is not None:
@@ -641,6 +666,11 @@ class RedisBroker(Broker):
                 lost = True
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, self._reconnect_delay[1])
+
+    async def _still_wanted(self, first: bool) -> bool:
+        """Before each (re)connection: False ends the reader (a Cluster shard's reader when
+        its channels moved to other shards). `first`: no connection was made yet."""
+        return True
 
     async def _reconnect(self) -> None:
         assert self._sub_pool is not None
@@ -677,13 +707,13 @@ class RedisBroker(Broker):
             return
         self._buffer = []
         for i in range(0, len(names), 1000):
-            await self._conn.send_command("SUBSCRIBE", *names[i : i + 1000])
+            await self._conn.send_command(self._SUBSCRIBE, *names[i : i + 1000])
         pending = set(names)
         while pending:
             reply = await self._receive(self._timeout)
             if reply is None:
                 raise TimeoutError("Redis did not confirm the subscriptions")
-            if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+            if isinstance(reply, list) and reply and reply[0] == self._SUBSCRIBED:
                 pending.discard(reply[1])
             self._handle(reply)
         subs = [(name, sub) for name in names if (sub := self._subs.get(name)) is not None]
@@ -754,13 +784,19 @@ class RedisBroker(Broker):
         if not isinstance(reply, list) or not reply:
             return
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._MESSAGE:
             if self._buffer is not None:
                 self._buffer.append((reply[1], reply[2]))
             else:
                 self._message(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
-            self._confirm(kind, reply[1])
+        elif kind == self._SUBSCRIBED:
+            self._confirm(b"subscribe", reply[1])
+        elif kind == self._UNSUBSCRIBED:
+            self._unsubscribed(reply[1])
+
+    def _unsubscribed(self, name: bytes) -> None:
+        """Redis says the connection no longer listens to `name`."""
+        self._confirm(b"unsubscribe", name)
 
     def _message(self, name: bytes, data: bytes) -> None:
         sub = self._subs.get(name)

@@ -11,9 +11,12 @@ end
 
 # The epoch a stream of a channel starting now gets (rtserve.broker.base.empty_epoch): a hash
 # of the prefix's seed (made from `new_seed` when missing), the channel and the time window.
+# Under Redis Cluster the seed key lives in another slot than the channel: the node read it
+# once and passes it as `given_seed` (seed_key is then nil).
 EMPTY_EPOCH = """
-local function empty_epoch(seed_key, new_seed, channel, window_ms)
-  local seed = redis.call('GET', seed_key)
+local function empty_epoch(seed_key, new_seed, channel, window_ms, given_seed)
+  local seed = given_seed
+  if not seed then seed = redis.call('GET', seed_key) end
   if not seed then
     redis.call('SET', seed_key, new_seed)
     seed = new_seed
@@ -24,9 +27,11 @@ local function empty_epoch(seed_key, new_seed, channel, window_ms)
 end
 """
 
-# KEYS: meta, stream, idempotency key (the meta key when there is none), epoch seed.
+# KEYS: meta, stream, idempotency key (the meta key when there is none), epoch seed (not
+#       under Cluster).
 # ARGV: payload, new seed, history_size, history_ttl ms, stream lifetime ms, idempotency ttl
-#       ms (0: no key), pub/sub name, channel, epoch window ms (meta_ttl).
+#       ms (0: no key), pub/sub name, channel, epoch window ms (meta_ttl); under Cluster also
+#       the seed and the publish command ('SPUBLISH').
 # Returns {offset, epoch, 1 when published / 0 when an earlier position was returned}.
 PUBLISH = (
     NOW
@@ -47,7 +52,7 @@ if not epoch then
     -- this window's epoch, so this one takes a random one.
     epoch = string.sub(ARGV[2], 1, 8)
   else
-    epoch = empty_epoch(KEYS[4], ARGV[2], ARGV[8], ARGV[9])
+    epoch = empty_epoch(KEYS[4], ARGV[2], ARGV[8], ARGV[9], ARGV[10])
   end
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
@@ -69,14 +74,15 @@ redis.call('PEXPIRE', KEYS[1], meta_ttl)
 if idem_ttl > 0 then
   redis.call('SET', KEYS[3], string.format('%d:', offset) .. epoch, 'PX', idem_ttl)
 end
-redis.call('PUBLISH', ARGV[7],
+redis.call(ARGV[11] or 'PUBLISH', ARGV[7],
   '{"o":' .. string.format('%d', offset) .. ',"e":"' .. epoch .. '","p":' .. ARGV[1] .. '}')
 return {offset, epoch, 1}
 """
 )
 
-# KEYS: meta, stream, epoch seed. ARGV: since (-1: all), limit (-1: no limit), new seed,
-# epoch window ms (meta_ttl), 1 to drop publications older than the history TTL, channel.
+# KEYS: meta, stream, epoch seed (not under Cluster). ARGV: since (-1: all), limit (-1: no
+# limit), new seed, epoch window ms (meta_ttl), 1 to drop publications older than the history
+# TTL, channel; under Cluster also the seed.
 # Returns {epoch, offset, offset1, payload1, offset2, payload2, ...}. A channel without meta
 # is at offset 0 of the epoch its first publication will start; nothing is written for it.
 HISTORY = (
@@ -86,7 +92,7 @@ HISTORY = (
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'ttl')
 local epoch = m[1]
 if not epoch then
-  return {empty_epoch(KEYS[3], ARGV[3], ARGV[6], ARGV[4]), 0}
+  return {empty_epoch(KEYS[3], ARGV[3], ARGV[6], ARGV[4], ARGV[7]), 0}
 end
 local out = {epoch, tonumber(m[2])}
 local limit = tonumber(ARGV[2])

@@ -1,6 +1,7 @@
 """A broker named by a string, as `broker:` in rtserve.yaml says it: `memory`, or a Redis URL
-(`redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS, `unix://` for a socket;
-`?prefix=NAME` sets the key prefix, default `rtserve`).
+(`redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS, `unix://` for a socket,
+`redis+cluster://host:port[,host:port...]` for a Redis Cluster; `?prefix=NAME` sets the key
+prefix, default `rtserve`).
 
 The names are a table, `BROKER_KINDS`: a scheme maps to the `module:function` that builds the
 broker from its URL (imported only when that broker is used) and to the extra that installs
@@ -29,12 +30,17 @@ class BrokerKind:
 
 
 _REDIS = BrokerKind("rtserve.broker.redis:from_url", "redis", ("redis",), host_required=True)
+_CLUSTER = BrokerKind(
+    "rtserve.broker.redis_cluster:from_url", "redis", ("redis",), host_required=True
+)
 
 BROKER_KINDS: dict[str, BrokerKind] = {
     "memory": BrokerKind("rtserve.broker.memory:from_url"),
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": BrokerKind("rtserve.broker.redis:from_url", "redis", ("redis",)),
+    "redis+cluster": _CLUSTER,
+    "rediss+cluster": _CLUSTER,
 }
 
 
@@ -58,7 +64,8 @@ def check_broker_url(text: str) -> None:
     if kind.host_required and not parts.hostname:
         raise ValueError(f"the Redis URL {parts.scheme}://… names no host")
     try:
-        parts.port  # noqa: B018  (raises ValueError for a bad port)
+        for node in parts.netloc.rpartition("@")[2].split(","):  # a cluster names several
+            urlsplit(f"//{node}").port  # noqa: B018  (raises ValueError for a bad port)
     except ValueError:
         raise ValueError("the Redis URL's port is not a number from 0 to 65535") from None
     missing = [name for name in kind.needs if importlib.util.find_spec(name) is None]

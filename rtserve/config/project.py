@@ -157,7 +157,8 @@ class ProjectConfig:
         "memory",
         "the channel broker: 'memory' (one process), or a Redis URL for many workers and "
         "machines: redis://[:password@]host:port/db (rediss:// for TLS; ?prefix=NAME sets "
-        "the key prefix)",
+        "the key prefix), or redis+cluster://host:port[,host:port...] for a Redis Cluster "
+        "(Redis >= 7)",
         convert=checked_broker_url,
     )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "logging"})

@@ -1,0 +1,161 @@
+"""Publications/s over 1,000 channels: one Redis vs a Redis Cluster of three shards.
+
+A first look at issue 23's cluster row (not yet a bench/scale.py case): one Python process
+publishes through the broker (RedisBroker on one private redis-server; RedisClusterBroker on
+a private cluster of three masters and three replicas, tests/redis_support.py's
+LocalCluster), ``--concurrency`` publishes in flight, round-robin over ``--channels``
+channels with history, for ``--seconds``. Reported per case: publications/s, Redis CPU per
+publication (the CPU time of the masters, and of the replicas, from /proc/PID/stat, over
+the publications) and the publishing process's CPU per publication.
+
+On a two-core machine the publishing process (one core of Python) bounds publications/s
+long before three shards do: the figure that carries over to bigger machines is Redis CPU
+per publication. Servers listen on 127.0.0.1 only, without persistence.
+
+Usage: python bench/cluster_publish.py [--seconds 3] [--channels 1000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # not bench/, whose http.py would shadow the standard library
+
+from rtserve.broker.base import Broker, PublishOptions  # noqa: E402
+from rtserve.broker.redis import RedisBroker  # noqa: E402
+from rtserve.broker.redis_cluster import from_url  # noqa: E402
+from tests.redis_support import LocalCluster, free_port  # noqa: E402
+
+HISTORY = PublishOptions(history_size=100)
+
+
+class _Sink:
+    """BrokerEvents that drops everything (nothing is subscribed)."""
+
+    def on_publication(self, *args: Any) -> None: ...
+    def on_join(self, *args: Any) -> None: ...
+    def on_leave(self, *args: Any) -> None: ...
+    def on_gap(self, *args: Any) -> None: ...
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measure(
+    broker: Broker, masters: list[int], replicas: list[int], args: argparse.Namespace
+) -> dict[str, float]:
+    await broker.start(_Sink())  # type: ignore[arg-type]
+    try:
+        channels = [f"bench-{i}" for i in range(args.channels)]
+        count = 0
+        stop = time.monotonic() + args.seconds
+
+        async def publisher(first: int) -> None:
+            nonlocal count
+            i = first
+            while time.monotonic() < stop:
+                await broker.publish(channels[i % len(channels)], {"n": i}, options=HISTORY)
+                count += 1
+                i += args.concurrency
+
+        for _ in range(200):  # warm-up: scripts loaded, connections open
+            await broker.publish(channels[0], {"n": 0}, options=HISTORY)
+        masters_before = sum(map(cpu_seconds, masters))
+        replicas_before = sum(map(cpu_seconds, replicas))
+        own_before, began = own_cpu(), time.monotonic()
+        stop = began + args.seconds
+        await asyncio.gather(*(publisher(k) for k in range(args.concurrency)))
+        elapsed = time.monotonic() - began
+        masters_cpu = sum(map(cpu_seconds, masters)) - masters_before
+        replicas_cpu = sum(map(cpu_seconds, replicas)) - replicas_before
+        own = own_cpu() - own_before
+    finally:
+        await broker.close()
+    return {
+        "publications/s": count / elapsed,
+        "masters' CPU us/publication": masters_cpu / count * 1e6,
+        "replicas' CPU us/publication": replicas_cpu / count * 1e6,
+        "publisher CPU us/publication": own / count * 1e6,
+    }
+
+
+def one_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(directory)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    return process, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--channels", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        process, port = one_redis(Path(tmp))
+        try:
+            broker = RedisBroker(f"redis://127.0.0.1:{port}/0", prefix="bench")
+            rows["one Redis"] = asyncio.run(measure(broker, [process.pid], [], args))
+        finally:
+            process.kill()
+            process.wait(10)
+        cluster = LocalCluster(Path(tmp))
+        cluster.start()
+        try:
+            broker = from_url(cluster.url + "?prefix=bench")
+            masters, replicas = [], []
+            for port, server in cluster.processes.items():
+                role = subprocess.run(
+                    ["redis-cli", "-p", str(port), "role"], capture_output=True, text=True
+                ).stdout.split()[:1]
+                (masters if role == ["master"] else replicas).append(server.pid)
+            rows["cluster, 3 shards"] = asyncio.run(measure(broker, masters, replicas, args))
+        finally:
+            cluster.stop()
+    print(
+        f"{args.channels} channels, {args.concurrency} publishes in flight, {args.seconds:g} s "
+        f"per case, one publishing process ({os.cpu_count()} cores)"
+    )
+    print(
+        "| case | publications/s | masters' CPU us/publication | replicas' CPU us/publication "
+        "| publisher CPU us/publication |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{value:,.0f}" for value in row.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,346 @@
+"""RedisClusterBroker: RedisBroker's channels on a Redis Cluster (Redis >= 7), for more
+publications, history and presence than one Redis carries.
+
+Everything RedisBroker does (rtserve/broker/redis.py, whose docstring has the key layout) is
+reused; what changes:
+
+- Commands and the Lua scripts go through redis-py's cluster client, routed by the channel's
+  hash tag ``{C}``: every key of a channel (meta, stream, idempotency keys, presence) lives on
+  the channel's shard, and the scripts run there unchanged.
+- The epoch seed ``P:epoch-seed`` lives in another slot, which a script may not touch: each
+  node reads it once at start (``SET NX GET``, so the first node makes it and every node
+  agrees) and passes it to the scripts.
+- Fan-out is sharded pub/sub: the publish script ``SPUBLISH``es on ``P:{C}:pub`` (same slot),
+  and each shard master this node listens to has one pub/sub connection (a `_ShardLink`,
+  RedisBroker's own reader with ``SSUBSCRIBE``) holding only the channels with subscribers
+  here. redis-py's asyncio cluster pub/sub is not used: its reader has no catch-up from the
+  streams after a loss, which RedisBroker's has.
+- Topology changes: when a shard connection is lost (its master failed over) or Redis
+  unsubscribes it from a channel (the slot migrated), the link refreshes the slot map, hands
+  the channels whose slot now has another master to that master's link, and each link
+  subscribes again and catches up from the streams as RedisBroker does after an outage
+  (exactly the missed offsets, once; a gap, ``on_gap``, when the stream did not keep them).
+
+URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME]`` (any nodes
+of the cluster; ``rediss+cluster://`` for TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from rtserve.broker import redis_scripts as scripts
+from rtserve.broker.base import BrokerError, BrokerEvents, HistoryResult, PublishOptions
+from rtserve.broker.redis import RedisBroker
+
+__all__ = ["RedisClusterBroker", "from_url"]
+
+log = logging.getLogger("rtserve.broker")
+
+Address = tuple[str, int]
+
+
+class _SlotMoved(Exception):
+    """Redis unsubscribed a shard connection from a channel: its slot has a new master."""
+
+
+class RedisClusterBroker(RedisBroker):
+    """The Broker on a Redis Cluster (see the module docstring).
+
+    nodes: (host, port) of some nodes of the cluster (the others are discovered).
+    tls, username, password: how to connect to every node. The other options are
+    RedisBroker's.
+    """
+
+    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username")
+
+    def __init__(
+        self,
+        nodes: list[Address],
+        *,
+        tls: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        **options: Any,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a Redis Cluster broker needs at least one node")
+        hosts = ",".join(f"{host}:{port}" for host, port in nodes)
+        super().__init__(f"{'rediss' if tls else 'redis'}+cluster://{hosts}", **options)
+        self._nodes = list(nodes)
+        self._tls = tls
+        self._username = username
+        self._password = password
+        self._seed = ""
+        self._links: dict[Address, _ShardLink] = {}  # by shard master
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, events: BrokerEvents) -> None:
+        """Connect to the cluster (BrokerError when no node answers), read the epoch seed
+        and load the scripts; deliver to `events` from now on."""
+        if self._closed:
+            raise BrokerError("broker is closed")
+        if self._client is not None:
+            self._events = events
+            for link in self._links.values():
+                link._events = events
+            return
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+            username=self._username,
+            password=self._password,
+            ssl=self._tls,
+            socket_connect_timeout=self._timeout,
+            socket_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),  # a publish is never repeated behind our back
+            client_name=f"rtserve:{self._node_id}",
+            max_connections=self._pool_size,
+        )
+        try:
+            await asyncio.wait_for(client.initialize(), self._timeout)
+            new = secrets.token_hex(8)
+            seed = await client.set(self._seed_key, new, nx=True, get=True)
+            self._seed = seed.decode() if isinstance(seed, bytes) else new
+            await self._load_scripts(client)
+        except (TimeoutError, RedisError, OSError) as exc:
+            await client.aclose()
+            raise BrokerError(
+                f"cannot reach the Redis Cluster at {self._url}: {str(exc) or type(exc).__name__}"
+            ) from None
+        self._client = client  # type: ignore[assignment]
+        self._register_scripts(client)
+        self._events = events
+        self._ready = True
+        loop = asyncio.get_running_loop()
+        self._heartbeat = loop.create_task(self._run_heartbeat(), name="rtserve-redis-heartbeat")
+
+    @staticmethod
+    async def _load_scripts(client: RedisCluster) -> None:
+        """Every script on every master (a pipeline does not load a missing one itself)."""
+        for text in (
+            scripts.PUBLISH,
+            scripts.HISTORY,
+            scripts.PRESENCE_ADD,
+            scripts.PRESENCE_REMOVE,
+            scripts.PRESENCE,
+            scripts.PRESENCE_STATS,
+        ):
+            await client.script_load(text)
+
+    async def close(self) -> None:
+        """Close the shard connections, then what RedisBroker.close closes."""
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.shut()
+        await super().close()
+
+    # --- the scripts' arguments: the seed read at start, sharded fan-out -------------------
+
+    def _publish_call(
+        self, channel: str, payload: str, options: PublishOptions
+    ) -> tuple[list[str], list[Any]]:
+        keys, args = super()._publish_call(channel, payload, options)
+        return keys[:3], [*args, self._seed, "SPUBLISH"]
+
+    def _history_call(
+        self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
+    ) -> tuple[list[str], list[Any]]:
+        keys, args = super()._history_call(channel, since, limit, apply_ttl)
+        return keys[:2], [*args, self._seed]
+
+    async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
+        """RedisBroker._read_many, one script call per channel (on its shard) at once."""
+        return list(
+            await asyncio.gather(
+                *(self._read(channel, since, None, apply_ttl=False) for channel, since in reads)
+            )
+        )
+
+    async def _announce(self, channel: str, message: str) -> None:
+        name = self._pubsub_name(channel)
+        client: Any = self._redis()
+        node = client.get_node_from_key(name)
+        await client.execute_command("SPUBLISH", name, message, target_nodes=node)
+
+    # --- subscriptions: one link per shard master -----------------------------------------
+
+    def _master_of(self, channel: str) -> Address:
+        client: Any = self._redis()
+        node = client.get_node_from_key(self._pubsub_name(channel))
+        return (node.host, node.port)
+
+    def _link(self, address: Address) -> _ShardLink:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _ShardLink(self, address)
+            link.open()
+        return link
+
+    def _holder(self, name: bytes) -> _ShardLink | None:
+        return next((link for link in self._links.values() if name in link._subs), None)
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe on the channel's shard; returns once its master confirmed."""
+        self._redis()
+        link = self._holder(self._pubsub_name(channel))
+        if link is None:
+            with self._errors("subscribe"):
+                link = self._link(self._master_of(channel))
+        await link.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Unsubscribe from the channel (no error when not subscribed)."""
+        self._redis()
+        link = self._holder(self._pubsub_name(channel))
+        if link is not None:
+            await link.unsubscribe(channel)
+
+    async def _rehome(self, link: _ShardLink) -> None:
+        """Refresh the slot map; hand `link`'s channels whose slot has another master now to
+        that master's link, which subscribes again and catches up."""
+        client: Any = self._client
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("refreshing the Redis Cluster slot map failed: %s", exc)
+            return
+        try:
+            await self._load_scripts(client)  # a promoted replica has none
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("loading the scripts on the Redis Cluster masters failed: %s", exc)
+        targets: set[_ShardLink] = set()
+        for name, sub in list(link._subs.items()):
+            address = self._master_of(sub.channel)
+            if address == link.address:
+                continue
+            target = self._link(address)
+            del link._subs[name]
+            target._subs[name] = sub
+            waiters = link._waiters.pop((b"subscribe", name), None)
+            if waiters:
+                target._waiters.setdefault((b"subscribe", name), waiters.__class__()).extend(
+                    waiters
+                )
+            targets.add(target)
+        for target in targets:  # a reconnection of these channels, on another master
+            self.stats.reconnects += 1
+            await target.restart()
+
+    def _forget(self, link: _ShardLink) -> None:
+        if self._links.get(link.address) is link:
+            del self._links[link.address]
+
+
+class _ShardLink(RedisBroker):
+    """The pub/sub connection to one shard master: RedisBroker's reader (subscribe, confirm,
+    reconnect, catch up) with sharded pub/sub, commands through the owner's cluster client."""
+
+    _SUBSCRIBE, _UNSUBSCRIBE = "SSUBSCRIBE", "SUNSUBSCRIBE"
+    _SUBSCRIBED, _UNSUBSCRIBED, _MESSAGE = b"ssubscribe", b"sunsubscribe", b"smessage"
+
+    __slots__ = ("_owner", "address")
+
+    def __init__(self, owner: RedisClusterBroker, address: Address) -> None:
+        host, port = address
+        auth = ""
+        if owner._password is not None:
+            auth = f"{quote(owner._username or '', safe='')}:{quote(owner._password, safe='')}@"
+        scheme = "rediss" if owner._tls else "redis"
+        super().__init__(
+            f"{scheme}://{auth}{host}:{port}/0",
+            prefix=owner._prefix,
+            meta_ttl=owner._meta_ttl,
+            node_id=owner._node_id,
+            timeout=owner._timeout,
+            ping_interval=owner._ping_interval,
+            reconnect_delay=owner._reconnect_delay,
+        )
+        self._owner = owner
+        self.address = address
+        self.stats = owner.stats
+
+    def open(self) -> None:
+        """Start reading; the first connection is made by the reader."""
+        owner = self._owner
+        self._client = owner._client
+        self._events = owner._events
+        self._history = owner._history
+        self._sub_pool = ConnectionPool.from_url(
+            self._url,
+            socket_timeout=None,
+            socket_connect_timeout=self._timeout,
+            client_name=owner._sub_name,
+        )
+        self._reader = asyncio.get_running_loop().create_task(
+            self._run_reader(), name="rtserve-redis-cluster-reader"
+        )
+
+    async def restart(self) -> None:
+        """Drop the connection: the reader reconnects, subscribes to every channel (the ones
+        just handed over too) and catches up."""
+        self._ready = False
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+
+    async def shut(self) -> None:
+        """Close this link but not the owner's client."""
+        self._client = None
+        await self.close()
+
+    async def _still_wanted(self, first: bool) -> bool:
+        """After a loss: refresh the slot map and hand over the channels that moved; False
+        (the link ends) when none is left here."""
+        if first:
+            return True
+        await self._owner._rehome(self)
+        if not self._subs and not any(kind == b"subscribe" for kind, _ in self._waiters):
+            self._owner._forget(self)
+            return False
+        return True
+
+    def _unsubscribed(self, name: bytes) -> None:
+        if (b"unsubscribe", name) not in self._waiters and name in self._subs:
+            raise _SlotMoved(f"Redis moved the slot of {name.decode(errors='replace')}")
+        super()._unsubscribed(name)
+
+    async def _position(self, channel: str) -> tuple[int, str | None]:
+        return await self._owner._position(channel)
+
+    async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
+        return await self._owner._read_many(reads)
+
+
+def from_url(url: str) -> RedisClusterBroker:
+    """The broker a ``redis+cluster://`` URL names (see the module docstring)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes: list[Address] = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a Redis Cluster node is host:port, not {item!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return RedisClusterBroker(
+        nodes,
+        tls=parts.scheme.startswith("rediss"),
+        username=unquote(username) or None,
+        password=unquote(password) if userinfo else None,
+        prefix=query.get("prefix") or "rtserve",
+    )
