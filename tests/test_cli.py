@@ -244,16 +244,19 @@ def test_check_warns_about_websocket_settings_that_contradict_each_other(
     (tmp_path / "rtserve.yaml").write_text(
         "server:\n  websocket:\n    max_message_size: 64MiB\n"
         "routes:\n"
-        "  - path: /ws/echo\n    websocket: handlers:Echo\n"
+        "  - path: /ws/echo\n    websocket: ws_checked_handlers:Echo\n"
         "    options: {max_queued_bytes: 128MiB}\n"
-        "  - path: /ws/small\n    websocket: handlers:Echo\n"
+        "  - path: /ws/small\n    websocket: ws_checked_handlers:Echo\n"
         "    options: {max_message_size: 2MiB, max_queued_bytes: 1MiB}\n"
     )
-    (tmp_path / "handlers.py").write_text(
+    (tmp_path / "ws_checked_handlers.py").write_text(
         "from rtserve import WebSocketHandler\n\n\nclass Echo(WebSocketHandler):\n    pass\n"
     )
     monkeypatch.chdir(tmp_path)
+    # a module name no other test imports, dropped afterwards: modules stay cached
+    monkeypatch.delitem(sys.modules, "ws_checked_handlers", raising=False)
     result = CliRunner().invoke(main, ["check"])
+    sys.modules.pop("ws_checked_handlers", None)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, result.output
@@ -271,20 +274,25 @@ def test_websocket_route_options_read_sizes_and_durations_and_refuse_unknown_one
     is a problem `check` lists with its line, not a traceback."""
     from rtserve.config.project import build_app, find_config, load_project
 
-    (tmp_path / "handlers.py").write_text(
+    (tmp_path / "ws_checked_handlers.py").write_text(
         "from rtserve import WebSocketHandler\n\n\nclass Echo(WebSocketHandler):\n    pass\n"
     )
-    route = "routes:\n  - path: /ws\n    websocket: handlers:Echo\n    options: {%s}\n"
+    route = "routes:\n  - path: /ws\n    websocket: ws_checked_handlers:Echo\n    options: {%s}\n"
     (tmp_path / "rtserve.yaml").write_text(route % "max_message_size: 2MiB, ping_interval: 5s")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    app = build_app(*load_project(find_config(None)))
+    monkeypatch.delitem(sys.modules, "ws_checked_handlers", raising=False)
+    try:
+        app = build_app(*load_project(find_config(None)))
+    finally:
+        sys.modules.pop("ws_checked_handlers", None)
     (endpoint,) = [e for _, e in app.router.endpoints if e.is_websocket]
     options = endpoint.options["ws_options"]
     assert options == {"max_message_size": 2 * 1024 * 1024, "ping_interval": 5.0}
 
     (tmp_path / "rtserve.yaml").write_text(route % "max_mesage_size: 2MiB")
     result = CliRunner().invoke(main, ["check"])
+    sys.modules.pop("ws_checked_handlers", None)
     assert result.exit_code == 2, result.output
     assert "rtserve.yaml:2" in result.output and "max_mesage_size" in result.output, result.output
     assert "Traceback" not in result.output
