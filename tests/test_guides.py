@@ -195,8 +195,9 @@ def check_cookbook_upstream(ns: dict[str, Any], server: ThreadedServer, fixtures
             elapsed = time.monotonic() - started
             assert [a.status_code for a in timed] == [200] * 100
             # About a second on a quiet machine; one at a time it would be 100 s. The bound
-            # leaves room for a machine whose cores are shared with other work.
-            assert elapsed < 15.0, f"100 one-second upstream calls took {elapsed:.1f} s"
+            # leaves room for a machine whose cores are busy with other work (the proof of
+            # concurrency is the held phase above, which does not depend on time).
+            assert elapsed < 50.0, f"100 one-second upstream calls took {elapsed:.1f} s"
 
             hang, nowhere, broken = await asyncio.gather(
                 *(client.get(f"/forecast/{city}") for city in ("hang", "nowhere", "broken"))
