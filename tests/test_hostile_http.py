@@ -617,8 +617,15 @@ def test_pipelining_client_that_never_reads_is_bounded(
             conn = conns[0]
             return len(conn.queue), conn.bytes_in, conn.transport.get_write_buffer_size()
 
+        # The server works through what it took a share of requests per loop turn: wait
+        # (bounded) until reading has stopped, two looks 0.3 s apart finding the same.
         queued, taken, buffered = server.call(measure)
-        time.sleep(0.3)
+        for _ in range(60):
+            time.sleep(0.3)
+            now = server.call(measure)
+            if now == (queued, taken, buffered):
+                break
+            queued, taken, buffered = now
         assert server.call(measure) == (queued, taken, buffered)  # reading has stopped
         print(f"pipelined, never read: sent {sent}, taken {taken}, queued {queued}")
         # Reading pauses at max_pipelined queued requests, but one read (at most 256 KiB) is
