@@ -131,3 +131,17 @@ def test_many_routes_match_correctly() -> None:
     endpoint, params = r.match("GET", f"/api/v{4999 % 7}/things4999/12")
     assert endpoint.handler == 4999 and params == {"id": 12}
     assert r.match("GET", "/static4321")[0].handler == -4321
+
+
+def test_endpoint_flags_are_typed_fields() -> None:
+    """The flags of a route are Endpoint's fields; a misspelled one is refused at startup
+    instead of being kept in a bag nobody reads."""
+    r = Router()
+    r.add("/upload", ["POST"], "upload", stream=True, xsrf_exempt=True)
+    r.add("/ws", ["GET"], "ws", ws_options={"concurrent": False})
+    upload = r.match("POST", "/upload")[0]
+    assert (upload.stream, upload.xsrf_exempt, upload.is_websocket) == (True, True, False)
+    ws = r.match("GET", "/ws")[0]
+    assert ws.is_websocket and ws.ws_options == {"concurrent": False} and not ws.stream
+    with pytest.raises(TypeError, match="xsrf_exmpt"):
+        r.add("/typo", ["POST"], "typo", xsrf_exmpt=True)  # type: ignore[call-arg]

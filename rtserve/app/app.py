@@ -172,7 +172,7 @@ class App:
         def decorator(cls: type[WebSocketHandler]) -> type[WebSocketHandler]:
             if not (isinstance(cls, type) and issubclass(cls, WebSocketHandler)):
                 raise TypeError(f"{cls!r} is not a WebSocketHandler subclass")
-            self.router.add(path, ["GET"], cls, name=name, websocket=True, ws_options=options)
+            self.router.add(path, ["GET"], cls, name=name, ws_options=options)
             return cls
 
         return decorator
@@ -195,7 +195,7 @@ class App:
 
         files = StaticFiles(directory, headers)
         pattern = prefix.rstrip("/") + "/{path:path}"
-        self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}", is_class=False)
+        self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}")
 
     def static_file(
         self,
@@ -208,7 +208,7 @@ class App:
         """Serve one file at `path`, with `headers` added."""
         from rtserve.app.static import StaticFile
 
-        self.router.add(path, ["GET"], StaticFile(file, headers), name=name, is_class=False)
+        self.router.add(path, ["GET"], StaticFile(file, headers), name=name)
 
     # --- channels --------------------------------------------------------------------------
 
@@ -251,7 +251,6 @@ class App:
             ["GET"],
             ChannelSocket,
             name="rt:ws",
-            websocket=True,
             ws_options=ws_options,
         )
         # The publish API authenticates with its API key, not cookies: no XSRF token applies.
@@ -275,7 +274,7 @@ class App:
             xsrf_exempt=True,
         )
         # The browser client of these endpoints, for every app with channels.
-        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js", is_class=False)
+        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js")
         self._channel_routes = True
 
     def error_page(self, page: E) -> E:
@@ -415,7 +414,7 @@ class App:
             # Kept without its traceback, whose frames hold this exchange: no cycle to collect.
             match = error.with_traceback(None)
         exchange.scope = match
-        return type(match) is tuple and bool(match[0].options.get("stream"))
+        return type(match) is tuple and match[0].stream
 
     def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
         # Each request runs in its own copy of the context: context variables a handler sets
@@ -439,12 +438,12 @@ class App:
             if (
                 self.xsrf_cookies
                 and exchange.head.method not in _SAFE_METHODS
-                and not endpoint.options.get("xsrf_exempt")
+                and not endpoint.xsrf_exempt
             ):
                 self._check_xsrf(request)
-            if endpoint.is_websocket:
-                options = endpoint.options["ws_options"]
-                upgrading = accept_websocket(request, endpoint.handler, params, options)
+            ws_options = endpoint.ws_options
+            if ws_options is not None:
+                upgrading = accept_websocket(request, endpoint.handler, params, ws_options)
                 if upgrading is not None:  # the handler's prepare is async
                     return self._upgrade_later(request, upgrading)
                 return None

@@ -81,21 +81,28 @@ def parse_pattern(pattern: str) -> list[Segment]:
 
 @dataclass(slots=True)
 class Endpoint:
-    """What answers one method on one route."""
+    """What answers one method on one route, and how: the flags the app reads per request.
+
+    is_class: `handler` is a Handler subclass (instantiated per request). stream: dispatched at
+    the head, the body read as it arrives. xsrf_exempt: no XSRF token checked (the route
+    authenticates otherwise). ws_options: a WebSocket route's overrides of `server.websocket`
+    (None: an HTTP route).
+    """
 
     handler: Any
     pattern: str
     segments: list[Segment]
     name: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    is_class: bool = False
+    stream: bool = False
+    xsrf_exempt: bool = False
+    ws_options: dict[str, Any] | None = None
     param_names: tuple[str, ...] = field(init=False)
-    is_class: bool = field(init=False)
     is_websocket: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
-        self.is_class = bool(self.options.get("is_class"))
-        self.is_websocket = bool(self.options.get("websocket"))
+        self.is_websocket = self.ws_options is not None
 
 
 @dataclass(slots=True)
@@ -137,11 +144,17 @@ class Router:
         handler: Any,
         *,
         name: str | None = None,
-        **options: Any,
+        is_class: bool = False,
+        stream: bool = False,
+        xsrf_exempt: bool = False,
+        ws_options: dict[str, Any] | None = None,
     ) -> Endpoint:
-        """Register `handler` for `methods` on `pattern`; RouteError on any clash."""
+        """Register `handler` for `methods` on `pattern` (the flags: see Endpoint); RouteError
+        on any clash."""
         segments = parse_pattern(pattern)
-        endpoint = Endpoint(handler, pattern, segments, name, options)
+        endpoint = Endpoint(
+            handler, pattern, segments, name, is_class, stream, xsrf_exempt, ws_options
+        )
         if name is not None:
             if name in self._names and self._names[name].pattern != pattern:
                 raise RouteError(
