@@ -10,6 +10,7 @@ from rtserve.app.middleware import BearerAuth, Middleware, ResponseHeaders
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application
+from rtserve.testing import ThreadedServer
 from tests.rawhttp import get, parse_response, raw_exchange
 
 TOKEN = "s3cret-token-of-the-tests"
@@ -150,3 +151,22 @@ def test_the_lifecycle_passes_through_the_stack() -> None:
             await server.shutdown(grace=1.0)
 
     asyncio.run(serve())
+
+
+def test_add_middleware_stacks_inside_the_app_last_added_outermost() -> None:
+    calls: list[str] = []
+    app = make_app(calls)
+    assert "dispatch" not in vars(app)  # no middleware: the class's entry points, as they were
+    app.add_middleware(ResponseHeaders, headers=[(b"x-layer", b"inner")])
+    app.add_middleware(BearerAuth, token=TOKEN)
+    with ThreadedServer(app) as server:  # still an App: served as any other
+        refused, accepted = (
+            parse_response(raw_exchange(server.port, request))
+            for request in (
+                closing("/text"),
+                closing("/text", f"Authorization: Bearer {TOKEN}\r\n"),
+            )
+        )
+    assert refused[0] == 401 and "x-layer" not in refused[1]
+    assert accepted[0] == 200 and accepted[1]["x-layer"] == "inner" and accepted[2] == b"hello"
+    assert calls == ["text"]

@@ -40,7 +40,7 @@ from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from rtserve.server.state import ServerState
+    from rtserve.server.state import Application, ServerState
     from rtserve.stats.admin import AdminServer
 
 log = logging.getLogger("rtserve.app")
@@ -109,6 +109,8 @@ class App:
         # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
         self.server_state: ServerState | None = None
         self.admin: AdminServer | None = None
+        # The middleware around this app's own answering (add_middleware); None: none.
+        self.middleware: Application | None = None
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -176,6 +178,17 @@ class App:
             return cls
 
         return decorator
+
+    def add_middleware(self, middleware: Callable[..., Application], /, **options: Any) -> None:
+        """Wrap the app's answering in `middleware(inner, **options)` (an Application around
+        `inner`: see rtserve.app.middleware); the last one added is the outermost, the first to
+        see a request. An app without middleware pays nothing for the seam."""
+        inner: Application = self.middleware or _OwnAnswering(self)
+        self.middleware = middleware(inner, **options)
+        # The server looks both entry points up on the app: the stack's shadow the class's.
+        vars(self).update(
+            wants_stream=self.middleware.wants_stream, dispatch=self.middleware.dispatch
+        )
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the named route with `params` filled in."""
@@ -622,6 +635,16 @@ class App:
             if not page.has_header(name):
                 page.set_header(name, value)
         return page
+
+
+class _OwnAnswering:
+    """An App's own entry points, innermost in its middleware stack."""
+
+    __slots__ = ("dispatch", "wants_stream")
+
+    def __init__(self, app: App) -> None:
+        self.wants_stream = types.MethodType(App.wants_stream, app)
+        self.dispatch = types.MethodType(App.dispatch, app)
 
 
 def _maybe_gzip(request: Request, response: Response) -> None:

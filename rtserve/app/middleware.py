@@ -63,8 +63,9 @@ class Middleware:
 class ExchangeView:
     """An exchange as a middleware hands it to the inner app: every attribute and method is
     the wrapped exchange's, except those a subclass overrides (`respond` and `start`, to change
-    a response's status or head). Costs one object per request: only middleware that needs it
-    makes one."""
+    a response's status or head). Costs an object per request and a Python-level lookup per
+    attribute the inner app reads (about 1.8 us per small request, bench/middleware.py): only
+    middleware that needs it makes one."""
 
     __slots__ = ("exchange",)
 
