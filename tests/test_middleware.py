@@ -7,6 +7,7 @@ import asyncio
 
 from rtserve import App, Request, Response
 from rtserve.app.middleware import BearerAuth, Middleware, ResponseHeaders
+from rtserve.server.exchange import Exchange
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application
@@ -170,3 +171,20 @@ def test_add_middleware_stacks_inside_the_app_last_added_outermost() -> None:
     assert refused[0] == 401 and "x-layer" not in refused[1]
     assert accepted[0] == 200 and accepted[1]["x-layer"] == "inner" and accepted[2] == b"hello"
     assert calls == ["text"]
+
+
+def test_a_subclass_of_app_keeps_its_own_dispatch_under_add_middleware() -> None:
+    seen: list[str] = []
+
+    class Counting(App):
+        def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
+            seen.append(exchange.head.path)
+            return super().dispatch(exchange)
+
+    app = Counting(ServerSettings(access_log=False))
+    app.add_route("/", lambda request: "hi")
+    app.add_middleware(BearerAuth, token=TOKEN)
+    with ThreadedServer(app) as server:
+        for extra in ("", f"Authorization: Bearer {TOKEN}\r\n"):
+            raw_exchange(server.port, closing("/", extra))
+    assert seen == ["/"]  # the authorised one, through the subclass's dispatch

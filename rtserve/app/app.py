@@ -638,13 +638,15 @@ class App:
 
 
 class _OwnAnswering:
-    """An App's own entry points, innermost in its middleware stack."""
+    """An App's own entry points (its class's: a subclass's overrides included), innermost in
+    its middleware stack."""
 
     __slots__ = ("dispatch", "wants_stream")
 
     def __init__(self, app: App) -> None:
-        self.wants_stream = types.MethodType(App.wants_stream, app)
-        self.dispatch = types.MethodType(App.dispatch, app)
+        cls = type(app)
+        self.wants_stream = types.MethodType(cls.wants_stream, app)
+        self.dispatch = types.MethodType(cls.dispatch, app)
 
 
 def _maybe_gzip(request: Request, response: Response) -> None:
