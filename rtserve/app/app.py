@@ -28,7 +28,7 @@ from rtserve.app.request import Request
 from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Response, dump_json
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
-from rtserve.app.websocket import WS_OPTIONS, WebSocketHandler, accept_websocket
+from rtserve.app.websocket import WebSocketHandler, WebSocketRoute, accept_websocket
 from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
@@ -167,14 +167,12 @@ class App:
         compression, ping_interval, origins, slow_consumer, ...); `subprotocols` lists the
         ones this route speaks, in order of preference.
         """
-        unknown = set(options) - WS_OPTIONS - {"subprotocols"}
-        if unknown:
-            raise TypeError(f"unknown WebSocket option(s): {', '.join(sorted(unknown))}")
+        route = WebSocketRoute.from_options(options)  # TypeError for an unknown option
 
         def decorator(cls: type[WebSocketHandler]) -> type[WebSocketHandler]:
             if not (isinstance(cls, type) and issubclass(cls, WebSocketHandler)):
                 raise TypeError(f"{cls!r} is not a WebSocketHandler subclass")
-            self.router.add(path, ["GET"], cls, name=name, ws_options=options)
+            self.router.add(path, ["GET"], cls, name=name, websocket=route)
             return cls
 
         return decorator
@@ -258,13 +256,13 @@ class App:
 
         prefix = self.hub.settings.prefix.rstrip("/")
         # Commands of one connection must be handled in order, whatever the server default.
-        ws_options = {"concurrent": False}
+        ws_route = WebSocketRoute({"concurrent": False})
         self.router.add(
             f"{prefix}/ws",
             ["GET"],
             ChannelSocket,
             name="rt:ws",
-            ws_options=ws_options,
+            websocket=ws_route,
         )
         # The publish API authenticates with its API key, not cookies: no XSRF token applies.
         for path, endpoint, name in (
@@ -454,9 +452,9 @@ class App:
                 and not endpoint.xsrf_exempt
             ):
                 self._check_xsrf(request)
-            ws_options = endpoint.ws_options
-            if ws_options is not None:
-                upgrading = accept_websocket(request, endpoint.handler, params, ws_options)
+            websocket = endpoint.websocket
+            if websocket is not None:
+                upgrading = accept_websocket(request, endpoint.handler, params, websocket)
                 if upgrading is not None:  # the handler's prepare is async
                     return self._upgrade_later(request, upgrading)
                 return None

@@ -10,10 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from rtserve.errors import HTTPError, RouteError
+
+if TYPE_CHECKING:
+    from rtserve.app.websocket import WebSocketRoute
 
 Converter = Callable[[str], Any]
 
@@ -85,8 +88,8 @@ class Endpoint:
 
     is_class: `handler` is a Handler subclass (instantiated per request). stream: dispatched at
     the head, the body read as it arrives. xsrf_exempt: no XSRF token checked (the route
-    authenticates otherwise). ws_options: a WebSocket route's overrides of `server.websocket`
-    (None: an HTTP route).
+    authenticates otherwise). websocket: a WebSocket route's own options (None: an HTTP
+    route).
     """
 
     handler: Any
@@ -96,13 +99,13 @@ class Endpoint:
     is_class: bool = False
     stream: bool = False
     xsrf_exempt: bool = False
-    ws_options: dict[str, Any] | None = None
+    websocket: WebSocketRoute | None = None
     param_names: tuple[str, ...] = field(init=False)
     is_websocket: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
-        self.is_websocket = self.ws_options is not None
+        self.is_websocket = self.websocket is not None
 
 
 @dataclass(slots=True)
@@ -147,13 +150,13 @@ class Router:
         is_class: bool = False,
         stream: bool = False,
         xsrf_exempt: bool = False,
-        ws_options: dict[str, Any] | None = None,
+        websocket: WebSocketRoute | None = None,
     ) -> Endpoint:
         """Register `handler` for `methods` on `pattern` (the flags: see Endpoint); RouteError
         on any clash."""
         segments = parse_pattern(pattern)
         endpoint = Endpoint(
-            handler, pattern, segments, name, is_class, stream, xsrf_exempt, ws_options
+            handler, pattern, segments, name, is_class, stream, xsrf_exempt, websocket
         )
         if name is not None:
             if name in self._names and self._names[name].pattern != pattern:
