@@ -287,7 +287,8 @@ def test_websocket_route_options_read_sizes_and_durations_and_refuse_unknown_one
     finally:
         sys.modules.pop("ws_checked_handlers", None)
     (endpoint,) = [e for _, e in app.router.endpoints if e.is_websocket]
-    options = endpoint.options["ws_options"]
+    assert endpoint.websocket is not None
+    options = endpoint.websocket.overrides
     assert options == {"max_message_size": 2 * 1024 * 1024, "ping_interval": 5.0}
 
     (tmp_path / "rtserve.yaml").write_text(route % "max_mesage_size: 2MiB")

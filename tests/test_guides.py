@@ -291,6 +291,23 @@ def check_cookbook_chat(ns: dict[str, Any], server: ThreadedServer, fixtures: An
             bob.close()
 
 
+def check_cookbook_middleware(ns: dict[str, Any], server: ThreadedServer, _: Any) -> None:
+    """Every answer has the header; with maintenance on, all but the switch are 503 and the
+    app's handler is not reached; off again, the app answers."""
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        hello = client.get("/")
+        assert (hello.status_code, hello.text) == (200, "hello")
+        assert hello.headers["x-content-type-options"] == "nosniff"
+        assert client.post("/maintenance", json={"on": True}).json() == {"on": True}
+        down = client.get("/")
+        assert (down.status_code, down.text) == (503, "down for maintenance")
+        assert down.headers["retry-after"] == "60"
+        assert down.headers["x-content-type-options"] == "nosniff"
+        assert client.get("/nowhere").status_code == 503  # not even routed
+        assert client.post("/maintenance", json={"on": False}).json() == {"on": False}
+        assert client.get("/").text == "hello"
+
+
 Check = Callable[[dict[str, Any], ThreadedServer, pytest.FixtureRequest], None]
 
 CHECKS: dict[str, Check] = {
@@ -301,6 +318,7 @@ CHECKS: dict[str, Check] = {
     "cookbook_upstream": check_cookbook_upstream,
     "cookbook_longpoll": check_cookbook_longpoll,
     "cookbook_chat": check_cookbook_chat,
+    "cookbook_middleware": check_cookbook_middleware,
 }
 PREPARE: dict[str, Callable[[pytest.MonkeyPatch], contextlib.AbstractContextManager[Any]]] = {
     "cookbook_upstream": slow_upstream,

@@ -6,8 +6,11 @@ import uuid
 
 import pytest
 
+from rtserve import App
 from rtserve.app.router import Router, parse_pattern
+from rtserve.app.websocket import WebSocketRoute
 from rtserve.errors import HTTPError, RouteError
+from rtserve.server.settings import ServerSettings
 
 
 def router_with(*routes: tuple[str, list[str], str]) -> Router:
@@ -131,3 +134,33 @@ def test_many_routes_match_correctly() -> None:
     endpoint, params = r.match("GET", f"/api/v{4999 % 7}/things4999/12")
     assert endpoint.handler == 4999 and params == {"id": 12}
     assert r.match("GET", "/static4321")[0].handler == -4321
+
+
+def test_endpoint_flags_are_typed_fields() -> None:
+    """The flags of a route are Endpoint's fields; a misspelled one is refused at startup
+    instead of being kept in a bag nobody reads."""
+    r = Router()
+    r.add("/upload", ["POST"], "upload", stream=True, xsrf_exempt=True)
+    r.add("/ws", ["GET"], "ws", websocket=WebSocketRoute({"concurrent": False}, ["chat"]))
+    upload = r.match("POST", "/upload")[0]
+    assert (upload.stream, upload.xsrf_exempt, upload.is_websocket) == (True, True, False)
+    ws = r.match("GET", "/ws")[0]
+    assert ws.is_websocket and ws.websocket is not None and not ws.stream
+    assert (ws.websocket.overrides, ws.websocket.subprotocols) == ({"concurrent": False}, ("chat",))
+    with pytest.raises(TypeError, match="xsrf_exmpt"):
+        r.add("/typo", ["POST"], "typo", xsrf_exmpt=True)  # type: ignore[call-arg]
+
+
+def test_websocket_route_options_are_checked_when_routed() -> None:
+    """An unknown option, or subprotocols given as one string (whose letters would have been
+    taken for names), is a TypeError at startup."""
+    app = App()
+    with pytest.raises(TypeError, match="max_mesage_size"):
+        app.websocket("/a", max_mesage_size=10)
+    with pytest.raises(TypeError, match="list of names"):
+        app.websocket("/b", subprotocols="chat")
+    route = WebSocketRoute({"max_message_size": 10}, ["chat"])
+    base = ServerSettings().websocket
+    assert route.settings(base).max_message_size == 10
+    assert route.settings(base) is route.settings(base)  # resolved once per base
+    assert route.deflate_config(base).min_size == base.compression_min_size

@@ -28,7 +28,7 @@ from rtserve.app.request import Request
 from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Response, dump_json
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
-from rtserve.app.websocket import WS_OPTIONS, WebSocketHandler, accept_websocket
+from rtserve.app.websocket import WebSocketHandler, WebSocketRoute, accept_websocket
 from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
@@ -40,7 +40,7 @@ from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from rtserve.server.state import ServerState
+    from rtserve.server.state import Application, ServerState
     from rtserve.stats.admin import AdminServer
 
 log = logging.getLogger("rtserve.app")
@@ -109,6 +109,8 @@ class App:
         # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
         self.server_state: ServerState | None = None
         self.admin: AdminServer | None = None
+        # The middleware around this app's own answering (add_middleware); None: none.
+        self.middleware: Application | None = None
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -165,17 +167,26 @@ class App:
         compression, ping_interval, origins, slow_consumer, ...); `subprotocols` lists the
         ones this route speaks, in order of preference.
         """
-        unknown = set(options) - WS_OPTIONS - {"subprotocols"}
-        if unknown:
-            raise TypeError(f"unknown WebSocket option(s): {', '.join(sorted(unknown))}")
+        route = WebSocketRoute.from_options(options)  # TypeError for an unknown option
 
         def decorator(cls: type[WebSocketHandler]) -> type[WebSocketHandler]:
             if not (isinstance(cls, type) and issubclass(cls, WebSocketHandler)):
                 raise TypeError(f"{cls!r} is not a WebSocketHandler subclass")
-            self.router.add(path, ["GET"], cls, name=name, websocket=True, ws_options=options)
+            self.router.add(path, ["GET"], cls, name=name, websocket=route)
             return cls
 
         return decorator
+
+    def add_middleware(self, middleware: Callable[..., Application], /, **options: Any) -> None:
+        """Wrap the app's answering in `middleware(inner, **options)` (an Application around
+        `inner`: see rtserve.app.middleware); the last one added is the outermost, the first to
+        see a request. An app without middleware pays nothing for the seam."""
+        inner: Application = self.middleware or _OwnAnswering(self)
+        self.middleware = middleware(inner, **options)
+        # The server looks both entry points up on the app: the stack's shadow the class's.
+        vars(self).update(
+            wants_stream=self.middleware.wants_stream, dispatch=self.middleware.dispatch
+        )
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the named route with `params` filled in."""
@@ -195,7 +206,7 @@ class App:
 
         files = StaticFiles(directory, headers)
         pattern = prefix.rstrip("/") + "/{path:path}"
-        self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}", is_class=False)
+        self.router.add(pattern, ["GET"], files, name=name or f"static:{prefix}")
 
     def static_file(
         self,
@@ -208,7 +219,7 @@ class App:
         """Serve one file at `path`, with `headers` added."""
         from rtserve.app.static import StaticFile
 
-        self.router.add(path, ["GET"], StaticFile(file, headers), name=name, is_class=False)
+        self.router.add(path, ["GET"], StaticFile(file, headers), name=name)
 
     # --- channels --------------------------------------------------------------------------
 
@@ -245,14 +256,13 @@ class App:
 
         prefix = self.hub.settings.prefix.rstrip("/")
         # Commands of one connection must be handled in order, whatever the server default.
-        ws_options = {"concurrent": False}
+        ws_route = WebSocketRoute({"concurrent": False})
         self.router.add(
             f"{prefix}/ws",
             ["GET"],
             ChannelSocket,
             name="rt:ws",
-            websocket=True,
-            ws_options=ws_options,
+            websocket=ws_route,
         )
         # The publish API authenticates with its API key, not cookies: no XSRF token applies.
         for path, endpoint, name in (
@@ -275,7 +285,7 @@ class App:
             xsrf_exempt=True,
         )
         # The browser client of these endpoints, for every app with channels.
-        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js", is_class=False)
+        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js")
         self._channel_routes = True
 
     def error_page(self, page: E) -> E:
@@ -415,7 +425,7 @@ class App:
             # Kept without its traceback, whose frames hold this exchange: no cycle to collect.
             match = error.with_traceback(None)
         exchange.scope = match
-        return type(match) is tuple and bool(match[0].options.get("stream"))
+        return type(match) is tuple and match[0].stream
 
     def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
         # Each request runs in its own copy of the context: context variables a handler sets
@@ -439,12 +449,12 @@ class App:
             if (
                 self.xsrf_cookies
                 and exchange.head.method not in _SAFE_METHODS
-                and not endpoint.options.get("xsrf_exempt")
+                and not endpoint.xsrf_exempt
             ):
                 self._check_xsrf(request)
-            if endpoint.is_websocket:
-                options = endpoint.options["ws_options"]
-                upgrading = accept_websocket(request, endpoint.handler, params, options)
+            websocket = endpoint.websocket
+            if websocket is not None:
+                upgrading = accept_websocket(request, endpoint.handler, params, websocket)
                 if upgrading is not None:  # the handler's prepare is async
                     return self._upgrade_later(request, upgrading)
                 return None
@@ -623,6 +633,18 @@ class App:
             if not page.has_header(name):
                 page.set_header(name, value)
         return page
+
+
+class _OwnAnswering:
+    """An App's own entry points (its class's: a subclass's overrides included), innermost in
+    its middleware stack."""
+
+    __slots__ = ("dispatch", "wants_stream")
+
+    def __init__(self, app: App) -> None:
+        cls = type(app)
+        self.wants_stream = types.MethodType(cls.wants_stream, app)
+        self.dispatch = types.MethodType(cls.dispatch, app)
 
 
 def _maybe_gzip(request: Request, response: Response) -> None:

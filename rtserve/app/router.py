@@ -10,10 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from rtserve.errors import HTTPError, RouteError
+
+if TYPE_CHECKING:
+    from rtserve.app.websocket import WebSocketRoute
 
 Converter = Callable[[str], Any]
 
@@ -81,21 +84,28 @@ def parse_pattern(pattern: str) -> list[Segment]:
 
 @dataclass(slots=True)
 class Endpoint:
-    """What answers one method on one route."""
+    """What answers one method on one route, and how: the flags the app reads per request.
+
+    is_class: `handler` is a Handler subclass (instantiated per request). stream: dispatched at
+    the head, the body read as it arrives. xsrf_exempt: no XSRF token checked (the route
+    authenticates otherwise). websocket: a WebSocket route's own options (None: an HTTP
+    route).
+    """
 
     handler: Any
     pattern: str
     segments: list[Segment]
     name: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    is_class: bool = False
+    stream: bool = False
+    xsrf_exempt: bool = False
+    websocket: WebSocketRoute | None = None
     param_names: tuple[str, ...] = field(init=False)
-    is_class: bool = field(init=False)
     is_websocket: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.param_names = tuple(s.name for s in self.segments if isinstance(s, Param))
-        self.is_class = bool(self.options.get("is_class"))
-        self.is_websocket = bool(self.options.get("websocket"))
+        self.is_websocket = self.websocket is not None
 
 
 @dataclass(slots=True)
@@ -137,11 +147,17 @@ class Router:
         handler: Any,
         *,
         name: str | None = None,
-        **options: Any,
+        is_class: bool = False,
+        stream: bool = False,
+        xsrf_exempt: bool = False,
+        websocket: WebSocketRoute | None = None,
     ) -> Endpoint:
-        """Register `handler` for `methods` on `pattern`; RouteError on any clash."""
+        """Register `handler` for `methods` on `pattern` (the flags: see Endpoint); RouteError
+        on any clash."""
         segments = parse_pattern(pattern)
-        endpoint = Endpoint(handler, pattern, segments, name, options)
+        endpoint = Endpoint(
+            handler, pattern, segments, name, is_class, stream, xsrf_exempt, websocket
+        )
         if name is not None:
             if name in self._names and self._names[name].pattern != pattern:
                 raise RouteError(

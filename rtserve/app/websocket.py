@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtserve.errors import HTTPError
@@ -105,28 +105,59 @@ class WebSocketHandler:
         return self.connection.close_code
 
 
-def route_settings(base: WebSocketSettings, route_options: dict[str, Any]) -> WebSocketSettings:
-    """The server's WebSocket settings with the route's overrides, made once per route and
-    shared by all its connections (kept in the route's options beside the base they came from).
-    """
-    cached = route_options.get("_resolved")
-    if cached is None or cached[0] is not base:
-        overrides = {k: v for k, v in route_options.items() if k in WS_OPTIONS}
-        options = dataclasses.replace(base, **overrides)
-        config = DeflateConfig(min_size=options.compression_min_size)
-        cached = route_options["_resolved"] = (base, options, config)
-    resolved: WebSocketSettings = cached[1]
-    return resolved
+class WebSocketRoute:
+    """A WebSocket route's own options: its overrides of `server.websocket` and the
+    subprotocols it speaks, in order of preference. The settings they make are resolved once
+    per server settings and shared by all the route's connections."""
+
+    __slots__ = ("_resolved", "overrides", "subprotocols")
+
+    def __init__(
+        self, overrides: Mapping[str, Any] | None = None, subprotocols: Sequence[str] = ()
+    ) -> None:
+        self.overrides = dict(overrides or {})
+        unknown = set(self.overrides) - WS_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown WebSocket option(s): {', '.join(sorted(unknown))}")
+        if isinstance(subprotocols, str):
+            raise TypeError(f"subprotocols is a list of names, not the string {subprotocols!r}")
+        self.subprotocols = tuple(subprotocols)
+        # (the base settings, the route's settings, its deflate config) of the last base.
+        self._resolved: tuple[WebSocketSettings, WebSocketSettings, DeflateConfig] | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> WebSocketRoute:
+        """The route of `app.websocket(path, **options)`: overrides, and `subprotocols`."""
+        overrides = {k: v for k, v in options.items() if k != "subprotocols"}
+        return cls(overrides, options.get("subprotocols") or ())
+
+    def settings(self, base: WebSocketSettings) -> WebSocketSettings:
+        """The server's WebSocket settings `base` with this route's overrides."""
+        return self._resolve(base)[1]
+
+    def deflate_config(self, base: WebSocketSettings) -> DeflateConfig:
+        """The permessage-deflate config of this route's settings over `base`."""
+        return self._resolve(base)[2]
+
+    def _resolve(
+        self, base: WebSocketSettings
+    ) -> tuple[WebSocketSettings, WebSocketSettings, DeflateConfig]:
+        resolved = self._resolved
+        if resolved is None or resolved[0] is not base:
+            options = dataclasses.replace(base, **self.overrides)
+            config = DeflateConfig(min_size=options.compression_min_size)
+            resolved = self._resolved = (base, options, config)
+        return resolved
 
 
 def settings_contradictions(
-    base: WebSocketSettings, routes: Iterable[tuple[str, dict[str, Any]]]
+    base: WebSocketSettings, routes: Iterable[tuple[str, WebSocketRoute]]
 ) -> list[str]:
     """`WebSocketSettings.contradictions()` of the server's settings ("server.websocket: ...")
     and of each route (path, options) whose overrides make its own ("route /path: ...")."""
     found = [f"server.websocket: {problem}" for problem in base.contradictions()]
-    for path, route_options in routes:
-        problems = route_settings(base, route_options).contradictions()
+    for path, route in routes:
+        problems = route.settings(base).contradictions()
         if problems != base.contradictions():
             found += [f"route {path}: {problem}" for problem in problems]
     return found
@@ -136,7 +167,7 @@ def accept_websocket(
     request: Request,
     handler_class: type[WebSocketHandler],
     params: dict[str, Any],
-    route_options: dict[str, Any],
+    route: WebSocketRoute,
 ) -> Coroutine[Any, Any, None] | None:
     """Validate the opening handshake, run the handler's `prepare`, answer 101 and hand the
     socket to the handler; a coroutine that does the rest when `prepare` is async.
@@ -156,16 +187,15 @@ def accept_websocket(
     except HandshakeError as exc:
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
         raise HTTPError(exc.status, exc.reason, headers=headers) from None
-    options = route_settings(request.settings.websocket, route_options)
+    base = request.settings.websocket
+    options = route.settings(base)
     if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
         raise HTTPError(403, "origin not allowed")
-    subprotocol = choose_subprotocol(
-        handshake.subprotocols, route_options.get("subprotocols") or ()
-    )
+    subprotocol = choose_subprotocol(handshake.subprotocols, route.subprotocols)
     deflate = None
     extensions = None
     if options.compression and handshake.extensions:
-        config = route_options["_resolved"][2]
+        config = route.deflate_config(base)
         negotiated = negotiate(handshake.extensions, config)
         if negotiated is not None:
             deflate_params, extensions = negotiated

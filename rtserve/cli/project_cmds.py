@@ -49,9 +49,9 @@ def check(path: str | None) -> None:
     app = load_project_app(path)
     routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
     websocket_routes = {
-        endpoint.pattern: endpoint.options["ws_options"]
+        endpoint.pattern: endpoint.websocket
         for _, endpoint in app.router.endpoints
-        if endpoint.is_websocket
+        if endpoint.websocket is not None
     }
     for warning in settings_contradictions(app.settings.websocket, websocket_routes.items()):
         click.echo(f"warning: {warning}", err=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import socket
@@ -39,19 +38,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from rtserve.app.app import App
+from rtserve.app.middleware import BearerAuth
 from rtserve.app.request import Request
-from rtserve.app.response import JSON, HTMLResponse, JSONResponse, Response, dump_json
-from rtserve.protocol.http11 import encode_headers
+from rtserve.app.response import HTMLResponse, JSONResponse, Response, dump_json
 from rtserve.realtime.access import unwatch_shutdown, watch_shutdown
 from rtserve.realtime.protocol import DisconnectCode
-from rtserve.server.exchange import ClientDisconnected, Exchange
+from rtserve.server.exchange import ClientDisconnected
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
+from rtserve.server.state import Application
 from rtserve.server.websocket import WebSocketConnection
-from rtserve.stats.admin_guard import is_loopback, refusal
+from rtserve.stats.admin_guard import AdminGuard, is_loopback
 from rtserve.stats.metrics import (
     PROMETHEUS_CONTENT_TYPE,
     TRANSPORTS,
@@ -76,11 +75,6 @@ DISCONNECT_REASON = "disconnected by admin"
 SORTS = ("age", "queued")  # of GET /rt/admin/connections: oldest first, most queued first
 _UNIX_PATH_MAX = 100  # sun_path holds 104-108 bytes, depending on the system
 
-_UNAUTHORIZED_HEADERS = encode_headers(
-    [(b"content-type", JSON.encode()), (b"www-authenticate", b'Bearer realm="rtserve admin"')]
-)
-_UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
-_FORBIDDEN_HEADERS = encode_headers([(b"content-type", JSON.encode())])
 # The paths that also take the token as `?token=`: the page, and its EventSource.
 _QUERY_TOKEN_PATHS = frozenset({f"{PREFIX}/", f"{PREFIX}/events"})
 PAGE_FILE = Path(__file__).with_name("admin.html")
@@ -133,48 +127,6 @@ def check_options(
 
 
 # --- the admin app -------------------------------------------------------------------------
-
-
-class _AdminApp(App):
-    """The admin routes, behind a Bearer token when one is given (checked before routing);
-    over HTTP (`http_port` gives the bound port) also behind admin_guard's checks."""
-
-    def __init__(self, token: str | None, http_port: Callable[[], int] | None = None) -> None:
-        super().__init__(ServerSettings(access_log=False))
-        self._token = None if token is None else token.encode("utf-8")
-        self._http_port = http_port
-
-    def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
-        if self._token is not None and not self._authorized(exchange):
-            exchange.respond(401, _UNAUTHORIZED_HEADERS, _UNAUTHORIZED_BODY)
-            return None
-        if self._http_port is not None:
-            head = exchange.head
-            why = refusal(
-                head.method,
-                head.headers,
-                head.authority,
-                has_token=self._token is not None,
-                port=self._http_port(),
-            )
-            if why is not None:
-                exchange.respond(403, _FORBIDDEN_HEADERS, dump_json({"error": why}))
-                return None
-        return super().dispatch(exchange)
-
-    def _authorized(self, exchange: Exchange) -> bool:
-        assert self._token is not None
-        head = exchange.head
-        for name, value in head.headers:
-            if name.lower() == b"authorization":
-                scheme, _, given = value.strip().partition(b" ")
-                ok = hmac.compare_digest(given.strip(), self._token)
-                return ok and scheme.lower() == b"bearer"
-        if head.path in _QUERY_TOKEN_PATHS and head.query_string:
-            for key, value in parse_qsl(head.query_string, keep_blank_values=True):
-                if key == b"token":
-                    return hmac.compare_digest(value, self._token)
-        return False
 
 
 class _StatsStream:
@@ -397,8 +349,12 @@ class AdminServer:
 
     # --- the endpoints ---------------------------------------------------------------------
 
-    def _make_app(self, token: str | None, http_port: Callable[[], int] | None = None) -> _AdminApp:
-        admin = _AdminApp(token, http_port)
+    def _make_app(
+        self, token: str | None, http_port: Callable[[], int] | None = None
+    ) -> Application:
+        """The admin routes; over HTTP (`http_port` gives the bound port) behind AdminGuard,
+        and behind BearerAuth (checked first) when there is a token."""
+        admin = App(ServerSettings(access_log=False))
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", f"{PREFIX}/stats", self.stats),
             ("GET", f"{PREFIX}/connections", self.connections),
@@ -411,7 +367,14 @@ class AdminServer:
             routes.append(("GET", "/metrics", self.prometheus))
         for method, path, handler in routes:
             admin.add_route(path, handler, [method])
-        return admin
+        served: Application = admin
+        if http_port is not None:
+            served = AdminGuard(served, http_port, has_token=token is not None)
+        if token is not None:
+            served = BearerAuth(
+                served, token, realm="rtserve admin", query_token_paths=_QUERY_TOKEN_PATHS
+            )
+        return served
 
     async def current_stats(self) -> dict[str, Any]:
         """The stats snapshot the endpoints serve."""

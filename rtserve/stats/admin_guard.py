@@ -1,5 +1,6 @@
 """Which requests the admin interface's HTTP address refuses before routing (403), so that
-a web page of another site cannot use it through the browser of someone who can reach it.
+a web page of another site cannot use it through the browser of someone who can reach it:
+`refusal` says why, `AdminGuard` is the middleware answering it.
 
 - A cross-site request (`Sec-Fetch-Site: cross-site|same-site`, or an `Origin` other than the
   address asked for) is refused, token or not; a top-level navigation to a page is not (a
@@ -12,13 +13,44 @@ a web page of another site cannot use it through the browser of someone who can 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+from rtserve.app.middleware import Middleware
+from rtserve.app.response import JSON, dump_json
+from rtserve.protocol.http11 import encode_headers
 from rtserve.protocol.ws_handshake import check_origin
+from rtserve.server.exchange import Exchange
+
+if TYPE_CHECKING:
+    from rtserve.server.state import Application
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _CROSS_SITE = frozenset({b"cross-site", b"same-site"})
+_FORBIDDEN_HEADERS = encode_headers([(b"content-type", JSON.encode())])
+
+
+class AdminGuard(Middleware):
+    """Answers 403 (JSON, with the reason) to the requests `refusal` refuses, before the inner
+    app routes them. `port` gives the bound port (known once listening); `has_token`: a
+    BearerAuth outside this guard checks a token."""
+
+    def __init__(self, inner: Application, port: Callable[[], int], *, has_token: bool) -> None:
+        super().__init__(inner)
+        self._port = port
+        self._has_token = has_token
+
+    def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
+        head = exchange.head
+        why = refusal(
+            head.method, head.headers, head.authority, has_token=self._has_token, port=self._port()
+        )
+        if why is not None:
+            exchange.respond(403, _FORBIDDEN_HEADERS, dump_json({"error": why}))
+            return None
+        return self.inner.dispatch(exchange)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,8 +1,10 @@
 """Test helpers for rtserve apps: a live server on an ephemeral loopback port, and clients.
 
 `serve_app(app)` is an async context manager for async tests; `ThreadedServer(app)` runs the
-server on its own loop in a thread for plain (sync) tests, and `SyncClient` talks to it with
-the standard library's http.client — an independent HTTP implementation.
+server on its own loop in a thread for plain (sync) tests. Either serves an App, or a
+middleware stack around one (its settings and admin interface are the App's). `SyncClient`
+talks to a test server with the standard library's http.client — an independent HTTP
+implementation.
 `websocket_connect(url)` opens a WebSocket to a test server (rtserve's own client side of RFC
 6455); `rtserve.client.Client` speaks the channel protocol.
 """
@@ -16,14 +18,18 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from rtserve.app.app import App
 from rtserve.app.datastructures import Headers
+from rtserve.app.middleware import Middleware
 from rtserve.client.ws import ClientWebSocket
 from rtserve.client.ws import connect as websocket_connect
 from rtserve.server.listener import Server, new_event_loop
 from rtserve.server.settings import ServerSettings
+from rtserve.server.state import Application
+
+AppT = TypeVar("AppT", bound=Application)
 
 __all__ = [
     "ClientResponse",
@@ -36,8 +42,19 @@ __all__ = [
 ]
 
 
-def _test_settings(app: App, **overrides: Any) -> ServerSettings:
-    settings = replace(app.settings, host="127.0.0.1", port=0, unix_socket=None, fd=None)
+def _innermost(app: Application) -> Application:
+    """The application under a middleware stack (the stack's settings and admin are its)."""
+    for _ in range(1000):  # bounded: a stack is a few layers deep
+        if not isinstance(app, Middleware):
+            break
+        app = app.inner
+    return app
+
+
+def _test_settings(app: Application, **overrides: Any) -> ServerSettings:
+    inner = _innermost(app)
+    base = inner.settings if isinstance(inner, App) else ServerSettings()
+    settings = replace(base, host="127.0.0.1", port=0, unix_socket=None, fd=None)
     for key, value in overrides.items():
         setattr(settings, key, value)
     return settings
@@ -45,23 +62,28 @@ def _test_settings(app: App, **overrides: Any) -> ServerSettings:
 
 @asynccontextmanager
 async def serve_app(
-    app: App, *, private_admin: bool = True, **overrides: Any
+    app: Application, *, private_admin: bool = True, **overrides: Any
 ) -> AsyncIterator[Server]:
     """Run `app` on 127.0.0.1 and an ephemeral port for the duration of the block.
 
     Its admin interface, if it has one, serves on a socket in a temporary folder and an
     ephemeral port (`app.admin.socket_path`, `app.admin.port`), never on the project's own
     addresses, which a running `rtserve run` owns; `private_admin=False` keeps them."""
-    admin = app.admin if private_admin else None
+    inner = _innermost(app)
+    admin = inner.admin if private_admin and isinstance(inner, App) else None
+    startup = getattr(app, "startup", None)
+    shutdown = getattr(app, "shutdown", None)
     with admin.private() if admin is not None and not admin.running else nullcontext():
         server = Server(app, _test_settings(app, **overrides))
-        await app.startup()
+        if startup is not None:
+            await startup()
         await server.start()
         try:
             yield server
         finally:
             await server.shutdown(grace=1.0)
-            await app.shutdown()
+            if shutdown is not None:
+                await shutdown()
 
 
 @dataclass
@@ -120,14 +142,14 @@ class SyncClient:
         self.close()
 
 
-class ThreadedServer:
+class ThreadedServer(Generic[AppT]):
     """Serve `app` from a background thread with its own event loop (for sync tests), as
     `serve_app` does (its admin interface on private addresses unless `private_admin=False`).
 
     Use as a context manager; `port`, `url` and `client()` are available inside.
     """
 
-    def __init__(self, app: App, *, private_admin: bool = True, **overrides: Any) -> None:
+    def __init__(self, app: AppT, *, private_admin: bool = True, **overrides: Any) -> None:
         self.app = app
         self.private_admin = private_admin
         self.overrides = overrides
@@ -169,7 +191,7 @@ class ThreadedServer:
             self._ready.set()
             await self._stop.wait()
 
-    def start(self) -> ThreadedServer:
+    def start(self) -> ThreadedServer[AppT]:
         self._thread = threading.Thread(target=self._run, name="rtserve-test", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -196,7 +218,7 @@ class ThreadedServer:
                 self.loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
 
-    def __enter__(self) -> ThreadedServer:
+    def __enter__(self) -> ThreadedServer[AppT]:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,6 +7,7 @@ and `rtserve_client` a SyncClient connected to it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,13 +15,13 @@ from rtserve.testing import SyncClient, ThreadedServer
 
 
 @pytest.fixture
-def rtserve_server(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+def rtserve_server(request: pytest.FixtureRequest) -> Iterator[ThreadedServer[Any]]:
     app = request.getfixturevalue("app")
     with ThreadedServer(app) as server:
         yield server
 
 
 @pytest.fixture
-def rtserve_client(rtserve_server: ThreadedServer) -> Iterator[SyncClient]:
+def rtserve_client(rtserve_server: ThreadedServer[Any]) -> Iterator[SyncClient]:
     with rtserve_server.client() as client:
         yield client
