@@ -240,7 +240,7 @@ class ServerState:
         elif error is not None:
             log.error("unhandled error answering %s", exchange.head, exc_info=error)
         if not exchange.finished:
-            exchange.conn._internal_error(exchange)
+            exchange.answer_internal_error()
 
     def limit_hit(self, conn: HTTPConnection, status: int, reason: str) -> None:
         """Log (and count) a request refused by a limit or a protocol error."""

@@ -37,6 +37,7 @@ from rtserve.protocol.websocket import (
     encode_text,
 )
 from rtserve.server.settings import WebSocketSettings
+from rtserve.server.transport import UpgradedProtocol
 
 if TYPE_CHECKING:
     from rtserve.protocol.deflate import PerMessageDeflate
@@ -86,7 +87,7 @@ class _Released:
 _RELEASED: Any = _Released()
 
 
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(UpgradedProtocol):
     """One open WebSocket."""
 
     __slots__ = (

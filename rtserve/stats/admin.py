@@ -429,7 +429,6 @@ class AdminServer:
         if request.method == "HEAD":  # no body, so no stream: the head of one
             return Response(b"", headers=[(n.decode(), v.decode()) for n, v in _EVENTS_HEADERS])
         exchange = request.exchange
-        conn = exchange.conn
         disconnected = exchange.wait_disconnected()
         stream = _StatsStream()
         watch_shutdown(request, stream)
@@ -444,7 +443,7 @@ class AdminServer:
                     timeout=EVENTS_INTERVAL,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-            if not conn.closed:
+            if not exchange.closed:
                 exchange.end()
         except ClientDisconnected:
             pass
