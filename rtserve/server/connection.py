@@ -34,6 +34,7 @@ from rtserve.protocol.http11 import (
 )
 from rtserve.server.exchange import ClientDisconnected, Exchange
 from rtserve.server.sendfile import sendfile_in_thread
+from rtserve.server.transport import ConnectionInfo
 
 if TYPE_CHECKING:
     from rtserve.server.state import ServerState
@@ -44,6 +45,7 @@ log = logging.getLogger("rtserve.server")
 _NO_QUEUE: deque[Exchange] = deque(maxlen=0)
 
 IDLE, HEAD, BODY, BUSY, SEND = range(5)
+PHASE_NAMES = ("idle", "head", "body", "busy", "send")
 # The ioctl that reads a TCP socket's unacknowledged send queue (SIOCOUTQ), where there is one.
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 INF = float("inf")
@@ -57,7 +59,10 @@ MIN_TURN_REQUESTS = 2
 
 class HTTPConnection(asyncio.Protocol):
     """One client connection speaking HTTP/1.1 (and 1.0): the `ExchangeTransport` of its
-    exchanges."""
+    exchanges, and `Served` while it speaks HTTP."""
+
+    kind = "http"
+    handler = None
 
     __slots__ = (
         "_backlog",
@@ -568,6 +573,25 @@ class HTTPConnection(asyncio.Protocol):
         """Server shutdown: an idle connection closes now, a busy one after its response."""
         if self.active is None and not self.queue and not self._backlog:
             self.close()
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close on an operator's word (HTTP has no close code: now, after what was written)."""
+        self.close()
+
+    def queued(self) -> int:
+        """Bytes in the transport's write buffer."""
+        return self.transport.get_write_buffer_size()
+
+    def describe(self) -> ConnectionInfo:
+        """The timer phase, the path being answered and the bytes waiting to be sent."""
+        active = self.active
+        try:
+            queued = int(self.transport.get_write_buffer_size())
+        except Exception:  # a transport closing under us
+            queued = 0
+        return ConnectionInfo(
+            PHASE_NAMES[self.phase], None if active is None else active.head.path, queued
+        )
 
     def upgrade(self, exchange: Exchange, response: bytes, protocol: UpgradedProtocol) -> None:
         """Answer `exchange` with `response` (a 101) and hand the socket to `protocol`."""

@@ -1,14 +1,18 @@
-"""The seam between an exchange and the connection it came from.
+"""The seams of a connection: towards its exchanges, and towards the server and stats.
 
 `ExchangeTransport` is all an `Exchange` may ask of its connection: HTTP/1.1's
 `HTTPConnection` implements it today, and an HTTP/2 stream can be just another implementer.
 Nothing outside `rtserve.server` sees it: the app layer talks to the `Exchange` only.
+
+`Served` is what the server (deadlines, shutdown) and stats (`describe()`) need of any live
+connection, HTTP or WebSocket: `ServerState.connections` holds them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
@@ -125,3 +129,70 @@ class UpgradedProtocol(asyncio.Protocol):
     @abstractmethod
     def closed_future(self) -> asyncio.Future[None]:
         """A future that completes when the connection closes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What a live connection says of itself when stats list it."""
+
+    state: str  # HTTP: idle, head, body, busy, send; WebSocket: open, closing
+    path: str | None  # of the request being answered, or of the WebSocket's request
+    queued_bytes: int  # written and not yet taken by the kernel
+
+
+class Served(Protocol):
+    """What the server and stats need of a live connection (HTTP or WebSocket)."""
+
+    @property
+    def kind(self) -> str:
+        """`http` or `websocket`."""
+        ...
+
+    @property
+    def handler(self) -> object | None:
+        """The app a WebSocket hands its messages to; None for HTTP."""
+        ...
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The direct peer (address, port); ("", 0) for unix sockets."""
+        ...
+
+    @property
+    def deadline(self) -> float:
+        """When `on_timeout()` is due (the loop's clock); inf for never."""
+        ...
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from the client."""
+        ...
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes written to the client."""
+        ...
+
+    def on_timeout(self) -> None:
+        """The deadline passed (the server's ticker calls this)."""
+        ...
+
+    def begin_shutdown(self) -> None:
+        """The server shuts down: close when idle, or once the current answer is done."""
+        ...
+
+    def abort(self) -> None:
+        """Close now, dropping what was not sent."""
+        ...
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close on an operator's word (a WebSocket sends `code` and `reason`)."""
+        ...
+
+    def queued(self) -> int:
+        """Bytes waiting to be sent as the last write left them: cheap, to rank connections."""
+        ...
+
+    def describe(self) -> ConnectionInfo:
+        """The connection's state, path and exact queued bytes, for a listing."""
+        ...

@@ -50,7 +50,6 @@ from rtserve.realtime.protocol import DisconnectCode
 from rtserve.server.exchange import ClientDisconnected, Exchange
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
-from rtserve.server.websocket import WebSocketConnection
 from rtserve.stats.admin_guard import is_loopback, refusal
 from rtserve.stats.metrics import (
     PROMETHEUS_CONTENT_TYPE,
@@ -494,10 +493,7 @@ class AdminServer:
         conn = find_connection(self.app.server_state, conn_id)
         if conn is None:
             return JSONResponse({"disconnected": False, "error": "no such connection"}, 404)
-        if isinstance(conn, WebSocketConnection):
-            conn.close(DisconnectCode.FORCED, DISCONNECT_REASON)
-        else:
-            conn.close()
+        conn.disconnect(DisconnectCode.FORCED, DISCONNECT_REASON)
         log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], peer_text(conn))
         return {"disconnected": True}
 
