@@ -50,8 +50,13 @@ class _Connection:
 
 
 class _Exchange:
+    closed = False
+
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
+
+    def buffered(self) -> int:
+        return 0
 
     def write(self, data: bytes) -> None:
         self.conn.out.append(data)

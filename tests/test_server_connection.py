@@ -34,7 +34,7 @@ def make_app() -> App:
     async def numbered(request: Request, n: int) -> str:
         if n % 3 == 0:
             await asyncio.sleep(0.001 * (n % 5))
-        seen["max_queue"] = max(seen["max_queue"], len(request.exchange.conn.queue))
+        seen["max_queue"] = max(seen["max_queue"], len(request.exchange._transport.queue))
         return f"response {n}"
 
     @app.route("/echo", methods=["POST"])
@@ -51,12 +51,11 @@ def make_app() -> App:
     @app.route("/big")
     async def big(request: Request) -> None:
         exchange = request.exchange
-        transport = exchange.conn.transport
         exchange.start(200, [(b"content-type", b"text/plain")])
         for _ in range(512):  # 32 MiB: more than the kernel's socket buffers hold
             exchange.write(b"x" * 65536)
-            seen["max_buffer"] = max(seen["max_buffer"], transport.get_write_buffer_size())
-            if exchange.conn.writing_paused:
+            seen["max_buffer"] = max(seen["max_buffer"], exchange.buffered())
+            if exchange.writing_paused:
                 seen["paused"].set()
             await exchange.drain()
         exchange.end()

@@ -591,8 +591,7 @@ class App:
         if exchange.started:
             # Too late for an error page: drop the connection before ending the response, so
             # that no last-chunk makes the cut-short body look complete to the client.
-            exchange.conn.must_close = True
-            exchange.conn.close()
+            exchange.close()
             exchange.end()
             return None
         if self._error_page is not None:

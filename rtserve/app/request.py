@@ -69,7 +69,7 @@ class Request:
     @property
     def settings(self) -> ServerSettings:
         """The settings the serving server runs with (overrides included)."""
-        return self.exchange.conn.state.settings
+        return self.exchange.state.settings
 
     @property
     def method(self) -> str:

@@ -273,8 +273,7 @@ class StreamingResponse(Response):
         except BaseException:
             # The body is cut short: close the connection so that ending the exchange
             # writes no last-chunk, and the client sees an incomplete response.
-            exchange.conn.must_close = True
-            exchange.conn.close()
+            exchange.close()
             await _close_iterator(content)
             raise
         exchange.end()

@@ -224,10 +224,10 @@ def _upgrade(
 ) -> None:
     """Answer 101 and hand the socket to `handler` (unless the client left meanwhile)."""
     exchange = handler.request.exchange
-    if exchange.conn.closed:
+    if exchange.closed:
         return
     connection = WebSocketConnection(
-        exchange.conn.state,
+        exchange.state,
         handler,
         options,
         deflate=deflate,
@@ -236,7 +236,7 @@ def _upgrade(
     )
     handler.connection = connection
     response = response_101(key, subprotocol=subprotocol, extensions=extensions)
-    exchange.conn.upgrade(exchange, response, connection)
+    exchange.upgrade(response, connection)
 
 
 class SharedMessage:

@@ -323,7 +323,7 @@ class Stoppable(Protocol):
 
 def watch_shutdown(request: Request, item: Stoppable) -> None:
     """Call `item.stop()` when the server serving `request` shuts down (or now, if it is)."""
-    state = request.exchange.conn.state
+    state = request.exchange.state
     if state.shutting_down:
         item.stop()
     else:
@@ -332,4 +332,4 @@ def watch_shutdown(request: Request, item: Stoppable) -> None:
 
 def unwatch_shutdown(request: Request, item: Stoppable) -> None:
     """`item` ended by itself: forget it."""
-    request.exchange.conn.state.long_lived.discard(item)
+    request.exchange.state.long_lived.discard(item)

@@ -42,7 +42,7 @@ def _authorise(hub: Hub, request: Request) -> None:
 def refuse_when_shutting_down(request: Request) -> None:
     """ChannelError 108 once the server serving `request` shuts down: its WebSockets are
     closing, so a publication accepted now could reach none of them."""
-    if request.exchange.conn.state.shutting_down:
+    if request.exchange.state.shutting_down:
         raise ChannelError(ErrorCode.NOT_AVAILABLE, "the server is shutting down")
 
 

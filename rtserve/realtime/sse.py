@@ -172,7 +172,6 @@ class SSEStream:
 
     async def run(self, cors: list[tuple[str, str]]) -> None:
         hub, exchange = self.hub, self.exchange
-        conn = exchange.conn
         loop = asyncio.get_running_loop()
         disconnected = exchange.wait_disconnected()
         watch_shutdown(self.request, self)
@@ -197,7 +196,7 @@ class SSEStream:
                 waits: set[asyncio.Future[Any]] = {wake, disconnected}
                 timeout = max(0.0, next_ping - loop.time())
                 if outbox.pending:
-                    if conn.writing_paused:  # wait for the client to take most of it
+                    if exchange.writing_paused:  # wait for the client to take most of it
                         if drain is None:
                             drain = asyncio.ensure_future(exchange.drain())
                     else:  # a message bigger than the room left: look again soon
@@ -213,12 +212,11 @@ class SSEStream:
                     next_ping = loop.time() + heartbeat
                     if not outbox.pending and self._room(len(PING)):
                         exchange.write(PING)
-            if not conn.closed:
+            if not exchange.closed:
                 if self._last_word is not None and self._room(len(self._last_word)):
                     exchange.write(self._last_word)
                 if self._slow:  # what is queued is not worth waiting for: drop it all
-                    conn.must_close = True
-                    conn.abort()
+                    exchange.abort()
                 exchange.end()
         except ClientDisconnected:
             pass
@@ -232,10 +230,10 @@ class SSEStream:
             self._close()
 
     def _room(self, size: int) -> bool:
-        conn = self.exchange.conn
-        if conn.closed:
+        exchange = self.exchange
+        if exchange.closed:
             return False
-        queued = conn.transport.get_write_buffer_size()
+        queued = exchange.buffered()
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:

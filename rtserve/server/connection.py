@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from asyncio import current_task
 from collections import deque
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if sys.platform == "linux":
     import fcntl
@@ -32,15 +33,19 @@ from rtserve.protocol.http11 import (
     response_head,
 )
 from rtserve.server.exchange import ClientDisconnected, Exchange
+from rtserve.server.sendfile import sendfile_in_thread
+from rtserve.server.transport import ConnectionInfo
 
 if TYPE_CHECKING:
     from rtserve.server.state import ServerState
+    from rtserve.server.transport import UpgradedProtocol
 
 log = logging.getLogger("rtserve.server")
 # Shared by every connection that never pipelines; replaced before any append.
 _NO_QUEUE: deque[Exchange] = deque(maxlen=0)
 
 IDLE, HEAD, BODY, BUSY, SEND = range(5)
+PHASE_NAMES = ("idle", "head", "body", "busy", "send")
 # The ioctl that reads a TCP socket's unacknowledged send queue (SIOCOUTQ), where there is one.
 _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
 INF = float("inf")
@@ -53,7 +58,11 @@ MIN_TURN_REQUESTS = 2
 
 
 class HTTPConnection(asyncio.Protocol):
-    """One client connection speaking HTTP/1.1 (and 1.0)."""
+    """One client connection speaking HTTP/1.1 (and 1.0): the `ExchangeTransport` of its
+    exchanges, and `Served` while it speaks HTTP."""
+
+    kind = "http"
+    handler = None
 
     __slots__ = (
         "_backlog",
@@ -358,13 +367,14 @@ class HTTPConnection(asyncio.Protocol):
             task = self.state.app.dispatch(exchange)
         except Exception:
             log.exception("request dispatch failed")
-            self._internal_error(exchange)
+            self.internal_error(exchange)
             return
         if task is not None:
             exchange.task = task
             self.state.track(task, exchange)
 
-    def _internal_error(self, exchange: Exchange) -> None:
+    def internal_error(self, exchange: Exchange) -> None:
+        """`exchange`'s handler failed: answer 500, or cut the response short if it started."""
         if self.closed and not exchange.finished:
             exchange._finish()  # nobody to answer: just account for it
         elif not exchange.started:
@@ -564,7 +574,26 @@ class HTTPConnection(asyncio.Protocol):
         if self.active is None and not self.queue and not self._backlog:
             self.close()
 
-    def upgrade(self, exchange: Exchange, response: bytes, protocol: asyncio.Protocol) -> None:
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close on an operator's word (HTTP has no close code: now, after what was written)."""
+        self.close()
+
+    def queued(self) -> int:
+        """Bytes in the transport's write buffer."""
+        return self.transport.get_write_buffer_size()
+
+    def describe(self) -> ConnectionInfo:
+        """The timer phase, the path being answered and the bytes waiting to be sent."""
+        active = self.active
+        try:
+            queued = int(self.transport.get_write_buffer_size())
+        except Exception:  # a transport closing under us
+            queued = 0
+        return ConnectionInfo(
+            PHASE_NAMES[self.phase], None if active is None else active.head.path, queued
+        )
+
+    def upgrade(self, exchange: Exchange, response: bytes, protocol: UpgradedProtocol) -> None:
         """Answer `exchange` with `response` (a 101) and hand the socket to `protocol`."""
         exchange.started = True
         exchange.status = 101
@@ -579,9 +608,6 @@ class HTTPConnection(asyncio.Protocol):
         protocol.connection_made(self.transport)
         state.connection_closed(self)  # after the new protocol registered itself
         exchange._finish()
-        # The request lives on with the handler; its exchange now asks the new protocol whether
-        # the client is there, so this object (and what it holds) can go.
-        exchange.conn = protocol  # type: ignore[assignment]
         pending = self._upgrade_data
         if self._upgrade_exchange is not None:
             self._upgrade_data = self._upgrade_exchange = None
@@ -594,6 +620,64 @@ class HTTPConnection(asyncio.Protocol):
         """Count `n` bytes written to the client."""
         self.bytes_out += n
         self.state.stats.bytes_sent += n
+
+    # --- ExchangeTransport: writing for exchanges -------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write and count `data` (the caller checked `closed`)."""
+        n = len(data)
+        self.bytes_out += n
+        self.state.stats.bytes_sent += n
+        self.transport.write(data)
+
+    def write_response(self, head: bytes, body: bytes) -> None:
+        """Write and count a whole response (the caller checked `closed`)."""
+        n = len(head) + len(body)
+        self.bytes_out += n
+        self.state.stats.bytes_sent += n
+        if len(body) > 4096:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head + body)
+
+    def buffered(self) -> int:
+        """Bytes written and not yet handed to the socket."""
+        return self.transport.get_write_buffer_size()
+
+    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send `count` bytes of `file` from `offset`: the kernel's sendfile on plain TCP (from a
+        worker thread under uvloop), reads in a worker thread under TLS. Raises
+        ClientDisconnected."""
+        self._sent(count)
+        await self.drain()
+        loop = self.state.loop
+        if self.state.ssl_context is None and hasattr(os, "sendfile"):
+            try:
+                await loop.sendfile(self.transport, file, offset, count, fallback=False)
+                return
+            except (NotImplementedError, asyncio.SendfileNotAvailableError):
+                pass  # uvloop: do it ourselves below
+            try:
+                sent = await sendfile_in_thread(self, file.fileno(), offset, count)
+            except OSError as exc:  # the client reset, or stalled past timeouts.send
+                self.abort()
+                raise ClientDisconnected(str(exc)) from None
+            if sent != count:
+                self.abort()  # a short body: the client must not take it for a whole one
+                raise ClientDisconnected("file body cut short")
+            return
+        remaining, position = count, offset
+        while remaining > 0:
+            size = min(remaining, 256 * 1024)
+            data = await loop.run_in_executor(None, os.pread, file.fileno(), size, position)
+            if not data:
+                raise ClientDisconnected("file shrank while being sent")
+            if self.closed:
+                raise ClientDisconnected("client disconnected")
+            self.transport.write(data)
+            position += len(data)
+            remaining -= len(data)
+            await self.drain()
 
     def close(self) -> None:
         if not self.closed:

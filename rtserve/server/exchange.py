@@ -2,13 +2,14 @@
 
 The app reads the request head and body from it and answers through it: `respond()` writes a
 whole response at once; `start()`/`write()`/`drain()`/`end()` stream one; `sendfile()` sends
-part of a file without reading it into Python. Exactly one answer per exchange.
+part of a file without reading it into Python; `upgrade()` hands the socket to another
+protocol. Exactly one answer per exchange. It is the app's only door to the connection, which
+it reaches through the `ExchangeTransport` seam (rtserve/server/transport.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -20,10 +21,10 @@ from rtserve.protocol.http11 import (
     encode_chunk,
     response_head,
 )
-from rtserve.server.sendfile import sendfile_in_thread
 
 if TYPE_CHECKING:
-    from rtserve.server.connection import HTTPConnection
+    from rtserve.server.state import ServerState
+    from rtserve.server.transport import ExchangeTransport, UpgradedProtocol
 
 
 class ClientDisconnected(ConnectionError):
@@ -42,9 +43,9 @@ class Exchange:
         "_client",
         "_pieces",
         "_streamed",
+        "_transport",
         "body",
         "body_complete",
-        "conn",
         "finished",
         "head",
         "head_only",
@@ -52,13 +53,15 @@ class Exchange:
         "scope",
         "start_time",
         "started",
+        "state",
         "status",
         "streaming",
         "task",
     )
 
-    def __init__(self, conn: HTTPConnection, head: RequestHead, start_time: float) -> None:
-        self.conn = conn
+    def __init__(self, transport: ExchangeTransport, head: RequestHead, start_time: float) -> None:
+        self._transport = transport
+        self.state: ServerState = transport.state  # the serving server's (read-only)
         self.head = head
         self.start_time = start_time
         self.body = b""
@@ -83,24 +86,39 @@ class Exchange:
     @property
     def peer(self) -> tuple[str, int]:
         """The direct peer (address, port); ("", 0) for unix sockets."""
-        return self.conn.peer
+        return self._transport.peer
 
     @property
     def client_and_scheme(self) -> tuple[str, str]:
         """(client address, scheme), trusting forwarding headers only from trusted proxies."""
         if self._client is None:
-            state = self.conn.state
-            self._client = state.proxies.resolve(self.conn.peer[0], state.scheme, self.head.headers)
+            state = self.state
+            peer = self._transport.peer[0]
+            self._client = state.proxies.resolve(peer, state.scheme, self.head.headers)
         return self._client
 
     @property
     def disconnected(self) -> bool:
         """The client closed the connection, or at least its sending side."""
-        return self.conn.closed or self.conn.eof
+        return self._transport.closed or self._transport.eof
+
+    @property
+    def closed(self) -> bool:
+        """The connection is closed (by either side): nothing more can be sent."""
+        return self._transport.closed
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client is behind: what was written is over the write buffer's high-water mark."""
+        return self._transport.writing_paused
+
+    def buffered(self) -> int:
+        """Bytes written and not yet handed to the socket."""
+        return self._transport.buffered()
 
     def wait_disconnected(self) -> asyncio.Future[None]:
         """A future that completes when the client closes the connection (or its side of it)."""
-        return self.conn.closed_future()
+        return self._transport.closed_future()
 
     def _feed(self, data: bytes) -> None:
         pieces = self._pieces
@@ -110,7 +128,7 @@ class Exchange:
         if self.streaming:
             self._streamed += len(data)
             if self._streamed > STREAM_HIGH_WATER:
-                self.conn.pause_reading_for_body()
+                self._transport.pause_reading_for_body()
             self._wake_body()
 
     def _start_streaming(self) -> None:
@@ -138,22 +156,23 @@ class Exchange:
             if self.body:
                 yield self.body
             return
-        self.conn.send_continue(self)
-        loop = self.conn.state.loop
+        transport = self._transport
+        transport.send_continue(self)
+        loop = self.state.loop
         while True:
             while self._pieces:
                 pieces, self._pieces = self._pieces, None
                 for data in pieces:
                     self._streamed -= len(data)
                     if self._streamed <= STREAM_HIGH_WATER:
-                        self.conn.resume_reading_for_body()
+                        transport.resume_reading_for_body()
                     yield data
             if self.body_complete:
                 return
-            if self.conn.closed:
+            if transport.closed:
                 raise ClientDisconnected("client disconnected during the request body")
             self._body_waiter = loop.create_future()
-            self.conn.watch(self._body_waiter)
+            transport.watch(self._body_waiter)
             await self._body_waiter
             self._body_waiter = None
 
@@ -163,8 +182,8 @@ class Exchange:
         """Send a complete response with `body` and finish the exchange."""
         if self.started:
             raise RuntimeError("response already started")
-        conn = self.conn
-        state = conn.state
+        conn = self._transport
+        state = self.state
         head = response_head(
             status,
             headers,
@@ -181,20 +200,15 @@ class Exchange:
             body = b""
         self.response_bytes = len(body)
         if not conn.closed:
-            n = len(head) + len(body)
-            conn.bytes_out += n
-            conn.state.stats.bytes_sent += n
-            if len(body) > 4096:
-                conn.transport.writelines((head, body))
-            else:
-                conn.transport.write(head + body)
+            conn.write_response(head, body)
         self._finish()
 
     def start(self, status: int, headers: list[Header], content_length: int | None = None) -> None:
         """Send the head of a streamed response; `content_length=None` streams chunked."""
         if self.started:
             raise RuntimeError("response already started")
-        conn = self.conn
+        conn = self._transport
+        state = self.state
         http10 = self.head.version == "1.0"
         if content_length is None and http10:
             conn.must_close = True  # HTTP/1.0 has no chunking: the body ends when we close
@@ -205,16 +219,15 @@ class Exchange:
             headers,
             content_length=content_length,
             keep_alive=conn.keep_alive_after(self),
-            date=conn.state.date_line,
-            server=conn.state.server_line,
+            date=state.date_line,
+            server=state.server_line,
             http10=http10,
         )
         self.started = True
         self.status = status
-        conn.state.stats.http_latency.observe(perf_counter() - self.start_time)
+        state.stats.http_latency.observe(perf_counter() - self.start_time)
         if not conn.closed:
-            conn._sent(len(head))
-            conn.transport.write(head)
+            conn.write(head)
 
     def write(self, data: bytes) -> None:
         """Queue one piece of a streamed response body. Raises ClientDisconnected."""
@@ -222,29 +235,49 @@ class Exchange:
             raise RuntimeError("call start() before write()")
         if self.finished:
             raise RuntimeError("response already finished")
-        if self.conn.closed:
+        conn = self._transport
+        if conn.closed:
             raise ClientDisconnected("client disconnected")
         if not data or self.head_only:
             return
         self.response_bytes += len(data)
-        out = encode_chunk(data) if self._chunked else data
-        conn = self.conn
-        conn.bytes_out += len(out)
-        conn.state.stats.bytes_sent += len(out)
-        conn.transport.write(out)
+        conn.write(encode_chunk(data) if self._chunked else data)
 
     async def drain(self) -> None:
         """Wait until the client has taken enough of what was written. Raises ClientDisconnected."""
-        await self.conn.drain()
+        await self._transport.drain()
 
     def end(self) -> None:
         """Finish a streamed response."""
         if self.finished:
             return
-        if self._chunked and not self.head_only and not self.conn.closed:
-            self.conn._sent(len(LAST_CHUNK))
-            self.conn.transport.write(LAST_CHUNK)
+        if self._chunked and not self.head_only and not self._transport.closed:
+            self._transport.write(LAST_CHUNK)
         self._finish()
+
+    def close(self) -> None:
+        """Close the connection once what was written is sent: a streamed body ended now is
+        cut short (no last chunk), so the client sees it incomplete."""
+        self._transport.must_close = True
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what was not sent."""
+        self._transport.must_close = True
+        self._transport.abort()
+
+    def upgrade(self, response: bytes, protocol: UpgradedProtocol) -> None:
+        """Answer with `response` (a 101) and hand the socket to `protocol`; from then on this
+        exchange reports `protocol`'s state (closed, disconnected)."""
+        transport = self._transport
+        transport.upgrade(self, response, protocol)
+        # The request lives on with the handler: it asks the new protocol whether the client
+        # is there, so the HTTP connection (and what it holds) can go.
+        self._transport = _Upgraded(transport.state, transport.peer, protocol)
+
+    def answer_internal_error(self) -> None:
+        """The handler failed: answer 500, or cut the response short if it started."""
+        self._transport.internal_error(self)
 
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
         """Send `count` bytes of `file` from `offset` as the body (after `start`).
@@ -254,43 +287,93 @@ class Exchange:
         """
         if self.head_only or count <= 0:
             return
-        conn = self.conn
-        if conn.closed:
+        if self._transport.closed:
             raise ClientDisconnected("client disconnected")
         self.response_bytes += count
-        conn._sent(count)
-        await conn.drain()
-        loop = conn.state.loop
-        if conn.state.ssl_context is None and hasattr(os, "sendfile"):
-            try:
-                await loop.sendfile(conn.transport, file, offset, count, fallback=False)
-                return
-            except (NotImplementedError, asyncio.SendfileNotAvailableError):
-                pass  # uvloop: do it ourselves below
-            try:
-                sent = await sendfile_in_thread(conn, file.fileno(), offset, count)
-            except OSError as exc:  # the client reset, or stalled past timeouts.send
-                conn.abort()
-                raise ClientDisconnected(str(exc)) from None
-            if sent != count:
-                conn.abort()  # a short body: the client must not take it for a whole one
-                raise ClientDisconnected("file body cut short")
-            return
-        remaining, position = count, offset
-        while remaining > 0:
-            size = min(remaining, 256 * 1024)
-            data = await loop.run_in_executor(None, os.pread, file.fileno(), size, position)
-            if not data:
-                raise ClientDisconnected("file shrank while being sent")
-            if conn.closed:
-                raise ClientDisconnected("client disconnected")
-            conn.transport.write(data)
-            position += len(data)
-            remaining -= len(data)
-            await conn.drain()
+        await self._transport.send_file(file, offset, count)
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
-        self.conn.exchange_finished(self)
+        self._transport.exchange_finished(self)
+
+
+class _Upgraded:
+    """The `ExchangeTransport` of an exchange answered by an upgrade: it reports whether the
+    new protocol's connection is open; there is no HTTP left to speak on it."""
+
+    __slots__ = ("_protocol", "must_close", "peer", "state")
+
+    def __init__(
+        self, state: ServerState, peer: tuple[str, int], protocol: UpgradedProtocol
+    ) -> None:
+        self.state = state
+        self.peer = peer
+        self._protocol = protocol
+        self.must_close = True
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.closed
+
+    @property
+    def eof(self) -> bool:
+        return self._protocol.closed
+
+    writing_paused = False
+
+    def closed_future(self) -> asyncio.Future[None]:
+        return self._protocol.closed_future()
+
+    def watch(self, fut: asyncio.Future[Any]) -> None:
+        def wake(_: object) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._protocol.closed_future().add_done_callback(wake)
+
+    def keep_alive_after(self, exchange: Exchange) -> bool:
+        return False
+
+    def send_continue(self, exchange: Exchange) -> None:
+        pass
+
+    def buffered(self) -> int:
+        return 0
+
+    def pause_reading_for_body(self) -> None:
+        pass
+
+    def resume_reading_for_body(self) -> None:
+        pass
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        pass
+
+    def internal_error(self, exchange: Exchange) -> None:
+        pass  # answered by the upgrade already
+
+    def close(self) -> None:
+        pass  # the new protocol owns the connection
+
+    def abort(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    def write_response(self, head: bytes, body: bytes) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    async def drain(self) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    def upgrade(self, exchange: Exchange, response: bytes, protocol: UpgradedProtocol) -> None:
+        raise RuntimeError(_SWITCHED)
+
+
+_SWITCHED = "the connection speaks another protocol since its upgrade"

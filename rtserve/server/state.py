@@ -24,6 +24,7 @@ from rtserve.server.settings import ServerSettings
 if TYPE_CHECKING:
     from rtserve.server.connection import HTTPConnection
     from rtserve.server.exchange import Exchange
+    from rtserve.server.transport import Served
     from rtserve.server.websocket import WebSocketConnection
 
 log = logging.getLogger("rtserve.server")
@@ -100,15 +101,14 @@ class ServerState:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.access_log = settings.access_log
         self.context = contextvars.copy_context()  # the context requests start from
-        # Every live connection, HTTP or WebSocket: each has a deadline, on_timeout(),
-        # begin_shutdown() and abort().
-        self.connections: set[Any] = set()
+        # Every live connection, HTTP or WebSocket.
+        self.connections: set[Served] = set()
         self.websockets: set[WebSocketConnection] = set()
         self.refusing = 0  # connections being answered 503 (over max_connections)
         self.backlogged = 0  # HTTP connections with pipelined requests left for a later turn
         # When each live connection opened (the coarse clock), oldest first, for the admin
         # interface's ages and stable listing order; None (nothing kept) without an admin.
-        self.opened: dict[Any, float] | None = None
+        self.opened: dict[Served, float] | None = None
         self._to_flush: list[WebSocketConnection] = []
         self._delayed: dict[float, list[WebSocketConnection]] = {}
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
@@ -182,7 +182,7 @@ class ServerState:
             self.opened[conn] = self.now
         self.stats.connections_total += 1
 
-    def connection_closed(self, conn: Any) -> None:
+    def connection_closed(self, conn: Served) -> None:
         self.connections.discard(conn)
         if self.opened is not None:
             self.opened.pop(conn, None)
@@ -240,7 +240,7 @@ class ServerState:
         elif error is not None:
             log.error("unhandled error answering %s", exchange.head, exc_info=error)
         if not exchange.finished:
-            exchange.conn._internal_error(exchange)
+            exchange.answer_internal_error()
 
     def limit_hit(self, conn: HTTPConnection, status: int, reason: str) -> None:
         """Log (and count) a request refused by a limit or a protocol error."""

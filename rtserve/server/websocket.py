@@ -38,6 +38,7 @@ from rtserve.protocol.websocket import (
 )
 from rtserve.protocol.ws_close import CloseHandshake, CloseState, CloseStep, Tcp
 from rtserve.server.settings import WebSocketSettings
+from rtserve.server.transport import ConnectionInfo, UpgradedProtocol
 
 if TYPE_CHECKING:
     from rtserve.protocol.deflate import PerMessageDeflate
@@ -94,8 +95,10 @@ class _Released:
 _RELEASED: Any = _Released()
 
 
-class WebSocketConnection(asyncio.Protocol):
-    """One open WebSocket."""
+class WebSocketConnection(UpgradedProtocol):
+    """One open WebSocket (`Served` while it lives)."""
+
+    kind = "websocket"
 
     __slots__ = (
         "_app",
@@ -467,6 +470,35 @@ class WebSocketConnection(asyncio.Protocol):
     def abort(self) -> None:
         self._closing_step(self._closing.lost())
         self.transport.abort()
+
+    # --- Served: what the server and stats read ----------------------------------------------
+
+    @property
+    def handler(self) -> object:
+        """The app its messages go to."""
+        return self._app
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close on an operator's word, with `code` and `reason`."""
+        self.close(code, reason)
+
+    def queued(self) -> int:
+        """Frames queued for this tick's write plus the transport's buffer at the last flush
+        (no transport call)."""
+        return self._backlog + self._out_bytes
+
+    def describe(self) -> ConnectionInfo:
+        """Open or closing, the upgrade request's path, and the bytes waiting to be sent."""
+        try:
+            buffered = int(self.transport.get_write_buffer_size())
+        except Exception:  # a transport closing under us
+            buffered = 0
+        request = getattr(self._app, "request", None)
+        return ConnectionInfo(
+            "open" if self.status == OPEN else "closing",
+            None if request is None else request.path,
+            buffered + self._out_bytes,
+        )
 
     def _schedule_ping(self) -> None:
         interval = self.options.ping_interval

@@ -49,7 +49,6 @@ from rtserve.server.exchange import ClientDisconnected
 from rtserve.server.listener import Server
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application
-from rtserve.server.websocket import WebSocketConnection
 from rtserve.stats.admin_guard import AdminGuard, is_loopback
 from rtserve.stats.metrics import (
     PROMETHEUS_CONTENT_TYPE,
@@ -392,7 +391,6 @@ class AdminServer:
         if request.method == "HEAD":  # no body, so no stream: the head of one
             return Response(b"", headers=[(n.decode(), v.decode()) for n, v in _EVENTS_HEADERS])
         exchange = request.exchange
-        conn = exchange.conn
         disconnected = exchange.wait_disconnected()
         stream = _StatsStream()
         watch_shutdown(request, stream)
@@ -407,7 +405,7 @@ class AdminServer:
                     timeout=EVENTS_INTERVAL,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-            if not conn.closed:
+            if not exchange.closed:
                 exchange.end()
         except ClientDisconnected:
             pass
@@ -458,10 +456,7 @@ class AdminServer:
         conn = find_connection(self.app.server_state, conn_id)
         if conn is None:
             return JSONResponse({"disconnected": False, "error": "no such connection"}, 404)
-        if isinstance(conn, WebSocketConnection):
-            conn.close(DisconnectCode.FORCED, DISCONNECT_REASON)
-        else:
-            conn.close()
+        conn.disconnect(DisconnectCode.FORCED, DISCONNECT_REASON)
         log.info("admin disconnected %s (%s %s)", conn_id, transport_of(conn)[0], peer_text(conn))
         return {"disconnected": True}
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from rtserve.histogram import Histogram
 from rtserve.realtime.ws_session import ChannelSocket
-from rtserve.server.websocket import OPEN, WebSocketConnection
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
     from rtserve.server.state import ServerState
+    from rtserve.server.transport import Served
 
 TRANSPORTS = ("http", "websocket", "channel")
 # Long-lived HTTP answers, counted among `http` too: open SSE streams and waiting long polls.
@@ -35,7 +35,6 @@ LONG_LIVED = ("sse", "poll")
 # ServerStats.responses_by_class holds 1xx..5xx at 1..5 and anything else at 0.
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_HTTP_PHASES = ("idle", "head", "body", "busy")  # rtserve.server.connection IDLE..BUSY
 
 
 class LoopLag:
@@ -103,14 +102,12 @@ def process_info() -> dict[str, Any]:
     return out
 
 
-def transport_of(conn: Any) -> tuple[str, ChannelSocket | None]:
+def transport_of(conn: Served) -> tuple[str, ChannelSocket | None]:
     """`http`, `websocket` or `channel` (with its session) for a live connection."""
-    if isinstance(conn, WebSocketConnection):
-        handler = conn._app
-        if isinstance(handler, ChannelSocket):
-            return "channel", handler
-        return "websocket", None
-    return "http", None
+    handler = conn.handler
+    if isinstance(handler, ChannelSocket):
+        return "channel", handler
+    return conn.kind, None
 
 
 def open_counts(state: ServerState | None) -> dict[str, int]:
@@ -122,7 +119,7 @@ def open_counts(state: ServerState | None) -> dict[str, int]:
         kind = getattr(item, "kind", None)
         if kind in LONG_LIVED:
             counts[kind] += 1
-    channel = sum(1 for ws in state.websockets if isinstance(ws._app, ChannelSocket))
+    channel = sum(1 for ws in state.websockets if isinstance(ws.handler, ChannelSocket))
     counts["http"] = max(0, len(state.connections) - len(state.websockets))
     counts["websocket"] = len(state.websockets) - channel
     counts["channel"] = channel
@@ -195,13 +192,13 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
 # --- connections ---------------------------------------------------------------------------
 
 
-def connection_id(conn: Any) -> str:
+def connection_id(conn: Served) -> str:
     """An id unique among open connections (an id may be used again once its connection is
     closed)."""
     return format(id(conn), "x")
 
 
-def peer_text(conn: Any) -> str:
+def peer_text(conn: Served) -> str:
     """A connection's peer as `host:port` (`[v6]:port`, `unix`)."""
     return _peer(conn.peer)
 
@@ -213,27 +210,10 @@ def _peer(peer: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _queued(conn: Any) -> int:
-    try:
-        buffered = int(conn.transport.get_write_buffer_size())
-    except Exception:  # a transport closing under us
-        buffered = 0
-    if isinstance(conn, WebSocketConnection):
-        buffered += conn._out_bytes  # frames queued for this tick's write
-    return buffered
-
-
-def _weight(conn: Any) -> int:
-    """Queued bytes as the last write left them (no transport call for a WebSocket): enough
-    to rank connections; the ones listed are described with `_queued`."""
-    if isinstance(conn, WebSocketConnection):
-        return conn._backlog + conn._out_bytes
-    return _queued(conn)
-
-
-def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
+def describe(conn: Served, now: float, opened: float | None) -> dict[str, Any]:
     """One connection as the admin interface lists it."""
     transport, session = transport_of(conn)
+    told = conn.describe()
     info: dict[str, Any] = {
         "id": connection_id(conn),
         "transport": transport,
@@ -242,20 +222,13 @@ def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
         "client": None,
         "channels": [],
         "age_seconds": None if opened is None else round(max(0.0, now - opened), 1),
-        "queued_bytes": _queued(conn),
+        "queued_bytes": told.queued_bytes,
         "bytes_in": conn.bytes_in,
         "bytes_out": conn.bytes_out,
+        "state": told.state,
     }
-    if isinstance(conn, WebSocketConnection):
-        info["state"] = "open" if conn.status == OPEN else "closing"
-        handler = conn._app
-        request = getattr(handler, "request", None)
-        if request is not None:
-            info["path"] = request.path
-    else:
-        info["state"] = _HTTP_PHASES[conn.phase] if 0 <= conn.phase < 4 else "?"
-        if conn.active is not None:
-            info["path"] = conn.active.head.path
+    if told.path is not None:
+        info["path"] = told.path
     if session is not None:
         client = session.client
         if client is not None:
@@ -265,7 +238,7 @@ def describe(conn: Any, now: float, opened: float | None) -> dict[str, Any]:
     return info
 
 
-def _in_open_order(state: ServerState) -> Iterator[tuple[Any, float | None]]:
+def _in_open_order(state: ServerState) -> Iterator[tuple[Served, float | None]]:
     """Live connections, oldest first (the order they opened in, so paging is stable)."""
     opened = state.opened
     if opened is None:  # not kept (no admin when the server started)
@@ -279,7 +252,7 @@ def _in_open_order(state: ServerState) -> Iterator[tuple[Any, float | None]]:
                 yield conn, None
 
 
-def _matches(conn: Any, transport: str | None, user: str | None, channel: str | None) -> bool:
+def _matches(conn: Served, transport: str | None, user: str | None, channel: str | None) -> bool:
     kind, session = transport_of(conn)
     if transport is not None and kind != transport:
         return False
@@ -313,7 +286,7 @@ def list_connections(
             if transport is not None or user is not None or channel is not None:
                 matches = [item for item in matches if _matches(item[0], transport, user, channel)]
             total = len(matches)
-            top = heapq.nsmallest(offset + limit, matches, key=lambda item: -_weight(item[0]))
+            top = heapq.nsmallest(offset + limit, matches, key=lambda item: -item[0].queued())
             page = [describe(conn, now, opened) for conn, opened in top[offset:]]
         else:
             for conn, opened in list(_in_open_order(state)):
@@ -325,7 +298,7 @@ def list_connections(
     return {"total": total, "offset": offset, "limit": limit, "connections": page}
 
 
-def find_connection(state: ServerState | None, conn_id: str) -> Any:
+def find_connection(state: ServerState | None, conn_id: str) -> Served | None:
     """The open connection with this id, or None."""
     if state is None:
         return None
