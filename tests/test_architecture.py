@@ -15,7 +15,7 @@ SERVER = PACKAGE / "server"
 # Names a connection goes by outside server/ (the WebSocket client's own is not one of ours).
 CONNECTION_NAMES = frozenset(("conn", "connection", "websocket", "ws"))
 EXCHANGE_DOORS = frozenset(("conn", "_transport"))
-CLIENT_MODULES = frozenset(("protocol/ws_client.py",))
+CLIENT_MODULES = frozenset(("client/ws.py",))
 
 
 def _last_name(node: ast.expr) -> str | None:
