@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from rtserve.errors import RtserveError
 from rtserve.protocol.http11 import (
     LAST_CHUNK,
     Header,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from rtserve.server.connection import HTTPConnection
 
 
-class ClientDisconnected(ConnectionError):
+class ClientDisconnected(RtserveError, ConnectionError):
     """The client went away before the response was complete."""
 
 
