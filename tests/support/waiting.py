@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def until(check: Callable[[], T], timeout: float, what: str, step: float = 0.05) -> T:
-    """Poll `check` until it returns something true (returned), or fail after `timeout` s."""
+def until(
+    check: Callable[[], T | Literal[False] | None], timeout: float, what: str, step: float = 0.05
+) -> T:
+    """Poll `check` until it returns something true (returned), or fail after `timeout` s;
+    `x and y` checks type as what they return once true."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
