@@ -1,14 +1,37 @@
-"""The exception tree of rtserve.
+"""The exception tree of rtserve: every public exception class of the package derives from
+RtserveError (tests/test_exception_tree.py checks it); one that is also a builtin error keeps
+that base, so `except ValueError` still catches an OptionError.
 
-RtserveError
- ├── HTTPError                 an HTTP answer with a status (raised by handlers and the framework)
- │    └── MissingArgument      `request.query[name]` / `form[name]` without it: 400 (a KeyError too)
- ├── ProtocolError             the peer broke HTTP/1.1 framing; carries the status to answer with
- ├── HandshakeError            a WebSocket upgrade that cannot be accepted (protocol/ws_handshake)
- ├── WebSocketProtocolError    the peer broke RFC 6455; carries the close code (protocol/websocket)
- │    └── DeflateError         a compressed message that cannot be accepted (protocol/deflate)
- ├── RouteError                routes that cannot coexist, or an unknown route name
- └── ConfigError               bad settings, naming where they came from
+RtserveError                     every error rtserve raises on purpose
+ ├── HTTPError                   an HTTP answer with a status (handlers and the framework raise it)
+ │    ├── MissingArgument        `request.query[name]` / `form[name]` absent: 400 (a KeyError too)
+ │    └── RangeNotSatisfiable    a Range that selects no byte: 416 (app.conditional)
+ ├── ProtocolError               the peer broke HTTP/1.1 framing; carries the status to answer
+ ├── ClientDisconnected          the client went mid-response (server.exchange; a ConnectionError)
+ ├── SendStalled                 the client took no bytes for too long (server.sendfile; ditto)
+ ├── CannotListen                the server's address cannot be bound (server.listener)
+ ├── HandshakeError              a WebSocket upgrade that cannot be accepted (protocol.ws_handshake)
+ ├── WebSocketProtocolError      the peer broke RFC 6455; has the close code (protocol.websocket)
+ │    └── DeflateError           a compressed message that cannot be accepted (protocol.deflate)
+ ├── InvalidHandshake            the server refused our WebSocket (protocol.ws_client)
+ ├── ConnectionClosed            our WebSocket is closed: code and reason (protocol.ws_client)
+ ├── RouteError                  routes that cannot coexist, or an unknown route name
+ ├── ConfigError                 bad settings, naming where they came from
+ │    └── ConfigErrors           every problem of one config source (config.loader)
+ ├── OptionError                 an option's value its settings class refuses (schema; a ValueError)
+ ├── UnsetVariableError          `${NAME}` unset and without a default (config.env; a ValueError)
+ ├── DotenvError                 a `.env` line that cannot be read (config.env; a ValueError)
+ ├── BrokerError                 the broker could not do what was asked (broker.base)
+ ├── ChannelError                a channel refusal with a stable code (realtime.protocol)
+ │    └── CommandError           a channel command that cannot be parsed (realtime.protocol)
+ ├── TokenError                  a channel token that cannot be accepted (tokens)
+ │    ├── TokenExpired           a good signature whose `exp` has passed
+ │    └── TokenInvalid           malformed, badly signed, another algorithm, or bad claims
+ ├── ClientError                 rtserve.client: the server refused a command (client.messages)
+ ├── Disconnected                rtserve.client: the connection ended (client.messages)
+ ├── Unrecovered                 rtserve.client: publications were lost (client.messages)
+ ├── StatsError                  `rtserve stats`: the message before exiting 1 (cli.stats_cmd)
+ └── WorkerUnavailable           a worker's admin socket did not answer (stats.combined)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
+from rtserve.errors import RtserveError
 from rtserve.imports import import_object
 
 PORT_RANGE = (0, 65535)
@@ -29,7 +30,7 @@ def ref(help: str) -> Any:
     return field(default=None, metadata={"help": help, "convert": import_object})
 
 
-class OptionError(ValueError):
+class OptionError(RtserveError, ValueError):
     """A value of one option that cannot be accepted (raised by a settings class as it is made):
     the config loader reports it where that option is written."""
 

@@ -26,6 +26,7 @@ class Peer:
         self.ws = ws
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []
+        self.info: Any = None  # the connect command's result (None before it, or without it)
 
     @classmethod
     async def open(cls, url: str, *, connect_cmd: bool = True, **fields: Any) -> Peer:

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from tests.support.net import free_port
 
 REDIS_URL = os.environ.get("RTSERVE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 START_TIMEOUT = 10.0  # seconds for a redis-server to answer PING
@@ -73,12 +74,6 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys[i : i + 500])
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:

@@ -18,15 +18,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from rtserve.cli.main import main
+from tests.support.net import free_port
 
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/1\.[01]" (?P<status>\d{3}) ')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtserve.broker.base import (
-    ClientInfo,
     Publication,
     PublishOptions,
     StreamPosition,
 )
 from rtserve.broker.memory import MemoryBroker
+from tests.support.broker_events import Recorder
 
 KEEP = PublishOptions(history_size=10)
 
@@ -34,25 +34,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Recorder:
-    """BrokerEvents that records every call."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
-        self.events.append(("pub", channel, publication.offset, publication.data, epoch))
-
-    def on_join(self, channel: str, info: ClientInfo) -> None:
-        self.events.append(("join", channel, info.client))
-
-    def on_leave(self, channel: str, info: ClientInfo) -> None:
-        self.events.append(("leave", channel, info.client))
-
-    def offsets(self, channel: str) -> list[int]:
-        return [e[2] for e in self.events if e[0] == "pub" and e[1] == channel]
 
 
 Scenario = Callable[[MemoryBroker, Recorder, Clock], Awaitable[None]]

@@ -21,8 +21,10 @@ from rtserve.broker.redis import RedisBroker
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
-from tests.redis_support import PrivateRedis, free_port
-from tests.test_broker_contract import Recorder, eventually
+from tests.redis_support import PrivateRedis
+from tests.support.broker_events import Recorder
+from tests.support.net import free_port
+from tests.support.waiting import eventually
 
 KEEP = PublishOptions(history_size=100)
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.scaffold_server import serve_scaffold
+from tests.support.browser import join
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import expect
@@ -20,14 +21,6 @@ with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skip
 def chat_url(tmp_path: Path) -> Iterator[str]:
     with serve_scaffold("chat", tmp_path) as server:
         yield server.url
-
-
-def join(page: Any, url: str, name: str, timeout: float = 5000) -> None:
-    page.goto(url)
-    page.fill("#name", name)
-    page.fill("#room", "lobby")
-    page.locator("#join").evaluate("form => form.requestSubmit()")
-    expect(page.locator("#text")).to_be_enabled(timeout=timeout)
 
 
 def test_two_pages_chat(browser: Any, chat_url: str) -> None:

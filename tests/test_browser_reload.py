@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from rtserve.cli.main import main
-from tests.test_browser_chat import join
-from tests.test_reload import Run, free_port
+from tests.support.browser import join
+from tests.support.net import free_port
+from tests.support.project_run import Run
 
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import expect

@@ -39,7 +39,9 @@ from rtserve.client import Client, ClientError, Disconnected, Subscription, Unre
 from rtserve.realtime.protocol import ErrorCode
 from rtserve.testing import ThreadedServer
 from tests.redis_support import PrivateRedis
-from tests.test_reload import Run, alive, answer, free_port, make_project, until
+from tests.support.net import free_port
+from tests.support.project_run import Run, alive, answer, make_project
+from tests.support.waiting import until
 
 API_KEY = "fault-key-0123456789"
 CHANNEL = "feed"

@@ -25,7 +25,7 @@ from rtserve.broker.redis import RedisBroker
 from rtserve.testing import ThreadedServer
 from rtserve.tokens import mint
 from tests.channel_peer import Peer
-from tests.test_sse_poll import SSE
+from tests.support.sse import SSE
 
 SECRET = "a-test-secret-of-32-characters!!"
 API_KEY = "k" * 20

@@ -17,7 +17,9 @@ from rtserve.broker.base import BrokerError, ClientInfo, Publication, PublishOpt
 from rtserve.broker.memory import MemoryBroker
 from rtserve.cli.reload_state import export_state, import_state
 from tests.channel_peer import Peer
-from tests.test_reload import APP, Run, alive, answer, free_port, make_project, until, write
+from tests.support.net import free_port
+from tests.support.project_run import APP, Run, alive, answer, make_project, write
+from tests.support.waiting import until
 
 CHANNELS = """\
 channels:

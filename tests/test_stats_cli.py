@@ -151,7 +151,7 @@ def test_url_with_a_wrong_or_missing_token(running: Running) -> None:
 @pytest.fixture
 def live_minimal(tmp_path: Path) -> Iterator[Any]:
     """`rtserve run` of a scaffolded minimal project (a process of its own)."""
-    from tests.test_stats_tmux import LiveProject
+    from tests.support.live_project import LiveProject
 
     project = tmp_path / "proj"
     assert CliRunner().invoke(main, ["new", "minimal", str(project)]).exit_code == 0

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +32,8 @@ from click.testing import CliRunner
 
 from rtserve.cli.main import main
 from tests.conftest import require_tool
+from tests.support.live_project import LiveProject
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "images" / "stats-dashboard.png"
@@ -43,68 +44,7 @@ USERS = (("ada", "chat:lobby"), ("bob", "chat:lobby"), ("eve", "chat:python"))
 PUBLISHED = 3  # messages ada publishes to chat:lobby: 2 subscribers get each
 
 
-def until(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Poll `check` until it returns something true (returned); fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-
-
 # --- the server: `rtserve run` of a scaffolded chat, and its clients ------------------------
-
-
-class LiveProject:
-    """`python -m rtserve.cli.main run PROJECT --port 0 --no-reload`, its output collected."""
-
-    def __init__(self, project: Path) -> None:
-        self.project = project
-        self.socket = project / ".rtserve" / "admin.sock"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "rtserve.cli.main", "run", str(project)]
-        self.proc = subprocess.Popen(
-            [*argv, "--port", "0", "--no-reload"],
-            cwd=project.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.port = int(until(self._port, "the server to listen"))
-        until(self.socket.exists, f"the admin socket {self.socket}")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def _port(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"rtserve run exited {self.proc.returncode}:\n{self.output}")
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.output)
-        return match.group(1) if match else None
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.reader.join(5)
 
 
 class Peer:
@@ -210,7 +150,7 @@ class Tmux:
             return check(screen)
 
         try:
-            until(ready, what)
+            until(ready, TIMEOUT, what)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the pane shows:\n{screen}") from None
         return screen
@@ -225,7 +165,7 @@ class Tmux:
     def wait_exit(self, session: str) -> int:
         """The exit status of the session's command, once it has exited."""
         try:
-            until(lambda: self._status_file(session).exists(), "the command to exit")
+            until(lambda: self._status_file(session).exists(), TIMEOUT, "the command to exit")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the pane shows:\n{self.capture(session)}") from None
         status = self.exit_status(session)

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.test_reload import ROOT, Run, alive, answer, free_port, get, make_project, until
+from tests.support.net import free_port
+from tests.support.project_run import ROOT, Run, alive, answer, get, make_project
+from tests.support.waiting import until
 
 TIMEOUT = 10.0
 CHANNEL_CONFIG = """\

@@ -28,8 +28,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rtserve.errors import RtserveError
 
-class BrokerError(Exception):
+
+class BrokerError(RtserveError):
     """The broker could not do what was asked (unreachable, refused); never a silent drop."""
 
 

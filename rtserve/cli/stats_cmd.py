@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from rtserve.errors import RtserveError
 from rtserve.histogram import quantile
 
 ADMIN_PREFIX = "/rt/admin"
@@ -53,7 +54,7 @@ SORTS = ("queued", "age")
 FILTERS = (None, "channel", "websocket", "http")
 
 
-class StatsError(Exception):
+class StatsError(RtserveError):
     """What to tell the user before exiting 1."""
 
 

@@ -29,6 +29,8 @@ from collections import ChainMap
 from collections.abc import Mapping
 from pathlib import Path
 
+from rtserve.errors import RtserveError
+
 __all__ = [
     "DotenvError",
     "UnsetVariableError",
@@ -43,7 +45,7 @@ _KEY_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", re.
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
-class UnsetVariableError(ValueError):
+class UnsetVariableError(RtserveError, ValueError):
     """`${NAME}` names a variable that is not set and gives no default."""
 
     def __init__(self, name: str) -> None:
@@ -54,7 +56,7 @@ class UnsetVariableError(ValueError):
         )
 
 
-class DotenvError(ValueError):
+class DotenvError(RtserveError, ValueError):
     """A line of a `.env` file that cannot be read; `line` is 1-based."""
 
     def __init__(self, path: str, line: int, message: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from rtserve.app.response import dump_json
 from rtserve.broker.base import ClientInfo, Publication, StreamPosition
+from rtserve.errors import RtserveError
 
 PROTOCOL_VERSION = 2  # the newest; a connect without `protocol` is answered as version 1
 PROTOCOL_VERSIONS = (1, 2)
@@ -100,7 +101,7 @@ class DisconnectCode(enum.IntEnum):
     CONNECT_TIMEOUT = 4006  # no connect command in time
 
 
-class ChannelError(Exception):
+class ChannelError(RtserveError):
     """A refusal with a stable code; raise it from hooks to refuse with your own code.
 
     `channel` names the channel refused, where a request names several (the HTTP streams).

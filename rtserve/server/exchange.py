@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from rtserve.errors import RtserveError
 from rtserve.protocol.http11 import (
     LAST_CHUNK,
     Header,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from rtserve.server.transport import ExchangeTransport, UpgradedProtocol
 
 
-class ClientDisconnected(ConnectionError):
+class ClientDisconnected(RtserveError, ConnectionError):
     """The client went away before the response was complete."""
 
 

@@ -12,6 +12,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 
+from rtserve.errors import RtserveError
 from rtserve.server.busy import BusyConnection
 from rtserve.server.connection import HTTPConnection
 from rtserve.server.settings import ServerSettings
@@ -29,7 +30,7 @@ def make_ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
     return context
 
 
-class CannotListen(Exception):
+class CannotListen(RtserveError):
     """The server's address cannot be bound (in use, not permitted, no such address)."""
 
 

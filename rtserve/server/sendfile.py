@@ -14,13 +14,15 @@ import select
 import threading
 from typing import TYPE_CHECKING, Any
 
+from rtserve.errors import RtserveError
+
 if TYPE_CHECKING:
     from rtserve.server.connection import HTTPConnection
 
 POLL_SLICE_MS = 250
 
 
-class SendStalled(ConnectionError):
+class SendStalled(RtserveError, ConnectionError):
     """The client took no bytes for too long."""
 
 

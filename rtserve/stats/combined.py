@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 from rtserve.app.request import Request
 from rtserve.app.response import JSONResponse
+from rtserve.errors import RtserveError
 from rtserve.histogram import quantile
 from rtserve.stats.admin import MAX_LIMIT, AdminServer
 
@@ -32,7 +33,7 @@ FETCH_TIMEOUT = 2.0
 MAX_CHANNEL_PAGES = 10  # per worker, of MAX_LIMIT channels: beyond that the merge is partial
 
 
-class WorkerUnavailable(Exception):
+class WorkerUnavailable(RtserveError):
     """A worker's admin socket did not answer (starting, stopping, or stuck)."""
 
 
