@@ -94,6 +94,25 @@ class SSEStream:
     """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
 
     kind = "sse"  # how the admin interface counts it among ServerState.long_lived
+    # 10,000 idle streams are 10,000 of these: no per-instance __dict__
+    __slots__ = (
+        "__weakref__",
+        "_counted",
+        "_last_word",
+        "_limit",
+        "_outbox",
+        "_preamble",
+        "_slow",
+        "_wake",
+        "claims",
+        "client",
+        "contexts",
+        "ended",
+        "exchange",
+        "hub",
+        "request",
+        "rules",
+    )
 
     def __init__(self, hub: Hub, request: Request) -> None:
         self.hub = hub
@@ -191,20 +210,25 @@ class SSEStream:
                 await hub.join(rule, self.contexts[channel])
             heartbeat = hub.settings.sse_heartbeat
             next_ping = loop.time() + heartbeat
+            # One future is all an idle stream waits on (asyncio.wait would build a set, a
+            # waiter and a callback per future each time): what can end the wait wakes it.
+            disconnected.add_done_callback(self._woken)
             while not self.ended and not disconnected.done():
                 outbox.drained()
                 wake = self._wake = loop.create_future()
-                waits: set[asyncio.Future[Any]] = {wake, disconnected}
-                timeout = max(0.0, next_ping - loop.time())
+                at = next_ping
                 if outbox.pending:
                     if conn.writing_paused:  # wait for the client to take most of it
                         if drain is None:
                             drain = asyncio.ensure_future(exchange.drain())
+                            drain.add_done_callback(self._woken)
                     else:  # a message bigger than the room left: look again soon
-                        timeout = min(timeout, 0.01)
-                if drain is not None:
-                    waits.add(drain)
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                        at = min(at, loop.time() + 0.01)
+                alarm = loop.call_at(at, self._wakeup)
+                try:
+                    await wake
+                finally:
+                    alarm.cancel()
                 if drain is not None and drain.done():
                     with contextlib.suppress(Exception):
                         drain.result()
@@ -224,7 +248,9 @@ class SSEStream:
             pass
         finally:
             self.ended = True
+            disconnected.remove_done_callback(self._woken)
             if drain is not None:
+                drain.remove_done_callback(self._woken)
                 drain.cancel()
             if timer is not None:
                 timer.cancel()
@@ -275,6 +301,9 @@ class SSEStream:
             return
         self.ended = True
         self._last_word = last_word
+        self._wakeup()
+
+    def _woken(self, _: object) -> None:
         self._wakeup()
 
     def _wakeup(self) -> None:
