@@ -48,7 +48,7 @@ class Handshake(asyncio.Protocol):
 
 async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Handshake, "127.0.0.1", port, backlog=2048)
+    server = await loop.create_server(Handshake, "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
 

@@ -100,6 +100,8 @@ class SSEStream:
         "_counted",
         "_last_word",
         "_limit",
+        "_out",
+        "_out_bytes",
         "_outbox",
         "_preamble",
         "_slow",
@@ -125,6 +127,8 @@ class SSEStream:
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
         self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
+        self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
+        self._out_bytes = 0
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
         self._counted = False
@@ -236,7 +240,8 @@ class SSEStream:
                 if loop.time() >= next_ping:
                     next_ping = loop.time() + heartbeat
                     if not outbox.pending and self._room(len(PING)):
-                        exchange.write(PING)
+                        self._queue(PING)
+            self.flush()
             if not conn.closed:
                 if self._last_word is not None and self._room(len(self._last_word)):
                     exchange.write(self._last_word)
@@ -248,6 +253,7 @@ class SSEStream:
             pass
         finally:
             self.ended = True
+            self._out.clear()  # a flush still scheduled finds nothing
             disconnected.remove_done_callback(self._woken)
             if drain is not None:
                 drain.remove_done_callback(self._woken)
@@ -261,7 +267,7 @@ class SSEStream:
         conn = self.exchange.conn
         if conn.closed:
             return False
-        queued = conn.transport.get_write_buffer_size()
+        queued = conn.transport.get_write_buffer_size() + self._out_bytes
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:
@@ -275,11 +281,30 @@ class SSEStream:
             return True
         if not self._room(len(data)):
             return False
-        try:  # noqa: SIM105 (suppress() would cost a context manager per event)
+        self._queue(data)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        """Write `data` with whatever else this loop tick brings (a fan-out of several
+        publications at once costs one system call, as on /rt/ws)."""
+        out = self._out
+        if not out:
+            self.exchange.conn.state.schedule_flush(self)
+        out.append(data)
+        self._out_bytes += len(data)
+
+    def flush(self) -> None:
+        """Write what was queued, in one piece (ServerState.schedule_flush calls it)."""
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        try:  # noqa: SIM105 (suppress() would cost a context manager per flush)
             self.exchange.write(data)
         except ClientDisconnected:
             pass  # the run loop sees the disconnect and ends
-        return True
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
@@ -346,8 +371,7 @@ class SSEStream:
         if self._preamble is None and not self.ended and not self._outbox.pending:
             data = message.sse
             if self._room(len(data)):
-                with contextlib.suppress(ClientDisconnected):
-                    self.exchange.write(data)
+                self._queue(data)
 
     def end_subscription(self, channel: str, code: int, message: str) -> None:
         """The server ends a subscription (its stream restarted): the whole stream ends with
