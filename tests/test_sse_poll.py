@@ -840,3 +840,54 @@ def test_sse_publications_past_the_preamble_follow_the_channel_policy(
         assert app.hub.stats.slow_disconnected == 0
         stream.close()
         wait_for(lambda: app.hub.channels() == {})
+
+
+class _Loopback:
+    """What SSEStream.deliver reaches of the server, recording each write to the socket."""
+
+    closed = False
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.writes: list[bytes] = []
+        self.transport = self
+        self.state = self
+        self.loop = loop
+        self.conn = self
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def schedule_flush(self, stream: Any, delay: float = 0.0) -> None:
+        self.loop.call_soon(stream.flush)  # as ServerState's: at the end of this loop tick
+
+    def write(self, data: bytes) -> None:  # the exchange's
+        self.writes.append(data)
+
+
+def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
+    """A fan-out of several publications at once costs each stream one system call, as
+    /rt/ws's does, not one per publication (bench/sse.py: 18 µs against 2.5 per delivery)."""
+    from rtserve.realtime import sse
+    from rtserve.realtime.hub import HubStats, Outbound
+    from rtserve.realtime.outbox import Outbox
+    from rtserve.realtime.rules import ChannelRule
+
+    loop = asyncio.new_event_loop()
+    conn = _Loopback(loop)
+    stream: Any = sse.SSEStream.__new__(sse.SSEStream)
+    stream.exchange, stream.ended, stream._preamble, stream._limit = conn, False, None, 1 << 20
+    stream._wake, stream._out, stream._out_bytes = None, [], 0
+    stream._outbox = Outbox(stream._offer, sse._EVENT, HubStats())
+    conn.conn = conn
+    rule = ChannelRule("c")
+    events = []
+    for offset in (1, 2, 3):
+        message = Outbound(b'{"push":"pub","offset":%d}' % offset, offset, channel="c")
+        message.epoch = "e"
+        events.append(message.sse)
+        stream.deliver("c", message, rule)
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # the end of the tick
+    finally:
+        loop.close()
+    assert conn.writes == [b"".join(events)]

@@ -94,6 +94,27 @@ class SSEStream:
     """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
 
     kind = "sse"  # how the admin interface counts it among ServerState.long_lived
+    # 10,000 idle streams are 10,000 of these: no per-instance __dict__
+    __slots__ = (
+        "__weakref__",
+        "_counted",
+        "_last_word",
+        "_limit",
+        "_out",
+        "_out_bytes",
+        "_outbox",
+        "_preamble",
+        "_slow",
+        "_wake",
+        "claims",
+        "client",
+        "contexts",
+        "ended",
+        "exchange",
+        "hub",
+        "request",
+        "rules",
+    )
 
     def __init__(self, hub: Hub, request: Request) -> None:
         self.hub = hub
@@ -106,6 +127,8 @@ class SSEStream:
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
         self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
+        self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
+        self._out_bytes = 0
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
         self._counted = False
@@ -190,20 +213,25 @@ class SSEStream:
                 await hub.join(rule, self.contexts[channel])
             heartbeat = hub.settings.sse_heartbeat
             next_ping = loop.time() + heartbeat
+            # One future is all an idle stream waits on (asyncio.wait would build a set, a
+            # waiter and a callback per future each time): what can end the wait wakes it.
+            disconnected.add_done_callback(self._woken)
             while not self.ended and not disconnected.done():
                 outbox.drained()
                 wake = self._wake = loop.create_future()
-                waits: set[asyncio.Future[Any]] = {wake, disconnected}
-                timeout = max(0.0, next_ping - loop.time())
+                at = next_ping
                 if outbox.pending:
                     if exchange.writing_paused:  # wait for the client to take most of it
                         if drain is None:
                             drain = asyncio.ensure_future(exchange.drain())
+                            drain.add_done_callback(self._woken)
                     else:  # a message bigger than the room left: look again soon
-                        timeout = min(timeout, 0.01)
-                if drain is not None:
-                    waits.add(drain)
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                        at = min(at, loop.time() + 0.01)
+                alarm = loop.call_at(at, self._wakeup)
+                try:
+                    await wake
+                finally:
+                    alarm.cancel()
                 if drain is not None and drain.done():
                     with contextlib.suppress(Exception):
                         drain.result()
@@ -211,7 +239,8 @@ class SSEStream:
                 if loop.time() >= next_ping:
                     next_ping = loop.time() + heartbeat
                     if not outbox.pending and self._room(len(PING)):
-                        exchange.write(PING)
+                        self._queue(PING)
+            self.flush()
             if not exchange.closed:
                 if self._last_word is not None and self._room(len(self._last_word)):
                     exchange.write(self._last_word)
@@ -222,7 +251,10 @@ class SSEStream:
             pass
         finally:
             self.ended = True
+            self._out.clear()  # a flush still scheduled finds nothing
+            disconnected.remove_done_callback(self._woken)
             if drain is not None:
+                drain.remove_done_callback(self._woken)
                 drain.cancel()
             if timer is not None:
                 timer.cancel()
@@ -233,7 +265,7 @@ class SSEStream:
         exchange = self.exchange
         if exchange.closed:
             return False
-        queued = exchange.buffered()
+        queued = exchange.buffered() + self._out_bytes
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:
@@ -247,11 +279,30 @@ class SSEStream:
             return True
         if not self._room(len(data)):
             return False
-        try:  # noqa: SIM105 (suppress() would cost a context manager per event)
+        self._queue(data)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        """Write `data` with whatever else this loop tick brings (a fan-out of several
+        publications at once costs one system call, as on /rt/ws)."""
+        out = self._out
+        if not out:
+            self.exchange.state.schedule_flush(self)
+        out.append(data)
+        self._out_bytes += len(data)
+
+    def flush(self) -> None:
+        """Write what was queued, in one piece (ServerState.schedule_flush calls it)."""
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        try:  # noqa: SIM105 (suppress() would cost a context manager per flush)
             self.exchange.write(data)
         except ClientDisconnected:
             pass  # the run loop sees the disconnect and ends
-        return True
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
@@ -273,6 +324,9 @@ class SSEStream:
             return
         self.ended = True
         self._last_word = last_word
+        self._wakeup()
+
+    def _woken(self, _: object) -> None:
         self._wakeup()
 
     def _wakeup(self) -> None:
@@ -315,8 +369,7 @@ class SSEStream:
         if self._preamble is None and not self.ended and not self._outbox.pending:
             data = message.sse
             if self._room(len(data)):
-                with contextlib.suppress(ClientDisconnected):
-                    self.exchange.write(data)
+                self._queue(data)
 
     def end_subscription(self, channel: str, code: int, message: str) -> None:
         """The server ends a subscription (its stream restarted): the whole stream ends with

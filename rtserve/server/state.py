@@ -35,6 +35,13 @@ access_log = logging.getLogger("rtserve.access")
 SECRET_PARAMETERS = frozenset(("token", "access_token", "api_key"))
 
 
+class Flushable(Protocol):
+    """What ServerState.schedule_flush writes out: a WebSocket or an SSE stream."""
+
+    def flush(self) -> None:
+        """Write what was queued since the last flush, in one system call."""
+
+
 class Application(Protocol):
     """What the server needs from the app layer."""
 
@@ -109,8 +116,8 @@ class ServerState:
         # When each live connection opened (the coarse clock), oldest first, for the admin
         # interface's ages and stable listing order; None (nothing kept) without an admin.
         self.opened: dict[Served, float] | None = None
-        self._to_flush: list[WebSocketConnection] = []
-        self._delayed: dict[float, list[WebSocketConnection]] = {}
+        self._to_flush: list[Flushable] = []
+        self._delayed: dict[float, list[Flushable]] = {}
         self.tasks: dict[asyncio.Task[Any], Exchange] = {}
         self.stats = ServerStats()
         self.shutting_down = False
@@ -200,9 +207,9 @@ class ServerState:
         self.websockets.discard(conn)
         self.connection_closed(conn)
 
-    def schedule_flush(self, conn: WebSocketConnection, delay: float = 0.0) -> None:
-        """Write `conn`'s queued frames at the end of this loop tick, or after `delay` seconds;
-        one callback serves every connection due at the same time."""
+    def schedule_flush(self, conn: Flushable, delay: float = 0.0) -> None:
+        """Write `conn`'s queued frames (or SSE events) at the end of this loop tick, or after
+        `delay` seconds; one callback serves every connection due at the same time."""
         if delay <= 0:
             if not self._to_flush:
                 self.loop.call_soon(self._flush_all)
