@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import weakref
 from collections.abc import Iterator
 
 import anyio
@@ -142,55 +141,3 @@ def test_an_anyio_based_client_works_in_a_handler(server: ThreadedServer) -> Non
     with server.client() as c:
         r = c.get(f"/httpx?url={server.url}/timeout-sync")
         assert (r.status, r.text) == (200, "upstream said no await inside")
-
-
-def test_a_handler_that_keeps_its_task_gets_one_no_later_handler_shares() -> None:
-    """A first step's stand-in serves the next one only when nothing kept it: a handler that
-    holds its task (strongly or weakly), or cancelled it, leaves it to itself."""
-    app = App()
-    kept: list[object] = []
-
-    @app.route("/plain")
-    async def plain(request: Request) -> str:
-        return str(id(asyncio.current_task()))
-
-    @app.route("/keep")
-    async def keep(request: Request) -> str:
-        kept.append(asyncio.current_task())
-        return "kept"
-
-    @app.route("/keep-weakly")
-    async def keep_weakly(request: Request) -> str:
-        task = asyncio.current_task()
-        assert task is not None
-        kept.append(weakref.ref(task))
-        return "kept"
-
-    @app.route("/is-the-weakly-kept-one")
-    async def is_weakly_kept(request: Request) -> str:
-        return str(any(isinstance(k, weakref.ref) and k() is asyncio.current_task() for k in kept))
-
-    @app.route("/cancel")
-    async def cancel(request: Request) -> str:
-        task = asyncio.current_task()
-        assert task is not None
-        task.cancel()
-        kept.append(task)  # alive, so a fresh stand-in cannot have its id
-        return "cancelled"
-
-    with (
-        ThreadedServer(app) as server,
-        httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client,
-    ):
-        first = client.get("/plain").text
-        assert client.get("/plain").text == first  # nothing kept it: the same stand-in
-        for path in ("/keep", "/cancel"):  # both kept alive: a new one cannot take their id
-            assert client.get(path).status_code == 200
-            seen = client.get("/plain").text
-            assert seen != first, path  # a fresh one, not the one the handler took
-            first = seen
-            assert client.get("/plain").text == first
-        assert client.get("/keep-weakly").status_code == 200
-        assert client.get("/is-the-weakly-kept-one").text == "False"
-    held, cancelled, _ = kept
-    assert held.cancelling() == 0 and cancelled.cancelling() == 1  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from contextvars import copy_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rtserve.app.eager import FirstSteps, Suspended
+from rtserve.app.eager import Suspended, first_step
 from rtserve.app.errors_page import error_response
 from rtserve.app.handler import SENT, Handler
 from rtserve.app.request import Request
@@ -96,7 +96,6 @@ class App:
             # Fail at startup, not on the first request, for a secret that is too short.
             self._signer = CookieSigner(list(self._secrets))
         self._templates: Any = None
-        self._first_steps = FirstSteps()
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
         if broker is None:
@@ -442,7 +441,7 @@ class App:
             else:
                 result = endpoint.handler(request)
             if type(result) is types.CoroutineType:
-                result = self._first_steps.run(result, get_running_loop())
+                result = first_step(result, get_running_loop())
                 if type(result) is Suspended:
                     return self._finish_later(request, result)
             return self._send(request, result)

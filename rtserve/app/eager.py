@@ -16,9 +16,7 @@ import asyncio
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine, Generator
-from sys import getrefcount
 from typing import Any
-from weakref import getweakrefcount
 
 
 class StandInTask:
@@ -82,41 +80,17 @@ class Suspended:
         return await _resume(self.coro, self.yielded, task, self.stand_in)
 
 
-class FirstSteps:
-    """Runs the first steps of one App's handlers. A stand-in that nothing took a reference to
-    (strong or weak) and nobody cancelled is as good as new: it serves the next first step,
-    which then costs no new object."""
-
-    __slots__ = ("_spare",)
-
-    def __init__(self) -> None:
-        self._spare: StandInTask | None = None
-
-    def run(self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
-        """Run `coro` until it returns (its value) or suspends (a `Suspended`). Raises as it
-        does."""
-        stand_in = self._spare
-        if stand_in is None or stand_in._loop is not loop:
-            stand_in = StandInTask(loop)
-        self._spare = None
-        held = getrefcount(stand_in)  # this frame's own references, counted the same way below
-        _enter_task(loop, stand_in)  # type: ignore[arg-type]  # any object will do
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            _leave_task(loop, stand_in)  # type: ignore[arg-type]
-            if (
-                getrefcount(stand_in) <= held
-                and not getweakrefcount(stand_in)
-                and not stand_in._cancels
-            ):
-                self._spare = stand_in
-            return stop.value
-        except BaseException:
-            _leave_task(loop, stand_in)  # type: ignore[arg-type]
-            raise
+def first_step(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
+    """Run `coro` until it returns (its value) or suspends (a `Suspended`). Raises as it does."""
+    stand_in = StandInTask(loop)
+    _enter_task(loop, stand_in)  # type: ignore[arg-type]  # any object will do
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    finally:
         _leave_task(loop, stand_in)  # type: ignore[arg-type]
-        return Suspended(coro, yielded, stand_in)
+    return Suspended(coro, yielded, stand_in)
 
 
 @types.coroutine
