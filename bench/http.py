@@ -121,6 +121,13 @@ class Endpoint:
     path: str
     content_type: str  # expected media type of the response
     check: Callable[[bytes], str | None]  # body -> error message or None
+    # Where a server answers it elsewhere: rtserve's `async def` handlers. The peers answer at
+    # `path` with what they have (uvicorn's ASGI callable and aiohttp's handlers are coroutines
+    # already; Tornado's are plain methods).
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def path_for(self, server: str) -> str:
+        return self.paths.get(server, self.path)
 
 
 def _check_plaintext(body: bytes) -> str | None:
@@ -145,6 +152,20 @@ ENDPOINTS: dict[str, Endpoint] = {
     for e in (
         Endpoint("plaintext", "/plaintext", "text/plain", _check_plaintext),
         Endpoint("json", f"/json/{JSON_ID}", "application/json", _check_json),
+        Endpoint(
+            "plaintext-async",
+            "/plaintext",
+            "text/plain",
+            _check_plaintext,
+            {"rtserve": "/async/plaintext"},
+        ),
+        Endpoint(
+            "json-async",
+            f"/json/{JSON_ID}",
+            "application/json",
+            _check_json,
+            {"rtserve": f"/async/json/{JSON_ID}"},
+        ),
     )
 }
 
@@ -346,20 +367,18 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
-def verify(port: int, endpoint: Endpoint) -> str | None:
+def verify(port: int, path: str, endpoint: Endpoint) -> str | None:
     try:
-        status, headers, body = http_get(port, endpoint.path)
+        status, headers, body = http_get(port, path)
     except (OSError, ValueError) as exc:
-        return f"GET {endpoint.path}: {exc}"
+        return f"GET {path}: {exc}"
     if status != 200:
-        return f"GET {endpoint.path}: status {status}"
+        return f"GET {path}: status {status}"
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != endpoint.content_type:
-        return (
-            f"GET {endpoint.path}: content-type {media_type!r}, expected {endpoint.content_type!r}"
-        )
+        return f"GET {path}: content-type {media_type!r}, expected {endpoint.content_type!r}"
     error = endpoint.check(body)
-    return f"GET {endpoint.path}: {error}" if error else None
+    return f"GET {path}: {error}" if error else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,13 +503,14 @@ def _bench_running(
             return
         _say(f"  {server.name}: listening on {HOST}:{port} (pid {proc.pid})")
         for row, endpoint in zip(rows, endpoints, strict=True):
-            error = verify(port, endpoint)
+            path = endpoint.path_for(server.name)
+            error = verify(port, path, endpoint)
             if error:
                 row.status, row.detail = "bad response", error
                 _say(f"  {server.name} {endpoint.name}: bad response: {error}")
                 continue
             try:
-                m = measure(args, proc, f"http://{HOST}:{port}{endpoint.path}", row)
+                m = measure(args, proc, f"http://{HOST}:{port}{path}", row)
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                 row.status, row.detail = "wrk failed", str(exc)
                 _say(f"  {server.name} {endpoint.name}: wrk failed: {exc}")
@@ -618,8 +638,12 @@ def _ratio_text(a: Row | None, b: Row | None) -> str:
 def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
     by_name = {r.server: r for r in rows}
     uvicorn = by_name.get("uvicorn")
+    heading = f"### `GET {endpoint.path}`"
+    if endpoint.paths:
+        elsewhere = ", ".join(f"{s} at `{p}`" for s, p in endpoint.paths.items())
+        heading += f" ({endpoint.name}: {elsewhere})"
     out = [
-        f"### `GET {endpoint.path}`",
+        heading,
         "",
         "| server | req/s | p99 (ms) | server core % | server proc % | load core % | valid "
         "| vs uvicorn |",
@@ -864,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_run = args.warmup + args.duration
     estimate = len(args.servers) * (len(endpoints) * per_run + 2)
     _say(
-        f"benchmarking {', '.join(args.servers)} on {', '.join(e.path for e in endpoints)}: "
+        f"benchmarking {', '.join(args.servers)} on {', '.join(e.name for e in endpoints)}: "
         f"{args.connections} connections, {args.duration} s (+{args.warmup} s warm-up), "
         f"~{estimate} s total, more if a disturbed run is repeated"
     )

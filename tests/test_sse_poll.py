@@ -888,3 +888,106 @@ def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
     finally:
         loop.close()
     assert conn.writes == [b"".join(events)]
+
+
+def raw_poll(port: int, query: str) -> bytes:
+    """The body of one poll, as the bytes the server sent."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", f"/rt/poll?{query}")
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read()
+    finally:
+        conn.close()
+
+
+def test_one_publication_answers_every_pending_poll_in_its_own_pass() -> None:
+    app = make_app()
+    left_after_delivery: list[int] = []
+    deliver = app.hub.on_publication
+
+    def on_publication(channel: str, publication: Any, epoch: str) -> None:
+        deliver(channel, publication, epoch)
+        left_after_delivery.append(app.hub.subscriber_count("news"))
+
+    app.hub.on_publication = on_publication  # type: ignore[method-assign]
+    with ThreadedServer(app) as server:
+        bodies: list[bytes] = []
+        lock = threading.Lock()
+
+        def poll() -> None:
+            body = raw_poll(server.port, "channel=news&timeout=20")
+            with lock:
+                bodies.append(body)
+
+        threads = [threading.Thread(target=poll) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: app.hub.stats.subscriptions == 20, 10)
+        server.call(app.publish, "news", "all at once")
+        for thread in threads:
+            thread.join(10)
+        # Answered (and gone from the channel) while the publication was delivered, not
+        # one Task step per poll later.
+        assert left_after_delivery == [0]
+        assert len(bodies) == 20 and len(set(bodies)) == 1
+        answer = json.loads(bodies[0])["channels"]["news"]
+        assert [p["data"] for p in answer["publications"]] == ["all at once"]
+
+
+def test_polls_at_one_position_share_an_answer_and_an_older_one_gets_its_own() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        port = server.port
+        for i in range(2):
+            server.call(app.publish, "news", i)
+        epoch = json.loads(raw_poll(port, "channel=news&timeout=0"))["channels"]["news"]["epoch"]
+        bodies: list[bytes] = []
+        lock = threading.Lock()
+
+        def poll(query: str) -> None:
+            body = raw_poll(port, query)
+            with lock:
+                bodies.append(body)
+
+        waiting = [
+            threading.Thread(target=poll, args=(f"channel=news&since=news:2:{epoch}&timeout=20",)),
+            threading.Thread(target=poll, args=("channel=news&timeout=20",)),
+        ]
+        subscribed = app.hub.stats.subscriptions  # counted once the subscribe is complete
+        for thread in waiting:
+            thread.start()
+        wait_for(lambda: app.hub.stats.subscriptions == subscribed + 2, 10)
+        server.call(app.publish, "news", {"n": 2})
+        for thread in waiting:
+            thread.join(10)
+        assert len(bodies) == 2 and bodies[0] == bodies[1]
+        shared = json.loads(bodies[0])["channels"]["news"]
+        assert shared == {
+            "publications": [{"offset": 3, "data": {"n": 2}}],
+            "offset": 3,
+            "epoch": epoch,
+            "recovered": True,
+        }
+        # A poll from an older position gets exactly what it missed, and from the newest
+        # one position back, the same bytes as those released by the publication.
+        older = json.loads(raw_poll(port, f"channel=news&since=news:0:{epoch}&timeout=5"))
+        assert [p["data"] for p in older["channels"]["news"]["publications"]] == [0, 1, {"n": 2}]
+        assert older["channels"]["news"]["offset"] == 3
+        assert raw_poll(port, f"channel=news&since=news:2:{epoch}&timeout=5") == bodies[0]
+        # Two channels, one of them released: each has its own position.
+        both: list[bytes] = []
+        thread = threading.Thread(
+            target=lambda: both.append(
+                raw_poll(port, f"channel=news&since=news:3:{epoch}&channel=chat:z&timeout=20")
+            )
+        )
+        subscribed = app.hub.stats.subscriptions
+        thread.start()
+        wait_for(lambda: app.hub.stats.subscriptions == subscribed + 2, 10)
+        server.call(app.publish, "chat:z", "z")
+        thread.join(10)
+        channels = json.loads(both[0])["channels"]
+        assert channels["news"]["publications"] == [] and channels["news"]["offset"] == 3
+        assert [p["data"] for p in channels["chat:z"]["publications"]] == ["z"]

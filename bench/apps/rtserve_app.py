@@ -18,3 +18,14 @@ def plaintext(request: Request) -> str:
 @app.route("/json/{id:int}")
 def item(request: Request, id: int) -> dict[str, object]:
     return {"id": id, "message": "Hello, World!"}
+
+
+# The same answers from `async def` handlers, what most users write (the *-async rows).
+@app.route("/async/plaintext")
+async def plaintext_async(request: Request) -> str:
+    return "Hello, World!"
+
+
+@app.route("/async/json/{id:int}")
+async def item_async(request: Request, id: int) -> dict[str, object]:
+    return {"id": id, "message": "Hello, World!"}

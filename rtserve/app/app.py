@@ -472,6 +472,15 @@ class App:
         except Exception as exc:
             return self._on_exception(request, exc)
 
+    def respond(self, request: Request, response: Response) -> None:
+        """Answer `request` now, from outside its handler, as if the handler had returned
+        `response` (held in memory): a long poll released by a publication. Its handler must
+        then return None."""
+        pending = self._send_response(request, response)
+        if pending is not None:
+            pending.close()
+            raise TypeError(f"{type(response).__name__} cannot be sent from outside a handler")
+
     async def _upgrade_later(self, request: Request, upgrading: Coroutine[Any, Any, None]) -> None:
         try:
             await upgrading

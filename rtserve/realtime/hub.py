@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rtserve.app.response import dump_json
 from rtserve.app.websocket import SharedMessage
 from rtserve.broker.base import (
     Broker,
@@ -58,10 +59,12 @@ class Outbound:
     """One push encoded once for every local subscriber: JSON bytes and the shared frame.
 
     `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
-    `publication` is what a `pub` push carries (for long polls).
+    `publication` is what a `pub` push carries (for long polls), and `poll_answer` the whole
+    answer of every long poll this publication alone releases.
     """
 
     __slots__ = (
+        "_poll",
         "_sse",
         "channel",
         "epoch",
@@ -93,6 +96,7 @@ class Outbound:
         self.epoch = epoch
         self.publication = publication
         self._sse: bytes | None = None
+        self._poll: bytes | None = None
         self.ws = SharedMessage.text(payload)
         self.plain = self.ws.plain_frame()  # the frame for connections without deflate
 
@@ -105,6 +109,23 @@ class Outbound:
                 self.event, self.payload, self.channel, self.epoch, self.offset
             )
         return sse
+
+    @property
+    def poll_answer(self) -> bytes:
+        """`{"channels": {CHANNEL: {publications: [this one], offset, epoch, recovered}}}`:
+        built once, then the very bytes of every poll of this channel waiting at the offset
+        before it."""
+        answer = self._poll
+        if answer is None:
+            assert self.publication is not None and self.channel is not None
+            position = {
+                "publications": [publication_json(self.publication)],
+                "offset": self.offset,
+                "epoch": self.epoch,
+                "recovered": True,
+            }
+            answer = self._poll = dump_json({"channels": {self.channel: position}})
+        return answer
 
 
 class PresenceOutbound(Outbound):

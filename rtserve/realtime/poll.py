@@ -16,10 +16,11 @@ connects a client as `connect` does: `on_connect` gets the `data` query paramete
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
-from rtserve.app.response import JSONResponse, Response, dump_json
+from rtserve.app.response import JSON, JSONResponse, Response, dump_json
 from rtserve.broker.base import ClientInfo
 from rtserve.realtime.access import (
     authorize_subscribe,
@@ -37,7 +38,7 @@ from rtserve.realtime.access import (
     watch_shutdown,
 )
 from rtserve.realtime.context import ChannelContext, token_user
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.hub import Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
@@ -57,19 +58,53 @@ MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: n
 
 
 class _Waiter:
-    """A long poll as the Hub sees it: it only notes what arrives and wakes its request."""
+    """A long poll as the Hub sees it: it notes what arrives and, once it has something to
+    say, answers its request there and then (a publication releases every poll in one pass).
 
+    While it waits it holds a timer and a callback on the connection's close, no Task of its
+    own making: the timeout, the client leaving and the server stopping only wake the handler.
+    """
+
+    __slots__ = ("client", "cors", "got", "request", "subscribed", "timer", "wake")
     kind = "poll"  # how the admin interface counts it among ServerState.long_lived
 
-    def __init__(self, client: ClientInfo) -> None:
+    def __init__(self, client: ClientInfo, request: Request, cors: list[tuple[str, str]]) -> None:
         self.client = client
+        self.request = request
+        self.cors = cors
         self.got: dict[str, list[Outbound]] = {}
         self.subscribed: dict[str, tuple[dict[str, Any], int]] = {}
-        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.wake: asyncio.Future[None] | None = None  # made when it starts waiting
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wait(self, timeout: float) -> asyncio.Future[None]:
+        """Start waiting, at most `timeout` seconds; the future completes when it is over."""
+        loop = asyncio.get_running_loop()
+        self.wake = wake = loop.create_future()
+        self.timer = loop.call_later(timeout, self._wakeup)
+        self.request.exchange.wait_disconnected().add_done_callback(self._client_left)
+        return wake
+
+    def _client_left(self, _: asyncio.Future[None]) -> None:
+        self._wakeup()
 
     def _wakeup(self) -> None:
-        if not self.wake.done():
-            self.wake.set_result(None)
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def done_waiting(self) -> None:
+        """Stop the timer, forget the connection's close and leave every channel (again:
+        harmless)."""
+        request = self.request
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            request.exchange.wait_disconnected().remove_done_callback(self._client_left)
+        unwatch_shutdown(request, self)
+        hub = request.app.hub
+        for channel in self.got:
+            hub.unsubscribe(self, channel)
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
         got = self.got.setdefault(channel, [])
@@ -77,7 +112,17 @@ class _Waiter:
             got.append(message)
         subscribed = self.subscribed.get(channel)
         if subscribed is not None and message.offset > subscribed[1]:
-            self._wakeup()
+            self._release()
+
+    def _release(self) -> None:
+        wake = self.wake
+        if wake is None or wake.done():
+            return  # still subscribing (its handler checks `ready()`), or answered already
+        self.done_waiting()
+        # If this fails, nothing was sent: the handler, woken below, answers (or reports it).
+        with contextlib.suppress(Exception):
+            self.request.app.respond(self.request, self.response())
+        wake.set_result(None)
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         pass  # pollers are not told about joins and leaves
@@ -87,6 +132,24 @@ class _Waiter:
 
     def stop(self) -> None:
         self._wakeup()  # the server shuts down: answer with what there is
+
+    def response(self) -> Response:
+        """The answer: each channel's publications after its position, and where it is."""
+        if len(self.subscribed) == 1:
+            (channel,) = self.subscribed
+            only = self._only_publication(channel)
+            if only is not None:
+                return Response(only.poll_answer, headers=self.cors, content_type=JSON)
+        body = {"channels": {channel: self.answer(channel) for channel in self.subscribed}}
+        return JSONResponse(body, headers=self.cors)
+
+    def _only_publication(self, channel: str) -> Outbound | None:
+        """The one publication `channel` answers with, when it has nothing else to say."""
+        result, last = self.subscribed[channel]
+        if result.get("publications") or result.get("recovered") is False:
+            return None
+        newer = [m for m in self.got.get(channel, ()) if m.offset > last and m.publication]
+        return newer[0] if len(newer) == 1 else None
 
     def answer(self, channel: str) -> dict[str, Any]:
         result, last = self.subscribed[channel]
@@ -125,7 +188,7 @@ def _timeout(request: Request, default: float) -> float:
     return min(timeout, MAX_POLL_TIMEOUT)
 
 
-async def poll_endpoint(request: Request) -> Response:
+async def poll_endpoint(request: Request) -> Response | None:
     hub = request.app.hub
     cors = cors_headers(request, hub.settings)
     waiter: _Waiter | None = None
@@ -134,7 +197,7 @@ async def poll_endpoint(request: Request) -> Response:
         channels = channel_names(request)
         since = positions(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
-        waiter = _Waiter(client)
+        waiter = _Waiter(client, request, cors)
         for channel in channels:
             with refusing(channel):
                 rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
@@ -146,27 +209,20 @@ async def poll_endpoint(request: Request) -> Response:
                 waiter.subscribed[channel] = await hub.subscribe(
                     waiter, channel, since.get(channel)
                 )
-        if not waiter.ready() and timeout > 0:
+        if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
+            wake = waiter.wait(timeout)
             watch_shutdown(request, waiter)
-            disconnected = request.exchange.wait_disconnected()
-            await asyncio.wait(
-                {waiter.wake, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        _leave(hub, request, waiter)
-        body = {"channels": {channel: waiter.answer(channel) for channel in channels}}
-        return JSONResponse(body, headers=cors)
+            await wake
+            if request.exchange.started:
+                return None  # a publication released it: `_Waiter.deliver` answered
+        waiter.done_waiting()
+        return waiter.response()
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
     finally:
         if waiter is not None:
-            _leave(hub, request, waiter)
-
-
-def _leave(hub: Hub, request: Request, waiter: _Waiter) -> None:
-    unwatch_shutdown(request, waiter)
-    for channel in waiter.got:
-        hub.unsubscribe(waiter, channel)
+            waiter.done_waiting()
 
 
 async def history_endpoint(request: Request) -> Response:
