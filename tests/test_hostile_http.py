@@ -26,6 +26,7 @@ from urllib.parse import quote
 import pytest
 
 from rtserve import App, RedirectResponse, Request, Response
+from rtserve.server.connection import HTTPConnection
 from rtserve.server.settings import LimitSettings, TimeoutSettings
 from rtserve.testing import ThreadedServer
 from tests.rawhttp import RawClient, get
@@ -612,7 +613,7 @@ def test_pipelining_client_that_never_reads_is_bounded(
         time.sleep(0.2)  # let the server read whatever it is going to
 
         def measure() -> tuple[int, int, int]:
-            conns = [c for c in state.connections if hasattr(c, "queue")]
+            conns = [c for c in state.connections if isinstance(c, HTTPConnection)]
             assert len(conns) == 1
             conn = conns[0]
             return len(conn.queue), conn.bytes_in, conn.transport.get_write_buffer_size()

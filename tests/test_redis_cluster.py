@@ -14,7 +14,7 @@ from redis.crc import key_slot
 from rtserve.broker.base import BrokerError, PublishOptions
 from rtserve.broker.redis_cluster import RedisClusterBroker, from_url
 from tests.redis_support import LocalCluster, migrate_slot
-from tests.test_broker_contract import Recorder
+from tests.support.broker_events import Recorder
 
 KEEP_ALL = PublishOptions(history_size=10_000)
 FAST = {"reconnect_delay": (0.05, 0.5), "timeout": 2.0, "ping_interval": 1.0}

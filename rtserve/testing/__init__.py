@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rtserve.app.app import App
 from rtserve.app.datastructures import Headers
@@ -29,7 +29,12 @@ from rtserve.server.listener import Server, new_event_loop
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application
 
-AppT = TypeVar("AppT", bound=Application)
+if TYPE_CHECKING:  # a plain `ThreadedServer` is one of an App (PEP 696's default)
+    from typing_extensions import TypeVar as DefaultingTypeVar
+
+    AppT = DefaultingTypeVar("AppT", bound=Application, default=App)
+else:
+    AppT = TypeVar("AppT", bound=Application)
 
 __all__ = [
     "ClientResponse",
