@@ -36,6 +36,7 @@ from rtserve.realtime.access import (
     unwatch_shutdown,
     watch_shutdown,
 )
+from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
@@ -126,7 +127,7 @@ def _timeout(request: Request, default: float) -> float:
 
 
 async def poll_endpoint(request: Request) -> Response:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     waiter: _Waiter | None = None
     try:
@@ -170,7 +171,7 @@ def _leave(hub: Hub, request: Request, waiter: _Waiter) -> None:
 
 
 async def history_endpoint(request: Request) -> Response:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     try:
         client, claims = await http_client(hub, request, request.query.get("token"))
@@ -201,7 +202,7 @@ async def history_endpoint(request: Request) -> Response:
 async def presence_endpoint(request: Request) -> Response:
     """`GET {prefix}/presence?channel=A[&stats=1]`: who is in A (or how many), as the WebSocket
     `presence` and `presence_stats` answer, with the permissions of a subscribe."""
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     try:
         client, claims = await http_client(hub, request, request.query.get("token"))
@@ -224,7 +225,7 @@ async def presence_endpoint(request: Request) -> Response:
 
 
 async def client_publish_endpoint(request: Request) -> Response:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     if request.method == "OPTIONS":  # a CORS preflight
         if cors:

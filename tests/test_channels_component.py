@@ -1,0 +1,107 @@
+"""Channels as a component the App mounts: configured first, then installed once."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtserve import App, ChannelSettings, MemoryBroker
+from rtserve.config.project import build_app, load_project
+from rtserve.realtime.component import Channels
+from rtserve.realtime.hub import Hub
+from rtserve.testing import ThreadedServer
+
+FACTORY = """
+from rtserve import App, ChannelSettings, MemoryBroker
+
+
+def make():
+    app = App(channels=ChannelSettings(api_key="factory-key-0123456789"))
+    app.channel("chat:*", history=10)
+    return app
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    """A project whose factory sets channels in code and whose YAML sets their prefix."""
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "factory_h13.py").write_text(FACTORY)
+    (folder / "rtserve.yaml").write_text("app: factory_h13:make\nchannels:\n  prefix: /live\n")
+    path = list(sys.path)
+    yield folder
+    sys.path[:] = path
+    sys.modules.pop("factory_h13", None)
+
+
+def test_yaml_prefix_moves_the_endpoints_and_keeps_the_factorys_api_key(project: Path) -> None:
+    config, folder = load_project(project)
+    app = build_app(config, folder)
+    with ThreadedServer(app) as server, server.client() as client:
+        assert app.url_for("rt:ws") == "/live/ws"
+        assert client.get("/rt/history?channel=chat:a").status == 404
+        refused = client.post("/live/publish", json={"channel": "chat:a", "data": 1})
+        assert refused.status == 401
+        published = client.post(
+            "/live/publish",
+            json={"channel": "chat:a", "data": 1},
+            headers={"Authorization": "Bearer factory-key-0123456789"},
+        )
+        assert published.status == 200, published.body
+        history = client.get("/live/history?channel=chat:a")
+        assert history.status == 200 and history.json()["publications"][0]["data"] == 1
+
+
+def test_an_app_without_channels_builds_no_broker_and_serves_no_channel_endpoint() -> None:
+    app = App()
+    app.route("/")(lambda request: "hi")
+    with ThreadedServer(app) as server, server.client() as client:
+        assert app.component(Channels) is None
+        assert not any(isinstance(value, Hub | MemoryBroker) for value in vars(app).values())
+        assert client.get("/rt/history?channel=a").status == 404
+        assert client.get("/rtserve.js").status == 404
+
+
+def test_settings_set_before_serving_decide_the_endpoints() -> None:
+    app = App()
+    app.channel("news", history=5)
+    # Configured after the first rule, as the project loader does: the endpoints follow.
+    app.channels.configure(settings=ChannelSettings(prefix="/late"))
+    with ThreadedServer(app) as server, server.client() as client:
+        assert app.url_for("rt:history") == "/late/history"
+        assert client.get("/late/history?channel=news").status == 200
+        assert client.get("/rt/history?channel=news").status == 404
+
+
+def test_once_serving_the_channels_are_fixed_but_take_new_rules() -> None:
+    app = App()
+    app.channel("news")
+    with ThreadedServer(app) as server, server.client() as client:
+        with pytest.raises(RuntimeError, match="installed"):
+            app.channels.configure(settings=ChannelSettings(prefix="/other"))
+        with pytest.raises(RuntimeError, match="already finalized"):
+            app.mount(Channels())
+        app.channel("late", history=3)
+        assert client.get("/rt/history?channel=late").status == 200
+
+
+def test_a_core_app_gets_channels_from_the_yaml(tmp_path: Path) -> None:
+    folder = tmp_path / "core"
+    folder.mkdir()
+    (folder / "core_h13.py").write_text("from rtserve.app.app import App\n\napp = App()\n")
+    (folder / "rtserve.yaml").write_text(
+        "app: core_h13:app\nchannels:\n  rules:\n    - pattern: feed\n      history: 4\n"
+    )
+    path = list(sys.path)
+    try:
+        config, folder = load_project(folder)
+        app = build_app(config, folder)
+        with ThreadedServer(app) as server, server.client() as client:
+            assert client.get("/rt/history?channel=feed").status == 200
+    finally:
+        sys.path[:] = path
+        sys.modules.pop("core_h13", None)
