@@ -20,7 +20,7 @@ from contextvars import copy_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rtserve.app.component import Component
+from rtserve.app.component import AdminInterface, Component
 from rtserve.app.eager import Suspended, first_step
 from rtserve.app.errors_page import error_response
 from rtserve.app.handler import SENT, Handler
@@ -36,7 +36,6 @@ from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from rtserve.server.state import ServerState
-    from rtserve.stats.admin import AdminServer
 
 log = logging.getLogger("rtserve.app")
 
@@ -98,7 +97,7 @@ class App:
         # The state of the server serving this app (set by Server.start), and the admin
         # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
         self.server_state: ServerState | None = None
-        self.admin: AdminServer | None = None
+        self.admin: AdminInterface | None = None
 
     # --- routing ---------------------------------------------------------------------------
 

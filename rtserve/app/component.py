@@ -6,6 +6,7 @@ configuration is complete when it adds its routes and its startup/shutdown hooks
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -18,4 +19,18 @@ class Component(Protocol):
     def install(self, app: App) -> None: ...
 
 
-__all__ = ["Component"]
+class AdminInterface(Protocol):
+    """What the app and its servers need of an admin interface (rtserve.stats.admin's
+    AdminServer): whether it serves, its hooks, and serving on private addresses."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def private(self) -> AbstractContextManager[None]: ...
+
+
+__all__ = ["AdminInterface", "Component"]
