@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,16 @@ def test_a_core_app_gets_channels_from_the_yaml(tmp_path: Path) -> None:
     finally:
         sys.path[:] = path
         sys.modules.pop("core_h13", None)
+
+
+def test_importing_rtserve_and_making_an_app_load_no_hub() -> None:
+    code = (
+        "import sys, rtserve\n"
+        "app = rtserve.App()\n"
+        "app.route('/')(lambda request: 'hi')\n"
+        "assert 'rtserve.realtime.hub' not in sys.modules, 'hub loaded'\n"
+        "app.channel('news')\n"
+        "assert 'rtserve.realtime.hub' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr

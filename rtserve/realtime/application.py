@@ -10,16 +10,18 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtserve.app.app import App as CoreApp
 from rtserve.broker.base import Broker, StreamPosition
 from rtserve.realtime.component import Channels
-from rtserve.realtime.hub import Hub
 from rtserve.realtime.protocol import METHOD_NAME, check_publishable
 from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from rtserve.realtime.hub import Hub
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,13 +11,13 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from rtserve.broker.base import Broker
-from rtserve.realtime.hub import Hub
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
     from rtserve.app.request import Request
+    from rtserve.realtime.hub import Hub
 
 
 class Channels:
@@ -29,11 +29,14 @@ class Channels:
         settings: ChannelSettings | None = None,
         rules: ChannelRules | None = None,
     ) -> None:
+        # Imported here: `import rtserve` and an App without channels load no hub.
+        from rtserve.realtime.hub import Hub
+
         if broker is None:
             from rtserve.broker.memory import MemoryBroker
 
             broker = MemoryBroker()
-        self.hub = Hub(rules or ChannelRules(), broker, settings or ChannelSettings())
+        self.hub: Hub = Hub(rules or ChannelRules(), broker, settings or ChannelSettings())
         self.installed = False
 
     @property
