@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rtserve import App, ChannelSettings, MemoryBroker
+from rtserve import App, ChannelSettings, MemoryBroker, ServerSettings
 from rtserve.config.project import build_app, load_project
 from rtserve.realtime.component import Channels
 from rtserve.realtime.hub import Hub
-from rtserve.testing import ThreadedServer
+from rtserve.testing import Server, ThreadedServer
 
 FACTORY = """
-from rtserve import App, ChannelSettings, MemoryBroker
+from rtserve import App, ChannelSettings, MemoryBroker, ServerSettings
 
 
 def make():
@@ -119,3 +120,18 @@ def test_importing_rtserve_and_making_an_app_load_no_hub() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_server_started_without_startup_finalizes_the_app() -> None:
+    app = App()
+    app.channel("news")
+
+    async def main() -> None:
+        server = Server(app, ServerSettings(host="127.0.0.1", port=0))
+        await server.start()
+        try:
+            assert app.finalized and app.url_for("rt:ws") == "/rt/ws"
+        finally:
+            await server.shutdown(grace=0.5)
+
+    asyncio.run(main())

@@ -245,7 +245,9 @@ class App:
     # --- lifecycle -------------------------------------------------------------------------
 
     def bind_server_state(self, state: ServerState) -> None:
-        """Called by `Server.start`: the live connections and counters of this app's server."""
+        """Called by `Server.start`: the live connections and counters of this app's server.
+        The app is finalized by then, whether or not `startup` ran."""
+        self.finalize()
         self.server_state = state
         if self.admin is not None:
             state.opened = {}  # the admin lists connections with their ages

@@ -66,9 +66,7 @@ class ChannelSocket(WebSocketHandler):
 
     def __init__(self, request: Request, path_params: dict[str, Any]) -> None:
         super().__init__(request, path_params)
-        hub = hub_of(request)
-        assert hub is not None
-        self.hub: Hub = hub
+        self.hub: Hub = hub_of(request)
         self.client: ClientInfo = None  # type: ignore[assignment]  # set by connect
         self.claims: TokenClaims | None = None
         self.subscriptions: dict[str, ChannelRule] = {}
