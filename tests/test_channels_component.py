@@ -135,3 +135,36 @@ def test_a_server_started_without_startup_finalizes_the_app() -> None:
             await server.shutdown(grace=0.5)
 
     asyncio.run(main())
+
+
+BROKER_FACTORY = """
+from rtserve import App, MemoryBroker
+
+BROKER = MemoryBroker()
+
+
+def make():
+    app = App(broker=BROKER)
+    app.channel("chat:*")
+    return app
+"""
+
+
+@pytest.mark.parametrize(("yaml_broker", "kept"), [("", True), ("broker: memory\n", False)])
+def test_the_yaml_broker_replaces_the_codes_only_when_set(
+    tmp_path: Path, yaml_broker: str, kept: bool
+) -> None:
+    folder = tmp_path / "brokers"
+    folder.mkdir()
+    (folder / "broker_h13.py").write_text(BROKER_FACTORY)
+    (folder / "rtserve.yaml").write_text("app: broker_h13:make\n" + yaml_broker)
+    path = list(sys.path)
+    try:
+        config, folder = load_project(folder)
+        app = build_app(config, folder)
+        channels = app.component(Channels)
+        assert channels is not None and isinstance(channels.broker, MemoryBroker)
+        assert (channels.broker is sys.modules["broker_h13"].BROKER) is kept
+    finally:
+        sys.path[:] = path
+        sys.modules.pop("broker_h13", None)
