@@ -1,6 +1,5 @@
 """rtserve: a real-time server toolkit for Python."""
 
-from rtserve.app.app import App
 from rtserve.app.handler import Handler
 from rtserve.app.request import Request
 from rtserve.app.response import (
@@ -14,6 +13,7 @@ from rtserve.app.static import FileResponse
 from rtserve.app.websocket import WebSocketHandler, broadcast
 from rtserve.broker import Broker, MemoryBroker
 from rtserve.errors import ConfigError, HTTPError, MissingArgument, RtserveError
+from rtserve.realtime.application import App
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult, RpcContext
 from rtserve.realtime.protocol import ChannelError, ErrorCode
 from rtserve.realtime.rules import ChannelRule

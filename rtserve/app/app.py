@@ -7,7 +7,6 @@ Task; one that suspends continues in a Task from where it stopped.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import copy
 import gzip
 import inspect
@@ -21,6 +20,7 @@ from contextvars import copy_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rtserve.app.component import AdminInterface, Component
 from rtserve.app.eager import Suspended, first_step
 from rtserve.app.errors_page import error_response
 from rtserve.app.handler import SENT, Handler
@@ -29,19 +29,13 @@ from rtserve.app.response import HTML, JSON, OCTETS, TEXT, HTMLResponse, Respons
 from rtserve.app.router import Endpoint, Router
 from rtserve.app.signing import CookieSigner, xsrf_tokens_match
 from rtserve.app.websocket import WebSocketHandler, WebSocketRoute, accept_websocket
-from rtserve.broker.base import Broker, StreamPosition
 from rtserve.errors import HTTPError
 from rtserve.protocol.http11 import encode_headers
-from rtserve.realtime.hub import Hub
-from rtserve.realtime.protocol import METHOD_NAME, check_publishable
-from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule, ChannelRules
-from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from rtserve.server.state import Application, ServerState
-    from rtserve.stats.admin import AdminServer
 
 log = logging.getLogger("rtserve.app")
 
@@ -49,6 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[], Awaitable[None] | None]
 ErrorPage = Callable[[Request, HTTPError], Any]  # a Response, None, or an awaitable of one
 E = TypeVar("E", bound=ErrorPage)
+C = TypeVar("C")
 
 _TEXT_HEADERS = encode_headers([(b"content-type", TEXT.encode())])
 _JSON_HEADERS = encode_headers([(b"content-type", JSON.encode())])
@@ -70,8 +65,8 @@ class App:
     cookie_secret: one secret or a list (newest first) for signed cookies; rotation verifies
     with all of them. xsrf_cookies: require the `_xsrf` token on every POST/PUT/PATCH/DELETE.
     gzip_min_size: compress compressible responses at least this big (None: never).
-    channels: settings of the channel layer (tokens, publish API key, endpoints' prefix).
-    broker: the engine of the channels (default: a MemoryBroker, one process).
+    Channels, an admin interface or a hosted app are components it `mount`s; `rtserve.App`
+    is this class with the channels mounted on first use.
     """
 
     def __init__(
@@ -82,8 +77,6 @@ class App:
         xsrf_cookies: bool = False,
         gzip_min_size: int | None = 1024,
         template_dir: str | Path = "templates",
-        channels: ChannelSettings | None = None,
-        broker: Broker | None = None,
     ) -> None:
         self.settings = settings or ServerSettings()
         self.router = Router()
@@ -98,17 +91,13 @@ class App:
         self._templates: Any = None
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
-        if broker is None:
-            from rtserve.broker.memory import MemoryBroker
-
-            broker = MemoryBroker()
-        self.hub = Hub(ChannelRules(), broker, channels or ChannelSettings())
-        self._channel_routes = False
+        self._components: list[Component] = []
+        self._finalized = False
         self._error_page: ErrorPage | None = None
         # The state of the server serving this app (set by Server.start), and the admin
         # interface reading it (rtserve.stats.admin.enable_admin, or `admin:` in rtserve.yaml).
         self.server_state: ServerState | None = None
-        self.admin: AdminServer | None = None
+        self.admin: AdminInterface | None = None
         # The middleware around this app's own answering (add_middleware); None: none.
         self.middleware: Application | None = None
 
@@ -221,72 +210,40 @@ class App:
 
         self.router.add(path, ["GET"], StaticFile(file, headers), name=name)
 
-    # --- channels --------------------------------------------------------------------------
+    # --- components ------------------------------------------------------------------------
 
-    def channel(self, pattern: str, **options: Any) -> ChannelRule:
-        """Allow the channels `pattern` matches, with the rule `options` (see ChannelRule).
+    def mount(self, component: Component) -> None:
+        """Install `component` (channels, admin, ...) when the app is finalized, before it
+        serves: its routes and hooks are added from its configuration as it is then.
+        RuntimeError once the app is finalized (serving, or its routes listed)."""
+        if self._finalized:
+            raise RuntimeError(
+                f"cannot mount {type(component).__name__}: the app is already finalized "
+                "(serving, or its routes listed); mount components before serving"
+            )
+        self._components.append(component)
 
-        The first rule adds the endpoints `{prefix}/ws`, `POST {prefix}/publish[/batch]`,
-        `{prefix}/sse`, `{prefix}/poll`, `{prefix}/history`, `{prefix}/presence` and
-        `{prefix}/client/publish`.
-        """
-        unknown = set(options) - RULE_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown channel option(s): {', '.join(sorted(unknown))}")
-        return self.add_channel_rule(ChannelRule(pattern, **options))
+    def component(self, kind: type[C]) -> C | None:
+        """The mounted component of type `kind`, or None."""
+        for component in self._components:
+            if isinstance(component, kind):
+                return component
+        return None
 
-    def add_channel_rule(self, rule: ChannelRule) -> ChannelRule:
-        """Add a rule made beforehand (from rtserve.yaml, say); see `channel`."""
-        self.hub.rules.add(rule)
-        if not self._channel_routes:
-            self._add_channel_routes()
-        return rule
+    @property
+    def finalized(self) -> bool:
+        """True once the mounted components are installed (see `finalize`)."""
+        return self._finalized
 
-    def _add_channel_routes(self) -> None:
-        from rtserve.app.static import rtserve_js
-        from rtserve.realtime.poll import (
-            client_publish_endpoint,
-            history_endpoint,
-            poll_endpoint,
-            presence_endpoint,
-        )
-        from rtserve.realtime.publish_api import publish_batch_endpoint, publish_endpoint
-        from rtserve.realtime.sse import sse_endpoint
-        from rtserve.realtime.ws_session import ChannelSocket
-
-        prefix = self.hub.settings.prefix.rstrip("/")
-        # Commands of one connection must be handled in order, whatever the server default.
-        ws_route = WebSocketRoute({"concurrent": False})
-        self.router.add(
-            f"{prefix}/ws",
-            ["GET"],
-            ChannelSocket,
-            name="rt:ws",
-            websocket=ws_route,
-        )
-        # The publish API authenticates with its API key, not cookies: no XSRF token applies.
-        for path, endpoint, name in (
-            ("publish", publish_endpoint, "rt:publish"),
-            ("publish/batch", publish_batch_endpoint, "rt:publish_batch"),
-        ):
-            self.router.add(f"{prefix}/{path}", ["POST"], endpoint, name=name, xsrf_exempt=True)
-        # Clients without a WebSocket: Server-Sent Events, long polling, history, publish.
-        self.router.add(f"{prefix}/sse", ["GET"], sse_endpoint, name="rt:sse")
-        self.router.add(f"{prefix}/poll", ["GET"], poll_endpoint, name="rt:poll")
-        self.router.add(f"{prefix}/history", ["GET"], history_endpoint, name="rt:history")
-        self.router.add(f"{prefix}/presence", ["GET"], presence_endpoint, name="rt:presence")
-        # Authenticated by a bearer token (or anonymous), and only JSON bodies are taken, which
-        # a cross-site form cannot send: no XSRF token applies.
-        self.router.add(
-            f"{prefix}/client/publish",
-            ["POST", "OPTIONS"],
-            client_publish_endpoint,
-            name="rt:client_publish",
-            xsrf_exempt=True,
-        )
-        # The browser client of these endpoints, for every app with channels.
-        self.router.add("/rtserve.js", ["GET"], rtserve_js, name="rt:js")
-        self._channel_routes = True
+    def finalize(self) -> None:
+        """Install the mounted components: their routes and startup/shutdown hooks. Called
+        by `startup` (so by every server and test client), by the project loader and by
+        `rtserve routes`; the second call does nothing."""
+        if self._finalized:
+            return
+        self._finalized = True
+        for component in self._components:
+            component.install(self)
 
     def error_page(self, page: E) -> E:
         """Decorate `page(request, error) -> Response | None` (may be async): the answer to
@@ -296,66 +253,18 @@ class App:
         self._error_page = page
         return page
 
-    def on_connect(self, hook: F) -> F:
-        """Decorate the hook that accepts or refuses a channel connection (see ConnectContext)."""
-        self.hub.on_connect = hook
-        return hook
-
-    def rpc(self, method: str) -> Callable[[F], F]:
-        """Decorate the handler of the channel protocol's `rpc` command `method` (sync or
-        async; see RpcContext): a request and its reply over the client's connection."""
-        if not METHOD_NAME.match(method):
-            raise ValueError(f"rpc method {method!r}: 1 to 128 of A-Z a-z 0-9 _ - : .")
-        if method in self.hub.rpc_handlers:
-            raise ValueError(f"rpc method {method!r} is registered twice")
-
-        def register(handler: F) -> F:
-            self.hub.rpc_handlers[method] = handler
-            return handler
-
-        return register
-
-    async def publish(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
-    ) -> StreamPosition:
-        """Publish `data` (any JSON value) to `channel` from server code; returns its position.
-
-        Raises ChannelError: 107 for data that is not JSON (NaN included), 102 for a channel
-        without a rule, 115 when the broker fails.
-        """
-        check_publishable(data)
-        return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
-
-    async def disconnect(self, user: str, reason: str = "") -> None:
-        """End every live channel connection of `user`, on every worker and machine of the
-        broker: WebSockets close with 4005 and SSE streams end with an `error` event 4005, after
-        which rtserve.js and rtserve.client do not reconnect. To keep the user out, refuse them
-        in `on_connect` too. ChannelError 115 when the broker fails."""
-        await self.hub.disconnect_user(user, reason)
-
-    def publish_threadsafe(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
-    ) -> concurrent.futures.Future[StreamPosition]:
-        """`publish` from another thread (a worker pool, a sync library); a Future of the
-        position. Raises RuntimeError when the app is not serving."""
-        loop = self.hub.loop
-        if loop is None:
-            raise RuntimeError("the app is not running: publish_threadsafe needs a served app")
-        return asyncio.run_coroutine_threadsafe(
-            self.publish(channel, data, idempotency_key=idempotency_key), loop
-        )
-
     # --- lifecycle -------------------------------------------------------------------------
 
     def bind_server_state(self, state: ServerState) -> None:
-        """Called by `Server.start`: the live connections and counters of this app's server."""
+        """Called by `Server.start`: the live connections and counters of this app's server.
+        The app is finalized by then, whether or not `startup` ran."""
+        self.finalize()
         self.server_state = state
         if self.admin is not None:
             state.opened = {}  # the admin lists connections with their ages
 
     async def startup(self) -> None:
-        if len(self.hub.rules):
-            await self.hub.start()
+        self.finalize()
         for hook in self.on_startup:
             result = hook()
             if result is not None:
@@ -366,8 +275,6 @@ class App:
             result = hook()
             if result is not None:
                 await result
-        if self.hub.running:
-            await self.hub.close()
 
     def run(self, host: str | None = None, port: int | None = None, **overrides: Any) -> None:
         """Serve this app until SIGINT/SIGTERM (blocking)."""

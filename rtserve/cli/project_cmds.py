@@ -15,6 +15,7 @@ from rtserve import __version__
 from rtserve.app.app import App
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError, HTTPError
+from rtserve.realtime.component import channel_rules
 
 
 def load_project_app(path: str | None) -> App:
@@ -55,7 +56,7 @@ def check(path: str | None) -> None:
     }
     for warning in settings_contradictions(app.settings.websocket, websocket_routes.items()):
         click.echo(f"warning: {warning}", err=True)
-    rules = len(app.hub.rules)
+    rules = len(channel_rules(app))
     click.echo(f"ok: {len(routes)} route(s), {rules} channel rule(s)")
 
 
@@ -125,11 +126,12 @@ def routes(path: str | None, url: str | None, method: str) -> None:
             endpoint.name or "",
         )
     console.print(table)
-    if len(app.hub.rules):
+    channel_rule_list = channel_rules(app)
+    if channel_rule_list:
         rules = Table(title="channel rules")
         for column in ("pattern", "publish", "history", "presence", "token", "slow consumer"):
             rules.add_column(column)
-        for rule in app.hub.rules:
+        for rule in channel_rule_list:
             rules.add_row(
                 rule.pattern,
                 rule.publish,

@@ -429,11 +429,17 @@ class Supervisor:
         if self.project is None:
             from rtserve.broker.memory import MemoryBroker
             from rtserve.cli.loader import load_app
+            from rtserve.realtime.component import Channels
 
             assert self.target is not None
             app = load_app(self.target)
             # An app without channel rules has nothing for workers to share.
-            shared = not isinstance(app.hub.broker, MemoryBroker) or not list(app.hub.rules)
+            channels = app.component(Channels)
+            shared = (
+                channels is None
+                or not isinstance(channels.broker, MemoryBroker)
+                or not list(channels.hub.rules)
+            )
             return apply_options(app.settings, self.options), [], shared
         return listen_settings(self.project, self.options)
 

@@ -26,6 +26,7 @@ from rtserve.cli.reload_errors import compact_exception, compact_issues
 from rtserve.cli.reload_state import export_state, import_state
 from rtserve.config.loader import ConfigErrors
 from rtserve.errors import ConfigError
+from rtserve.realtime.component import Channels, channel_rules
 from rtserve.server.settings import ServerSettings
 
 log = logging.getLogger("rtserve.server")
@@ -67,8 +68,9 @@ def _worker_main() -> None:
         if not spec.get("error_page"):
             _report(ready_fd, exc.lines)
         failure = exc.lines
-    if app is not None and isinstance(app.hub.broker, MemoryBroker):
-        _take_over(app.hub.broker, ready_fd, spec["control_fd"])
+    broker = None if app is None else _memory_broker(app)
+    if broker is not None:
+        _take_over(broker, ready_fd, spec["control_fd"])
     sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
     if spec.get("listen_again"):
         try:
@@ -114,13 +116,25 @@ def _take_over(broker: MemoryBroker, ready_fd: int, control_fd: int) -> None:
         log.debug("took over %d channel(s) from the previous worker", count)
 
 
+def _memory_broker(app: Any) -> MemoryBroker | None:
+    """The memory broker of the app's channels, whose state a reload hands over; else None."""
+    channels = app.component(Channels)
+    if channels is not None and isinstance(channels.broker, MemoryBroker):
+        return channels.broker
+    return None
+
+
 def _summary(app: Any) -> dict[str, Any]:
-    """What the start-up line shows of the app: routes, channel rules, broker."""
+    """What the start-up line shows of the app: routes, channel rules, broker ('none' for
+    an app without channels)."""
     routes = {endpoint.pattern for _, endpoint in app.router.endpoints}
-    broker = type(app.hub.broker).__name__.removesuffix("Broker").lower() or "?"
+    channels = app.component(Channels)
+    broker = "none"
+    if channels is not None:
+        broker = type(channels.broker).__name__.removesuffix("Broker").lower() or "?"
     return {
         "routes": len(routes),
-        "channels": [rule.pattern for rule in app.hub.rules],
+        "channels": [rule.pattern for rule in channel_rules(app)],
         "broker": broker,
     }
 
@@ -209,7 +223,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGINT, stop, False)
     loop.add_reader(lifeline, on_lifeline)
     control: int = spec["control_fd"]
-    commands = _Commands(app.hub.broker if failure is None else None, ready_fd)
+    commands = _Commands(_memory_broker(app) if failure is None else None, ready_fd)
     loop.add_reader(control, commands.read, control)
     gc.collect()
     gc.freeze()

@@ -112,6 +112,11 @@ class ConfigErrors(ConfigError):
         self.where = self.issues[0].file if self.issues else None
 
 
+# A schema dataclass with this field (init=False) is told which of its keys the YAML set, so
+# that what the YAML leaves out can keep a value set elsewhere (in code, say).
+KEYS_GIVEN = "keys_given"
+
+
 class SchemaKey(NamedTuple):
     """A leaf setting of a schema: dotted key, its dataclass field and its resolved type."""
 
@@ -634,13 +639,16 @@ class _Walker:
         self, cls: type[Any], kwargs: dict[str, Any], node: yaml.Node | None, keypath: str
     ) -> Any:
         try:
-            return cls(**kwargs)
+            made = cls(**kwargs)
         except OptionError as exc:
             self.issue(_value_node(node, exc.option) or node, _child(keypath, exc.option), str(exc))
             return _FAIL
         except ValueError as exc:
             self.issue(node, keypath, str(exc))
             return _FAIL
+        if any(f.name == KEYS_GIVEN for f in dataclasses.fields(cls) if not f.init):
+            setattr(made, KEYS_GIVEN, frozenset(kwargs))
+        return made
 
     def mapping(
         self, node: yaml.Node, value_type: Any, keypath: str, meta: Mapping[str, Any]

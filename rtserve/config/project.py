@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rtserve.app.app import App
+from rtserve.app.app import App as CoreApp
 from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
 from rtserve.app.static import header_list
@@ -25,6 +25,8 @@ from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.config.units import parse_duration, parse_size
 from rtserve.errors import RouteError
 from rtserve.imports import where_raised
+from rtserve.realtime.application import App
+from rtserve.realtime.component import Channels, merged_settings
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.schema import opt, opt_list, ref
@@ -111,6 +113,7 @@ class ChannelsConfig(ChannelSettings):
 
     on_connect: Any = ref("accepts or refuses a connection (module:name)")
     rules: list[ChannelRule] = opt_list("channel rules, the first matching pattern wins")
+    keys_given: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def settings(self) -> ChannelSettings:
         return ChannelSettings(
@@ -166,6 +169,7 @@ class ProjectConfig:
         default_factory=AdminConfig,
         metadata={"help": "the admin interface (stats, connections, channels; Prometheus)"},
     )
+    keys_given: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = _route_clashes(self.routes) + _pattern_clashes(self.channels.rules)
@@ -250,15 +254,16 @@ def _call_factory(target: Any, folder: Path) -> Any:
         ) from None
 
 
-def build_app(config: ProjectConfig, folder: Path) -> App:
+def build_app(config: ProjectConfig, folder: Path) -> CoreApp:
     """The App a project describes: its `app` (or a new one) with the YAML's settings, routes
     and channels added."""
     target = config.app
+    app: CoreApp
     if target is None:
         app = App(config.server)
     else:
-        app = _call_factory(target, folder) if not isinstance(target, App) else target
-        if not isinstance(app, App):
+        app = _call_factory(target, folder) if not isinstance(target, CoreApp) else target
+        if not isinstance(app, CoreApp):
             raise ConfigErrors(
                 [
                     ConfigIssue(
@@ -267,13 +272,7 @@ def build_app(config: ProjectConfig, folder: Path) -> App:
                 ]
             )
         app.settings = config.server
-    if config.broker != "memory":
-        app.hub.broker = broker_from_url(config.broker)
-    app.hub.settings = config.channels.settings()
-    if config.channels.on_connect is not None:
-        app.hub.on_connect = config.channels.on_connect
-    for rule in config.channels.rules:
-        app.add_channel_rule(rule)
+    _mount_channels(app, config)
     for route in config.routes:
         _add_route(app, route, folder)
     admin = config.admin
@@ -285,10 +284,33 @@ def build_app(config: ProjectConfig, folder: Path) -> App:
             token=admin.token,
             metrics=admin.metrics,
         )
+    app.finalize()
     return app
 
 
-def _add_route(app: App, route: RouteConfig, folder: Path) -> None:
+def _mount_channels(app: CoreApp, config: ProjectConfig) -> None:
+    """Give `app` the channels the code set merged with rtserve.yaml's (a key the YAML sets
+    wins; a `broker:` it sets replaces the code's); none if neither asks for channels."""
+    section = config.channels
+    channels = app.component(Channels)
+    if channels is None:
+        if not (section.rules or section.on_connect is not None or section.keys_given):
+            return  # no channels: no broker either
+        if isinstance(app, App):
+            channels = app.channels
+        else:
+            channels = Channels()
+            app.mount(channels)
+    broker = broker_from_url(config.broker) if "broker" in config.keys_given else None
+    settings = merged_settings(channels.settings, section.settings(), section.keys_given)
+    channels.configure(settings=settings, broker=broker)
+    if section.on_connect is not None:
+        channels.hub.on_connect = section.on_connect
+    for rule in section.rules:
+        channels.add_rule(rule)
+
+
+def _add_route(app: CoreApp, route: RouteConfig, folder: Path) -> None:
     if route.handler is not None:
         app.add_route(route.path, route.handler, route.methods, name=route.name)
     elif route.websocket is not None:

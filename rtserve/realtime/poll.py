@@ -37,6 +37,7 @@ from rtserve.realtime.access import (
     unwatch_shutdown,
     watch_shutdown,
 )
+from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
 from rtserve.realtime.hub import Outbound
 from rtserve.realtime.protocol import (
@@ -102,7 +103,7 @@ class _Waiter:
             self.timer = None
             request.exchange.wait_disconnected().remove_done_callback(self._client_left)
         unwatch_shutdown(request, self)
-        hub = request.app.hub
+        hub = hub_of(request)
         for channel in self.got:
             hub.unsubscribe(self, channel)
 
@@ -189,7 +190,7 @@ def _timeout(request: Request, default: float) -> float:
 
 
 async def poll_endpoint(request: Request) -> Response | None:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     waiter: _Waiter | None = None
     try:
@@ -226,7 +227,7 @@ async def poll_endpoint(request: Request) -> Response | None:
 
 
 async def history_endpoint(request: Request) -> Response:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     try:
         client, claims = await http_client(hub, request, request.query.get("token"))
@@ -257,7 +258,7 @@ async def history_endpoint(request: Request) -> Response:
 async def presence_endpoint(request: Request) -> Response:
     """`GET {prefix}/presence?channel=A[&stats=1]`: who is in A (or how many), as the WebSocket
     `presence` and `presence_stats` answer, with the permissions of a subscribe."""
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     try:
         client, claims = await http_client(hub, request, request.query.get("token"))
@@ -280,7 +281,7 @@ async def presence_endpoint(request: Request) -> Response:
 
 
 async def client_publish_endpoint(request: Request) -> Response:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     if request.method == "OPTIONS":  # a CORS preflight
         if cors:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rtserve.app.response import JSONResponse
 from rtserve.realtime.access import http_error
+from rtserve.realtime.component import hub_of
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
@@ -71,7 +72,7 @@ async def _body(request: Request) -> Any:
 
 
 async def publish_endpoint(request: Request) -> JSONResponse:
-    hub = request.app.hub
+    hub = hub_of(request)
     try:
         _authorise(hub, request)
         body = await _body(request)
@@ -82,7 +83,7 @@ async def publish_endpoint(request: Request) -> JSONResponse:
 
 
 async def publish_batch_endpoint(request: Request) -> JSONResponse:
-    hub = request.app.hub
+    hub = hub_of(request)
     try:
         _authorise(hub, request)
         body = await _body(request)

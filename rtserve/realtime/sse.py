@@ -37,6 +37,7 @@ from rtserve.realtime.access import (
     unwatch_shutdown,
     watch_shutdown,
 )
+from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
@@ -61,7 +62,7 @@ _HEADERS = [
 
 
 async def sse_endpoint(request: Request) -> Response | None:
-    hub = request.app.hub
+    hub = hub_of(request)
     cors = cors_headers(request, hub.settings)
     if request.method == "HEAD":  # no body, so no stream: the head of one
         return Response(b"", 200, headers=[(n.decode(), v.decode()) for n, v in _HEADERS] + cors)

@@ -28,6 +28,7 @@ from rtserve.realtime.access import (
     take_rate,
     verify_token,
 )
+from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, RpcContext
 from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
 from rtserve.realtime.outbox import Outbox
@@ -65,9 +66,7 @@ class ChannelSocket(WebSocketHandler):
 
     def __init__(self, request: Request, path_params: dict[str, Any]) -> None:
         super().__init__(request, path_params)
-        hub = request.app.hub
-        assert hub is not None
-        self.hub: Hub = hub
+        self.hub: Hub = hub_of(request)
         self.client: ClientInfo = None  # type: ignore[assignment]  # set by connect
         self.claims: TokenClaims | None = None
         self.subscriptions: dict[str, ChannelRule] = {}

@@ -239,14 +239,12 @@ def serve(app: Application, settings: ServerSettings, *, use_uvloop: bool = True
             if shutdown_hook is not None:
                 await shutdown_hook()
 
-    from rtserve.broker.base import BrokerError
-
     with asyncio.Runner(loop_factory=new_event_loop if use_uvloop else None) as runner:
         try:
             runner.run(main())
-        except BrokerError as exc:  # the broker is unreachable at start: nothing to serve
-            log.error("cannot start: %s", exc)
-            sys.exit(2)
         except CannotListen as exc:
             log.error("%s", exc)
             sys.exit(1)
+        except RtserveError as exc:  # a component cannot start (its broker is unreachable)
+            log.error("cannot start: %s", exc)
+            sys.exit(2)

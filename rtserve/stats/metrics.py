@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from rtserve.histogram import Histogram
+from rtserve.realtime.component import Channels
+from rtserve.realtime.hub import HubStats
 from rtserve.realtime.ws_session import ChannelSocket
 
 if TYPE_CHECKING:
@@ -131,8 +133,9 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
     and channels, the loop's lag and the process; `started_at` is unix time, `started` a
     `time.monotonic()` reading of the same moment."""
     state = app.server_state
-    hub = app.hub
-    channels = hub.channels()
+    mounted = app.component(Channels)
+    hub = None if mounted is None else mounted.hub
+    channels = {} if hub is None else hub.channels()
     if state is not None:
         s = state.stats
         by_class = s.responses_by_class
@@ -174,15 +177,15 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
         "serving": state is not None and not state.shutting_down,
         "open": open_counts(state),
         "totals": totals,
-        "hub": dataclasses.asdict(hub.stats),
+        "hub": dataclasses.asdict(HubStats() if hub is None else hub.stats),
         "latency_seconds": {
             "http": http_latency,
-            "broker_publish": hub.publish_latency.to_json(),
+            "broker_publish": (Histogram() if hub is None else hub.publish_latency).to_json(),
         },
         "channels": {
             "count": len(channels),
             "subscribers": sum(channels.values()),
-            "users": len(hub.users),
+            "users": 0 if hub is None else len(hub.users),
         },
         "loop_lag_seconds": {"last": round(lag.last, 6), "max": round(lag.max, 6)},
         "process": process_info(),
@@ -308,6 +311,11 @@ def find_connection(state: ServerState | None, conn_id: str) -> Served | None:
     return None
 
 
+def _channel_figures(app: App) -> dict[str, tuple[int, int]]:
+    mounted = app.component(Channels)
+    return {} if mounted is None else mounted.hub.channel_figures()
+
+
 def list_channels(
     app: App, *, limit: int = 100, offset: int = 0, prefix: str | None = None
 ) -> dict[str, Any]:
@@ -315,7 +323,7 @@ def list_channels(
     the publications delivered here since each got its first local subscriber."""
     items = [
         (name, subscribers, publications)
-        for name, (subscribers, publications) in app.hub.channel_figures().items()
+        for name, (subscribers, publications) in _channel_figures(app).items()
         if prefix is None or name.startswith(prefix)
     ]
     items.sort(key=lambda item: (-item[1], item[0]))
