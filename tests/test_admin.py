@@ -29,6 +29,7 @@ from websockets.asyncio.client import connect as ws_connect
 from rtserve import App, ConnectResult, WebSocketHandler, testing
 from rtserve.config.loader import ConfigErrors
 from rtserve.config.project import AdminConfig, build_app, load_project
+from rtserve.server.state import Application
 from rtserve.stats.admin import AdminServer, enable_admin
 from tests.channel_peer import Peer
 
@@ -36,7 +37,7 @@ TOKEN = "an-admin-token-of-32-characters!"
 TIMEOUT = 10.0
 
 
-def serve_app(app: App, **overrides: Any) -> Any:
+def serve_app(app: Application, **overrides: Any) -> Any:
     """`rtserve.testing.serve_app` with the admin interface at the addresses the test sets
     (by default a test server serves it on private ones)."""
     return testing.serve_app(app, private_admin=False, **overrides)
@@ -778,7 +779,7 @@ def test_a_project_serves_the_admin_socket_by_default(tmp_path: Path) -> None:
     async def main() -> None:
         async with serve_app(app) as server:
             assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
-            assert app.admin is not None
+            assert isinstance(app.admin, AdminServer)
             client = AdminClient(app.admin)
             peer = await Peer.open(f"ws://127.0.0.1:{server.port}/rt/ws")
             await peer.call("subscribe", channel="chat:x")

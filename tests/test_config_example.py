@@ -11,6 +11,7 @@ import yaml
 from rtserve.config.loader import schema_keys
 from rtserve.config.project import ProjectConfig, RouteConfig, build_app, load_project
 from rtserve.config.reference import EXAMPLE_PROJECT, EXAMPLES, render_example, render_reference
+from rtserve.realtime.component import channels_of
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.settings import ServerSettings, settings_keys
 
@@ -68,7 +69,7 @@ def test_example_loads_as_a_project(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
     config, folder = load_project(tmp_path)
     app = build_app(config, folder)
-    assert app.hub.rules.match("chat:lobby") is not None
+    assert channels_of(app).hub.rules.match("chat:lobby") is not None
     assert [r.kind for r in config.routes] == [
         "static",
         "static",

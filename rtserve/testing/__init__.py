@@ -29,10 +29,12 @@ from rtserve.server.listener import Server, new_event_loop
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application
 
-if TYPE_CHECKING:  # a plain `ThreadedServer` is one of an App (PEP 696's default)
+if TYPE_CHECKING:  # a plain `ThreadedServer` is one of `rtserve.App` (PEP 696's default)
     from typing_extensions import TypeVar as DefaultingTypeVar
 
-    AppT = DefaultingTypeVar("AppT", bound=Application, default=App)
+    from rtserve.realtime.application import App as ChannelsApp  # what `rtserve.App` is
+
+    AppT = DefaultingTypeVar("AppT", bound=Application, default=ChannelsApp)
 else:
     AppT = TypeVar("AppT", bound=Application)
 
