@@ -31,7 +31,7 @@ def make_app() -> tuple[App, AdminServer]:
 
 def read_event(response: http.client.HTTPResponse) -> tuple[str, Any]:
     """The next event of an SSE stream: (event name, decoded data)."""
-    name, data = "message", []
+    name, data = "message", []  # type: ignore[var-annotated]
     while True:
         line = response.readline()
         assert line, "the stream ended"

@@ -50,7 +50,7 @@ STREAM_CLOSED = threading.Event()
 
 def dechunk(body: bytes) -> tuple[bytes, bool]:
     """Decode a chunked body; also say whether the last-chunk arrived (the body is whole)."""
-    out = []
+    out: list[bytes] = []
     pos = 0
     for _ in range(100_000):
         line_end = body.find(b"\r\n", pos)
@@ -328,7 +328,7 @@ def make_app(
 
     @app.route("/stream/sync")
     async def stream_sync(request: Request) -> StreamingResponse:
-        return StreamingResponse(iter(["a", b"b", "", "c"]))
+        return StreamingResponse(iter(["a", b"b", "", "c"]))  # type: ignore[arg-type]
 
     @app.route("/stream/fail")
     def stream_fail(request: Request) -> StreamingResponse:

@@ -153,7 +153,7 @@ class Session:
             raise AssertionError("the server did not close") from None
         except Exception:
             pass
-        return self.ws.close_code
+        return self.ws.close_code  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._stack.close()
@@ -209,9 +209,9 @@ def test_cross_origin_websocket_is_403(server: ThreadedServer) -> None:
     layer's cors_origins are for the HTTP endpoints only and do not open /rt/ws."""
     for origin in ("https://evil.example", "https://ok.example", "null", "http://127.0.0.1:1"):
         with pytest.raises(InvalidStatus) as info:
-            connect(ws_url(server), origin=origin, open_timeout=5)  # type: ignore[arg-type]
+            connect(ws_url(server), origin=origin, open_timeout=5)  # type: ignore[call-overload]
         assert info.value.response.status_code == 403, origin
-    with connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}") as ws:  # type: ignore[arg-type]
+    with connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}") as ws:  # type: ignore[call-overload]
         ws.send('{"id": 1, "op": "connect"}')
         assert "result" in json.loads(ws.recv(timeout=5))
 

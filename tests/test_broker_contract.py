@@ -484,7 +484,7 @@ def test_hub_a_rule_without_history_keeps_its_stream_only_meta_ttl(make_broker: 
         kept = await hub.publish("inbox:a", 1)
 
         async def reset() -> bool:
-            return (await hub.broker.history("plain:a", limit=0)).position.offset == 0
+            return bool((await hub.broker.history("plain:a", limit=0)).position.offset == 0)
 
         await eventually(reset)
         assert (await hub.publish("plain:a", 2)).epoch != first.epoch

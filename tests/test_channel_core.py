@@ -46,9 +46,9 @@ def test_rules_match_literals_then_patterns_in_order() -> None:
 
 def test_rule_options_are_checked() -> None:
     with pytest.raises(ValueError, match="publish"):
-        ChannelRule("x", publish="everyone")
+        ChannelRule("x", publish="everyone")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="slow_consumer"):
-        ChannelRule("x", slow_consumer="ignore")
+        ChannelRule("x", slow_consumer="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="history"):
         ChannelRule("x", history=-1)
     with pytest.raises(ValueError, match="parameter"):

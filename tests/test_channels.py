@@ -377,7 +377,7 @@ def test_hooks_decide() -> None:
     gone = asyncio.Event()
 
     def leave(ctx: ChannelContext) -> None:
-        left.append(ctx.user)
+        left.append(ctx.user or "")
         gone.set()
 
     def broken(ctx: ChannelContext) -> None:
@@ -729,7 +729,7 @@ def test_fields_are_checked_whenever_present_null_included() -> None:
             ("publish", {"channel": "chat:a", "data": 1, "idempotency_key": "k" * 257}),
             ("ping", {"limit": None}),
         ]:
-            await refused(ErrorCode.BAD_REQUEST, peer.call(op, **fields))
+            await refused(ErrorCode.BAD_REQUEST, peer.call(op, **fields))  # type: ignore[arg-type]
         assert await peer.call("history", channel="news", limit=0)
         sent = await peer.call("publish", channel="chat:a", data=1, idempotency_key="k" * 256)
         assert sent["offset"] == 1

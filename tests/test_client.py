@@ -328,7 +328,7 @@ def test_pushes_reach_the_right_subscription() -> None:
             hub.publish("other", "x")  # not subscribed: never seen
             assert [p.data for p in await take(a, 2)] == ["a1", "a2"]
             assert await take(b, 1) == [Publication("b", 1, "b1")]
-            assert a.position == (2, a.position.epoch)
+            assert a.position is not None and a.position == (2, a.position.epoch)
             info = {"client": "c9", "user": "bob"}
             hub.push({"push": "join", "channel": "a", "info": info})
             hub.push({"push": "leave", "channel": "a", "info": info})

@@ -73,7 +73,7 @@ def check_binary_stream(ns: dict[str, Any], server: ThreadedServer) -> None:
         async with connect(f"ws://127.0.0.1:{server.port}/sensor/abc", compression=None) as ws:
             frames = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(5)]
         assert all(isinstance(frame, bytes) for frame in frames)
-        return [struct.unpack("<dd", frame) for frame in frames]
+        return [struct.unpack("<dd", frame) for frame in frames]  # type: ignore[arg-type]
 
     got = arun(samples())
     assert [round(t, 2) for t, _ in got] == [0.0, 0.01, 0.02, 0.03, 0.04]

@@ -19,9 +19,9 @@ from rtserve.protocol.http11 import (
 
 
 def feed_all(data: bytes, step: int | None = None, **limits: int) -> list[object]:
-    parser = RequestParser(**limits)
+    parser = RequestParser(**limits)  # type: ignore[arg-type]
     if step is None:
-        return parser.feed(data)
+        return list(parser.feed(data))
     events: list[object] = []
     for i in range(0, len(data), step):
         events.extend(parser.feed(data[i : i + step]))

@@ -155,7 +155,7 @@ def test_clients_on_both_servers_see_every_message_once_in_order_with_presence(
 
         async def dan_gone() -> bool:
             clients = (await peers["ann"].call("presence", channel=channel))["clients"]
-            return clients.keys() == ids - {peers["dan"].info["client"]}
+            return bool(clients.keys() == ids - {peers["dan"].info["client"]})
 
         await eventually(dan_gone)
         for user in ("ann", "bob", "cid"):

@@ -39,9 +39,10 @@ def test_the_http_status_of_every_error_code_is_the_documented_one() -> None:
             app_status = int(status)
     assert set(documented) == {int(code) for code in ErrorCode}
     assert app_status is not None, "the table says nothing of the app's codes"
-    for code, status in [*documented.items(), *((c, app_status) for c in APP_CODES)]:
+    expected = [*documented.items(), *((c, app_status) for c in APP_CODES)]
+    for code, want in expected:
         answer = http_error(ChannelError(code))  # what every HTTP endpoint answers with
-        assert answer.status == status, (code, answer.status, status)
+        assert answer.status == want, (code, answer.status, want)
 
 
 def test_the_error_and_close_code_tables_list_every_code() -> None:

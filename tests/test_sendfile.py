@@ -36,7 +36,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         seen.append(sent)
         return sent
 
-    monkeypatch.setattr(sendfile_module.os, "sendfile", counting)
+    monkeypatch.setattr(sendfile_module.os, "sendfile", counting)  # type: ignore[attr-defined]
     yield seen
 
 

@@ -34,7 +34,7 @@ def make_app() -> App:
     async def numbered(request: Request, n: int) -> str:
         if n % 3 == 0:
             await asyncio.sleep(0.001 * (n % 5))
-        seen["max_queue"] = max(seen["max_queue"], len(request.exchange._transport.queue))
+        seen["max_queue"] = max(seen["max_queue"], len(request.exchange._transport.queue))  # type: ignore[attr-defined]
         return f"response {n}"
 
     @app.route("/echo", methods=["POST"])
@@ -107,7 +107,7 @@ def server() -> Any:
         ),
         timeouts=TimeoutSettings(header=0.5, keepalive=0.5, body=0.5),
     )
-    with ThreadedServer(make_app(), **settings) as srv:
+    with ThreadedServer(make_app(), **settings) as srv:  # type: ignore[arg-type]
         yield srv
 
 
@@ -301,7 +301,7 @@ def test_idle_keep_alive_timeout(server: ThreadedServer) -> None:
 def test_a_busy_keep_alive_connection_is_not_timed_out(server: ThreadedServer) -> None:
     # Requests answered within the read that brought them never leave the idle phase: each
     # one must still push the keep-alive deadline back (it closed a steady client once).
-    keepalive = server.server.settings.timeouts.keepalive
+    keepalive = server.server.settings.timeouts.keepalive  # type: ignore[union-attr]
     with RawClient(server.port) as c:
         start = time.monotonic()
         while time.monotonic() - start < 3 * keepalive:
@@ -341,7 +341,7 @@ def test_sync_handler_creates_no_task(server: ThreadedServer) -> None:
             created.append(coro)
             return asyncio.Task(coro, loop=loop, **kw)
 
-        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        loop.set_task_factory(factory)
 
     server.call(install)
     try:
@@ -454,7 +454,7 @@ def test_a_pipelining_flood_does_not_hold_up_another_client() -> None:
                 time.sleep(0.01)
             # Hold the server's loop while both send, so one turn finds both reads waiting.
             held, release = threading.Event(), threading.Event()
-            server.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(10)))
+            server.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(10)))  # type: ignore[func-returns-value]
             assert held.wait(10)
             try:
                 flooder.send(flood)

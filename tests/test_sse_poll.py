@@ -271,7 +271,7 @@ def test_sse_with_curl() -> None:
 
             def read_until(text: bytes) -> None:  # bounded: curl gives up after 10 s
                 while not lines or text not in lines[-1]:
-                    lines.append(process.stdout.readline())
+                    lines.append(process.stdout.readline())  # type: ignore[union-attr]
                     assert lines[-1], f"curl ended before {text!r}: {lines}"
 
             # subscribed, not just counted (with Redis the node subscribes after the count)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from rtserve import App, WebSocketHandler, broadcast
 from rtserve.protocol.websocket import (
@@ -103,7 +104,7 @@ def server(events: dict[str, Any]) -> Iterator[ThreadedServer]:
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro_fn(), 20))  # type: ignore[arg-type]
+    return asyncio.run(asyncio.wait_for(coro_fn(), 20))
 
 
 def ws_url(server: ThreadedServer, path: str) -> str:
@@ -123,13 +124,13 @@ def test_echo_text_and_binary(server: ThreadedServer) -> None:
 def test_compression_negotiated_and_working(server: ThreadedServer) -> None:
     async def scenario() -> None:
         async with connect(ws_url(server, "/echo")) as ws:  # offers permessage-deflate
-            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")  # type: ignore[union-attr]
             assert "permessage-deflate" in extensions
             big = "compress me " * 2000
             await ws.send(big)
             assert await ws.recv() == big
         async with connect(ws_url(server, "/echo"), compression=None) as ws:
-            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers  # type: ignore[union-attr]
             await ws.send("plain")
             assert await ws.recv() == "plain"
 
@@ -138,9 +139,11 @@ def test_compression_negotiated_and_working(server: ThreadedServer) -> None:
 
 def test_subprotocol_follows_server_preference(server: ThreadedServer) -> None:
     async def scenario() -> None:
-        async with connect(ws_url(server, "/proto"), subprotocols=["chat.v1", "chat.v2"]) as ws:
+        async with connect(
+            ws_url(server, "/proto"), subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")]
+        ) as ws:
             assert ws.subprotocol == "chat.v2"
-        async with connect(ws_url(server, "/proto"), subprotocols=["other"]) as ws:
+        async with connect(ws_url(server, "/proto"), subprotocols=[Subprotocol("other")]) as ws:
             assert ws.subprotocol is None
 
     run(scenario)
@@ -276,7 +279,7 @@ def test_broadcast_reaches_everyone_once(server: ThreadedServer, events: dict[st
         clients = []
         for i in range(20):
             ws = await connect(ws_url(server, "/rooms/b"), compression=None if i % 2 else "deflate")
-            assert (await ws.recv()).startswith("joined b")
+            assert (await ws.recv()).startswith("joined b")  # type: ignore[arg-type]
             clients.append(ws)
         long_message = "all of you " * 100  # compressed once for the deflate half
         await clients[0].send(long_message)
@@ -396,8 +399,8 @@ def test_prepare_refuses_an_upgrade_before_any_websocket() -> None:
 
     class Guarded(WebSocketHandler):
         def on_open(self) -> None:
-            opened.append(self.user)
-            self.send(f"hello {self.user}")
+            opened.append(self.user)  # type: ignore[attr-defined]
+            self.send(f"hello {self.user}")  # type: ignore[attr-defined]
 
     @app.websocket("/sync")
     class SyncGuard(Guarded):
