@@ -30,10 +30,7 @@ import asyncio
 import json
 import os
 import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,9 +39,22 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVER_CORE, LOAD_CORE = 0, 1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+# Run as `python bench/longpoll.py`, sys.path[0] is bench/, where http.py would shadow the stdlib.
+if sys.path and Path(sys.path[0] or ".").resolve() == REPO_ROOT / "bench":
+    sys.path[0] = str(REPO_ROOT)
+
+from bench.procs import (  # noqa: E402  (after the sys.path fix)
+    LOAD_CORE,
+    SERVER_CORE,
+    cpu_ms,
+    free_port,
+    http_request,
+    rss_kib,
+    start_pinned,
+    stop_server,
+    wait_for_count,
+)
+
 WAIT_S = 120.0
 
 
@@ -128,32 +138,6 @@ class Poller(asyncio.Protocol):
             self.answered.set_exception(ConnectionError("closed before the answer"))
 
 
-async def request(port: int, method: str, path: str, body: bytes = b"") -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-    writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
-    data = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    return data.split(b"\r\n\r\n", 1)[1]
-
-
-async def wait_pending(port: int, n: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while int(await request(port, "GET", "/pending")) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{n} polls did not become pending in {WAIT_S} s")
-        await asyncio.sleep(0.1)
-
-
-def rss_kib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
-
-
-def cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
-
-
 @dataclass
 class Result:
     release_ms: float
@@ -173,7 +157,7 @@ async def release(
     """Publish `seq`; (ms until the last answer, server CPU ms meanwhile, the answers)."""
     cpu_before = cpu_ms(pid)
     started = time.perf_counter()
-    await request(port, "POST", "/publish", json.dumps({"seq": seq}).encode())
+    await http_request(port, "POST", "/publish", json.dumps({"seq": seq}).encode())
     done = await asyncio.wait_for(
         asyncio.gather(*(p.answered for p in pollers if p.answered)), WAIT_S
     )
@@ -196,13 +180,13 @@ async def measure(server: Server, n: int, port: int, pid: int) -> Result:
         pollers.extend(protocol for _, protocol in batch)
     for poller in pollers:
         poller.get(server.first_poll)
-    await wait_pending(port, n)
+    await wait_for_count(port, "/pending", n, "pending polls", WAIT_S)
     kib_per_poll = (rss_kib(pid) - idle) / n
     release_ms, release_cpu, answers = await release(port, pid, pollers, 1, server)
     assert all(server.seq_of(a) == 1 for a in answers), "an answer lacks the publication"
     for poller, answer in zip(pollers, answers, strict=True):
         poller.get(server.next_poll(answer))
-    await wait_pending(port, n)
+    await wait_for_count(port, "/pending", n, "pending polls", WAIT_S)
     _, _, again = await release(port, pid, pollers, 2, server)
     lost = sum(1 for a in again if server.seq_of(a) != 2)
     for poller in pollers:
@@ -211,35 +195,14 @@ async def measure(server: Server, n: int, port: int, pid: int) -> Result:
     return Result(release_ms, release_cpu, kib_per_poll, lost)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_one(server: Server, n: int) -> Result:
     port = free_port()
-    command = ["taskset", "-c", str(SERVER_CORE), *server.command(port)]
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+    proc = start_pinned(server.command(port), port, REPO_ROOT, server.name)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{server.name} did not start") from None
-                time.sleep(0.05)
         # taskset execs the server, and `rtserve run --no-reload` serves in that process.
         return asyncio.run(measure(server, n, port, proc.pid))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)
 
 
 def report(table: Table, polls: list[int], rounds: int) -> str:

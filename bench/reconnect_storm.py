@@ -35,10 +35,8 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,10 +44,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.sse import BATCH, REPO_ROOT, WAIT_S, cpu_ms, free_port, request, stop_server
+from bench.procs import (
+    LOAD_CORE,
+    SERVER_CORE,
+    cpu_ms,
+    free_port,
+    http_request,
+    start_pinned,
+    stop_server,
+)
+from bench.sse import BATCH, REPO_ROOT, WAIT_S
 from bench.ws_apps.load import client_frame
 
-SERVER_CORE, LOAD_CORE = 0, 1
 GAP = 10  # publications made while the clients are away
 CHANNEL = "storm"
 
@@ -215,7 +221,7 @@ async def measure_rtserve(port: int, supervisor: int, n: int) -> Result:
     await wait_until(lambda: children(supervisor) not in ([], [old]), "no new worker")
     await wait_until(lambda: len(children(supervisor)) == 1, "the old worker stays")
     (worker,) = children(supervisor)
-    await request(port, "POST", f"/publish?channel={CHANNEL}&count={GAP}")
+    await http_request(port, "POST", f"/publish?channel={CHANNEL}&count={GAP}", timeout=WAIT_S)
     sinces: list[dict[str, Any] | None] = [
         {"offset": p["offset"], "epoch": p["epoch"]} for p in positions
     ]
@@ -238,18 +244,9 @@ SERVERS: dict[str, list[str]] = {
 
 def run_one(name: str, n: int) -> Result:
     port = free_port()
-    command = ["taskset", "-c", str(SERVER_CORE), sys.executable, *SERVERS[name], str(port)]
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+    command = [sys.executable, *SERVERS[name], str(port)]
+    proc = start_pinned(command, port, REPO_ROOT, name, timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{name} did not start") from None
-                time.sleep(0.05)
         if name == "rtserve":
             return asyncio.run(measure_rtserve(port, proc.pid, n))
         return asyncio.run(measure_peer(port, proc.pid, n))

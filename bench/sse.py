@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import os
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +33,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procs import (
+    LOAD_CORE,
+    SERVER_CORE,
+    cpu_ms,
+    free_port,
+    http_request,
+    rss_kib,
+    start_pinned,
+    stop_server,
+    wait_for_count,
+)
 from bench.ws_apps.load import client_frame
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVER_CORE, LOAD_CORE = 0, 1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 WAIT_S = 120.0
 BATCH = 500  # connections opened at once
 APP = "bench.sse_apps.rtserve_app:app"
@@ -100,32 +106,6 @@ class WSStream(Stream):
 TRANSPORTS: dict[str, type[Stream]] = {"sse": SSEStream, "ws": WSStream}
 
 
-async def request(port: int, method: str, path: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
-    writer.write(head.encode() + b"Connection: close\r\n\r\n")
-    data = await asyncio.wait_for(reader.read(), WAIT_S)
-    writer.close()
-    return data.split(b"\r\n\r\n", 1)[1]
-
-
-async def wait_subscribed(port: int, n: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while int(await request(port, "GET", "/count")) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{n} streams did not subscribe in {WAIT_S} s")
-        await asyncio.sleep(0.1)
-
-
-def rss_kib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
-
-
-def cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
-
-
 def own_cpu_ms() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return (usage.ru_utime + usage.ru_stime) * 1000
@@ -162,7 +142,7 @@ async def open_streams(kind: type[Stream], port: int, n: int) -> list[Stream]:
 async def measure(kind: type[Stream], n: int, count: int, port: int, pid: int) -> Result:
     idle = rss_kib(pid)
     streams = await open_streams(kind, port, n)
-    await wait_subscribed(port, n)
+    await wait_for_count(port, "/count", n, "subscribed streams", WAIT_S)
     await asyncio.sleep(0.5)  # the last subscribe answers and preambles are written
     kib_per_stream = (rss_kib(pid) - idle) / n
     base = [s.count for s in streams]
@@ -170,7 +150,7 @@ async def measure(kind: type[Stream], n: int, count: int, port: int, pid: int) -
         stream.expected = before + count
     server_before, load_before = cpu_ms(pid), own_cpu_ms()
     started = time.perf_counter()
-    await request(port, "POST", f"/publish?count={count}")
+    await http_request(port, "POST", f"/publish?count={count}", timeout=WAIT_S)
     finished = await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), WAIT_S)
     wall_ms = (max(finished) - started) * 1000
     server_cpu, load_cpu = cpu_ms(pid) - server_before, own_cpu_ms() - load_before
@@ -187,39 +167,13 @@ async def measure(kind: type[Stream], n: int, count: int, port: int, pid: int) -
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(port: int) -> subprocess.Popen[bytes]:
     """`rtserve run` of the bench app pinned to the server core, once it accepts."""
     command = [
-        "taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "rtserve", "run", APP,
-        "--port", str(port), "--no-reload", "--no-access-log",
+        sys.executable, "-m", "rtserve", "run", APP, "--port", str(port), "--no-reload",
+        "--no-access-log",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                stop_server(proc)
-                raise RuntimeError("the server did not start") from None
-            time.sleep(0.05)
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    return start_pinned(command, port, REPO_ROOT, "the server")
 
 
 def run_one(kind: type[Stream], n: int, count: int) -> Result:

@@ -1,0 +1,86 @@
+"""What the standalone bench scripts share: a server process pinned to the server core (stopped
+with its whole process group), its CPU time and memory read from /proc, and one-shot HTTP
+requests to it. Standard library only; loopback only; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SERVER_CORE, LOAD_CORE = 0, 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid`, KiB."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+
+
+def cpu_ms(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far, ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
+
+
+async def http_request(
+    port: int, method: str, path: str, body: bytes = b"", timeout: float = 30.0
+) -> bytes:
+    """The body of one request on a connection of its own (Connection: close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+    data = await asyncio.wait_for(reader.read(), timeout)
+    writer.close()
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+async def wait_for_count(port: int, path: str, n: int, what: str, timeout: float) -> None:
+    """Poll `GET path` (a number in its body) until it reaches `n`; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while int(await http_request(port, "GET", path)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} {what} not reached in {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+def start_pinned(
+    command: list[str], port: int, cwd: Path, name: str, timeout: float = 15.0
+) -> subprocess.Popen[bytes]:
+    """Start `command` on the server core (`taskset` execs it, so its pid is the server's) in
+    a session of its own, and return once `port` accepts; RuntimeError if it never does."""
+    pinned = ["taskset", "-c", str(SERVER_CORE), *command]
+    proc = subprocess.Popen(pinned, cwd=cwd, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop_server(proc)
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.05)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
