@@ -3,6 +3,7 @@ so the YAML loader, `rtserve run`'s options and the configuration reference read
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
@@ -37,3 +38,20 @@ class OptionError(RtserveError, ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+def check_ranges(settings: Any) -> None:
+    """Raise OptionError for a value out of its field's range (`port=True`), in `settings` and
+    the settings dataclasses it holds: what rtserve.yaml's loader refuses, refused when the
+    values were set from Python."""
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value)
+        elif item.metadata.get("port") and isinstance(value, int):
+            if not PORT_RANGE[0] <= value <= PORT_RANGE[1]:
+                raise OptionError(
+                    item.name,
+                    f"{item.name}: expected a port ({PORT_RANGE[0]} to {PORT_RANGE[1]}),"
+                    f" got {value}",
+                )

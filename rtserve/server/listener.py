@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rtserve.errors import RtserveError
+from rtserve.schema import check_ranges
 from rtserve.server.busy import BusyConnection
 from rtserve.server.connection import HTTPConnection
 from rtserve.server.settings import ServerSettings
@@ -103,6 +104,7 @@ class Server:
         settings say)."""
         loop = asyncio.get_running_loop()
         s = self.settings
+        check_ranges(s)
         ssl_context = make_ssl_context(s.tls.cert, s.tls.key) if s.tls.cert else None
         state = self.state = ServerState(self.app, s, loop, ssl_context)
         bind = getattr(self.app, "bind_server_state", None)
