@@ -1,7 +1,8 @@
 """Channels over plain HTTP requests: long polling, a one-shot history read, client publish.
 
-`GET {prefix}/poll?channel=A&since=A:OFFSET:EPOCH&timeout=25&token=T` answers at once when
-the history holds publications after `since`, else waits, as a Hub subscriber, for the next
+`GET {prefix}/poll?channel=A&since=A:OFFSET:EPOCH&timeout=25&token=T` (and
+`filter=A:JSON`, a tag filter) answers at once when the history holds publications after
+`since`, else waits, as a Hub subscriber, for the next
 publication (or `timeout` seconds): `{"channels": {A: {"publications", "offset", "epoch",
 "recovered"}}}`. Polling needs channels with history (108 otherwise): that is what makes the
 time between two polls lossless.
@@ -32,6 +33,7 @@ from rtserve.realtime.access import (
     http_error,
     positions,
     refusing,
+    tag_filters,
     take_address_rate,
     take_rate,
     unwatch_shutdown,
@@ -197,6 +199,7 @@ async def poll_endpoint(request: Request) -> Response | None:
         client, claims = await http_client(hub, request, request.query.get("token"))
         channels = channel_names(request)
         since = positions(request, channels)
+        filters = tag_filters(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
         waiter = _Waiter(client, request, cors)
         for channel in channels:
@@ -208,7 +211,7 @@ async def poll_endpoint(request: Request) -> Response | None:
                     )
                 waiter.got[channel] = []
                 waiter.subscribed[channel] = await hub.subscribe(
-                    waiter, channel, since.get(channel)
+                    waiter, channel, since.get(channel), filters.get(channel)
                 )
         if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
             wake = waiter.wait(timeout)
@@ -320,7 +323,7 @@ async def client_publish_endpoint(request: Request) -> Response:
         refuse_when_shutting_down(request)
         context = ChannelContext(channel, params, client, claims, request)
         scope = who if user is not None else (*who, client.user or "")
-        position = await hub.client_publish(rule, context, data, key, scope)
+        position = await hub.client_publish(rule, context, data, key, scope, body.get("tags"))
         return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
