@@ -73,7 +73,7 @@ BAD = [
 def test_bad_filters_are_refused_with_code_118(tree: Any, message: str) -> None:
     with pytest.raises(FilterError) as info:
         parse_filter(tree)
-    assert info.value.code == ErrorCode.BAD_FILTER == 118
+    assert info.value.code == ErrorCode.BAD_FILTER and int(ErrorCode.BAD_FILTER) == 118
     assert message in info.value.message
 
 
@@ -140,9 +140,9 @@ def _reference(tree: Any, tags: dict[str, str]) -> bool:
     """What a filter means, written the obvious way, to check the compiled matchers by."""
     ((op, arg),) = tree.items()
     if op == "eq":
-        return tags.get(arg[0]) == arg[1]
+        return bool(tags.get(arg[0]) == arg[1])
     if op == "in":
-        return tags.get(arg[0]) in arg[1]
+        return bool(tags.get(arg[0]) in arg[1])
     if op == "and":
         return all(_reference(t, tags) for t in arg)
     if op == "or":
