@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from rtserve import App, ChannelSettings
+from rtserve.client import Client
 from rtserve.realtime.protocol import ErrorCode
 from rtserve.testing import ThreadedServer, serve_app
 from tests.channel_peer import Peer, ReplyError
@@ -297,3 +298,45 @@ def test_sse_and_polling_take_a_filter_and_the_publish_api_takes_tags() -> None:
             assert status in (400, 403) and body["error"]["code"] == code, (query, body)
             status, body = _get(port, f"/rt/sse?{query}")
             assert body["error"]["code"] == code, (query, body)
+
+
+def test_python_client_filters_publishes_tags_and_recovers_after_a_cut() -> None:
+    """rtserve.client: a filtered subscription takes offset jumps as no gap, and a dropped
+    connection recovers exactly the matches it missed, once each and in order."""
+    app = make_app()
+
+    async def main() -> None:
+        async with serve_app(app) as server:
+            url = f"ws://127.0.0.1:{server.port}/rt/ws"
+            async with Client(url, backoff_min=0.01) as client:
+                sub = await client.subscribe("ticks", filter=FILTERS["ab"])
+                await publish_tagged(app, 1, 8)
+                position = await client.publish("ticks", 9, tags=MATCHES_ALL)
+                assert position.offset == 9
+                got: list[Any] = []
+                async for pub in sub:
+                    got.append(pub)
+                    if pub.offset == 9:
+                        break
+                assert [p.offset for p in got] == [*expected("ab", range(1, 9)), 9]
+                assert got[-1].tags == MATCHES_ALL and got[0].tags == tags_of(got[0].offset)
+                assert client._ws is not None
+                client._ws.abort()  # cut off: no close handshake
+                await publish_tagged(app, 10, 30)
+                await app.publish("ticks", 31, tags=MATCHES_ALL)
+                after: list[int] = []
+                async for pub in sub:
+                    after.append(pub.offset)
+                    if pub.offset == 31:
+                        break
+                assert after == [*expected("ab", range(10, 31)), 31]
+                assert sub.gaps == 0 and sub.duplicates == 0 and sub.skipped == 0
+                for _ in range(200):  # counted once the resubscribing is all done
+                    if client.reconnects:
+                        break
+                    await asyncio.sleep(0.01)
+                assert client.reconnects == 1 and sub.recovered is True
+                # subscribed twice (at first, after the cut): no jump made it subscribe again
+                assert app.hub.stats.subscriptions == 2
+
+    asyncio.run(asyncio.wait_for(main(), 20))
