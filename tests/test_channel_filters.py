@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from rtserve import App, ChannelSettings
+from rtserve.cli.main import main
 from rtserve.client import Client
 from rtserve.realtime.protocol import ErrorCode
 from rtserve.testing import ThreadedServer, serve_app
@@ -340,3 +342,29 @@ def test_python_client_filters_publishes_tags_and_recovers_after_a_cut() -> None
                 assert app.hub.stats.subscriptions == 2
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+@pytest.mark.memory_only("the CLI's options; the brokers are tested above")
+def test_cli_publishes_tags_and_subscribes_with_a_filter() -> None:
+    app = make_app()
+    with ThreadedServer(app) as server:
+        runner = CliRunner()
+        common = ["--url", server.url]
+        for i in range(1, 7):
+            tags = [f"--tag=region={REGIONS[i % 3]}", f"--tag=symbol={SYMBOLS[i % 4]}"]
+            args = ["publish", "ticks", str(i), *tags, *common, "--api-key", API_KEY]
+            result = runner.invoke(main, args)
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["offset"] == i
+        result = runner.invoke(main, ["publish", "ticks", "1", "--tag", "region", *common])
+        assert result.exit_code == 2 and "NAME=VALUE" in result.output
+        epoch = server.call(app.hub.history, "ticks")["epoch"]
+        wanted = expected("eu", range(1, 7))
+        args = ["subscribe", "ticks", "--since", f"0:{epoch}", "--count", str(len(wanted))]
+        result = runner.invoke(main, [*args, "--filter", json.dumps(FILTERS["eu"]), *common])
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.output.splitlines()]
+        assert [line["offset"] for line in lines] == wanted
+        assert all(line["tags"] == tags_of(line["offset"]) for line in lines)
+        result = runner.invoke(main, [*args, "--filter", "{nope", *common])
+        assert result.exit_code == 2 and "not JSON" in result.output
