@@ -1,0 +1,269 @@
+"""Benchmark per-subscriber tag filters: one channel with N subscribers in G filter groups,
+against G separate channels of N / G subscribers each, on the same publications.
+
+Both modes deliver the same thing: publication i reaches the N / G subscribers of group i % G.
+`filtered`: every subscriber is on the channel `one` with the filter `{"eq": ["group", "<its
+group>"]}` (G distinct filters; identical filters share one evaluation per publication) and
+publication i is tagged `{"group": "<i % G>"}`. `channels`: subscriber j is on `many:<j % G>`,
+publication i goes to `many:<i % G>`. The question is what the filter costs: the server's CPU
+time per publication (and per delivery) in `filtered` over `channels` (goal: at most 1.2x).
+
+One server (``bench/filter_apps/rtserve_app.py`` under ``rtserve run``, pinned to the server
+core with ``taskset -c 0``), started afresh per mode and per round; the modes alternate over
+the rounds and the report gives medians. Per run: open N WebSockets (connect + subscribe), wait
+until the server counts N subscribers, then publish K publications from the server (``POST
+/publish``) and wait until every subscriber has its K / G; CPU times come from
+``/proc/PID/stat`` (server) and getrusage (this load process, pinned to the load core with
+``taskset -c 1``), so they hold on a busy machine; the wall-clock deliveries/s do not (they
+are printed, marked so). A run counts only if every subscriber got exactly its publications.
+
+Usage:
+    python bench/filters.py                           # 5,000 subscribers, 50 groups, 5 rounds
+    python bench/filters.py --subscribers 500 --rounds 1 --count 100  # a smoke run, seconds
+
+Traffic goes to 127.0.0.1 only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python bench/filters.py`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.procs import (  # noqa: E402  (after the sys.path fix)
+    LOAD_CORE,
+    SERVER_CORE,
+    cpu_ms,
+    free_port,
+    http_request,
+    rss_kib,
+    start_pinned,
+    stop_server,
+    wait_for_count,
+)
+from bench.ws_apps.load import client_frame  # noqa: E402
+
+WAIT_S = 120.0
+BATCH = 500  # connections opened at once
+APP = "bench.filter_apps.rtserve_app:app"
+MODES = ("filtered", "channels")
+MARKER = b'"push":"pub"'
+GOAL = 1.2
+
+
+class Subscriber(asyncio.Protocol):
+    """One /rt/ws subscriber: counts the publications it receives, whatever the chunking, and
+    sets `done` once it has `expected` of them."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.transport: asyncio.Transport | None = None
+        self.count = 0
+        self.expected = 0
+        self.tail = b""
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[float] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        chunk = self.tail + data
+        self.count += chunk.count(MARKER)
+        self.tail = chunk[-(len(MARKER) - 1) :]  # a marker cut in two counts with the next
+        if self.expected and self.count >= self.expected and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("closed before every publication"))
+
+
+def subscribe_request(mode: str, group: int) -> bytes:
+    """The upgrade, `connect` and `subscribe` of a subscriber of `group`, in one write."""
+    if mode == "filtered":
+        subscribe = {"channel": "one", "filter": {"eq": ["group", str(group)]}}
+    else:
+        subscribe = {"channel": f"many:{group}"}
+    command = json.dumps({"id": 2, "op": "subscribe", **subscribe}).encode()
+    return (
+        b"GET /rt/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+        + client_frame(1, b'{"id":1,"op":"connect"}')
+        + client_frame(1, command)
+    )
+
+
+@dataclass
+class Result:
+    server_us_per_publication: float
+    server_us_per_delivery: float
+    deliveries_per_s: float  # wall clock: unreliable on a busy machine
+    server_core: float  # share of the fan-out's wall time the server spent on the CPU
+    load_core: float
+    kib_per_subscriber: float
+
+
+def own_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+async def measure(
+    mode: str, n: int, groups: int, count: int, size: int, port: int, pid: int
+) -> Result:
+    loop = asyncio.get_running_loop()
+    idle = rss_kib(pid)
+    subs: list[Subscriber] = []
+    for start in range(0, n, BATCH):
+        batch = await asyncio.gather(
+            *(
+                loop.create_connection(
+                    lambda j=j: Subscriber(subscribe_request(mode, j % groups)),  # type: ignore[misc]
+                    "127.0.0.1",
+                    port,
+                )
+                for j in range(start, min(n, start + BATCH))
+            )
+        )
+        subs.extend(protocol for _, protocol in batch)
+    await wait_for_count(port, "/count", n, "subscribers", WAIT_S)
+    await asyncio.sleep(0.5)  # the last subscribe answers are written
+    kib = (rss_kib(pid) - idle) / n
+    per_group = count // groups
+    for sub in subs:
+        sub.expected = sub.count + per_group
+    server_before, load_before = cpu_ms(pid), own_cpu_ms()
+    started = time.perf_counter()
+    query = f"mode={mode}&count={count}&groups={groups}&size={size}"
+    await http_request(port, "POST", f"/publish?{query}", timeout=WAIT_S)
+    finished = await asyncio.wait_for(asyncio.gather(*(s.done for s in subs)), WAIT_S)
+    await asyncio.sleep(0.2)  # anything more (a wrong delivery) would arrive by now
+    wall_ms = (max(finished) - started) * 1000
+    server_cpu, load_cpu = cpu_ms(pid) - server_before, own_cpu_ms() - load_before
+    wrong = sum(1 for s in subs if s.count != s.expected)
+    for sub in subs:
+        if sub.transport is not None:
+            sub.transport.close()
+    if wrong:
+        raise RuntimeError(f"{mode}: {wrong} subscribers did not get exactly their {per_group}")
+    deliveries = n * per_group
+    return Result(
+        server_cpu * 1000 / count,
+        server_cpu * 1000 / deliveries,
+        deliveries / (wall_ms / 1000),
+        server_cpu / wall_ms,
+        load_cpu / wall_ms,
+        kib,
+    )
+
+
+def run_one(mode: str, args: argparse.Namespace) -> Result:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "rtserve", "run", APP, "--port", str(port), "--no-reload",
+        "--no-access-log",
+    ]  # fmt: skip
+    proc = start_pinned(command, port, REPO_ROOT, "the server")
+    try:  # taskset execs the server, and `rtserve run --no-reload` serves in that process
+        return asyncio.run(
+            measure(mode, args.subscribers, args.groups, args.count, args.size, port, proc.pid)
+        )
+    finally:
+        stop_server(proc)
+
+
+def _git() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def report(results: dict[str, list[Result]], args: argparse.Namespace) -> str:
+    medians = {
+        mode: Result(*(statistics.median(getattr(r, f.name) for r in rs) for f in fields(Result)))
+        for mode, rs in results.items()
+        if rs
+    }
+    command = " ".join(["python", "bench/filters.py", *sys.argv[1:]])
+    lines = [
+        f"`{command}` — {dt.date.today()}, commit {_git()}, {platform.python_version()}, "
+        f"{os.cpu_count()} cores; server on cpu{SERVER_CORE}, load on cpu{LOAD_CORE}.",
+        f"{args.subscribers:,} subscribers in {args.groups} groups "
+        f"({args.subscribers // args.groups} each), {args.count} publications of {args.size} "
+        f"bytes per run (each subscriber gets "
+        f"{args.count // args.groups}); medians of {args.rounds} round(s), modes alternated.",
+        "",
+        "| mode | server CPU per publication | server CPU per delivery | RSS per subscriber "
+        "| deliveries/s (wall, busy machine) | server core | load core |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode, m in medians.items():
+        lines.append(
+            f"| {mode} | {m.server_us_per_publication:,.0f} µs | {m.server_us_per_delivery:.2f} µs "
+            f"| {m.kib_per_subscriber:.1f} KiB | {m.deliveries_per_s:,.0f} | {m.server_core:.0%} "
+            f"| {m.load_core:.0%} |"
+        )
+    if len(medians) == 2:
+        ratio = (
+            medians["filtered"].server_us_per_publication
+            / medians["channels"].server_us_per_publication
+        )
+        verdict = "met" if ratio <= GOAL else "NOT met"
+        lines += [
+            "",
+            f"filtered / channels, server CPU per publication: **{ratio:.2f}x** "
+            f"(goal <= {GOAL}x: {verdict}).",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--groups", type=int, default=50, help="distinct filters / channels")
+    parser.add_argument("--count", type=int, default=1000, help="publications per run")
+    parser.add_argument("--size", type=int, default=100, help="bytes of each publication")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args()
+    if args.count % args.groups:
+        parser.error("--count must be a multiple of --groups")
+    modes = args.modes.split(",")
+    os.sched_setaffinity(0, {LOAD_CORE})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (min(hard, max(soft, args.subscribers + 1000)), hard)
+    )
+    results: dict[str, list[Result]] = {mode: [] for mode in modes}
+    for round_ in range(args.rounds):
+        for mode in modes if round_ % 2 == 0 else modes[::-1]:
+            result = run_one(mode, args)
+            results[mode].append(result)
+            print(f"{mode} round {round_ + 1}: {result}", file=sys.stderr)
+    print(report(results, args))
+
+
+if __name__ == "__main__":
+    main()
