@@ -290,6 +290,9 @@ def test_sse_and_polling_take_a_filter_and_the_publish_api_takes_tags() -> None:
         finally:
             stream.close()
 
+        status, body = _get(port, f"/rt/history?channel=ticks&filter=ticks:{q(FILTERS['ab'])}")
+        assert [p["offset"] for p in body["publications"]] == expected("ab", range(1, 13))
+
         for query, code in (
             (f"channel=ticks&filter=ticks:{q({'eq': ['a']})}", 118),
             (f"channel=ticks&filter=other:{q(FILTERS['eu'])}", 107),

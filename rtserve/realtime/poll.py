@@ -7,7 +7,8 @@ publication (or `timeout` seconds): `{"channels": {A: {"publications", "offset",
 "recovered"}}}`. Polling needs channels with history (108 otherwise): that is what makes the
 time between two polls lossless.
 
-`GET {prefix}/history?channel=A[&since=...][&limit=N]&token=T` reads the history, and
+`GET {prefix}/history?channel=A[&since=...][&limit=N][&filter=A:JSON]&token=T` reads the
+history (the matches of a tag filter, with one), and
 `GET {prefix}/presence?channel=A[&stats=1]&token=T` the presence, with the permissions of a
 subscribe. `POST {prefix}/client/publish` (`Authorization: Bearer <client token>`, or
 anonymous when the app allows it) publishes as a WebSocket client would. Each request
@@ -41,6 +42,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
+from rtserve.realtime.filters import check_filter_allowed
 from rtserve.realtime.hub import Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
@@ -237,8 +239,11 @@ async def history_endpoint(request: Request) -> Response:
         channels = channel_names(request, max_channels=1)
         channel = channels[0]
         since = positions(request, channels).get(channel)
+        tag_filter = tag_filters(request, channels).get(channel)
         with refusing(channel):
             rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+            if tag_filter is not None:
+                check_filter_allowed(tag_filter, rule.filters, rule.filter_max_size)
         limit = rule.history
         given = request.query.get("limit")
         if given is not None:
@@ -249,9 +254,11 @@ async def history_endpoint(request: Request) -> Response:
         if reverse not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "reverse is 1 or 0")
         if reverse in ("1", "true"):
-            answer = await hub.history_before(channel, before=since, limit=limit)
+            answer = await hub.history_before(
+                channel, before=since, limit=limit, tag_filter=tag_filter
+            )
         else:
-            answer = await hub.history(channel, since=since, limit=limit)
+            answer = await hub.history(channel, since=since, limit=limit, tag_filter=tag_filter)
         return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1

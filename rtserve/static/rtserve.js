@@ -437,6 +437,9 @@
         }
         if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
         if (fields.reverse) query.push(["reverse", "1"]);
+        // On the WebSocket the server applies the subscription's filter to `history` itself.
+        const filter = this.rt.subs.get(fields.channel)?.handlers.filter;
+        if (filter) query.push(["filter", `${fields.channel}:${JSON.stringify(filter)}`]);
         return this._fetch(`/history?${this.query(query)}`);
       }
       if (op === "presence" || op === "presence_stats") {
