@@ -19,6 +19,7 @@ from rtserve.realtime.filters import (
     MAX_TAGS,
     FilterError,
     FilterGroups,
+    TagFilter,
     check_filter_allowed,
     check_tags,
     parse_filter,
@@ -182,6 +183,19 @@ def test_compiled_filter_agrees_with_the_reference(tree: Any, tags: dict[str, st
     assert again.key == compiled.key and again.matches(tags) is compiled.matches(tags)
 
 
+def _counted(tree: Any, calls: list[str]) -> TagFilter:
+    """`parse_filter(tree)` whose evaluations are recorded in `calls`."""
+    tag_filter = parse_filter(tree)
+    inner = tag_filter.matches
+
+    def counted(tags: Any) -> bool:
+        calls.append(tag_filter.key)
+        return bool(inner(tags))
+
+    tag_filter.matches = counted
+    return tag_filter
+
+
 def test_groups_share_one_evaluation_per_distinct_filter() -> None:
     calls: list[str] = []
     groups: FilterGroups[str] = FilterGroups()
@@ -190,23 +204,45 @@ def test_groups_share_one_evaluation_per_distinct_filter() -> None:
     assert not groups.filtered
     for i in range(100):
         region = "eu" if i % 2 else "us"
-        tag_filter = parse_filter({"eq": ["region", region]})
-        inner = tag_filter.matches
-
-        def counted(tags: Any, inner: Any = inner, region: str = region) -> bool:
-            calls.append(region)
-            return bool(inner(tags))
-
-        tag_filter.matches = counted
-        groups.add(f"s{i}", tag_filter)
-    assert groups.filtered and len(groups) == 3
+        groups.add(f"not{i}", _counted({"not": {"eq": ["region", region]}}, calls))
+        groups.add(f"eq{i}", _counted({"eq": ["region", region]}, calls))
+        groups.add(f"in{i}", _counted({"in": ["region", [region, "ap"]]}, calls))
+    assert groups.filtered and len(groups) == 7
     got = groups.matching({"region": "eu"})
-    assert len(calls) == 2  # two distinct filters, whatever the subscribers
-    assert set(got) == {"plain"} | {f"s{i}" for i in range(1, 100, 2)}
-    assert len(got) == len(set(got))
-    assert groups.filter_of("s1") is not None and groups.filter_of("plain") is None
+    assert len(calls) == 2  # the two `not` filters; `eq` and `in` are looked up
+    odd = range(1, 100, 2)
+    wanted = {"plain"} | {f"not{i}" for i in range(0, 100, 2)}
+    wanted |= {f"eq{i}" for i in odd} | {f"in{i}" for i in odd}
+    assert set(got) == wanted and len(got) == len(wanted)
+    assert set(groups.matching({"region": "ap"})) == {"plain"} | {f"not{i}" for i in range(100)} | {
+        f"in{i}" for i in range(100)
+    }
+    assert groups.filter_of("eq1") is not None and groups.filter_of("plain") is None
     for i in range(100):
-        groups.remove(f"s{i}")
-    groups.remove("s1")  # twice is harmless
+        for kind in ("not", "eq", "in"):
+            groups.remove(f"{kind}{i}")
+    groups.remove("eq1")  # twice is harmless
     assert not groups.filtered and len(groups) == 1
     assert groups.matching(None) == ["plain"]
+    assert groups._by_value == {} and groups._evaluated == {}  # nothing left behind
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), _TREES), min_size=1, max_size=12), _TAGS, st.data())
+def test_groups_deliver_what_each_filter_alone_would(
+    trees: list[Any], tags: dict[str, str], data: st.DataObject
+) -> None:
+    groups: FilterGroups[int] = FilterGroups()
+    filters: dict[int, TagFilter | None] = {}
+    for i, tree in enumerate(trees):
+        try:
+            filters[i] = None if tree is None else parse_filter(tree)
+        except FilterError:
+            continue
+        groups.add(i, filters[i])
+    for i in data.draw(st.lists(st.sampled_from(sorted(filters)), unique=True)) if filters else []:
+        groups.remove(i)
+        del filters[i]
+    got = groups.matching(tags)
+    assert len(got) == len(set(got))
+    assert set(got) == {i for i, f in filters.items() if f is None or f.matches(tags)}

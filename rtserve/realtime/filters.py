@@ -68,13 +68,18 @@ class FilterError(ChannelError):
 
 
 class TagFilter:
-    """A checked filter: `matches(tags)`, its canonical JSON text (`key`) and its size."""
+    """A checked filter: `matches(tags)`, its canonical JSON text (`key`) and its size; and
+    `lookup`, (tag, values) when the whole filter is "tag is one of values" (`eq`, `in`),
+    which FilterGroups answers with a dict lookup instead of an evaluation."""
 
-    __slots__ = ("key", "matches", "size")
+    __slots__ = ("key", "lookup", "matches", "size")
 
-    def __init__(self, key: str, matches: Matcher) -> None:
+    def __init__(
+        self, key: str, matches: Matcher, lookup: tuple[str, frozenset[str]] | None = None
+    ) -> None:
         self.key = key
         self.matches = matches
+        self.lookup = lookup
         self.size = len(key.encode())
 
     def __repr__(self) -> str:
@@ -96,7 +101,9 @@ def parse_filter(value: Any) -> TagFilter:
     key = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
     if len(key.encode()) > MAX_FILTER_SIZE:
         raise FilterError(f"at most {MAX_FILTER_SIZE} bytes")
-    return TagFilter(key, matches)
+    ((op, arg),) = canonical.items()
+    lookup = (arg[0], frozenset([arg[1]] if op == "eq" else arg[1])) if op in ("eq", "in") else None
+    return TagFilter(key, matches, lookup)
 
 
 def check_filter_allowed(tag_filter: TagFilter, allowed: bool, max_size: int) -> None:
@@ -184,13 +191,18 @@ def _negated(matcher: Matcher) -> Matcher:
 
 class FilterGroups(Generic[_S]):
     """The subscribers of one channel grouped by filter (its canonical text; None: no
-    filter), so a publication is matched once per distinct filter, not once per subscriber."""
+    filter), so a publication costs one evaluation per distinct filter, not one per
+    subscriber; and groups whose filter is "tag is one of values" cost one dict lookup per
+    tag name, whatever their number."""
 
-    __slots__ = ("_groups", "_of")
+    __slots__ = ("_by_value", "_evaluated", "_groups", "_of")
 
     def __init__(self) -> None:
         self._groups: dict[str | None, tuple[TagFilter | None, dict[_S, None]]] = {}
         self._of: dict[_S, str | None] = {}
+        # tag name -> tag value -> the members of each group whose filter it satisfies
+        self._by_value: dict[str, dict[str, list[dict[_S, None]]]] = {}
+        self._evaluated: dict[str, tuple[TagFilter, dict[_S, None]]] = {}  # the other groups
 
     @property
     def filtered(self) -> bool:
@@ -207,6 +219,7 @@ class FilterGroups(Generic[_S]):
         entry = self._groups.get(key)
         if entry is None:
             entry = self._groups[key] = (tag_filter, {})
+            self._index(tag_filter, entry[1], add=True)
         entry[1][subscriber] = None
         self._of[subscriber] = key
 
@@ -214,10 +227,34 @@ class FilterGroups(Generic[_S]):
         if subscriber not in self._of:
             return
         key = self._of.pop(subscriber)
-        members = self._groups[key][1]
+        tag_filter, members = self._groups[key]
         del members[subscriber]
         if not members:
             del self._groups[key]
+            self._index(tag_filter, members, add=False)
+
+    def _index(self, tag_filter: TagFilter | None, members: dict[_S, None], *, add: bool) -> None:
+        """Enter (or take out) a new (or emptied) group in the lookup or the evaluated."""
+        if tag_filter is None:
+            return
+        if tag_filter.lookup is None:
+            if add:
+                self._evaluated[tag_filter.key] = (tag_filter, members)
+            else:
+                del self._evaluated[tag_filter.key]
+            return
+        name, values = tag_filter.lookup
+        by_value = self._by_value.setdefault(name, {})
+        for value in values:
+            if add:
+                by_value.setdefault(value, []).append(members)
+                continue
+            groups = by_value[value]
+            groups.remove(members)
+            if not groups:
+                del by_value[value]
+        if not by_value:
+            del self._by_value[name]
 
     def filter_of(self, subscriber: _S) -> TagFilter | None:
         key = self._of.get(subscriber)
@@ -225,11 +262,20 @@ class FilterGroups(Generic[_S]):
 
     def matching(self, tags: Tags | None) -> list[_S]:
         """The subscribers `tags` are for: those without a filter, and those whose filter
-        matches (each distinct filter evaluated once)."""
+        matches (a lookup per tag name, an evaluation per other distinct filter)."""
         tags = tags or NO_TAGS
         out: list[_S] = []
-        for tag_filter, members in self._groups.values():
-            if tag_filter is None or tag_filter.matches(tags):
+        plain = self._groups.get(None)
+        if plain is not None:
+            out.extend(plain[1])
+        if tags:
+            for name, by_value in self._by_value.items():
+                value = tags.get(name)
+                if value is not None:
+                    for members in by_value.get(value, ()):
+                        out.extend(members)
+        for tag_filter, members in self._evaluated.values():
+            if tag_filter.matches(tags):
                 out.extend(members)
         return out
 

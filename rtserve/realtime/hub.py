@@ -429,7 +429,7 @@ class Hub:
             epoch=epoch,
             publication=publication,
         )
-        if local.groups.filtered:  # one evaluation per distinct filter
+        if local.groups.filtered:  # one evaluation (or lookup) per distinct filter
             subscribers = tuple(local.groups.matching(publication.tags))
         else:
             subscribers = tuple(local.subscribers)
