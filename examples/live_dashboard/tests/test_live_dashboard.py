@@ -217,7 +217,7 @@ def test_a_page_of_one_host_gets_that_hosts_samples_and_the_servers() -> None:
         async def scenario() -> list[dict[str, Any]]:
             async with await subscribe(server.port, only_b) as ws:
                 threads = [publish_in_thread(server.port, 3, host) for host in ("host-a", "host-b")]
-                pubs = []
+                pubs: list[dict[str, Any]] = []
                 while sum(p["data"].get("host") == "host-b" for p in pubs) < 3:
                     pubs.append(await next_pub(ws))
                 for thread in threads:
