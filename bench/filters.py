@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as `python bench/filters.py`
@@ -95,10 +96,19 @@ class Subscriber(asyncio.Protocol):
             self.done.set_exception(ConnectionError("closed before every publication"))
 
 
-def subscribe_request(mode: str, group: int) -> bytes:
+def group_filter(kind: str, group: int) -> dict[str, Any]:
+    """The filter of `group`: an `eq` (a group the server finds with a dict lookup), or
+    (`evaluated`) the same with an `and` around it, which the server evaluates per group."""
+    eq = {"eq": ["group", str(group)]}
+    if kind == "lookup":
+        return eq
+    return {"and": [eq, {"not": {"eq": ["muted", "yes"]}}]}
+
+
+def subscribe_request(mode: str, group: int, kind: str = "lookup") -> bytes:
     """The upgrade, `connect` and `subscribe` of a subscriber of `group`, in one write."""
     if mode == "filtered":
-        subscribe = {"channel": "one", "filter": {"eq": ["group", str(group)]}}
+        subscribe = {"channel": "one", "filter": group_filter(kind, group)}
     else:
         subscribe = {"channel": f"many:{group}"}
     command = json.dumps({"id": 2, "op": "subscribe", **subscribe}).encode()
@@ -126,9 +136,8 @@ def own_cpu_ms() -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
-async def measure(
-    mode: str, n: int, groups: int, count: int, size: int, port: int, pid: int
-) -> Result:
+async def measure(mode: str, args: argparse.Namespace, port: int, pid: int) -> Result:
+    n, groups, count, size = args.subscribers, args.groups, args.count, args.size
     loop = asyncio.get_running_loop()
     idle = rss_kib(pid)
     subs: list[Subscriber] = []
@@ -136,7 +145,7 @@ async def measure(
         batch = await asyncio.gather(
             *(
                 loop.create_connection(
-                    lambda j=j: Subscriber(subscribe_request(mode, j % groups)),  # type: ignore[misc]
+                    lambda j=j: Subscriber(subscribe_request(mode, j % groups, args.kind)),  # type: ignore[misc]
                     "127.0.0.1",
                     port,
                 )
@@ -183,9 +192,7 @@ def run_one(mode: str, args: argparse.Namespace) -> Result:
     ]  # fmt: skip
     proc = start_pinned(command, port, REPO_ROOT, "the server")
     try:  # taskset execs the server, and `rtserve run --no-reload` serves in that process
-        return asyncio.run(
-            measure(mode, args.subscribers, args.groups, args.count, args.size, port, proc.pid)
-        )
+        return asyncio.run(measure(mode, args, port, proc.pid))
     finally:
         stop_server(proc)
 
@@ -213,7 +220,9 @@ def report(results: dict[str, list[Result]], args: argparse.Namespace) -> str:
         f"{args.subscribers:,} subscribers in {args.groups} groups "
         f"({args.subscribers // args.groups} each), {args.count} publications of {args.size} "
         f"bytes per run (each subscriber gets "
-        f"{args.count // args.groups}); medians of {args.rounds} round(s), modes alternated.",
+        f"{args.count // args.groups}); filters of kind `{args.kind}` "
+        f"(e.g. `{json.dumps(group_filter(args.kind, 0))}`); medians of {args.rounds} round(s), "
+        "modes alternated.",
         "",
         "| mode | server CPU per publication | server CPU per delivery | RSS per subscriber "
         "| deliveries/s (wall, busy machine) | server core | load core |",
@@ -247,6 +256,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100, help="bytes of each publication")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--kind",
+        choices=("lookup", "evaluated"),
+        default="lookup",
+        help="filters: eq (looked up) or an and around it (evaluated once per group)",
+    )
     args = parser.parse_args()
     if args.count % args.groups:
         parser.error("--count must be a multiple of --groups")
