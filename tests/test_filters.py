@@ -246,3 +246,19 @@ def test_groups_deliver_what_each_filter_alone_would(
     got = groups.matching(tags)
     assert len(got) == len(set(got))
     assert set(got) == {i for i, f in filters.items() if f is None or f.matches(tags)}
+
+
+def test_an_and_with_an_eq_is_evaluated_only_when_its_value_comes() -> None:
+    calls: list[str] = []
+    groups: FilterGroups[int] = FilterGroups()
+    for i in range(50):
+        tree = {"and": [{"eq": ["group", str(i)]}, {"not": {"eq": ["muted", "yes"]}}]}
+        groups.add(i, _counted(tree, calls))
+    assert parse_filter(tree).lookup == ("group", frozenset({"49"}))
+    assert groups.matching({"group": "7"}) == [7] and len(calls) == 1
+    assert groups.matching({"group": "7", "muted": "yes"}) == [] and len(calls) == 2
+    assert groups.matching({"other": "7"}) == [] and len(calls) == 2  # found none: no call
+    narrowest = parse_filter({"and": [{"in": ["a", ["1", "2"]]}, {"eq": ["b", "3"]}]})
+    assert narrowest.lookup == ("b", frozenset({"3"})) and not narrowest.exact
+    assert parse_filter({"or": [{"eq": ["a", "1"]}]}).exact  # one member: the eq itself
+    assert parse_filter({"or": [{"eq": ["a", "1"]}, {"eq": ["b", "1"]}]}).lookup is None

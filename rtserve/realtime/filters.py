@@ -68,18 +68,26 @@ class FilterError(ChannelError):
 
 
 class TagFilter:
-    """A checked filter: `matches(tags)`, its canonical JSON text (`key`) and its size; and
-    `lookup`, (tag, values) when the whole filter is "tag is one of values" (`eq`, `in`),
-    which FilterGroups answers with a dict lookup instead of an evaluation."""
+    """A checked filter: `matches(tags)`, its canonical JSON text (`key`) and its size.
 
-    __slots__ = ("key", "lookup", "matches", "size")
+    `lookup` is (tag, values) when the filter can only match tags whose `tag` is one of
+    `values` (an `eq`, an `in`, or an `and` with one of them among its members), so that
+    FilterGroups finds its group with a dict lookup; `exact` when that is all it asks (an
+    `eq`, an `in`: no evaluation after the lookup)."""
+
+    __slots__ = ("exact", "key", "lookup", "matches", "size")
 
     def __init__(
-        self, key: str, matches: Matcher, lookup: tuple[str, frozenset[str]] | None = None
+        self,
+        key: str,
+        matches: Matcher,
+        lookup: tuple[str, frozenset[str]] | None = None,
+        exact: bool = False,
     ) -> None:
         self.key = key
         self.matches = matches
         self.lookup = lookup
+        self.exact = exact and lookup is not None
         self.size = len(key.encode())
 
     def __repr__(self) -> str:
@@ -101,9 +109,22 @@ def parse_filter(value: Any) -> TagFilter:
     key = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
     if len(key.encode()) > MAX_FILTER_SIZE:
         raise FilterError(f"at most {MAX_FILTER_SIZE} bytes")
+    ((op, _),) = canonical.items()
+    return TagFilter(key, matches, _lookup(canonical), exact=op in ("eq", "in"))
+
+
+def _lookup(canonical: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
+    """(tag, values) that every tags the filter matches must have, if its form shows one: an
+    `eq` or `in`, or the narrowest of those among an `and`'s members."""
     ((op, arg),) = canonical.items()
-    lookup = (arg[0], frozenset([arg[1]] if op == "eq" else arg[1])) if op in ("eq", "in") else None
-    return TagFilter(key, matches, lookup)
+    if op == "eq":
+        return arg[0], frozenset((arg[1],))
+    if op == "in":
+        return arg[0], frozenset(arg[1])
+    if op == "and":
+        found = [lookup for member in arg if (lookup := _lookup(member)) is not None]
+        return min(found, key=lambda lookup: len(lookup[1])) if found else None
+    return None
 
 
 def check_filter_allowed(tag_filter: TagFilter, allowed: bool, max_size: int) -> None:
@@ -148,10 +169,10 @@ def _compile(node: Any, depth: int, budget: list[int]) -> tuple[Any, Matcher]:
             canonical, matcher = _compile(item, depth + 1, budget)
             members.setdefault(_text(canonical), matcher)
         ordered = sorted(members)
+        if len(ordered) == 1:  # one member (or one repeated): the filter is that member
+            return json.loads(ordered[0]), members[ordered[0]]
         matchers = tuple(members[k] for k in ordered)
         combined = _all_of(matchers) if op == "and" else _any_of(matchers)
-        if len(matchers) == 1:
-            combined = matchers[0]
         return {op: [json.loads(k) for k in ordered]}, combined
     if op == "not":
         canonical, matcher = _compile(arg, depth + 1, budget)
@@ -177,12 +198,26 @@ def _one_of(name: str, values: frozenset[str]) -> Matcher:
     return lambda tags: tags.get(name) in values
 
 
+# all()/any() over a generator would make a generator per evaluation: a plain loop is the
+# cheaper of the two on the fan-out path.
 def _all_of(matchers: tuple[Matcher, ...]) -> Matcher:
-    return lambda tags: all(m(tags) for m in matchers)
+    def all_match(tags: Tags) -> bool:
+        for matcher in matchers:  # noqa: SIM110
+            if not matcher(tags):
+                return False
+        return True
+
+    return all_match
 
 
 def _any_of(matchers: tuple[Matcher, ...]) -> Matcher:
-    return lambda tags: any(m(tags) for m in matchers)
+    def any_matches(tags: Tags) -> bool:
+        for matcher in matchers:  # noqa: SIM110
+            if matcher(tags):
+                return True
+        return False
+
+    return any_matches
 
 
 def _negated(matcher: Matcher) -> Matcher:
@@ -192,16 +227,17 @@ def _negated(matcher: Matcher) -> Matcher:
 class FilterGroups(Generic[_S]):
     """The subscribers of one channel grouped by filter (its canonical text; None: no
     filter), so a publication costs one evaluation per distinct filter, not one per
-    subscriber; and groups whose filter is "tag is one of values" cost one dict lookup per
-    tag name, whatever their number."""
+    subscriber; and groups whose filter asks for "tag is one of values" (TagFilter.lookup)
+    are found by one dict lookup per tag name, whatever their number, and only those found
+    are evaluated (none for a plain `eq` or `in`)."""
 
     __slots__ = ("_by_value", "_evaluated", "_groups", "_of")
 
     def __init__(self) -> None:
         self._groups: dict[str | None, tuple[TagFilter | None, dict[_S, None]]] = {}
         self._of: dict[_S, str | None] = {}
-        # tag name -> tag value -> the members of each group whose filter it satisfies
-        self._by_value: dict[str, dict[str, list[dict[_S, None]]]] = {}
+        # tag name -> tag value -> the groups whose filter asks for it (and maybe more)
+        self._by_value: dict[str, dict[str, list[tuple[TagFilter, dict[_S, None]]]]] = {}
         self._evaluated: dict[str, tuple[TagFilter, dict[_S, None]]] = {}  # the other groups
 
     @property
@@ -245,12 +281,13 @@ class FilterGroups(Generic[_S]):
             return
         name, values = tag_filter.lookup
         by_value = self._by_value.setdefault(name, {})
+        entry = (tag_filter, members)
         for value in values:
             if add:
-                by_value.setdefault(value, []).append(members)
+                by_value.setdefault(value, []).append(entry)
                 continue
             groups = by_value[value]
-            groups.remove(members)
+            groups.remove(entry)
             if not groups:
                 del by_value[value]
         if not by_value:
@@ -262,7 +299,8 @@ class FilterGroups(Generic[_S]):
 
     def matching(self, tags: Tags | None) -> list[_S]:
         """The subscribers `tags` are for: those without a filter, and those whose filter
-        matches (a lookup per tag name, an evaluation per other distinct filter)."""
+        matches (a lookup per tag name, then an evaluation of the groups found that need
+        one, and of each group without a lookup)."""
         tags = tags or NO_TAGS
         out: list[_S] = []
         plain = self._groups.get(None)
@@ -272,8 +310,9 @@ class FilterGroups(Generic[_S]):
             for name, by_value in self._by_value.items():
                 value = tags.get(name)
                 if value is not None:
-                    for members in by_value.get(value, ()):
-                        out.extend(members)
+                    for tag_filter, members in by_value.get(value, ()):
+                        if tag_filter.exact or tag_filter.matches(tags):
+                            out.extend(members)
         for tag_filter, members in self._evaluated.values():
             if tag_filter.matches(tags):
                 out.extend(members)
