@@ -25,6 +25,7 @@ from rtserve.realtime.filters import (
     parse_filter,
 )
 from rtserve.realtime.protocol import ChannelError, ErrorCode
+from rtserve.realtime.rules import ChannelRule
 
 EU = {"region": "eu", "symbol": "A"}
 US = {"region": "us", "symbol": "B"}
@@ -111,13 +112,14 @@ def test_canonical_key_ignores_order_and_repeats() -> None:
 
 def test_rule_checks() -> None:
     small = parse_filter({"eq": ["region", "eu"]})
-    check_filter_allowed(small, True, 0)
-    check_filter_allowed(small, True, small.size)
+    check_filter_allowed(ChannelRule("a", filter_max_size=0), small)
+    check_filter_allowed(ChannelRule("a", filter_max_size=small.size), small)
+    check_filter_allowed(ChannelRule("a", filters=False), None)  # no filter: nothing to say
     with pytest.raises(ChannelError) as info:
-        check_filter_allowed(small, False, 0)
+        check_filter_allowed(ChannelRule("a", filters=False), small)
     assert info.value.code == ErrorCode.PERMISSION_DENIED
     with pytest.raises(FilterError, match="at most 10"):
-        check_filter_allowed(small, True, 10)
+        check_filter_allowed(ChannelRule("a", filter_max_size=10), small)
 
 
 def test_tags_are_checked() -> None:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rtserve.realtime.protocol import ChannelError, ErrorCode
+
+if TYPE_CHECKING:
+    from rtserve.realtime.rules import ChannelRule
 
 MAX_TAGS = 32  # tags on one publication
 MAX_TAG_KEY = 64  # characters of a tag's name
@@ -127,11 +130,15 @@ def _lookup(canonical: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
     return None
 
 
-def check_filter_allowed(tag_filter: TagFilter, allowed: bool, max_size: int) -> None:
-    """What a channel rule says of filters: ChannelError 103 when it forbids them, 118 when
-    this one is larger than `max_size` bytes (0: no cap but MAX_FILTER_SIZE)."""
-    if not allowed:
+def check_filter_allowed(rule: ChannelRule, tag_filter: TagFilter | None) -> None:
+    """What a channel's rule says of `tag_filter` (None: no filter, always fine): ChannelError
+    103 when the rule forbids filters, 118 when this one is larger than its `filter_max_size`
+    bytes (0: no cap but MAX_FILTER_SIZE)."""
+    if tag_filter is None:
+        return
+    if not rule.filters:
         raise ChannelError(ErrorCode.PERMISSION_DENIED, "this channel takes no filters")
+    max_size = rule.filter_max_size
     if max_size and tag_filter.size > max_size:
         raise FilterError(f"{tag_filter.size} bytes; this channel takes at most {max_size}")
 

@@ -352,13 +352,13 @@ class Hub:
         started = time.perf_counter()
         try:
             with _broker_errors():
-                options = rule.publish_options_for(idempotency_key)
-                if tags:
-                    position = await self.broker.publish(
-                        channel, data, info=info, options=options, tags=tags
-                    )
-                else:
-                    position = await self.broker.publish(channel, data, info=info, options=options)
+                position = await self.broker.publish(
+                    channel,
+                    data,
+                    info=info,
+                    options=rule.publish_options_for(idempotency_key),
+                    tags=tags,
+                )
         finally:
             self.publish_latency.observe(time.perf_counter() - started)
         self.stats.publications += 1
@@ -543,8 +543,7 @@ class Hub:
         ChannelError 103 or 118 when the channel's rule forbids the filter.
         """
         rule, params = self.rule(channel)
-        if tag_filter is not None:
-            check_filter_allowed(tag_filter, rule.filters, rule.filter_max_size)
+        check_filter_allowed(rule, tag_filter)
         local = self._local.get(channel)
         if local is None:
             local = self._local[channel] = _Local(rule, params)

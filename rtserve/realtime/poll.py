@@ -242,8 +242,7 @@ async def history_endpoint(request: Request) -> Response:
         tag_filter = tag_filters(request, channels).get(channel)
         with refusing(channel):
             rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
-            if tag_filter is not None:
-                check_filter_allowed(tag_filter, rule.filters, rule.filter_max_size)
+            check_filter_allowed(rule, tag_filter)
         limit = rule.history
         given = request.query.get("limit")
         if given is not None:

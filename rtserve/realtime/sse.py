@@ -93,9 +93,7 @@ async def probe(hub: Hub, request: Request) -> None:
     for channel in channels:
         with refusing(channel):
             rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
-            tag_filter = filters.get(channel)
-            if tag_filter is not None:
-                check_filter_allowed(tag_filter, rule.filters, rule.filter_max_size)
+            check_filter_allowed(rule, filters.get(channel))
 
 
 class SSEStream:
