@@ -264,3 +264,25 @@ def test_an_and_with_an_eq_is_evaluated_only_when_its_value_comes() -> None:
     assert narrowest.lookup == ("b", frozenset({"3"})) and not narrowest.exact
     assert parse_filter({"or": [{"eq": ["a", "1"]}]}).exact  # one member: the eq itself
     assert parse_filter({"or": [{"eq": ["a", "1"]}, {"eq": ["b", "1"]}]}).lookup is None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["eq", "in", "and", "or", "not", "x"]), inner, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_any_json_is_a_filter_or_a_filter_error(value: Any) -> None:
+    try:
+        tag_filter = parse_filter(value)
+    except FilterError as error:
+        assert error.code == ErrorCode.BAD_FILTER and error.message.startswith("bad filter: ")
+        return
+    assert isinstance(tag_filter.matches({"a": "b"}), bool)
+    assert parse_filter(tag_filter.key).key == tag_filter.key  # the canonical form is stable
