@@ -15,7 +15,10 @@ until the server counts N subscribers, then publish K publications from the serv
 /publish``) and wait until every subscriber has its K / G; CPU times come from
 ``/proc/PID/stat`` (server) and getrusage (this load process, pinned to the load core with
 ``taskset -c 1``), so they hold on a busy machine; the wall-clock deliveries/s do not (they
-are printed, marked so). A run counts only if every subscriber got exactly its publications.
+are printed, marked so). After the measured phase, every 10th subscriber is cut off (no
+close handshake), a fifth as many publications again are made, and those subscribers come back
+with `since` their last offset; a run counts only if every subscriber then has exactly its
+group's publications, in order (recovered ones included).
 
 Usage:
     python bench/filters.py                           # 5,000 subscribers, 50 groups, 5 rounds
@@ -32,6 +35,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -62,22 +66,37 @@ WAIT_S = 120.0
 BATCH = 500  # connections opened at once
 APP = "bench.filter_apps.rtserve_app:app"
 MODES = ("filtered", "channels")
-MARKER = b'"push":"pub"'
+CUT_EVERY = 10  # every 10th subscriber is cut off after the measured phase, then recovers
 GOAL = 1.2
 
 
-class Subscriber(asyncio.Protocol):
-    """One /rt/ws subscriber: counts the publications it receives, whatever the chunking, and
-    sets `done` once it has `expected` of them."""
+# A publication as the server sends it (a push, or one of a subscribe's recovered ones): its
+# offset and the sequence number its data starts with (bench/filter_apps/rtserve_app.py).
+PUB = re.compile(rb'"offset":(\d+),"data":"(\d{10}):')
+EPOCH = re.compile(rb'"epoch":"([^"]+)"')
 
-    def __init__(self, request: bytes) -> None:
+
+class Subscriber(asyncio.Protocol):
+    """One /rt/ws subscriber: reads the sequence numbers of the publications it receives
+    (live and recovered), whatever the chunking, and sets `done` once it has `expected` of
+    them; `carry`, a subscriber it replaces after a cut, hands over what that one received."""
+
+    def __init__(self, request: bytes, carry: Subscriber | None = None) -> None:
         self.request = request
         self.transport: asyncio.Transport | None = None
-        self.count = 0
+        self.seqs: list[int] = carry.seqs if carry is not None else []
+        self.last_offset = carry.last_offset if carry is not None else 0
+        self.epoch: str | None = carry.epoch if carry is not None else None
         self.expected = 0
-        self.tail = b""
-        loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[float] = loop.create_future()
+        self.buf = b""
+        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def expect(self, total: int) -> None:
+        """Set `done` (a new one if need be) once `total` publications are in, maybe now."""
+        if self.done.done():
+            self.done = asyncio.get_running_loop().create_future()
+        self.expected = total
+        self._check()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -85,10 +104,19 @@ class Subscriber(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        chunk = self.tail + data
-        self.count += chunk.count(MARKER)
-        self.tail = chunk[-(len(MARKER) - 1) :]  # a marker cut in two counts with the next
-        if self.expected and self.count >= self.expected and not self.done.done():
+        buf = self.buf + data
+        if self.epoch is None and (found := EPOCH.search(buf)) is not None:
+            self.epoch = found[1].decode()
+        end = 0
+        for match in PUB.finditer(buf):
+            self.seqs.append(int(match[2]))
+            self.last_offset = max(self.last_offset, int(match[1]))
+            end = match.end()
+        self.buf = buf[end:][-256:]  # a match cut in two is completed by the next chunk
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected and len(self.seqs) >= self.expected and not self.done.done():
             self.done.set_result(time.perf_counter())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,12 +140,18 @@ def group_filter(kind: str, group: int) -> dict[str, Any]:
     return {"or": [eq, {"eq": ["alias", str(group)]}]}
 
 
-def subscribe_request(mode: str, group: int, kind: str = "lookup") -> bytes:
-    """The upgrade, `connect` and `subscribe` of a subscriber of `group`, in one write."""
+def subscribe_request(
+    mode: str, group: int, kind: str = "lookup", since: tuple[int, str | None] | None = None
+) -> bytes:
+    """The upgrade, `connect` and `subscribe` of a subscriber of `group` (from `since`, an
+    offset and epoch, after a cut), in one write."""
+    subscribe: dict[str, Any]
     if mode == "filtered":
         subscribe = {"channel": "one", "filter": group_filter(kind, group)}
     else:
         subscribe = {"channel": f"many:{group}"}
+    if since is not None:
+        subscribe["since"] = {"offset": since[0], "epoch": since[1]}
     command = json.dumps({"id": 2, "op": "subscribe", **subscribe}).encode()
     return (
         b"GET /rt/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -144,42 +178,83 @@ def own_cpu_ms() -> float:
 
 
 async def measure(mode: str, args: argparse.Namespace, port: int, pid: int) -> Result:
-    n, groups, count, size = args.subscribers, args.groups, args.count, args.size
+    """Open the subscribers, publish `count` (the measured phase), then cut every 10th
+    subscriber, publish a fifth as many again, bring those back with `since`, and check that
+    every subscriber has exactly its group's publications, in order (RuntimeError if not)."""
+    n, groups, count = args.subscribers, args.groups, args.count
     loop = asyncio.get_running_loop()
-    idle = rss_kib(pid)
-    subs: list[Subscriber] = []
-    for start in range(0, n, BATCH):
-        batch = await asyncio.gather(
-            *(
-                loop.create_connection(
-                    lambda j=j: Subscriber(subscribe_request(mode, j % groups, args.kind)),  # type: ignore[misc]
-                    "127.0.0.1",
-                    port,
+
+    async def open_subscribers(
+        members: list[int], carried: dict[int, Subscriber]
+    ) -> list[Subscriber]:
+        opened: list[Subscriber] = []
+        for first in range(0, len(members), BATCH):
+
+            def make(j: int) -> Subscriber:
+                old = carried.get(j)
+                since = None if old is None else (old.last_offset, old.epoch)
+                request = subscribe_request(mode, j % groups, args.kind, since)
+                return Subscriber(request, old)
+
+            batch = await asyncio.gather(
+                *(
+                    loop.create_connection(lambda j=j: make(j), "127.0.0.1", port)  # type: ignore[misc]
+                    for j in members[first : first + BATCH]
                 )
-                for j in range(start, min(n, start + BATCH))
             )
-        )
-        subs.extend(protocol for _, protocol in batch)
+            opened.extend(protocol for _, protocol in batch)
+        return opened
+
+    async def publish(start: int, k: int) -> None:
+        query = f"mode={mode}&start={start}&count={k}&groups={groups}&size={args.size}"
+        await http_request(port, "POST", f"/publish?{query}", timeout=WAIT_S)
+
+    idle = rss_kib(pid)
+    subs = await open_subscribers(list(range(n)), {})
     await wait_for_count(port, "/count", n, "subscribers", WAIT_S)
     await asyncio.sleep(0.5)  # the last subscribe answers are written
     kib = (rss_kib(pid) - idle) / n
     per_group = count // groups
     for sub in subs:
-        sub.expected = sub.count + per_group
+        sub.expect(per_group)
     server_before, load_before = cpu_ms(pid), own_cpu_ms()
     started = time.perf_counter()
-    query = f"mode={mode}&count={count}&groups={groups}&size={size}"
-    await http_request(port, "POST", f"/publish?{query}", timeout=WAIT_S)
+    await publish(0, count)
     finished = await asyncio.wait_for(asyncio.gather(*(s.done for s in subs)), WAIT_S)
-    await asyncio.sleep(0.2)  # anything more (a wrong delivery) would arrive by now
     wall_ms = (max(finished) - started) * 1000
     server_cpu, load_cpu = cpu_ms(pid) - server_before, own_cpu_ms() - load_before
-    wrong = sum(1 for s in subs if s.count != s.expected)
+
+    # Not measured: a cut, publications meanwhile, recovery from each one's last offset.
+    cut = list(range(0, n, CUT_EVERY))
+    for j in cut:
+        transport = subs[j].transport
+        assert transport is not None
+        transport.abort()
+    deadline = time.monotonic() + WAIT_S
+    while int(await http_request(port, "GET", "/count")) > n - len(cut):  # the server saw it
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not see the cut subscribers go")
+        await asyncio.sleep(0.1)
+    more = max(groups, count // 5 // groups * groups)
+    await publish(count, more)
+    back = await open_subscribers(cut, {j: subs[j] for j in cut})
+    for j, sub in zip(cut, back, strict=True):
+        subs[j] = sub
+    for sub in subs:
+        sub.expect((count + more) // groups)
+    await asyncio.wait_for(asyncio.gather(*(s.done for s in subs)), WAIT_S)
+    await asyncio.sleep(0.2)  # anything more (a wrong delivery) would arrive by now
+    wrong = [
+        j for j, sub in enumerate(subs) if sub.seqs != list(range(j % groups, count + more, groups))
+    ]
     for sub in subs:
         if sub.transport is not None:
             sub.transport.close()
     if wrong:
-        raise RuntimeError(f"{mode}: {wrong} subscribers did not get exactly their {per_group}")
+        raise RuntimeError(
+            f"{mode}: {len(wrong)} subscribers did not get exactly their group's publications "
+            f"in order (subscriber {wrong[0]}: {subs[wrong[0]].seqs[:5]}...)"
+        )
     deliveries = n * per_group
     return Result(
         server_cpu * 1000 / count,

@@ -1,10 +1,12 @@
 """rtserve channels for bench/filters.py: one channel whose subscribers filter by tag, or many
 channels, one per group.
 
-`one` is the filtered channel; `many:{group}` the separate channels. `POST
-/publish?mode=filtered|channels&count=K&groups=G&size=S` publishes K messages of S bytes from
-the server, publication i to group i % G: on `one` tagged `{"group": "<i % G>"}`, or on
-`many:<i % G>` untagged; it answers once all are published. `GET /count` says how many
+`one` is the filtered channel; `many:{group}` the separate channels; both keep a history, for
+the bench's check of recovery after a cut. `POST
+/publish?mode=filtered|channels&start=I&count=K&groups=G&size=S` publishes K messages of S
+bytes from the server, publications I to I + K - 1, publication i (its data starts with i in
+ten digits) to group i % G: on `one` tagged `{"group": "<i % G>"}`, or on `many:<i % G>`
+untagged; it answers once all are published. `GET /count` says how many
 subscribers the channels have in all. Compression and keepalive pings are off, as in the other
 benchmarks; the listen backlog is 4096.
 """
@@ -21,17 +23,19 @@ app = App(
         websocket=WebSocketSettings(compression=False, ping_interval=0),
     )
 )
-app.channel("one")
-app.channel("many:{group}")
+HISTORY = 10000  # publications kept per channel: the bench's second phase must fit
+app.channel("one", history=HISTORY, history_ttl=3600)
+app.channel("many:{group}", history=HISTORY, history_ttl=3600)
 
 
 @app.route("/publish", methods=["POST"])
 async def publish(request: Request) -> dict[str, int]:
     filtered = request.query.get("mode") == "filtered"
+    start = int(request.query.get("start") or 0)
     count = int(request.query.get("count") or 1)
     groups = int(request.query.get("groups") or 1)
     pad = "x" * int(request.query.get("size") or 100)
-    for seq in range(count):
+    for seq in range(start, start + count):
         group = str(seq % groups)
         data = f"{seq:010d}:{pad}"
         if filtered:
