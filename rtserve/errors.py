@@ -23,7 +23,8 @@ RtserveError                     every error rtserve raises on purpose
  ├── DotenvError                 a `.env` line that cannot be read (config.env; a ValueError)
  ├── BrokerError                 the broker could not do what was asked (broker.base)
  ├── ChannelError                a channel refusal with a stable code (realtime.protocol)
- │    └── CommandError           a channel command that cannot be parsed (realtime.protocol)
+ │    ├── CommandError           a channel command that cannot be parsed (realtime.protocol)
+ │    └── FilterError            a tag filter that cannot be used: code 118 (realtime.filters)
  ├── TokenError                  a channel token that cannot be accepted (tokens)
  │    ├── TokenExpired           a good signature whose `exp` has passed
  │    └── TokenInvalid           malformed, badly signed, another algorithm, or bad claims

@@ -160,6 +160,23 @@ def test_delivery_only_when_subscribed_and_in_order(make_broker: Factory) -> Non
     run(make_broker, scenario)
 
 
+def test_tags_are_kept_and_delivered_with_the_publication(make_broker: Factory) -> None:
+    async def scenario(broker: Broker, events: Recorder) -> None:
+        await broker.subscribe("t")
+        who = ClientInfo("c1", "u1")
+        await broker.publish("t", {"v": 1}, options=KEEP, tags={"region": "eu", "é": "ü"})
+        await broker.publish("t", 2, info=who, options=KEEP, tags={"region": "us"})
+        await broker.publish("t", 3, options=KEEP)
+        await events.wait_count("t", 3)
+        wanted = [({"region": "eu", "é": "ü"}, None), ({"region": "us"}, who), (None, None)]
+        assert [(p.tags, p.info) for p in events.publications] == wanted
+        kept = (await broker.history("t")).publications
+        assert [(p.tags, p.info) for p in kept] == wanted
+        assert [p.data for p in kept] == [{"v": 1}, 2, 3]
+
+    run(make_broker, scenario)
+
+
 def test_concurrent_publications_arrive_in_offset_order(make_broker: Factory) -> None:
     async def scenario(broker: Broker, events: Recorder) -> None:
         await broker.subscribe("a")

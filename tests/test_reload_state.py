@@ -247,7 +247,8 @@ def test_state_goes_from_one_broker_to_another(tmp_path: Path) -> None:
         keep = PublishOptions(history_size=3, history_ttl=60)
         once = PublishOptions(history_size=3, idempotency_key="k1")
         for i in range(5):
-            await old.publish("a", i, options=keep, info=ClientInfo("c1", "u1", {"n": 1}))
+            info = ClientInfo("c1", "u1", {"n": 1})
+            await old.publish("a", i, options=keep, info=info, tags={"n": str(i)})
         first = await old.publish("b", "x", options=once)
         waiting = await old.history("quiet")  # a subscriber told the epoch of a stream to be
         clock[0] += 50  # 'a' was kept for 60 s: 10 s left
@@ -263,6 +264,7 @@ def test_state_goes_from_one_broker_to_another(tmp_path: Path) -> None:
         after = await new.history("a")
         assert after == before and [p.offset for p in after.publications] == [3, 4, 5]
         assert after.publications[0].info == ClientInfo("c1", "u1", {"n": 1})
+        assert [p.tags for p in after.publications] == [{"n": "2"}, {"n": "3"}, {"n": "4"}]
         assert await new.publish("b", "x", options=once) == first  # the key is remembered
         assert await new.publish("a", 5, options=keep) == StreamPosition(6, before.position.epoch)
         assert await new.publish("quiet", 1) == StreamPosition(1, waiting.position.epoch)

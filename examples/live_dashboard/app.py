@@ -119,6 +119,6 @@ async def publish_server_stats(app: App, interval: float) -> None:
         last = now
         seq += 1
         try:
-            await app.publish(CHANNEL, server_sample(app, seq, rate))
+            await app.publish(CHANNEL, server_sample(app, seq, rate), tags={"kind": "server"})
         except Exception:
             log.exception("publishing the server's figures failed")

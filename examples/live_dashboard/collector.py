@@ -235,11 +235,17 @@ class Publisher:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def publish(self, channel: str, data: Any, idempotency_key: str) -> dict[str, Any]:
-        body = json.dumps(
-            {"channel": channel, "data": data, "idempotency_key": idempotency_key},
-            separators=(",", ":"),
-        ).encode()
+    def publish(
+        self,
+        channel: str,
+        data: Any,
+        idempotency_key: str,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        fields = {"channel": channel, "data": data, "idempotency_key": idempotency_key}
+        if tags:
+            fields["tags"] = tags  # what the pages' filters match (`?host=` on the page)
+        body = json.dumps(fields, separators=(",", ":")).encode()
         try:
             status, answer = self._post(body)
         except (OSError, http.client.HTTPException):
@@ -297,7 +303,9 @@ def run(
         sample = sampler.sample()
         sent += 1
         try:
-            position = publisher.publish(channel, sample, f"{sample['host']}:{run_id}:{sent}")
+            key = f"{sample['host']}:{run_id}:{sent}"
+            tags = {"kind": "machine", "host": sample["host"]}
+            position = publisher.publish(channel, sample, key, tags)
         except (OSError, http.client.HTTPException) as exc:
             log.warning("sample %d not published: %s", sample["seq"], exc)
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,11 +57,13 @@ class ClientInfo:
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One message of a channel: its offset, JSON data and, from a client, who sent it."""
+    """One message of a channel: its offset, JSON data, from a client who sent it, and the
+    publisher's tags (a small map of strings subscription filters match)."""
 
     offset: int
     data: Any
     info: ClientInfo | None = None
+    tags: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +164,10 @@ class Broker(abc.ABC):
         *,
         info: ClientInfo | None = None,
         options: PublishOptions = NO_OPTIONS,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
-        """Append to the channel (offset + history) and fan out to subscribed nodes.
+        """Append to the channel (offset + history) and fan out to subscribed nodes; `tags`
+        are kept and delivered with the publication.
 
         Returns the new publication's position. Raises BrokerError when it cannot be done.
         """

@@ -137,8 +137,10 @@ class MemoryBroker(Broker):
         *,
         info: ClientInfo | None = None,
         options: PublishOptions = NO_OPTIONS,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
-        """Give the next offset, keep it in history and deliver it before returning.
+        """Give the next offset, keep it in history (tags included) and deliver it before
+        returning.
 
         A repeat of `options.idempotency_key` within `idempotency_ttl` returns the first
         position and does nothing else.
@@ -156,7 +158,7 @@ class MemoryBroker(Broker):
 
         stream = self._touch(channel, stream_lifetime(self._meta_ttl, options), now)
         stream.offset += 1
-        publication = Publication(stream.offset, data, info)
+        publication = Publication(stream.offset, data, info, tags or None)
         self._keep(stream, publication, options, now)
         position = StreamPosition(stream.offset, stream.epoch)
 
@@ -338,7 +340,13 @@ class MemoryBroker(Broker):
                     "lifetime": stream.lifetime,
                     "age": now - stream.touched,
                     "history": [
-                        [p.offset, p.data, p.info.to_json() if p.info else None, now - added]
+                        [
+                            p.offset,
+                            p.data,
+                            p.info.to_json() if p.info else None,
+                            now - added,
+                            dict(p.tags) if p.tags else None,
+                        ]
                         for p, added in stream.history
                     ],
                 }
@@ -367,10 +375,15 @@ class MemoryBroker(Broker):
                 stream.history = deque(
                     (
                         (
-                            Publication(int(o), data, ClientInfo.from_json(info) if info else None),
+                            Publication(
+                                int(o),
+                                data,
+                                ClientInfo.from_json(info) if info else None,
+                                dict(tags[0]) if tags and tags[0] else None,
+                            ),
                             now - float(age),
                         )
-                        for o, data, info, age in item["history"]
+                        for o, data, info, age, *tags in item["history"]
                     ),
                     maxlen=int(item["size"]) or None,
                 )

@@ -19,7 +19,8 @@ key                        type    what
                                    when that is longer). Gone: the next publication starts a
                                    new epoch at offset 1.
 ``P:{C}:stream``           stream  history: entry id ``<offset>-0``, fields ``p`` (the
-                                   payload, JSON ``{"d": data, "i": client info}``) and ``t``
+                                   payload, JSON ``{"d": data, "i": client info, "t":
+                                   tags}``, ``i`` and ``t`` when there are some) and ``t``
                                    (Redis time of the publication, ms); ``MAXLEN =
                                    history_size``; expires with its history TTL (or the meta);
                                    deleted when the channel publishes with history_size 0 and
@@ -79,7 +80,7 @@ import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -170,10 +171,27 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _publication(offset: int, payload: bytes | str) -> Publication:
-    body = json.loads(payload)
+def _payload(data: Any, info: ClientInfo | None, tags: Mapping[str, str] | None) -> str:
+    """A publication's payload as kept and published: ``{"d": data, "i": info, "t": tags}``
+    (``i`` and ``t`` only when there are some)."""
+    body: dict[str, Any] = {"d": data}
+    if info is not None:
+        body["i"] = info.to_json()
+    if tags:
+        body["t"] = tags
+    return _dumps(body)
+
+
+def _publication(offset: int, payload: bytes | str | dict[str, Any]) -> Publication:
+    """The publication of a payload `_payload` made (raw, or already parsed)."""
+    body = json.loads(payload) if not isinstance(payload, dict) else payload
     info = body.get("i")
-    return Publication(offset, body.get("d"), None if info is None else ClientInfo.from_json(info))
+    return Publication(
+        offset,
+        body.get("d"),
+        None if info is None else ClientInfo.from_json(info),
+        body.get("t") or None,
+    )
 
 
 class RedisBroker(Broker):
@@ -425,6 +443,7 @@ class RedisBroker(Broker):
         *,
         info: ClientInfo | None = None,
         options: PublishOptions = NO_OPTIONS,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
         """Give the next offset, keep it in the stream and PUBLISH it, in one script.
 
@@ -432,7 +451,7 @@ class RedisBroker(Broker):
         `options.idempotency_key` within `idempotency_ttl` returns the first position.
         """
         self._redis()
-        payload = _dumps({"d": data} if info is None else {"d": data, "i": info.to_json()})
+        payload = _payload(data, info, tags)
         keys, args = self._publish_call(channel, payload, options)
         with self._errors("publish"):
             offset, epoch, _ = await self._publish(keys=keys, args=args)
@@ -807,13 +826,7 @@ class RedisBroker(Broker):
         try:
             body = json.loads(data)
             if "o" in body:
-                payload = body["p"]
-                info = payload.get("i")
-                publication = Publication(
-                    int(body["o"]),
-                    payload.get("d"),
-                    None if info is None else ClientInfo.from_json(info),
-                )
+                publication = _publication(int(body["o"]), body["p"])
                 epoch = str(body["e"])
             else:
                 joined = "j" in body

@@ -97,6 +97,14 @@ def project_url(folder: Path) -> str | None:
     return f"{scheme}://{host}:{server.port}"
 
 
+def _parse_json(value: str | None, option: str) -> Any:
+    """The JSON value of `option` (None when not given); click.BadParameter if not JSON."""
+    try:
+        return None if value is None else json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+
+
 def _parse_since(value: str | None) -> tuple[int, str] | None:
     if value is None:
         return None
@@ -113,6 +121,12 @@ def _parse_since(value: str | None) -> tuple[int, str] | None:
 @click.option("--since", "since", metavar="OFFSET:EPOCH", help="Start after this position.")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many publications.")
 @click.option("--data", "data_json", metavar="JSON", help="Data for the connect (on_connect).")
+@click.option(
+    "--filter",
+    "filter_json",
+    metavar="JSON",
+    help='Only publications whose tags match this filter, e.g. \'{"eq": ["region", "eu"]}\'.',
+)
 def subscribe(
     channel: str,
     url: str | None,
@@ -120,16 +134,16 @@ def subscribe(
     since: str | None,
     count: int | None,
     data_json: str | None,
+    filter_json: str | None,
 ) -> None:
     """Print each publication of CHANNEL as a JSON line (Ctrl-C to stop)."""
     position = _parse_since(since)
-    try:
-        data = None if data_json is None else json.loads(data_json)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    data = _parse_json(data_json, "--data")
+    tag_filter = _parse_json(filter_json, "--filter")
     urls = server_urls(url)
     try:
-        sys.exit(asyncio.run(_subscribe(channel, urls, token, position, count, data)))
+        run = _subscribe(channel, urls, token, position, count, data, tag_filter)
+        sys.exit(asyncio.run(run))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -141,6 +155,7 @@ async def _subscribe(
     since: tuple[int, str] | None,
     count: int | None,
     data: object = None,
+    tag_filter: Any = None,
 ) -> int:
     from rtserve.client import Client, ClientError, Disconnected, Unrecovered
     from rtserve.protocol.ws_client import InvalidHandshake
@@ -156,7 +171,7 @@ async def _subscribe(
         return 1
     seen = 0
     try:
-        sub = await client.subscribe(channel, since=since)
+        sub = await client.subscribe(channel, since=since, filter=tag_filter)
         while count is None or seen < count:
             try:
                 async for pub in sub:
@@ -165,6 +180,8 @@ async def _subscribe(
                         line["info"] = {"client": pub.info.client, "user": pub.info.user}
                         if pub.info.info is not None:
                             line["info"]["info"] = pub.info.info
+                    if pub.tags:
+                        line["tags"] = pub.tags
                     click.echo(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
                     seen += 1
                     if count is not None and seen >= count:
@@ -195,6 +212,13 @@ async def _subscribe(
 @click.option("--url", help=URL_HELP)
 @click.option("--api-key", envvar="RTSERVE_API_KEY", help="Publish API key (or RTSERVE_API_KEY).")
 @click.option("--idempotency-key", help="Publish at most once for this key.")
+@click.option(
+    "--tag",
+    "tags",
+    metavar="NAME=VALUE",
+    multiple=True,
+    help="A tag of the publication, for subscribers' filters (repeatable).",
+)
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 def publish(
     channel: str,
@@ -202,6 +226,7 @@ def publish(
     url: str | None,
     api_key: str | None,
     idempotency_key: str | None,
+    tags: tuple[str, ...],
     timeout: float,
 ) -> None:
     """Publish DATA_JSON (any JSON value) to CHANNEL through the server's publish API."""
@@ -212,6 +237,8 @@ def publish(
     body: dict[str, Any] = {"channel": channel, "data": data}
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if tags:
+        body["tags"] = _parse_tags(tags)
     urls = server_urls(url)
     endpoint = urls.base + "/rt/publish"
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -238,6 +265,17 @@ def publish(
         click.echo(json.dumps(json.loads(answer), ensure_ascii=False, separators=(",", ":")))
     except ValueError:
         click.echo(answer.decode("utf-8", "replace"))
+
+
+def _parse_tags(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--tag NAME=VALUE` options as a map (the server checks the sizes)."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, not {pair!r}", param_hint="--tag")
+        tags[name] = value
+    return tags
 
 
 def _error_message(status: int, reason: str, body: bytes) -> str:

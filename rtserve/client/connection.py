@@ -166,6 +166,7 @@ class Client:
         max_queue: int | None = None,
         on_presence: Callable[[PresenceEvent], Any] | None = None,
         presence_diff: bool = False,
+        filter: Mapping[str, Any] | None = None,
     ) -> Subscription:
         """Subscribe to `channel`: from now on, or from `since` (missed publications first;
         Unrecovered from the iterator when the server cannot give them).
@@ -176,6 +177,9 @@ class Client:
         token: the channel's subscription token, when its rule asks for one.
         on_presence: called (synchronously) with each Join, Leave and PresenceDigest, or with
             `presence_diff=True` each PresenceDiff instead.
+        filter: a tag filter (docs/protocol.md, e.g. `{"eq": ["region", "eu"]}`): only the
+            publications whose tags it matches are sent, live and recovered; offsets then jump
+            over the others, which is no gap.
         """
         if channel in self._subs:
             raise ValueError(f"already subscribed to {channel!r}")
@@ -188,6 +192,7 @@ class Client:
             max_queue=max_queue if max_queue is not None else self.max_queue,
             on_presence=on_presence,
             presence_diff=presence_diff,
+            tag_filter=filter,
         )
         self._subs[channel] = sub
         try:
@@ -214,9 +219,15 @@ class Client:
                         raise
 
     async def publish(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Position:
-        """Publish `data` (any JSON value); returns its (offset, epoch).
+        """Publish `data` (any JSON value) with `tags` (a small map of strings subscription
+        filters match); returns its (offset, epoch).
 
         With `idempotency_key`, publishing again with the same key (after a lost reply, say)
         lands once and returns the first position.
@@ -224,6 +235,8 @@ class Client:
         command: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
         if idempotency_key is not None:
             command["idempotency_key"] = idempotency_key
+        if tags:
+            command["tags"] = dict(tags)
         result = await self._request(command)
         return Position(int(result["offset"]), str(result["epoch"]))
 
@@ -671,13 +684,15 @@ def _client_error(error: dict[str, Any]) -> ClientError:
 
 
 def _subscription_fields(sub: Subscription, since: Position | None) -> dict[str, Any]:
-    """What a subscribe asks: {channel, token?, since?, presence_diff?} (a command's, or one
-    in a connect)."""
+    """What a subscribe asks: {channel, token?, since?, presence_diff?, filter?} (a command's,
+    or one in a connect)."""
     fields: dict[str, Any] = {"channel": sub.channel}
     if sub.token is not None:
         fields["token"] = sub.token
     if sub.presence_diff:
         fields["presence_diff"] = True
+    if sub.tag_filter is not None:
+        fields["filter"] = sub.tag_filter
     if since is not None:
         fields["since"] = {"offset": since.offset, "epoch": since.epoch}
     return fields

@@ -78,6 +78,7 @@ class Publication:
     offset: int
     data: Any
     info: ClientInfo | None = None
+    tags: dict[str, str] | None = None  # the publisher's, which subscription filters match
 
     @classmethod
     def from_json(cls, channel: str, value: dict[str, Any]) -> Publication:
@@ -87,6 +88,7 @@ class Publication:
             int(value["offset"]),
             value.get("data"),
             ClientInfo.from_json(info) if info is not None else None,
+            value.get("tags") or None,
         )
 
 

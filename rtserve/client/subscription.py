@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rtserve.client.messages import Position, PresenceEvent, Publication, Unrecovered
@@ -28,6 +28,8 @@ class Subscription:
         with `recover=False`, which asks for no missed publications and only counts them).
     duplicates: publications dropped because their offset was not above `position`.
     skipped: publications the server skipped (offset jumps) that `fill_gaps=False` accepted.
+    tag_filter: the subscription's filter over publication tags: the server sends only what
+        it matches, so offsets jump over the rest and a jump is no gap.
     expires: when the subscription token expires (unix seconds; None without one): the server
         ends the subscription then (ClientError 109) unless `refresh(token)` extended it.
 
@@ -49,6 +51,7 @@ class Subscription:
         max_queue: int,
         on_presence: Callable[[PresenceEvent], Any] | None,
         presence_diff: bool = False,
+        tag_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -58,6 +61,7 @@ class Subscription:
         self.max_queue = max(1, max_queue)
         self.on_presence = on_presence
         self.presence_diff = presence_diff
+        self.tag_filter = tag_filter  # offsets jump over what it leaves out: no gap
         self.position: Position | None = None
         self.expires: float | None = None
         self.recovered: bool | None = None
@@ -144,7 +148,7 @@ class Subscription:
             return
         if self._overflow:
             return  # fetched again when the subscription is made again
-        if live and pub.offset > position.offset + 1:
+        if live and pub.offset > position.offset + 1 and self.tag_filter is None:
             if self.fill_gaps:
                 self._make_again()
                 return

@@ -51,12 +51,19 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "slow_consumer": "drop_oldest",
             "max_pending": 1000,
             "conflate_key": None,
+            "filters": False,
+            "filter_max_size": "1KiB",
             "on_subscribe": "app:may_join",
             "on_publish": "app:store_message",
             "on_join": None,
             "on_leave": None,
         },
-        {"pattern": "metrics:*", "publish": "server", "slow_consumer": "conflate"},
+        {
+            "pattern": "metrics:*",
+            "publish": "server",
+            "slow_consumer": "conflate",
+            "filter_max_size": "2KiB",
+        },
     ],
 }
 EXAMPLE_PROJECT = '''\

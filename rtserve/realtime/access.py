@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rtserve.app.response import JSONResponse
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
+from rtserve.realtime.filters import TagFilter, parse_filter
 from rtserve.realtime.hub import UserConnection, call_hook
 from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, check_publishable
 from rtserve.realtime.rules import ChannelRule
@@ -288,6 +289,21 @@ def positions(request: Request, channels: list[str]) -> dict[str, StreamPosition
         if channel not in channels:
             raise ChannelError(ErrorCode.BAD_REQUEST, f"since= of a channel not asked: {channel}")
         out[channel] = position
+    return out
+
+
+def tag_filters(request: Request, channels: list[str]) -> dict[str, TagFilter]:
+    """The `filter=CHANNEL:JSON` query parameters, by channel, each checked (107 for one of a
+    channel not asked for or given twice, 118 for a bad filter)."""
+    out: dict[str, TagFilter] = {}
+    for value in request.query.getall("filter"):
+        channel, colon, text = value.partition(":{")  # a channel name holds no `{`
+        if not colon or channel not in channels or channel in out:
+            raise ChannelError(
+                ErrorCode.BAD_REQUEST, "filter= is CHANNEL:JSON, once per channel asked for"
+            )
+        with refusing(channel):
+            out[channel] = parse_filter("{" + text)
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -106,15 +106,21 @@ class App(CoreApp):
         return register
 
     async def publish(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
         """Publish `data` (any JSON value) to `channel` from server code; returns its position.
+        `tags` (a small map of strings) are what subscribers' filters match.
 
-        Raises ChannelError: 107 for data that is not JSON (NaN included), 102 for a channel
-        without a rule, 115 when the broker fails.
+        Raises ChannelError: 107 for data that is not JSON (NaN included) or bad tags, 102 for
+        a channel without a rule, 115 when the broker fails.
         """
         check_publishable(data)
-        return await self.hub.publish(channel, data, idempotency_key=idempotency_key)
+        return await self.hub.publish(channel, data, idempotency_key=idempotency_key, tags=tags)
 
     async def disconnect(self, user: str, reason: str = "") -> None:
         """End every live channel connection of `user`, on every worker and machine of the
@@ -124,7 +130,12 @@ class App(CoreApp):
         await self.hub.disconnect_user(user, reason)
 
     def publish_threadsafe(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> concurrent.futures.Future[StreamPosition]:
         """`publish` from another thread (a worker pool, a sync library); a Future of the
         position. Raises RuntimeError when the app is not serving."""
@@ -132,7 +143,7 @@ class App(CoreApp):
         if loop is None:
             raise RuntimeError("the app is not running: publish_threadsafe needs a served app")
         return asyncio.run_coroutine_threadsafe(
-            self.publish(channel, data, idempotency_key=idempotency_key), loop
+            self.publish(channel, data, idempotency_key=idempotency_key, tags=tags), loop
         )
 
 

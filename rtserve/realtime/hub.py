@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,13 @@ from rtserve.broker.base import (
 )
 from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
+from rtserve.realtime.filters import (
+    FilterGroups,
+    TagFilter,
+    check_filter_allowed,
+    check_tags,
+    keeps,
+)
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
@@ -208,6 +215,7 @@ class _Local:
     __slots__ = (
         "epoch",
         "floors",
+        "groups",
         "joins",
         "leaves",
         "params",
@@ -221,6 +229,7 @@ class _Local:
         self.rule = rule
         self.params = params
         self.subscribers: dict[Subscriber, None] = {}
+        self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
         self.publications = 0  # delivered here since the channel got its first local subscriber
@@ -328,19 +337,27 @@ class Hub:
         *,
         info: ClientInfo | None = None,
         idempotency_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
-        """Publish `data` to `channel` through the broker; returns its offset and epoch.
+        """Publish `data` with `tags` to `channel` through the broker; returns its offset and
+        epoch.
 
-        Raises ChannelError: 102 for a channel without a rule, 115 when the broker failed.
+        Raises ChannelError: 107 for tags that are not a small map of strings, 102 for a
+        channel without a rule, 115 when the broker failed.
         """
         if self.loop is None:
             raise ChannelError(ErrorCode.NOT_AVAILABLE, "the hub is not running")
+        tags = check_tags(tags)
         rule, _ = self.rule(channel)
         started = time.perf_counter()
         try:
             with _broker_errors():
                 position = await self.broker.publish(
-                    channel, data, info=info, options=rule.publish_options_for(idempotency_key)
+                    channel,
+                    data,
+                    info=info,
+                    options=rule.publish_options_for(idempotency_key),
+                    tags=tags,
                 )
         finally:
             self.publish_latency.observe(time.perf_counter() - started)
@@ -363,6 +380,7 @@ class Hub:
         data: Any,
         idempotency_key: str | None = None,
         scope: tuple[str, ...] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> StreamPosition:
         """A client's publish that passed `check_client_publish` (and the caller's token and
         rate checks): `on_publish` may refuse or replace the data, then it is published.
@@ -370,6 +388,7 @@ class Hub:
         Its idempotency key is the publisher's own, within `scope`: by default the token's
         user, or the connection without one; the server's keys are another scope again.
         """
+        tags = check_tags(tags)  # before on_publish sees the publication
         if idempotency_key is not None:
             if scope is None:
                 user = ctx.token_user
@@ -381,7 +400,7 @@ class Hub:
             if replaced is not None:
                 data = replaced
         position = await self.publish(
-            ctx.channel, data, info=ctx.client, idempotency_key=idempotency_key
+            ctx.channel, data, info=ctx.client, idempotency_key=idempotency_key, tags=tags
         )
         self.stats.client_publications += 1
         return position
@@ -410,7 +429,10 @@ class Hub:
             epoch=epoch,
             publication=publication,
         )
-        subscribers = tuple(local.subscribers)
+        if local.groups.filtered:  # one evaluation (or lookup) per distinct filter
+            subscribers = tuple(local.groups.matching(publication.tags))
+        else:
+            subscribers = tuple(local.subscribers)
         local.publications += 1
         floors = local.floors
         if floors:  # new subscribers whose subscribe result already held this publication
@@ -505,21 +527,30 @@ class Hub:
     # --- subscribing -----------------------------------------------------------------------
 
     async def subscribe(
-        self, subscriber: Subscriber, channel: str, since: StreamPosition | None = None
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        since: StreamPosition | None = None,
+        tag_filter: TagFilter | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Add a local subscriber; returns the subscribe result and the last offset it holds.
 
         Publications delivered to `subscriber` for `channel` from now on may repeat what the
         result holds: the subscriber skips offsets up to the returned one. With `since`, the
-        result holds the missed publications and `recovered`, or `recovered: false`.
+        result holds the missed publications and `recovered`, or `recovered: false`. With
+        `tag_filter`, only the publications it matches are delivered or recovered (whether
+        recovery is possible is judged on the whole stream, so skipped offsets are no gap);
+        ChannelError 103 or 118 when the channel's rule forbids the filter.
         """
         rule, params = self.rule(channel)
+        check_filter_allowed(rule, tag_filter)
         local = self._local.get(channel)
         if local is None:
             local = self._local[channel] = _Local(rule, params)
         if rule.max_subscribers and len(local.subscribers) >= rule.max_subscribers:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "channel is full")
         local.subscribers[subscriber] = None
+        local.groups.add(subscriber, tag_filter)
         try:
             await self._sync_node(channel)
             if since is None:
@@ -555,7 +586,9 @@ class Hub:
             )
             result["recovered"] = recovered
             if recovered:
-                result["publications"] = [publication_json(p) for p in pubs]
+                result["publications"] = [
+                    publication_json(p) for p in pubs if keeps(tag_filter, p.tags)
+                ]
                 if pubs:
                     last = max(last, pubs[-1].offset)
         if self._local.get(channel) is local and subscriber in local.subscribers:
@@ -572,11 +605,18 @@ class Hub:
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
         local.floors.pop(subscriber, None)
+        local.groups.remove(subscriber)
         if not local.subscribers:
             del self._local[channel]
             if channel in self._node and self.loop is not None:
                 self._spawn(self._sync_node(channel))
         return True
+
+    def filter_of(self, subscriber: Subscriber, channel: str) -> TagFilter | None:
+        """The tag filter `subscriber` subscribed to `channel` with (None: none, or not
+        subscribed)."""
+        local = self._local.get(channel)
+        return None if local is None else local.groups.filter_of(subscriber)
 
     async def _sync_node(self, channel: str) -> None:
         """Make the broker subscription of this node match whether anyone local listens."""
@@ -613,10 +653,16 @@ class Hub:
     # --- reading: history and presence -----------------------------------------------------
 
     async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        tag_filter: TagFilter | None = None,
     ) -> dict[str, Any]:
         """The kept publications after `since` (the first `limit` of them), or without `since`
-        the newest `limit`, oldest first; and the stream's position.
+        the newest `limit`, oldest first; and the stream's position. With `tag_filter`, those
+        of them it matches (so fewer than `limit`, and the position still the stream's).
 
         ChannelError 108 when the channel keeps no history, 112 when `since` is of another
         epoch or older than what is kept, 115 when the broker fails.
@@ -645,20 +691,25 @@ class Hub:
         if limit == 0:
             pubs = []
         return {
-            "publications": [publication_json(p) for p in pubs],
+            "publications": [publication_json(p) for p in pubs if keeps(tag_filter, p.tags)],
             "offset": position.offset,
             "epoch": position.epoch,
         }
 
     async def history_before(
-        self, channel: str, *, before: StreamPosition | None = None, limit: int
+        self,
+        channel: str,
+        *,
+        before: StreamPosition | None = None,
+        limit: int,
+        tag_filter: TagFilter | None = None,
     ) -> dict[str, Any]:
         """`history` backwards: the newest `limit` kept publications below `before.offset`
         (without `before`: of all), newest first; and the stream's position. Paging back past
         what is kept ends in fewer (or no) publications. ChannelError 108, 112 (`before` of
         another epoch), 115 as `history`."""
         if before is None:
-            newest = await self.history(channel, limit=limit)
+            newest = await self.history(channel, limit=limit, tag_filter=tag_filter)
             newest["publications"].reverse()
             return newest
         rule, _ = self.rule(channel)
@@ -674,7 +725,8 @@ class Hub:
         position = history.position
         if before.epoch != position.epoch:
             raise ChannelError(ErrorCode.UNRECOVERABLE, "epoch changed")
-        pubs = [p for p in history.publications if p.offset <= end] if limit else []
+        pubs = history.publications if limit else []
+        pubs = [p for p in pubs if p.offset <= end and keeps(tag_filter, p.tags)]
         return {
             "publications": [publication_json(p) for p in reversed(pubs)],
             "offset": position.offset,

@@ -1,12 +1,14 @@
 """Channels over plain HTTP requests: long polling, a one-shot history read, client publish.
 
-`GET {prefix}/poll?channel=A&since=A:OFFSET:EPOCH&timeout=25&token=T` answers at once when
-the history holds publications after `since`, else waits, as a Hub subscriber, for the next
+`GET {prefix}/poll?channel=A&since=A:OFFSET:EPOCH&timeout=25&token=T` (and
+`filter=A:JSON`, a tag filter) answers at once when the history holds publications after
+`since`, else waits, as a Hub subscriber, for the next
 publication (or `timeout` seconds): `{"channels": {A: {"publications", "offset", "epoch",
 "recovered"}}}`. Polling needs channels with history (108 otherwise): that is what makes the
 time between two polls lossless.
 
-`GET {prefix}/history?channel=A[&since=...][&limit=N]&token=T` reads the history, and
+`GET {prefix}/history?channel=A[&since=...][&limit=N][&filter=A:JSON]&token=T` reads the
+history (the matches of a tag filter, with one), and
 `GET {prefix}/presence?channel=A[&stats=1]&token=T` the presence, with the permissions of a
 subscribe. `POST {prefix}/client/publish` (`Authorization: Bearer <client token>`, or
 anonymous when the app allows it) publishes as a WebSocket client would. Each request
@@ -32,6 +34,7 @@ from rtserve.realtime.access import (
     http_error,
     positions,
     refusing,
+    tag_filters,
     take_address_rate,
     take_rate,
     unwatch_shutdown,
@@ -39,6 +42,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
+from rtserve.realtime.filters import check_filter_allowed
 from rtserve.realtime.hub import Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
@@ -197,6 +201,7 @@ async def poll_endpoint(request: Request) -> Response | None:
         client, claims = await http_client(hub, request, request.query.get("token"))
         channels = channel_names(request)
         since = positions(request, channels)
+        filters = tag_filters(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
         waiter = _Waiter(client, request, cors)
         for channel in channels:
@@ -208,7 +213,7 @@ async def poll_endpoint(request: Request) -> Response | None:
                     )
                 waiter.got[channel] = []
                 waiter.subscribed[channel] = await hub.subscribe(
-                    waiter, channel, since.get(channel)
+                    waiter, channel, since.get(channel), filters.get(channel)
                 )
         if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
             wake = waiter.wait(timeout)
@@ -234,8 +239,10 @@ async def history_endpoint(request: Request) -> Response:
         channels = channel_names(request, max_channels=1)
         channel = channels[0]
         since = positions(request, channels).get(channel)
+        tag_filter = tag_filters(request, channels).get(channel)
         with refusing(channel):
             rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+            check_filter_allowed(rule, tag_filter)
         limit = rule.history
         given = request.query.get("limit")
         if given is not None:
@@ -246,9 +253,11 @@ async def history_endpoint(request: Request) -> Response:
         if reverse not in ("0", "1", "false", "true"):
             raise ChannelError(ErrorCode.BAD_REQUEST, "reverse is 1 or 0")
         if reverse in ("1", "true"):
-            answer = await hub.history_before(channel, before=since, limit=limit)
+            answer = await hub.history_before(
+                channel, before=since, limit=limit, tag_filter=tag_filter
+            )
         else:
-            answer = await hub.history(channel, since=since, limit=limit)
+            answer = await hub.history(channel, since=since, limit=limit, tag_filter=tag_filter)
         return JSONResponse(answer, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1
@@ -320,7 +329,7 @@ async def client_publish_endpoint(request: Request) -> Response:
         refuse_when_shutting_down(request)
         context = ChannelContext(channel, params, client, claims, request)
         scope = who if user is not None else (*who, client.user or "")
-        position = await hub.client_publish(rule, context, data, key, scope)
+        position = await hub.client_publish(rule, context, data, key, scope, body.get("tags"))
         return JSONResponse({"offset": position.offset, "epoch": position.epoch}, headers=cors)
     except ChannelError as exc:
         hub.stats.refused += 1

@@ -55,6 +55,7 @@ class ErrorCode(enum.IntEnum):
     BROKER_UNAVAILABLE = 115
     ALREADY_CONNECTED = 116
     UNKNOWN_METHOD = 117
+    BAD_FILTER = 118
 
 
 # Each code's default message, and whether the same command may succeed if sent again later
@@ -78,6 +79,7 @@ ERRORS: dict[int, tuple[str, bool]] = {
     ErrorCode.BROKER_UNAVAILABLE: ("broker unavailable", True),
     ErrorCode.ALREADY_CONNECTED: ("already connected", False),
     ErrorCode.UNKNOWN_METHOD: ("unknown rpc method", False),
+    ErrorCode.BAD_FILTER: ("bad filter", False),
 }
 MESSAGES = {ErrorCode(code): message for code, (message, _) in ERRORS.items()}
 
@@ -154,6 +156,7 @@ class SubscribeRequest:
     since: StreamPosition | None = None
     token: str | None = None
     presence_diff: bool = False
+    filter: Any = None  # the tag filter as sent (realtime/filters.py checks it)
 
 
 @dataclass(slots=True)
@@ -175,6 +178,8 @@ class Command:
     by_user: bool = False  # `presence`: grouped by user ("group": "user")
     presence_diff: bool = False  # `subscribe`: `presence_diff` pushes for joins and leaves
     size: int = 0  # bytes of `data` as JSON, for the size limits
+    filter: Any = None  # `subscribe`: the tag filter as sent (realtime/filters.py checks it)
+    tags: Any = None  # `publish`: the publication's tags as sent (filters.check_tags)
 
 
 class CommandError(ChannelError):
@@ -247,6 +252,9 @@ def command_from_json(raw: Any) -> Command:
         command.by_user = group == "user"
     if op == "subscribe":
         command.presence_diff = _parse_flag(raw, "presence_diff", id_)
+        command.filter = raw.get("filter")
+    if op == "publish":
+        command.tags = raw.get("tags")
     if op == "rpc":
         method = raw.get("method")
         if not isinstance(method, str) or not METHOD_NAME.match(method):
@@ -336,7 +344,7 @@ def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
         token = _field(item, "token", check_token, id_)
         position = _field(item, "since", check_position, id_)
         diff = _parse_flag(item, "presence_diff", id_)
-        requests.append(SubscribeRequest(channel, position, token, diff))
+        requests.append(SubscribeRequest(channel, position, token, diff, item.get("filter")))
     return requests
 
 
@@ -415,6 +423,8 @@ def publication_json(publication: Publication) -> dict[str, Any]:
     out: dict[str, Any] = {"offset": publication.offset, "data": publication.data}
     if publication.info is not None:
         out["info"] = publication.info.to_json()
+    if publication.tags:
+        out["tags"] = publication.tags
     return out
 
 
@@ -428,6 +438,8 @@ def encode_publication(channel: str, publication: Publication) -> bytes:
     }
     if publication.info is not None:
         out["info"] = publication.info.to_json()
+    if publication.tags:
+        out["tags"] = publication.tags
     return dump_json(out)
 
 

@@ -1,7 +1,7 @@
 """`POST {prefix}/publish` (and `/publish/batch`): publishing for other services over HTTP.
 
 Authorised by `Authorization: Bearer <api key>`. The body is `{"channel", "data",
-"idempotency_key"?}` (an `Idempotency-Key` header works too); the batch form takes
+"idempotency_key"?, "tags"?}` (an `Idempotency-Key` header works too); the batch form takes
 `{"publications": [...]}` and answers each in order. Errors are `{"error": {"code",
 "message"}}` with the channel protocol's codes and a fitting HTTP status.
 """
@@ -60,7 +60,8 @@ async def _publish_one(hub: Hub, item: Any, header_key: str | None) -> dict[str,
         key = check_idempotency_key(item["idempotency_key"])
     elif header_key is not None:
         key = check_idempotency_key(header_key)
-    position = await hub.publish(channel, item["data"], idempotency_key=key)
+    tags = item.get("tags")  # the hub checks them
+    position = await hub.publish(channel, item["data"], idempotency_key=key, tags=tags)
     return {"offset": position.offset, "epoch": position.epoch}
 
 

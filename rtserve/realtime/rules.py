@@ -41,6 +41,8 @@ class ChannelRule:
     "conflate" (keep only the latest per `conflate_key` of the data, or per channel).
     Hooks (sync or async): on_subscribe(ctx) / on_publish(ctx) refuse by raising
     ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
+    filters / filter_max_size: whether subscribers may pass a filter over publication tags,
+    and the largest one (bytes of its canonical JSON).
     """
 
     pattern: str = dataclasses.field(
@@ -68,6 +70,10 @@ class ChannelRule:
     conflate_key: str | None = opt(
         None, "field of the data whose latest value conflation keeps (None: one per channel)"
     )
+    filters: bool = opt(True, "subscribers may pass a tag filter (false: refused, code 103)")
+    filter_max_size: int = opt(
+        1024, "largest tag filter a subscriber may pass, bytes of its JSON (0: 8 KiB)", size=True
+    )
     on_subscribe: Callable[..., Any] | None = ref("may refuse a subscription (ChannelError)")
     on_publish: Callable[..., Any] | None = ref(
         "validates, transforms or stores a client publication; may refuse it"
@@ -83,7 +89,13 @@ class ChannelRule:
             raise ValueError(
                 f"slow_consumer must be one of {SLOW_CONSUMER_POLICIES}, not {self.slow_consumer!r}"
             )
-        for name in ("history", "max_message_size", "max_subscribers", "publish_burst"):
+        for name in (
+            "history",
+            "max_message_size",
+            "max_subscribers",
+            "publish_burst",
+            "filter_max_size",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_pending < 1:

@@ -1,12 +1,13 @@
 """`GET {prefix}/sse`: the channels as a Server-Sent Events stream (EventSource).
 
-`?channel=A&channel=B&token=T&since=A:OFFSET:EPOCH&data=JSON`. The client is connected and each
-channel subscribed with the rules of `/rt/ws` before anything is streamed, so a refusal is a
-plain JSON error (401, 403, 404, ...). Then, per channel, an `event: subscribed` with the
-subscribe result, the recovered publications, and the live ones, each
-`id: CHANNEL:OFFSET:EPOCH` / `event: pub` / `data: <the pub push JSON>`, built once per
-publication for every stream. `Last-Event-ID` (what EventSource sends when it reconnects)
-resumes its channel like `since`. A `: ping` comment goes out every `sse_heartbeat` seconds.
+`?channel=A&channel=B&token=T&since=A:OFFSET:EPOCH&filter=A:JSON&data=JSON` (`filter`: a tag
+filter of the channel). The client is connected and each channel subscribed with the rules
+of `/rt/ws` before anything is streamed, so a refusal is a plain JSON error (401, 403, 404,
+...). Then, per channel, an `event: subscribed` with the subscribe result, the recovered
+publications, and the live ones, each `id: CHANNEL:OFFSET:EPOCH` / `event: pub` / `data: <the
+pub push JSON>`, built once per publication for every stream. `Last-Event-ID` (what
+EventSource sends when it reconnects) resumes its channel like `since`. A `: ping` comment
+goes out every `sse_heartbeat` seconds.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from rtserve.realtime.access import (
     refusing,
     remove_user_connection,
     run_on_connect,
+    tag_filters,
     unwatch_shutdown,
     watch_shutdown,
 )
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext
+from rtserve.realtime.filters import TagFilter, check_filter_allowed
 from rtserve.realtime.hub import Hub, Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode
@@ -86,9 +89,11 @@ async def probe(hub: Hub, request: Request) -> None:
     client, claims = await http_client(hub, request, request.query.get("token"))
     channels = channel_names(request)
     positions(request, channels)
+    filters = tag_filters(request, channels)
     for channel in channels:
         with refusing(channel):
-            await authorize_subscribe(hub, channel, client, claims, request)
+            rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
+            check_filter_allowed(rule, filters.get(channel))
 
 
 class SSEStream:
@@ -152,6 +157,7 @@ class SSEStream:
             self._counted = True
             channels = channel_names(request)
             since = positions(request, channels)
+            filters = tag_filters(request, channels)
             last_id = request.headers.get("last-event-id")
             if last_id:
                 channel, position = parse_position_id(last_id)
@@ -159,12 +165,14 @@ class SSEStream:
                     since[channel] = position
             for channel in channels:
                 with refusing(channel):
-                    await self._subscribe(channel, since.get(channel))
+                    await self._subscribe(channel, since.get(channel), filters.get(channel))
         except BaseException:
             self._close()
             raise
 
-    async def _subscribe(self, channel: str, since: StreamPosition | None) -> None:
+    async def _subscribe(
+        self, channel: str, since: StreamPosition | None, tag_filter: TagFilter | None
+    ) -> None:
         hub = self.hub
         rule, context, _ = await authorize_subscribe(
             hub, channel, self.client, self.claims, self.request
@@ -172,7 +180,7 @@ class SSEStream:
         outbox = self._outbox
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since)
+            result, last = await hub.subscribe(self, channel, since, tag_filter)
         except BaseException:
             outbox.forget(channel)
             raise

@@ -30,6 +30,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, RpcContext
+from rtserve.realtime.filters import parse_filter
 from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import (
@@ -335,7 +336,7 @@ class ChannelSocket(WebSocketHandler):
         channel = command.channel
         assert channel is not None
         opening = await self._open_subscription(
-            channel, command.since, command.token, command.presence_diff
+            channel, command.since, command.token, command.presence_diff, command.filter
         )
         if opening is not None:
             self._answer(encode_reply(command.id, opening.result))
@@ -347,9 +348,12 @@ class ChannelSocket(WebSocketHandler):
         since: StreamPosition | None,
         token: str | None,
         presence_diff: bool = False,
+        raw_filter: Any = None,
     ) -> _Opening | None:
-        """Subscribe at the Hub; publications are held back until _start_subscription, which
-        comes after the reply (None: the connection closed meanwhile)."""
+        """Subscribe at the Hub (with the tag filter as sent, if any); publications are held
+        back until _start_subscription, which comes after the reply (None: the connection
+        closed meanwhile)."""
+        tag_filter = None if raw_filter is None else parse_filter(raw_filter)
         outbox = self._outbox
         if channel in self.subscriptions or channel in outbox.gathering:
             raise ChannelError(ErrorCode.ALREADY_SUBSCRIBED)
@@ -364,7 +368,7 @@ class ChannelSocket(WebSocketHandler):
             return None
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since)
+            result, last = await hub.subscribe(self, channel, since, tag_filter)
         except BaseException:
             outbox.forget(channel)
             raise
@@ -402,7 +406,7 @@ class ChannelSocket(WebSocketHandler):
             channel = request.channel
             try:
                 opening = await self._open_subscription(
-                    channel, request.since, request.token, request.presence_diff
+                    channel, request.since, request.token, request.presence_diff, request.filter
                 )
             except ChannelError as exc:
                 self.hub.stats.refused += 1
@@ -461,7 +465,9 @@ class ChannelSocket(WebSocketHandler):
         take_rate(hub, self._buckets, rule, rule)
         take_address_rate(hub, self.request.client)
         context = self._context(channel, params, self.claims)
-        position = await hub.client_publish(rule, context, command.data, command.idempotency_key)
+        position = await hub.client_publish(
+            rule, context, command.data, command.idempotency_key, tags=command.tags
+        )
         return {"offset": position.offset, "epoch": position.epoch}
 
     def _token_allows(self, channel: str) -> bool:
@@ -481,9 +487,14 @@ class ChannelSocket(WebSocketHandler):
     async def _history(self, command: Command) -> dict[str, Any]:
         channel, rule = self._subscribed_rule(command)
         limit = command.limit if command.limit is not None else rule.history
+        tag_filter = self.hub.filter_of(self, channel)
         if command.reverse:
-            return await self.hub.history_before(channel, before=command.since, limit=limit)
-        return await self.hub.history(channel, since=command.since, limit=limit)
+            return await self.hub.history_before(
+                channel, before=command.since, limit=limit, tag_filter=tag_filter
+            )
+        return await self.hub.history(
+            channel, since=command.since, limit=limit, tag_filter=tag_filter
+        )
 
     async def _presence(self, command: Command) -> dict[str, Any]:
         channel, _ = self._subscribed_rule(command)

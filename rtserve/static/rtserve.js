@@ -21,16 +21,20 @@
 //   backoffMin, backoffMax  reconnect delays in ms (default 250 and 10000), with jitter
 // rt.connect()       starts (again); rt.close() stops for good (state "closed").
 // rt.subscribe(channel, handlers) -> subscription; handlers (all optional):
-//   onPublication(pub)  pub = { channel, offset, data, info? }, each offset once, in order
+//   onPublication(pub)  pub = { channel, offset, data, info?, tags? }, each offset once, in
+//   order (with a filter, only the matches: offsets then jump over the others)
 //   onSubscribed(result), onUnrecovered(result), onJoin(info), onLeave(info),
 //   onPresence(push), onPresenceDiff(diff) (WebSocket: instead of onJoin, onLeave and
 //   onPresence, each change as {joins, leaves}, each {users: {user: {client: info}},
 //   anonymous: {client: info}}), onError(error); and since: { offset, epoch } to start from, token: a
 //   subscription token (WebSocket only), getToken: async (channel) => a fresh subscription
-//   token, called before the current one expires (`sub_refresh`, WebSocket only).
+//   token, called before the current one expires (`sub_refresh`, WebSocket only); filter: a
+//   tag filter, e.g. { eq: ["region", "eu"] } or { in: ["symbol", ["A", "B"]] } (docs/protocol.md,
+//   every transport): the server sends only the publications whose tags it matches.
 //   subscription.position is { offset, epoch } (null before the first answer);
 //   subscription.unsubscribe() ends it.
-// rt.publish(channel, data, { idempotency_key }) -> Promise of { offset, epoch }
+// rt.publish(channel, data, { idempotency_key, tags }) -> Promise of { offset, epoch }
+//   (tags: a small map of strings that subscribers' filters match)
 // rt.history(channel, { limit, since, reverse }) -> Promise of { publications, offset, epoch }
 //   (reverse: newest first, below `since`: pages backwards)
 // rt.presence(channel, { group }) -> Promise of { clients } (group: "user": of
@@ -96,6 +100,15 @@
   }
 
   const positionId = (sub) => `${sub.channel}:${sub.offset}:${sub.epoch}`;
+  // The query parameters of a subscription over SSE and polling: channel, since?, filter?.
+  function streamPairs(sub) {
+    const pairs = [["channel", sub.channel]];
+    if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
+    if (sub.handlers.filter) {
+      pairs.push(["filter", `${sub.channel}:${JSON.stringify(sub.handlers.filter)}`]);
+    }
+    return pairs;
+  }
   // ms until a token expiring at `expires` (unix s) is replaced: a quarter of its life
   // early, at most 30 s.
   function refreshDelay(expires) {
@@ -135,6 +148,7 @@
       this.offset = pub.offset;
       const out = { channel: this.channel, offset: pub.offset, data: pub.data };
       if (pub.info) out.info = pub.info;
+      if (pub.tags) out.tags = pub.tags;
       this._call("onPublication", out);
     }
     // A subscribe answer ({channel, offset, epoch, recovered?, publications?}).
@@ -149,6 +163,8 @@
         this.epoch = result.epoch;
         // WebSocket: the missed publications are in the answer; SSE: they follow it.
         for (const pub of result.publications || []) this._pub(pub);
+        // Past what a filter skipped too (the answer holds every match up to its offset).
+        if (result.publications && result.offset > this.offset) this.offset = result.offset;
       } else {
         this.epoch = result.epoch;
         this.offset = result.offset;
@@ -281,9 +297,10 @@
         (error) => this._subscribeRefused(sub, error),
       );
     }
-    // What a subscribe asks: {channel, since?, token?}.
+    // What a subscribe asks: {channel, since?, token?, presence_diff?, filter?}.
     _subscription(sub) {
       const fields = { channel: sub.channel };
+      if (sub.handlers.filter) fields.filter = sub.handlers.filter;
       if (sub.epoch !== null) fields.since = { offset: sub.offset, epoch: sub.epoch };
       if (sub.token) fields.token = sub.token;
       if (sub.handlers.onPresenceDiff) fields.presence_diff = true;
@@ -404,6 +421,7 @@
         if (rt.token) headers.Authorization = `Bearer ${rt.token}`;
         const body = { channel: fields.channel, data: fields.data };
         if (fields.idempotency_key) body.idempotency_key = fields.idempotency_key;
+        if (fields.tags) body.tags = fields.tags;
         const query = this.query([], false);
         return this._fetch(`/client/publish${query ? "?" : ""}${query}`, {
           method: "POST",
@@ -419,6 +437,9 @@
         }
         if (fields.limit !== undefined) query.push(["limit", String(fields.limit)]);
         if (fields.reverse) query.push(["reverse", "1"]);
+        // On the WebSocket the server applies the subscription's filter to `history` itself.
+        const filter = this.rt.subs.get(fields.channel)?.handlers.filter;
+        if (filter) query.push(["filter", `${fields.channel}:${JSON.stringify(filter)}`]);
         return this._fetch(`/history?${this.query(query)}`);
       }
       if (op === "presence" || op === "presence_stats") {
@@ -496,11 +517,7 @@
         if (!this.live) this._live();
         return;
       }
-      const pairs = [];
-      for (const sub of subs) {
-        pairs.push(["channel", sub.channel]);
-        if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
-      }
+      const pairs = subs.flatMap(streamPairs);
       let source;
       const url = `${this.rt.base}${this.rt.prefix}/sse?${this.query(pairs)}`;
       try {
@@ -587,10 +604,8 @@
           if (!this.live) this._live();
           return; // restarted by the next subscribe
         }
-        const pairs = [];
+        const pairs = subs.flatMap(streamPairs);
         for (const sub of subs) {
-          pairs.push(["channel", sub.channel]);
-          if (sub.epoch !== null) pairs.push(["since", positionId(sub)]);
           if (!asked.has(sub.channel)) asked.set(sub.channel, sub.epoch !== null);
         }
         // The first poll, or a channel without a position yet: ask without waiting, to
@@ -623,6 +638,7 @@
           } else {
             for (const pub of result.publications) sub._pub(pub);
             sub.epoch = result.epoch;
+            if (result.offset > sub.offset) sub.offset = result.offset; // past a filter's skips
           }
         }
       }

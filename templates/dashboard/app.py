@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from rtserve import App
 
 CHANNEL = "metrics:system"
 INTERVAL = 1.0  # seconds between two samples
+# Each sample is tagged with the machine it is from: with several servers publishing to one
+# channel (a Redis broker), a page can ask for one machine's samples (`?host=` on the page).
+HOST = socket.gethostname()
 PROC = Path("/proc")
 
 log = logging.getLogger("dashboard")
@@ -55,7 +59,7 @@ async def publish_metrics(app: App, sampler: Sampler | None = None) -> None:
         try:
             data = sampler.sample()
             data["viewers"] = app.hub.subscriber_count(CHANNEL)  # pages watching right now
-            await app.publish(CHANNEL, data)
+            await app.publish(CHANNEL, data, tags={"host": HOST})
         except Exception:  # one bad sample must not end the task
             log.exception("publishing metrics failed")
         next_time = max(next_time + INTERVAL, loop.time())

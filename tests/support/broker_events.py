@@ -17,6 +17,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.publications: list[Publication] = []  # as delivered, whole
         self._changed = asyncio.Event()
 
     def _add(self, event: tuple[Any, ...]) -> None:
@@ -24,6 +25,7 @@ class Recorder:
         self._changed.set()
 
     def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
+        self.publications.append(publication)
         self._add(("pub", channel, publication.offset, publication.data, epoch))
 
     def on_join(self, channel: str, info: ClientInfo) -> None:

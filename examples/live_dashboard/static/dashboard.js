@@ -5,7 +5,9 @@
 // resumes from the last offset after a drop; ?transport=sse or ?transport=poll forces one.
 // A new page fills its charts from the channel's history; later, offsets that jump are
 // samples the server conflated away because this page was slow: the newest one per host
-// always arrives.
+// always arrives. ?host=NAME shows that machine's card only (and the server rows): the page
+// subscribes with a tag filter, and the server sends it nothing of the other machines (then
+// offsets jump over their samples, which is no conflation).
 "use strict";
 
 const CHANNEL = "metrics";
@@ -124,7 +126,13 @@ setInterval(() => {
   }
 }, 1000);
 
-const forced = new URLSearchParams(location.search).get("transport");
+const params = new URLSearchParams(location.search);
+const forced = params.get("transport");
+const onlyHost = params.get("host");
+// Collectors tag samples {kind: "machine", host}; the server's own figures {kind: "server"}.
+const filter = onlyHost
+  ? { or: [{ eq: ["host", onlyHost] }, { eq: ["kind", "server"] }] }
+  : undefined;
 const rt = new Rtserve(forced ? { transports: [forced] } : {});
 rt.on("state", (state, info) => {
   const status = $("status");
@@ -140,8 +148,9 @@ let lastOffset = null;
 function follow(since) {
   const sub = rt.subscribe(CHANNEL, {
     since,
+    filter,
     onPublication(pub) {
-      if (lastOffset !== null && pub.offset > lastOffset + 1) {
+      if (!filter && lastOffset !== null && pub.offset > lastOffset + 1) {
         counts.skipped += pub.offset - lastOffset - 1; // conflated while this page was slow
       }
       lastOffset = pub.offset;

@@ -63,11 +63,15 @@ def run(scenario: Any) -> Any:
     return asyncio.run(asyncio.wait_for(scenario, TIMEOUT))
 
 
-async def subscribe(port: int) -> ClientConnection:
-    """A WebSocket subscribed to the metrics channel (the subscribe reply read)."""
+async def subscribe(port: int, tag_filter: Any = None) -> ClientConnection:
+    """A WebSocket subscribed to the metrics channel, with `tag_filter` if given (the
+    subscribe reply read)."""
     ws = await connect(f"ws://127.0.0.1:{port}/rt/ws")
     await ws.send(json.dumps({"id": 1, "op": "connect"}))
-    await ws.send(json.dumps({"id": 2, "op": "subscribe", "channel": dashboard.CHANNEL}))
+    command = {"id": 2, "op": "subscribe", "channel": dashboard.CHANNEL}
+    if tag_filter is not None:
+        command["filter"] = tag_filter
+    await ws.send(json.dumps(command))
     while True:
         message = json.loads(await ws.recv())
         if message.get("id") == 2:
@@ -159,7 +163,9 @@ def test_a_publish_slower_than_the_interval_shortens_the_wait() -> None:
         def __init__(self) -> None:
             self.keys: list[str] = []
 
-        def publish(self, channel: str, data: Any, idempotency_key: str) -> dict[str, Any]:
+        def publish(
+            self, channel: str, data: Any, idempotency_key: str, tags: Any = None
+        ) -> dict[str, Any]:
             threading.Event().wait(0.01)
             self.keys.append(idempotency_key)
             return {"offset": len(self.keys), "epoch": "e"}
@@ -201,6 +207,28 @@ def test_the_collector_reaches_a_subscriber_over_the_publish_api() -> None:
     assert all("info" not in p for p in pubs)  # published by the API, as the server
     offsets = [p["offset"] for p in pubs]
     assert offsets == list(range(offsets[0], offsets[0] + 3))
+
+
+def test_a_page_of_one_host_gets_that_hosts_samples_and_the_servers() -> None:
+    app = dashboard.create_app(api_key=KEY, server_stats_interval=0.05)
+    only_b = {"or": [{"eq": ["host", "host-b"]}, {"eq": ["kind", "server"]}]}  # ?host=host-b
+    with ThreadedServer(app) as server:
+
+        async def scenario() -> list[dict[str, Any]]:
+            async with await subscribe(server.port, only_b) as ws:
+                threads = [publish_in_thread(server.port, 3, host) for host in ("host-a", "host-b")]
+                pubs: list[dict[str, Any]] = []
+                while sum(p["data"].get("host") == "host-b" for p in pubs) < 3:
+                    pubs.append(await next_pub(ws))
+                for thread in threads:
+                    await asyncio.to_thread(thread.join, TIMEOUT)
+                return pubs
+
+        pubs = run(scenario())
+    machines = [p for p in pubs if p["tags"]["kind"] == "machine"]
+    assert [p["data"]["seq"] for p in machines] == [1, 2, 3]
+    assert all(p["tags"] == {"kind": "machine", "host": "host-b"} for p in machines)
+    assert all(p["data"]["kind"] == "server" for p in pubs if p not in machines)
 
 
 def test_a_wrong_key_is_refused() -> None:

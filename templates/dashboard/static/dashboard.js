@@ -1,5 +1,7 @@
 // The dashboard page: the latest sample of metrics:system in numbers, the last minute in
 // sparklines. rtserve.yaml keeps 60 samples of history, so a new page starts with a past.
+// ?host=NAME shows one machine's samples only, when several publish to the channel: the
+// server filters them by their `host` tag (a tag filter), so the others never reach the page.
 "use strict";
 
 const CHANNEL = "metrics:system";
@@ -53,7 +55,9 @@ rt.on("state", (state) => {
   $("status").textContent = state === "connected" ? "live" : state;
 });
 
+const host = new URLSearchParams(location.search).get("host");
 rt.subscribe(CHANNEL, {
+  filter: host ? { eq: ["host", host] } : undefined,
   onPublication(pub) {
     add(pub.data);
     show();

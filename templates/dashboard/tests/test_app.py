@@ -6,6 +6,7 @@ The tests are plain functions; each runs its client code with asyncio.run (see `
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -81,6 +82,23 @@ def test_clients_cannot_publish(ws_url: str) -> None:
             with pytest.raises(ClientError) as refused:
                 await client.publish(CHANNEL, {"cpu_percent": 0})
             assert refused.value.code == 103  # the rule's publish: server (the default)
+
+    run(scenario())
+
+
+def test_a_page_can_ask_for_one_machines_samples(ws_url: str) -> None:
+    host = socket.gethostname()  # the `host` tag app.py puts on each sample
+
+    async def scenario() -> None:
+        async with Client(ws_url) as client:
+            mine = await client.subscribe(CHANNEL, fill_gaps=False, filter={"eq": ["host", host]})
+            pub = await receive(mine)
+            assert pub.tags == {"host": host}
+        async with Client(ws_url) as client:
+            other = {"eq": ["host", "another machine"]}
+            await client.subscribe(CHANNEL, fill_gaps=False, filter=other)
+            history = await client.history(CHANNEL)  # the subscription's filter applies
+            assert history.publications == [] and history.position.offset >= 1
 
     run(scenario())
 

@@ -1,0 +1,1 @@
+"""The server app of bench/filters.py."""
