@@ -57,6 +57,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "on_leave": None,
         },
         {"pattern": "metrics:*", "publish": "server", "slow_consumer": "conflate"},
+        {"pattern": "dashboard:*", "history": 10, "delta": "fossil"},
     ],
 }
 EXAMPLE_PROJECT = '''\

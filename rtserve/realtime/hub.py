@@ -31,6 +31,7 @@ from rtserve.broker.base import (
 )
 from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
+from rtserve.realtime.delta import DeltaStream
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
@@ -206,6 +207,7 @@ class _Local:
     """The local side of one channel."""
 
     __slots__ = (
+        "delta",
         "epoch",
         "floors",
         "joins",
@@ -228,6 +230,7 @@ class _Local:
         # from the broker (a networked broker delivers after publish returns): the offset up
         # to which they have everything already.
         self.floors: dict[Subscriber, int] = {}
+        self.delta = DeltaStream() if rule.delta else None  # its subscribers asking for deltas
 
 
 @contextlib.contextmanager
@@ -419,8 +422,43 @@ class Hub:
             if offset >= max(floors.values()):
                 floors.clear()  # what follows is past every floor
         self.stats.deliveries += len(subscribers)
+        delta = local.delta
+        if delta is not None and delta.bases:
+            self._deliver_deltas(channel, publication, message, subscribers, rule, delta)
+            return
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)
+
+    def _deliver_deltas(
+        self,
+        channel: str,
+        publication: Publication,
+        message: Outbound,
+        subscribers: tuple[Subscriber, ...],
+        rule: ChannelRule,
+        delta: DeltaStream,
+    ) -> None:
+        """`on_publication` on a channel with delta subscribers: each gets the delta when it
+        is in step, the whole text when not, `message` when it did not ask for deltas."""
+        full_payload, patch_payload = delta.advance(channel, publication)
+        offset = publication.offset
+        full = Outbound(
+            full_payload, offset, channel=channel, epoch=message.epoch, publication=publication
+        )
+        patch = full
+        if patch_payload is not None:
+            patch = Outbound(
+                patch_payload, offset, channel=channel, epoch=message.epoch, publication=publication
+            )
+        bases = delta.bases
+        previous = offset - 1
+        for subscriber in subscribers:
+            base = bases.get(subscriber)
+            if base is None:
+                subscriber.deliver(channel, message, rule)
+            else:
+                bases[subscriber] = offset
+                subscriber.deliver(channel, patch if base == previous else full, rule)
 
     def _epoch_changed(self, channel: str, local: _Local, keep: Subscriber | None = None) -> None:
         """The broker lost the channel's stream: offsets restart, so every subscription (but
@@ -505,13 +543,20 @@ class Hub:
     # --- subscribing -----------------------------------------------------------------------
 
     async def subscribe(
-        self, subscriber: Subscriber, channel: str, since: StreamPosition | None = None
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        since: StreamPosition | None = None,
+        *,
+        delta: str | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Add a local subscriber; returns the subscribe result and the last offset it holds.
 
         Publications delivered to `subscriber` for `channel` from now on may repeat what the
         result holds: the subscriber skips offsets up to the returned one. With `since`, the
-        result holds the missed publications and `recovered`, or `recovered: false`.
+        result holds the missed publications and `recovered`, or `recovered: false`. With
+        `delta` (a format) on a channel whose rule has it, its pushes are delta publications
+        and the result says `delta`.
         """
         rule, params = self.rule(channel)
         local = self._local.get(channel)
@@ -520,6 +565,10 @@ class Hub:
         if rule.max_subscribers and len(local.subscribers) >= rule.max_subscribers:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "channel is full")
         local.subscribers[subscriber] = None
+        wants_delta = local.delta is not None and delta == rule.delta
+        if wants_delta:
+            assert local.delta is not None
+            local.delta.out_of_step(subscriber)
         try:
             await self._sync_node(channel)
             if since is None:
@@ -560,6 +609,10 @@ class Hub:
                     last = max(last, pubs[-1].offset)
         if self._local.get(channel) is local and subscriber in local.subscribers:
             local.floors[subscriber] = last
+            if wants_delta:  # what was handed over while subscribing may be skipped
+                assert local.delta is not None
+                local.delta.out_of_step(subscriber)
+                result["delta"] = rule.delta
         self.stats.subscriptions += 1
         return result, last
 
@@ -572,6 +625,8 @@ class Hub:
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
         local.floors.pop(subscriber, None)
+        if local.delta is not None:
+            local.delta.bases.pop(subscriber, None)
         if not local.subscribers:
             del self._local[channel]
             if channel in self._node and self.loop is not None:

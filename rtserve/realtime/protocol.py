@@ -154,6 +154,7 @@ class SubscribeRequest:
     since: StreamPosition | None = None
     token: str | None = None
     presence_diff: bool = False
+    delta: str | None = None  # the delta format asked for
 
 
 @dataclass(slots=True)
@@ -174,6 +175,7 @@ class Command:
     reverse: bool = False  # `history`: newest first, paging backwards from `since`
     by_user: bool = False  # `presence`: grouped by user ("group": "user")
     presence_diff: bool = False  # `subscribe`: `presence_diff` pushes for joins and leaves
+    delta: str | None = None  # `subscribe`: the delta format asked for ("fossil")
     size: int = 0  # bytes of `data` as JSON, for the size limits
 
 
@@ -247,6 +249,7 @@ def command_from_json(raw: Any) -> Command:
         command.by_user = group == "user"
     if op == "subscribe":
         command.presence_diff = _parse_flag(raw, "presence_diff", id_)
+        command.delta = _field(raw, "delta", check_delta, id_)
     if op == "rpc":
         method = raw.get("method")
         if not isinstance(method, str) or not METHOD_NAME.match(method):
@@ -336,7 +339,8 @@ def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
         token = _field(item, "token", check_token, id_)
         position = _field(item, "since", check_position, id_)
         diff = _parse_flag(item, "presence_diff", id_)
-        requests.append(SubscribeRequest(channel, position, token, diff))
+        delta = _field(item, "delta", check_delta, id_)
+        requests.append(SubscribeRequest(channel, position, token, diff, delta))
     return requests
 
 
@@ -375,6 +379,13 @@ def check_idempotency_key(value: Any) -> str:
             f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
         )
     return value
+
+
+def check_delta(value: Any) -> str:
+    """A delta format a subscription asks for: "fossil" (the only one)."""
+    if value != "fossil":
+        raise ChannelError(ErrorCode.BAD_REQUEST, 'delta must be "fossil"')
+    return "fossil"
 
 
 def check_limit(value: Any) -> int:

@@ -41,7 +41,7 @@ from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.hub import Hub, Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
-from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode
+from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode, check_delta
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.exchange import ClientDisconnected
 
@@ -151,6 +151,9 @@ class SSEStream:
             add_user_connection(hub, self.client.user, self)
             self._counted = True
             channels = channel_names(request)
+            delta = request.query.get("delta")
+            if delta is not None:
+                delta = check_delta(delta)
             since = positions(request, channels)
             last_id = request.headers.get("last-event-id")
             if last_id:
@@ -159,12 +162,14 @@ class SSEStream:
                     since[channel] = position
             for channel in channels:
                 with refusing(channel):
-                    await self._subscribe(channel, since.get(channel))
+                    await self._subscribe(channel, since.get(channel), delta)
         except BaseException:
             self._close()
             raise
 
-    async def _subscribe(self, channel: str, since: StreamPosition | None) -> None:
+    async def _subscribe(
+        self, channel: str, since: StreamPosition | None, delta: str | None = None
+    ) -> None:
         hub = self.hub
         rule, context, _ = await authorize_subscribe(
             hub, channel, self.client, self.claims, self.request
@@ -172,7 +177,7 @@ class SSEStream:
         outbox = self._outbox
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since)
+            result, last = await hub.subscribe(self, channel, since, delta=delta)
         except BaseException:
             outbox.forget(channel)
             raise

@@ -335,7 +335,7 @@ class ChannelSocket(WebSocketHandler):
         channel = command.channel
         assert channel is not None
         opening = await self._open_subscription(
-            channel, command.since, command.token, command.presence_diff
+            channel, command.since, command.token, command.presence_diff, command.delta
         )
         if opening is not None:
             self._answer(encode_reply(command.id, opening.result))
@@ -347,6 +347,7 @@ class ChannelSocket(WebSocketHandler):
         since: StreamPosition | None,
         token: str | None,
         presence_diff: bool = False,
+        delta: str | None = None,
     ) -> _Opening | None:
         """Subscribe at the Hub; publications are held back until _start_subscription, which
         comes after the reply (None: the connection closed meanwhile)."""
@@ -364,7 +365,7 @@ class ChannelSocket(WebSocketHandler):
             return None
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since)
+            result, last = await hub.subscribe(self, channel, since, delta=delta)
         except BaseException:
             outbox.forget(channel)
             raise
@@ -402,7 +403,7 @@ class ChannelSocket(WebSocketHandler):
             channel = request.channel
             try:
                 opening = await self._open_subscription(
-                    channel, request.since, request.token, request.presence_diff
+                    channel, request.since, request.token, request.presence_diff, request.delta
                 )
             except ChannelError as exc:
                 self.hub.stats.refused += 1
