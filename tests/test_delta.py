@@ -13,8 +13,10 @@ import pytest
 from rtserve import App, ChannelSettings
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.broker.memory import MemoryBroker
+from rtserve.client import Client, Subscription
+from rtserve.client.delta import DeltaText
 from rtserve.errors import ConfigError
-from rtserve.protocol.fossil import apply_delta
+from rtserve.protocol.fossil import DeltaError, apply_delta, create_delta
 from rtserve.realtime.delta import data_text
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import CommandError, ErrorCode, parse_command
@@ -238,3 +240,57 @@ def test_a_bad_delta_in_rtserve_yaml_is_refused_where_it_is_written(tmp_path: Pa
     )
     config, _ = load_project(tmp_path)
     assert config.channels.rules[0].delta == "fossil"
+
+
+# --- rtserve.client ---------------------------------------------------------------------------
+
+
+async def take(sub: Subscription, n: int) -> list[Any]:
+    return [(await asyncio.wait_for(anext(sub), 5)).data for _ in range(n)]
+
+
+def test_the_python_client_applies_deltas_and_recovers_from_a_bad_one() -> None:
+    async def main() -> None:
+        app = delta_app()
+        async with serve_app(app) as server:
+            client = Client(f"ws://127.0.0.1:{server.port}/rt/ws")
+            await client.connect()
+            sub = await client.subscribe("dash:c", delta=True)
+            for tick in range(1, 4):
+                await app.publish("dash:c", state(tick))
+            assert await take(sub, 3) == [state(t) for t in (1, 2, 3)]
+            assert sub._text.offset == 3 and sub.delta_errors == 0
+
+            # A text that is not the server's: the next delta fails its checksum; the
+            # subscription is made again from offset 3 and offset 4 comes from the history.
+            sub._text.text = sub._text.text.replace(b'"ms"', b'"us"', 1)
+            await app.publish("dash:c", state(4))
+            assert await take(sub, 1) == [state(4)]
+            assert sub.delta_errors == 1
+            await app.publish("dash:c", state(5))
+            assert await take(sub, 1) == [state(5)]
+
+            # A delta that does not follow the offset held: made again too.
+            await app.publish("dash:c", state(6))
+            assert await take(sub, 1) == [state(6)]
+            sub._text.offset = 2
+            await app.publish("dash:c", state(7))
+            await app.publish("dash:c", state(8))
+            assert await take(sub, 2) == [state(7), state(8)]
+            assert sub.delta_errors == 2
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_the_client_reads_the_text_and_refuses_what_is_not_a_delta() -> None:
+    text = DeltaText()
+    assert text.data({"offset": 5, "data": '{"a":1}', "delta": False}, 1000) == {"a": 1}
+    delta = create_delta(b'{"a":1}', b'{"a":2}').decode()
+    with pytest.raises(DeltaError, match="does not follow offset 5"):
+        text.data({"offset": 7, "data": delta, "delta": True}, 1000)
+    assert text.offset is None  # nothing held after a failure: the next delta fails too
+    text.data({"offset": 5, "data": '{"a":1}', "delta": False}, 1000)
+    assert text.data({"offset": 6, "data": delta, "delta": True}, 1000) == {"a": 2}
+    with pytest.raises(DeltaError, match="is a string"):
+        text.data({"offset": 7, "data": {"a": 3}, "delta": False}, 1000)

@@ -166,6 +166,7 @@ class Client:
         max_queue: int | None = None,
         on_presence: Callable[[PresenceEvent], Any] | None = None,
         presence_diff: bool = False,
+        delta: bool = False,
     ) -> Subscription:
         """Subscribe to `channel`: from now on, or from `since` (missed publications first;
         Unrecovered from the iterator when the server cannot give them).
@@ -176,6 +177,8 @@ class Client:
         token: the channel's subscription token, when its rule asks for one.
         on_presence: called (synchronously) with each Join, Leave and PresenceDigest, or with
             `presence_diff=True` each PresenceDiff instead.
+        delta: ask for fossil deltas (a channel whose rule has `delta: fossil` sends each
+            publication as a delta from the one before; the data handed over is the same).
         """
         if channel in self._subs:
             raise ValueError(f"already subscribed to {channel!r}")
@@ -188,6 +191,7 @@ class Client:
             max_queue=max_queue if max_queue is not None else self.max_queue,
             on_presence=on_presence,
             presence_diff=presence_diff,
+            delta=delta,
         )
         self._subs[channel] = sub
         try:
@@ -561,6 +565,8 @@ class Client:
         if sub is None:
             return  # a push that crossed our unsubscribe
         if kind == "pub":
+            if "delta" in message and not sub._data_of_delta(message):
+                return
             epoch = message.get("epoch")  # not sent by rtserve today; honoured when present
             sub._publication(Publication.from_json(channel, message), epoch)
         elif kind == "join":
@@ -678,6 +684,8 @@ def _subscription_fields(sub: Subscription, since: Position | None) -> dict[str,
         fields["token"] = sub.token
     if sub.presence_diff:
         fields["presence_diff"] = True
+    if sub.delta:
+        fields["delta"] = "fossil"
     if since is not None:
         fields["since"] = {"offset": since.offset, "epoch": since.epoch}
     return fields

@@ -9,7 +9,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rtserve.client.delta import DeltaText
 from rtserve.client.messages import Position, PresenceEvent, Publication, Unrecovered
+from rtserve.protocol.fossil import DeltaError
 
 if TYPE_CHECKING:
     from rtserve.client.connection import Client
@@ -28,6 +30,8 @@ class Subscription:
         with `recover=False`, which asks for no missed publications and only counts them).
     duplicates: publications dropped because their offset was not above `position`.
     skipped: publications the server skipped (offset jumps) that `fill_gaps=False` accepted.
+    delta_errors: times a delta publication did not apply (checksum, or not following the
+        offset held): each made the subscription again from `position`, recovering.
     expires: when the subscription token expires (unix seconds; None without one): the server
         ends the subscription then (ClientError 109) unless `refresh(token)` extended it.
 
@@ -49,6 +53,7 @@ class Subscription:
         max_queue: int,
         on_presence: Callable[[PresenceEvent], Any] | None,
         presence_diff: bool = False,
+        delta: bool = False,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -58,6 +63,9 @@ class Subscription:
         self.max_queue = max(1, max_queue)
         self.on_presence = on_presence
         self.presence_diff = presence_diff
+        self.delta = delta  # asks for fossil deltas; what the server granted is in `_text`
+        self._text = DeltaText()
+        self.delta_errors = 0  # times a delta did not apply (and the subscription was made again)
         self.position: Position | None = None
         self.expires: float | None = None
         self.recovered: bool | None = None
@@ -157,6 +165,19 @@ class Subscription:
         self._queue.append(pub)
         self._wake()
 
+    def _data_of_delta(self, push: dict[str, Any]) -> bool:
+        """Put the data of a `pub` push with `delta` in its `data`; False when it does not
+        apply, and the subscription is made again from `position` (recovering)."""
+        try:
+            push["data"] = self._text.data(push, self.client.max_message_size)
+        except (DeltaError, ValueError) as exc:
+            if not self._overflow:  # the first of a run: those that follow fail alike
+                self.delta_errors += 1
+                log.warning("%s: %s", self.channel, exc)
+                self._make_again()
+            return False
+        return True
+
     def _make_again(self) -> None:
         """Stop queueing and subscribe again from `position`."""
         log.info(
@@ -183,6 +204,7 @@ class Subscription:
     def _subscribed(self, result: dict[str, Any], since: Position | None, resumed: bool) -> None:
         """Apply a subscribe result (`resumed`: made again after a reconnect or an overflow)."""
         top = Position(int(result["offset"]), str(result["epoch"]))
+        self._text.reset()
         expires = result.get("expires")
         self.expires = float(expires) if expires is not None else None
         self._subscribing = False
