@@ -61,7 +61,9 @@ class Outbound:
 
     `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
     `publication` is what a `pub` push carries (for long polls), and `poll_answer` the whole
-    answer of every long poll this publication alone releases.
+    answer of every long poll this publication alone releases. A delta push has `whole`, the
+    same publication in full, which is what a subscriber's outbox holds back instead (a held
+    push may be dropped or conflated: the next one must not depend on it).
     """
 
     __slots__ = (
@@ -75,6 +77,7 @@ class Outbound:
         "payload",
         "plain",
         "publication",
+        "whole",
         "ws",
     )
 
@@ -96,6 +99,7 @@ class Outbound:
         self.channel = channel
         self.epoch = epoch
         self.publication = publication
+        self.whole: Outbound | None = None
         self._sse: bytes | None = None
         self._poll: bytes | None = None
         self.ws = SharedMessage.text(payload)
@@ -442,14 +446,16 @@ class Hub:
         is in step, the whole text when not, `message` when it did not ask for deltas."""
         full_payload, patch_payload = delta.advance(channel, publication)
         offset = publication.offset
+        epoch, key = message.epoch, message.key
         full = Outbound(
-            full_payload, offset, channel=channel, epoch=message.epoch, publication=publication
+            full_payload, offset, key, channel=channel, epoch=epoch, publication=publication
         )
         patch = full
         if patch_payload is not None:
             patch = Outbound(
-                patch_payload, offset, channel=channel, epoch=message.epoch, publication=publication
+                patch_payload, offset, key, channel=channel, epoch=epoch, publication=publication
             )
+            patch.whole = full
         bases = delta.bases
         previous = offset - 1
         for subscriber in subscribers:

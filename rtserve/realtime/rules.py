@@ -41,7 +41,7 @@ class ChannelRule:
     "disconnect" (close 4004), "drop_oldest" (keep its newest `max_pending` messages) or
     "conflate" (keep only the latest per `conflate_key` of the data, or per channel).
     delta: "fossil" lets a subscriber ask for each publication as a fossil delta from the one
-    before it (see realtime/delta.py); not with "conflate".
+    before it (see realtime/delta.py).
     Hooks (sync or async): on_subscribe(ctx) / on_publish(ctx) refuse by raising
     ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
     """
@@ -95,12 +95,6 @@ class ChannelRule:
         if self.delta is not None and self.delta not in DELTA_FORMATS:
             raise OptionError(
                 "delta", f"must be one of {DELTA_FORMATS} or null, not {self.delta!r}"
-            )
-        if self.delta is not None and self.slow_consumer == "conflate":
-            raise OptionError(
-                "delta",
-                "does not mix with slow_consumer 'conflate': conflation skips the "
-                "publications a delta is computed from",
             )
         if self.max_pending < 1:
             raise ValueError("max_pending must be >= 1")
