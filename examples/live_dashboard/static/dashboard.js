@@ -140,6 +140,7 @@ let lastOffset = null;
 function follow(since) {
   const sub = rt.subscribe(CHANNEL, {
     since,
+    delta: "fossil", // each sample as a delta from the one before, when that is smaller
     onPublication(pub) {
       if (lastOffset !== null && pub.offset > lastOffset + 1) {
         counts.skipped += pub.offset - lastOffset - 1; // conflated while this page was slow

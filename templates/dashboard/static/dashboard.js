@@ -54,6 +54,7 @@ rt.on("state", (state) => {
 });
 
 rt.subscribe(CHANNEL, {
+  delta: "fossil", // samples as deltas from the previous one, when smaller (see the README)
   onPublication(pub) {
     add(pub.data);
     show();
