@@ -248,6 +248,11 @@ def test_sse_streams_deltas_when_asked() -> None:
                 assert json.loads(text) == state(tick)
             assert kinds == [False, True, True]
             sse.close()
+            for query in ("channel=dash:s&delta=zstd", "channel=dash:s&delta=zstd&probe=1"):
+                answer = await loop.run_in_executor(None, SSE, port, query)
+                assert answer.response.status == 400
+                assert json.loads(answer.response.read())["error"]["code"] == ErrorCode.BAD_REQUEST
+                answer.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

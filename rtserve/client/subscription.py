@@ -63,7 +63,7 @@ class Subscription:
         self.max_queue = max(1, max_queue)
         self.on_presence = on_presence
         self.presence_diff = presence_diff
-        self.delta = delta  # asks for fossil deltas; what the server granted is in `_text`
+        self.delta = delta  # asks for fossil deltas (each push says whether it is one)
         self._text = DeltaText()
         self.delta_errors = 0  # times a delta did not apply (and the subscription was made again)
         self.position: Position | None = None

@@ -86,9 +86,17 @@ async def probe(hub: Hub, request: Request) -> None:
     client, claims = await http_client(hub, request, request.query.get("token"))
     channels = channel_names(request)
     positions(request, channels)
+    delta_format(request)
     for channel in channels:
         with refusing(channel):
             await authorize_subscribe(hub, channel, client, claims, request)
+
+
+def delta_format(request: Request) -> str | None:
+    """The `delta` query parameter: the delta format the stream's subscriptions ask for
+    (ChannelError 107 for one there is not)."""
+    delta = request.query.get("delta")
+    return None if delta is None else check_delta(delta)
 
 
 class SSEStream:
@@ -151,9 +159,7 @@ class SSEStream:
             add_user_connection(hub, self.client.user, self)
             self._counted = True
             channels = channel_names(request)
-            delta = request.query.get("delta")
-            if delta is not None:
-                delta = check_delta(delta)
+            delta = delta_format(request)
             since = positions(request, channels)
             last_id = request.headers.get("last-event-id")
             if last_id:
