@@ -230,7 +230,8 @@
       let text = pub.data;
       if (pub.delta) {
         if (this.text === null || this.textOffset !== pub.offset - 1) {
-          throw new Error(`rtserve.js: a delta for offset ${pub.offset} does not follow ${this.textOffset}`);
+          const held = this.textOffset;
+          throw new Error(`rtserve.js: a delta for offset ${pub.offset} does not follow ${held}`);
         }
         text = applyDelta(this.text, pub.data);
       }
