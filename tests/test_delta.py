@@ -4,12 +4,15 @@ of whole text or shared delta per subscriber, and the pushes on /rt/ws and SSE."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtserve import App, ChannelSettings
 from rtserve.broker.base import ClientInfo, StreamPosition
@@ -90,6 +93,40 @@ def test_subscribers_in_step_share_one_delta_and_others_get_the_whole_text() -> 
         await hub.publish("dash:1", state(4))
         assert [pushed(m)["delta"] for m in b.got[2:]] == [False, True]
         assert pushed(a.got[2])["delta"] is True
+        await hub.close()
+
+    asyncio.run(main())
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(JSON_VALUES, st.booleans()), min_size=1, max_size=10))
+def test_any_stream_decodes_to_what_was_published(steps: list[tuple[Any, bool]]) -> None:
+    """Whatever is published, and whenever one subscriber subscribes again, each delta
+    subscriber's pushes read in order (as a client does) give back every publication."""
+
+    async def main() -> None:
+        hub = hub_with(delta="fossil", history=50)
+        await hub.start()
+        moving, staying = Recorder("moving"), Recorder("staying")
+        await hub.subscribe(moving, "dash:p", delta="fossil")
+        await hub.subscribe(staying, "dash:p", delta="fossil")
+        for data, again in steps:
+            if again:
+                hub.unsubscribe(moving, "dash:p")
+                await hub.subscribe(moving, "dash:p", delta="fossil")
+            await hub.publish("dash:p", data)
+        published = [data for data, _ in steps]
+        for subscriber in (moving, staying):
+            text = DeltaText()
+            assert [text.data(pushed(m), 1 << 20) for m in subscriber.got] == published
+        assert all(pushed(m)["delta"] is False for m in staying.got[:1])
         await hub.close()
 
     asyncio.run(main())
@@ -326,3 +363,33 @@ def test_the_client_reads_the_text_and_refuses_what_is_not_a_delta() -> None:
     assert text.data({"offset": 6, "data": delta, "delta": True}, 1000) == {"a": 2}
     with pytest.raises(DeltaError, match="is a string"):
         text.data({"offset": 7, "data": {"a": 3}, "delta": False}, 1000)
+
+
+def test_deltas_on_every_broker_across_two_nodes(
+    app_broker: Any, request: pytest.FixtureRequest
+) -> None:
+    """Each node computes its deltas from the publications its broker delivers: a subscriber
+    of node B gets deltas of what node A published (one node on the memory broker)."""
+    one_node = request.node.callspec.params["app_broker"] == "memory"
+
+    async def main() -> None:
+        node_a = delta_app()
+        node_b = node_a if one_node else delta_app()
+        async with contextlib.AsyncExitStack() as stack:
+            server_b = await stack.enter_async_context(serve_app(node_b))
+            if not one_node:
+                await stack.enter_async_context(serve_app(node_a))
+            url = f"ws://127.0.0.1:{server_b.port}/rt/ws"
+            peer = await Peer.open(url, protocol=2)
+            await peer.call("subscribe", channel="dash:n", delta="fossil")
+            for tick in range(1, 5):
+                await node_a.publish("dash:n", state(tick))
+            text = b""
+            for tick, push in enumerate(await peer.pubs(4), start=1):
+                data = push["data"].encode()
+                text = apply_delta(text, data) if push["delta"] else data
+                assert json.loads(text) == state(tick)
+                assert push["delta"] is (tick > 1)
+            await peer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
