@@ -15,6 +15,7 @@ RtserveError                     every error rtserve raises on purpose
  │    └── DeflateError           a compressed message that cannot be accepted (protocol.deflate)
  ├── InvalidHandshake            the server refused our WebSocket (protocol.ws_client)
  ├── ConnectionClosed            our WebSocket is closed: code and reason (protocol.ws_client)
+ ├── DeltaError                  a fossil delta that cannot be applied (protocol.fossil)
  ├── RouteError                  routes that cannot coexist, or an unknown route name
  ├── ConfigError                 bad settings, naming where they came from
  │    └── ConfigErrors           every problem of one config source (config.loader)

@@ -10,7 +10,10 @@ them. The channel rule:
   of a queue that grows; fast browsers get every sample;
 - `history=120` for two minutes: a page that opens asks for the recent past and starts with
   its charts filled; one that reconnects gets what it missed (rtserve.js does it);
-- `publish="server"` (the default): browsers only read; collectors publish with the API key.
+- `publish="server"` (the default): browsers only read; collectors publish with the API key;
+- `delta="fossil"`: the page asks for delta publications, so each sample after the first
+  travels as a fossil delta from the one before (a few dozen bytes instead of the sample)
+  when that is smaller; rtserve.js applies and checks them.
 
 Each server process also publishes its own figures (`"kind": "server"`: subscribers of the
 channel on this process, deliveries a second, conflated messages) once a second, so the page
@@ -67,6 +70,7 @@ def create_app(
         history_ttl=120.0,
         slow_consumer="conflate",
         conflate_key="host",
+        delta="fossil",
     )
     app.static_file("/", HERE / "static" / "index.html")
     app.static("/static", HERE / "static")

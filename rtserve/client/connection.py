@@ -167,6 +167,7 @@ class Client:
         on_presence: Callable[[PresenceEvent], Any] | None = None,
         presence_diff: bool = False,
         filter: Mapping[str, Any] | None = None,
+        delta: bool = False,
     ) -> Subscription:
         """Subscribe to `channel`: from now on, or from `since` (missed publications first;
         Unrecovered from the iterator when the server cannot give them).
@@ -180,6 +181,8 @@ class Client:
         filter: a tag filter (docs/protocol.md, e.g. `{"eq": ["region", "eu"]}`): only the
             publications whose tags it matches are sent, live and recovered; offsets then jump
             over the others, which is no gap.
+        delta: ask for fossil deltas (a channel whose rule has `delta: fossil` sends each
+            publication as a delta from the one before; the data handed over is the same).
         """
         if channel in self._subs:
             raise ValueError(f"already subscribed to {channel!r}")
@@ -193,6 +196,7 @@ class Client:
             on_presence=on_presence,
             presence_diff=presence_diff,
             tag_filter=filter,
+            delta=delta,
         )
         self._subs[channel] = sub
         try:
@@ -574,6 +578,8 @@ class Client:
         if sub is None:
             return  # a push that crossed our unsubscribe
         if kind == "pub":
+            if "delta" in message and not sub._data_of_delta(message):
+                return
             epoch = message.get("epoch")  # not sent by rtserve today; honoured when present
             sub._publication(Publication.from_json(channel, message), epoch)
         elif kind == "join":
@@ -693,6 +699,8 @@ def _subscription_fields(sub: Subscription, since: Position | None) -> dict[str,
         fields["presence_diff"] = True
     if sub.tag_filter is not None:
         fields["filter"] = sub.tag_filter
+    if sub.delta:
+        fields["delta"] = "fossil"
     if since is not None:
         fields["since"] = {"offset": since.offset, "epoch": since.epoch}
     return fields

@@ -9,7 +9,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rtserve.client.delta import DeltaText
 from rtserve.client.messages import Position, PresenceEvent, Publication, Unrecovered
+from rtserve.protocol.fossil import DeltaError
 
 if TYPE_CHECKING:
     from rtserve.client.connection import Client
@@ -30,6 +32,8 @@ class Subscription:
     skipped: publications the server skipped (offset jumps) that `fill_gaps=False` accepted.
     tag_filter: the subscription's filter over publication tags: the server sends only what
         it matches, so offsets jump over the rest and a jump is no gap.
+    delta_errors: times a delta publication did not apply (checksum, or not following the
+        offset held): each made the subscription again from `position`, recovering.
     expires: when the subscription token expires (unix seconds; None without one): the server
         ends the subscription then (ClientError 109) unless `refresh(token)` extended it.
 
@@ -52,6 +56,7 @@ class Subscription:
         on_presence: Callable[[PresenceEvent], Any] | None,
         presence_diff: bool = False,
         tag_filter: Mapping[str, Any] | None = None,
+        delta: bool = False,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -62,6 +67,9 @@ class Subscription:
         self.on_presence = on_presence
         self.presence_diff = presence_diff
         self.tag_filter = tag_filter  # offsets jump over what it leaves out: no gap
+        self.delta = delta  # asks for fossil deltas (each push says whether it is one)
+        self._text = DeltaText()
+        self.delta_errors = 0  # times a delta did not apply (and the subscription was made again)
         self.position: Position | None = None
         self.expires: float | None = None
         self.recovered: bool | None = None
@@ -161,6 +169,19 @@ class Subscription:
         self._queue.append(pub)
         self._wake()
 
+    def _data_of_delta(self, push: dict[str, Any]) -> bool:
+        """Put the data of a `pub` push with `delta` in its `data`; False when it does not
+        apply, and the subscription is made again from `position` (recovering)."""
+        try:
+            push["data"] = self._text.data(push, self.client.max_message_size)
+        except (DeltaError, ValueError) as exc:
+            if not self._overflow:  # the first of a run: those that follow fail alike
+                self.delta_errors += 1
+                log.warning("%s: %s", self.channel, exc)
+                self._make_again()
+            return False
+        return True
+
     def _make_again(self) -> None:
         """Stop queueing and subscribe again from `position`."""
         log.info(
@@ -187,6 +208,7 @@ class Subscription:
     def _subscribed(self, result: dict[str, Any], since: Position | None, resumed: bool) -> None:
         """Apply a subscribe result (`resumed`: made again after a reconnect or an overflow)."""
         top = Position(int(result["offset"]), str(result["epoch"]))
+        self._text.reset()
         expires = result.get("expires")
         self.expires = float(expires) if expires is not None else None
         self._subscribing = False

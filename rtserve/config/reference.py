@@ -64,6 +64,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "slow_consumer": "conflate",
             "filter_max_size": "2KiB",
         },
+        {"pattern": "dashboard:*", "history": 10, "delta": "fossil"},
     ],
 }
 EXAMPLE_PROJECT = '''\

@@ -38,6 +38,7 @@ from rtserve.realtime.filters import (
     check_tags,
     keeps,
 )
+from rtserve.realtime.delta import DeltaStream
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
@@ -67,7 +68,9 @@ class Outbound:
 
     `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
     `publication` is what a `pub` push carries (for long polls), and `poll_answer` the whole
-    answer of every long poll this publication alone releases.
+    answer of every long poll this publication alone releases. A delta push has `whole`, the
+    same publication in full, which is what a subscriber's outbox holds back instead (a held
+    push may be dropped or conflated: the next one must not depend on it).
     """
 
     __slots__ = (
@@ -81,6 +84,7 @@ class Outbound:
         "payload",
         "plain",
         "publication",
+        "whole",
         "ws",
     )
 
@@ -102,6 +106,7 @@ class Outbound:
         self.channel = channel
         self.epoch = epoch
         self.publication = publication
+        self.whole: Outbound | None = None
         self._sse: bytes | None = None
         self._poll: bytes | None = None
         self.ws = SharedMessage.text(payload)
@@ -213,6 +218,7 @@ class _Local:
     """The local side of one channel."""
 
     __slots__ = (
+        "delta",
         "epoch",
         "floors",
         "groups",
@@ -237,6 +243,7 @@ class _Local:
         # from the broker (a networked broker delivers after publish returns): the offset up
         # to which they have everything already.
         self.floors: dict[Subscriber, int] = {}
+        self.delta = DeltaStream() if rule.delta else None  # its subscribers asking for deltas
 
 
 @contextlib.contextmanager
@@ -441,8 +448,45 @@ class Hub:
             if offset >= max(floors.values()):
                 floors.clear()  # what follows is past every floor
         self.stats.deliveries += len(subscribers)
+        delta = local.delta
+        if delta is not None and delta.bases:
+            self._deliver_deltas(channel, publication, message, subscribers, rule, delta)
+            return
         for subscriber in subscribers:
             subscriber.deliver(channel, message, rule)
+
+    def _deliver_deltas(
+        self,
+        channel: str,
+        publication: Publication,
+        message: Outbound,
+        subscribers: tuple[Subscriber, ...],
+        rule: ChannelRule,
+        delta: DeltaStream,
+    ) -> None:
+        """`on_publication` on a channel with delta subscribers: each gets the delta when it
+        is in step, the whole text when not, `message` when it did not ask for deltas."""
+        full_payload, patch_payload = delta.advance(channel, publication)
+        offset = publication.offset
+        epoch, key = message.epoch, message.key
+        full = Outbound(
+            full_payload, offset, key, channel=channel, epoch=epoch, publication=publication
+        )
+        patch = full
+        if patch_payload is not None:
+            patch = Outbound(
+                patch_payload, offset, key, channel=channel, epoch=epoch, publication=publication
+            )
+            patch.whole = full
+        bases = delta.bases
+        previous = offset - 1
+        for subscriber in subscribers:
+            base = bases.get(subscriber)
+            if base is None:
+                subscriber.deliver(channel, message, rule)
+            else:
+                bases[subscriber] = offset
+                subscriber.deliver(channel, patch if base == previous else full, rule)
 
     def _epoch_changed(self, channel: str, local: _Local, keep: Subscriber | None = None) -> None:
         """The broker lost the channel's stream: offsets restart, so every subscription (but
@@ -532,6 +576,8 @@ class Hub:
         channel: str,
         since: StreamPosition | None = None,
         tag_filter: TagFilter | None = None,
+        *,
+        delta: str | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Add a local subscriber; returns the subscribe result and the last offset it holds.
 
@@ -540,7 +586,9 @@ class Hub:
         result holds the missed publications and `recovered`, or `recovered: false`. With
         `tag_filter`, only the publications it matches are delivered or recovered (whether
         recovery is possible is judged on the whole stream, so skipped offsets are no gap);
-        ChannelError 103 or 118 when the channel's rule forbids the filter.
+        ChannelError 103 or 118 when the channel's rule forbids the filter. With
+        `delta` (a format) on a channel whose rule has it, its pushes are delta publications
+        and the result says `delta`.
         """
         rule, params = self.rule(channel)
         check_filter_allowed(rule, tag_filter)
@@ -551,6 +599,10 @@ class Hub:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "channel is full")
         local.subscribers[subscriber] = None
         local.groups.add(subscriber, tag_filter)
+        wants_delta = local.delta is not None and delta == rule.delta
+        if wants_delta:
+            assert local.delta is not None
+            local.delta.out_of_step(subscriber)
         try:
             await self._sync_node(channel)
             if since is None:
@@ -593,6 +645,10 @@ class Hub:
                     last = max(last, pubs[-1].offset)
         if self._local.get(channel) is local and subscriber in local.subscribers:
             local.floors[subscriber] = last
+            if wants_delta:  # what was handed over while subscribing may be skipped
+                assert local.delta is not None
+                local.delta.out_of_step(subscriber)
+                result["delta"] = rule.delta
         self.stats.subscriptions += 1
         return result, last
 
@@ -606,6 +662,8 @@ class Hub:
             return False
         local.floors.pop(subscriber, None)
         local.groups.remove(subscriber)
+        if local.delta is not None:
+            local.delta.bases.pop(subscriber, None)
         if not local.subscribers:
             del self._local[channel]
             if channel in self._node and self.loop is not None:

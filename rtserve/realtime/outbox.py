@@ -142,6 +142,8 @@ class Outbox:
         return True
 
     def _hold(self, channel: str, message: Outbound, rule: ChannelRule, data: bytes) -> None:
+        if message.whole is not None:  # a delta: held in full, as it may be dropped or replaced
+            data = self._encode(message.whole)
         held = self._held
         if held is None:
             held = self._held = OrderedDict()

@@ -157,6 +157,7 @@ class SubscribeRequest:
     token: str | None = None
     presence_diff: bool = False
     filter: Any = None  # the tag filter as sent (realtime/filters.py checks it)
+    delta: str | None = None  # the delta format asked for
 
 
 @dataclass(slots=True)
@@ -177,6 +178,7 @@ class Command:
     reverse: bool = False  # `history`: newest first, paging backwards from `since`
     by_user: bool = False  # `presence`: grouped by user ("group": "user")
     presence_diff: bool = False  # `subscribe`: `presence_diff` pushes for joins and leaves
+    delta: str | None = None  # `subscribe`: the delta format asked for ("fossil")
     size: int = 0  # bytes of `data` as JSON, for the size limits
     filter: Any = None  # `subscribe`: the tag filter as sent (realtime/filters.py checks it)
     tags: Any = None  # `publish`: the publication's tags as sent (filters.check_tags)
@@ -253,6 +255,7 @@ def command_from_json(raw: Any) -> Command:
     if op == "subscribe":
         command.presence_diff = _parse_flag(raw, "presence_diff", id_)
         command.filter = raw.get("filter")
+        command.delta = _field(raw, "delta", check_delta, id_)
     if op == "publish":
         command.tags = raw.get("tags")
     if op == "rpc":
@@ -344,7 +347,10 @@ def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
         token = _field(item, "token", check_token, id_)
         position = _field(item, "since", check_position, id_)
         diff = _parse_flag(item, "presence_diff", id_)
-        requests.append(SubscribeRequest(channel, position, token, diff, item.get("filter")))
+        delta = _field(item, "delta", check_delta, id_)
+        requests.append(
+            SubscribeRequest(channel, position, token, diff, item.get("filter"), delta)
+        )
     return requests
 
 
@@ -383,6 +389,13 @@ def check_idempotency_key(value: Any) -> str:
             f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
         )
     return value
+
+
+def check_delta(value: Any) -> str:
+    """A delta format a subscription asks for: "fossil" (the only one)."""
+    if value != "fossil":
+        raise ChannelError(ErrorCode.BAD_REQUEST, 'delta must be "fossil"')
+    return "fossil"
 
 
 def check_limit(value: Any) -> int:

@@ -20,6 +20,7 @@ from rtserve.schema import OptionError, opt, ref
 
 PUBLISHERS = ("server", "clients")
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop_oldest", "conflate")
+DELTA_FORMATS = ("fossil",)
 HOOKS = ("on_subscribe", "on_publish", "on_join", "on_leave")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_IN_NAMES = re.compile(rf"[^{CHANNEL_CHARACTERS}]")
@@ -39,6 +40,8 @@ class ChannelRule:
     (0: no limit). slow_consumer: what happens to a subscriber that cannot keep up —
     "disconnect" (close 4004), "drop_oldest" (keep its newest `max_pending` messages) or
     "conflate" (keep only the latest per `conflate_key` of the data, or per channel).
+    delta: "fossil" lets a subscriber ask for each publication as a fossil delta from the one
+    before it (see realtime/delta.py).
     Hooks (sync or async): on_subscribe(ctx) / on_publish(ctx) refuse by raising
     ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
     filters / filter_max_size: whether subscribers may pass a filter over publication tags,
@@ -74,6 +77,9 @@ class ChannelRule:
     filter_max_size: int = opt(
         1024, "largest tag filter a subscriber may pass, bytes of its JSON (0: 8 KiB)", size=True
     )
+    delta: str | None = opt(
+        None, "subscribers may ask for fossil deltas from the previous publication (None: no)"
+    )
     on_subscribe: Callable[..., Any] | None = ref("may refuse a subscription (ChannelError)")
     on_publish: Callable[..., Any] | None = ref(
         "validates, transforms or stores a client publication; may refuse it"
@@ -98,6 +104,10 @@ class ChannelRule:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.delta is not None and self.delta not in DELTA_FORMATS:
+            raise OptionError(
+                "delta", f"must be one of {DELTA_FORMATS} or null, not {self.delta!r}"
+            )
         if self.max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         if self.history_ttl < 0 or self.publish_rate < 0:

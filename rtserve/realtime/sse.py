@@ -44,7 +44,7 @@ from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.filters import TagFilter, check_filter_allowed
 from rtserve.realtime.hub import Hub, Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
-from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode
+from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode, check_delta
 from rtserve.realtime.rules import ChannelRule
 from rtserve.server.exchange import ClientDisconnected
 
@@ -90,10 +90,18 @@ async def probe(hub: Hub, request: Request) -> None:
     channels = channel_names(request)
     positions(request, channels)
     filters = tag_filters(request, channels)
+    delta_format(request)
     for channel in channels:
         with refusing(channel):
             rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
             check_filter_allowed(rule, filters.get(channel))
+
+
+def delta_format(request: Request) -> str | None:
+    """The `delta` query parameter: the delta format the stream's subscriptions ask for
+    (ChannelError 107 for one there is not)."""
+    delta = request.query.get("delta")
+    return None if delta is None else check_delta(delta)
 
 
 class SSEStream:
@@ -156,6 +164,7 @@ class SSEStream:
             add_user_connection(hub, self.client.user, self)
             self._counted = True
             channels = channel_names(request)
+            delta = delta_format(request)
             since = positions(request, channels)
             filters = tag_filters(request, channels)
             last_id = request.headers.get("last-event-id")
@@ -165,13 +174,17 @@ class SSEStream:
                     since[channel] = position
             for channel in channels:
                 with refusing(channel):
-                    await self._subscribe(channel, since.get(channel), filters.get(channel))
+                    await self._subscribe(channel, since.get(channel), filters.get(channel), delta)
         except BaseException:
             self._close()
             raise
 
     async def _subscribe(
-        self, channel: str, since: StreamPosition | None, tag_filter: TagFilter | None
+        self,
+        channel: str,
+        since: StreamPosition | None,
+        tag_filter: TagFilter | None,
+        delta: str | None = None,
     ) -> None:
         hub = self.hub
         rule, context, _ = await authorize_subscribe(
@@ -180,7 +193,7 @@ class SSEStream:
         outbox = self._outbox
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since, tag_filter)
+            result, last = await hub.subscribe(self, channel, since, tag_filter, delta=delta)
         except BaseException:
             outbox.forget(channel)
             raise

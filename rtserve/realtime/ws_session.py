@@ -336,7 +336,12 @@ class ChannelSocket(WebSocketHandler):
         channel = command.channel
         assert channel is not None
         opening = await self._open_subscription(
-            channel, command.since, command.token, command.presence_diff, command.filter
+            channel,
+            command.since,
+            command.token,
+            command.presence_diff,
+            command.filter,
+            command.delta,
         )
         if opening is not None:
             self._answer(encode_reply(command.id, opening.result))
@@ -349,6 +354,7 @@ class ChannelSocket(WebSocketHandler):
         token: str | None,
         presence_diff: bool = False,
         raw_filter: Any = None,
+        delta: str | None = None,
     ) -> _Opening | None:
         """Subscribe at the Hub (with the tag filter as sent, if any); publications are held
         back until _start_subscription, which comes after the reply (None: the connection
@@ -368,7 +374,7 @@ class ChannelSocket(WebSocketHandler):
             return None
         outbox.gather(channel)
         try:
-            result, last = await hub.subscribe(self, channel, since, tag_filter)
+            result, last = await hub.subscribe(self, channel, since, tag_filter, delta=delta)
         except BaseException:
             outbox.forget(channel)
             raise
@@ -406,7 +412,12 @@ class ChannelSocket(WebSocketHandler):
             channel = request.channel
             try:
                 opening = await self._open_subscription(
-                    channel, request.since, request.token, request.presence_diff, request.filter
+                    channel,
+                    request.since,
+                    request.token,
+                    request.presence_diff,
+                    request.filter,
+                    request.delta,
                 )
             except ChannelError as exc:
                 self.hub.stats.refused += 1

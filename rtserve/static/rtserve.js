@@ -31,8 +31,14 @@
 //   token, called before the current one expires (`sub_refresh`, WebSocket only); filter: a
 //   tag filter, e.g. { eq: ["region", "eu"] } or { in: ["symbol", ["A", "B"]] } (docs/protocol.md,
 //   every transport): the server sends only the publications whose tags it matches.
+//   delta: "fossil" asks for delta publications (a channel with `delta: fossil` then sends
+//   each as a fossil delta from the one before; WebSocket and SSE): onPublication gets the
+//   same data, and a delta that does not apply (its checksum, or not following the offset
+//   held) makes the subscription again from its position.
 //   subscription.position is { offset, epoch } (null before the first answer);
 //   subscription.unsubscribe() ends it.
+// Rtserve.applyDelta(source, delta) -> the text a fossil delta makes of `source` (strings of
+//   ASCII); throws an Error when it does not apply.
 // rt.publish(channel, data, { idempotency_key, tags }) -> Promise of { offset, epoch }
 //   (tags: a small map of strings that subscribers' filters match)
 // rt.history(channel, { limit, since, reverse }) -> Promise of { publications, offset, epoch }
@@ -109,6 +115,75 @@
     }
     return pairs;
   }
+
+  // Fossil deltas (docs/protocol.md#delta-publications), over ASCII strings: one character is
+  // one byte. Integers are base 64, most significant digit first.
+  const DIGIT_VALUES = new Map(
+    [..."0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~"].map((c, i) => [c, i]),
+  );
+  const MAX_DELTA_OUTPUT = 64 * 1024 * 1024; // characters a delta may make
+  // The sum, modulo 2^32, of the text as big-endian 32-bit words (the last padded with 0).
+  function fossilChecksum(text) {
+    let sum = 0;
+    let i = 0;
+    for (; i + 4 <= text.length; i += 4) {
+      const word =
+        (text.charCodeAt(i) << 24) |
+        (text.charCodeAt(i + 1) << 16) |
+        (text.charCodeAt(i + 2) << 8) |
+        text.charCodeAt(i + 3);
+      sum = (sum + word) >>> 0;
+    }
+    let last = 0;
+    for (let shift = 24; i < text.length; i++, shift -= 8) last |= text.charCodeAt(i) << shift;
+    return (sum + last) >>> 0;
+  }
+  function applyDelta(source, delta) {
+    let at = 0;
+    const fail = (what) => {
+      throw new Error(`rtserve.js: bad delta: ${what} (at ${at})`);
+    };
+    const integer = () => {
+      const start = at;
+      let value = 0;
+      while (at < delta.length && at - start < 9 && DIGIT_VALUES.has(delta[at])) {
+        value = value * 64 + DIGIT_VALUES.get(delta[at++]);
+      }
+      if (at === start || at - start > 8) fail("integer expected");
+      return value;
+    };
+    const size = integer();
+    if (delta[at++] !== "\n") fail("no newline after the size");
+    if (size > MAX_DELTA_OUTPUT) fail(`${size} characters`);
+    const parts = [];
+    let total = 0;
+    for (;;) {
+      const count = integer();
+      const op = delta[at++];
+      if (op === "@") {
+        const offset = integer();
+        if (delta[at++] !== ",") fail("copy not ended by ','");
+        if (offset + count > source.length) fail("copy outside the source");
+        if (total + count > size) fail("more than the size");
+        parts.push(source.substring(offset, offset + count));
+        total += count;
+      } else if (op === ":") {
+        if (total + count > size) fail("more than the size");
+        if (at + count > delta.length) fail("insert past the end");
+        parts.push(delta.substring(at, at + count));
+        at += count;
+        total += count;
+      } else if (op === ";") {
+        if (at !== delta.length) fail("bytes after the checksum");
+        if (total !== size) fail("not the size in the header");
+        const out = parts.join("");
+        if (fossilChecksum(out) !== count) fail("checksum mismatch");
+        return out;
+      } else {
+        fail(op === undefined ? "no checksum" : `unknown command ${JSON.stringify(op)}`);
+      }
+    }
+  }
   // ms until a token expiring at `expires` (unix s) is replaced: a quarter of its life
   // early, at most 30 s.
   function refreshDelay(expires) {
@@ -125,6 +200,8 @@
       this.offset = handlers.since ? handlers.since.offset : 0;
       this.epoch = handlers.since ? handlers.since.epoch : null;
       this.retries = 0; // subscribes refused in a row by a broker failure
+      this.text = null; // a delta subscription's last text, and its offset
+      this.textOffset = 0;
     }
     get position() {
       return this.epoch === null ? null : { offset: this.offset, epoch: this.epoch };
@@ -144,16 +221,44 @@
     // One publication: applied once, in order (offsets at or below the last are seen already;
     // a jump ahead is a gap the server made for a slow client: applied anyway).
     _pub(pub) {
+      let data = pub.data;
+      if (pub.delta !== undefined) {
+        try {
+          data = this._fromText(pub);
+        } catch (error) {
+          if (this.text !== null) console.warn(error.message, "; subscribing again");
+          this.text = null;
+          return this.rt._resubscribe(this);
+        }
+      }
       if (pub.offset <= this.offset) return;
       this.offset = pub.offset;
-      const out = { channel: this.channel, offset: pub.offset, data: pub.data };
+      const out = { channel: this.channel, offset: pub.offset, data };
       if (pub.info) out.info = pub.info;
       if (pub.tags) out.tags = pub.tags;
       this._call("onPublication", out);
     }
+    // The data of a delta subscription's push: its JSON text, or the delta applied to the
+    // text of the offset before (an Error when it is not held or the checksum fails).
+    _fromText(pub) {
+      let text = pub.data;
+      if (pub.delta) {
+        if (this.text === null || this.textOffset !== pub.offset - 1) {
+          const held = this.textOffset;
+          throw new Error(`rtserve.js: a delta for offset ${pub.offset} does not follow ${held}`);
+        }
+        text = applyDelta(this.text, pub.data);
+      }
+      const data = JSON.parse(text);
+      this.text = text;
+      this.textOffset = pub.offset;
+      return data;
+    }
     // A subscribe answer ({channel, offset, epoch, recovered?, publications?}).
     _subscribed(result, asked) {
       this.retries = 0;
+      this.text = null;
+      this.resubscribing = false;
       if (!asked) {
         // A start from now resumes nothing: no `recovered` (a poll's answer has one anyway).
         const { recovered, publications, ...fresh } = result;
@@ -304,6 +409,7 @@
       if (sub.epoch !== null) fields.since = { offset: sub.offset, epoch: sub.epoch };
       if (sub.token) fields.token = sub.token;
       if (sub.handlers.onPresenceDiff) fields.presence_diff = true;
+      if (sub.handlers.delta) fields.delta = sub.handlers.delta;
       return fields;
     }
     _subscribeAnswered(sub, result, asked) {
@@ -327,6 +433,11 @@
     }
     unsubscribe(sub) {
       this.send({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+    }
+    // A delta did not apply: make the subscription again from its position (recovering).
+    resubscribe(sub) {
+      this.unsubscribe(sub);
+      this.subscribe(sub);
     }
     call(op, fields) {
       return this.send({ op, ...fields });
@@ -484,6 +595,9 @@
     unsubscribe() {
       this.restart();
     }
+    resubscribe() {
+      this.restart();
+    }
     // The stream's request was refused (`error` from the server's JSON, an Error with
     // `code`): one channel's (that subscription ends with onError and the stream goes on
     // without it) or the connection's (the client closes or retries as the code says).
@@ -518,6 +632,8 @@
         return;
       }
       const pairs = subs.flatMap(streamPairs);
+      // Deltas for the stream's channels (each push says whether it is one).
+      if (subs.some((sub) => sub.handlers.delta)) pairs.push(["delta", "fossil"]);
       let source;
       const url = `${this.rt.base}${this.rt.prefix}/sse?${this.query(pairs)}`;
       try {
@@ -771,6 +887,13 @@
       if (this.state === "connected") this.transport.unsubscribe(sub);
     }
 
+    _resubscribe(sub) {
+      if (sub.resubscribing || this.state !== "connected") return; // a reconnect makes it again
+      if (this.subs.get(sub.channel) !== sub) return;
+      sub.resubscribing = true;
+      this.transport.resubscribe(sub);
+    }
+
     _ended(sub, error) {
       if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
       clearTimeout(sub.refresher);
@@ -852,6 +975,7 @@
     }
   }
 
+  Rtserve.applyDelta = applyDelta;
   global.Rtserve = Rtserve;
   if (typeof module === "object" && module.exports) module.exports = Rtserve;
 })(typeof window !== "undefined" ? window : globalThis);

@@ -149,6 +149,7 @@ function follow(since) {
   const sub = rt.subscribe(CHANNEL, {
     since,
     filter,
+    delta: "fossil", // each sample as a delta from the one before, when that is smaller
     onPublication(pub) {
       if (!filter && lastOffset !== null && pub.offset > lastOffset + 1) {
         counts.skipped += pub.offset - lastOffset - 1; // conflated while this page was slow

@@ -188,6 +188,7 @@ def test_the_channel_rule_conflates_by_host_and_keeps_history() -> None:
     rule = found[0]
     assert (rule.slow_consumer, rule.conflate_key, rule.publish) == ("conflate", "host", "server")
     assert rule.history == dashboard.HISTORY > 0
+    assert rule.delta == "fossil"
 
 
 def test_the_collector_reaches_a_subscriber_over_the_publish_api() -> None:

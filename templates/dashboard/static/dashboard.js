@@ -58,6 +58,7 @@ rt.on("state", (state) => {
 const host = new URLSearchParams(location.search).get("host");
 rt.subscribe(CHANNEL, {
   filter: host ? { eq: ["host", host] } : undefined,
+  delta: "fossil", // samples as deltas from the previous one, when smaller (see the README)
   onPublication(pub) {
     add(pub.data);
     show();
