@@ -31,6 +31,7 @@ from rtserve.broker.base import (
 )
 from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
+from rtserve.realtime.delta import DeltaStream
 from rtserve.realtime.filters import (
     FilterGroups,
     TagFilter,
@@ -38,7 +39,6 @@ from rtserve.realtime.filters import (
     check_tags,
     keeps,
 )
-from rtserve.realtime.delta import DeltaStream
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,

@@ -348,9 +348,7 @@ def _parse_subscriptions(value: Any, id_: int | None) -> list[SubscribeRequest]:
         position = _field(item, "since", check_position, id_)
         diff = _parse_flag(item, "presence_diff", id_)
         delta = _field(item, "delta", check_delta, id_)
-        requests.append(
-            SubscribeRequest(channel, position, token, diff, item.get("filter"), delta)
-        )
+        requests.append(SubscribeRequest(channel, position, token, diff, item.get("filter"), delta))
     return requests
 
 
