@@ -93,6 +93,7 @@ def test_subscribers_in_step_share_one_delta_and_others_get_the_whole_text() -> 
         await hub.publish("dash:1", state(4))
         assert [pushed(m)["delta"] for m in b.got[2:]] == [False, True]
         assert pushed(a.got[2])["delta"] is True
+        assert hub.stats.deltas == 5 and hub.stats.deliveries == 12  # a, b: 2, 1, 2 deltas
         await hub.close()
 
     asyncio.run(main())

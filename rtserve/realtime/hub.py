@@ -206,6 +206,7 @@ class HubStats:
     publications: int = 0  # accepted by the broker from this node
     client_publications: int = 0
     deliveries: int = 0  # publication pushes handed to local subscribers
+    deltas: int = 0  # of those, fossil deltas (subscribers of `delta` rules, in step)
     subscriptions: int = 0  # subscribe commands that succeeded
     dropped: int = 0  # slow consumer, policy drop_oldest
     conflated: int = 0  # slow consumer, policy conflate
@@ -480,13 +481,20 @@ class Hub:
             patch.whole = full
         bases = delta.bases
         previous = offset - 1
+        in_step = 0
         for subscriber in subscribers:
             base = bases.get(subscriber)
             if base is None:
                 subscriber.deliver(channel, message, rule)
+            elif base == previous:
+                bases[subscriber] = offset
+                in_step += 1
+                subscriber.deliver(channel, patch, rule)
             else:
                 bases[subscriber] = offset
-                subscriber.deliver(channel, patch if base == previous else full, rule)
+                subscriber.deliver(channel, full, rule)
+        if patch is not full:
+            self.stats.deltas += in_step
 
     def _epoch_changed(self, channel: str, local: _Local, keep: Subscriber | None = None) -> None:
         """The broker lost the channel's stream: offsets restart, so every subscription (but

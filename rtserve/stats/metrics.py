@@ -340,6 +340,7 @@ _HUB_HELP = {
     "publications": "publications accepted by the broker from this node",
     "client_publications": "publications made by clients",
     "deliveries": "publications handed to local subscribers",
+    "deltas": "of the deliveries, fossil deltas (delta subscribers in step)",
     "subscriptions": "subscribe commands that succeeded",
     "dropped": "publications dropped for slow consumers (policy drop_oldest)",
     "conflated": "publications conflated for slow consumers (policy conflate)",
