@@ -805,7 +805,9 @@ def test_presence_by_user_and_presence_diff_pushes() -> None:
         assert left["push"] == "presence_diff" and set(left["leaves"]["users"]["ann"]) == {ann}
         # a subscriber without presence_diff still gets join and leave pushes
         await ann2.call("unsubscribe", channel="chat:p")
-        assert (await guest.next_push())["push"] == "leave"
+        # (over a broker, ann2's join may reach the guest after its own subscribe: skip joins)
+        leavers = {(await guest.next_push("leave"))["info"]["client"] for _ in range(2)}
+        assert leavers == {ann, ann2.info["client"]}
         # and over HTTP
         query = "channel=chat:p&group=user"
         answer = await asyncio.to_thread(http_json, server.port, f"/rt/presence?{query}")
