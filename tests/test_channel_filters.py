@@ -45,6 +45,7 @@ def make_app() -> App:
     app.channel("ticks", history=200, publish="clients")
     app.channel("plain", history=10, filters=False)
     app.channel("small", history=10, filter_max_size=40)
+    app.channel("few", history=10, max_filters=2)
     return app
 
 
@@ -220,6 +221,18 @@ def test_bad_filters_bad_tags_and_rules_are_refused_with_their_codes() -> None:
         assert "at most 32" in await refused(
             107, "publish", channel="ticks", data=1, tags={str(i): "x" for i in range(33)}
         )
+        # a channel holds at most max_filters distinct filters: a third is refused, a known
+        # one (or none) is still welcome, and a filter that left frees its place
+        others = [await Peer.open(url) for _ in range(4)]
+        await others[0].call("subscribe", channel="few", filter={"eq": ["region", "eu"]})
+        await others[1].call("subscribe", channel="few", filter={"eq": ["region", "us"]})
+        assert "2 distinct filters" in await refused(
+            106, "subscribe", channel="few", filter={"eq": ["region", "ap"]}
+        )
+        await others[2].call("subscribe", channel="few", filter={"eq": ["region", "us"]})
+        await others[3].call("subscribe", channel="few")
+        await others[0].call("unsubscribe", channel="few")
+        await peer.call("subscribe", channel="few", filter={"eq": ["region", "ap"]})
         with pytest.raises(Exception) as info:
             await app.publish("ticks", 1, tags={"region": ["eu"]})  # type: ignore[dict-item]
         assert getattr(info.value, "code", None) == ErrorCode.BAD_REQUEST

@@ -53,6 +53,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "conflate_key": None,
             "filters": False,
             "filter_max_size": "1KiB",
+            "max_filters": 1000,
             "on_subscribe": "app:may_join",
             "on_publish": "app:store_message",
             "on_join": None,

@@ -256,6 +256,10 @@ class FilterGroups(Generic[_S]):
         """Distinct filters (no filter counts as one)."""
         return len(self._groups)
 
+    def __contains__(self, key: str | None) -> bool:
+        """Whether a group of this filter key (None: no filter) has members."""
+        return key in self._groups
+
     def add(self, subscriber: _S, tag_filter: TagFilter | None) -> None:
         self.remove(subscriber)
         key = None if tag_filter is None else tag_filter.key

@@ -605,8 +605,19 @@ class Hub:
             local = self._local[channel] = _Local(rule, params)
         if rule.max_subscribers and len(local.subscribers) >= rule.max_subscribers:
             raise ChannelError(ErrorCode.LIMIT_EXCEEDED, "channel is full")
+        groups = local.groups
+        if (
+            tag_filter is not None
+            and rule.max_filters
+            and tag_filter.key not in groups
+            and len(groups) - (None in groups) >= rule.max_filters
+        ):
+            raise ChannelError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"this channel holds {rule.max_filters} distinct filters; use one of theirs",
+            )
         local.subscribers[subscriber] = None
-        local.groups.add(subscriber, tag_filter)
+        groups.add(subscriber, tag_filter)
         wants_delta = local.delta is not None and delta == rule.delta
         if wants_delta:
             assert local.delta is not None

@@ -44,8 +44,9 @@ class ChannelRule:
     before it (see realtime/delta.py).
     Hooks (sync or async): on_subscribe(ctx) / on_publish(ctx) refuse by raising
     ChannelError; on_publish may return new data; on_join(ctx) / on_leave(ctx) observe.
-    filters / filter_max_size: whether subscribers may pass a filter over publication tags,
-    and the largest one (bytes of its canonical JSON).
+    filters / filter_max_size / max_filters: whether subscribers may pass a filter over
+    publication tags, the largest one (bytes of its canonical JSON), and how many distinct
+    filters the channel holds at once (each costs every publication one lookup or evaluation).
     """
 
     pattern: str = dataclasses.field(
@@ -77,6 +78,9 @@ class ChannelRule:
     filter_max_size: int = opt(
         1024, "largest tag filter a subscriber may pass, bytes of its JSON (0: 8 KiB)", size=True
     )
+    max_filters: int = opt(
+        1000, "distinct tag filters a channel holds at once in one process (0: no limit)"
+    )
     delta: str | None = opt(
         None, "subscribers may ask for fossil deltas from the previous publication (None: no)"
     )
@@ -101,6 +105,7 @@ class ChannelRule:
             "max_subscribers",
             "publish_burst",
             "filter_max_size",
+            "max_filters",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
