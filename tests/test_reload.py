@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rtserve.cli.reload import ProjectFilter
+from rtserve.cli.watch import ProjectFilter
 from rtserve.protocol.ws_client import ConnectionClosed
 from rtserve.testing import websocket_connect
 from tests.support.net import free_port

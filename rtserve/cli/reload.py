@@ -63,23 +63,21 @@ from typing import Any
 
 import click
 
-from rtserve import __version__
 from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
 from rtserve.cli.options import apply_options
+from rtserve.cli.reload_banner import listen_urls, show_banner, url_lines
 from rtserve.cli.reload_errors import plain_error
+from rtserve.cli.watch import ProjectFilter, changed_suffix, relative
 from rtserve.server.listener import listen_failure
 from rtserve.server.settings import ServerSettings
 
 log = logging.getLogger("rtserve.server")
 
 SPEC_ENV = "RTSERVE_RELOAD_WORKER"
-WATCHED_SUFFIXES = (".py", ".yaml", ".yml")
-WATCHED_NAMES = (".env",)
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # after a worker exits on its own; then give up
 STABLE_AFTER = 10.0  # a worker up this long before it exits does not count as a crash loop
 KILL_MARGIN = 5.0  # seconds past a worker's grace before it is killed
 HANDOVER_TIMEOUT = 10.0  # seconds an old worker has to export its channels
-WAITING = "(the project does not start: every request gets a 503 with the error)"
 
 
 # --- the supervisor ------------------------------------------------------------------------
@@ -390,7 +388,7 @@ class Supervisor:
     async def _changed(self, paths: set[str], since: float) -> None:
         if self.stopping:
             return
-        names = sorted({_relative(Path(p), self.folder) for p in paths})
+        names = sorted({relative(Path(p), self.folder) for p in paths})
         for slot in self.slots:
             slot.crashes = 0
         if self.project is not None and any(Path(p).name in self.config_names for p in paths):
@@ -619,7 +617,7 @@ class Supervisor:
             )
             return
         took = f"{(now - reload.since) * 1000:.0f} ms"
-        changed = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
+        changed = changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
         who = f"worker {worker.slot} (pid {worker.proc.pid}) " if self.many else ""
         if reload.restart:
             line = f"{who}restarted in {took}"
@@ -659,7 +657,7 @@ class Supervisor:
             slot.failed = worker
             if not any(s.current for s in self.slots):
                 self._announce("waiting")
-        what = _changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
+        what = changed_suffix(reload.changed) or (f" ({reload.why})" if reload.why else "")
         if current is not None:
             head = "reload failed" + what
             head += "; still serving the previous version:"
@@ -750,17 +748,7 @@ class Supervisor:
     # --- what the user sees ----------------------------------------------------------------
 
     def _urls(self) -> list[str]:
-        scheme = "https" if self.settings.tls.enabled else "http"
-        urls = []
-        for sock in self.sockets:
-            name = sock.getsockname()
-            if sock.family == socket.AF_UNIX:
-                urls.append(f"unix:{name}")
-            elif sock.family == socket.AF_INET6:
-                urls.append(f"{scheme}://[{name[0]}]:{name[1]}")
-            else:
-                urls.append(f"{scheme}://{name[0]}:{name[1]}")
-        return urls
+        return listen_urls(self.sockets, self.settings.tls.enabled)
 
     def _announce(self, state: str) -> None:
         """Print where it listens, with `state` ("serving", or "waiting": every request gets
@@ -768,101 +756,22 @@ class Supervisor:
         if state == self.announced:
             return
         first, self.announced = not self.announced, state
-        if first:
-            self._banner(state)
+        if not first:
+            for line in url_lines(self._urls(), state):
+                click.echo(click.style(line, fg="cyan"))
             return
-        for line in self._url_lines(state):
-            click.echo(click.style(line, fg="cyan"))
-
-    def _url_lines(self, state: str) -> list[str]:
-        note = f" {WAITING}" if state == "waiting" else ""
-        return [f"rtserve {state} {url}{note}" for url in self._urls()]
-
-    def _banner(self, state: str) -> None:
         kinds = "*.py, *.yaml, *.yml, .env" + (", static files" if self.filter.static else "")
-        watching = f"watching {_relative(self.folder, Path.cwd())} ({kinds})"
+        watching = f"watching {relative(self.folder, Path.cwd())} ({kinds})"
         reload = f"reload on: {watching}" + (" by polling" if self.poll else "")
         if not self.watch:
             reload = "reload off"
-        if sys.stdout.isatty():
-            from rich.console import Console
-            from rich.panel import Panel
-            from rich.text import Text
-
-            text = Text()
-            for url in self._urls():
-                text.append(url, style="bold cyan")
-                if state == "waiting":
-                    text.append(f" {WAITING}", style="yellow")
-                text.append("\n")
-            text.append(reload, style="dim")
-            if self.many:
-                text.append("\n" + self._workers_line(), style="dim")
-            Console().print(Panel(text, title=f"rtserve {__version__}", expand=False))
-        else:
-            for line in self._url_lines(state):
-                click.echo(line)
-            click.echo(reload)
-            if self.many:
-                click.echo(self._workers_line())
+        show_banner(self._urls(), state, reload, self._workers_line() if self.many else None)
 
     def _workers_line(self) -> str:
         admin = ""
         if self.admin is not None and self.admin.addresses:
             admin = f"; stats summed on {', '.join(self.admin.addresses)}"
         return f"{len(self.slots)} workers; SIGHUP reloads them one by one{admin}"
-
-
-class ProjectFilter:
-    """What a change must touch to reload: .py, .yaml/.yml, .env and static route files;
-    never in .git, __pycache__, node_modules, .pytest_cache (and the like) or a virtualenv."""
-
-    def __init__(self, folder: Path) -> None:
-        from watchfiles import DefaultFilter
-
-        self.folder = folder
-        self.static: list[Path] = []
-        self._default = DefaultFilter()
-        self._venvs: set[Path] = set()
-
-    def __call__(self, change: Any, path: str) -> bool:
-        if not self._default(change, path):
-            return False
-        p = Path(path)
-        if not (
-            p.suffix in WATCHED_SUFFIXES
-            or p.name in WATCHED_NAMES
-            or any(p == s or s in p.parents for s in self.static)
-        ):
-            return False
-        return not self._in_virtualenv(p)
-
-    def _in_virtualenv(self, path: Path) -> bool:
-        for parent in path.parents:
-            if parent == self.folder or self.folder not in parent.parents:
-                return False
-            if parent in self._venvs:
-                return True
-            if (parent / "pyvenv.cfg").exists():
-                self._venvs.add(parent)
-                return True
-        return False
-
-
-def _changed_suffix(changed: list[str]) -> str:
-    if not changed:
-        return ""
-    shown = ", ".join(changed[:3])
-    if len(changed) > 3:
-        shown += f" and {len(changed) - 3} more"
-    return f" ({shown} changed)"
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve())) or "."
-    except ValueError:
-        return str(path)
 
 
 def _signal_name(signum: int) -> str:
