@@ -44,6 +44,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes, Settings
 
 from rtserve.errors import ProtocolError
@@ -240,6 +241,8 @@ class H2Connection(asyncio.Protocol):
         settings = state.settings.http2
         self._opened += 1
         state.stats.h2_streams_total += 1
+        if stream_id not in self.h2.streams:
+            return  # reset later in the same read (and forgotten by h2): nothing to answer
         stream = H2Stream(self, stream_id)
         self.streams[stream_id] = stream
         if self._draining:
@@ -384,7 +387,11 @@ class H2Connection(asyncio.Protocol):
     def send_headers(self, stream: H2Stream, headers: list[Header], end: bool) -> None:
         if self.closed or stream.closed:
             return
-        self.h2.send_headers(stream.stream_id, headers, end_stream=end)
+        try:
+            self.h2.send_headers(stream.stream_id, headers, end_stream=end)
+        except StreamClosedError:  # reset by the client in the read being handled
+            self._forget(stream)
+            return
         if end:
             stream.end_sent = True
             if stream.remote_ended:
@@ -398,6 +405,12 @@ class H2Connection(asyncio.Protocol):
         buffer is full), then END_STREAM once all of it went out."""
         if self.closed or stream.closed:
             return
+        try:
+            self._frame(stream)
+        except StreamClosedError:  # reset by the client in the read being handled
+            self._forget(stream)
+
+    def _frame(self, stream: H2Stream) -> None:
         h2 = self.h2
         stream_id = stream.stream_id
         pending = stream.pending
@@ -419,12 +432,8 @@ class H2Connection(asyncio.Protocol):
                 sent += size
             stream.pending_bytes -= sent
         if pending:
-            if stream not in self.blocked:
+            if sent or stream not in self.blocked:  # the send timeout runs from now
                 self.blocked[stream] = None
-                stream.stalled_since = monotonic()
-                self._time(stream, self.state.now + self.state.settings.timeouts.send)
-            elif sent:
-                stream.stalled_since = monotonic()
                 self._time(stream, self.state.now + self.state.settings.timeouts.send)
         else:
             if self.blocked.pop(stream, 0) is None:

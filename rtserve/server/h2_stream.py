@@ -87,7 +87,6 @@ class H2Stream:
         "pending_bytes",
         "received",
         "remote_ended",
-        "stalled_since",
         "stream_id",
         "unacked",
         "upgraded",
@@ -108,7 +107,6 @@ class H2Stream:
         self.body_paused = False
         self.unacked = 0  # request body bytes received while paused, not yet acknowledged
         self.deadline = float("inf")  # body or send timeout, enforced by the connection
-        self.stalled_since = 0.0
         self.upgraded: UpgradedProtocol | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
