@@ -488,8 +488,11 @@ class H2Connection(asyncio.Protocol):
         self.blocked.pop(stream, None)
         self._untime(stream)
         stream.lost()
-        if self._draining and not self.streams:
-            self._goaway()
+        if not self.streams:
+            if self._draining:
+                self._goaway()
+            elif not self._in_receive:
+                self._rearm()  # idle from now (a handler's task ended the last stream)
 
     def _time(self, stream: H2Stream, deadline: float) -> None:
         stream.deadline = deadline
@@ -537,7 +540,10 @@ class H2Connection(asyncio.Protocol):
             self.deadline = now + timeouts.send
             return
         if not self.streams:
-            self._goaway()  # idle (or never sent a request)
+            if self.deadline == INF:  # idle, since the ticker found the deadline passed
+                self._goaway()
+            else:
+                self._rearm()
             return
         for stream in [s for s in self.timed if s.deadline <= now]:
             self._stream_timeout(stream)

@@ -1,0 +1,101 @@
+"""Why HTTP/2 matters for SSE and long polling: Chromium opens at most six HTTP/1.1
+connections per origin, so of 12 pages of one origin each holding an SSE stream through
+rtserve.js only six get a publication; over HTTP/2 all 12 streams share one connection and
+every page gets it at once. Marked slow (about 30 s with Chromium's start)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserve import App
+from rtserve.app.request import Request
+from rtserve.app.response import Response
+from rtserve.cli.devcert_cmd import make_dev_certificate
+from rtserve.server.settings import HTTP2Settings, TLSSettings
+from rtserve.testing import ThreadedServer
+from tests.support.waiting import until
+
+PAGES = 12
+BROWSER_LIMIT = 6  # Chromium's HTTP/1.1 connections per origin
+PAGE = (Path(__file__).parent / "browser_pages" / "http2_sse.html").read_text()
+
+pytestmark = pytest.mark.slow
+
+
+def make_app() -> App:
+    app = App()
+    app.channel("news", history=10)
+
+    @app.route("/")
+    def page(request: Request) -> Response:
+        return Response(PAGE, content_type="text/html; charset=utf-8")
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSSettings:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    path = tmp_path_factory.mktemp("h2browser")
+    make_dev_certificate(path / "cert.pem", path / "key.pem")
+    return TLSSettings(cert=str(path / "cert.pem"), key=str(path / "key.pem"))
+
+
+@pytest.fixture
+def pages(browser: Any) -> Iterator[list[Any]]:
+    """12 pages of one browser context (one connection pool, as tabs of one profile)."""
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(10_000)
+    try:
+        yield [context.new_page() for _ in range(PAGES)]
+    finally:
+        context.close()
+
+
+def received(pages: list[Any]) -> int:
+    return sum(1 for page in pages if page.evaluate("window.got.length") > 0)
+
+
+def run(pages: list[Any], server: ThreadedServer[App], transport: str) -> None:
+    """Load every page (short requests), then start each one's stream or poll."""
+    for page in pages:
+        page.goto(f"https://localhost:{server.port}/")
+        page.wait_for_function("typeof window.start === 'function'")
+    for page in pages:
+        page.evaluate(f"window.start({transport!r})")
+
+
+def test_twelve_pages_over_http2_all_receive(pages: list[Any], tls: TLSSettings) -> None:
+    transport = "sse"
+    with ThreadedServer(make_app(), tls=tls, access_log=False) as server:
+        hub = server.app.hub
+        run(pages, server, transport)
+        until(lambda: hub.subscriber_count("news") == PAGES, 15, "every page subscribed")
+        server.call(server.app.publish, "news", "to all")
+        until(lambda: received(pages) == PAGES, 10, "every page received the publication")
+        state = server.server.state if server.server is not None else None
+        assert state is not None and state.stats.h2_connections_total >= 1
+
+
+def test_twelve_pages_over_http11_stall_at_six(pages: list[Any], tls: TLSSettings) -> None:
+    transport = "sse"
+    http11 = HTTP2Settings(enabled=False)
+    with ThreadedServer(make_app(), tls=tls, http2=http11, access_log=False) as server:
+        hub = server.app.hub
+        run(pages, server, transport)
+        until(lambda: hub.subscriber_count("news") >= BROWSER_LIMIT, 15, "six pages subscribed")
+        server.call(server.app.publish, "news", "to all")
+        until(lambda: received(pages) >= BROWSER_LIMIT, 10, "six pages received it")
+        # The other six wait for a connection the first six hold, and an SSE stream never
+        # gives its connection back: a second later still only six have it.
+        time.sleep(1.0)
+        assert received(pages) == BROWSER_LIMIT
+        assert server.server is not None and server.server.state is not None
+        assert server.server.state.stats.h2_connections_total == 0
