@@ -23,8 +23,10 @@ keeps what a client can make the server hold bounded:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import os
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
@@ -50,7 +52,8 @@ from h2.settings import SettingCodes, Settings
 from rtserve.errors import ProtocolError
 from rtserve.protocol.http11 import Header, RequestHead
 from rtserve.server.exchange import Exchange
-from rtserve.server.h2_stream import H2Stream
+from rtserve.server.h2_stream import H2Stream, split_fields
+from rtserve.server.h2_tunnel import StreamTransport
 from rtserve.server.transport import ConnectionInfo
 
 if TYPE_CHECKING:
@@ -62,8 +65,8 @@ log = logging.getLogger("rtserve.server")
 INF = float("inf")
 ABUSE_WINDOW = 10.0  # seconds over which resets and control frames are counted
 LAST_STREAM_ID = 2**31 - 1
-# Request pseudo-header fields, and fields that have no place in an HTTP/2 request.
-_PSEUDO = (b":method", b":path", b":authority", b":scheme", b":protocol")
+# What the answer to an extended CONNECT keeps of the WebSocket's 101.
+TUNNEL_FIELDS = frozenset((b"sec-websocket-protocol", b"sec-websocket-extensions"))
 
 
 class H2Connection(asyncio.Protocol):
@@ -259,7 +262,9 @@ class H2Connection(asyncio.Protocol):
         if head.content_length is not None and head.content_length > limit:
             self._refuse(stream, 413, "request body too large")
             return
-        if event.stream_ended is None and head.content_length != 0:
+        if head.upgrade:
+            head.content_length = None  # what follows on the stream is the tunnel's
+        elif event.stream_ended is None and head.content_length != 0:
             head.chunked = head.content_length is None  # a body of unknown length follows
         else:
             stream.remote_ended = True
@@ -306,10 +311,17 @@ class H2Connection(asyncio.Protocol):
         size: int = event.flow_controlled_length
         stream = self.streams.get(stream_id)
         exchange = None if stream is None else stream.exchange
-        if stream is None or exchange is None or stream.closed or exchange.body_complete:
+        if stream is None or exchange is None or stream.closed:
+            self.h2.acknowledge_received_data(size, stream_id)  # nobody wants it
+            return
+        if exchange.body_complete and not exchange.head.upgrade:
             self.h2.acknowledge_received_data(size, stream_id)  # nobody wants it
             return
         data: bytes = event.data
+        if exchange.head.upgrade:
+            if stream.tunnel_data(data, size):
+                self.h2.acknowledge_received_data(size, stream_id)
+            return
         stream.received += len(data)
         if stream.received > self.state.settings.limits.max_body_size:
             self.h2.acknowledge_received_data(size, stream_id)
@@ -335,6 +347,8 @@ class H2Connection(asyncio.Protocol):
             return
         stream.remote_ended = True
         self._untime(stream)
+        if stream.tunnel is not None:
+            stream.tunnel.eof_received()
         exchange = stream.exchange
         if exchange is not None and not exchange.body_complete:
             exchange._complete()
@@ -469,14 +483,37 @@ class H2Connection(asyncio.Protocol):
         if state.access_log:
             state.log_access(exchange)
 
-    def upgrade(self, stream: H2Stream, exchange: Exchange, protocol: UpgradedProtocol) -> None:
-        raise NotImplementedError("WebSocket over HTTP/2 is not supported yet")
+    def upgrade(
+        self, stream: H2Stream, exchange: Exchange, response: bytes, protocol: UpgradedProtocol
+    ) -> None:
+        """Answer an extended CONNECT with 200 (the 101 `response`'s subprotocol and extension
+        fields) and run `protocol` over the stream."""
+        fields: list[Header] = [(b":status", b"200")]
+        for name, value in split_fields(response.partition(b"\r\n")[2]):
+            if name.lower() in TUNNEL_FIELDS:
+                fields.append((name.lower(), value))
+        exchange.started = True
+        exchange.status = 200
+        self.state.stats.http_latency.observe(perf_counter() - exchange.start_time)
+        self.send_headers(stream, fields, False)
+        tunnel = stream.tunnel = StreamTransport(stream, protocol, self.transport)
+        protocol.connection_made(tunnel)
+        exchange._finish()
+        held, stream.held = stream.held, []
+        for data in held:
+            tunnel.data_received(data)
+        if stream.unacked and not stream.body_paused:
+            size, stream.unacked = stream.unacked, 0
+            self.acknowledge(stream, size)
+        self._want_flush()
 
     # --- stream lifetimes ------------------------------------------------------------------
 
     def _end_early(self, stream: H2Stream) -> None:
         """The response ended before the request body: the rest is not wanted (RFC 9113 8.1)."""
         exchange = stream.exchange
+        if stream.tunnel is not None:
+            return  # a closing WebSocket: the client ends its side after its close frame
         if exchange is None or (exchange.streaming and exchange.task is not None):
             return  # a streaming handler may still be reading it
         self.reset(stream, ErrorCodes.NO_ERROR)
@@ -665,11 +702,21 @@ def request_head(fields: list[Header]) -> RequestHead:
         headers.append((name, value))
     if authority and not host:
         headers.insert(0, (b"host", authority))
-    if protocol:
-        headers.append((b":protocol", protocol))
     if not path:
         raise ProtocolError(400, "no :path")
+    tunnel = method == b"CONNECT" and protocol.lower() == b"websocket"
+    if tunnel:
+        # An extended CONNECT (RFC 8441) is the HTTP/2 form of a WebSocket opening
+        # handshake: shown to the app as the HTTP/1.1 GET it stands for, with a key of its
+        # own (HTTP/2 has no Sec-WebSocket-Key and no Accept to answer).
+        method = b"GET"
+        headers += [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"upgrade"),
+            (b"sec-websocket-key", base64.b64encode(os.urandom(16))),
+        ]
     head = RequestHead(method.decode("ascii", "replace"), path, headers, "2")
+    head.upgrade = tunnel
     if length is not None:
         if not length.isdigit():
             raise ProtocolError(400, "bad content-length")

@@ -19,6 +19,7 @@ from rtserve.server.exchange import ClientDisconnected
 if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
+    from rtserve.server.h2_tunnel import StreamTransport
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
@@ -63,8 +64,11 @@ class StreamOwner(Protocol):
         """`exchange`'s response is complete (for stats and the access log)."""
         ...
 
-    def upgrade(self, stream: H2Stream, exchange: Exchange, protocol: UpgradedProtocol) -> None:
-        """Answer an extended CONNECT (RFC 8441) with 200 and hand the stream to `protocol`."""
+    def upgrade(
+        self, stream: H2Stream, exchange: Exchange, response: bytes, protocol: UpgradedProtocol
+    ) -> None:
+        """Answer an extended CONNECT (RFC 8441) with 200 (what `response`, a 101, says of
+        subprotocol and extensions) and hand the stream to `protocol`."""
         ...
 
 
@@ -82,14 +86,15 @@ class H2Stream:
         "end_sent",
         "ending",
         "exchange",
+        "held",
         "must_close",
         "pending",
         "pending_bytes",
         "received",
         "remote_ended",
         "stream_id",
+        "tunnel",
         "unacked",
-        "upgraded",
     )
 
     def __init__(self, conn: StreamOwner, stream_id: int) -> None:
@@ -107,7 +112,8 @@ class H2Stream:
         self.body_paused = False
         self.unacked = 0  # request body bytes received while paused, not yet acknowledged
         self.deadline = float("inf")  # body or send timeout, enforced by the connection
-        self.upgraded: UpgradedProtocol | None = None
+        self.tunnel: StreamTransport | None = None  # after an extended CONNECT (WebSocket)
+        self.held: list[bytes] = []  # tunnel bytes that came before the tunnel was made
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
         self._watched: asyncio.Future[Any] | None = None
@@ -126,9 +132,31 @@ class H2Stream:
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self._drain_waiter = self._watched = None
+        if self.tunnel is not None:
+            self.tunnel.lost()
+
+    def tunnel_data(self, data: bytes, size: int) -> bool:
+        """Bytes for the tunnelled protocol (held until it exists); True to acknowledge
+        `size` now (False: once reading resumes)."""
+        if self.tunnel is None:
+            self.held.append(data)
+            self.unacked += size
+            return False
+        if self.body_paused:
+            self.unacked += size
+        self.tunnel.data_received(data)
+        return not self.body_paused
+
+    def end_tunnel(self) -> None:
+        """The tunnelled protocol closed: END_STREAM once what it wrote is sent."""
+        if not self.closed and not self.ending:
+            self.ending = True
+            self.conn.push(self)
 
     def room(self) -> None:
         """Some of `pending` went out (or the socket drained): wake a waiting `drain()`."""
+        if self.tunnel is not None:
+            self.tunnel.drained()
         waiter = self._drain_waiter
         if waiter is not None and not self.writing_paused_below_low():
             self._drain_waiter = None
@@ -289,9 +317,12 @@ class H2Stream:
             self.conn.reset(self, CANCEL)
 
     def upgrade(self, exchange: Exchange, response: bytes, protocol: UpgradedProtocol) -> None:
-        self.conn.upgrade(self, exchange, protocol)
+        self.conn.upgrade(self, exchange, response, protocol)
 
     def exchange_finished(self, exchange: Exchange) -> None:
+        if self.tunnel is not None:  # answered by the upgrade: the stream lives on
+            self.conn.finished(self, exchange)
+            return
         if not self.ending:
             self.ending = True
             if not self.closed:
