@@ -3,7 +3,8 @@
 Each server is started afresh per round on the server core (``taskset -c 0``, bench/procs.py),
 serving ``GET /plaintext`` ("Hello, World!") over TLS with ALPN h2: rtserve with
 ``bench/apps/rtserve_app.py`` (its router and handler path), hypercorn (the same h2 library
-underneath) with the raw ASGI callable ``bench/apps/uvicorn_app.py`` under uvloop. The servers
+underneath) with the raw ASGI callable ``bench/apps/uvicorn_app.py`` under uvloop, in one
+process, with no limit on requests per connection (its default closes after 1,000). The servers
 alternate within each round. h2load runs on the load core (``taskset -c 1``): ``-n`` requests
 over ``-c`` connections with ``-m`` concurrent streams each, after a warm-up of 1,000.
 
@@ -66,8 +67,12 @@ def server_command(name: str, port: int, cert: Path, key: str | Path) -> list[st
             "--host", "127.0.0.1", "--port", str(port), "--tls-cert", str(cert),
             "--tls-key", str(key), "--no-reload", "--no-access-log",
         ]  # fmt: skip
+    # hypercorn closes a connection after 1,000 requests by default (h2load does not reconnect)
+    config = Path(cert).parent / "hypercorn.toml"
+    config.write_text("keep_alive_max_requests = 1000000000\n")
     return [
-        python, "-m", "hypercorn", "--certfile", str(cert), "--keyfile", str(key),
+        python, "-m", "hypercorn", "--config", str(config),
+        "--certfile", str(cert), "--keyfile", str(key),
         "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop", "--workers", "0",
         "bench.apps.uvicorn_app:app",
     ]  # fmt: skip

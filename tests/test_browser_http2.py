@@ -5,7 +5,6 @@ every page gets it at once. Marked slow (about 30 s with Chromium's start)."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 from rtserve import App
 from rtserve.app.request import Request
 from rtserve.app.response import Response
-from rtserve.cli.devcert_cmd import make_dev_certificate
 from rtserve.server.settings import HTTP2Settings, TLSSettings
 from rtserve.testing import ThreadedServer
+from tests.support.tls import dev_tls
 from tests.support.waiting import until
 
 PAGES = 12
@@ -41,11 +40,7 @@ def make_app() -> App:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSSettings:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    path = tmp_path_factory.mktemp("h2browser")
-    make_dev_certificate(path / "cert.pem", path / "key.pem")
-    return TLSSettings(cert=str(path / "cert.pem"), key=str(path / "key.pem"))
+    return dev_tls(tmp_path_factory.mktemp("h2browser"))
 
 
 @pytest.fixture

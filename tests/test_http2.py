@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,15 +20,15 @@ import pytest
 from rtserve import App, ChannelSettings
 from rtserve.app.request import Request
 from rtserve.app.response import Response, StreamingResponse
-from rtserve.cli.devcert_cmd import make_dev_certificate
-from rtserve.server.settings import HTTP2Settings, TLSSettings
+from rtserve.server import negotiate
+from rtserve.server.settings import HTTP2Settings, ServerSettings, TLSSettings
 from rtserve.testing import ThreadedServer
 from tests.support.h2client import H2Client
+from tests.support.tls import dev_tls
 from tests.support.waiting import until
 
 API_KEY = "k" * 24
 BIG = bytes(range(256)) * 4096  # 1 MiB: beyond every default window
-IN_CI = bool(__import__("os").environ.get("CI"))
 
 
 def make_app(static_dir: Path) -> App:
@@ -73,14 +73,8 @@ def make_app(static_dir: Path) -> App:
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        if IN_CI:
-            pytest.fail("openssl is needed for the TLS tests")
-        pytest.skip("openssl is not installed")
-    path = tmp_path_factory.mktemp("h2tls")
-    make_dev_certificate(path / "cert.pem", path / "key.pem")
-    return str(path / "cert.pem"), str(path / "key.pem")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSSettings:
+    return dev_tls(tmp_path_factory.mktemp("h2tls"))
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +85,8 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(certificate: tuple[str, str], static_dir: Path) -> Iterator[ThreadedServer[App]]:
-    cert, key = certificate
-    with ThreadedServer(
-        make_app(static_dir), tls=TLSSettings(cert=cert, key=key), access_log=False
-    ) as srv:
+def server(tls: TLSSettings, static_dir: Path) -> Iterator[ThreadedServer[App]]:
+    with ThreadedServer(make_app(static_dir), tls=tls, access_log=False) as srv:
         yield srv
 
 
@@ -136,8 +127,6 @@ def test_alpn_picks_h2_and_http11_still_works(server: ThreadedServer[App]) -> No
         }
     finally:
         client.close()
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     response = httpx.get(f"https://127.0.0.1:{server.port}/version", verify=False, timeout=10)
     assert response.http_version == "HTTP/1.1" and response.json()["version"] == "1.1"
 
@@ -151,13 +140,30 @@ def test_h2c_prior_knowledge_beside_http11(h2c_server: ThreadedServer[App]) -> N
     assert httpx.get(f"http://127.0.0.1:{h2c_server.port}/", timeout=10).text == "hello"
 
 
-def test_h2c_is_off_by_default(certificate: tuple[str, str], static_dir: Path) -> None:
+def test_h2c_is_off_by_default(static_dir: Path) -> None:
     with ThreadedServer(make_app(static_dir), access_log=False) as srv:
         client = H2Client(srv.port, tls=False)
         try:
             client.wait_closed()  # the preface is no HTTP/1.1 request: 400, closed
         finally:
             client.close()
+
+
+def test_without_h2_tls_serves_http11_and_h2c_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(negotiate, "http2_available", lambda: False)
+    with_tls = ServerSettings(tls=TLSSettings(cert="cert.pem", key="key.pem"))
+    assert negotiate.http2_mode(with_tls) == (False, False)
+    assert "pip install 'rtserve[http2]'" in caplog.text
+    assert negotiate.http2_mode(ServerSettings()) == (False, False)  # nothing asked, nothing said
+    with pytest.raises(negotiate.HTTP2Unavailable, match=r"rtserve\[http2\]"):
+        negotiate.http2_mode(ServerSettings(http2=HTTP2Settings(h2c=True)))
+
+
+def test_the_server_imports_h2_only_to_speak_it() -> None:
+    code = "import sys, rtserve.server.listener, rtserve.cli.main; assert 'h2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --- every kind of route -------------------------------------------------------------------

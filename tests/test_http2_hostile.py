@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from hpack import Encoder
@@ -18,10 +16,10 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, Setting
 from rtserve import App
 from rtserve.app.request import Request
 from rtserve.app.response import Response, StreamingResponse
-from rtserve.cli.devcert_cmd import make_dev_certificate
-from rtserve.server.settings import HTTP2Settings, TimeoutSettings, TLSSettings
+from rtserve.server.settings import HTTP2Settings, TimeoutSettings
 from rtserve.testing import ThreadedServer
 from tests.support.h2client import H2Client
+from tests.support.tls import dev_tls
 from tests.support.waiting import until
 
 ENHANCE_YOUR_CALM, CANCEL, PROTOCOL_ERROR = 0xB, 0x8, 0x1
@@ -53,11 +51,7 @@ def make_app() -> App:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer[App]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    path: Path = tmp_path_factory.mktemp("h2hostile")
-    make_dev_certificate(path / "cert.pem", path / "key.pem")
-    tls = TLSSettings(cert=str(path / "cert.pem"), key=str(path / "key.pem"))
+    tls = dev_tls(tmp_path_factory.mktemp("h2hostile"))
     http2 = HTTP2Settings(max_resets=50, max_control_frames=100, max_concurrent_streams=20)
     timeouts = TimeoutSettings(send=1.0)
     with ThreadedServer(

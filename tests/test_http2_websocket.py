@@ -4,15 +4,12 @@ WebSocket connection as an HTTP/1.1 upgrade, beside plain requests on the same c
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from rtserve import App, WebSocketHandler
 from rtserve.app.request import Request
-from rtserve.cli.devcert_cmd import make_dev_certificate
 from rtserve.protocol.websocket import (
     CloseReceived,
     FrameReader,
@@ -21,9 +18,9 @@ from rtserve.protocol.websocket import (
     close_payload,
     encode_client_frame,
 )
-from rtserve.server.settings import TLSSettings
 from rtserve.testing import ThreadedServer
 from tests.support.h2client import H2Client
+from tests.support.tls import dev_tls
 from tests.support.waiting import until
 
 
@@ -46,11 +43,7 @@ def make_app() -> App:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer[App]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    path: Path = tmp_path_factory.mktemp("h2ws")
-    make_dev_certificate(path / "cert.pem", path / "key.pem")
-    tls = TLSSettings(cert=str(path / "cert.pem"), key=str(path / "key.pem"))
+    tls = dev_tls(tmp_path_factory.mktemp("h2ws"))
     with ThreadedServer(make_app(), tls=tls, access_log=False) as srv:
         yield srv
 

@@ -659,9 +659,6 @@ class H2Connection(asyncio.Protocol):
     def disconnect(self, code: int, reason: str) -> None:
         self._goaway()
 
-    def close(self) -> None:
-        self._goaway()
-
     def queued(self) -> int:
         return self.transport.get_write_buffer_size()
 
