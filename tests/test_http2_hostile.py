@@ -53,7 +53,7 @@ def make_app() -> App:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer[App]]:
     tls = dev_tls(tmp_path_factory.mktemp("h2hostile"))
     http2 = HTTP2Settings(max_resets=50, max_control_frames=100, max_concurrent_streams=20)
-    timeouts = TimeoutSettings(send=1.0)
+    timeouts = TimeoutSettings(send=1.0, header=1.0)
     with ThreadedServer(
         make_app(), tls=tls, http2=http2, timeouts=timeouts, access_log=False
     ) as srv:
@@ -203,3 +203,14 @@ def test_streams_beyond_max_concurrent_end_the_connection(server: ThreadedServer
     finally:
         client.close()
     assert_another_client_is_served(server.port)
+
+
+def test_a_connection_without_requests_is_closed_after_the_header_timeout(
+    server: ThreadedServer[App],
+) -> None:
+    client = H2Client(server.port)  # the preface and SETTINGS, then nothing
+    try:
+        client.wait_closed(timeout=5)
+        assert client.goaway == 0
+    finally:
+        client.close()

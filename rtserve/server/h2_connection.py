@@ -542,18 +542,16 @@ class H2Connection(asyncio.Protocol):
             stream.deadline = INF
 
     def _rearm(self) -> None:
-        """The connection's deadline: its streams' earliest, else the idle timeout."""
-        if self.closed:
+        """The connection's deadline: its streams' earliest, else the idle timeout (the
+        header timeout, set when it was made, until a first request)."""
+        if self.closed or self.writing_paused:  # the send timeout is armed
             return
-        state = self.state
-        if self.writing_paused:
-            return  # the send timeout is armed
         if self.timed:
             self.deadline = min(s.deadline for s in self.timed)
         elif self.streams:
             self.deadline = INF
-        else:
-            self.deadline = state.now + state.settings.timeouts.keepalive
+        elif self._opened:
+            self.deadline = self.state.now + self.state.settings.timeouts.keepalive
 
     def on_timeout(self) -> None:
         """Some deadline passed: the socket's send timeout, a stream's, or idleness."""
@@ -576,11 +574,8 @@ class H2Connection(asyncio.Protocol):
                 return
             self.deadline = now + timeouts.send
             return
-        if not self.streams:
-            if self.deadline == INF:  # idle, since the ticker found the deadline passed
-                self._goaway()
-            else:
-                self._rearm()
+        if not self.streams:  # idle (_forget re-arms when the last stream goes)
+            self._goaway()
             return
         for stream in [s for s in self.timed if s.deadline <= now]:
             self._stream_timeout(stream)
