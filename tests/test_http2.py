@@ -31,8 +31,9 @@ API_KEY = "k" * 24
 BIG = bytes(range(256)) * 4096  # 1 MiB: beyond every default window
 
 
-def make_app(static_dir: Path) -> App:
+def make_app(static_dir: Path, gate: asyncio.Event | None = None) -> App:
     app = App(channels=ChannelSettings(api_key=API_KEY))
+    gate = gate or asyncio.Event()
     app.channel("news", history=10)
 
     @app.route("/")
@@ -49,6 +50,14 @@ def make_app(static_dir: Path) -> App:
         async for piece in request.stream():
             total += len(piece)
             await asyncio.sleep(0)
+        return {"received": total}
+
+    @app.route("/hold", methods=["POST"], stream=True)
+    async def hold(request: Request) -> dict[str, int]:
+        await gate.wait()  # takes nothing of the body until the test opens the gate
+        total = 0
+        async for piece in request.stream():
+            total += len(piece)
         return {"received": total}
 
     @app.route("/big")
@@ -218,6 +227,44 @@ def test_sse_long_poll_and_publish_api(server: ThreadedServer[App]) -> None:
     finally:
         client.close()
     until(lambda: server.app.hub.subscriber_count("news") == 0, 10, "the SSE stream left")
+
+
+def test_a_request_body_the_app_does_not_take_stays_in_the_client(
+    tls: TLSSettings, static_dir: Path
+) -> None:
+    """The stream's window reopens only as the handler takes the body: while it takes
+    nothing the client can send the window and the 64 KiB the exchange buffers, no more."""
+    gate = asyncio.Event()
+    with ThreadedServer(make_app(static_dir, gate), tls=tls, access_log=False) as server:
+        client = H2Client(server.port)
+        try:
+            body = b"u" * (1000 * 1024)  # under limits.max_body_size
+            stream_id = client.request("/hold", "POST", body)
+
+            def sent() -> int:
+                waiting = client.outgoing.get(stream_id)
+                return len(body) - (len(waiting[0]) if waiting else 0)
+
+            for _ in range(3):  # reads of up to a second: long enough for the window to fill
+                client.read(1.0)
+            window = server.app.settings.http2.initial_window_size
+            assert 0 < sent() <= window + 128 * 1024, sent()
+            server.call(gate.set)
+            assert json.loads(client.response(stream_id).body) == {"received": len(body)}
+        finally:
+            client.close()
+
+
+def test_a_body_over_max_body_size_is_answered_413_and_the_connection_goes_on(
+    server: ThreadedServer[App],
+) -> None:
+    client = H2Client(server.port)
+    try:
+        too_big = client.request("/upload", "POST", b"v" * (1024 * 1024 + 1))
+        assert client.response(too_big).status == 413
+        assert client.get("/").body == b"hello"
+    finally:
+        client.close()
 
 
 def test_httpx_http2(server: ThreadedServer[App]) -> None:

@@ -325,10 +325,11 @@ class H2Connection(asyncio.Protocol):
         stream.received += len(data)
         if stream.received > self.state.settings.limits.max_body_size:
             self.h2.acknowledge_received_data(size, stream_id)
-            if not exchange.started:
-                self._refuse(stream, 413, "request body too large")
-            else:
+            if exchange.started:  # answered already (the 413 below, or by the app)
                 self.reset(stream, ErrorCodes.CANCEL)
+            else:
+                exchange.started = exchange.finished = True  # the app answers no more
+                self._refuse(stream, 413, "request body too large")
             return
         if stream.body_paused:
             stream.unacked += size
