@@ -359,3 +359,20 @@ def test_nghttp(server: ThreadedServer[App]) -> None:
         check=False,
     )
     assert posted.stdout == b"q" * 5000
+
+
+def test_shutdown_ends_the_streams_then_goaway(tls: TLSSettings, static_dir: Path) -> None:
+    srv = ThreadedServer(make_app(static_dir), tls=tls, access_log=False)
+    with srv:
+        client = H2Client(srv.port)
+        sse = client.request("/rt/sse?channel=news")
+        client.until(lambda: bool(client.streams[sse].headers))
+        stopping = threading.Thread(target=srv.stop)
+        stopping.start()
+        try:
+            client.wait_closed()
+            assert client.streams[sse].ended and client.streams[sse].reset is None
+            assert client.goaway == 0
+        finally:
+            client.close()
+            stopping.join(15)
