@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from rtserve import App, ChannelSettings
 from rtserve.app.request import Request
 from rtserve.app.response import Response, StreamingResponse
 from rtserve.server import negotiate
-from rtserve.server.settings import HTTP2Settings, ServerSettings, TLSSettings
+from rtserve.server.settings import HTTP2Settings, ServerSettings, TimeoutSettings, TLSSettings
 from rtserve.testing import ThreadedServer
 from tests.support.h2client import H2Client
 from tests.support.tls import dev_tls
@@ -147,6 +148,20 @@ def test_h2c_prior_knowledge_beside_http11(h2c_server: ThreadedServer[App]) -> N
     finally:
         client.close()
     assert httpx.get(f"http://127.0.0.1:{h2c_server.port}/", timeout=10).text == "hello"
+
+
+def test_h2c_undecided_connection_is_dropped_after_the_header_timeout(static_dir: Path) -> None:
+    """A cleartext client that sends a piece of the preface and stalls is not held."""
+    settings: dict[str, Any] = {"http2": HTTP2Settings(h2c=True), "access_log": False}
+    with ThreadedServer(
+        make_app(static_dir), timeouts=TimeoutSettings(header=0.5), **settings
+    ) as srv:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        try:
+            sock.sendall(b"PRI * HTTP/2.0\r\n")
+            assert sock.recv(100) == b""  # closed
+        finally:
+            sock.close()
 
 
 def test_h2c_is_off_by_default(static_dir: Path) -> None:

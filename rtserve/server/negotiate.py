@@ -67,13 +67,14 @@ class ProtocolChoice(asyncio.Protocol):
     over: by ALPN once the TLS handshake is done (`connection_made`), or, for h2c, by whether
     the first bytes are the HTTP/2 preface."""
 
-    __slots__ = ("_http1", "_read", "_state", "_transport")
+    __slots__ = ("_http1", "_read", "_state", "_timer", "_transport")
 
     def __init__(self, state: ServerState, http1: Callable[[], asyncio.Protocol]) -> None:
         self._state = state
         self._http1 = http1
         self._transport: asyncio.BaseTransport | None = None
         self._read = b""
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -81,6 +82,10 @@ class ProtocolChoice(asyncio.Protocol):
         if ssl_object is not None:
             chosen = ssl_object.selected_alpn_protocol()
             self._switch(http2_connection(self._state) if chosen == "h2" else self._http1())
+            return
+        # h2c: undecided until the first bytes come, which must be within the header timeout.
+        header = self._state.settings.timeouts.header
+        self._timer = self._state.loop.call_later(header, transport.abort)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self._read += data
@@ -93,9 +98,16 @@ class ProtocolChoice(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # closed before saying anything
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
     def _switch(self, protocol: asyncio.Protocol, data: bytes = b"") -> None:
         transport = self._transport
         assert transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._read = b""
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
