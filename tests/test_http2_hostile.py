@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
 
 from rtserve import App
 from rtserve.app.request import Request
@@ -122,7 +128,7 @@ def test_hpack_bomb_is_refused(server: ThreadedServer[App]) -> None:
         client.close()
 
 
-@pytest.mark.parametrize("kind", ["ping", "settings"])
+@pytest.mark.parametrize("kind", ["ping", "settings", "empty data"])
 def test_control_frame_flood_ends_in_goaway(server: ThreadedServer[App], kind: str) -> None:
     client = H2Client(server.port)
     try:
@@ -132,10 +138,14 @@ def test_control_frame_flood_ends_in_goaway(server: ThreadedServer[App], kind: s
                 ping = PingFrame(0)
                 ping.opaque_data = i.to_bytes(8, "big")
                 frames.append(ping.serialize())
-            else:
+            elif kind == "settings":
                 settings = SettingsFrame(0)
                 settings.settings = {SettingsFrame.MAX_CONCURRENT_STREAMS: 100}
                 frames.append(settings.serialize())
+            else:
+                frames.append(DataFrame(1).serialize())  # on a request whose body is open
+        if kind == "empty data":
+            client.request("/", "POST", end=False)
         with contextlib.suppress(OSError):
             client.sock.sendall(b"".join(frames))
         assert_another_client_is_served(server.port)

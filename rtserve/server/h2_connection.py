@@ -13,8 +13,8 @@ keeps what a client can make the server hold bounded:
   window (`writing_paused`, `drain()`), none is framed while the socket's own buffer is full,
   and reading stops then (so control frames' answers cannot pile up);
 - abuse: more than `http2.max_resets` resets (rapid reset, CVE-2023-44487) or
-  `http2.max_control_frames` SETTINGS/PING/PRIORITY frames per 10 s ends the connection with
-  GOAWAY ENHANCE_YOUR_CALM;
+  `http2.max_control_frames` SETTINGS/PING/PRIORITY frames and empty DATA frames per 10 s
+  ends the connection with GOAWAY ENHANCE_YOUR_CALM;
 - time: the preface and first request within `timeouts.header`, an idle connection closed
   after `timeouts.keepalive`, a request body piece within `timeouts.body`, and a stream (or
   the socket) that takes nothing for `timeouts.send` is reset (or cut off).
@@ -309,6 +309,9 @@ class H2Connection(asyncio.Protocol):
     def _data(self, event: DataReceived) -> None:
         stream_id: int = event.stream_id
         size: int = event.flow_controlled_length
+        if not size:  # an empty DATA frame costs us as much as a PING (CVE-2019-9518)
+            self._control_frame()
+            return
         stream = self.streams.get(stream_id)
         exchange = None if stream is None else stream.exchange
         if stream is None or exchange is None or stream.closed:
