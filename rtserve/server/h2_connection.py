@@ -309,8 +309,9 @@ class H2Connection(asyncio.Protocol):
     def _data(self, event: DataReceived) -> None:
         stream_id: int = event.stream_id
         size: int = event.flow_controlled_length
-        if not size:  # an empty DATA frame costs us as much as a PING (CVE-2019-9518)
-            self._control_frame()
+        if not size:
+            if event.stream_ended is None:  # as costly as a PING, to no end (CVE-2019-9518)
+                self._control_frame()
             return
         stream = self.streams.get(stream_id)
         exchange = None if stream is None else stream.exchange
