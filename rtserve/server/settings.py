@@ -87,7 +87,7 @@ class HTTP2Settings:
         200, "streams a client may reset per 10 s before GOAWAY (rapid reset, CVE-2023-44487)"
     )
     max_control_frames: int = opt(
-        1000, "SETTINGS, PING, PRIORITY and empty DATA frames (but the last) a client may send per 10 s"
+        1000, "SETTINGS, PING, PRIORITY, empty non-final DATA frames a client may send per 10 s"
     )
     max_streams: int = opt(
         0, "streams served on one connection before a graceful GOAWAY (0: until ids run out)"
