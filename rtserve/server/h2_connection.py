@@ -434,6 +434,7 @@ class H2Connection(asyncio.Protocol):
         stream_id = stream.stream_id
         pending = stream.pending
         sent = 0
+        ended = False
         if not self.writing_paused:
             frame = h2.max_outbound_frame_size
             while pending:
@@ -446,8 +447,9 @@ class H2Connection(asyncio.Protocol):
                     h2.send_data(stream_id, data[:size])
                     pending[0] = data[size:]
                 else:
-                    h2.send_data(stream_id, data)
                     pending.popleft()
+                    ended = stream.ending and not pending  # END_STREAM on the last DATA
+                    h2.send_data(stream_id, data, end_stream=ended)
                 sent += size
             stream.pending_bytes -= sent
         if pending:
@@ -457,14 +459,16 @@ class H2Connection(asyncio.Protocol):
         else:
             if self.blocked.pop(stream, 0) is None:
                 self._untime(stream)
-            if stream.ending and not stream.end_sent:
+            if stream.ending and not stream.end_sent and not ended:
                 h2.end_stream(stream_id)
-                stream.end_sent = True
-                if stream.remote_ended:
-                    self._forget(stream)
-                else:
-                    self._end_early(stream)
-        if sent or stream.end_sent:
+                ended = True
+        if ended:
+            stream.end_sent = True
+            if stream.remote_ended:
+                self._forget(stream)
+            else:
+                self._end_early(stream)
+        if sent or ended:
             stream.room()
             self._want_flush()
 
