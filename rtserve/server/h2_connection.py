@@ -23,10 +23,8 @@ keeps what a client can make the server hold bounded:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING
 
@@ -50,9 +48,10 @@ from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes, Settings
 
 from rtserve.errors import ProtocolError
-from rtserve.protocol.http11 import Header, RequestHead
+from rtserve.protocol.http2 import request_head, tunnel_fields
+from rtserve.protocol.http11 import Header
 from rtserve.server.exchange import Exchange
-from rtserve.server.h2_stream import H2Stream, split_fields
+from rtserve.server.h2_stream import H2Stream
 from rtserve.server.h2_tunnel import StreamTransport
 from rtserve.server.transport import ConnectionInfo
 
@@ -65,8 +64,6 @@ log = logging.getLogger("rtserve.server")
 INF = float("inf")
 ABUSE_WINDOW = 10.0  # seconds over which resets and control frames are counted
 LAST_STREAM_ID = 2**31 - 1
-# What the answer to an extended CONNECT keeps of the WebSocket's 101.
-TUNNEL_FIELDS = frozenset((b"sec-websocket-protocol", b"sec-websocket-extensions"))
 
 
 class H2Connection(asyncio.Protocol):
@@ -106,7 +103,7 @@ class H2Connection(asyncio.Protocol):
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
-                # Our response fields are built valid and lower-case (H2Stream._head).
+                # Our response fields are built valid and lower-case (protocol.http2).
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
             )
@@ -497,10 +494,7 @@ class H2Connection(asyncio.Protocol):
     ) -> None:
         """Answer an extended CONNECT with 200 (the 101 `response`'s subprotocol and extension
         fields) and run `protocol` over the stream."""
-        fields: list[Header] = [(b":status", b"200")]
-        for name, value in split_fields(response.partition(b"\r\n")[2]):
-            if name.lower() in TUNNEL_FIELDS:
-                fields.append((name.lower(), value))
+        fields = tunnel_fields(response)
         exchange.started = True
         exchange.status = 200
         self.state.stats.http_latency.observe(perf_counter() - exchange.start_time)
@@ -676,51 +670,3 @@ class H2Connection(asyncio.Protocol):
         path = None if first is None or first.exchange is None else first.exchange.head.path
         state = "send" if self.writing_paused else ("busy" if self.streams else "idle")
         return ConnectionInfo(f"h2 {state} ({len(self.streams)} streams)", path, queued)
-
-
-def request_head(fields: list[Header]) -> RequestHead:
-    """A `RequestHead` from an HTTP/2 request's decoded fields (h2 has validated them);
-    `:authority` becomes `host`. Raises ProtocolError(400) for what HTTP/1.1 would refuse."""
-    method = path = authority = protocol = b""
-    headers: list[Header] = []
-    host = False
-    length: bytes | None = None
-    for name, value in fields:
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":protocol":
-                protocol = value
-            continue
-        if name == b"host":
-            host = True
-        elif name == b"content-length":
-            length = value
-        headers.append((name, value))
-    if authority and not host:
-        headers.insert(0, (b"host", authority))
-    if not path:
-        raise ProtocolError(400, "no :path")
-    tunnel = method == b"CONNECT" and protocol.lower() == b"websocket"
-    if tunnel:
-        # An extended CONNECT (RFC 8441) is the HTTP/2 form of a WebSocket opening
-        # handshake: shown to the app as the HTTP/1.1 GET it stands for, with a key of its
-        # own (HTTP/2 has no Sec-WebSocket-Key and no Accept to answer).
-        method = b"GET"
-        headers += [
-            (b"upgrade", b"websocket"),
-            (b"connection", b"upgrade"),
-            (b"sec-websocket-key", base64.b64encode(os.urandom(16))),
-        ]
-    head = RequestHead(method.decode("ascii", "replace"), path, headers, "2")
-    head.upgrade = tunnel
-    if length is not None:
-        if not length.isdigit():
-            raise ProtocolError(400, "bad content-length")
-        head.content_length = int(length)
-    head.expect_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
-    return head

@@ -14,6 +14,7 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from rtserve.protocol.http2 import response_fields
 from rtserve.server.exchange import ClientDisconnected
 
 if TYPE_CHECKING:
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
-# Response fields HTTP/2 forbids (RFC 9113 8.2.2): the connection's business, not a stream's.
-CONNECTION_FIELDS = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
-)
 FILE_PIECE = 256 * 1024  # bytes of a file body read (in a worker thread) at a time
 
 
@@ -204,7 +201,7 @@ class H2Stream:
         content_length: int,
         body: bytes,
     ) -> None:
-        fields = self._head(status, headers, content_length)
+        fields = self._fields(status, headers, content_length)
         self.ending = True
         if body:
             self.conn.send_headers(self, fields, False)
@@ -220,30 +217,14 @@ class H2Stream:
         headers: list[Header] | bytes,
         content_length: int | None,
     ) -> bool:
-        self.conn.send_headers(self, self._head(status, headers, content_length), False)
+        self.conn.send_headers(self, self._fields(status, headers, content_length), False)
         return False  # HTTP/2 frames the body itself: never chunked
 
-    def _head(
+    def _fields(
         self, status: int, headers: list[Header] | bytes, content_length: int | None
     ) -> list[Header]:
-        """The response's HEADERS fields (a bad field raises ValueError, as HTTP/1.1's do)."""
-        if not 100 <= status <= 999:
-            raise ValueError(f"invalid HTTP status {status}")
         state = self.conn.state
-        fields: list[Header] = [(b":status", b"%d" % status)]
-        for name, value in split_fields(headers) if isinstance(headers, bytes) else headers:
-            name = name.lower()
-            if name in CONNECTION_FIELDS:
-                continue
-            if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name or not name:
-                raise ValueError(f"invalid header field {name!r}")
-            fields.append((name, value))
-        if content_length is not None and status >= 200 and status not in (204, 304):
-            fields.append((b"content-length", b"%d" % content_length))
-        fields.append((b"date", state.date_line[6:-2]))
-        if state.server_line:
-            fields.append((b"server", state.server_line[8:-2]))
-        return fields
+        return response_fields(status, headers, content_length, state.date_line, state.server_line)
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
@@ -343,16 +324,6 @@ class H2Stream:
 
 CANCEL = 0x8
 INTERNAL_ERROR = 0x2
-
-
-def split_fields(encoded: bytes) -> list[Header]:
-    """Header fields back from their HTTP/1.1 encoding (constant heads come encoded)."""
-    out: list[Header] = []
-    for line in encoded.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            out.append((name, value.strip()))
-    return out
 
 
 def _pread(fd: int, size: int, position: int) -> bytes:
