@@ -1,7 +1,8 @@
 """Why HTTP/2 matters for SSE and long polling: Chromium opens at most six HTTP/1.1
 connections per origin, so of 12 pages of one origin each holding an SSE stream through
 rtserve.js only six get a publication; over HTTP/2 all 12 streams (SSE, or waiting long polls)
-share one connection and every page gets it at once. Marked slow (about 40 s with Chromium's
+share one connection and every page gets it at once; Chromium opens rtserve.js's /rt/ws on
+streams of that connection too (RFC 8441). Marked slow (about 40 s with Chromium's
 start)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from rtserve import App
 from rtserve.app.request import Request
 from rtserve.app.response import Response
+from rtserve.server.h2_tunnel import StreamTransport
 from rtserve.server.settings import HTTP2Settings, TLSSettings
 from rtserve.testing import ThreadedServer
 from tests.support.tls import dev_tls
@@ -23,7 +25,7 @@ from tests.support.waiting import until
 
 PAGES = 12
 BROWSER_LIMIT = 6  # Chromium's HTTP/1.1 connections per origin
-PAGE = (Path(__file__).parent / "browser_pages" / "http2_sse.html").read_text()
+PAGE = (Path(__file__).parent / "browser_pages" / "http2_pages.html").read_text()
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +70,7 @@ def run(pages: list[Any], server: ThreadedServer[App], transport: str) -> None:
         page.evaluate(f"window.start({transport!r})")
 
 
-@pytest.mark.parametrize("transport", ["sse", "poll"])
+@pytest.mark.parametrize("transport", ["sse", "poll", "websocket"])
 def test_twelve_pages_over_http2_all_receive(
     pages: list[Any], tls: TLSSettings, transport: str
 ) -> None:
@@ -80,6 +82,9 @@ def test_twelve_pages_over_http2_all_receive(
         until(lambda: received(pages) == PAGES, 10, "every page received the publication")
         state = server.server.state if server.server is not None else None
         assert state is not None and state.stats.h2_connections_total >= 1
+        if transport == "websocket":  # RFC 8441: each /rt/ws rides a stream of the page's
+            assert len(state.websockets) == PAGES
+            assert all(isinstance(ws.transport, StreamTransport) for ws in state.websockets)
 
 
 def test_twelve_pages_over_http11_stall_at_six(pages: list[Any], tls: TLSSettings) -> None:
