@@ -224,3 +224,24 @@ def test_a_connection_without_requests_is_closed_after_the_header_timeout(
         assert client.goaway == 0
     finally:
         client.close()
+
+
+def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
+    server: ThreadedServer[App], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Windows opened wide, then the socket never read: the server's write buffer fills, it
+    frames no more, and after timeouts.send (1 s here) it drops the connection."""
+    client = H2Client(server.port)
+    try:
+        client.conn.update_settings({SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        client.send()
+        client.request("/forever")  # without end: beyond any socket buffer
+        state = server.server.state if server.server is not None else None
+        assert state is not None
+        before = state.stats.limit_hits
+        until(lambda: "cut off: took nothing" in caplog.text, 10, "the stalled client cut off")
+        assert state.stats.limit_hits > before
+        assert_another_client_is_served(server.port)
+    finally:
+        client.close()
