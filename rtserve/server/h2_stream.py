@@ -155,12 +155,13 @@ class H2Stream:
         if self.tunnel is not None:
             self.tunnel.drained()
         waiter = self._drain_waiter
-        if waiter is not None and not self.writing_paused_below_low():
+        if waiter is not None and not self._over_low_water():
             self._drain_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def writing_paused_below_low(self) -> bool:
+    def _over_low_water(self) -> bool:
+        """Still too much waiting for a `drain()` to return (the socket's, or ours)."""
         low = self.conn.state.settings.limits.write_buffer_low
         return self.conn.writing_paused or self.pending_bytes > low
 
