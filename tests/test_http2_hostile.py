@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hpack import Encoder
@@ -245,3 +246,24 @@ def test_a_client_that_reads_nothing_is_cut_off_after_the_send_timeout(
         assert_another_client_is_served(server.port)
     finally:
         client.close()
+
+
+def test_over_max_connections_an_h2_client_gets_goaway(tmp_path: Path) -> None:
+    """The refusal a connection over max_connections gets speaks the protocol ALPN chose."""
+    with ThreadedServer(
+        make_app(), tls=dev_tls(tmp_path), max_connections=1, access_log=False
+    ) as srv:
+        first = H2Client(srv.port)
+        try:
+            assert first.get("/").body == b"hello"
+            refused = H2Client(srv.port)
+            try:
+                refused.wait_closed()
+                assert refused.goaway == 0 and refused.closed
+            finally:
+                refused.close()
+            state = srv.server.state if srv.server is not None else None
+            assert state is not None and state.stats.connections_refused == 1
+            assert first.get("/").body == b"hello"
+        finally:
+            first.close()

@@ -54,6 +54,10 @@ def new_connection(state: ServerState, http2: bool = False) -> asyncio.Protocol:
         if state.refusing >= limit:
             state.stats.connections_refused += 1
             return _Dropped()
+        if http2:
+            return ProtocolChoice(
+                state, lambda: BusyConnection(state), lambda: BusyConnection(state, http2=True)
+            )
         return BusyConnection(state)
     if http2:
         return ProtocolChoice(state, lambda: HTTPConnection(state))

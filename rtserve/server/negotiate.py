@@ -67,11 +67,17 @@ class ProtocolChoice(asyncio.Protocol):
     over: by ALPN once the TLS handshake is done (`connection_made`), or, for h2c, by whether
     the first bytes are the HTTP/2 preface."""
 
-    __slots__ = ("_http1", "_read", "_state", "_timer", "_transport")
+    __slots__ = ("_http1", "_http2", "_read", "_state", "_timer", "_transport")
 
-    def __init__(self, state: ServerState, http1: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        http1: Callable[[], asyncio.Protocol],
+        http2: Callable[[], asyncio.Protocol] | None = None,
+    ) -> None:
         self._state = state
         self._http1 = http1
+        self._http2 = http2 or (lambda: http2_connection(state))
         self._transport: asyncio.BaseTransport | None = None
         self._read = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -81,7 +87,7 @@ class ProtocolChoice(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             chosen = ssl_object.selected_alpn_protocol()
-            self._switch(http2_connection(self._state) if chosen == "h2" else self._http1())
+            self._switch(self._http2() if chosen == "h2" else self._http1())
             return
         # h2c: undecided until the first bytes come, which must be within the header timeout.
         header = self._state.settings.timeouts.header
@@ -93,7 +99,7 @@ class ProtocolChoice(asyncio.Protocol):
         if read[: len(PREFACE)] == PREFACE[: len(read)] and len(read) < len(PREFACE):
             return  # could be either yet
         is_h2 = read[: len(PREFACE)] == PREFACE
-        self._switch(http2_connection(self._state) if is_h2 else self._http1(), read)
+        self._switch(self._http2() if is_h2 else self._http1(), read)
 
     def eof_received(self) -> bool | None:
         return None  # closed before saying anything
