@@ -10,6 +10,8 @@ RtserveError                     every error rtserve raises on purpose
  ├── ClientDisconnected          the client went mid-response (server.exchange; a ConnectionError)
  ├── SendStalled                 the client took no bytes for too long (server.sendfile; ditto)
  ├── CannotListen                the server's address cannot be bound (server.listener)
+ ├── HTTP2Unavailable            h2c asked for without the h2 package (server.negotiate)
+ ├── CannotMakeCertificate       `rtserve dev-cert`: openssl missing or failing (cli.devcert_cmd)
  ├── HandshakeError              a WebSocket upgrade that cannot be accepted (protocol.ws_handshake)
  ├── WebSocketProtocolError      the peer broke RFC 6455; has the close code (protocol.websocket)
  │    └── DeflateError           a compressed message that cannot be accepted (protocol.deflate)

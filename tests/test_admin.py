@@ -200,6 +200,8 @@ def test_stats_connections_channels_and_disconnect(tmp_path: Path) -> None:
         assert set(before["totals"]) == {
             "connections",
             "connections_refused",
+            "h2_connections",
+            "h2_streams",
             "requests",
             "responses",
             "websockets",

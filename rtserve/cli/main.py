@@ -10,6 +10,7 @@ import click
 
 from rtserve import __version__
 from rtserve.cli.channel_cmds import publish, subscribe
+from rtserve.cli.devcert_cmd import dev_cert
 from rtserve.cli.loader import load_app
 from rtserve.cli.new_cmd import new
 from rtserve.cli.options import apply_options, server_options
@@ -131,5 +132,6 @@ main.add_command(subscribe)
 main.add_command(publish)
 main.add_command(new)
 main.add_command(stats)
+main.add_command(dev_cert)
 if __name__ == "__main__":
     main()

@@ -223,6 +223,26 @@ DOCS: dict[str, CommandDoc] = {
             'rtserve stats --url http://127.0.0.1:9100 --token "$RTSERVE_ADMIN_TOKEN"'
         ),
     ),
+    "dev-cert": CommandDoc(
+        about=(
+            "Runs the `openssl` command line (it must be installed) to make an EC P-256 "
+            "certificate for `localhost`, `127.0.0.1` and `::1`, signed by its own key. "
+            "`rtserve run --tls-cert cert.pem --tls-key key.pem` then serves HTTPS, and "
+            "HTTP/2 by ALPN when the `http2` extra is installed (`pip install "
+            "'rtserve[http2]'`). Browsers warn until the certificate is trusted; curl takes "
+            "`-k` or `--cacert cert.pem`. See [http.md](http.md#http2)."
+        ),
+        exits=(
+            ("0", "both files written"),
+            ("1", "openssl is missing or failed (its message is shown)"),
+            ("2", "a file exists (without `--force`), or another usage error"),
+        ),
+        example=(
+            "rtserve dev-cert\n"
+            "rtserve run app.py:app --tls-cert cert.pem --tls-key key.pem\n"
+            "curl -k --http2 https://localhost:8000/"
+        ),
+    ),
     "subscribe": CommandDoc(
         about=(
             "Connects to the channel WebSocket with rtserve.client and prints each "

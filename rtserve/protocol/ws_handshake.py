@@ -79,7 +79,8 @@ def parse_request(method: str, version: str, headers: Sequence[Header]) -> Hands
     """Validate an opening handshake request; raise HandshakeError with the answer."""
     if method != "GET":
         raise HandshakeError(405, "WebSocket handshake must use GET", [(b"allow", b"GET")])
-    if version.removeprefix("HTTP/") != "1.1":
+    # HTTP/2: an extended CONNECT (RFC 8441), which the h2 connection presents as this GET.
+    if version.removeprefix("HTTP/") not in ("1.1", "2"):
         raise HandshakeError(400, "WebSocket handshake requires HTTP/1.1")
     fields = _fields(headers)
     if "websocket" not in (t.lower() for t in _tokens(fields.get("upgrade", []))):

@@ -28,6 +28,7 @@ if sys.platform == "linux":
 from rtserve.errors import ProtocolError
 from rtserve.protocol.http11 import (
     CONTINUE_RESPONSE,
+    Header,
     RequestHead,
     RequestParser,
     response_head,
@@ -630,15 +631,56 @@ class HTTPConnection(asyncio.Protocol):
         self.state.stats.bytes_sent += n
         self.transport.write(data)
 
-    def write_response(self, head: bytes, body: bytes) -> None:
+    def write_response(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int,
+        body: bytes,
+    ) -> None:
         """Write and count a whole response (the caller checked `closed`)."""
+        state = self.state
+        head = response_head(
+            status,
+            headers,
+            content_length=content_length,
+            keep_alive=self.keep_alive_after(exchange),
+            date=state.date_line,
+            server=state.server_line,
+            http10=exchange.head.version == "1.0",
+        )
         n = len(head) + len(body)
         self.bytes_out += n
-        self.state.stats.bytes_sent += n
+        state.stats.bytes_sent += n
         if len(body) > 4096:
             self.transport.writelines((head, body))
         else:
             self.transport.write(head + body)
+
+    def write_head(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int | None,
+    ) -> bool:
+        """Write the head of a streamed response; True when its body goes chunked."""
+        http10 = exchange.head.version == "1.0"
+        if content_length is None and http10:
+            self.must_close = True  # HTTP/1.0 has no chunking: the body ends when we close
+        state = self.state
+        head = response_head(
+            status,
+            headers,
+            content_length=content_length,
+            keep_alive=self.keep_alive_after(exchange),
+            date=state.date_line,
+            server=state.server_line,
+            http10=http10,
+        )
+        self.write(head)
+        return content_length is None and not http10
 
     def buffered(self) -> int:
         """Bytes written and not yet handed to the socket."""

@@ -1,10 +1,12 @@
-"""One request/response exchange on an HTTP/1.1 connection, as the app layer sees it.
+"""One request/response exchange on an HTTP connection (HTTP/1.1, or one HTTP/2 stream), as
+the app layer sees it.
 
 The app reads the request head and body from it and answers through it: `respond()` writes a
 whole response at once; `start()`/`write()`/`drain()`/`end()` stream one; `sendfile()` sends
 part of a file without reading it into Python; `upgrade()` hands the socket to another
 protocol. Exactly one answer per exchange. It is the app's only door to the connection, which
-it reaches through the `ExchangeTransport` seam (rtserve/server/transport.py).
+it reaches through the `ExchangeTransport` seam (rtserve/server/transport.py); the connection
+frames the response (an HTTP/1.1 head, or HTTP/2 HEADERS).
 """
 
 from __future__ import annotations
@@ -15,13 +17,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rtserve.errors import RtserveError
-from rtserve.protocol.http11 import (
-    LAST_CHUNK,
-    Header,
-    RequestHead,
-    encode_chunk,
-    response_head,
-)
+from rtserve.protocol.http11 import LAST_CHUNK, Header, RequestHead, encode_chunk
 
 if TYPE_CHECKING:
     from rtserve.server.state import ServerState
@@ -184,51 +180,28 @@ class Exchange:
         if self.started:
             raise RuntimeError("response already started")
         conn = self._transport
-        state = self.state
-        head = response_head(
-            status,
-            headers,
-            content_length=len(body),
-            keep_alive=conn.keep_alive_after(self),
-            date=state.date_line,
-            server=state.server_line,
-            http10=self.head.version == "1.0",
-        )
-        self.started = True  # only now: a bad header above leaves room for a 500
-        self.status = status
-        state.stats.http_latency.observe(perf_counter() - self.start_time)
-        if self.head_only or status == 304 or status == 204:
-            body = b""
-        self.response_bytes = len(body)
+        sent = b"" if self.head_only or status == 304 or status == 204 else body
         if not conn.closed:
-            conn.write_response(head, body)
+            # The connection frames the head; a bad header raises here, before `started`,
+            # which leaves room for a 500.
+            conn.write_response(self, status, headers, len(body), sent)
+        self.started = True
+        self.status = status
+        self.state.stats.http_latency.observe(perf_counter() - self.start_time)
+        self.response_bytes = len(sent)
         self._finish()
 
     def start(self, status: int, headers: list[Header], content_length: int | None = None) -> None:
-        """Send the head of a streamed response; `content_length=None` streams chunked."""
+        """Send the head of a streamed response; `content_length=None` streams (chunked on
+        HTTP/1.1)."""
         if self.started:
             raise RuntimeError("response already started")
         conn = self._transport
-        state = self.state
-        http10 = self.head.version == "1.0"
-        if content_length is None and http10:
-            conn.must_close = True  # HTTP/1.0 has no chunking: the body ends when we close
-        else:
-            self._chunked = content_length is None
-        head = response_head(
-            status,
-            headers,
-            content_length=content_length,
-            keep_alive=conn.keep_alive_after(self),
-            date=state.date_line,
-            server=state.server_line,
-            http10=http10,
-        )
+        if not conn.closed:
+            self._chunked = conn.write_head(self, status, headers, content_length)
         self.started = True
         self.status = status
-        state.stats.http_latency.observe(perf_counter() - self.start_time)
-        if not conn.closed:
-            conn.write(head)
+        self.state.stats.http_latency.observe(perf_counter() - self.start_time)
 
     def write(self, data: bytes) -> None:
         """Queue one piece of a streamed response body. Raises ClientDisconnected."""
@@ -364,7 +337,23 @@ class _Upgraded:
     def write(self, data: bytes) -> None:
         raise RuntimeError(_SWITCHED)
 
-    def write_response(self, head: bytes, body: bytes) -> None:
+    def write_response(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int,
+        body: bytes,
+    ) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    def write_head(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int | None,
+    ) -> bool:
         raise RuntimeError(_SWITCHED)
 
     async def drain(self) -> None:

@@ -16,18 +16,20 @@ from rtserve.errors import RtserveError
 from rtserve.schema import check_ranges
 from rtserve.server.busy import BusyConnection
 from rtserve.server.connection import HTTPConnection
+from rtserve.server.negotiate import ProtocolChoice, alpn_protocols, http2_mode
 from rtserve.server.settings import ServerSettings
 from rtserve.server.state import Application, ServerState
 
 log = logging.getLogger("rtserve.server")
 
 
-def make_ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
-    """A server TLS context from PEM files (TLS 1.2+, HTTP/1.1 by ALPN)."""
+def make_ssl_context(cert: str, key: str | None, *, http2: bool = False) -> ssl.SSLContext:
+    """A server TLS context from PEM files (TLS 1.2+; ALPN offers h2 first when `http2`,
+    then HTTP/1.1)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(alpn_protocols(http2))
     return context
 
 
@@ -42,17 +44,24 @@ def listen_failure(settings: ServerSettings, error: OSError) -> str:
     return f"cannot listen on {where}: {why}"
 
 
-def new_connection(state: ServerState) -> asyncio.Protocol:
-    """The protocol of a new connection: an HTTPConnection, or a BusyConnection (503) when
-    `max_connections` are open already. Beyond as many refusals again in flight, the new
-    connection is dropped at once (its handshake done, nothing read), so a flood of them
-    cannot hold descriptors."""
+def new_connection(state: ServerState, http2: bool = False) -> asyncio.Protocol:
+    """The protocol of a new connection: an HTTPConnection (or, when `http2`, a
+    ProtocolChoice that hands it to HTTP/2 if ALPN or the h2c preface says so), or a
+    BusyConnection (503) when `max_connections` are open already. Beyond as many refusals
+    again in flight, the new connection is dropped at once (its handshake done, nothing
+    read), so a flood of them cannot hold descriptors."""
     limit = state.settings.max_connections
     if limit and len(state.connections) >= limit:
         if state.refusing >= limit:
             state.stats.connections_refused += 1
             return _Dropped()
+        if http2:
+            return ProtocolChoice(
+                state, lambda: BusyConnection(state), lambda: BusyConnection(state, http2=True)
+            )
         return BusyConnection(state)
+    if http2:
+        return ProtocolChoice(state, lambda: HTTPConnection(state))
     return HTTPConnection(state)
 
 
@@ -105,12 +114,14 @@ class Server:
         loop = asyncio.get_running_loop()
         s = self.settings
         check_ranges(s)
-        ssl_context = make_ssl_context(s.tls.cert, s.tls.key) if s.tls.cert else None
+        alpn_h2, h2c = http2_mode(s)
+        ssl_context = make_ssl_context(s.tls.cert, s.tls.key, http2=alpn_h2) if s.tls.cert else None
         state = self.state = ServerState(self.app, s, loop, ssl_context)
+        http2 = alpn_h2 or h2c
         bind = getattr(self.app, "bind_server_state", None)
         if bind is not None:  # the app's admin interface reads this server's state
             bind(state)
-        factory: Callable[[], asyncio.Protocol] = lambda: new_connection(state)  # noqa: E731
+        factory: Callable[[], asyncio.Protocol] = lambda: new_connection(state, http2)  # noqa: E731
         socks = [sock] if isinstance(sock, socket.socket) else list(sock or ())
         if not socks and s.fd is not None:
             socks = [socket.socket(fileno=s.fd)]

@@ -70,6 +70,31 @@ class TLSSettings:
 
 
 @dataclass(slots=True)
+class HTTP2Settings:
+    """HTTP/2 (the `http2` extra): over TLS by ALPN, or cleartext h2c with prior knowledge."""
+
+    enabled: bool = opt(True, "offer h2 by ALPN when TLS is on (needs the http2 extra)")
+    h2c: bool = opt(False, "also accept cleartext HTTP/2 with prior knowledge (trusted proxies)")
+    max_concurrent_streams: int = opt(100, "open streams a client may have on one connection")
+    initial_window_size: int = opt(
+        256 * KiB, "request body bytes a stream may send before the app takes them", size=True
+    )
+    max_frame_size: int = opt(16 * KiB, "largest frame payload accepted", size=True)
+    max_header_list_size: int = opt(
+        16 * KiB, "a request's header fields, decoded, bytes (HPACK bombs end the connection)"
+    )
+    max_resets: int = opt(
+        200, "streams a client may reset per 10 s before GOAWAY (rapid reset, CVE-2023-44487)"
+    )
+    max_control_frames: int = opt(
+        1000, "SETTINGS, PING, PRIORITY, empty non-final DATA frames a client may send per 10 s"
+    )
+    max_streams: int = opt(
+        0, "streams served on one connection before a graceful GOAWAY (0: until ids run out)"
+    )
+
+
+@dataclass(slots=True)
 class WebSocketSettings:
     """Defaults for every WebSocket route; `app.websocket(path, **options)` overrides them."""
 
@@ -148,6 +173,7 @@ class ServerSettings:
         default_factory=TimeoutSettings, metadata={"help": "timeouts"}
     )
     tls: TLSSettings = field(default_factory=TLSSettings, metadata={"help": "TLS"})
+    http2: HTTP2Settings = field(default_factory=HTTP2Settings, metadata={"help": "HTTP/2"})
     websocket: WebSocketSettings = field(
         default_factory=WebSocketSettings, metadata={"help": "WebSocket defaults"}
     )

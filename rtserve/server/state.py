@@ -62,6 +62,8 @@ class ServerStats:
         "bytes_sent",
         "connections_refused",
         "connections_total",
+        "h2_connections_total",
+        "h2_streams_total",
         "http_latency",
         "limit_hits",
         "requests_total",
@@ -76,6 +78,8 @@ class ServerStats:
     def __init__(self) -> None:
         self.connections_total = 0
         self.connections_refused = 0  # over max_connections: answered 503 (or dropped)
+        self.h2_connections_total = 0  # of connections_total, those speaking HTTP/2
+        self.h2_streams_total = 0  # HTTP/2 streams opened by clients (each one request)
         self.requests_total = 0
         self.limit_hits = 0
         self.responses_by_class = [0, 0, 0, 0, 0, 0]
@@ -183,7 +187,7 @@ class ServerState:
 
     # --- connection bookkeeping ------------------------------------------------------------
 
-    def connection_opened(self, conn: HTTPConnection) -> None:
+    def connection_opened(self, conn: Served) -> None:
         self.connections.add(conn)
         if self.opened is not None:
             self.opened[conn] = self.now

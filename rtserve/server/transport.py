@@ -1,7 +1,8 @@
 """The seams of a connection: towards its exchanges, and towards the server and stats.
 
 `ExchangeTransport` is all an `Exchange` may ask of its connection: HTTP/1.1's
-`HTTPConnection` implements it today, and an HTTP/2 stream can be just another implementer.
+`HTTPConnection` implements it, and so does an HTTP/2 stream (`H2Stream`). The connection
+frames responses: the exchange hands it status, headers and body.
 Nothing outside `rtserve.server` sees it: the app layer talks to the `Exchange` only.
 
 `Served` is what the server (deadlines, shutdown) and stats (`describe()`) need of any live
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
+    from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
     from rtserve.server.state import ServerState
 
@@ -62,8 +64,28 @@ class ExchangeTransport(Protocol):
         """Write and count `data` (the caller checked `closed`)."""
         ...
 
-    def write_response(self, head: bytes, body: bytes) -> None:
-        """Write and count a whole response (the caller checked `closed`)."""
+    def write_response(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int,
+        body: bytes,
+    ) -> None:
+        """Frame and write a whole response to `exchange` (the caller checked `closed`).
+        `body` is b"" for HEAD, 204 and 304; `content_length` the full body's. Raises
+        ValueError for a bad header before writing anything."""
+        ...
+
+    def write_head(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: list[Header] | bytes,
+        content_length: int | None,
+    ) -> bool:
+        """Frame and write the head of a streamed response (the caller checked `closed`);
+        True when the exchange must chunk what it writes (HTTP/1.1 without a length)."""
         ...
 
     def buffered(self) -> int:

@@ -731,7 +731,12 @@
         const abort = (this.abort = new AbortController());
         let answer;
         try {
-          answer = await this._fetch(`/poll?${this.query(pairs)}`, { signal: abort.signal });
+          // no-store: Chromium otherwise holds back identical GETs (tabs polling the same
+          // channels) behind the first one, its HTTP cache lock
+          answer = await this._fetch(`/poll?${this.query(pairs)}`, {
+            signal: abort.signal,
+            cache: "no-store",
+          });
         } catch (error) {
           if (generation !== this.generation) return;
           this.generation++;

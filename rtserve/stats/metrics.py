@@ -142,6 +142,8 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
         totals: dict[str, Any] = {
             "connections": s.connections_total,
             "connections_refused": s.connections_refused,
+            "h2_connections": s.h2_connections_total,
+            "h2_streams": s.h2_streams_total,
             "requests": s.requests_total,
             "responses": dict(zip(RESPONSE_CLASSES, [*by_class[1:], by_class[0]], strict=True)),
             "websockets": s.websockets_total,
@@ -158,6 +160,8 @@ def snapshot(app: App, lag: LoopLag, started_at: float, started: float) -> dict[
         totals = {
             "connections": 0,
             "connections_refused": 0,
+            "h2_connections": 0,
+            "h2_streams": 0,
             "requests": 0,
             "responses": dict.fromkeys(RESPONSE_CLASSES, 0),
             "websockets": 0,
@@ -384,6 +388,8 @@ def prometheus(stats: dict[str, Any], started_at: float) -> str:
     for key, name, help in (
         ("connections", "connections", "connections accepted"),
         ("connections_refused", "connections_refused", "connections refused (max_connections)"),
+        ("h2_connections", "h2_connections", "connections that spoke HTTP/2"),
+        ("h2_streams", "h2_streams", "HTTP/2 streams opened by clients"),
         ("requests", "requests", "HTTP requests answered"),
         ("websockets", "websockets", "WebSocket connections opened"),
         ("limit_hits", "limit_hits", "requests refused by a limit or a protocol error"),

@@ -10,4 +10,7 @@ never from another test module (tests/test_layout.py checks that).
 - sse: `SSE`, an EventSource-like reader over http.client
 - broker_events: `Recorder`, BrokerEvents that a test can wait on
 - browser: `join`, a page joining the chat scaffold's room
+- h2client: `H2Client`, a raw HTTP/2 client (h2 on a blocking socket) for well- and
+  ill-behaved requests
+- tls: `dev_tls`, TLS settings with a fresh development certificate
 """
