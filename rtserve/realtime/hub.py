@@ -31,6 +31,7 @@ from rtserve.broker.base import (
 )
 from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
+from rtserve.realtime.deadlines import DeadlineWheel
 from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
@@ -271,6 +272,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._digest: set[str] = set()  # channels with batched joins/leaves to send
         self._digest_task: asyncio.Task[None] | None = None
+        self.poll_deadlines = DeadlineWheel()  # the timeouts of the long polls waiting
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ connects a client as `connect` does: `on_connect` gets the `data` query paramete
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ from rtserve.realtime.rules import ChannelRule
 if TYPE_CHECKING:
     from rtserve.app.request import Request
 
+log = logging.getLogger("rtserve.channels")
+
 MAX_POLL_TIMEOUT = 60.0
 MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: next poll)
 
@@ -62,11 +64,13 @@ class _Waiter:
     """A long poll as the Hub sees it: it notes what arrives and, once it has something to
     say, answers its request there and then (a publication releases every poll in one pass).
 
-    While it waits it holds a timer and a callback on the connection's close, no Task of its
-    own making: the timeout, the client leaving and the server stopping only wake the handler.
+    While it waits its handler has returned (the exchange deferred): no Task, no timer of its
+    own (the hub's `poll_deadlines` holds its timeout) and a callback on the connection's
+    close. Whatever ends the wait answers: a publication, the timeout, the client leaving, the
+    server stopping, the channel's stream restarting.
     """
 
-    __slots__ = ("client", "cors", "got", "request", "subscribed", "timer", "wake")
+    __slots__ = ("client", "cors", "due", "got", "request", "subscribed", "waiting")
     kind = "poll"  # how the admin interface counts it among ServerState.long_lived
 
     def __init__(self, client: ClientInfo, request: Request, cors: list[tuple[str, str]]) -> None:
@@ -75,35 +79,35 @@ class _Waiter:
         self.cors = cors
         self.got: dict[str, list[Outbound]] = {}
         self.subscribed: dict[str, tuple[dict[str, Any], int]] = {}
-        self.wake: asyncio.Future[None] | None = None  # made when it starts waiting
-        self.timer: asyncio.TimerHandle | None = None
+        self.waiting = False
+        self.due = 0  # its slot in the hub's poll_deadlines while waiting
 
-    def wait(self, timeout: float) -> asyncio.Future[None]:
-        """Start waiting, at most `timeout` seconds; the future completes when it is over."""
-        loop = asyncio.get_running_loop()
-        self.wake = wake = loop.create_future()
-        self.timer = loop.call_later(timeout, self._wakeup)
-        self.request.exchange.wait_disconnected().add_done_callback(self._client_left)
-        return wake
+    def wait(self, timeout: float) -> None:
+        """Answer later: at the latest in `timeout` seconds, or when the client leaves."""
+        request = self.request
+        exchange = request.exchange
+        exchange.defer()
+        self.waiting = True
+        self.due = hub_of(request).poll_deadlines.add(timeout, self)
+        exchange.wait_disconnected().add_done_callback(self._client_left)
+        watch_shutdown(request, self)
+
+    def expired(self) -> None:
+        self._release()
 
     def _client_left(self, _: asyncio.Future[None]) -> None:
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._release()  # nothing is written: the exchange is only accounted for
 
     def done_waiting(self) -> None:
-        """Stop the timer, forget the connection's close and leave every channel (again:
+        """Forget the deadline and the connection's close, and leave every channel (again:
         harmless)."""
         request = self.request
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        hub = hub_of(request)
+        if self.waiting:
+            self.waiting = False
+            hub.poll_deadlines.discard(self.due, self)
             request.exchange.wait_disconnected().remove_done_callback(self._client_left)
         unwatch_shutdown(request, self)
-        hub = hub_of(request)
         for channel in self.got:
             hub.unsubscribe(self, channel)
 
@@ -116,23 +120,26 @@ class _Waiter:
             self._release()
 
     def _release(self) -> None:
-        wake = self.wake
-        if wake is None or wake.done():
-            return  # still subscribing (its handler checks `ready()`), or answered already
+        """Answer with what there is, once (not while still subscribing: the handler checks
+        `ready()` then)."""
+        if not self.waiting:
+            return
         self.done_waiting()
-        # If this fails, nothing was sent: the handler, woken below, answers (or reports it).
-        with contextlib.suppress(Exception):
-            self.request.app.respond(self.request, self.response())
-        wake.set_result(None)
+        request = self.request
+        try:
+            request.app.respond(request, self.response())
+        except Exception:
+            log.exception("answering a long poll failed")
+            request.exchange.answer_internal_error()
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         pass  # pollers are not told about joins and leaves
 
     def end_subscription(self, channel: str, code: int, message: str) -> None:
-        self._wakeup()  # the stream restarted: the next poll learns `recovered: false`
+        self._release()  # the stream restarted: the next poll learns `recovered: false`
 
     def stop(self) -> None:
-        self._wakeup()  # the server shuts down: answer with what there is
+        self._release()  # the server shuts down: answer with what there is
 
     def response(self) -> Response:
         """The answer: each channel's publications after its position, and where it is."""
@@ -211,18 +218,14 @@ async def poll_endpoint(request: Request) -> Response | None:
                     waiter, channel, since.get(channel)
                 )
         if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
-            wake = waiter.wait(timeout)
-            watch_shutdown(request, waiter)
-            await wake
-            if request.exchange.started:
-                return None  # a publication released it: `_Waiter.deliver` answered
-        waiter.done_waiting()
+            waiter.wait(timeout)
+            return None  # the waiter answers
         return waiter.response()
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
     finally:
-        if waiter is not None:
+        if waiter is not None and not waiter.waiting:
             waiter.done_waiting()
 
 
