@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rtserve.app.response import JSON, JSONResponse, Response, dump_json
 from rtserve.broker.base import ClientInfo
@@ -60,6 +61,15 @@ MAX_POLL_TIMEOUT = 60.0
 MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: next poll)
 
 
+class _Subscribed(NamedTuple):
+    """Where a poll's subscribe left a channel (what of its result the answer needs)."""
+
+    epoch: str
+    last: int  # the offset the poll has everything up to
+    recovered: bool
+    publications: Sequence[dict[str, Any]]  # recovered from the history, as JSON
+
+
 class _Waiter:
     """A long poll as the Hub sees it: it notes what arrives and, once it has something to
     say, answers its request there and then (a publication releases every poll in one pass).
@@ -70,15 +80,22 @@ class _Waiter:
     server stopping, the channel's stream restarting.
     """
 
-    __slots__ = ("client", "cors", "due", "got", "request", "subscribed", "waiting")
+    __slots__ = ("channels", "client", "cors", "due", "got", "request", "subscribed", "waiting")
     kind = "poll"  # how the admin interface counts it among ServerState.long_lived
 
-    def __init__(self, client: ClientInfo, request: Request, cors: list[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        client: ClientInfo,
+        request: Request,
+        cors: list[tuple[str, str]],
+        channels: list[str],
+    ) -> None:
         self.client = client
         self.request = request
         self.cors = cors
-        self.got: dict[str, list[Outbound]] = {}
-        self.subscribed: dict[str, tuple[dict[str, Any], int]] = {}
+        self.channels = channels
+        self.got: dict[str, list[Outbound]] | None = None  # made by the first delivery
+        self.subscribed: dict[str, _Subscribed] = {}
         self.waiting = False
         self.due = 0  # its slot in the hub's poll_deadlines while waiting
 
@@ -87,6 +104,7 @@ class _Waiter:
         request = self.request
         exchange = request.exchange
         exchange.defer()
+        request.forget_parsed()  # read already: a waiting poll need not keep it
         self.waiting = True
         self.due = hub_of(request).poll_deadlines.add(timeout, self)
         exchange.wait_disconnected().add_done_callback(self._client_left)
@@ -108,15 +126,17 @@ class _Waiter:
             hub.poll_deadlines.discard(self.due, self)
             request.exchange.wait_disconnected().remove_done_callback(self._client_left)
         unwatch_shutdown(request, self)
-        for channel in self.got:
+        for channel in self.channels:
             hub.unsubscribe(self, channel)
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self.got is None:
+            self.got = {}
         got = self.got.setdefault(channel, [])
         if len(got) < MAX_WAITING:
             got.append(message)
         subscribed = self.subscribed.get(channel)
-        if subscribed is not None and message.offset > subscribed[1]:
+        if subscribed is not None and message.offset > subscribed.last:
             self._release()
 
     def _release(self) -> None:
@@ -153,34 +173,39 @@ class _Waiter:
 
     def _only_publication(self, channel: str) -> Outbound | None:
         """The one publication `channel` answers with, when it has nothing else to say."""
-        result, last = self.subscribed[channel]
-        if result.get("publications") or result.get("recovered") is False:
+        _, last, recovered, publications = self.subscribed[channel]
+        if publications or not recovered:
             return None
-        newer = [m for m in self.got.get(channel, ()) if m.offset > last and m.publication]
+        newer = [m for m in self._got(channel) if m.offset > last and m.publication]
         return newer[0] if len(newer) == 1 else None
 
     def answer(self, channel: str) -> dict[str, Any]:
-        result, last = self.subscribed[channel]
-        publications = list(result.get("publications", ()))
-        for message in self.got.get(channel, ()):
+        epoch, last, recovered, recovered_publications = self.subscribed[channel]
+        publications = list(recovered_publications)
+        for message in self._got(channel):
             if message.offset > last and message.publication is not None:
                 publications.append(publication_json(message.publication))
                 last = message.offset
         return {
             "publications": publications,
             "offset": last,
-            "epoch": result["epoch"],
-            "recovered": result.get("recovered", True),
+            "epoch": epoch,
+            "recovered": recovered,
         }
 
     def ready(self) -> bool:
         """Something to answer with already: publications, or a position that was lost."""
-        for channel, (result, last) in self.subscribed.items():
-            if result.get("publications") or result.get("recovered") is False:
+        for channel, (_, last, recovered, publications) in self.subscribed.items():
+            if publications or not recovered:
                 return True
-            if any(m.offset > last for m in self.got.get(channel, ())):
+            if any(m.offset > last for m in self._got(channel)):
                 return True
         return False
+
+    def _got(self, channel: str) -> list[Outbound]:
+        """What arrived on `channel` while subscribed."""
+        got = self.got
+        return [] if got is None else got.get(channel, [])
 
 
 def _timeout(request: Request, default: float) -> float:
@@ -205,7 +230,7 @@ async def poll_endpoint(request: Request) -> Response | None:
         channels = channel_names(request)
         since = positions(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
-        waiter = _Waiter(client, request, cors)
+        waiter = _Waiter(client, request, cors, channels)
         for channel in channels:
             with refusing(channel):
                 rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
@@ -213,9 +238,12 @@ async def poll_endpoint(request: Request) -> Response | None:
                     raise ChannelError(
                         ErrorCode.NOT_AVAILABLE, f"{channel} keeps no history: it cannot be polled"
                     )
-                waiter.got[channel] = []
-                waiter.subscribed[channel] = await hub.subscribe(
-                    waiter, channel, since.get(channel)
+                result, last = await hub.subscribe(waiter, channel, since.get(channel))
+                waiter.subscribed[channel] = _Subscribed(
+                    result["epoch"],
+                    last,
+                    result.get("recovered", True),
+                    result.get("publications") or (),
                 )
         if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
             waiter.wait(timeout)
