@@ -1,9 +1,15 @@
-"""Many waits that end on a deadline, with one loop timer per tenth of a second that has any.
+"""Timers shared by many waiters: deadlines in buckets of a tenth of a second, and a heartbeat.
+
+`DeadlineWheel`: many waits that end on a deadline, with one loop timer per tenth of a second
+that has any.
 
 A loop timer per long poll costs a timer handle each (about 600 B with uvloop) and a heap
 entry; 10,000 polls that wait 25 s fall due within a few dozen tenths of a second, so a bucket
 per tenth holds them all with a few dozen timers. A deadline is rounded up to its tenth: an
 item expires at most `RESOLUTION` seconds late, never early.
+
+`Heartbeat`: one loop timer that beats for every member (the SSE streams' pings), where a timer
+per member would cost its handle and a wake-up each.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ class Expiring(Protocol):
     """What waits in a `DeadlineWheel`: told once, when its deadline has passed."""
 
     def expired(self) -> None: ...
+
+
+class Beating(Protocol):
+    """A member of a `Heartbeat`: told at each beat."""
+
+    def beat(self) -> None: ...
 
 
 RESOLUTION = 0.1
@@ -63,3 +75,41 @@ class DeadlineWheel:
                 item.expired()
             except Exception:  # one failing must not keep the others waiting
                 log.exception("a deadline's callback failed")
+
+
+class Heartbeat:
+    """Calls `beat()` on every member every `interval` seconds (the first beat of a member
+    comes within one interval of its joining), with one loop timer while it has members."""
+
+    __slots__ = ("_members", "_timer")
+
+    def __init__(self) -> None:
+        self._members: dict[Beating, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, member: Beating, interval: float) -> None:
+        """Beat for `member` from now on (every `interval` s: the first member's sets it)."""
+        self._members[member] = None
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(interval, self._beat, loop, interval)
+
+    def discard(self, member: Beating) -> None:
+        self._members.pop(member, None)
+        if not self._members and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def _beat(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        for member in list(self._members):
+            try:
+                member.beat()
+            except Exception:
+                log.exception("a heartbeat's callback failed")
+        if self._members:
+            self._timer = loop.call_later(interval, self._beat, loop, interval)
+        else:
+            self._timer = None

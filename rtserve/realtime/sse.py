@@ -75,8 +75,8 @@ async def sse_endpoint(request: Request) -> Response | None:
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
-    await stream.run(cors)
-    return None  # answered through the exchange
+    await stream.start(cors)
+    return None  # the stream goes on without its handler
 
 
 async def probe(hub: Hub, request: Request) -> None:
@@ -92,21 +92,30 @@ async def probe(hub: Hub, request: Request) -> None:
 
 
 class SSEStream:
-    """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
+    """One EventSource client: a Hub subscriber writing to a streamed HTTP response.
+
+    Once started it runs without a Task: deliveries write (at the end of the loop tick), the
+    hub's `sse_heartbeat` pings, the exchange's close and drain and the server's shutdown call
+    back, and whatever ends it (`_end`) finishes the response.
+    """
 
     kind = "sse"  # how the admin interface counts it among ServerState.long_lived
     # 10,000 idle streams are 10,000 of these: no per-instance __dict__
     __slots__ = (
         "__weakref__",
         "_counted",
+        "_done",
+        "_drain",
+        "_expiry",
         "_last_word",
         "_limit",
         "_out",
         "_out_bytes",
         "_outbox",
         "_preamble",
+        "_retry",
+        "_running",
         "_slow",
-        "_wake",
         "claims",
         "client",
         "contexts",
@@ -133,7 +142,11 @@ class SSEStream:
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
         self._counted = False
-        self._wake: asyncio.Future[None] | None = None
+        self._running = False  # started, driven by callbacks
+        self._done = False  # finished: the response ended and everything let go
+        self._drain: asyncio.Future[None] | None = None  # held back: the client is behind
+        self._retry: asyncio.TimerHandle | None = None  # held back: a message over the room
+        self._expiry: asyncio.TimerHandle | None = None  # the token's
         settings = request.settings
         # Bytes the connection may have waiting to be sent before a publication is held back
         # (at least the point where writing pauses, so that draining has something to await).
@@ -194,17 +207,16 @@ class SSEStream:
 
     # --- streaming -------------------------------------------------------------------------
 
-    async def run(self, cors: list[tuple[str, str]]) -> None:
+    async def start(self, cors: list[tuple[str, str]]) -> None:
+        """Send the head and what was gathered, join the channels, and leave the stream to
+        its callbacks (the exchange is deferred: its handler returns now)."""
         hub, exchange = self.hub, self.exchange
-        loop = asyncio.get_running_loop()
-        disconnected = exchange.wait_disconnected()
+        exchange.defer()
+        self.request.forget_parsed()  # read already: an idle stream need not keep it
         watch_shutdown(self.request, self)
-        timer = None
         if self.claims is not None and self.claims.expires is not None:
             delay = max(0.0, self.claims.expires - time.time())
-            timer = loop.call_later(delay, self._token_expired)
-        drain: asyncio.Future[None] | None = None
-        outbox = self._outbox
+            self._expiry = exchange.state.loop.call_later(delay, self._token_expired)
         try:
             headers = _HEADERS + [(n.lower().encode(), v.encode("latin-1")) for n, v in cors]
             exchange.start(200, headers)
@@ -212,55 +224,83 @@ class SSEStream:
             exchange.write(b"".join(preamble) or PING)
             for channel, rule in list(self.rules.items()):
                 await hub.join(rule, self.contexts[channel])
-            heartbeat = hub.settings.sse_heartbeat
-            next_ping = loop.time() + heartbeat
-            # One future is all an idle stream waits on (asyncio.wait would build a set, a
-            # waiter and a callback per future each time): what can end the wait wakes it.
-            disconnected.add_done_callback(self._woken)
-            while not self.ended and not disconnected.done():
-                outbox.drained()
-                wake = self._wake = loop.create_future()
-                at = next_ping
-                if outbox.pending:
-                    if exchange.writing_paused:  # wait for the client to take most of it
-                        if drain is None:
-                            drain = asyncio.ensure_future(exchange.drain())
-                            drain.add_done_callback(self._woken)
-                    else:  # a message bigger than the room left: look again soon
-                        at = min(at, loop.time() + 0.01)
-                alarm = loop.call_at(at, self._wakeup)
-                try:
-                    await wake
-                finally:
-                    alarm.cancel()
-                if drain is not None and drain.done():
-                    with contextlib.suppress(Exception):
-                        drain.result()
-                    drain = None
-                if loop.time() >= next_ping:
-                    next_ping = loop.time() + heartbeat
-                    if not outbox.pending and self._room(len(PING)):
-                        self._queue(PING)
-            self.flush()
-            if not exchange.closed:
-                if self._last_word is not None and self._room(len(self._last_word)):
-                    exchange.write(self._last_word)
-                if self._slow:  # what is queued is not worth waiting for: drop it all
-                    exchange.abort()
-                exchange.end()
         except ClientDisconnected:
-            pass
-        finally:
             self.ended = True
-            self._out.clear()  # a flush still scheduled finds nothing
-            disconnected.remove_done_callback(self._woken)
-            if drain is not None:
-                drain.remove_done_callback(self._woken)
-                drain.cancel()
-            if timer is not None:
-                timer.cancel()
-            unwatch_shutdown(self.request, self)
-            self._close()
+        except BaseException:
+            self.ended = True
+            self._finish()
+            raise
+        self._running = True
+        exchange.wait_disconnected().add_done_callback(self._client_left)
+        hub.sse_heartbeat.add(self, hub.settings.sse_heartbeat)
+        if self.ended or exchange.disconnected:
+            self._finish()
+        else:
+            self._pump()  # what was held back while joining
+
+    def _pump(self) -> None:
+        """Offer what the outbox holds back; while some is left, look again once the client
+        has taken some (or soon, if the connection is not behind)."""
+        if not self._running or self.ended:
+            return
+        outbox = self._outbox
+        outbox.drained()
+        if not outbox.pending:
+            return
+        exchange = self.exchange
+        if exchange.writing_paused:
+            if self._drain is None:
+                self._drain = asyncio.ensure_future(exchange.drain())
+                self._drain.add_done_callback(self._drained)
+        elif self._retry is None:  # a message bigger than the room left
+            self._retry = exchange.state.loop.call_later(0.01, self._retried)
+
+    def _drained(self, drain: asyncio.Future[None]) -> None:
+        self._drain = None
+        if not drain.cancelled() and drain.exception() is not None:
+            self._end()  # the client left while behind
+        else:
+            self._pump()
+
+    def _retried(self) -> None:
+        self._retry = None
+        self._pump()
+
+    def _client_left(self, _: asyncio.Future[None]) -> None:
+        self._end()
+
+    def beat(self) -> None:
+        """The heartbeat: a ping, unless something is held back or there is no room."""
+        if not self.ended and not self._outbox.pending and self._room(len(PING)):
+            self._queue(PING)
+
+    def _finish(self) -> None:
+        """End the response (with the last word, if any, or cut short for a slow client) and
+        let go of everything (once)."""
+        if self._done:
+            return
+        self._done = self.ended = True
+        exchange = self.exchange
+        self.flush()
+        self._out.clear()  # a flush still scheduled finds nothing
+        exchange.wait_disconnected().remove_done_callback(self._client_left)
+        self.hub.sse_heartbeat.discard(self)
+        if self._drain is not None:
+            self._drain.remove_done_callback(self._drained)
+        for pending in (self._drain, self._retry, self._expiry):
+            if pending is not None:
+                pending.cancel()
+        self._drain = self._retry = self._expiry = None
+        unwatch_shutdown(self.request, self)
+        self._close()
+        if not exchange.closed:
+            last_word = self._last_word
+            if last_word is not None and self._room(len(last_word)):
+                with contextlib.suppress(ClientDisconnected):
+                    exchange.write(last_word)
+            if self._slow:  # what is queued is not worth waiting for: drop it all
+                exchange.abort()
+        exchange.end()
 
     def _room(self, size: int) -> bool:
         exchange = self.exchange
@@ -321,19 +361,14 @@ class SSEStream:
             remove_user_connection(hub, self.client.user, self)
 
     def _end(self, last_word: bytes | None = None) -> None:
+        """End the stream: from the loop, not inside whatever called (a Hub delivering, the
+        users' set being walked)."""
         if self.ended:
             return
         self.ended = True
         self._last_word = last_word
-        self._wakeup()
-
-    def _woken(self, _: object) -> None:
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._running:
+            self.exchange.state.loop.call_soon(self._finish)
 
     def stop(self) -> None:
         """The server shuts down: end the stream."""
@@ -356,8 +391,8 @@ class SSEStream:
             return  # the common case, kept free of a call: room, nothing held or gathered
         if not outbox.deliver(channel, message, rule):
             self._slow_consumer(channel)
-        elif outbox.pending:
-            self._wakeup()  # the loop waits for the client to take what is held
+        elif outbox.pending and self._drain is None and self._retry is None:
+            self._pump()  # arrange to offer what is held once there is room
 
     def _slow_consumer(self, channel: str) -> None:
         self.hub.stats.slow_disconnected += 1
