@@ -318,9 +318,20 @@ class SSEStream:
                 return False
             preamble.append(data)
             return True
-        if not self._room(len(data)):
+        # _room and _queue, inlined: this runs once per delivery to every stream.
+        exchange = self.exchange
+        if exchange.closed:
             return False
-        self._queue(data)
+        size = len(data)
+        out_bytes = self._out_bytes
+        queued = exchange.buffered() + out_bytes
+        if queued and queued + size > self._limit:
+            return False
+        out = self._out
+        if not out:
+            exchange.state.schedule_flush(self)
+        out.append(data)
+        self._out_bytes = out_bytes + size
         return True
 
     def _queue(self, data: bytes) -> None:
