@@ -293,6 +293,8 @@ class SSEStream:
         self._drain = self._retry = self._expiry = None
         unwatch_shutdown(self.request, self)
         self._close()
+        if not exchange.started:
+            return  # failed before the head went out: the handler's error is the answer
         if not exchange.closed:
             last_word = self._last_word
             if last_word is not None and self._room(len(last_word)):
