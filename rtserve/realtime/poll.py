@@ -107,7 +107,10 @@ class _Waiter:
         request.forget_parsed()  # read already: a waiting poll need not keep it
         self.waiting = True
         self.due = hub_of(request).poll_deadlines.add(timeout, self)
-        exchange.wait_disconnected().add_done_callback(self._client_left)
+        # In the server's context: a copy of the handler's would be kept while it waits.
+        exchange.wait_disconnected().add_done_callback(
+            self._client_left, context=exchange.state.context
+        )
         watch_shutdown(request, self)
 
     def expired(self) -> None:

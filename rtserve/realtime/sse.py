@@ -116,14 +116,13 @@ class SSEStream:
         "_retry",
         "_running",
         "_slow",
+        "channels",
         "claims",
         "client",
-        "contexts",
         "ended",
         "exchange",
         "hub",
         "request",
-        "rules",
     )
 
     def __init__(self, hub: Hub, request: Request) -> None:
@@ -132,8 +131,8 @@ class SSEStream:
         self.exchange = request.exchange
         self.client: ClientInfo = None  # type: ignore[assignment]  # set by open
         self.claims: TokenClaims | None = None
-        self.rules: dict[str, ChannelRule] = {}
-        self.contexts: dict[str, ChannelContext] = {}
+        # Each channel subscribed: its rule and the context its join and leave are told.
+        self.channels: dict[str, tuple[ChannelRule, ChannelContext]] = {}
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
         self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
@@ -189,8 +188,7 @@ class SSEStream:
         except BaseException:
             outbox.forget(channel)
             raise
-        self.rules[channel] = rule
-        self.contexts[channel] = context
+        self.channels[channel] = (rule, context)
         preamble = self._preamble
         assert preamble is not None
         epoch = result["epoch"]
@@ -222,8 +220,8 @@ class SSEStream:
             exchange.start(200, headers)
             preamble, self._preamble = self._preamble or [], None
             exchange.write(b"".join(preamble) or PING)
-            for channel, rule in list(self.rules.items()):
-                await hub.join(rule, self.contexts[channel])
+            for rule, context in list(self.channels.values()):
+                await hub.join(rule, context)
         except ClientDisconnected:
             self.ended = True
         except BaseException:
@@ -231,7 +229,10 @@ class SSEStream:
             self._finish()
             raise
         self._running = True
-        exchange.wait_disconnected().add_done_callback(self._client_left)
+        # In the server's context: a copy of the handler's would be kept as long as the stream.
+        exchange.wait_disconnected().add_done_callback(
+            self._client_left, context=exchange.state.context
+        )
         hub.sse_heartbeat.add(self, hub.settings.sse_heartbeat)
         if self.ended or exchange.disconnected:
             self._finish()
@@ -356,18 +357,18 @@ class SSEStream:
         try:  # noqa: SIM105 (suppress() would cost a context manager per flush)
             self.exchange.write(data)
         except ClientDisconnected:
-            pass  # the run loop sees the disconnect and ends
+            pass  # the connection's close ends the stream
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
         hub, outbox = self.hub, self._outbox
         for channel in list(outbox.gathering):
             hub.unsubscribe(self, channel)
-        for channel, rule in self.rules.items():
+        for channel, (rule, context) in self.channels.items():
             hub.unsubscribe(self, channel)
             if self._preamble is None:  # joined
-                hub.leave_later(rule, self.contexts[channel])
-        self.rules.clear()
+                hub.leave_later(rule, context)
+        self.channels.clear()
         outbox.clear()
         if self._counted:
             self._counted = False
