@@ -137,6 +137,9 @@ class SSEStream:
         self._preamble: list[bytes] | None = []  # None once streaming
         self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
         self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
+        # What waits to be sent while `_out` is not empty: the transport's buffer when the
+        # tick's first event was queued (nothing else writes to it before the flush), plus
+        # the events queued since; so a delivery need not ask the transport again.
         self._out_bytes = 0
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
@@ -309,7 +312,7 @@ class SSEStream:
         exchange = self.exchange
         if exchange.closed:
             return False
-        queued = exchange.buffered() + self._out_bytes
+        queued = self._out_bytes if self._out else exchange.buffered()
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:
@@ -326,15 +329,14 @@ class SSEStream:
         if exchange.closed:
             return False
         size = len(data)
-        out_bytes = self._out_bytes
-        queued = exchange.buffered() + out_bytes
+        out = self._out
+        queued = self._out_bytes if out else exchange.buffered()
         if queued and queued + size > self._limit:
             return False
-        out = self._out
         if not out:
             exchange.state.schedule_flush(self)
         out.append(data)
-        self._out_bytes = out_bytes + size
+        self._out_bytes = queued + size
         return True
 
     def _queue(self, data: bytes) -> None:
@@ -342,6 +344,7 @@ class SSEStream:
         publications at once costs one system call, as on /rt/ws)."""
         out = self._out
         if not out:
+            self._out_bytes = self.exchange.buffered()
             self.exchange.state.schedule_flush(self)
         out.append(data)
         self._out_bytes += len(data)
