@@ -40,7 +40,7 @@ from rtserve.realtime.access import (
 )
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
-from rtserve.realtime.hub import Outbound
+from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
@@ -80,16 +80,28 @@ class _Waiter:
     server stopping, the channel's stream restarting.
     """
 
-    __slots__ = ("channels", "client", "cors", "due", "got", "request", "subscribed", "waiting")
+    __slots__ = (
+        "channels",
+        "client",
+        "cors",
+        "due",
+        "got",
+        "hub",
+        "request",
+        "subscribed",
+        "waiting",
+    )
     kind = "poll"  # how the admin interface counts it among ServerState.long_lived
 
     def __init__(
         self,
+        hub: Hub,
         client: ClientInfo,
         request: Request,
         cors: list[tuple[str, str]],
         channels: list[str],
     ) -> None:
+        self.hub = hub
         self.client = client
         self.request = request
         self.cors = cors
@@ -106,7 +118,7 @@ class _Waiter:
         exchange.defer()
         request.forget_parsed()  # read already: a waiting poll need not keep it
         self.waiting = True
-        self.due = hub_of(request).poll_deadlines.add(timeout, self)
+        self.due = self.hub.poll_deadlines.add(timeout, self)
         # In the server's context: a copy of the handler's would be kept while it waits.
         exchange.wait_disconnected().add_done_callback(
             self._client_left, context=exchange.state.context
@@ -122,8 +134,7 @@ class _Waiter:
     def done_waiting(self) -> None:
         """Forget the deadline and the connection's close, and leave every channel (again:
         harmless)."""
-        request = self.request
-        hub = hub_of(request)
+        request, hub = self.request, self.hub
         if self.waiting:
             self.waiting = False
             hub.poll_deadlines.discard(self.due, self)
@@ -233,7 +244,7 @@ async def poll_endpoint(request: Request) -> Response | None:
         channels = channel_names(request)
         since = positions(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
-        waiter = _Waiter(client, request, cors, channels)
+        waiter = _Waiter(hub, client, request, cors, channels)
         for channel in channels:
             with refusing(channel):
                 rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)

@@ -445,7 +445,10 @@ class HTTPConnection(asyncio.Protocol):
             # does not run inside (or inherit the context of) the previous one.
             state.loop.call_soon(self._start_queued, context=state.context)
             return
-        self._start_queued()
+        if self.queue:
+            self._start_queued()
+        else:
+            self._rearm()
 
     def _start_queued(self) -> None:
         """Answer queued pipelined requests in order, in a loop (never by recursion), this
