@@ -135,7 +135,9 @@ class SSEStream:
         self.channels: dict[str, tuple[ChannelRule, ChannelContext]] = {}
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
-        self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
+        # What a slow client is owed; let go of while streaming with nothing held back (an
+        # idle stream need not keep it, nor its bound method, a cycle), made again on need.
+        self._outbox: Outbox | None = Outbox(self._offer, _EVENT, hub.stats)
         self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
         # What waits to be sent while `_out` is not empty: the transport's buffer when the
         # tick's first event was queued (nothing else writes to it before the flush), plus
@@ -185,6 +187,7 @@ class SSEStream:
             hub, channel, self.client, self.claims, self.request
         )
         outbox = self._outbox
+        assert outbox is not None  # kept until streaming
         outbox.gather(channel)
         try:
             result, last = await hub.subscribe(self, channel, since)
@@ -248,8 +251,12 @@ class SSEStream:
         if not self._running or self.ended:
             return
         outbox = self._outbox
+        if outbox is None:
+            return
         outbox.drained()
         if not outbox.pending:
+            if outbox.idle:
+                self._outbox = None
             return
         exchange = self.exchange
         if exchange.writing_paused:
@@ -275,7 +282,7 @@ class SSEStream:
 
     def beat(self) -> None:
         """The heartbeat: a ping, unless something is held back or there is no room."""
-        if not self.ended and not self._outbox.pending and self._room(len(PING)):
+        if not self.ended and not self._holding() and self._room(len(PING)):
             self._queue(PING)
 
     def _finish(self) -> None:
@@ -307,6 +314,11 @@ class SSEStream:
             if self._slow:  # what is queued is not worth waiting for: drop it all
                 exchange.abort()
         exchange.end()
+
+    def _holding(self) -> bool:
+        """Publications are held back for the client."""
+        outbox = self._outbox
+        return outbox is not None and outbox.pending > 0
 
     def _room(self, size: int) -> bool:
         exchange = self.exchange
@@ -365,14 +377,16 @@ class SSEStream:
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
         hub, outbox = self.hub, self._outbox
-        for channel in list(outbox.gathering):
-            hub.unsubscribe(self, channel)
+        if outbox is not None:
+            for channel in list(outbox.gathering):
+                hub.unsubscribe(self, channel)
+            outbox.clear()
+            self._outbox = None
         for channel, (rule, context) in self.channels.items():
             hub.unsubscribe(self, channel)
             if self._preamble is None:  # joined
                 hub.leave_later(rule, context)
         self.channels.clear()
-        outbox.clear()
         if self._counted:
             self._counted = False
             remove_user_connection(hub, self.client.user, self)
@@ -404,8 +418,10 @@ class SSEStream:
         if self.ended:
             return
         outbox = self._outbox
-        if outbox.idle and self._offer(message.sse):
+        if (outbox is None or outbox.idle) and self._offer(message.sse):
             return  # the common case, kept free of a call: room, nothing held or gathered
+        if outbox is None:
+            outbox = self._outbox = Outbox(self._offer, _EVENT, self.hub.stats)
         if not outbox.deliver(channel, message, rule):
             self._slow_consumer(channel)
         elif outbox.pending and self._drain is None and self._retry is None:
@@ -419,7 +435,7 @@ class SSEStream:
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         # A join or leave that does not fit is not kept: presence can be asked again.
-        if self._preamble is None and not self.ended and not self._outbox.pending:
+        if self._preamble is None and not self.ended and not self._holding():
             data = message.sse
             if self._room(len(data)):
                 self._queue(data)
