@@ -1,6 +1,9 @@
 """rtserve's long polling as users configure it: one channel with history, `/rt/poll`.
 
 `POST /publish` publishes its body on `lp`; `GET /pending` says how many polls wait on it.
+With `RTSERVE_BENCH_GC=1` in its environment the server prints, at exit, the cyclic GC's
+collections and CPU seconds per generation; with `RTSERVE_BENCH_NO_GC=1` as well, the GC is
+off (to see its share of a release).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ if os.environ.get("RTSERVE_BENCH_GC"):  # report the cyclic GC's collections at 
             gc_runs[info["generation"]] += 1
 
     gc.callbacks.append(_gc_timer)
-    if os.environ.get("NOGC"): gc.disable()
+    if os.environ.get("RTSERVE_BENCH_NO_GC"):  # to see what the GC's share is
+        gc.disable()
     atexit.register(
         lambda: print(
             f"gc: collections per generation {gc_runs}, CPU s {[round(s, 3) for s in gc_seconds]}",
