@@ -874,7 +874,13 @@ def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
     conn = _Loopback(loop)
     stream: Any = sse.SSEStream.__new__(sse.SSEStream)
     stream.exchange, stream.ended, stream._preamble, stream._limit = conn, False, None, 1 << 20
-    stream._wake, stream._out, stream._out_bytes = None, [], 0
+    stream._running, stream._drain, stream._retry, stream._out, stream._out_bytes = (
+        True,
+        None,
+        None,
+        [],
+        0,
+    )
     stream._outbox = Outbox(stream._offer, sse._EVENT, HubStats())
     rule = ChannelRule("c")
     events = []

@@ -443,8 +443,9 @@ class App:
         elif isinstance(result, Response):
             return self._send_response(request, result)
         elif result is None:
-            if request.exchange.started:
-                return None  # the handler answered through the exchange itself
+            exchange = request.exchange
+            if exchange.started or exchange.deferred:
+                return None  # the handler answered through the exchange, or will later
             return self._send_response(request, Response(b"", 204))
         elif result is SENT:
             return None

@@ -46,6 +46,13 @@ class Request:
         self._json: Any = _UNSET
         self._form: FormData | None = None
 
+    def forget_parsed(self) -> None:
+        """Let go of the parsed query, headers and cookies (made again if used again): for a
+        request that waits long after its handler read them, as a long poll does."""
+        self._query = None
+        self._headers = None
+        self._cookies = None
+
     @property
     def state(self) -> dict[str, Any]:
         """A dict for the app's own per-request data (for example from `prepare`)."""

@@ -7,6 +7,7 @@ went out at once, or a coroutine that finishes sending (streams, files).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -188,7 +189,9 @@ class Response:
 
     def send(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Write this response to `exchange`."""
-        exchange.respond(self.status, self.raw_headers(exchange.client_and_scheme[1]), self.body)
+        # The scheme (proxy headers resolved) matters only to cookies.
+        scheme = exchange.client_and_scheme[1] if self.cookies else "http"
+        exchange.respond(self.status, self.raw_headers(scheme), self.body)
         return None
 
 
@@ -198,12 +201,15 @@ def check_header(name: str, value: str) -> None:
 
 
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
-    if not name or any(c in name for c in _BAD_NAME_CHARS) or any(c in value for c in "\r\n\0"):
+    if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
         raise ValueError(f"invalid header field {name!r}: {value!r}")
     return name.encode("latin-1"), value.encode("latin-1")
 
 
-_BAD_NAME_CHARS = frozenset(' \t\r\n\0:()<>@,;\\"/[]?={}')
+# What may not be in a field name (RFC 9110 token) or value: one regex search each, not a
+# scan per character.
+_BAD_NAME = re.compile(r'[ \t\r\n\0:()<>@,;\\"/\[\]?={}]')
+_BAD_VALUE = re.compile(r"[\r\n\0]")
 
 
 class JSONResponse(Response):

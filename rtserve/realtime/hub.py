@@ -31,6 +31,7 @@ from rtserve.broker.base import (
 )
 from rtserve.histogram import Histogram
 from rtserve.realtime.context import ChannelContext, ConnectContext, RpcContext
+from rtserve.realtime.deadlines import DeadlineWheel, Heartbeat
 from rtserve.realtime.delta import DeltaStream
 from rtserve.realtime.filters import (
     FilterGroups,
@@ -288,6 +289,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._digest: set[str] = set()  # channels with batched joins/leaves to send
         self._digest_task: asyncio.Task[None] | None = None
+        self.poll_deadlines = DeadlineWheel()  # the timeouts of the long polls waiting
+        self.sse_heartbeat = Heartbeat()  # the pings of the SSE streams
 
     # --- lifecycle -------------------------------------------------------------------------
 

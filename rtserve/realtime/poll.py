@@ -18,9 +18,10 @@ connects a client as `connect` does: `on_connect` gets the `data` query paramete
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rtserve.app.response import JSON, JSONResponse, Response, dump_json
 from rtserve.broker.base import ClientInfo
@@ -43,7 +44,7 @@ from rtserve.realtime.access import (
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
 from rtserve.realtime.filters import check_filter_allowed
-from rtserve.realtime.hub import Outbound
+from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,
@@ -58,85 +59,125 @@ from rtserve.realtime.rules import ChannelRule
 if TYPE_CHECKING:
     from rtserve.app.request import Request
 
+log = logging.getLogger("rtserve.channels")
+
 MAX_POLL_TIMEOUT = 60.0
 MAX_WAITING = 1000  # publications a waiting poll keeps per channel (the rest: next poll)
+
+
+class _Subscribed(NamedTuple):
+    """Where a poll's subscribe left a channel (what of its result the answer needs)."""
+
+    epoch: str
+    last: int  # the offset the poll has everything up to
+    recovered: bool
+    publications: Sequence[dict[str, Any]]  # recovered from the history, as JSON
 
 
 class _Waiter:
     """A long poll as the Hub sees it: it notes what arrives and, once it has something to
     say, answers its request there and then (a publication releases every poll in one pass).
 
-    While it waits it holds a timer and a callback on the connection's close, no Task of its
-    own making: the timeout, the client leaving and the server stopping only wake the handler.
+    While it waits its handler has returned (the exchange deferred): no Task, no timer of its
+    own (the hub's `poll_deadlines` holds its timeout) and a callback on the connection's
+    close. Whatever ends the wait answers: a publication, the timeout, the client leaving, the
+    server stopping, the channel's stream restarting.
     """
 
-    __slots__ = ("client", "cors", "got", "request", "subscribed", "timer", "wake")
+    __slots__ = (
+        "channels",
+        "client",
+        "cors",
+        "due",
+        "got",
+        "hub",
+        "request",
+        "subscribed",
+        "waiting",
+    )
     kind = "poll"  # how the admin interface counts it among ServerState.long_lived
 
-    def __init__(self, client: ClientInfo, request: Request, cors: list[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        client: ClientInfo,
+        request: Request,
+        cors: list[tuple[str, str]],
+        channels: list[str],
+    ) -> None:
+        self.hub = hub
         self.client = client
         self.request = request
         self.cors = cors
-        self.got: dict[str, list[Outbound]] = {}
-        self.subscribed: dict[str, tuple[dict[str, Any], int]] = {}
-        self.wake: asyncio.Future[None] | None = None  # made when it starts waiting
-        self.timer: asyncio.TimerHandle | None = None
+        self.channels = channels
+        self.got: dict[str, list[Outbound]] | None = None  # made by the first delivery
+        self.subscribed: dict[str, _Subscribed] = {}
+        self.waiting = False
+        self.due = 0  # its slot in the hub's poll_deadlines while waiting
 
-    def wait(self, timeout: float) -> asyncio.Future[None]:
-        """Start waiting, at most `timeout` seconds; the future completes when it is over."""
-        loop = asyncio.get_running_loop()
-        self.wake = wake = loop.create_future()
-        self.timer = loop.call_later(timeout, self._wakeup)
-        self.request.exchange.wait_disconnected().add_done_callback(self._client_left)
-        return wake
+    def wait(self, timeout: float) -> None:
+        """Answer later: at the latest in `timeout` seconds, or when the client leaves."""
+        request = self.request
+        exchange = request.exchange
+        exchange.defer()
+        request.forget_parsed()  # read already: a waiting poll need not keep it
+        self.waiting = True
+        self.due = self.hub.poll_deadlines.add(timeout, self)
+        # In the server's context: a copy of the handler's would be kept while it waits.
+        exchange.wait_disconnected().add_done_callback(
+            self._client_left, context=exchange.state.context
+        )
+        watch_shutdown(request, self)
+
+    def expired(self) -> None:
+        self._release()
 
     def _client_left(self, _: asyncio.Future[None]) -> None:
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._release()  # nothing is written: the exchange is only accounted for
 
     def done_waiting(self) -> None:
-        """Stop the timer, forget the connection's close and leave every channel (again:
+        """Forget the deadline and the connection's close, and leave every channel (again:
         harmless)."""
-        request = self.request
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        request, hub = self.request, self.hub
+        if self.waiting:
+            self.waiting = False
+            hub.poll_deadlines.discard(self.due, self)
             request.exchange.wait_disconnected().remove_done_callback(self._client_left)
         unwatch_shutdown(request, self)
-        hub = hub_of(request)
-        for channel in self.got:
+        for channel in self.channels:
             hub.unsubscribe(self, channel)
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self.got is None:
+            self.got = {}
         got = self.got.setdefault(channel, [])
         if len(got) < MAX_WAITING:
             got.append(message)
         subscribed = self.subscribed.get(channel)
-        if subscribed is not None and message.offset > subscribed[1]:
+        if subscribed is not None and message.offset > subscribed.last:
             self._release()
 
     def _release(self) -> None:
-        wake = self.wake
-        if wake is None or wake.done():
-            return  # still subscribing (its handler checks `ready()`), or answered already
+        """Answer with what there is, once (not while still subscribing: the handler checks
+        `ready()` then)."""
+        if not self.waiting:
+            return
         self.done_waiting()
-        # If this fails, nothing was sent: the handler, woken below, answers (or reports it).
-        with contextlib.suppress(Exception):
-            self.request.app.respond(self.request, self.response())
-        wake.set_result(None)
+        request = self.request
+        try:
+            request.app.respond(request, self.response())
+        except Exception:
+            log.exception("answering a long poll failed")
+            request.exchange.answer_internal_error()
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         pass  # pollers are not told about joins and leaves
 
     def end_subscription(self, channel: str, code: int, message: str) -> None:
-        self._wakeup()  # the stream restarted: the next poll learns `recovered: false`
+        self._release()  # the stream restarted: the next poll learns `recovered: false`
 
     def stop(self) -> None:
-        self._wakeup()  # the server shuts down: answer with what there is
+        self._release()  # the server shuts down: answer with what there is
 
     def response(self) -> Response:
         """The answer: each channel's publications after its position, and where it is."""
@@ -150,34 +191,39 @@ class _Waiter:
 
     def _only_publication(self, channel: str) -> Outbound | None:
         """The one publication `channel` answers with, when it has nothing else to say."""
-        result, last = self.subscribed[channel]
-        if result.get("publications") or result.get("recovered") is False:
+        _, last, recovered, publications = self.subscribed[channel]
+        if publications or not recovered:
             return None
-        newer = [m for m in self.got.get(channel, ()) if m.offset > last and m.publication]
+        newer = [m for m in self._got(channel) if m.offset > last and m.publication]
         return newer[0] if len(newer) == 1 else None
 
     def answer(self, channel: str) -> dict[str, Any]:
-        result, last = self.subscribed[channel]
-        publications = list(result.get("publications", ()))
-        for message in self.got.get(channel, ()):
+        epoch, last, recovered, recovered_publications = self.subscribed[channel]
+        publications = list(recovered_publications)
+        for message in self._got(channel):
             if message.offset > last and message.publication is not None:
                 publications.append(publication_json(message.publication))
                 last = message.offset
         return {
             "publications": publications,
             "offset": last,
-            "epoch": result["epoch"],
-            "recovered": result.get("recovered", True),
+            "epoch": epoch,
+            "recovered": recovered,
         }
 
     def ready(self) -> bool:
         """Something to answer with already: publications, or a position that was lost."""
-        for channel, (result, last) in self.subscribed.items():
-            if result.get("publications") or result.get("recovered") is False:
+        for channel, (_, last, recovered, publications) in self.subscribed.items():
+            if publications or not recovered:
                 return True
-            if any(m.offset > last for m in self.got.get(channel, ())):
+            if any(m.offset > last for m in self._got(channel)):
                 return True
         return False
+
+    def _got(self, channel: str) -> list[Outbound]:
+        """What arrived on `channel` while subscribed."""
+        got = self.got
+        return [] if got is None else got.get(channel, [])
 
 
 def _timeout(request: Request, default: float) -> float:
@@ -203,7 +249,7 @@ async def poll_endpoint(request: Request) -> Response | None:
         since = positions(request, channels)
         filters = tag_filters(request, channels)
         timeout = _timeout(request, hub.settings.poll_timeout)
-        waiter = _Waiter(client, request, cors)
+        waiter = _Waiter(hub, client, request, cors, channels)
         for channel in channels:
             with refusing(channel):
                 rule, _, _ = await authorize_subscribe(hub, channel, client, claims, request)
@@ -211,23 +257,24 @@ async def poll_endpoint(request: Request) -> Response | None:
                     raise ChannelError(
                         ErrorCode.NOT_AVAILABLE, f"{channel} keeps no history: it cannot be polled"
                     )
-                waiter.got[channel] = []
-                waiter.subscribed[channel] = await hub.subscribe(
+                result, last = await hub.subscribe(
                     waiter, channel, since.get(channel), filters.get(channel)
                 )
+                waiter.subscribed[channel] = _Subscribed(
+                    result["epoch"],
+                    last,
+                    result.get("recovered", True),
+                    result.get("publications") or (),
+                )
         if not waiter.ready() and timeout > 0 and not request.exchange.disconnected:
-            wake = waiter.wait(timeout)
-            watch_shutdown(request, waiter)
-            await wake
-            if request.exchange.started:
-                return None  # a publication released it: `_Waiter.deliver` answered
-        waiter.done_waiting()
+            waiter.wait(timeout)
+            return None  # the waiter answers
         return waiter.response()
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
     finally:
-        if waiter is not None:
+        if waiter is not None and not waiter.waiting:
             waiter.done_waiting()
 
 

@@ -78,8 +78,8 @@ async def sse_endpoint(request: Request) -> Response | None:
     except ChannelError as exc:
         hub.stats.refused += 1
         return http_error(exc, cors)
-    await stream.run(cors)
-    return None  # answered through the exchange
+    await stream.start(cors)
+    return None  # the stream goes on without its handler
 
 
 async def probe(hub: Hub, request: Request) -> None:
@@ -105,29 +105,37 @@ def delta_format(request: Request) -> str | None:
 
 
 class SSEStream:
-    """One EventSource client: a Hub subscriber writing to a streamed HTTP response."""
+    """One EventSource client: a Hub subscriber writing to a streamed HTTP response.
+
+    Once started it runs without a Task: deliveries write (at the end of the loop tick), the
+    hub's `sse_heartbeat` pings, the exchange's close and drain and the server's shutdown call
+    back, and whatever ends it (`_end`) finishes the response.
+    """
 
     kind = "sse"  # how the admin interface counts it among ServerState.long_lived
     # 10,000 idle streams are 10,000 of these: no per-instance __dict__
     __slots__ = (
         "__weakref__",
         "_counted",
+        "_done",
+        "_drain",
+        "_expiry",
         "_last_word",
         "_limit",
         "_out",
         "_out_bytes",
         "_outbox",
         "_preamble",
+        "_retry",
+        "_running",
         "_slow",
-        "_wake",
+        "channels",
         "claims",
         "client",
-        "contexts",
         "ended",
         "exchange",
         "hub",
         "request",
-        "rules",
     )
 
     def __init__(self, hub: Hub, request: Request) -> None:
@@ -136,17 +144,26 @@ class SSEStream:
         self.exchange = request.exchange
         self.client: ClientInfo = None  # type: ignore[assignment]  # set by open
         self.claims: TokenClaims | None = None
-        self.rules: dict[str, ChannelRule] = {}
-        self.contexts: dict[str, ChannelContext] = {}
+        # Each channel subscribed: its rule and the context its join and leave are told.
+        self.channels: dict[str, tuple[ChannelRule, ChannelContext]] = {}
         self.ended = False
         self._preamble: list[bytes] | None = []  # None once streaming
-        self._outbox = Outbox(self._offer, _EVENT, hub.stats)  # what a slow client is owed
+        # What a slow client is owed; let go of while streaming with nothing held back (an
+        # idle stream need not keep it, nor its bound method, a cycle), made again on need.
+        self._outbox: Outbox | None = Outbox(self._offer, _EVENT, hub.stats)
         self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
+        # What waits to be sent while `_out` is not empty: the transport's buffer when the
+        # tick's first event was queued (nothing else writes to it before the flush), plus
+        # the events queued since; so a delivery need not ask the transport again.
         self._out_bytes = 0
         self._last_word: bytes | None = None  # an `error` event to end with
         self._slow = False
         self._counted = False
-        self._wake: asyncio.Future[None] | None = None
+        self._running = False  # started, driven by callbacks
+        self._done = False  # finished: the response ended and everything let go
+        self._drain: asyncio.Future[None] | None = None  # held back: the client is behind
+        self._retry: asyncio.TimerHandle | None = None  # held back: a message over the room
+        self._expiry: asyncio.TimerHandle | None = None  # the token's
         settings = request.settings
         # Bytes the connection may have waiting to be sent before a publication is held back
         # (at least the point where writing pauses, so that draining has something to await).
@@ -191,14 +208,14 @@ class SSEStream:
             hub, channel, self.client, self.claims, self.request
         )
         outbox = self._outbox
+        assert outbox is not None  # kept until streaming
         outbox.gather(channel)
         try:
             result, last = await hub.subscribe(self, channel, since, tag_filter, delta=delta)
         except BaseException:
             outbox.forget(channel)
             raise
-        self.rules[channel] = rule
-        self.contexts[channel] = context
+        self.channels[channel] = (rule, context)
         preamble = self._preamble
         assert preamble is not None
         epoch = result["epoch"]
@@ -215,79 +232,120 @@ class SSEStream:
 
     # --- streaming -------------------------------------------------------------------------
 
-    async def run(self, cors: list[tuple[str, str]]) -> None:
+    async def start(self, cors: list[tuple[str, str]]) -> None:
+        """Send the head and what was gathered, join the channels, and leave the stream to
+        its callbacks (the exchange is deferred: its handler returns now)."""
         hub, exchange = self.hub, self.exchange
-        loop = asyncio.get_running_loop()
-        disconnected = exchange.wait_disconnected()
+        exchange.defer()
+        self.request.forget_parsed()  # read already: an idle stream need not keep it
         watch_shutdown(self.request, self)
-        timer = None
         if self.claims is not None and self.claims.expires is not None:
             delay = max(0.0, self.claims.expires - time.time())
-            timer = loop.call_later(delay, self._token_expired)
-        drain: asyncio.Future[None] | None = None
-        outbox = self._outbox
+            self._expiry = exchange.state.loop.call_later(delay, self._token_expired)
         try:
             headers = _HEADERS + [(n.lower().encode(), v.encode("latin-1")) for n, v in cors]
             exchange.start(200, headers)
             preamble, self._preamble = self._preamble or [], None
             exchange.write(b"".join(preamble) or PING)
-            for channel, rule in list(self.rules.items()):
-                await hub.join(rule, self.contexts[channel])
-            heartbeat = hub.settings.sse_heartbeat
-            next_ping = loop.time() + heartbeat
-            # One future is all an idle stream waits on (asyncio.wait would build a set, a
-            # waiter and a callback per future each time): what can end the wait wakes it.
-            disconnected.add_done_callback(self._woken)
-            while not self.ended and not disconnected.done():
-                outbox.drained()
-                wake = self._wake = loop.create_future()
-                at = next_ping
-                if outbox.pending:
-                    if exchange.writing_paused:  # wait for the client to take most of it
-                        if drain is None:
-                            drain = asyncio.ensure_future(exchange.drain())
-                            drain.add_done_callback(self._woken)
-                    else:  # a message bigger than the room left: look again soon
-                        at = min(at, loop.time() + 0.01)
-                alarm = loop.call_at(at, self._wakeup)
-                try:
-                    await wake
-                finally:
-                    alarm.cancel()
-                if drain is not None and drain.done():
-                    with contextlib.suppress(Exception):
-                        drain.result()
-                    drain = None
-                if loop.time() >= next_ping:
-                    next_ping = loop.time() + heartbeat
-                    if not outbox.pending and self._room(len(PING)):
-                        self._queue(PING)
-            self.flush()
-            if not exchange.closed:
-                if self._last_word is not None and self._room(len(self._last_word)):
-                    exchange.write(self._last_word)
-                if self._slow:  # what is queued is not worth waiting for: drop it all
-                    exchange.abort()
-                exchange.end()
+            for rule, context in list(self.channels.values()):
+                await hub.join(rule, context)
         except ClientDisconnected:
-            pass
-        finally:
             self.ended = True
-            self._out.clear()  # a flush still scheduled finds nothing
-            disconnected.remove_done_callback(self._woken)
-            if drain is not None:
-                drain.remove_done_callback(self._woken)
-                drain.cancel()
-            if timer is not None:
-                timer.cancel()
-            unwatch_shutdown(self.request, self)
-            self._close()
+        except BaseException:
+            self.ended = True
+            self._finish()
+            raise
+        self._running = True
+        # In the server's context: a copy of the handler's would be kept as long as the stream.
+        exchange.wait_disconnected().add_done_callback(
+            self._client_left, context=exchange.state.context
+        )
+        hub.sse_heartbeat.add(self, hub.settings.sse_heartbeat)
+        if self.ended or exchange.disconnected:
+            self._finish()
+        else:
+            self._pump()  # what was held back while joining
+
+    def _pump(self) -> None:
+        """Offer what the outbox holds back; while some is left, look again once the client
+        has taken some (or soon, if the connection is not behind)."""
+        if not self._running or self.ended:
+            return
+        outbox = self._outbox
+        if outbox is None:
+            return
+        outbox.drained()
+        if not outbox.pending:
+            if outbox.idle:
+                self._outbox = None
+            return
+        exchange = self.exchange
+        if exchange.writing_paused:
+            if self._drain is None:
+                self._drain = asyncio.ensure_future(exchange.drain())
+                self._drain.add_done_callback(self._drained)
+        elif self._retry is None:  # a message bigger than the room left
+            self._retry = exchange.state.loop.call_later(0.01, self._retried)
+
+    def _drained(self, drain: asyncio.Future[None]) -> None:
+        self._drain = None
+        if not drain.cancelled() and drain.exception() is not None:
+            self._end()  # the client left while behind
+        else:
+            self._pump()
+
+    def _retried(self) -> None:
+        self._retry = None
+        self._pump()
+
+    def _client_left(self, _: asyncio.Future[None]) -> None:
+        self._end()
+
+    def beat(self) -> None:
+        """The heartbeat: a ping, unless something is held back or there is no room."""
+        if not self.ended and not self._holding() and self._room(len(PING)):
+            self._queue(PING)
+
+    def _finish(self) -> None:
+        """End the response (with the last word, if any, or cut short for a slow client) and
+        let go of everything (once)."""
+        if self._done:
+            return
+        self._done = self.ended = True
+        exchange = self.exchange
+        self.flush()
+        self._out.clear()  # a flush still scheduled finds nothing
+        exchange.wait_disconnected().remove_done_callback(self._client_left)
+        self.hub.sse_heartbeat.discard(self)
+        if self._drain is not None:
+            self._drain.remove_done_callback(self._drained)
+        for pending in (self._drain, self._retry, self._expiry):
+            if pending is not None:
+                pending.cancel()
+        self._drain = self._retry = self._expiry = None
+        unwatch_shutdown(self.request, self)
+        self._close()
+        if not exchange.started:
+            return  # failed before the head went out: the handler's error is the answer
+        if not exchange.closed:
+            last_word = self._last_word
+            if last_word is not None and self._room(len(last_word)):
+                with contextlib.suppress(ClientDisconnected):
+                    exchange.write(last_word)
+            if self._slow:  # what is queued is not worth waiting for: drop it all
+                exchange.abort()
+        exchange.end()
+
+    def _holding(self) -> bool:
+        """Publications are held back for the client."""
+        outbox = self._outbox
+        return outbox is not None and outbox.pending > 0
 
     def _room(self, size: int) -> bool:
         exchange = self.exchange
         if exchange.closed:
             return False
-        queued = exchange.buffered() + self._out_bytes
+        queued = self._out_bytes if self._out else exchange.buffered()
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:
@@ -299,9 +357,19 @@ class SSEStream:
                 return False
             preamble.append(data)
             return True
-        if not self._room(len(data)):
+        # _room and _queue, inlined: this runs once per delivery to every stream.
+        exchange = self.exchange
+        if exchange.closed:
             return False
-        self._queue(data)
+        size = len(data)
+        out = self._out
+        queued = self._out_bytes if out else exchange.buffered()
+        if queued and queued + size > self._limit:
+            return False
+        if not out:
+            exchange.state.schedule_flush(self)
+        out.append(data)
+        self._out_bytes = queued + size
         return True
 
     def _queue(self, data: bytes) -> None:
@@ -309,6 +377,7 @@ class SSEStream:
         publications at once costs one system call, as on /rt/ws)."""
         out = self._out
         if not out:
+            self._out_bytes = self.exchange.buffered()
             self.exchange.state.schedule_flush(self)
         out.append(data)
         self._out_bytes += len(data)
@@ -324,37 +393,34 @@ class SSEStream:
         try:  # noqa: SIM105 (suppress() would cost a context manager per flush)
             self.exchange.write(data)
         except ClientDisconnected:
-            pass  # the run loop sees the disconnect and ends
+            pass  # the connection's close ends the stream
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
         hub, outbox = self.hub, self._outbox
-        for channel in list(outbox.gathering):
-            hub.unsubscribe(self, channel)
-        for channel, rule in self.rules.items():
+        if outbox is not None:
+            for channel in list(outbox.gathering):
+                hub.unsubscribe(self, channel)
+            outbox.clear()
+            self._outbox = None
+        for channel, (rule, context) in self.channels.items():
             hub.unsubscribe(self, channel)
             if self._preamble is None:  # joined
-                hub.leave_later(rule, self.contexts[channel])
-        self.rules.clear()
-        outbox.clear()
+                hub.leave_later(rule, context)
+        self.channels.clear()
         if self._counted:
             self._counted = False
             remove_user_connection(hub, self.client.user, self)
 
     def _end(self, last_word: bytes | None = None) -> None:
+        """End the stream: from the loop, not inside whatever called (a Hub delivering, the
+        users' set being walked)."""
         if self.ended:
             return
         self.ended = True
         self._last_word = last_word
-        self._wakeup()
-
-    def _woken(self, _: object) -> None:
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._running:
+            self.exchange.state.loop.call_soon(self._finish)
 
     def stop(self) -> None:
         """The server shuts down: end the stream."""
@@ -373,12 +439,14 @@ class SSEStream:
         if self.ended:
             return
         outbox = self._outbox
-        if outbox.idle and self._offer(message.sse):
+        if (outbox is None or outbox.idle) and self._offer(message.sse):
             return  # the common case, kept free of a call: room, nothing held or gathered
+        if outbox is None:
+            outbox = self._outbox = Outbox(self._offer, _EVENT, self.hub.stats)
         if not outbox.deliver(channel, message, rule):
             self._slow_consumer(channel)
-        elif outbox.pending:
-            self._wakeup()  # the loop waits for the client to take what is held
+        elif outbox.pending and self._drain is None and self._retry is None:
+            self._pump()  # arrange to offer what is held once there is room
 
     def _slow_consumer(self, channel: str) -> None:
         self.hub.stats.slow_disconnected += 1
@@ -388,7 +456,7 @@ class SSEStream:
 
     def deliver_event(self, channel: str, message: Outbound) -> None:
         # A join or leave that does not fit is not kept: presence can be asked again.
-        if self._preamble is None and not self.ended and not self._outbox.pending:
+        if self._preamble is None and not self.ended and not self._holding():
             data = message.sse
             if self._room(len(data)):
                 self._queue(data)

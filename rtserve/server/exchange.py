@@ -43,6 +43,7 @@ class Exchange:
         "_transport",
         "body",
         "body_complete",
+        "deferred",
         "finished",
         "head",
         "head_only",
@@ -67,6 +68,7 @@ class Exchange:
         self.streaming = False
         self.started = False
         self.finished = False
+        self.deferred = False
         self.status = 0
         self.response_bytes = 0
         self.task: asyncio.Task[Any] | None = None
@@ -248,6 +250,12 @@ class Exchange:
         # The request lives on with the handler: it asks the new protocol whether the client
         # is there, so the HTTP connection (and what it holds) can go.
         self._transport = _Upgraded(transport.state, transport.peer, protocol)
+
+    def defer(self) -> None:
+        """Its handler returns without answering: whoever it handed this exchange to answers it
+        later, and must (at the latest when `wait_disconnected()` completes). Meanwhile the
+        connection neither answers for the handler nor dispatches the request again."""
+        self.deferred = True
 
     def answer_internal_error(self) -> None:
         """The handler failed: answer 500, or cut the response short if it started."""

@@ -250,7 +250,7 @@ class ServerState:
             log.debug("client left during %s", exchange.head)
         elif error is not None:
             log.error("unhandled error answering %s", exchange.head, exc_info=error)
-        if not exchange.finished:
+        if not exchange.finished and not exchange.deferred:
             exchange.answer_internal_error()
 
     def limit_hit(self, conn: HTTPConnection, status: int, reason: str) -> None:
