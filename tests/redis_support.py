@@ -7,10 +7,12 @@ that need it are skipped, or fail when the CI environment variable is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -183,16 +185,7 @@ class LocalCluster:
     def start(self) -> None:
         """Start the servers, make them one cluster and wait until every node says ok."""
         try:
-            for _ in range(self.size):
-                port, bus = free_port(), free_port()
-                self.processes[port] = self._spawn(port, bus)
-                self.ports.append(port)
-            deadline = time.monotonic() + START_TIMEOUT
-            for port in self.ports:
-                while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
-                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
-                        raise RuntimeError(f"cluster node on port {port} did not start")
-                    time.sleep(0.02)
+            self._spawn_all()
             subprocess.run(
                 ["redis-cli", "--cluster", "create"]
                 + [f"127.0.0.1:{port}" for port in self.ports]
@@ -211,6 +204,31 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _spawn_all(self, attempts: int = 3) -> None:
+        """Start the servers on free ports and wait for their PING; new ports when one
+        exited at start (another process took its port after it was chosen)."""
+        for attempt in range(attempts):
+            ports = distinct_free_ports(2 * self.size)
+            for port, bus in zip(ports[::2], ports[1::2], strict=True):
+                self.processes[port] = self._spawn(port, bus)
+                self.ports.append(port)
+            deadline = time.monotonic() + START_TIMEOUT
+            for port in self.ports:
+                while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
+                    if self.processes[port].poll() is not None and attempt + 1 < attempts:
+                        break
+                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                        raise RuntimeError(f"cluster node on port {port} did not start")
+                    time.sleep(0.02)
+                else:
+                    continue
+                break  # a node exited: start them all again on other ports
+            else:
+                return
+            self.stop()
+            self.processes.clear()
+            self.ports.clear()
 
     def cluster_info(self, port: int) -> dict[str, str]:
         import redis
@@ -265,6 +283,56 @@ class LocalCluster:
                     raise RuntimeError(f"cluster node on port {port} is not ok after {timeout} s")
                 time.sleep(0.05)
 
+    def replica_of(self, master: int) -> int:
+        """The port of the replica of the master on port `master`."""
+        import redis
+
+        for port in self.ports:
+            if port == master or self.processes[port].poll() is not None:
+                continue
+            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info.get("role") == "slave" and info.get("master_port") == master:
+                return port
+        raise AssertionError(f"no replica of the master on port {master}")
+
+    def cut_replication(self, master: int) -> int:
+        """Freeze the replica of `master` (SIGSTOP) and drop its link, so that what the master
+        writes from now on reaches no replica; returns the replica's port (`thaw` it)."""
+        import redis
+
+        replica = self.replica_of(master)
+        self.processes[replica].send_signal(signal.SIGSTOP)
+        client = redis.Redis(port=master, socket_timeout=2)
+        try:
+            client.execute_command("CLIENT KILL TYPE replica")
+        finally:
+            client.close()
+        return replica
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT the node on `port` (frozen by `cut_replication`)."""
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def take_over(self, replica: int) -> None:
+        """Make the replica on `replica` the master of its shard at once (CLUSTER FAILOVER
+        TAKEOVER: no vote, its master may be dead) and wait until it says so."""
+        import redis
+
+        client = redis.Redis(port=replica, socket_timeout=2)
+        try:
+            client.execute_command("CLUSTER FAILOVER TAKEOVER")
+            deadline = time.monotonic() + START_TIMEOUT
+            while client.info("replication").get("role") != "master":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on port {replica} did not take over")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` and wait for it to be gone."""
         process = self.processes.get(port)
@@ -275,6 +343,17 @@ class LocalCluster:
     def stop(self) -> None:
         for port in list(self.processes):
             self.kill(port)
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free ports of 127.0.0.1 (each bound until all are chosen, so the
+    kernel cannot hand one out twice; other processes, pytest-xdist workers too, get others
+    while they are held)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @pytest.fixture(scope="session")

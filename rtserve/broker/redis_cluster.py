@@ -21,8 +21,17 @@ reused; what changes:
   subscribes again and catches up from the streams as RedisBroker does after an outage
   (exactly the missed offsets, once; a gap, ``on_gap``, when the stream did not keep them).
 
-URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME]`` (any nodes
-of the cluster; ``rediss+cluster://`` for TLS).
+- Durability: replication is asynchronous, so a master may fail over to a replica that
+  lacks its last publications, and the new master gives their offsets again. A publication
+  is acknowledged only once ``wait_replicas`` replicas hold it (``WAIT`` on the connection
+  that ran the script; fewer within half the timeout is a BrokerError, as the publication
+  may be lost). What no WAIT can rule out (a publication this node delivered whose publish
+  failed, then lost) is caught when a shard link catches up after the failover: a stream
+  that no longer holds the publication the link delivered last starts a new epoch and is
+  signalled as a gap (RedisBroker._catch_up).
+
+URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME][&wait=N]``
+(any nodes of the cluster; ``rediss+cluster://`` for TLS; ``wait``: ``wait_replicas``).
 """
 
 from __future__ import annotations
@@ -38,17 +47,31 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    TryAgainError,
+)
 
 from rtserve.broker import redis_scripts as scripts
 from rtserve.broker.base import BrokerError, BrokerEvents, HistoryResult, PublishOptions
-from rtserve.broker.redis import RedisBroker
+from rtserve.broker.redis import RedisBroker, _ms
 
 __all__ = ["RedisClusterBroker", "from_url"]
 
 log = logging.getLogger("rtserve.broker")
 
 Address = tuple[str, int]
+
+
+# Errors of a publish script that did not run (the slot moved or is moving, the node lacks
+# the script, the cluster is reconfiguring): the publish is tried again, at most
+# PUBLISH_ATTEMPTS times, after refreshing what was stale.
+NOT_RUN = (AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError)
+PUBLISH_ATTEMPTS = 3
 
 
 class _SlotMoved(Exception):
@@ -59,11 +82,13 @@ class RedisClusterBroker(RedisBroker):
     """The Broker on a Redis Cluster (see the module docstring).
 
     nodes: (host, port) of some nodes of the cluster (the others are discovered).
-    tls, username, password: how to connect to every node. The other options are
-    RedisBroker's.
+    tls, username, password: how to connect to every node.
+    wait_replicas: replicas of the channel's shard that must hold a publication before it
+    is acknowledged (0: at once, as Redis replicates asynchronously). The other options
+    are RedisBroker's.
     """
 
-    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username")
+    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username", "_wait_replicas")
 
     def __init__(
         self,
@@ -72,10 +97,13 @@ class RedisClusterBroker(RedisBroker):
         tls: bool = False,
         username: str | None = None,
         password: str | None = None,
+        wait_replicas: int = 1,
         **options: Any,
     ) -> None:
         if not nodes:
             raise ValueError("a Redis Cluster broker needs at least one node")
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
         hosts = ",".join(f"{host}:{port}" for host, port in nodes)
         super().__init__(f"{'rediss' if tls else 'redis'}+cluster://{hosts}", **options)
         self._nodes = list(nodes)
@@ -83,6 +111,7 @@ class RedisClusterBroker(RedisBroker):
         self._username = username
         self._password = password
         self._seed = ""
+        self._wait_replicas = wait_replicas
         self._links: dict[Address, _ShardLink] = {}  # by shard master
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -136,6 +165,7 @@ class RedisClusterBroker(RedisBroker):
             scripts.PRESENCE_REMOVE,
             scripts.PRESENCE,
             scripts.PRESENCE_STATS,
+            scripts.RENEW,
         ):
             await client.script_load(text)
 
@@ -153,6 +183,48 @@ class RedisClusterBroker(RedisBroker):
     ) -> tuple[list[str], list[Any]]:
         keys, args = super()._publish_call(channel, payload, options)
         return keys[:3], [*args, self._seed, "SPUBLISH"]
+
+    async def _run_publish(self, channel: str, keys: list[str], args: list[Any]) -> Any:
+        """The script and ``WAIT`` pipelined on one connection of the channel's master (WAIT
+        counts the replicas that acknowledged that connection's last write)."""
+        if not self._wait_replicas:
+            return await super()._run_publish(channel, keys, args)
+        client: Any = self._redis()
+        wait_ms = _ms(self._timeout / 2)  # answered before the command read times out
+        slot = client.keyslot(keys[0])
+        for _ in range(PUBLISH_ATTEMPTS):
+            # The shard's master and the replicas the slot map lists (Redis leaves out failed
+            # ones): a shard without a replica has no failover to lose a publication to.
+            node, *replicas = client.nodes_manager.slots_cache.get(slot) or [None]
+            wanted = min(self._wait_replicas, len(replicas))
+            if node is None or not wanted:
+                return await super()._run_publish(channel, keys, args)
+            pipe = client.pipeline()
+            pipe.execute_command("EVALSHA", self._publish.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", wanted, wait_ms, target_nodes=node)
+            reply, acked = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            if isinstance(reply, NoScriptError):
+                await self._load_scripts(client)
+                continue
+            if isinstance(reply, NOT_RUN):
+                await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < wanted:
+                # A replica may have failed: the next publishes wait for the ones left.
+                await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+                raise BrokerError(
+                    f"Redis publish to {channel!r}: {acked} of {wanted} replica(s) "
+                    f"acknowledged it within {wait_ms} ms, so a failover may lose it (it may "
+                    "be delivered all the same)"
+                )
+            return reply
+        raise BrokerError(
+            f"Redis publish to {channel!r}: its slot kept moving ({str(reply) or 'cluster down'})"
+        )
 
     def _history_call(
         self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
@@ -324,6 +396,9 @@ class _ShardLink(RedisBroker):
     async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
         return await self._owner._read_many(reads)
 
+    async def _renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
+        return await self._owner._renew_epoch(channel, epoch)
+
 
 def from_url(url: str) -> RedisClusterBroker:
     """The broker a ``redis+cluster://`` URL names (see the module docstring)."""
@@ -337,10 +412,14 @@ def from_url(url: str) -> RedisClusterBroker:
             raise ValueError(f"a Redis Cluster node is host:port, not {item!r}")
         nodes.append((host.strip("[]"), int(port)))
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    wait = query.get("wait") or "1"
+    if not wait.isdigit():
+        raise ValueError(f"wait is a number of replicas (0 or more), not {wait!r}")
     return RedisClusterBroker(
         nodes,
         tls=parts.scheme.startswith("rediss"),
         username=unquote(username) or None,
         password=unquote(password) if userinfo else None,
         prefix=query.get("prefix") or "rtserve",
+        wait_replicas=int(wait),
     )
