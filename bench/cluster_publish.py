@@ -1,10 +1,12 @@
 """Publications/s over 1,000 channels: one Redis vs a Redis Cluster of three shards.
 
-A first look at issue 23's cluster row (not yet a bench/scale.py case): one Python process
-publishes through the broker (RedisBroker on one private redis-server; RedisClusterBroker on
-a private cluster of three masters and three replicas, tests/redis_support.py's
-LocalCluster), ``--concurrency`` publishes in flight, round-robin over ``--channels``
-channels with history, for ``--seconds``. Reported per case: publications/s, Redis CPU per
+Issue 23's cluster row (bench/scale.py runs it as its ``cluster-publish`` case; this script
+runs it alone): one Python process publishes through the broker (RedisBroker on one private
+redis-server; RedisClusterBroker on a private cluster of three masters and three replicas,
+tests/redis_support.py's LocalCluster, with ``wait=1``, the default: each publish waits for
+its replica, and ``wait=0``), ``--concurrency`` publishes in flight, round-robin over
+``--channels`` channels with history, for ``--seconds``; the cases take turns over
+``--rounds`` rounds and the medians are reported. Per case: publications/s, Redis CPU per
 publication (the CPU time of the masters, and of the replicas, from /proc/PID/stat, over
 the publications) and the publishing process's CPU per publication.
 
@@ -13,6 +15,7 @@ long before three shards do: the figure that carries over to bigger machines is 
 per publication. Servers listen on 127.0.0.1 only, without persistence.
 
 Usage: python bench/cluster_publish.py [--seconds 3] [--channels 1000] [--concurrency 64]
+                                      [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,45 +119,83 @@ def one_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+def roles(cluster: LocalCluster) -> tuple[list[int], list[int]]:
+    """The pids of the cluster's masters and of its replicas."""
+    masters, replicas = [], []
+    for port, server in cluster.processes.items():
+        role = subprocess.run(
+            ["redis-cli", "-p", str(port), "role"], capture_output=True, text=True
+        ).stdout.split()[:1]
+        (masters if role == ["master"] else replicas).append(server.pid)
+    return masters, replicas
+
+
+CASES = ("one Redis", "cluster, 3 shards, wait=1", "cluster, 3 shards, wait=0")
+
+
+def run_rounds(
+    args: argparse.Namespace, cluster: LocalCluster, directory: Path
+) -> dict[str, dict[str, float]]:
+    """Every case of CASES once per round, in turn (so that other load on the machine falls
+    on all alike), over `args.rounds` rounds: the median of each figure per case. The one
+    Redis is a private redis-server; the cluster is `cluster` (started by the caller)."""
+    process, port = one_redis(directory)
+    try:
+        masters, replicas = roles(cluster)
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
+        for _ in range(args.rounds):
+            for name in CASES:
+                if name == "one Redis":
+                    broker: Broker = RedisBroker(f"redis://127.0.0.1:{port}/0", prefix="bench")
+                    watched: tuple[list[int], list[int]] = ([process.pid], [])
+                else:
+                    broker = from_url(f"{cluster.url}?prefix=bench&wait={name[-1]}")
+                    watched = (masters, replicas)
+                samples[name].append(asyncio.run(measure(broker, *watched, args)))
+    finally:
+        process.kill()
+        process.wait(10)
+    return {
+        name: {key: statistics.median(s[key] for s in rows) for key in rows[0]}
+        for name, rows in samples.items()
+    }
+
+
+def table(args: argparse.Namespace, rows: dict[str, dict[str, float]]) -> list[str]:
+    """The markdown table of `run_rounds`'s medians."""
+    out = [
+        f"{args.channels} channels with history, {args.concurrency} publishes in flight from "
+        f"one process, {args.seconds:g} s per case and round, medians of {args.rounds} "
+        f"alternating rounds ({os.cpu_count()} cores)",
+        "",
+        "| case | publications/s (busy machine) | masters' CPU us/publication "
+        "| replicas' CPU us/publication | publisher CPU us/publication |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in rows.items():
+        out.append(f"| {name} | " + " | ".join(f"{value:,.0f}" for value in row.values()) + " |")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=3.0, help="per case and round (3)")
+    parser.add_argument("--channels", type=int, default=1000, help="published round-robin")
+    parser.add_argument("--concurrency", type=int, default=64, help="publishes in flight")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--channels", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    add_arguments(parser)
     args = parser.parse_args()
-    rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        process, port = one_redis(Path(tmp))
-        try:
-            broker = RedisBroker(f"redis://127.0.0.1:{port}/0", prefix="bench")
-            rows["one Redis"] = asyncio.run(measure(broker, [process.pid], [], args))
-        finally:
-            process.kill()
-            process.wait(10)
         cluster = LocalCluster(Path(tmp))
         cluster.start()
         try:
-            broker = from_url(cluster.url + "?prefix=bench")
-            masters, replicas = [], []
-            for port, server in cluster.processes.items():
-                role = subprocess.run(
-                    ["redis-cli", "-p", str(port), "role"], capture_output=True, text=True
-                ).stdout.split()[:1]
-                (masters if role == ["master"] else replicas).append(server.pid)
-            rows["cluster, 3 shards"] = asyncio.run(measure(broker, masters, replicas, args))
+            rows = run_rounds(args, cluster, Path(tmp))
         finally:
             cluster.stop()
-    print(
-        f"{args.channels} channels, {args.concurrency} publishes in flight, {args.seconds:g} s "
-        f"per case, one publishing process ({os.cpu_count()} cores)"
-    )
-    print(
-        "| case | publications/s | masters' CPU us/publication | replicas' CPU us/publication "
-        "| publisher CPU us/publication |"
-    )
-    print("| --- | --- | --- | --- | --- |")
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{value:,.0f}" for value in row.values()) + " |")
+    print("\n".join(table(args, rows)))
     return 0
 
 

@@ -53,6 +53,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 
@@ -185,13 +186,14 @@ class RedisClusterBroker(RedisBroker):
         return keys[:3], [*args, self._seed, "SPUBLISH"]
 
     async def _run_publish(self, channel: str, keys: list[str], args: list[Any]) -> Any:
-        """The script and ``WAIT`` pipelined on one connection of the channel's master (WAIT
+        """The script, then ``WAIT`` on the same connection of the channel's master (WAIT
         counts the replicas that acknowledged that connection's last write)."""
         if not self._wait_replicas:
             return await super()._run_publish(channel, keys, args)
         client: Any = self._redis()
         wait_ms = _ms(self._timeout / 2)  # answered before the command read times out
         slot = client.keyslot(keys[0])
+        reply: Any = None
         for _ in range(PUBLISH_ATTEMPTS):
             # The shard's master and the replicas the slot map lists (Redis leaves out failed
             # ones): a shard without a replica has no failover to lose a publication to.
@@ -199,10 +201,8 @@ class RedisClusterBroker(RedisBroker):
             wanted = min(self._wait_replicas, len(replicas))
             if node is None or not wanted:
                 return await super()._run_publish(channel, keys, args)
-            pipe = client.pipeline()
-            pipe.execute_command("EVALSHA", self._publish.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", wanted, wait_ms, target_nodes=node)
-            reply, acked = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            commands = [("EVALSHA", self._publish.sha, len(keys), *keys, *args)]
+            reply, acked = await self._on_node(node, [*commands, ("WAIT", wanted, wait_ms)])
             if isinstance(reply, NoScriptError):
                 await self._load_scripts(client)
                 continue
@@ -222,9 +222,31 @@ class RedisClusterBroker(RedisBroker):
                     "be delivered all the same)"
                 )
             return reply
-        raise BrokerError(
-            f"Redis publish to {channel!r}: its slot kept moving ({str(reply) or 'cluster down'})"
-        )
+        raise BrokerError(f"Redis publish to {channel!r}: its slot kept moving ({reply})")
+
+    async def _on_node(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """`commands` sent at once on one connection of `node`: their replies, an error reply
+        as its exception. A lost connection refreshes the slot map (its master may have failed
+        over) and is raised."""
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException as exc:
+            await connection.disconnect()  # replies may be left unread on it
+            client: Any = self._client
+            if isinstance(exc, (TimeoutError, RedisError, OSError)) and client is not None:
+                with contextlib.suppress(TimeoutError, RedisError, OSError):
+                    await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+            raise
+        finally:
+            node.release(connection)
 
     def _history_call(
         self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
