@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -186,5 +187,19 @@ def test_a_slot_migrated_under_a_subscription(private_cluster: LocalCluster) -> 
             await ea.wait_until(lambda: len(ea.offsets(channel)) >= 10, FAULT_TIMEOUT)
             assert [(e[2], e[3]) for e in ea.of(channel)] == [(i, i) for i in range(1, 11)]
             assert a._master_of(channel)[1] == target
+
+    asyncio.run(main())
+
+
+def test_a_burst_of_commands_waits_for_a_connection(redis_cluster: LocalCluster) -> None:
+    """More commands at once than the pool has connections wait for one (as on one Redis)
+    instead of failing: a burst of subscribers reading history, with a pool of 2."""
+
+    async def main() -> None:
+        prefix = f"burst-{secrets.token_hex(4)}"
+        async with cluster_node(redis_cluster, prefix, pool_size=2) as (a, _):
+            await a.publish("room-0", "x", options=KEEP_ALL)
+            answers = await asyncio.gather(*(a.history("room-0") for _ in range(200)))
+            assert all([p.data for p in answer.publications] == ["x"] for answer in answers)
 
     asyncio.run(main())

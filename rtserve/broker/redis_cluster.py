@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -73,6 +74,30 @@ Address = tuple[str, int]
 # PUBLISH_ATTEMPTS times, after refreshing what was stale.
 NOT_RUN = (AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError)
 PUBLISH_ATTEMPTS = 3
+
+
+class _WaitingCluster(RedisCluster):
+    """RedisCluster whose commands wait, up to `wait` seconds, for one of `limit` places
+    instead of failing at once when a node's connections are all in use (a burst of
+    subscribes queues as on RedisBroker's BlockingConnectionPool)."""
+
+    def __init__(self, *, limit: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(max_connections=limit, **kwargs)
+        self._places = asyncio.Semaphore(limit)
+        self._wait = wait
+
+    @contextlib.asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        """Hold one of the places (TimeoutError after `wait` seconds)."""
+        await asyncio.wait_for(self._places.acquire(), self._wait)
+        try:
+            yield
+        finally:
+            self._places.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.place():
+            return await super().execute_command(*args, **kwargs)
 
 
 class _SlotMoved(Exception):
@@ -127,7 +152,7 @@ class RedisClusterBroker(RedisBroker):
             for link in self._links.values():
                 link._events = events
             return
-        client = RedisCluster(
+        client = _WaitingCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
             username=self._username,
             password=self._password,
@@ -136,7 +161,8 @@ class RedisClusterBroker(RedisBroker):
             socket_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),  # a publish is never repeated behind our back
             client_name=f"rtserve:{self._node_id}",
-            max_connections=self._pool_size,
+            limit=self._pool_size,
+            wait=self._timeout,
         )
         try:
             await asyncio.wait_for(client.initialize(), self._timeout)
@@ -228,6 +254,11 @@ class RedisClusterBroker(RedisBroker):
         """`commands` sent at once on one connection of `node`: their replies, an error reply
         as its exception. A lost connection refreshes the slot map (its master may have failed
         over) and is raised."""
+        client: Any = self._client
+        async with client.place():
+            return await self._on_connection(node, commands)
+
+    async def _on_connection(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         connection = node.acquire_connection()
         try:
             await connection.send_packed_command(connection.pack_commands(commands))
