@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # not bench/, whose http.py would shadow the standard library
 
 from rtserve.broker.base import Broker, PublishOptions  # noqa: E402
-from rtserve.broker.redis import RedisBroker  # noqa: E402
-from rtserve.broker.redis_cluster import from_url  # noqa: E402
+from rtserve.broker.url import broker_from_url  # noqa: E402
 from tests.redis_support import LocalCluster, free_port  # noqa: E402
 
 HISTORY = PublishOptions(history_size=100)
@@ -62,8 +61,71 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Counter(_Sink):
+    """BrokerEvents that counts publications."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_publication(self, *args: Any) -> None:
+        self.count += 1
+
+
+async def receive(url: str, channels: int) -> None:
+    """The receiver process: subscribe to every channel, say ``ready``, then answer each line
+    of stdin with the number of publications received so far (until stdin closes)."""
+    broker = broker_from_url(url)
+    counter = _Counter()
+    await broker.start(counter)  # type: ignore[arg-type]
+    try:
+        for i in range(channels):
+            await broker.subscribe(f"bench-{i}")
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            print(counter.count, flush=True)
+    finally:
+        await broker.close()
+
+
+class Receiver:
+    """Another process subscribed to every channel (a node whose clients listen to them):
+    how much CPU receiving a publication costs it."""
+
+    def __init__(self, url: str, channels: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--receive", url, "--channels", str(channels)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the receiver did not start")
+
+    def received(self) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
 async def measure(
-    broker: Broker, masters: list[int], replicas: list[int], args: argparse.Namespace
+    broker: Broker,
+    masters: list[int],
+    replicas: list[int],
+    args: argparse.Namespace,
+    receiver: Receiver | None = None,
 ) -> dict[str, float]:
     await broker.start(_Sink())  # type: ignore[arg-type]
     try:
@@ -81,6 +143,9 @@ async def measure(
 
         for _ in range(200):  # warm-up: scripts loaded, connections open
             await broker.publish(channels[0], {"n": 0}, options=HISTORY)
+        await asyncio.sleep(0.5)  # the receiver has the warm-up's publications
+        got = receiver.received() if receiver else 0
+        receiver_before = cpu_seconds(receiver.process.pid) if receiver else 0.0
         masters_before = sum(map(cpu_seconds, masters))
         replicas_before = sum(map(cpu_seconds, replicas))
         own_before, began = own_cpu(), time.monotonic()
@@ -90,14 +155,22 @@ async def measure(
         masters_cpu = sum(map(cpu_seconds, masters)) - masters_before
         replicas_cpu = sum(map(cpu_seconds, replicas)) - replicas_before
         own = own_cpu() - own_before
+        if receiver:
+            await asyncio.sleep(0.5)  # what is still on its way
+            got = receiver.received() - got
+            receiver_cpu = cpu_seconds(receiver.process.pid) - receiver_before
     finally:
         await broker.close()
-    return {
+    row = {
         "publications/s": count / elapsed,
         "masters' CPU us/publication": masters_cpu / count * 1e6,
         "replicas' CPU us/publication": replicas_cpu / count * 1e6,
         "publisher CPU us/publication": own / count * 1e6,
     }
+    if receiver:
+        row["receiver CPU us/publication"] = receiver_cpu / max(1, got) * 1e6
+        row["received %"] = 100 * got / count
+    return row
 
 
 def one_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -146,12 +219,18 @@ def run_rounds(
         for _ in range(args.rounds):
             for name in CASES:
                 if name == "one Redis":
-                    broker: Broker = RedisBroker(f"redis://127.0.0.1:{port}/0", prefix="bench")
+                    url = f"redis://127.0.0.1:{port}/0?prefix=bench"
                     watched: tuple[list[int], list[int]] = ([process.pid], [])
                 else:
-                    broker = from_url(f"{cluster.url}?prefix=bench&wait={name[-1]}")
+                    url = f"{cluster.url}?prefix=bench&wait={name[-1]}"
                     watched = (masters, replicas)
-                samples[name].append(asyncio.run(measure(broker, *watched, args)))
+                receiver = Receiver(url, args.channels) if args.receiver else None
+                try:
+                    row = asyncio.run(measure(broker_from_url(url), *watched, args, receiver))
+                finally:
+                    if receiver:
+                        receiver.stop()
+                samples[name].append(row)
     finally:
         process.kill()
         process.wait(10)
@@ -163,14 +242,17 @@ def run_rounds(
 
 def table(args: argparse.Namespace, rows: dict[str, dict[str, float]]) -> list[str]:
     """The markdown table of `run_rounds`'s medians."""
+    receiver = ", another process subscribed to every channel" if args.receiver else ""
+    columns = list(next(iter(rows.values())))
     out = [
         f"{args.channels} channels with history, {args.concurrency} publishes in flight from "
-        f"one process, {args.seconds:g} s per case and round, medians of {args.rounds} "
-        f"alternating rounds ({os.cpu_count()} cores)",
+        f"one process{receiver}, {args.seconds:g} s per case and round, medians of "
+        f"{args.rounds} alternating rounds ({os.cpu_count()} cores)",
         "",
-        "| case | publications/s (busy machine) | masters' CPU us/publication "
-        "| replicas' CPU us/publication | publisher CPU us/publication |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| case | "
+        + " | ".join(c.replace("publications/s", "publications/s (busy machine)") for c in columns)
+        + " |",
+        "| --- |" + " ---: |" * len(columns),
     ]
     for name, row in rows.items():
         out.append(f"| {name} | " + " | ".join(f"{value:,.0f}" for value in row.values()) + " |")
@@ -182,12 +264,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, default=1000, help="published round-robin")
     parser.add_argument("--concurrency", type=int, default=64, help="publishes in flight")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    parser.add_argument(
+        "--receiver",
+        action="store_true",
+        help="another process subscribes to every channel: its CPU per publication received",
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
+    parser.add_argument("--receive", metavar="URL", help=argparse.SUPPRESS)  # the receiver
     args = parser.parse_args()
+    if args.receive:
+        asyncio.run(receive(args.receive, args.channels))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         cluster = LocalCluster(Path(tmp))
         cluster.start()

@@ -534,6 +534,7 @@ def run_publish(args: argparse.Namespace) -> list[dict[str, Any]]:
         channels=1000,
         concurrency=64,
         rounds=args.publish_rounds,
+        receiver=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-scale-redis-") as tmp:
         rows = cluster_publish.run_rounds(options, args.cluster, Path(tmp))
