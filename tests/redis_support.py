@@ -247,19 +247,26 @@ class LocalCluster:
     def _replicas_in_sync(self) -> int:
         """How many running replicas have their link to their master up (one that never
         synced cannot be promoted when its master fails)."""
-        import redis
-
         count = 0
-        for port, process in self.processes.items():
-            if process.poll() is not None:
-                continue
-            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                info = client.info("replication")
-            finally:
-                client.close()
+        for port in self.running():
+            info = self.replication(port)
             count += info.get("role") == "slave" and info.get("master_link_status") == "up"
         return count
+
+    def running(self) -> list[int]:
+        """The ports of the nodes whose process runs."""
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def replication(self, port: int) -> dict[str, object]:
+        """``INFO replication`` of the node on `port`."""
+        import redis
+
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            info: dict[str, object] = client.info("replication")
+        finally:
+            client.close()
+        return info
 
     def wait_ok(self, timeout: float = CLUSTER_START_TIMEOUT) -> None:
         """Wait until every running node says cluster_state:ok with all slots served."""
@@ -285,17 +292,9 @@ class LocalCluster:
 
     def replica_of(self, master: int) -> int:
         """The port of the replica of the master on port `master`."""
-        import redis
-
-        for port in self.ports:
-            if port == master or self.processes[port].poll() is not None:
-                continue
-            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                info = client.info("replication")
-            finally:
-                client.close()
-            if info.get("role") == "slave" and info.get("master_port") == master:
+        for port in self.running():
+            info = self.replication(port)
+            if port != master and info.get("role") == "slave" and info.get("master_port") == master:
                 return port
         raise AssertionError(f"no replica of the master on port {master}")
 
