@@ -203,3 +203,11 @@ def test_a_burst_of_commands_waits_for_a_connection(redis_cluster: LocalCluster)
             assert all([p.data for p in answer.publications] == ["x"] for answer in answers)
 
     asyncio.run(main())
+
+
+def test_the_url_says_how_many_replicas_a_publish_waits_for() -> None:
+    assert from_url("redis+cluster://127.0.0.1:7000")._wait_replicas == 1  # the default
+    assert from_url("redis+cluster://127.0.0.1:7000?prefix=p&wait=0")._wait_replicas == 0
+    assert from_url("redis+cluster://127.0.0.1:7000?wait=2")._wait_replicas == 2
+    with pytest.raises(ValueError, match="wait is a number of replicas"):
+        from_url("redis+cluster://127.0.0.1:7000?wait=-1")

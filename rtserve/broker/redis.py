@@ -787,7 +787,7 @@ class RedisBroker(Broker):
         self.stats.diverged += 1
         log.warning(
             "channel %s: Redis no longer holds offset %d that this node delivered (a failover "
-            "lost it); the channel starts a new epoch",
+            "or a restart lost it); the channel starts a new epoch",
             sub.channel,
             sub.offset,
         )

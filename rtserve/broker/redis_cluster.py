@@ -89,7 +89,8 @@ class _WaitingCluster(RedisCluster):
     @contextlib.asynccontextmanager
     async def place(self) -> AsyncIterator[None]:
         """Hold one of the places (TimeoutError after `wait` seconds)."""
-        await asyncio.wait_for(self._places.acquire(), self._wait)
+        async with asyncio.timeout(self._wait):
+            await self._places.acquire()
         try:
             yield
         finally:
@@ -241,7 +242,8 @@ class RedisClusterBroker(RedisBroker):
                 raise acked
             if int(acked) < wanted:
                 # A replica may have failed: the next publishes wait for the ones left.
-                await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+                with contextlib.suppress(TimeoutError, RedisError, OSError):
+                    await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
                 raise BrokerError(
                     f"Redis publish to {channel!r}: {acked} of {wanted} replica(s) "
                     f"acknowledged it within {wait_ms} ms, so a failover may lose it (it may "
