@@ -21,7 +21,8 @@ workers the control's ``count`` sees one worker only). Cases, one after the othe
 - ``cluster-publish``: no server: bench/cluster_publish.py's publications/s over 1,000
   channels from one process, one Redis vs the three shards (with ``wait=1``, the default,
   and ``wait=0``), the cases alternating over ``--publish-rounds`` rounds, medians; with
-  Redis CPU per publication, the figure that carries over to a machine with more cores.
+  Redis CPU per publication, the figure that carries over to a machine with more cores,
+  and the CPU per publication of another process subscribed to every channel (``--receiver``).
 
 The cluster cases run on a private cluster of three masters and three replicas on
 127.0.0.1 (tests/redis_support.py's LocalCluster, no persistence) that the benchmark starts
