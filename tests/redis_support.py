@@ -156,6 +156,7 @@ class LocalCluster:
         self.size = masters * 2
         self.masters = masters
         self.processes: dict[int, subprocess.Popen[bytes]] = {}  # by port
+        self.buses: dict[int, int] = {}  # cluster bus port, by port
         self.ports: list[int] = []
 
     @property
@@ -212,6 +213,7 @@ class LocalCluster:
             ports = distinct_free_ports(2 * self.size)
             for port, bus in zip(ports[::2], ports[1::2], strict=True):
                 self.processes[port] = self._spawn(port, bus)
+                self.buses[port] = bus
                 self.ports.append(port)
             deadline = time.monotonic() + START_TIMEOUT
             for port in self.ports:
@@ -228,6 +230,7 @@ class LocalCluster:
                 return
             self.stop()
             self.processes.clear()
+            self.buses.clear()
             self.ports.clear()
 
     def cluster_info(self, port: int) -> dict[str, str]:
@@ -247,11 +250,7 @@ class LocalCluster:
     def _replicas_in_sync(self) -> int:
         """How many running replicas have their link to their master up (one that never
         synced cannot be promoted when its master fails)."""
-        count = 0
-        for port in self.running():
-            info = self.replication(port)
-            count += info.get("role") == "slave" and info.get("master_link_status") == "up"
-        return count
+        return sum(self._in_sync(port) for port in self.running())
 
     def running(self) -> list[int]:
         """The ports of the nodes whose process runs."""
@@ -331,6 +330,26 @@ class LocalCluster:
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def rejoin(self, port: int) -> None:
+        """Start the (killed) node on `port` again with its cluster config: a master that was
+        replaced comes back as the new master's replica. Waits until it replicates."""
+        assert self.processes[port].poll() is not None, "still running"
+        self.processes[port] = self._spawn(port, self.buses[port])
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+        while not self._in_sync(port):
+            if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                raise RuntimeError(f"the node on port {port} did not rejoin as a replica")
+            time.sleep(0.05)
+
+    def _in_sync(self, port: int) -> bool:
+        import redis
+
+        try:
+            info = self.replication(port)
+        except (redis.RedisError, OSError):
+            return False
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` and wait for it to be gone."""

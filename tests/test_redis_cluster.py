@@ -137,6 +137,10 @@ def test_a_master_killed_while_publishing_on_three_shards(
                 await ea.wait_until(lambda: ("gap", victim) in ea.events, FAULT_TIMEOUT)
             else:
                 private_cluster.kill(master)
+                await ea.wait_until(lambda: a._master_of(victim)[1] != master, FAULT_TIMEOUT)
+            # The new master has no replica: its publishes are refused until the old master
+            # is back as one (each publish waits for a replica).
+            await asyncio.to_thread(private_cluster.rejoin, master)
             goal = {c: len(accepted[c]) + 20 for c in channels}
             await ea.wait_until(
                 lambda: all(len(accepted[c]) >= goal[c] for c in channels), FAULT_TIMEOUT
@@ -211,3 +215,34 @@ def test_the_url_says_how_many_replicas_a_publish_waits_for() -> None:
     assert from_url("redis+cluster://127.0.0.1:7000?wait=2")._wait_replicas == 2
     with pytest.raises(ValueError, match="wait is a number of replicas"):
         from_url("redis+cluster://127.0.0.1:7000?wait=-1")
+
+
+def test_a_publish_no_replica_acknowledged_is_an_error(private_cluster: LocalCluster) -> None:
+    """With the channel's replica frozen, a publish is not acknowledged: BrokerError saying
+    so (within half the timeout), where wait=0 answers at once; once the replica is back,
+    publishing is acknowledged again."""
+
+    async def main() -> None:
+        async with (
+            cluster_node(private_cluster, "wait", **FAST) as (a, _),
+            cluster_node(private_cluster, "wait", wait_replicas=0, **FAST) as (b, _),
+        ):
+            await a.publish("room-0", 1, options=KEEP_ALL)
+            _, master = a._master_of("room-0")
+            replica = await asyncio.to_thread(private_cluster.cut_replication, master)
+            try:
+                with pytest.raises(BrokerError, match=r"0 of 1 replica\(s\) acknowledged"):
+                    await a.publish("room-0", 2, options=KEEP_ALL)
+                assert (await b.publish("room-0", 3, options=KEEP_ALL)).offset == 3
+            finally:
+                private_cluster.thaw(replica)
+            for _ in range(200):  # the replica reconnects to its master within a second or so
+                try:
+                    assert (await a.publish("room-0", 4, options=KEEP_ALL)).offset >= 4
+                    break
+                except BrokerError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("publishing never acknowledged again")
+
+    asyncio.run(main())

@@ -219,15 +219,10 @@ class RedisClusterBroker(RedisBroker):
             return await super()._run_publish(channel, keys, args)
         client: Any = self._redis()
         wait_ms = _ms(self._timeout / 2)  # answered before the command read times out
-        slot = client.keyslot(keys[0])
+        wanted = self._wait_replicas
         reply: Any = None
         for _ in range(PUBLISH_ATTEMPTS):
-            # The shard's master and the replicas the slot map lists (Redis leaves out failed
-            # ones): a shard without a replica has no failover to lose a publication to.
-            node, *replicas = client.nodes_manager.slots_cache.get(slot) or [None]
-            wanted = min(self._wait_replicas, len(replicas))
-            if node is None or not wanted:
-                return await super()._run_publish(channel, keys, args)
+            node = client.get_node_from_key(keys[0])
             commands = [("EVALSHA", self._publish.sha, len(keys), *keys, *args)]
             reply, acked = await self._on_node(node, [*commands, ("WAIT", wanted, wait_ms)])
             if isinstance(reply, NoScriptError):
@@ -241,13 +236,10 @@ class RedisClusterBroker(RedisBroker):
             if isinstance(acked, Exception):
                 raise acked
             if int(acked) < wanted:
-                # A replica may have failed: the next publishes wait for the ones left.
-                with contextlib.suppress(TimeoutError, RedisError, OSError):
-                    await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
                 raise BrokerError(
                     f"Redis publish to {channel!r}: {acked} of {wanted} replica(s) "
                     f"acknowledged it within {wait_ms} ms, so a failover may lose it (it may "
-                    "be delivered all the same)"
+                    "be delivered all the same; a shard without a replica needs ?wait=0)"
                 )
             return reply
         raise BrokerError(f"Redis publish to {channel!r}: its slot kept moving ({reply})")
