@@ -25,10 +25,11 @@ reused; what changes:
   lacks its last publications, and the new master gives their offsets again. A publication
   is acknowledged only once ``wait_replicas`` replicas hold it (``WAIT`` on the connection
   that ran the script; fewer within half the timeout is a BrokerError, as the publication
-  may be lost). What no WAIT can rule out (a publication this node delivered whose publish
-  failed, then lost) is caught when a shard link catches up after the failover: a stream
-  that no longer holds the publication the link delivered last starts a new epoch and is
-  signalled as a gap (RedisBroker._catch_up).
+  may be lost: a shard without a live replica refuses publishes, ``wait=0`` is for those).
+  What no WAIT can rule out (a publication this node delivered whose publish failed, then
+  lost) is caught when a shard link catches up after the failover: a stream that no longer
+  holds the publication the link delivered last starts a new epoch and is signalled as a
+  gap (RedisBroker._catch_up).
 
 URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME][&wait=N]``
 (any nodes of the cluster; ``rediss+cluster://`` for TLS; ``wait``: ``wait_replicas``).
