@@ -14,7 +14,19 @@ workers the control's ``count`` sees one worker only). Cases, one after the othe
 - ``redis-2w``: rtserve, RedisBroker, two workers, one per core. This machine has two cores:
   the load client has no core of its own and shares the second worker's (see below);
 - ``redis-1w-nodelay``: ``redis-1w`` without ``write_delay``;
-- ``socketio-redis``: python-socketio (aiohttp, uvloop) with ``AsyncRedisManager``, one process.
+- ``socketio-redis``: python-socketio (aiohttp, uvloop) with ``AsyncRedisManager``, one process;
+- ``cluster-1w``, ``cluster-2w-1core``: ``redis-1w`` and ``redis-2w-1core`` on a Redis
+  Cluster (RedisClusterBroker, ``redis+cluster://``): what a second worker costs per delivery
+  on the cluster broker (issue 23's goal: at most 1.1x one worker's);
+- ``cluster-publish``: no server: bench/cluster_publish.py's publications/s over 1,000
+  channels from one process, one Redis vs the three shards (with ``wait=1``, the default,
+  and ``wait=0``), the cases alternating over ``--publish-rounds`` rounds, medians; with
+  Redis CPU per publication, the figure that carries over to a machine with more cores,
+  and the CPU per publication of another process subscribed to every channel (``--receiver``).
+
+The cluster cases run on a private cluster of three masters and three replicas on
+127.0.0.1 (tests/redis_support.py's LocalCluster, no persistence) that the benchmark starts
+before the first of them and stops at the end; their "Redis" CPU is all six servers'.
 
 The rtserve cases but ``redis-1w-nodelay`` run with ``write_delay`` (``--write-delay``, 0.05 s,
 bench/channels.py's ``rtserve-batch``): without it every message is one write per subscriber,
@@ -62,6 +74,7 @@ import resource
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +140,7 @@ class Case:
     name: str
     description: str
     kind: str  # "rtserve" or "socketio"
-    broker: str  # "memory" or "redis"
+    broker: str  # "memory", "redis" or "cluster"
     workers: int = 1
     spread: bool = False  # one worker per core (else every worker on the server core)
     batched: bool = True  # rtserve: write_delay (--write-delay); socketio has no such thing
@@ -170,8 +183,9 @@ class Case:
         ]
 
     def env(self, args: argparse.Namespace) -> dict[str, str]:
+        brokers = {"redis": args.redis, "cluster": getattr(args, "cluster_url", "")}
         return {
-            "RTBENCH_SCALE_BROKER": args.redis if self.broker == "redis" else "memory",
+            "RTBENCH_SCALE_BROKER": brokers.get(self.broker, "memory"),
             "RTBENCH_SCALE_PREFIX": args.prefix,
             "RTBENCH_SCALE_WRITE_DELAY": str(args.write_delay if self.batched else 0.0),
         }
@@ -222,9 +236,29 @@ CASES: dict[str, Case] = {
             "redis",
             batched=False,
         ),
+        Case(
+            "cluster-1w",
+            "rtserve, RedisClusterBroker (3 shards), 1 worker on cpu{server}",
+            "rtserve",
+            "cluster",
+        ),
+        Case(
+            "cluster-2w-1core",
+            "rtserve, RedisClusterBroker (3 shards), 2 workers, both on cpu{server}",
+            "rtserve",
+            "cluster",
+            workers=2,
+        ),
+        Case(
+            "cluster-publish",
+            "publications/s over 1,000 channels from one process: one Redis vs 3 shards",
+            "publish",
+            "cluster",
+        ),
     )
 }
 DEFAULT_CASES = list(CASES)
+GOAL_CLUSTER_WORKERS = 1.1  # 2 workers cost at most 1.1x one worker's CPU per delivery
 
 
 def describe(case: Case, args: argparse.Namespace) -> str:
@@ -464,6 +498,8 @@ def plan_for(args: argparse.Namespace, case: Case) -> list[dict[str, Any]]:
 
 def run_case(args: argparse.Namespace, case: Case) -> list[dict[str, Any]]:
     wait_quiet(args)
+    if case.kind == "publish":
+        return run_publish(args)
     rows: list[dict[str, Any]] = []
     with tempfile.NamedTemporaryFile(prefix=f"bench-scale-{case.name}-", suffix=".log") as log:
         port = free_port()
@@ -490,12 +526,63 @@ def run_case(args: argparse.Namespace, case: Case) -> list[dict[str, Any]]:
     return rows
 
 
+def run_publish(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ``cluster-publish`` case: bench/cluster_publish.py's rounds on the run's cluster."""
+    import bench.cluster_publish as cluster_publish
+
+    options = argparse.Namespace(
+        seconds=args.publish_seconds,
+        channels=1000,
+        concurrency=64,
+        rounds=args.publish_rounds,
+        receiver=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-scale-redis-") as tmp:
+        rows = cluster_publish.run_rounds(options, args.cluster, Path(tmp))
+    flush_cluster(args)
+    return [
+        {"phase": "publish", "table": cluster_publish.table(options, rows), "cases": rows},
+    ]
+
+
+def start_cluster(args: argparse.Namespace) -> None:
+    """The private Redis Cluster of the cluster cases (args.cluster, cluster_url, _pids)."""
+    from tests.redis_support import LocalCluster
+
+    directory = Path(tempfile.mkdtemp(prefix="bench-scale-cluster-"))
+    cluster = LocalCluster(directory)
+    cluster.start()
+    args.cluster, args.cluster_dir = cluster, directory
+    args.cluster_url = cluster.url
+    args.cluster_pids = [p.pid for p in cluster.processes.values()]
+
+
+def stop_cluster(args: argparse.Namespace) -> None:
+    cluster = getattr(args, "cluster", None)
+    if cluster is not None:
+        cluster.stop()
+        shutil.rmtree(args.cluster_dir, ignore_errors=True)
+        args.cluster = None
+
+
+def flush_cluster(args: argparse.Namespace) -> None:
+    """Empty the cluster's masters (the next case starts from no keys)."""
+    for port in args.cluster.ports:
+        client = redis_client(f"redis://127.0.0.1:{port}/0")
+        try:
+            with contextlib.suppress(Exception):  # a replica refuses: it follows its master
+                client.flushall()
+        finally:
+            client.close()
+
+
 def drive(
     args: argparse.Namespace, case: Case, running: Running, port: int, log: Any
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     baseline = {pid: socket_count(pid) or 0 for pid in running.workers}
-    roles: dict[str, list[int]] = {"server": list(running.workers), "redis": [args.redis_pid]}
+    redis_pids = args.cluster_pids if case.broker == "cluster" else [args.redis_pid]
+    roles: dict[str, list[int]] = {"server": list(running.workers), "redis": redis_pids}
     if running.workers != [running.proc.pid]:
         roles["supervisor"] = [running.proc.pid]
     sampler = Sampler(roles)
@@ -622,6 +709,8 @@ def run_with_retries(args: argparse.Namespace, case: Case) -> list[dict[str, Any
     best: list[dict[str, Any]] = []
     for attempt in range(args.retries + 1):
         rows = run_case(args, case)
+        if case.broker == "cluster":
+            flush_cluster(args)
         try:
             removed = delete_keys(args.redis, args.prefix)
         except Exception as exc:  # reported, not fatal
@@ -682,6 +771,8 @@ def render(args: argparse.Namespace, results: Results) -> str:
     ]
     for name in args.cases:
         r = _burst(results, name)
+        if CASES[name].kind == "publish":
+            continue
         if not r:
             out.append(f"| {name} | {_status(results, name)} | | | | | | | | | no | no |")
             continue
@@ -731,6 +822,10 @@ def render(args: argparse.Namespace, results: Results) -> str:
                 f"| {_cell(r.get('cpu_valid'), r.get('cpu_invalid_reasons', []))} |"
             )
     out.append("")
+    for name in args.cases:
+        for r in [r for r in results.get(name, []) if r.get("phase") == "publish"][:1]:
+            out += ["### Publishing over 1,000 channels: one Redis vs three shards", ""]
+            out += [*r["table"], ""]
     out += render_goals(args, results)
     problems = [
         f"- {name}: {r['phase']}: {r.get('error') or r.get('errors') or r.get('lines')}"
@@ -830,7 +925,40 @@ def render_goals(args: argparse.Namespace, results: Results) -> list[str]:
             f"python-socketio + Redis (one process), burst deliveries/s: {rate:,.0f} vs "
             f"{s_rate:,.0f} = {ratio:.1f}x; {verdict(ratio >= GOAL_VS_SOCKETIO)}{note}{cpu}"
         )
+    out += render_cluster_goal(results)
     return [*out, ""]
+
+
+def _burst_us(results: Results, name: str) -> list[float]:
+    """Server CPU us per delivery of every round's burst of case `name`."""
+    return [
+        r["server_us_per_delivery"]
+        for r in results.get(name, [])
+        if r.get("phase") == "burst" and r.get("server_us_per_delivery")
+    ]
+
+
+def render_cluster_goal(results: Results) -> list[str]:
+    """Issue 23: on the cluster broker two workers cost <= 1.1x one's CPU per delivery
+    (medians over the rounds; CPU time per delivery is what other load distorts least)."""
+    ones, twos = _burst_us(results, "cluster-1w"), _burst_us(results, "cluster-2w-1core")
+    if not (ones and twos):
+        return []
+    u1, u2 = statistics.median(ones), statistics.median(twos)
+    valid = all(
+        r.get("cpu_valid")
+        for name in ("cluster-1w", "cluster-2w-1core")
+        for r in results.get(name, [])
+        if r.get("phase") == "burst"
+    )
+    rounds = ", ".join(f"{b:.2f}/{a:.2f}" for a, b in zip(ones, twos, strict=False))
+    return [
+        f"- Cluster broker, 2 workers (both on one core) vs 1, server CPU per delivery "
+        f"(median of {len(ones)} round(s); per round 2w/1w: {rounds}): {u2:.2f} vs {u1:.2f} us "
+        f"= {u2 / u1:.2f}x; <= {GOAL_CLUSTER_WORKERS:g}x "
+        + ("met" if u2 / u1 <= GOAL_CLUSTER_WORKERS else "**NOT met**")
+        + ("" if valid else " (rounds not CPU-valid: other load on the machine)")
+    ]
 
 
 def header_lines(args: argparse.Namespace) -> list[str]:
@@ -933,6 +1061,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=1, help="re-run a disturbed case")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="wait for idle cores")
     parser.add_argument("--session-timeout", type=float, default=300.0, help="per case")
+    parser.add_argument(
+        "--publish-seconds", type=float, default=3.0, help="cluster-publish: per case and round"
+    )
+    parser.add_argument(
+        "--publish-rounds", type=int, default=3, help="cluster-publish: alternating rounds"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cases in turn this many times (tables: the first round; the cluster "
+        "goal: medians)",
+    )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     args = parser.parse_args(argv)
@@ -983,12 +1124,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     results: Results = {}
     try:
-        for name in args.cases:
-            results[name] = run_with_retries(args, CASES[name])
+        if any(CASES[name].broker == "cluster" for name in args.cases):
+            start_cluster(args)
+            _say(f"Redis Cluster (3 masters, 3 replicas) at {args.cluster_url}")
+        for turn in range(args.rounds):  # the cases take turns: other load falls on all alike
+            for name in args.cases:
+                rows = run_with_retries(args, CASES[name])
+                for row in rows:
+                    row["round"] = turn + 1
+                results.setdefault(name, []).extend(rows)
     except KeyboardInterrupt:
         _say("interrupted; servers stopped")
         return 130
     finally:
+        stop_cluster(args)
         with contextlib.suppress(Exception):
             delete_keys(args.redis, args.prefix)
     _say(f"done in {time.monotonic() - started:.0f} s")

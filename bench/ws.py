@@ -451,7 +451,8 @@ def summarize(variant: str, r: dict[str, Any]) -> str:
     if phase == "memory":
         return (
             f"{variant} memory ({r['label']}): {_fmt(r.get('kib_per_conn'), 2)} KiB per "
-            f"connection over {r['opened']} (negotiated {r.get('negotiated') or 'nothing'!r})"
+            f"connection over {r['opened']} (negotiated {r.get('negotiated') or 'nothing'!r}), "
+            f"kernel {_fmt(r.get('kernel_kib_per_conn'), 2)} KiB"
         )
     if phase == "admin_poll":
         return (
@@ -688,8 +689,8 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
             "(after - before) / N.",
             "",
             "| server | client offers | negotiated | connections | RSS before (MiB) "
-            "| RSS after (MiB) | KiB per connection |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+            "| RSS after (MiB) | KiB per connection | kernel KiB per connection |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
             for r in results.get(n, []):
@@ -699,9 +700,17 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
                     f"| {n} | {('`' + r['offered'] + '`') if r.get('offered') else 'no extension'} "
                     f"| {('`' + r['negotiated'] + '`') if r.get('negotiated') else 'none'} "
                     f"| {r['opened']:,} | {_mib(r.get('rss_before_kib'))} "
-                    f"| {_mib(r.get('rss_after_kib'))} | {_fmt(r.get('kib_per_conn'), 2)} |"
+                    f"| {_mib(r.get('rss_after_kib'))} | {_fmt(r.get('kib_per_conn'), 2)} "
+                    f"| {_fmt(r.get('kernel_kib_per_conn'), 2)} |"
                 )
-        out.append("")
+        out += [
+            "",
+            "Kernel KiB per connection: /proc/meminfo's Slab plus /proc/net/sockstat's TCP "
+            "buffer pages, before and after, over N, halved (the client's end is on this "
+            "machine too); machine-wide, so other programs' allocations count: a figure for a "
+            "quiet machine.",
+            "",
+        ]
 
     # 4. hold
     if "hold" in ran:

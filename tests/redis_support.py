@@ -7,10 +7,12 @@ that need it are skipped, or fail when the CI environment variable is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -154,6 +156,7 @@ class LocalCluster:
         self.size = masters * 2
         self.masters = masters
         self.processes: dict[int, subprocess.Popen[bytes]] = {}  # by port
+        self.buses: dict[int, int] = {}  # cluster bus port, by port
         self.ports: list[int] = []
 
     @property
@@ -183,16 +186,7 @@ class LocalCluster:
     def start(self) -> None:
         """Start the servers, make them one cluster and wait until every node says ok."""
         try:
-            for _ in range(self.size):
-                port, bus = free_port(), free_port()
-                self.processes[port] = self._spawn(port, bus)
-                self.ports.append(port)
-            deadline = time.monotonic() + START_TIMEOUT
-            for port in self.ports:
-                while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
-                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
-                        raise RuntimeError(f"cluster node on port {port} did not start")
-                    time.sleep(0.02)
+            self._spawn_all()
             subprocess.run(
                 ["redis-cli", "--cluster", "create"]
                 + [f"127.0.0.1:{port}" for port in self.ports]
@@ -212,6 +206,33 @@ class LocalCluster:
             self.stop()
             raise
 
+    def _spawn_all(self, attempts: int = 3) -> None:
+        """Start the servers on free ports and wait for their PING; new ports when one
+        exited at start (another process took its port after it was chosen)."""
+        for attempt in range(attempts):
+            ports = distinct_free_ports(2 * self.size)
+            for port, bus in zip(ports[::2], ports[1::2], strict=True):
+                self.processes[port] = self._spawn(port, bus)
+                self.buses[port] = bus
+                self.ports.append(port)
+            deadline = time.monotonic() + START_TIMEOUT
+            for port in self.ports:
+                while not _ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
+                    if self.processes[port].poll() is not None and attempt + 1 < attempts:
+                        break
+                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                        raise RuntimeError(f"cluster node on port {port} did not start")
+                    time.sleep(0.02)
+                else:
+                    continue
+                break  # a node exited: start them all again on other ports
+            else:
+                return
+            self.stop()
+            self.processes.clear()
+            self.buses.clear()
+            self.ports.clear()
+
     def cluster_info(self, port: int) -> dict[str, str]:
         import redis
 
@@ -229,19 +250,22 @@ class LocalCluster:
     def _replicas_in_sync(self) -> int:
         """How many running replicas have their link to their master up (one that never
         synced cannot be promoted when its master fails)."""
+        return sum(self._in_sync(port) for port in self.running())
+
+    def running(self) -> list[int]:
+        """The ports of the nodes whose process runs."""
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def replication(self, port: int) -> dict[str, object]:
+        """``INFO replication`` of the node on `port`."""
         import redis
 
-        count = 0
-        for port, process in self.processes.items():
-            if process.poll() is not None:
-                continue
-            client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                info = client.info("replication")
-            finally:
-                client.close()
-            count += info.get("role") == "slave" and info.get("master_link_status") == "up"
-        return count
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            info: dict[str, object] = client.info("replication")
+        finally:
+            client.close()
+        return info
 
     def wait_ok(self, timeout: float = CLUSTER_START_TIMEOUT) -> None:
         """Wait until every running node says cluster_state:ok with all slots served."""
@@ -265,6 +289,68 @@ class LocalCluster:
                     raise RuntimeError(f"cluster node on port {port} is not ok after {timeout} s")
                 time.sleep(0.05)
 
+    def replica_of(self, master: int) -> int:
+        """The port of the replica of the master on port `master`."""
+        for port in self.running():
+            info = self.replication(port)
+            if port != master and info.get("role") == "slave" and info.get("master_port") == master:
+                return port
+        raise AssertionError(f"no replica of the master on port {master}")
+
+    def cut_replication(self, master: int) -> int:
+        """Freeze the replica of `master` (SIGSTOP) and drop its link, so that what the master
+        writes from now on reaches no replica; returns the replica's port (`thaw` it)."""
+        import redis
+
+        replica = self.replica_of(master)
+        self.processes[replica].send_signal(signal.SIGSTOP)
+        client = redis.Redis(port=master, socket_timeout=2)
+        try:
+            client.execute_command("CLIENT KILL TYPE replica")
+        finally:
+            client.close()
+        return replica
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT the node on `port` (frozen by `cut_replication`)."""
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def take_over(self, replica: int) -> None:
+        """Make the replica on `replica` the master of its shard at once (CLUSTER FAILOVER
+        TAKEOVER: no vote, its master may be dead) and wait until it says so."""
+        import redis
+
+        client = redis.Redis(port=replica, socket_timeout=2)
+        try:
+            client.execute_command("CLUSTER FAILOVER TAKEOVER")
+            deadline = time.monotonic() + START_TIMEOUT
+            while client.info("replication").get("role") != "master":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on port {replica} did not take over")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def rejoin(self, port: int) -> None:
+        """Start the (killed) node on `port` again with its cluster config: a master that was
+        replaced comes back as the new master's replica. Waits until it replicates."""
+        assert self.processes[port].poll() is not None, "still running"
+        self.processes[port] = self._spawn(port, self.buses[port])
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+        while not self._in_sync(port):
+            if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                raise RuntimeError(f"the node on port {port} did not rejoin as a replica")
+            time.sleep(0.05)
+
+    def _in_sync(self, port: int) -> bool:
+        import redis
+
+        try:
+            info = self.replication(port)
+        except (redis.RedisError, OSError):
+            return False
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` and wait for it to be gone."""
         process = self.processes.get(port)
@@ -275,6 +361,17 @@ class LocalCluster:
     def stop(self) -> None:
         for port in list(self.processes):
             self.kill(port)
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free ports of 127.0.0.1 (each bound until all are chosen, so the
+    kernel cannot hand one out twice; other processes, pytest-xdist workers too, get others
+    while they are held)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @pytest.fixture(scope="session")

@@ -490,3 +490,73 @@ def test_a_burst_of_commands_waits_for_the_pool_instead_of_failing(
             assert all([p.data for p in a.publications] == ["x"] for a in answers)
 
     run(main)
+
+
+# --- a stream that lost what a node delivered (a failover to a replica that missed it) -------
+
+
+def _sub_after(offset: int, data: Any) -> Any:
+    from rtserve.broker.redis import _Sub
+
+    sub = _Sub("c", offset, "e1")
+    sub.last = Publication(offset, data)
+    return sub
+
+
+@pytest.mark.parametrize(
+    ("sub", "position", "kept", "diverged"),
+    [
+        (_sub_after(3, "x"), (3, "e1"), [(3, "x")], False),  # the same publication
+        (_sub_after(3, "x"), (5, "e1"), [(3, "x"), (4, "y")], False),  # more came after it
+        (_sub_after(3, "x"), (3, "e1"), [(3, "other")], True),  # offset 3 given again
+        (_sub_after(3, "x"), (2, "e1"), [(2, "w")], True),  # the stream ends before it
+        (_sub_after(3, "x"), (4, "e1"), [(4, "y")], False),  # not kept: cannot tell
+        (_sub_after(3, "x"), (1, "e2"), [(1, "z")], False),  # a new epoch says it already
+    ],
+)
+def test_what_counts_as_a_diverged_stream(
+    sub: Any, position: tuple[int, str], kept: list[tuple[int, Any]], diverged: bool
+) -> None:
+    from rtserve.broker.base import HistoryResult, StreamPosition
+    from rtserve.broker.redis import _diverged
+
+    result = HistoryResult([Publication(o, d) for o, d in kept], StreamPosition(*position))
+    assert _diverged(sub, result) is diverged
+
+
+def test_a_stream_that_lost_delivered_publications_starts_a_new_epoch(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Redis forgets offset 3, which the node delivered, and gives it to another publication
+    (as when a master fails over to a replica that missed it); once the node's pub/sub
+    connection comes back it signals a gap and the channel is on a new epoch, so clients
+    holding offset 3 learn `recovered: false` instead of skipping the replacement."""
+
+    async def main() -> None:
+        async with node(redis_url, redis_prefix, reconnect_delay=(0.05, 0.2)) as (a, ea):
+            await a.subscribe("lossy")
+            for i in (1, 2, 3):
+                await a.publish("lossy", i, options=KEEP)
+            await ea.wait_until(lambda: ea.offsets("lossy") == [1, 2, 3])
+            epoch = (await a.history("lossy")).position.epoch
+            client = sync_client(redis_url)
+            try:
+                client.hset(f"{redis_prefix}:{{lossy}}:meta", "offset", 2)
+                client.xdel(f"{redis_prefix}:{{lossy}}:stream", "3-0")
+                client.execute_command("XSETID", f"{redis_prefix}:{{lossy}}:stream", "2-0")
+                assert (await a.publish("lossy", 30, options=KEEP)).offset == 3  # skipped
+                ours = [c for c in client.client_list() if c["name"] == f"rtserve:{a.node_id}:sub"]
+                assert len(ours) == 1
+                client.client_kill_filter(_id=ours[0]["id"])
+            finally:
+                client.close()
+            await ea.wait_until(lambda: ("gap", "lossy") in ea.events)
+            assert ea.offsets("lossy") == [1, 2, 3]
+            position = (await a.history("lossy")).position
+            assert position.epoch != epoch and position.offset == 0
+            assert a.stats.diverged == 1
+            await a.publish("lossy", 4, options=KEEP)
+            await ea.wait_until(lambda: ea.events[-1][:4] == ("pub", "lossy", 1, 4))
+            assert ea.events[-1][4] == position.epoch
+
+    run(main)

@@ -2,7 +2,7 @@
 the broker chosen by the environment, so that ``rtserve run --workers N`` can serve it.
 
 - ``RTBENCH_SCALE_BROKER``: ``memory`` (the default) or a Redis URL
-  (``redis://127.0.0.1:6379/0``);
+  (``redis://127.0.0.1:6379/0``, ``redis+cluster://127.0.0.1:7000,...``);
 - ``RTBENCH_SCALE_PREFIX``: the Redis key prefix (bench/scale.py makes a unique one per run
   and deletes its keys afterwards);
 - ``RTBENCH_SCALE_WRITE_DELAY``: the WebSocket ``write_delay`` in seconds (default 0: none).
@@ -35,9 +35,14 @@ WRITE_DELAY_ENV = "RTBENCH_SCALE_WRITE_DELAY"
 
 
 def make_broker(spec: str, prefix: str) -> Broker | None:
-    """None (the memory broker) for ``memory``, else a RedisBroker on the URL ``spec``."""
+    """None (the memory broker) for ``memory``, a RedisClusterBroker for a
+    ``redis+cluster://`` URL, else a RedisBroker on the URL ``spec``."""
     if spec == "memory":
         return None
+    if "+cluster://" in spec:
+        from rtserve.broker.redis_cluster import from_url
+
+        return from_url(f"{spec}?prefix={prefix}")
     from rtserve.broker import RedisBroker
 
     return RedisBroker(spec, prefix=prefix)

@@ -20,11 +20,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import socket
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import uvloop
@@ -64,6 +66,22 @@ ECHO_REPLY = FRAME_MARK + ECHO_PAYLOAD
 
 def say(message: str) -> None:
     print(f"  [load] {message}", file=sys.stderr, flush=True)
+
+
+def read_kernel_socket_kib() -> int:
+    """Kernel memory that sockets hold, machine-wide: the slab caches (/proc/meminfo's Slab:
+    socket, inode, file and epoll structures) plus TCP buffer pages (/proc/net/sockstat's
+    ``TCP ... mem``). Other programs' allocations count too: a figure for a quiet machine."""
+    slab = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            slab = int(line.split()[1])
+    pages = 0
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            pages = int(fields[fields.index("mem") + 1])
+    return slab + pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -415,16 +433,18 @@ class Client:
         warm_conns, errors = await self.open_many(warm, SUB, path, ext)
         await self.wait_count(len(warm_conns))
         await asyncio.sleep(0.5)
-        rss0 = read_rss_kib(self.server_pid)
+        rss0, kernel0 = read_rss_kib(self.server_pid), read_kernel_socket_kib()
         conns, more_errors = await self.open_many(n, SUB, path, ext)
         errors += more_errors
         registered = await self.wait_count(len(warm_conns) + len(conns))
         await asyncio.sleep(1.0)
-        rss1 = read_rss_kib(self.server_pid)
+        rss1, kernel1 = read_rss_kib(self.server_pid), read_kernel_socket_kib()
         opened = len(conns)
-        per_conn = None
+        per_conn = kernel_per_conn = None
         if rss0 is not None and rss1 is not None and opened:
             per_conn = (rss1 - rss0) / opened
+        if opened:  # both ends are on this machine: half is the server's
+            kernel_per_conn = (kernel1 - kernel0) / opened / 2
         emit(
             {
                 "phase": "memory",
@@ -438,6 +458,7 @@ class Client:
                 "rss_before_kib": rss0,
                 "rss_after_kib": rss1,
                 "kib_per_conn": per_conn,
+                "kernel_kib_per_conn": kernel_per_conn,
                 "errors": errors[:5],
                 "window": [t0, time.monotonic()],
             }

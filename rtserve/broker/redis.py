@@ -119,24 +119,28 @@ log = logging.getLogger("rtserve.broker")
 @dataclass(slots=True)
 class RedisBrokerStats:
     """Counters of one RedisBroker: pub/sub reconnections, publications delivered by catching
-    up from the streams after one, and offsets that could not be caught up (not kept)."""
+    up from the streams after one, offsets that could not be caught up (not kept), and
+    channels whose stream no longer held what this node had delivered (a new epoch began)."""
 
     reconnects: int = 0
     recovered: int = 0
     lost: int = 0
+    diverged: int = 0
 
 
 class _Sub:
     """A channel this node subscribed to, and the last position it delivered (or, before the
     first delivery, the position read just before subscribing: every publication that
-    arrives on the subscription is past it)."""
+    arrives on the subscription is past it); `last` is the publication delivered at that
+    position, kept to check after a reconnection that Redis still holds the same one."""
 
-    __slots__ = ("channel", "confirmed", "epoch", "offset")
+    __slots__ = ("channel", "confirmed", "epoch", "last", "offset")
 
     def __init__(self, channel: str, offset: int, epoch: str | None) -> None:
         self.channel = channel
         self.offset = offset
         self.epoch = epoch
+        self.last: Publication | None = None
         self.confirmed: asyncio.Future[None] | None = None  # done once Redis confirmed
 
 
@@ -165,6 +169,28 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
 def _ms(seconds: float) -> int:
     """Seconds as whole milliseconds, at least 1 when positive (0 stays 0)."""
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+def _diverged(sub: _Sub, result: HistoryResult) -> bool:
+    """Whether the stream (read from just before `sub`'s position) no longer holds what `sub`
+    delivered last: its offset is past the stream's end, or a different publication has it.
+    That happens when a master failed over before its replica had the last publications:
+    the new master gives their offsets again, to other publications."""
+    last, position = sub.last, result.position
+    if last is None or position.epoch != sub.epoch:
+        return False
+    if position.offset < sub.offset:
+        return True
+    kept = next((p for p in result.publications if p.offset == sub.offset), None)
+    return kept is not None and kept != last
+
+
+def _catch_up_since(sub: _Sub) -> int | None:
+    """Where catching up reads `sub`'s stream from: one before its position when there is a
+    delivered publication to check there (`_diverged`), None (all) before any position."""
+    if sub.epoch is None:
+        return None
+    return sub.offset - 1 if sub.last is not None else sub.offset
 
 
 def _dumps(value: Any) -> str:
@@ -237,6 +263,7 @@ class RedisBroker(Broker):
         "_reader",
         "_ready",
         "_reconnect_delay",
+        "_renew",
         "_sub_pool",
         "_subs",
         "_timeout",
@@ -301,6 +328,7 @@ class RedisBroker(Broker):
         self._presence_remove: Any = None
         self._presence: Any = None
         self._presence_stats: Any = None
+        self._renew: Any = None
 
     @property
     def node_id(self) -> str:
@@ -376,6 +404,7 @@ class RedisBroker(Broker):
         self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
         self._presence = client.register_script(scripts.PRESENCE)
         self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
+        self._renew = client.register_script(scripts.RENEW)
 
     @property
     def _sub_name(self) -> str:
@@ -454,8 +483,12 @@ class RedisBroker(Broker):
         payload = _payload(data, info, tags)
         keys, args = self._publish_call(channel, payload, options)
         with self._errors("publish"):
-            offset, epoch, _ = await self._publish(keys=keys, args=args)
+            offset, epoch, _ = await self._run_publish(channel, keys, args)
         return StreamPosition(int(offset), epoch.decode())
+
+    async def _run_publish(self, channel: str, keys: list[str], args: list[Any]) -> Any:
+        """The publish script's reply (Redis errors raised as they are)."""
+        return await self._publish(keys=keys, args=args)
 
     def _publish_call(
         self, channel: str, payload: str, options: PublishOptions
@@ -743,21 +776,51 @@ class RedisBroker(Broker):
             self._message(name, data)
 
     async def _catch_up(self, subs: list[tuple[bytes, _Sub]]) -> None:
-        """Deliver what the channels published after the last position each delivered."""
-        reads = [(sub.channel, sub.offset if sub.epoch is not None else None) for _, sub in subs]
+        """Deliver what the channels published after the last position each delivered; a
+        channel whose stream lost what this node delivered starts a new epoch (a gap)."""
+        reads = [(sub.channel, _catch_up_since(sub)) for _, sub in subs]
         results = await self._read_many(reads)
+        diverged = {i for i, (_, sub) in enumerate(subs) if _diverged(sub, results[i])}
+        for i in sorted(diverged):
+            await self._start_new_epoch(*subs[i])
         renewed = [
             i
             for i, (_, sub) in enumerate(subs)
-            if sub.epoch is not None and results[i].position.epoch != sub.epoch
+            if i not in diverged
+            and sub.epoch is not None
+            and results[i].position.epoch != sub.epoch
         ]
         if renewed:  # a new epoch: all of it is new to this node
             again = await self._read_many([(subs[i][1].channel, None) for i in renewed])
             for i, result in zip(renewed, again, strict=True):
                 results[i] = result
-        for (name, sub), result in zip(subs, results, strict=True):
-            if self._subs.get(name) is sub:
+        for i, ((name, sub), result) in enumerate(zip(subs, results, strict=True)):
+            if i not in diverged and self._subs.get(name) is sub:
                 self._deliver_missed(name, sub, result)
+
+    async def _start_new_epoch(self, name: bytes, sub: _Sub) -> None:
+        """`sub`'s channel lost publications this node delivered (see `_diverged`): start a
+        new epoch, so that every client holding the old offsets learns `recovered: false`,
+        and end this node's subscriptions to it (on_gap)."""
+        offset, epoch = await self._renew_epoch(sub.channel, sub.epoch or "")
+        self.stats.diverged += 1
+        log.warning(
+            "channel %s: Redis no longer holds offset %d that this node delivered (a failover "
+            "or a restart lost it); the channel starts a new epoch",
+            sub.channel,
+            sub.offset,
+        )
+        if self._subs.get(name) is sub:
+            sub.epoch, sub.offset, sub.last = epoch, offset, None
+            if self._events is not None:
+                self._events.on_gap(sub.channel)
+
+    async def _renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
+        """Start a new epoch of `channel` unless it left `epoch` already; its (offset, epoch)."""
+        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
+        args = [epoch, secrets.token_hex(4), _ms(self._meta_ttl)]
+        offset, new = await self._renew(keys=keys, args=args)
+        return int(offset), new.decode() if isinstance(new, bytes) else str(new)
 
     def _deliver_missed(self, name: bytes, sub: _Sub, result: HistoryResult) -> None:
         position = result.position
@@ -783,7 +846,7 @@ class RedisBroker(Broker):
             self.stats.recovered += 1
             self._deliver(name, sub, publication, position.epoch)
         if sub.epoch != position.epoch or sub.offset < position.offset:
-            sub.epoch, sub.offset = position.epoch, position.offset
+            sub.epoch, sub.offset, sub.last = position.epoch, position.offset, None
 
     async def _read_forever(self) -> None:
         assert self._conn is not None
@@ -848,7 +911,7 @@ class RedisBroker(Broker):
     def _deliver(self, name: bytes, sub: _Sub, publication: Publication, epoch: str) -> None:
         if epoch == sub.epoch and publication.offset <= sub.offset:
             return  # delivered already (caught up from the stream)
-        sub.epoch, sub.offset = epoch, publication.offset
+        sub.epoch, sub.offset, sub.last = epoch, publication.offset, publication
         events = self._events
         if events is None:
             return

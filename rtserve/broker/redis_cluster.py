@@ -21,8 +21,18 @@ reused; what changes:
   subscribes again and catches up from the streams as RedisBroker does after an outage
   (exactly the missed offsets, once; a gap, ``on_gap``, when the stream did not keep them).
 
-URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME]`` (any nodes
-of the cluster; ``rediss+cluster://`` for TLS).
+- Durability: replication is asynchronous, so a master may fail over to a replica that
+  lacks its last publications, and the new master gives their offsets again. A publication
+  is acknowledged only once ``wait_replicas`` replicas hold it (``WAIT`` on the connection
+  that ran the script; fewer within half the timeout is a BrokerError, as the publication
+  may be lost: a shard without a live replica refuses publishes, ``wait=0`` is for those).
+  What no WAIT can rule out (a publication this node delivered whose publish failed, then
+  lost) is caught when a shard link catches up after the failover: a stream that no longer
+  holds the publication the link delivered last starts a new epoch and is signalled as a
+  gap (RedisBroker._catch_up).
+
+URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME][&wait=N]``
+(any nodes of the cluster; ``rediss+cluster://`` for TLS; ``wait``: ``wait_replicas``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -38,17 +49,57 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from rtserve.broker import redis_scripts as scripts
 from rtserve.broker.base import BrokerError, BrokerEvents, HistoryResult, PublishOptions
-from rtserve.broker.redis import RedisBroker
+from rtserve.broker.redis import RedisBroker, _ms
 
 __all__ = ["RedisClusterBroker", "from_url"]
 
 log = logging.getLogger("rtserve.broker")
 
 Address = tuple[str, int]
+
+
+# Errors of a publish script that did not run (the slot moved or is moving, the node lacks
+# the script, the cluster is reconfiguring): the publish is tried again, at most
+# PUBLISH_ATTEMPTS times, after refreshing what was stale.
+NOT_RUN = (AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError)
+PUBLISH_ATTEMPTS = 3
+
+
+class _WaitingCluster(RedisCluster):
+    """RedisCluster whose commands wait, up to `wait` seconds, for one of `limit` places
+    instead of failing at once when a node's connections are all in use (a burst of
+    subscribes queues as on RedisBroker's BlockingConnectionPool)."""
+
+    def __init__(self, *, limit: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(max_connections=limit, **kwargs)
+        self._places = asyncio.Semaphore(limit)
+        self._wait = wait
+
+    @contextlib.asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        """Hold one of the places (TimeoutError after `wait` seconds)."""
+        async with asyncio.timeout(self._wait):
+            await self._places.acquire()
+        try:
+            yield
+        finally:
+            self._places.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.place():
+            return await super().execute_command(*args, **kwargs)
 
 
 class _SlotMoved(Exception):
@@ -59,11 +110,13 @@ class RedisClusterBroker(RedisBroker):
     """The Broker on a Redis Cluster (see the module docstring).
 
     nodes: (host, port) of some nodes of the cluster (the others are discovered).
-    tls, username, password: how to connect to every node. The other options are
-    RedisBroker's.
+    tls, username, password: how to connect to every node.
+    wait_replicas: replicas of the channel's shard that must hold a publication before it
+    is acknowledged (0: at once, as Redis replicates asynchronously). The other options
+    are RedisBroker's.
     """
 
-    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username")
+    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username", "_wait_replicas")
 
     def __init__(
         self,
@@ -72,10 +125,13 @@ class RedisClusterBroker(RedisBroker):
         tls: bool = False,
         username: str | None = None,
         password: str | None = None,
+        wait_replicas: int = 1,
         **options: Any,
     ) -> None:
         if not nodes:
             raise ValueError("a Redis Cluster broker needs at least one node")
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
         hosts = ",".join(f"{host}:{port}" for host, port in nodes)
         super().__init__(f"{'rediss' if tls else 'redis'}+cluster://{hosts}", **options)
         self._nodes = list(nodes)
@@ -83,6 +139,7 @@ class RedisClusterBroker(RedisBroker):
         self._username = username
         self._password = password
         self._seed = ""
+        self._wait_replicas = wait_replicas
         self._links: dict[Address, _ShardLink] = {}  # by shard master
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -97,7 +154,7 @@ class RedisClusterBroker(RedisBroker):
             for link in self._links.values():
                 link._events = events
             return
-        client = RedisCluster(
+        client = _WaitingCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
             username=self._username,
             password=self._password,
@@ -106,7 +163,8 @@ class RedisClusterBroker(RedisBroker):
             socket_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),  # a publish is never repeated behind our back
             client_name=f"rtserve:{self._node_id}",
-            max_connections=self._pool_size,
+            limit=self._pool_size,
+            wait=self._timeout,
         )
         try:
             await asyncio.wait_for(client.initialize(), self._timeout)
@@ -136,6 +194,7 @@ class RedisClusterBroker(RedisBroker):
             scripts.PRESENCE_REMOVE,
             scripts.PRESENCE,
             scripts.PRESENCE_STATS,
+            scripts.RENEW,
         ):
             await client.script_load(text)
 
@@ -153,6 +212,67 @@ class RedisClusterBroker(RedisBroker):
     ) -> tuple[list[str], list[Any]]:
         keys, args = super()._publish_call(channel, payload, options)
         return keys[:3], [*args, self._seed, "SPUBLISH"]
+
+    async def _run_publish(self, channel: str, keys: list[str], args: list[Any]) -> Any:
+        """The script, then ``WAIT`` on the same connection of the channel's master (WAIT
+        counts the replicas that acknowledged that connection's last write)."""
+        if not self._wait_replicas:
+            return await super()._run_publish(channel, keys, args)
+        client: Any = self._redis()
+        wait_ms = _ms(self._timeout / 2)  # answered before the command read times out
+        wanted = self._wait_replicas
+        reply: Any = None
+        for _ in range(PUBLISH_ATTEMPTS):
+            node = client.get_node_from_key(keys[0])
+            commands = [("EVALSHA", self._publish.sha, len(keys), *keys, *args)]
+            reply, acked = await self._on_node(node, [*commands, ("WAIT", wanted, wait_ms)])
+            if isinstance(reply, NoScriptError):
+                await self._load_scripts(client)
+                continue
+            if isinstance(reply, NOT_RUN):
+                await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < wanted:
+                raise BrokerError(
+                    f"Redis publish to {channel!r}: {acked} of {wanted} replica(s) "
+                    f"acknowledged it within {wait_ms} ms, so a failover may lose it (it may "
+                    "be delivered all the same; a shard without a replica needs ?wait=0)"
+                )
+            return reply
+        raise BrokerError(f"Redis publish to {channel!r}: its slot kept moving ({reply})")
+
+    async def _on_node(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """`commands` sent at once on one connection of `node`: their replies, an error reply
+        as its exception. A lost connection refreshes the slot map (its master may have failed
+        over) and is raised."""
+        client: Any = self._client
+        async with client.place():
+            return await self._on_connection(node, commands)
+
+    async def _on_connection(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException as exc:
+            await connection.disconnect()  # replies may be left unread on it
+            client: Any = self._client
+            if isinstance(exc, (TimeoutError, RedisError, OSError)) and client is not None:
+                with contextlib.suppress(TimeoutError, RedisError, OSError):
+                    await asyncio.wait_for(client.nodes_manager.initialize(), self._timeout)
+            raise
+        finally:
+            node.release(connection)
 
     def _history_call(
         self, channel: str, since: int | None, limit: int | None, apply_ttl: bool
@@ -324,6 +444,9 @@ class _ShardLink(RedisBroker):
     async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
         return await self._owner._read_many(reads)
 
+    async def _renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
+        return await self._owner._renew_epoch(channel, epoch)
+
 
 def from_url(url: str) -> RedisClusterBroker:
     """The broker a ``redis+cluster://`` URL names (see the module docstring)."""
@@ -337,10 +460,14 @@ def from_url(url: str) -> RedisClusterBroker:
             raise ValueError(f"a Redis Cluster node is host:port, not {item!r}")
         nodes.append((host.strip("[]"), int(port)))
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    wait = query.get("wait") or "1"
+    if not wait.isdigit():
+        raise ValueError(f"wait is a number of replicas (0 or more), not {wait!r}")
     return RedisClusterBroker(
         nodes,
         tls=parts.scheme.startswith("rediss"),
         username=unquote(username) or None,
         password=unquote(password) if userinfo else None,
         prefix=query.get("prefix") or "rtserve",
+        wait_replicas=int(wait),
     )

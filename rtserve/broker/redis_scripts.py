@@ -123,6 +123,19 @@ return out
 """
 )
 
+# KEYS: meta, stream. ARGV: the epoch a node found diverged, a new random epoch, meta_ttl ms.
+# Starts the new epoch (offset 0, history dropped) when the channel is still on the diverged
+# one or has no meta at all (its first publications were lost with a failed master: the next
+# one would make the same window epoch again). Returns {offset, epoch} as they are now.
+RENEW = """
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if m[1] and m[1] ~= ARGV[1] then return {tonumber(m[2]), m[1]} end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {0, ARGV[2]}
+"""
+
 PRUNE = (
     NOW
     + """
