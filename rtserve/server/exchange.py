@@ -66,7 +66,7 @@ class Exchange:
         self.head = head
         self.start_time = start_time
         self.body = b""
-        self.body_complete = head.content_length is None and not head.chunked
+        self.body_complete = not head.content_length and not head.chunked  # None or 0
         self.head_only = head.method == "HEAD"
         self.streaming = False
         self.started = False
