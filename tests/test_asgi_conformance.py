@@ -310,15 +310,32 @@ def test_duplicate_response_headers_stay_separate() -> None:
         [{"type": "http.response.body", "body": b"x"}],  # body before start
         [{"type": "http.response.start", "status": 200}, {"type": "http.nonsense"}],
         [{"type": "http.response.start", "status": 200}, {"type": "http.response.start"}],
+        [
+            {"type": "http.response.start", "status": 200, "headers": [(b"x", b"1\r\nset: 2")]},
+            {"type": "http.response.body", "body": b"x"},
+        ],
+        [
+            {"type": "http.response.start", "status": 200, "headers": [(b"x:y", b"1")]},
+            {"type": "http.response.body", "body": b"x"},
+        ],
     ],
-    ids=["no-response", "body-first", "unknown-type", "start-twice"],
+    ids=[
+        "no-response",
+        "body-first",
+        "unknown-type",
+        "start-twice",
+        "crlf-in-a-header",
+        "colon-name",
+    ],
 )
 def test_a_broken_protocol_is_a_500(sends: list[Message]) -> None:
     app = Recorder(*sends) if sends else Recorder({"type": "http.response.start", "status": 200})
     if not sends:
         app.sends = []
     with hosted(app) as server:
-        assert httpx.get(f"{server.url}/mnt/").status_code == 500
+        response = httpx.get(f"{server.url}/mnt/")
+    assert response.status_code == 500
+    assert "set" not in response.headers
 
 
 def test_an_error_before_the_response_is_a_500_and_the_server_lives_on() -> None:

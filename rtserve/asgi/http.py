@@ -14,7 +14,6 @@ from typing import Any
 
 from rtserve.asgi.types import ASGIApp, Message, Scope
 from rtserve.errors import RtserveError
-from rtserve.protocol.http11 import Header
 from rtserve.server.exchange import ClientDisconnected, Exchange
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -35,7 +34,7 @@ class HTTPCycle:
         self._remaining = exchange.head.content_length  # of a sized body, not handed over yet
         self._done = False  # the whole body was handed over
         self._status = 0
-        self._headers: list[Header] = []
+        self._headers = b""  # the app's header fields, encoded
         self._length: int | None = None
 
     async def receive(self) -> Message:
@@ -102,7 +101,7 @@ class HTTPCycle:
             if exchange.closed:
                 raise ClientDisconnected("client disconnected")
             self._status = int(message["status"])
-            self._headers, self._length = _without_length(message.get("headers", ()))
+            self._headers, self._length = _encoded_head(message.get("headers", ()))
         else:
             raise ASGIProtocolError(f"unexpected ASGI message {kind!r} in an http cycle")
 
@@ -119,18 +118,25 @@ class HTTPCycle:
         raise ASGIProtocolError("the ASGI app returned without sending a response")
 
 
-def _without_length(headers: Iterable[Any]) -> tuple[list[Header], int | None]:
-    """The app's headers without Content-Length and Transfer-Encoding (the server frames
-    the body), and the Content-Length it gave, if any."""
-    out: list[Header] = []
+def _encoded_head(headers: Iterable[Any]) -> tuple[bytes, int | None]:
+    """The app's header fields encoded for the response head, without Content-Length and
+    Transfer-Encoding (the server frames the body), and the Content-Length it gave, if any.
+    ValueError for a field that would break the head (CR, LF or NUL; a bad name)."""
+    lines: list[bytes] = []
     length = None
     for name, value in headers:
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             length = int(value)
         elif size != 17 or name.lower() != b"transfer-encoding":
-            out.append((name, value))
-    return out, length
+            if not size or b":" in name:
+                raise ValueError(f"invalid header name {bytes(name)!r}")
+            lines.append(b"%s: %s\r\n" % (name, value))
+    head = b"".join(lines)
+    # Each line ends in the one CRLF added above: any other CR or LF came from the app.
+    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
+        raise ValueError("a response header holds CR, LF or NUL")
+    return head, length
 
 
 async def serve_http(app: ASGIApp, scope: Scope, exchange: Exchange) -> None:

@@ -204,8 +204,11 @@ class Exchange:
             conn.write_response(head, body)
         self._finish()
 
-    def start(self, status: int, headers: list[Header], content_length: int | None = None) -> None:
-        """Send the head of a streamed response; `content_length=None` streams chunked."""
+    def start(
+        self, status: int, headers: list[Header] | bytes, content_length: int | None = None
+    ) -> None:
+        """Send the head of a streamed response; `content_length=None` streams chunked.
+        `headers` may be encoded already (`encode_headers`)."""
         if self.started:
             raise RuntimeError("response already started")
         conn = self._transport
