@@ -129,12 +129,13 @@ def _encoded_head(headers: Iterable[Any]) -> tuple[bytes, int | None]:
         if size == 14 and name.lower() == b"content-length":
             length = int(value)
         elif size != 17 or name.lower() != b"transfer-encoding":
-            if not size or b":" in name:
+            if not size or name.find(b":") >= 0:  # find: `in` raises inside for bytes
                 raise ValueError(f"invalid header name {bytes(name)!r}")
             lines.append(b"%s: %s\r\n" % (name, value))
     head = b"".join(lines)
     # Each line ends in the one CRLF added above: any other CR or LF came from the app.
-    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
+    count = len(lines)
+    if head.count(b"\n") != count or head.count(b"\r") != count or head.find(b"\0") >= 0:
         raise ValueError("a response header holds CR, LF or NUL")
     return head, length
 

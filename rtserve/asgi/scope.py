@@ -39,6 +39,8 @@ class ScopeMaker:
         """The scope of an HTTP request."""
         head = exchange.head
         host, scheme = exchange.client_and_scheme
+        peer = exchange.peer
+        settings = exchange.state.settings
         return {
             "type": "http",
             "asgi": ASGI_VERSION,
@@ -50,8 +52,8 @@ class ScopeMaker:
             "query_string": head.query_string,
             "root_path": self.root_path,
             "headers": [(name.lower(), value) for name, value in head.headers],
-            "client": _client(exchange, host),
-            "server": self._server_of(exchange.state.settings),
+            "client": (peer if host else None) if host == peer[0] else (host, 0),
+            "server": self._server if settings is self._settings else self._server_of(settings),
             "state": self.state.copy(),
             "extensions": self.http_extensions,
         }
@@ -78,11 +80,11 @@ class ScopeMaker:
         }
 
     def _server_of(self, settings: ServerSettings) -> tuple[str, int | None] | None:
-        """(host, port) the server listens on as configured; None when it picked a free port
-        or serves an inherited socket (the socket's own name is not known up here)."""
-        if settings is not self._settings:
-            self._settings = settings
-            self._server = _configured_address(settings)
+        """(host, port) the server listens on as configured, kept for the next requests; None
+        when it picked a free port or serves an inherited socket (the socket's own name is not
+        known up here)."""
+        self._settings = settings
+        self._server = _configured_address(settings)
         return self._server
 
 
