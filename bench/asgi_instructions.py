@@ -57,6 +57,7 @@ def start(server: str, port: int, out: Path, log: Path) -> subprocess.Popen[byte
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
         )
 
 
