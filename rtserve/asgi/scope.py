@@ -21,14 +21,7 @@ class ScopeMaker:
     """The scopes of one mounted app: its root path, the lifespan `state` copied into each
     scope, and the extensions it is offered (the rtserve App it is mounted on)."""
 
-    __slots__ = (
-        "_http_base",
-        "_settings",
-        "http_extensions",
-        "root_path",
-        "state",
-        "ws_extensions",
-    )
+    __slots__ = ("_server", "_settings", "http_extensions", "root_path", "state", "ws_extensions")
 
     def __init__(self, root_path: str, app: App) -> None:
         self.root_path = root_path
@@ -40,45 +33,28 @@ class ScopeMaker:
             "websocket.http.response": {},
         }
         self._settings: ServerSettings | None = None
-        self._http_base: dict[str, Any] = {}
+        self._server: tuple[str, int | None] | None = None
 
     def http(self, exchange: Exchange) -> Scope:
         """The scope of an HTTP request."""
-        settings = exchange.state.settings
-        if settings is not self._settings:
-            self._http_base = self._base("http", settings)
-        scope = self._http_base.copy()  # the constant entries, then this request's
         head = exchange.head
         host, scheme = exchange.client_and_scheme
         peer = exchange.peer
-        scope["http_version"] = head.version
-        scope["method"] = head.method
-        scope["scheme"] = scheme
-        scope["path"] = head.path
-        scope["raw_path"] = head.raw_path
-        scope["query_string"] = head.query_string
-        scope["headers"] = [(name.lower(), value) for name, value in head.headers]
-        scope["client"] = (peer if host else None) if host == peer[0] else (host, 0)
-        scope["state"] = self.state.copy()
-        return scope
-
-    def _base(self, kind: str, settings: ServerSettings) -> dict[str, Any]:
-        """The entries every scope of `kind` shares under `settings`, in the spec's order."""
-        self._settings = settings
+        settings = exchange.state.settings
         return {
-            "type": kind,
+            "type": "http",
             "asgi": ASGI_VERSION,
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/",
-            "raw_path": b"/",
-            "query_string": b"",
+            "http_version": head.version,
+            "method": head.method,
+            "scheme": scheme,
+            "path": head.path,
+            "raw_path": head.raw_path,
+            "query_string": head.query_string,
             "root_path": self.root_path,
-            "headers": [],
-            "client": None,
-            "server": _configured_address(settings),
-            "state": {},
+            "headers": [(name.lower(), value) for name, value in head.headers],
+            "client": (peer if host else None) if host == peer[0] else (host, 0),
+            "server": self._server if settings is self._settings else self._server_of(settings),
+            "state": self.state.copy(),
             "extensions": self.http_extensions,
         }
 
@@ -97,16 +73,22 @@ class ScopeMaker:
             "root_path": self.root_path,
             "headers": [(name.lower(), value) for name, value in head.headers],
             "client": _client(exchange, host),
-            "server": _configured_address(exchange.state.settings),
+            "server": self._server_of(exchange.state.settings),
             "subprotocols": subprotocols,
             "state": self.state.copy(),
             "extensions": self.ws_extensions,
         }
 
+    def _server_of(self, settings: ServerSettings) -> tuple[str, int | None] | None:
+        """(host, port) the server listens on as configured, kept for the next requests; None
+        when it picked a free port or serves an inherited socket (the socket's own name is not
+        known up here)."""
+        self._settings = settings
+        self._server = _configured_address(settings)
+        return self._server
+
 
 def _configured_address(settings: ServerSettings) -> tuple[str, int | None] | None:
-    """(host, port) the server listens on as configured; None when it picked a free port or
-    serves an inherited socket (the socket's own name is not known up here)."""
     if settings.unix_socket:
         return (settings.unix_socket, None)
     if settings.fd is not None or not settings.port:
