@@ -702,9 +702,10 @@ def merge_rounds(rows: list[Row]) -> list[Row]:
         row.socket_errors = sum(r.socket_errors for r in measured)
         row.non_2xx = sum(r.non_2xx for r in measured)
         row.valid = all(r.valid for r in measured) and len(measured) == len(mine)
-        row.invalid_reasons = list(dict.fromkeys(x for r in mine for x in r.invalid_reasons))
-        if len(measured) < len(mine):
-            row.invalid_reasons.append(f"{len(mine) - len(measured)} round(s) without a result")
+        invalid = [r for r in mine if not r.valid]
+        if invalid:
+            example = "; ".join(invalid[0].invalid_reasons) or invalid[0].status
+            row.invalid_reasons = [f"{len(invalid)} of {len(mine)} rounds invalid ({example})"]
         row.attempts = sum(r.attempts for r in mine)
         merged.append(row)
     return merged
