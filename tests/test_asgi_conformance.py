@@ -218,6 +218,35 @@ def test_a_disconnect_is_received_when_the_client_leaves() -> None:
     assert got == [{"type": "http.disconnect"}]
 
 
+def test_a_client_leaving_a_stream_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The app's send raises OSError once the client is gone; the app lets it propagate, as
+    most do, and rtserve logs nothing: there was nobody left to answer."""
+    raised = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("http only")
+        if scope["path"] == "/mnt/ok":
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+            return
+        await send({"type": "http.response.start", "status": 200})
+        try:
+            for _ in range(10_000):  # bounded; the client leaves after the first piece
+                await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+                await asyncio.sleep(0.01)
+        except OSError:
+            raised.set()
+            raise
+
+    with hosted(app) as server:
+        with httpx.stream("GET", f"{server.url}/mnt/stream") as response:
+            next(response.iter_bytes())
+        assert raised.wait(WAIT)
+        assert httpx.get(f"{server.url}/mnt/ok").status_code == 204  # after the error path
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
 def test_receive_after_the_response_is_a_disconnect() -> None:
     got: list[Message] = []
 

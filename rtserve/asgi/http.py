@@ -143,5 +143,10 @@ def _encoded_head(headers: Iterable[Any]) -> tuple[bytes, int | None]:
 async def serve_http(app: ASGIApp, scope: Scope, exchange: Exchange) -> None:
     """Run `app` on one HTTP request."""
     cycle = HTTPCycle(exchange)
-    await app(scope, cycle.receive, cycle.send)
+    try:
+        await app(scope, cycle.receive, cycle.send)
+    except ClientDisconnected:
+        if not exchange.closed:
+            raise
+        return  # the client left mid-response: nothing to answer, nothing to log
     cycle.finish()

@@ -166,7 +166,7 @@ class WebSocketCycle:
             return
         if self._denial is not None:
             self._denial.finish()
-        elif self._phase == CONNECTING and not failed:
+        elif self._phase == CONNECTING and not failed and not self._exchange.closed:
             raise ASGIProtocolError("the ASGI app returned without accepting or closing")
 
     # --- the connection's side (WebSocketApp) ------------------------------------------------
@@ -212,7 +212,10 @@ async def serve_websocket(
     cycle = WebSocketCycle(exchange, handshake, route)
     try:
         await app(scope, cycle.receive, cycle.send)
+    except ClientDisconnected:
+        cycle.finish(failed=False)  # a send after the client left: nothing to log
     except BaseException:
         cycle.finish(failed=True)
         raise
-    cycle.finish(failed=False)
+    else:
+        cycle.finish(failed=False)
