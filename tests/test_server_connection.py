@@ -238,6 +238,19 @@ def test_a_streaming_route_answering_an_empty_body_keeps_the_connection(
         assert "connection" not in first.headers
 
 
+def test_a_streamed_body_that_arrived_while_queued_is_not_lost(server: ThreadedServer) -> None:
+    """A stream route's request pipelined behind a slow one: its whole body is in before it
+    is activated, and its handler still reads all of it."""
+    with RawClient(server.port) as c:
+        c.send(
+            b"GET /sleep HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        slow, upload = c.responses(2)
+    assert slow.status == 200
+    assert upload.body == b'{"received":5}'
+
+
 def test_an_answer_before_the_body_is_read_says_connection_close(
     server: ThreadedServer,
 ) -> None:

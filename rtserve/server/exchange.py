@@ -133,8 +133,11 @@ class Exchange:
             self._wake_body()
 
     def _start_streaming(self) -> None:
-        """From now on the handler takes the body as it comes (what arrived is kept)."""
+        """From now on the handler takes the body as it comes (what arrived is kept, joined
+        already when all of it came while the exchange waited behind another)."""
         self.streaming = True
+        if self._pieces is None and self.body:
+            self._pieces = [self.body]
         self._streamed = sum(len(p) for p in self._pieces or ())
 
     def _complete(self) -> None:
