@@ -17,7 +17,6 @@ from rtserve.app.component import Component
 from rtserve.asgi import RTSERVE_EXTENSION, HostedApp
 from rtserve.asgi.mount import DEFAULT_WSGI_THREADS, Interface
 from rtserve.broker.base import Broker, StreamPosition
-from rtserve.realtime.access import verify_token
 from rtserve.realtime.component import Channels
 from rtserve.realtime.protocol import METHOD_NAME, check_publishable
 from rtserve.realtime.rules import RULE_OPTIONS, ChannelRule
@@ -104,6 +103,8 @@ class App(CoreApp):
         """The claims of a connection token, checked with this app's channel secret: who the
         caller is, for a hosted app's own routes. ChannelError 109 when expired, 101 when not
         acceptable."""
+        from rtserve.realtime.access import verify_token  # it loads the hub: only when used
+
         return verify_token(self.channels.settings, token)
 
     @property
