@@ -682,6 +682,27 @@ def test_a_failed_startup_aborts_the_start(fail: str, said: str) -> None:
         asyncio.run(app.startup())
 
 
+def test_a_shutdown_that_hangs_is_cut_at_the_graceful_timeout() -> None:
+    got: list[str] = []
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        got.append((await receive())["type"])
+        await asyncio.Event().wait()  # never completes its shutdown
+
+    app = App()
+    app.settings.timeouts.graceful = 0.2
+    app.mount("/mnt", asgi)
+
+    async def run() -> None:
+        await app.startup()
+        await asyncio.wait_for(app.shutdown(), WAIT)
+
+    asyncio.run(run())
+    assert got == ["lifespan.shutdown"]
+
+
 def test_an_app_without_lifespan_is_served_without() -> None:
     app = Recorder()  # raises on the lifespan scope before receiving, as Django's does
     with hosted(app) as server:

@@ -45,13 +45,19 @@ class Lifespan:
         self._task = loop.create_task(self._run(scope))
         await self._started
 
-    async def shutdown(self) -> None:
-        """Ask the app to shut down and wait for it (a failure is logged)."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the app to shut down and wait for it, at most `timeout` seconds (then its
+        lifespan is cancelled); a failure is logged."""
         task = self._task
         if task is None or task.done() or self._stopped is None:
             return
         self._inbox.put_nowait({"type": "lifespan.shutdown"})
-        await asyncio.wait((self._stopped, task), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            (self._stopped, task), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            log.warning("%s did not finish its shutdown in %g s: cancelled", self._name, timeout)
+            task.cancel()
 
     async def _run(self, scope: dict[str, Any]) -> None:
         try:

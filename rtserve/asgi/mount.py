@@ -89,7 +89,8 @@ class HostedApp:
         if self._lifespan:
             lifespan = Lifespan(self._app, self.name, scopes.state)
             app.on_startup.append(lifespan.startup)
-            app.on_shutdown.append(lifespan.shutdown)
+            # Bounded like the server's own drain: a shutdown that hangs does not hold the exit.
+            app.on_shutdown.append(lambda: lifespan.shutdown(app.settings.timeouts.graceful))
         executor = getattr(self._app, "executor", None)
         if executor is not None:  # a2wsgi's pool
             app.on_shutdown.append(lambda: executor.shutdown(wait=False))
