@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from rtserve.cli.main import main
 from rtserve.config.loader import ConfigErrors
 from rtserve.config.project import build_app, load_project
 from rtserve.testing import ThreadedServer
@@ -65,6 +67,14 @@ def test_asgi_and_wsgi_routes_serve_beside_rtserve_routes(tmp_path: Path) -> Non
         assert c.get("/api/x/y").text == "asgi /api /api/x/y"
         assert c.post("/legacy/form").text == "wsgi /legacy /form"
         assert c.get("/elsewhere").status_code == 404
+
+
+def test_rtserve_routes_names_the_hosted_app(tmp_path: Path) -> None:
+    folder = project(tmp_path, "- {path: /api, asgi: hosted_apps:api}\n")
+    result = CliRunner().invoke(main, ["routes", str(folder)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "/api/{rest:path}" in result.output
+    assert "hosted_apps.api (" in result.output and "hosted_apps.py:1)" in result.output
 
 
 def test_a_wrong_reference_is_named_where_it_is_written(

@@ -82,9 +82,9 @@ class HostedApp:
     def install(self, app: App) -> None:
         scopes = self._scopes = ScopeMaker(self.prefix, app)
         if self.prefix:
-            app.router.add(self.prefix, list(METHODS), self._answer, stream=True, xsrf_exempt=True)
+            app.router.add(self.prefix, list(METHODS), self, stream=True, xsrf_exempt=True)
         app.router.add(
-            self.prefix + "/{rest:path}", list(METHODS), self._answer, stream=True, xsrf_exempt=True
+            self.prefix + "/{rest:path}", list(METHODS), self, stream=True, xsrf_exempt=True
         )
         if self._lifespan:
             lifespan = Lifespan(self._app, self.name, scopes.state)
@@ -95,8 +95,13 @@ class HostedApp:
         if executor is not None:  # a2wsgi's pool
             app.on_shutdown.append(lambda: executor.shutdown(wait=False))
 
-    def _answer(self, request: Request, rest: str = "") -> Coroutine[Any, Any, None]:
-        """The route's handler: the hosted app answers the request (or its WebSocket)."""
+    @property
+    def __wrapped__(self) -> Any:
+        """The hosted app: what `rtserve routes` names as the routes' handler."""
+        return self.target
+
+    def __call__(self, request: Request, rest: str = "") -> Coroutine[Any, Any, None]:
+        """The routes' handler: the hosted app answers the request (or its WebSocket)."""
         exchange = request.exchange
         scopes = self._scopes
         assert scopes is not None
