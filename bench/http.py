@@ -1,4 +1,6 @@
-"""Benchmark HTTP servers side by side: rtserve, Tornado, uvicorn (raw ASGI), aiohttp, a floor.
+"""Benchmark HTTP servers side by side: rtserve, Tornado, uvicorn (raw ASGI), aiohttp, a floor;
+and as ASGI servers: the same raw ASGI callable and a FastAPI hello world served by rtserve,
+uvicorn, hypercorn and granian.
 
 Each server runs as one process pinned to the server core (``taskset -c 0``); wrk runs pinned
 to the load core (``taskset -c 1``). For every server and endpoint: a warm-up wrk run
@@ -10,6 +12,10 @@ Usage (from anywhere; paths are resolved against the repo root):
     python bench/http.py                       # all servers, 64 connections, 10 s
     python bench/http.py --servers tornado,uvicorn --duration 5
     python bench/http.py --markdown --json out.json
+    python bench/http.py --servers asgi --rounds 3     # the ASGI rows, servers alternated,
+                                                       # medians of three rounds
+Besides req/s, each row has the server's CPU time per request (its whole process group,
+from /proc), which other load on a busy machine distorts far less than req/s.
 
 Standard library only. Traffic goes to 127.0.0.1 only.
 """
@@ -26,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,13 +72,13 @@ def _script(name: str) -> Callable[[str, int], list[str]]:
     return argv
 
 
-def _rtserve_argv(python: str, port: int) -> list[str]:
+def _rtserve_argv(python: str, port: int, target: str = "bench.apps.rtserve_app:app") -> list[str]:
     return [
         python,
         "-m",
         "rtserve",
         "run",
-        "bench.apps.rtserve_app:app",
+        target,
         "--host",
         HOST,
         "--port",
@@ -81,12 +88,50 @@ def _rtserve_argv(python: str, port: int) -> list[str]:
     ]
 
 
-def _uvicorn_argv(python: str, port: int) -> list[str]:
+def _rtserve_hosting(module: str) -> Callable[[str, int], list[str]]:
+    """rtserve serving the ASGI app `module:app` (`rtserve run` of a non-rtserve target)."""
+
+    def argv(python: str, port: int) -> list[str]:
+        return _rtserve_argv(python, port, f"{module}:app")
+
+    return argv
+
+
+def _uvicorn(module: str) -> Callable[[str, int], list[str]]:
+    def argv(python: str, port: int) -> list[str]:
+        return _uvicorn_argv(python, port, module)
+
+    return argv
+
+
+def _hypercorn(module: str) -> Callable[[str, int], list[str]]:
+    def argv(python: str, port: int) -> list[str]:
+        bind = f"{HOST}:{port}"
+        options = ["--worker-class", "uvloop", "--workers", "1", "--log-level", "warning"]
+        return [python, "-m", "hypercorn", f"{module}:app", "--bind", bind, *options]
+
+    return argv
+
+
+def _granian(module: str) -> Callable[[str, int], list[str]]:
+    def argv(python: str, port: int) -> list[str]:
+        options = ["--workers", "1", "--runtime-threads", "1", "--loop", "uvloop"]
+        where = ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+        return [python, "-m", "granian", "--interface", "asgi", *where, *options, f"{module}:app"]
+
+    return argv
+
+
+RAW_ASGI = "bench.apps.uvicorn_app"
+FASTAPI = "bench.apps.fastapi_app"
+
+
+def _uvicorn_argv(python: str, port: int, module: str = RAW_ASGI) -> list[str]:
     return [
         python,
         "-m",
         "uvicorn",
-        "bench.apps.uvicorn_app:app",
+        f"{module}:app",
         "--host",
         HOST,
         "--port",
@@ -111,8 +156,19 @@ SERVERS: dict[str, Server] = {
         Server("uvicorn", "uvicorn, raw ASGI callable, uvloop + httptools", _uvicorn_argv),
         Server("aiohttp", "aiohttp web.Application on uvloop", _script("aiohttp_app.py")),
         Server("floor", "raw uvloop Protocol + httptools, canned bytes", _script("floor_app.py")),
+        Server("rtserve-asgi", "rtserve hosting the raw ASGI callable", _rtserve_hosting(RAW_ASGI)),
+        Server("hypercorn", "hypercorn, raw ASGI callable, uvloop", _hypercorn(RAW_ASGI)),
+        Server("granian", "granian, raw ASGI callable, one worker", _granian(RAW_ASGI)),
+        Server("rtserve-fastapi", "rtserve hosting FastAPI", _rtserve_hosting(FASTAPI)),
+        Server("uvicorn-fastapi", "uvicorn + FastAPI, uvloop + httptools", _uvicorn(FASTAPI)),
+        Server("hypercorn-fastapi", "hypercorn + FastAPI, uvloop", _hypercorn(FASTAPI)),
+        Server("granian-fastapi", "granian + FastAPI, one worker", _granian(FASTAPI)),
     )
 }
+# `--servers asgi`: the hosting comparison, each group against its uvicorn row.
+ASGI_SERVERS = ["rtserve-asgi", "uvicorn", "hypercorn", "granian"]
+FASTAPI_SERVERS = ["rtserve-fastapi", "uvicorn-fastapi", "hypercorn-fastapi", "granian-fastapi"]
+SERVER_GROUPS = {"asgi": ASGI_SERVERS + FASTAPI_SERVERS}
 
 
 @dataclass(frozen=True)
@@ -203,6 +259,8 @@ class Row:
     valid: bool = False
     invalid_reasons: list[str] = field(default_factory=list)
     attempts: int = 0
+    cpu_us_per_request: float | None = None  # the server's CPU time over its requests
+    rounds: int = 1  # rows merged into this one (medians), with --rounds
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +304,24 @@ def read_proc_ticks(pid: int) -> int | None:
         return None
     fields = stat.rpartition(")")[2].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def read_group_ticks(pgid: int) -> int | None:
+    """utime + stime of every live process of process group `pgid` (a server and the worker
+    processes it starts: hypercorn's, granian's), in clock ticks."""
+    total, found = 0, False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of proc(5): the process group
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total if found else None
 
 
 def proc_pct(ticks_before: int | None, ticks_after: int | None, seconds: float) -> float | None:
@@ -454,10 +530,10 @@ def run_wrk(
     try:
         time.sleep(margin)
         cpu0, t0 = read_cpu_times(), time.monotonic()
-        srv0, wrk0 = read_proc_ticks(server_pid), read_proc_ticks(wrk.pid)
+        srv0, wrk0 = read_group_ticks(server_pid), read_proc_ticks(wrk.pid)
         time.sleep(max(0.1, duration_s - 2 * margin))
         cpu1, t1 = read_cpu_times(), time.monotonic()
-        srv1, wrk1 = read_proc_ticks(server_pid), read_proc_ticks(wrk.pid)
+        srv1, wrk1 = read_group_ticks(server_pid), read_proc_ticks(wrk.pid)
         output, _ = wrk.communicate(timeout=duration_s + 30)
     finally:
         stop_process(wrk, grace_s=2.0)
@@ -585,6 +661,8 @@ def fill_row(row: Row, m: Measured) -> None:
     row.server_core_pct, row.load_core_pct = m.server_core_pct, m.load_core_pct
     row.server_proc_pct, row.wrk_proc_pct = m.server_proc_pct, m.wrk_proc_pct
     row.socket_errors, row.non_2xx = m.wrk.socket_errors, m.wrk.non_2xx
+    if m.server_proc_pct is not None and m.wrk.requests_per_sec > 0:
+        row.cpu_us_per_request = m.server_proc_pct / 100 / m.wrk.requests_per_sec * 1e6
     reasons: list[str] = []
     if m.server_core_pct < VALID_SERVER_MIN:
         reasons.append(f"server core {m.server_core_pct:.0f} % < {VALID_SERVER_MIN:.0f} %")
@@ -597,6 +675,40 @@ def fill_row(row: Row, m: Measured) -> None:
     if m.wrk_proc_pct is not None and m.load_core_pct - m.wrk_proc_pct > SHARED_CORE_GAP:
         reasons.append(f"other load on the load core (wrk {m.wrk_proc_pct:.0f} %)")
     row.valid, row.invalid_reasons = not reasons, reasons
+
+
+def merge_rounds(rows: list[Row]) -> list[Row]:
+    """One row per server: the medians of its rounds' figures; valid when every round was."""
+    merged: list[Row] = []
+    for server in dict.fromkeys(r.server for r in rows):
+        mine = [r for r in rows if r.server == server]
+        measured = [r for r in mine if r.requests_per_sec is not None]
+        if len(mine) == 1 or not measured:
+            merged.append(mine[0])
+            continue
+        row = Row(server, mine[0].endpoint, rounds=len(measured))
+        for name in (
+            "requests_per_sec",
+            "p50_ms",
+            "p99_ms",
+            "server_core_pct",
+            "load_core_pct",
+            "server_proc_pct",
+            "wrk_proc_pct",
+            "cpu_us_per_request",
+        ):
+            values = [getattr(r, name) for r in measured if getattr(r, name) is not None]
+            setattr(row, name, statistics.median(values) if values else None)
+        row.socket_errors = sum(r.socket_errors for r in measured)
+        row.non_2xx = sum(r.non_2xx for r in measured)
+        row.valid = all(r.valid for r in measured) and len(measured) == len(mine)
+        invalid = [r for r in mine if not r.valid]
+        if invalid:
+            example = "; ".join(invalid[0].invalid_reasons) or invalid[0].status
+            row.invalid_reasons = [f"{len(invalid)} of {len(mine)} rounds invalid ({example})"]
+        row.attempts = sum(r.attempts for r in mine)
+        merged.append(row)
+    return merged
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -635,6 +747,18 @@ def _ratio_text(a: Row | None, b: Row | None) -> str:
     return f"{r:.2f}x{caveat}"
 
 
+def baseline(server: str) -> str:
+    """The uvicorn row a server is compared with: FastAPI's for the FastAPI rows."""
+    return "uvicorn-fastapi" if server in FASTAPI_SERVERS else "uvicorn"
+
+
+def _cpu_ratio(a: Row | None, b: Row | None) -> float | None:
+    """How many times less server CPU per request `a` takes than `b` (> 1: `a` is cheaper)."""
+    if a is None or b is None or not a.cpu_us_per_request or not b.cpu_us_per_request:
+        return None
+    return b.cpu_us_per_request / a.cpu_us_per_request
+
+
 def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
     by_name = {r.server: r for r in rows}
     uvicorn = by_name.get("uvicorn")
@@ -645,22 +769,33 @@ def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
     out = [
         heading,
         "",
-        "| server | req/s | p99 (ms) | server core % | server proc % | load core % | valid "
-        "| vs uvicorn |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| server | req/s | p99 (ms) | server CPU us/req | server core % | server proc % "
+        "| load core % | valid | req/s vs uvicorn | CPU/req vs uvicorn |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
         if r.requests_per_sec is None:
-            out.append(f"| {r.server} | {r.status} | - | - | - | - | no | - |")
+            out.append(f"| {r.server} | {r.status} | - | - | - | - | - | no | - | - |")
             continue
         valid = "yes" if r.valid else f"**no**: {'; '.join(r.invalid_reasons)}"
-        vs = _ratio(r, uvicorn)
+        base = by_name.get(baseline(r.server))
+        vs, cpu_vs = _ratio(r, base), _cpu_ratio(r, base)
         out.append(
             f"| {r.server} | {r.requests_per_sec:,.0f} | {_fmt(r.p99_ms, 2)} "
+            f"| {_fmt(r.cpu_us_per_request, 1)} "
             f"| {_fmt(r.server_core_pct, 0)} | {_fmt(r.server_proc_pct, 0)} "
-            f"| {_fmt(r.load_core_pct, 0)} | {valid} | {_fmt(vs, 2)}{'x' if vs else ''} |"
+            f"| {_fmt(r.load_core_pct, 0)} | {valid} | {_fmt(vs, 2)}{'x' if vs else ''} "
+            f"| {_fmt(cpu_vs, 2)}{'x' if cpu_vs else ''} |"
         )
     out.append("")
+    for hosting, peer in (("rtserve-asgi", "uvicorn"), ("rtserve-fastapi", "uvicorn-fastapi")):
+        if hosting in by_name:
+            a, b = by_name[hosting], by_name.get(peer)
+            cpu = _cpu_ratio(a, b)
+            out.append(
+                f"- {hosting} / {peer}: req/s {_ratio_text(a, b)}; server CPU per request "
+                + (f"{cpu:.2f}x less" if cpu is not None else "n/a")
+            )
     rt, tornado = by_name.get("rtserve"), by_name.get("tornado")
     if rt is not None:
         out.append(f"- rtserve / uvicorn: {_ratio_text(rt, uvicorn)}")
@@ -672,6 +807,30 @@ def render_endpoint(endpoint: Endpoint, rows: list[Row]) -> str:
         if r.detail:
             out.append(f"- {r.server}: {r.status}: {r.detail}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def render_hosting_goals(results: dict[str, list[Row]]) -> str:
+    """Hosting goals: the raw ASGI callable >= 1.3x uvicorn, FastAPI no slower than uvicorn,
+    judged on req/s and on server CPU per request (the figure a busy machine spoils least)."""
+    out = ["### Goals of ASGI hosting", ""]
+    for endpoint, rows in results.items():
+        by_name = {r.server: r for r in rows}
+        for hosting, peer, goal in (
+            ("rtserve-asgi", "uvicorn", 1.3),
+            ("rtserve-fastapi", "uvicorn-fastapi", 1.0),
+        ):
+            a, b = by_name.get(hosting), by_name.get(peer)
+            if a is None or b is None:
+                continue
+            rps, cpu = _ratio(a, b), _cpu_ratio(a, b)
+            verdicts = [
+                f"{name} {value:.2f}x ({'met' if value >= goal else 'NOT met'})"
+                for name, value in (("req/s", rps), ("CPU per request", cpu))
+                if value is not None
+            ]
+            valid = "" if a.valid and b.valid else " (some rows invalid: indicative only)"
+            out.append(f"- {endpoint}, {hosting} >= {goal}x {peer}: {'; '.join(verdicts)}{valid}")
+    return "\n".join(out) + "\n"
 
 
 def render_goals(results: dict[str, list[Row]]) -> str:
@@ -703,7 +862,17 @@ def render_goals(results: dict[str, list[Row]]) -> str:
 
 def _versions(
     python: str,
-    packages: Sequence[str] = ("rtserve", "tornado", "uvicorn", "aiohttp", "uvloop", "httptools"),
+    packages: Sequence[str] = (
+        "rtserve",
+        "tornado",
+        "uvicorn",
+        "aiohttp",
+        "uvloop",
+        "httptools",
+        "hypercorn",
+        "granian",
+        "fastapi",
+    ),
 ) -> str:
     """Python's and `packages`' versions as `python` sees them."""
     code = (
@@ -783,7 +952,12 @@ def render_report(
             f"{platform.release()}; each server is one process pinned to cpu{args.server_cpu}, "
             f"wrk ({_wrk_version()}) pinned to cpu{args.load_cpu}",
             f"- Load: `wrk -t1 -c{args.connections} -d{args.duration}s --latency`, after a "
-            f"{args.warmup} s warm-up run (discarded)",
+            f"{args.warmup} s warm-up run (discarded)"
+            + (
+                f"; {args.rounds} rounds, servers alternated, medians shown"
+                if args.rounds > 1
+                else ""
+            ),
             f"- Software: {_versions(args.python)}; rtserve at commit {args.git_state}",
             f"- Valid row: server core >= {VALID_SERVER_MIN:.0f} % busy, load core < "
             f"{VALID_LOAD_MAX:.0f} % busy, neither core more than {SHARED_CORE_GAP:.0f} points "
@@ -794,6 +968,8 @@ def render_report(
         out.append(render_endpoint(endpoint, results[endpoint.name]))
     if "rtserve" in args.servers:
         out.append(render_goals(results))
+    if {"rtserve-asgi", "rtserve-fastapi"} & set(args.servers):
+        out.append(render_hosting_goals(results))
     return "\n".join(out)
 
 
@@ -824,9 +1000,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument(
         "--servers",
-        type=_csv(list(SERVERS)),
+        type=_csv([*SERVERS, *SERVER_GROUPS]),
         default=list(SERVERS),
-        help=f"comma-separated subset of {','.join(SERVERS)}",
+        help=f"comma-separated subset of {','.join(SERVERS)}; 'asgi' for the ASGI hosting rows",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every server N times, alternating them, and report medians (default 1)",
     )
     parser.add_argument(
         "--endpoints",
@@ -857,6 +1039,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-cpu", type=int, default=1, help="wrk core (default 1)")
     args = parser.parse_args(argv)
     args.argv_used = list(sys.argv[1:] if argv is None else argv)
+    args.servers = list(
+        dict.fromkeys(n for name in args.servers for n in SERVER_GROUPS.get(name, [name]))
+    )
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.duration < 1 or args.connections < 1 or min(args.warmup, args.retries) < 0:
         parser.error("--duration and --connections must be >= 1, --warmup and --retries >= 0")
     if args.server_cpu == args.load_cpu:
@@ -886,19 +1073,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     endpoints = [ENDPOINTS[n] for n in args.endpoints]
     results: dict[str, list[Row]] = {e.name: [] for e in endpoints}
     per_run = args.warmup + args.duration
-    estimate = len(args.servers) * (len(endpoints) * per_run + 2)
+    estimate = args.rounds * len(args.servers) * (len(endpoints) * per_run + 2)
     _say(
         f"benchmarking {', '.join(args.servers)} on {', '.join(e.name for e in endpoints)}: "
         f"{args.connections} connections, {args.duration} s (+{args.warmup} s warm-up), "
         f"~{estimate} s total, more if a disturbed run is repeated"
     )
     try:
-        for name in args.servers:
-            for row in bench_server(args, SERVERS[name], endpoints):
-                results[row.endpoint].append(row)
+        for round_ in range(args.rounds):
+            if args.rounds > 1:
+                _say(f"round {round_ + 1} of {args.rounds}")
+            for name in args.servers:
+                for row in bench_server(args, SERVERS[name], endpoints):
+                    results[row.endpoint].append(row)
     except KeyboardInterrupt:
         _say("interrupted; servers stopped")
         return 130
+    results = {name: merge_rounds(rows) for name, rows in results.items()}
     print(render_report(args, endpoints, results))
     if args.json:
         payload = {

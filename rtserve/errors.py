@@ -31,6 +31,8 @@ RtserveError                     every error rtserve raises on purpose
  ├── TokenError                  a channel token that cannot be accepted (tokens)
  │    ├── TokenExpired           a good signature whose `exp` has passed
  │    └── TokenInvalid           malformed, badly signed, another algorithm, or bad claims
+ ├── ASGIProtocolError           a hosted ASGI app broke the protocol (asgi.http; a RuntimeError)
+ ├── LifespanError               a hosted ASGI app's startup failed: no start (asgi.lifespan)
  ├── ClientError                 rtserve.client: the server refused a command (client.messages)
  ├── Disconnected                rtserve.client: the connection ended (client.messages)
  ├── Unrecovered                 rtserve.client: publications were lost (client.messages)

@@ -25,10 +25,11 @@ def opt_list(help: str, factory: Callable[[], Any] = list) -> Any:
     return field(default_factory=factory, metadata={"help": help})
 
 
-def ref(help: str) -> Any:
+def ref(help: str, convert: Callable[[str], Any] = import_object) -> Any:
     """A callable or class: given directly in Python, as `module:name` in rtserve.yaml
-    (imported when the project loads)."""
-    return field(default=None, metadata={"help": help, "convert": import_object})
+    (imported when the project loads by `convert`, `import_object` or one that checks what
+    it found too)."""
+    return field(default=None, metadata={"help": help, "convert": convert, "reference": True})
 
 
 class OptionError(RtserveError, ValueError):

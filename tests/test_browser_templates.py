@@ -1,6 +1,7 @@
 """Every template's page in headless Chromium as a user meets it: on a phone (390 px wide)
 nothing runs off the screen, the browser's requests (its /favicon.ico too) all succeed, and the
-notifications page says at each step what to do."""
+notifications page says at each step what to do; a todo added on the fastapi page appears on
+another one."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.scaffold_server import ScaffoldServer, serve_scaffold
 with contextlib.suppress(ImportError):  # if missing, the `browser` fixture skips (fails in CI)
     from playwright.sync_api import expect
 
-TEMPLATES = ["chat", "dashboard", "minimal", "notifications"]
+TEMPLATES = ["chat", "dashboard", "fastapi", "minimal", "notifications"]
 PHONE = {"width": 390, "height": 844}
 
 # Every element with a box that reaches beyond the left or right edge of the viewport.
@@ -114,3 +115,17 @@ def test_notifications_page_says_what_to_do(browser: Any, tmp_path: Path) -> Non
         expect(desktop).to_be_hidden()
         expect(page.locator("#list li")).to_have_count(0)
         expect(page.locator("main")).to_contain_text("Log in")
+
+
+def test_fastapi_todo_reaches_another_page(browser: Any, tmp_path: Path) -> None:
+    """A todo added through the FastAPI app on one page arrives on another over the channel."""
+    with serve_scaffold("fastapi", tmp_path) as served:
+        adding, watching = phone_page(browser), phone_page(browser)
+        for page in (adding, watching):
+            page.goto(served.url)
+            expect(page.locator("#status")).to_have_text("connected")
+        adding.fill("#text", "water the plants")
+        adding.get_by_role("button", name="Add").click()
+        expect(watching.locator("#todos")).to_contain_text("water the plants")
+        expect(adding.locator("#todos li")).to_have_count(1)
+        assert_fits(watching, "with a todo")

@@ -76,4 +76,6 @@ def test_example_loads_as_a_project(tmp_path: Path, monkeypatch: Any) -> None:
         "handler",
         "websocket",
         "redirect",
+        "asgi",
+        "wsgi",
     ]

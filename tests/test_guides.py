@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import math
 import re
 import runpy
@@ -308,6 +309,60 @@ def check_cookbook_middleware(ns: dict[str, Any], server: ThreadedServer, _: Any
         assert client.get("/").text == "hello"
 
 
+async def first_push(url: str, channel: str, publish: Callable[[], object]) -> Any:
+    """The first publication a /rt/ws subscriber of `channel` gets after `publish()`."""
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"id": 1, "op": "connect"}))
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+        await ws.send(json.dumps({"id": 2, "op": "subscribe", "channel": channel}))
+        await asyncio.wait_for(ws.recv(), TIMEOUT)
+        await asyncio.to_thread(publish)
+        return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["data"]
+
+
+def check_existing_fastapi(ns: dict[str, Any], server: ThreadedServer, _: Any) -> None:
+    """POST /api/orders with a token publishes the order, by the token's user, to `orders`;
+    without one it is 401."""
+    from rtserve.tokens import mint
+
+    token = mint("change-me-to-32-characters-or-more", "ada")
+    orders = f"{server.url}/api/orders"
+    assert httpx.post(orders, json={"item": "tea"}, timeout=TIMEOUT).status_code == 401
+    answers: list[httpx.Response] = []
+
+    def order() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        answers.append(httpx.post(orders, json={"item": "tea"}, headers=headers, timeout=TIMEOUT))
+
+    pushed = arun(first_push(f"ws://127.0.0.1:{server.port}/rt/ws", "orders", order))
+    assert pushed == {"item": "tea", "by": "ada"}
+    assert answers[0].json() == {"offset": 1}
+
+
+@contextlib.contextmanager
+def django_project(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`myproject` of the Django steps: the test project tests/apps/djsite under that name."""
+    import tests.apps.djsite
+    import tests.apps.djsite.settings
+
+    monkeypatch.setitem(sys.modules, "myproject", tests.apps.djsite)
+    monkeypatch.setitem(sys.modules, "myproject.settings", tests.apps.djsite.settings)
+    yield
+
+
+def check_existing_django(ns: dict[str, Any], server: ThreadedServer, _: Any) -> None:
+    """The whole site is Django's: its view answers; its `announce` view publishes to `news`,
+    which a channel subscriber of the same server gets."""
+    assert httpx.get(f"{server.url}/hello/ada", timeout=TIMEOUT).json()["hello"] == "ada"
+
+    def announce() -> None:
+        answer = httpx.post(f"{server.url}/announce", content=b"hello", timeout=TIMEOUT)
+        assert answer.status_code == 200
+
+    pushed = arun(first_push(f"ws://127.0.0.1:{server.port}/rt/ws", "news", announce))
+    assert pushed == {"text": "hello"}
+
+
 Check = Callable[[dict[str, Any], ThreadedServer, pytest.FixtureRequest], None]
 
 CHECKS: dict[str, Check] = {
@@ -319,9 +374,12 @@ CHECKS: dict[str, Check] = {
     "cookbook_longpoll": check_cookbook_longpoll,
     "cookbook_chat": check_cookbook_chat,
     "cookbook_middleware": check_cookbook_middleware,
+    "existing_fastapi": check_existing_fastapi,
+    "existing_django": check_existing_django,
 }
 PREPARE: dict[str, Callable[[pytest.MonkeyPatch], contextlib.AbstractContextManager[Any]]] = {
     "cookbook_upstream": slow_upstream,
+    "existing_django": django_project,
 }
 
 

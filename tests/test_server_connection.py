@@ -81,6 +81,10 @@ def make_app() -> App:
     def boom(request: Request) -> str:
         raise ValueError("secret detail")
 
+    @app.route("/ignore-body", methods=["POST"], stream=True)
+    def ignore_body(request: Request) -> str:
+        return "not read"
+
     @app.route("/stream")
     def stream(request: Request) -> StreamingResponse:
         return StreamingResponse((f"piece {i}\n" for i in range(5)), content_type="text/plain")
@@ -219,6 +223,44 @@ def test_streamed_upload(server: ThreadedServer) -> None:
             c.send(b"400\r\n" + b"u" * 1024 + b"\r\n")
         c.send(b"0\r\n\r\n")
         assert c.response().body == b'{"received":51200}'
+
+
+def test_a_streaming_route_answering_an_empty_body_keeps_the_connection(
+    server: ThreadedServer,
+) -> None:
+    """Content-Length: 0 is a complete body from the head on: answered at once (a stream
+    route answers before the parser's end of message), the connection stays usable."""
+    with RawClient(server.port) as c:
+        c.send(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        first = c.response()
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (first.body, c.response().status) == (b"not read", 200)
+        assert "connection" not in first.headers
+
+
+def test_a_streamed_body_that_arrived_while_queued_is_not_lost(server: ThreadedServer) -> None:
+    """A stream route's request pipelined behind a slow one: its whole body is in before it
+    is activated, and its handler still reads all of it."""
+    with RawClient(server.port) as c:
+        c.send(
+            b"GET /sleep HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        slow, upload = c.responses(2)
+    assert slow.status == 200
+    assert upload.body == b'{"received":5}'
+
+
+def test_an_answer_before_the_body_is_read_says_connection_close(
+    server: ThreadedServer,
+) -> None:
+    """A stream route that answers without reading the body: the unread rest makes the
+    connection unusable, so the response says so (not a reset on the next request)."""
+    with RawClient(server.port) as c:
+        c.send(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+        response = c.response()
+    assert (response.status, response.body) == (200, b"not read")
+    assert response.headers.get("connection") == "close"
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,14 @@ from click.testing import CliRunner, Result
 
 from rtserve.cli.loader import load_app
 from rtserve.cli.main import main
-from rtserve.cli.new_cmd import available_templates, describe, templates_root
+from rtserve.cli.new_cmd import NEEDS, available_templates, describe, templates_root
 from rtserve.config.project import build_app, load_project
 from rtserve.testing import ThreadedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
-TEMPLATES = ["chat", "dashboard", "minimal", "notifications"]
-WITH_CHANNELS = {"chat", "dashboard", "notifications"}
+TEMPLATES = ["chat", "dashboard", "fastapi", "minimal", "notifications"]
+WITH_CHANNELS = {"chat", "dashboard", "fastapi", "notifications"}
 GENERATED = {"__pycache__", ".pytest_cache"}
 
 
@@ -125,6 +125,19 @@ def test_pages_refuse_to_be_framed(template: str, tmp_path: Path, project_import
             assert answer.headers.get("content-security-policy") == "frame-ancestors 'none'", page
 
 
+def test_a_template_whose_package_is_missing_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(NEEDS, "fastapi", ("no_such_module_here", "pip install it"))
+    listed = new("--list")
+    line = next(line for line in listed.output.splitlines() if line.startswith("fastapi"))
+    assert line.endswith("(needs no_such_module_here: pip install it)")
+    result = new("fastapi", tmp_path / "api")
+    assert result.exit_code == 1
+    assert "the 'fastapi' template needs no_such_module_here: pip install it" in result.output
+    assert not (tmp_path / "api").exists()
+
+
 def test_new_refuses_a_non_empty_dir(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     result = new("chat", tmp_path)
@@ -154,7 +167,7 @@ def test_unknown_template(tmp_path: Path) -> None:
     result = new("chatt", tmp_path / "x")
     assert result.exit_code == 2
     assert "no template 'chatt'" in result.output
-    assert "chat, dashboard, minimal, notifications" in result.output
+    assert "chat, dashboard, fastapi, minimal, notifications" in result.output
     assert not (tmp_path / "x").exists()
 
 

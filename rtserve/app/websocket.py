@@ -24,6 +24,7 @@ from rtserve.protocol.deflate import (
 from rtserve.protocol.websocket import CloseCode, Opcode, encode_frame
 from rtserve.protocol.ws_handshake import (
     HandshakeError,
+    HandshakeRequest,
     check_origin,
     choose_subprotocol,
     parse_request,
@@ -163,19 +164,12 @@ def settings_contradictions(
     return found
 
 
-def accept_websocket(
-    request: Request,
-    handler_class: type[WebSocketHandler],
-    params: dict[str, Any],
-    route: WebSocketRoute,
-) -> Coroutine[Any, Any, None] | None:
-    """Validate the opening handshake, run the handler's `prepare`, answer 101 and hand the
-    socket to the handler; a coroutine that does the rest when `prepare` is async.
+def checked_handshake(request: Request, options: WebSocketSettings) -> HandshakeRequest:
+    """The opening handshake of `request`, valid (RFC 6455) and from an allowed origin.
 
-    Raises HTTPError (400, 403, 405, 426, or prepare's) when the request cannot be upgraded.
+    Raises HTTPError (400, 403, 405, 426) when the request cannot be upgraded.
     """
-    exchange = request.exchange
-    head = exchange.head
+    head = request.exchange.head
     if not head.upgrade:
         raise HTTPError(
             426,
@@ -187,10 +181,25 @@ def accept_websocket(
     except HandshakeError as exc:
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in exc.headers}
         raise HTTPError(exc.status, exc.reason, headers=headers) from None
-    base = request.settings.websocket
-    options = route.settings(base)
     if not check_origin(handshake.origin, handshake.host, options.origins, request.scheme):
         raise HTTPError(403, "origin not allowed")
+    return handshake
+
+
+def accept_websocket(
+    request: Request,
+    handler_class: type[WebSocketHandler],
+    params: dict[str, Any],
+    route: WebSocketRoute,
+) -> Coroutine[Any, Any, None] | None:
+    """Validate the opening handshake, run the handler's `prepare`, answer 101 and hand the
+    socket to the handler; a coroutine that does the rest when `prepare` is async.
+
+    Raises HTTPError (400, 403, 405, 426, or prepare's) when the request cannot be upgraded.
+    """
+    base = request.settings.websocket
+    options = route.settings(base)
+    handshake = checked_handshake(request, options)
     subprotocol = choose_subprotocol(handshake.subprotocols, route.subprotocols)
     deflate = None
     extensions = None

@@ -53,7 +53,8 @@ def run(
     **options: Any,
 ) -> None:
     """Serve a project (TARGET a folder or its rtserve.yaml; default: here) or the App named
-    by TARGET (`module:app` or `file.py:app`)."""
+    by TARGET (`module:app` or `file.py:app`); an ASGI app there (`myproject.asgi:application`)
+    is served whole, with reload, workers and stats."""
     from rtserve.server.listener import serve
 
     if options.get("tls_key") and not options.get("tls_cert"):

@@ -7,6 +7,7 @@ source checkout they are the top-level `templates/` beside the `rtserve` package
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import shutil
 from pathlib import Path
@@ -17,6 +18,16 @@ import rtserve
 
 SKIPPED = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.pyc")
 README = "README.md"
+# Templates that need a package rtserve does not install: name -> (module, how to install it).
+NEEDS = {"fastapi": ("fastapi", "pip install fastapi")}
+
+
+def missing_need(name: str) -> str | None:
+    """What the template `name` needs that is not installed (how to install it), or None."""
+    need = NEEDS.get(name)
+    if need is None or importlib.util.find_spec(need[0]) is not None:
+        return None
+    return f"needs {need[0]}: {need[1]}"
 
 
 def templates_root() -> Path | None:
@@ -57,7 +68,9 @@ def new(template: str | None, directory: Path | None, force: bool, list_: bool) 
     if list_:
         width = max((len(name) for name in templates), default=0)
         for name, path in templates.items():
-            click.echo(f"{name.ljust(width)}  {describe(path)}")
+            missing = missing_need(name)
+            note = f" ({missing})" if missing else ""
+            click.echo(f"{name.ljust(width)}  {describe(path)}{note}")
         return
     if template is None or directory is None:
         raise click.UsageError("give a TEMPLATE and a DIR (rtserve new --list shows templates)")
@@ -67,6 +80,9 @@ def new(template: str | None, directory: Path | None, force: bool, list_: bool) 
             f"no template {template!r}; choose one of: {', '.join(templates)}",
             param_hint="TEMPLATE",
         )
+    missing = missing_need(template)
+    if missing:
+        raise click.ClickException(f"the {template!r} template {missing}")
     if directory.exists() and not directory.is_dir():
         raise click.ClickException(f"{directory} exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not force:

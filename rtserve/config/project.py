@@ -20,7 +20,10 @@ from rtserve.app.app import App as CoreApp
 from rtserve.app.response import RedirectResponse
 from rtserve.app.router import Router
 from rtserve.app.static import header_list
+from rtserve.asgi import HostedApp
+from rtserve.asgi.mount import DEFAULT_WSGI_THREADS, METHODS
 from rtserve.broker.url import broker_from_url, checked_broker_url
+from rtserve.config.hosted import asgi_reference, wsgi_reference
 from rtserve.config.loader import ConfigErrors, ConfigIssue, load_file
 from rtserve.config.units import parse_duration, parse_size
 from rtserve.errors import RouteError
@@ -35,18 +38,24 @@ from rtserve.stats.admin import DEFAULT_SOCKET, check_options, enable_admin
 
 CONFIG_NAME = "rtserve.yaml"
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+ROUTE_KINDS = ("handler", "websocket", "static", "redirect", "asgi", "wsgi")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 @dataclass(slots=True)
 class RouteConfig:
-    """One route: exactly one of handler, websocket, static or redirect."""
+    """One route: exactly one of handler, websocket, static, redirect, asgi or wsgi."""
 
     path: str = field(metadata={"help": "URL path, with {name} parameters ('/hello/{name}')"})
     handler: Any = ref("function or Handler class that answers (module:name)")
     websocket: Any = ref("WebSocketHandler subclass (module:Name)")
     static: str | None = opt(None, "file or folder, relative to the project, served at path")
     redirect: str | None = opt(None, "answer with a redirect to this URL")
+    asgi: Any = ref(
+        "ASGI app (FastAPI, Starlette, Django) served at path and below", asgi_reference
+    )
+    wsgi: Any = ref("WSGI app (Flask, Django) served at path and below", wsgi_reference)
+    threads: int = opt(DEFAULT_WSGI_THREADS, "threads of a wsgi route: its requests at once")
     status: int = opt(307, "status of a redirect (301, 302, 303, 307 or 308)")
     methods: list[str] = opt_list("HTTP methods of a handler route", lambda: ["GET"])
     name: str | None = opt(None, "route name for url_for")
@@ -58,11 +67,11 @@ class RouteConfig:
     )
 
     def __post_init__(self) -> None:
-        kinds = [k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k)]
+        kinds = [k for k in ROUTE_KINDS if getattr(self, k)]
         if len(kinds) != 1:
             given = " and ".join(kinds) if kinds else "none"
             raise ValueError(
-                f"a route needs exactly one of handler, websocket, static, redirect ({given} given)"
+                f"a route needs exactly one of {', '.join(ROUTE_KINDS)} ({given} given)"
             )
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/': {self.path!r}")
@@ -74,6 +83,12 @@ class RouteConfig:
             raise ValueError(f"unknown HTTP method(s) {unknown}; use {', '.join(HTTP_METHODS)}")
         if self.options and not self.websocket:
             raise ValueError("options are for websocket routes")
+        if self.threads != DEFAULT_WSGI_THREADS and not self.wsgi:
+            raise ValueError("threads are for wsgi routes")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if (self.asgi or self.wsgi) and "{" in self.path:
+            raise ValueError("an asgi or wsgi route's path takes no {parameters}")
         if self.headers and not self.static:
             raise ValueError("headers are for static routes (a handler sets its own)")
         header_list(self.headers)
@@ -81,7 +96,7 @@ class RouteConfig:
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("handler", "websocket", "static", "redirect") if getattr(self, k))
+        return next(k for k in ROUTE_KINDS if getattr(self, k))
 
 
 _WEBSOCKET_FIELDS = {f.name: f for f in dataclasses.fields(WebSocketSettings)}
@@ -182,8 +197,11 @@ def _route_clashes(routes: list[RouteConfig]) -> list[str]:
     problems = []
     for i, route in enumerate(routes):
         pattern = route.path.rstrip("/") + "/{path:path}" if _is_folder(route) else route.path
+        methods = route.methods if route.handler else ["GET"]
+        if route.asgi or route.wsgi:
+            pattern, methods = route.path.rstrip("/") + "/{path:path}", list(METHODS)
         try:
-            router.add(pattern, route.methods if route.handler else ["GET"], i)
+            router.add(pattern, methods, i)
         except RouteError as exc:
             problems.append(f"routes[{i}]: {exc}")
     return problems
@@ -311,7 +329,11 @@ def _mount_channels(app: CoreApp, config: ProjectConfig) -> None:
 
 
 def _add_route(app: CoreApp, route: RouteConfig, folder: Path) -> None:
-    if route.handler is not None:
+    if route.asgi is not None:
+        app.mount(HostedApp(route.path, route.asgi, interface="asgi"))
+    elif route.wsgi is not None:
+        app.mount(HostedApp(route.path, route.wsgi, interface="wsgi", threads=route.threads))
+    elif route.handler is not None:
         app.add_route(route.path, route.handler, route.methods, name=route.name)
     elif route.websocket is not None:
         app.websocket(route.path, name=route.name, **route.options)(route.websocket)

@@ -33,6 +33,8 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"path": "/hello/{name}", "handler": "app:hello", "methods": ["GET"], "name": "hello"},
         {"path": "/ws/echo", "websocket": "app:Echo", "options": {"max_message_size": "1MiB"}},
         {"path": "/old", "redirect": "/", "status": 308},
+        {"path": "/api", "asgi": "app:api"},
+        {"path": "/legacy", "wsgi": "app:legacy", "threads": 10},
     ],
     "channels.rules": [
         {
@@ -95,6 +97,18 @@ def may_join(ctx):
 
 def store_message(ctx):
     return None
+
+
+async def api(scope, receive, send):  # an ASGI app: FastAPI, Starlette, Django's
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200})
+    await send({"type": "http.response.body", "body": b"from the ASGI app"})
+
+
+def legacy(environ, start_response):  # a WSGI app: Flask, Django's
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"from the WSGI app"]
 '''
 
 
@@ -206,7 +220,7 @@ def _tables(schema: type[Any], prefix: str, out: list[str]) -> None:
 
 
 def _kind(tp: Any, f: dataclasses.Field[Any]) -> str:
-    if f.metadata.get("convert") is import_object:
+    if f.metadata.get("reference") or f.metadata.get("convert") is import_object:
         return "reference"
     if f.metadata.get("size"):
         return "size"

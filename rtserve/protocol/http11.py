@@ -89,7 +89,8 @@ class RequestHead:
             self.target = raw_path + (b"?" + query if query else b"")
         self.raw_path = raw_path
         self.query_string = query
-        decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+        # find, not `in`: `bytes in bytes` raises and clears a TypeError inside, every time.
+        decoded = unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
         self.path = decoded.decode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtserve.app.app import App as CoreApp
+from rtserve.app.component import Component
+from rtserve.asgi import RTSERVE_EXTENSION, HostedApp
+from rtserve.asgi.mount import DEFAULT_WSGI_THREADS, Interface
 from rtserve.broker.base import Broker, StreamPosition
 from rtserve.realtime.component import Channels
 from rtserve.realtime.protocol import METHOD_NAME, check_publishable
@@ -22,6 +25,7 @@ from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from rtserve.realtime.hub import Hub
+    from rtserve.tokens import TokenClaims
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +58,54 @@ class App(CoreApp):
         )
         self._channel_settings = channels
         self._broker = broker
+
+    def mount(
+        self,
+        target: Component | str,
+        hosted: Any = None,
+        /,
+        *,
+        interface: Interface | None = None,
+        threads: int = DEFAULT_WSGI_THREADS,
+        lifespan: bool = True,
+    ) -> None:
+        """Mount a component (`mount(channels)`), or serve an ASGI 3 app (FastAPI, Starlette,
+        Django) at a path prefix beside this app's routes and channels: `mount("/api",
+        fastapi_app)` ('' for the whole site). A WSGI app (Flask, Django's WSGI handler) runs
+        in a pool of `threads`; `interface` ('asgi' or 'wsgi') says which when the guess (a
+        coroutine callable is ASGI) is wrong. `lifespan=False` skips the ASGI app's lifespan.
+        """
+        if isinstance(target, str):
+            if hosted is None:
+                raise TypeError(f"mount({target!r}, app): the app to serve there is missing")
+            component: Component = HostedApp(
+                target, hosted, interface=interface, threads=threads, lifespan=lifespan
+            )
+        elif hosted is not None:
+            raise TypeError("mount(path, app) takes the path first")
+        else:
+            component = target
+        super().mount(component)
+
+    @classmethod
+    def of(cls, scope: Any) -> App:
+        """The App an ASGI app hosted by `mount` runs in, from its request's scope (FastAPI:
+        `App.of(request.scope)`): publish with it. LookupError outside one."""
+        try:
+            app = scope["extensions"][RTSERVE_EXTENSION]["app"]
+        except (KeyError, TypeError):
+            raise LookupError("this scope does not come from an rtserve App") from None
+        if not isinstance(app, cls):
+            raise LookupError(f"the scope's app is a {type(app).__name__}, not an {cls.__name__}")
+        return app
+
+    def verify_token(self, token: str) -> TokenClaims:
+        """The claims of a connection token, checked with this app's channel secret: who the
+        caller is, for a hosted app's own routes. ChannelError 109 when expired, 101 when not
+        acceptable."""
+        from rtserve.realtime.access import verify_token  # it loads the hub: only when used
+
+        return verify_token(self.channels.settings, token)
 
     @property
     def channels(self) -> Channels:

@@ -483,6 +483,7 @@ class HTTPConnection(asyncio.Protocol):
         """Whether the connection stays open after this exchange's response."""
         return (
             exchange.head.keep_alive
+            and exchange.body_complete  # else the unread rest of it ends the connection
             and not self.must_close
             and not self.state.shutting_down
             and not (self.eof and not self.queue and not self._backlog)

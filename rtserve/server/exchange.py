@@ -63,7 +63,7 @@ class Exchange:
         self.head = head
         self.start_time = start_time
         self.body = b""
-        self.body_complete = head.content_length is None and not head.chunked
+        self.body_complete = not head.content_length and not head.chunked  # None or 0
         self.head_only = head.method == "HEAD"
         self.streaming = False
         self.started = False
@@ -131,8 +131,11 @@ class Exchange:
             self._wake_body()
 
     def _start_streaming(self) -> None:
-        """From now on the handler takes the body as it comes (what arrived is kept)."""
+        """From now on the handler takes the body as it comes (what arrived is kept, joined
+        already when all of it came while the exchange waited behind another)."""
         self.streaming = True
+        if self._pieces is None and self.body:
+            self._pieces = [self.body]
         self._streamed = sum(len(p) for p in self._pieces or ())
 
     def _complete(self) -> None:
@@ -193,9 +196,11 @@ class Exchange:
         self.response_bytes = len(sent)
         self._finish()
 
-    def start(self, status: int, headers: list[Header], content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: list[Header] | bytes, content_length: int | None = None
+    ) -> None:
         """Send the head of a streamed response; `content_length=None` streams (chunked on
-        HTTP/1.1)."""
+        HTTP/1.1). `headers` may be encoded already (`encode_headers`)."""
         if self.started:
             raise RuntimeError("response already started")
         conn = self._transport

@@ -1,0 +1,105 @@
+"""ASGI `http` and `websocket` scopes built from a request's `Exchange`.
+
+`path` is the whole decoded path and `root_path` the mount's prefix (the ASGI spec and
+Starlette's `Mount` agree: the app routes on `path` minus `root_path`). `client` and `scheme`
+are what the server's trusted-proxy settings make of the forwarding headers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rtserve.asgi.types import ASGI_VERSION, RTSERVE_EXTENSION, Scope
+
+if TYPE_CHECKING:
+    from rtserve.app.app import App
+    from rtserve.server.exchange import Exchange
+    from rtserve.server.settings import ServerSettings
+
+
+class ScopeMaker:
+    """The scopes of one mounted app: its root path, the lifespan `state` copied into each
+    scope, and the extensions it is offered (the rtserve App it is mounted on)."""
+
+    __slots__ = ("_server", "_settings", "http_extensions", "root_path", "state", "ws_extensions")
+
+    def __init__(self, root_path: str, app: App) -> None:
+        self.root_path = root_path
+        self.state: dict[str, Any] = {}
+        mine = {"app": app}
+        self.http_extensions: dict[str, Any] = {RTSERVE_EXTENSION: mine}
+        self.ws_extensions: dict[str, Any] = {
+            RTSERVE_EXTENSION: mine,
+            "websocket.http.response": {},
+        }
+        self._settings: ServerSettings | None = None
+        self._server: tuple[str, int | None] | None = None
+
+    def http(self, exchange: Exchange) -> Scope:
+        """The scope of an HTTP request."""
+        head = exchange.head
+        host, scheme = exchange.client_and_scheme
+        peer = exchange.peer
+        settings = exchange.state.settings
+        return {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": head.version,
+            "method": head.method,
+            "scheme": scheme,
+            "path": head.path,
+            "raw_path": head.raw_path,
+            "query_string": head.query_string,
+            "root_path": self.root_path,
+            "headers": [(name.lower(), value) for name, value in head.headers],
+            "client": (peer if host else None) if host == peer[0] else (host, 0),
+            "server": self._server if settings is self._settings else self._server_of(settings),
+            "state": self.state.copy(),
+            "extensions": self.http_extensions,
+        }
+
+    def websocket(self, exchange: Exchange, subprotocols: list[str]) -> Scope:
+        """The scope of a WebSocket opening handshake offering `subprotocols`."""
+        head = exchange.head
+        host, scheme = exchange.client_and_scheme
+        return {
+            "type": "websocket",
+            "asgi": ASGI_VERSION,
+            "http_version": head.version,
+            "scheme": "wss" if scheme == "https" else "ws",
+            "path": head.path,
+            "raw_path": head.raw_path,
+            "query_string": head.query_string,
+            "root_path": self.root_path,
+            "headers": [(name.lower(), value) for name, value in head.headers],
+            "client": _client(exchange, host),
+            "server": self._server_of(exchange.state.settings),
+            "subprotocols": subprotocols,
+            "state": self.state.copy(),
+            "extensions": self.ws_extensions,
+        }
+
+    def _server_of(self, settings: ServerSettings) -> tuple[str, int | None] | None:
+        """(host, port) the server listens on as configured, kept for the next requests; None
+        when it picked a free port or serves an inherited socket (the socket's own name is not
+        known up here)."""
+        self._settings = settings
+        self._server = _configured_address(settings)
+        return self._server
+
+
+def _configured_address(settings: ServerSettings) -> tuple[str, int | None] | None:
+    if settings.unix_socket:
+        return (settings.unix_socket, None)
+    if settings.fd is not None or not settings.port:
+        return None
+    host = settings.host if isinstance(settings.host, str) else settings.host[0]
+    return (host, settings.port)
+
+
+def _client(exchange: Exchange, host: str) -> tuple[str, int] | None:
+    """(address, port) of the client; port 0 when a trusted proxy named it."""
+    peer = exchange.peer
+    if host == peer[0]:
+        return peer if host else None
+    return (host, 0)
