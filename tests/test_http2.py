@@ -79,7 +79,22 @@ def make_app(static_dir: Path, gate: asyncio.Event | None = None) -> App:
         return {"version": request.http_version, "scheme": request.scheme, "host": request.host}
 
     app.static("/static", static_dir)
+    app.mount("/asgi", hosted_asgi, lifespan=False)
     return app
+
+
+async def hosted_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A raw ASGI app: answers with what its scope says and the body it read, in two pieces."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    seen = {key: scope[key] for key in ("http_version", "scheme", "root_path", "path")}
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-asgi", b"1")]})
+    await send({"type": "http.response.body", "body": json.dumps(seen).encode(), "more_body": True})
+    await send({"type": "http.response.body", "body": b"|" + body})
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +406,18 @@ def test_shutdown_ends_the_streams_then_goaway(tls: TLSSettings, static_dir: Pat
         finally:
             client.close()
             stopping.join(15)
+
+
+def test_a_hosted_asgi_app_over_http2(server: ThreadedServer[App]) -> None:
+    with httpx.Client(http2=True, verify=False, timeout=10) as http:
+        answer = http.post(f"https://127.0.0.1:{server.port}/asgi/echo", content=BIG[:200_000])
+    assert answer.http_version == "HTTP/2" and answer.status_code == 200
+    assert answer.headers["x-asgi"] == "1"
+    seen, _, body = answer.content.partition(b"|")
+    assert json.loads(seen) == {
+        "http_version": "2",
+        "scheme": "https",
+        "root_path": "/asgi",
+        "path": "/asgi/echo",
+    }
+    assert body == BIG[:200_000]
