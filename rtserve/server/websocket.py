@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtserve.protocol.websocket import (
@@ -114,6 +115,7 @@ class WebSocketConnection(UpgradedProtocol):
         "_pump",
         "_reading_paused",
         "_running",
+        "_schedule_flush",
         "_wants_room",
         "_writable_waiter",
         "bytes_in",
@@ -153,6 +155,12 @@ class WebSocketConnection(UpgradedProtocol):
             decompress=deflate.decompress if deflate is not None else None,
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # Has flush() called at the end of the tick (or after write_delay) once frames wait.
+        self._schedule_flush: Callable[[WebSocketConnection], None] = (
+            state.flush_soon
+            if options.write_delay <= 0
+            else partial(state.schedule_flush, delay=options.write_delay)
+        )
         self._closing = CloseHandshake(client=False)
         self.status = OPEN  # _STATUS of the close handshake's state
         self.close_code = int(CloseCode.ABNORMAL)
@@ -365,7 +373,7 @@ class WebSocketConnection(UpgradedProtocol):
             self._wants_room = True
             return False
         if not self._out:
-            self.state.schedule_flush(self, self.options.write_delay)
+            self._schedule_flush(self)
         self._out.append(frame)
         self._out_bytes = queued
         return True
@@ -373,7 +381,7 @@ class WebSocketConnection(UpgradedProtocol):
     def _queue(self, frame: bytes) -> None:
         """Queue a frame outside the budget (control frames)."""
         if not self._out:
-            self.state.schedule_flush(self, self.options.write_delay)
+            self._schedule_flush(self)
         self._out.append(frame)
         self._out_bytes += len(frame)
 
