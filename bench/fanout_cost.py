@@ -12,8 +12,9 @@ Two measures, both blind to other load on the cores:
 
 - ``cpu`` (default): the server's own CPU time (``time.process_time``) across the publish
   phase, per delivery; several rounds, the median;
-- ``syscalls`` (``strace -f -c``) and ``calls`` (every Python and C function call, counted
-  by a profile hook): the same subtraction, per delivery;
+- ``syscalls`` (``strace -f -c``), ``calls`` (every Python and C function call, counted by a
+  profile hook) and ``opcodes`` (the bytecodes each Python function runs, by a trace hook):
+  the same subtraction, per delivery;
 - ``callgrind``: the server runs under ``valgrind --tool=callgrind`` twice, publishing K1 and
   K2 messages; (Ir(K2) - Ir(K1)) / ((K2 - K1) * N) is the instructions per delivery, start-up
   and connections cancelled out. The two ``callgrind.out`` files are kept
@@ -231,21 +232,41 @@ def total_instructions(path: Path) -> dict[str, int]:
     return {"Ir": int(match.group(1))}
 
 
-def count_calls(out: str) -> None:
-    """Count every Python and C function call of this process until it exits, into `out`
-    (JSON: calls by function); a deterministic profile of what runs per delivery."""
-    calls: Counter[str] = Counter()
+def count_calls(out: str, opcodes: bool) -> None:
+    """Count every Python and C function call of this process until it exits (or with
+    `opcodes`, the bytecodes each Python function runs) into `out` (JSON, by function): a
+    deterministic profile of what runs per delivery."""
+    counts: Counter[str] = Counter()
+
+    def name(code: Any) -> str:
+        return f"{Path(code.co_filename).name}:{code.co_qualname}"
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event == "call":
-            code = frame.f_code
-            calls[f"{Path(code.co_filename).name}:{code.co_qualname}"] += 1
+            counts[name(frame.f_code)] += 1
         elif event == "c_call":
-            calls[f"C:{getattr(arg, '__qualname__', arg)}"] += 1
+            counts[f"C:{getattr(arg, '__qualname__', arg)}"] += 1
 
-    sys.setprofile(profile)
-    threading.setprofile(profile)
-    atexit.register(lambda: Path(out).write_text(json.dumps(calls)))
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            counts[name(frame.f_code)] += 1
+        return trace
+
+    if opcodes:
+        sys.settrace(trace)
+        threading.settrace(trace)
+    else:
+        sys.setprofile(profile)
+        threading.setprofile(profile)
+    atexit.register(lambda: Path(out).write_text(json.dumps(counts)))
+
+
+def read_json(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = json.loads(path.read_text())
+    return counts
 
 
 def system_calls(path: Path) -> dict[str, int]:
@@ -264,7 +285,8 @@ WRAPPERS = {  # --measure: (the command the server runs under, given its output 
         total_instructions,
     ),
     "syscalls": (lambda out: ["strace", "-f", "-c", "-o", str(out)], system_calls),
-    "calls": (lambda out: ["env", f"{CALLS_ENV}={out}"], lambda path: json.loads(path.read_text())),
+    "calls": (lambda out: ["env", f"{CALLS_ENV}=calls:{out}"], read_json),
+    "opcodes": (lambda out: ["env", f"{CALLS_ENV}=opcodes:{out}"], read_json),
 }
 
 
@@ -283,7 +305,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "server":
         if os.environ.get(CALLS_ENV):
-            count_calls(os.environ[CALLS_ENV])
+            what, _, out = os.environ[CALLS_ENV].partition(":")
+            count_calls(out, opcodes=what == "opcodes")
         if args.asyncio:
             asyncio.run(serve(False))
         else:
