@@ -60,6 +60,9 @@ class _State:
     def schedule_flush(self, conn: WebSocketConnection, delay: float = 0.0) -> None:
         self.due.append(conn)
 
+    def flush_soon(self, conn: WebSocketConnection) -> None:
+        self.due.append(conn)
+
 
 class _Transport:
     def write(self, data: bytes) -> None: ...

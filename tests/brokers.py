@@ -29,6 +29,9 @@ from rtserve.broker.base import Broker
 from rtserve.broker.memory import MemoryBroker
 
 BACKENDS = ("memory", "redis", "cluster")
+# Under pytest-xdist every worker would start a session cluster of its own (six
+# redis-servers): the cluster variants share one worker, and so one cluster.
+CLUSTER_GROUP = pytest.mark.xdist_group("redis-cluster")
 
 BrokerFactory = Callable[..., Broker]
 
@@ -46,7 +49,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is not None and not (marker.args or marker.kwargs.get("reason")):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: memory_only needs a reason")
     backends = ["memory"] if marker is not None else list(BACKENDS)
-    metafunc.parametrize("app_broker", backends, indirect=True)
+    metafunc.parametrize("app_broker", _params(backends), indirect=True)
+
+
+def _params(backends: list[str]) -> list[Any]:
+    """The backends as parameters, the cluster one in the cluster's xdist group."""
+    return [pytest.param(b, marks=CLUSTER_GROUP) if b == "cluster" else b for b in backends]
 
 
 def broker_factory(request: pytest.FixtureRequest, backend: str) -> BrokerFactory:
@@ -75,7 +83,7 @@ def broker_factory(request: pytest.FixtureRequest, backend: str) -> BrokerFactor
     return factory
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=_params(list(BACKENDS)))
 def make_broker(request: pytest.FixtureRequest) -> BrokerFactory:
     """A factory of (not started) brokers, once per backend: for tests of the Broker itself."""
     return broker_factory(request, request.param)

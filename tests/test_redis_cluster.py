@@ -18,6 +18,10 @@ from rtserve.broker.redis_cluster import RedisClusterBroker, from_url
 from tests.redis_support import LocalCluster, migrate_slot
 from tests.support.broker_events import Recorder
 
+# Each test starts a cluster of its own: on the worker of the session's cluster (tests/brokers.py),
+# so that no two clusters start and fail over side by side.
+pytestmark = pytest.mark.xdist_group("redis-cluster")
+
 KEEP_ALL = PublishOptions(history_size=10_000)
 FAST = {"reconnect_delay": (0.05, 0.5), "timeout": 2.0, "ping_interval": 1.0}
 FAULT_TIMEOUT = 30.0  # seconds for a failover and the catch-up after it (1 s node timeout)

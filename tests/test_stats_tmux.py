@@ -38,7 +38,9 @@ from tests.support.waiting import until
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "images" / "stats-dashboard.png"
 WIDTH, HEIGHT = 160, 60  # the pane: the whole dashboard fits
-TIMEOUT = 10.0  # seconds for any one thing to show up
+# Seconds for any one thing to show up: `rtserve stats` starting (rich, a first poll and a second
+# for the rates) on a machine busy with other tests can take 10 s and more.
+TIMEOUT = 30.0
 # Who connects (the chat's on_connect wants a name) and the room each one joins.
 USERS = (("ada", "chat:lobby"), ("bob", "chat:lobby"), ("eve", "chat:python"))
 PUBLISHED = 3  # messages ada publishes to chat:lobby: 2 subscribers get each
@@ -113,8 +115,11 @@ class Tmux:
         self.tmp = tmp
         self.conf = tmp / "tmux.conf"
         self.conf.write_text("set -g status off\nset -g remain-on-exit on\n")
-        # The sessions' commands get this environment: our rtserve, colours for rich.
-        self.env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+        # The sessions' commands get this environment: our rtserve, colours for rich, and the
+        # pane's own size (pytest-xdist's workers have COLUMNS=80 and LINES=24, which rich
+        # would take over the pane's 160 x 60).
+        outside = ("TMUX", "TMUX_PANE", "COLUMNS", "LINES")
+        self.env = {k: v for k, v in os.environ.items() if k not in outside}
         self.env.update(PYTHONPATH=str(ROOT), TERM="xterm-256color", COLORTERM="truecolor")
 
     def __call__(self, *args: str) -> str:
@@ -197,6 +202,12 @@ def stats_argv(project: Path) -> list[str]:
 def flat(screen: str) -> str:
     """The pane's text with every run of whitespace as one space (a title may wrap)."""
     return " ".join(screen.split())
+
+
+def whole_frame(ansi: str) -> str | None:
+    """A capture with its escapes, unless it caught the dashboard halfway through a redraw."""
+    text = re.sub(r"\x1b\[[0-9;:]*[A-Za-z]", "", ansi)
+    return ansi if "chat:lobby" in text and has_rates(text) and "q: quit" in text else None
 
 
 def has_rates(screen: str) -> bool:
@@ -327,7 +338,9 @@ def test_dashboard_screenshot(tmp_path: Path, tmux: Tmux, page: Any) -> None:
                 "the dashboard with every connection and rates",
             )
             time.sleep(1.2)  # one more tick: rates over a whole interval
-            ansi = tmux.capture("stats", escapes=True)
+            ansi = until(
+                lambda: whole_frame(tmux.capture("stats", escapes=True)), TIMEOUT, "a frame"
+            )
         finally:
             stop.set()
             talker.join(5)

@@ -225,6 +225,12 @@ class ServerState:
             self.loop.call_later(delay, self._flush_delayed, delay)
         batch.append(conn)
 
+    def flush_soon(self, conn: Flushable) -> None:
+        """`schedule_flush(conn)` without a delay, for a hot path: no delay to pass and test."""
+        if not self._to_flush:
+            self.loop.call_soon(self._flush_all)
+        self._to_flush.append(conn)
+
     def _flush_all(self) -> None:
         conns, self._to_flush = self._to_flush, []
         for conn in conns:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtserve.protocol.websocket import (
@@ -113,7 +114,9 @@ class WebSocketConnection(UpgradedProtocol):
         "_ping_sent",
         "_pump",
         "_reading_paused",
+        "_room_watch",
         "_running",
+        "_schedule_flush",
         "_wants_room",
         "_writable_waiter",
         "bytes_in",
@@ -153,6 +156,12 @@ class WebSocketConnection(UpgradedProtocol):
             decompress=deflate.decompress if deflate is not None else None,
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # Has flush() called at the end of the tick (or after write_delay) once frames wait.
+        self._schedule_flush: Callable[[WebSocketConnection], None] = (
+            state.flush_soon
+            if options.write_delay <= 0
+            else partial(state.schedule_flush, delay=options.write_delay)
+        )
         self._closing = CloseHandshake(client=False)
         self.status = OPEN  # _STATUS of the close handshake's state
         self.close_code = int(CloseCode.ABNORMAL)
@@ -168,6 +177,9 @@ class WebSocketConnection(UpgradedProtocol):
         self._reading_paused = False
         self._running = 0  # concurrent on_message Tasks in flight
         self._wants_room = False  # an offer was refused: call on_drain when there is room
+        # An offer was refused or a send awaits room: flush looks for room after writing (the
+        # one flag its hot path reads).
+        self._room_watch = False
         self._held = 0  # size of the messages received and not yet taken by the handler
         self._writable_waiter: asyncio.Future[None] | None = None
         self._parse_scheduled = False
@@ -262,7 +274,7 @@ class WebSocketConnection(UpgradedProtocol):
 
     def resume_writing(self) -> None:
         self._backlog = self.transport.get_write_buffer_size()
-        self._wants_room = False
+        self._wants_room = self._room_watch = False
         self._wake_writers()
         if self.status == OPEN:
             self._app.on_drain()
@@ -293,6 +305,7 @@ class WebSocketConnection(UpgradedProtocol):
         waiter = self._writable_waiter
         if waiter is None:
             waiter = self._writable_waiter = self.state.loop.create_future()
+            self._room_watch = True
         if self.status != OPEN or self.queued_bytes <= self.high_water:
             self._wake_writers()
         return waiter
@@ -362,10 +375,10 @@ class WebSocketConnection(UpgradedProtocol):
         if queued + self._backlog > self.options.max_queued_bytes and (
             self._out_bytes or self._backlog > self.high_water
         ):
-            self._wants_room = True
+            self._wants_room = self._room_watch = True
             return False
         if not self._out:
-            self.state.schedule_flush(self, self.options.write_delay)
+            self._schedule_flush(self)
         self._out.append(frame)
         self._out_bytes = queued
         return True
@@ -373,7 +386,7 @@ class WebSocketConnection(UpgradedProtocol):
     def _queue(self, frame: bytes) -> None:
         """Queue a frame outside the budget (control frames)."""
         if not self._out:
-            self.state.schedule_flush(self, self.options.write_delay)
+            self._schedule_flush(self)
         self._out.append(frame)
         self._out_bytes += len(frame)
 
@@ -396,13 +409,19 @@ class WebSocketConnection(UpgradedProtocol):
             else:
                 transport.writelines(out)
             self._backlog = transport.get_write_buffer_size()
-            if self._writable_waiter is not None and self._backlog <= self.high_water:
-                self._wake_writers()  # over it, resume_writing will
-            if self._wants_room and self.status == OPEN:
-                # Room came back without the transport ever pausing (the kernel took all of
-                # it), so no resume_writing will tell the app: tell it now.
-                self._wants_room = False
-                self._app.on_drain()
+            if self._room_watch:
+                self._room_after_write()
+
+    def _room_after_write(self) -> None:
+        """After a flush, tell what waits for room that there is some: unless the transport is
+        over its high-water mark, it never paused and no resume_writing will."""
+        if self._writable_waiter is not None and self._backlog <= self.high_water:
+            self._wake_writers()  # over it, resume_writing will
+        if self._wants_room and self.status == OPEN:
+            # The kernel took all of it: tell the app now.
+            self._wants_room = False
+            self._app.on_drain()
+        self._room_watch = self._wants_room or self._writable_waiter is not None
 
     def _over_budget(self) -> bool:
         stats = self.state.stats

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+# Seconds `wait_for` gives a line to show up: a worker process starting on a machine busy with
+# other tests (two workers, and whatever else runs) can take 10 s and more.
+START_TIMEOUT = 30.0
 
 CONFIG = """\
 server:
@@ -152,7 +155,7 @@ class Run:
         with self.changed:
             return "".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT, count: int = 1) -> list[str]:
         """The matches of the regex `pattern` once there are `count` of them in the output."""
         with self.changed:
             ok = self.changed.wait_for(

@@ -1,0 +1,349 @@
+"""Price one channel delivery on the server: a fan-out driver made for callgrind and /proc.
+
+The server (``--role server``, a child process) is an rtserve App with one channel rule
+(compression and pings off, rule defaults), served on 127.0.0.1 and an ephemeral port; the
+parent connects N subscribers over ``/rt/ws`` (raw sockets, the real protocol), tells the
+server to publish K messages in a loop (``await app.publish(...)`` then ``await
+asyncio.sleep(0)``: one message per loop iteration, each written out), and waits until every
+subscriber has every push. Nothing in the measured phase depends on timing: the same
+messages go through the same code whatever else runs on the machine.
+
+Two measures, both blind to other load on the cores:
+
+- ``cpu`` (default): the server's own CPU time (``time.process_time``) across the publish
+  phase, per delivery; several rounds, the median;
+- ``syscalls`` (``strace -f -c``), ``calls`` (every Python and C function call, counted by a
+  profile hook) and ``opcodes`` (the bytecodes each Python function runs, by a trace hook):
+  the same subtraction, per delivery;
+- ``callgrind``: the server runs under ``valgrind --tool=callgrind`` twice, publishing K1 and
+  K2 messages; (Ir(K2) - Ir(K1)) / ((K2 - K1) * N) is the instructions per delivery, start-up
+  and connections cancelled out. The two ``callgrind.out`` files are kept
+  (``--out-dir``) for ``callgrind_annotate --inclusive=yes``.
+
+The server imports whatever ``rtserve`` is first on ``PYTHONPATH``, so the same driver prices
+two trees (the API it uses is old enough for both):
+
+    PYTHONPATH=. python bench/fanout_cost.py                        # CPU, 200 subscribers
+    PYTHONPATH=. python bench/fanout_cost.py --measure callgrind    # ~1 minute
+    PYTHONPATH=/path/to/other/tree python bench/fanout_cost.py --measure callgrind
+
+Standard library only (and valgrind for ``callgrind``); traffic stays on 127.0.0.1, every
+wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import os
+import re
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# Run as `python bench/fanout_cost.py`, sys.path[0] is bench/, where http.py would shadow the
+# stdlib.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+ROOM = "bench:room"
+MARKER = b'"push"'  # once per push frame sent to a subscriber
+MASK = b"\x01\x02\x03\x04"
+CALLS_ENV = "FANOUT_COST_CALLS"  # --measure calls: the server's file for its call counts
+TIMEOUT = 600.0  # callgrind runs the server ~50 times slower
+
+
+def client_frame(payload: bytes) -> bytes:
+    """A masked text frame (payload < 126 bytes)."""
+    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + MASK + masked
+
+
+# --------------------------------------------------------------------------------------------
+# The server (child process)
+# --------------------------------------------------------------------------------------------
+
+
+async def serve(use_uvloop: bool) -> None:
+    """Serve one channel; obey ``go K`` / ``cpu`` / ``quit`` lines on stdin."""
+    from rtserve import App, ChannelSettings
+    from rtserve.server.settings import ServerSettings, WebSocketSettings
+    from rtserve.testing import serve_app
+
+    ws = WebSocketSettings(compression=False, ping_interval=0)
+    app = App(ServerSettings(access_log=False, websocket=ws), channels=ChannelSettings())
+    app.channel("bench:*")
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
+    pending = b""
+
+    def readable() -> None:
+        nonlocal pending
+        pending += os.read(stdin.fileno(), 4096) or b"quit\n"
+        *done, pending = pending.split(b"\n")
+        for line in done:
+            lines.put_nowait(line.decode())
+
+    async with serve_app(app) as server:
+        loop.add_reader(stdin.fileno(), readable)
+        print(server.port, flush=True)
+        while True:
+            command = (await lines.get()).split()
+            if command[0] == "go":
+                for seq in range(int(command[1])):
+                    await app.publish(ROOM, f"{seq:010d}:" + "x" * 29)
+                    await asyncio.sleep(0)  # one message per loop iteration, as bench/channels.py
+            elif command[0] == "cpu":
+                print(time.process_time(), flush=True)
+            else:
+                break
+        loop.remove_reader(stdin.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# The subscribers (parent process)
+# --------------------------------------------------------------------------------------------
+
+
+class Subscribers:
+    """N blocking-free raw sockets on one selector; counts push frames per socket."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.pushes = [0] * count
+        self.tails = [b""] * count
+        self.socks: list[socket.socket] = []
+        request = (
+            f"GET /rt/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        hello = client_frame(b'{"id":1,"op":"connect"}') + client_frame(
+            b'{"id":2,"op":"subscribe","channel":"' + ROOM.encode() + b'"}'
+        )
+        for index in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            sock.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096) or b"!"
+                if head.endswith(b"!"):
+                    raise SystemExit("server closed during the handshake")
+            sock.sendall(hello)
+            reply = head.partition(b"\r\n\r\n")[2]
+            while b'"id":2' not in reply:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise SystemExit("server closed before the subscribe reply")
+                reply += chunk
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, index)
+            self.socks.append(sock)
+
+    def wait_for(self, pushes: int, timeout: float = TIMEOUT) -> None:
+        """Read until every subscriber has seen `pushes` push frames in all."""
+        deadline = time.monotonic() + timeout
+        keep = len(MARKER) - 1
+        while min(self.pushes) < pushes:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out: {min(self.pushes)} of {pushes} pushes")
+            for key, _ in self.selector.select(timeout=1.0):
+                index = key.data
+                data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+                if not data:
+                    raise SystemExit(f"subscriber {index} closed")
+                seen = self.tails[index] + data
+                self.pushes[index] += seen.count(MARKER)
+                self.tails[index] = seen[-keep:]
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.selector.close()
+
+
+class ServerProcess:
+    """The child server, optionally under callgrind; talks over its stdin and stdout."""
+
+    def __init__(self, args: argparse.Namespace, wrapper: list[str]) -> None:
+        command = [*wrapper, sys.executable, __file__, "--role", "server"]
+        if args.loop == "asyncio":
+            command.append("--asyncio")
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.port = int(self.read_line())
+
+    def read_line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"server exited ({self.proc.wait(timeout=TIMEOUT)})")
+        return line
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def cpu(self) -> float:
+        self.send("cpu")
+        return float(self.read_line())
+
+    def stop(self) -> None:
+        self.send("quit")
+        self.proc.wait(timeout=TIMEOUT)
+
+
+def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) -> float:  # noqa: B006
+    """Connect, publish `messages`, wait for all; the server CPU seconds of the publish phase.
+    `wrapper` is the command the server runs under (valgrind, strace)."""
+    server = ServerProcess(args, wrapper)
+    subscribers = Subscribers(server.port, args.subscribers)
+    try:
+        if args.warmup:
+            server.send(f"go {args.warmup}")
+            subscribers.wait_for(args.warmup)
+        before = server.cpu()
+        server.send(f"go {messages}")
+        subscribers.wait_for(args.warmup + messages)
+        return server.cpu() - before
+    finally:
+        subscribers.close()
+        server.stop()
+
+
+def total_instructions(path: Path) -> dict[str, int]:
+    """The Ir total of a callgrind.out file."""
+    match = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.M)
+    if match is None:
+        raise SystemExit(f"no totals in {path}")
+    return {"Ir": int(match.group(1))}
+
+
+def count_calls(out: str, opcodes: bool) -> None:
+    """Count every Python and C function call of this process until it exits (or with
+    `opcodes`, the bytecodes each Python function runs) into `out` (JSON, by function): a
+    deterministic profile of what runs per delivery."""
+    counts: Counter[str] = Counter()
+
+    def name(code: Any) -> str:
+        return f"{Path(code.co_filename).name}:{code.co_qualname}"
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            counts[name(frame.f_code)] += 1
+        elif event == "c_call":
+            counts[f"C:{getattr(arg, '__qualname__', arg)}"] += 1
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            counts[name(frame.f_code)] += 1
+        return trace
+
+    if opcodes:
+        sys.settrace(trace)
+        threading.settrace(trace)
+    else:
+        sys.setprofile(profile)
+        threading.setprofile(profile)
+    atexit.register(lambda: Path(out).write_text(json.dumps(counts)))
+
+
+def read_json(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = json.loads(path.read_text())
+    return counts
+
+
+def system_calls(path: Path) -> dict[str, int]:
+    """Calls per system call name of an ``strace -c`` summary (every thread of the server)."""
+    calls = {}
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[-1].isidentifier() and fields[3].isdigit():
+            calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+WRAPPERS = {  # --measure: (the command the server runs under, given its output file; reader)
+    "callgrind": (
+        lambda out: ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+        total_instructions,
+    ),
+    "syscalls": (lambda out: ["strace", "-f", "-c", "-o", str(out)], system_calls),
+    "calls": (lambda out: ["env", f"{CALLS_ENV}=calls:{out}"], read_json),
+    "opcodes": (lambda out: ["env", f"{CALLS_ENV}=opcodes:{out}"], read_json),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--role", choices=["driver", "server"], default="driver")
+    parser.add_argument("--asyncio", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--measure", choices=["cpu", *WRAPPERS], default="cpu")
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=500, help="K (cpu) / K2 (callgrind)")
+    parser.add_argument("--base-messages", type=int, default=20, help="K1 (callgrind)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="cpu rounds (median)")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    args = parser.parse_args()
+    if args.role == "server":
+        if os.environ.get(CALLS_ENV):
+            what, _, out = os.environ[CALLS_ENV].partition(":")
+            count_calls(out, opcodes=what == "opcodes")
+        if args.asyncio:
+            asyncio.run(serve(False))
+        else:
+            import uvloop
+
+            uvloop.run(serve(True))
+        return
+    import rtserve
+
+    tree = Path(rtserve.__file__).resolve().parent.parent
+    print(f"rtserve from {tree}; {args.subscribers} subscribers, loop {args.loop}")
+    if args.measure == "cpu":
+        figures = []
+        for _ in range(args.rounds):
+            seconds = one_run(args, args.messages, None)
+            figures.append(seconds / (args.messages * args.subscribers) * 1e6)
+        shown = " ".join(f"{f:.2f}" for f in figures)
+        print(f"server CPU per delivery: median {statistics.median(figures):.2f} µs ({shown})")
+        return
+    out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="fanout-cost-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper, read = WRAPPERS[args.measure]
+    counts = []
+    for messages in (args.base_messages, args.messages):
+        out = out_dir / f"{args.measure}.out.{messages}"
+        one_run(args, messages, wrapper(out))
+        counts.append(read(out))
+    deliveries = (args.messages - args.base_messages) * args.subscribers
+    print(
+        f"{args.measure}: per delivery, the runs of {args.base_messages} and {args.messages}"
+        f" messages subtracted ({out_dir}):"
+    )
+    for name in sorted(counts[1], key=lambda name: -counts[1][name]):
+        per = (counts[1][name] - counts[0].get(name, 0)) / deliveries
+        if abs(per) >= 0.001:
+            print(f"  {name:24} {per:12,.3f}")
+
+
+if __name__ == "__main__":
+    main()
