@@ -30,11 +30,16 @@ FUZZ = settings(
 )
 
 
+async def hosted_asgi(scope: Any, receive: Any, send: Any) -> None:
+    """What an `asgi:` reference must name: an async (scope, receive, send)."""
+
+
 @pytest.fixture(autouse=True)
 def no_real_imports(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fuzzed `module:name` must never import a real module: only a stub `app` exists."""
     stub = types.ModuleType("app")
     stub.__getattr__ = lambda attr: lambda *a, **k: None  # type: ignore[method-assign]
+    stub.api = hosted_asgi  # type: ignore[attr-defined]  # the example's `asgi: app:api`
 
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
         if name == "app":
