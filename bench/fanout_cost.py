@@ -321,7 +321,7 @@ def main() -> None:
     if args.measure == "cpu":
         figures = []
         for _ in range(args.rounds):
-            seconds = one_run(args, args.messages, None)
+            seconds = one_run(args, args.messages)
             figures.append(seconds / (args.messages * args.subscribers) * 1e6)
         shown = " ".join(f"{f:.2f}" for f in figures)
         print(f"server CPU per delivery: median {statistics.median(figures):.2f} µs ({shown})")
