@@ -65,10 +65,10 @@ import click
 
 from rtserve.cli.listening import admin_config, bind, listen_key, listen_settings
 from rtserve.cli.options import apply_options
-from rtserve.cli.reload_banner import listen_urls, show_banner, url_lines
+from rtserve.cli.reload_banner import show_banner, url_lines
 from rtserve.cli.reload_errors import plain_error
 from rtserve.cli.watch import ProjectFilter, changed_suffix, relative
-from rtserve.server.listener import listen_failure
+from rtserve.server.listener import listen_failure, listen_urls
 from rtserve.server.settings import ServerSettings
 
 log = logging.getLogger("rtserve.server")

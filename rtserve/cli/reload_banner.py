@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -11,21 +10,6 @@ import click
 from rtserve import __version__
 
 WAITING = "(the project does not start: every request gets a 503 with the error)"
-
-
-def listen_urls(sockets: Sequence[socket.socket], tls: bool) -> list[str]:
-    """The URL of each listening socket (`unix:PATH` for a unix socket)."""
-    scheme = "https" if tls else "http"
-    urls = []
-    for sock in sockets:
-        name = sock.getsockname()
-        if sock.family == socket.AF_UNIX:
-            urls.append(f"unix:{name}")
-        elif sock.family == socket.AF_INET6:
-            urls.append(f"{scheme}://[{name[0]}]:{name[1]}")
-        else:
-            urls.append(f"{scheme}://{name[0]}:{name[1]}")
-    return urls
 
 
 def url_lines(urls: Sequence[str], state: str) -> list[str]:

@@ -33,6 +33,21 @@ def make_ssl_context(cert: str, key: str | None, *, http2: bool = False) -> ssl.
     return context
 
 
+def listen_urls(sockets: Sequence[socket.socket], tls: bool) -> list[str]:
+    """The URL of each listening socket (`unix:PATH` for a unix socket)."""
+    scheme = "https" if tls else "http"
+    urls = []
+    for sock in sockets:
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            urls.append(f"unix:{name}")
+        elif sock.family == socket.AF_INET6:
+            urls.append(f"{scheme}://[{name[0]}]:{name[1]}")
+        else:
+            urls.append(f"{scheme}://{name[0]}:{name[1]}")
+    return urls
+
+
 class CannotListen(RtserveError):
     """The server's address cannot be bound (in use, not permitted, no such address)."""
 
@@ -89,17 +104,7 @@ class Server:
     @property
     def addresses(self) -> list[str]:
         """Where the server listens, as URLs or unix socket paths."""
-        out = []
-        scheme = "https" if self.settings.tls.enabled else "http"
-        for sock in self.sockets:
-            name = sock.getsockname()
-            if sock.family == socket.AF_UNIX:
-                out.append(f"unix:{name}")
-            elif sock.family == socket.AF_INET6:
-                out.append(f"{scheme}://[{name[0]}]:{name[1]}")
-            else:
-                out.append(f"{scheme}://{name[0]}:{name[1]}")
-        return out
+        return listen_urls(self.sockets, self.settings.tls.enabled)
 
     @property
     def port(self) -> int:
