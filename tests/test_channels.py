@@ -619,6 +619,7 @@ def test_publish_api() -> None:
         assert status == 200
         assert batch["results"][0]["offset"] == 3
         assert batch["results"][1]["error"]["code"] == ErrorCode.UNKNOWN_CHANNEL
+        assert batch["results"][1]["error"]["temporary"] is False
         assert [p["data"] for p in await peer.pubs(3)] == ["a", "b", "c"]
         await peer.call("ping")
         assert not peer.pushes

@@ -414,6 +414,7 @@ def test_client_publish_over_post() -> None:
         assert status == 200
         status, body, _ = post(port, {"channel": "chat:room", "data": 3}, token)
         assert status == 429 and body["error"]["code"] == ErrorCode.RATE_LIMITED
+        assert body["error"]["temporary"] is True  # the same request may pass later
         # another user (and anonymous clients, by address) have their own budget
         status, _, _ = post(port, {"channel": "chat:room", "data": 4}, mint(SECRET, "bob"))
         assert status == 200
@@ -421,13 +422,18 @@ def test_client_publish_over_post() -> None:
         assert status == 200
         status, body, _ = post(port, {"channel": "news", "data": 1}, token)
         assert status == 403 and body["error"]["code"] == ErrorCode.PERMISSION_DENIED
+        assert body["error"]["temporary"] is False
         status, body, _ = post(port, {"channel": "secret:x", "data": 1}, token)
         assert status == 403
         allowed = mint(SECRET, "ann", channels=["secret:x"])
         status, body, _ = post(port, {"channel": "secret:x", "data": 1}, allowed)
         assert status == 200
         status, body, _ = post(port, {"channel": "guarded", "data": "darn"}, token)
-        assert status == 400 and body["error"] == {"code": 1001, "message": "mind your language"}
+        assert status == 400 and body["error"] == {
+            "code": 1001,
+            "message": "mind your language",
+            "temporary": False,
+        }
         status, body, _ = post(port, {"channel": "guarded", "data": "x" * 70000}, token)
         assert status == 413
         status, body, _ = post(port, {"channel": "guarded", "data": 1}, "bad")

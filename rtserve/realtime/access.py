@@ -21,7 +21,13 @@ from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.realtime.context import ChannelContext, ConnectContext, ConnectResult
 from rtserve.realtime.filters import TagFilter, parse_filter
 from rtserve.realtime.hub import UserConnection, call_hook
-from rtserve.realtime.protocol import CHANNEL_NAME, ChannelError, ErrorCode, check_publishable
+from rtserve.realtime.protocol import (
+    CHANNEL_NAME,
+    ChannelError,
+    ErrorCode,
+    check_publishable,
+    error_json,
+)
 from rtserve.realtime.rules import ChannelRule
 from rtserve.tokens import TokenClaims, TokenError, TokenExpired, verify
 
@@ -215,10 +221,11 @@ def http_buckets(hub: Hub) -> OrderedDict[Any, Bucket]:
 
 
 def http_error(exc: ChannelError, headers: list[tuple[str, str]] | None = None) -> JSONResponse:
-    """`{"error": {"code", "message", "channel"?}}` with the status that fits the code;
-    `channel` when the refusal is of one channel of the request."""
+    """`{"error": {"code", "message", "temporary", "channel"?}}` with the status that fits the
+    code; `channel` when the refusal is of one channel of the request, `temporary` as in a
+    protocol 2 session (the same request may pass later)."""
     status = HTTP_STATUS.get(exc.code, 400)
-    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    error = error_json(exc.code, exc.message, exc.temporary)
     if exc.channel is not None:
         error["channel"] = exc.channel
     return JSONResponse({"error": error}, status=status, headers=headers)

@@ -3,7 +3,7 @@
 Authorised by `Authorization: Bearer <api key>`. The body is `{"channel", "data",
 "idempotency_key"?, "tags"?}` (an `Idempotency-Key` header works too); the batch form takes
 `{"publications": [...]}` and answers each in order. Errors are `{"error": {"code",
-"message"}}` with the channel protocol's codes and a fitting HTTP status.
+"message", "temporary"}}` with the channel protocol's codes and a fitting HTTP status.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rtserve.realtime.protocol import (
     ChannelError,
     ErrorCode,
     check_idempotency_key,
+    error_json,
     is_strict_json,
 )
 
@@ -101,5 +102,5 @@ async def publish_batch_endpoint(request: Request) -> JSONResponse:
         try:
             results.append(await _publish_one(hub, item, None))
         except ChannelError as exc:
-            results.append({"error": {"code": exc.code, "message": exc.message}})
+            results.append({"error": error_json(exc.code, exc.message, exc.temporary)})
     return JSONResponse({"results": results})
