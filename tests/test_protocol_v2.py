@@ -583,8 +583,8 @@ def test_rtserve_client_takes_ping_pushes_in_its_stride(caplog: pytest.LogCaptur
 # --- rpc ----------------------------------------------------------------------------------------
 
 
-def rpc_app() -> App:
-    app = v2_app()
+def rpc_app(**settings: Any) -> App:
+    app = v2_app(**settings)
 
     @app.rpc("add")
     def add(context: RpcContext) -> Any:
@@ -665,6 +665,19 @@ def test_rpc_calls_the_apps_handler_over_the_connection(caplog: pytest.LogCaptur
         run(rpc_app(), scenario)
     logged = [r.getMessage() for r in caplog.records if r.name == "rtserve.channels"]
     assert logged == ["error handling rpc", "error handling rpc"]
+
+
+def test_rpc_calls_are_rate_limited_per_connection() -> None:
+    async def scenario(server: Any, url: str) -> None:
+        peer, other = [await Peer.open(url, protocol=2) for _ in range(2)]
+        for _ in range(3):  # the burst
+            await peer.call("rpc", method="add", data={"numbers": [1]})
+        reply = await raw_call(peer, "rpc", method="add", data={"numbers": [1]})
+        assert reply["error"] == {"code": 111, "message": "rate limited", "temporary": True}
+        await peer.call("ping")  # the connection stays
+        await other.call("rpc", method="add", data={"numbers": [1]})  # a budget of its own
+
+    run(rpc_app(rpc_rate=0.001, rpc_burst=3), scenario)
 
 
 def test_rtserve_client_rpc() -> None:

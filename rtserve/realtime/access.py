@@ -185,6 +185,13 @@ def take_rate(hub: Hub, buckets: dict[Any, Bucket], key: Any, rule: ChannelRule)
     _take(hub, buckets, key, rule.publish_rate, rule.publish_burst)
 
 
+def take_rpc_rate(hub: Hub, buckets: dict[Any, Bucket]) -> None:
+    """One `rpc` call of the connection whose buckets these are (ChannelError 111 over the
+    settings' `rpc_rate`)."""
+    settings = hub.settings
+    _take(hub, buckets, "rpc", settings.rpc_rate, settings.rpc_burst)
+
+
 def take_address_rate(hub: Hub, address: str) -> None:
     """One client publication from `address`, whatever its connection and channel
     (ChannelError 111 over `publish_rate_per_ip`)."""

@@ -19,6 +19,7 @@ class ChannelSettings:
     max_subscriptions: channels one /rt/ws connection may be subscribed to (0: no limit).
     publish_rate_per_ip / publish_burst_per_ip: a token bucket per client address over all its
     publications (WebSocket and HTTP), on top of each rule's per-connection `publish_rate`.
+    rpc_rate / rpc_burst: a token bucket per connection over its `rpc` calls (111 beyond).
     connect_timeout: seconds a new connection has to send `connect` (close 4006 after).
     presence_digest_interval: seconds between the batched presence pushes of big channels.
     sse_heartbeat: seconds between the heartbeat comments of an SSE stream.
@@ -49,6 +50,8 @@ class ChannelSettings:
     publish_burst_per_ip: int = opt(
         0, "publications one IP address may send at once (0: the rate, rounded up)"
     )
+    rpc_rate: float = opt(0.0, "rpc calls per second one connection may make (0: any)")
+    rpc_burst: int = opt(10, "rpc calls a connection may make at once before the rate applies")
     connect_timeout: float = opt(
         10.0, "seconds a new connection has to send connect (then 4006)", duration=True
     )

@@ -26,6 +26,7 @@ from rtserve.realtime.access import (
     remove_user_connection,
     take_address_rate,
     take_rate,
+    take_rpc_rate,
     verify_token,
 )
 from rtserve.realtime.component import hub_of
@@ -554,6 +555,7 @@ class ChannelSocket(WebSocketHandler):
         handler = self.hub.rpc_handlers.get(method)
         if handler is None:
             raise ChannelError(ErrorCode.UNKNOWN_METHOD, f"no rpc method {method!r}")
+        take_rpc_rate(self.hub, self._buckets)
         context = RpcContext(method, command.data, self.client, self.claims, self.request)
         data = await call_hook(handler, context)
         try:
