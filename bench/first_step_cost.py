@@ -81,7 +81,8 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout to import")
     parser.add_argument("--run", metavar="KIND", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(args.repo.resolve()))
+    bench_dir = str(REPO_ROOT / "bench")  # its http.py must not shadow `http`
+    sys.path[:] = [str(args.repo.resolve())] + [p for p in sys.path if p != bench_dir]
     if args.run:
         run_calls(args.run, args.calls)
         return 0
