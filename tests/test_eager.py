@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
 import pytest
 
 from rtserve import App, Request
+from rtserve.app.eager import StandInTask, Suspended, first_step
 from rtserve.testing import ThreadedServer
 
 user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
@@ -141,3 +142,119 @@ def test_an_anyio_based_client_works_in_a_handler(server: ThreadedServer) -> Non
     with server.client() as c:
         r = c.get(f"/httpx?url={server.url}/timeout-sync")
         assert (r.status, r.text) == (200, "upstream said no await inside")
+
+
+def _in_a_callback(step: Callable[[asyncio.AbstractEventLoop], object]) -> object:
+    """Run `step(loop)` from a loop callback (no current task, as data_received is)."""
+    loop = asyncio.new_event_loop()
+    try:
+        answer: asyncio.Future[object] = loop.create_future()
+
+        def call() -> None:
+            try:
+                answer.set_result(step(loop))
+            except BaseException as exc:  # handed to the test as raised
+                answer.set_exception(exc)
+
+        loop.call_soon(call)
+        return loop.run_until_complete(answer)
+    finally:
+        loop.close()
+
+
+def test_first_step_returns_the_value_with_a_stand_in_current() -> None:
+    seen: list[object] = []
+
+    async def handler() -> str:
+        seen.append(asyncio.current_task())
+        return "done"
+
+    def step(loop: asyncio.AbstractEventLoop) -> object:
+        value = first_step(handler(), loop)
+        seen.append(asyncio.current_task(loop))
+        return value
+
+    assert _in_a_callback(step) == "done"
+    assert isinstance(seen[0], StandInTask)
+    assert seen[1] is None  # left again after the step
+
+
+def test_first_step_raises_what_the_handler_raises() -> None:
+    async def handler() -> str:
+        raise LookupError("no such thing")
+
+    def step(loop: asyncio.AbstractEventLoop) -> object:
+        try:
+            return first_step(handler(), loop)
+        finally:
+            assert asyncio.current_task(loop) is None
+
+    with pytest.raises(LookupError, match="no such thing"):
+        _in_a_callback(step)
+
+
+def test_a_ready_future_does_not_suspend() -> None:
+    async def handler(ready: asyncio.Future[int]) -> int:
+        return await ready + 1
+
+    def step(loop: asyncio.AbstractEventLoop) -> object:
+        ready: asyncio.Future[int] = loop.create_future()
+        ready.set_result(41)
+        return first_step(handler(ready), loop)
+
+    assert _in_a_callback(step) == 42
+
+
+def test_a_suspended_handler_finishes_in_a_task_as_one_task() -> None:
+    tasks: list[object] = []
+
+    async def handler() -> str:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        tasks.append(asyncio.current_task())
+        return "later"
+
+    def step(loop: asyncio.AbstractEventLoop) -> object:
+        suspended = first_step(handler(), loop)
+        assert type(suspended) is Suspended
+        return loop.create_task(suspended.finish())
+
+    async def finished(task: object) -> object:
+        assert isinstance(task, asyncio.Task)
+        return await task
+
+    loop = asyncio.new_event_loop()
+    try:
+        created: asyncio.Future[object] = loop.create_future()
+        loop.call_soon(lambda: created.set_result(step(loop)))
+        task = loop.run_until_complete(created)
+        assert loop.run_until_complete(finished(task)) == "later"
+    finally:
+        loop.close()
+    assert tasks[0] is tasks[1]
+    assert isinstance(tasks[0], StandInTask)
+
+
+def test_a_cancel_before_the_task_exists_is_replayed() -> None:
+    async def handler() -> str:
+        stand_in = asyncio.current_task()
+        assert stand_in is not None
+        stand_in.cancel()
+        await asyncio.sleep(1)
+        return "not cancelled"
+
+    def step(loop: asyncio.AbstractEventLoop) -> object:
+        suspended = first_step(handler(), loop)
+        assert type(suspended) is Suspended
+        return loop.create_task(suspended.finish())
+
+    loop = asyncio.new_event_loop()
+    try:
+        created: asyncio.Future[object] = loop.create_future()
+        loop.call_soon(lambda: created.set_result(step(loop)))
+        task = loop.run_until_complete(created)
+        assert isinstance(task, asyncio.Task)
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        loop.close()

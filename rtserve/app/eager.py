@@ -22,12 +22,11 @@ from typing import Any
 class StandInTask:
     """The current task of a first step; forwards to the real Task once there is one."""
 
-    __slots__ = ("__weakref__", "_cancels", "_loop", "task")  # anyio keeps weak references
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._cancels = 0
-        self.task: asyncio.Task[Any] | None = None
+    # Class defaults and no __init__ (nor __slots__): one is made per async request, and a
+    # Python __init__ was half of its cost. Instances take weak references (anyio keeps some).
+    task: asyncio.Task[Any] | None = None
+    result: Any = None  # the handler's return value, once it has returned
+    _cancels = 0
 
     def attach(self, task: asyncio.Task[Any]) -> None:
         self.task = task
@@ -35,7 +34,7 @@ class StandInTask:
             task.cancel()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+        return asyncio.get_running_loop()  # a stand-in is only ever current in a running loop
 
     def cancel(self, msg: Any = None) -> bool:
         if self.task is not None:
@@ -64,12 +63,12 @@ class StandInTask:
 
 
 class Suspended:
-    """A coroutine stopped at its first suspension point; `finish()` it inside a Task."""
+    """A handler stopped at its first suspension point; `finish()` it inside a Task."""
 
-    __slots__ = ("coro", "stand_in", "yielded")
+    __slots__ = ("driver", "stand_in", "yielded")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any, stand_in: StandInTask):
-        self.coro = coro
+    def __init__(self, driver: Generator[Any, Any, None], yielded: Any, stand_in: StandInTask):
+        self.driver = driver
         self.yielded = yielded
         self.stand_in = stand_in
 
@@ -77,27 +76,39 @@ class Suspended:
         task = asyncio.current_task()
         assert task is not None
         self.stand_in.attach(task)
-        return await _resume(self.coro, self.yielded, task, self.stand_in)
+        await _resume(self.driver, self.yielded, task, self.stand_in)
+        return self.stand_in.result
+
+
+_RETURNED = object()
+
+
+@types.coroutine
+def _driven(coro: Coroutine[Any, Any, Any], stand_in: StandInTask) -> Generator[Any, Any, None]:
+    """Run `coro`, keeping its value on `stand_in`. Returning None, a generator finishes with
+    no StopIteration made and caught (`next(g, default)`), where `coro.send` raises one."""
+    stand_in.result = yield from coro
 
 
 def first_step(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
     """Run `coro` until it returns (its value) or suspends (a `Suspended`). Raises as it does."""
-    stand_in = StandInTask(loop)
+    stand_in = StandInTask()
+    driver = _driven(coro, stand_in)
     _enter_task(loop, stand_in)  # type: ignore[arg-type]  # any object will do
     try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
+        yielded = next(driver, _RETURNED)
     finally:
         _leave_task(loop, stand_in)  # type: ignore[arg-type]
-    return Suspended(coro, yielded, stand_in)
+    if yielded is _RETURNED:
+        return stand_in.result
+    return Suspended(driver, yielded, stand_in)
 
 
 @types.coroutine
 def _resume(
-    coro: Coroutine[Any, Any, Any], yielded: Any, task: asyncio.Task[Any], stand_in: StandInTask
-) -> Generator[Any, Any, Any]:
-    """Drive `coro` on from the suspension point that yielded `yielded`, inside `task`, with
+    driver: Generator[Any, Any, None], yielded: Any, task: asyncio.Task[Any], stand_in: StandInTask
+) -> Generator[Any, Any, None]:
+    """Drive `driver` on from the suspension point that yielded `yielded`, inside `task`, with
     `stand_in` as the current task of each step."""
     loop = stand_in.get_loop()
     step: Callable[[Any], Any]
@@ -105,15 +116,15 @@ def _resume(
         try:
             sent = yield yielded
         except BaseException as exc:
-            step, value = coro.throw, exc
+            step, value = driver.throw, exc
         else:
-            step, value = coro.send, sent
+            step, value = driver.send, sent
         _leave_task(loop, task)
         _enter_task(loop, stand_in)  # type: ignore[arg-type]
         try:
             yielded = step(value)
-        except StopIteration as stop:
-            return stop.value
+        except StopIteration:
+            return
         finally:
             _leave_task(loop, stand_in)  # type: ignore[arg-type]
             _enter_task(loop, task)
