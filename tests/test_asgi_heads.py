@@ -36,6 +36,12 @@ def test_fields_as_lists_are_encoded_each_time() -> None:
     assert heads.encode(fields) == (b"x-a: 2\r\n", None)
 
 
+def test_a_one_pass_iterator_of_lists_is_encoded_whole() -> None:
+    heads = ResponseHeads()
+    fields = iter([[b"x-a", b"1"], [b"x-b", b"2"]])
+    assert heads.encode(fields) == (b"x-a: 1\r\nx-b: 2\r\n", None)
+
+
 def test_the_cache_is_bounded() -> None:
     heads = ResponseHeads(size=4)
     for n in range(10):

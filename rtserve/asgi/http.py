@@ -145,11 +145,11 @@ class ResponseHeads:
 
     def encode(self, headers: Iterable[Any]) -> tuple[bytes, int | None]:
         """`_encoded_head` of `headers`, from the cache when the same fields came before."""
+        key = tuple(headers)  # taken once: `headers` may be a one-pass iterator
         try:
-            key = tuple(headers)
             found = self._encoded.get(key)
         except TypeError:  # a field as a list (mutable, unhashable): encoded every time
-            return _encoded_head(headers)
+            return _encoded_head(key)
         if found is not None:
             return found
         found = _encoded_head(key)
