@@ -332,6 +332,35 @@ def test_duplicate_response_headers_stay_separate() -> None:
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
 
 
+def test_a_header_list_changed_between_responses_is_sent_as_it_now_is() -> None:
+    fields = [(b"x-version", b"1"), (b"content-length", b"2")]
+    app = Recorder(
+        {"type": "http.response.start", "status": 200, "headers": fields},
+        {"type": "http.response.body", "body": b"ok"},
+    )
+    with hosted(app) as server, httpx.Client(base_url=server.url) as client:
+        first = client.get("/mnt/")
+        fields[0] = (b"x-version", b"2")  # the same list object, changed in place
+        second = client.get("/mnt/")
+    assert first.headers["x-version"] == "1"
+    assert second.headers["x-version"] == "2"
+    assert second.text == "ok"
+
+
+def test_an_app_that_suspends_between_start_and_body_answers_whole() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0)  # the first step ends here: the rest runs in a Task
+        await send({"type": "http.response.body", "body": b"late"})
+
+    with hosted(app) as server, httpx.Client(base_url=server.url) as client:
+        responses = [client.get("/mnt/") for _ in range(2)]
+    assert [r.text for r in responses] == ["late", "late"]
+    assert [r.headers["content-length"] for r in responses] == ["4", "4"]
+
+
 @pytest.mark.parametrize(
     "sends",
     [

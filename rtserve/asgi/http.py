@@ -26,10 +26,20 @@ class ASGIProtocolError(RtserveError, RuntimeError):
 class HTTPCycle:
     """receive/send of one HTTP request, for the hosted app."""
 
-    __slots__ = ("_body", "_done", "_exchange", "_headers", "_length", "_remaining", "_status")
+    __slots__ = (
+        "_body",
+        "_done",
+        "_exchange",
+        "_headers",
+        "_heads",
+        "_length",
+        "_remaining",
+        "_status",
+    )
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, heads: ResponseHeads | None = None) -> None:
         self._exchange = exchange
+        self._heads = heads if heads is not None else ResponseHeads()
         self._body: AsyncIterator[bytes] | None = None  # made on the first receive() of a body
         self._remaining = exchange.head.content_length  # of a sized body, not handed over yet
         self._done = False  # the whole body was handed over
@@ -101,7 +111,7 @@ class HTTPCycle:
             if exchange.closed:
                 raise ClientDisconnected("client disconnected")
             self._status = int(message["status"])
-            self._headers, self._length = _encoded_head(message.get("headers", ()))
+            self._headers, self._length = self._heads.encode(message.get("headers", ()))
         else:
             raise ASGIProtocolError(f"unexpected ASGI message {kind!r} in an http cycle")
 
@@ -116,6 +126,39 @@ class HTTPCycle:
             exchange.end()
             return
         raise ASGIProtocolError("the ASGI app returned without sending a response")
+
+
+class ResponseHeads:
+    """The app's response header lists encoded for the head, the last `size` distinct lists
+    of tuples kept: an app that answers with the same headers again (a constant list, or the
+    same fields built anew) is not encoded again."""
+
+    __slots__ = ("_encoded", "size")
+
+    def __init__(self, size: int = 64) -> None:
+        self._encoded: dict[tuple[Any, ...], tuple[bytes, int | None]] = {}
+        self.size = size
+
+    def __len__(self) -> int:
+        """How many encoded field lists are kept."""
+        return len(self._encoded)
+
+    def encode(self, headers: Iterable[Any]) -> tuple[bytes, int | None]:
+        """`_encoded_head` of `headers`, from the cache when the same fields came before."""
+        key = tuple(headers)  # taken once: `headers` may be a one-pass iterator
+        try:
+            found = self._encoded.get(key)
+        except TypeError:  # a field as a list (mutable, unhashable): encoded every time
+            return _encoded_head(key)
+        if found is not None:
+            return found
+        found = _encoded_head(key)
+        encoded = self._encoded
+        if len(encoded) >= self.size:
+            encoded.clear()  # bounded: an app with ever-new headers keeps no more than `size`
+        if all(type(field) is tuple for field in key):
+            encoded[key] = found
+        return found
 
 
 def _encoded_head(headers: Iterable[Any]) -> tuple[bytes, int | None]:
@@ -140,9 +183,11 @@ def _encoded_head(headers: Iterable[Any]) -> tuple[bytes, int | None]:
     return head, length
 
 
-async def serve_http(app: ASGIApp, scope: Scope, exchange: Exchange) -> None:
-    """Run `app` on one HTTP request."""
-    cycle = HTTPCycle(exchange)
+async def serve_http(
+    app: ASGIApp, scope: Scope, exchange: Exchange, heads: ResponseHeads | None = None
+) -> None:
+    """Run `app` on one HTTP request; `heads` keeps the app's encoded response heads."""
+    cycle = HTTPCycle(exchange, heads)
     try:
         await app(scope, cycle.receive, cycle.send)
     except ClientDisconnected:

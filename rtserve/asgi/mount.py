@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from rtserve.app.websocket import WebSocketRoute, checked_handshake
-from rtserve.asgi.http import serve_http
+from rtserve.asgi.http import ResponseHeads, serve_http
 from rtserve.asgi.lifespan import Lifespan
 from rtserve.asgi.scope import ScopeMaker
 from rtserve.asgi.types import ASGIApp
@@ -78,6 +78,7 @@ class HostedApp:
         self._lifespan = lifespan and self.interface == "asgi"
         self._scopes: ScopeMaker | None = None
         self._route = WebSocketRoute()
+        self._heads = ResponseHeads()
 
     def install(self, app: App) -> None:
         scopes = self._scopes = ScopeMaker(self.prefix, app)
@@ -109,7 +110,7 @@ class HostedApp:
             handshake = checked_handshake(request, self._route.settings(request.settings.websocket))
             scope = scopes.websocket(exchange, handshake.subprotocols)
             return serve_websocket(self._app, scope, exchange, handshake, self._route)
-        return serve_http(self._app, scopes.http(exchange), exchange)
+        return serve_http(self._app, scopes.http(exchange), exchange, self._heads)
 
 
 def _asks_websocket(headers: list[tuple[bytes, bytes]]) -> bool:

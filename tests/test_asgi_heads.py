@@ -1,0 +1,56 @@
+"""ResponseHeads: the hosted app's response headers encoded once per distinct field list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rtserve.asgi.http import ResponseHeads
+
+PLAIN = [(b"content-type", b"text/plain"), (b"content-length", b"5")]
+
+
+def test_the_same_fields_are_encoded_once_and_answer_the_same() -> None:
+    heads = ResponseHeads()
+    first = heads.encode(PLAIN)
+    again = heads.encode(list(PLAIN))  # built anew, equal
+    assert first == (b"content-type: text/plain\r\n", 5)
+    assert again is first
+
+
+def test_a_list_changed_in_place_is_encoded_anew() -> None:
+    heads = ResponseHeads()
+    fields = list(PLAIN)
+    heads.encode(fields)
+    fields[0] = (b"content-type", b"text/html")
+    assert heads.encode(fields) == (b"content-type: text/html\r\n", 5)
+
+
+def test_fields_as_lists_are_encoded_each_time() -> None:
+    heads = ResponseHeads()
+    field = [b"x-a", b"1"]
+    fields: list[Any] = [field]
+    assert heads.encode(fields) == (b"x-a: 1\r\n", None)
+    field[1] = b"2"
+    assert heads.encode(fields) == (b"x-a: 2\r\n", None)
+
+
+def test_a_one_pass_iterator_of_lists_is_encoded_whole() -> None:
+    heads = ResponseHeads()
+    fields = iter([[b"x-a", b"1"], [b"x-b", b"2"]])
+    assert heads.encode(fields) == (b"x-a: 1\r\nx-b: 2\r\n", None)
+
+
+def test_the_cache_is_bounded() -> None:
+    heads = ResponseHeads(size=4)
+    for n in range(10):
+        assert heads.encode([(b"content-length", str(n).encode())]) == (b"", n)
+    assert len(heads) <= 4
+
+
+def test_a_bad_field_is_refused_every_time() -> None:
+    heads = ResponseHeads()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="CR, LF or NUL"):
+            heads.encode([(b"x-a", b"1\r\nx-b: 2")])
