@@ -54,6 +54,8 @@ def test_a_cluster_url_with_a_bad_node_is_refused() -> None:
         ("memory://", "must be 'memory' or a Redis URL"),
         ("redis://", "names no host"),
         ("redis://127.0.0.1:99999", "port is not a number from 0 to 65535"),
+        ("redis+cluster://127.0.0.1:7000?wait=x", "wait is a number of replicas"),
+        ("redis+cluster://cache,127.0.0.1:7001", "node is host:port, not 'cache'"),
     ],
 )
 def test_a_url_that_names_no_broker_is_refused(url: str, message: str) -> None:
@@ -88,3 +90,12 @@ def test_an_app_on_the_memory_broker_does_not_import_redis() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_rtserve_check_names_a_bad_broker_option_where_it_is_written(tmp_path: Path) -> None:
+    (tmp_path / "rtserve.yaml").write_text(
+        "server:\n  port: 0\nbroker: redis+cluster://127.0.0.1:7000?wait=all\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path)
+    assert ":3:9: broker: wait is a number of replicas (0 or more), not 'all'" in str(caught.value)

@@ -53,8 +53,9 @@ def _kind_name(text: str) -> str:
 
 
 def check_broker_url(text: str) -> None:
-    """ValueError when `text` names no broker this version has, or one whose extra is not
-    installed (the message says which `pip install` brings it)."""
+    """ValueError when `text` names no broker this version has, one whose extra is not
+    installed (the message says which `pip install` brings it), or one its kind refuses (a
+    bad node or option: the broker is made, not started)."""
     kind = BROKER_KINDS.get(_kind_name(text))
     if kind is None:
         raise ValueError(f"must be 'memory' or a Redis URL (redis://host:port/db), not {text!r}")
@@ -74,6 +75,7 @@ def check_broker_url(text: str) -> None:
             f"the {parts.scheme}:// broker needs the {missing[0]} package, which is not "
             f"installed: pip install 'rtserve[{kind.extra}]'"
         )
+    import_object(kind.build)(text)  # the kind's own checks (nodes, options); no I/O
 
 
 def checked_broker_url(text: str) -> str:
