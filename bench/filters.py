@@ -52,9 +52,11 @@ if str(REPO_ROOT) not in sys.path:  # run as `python bench/filters.py`
 from bench.procs import (  # noqa: E402  (after the sys.path fix)
     LOAD_CORE,
     SERVER_CORE,
+    alternated,
     cpu_ms,
     free_port,
     http_request,
+    prepare_load_process,
     rss_kib,
     start_pinned,
     stop_server,
@@ -85,7 +87,7 @@ class Subscriber(asyncio.Protocol):
         self.request = request
         self.transport: asyncio.Transport | None = None
         self.seqs: list[int] = carry.seqs if carry is not None else []
-        self.last_offset = carry.last_offset if carry is not None else 0
+        self.last_offset: int = carry.last_offset if carry is not None else 0
         self.epoch: str | None = carry.epoch if carry is not None else None
         self.expected = 0
         self.buf = b""
@@ -348,17 +350,12 @@ def main() -> None:
     if args.count % args.groups:
         parser.error("--count must be a multiple of --groups")
     modes = args.modes.split(",")
-    os.sched_setaffinity(0, {LOAD_CORE})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(
-        resource.RLIMIT_NOFILE, (min(hard, max(soft, args.subscribers + 1000)), hard)
-    )
+    prepare_load_process(args.subscribers)
     results: dict[str, list[Result]] = {mode: [] for mode in modes}
-    for round_ in range(args.rounds):
-        for mode in modes if round_ % 2 == 0 else modes[::-1]:
-            result = run_one(mode, args)
-            results[mode].append(result)
-            print(f"{mode} round {round_ + 1}: {result}", file=sys.stderr)
+    for round_, mode in alternated(modes, args.rounds):
+        result = run_one(mode, args)
+        results[mode].append(result)
+        print(f"{mode} round {round_ + 1}: {result}", file=sys.stderr)
     print(report(results, args))
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import resource
 import statistics
 import sys
 import time
@@ -46,9 +44,11 @@ if sys.path and Path(sys.path[0] or ".").resolve() == REPO_ROOT / "bench":
 from bench.procs import (  # noqa: E402  (after the sys.path fix)
     LOAD_CORE,
     SERVER_CORE,
+    alternated,
     cpu_ms,
     free_port,
     http_request,
+    prepare_load_process,
     rss_kib,
     start_pinned,
     stop_server,
@@ -244,17 +244,13 @@ def main() -> None:
     args = parser.parse_args()
     polls = [int(n) for n in args.polls.split(",")]
     names = args.servers.split(",")
-    os.sched_setaffinity(0, {LOAD_CORE})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, max(polls) + 1000)), hard))
+    prepare_load_process(max(polls))
     table = Table()
     for n in polls:
-        for round_ in range(args.rounds):
-            order = names if round_ % 2 == 0 else names[::-1]
-            for name in order:
-                result = run_one(SERVERS[name], n)
-                table.rows.setdefault((name, n), []).append(result)
-                print(f"{name} {n} round {round_ + 1}: {result}", file=sys.stderr)
+        for round_, name in alternated(names, args.rounds):
+            result = run_one(SERVERS[name], n)
+            table.rows.setdefault((name, n), []).append(result)
+            print(f"{name} {n} round {round_ + 1}: {result}", file=sys.stderr)
     print(report(table, polls, args.rounds))
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -84,3 +86,19 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def prepare_load_process(sockets: int) -> None:
+    """Pin this (the load) process to LOAD_CORE and let it open `sockets` descriptors and a
+    thousand more, as far as the hard limit allows."""
+    os.sched_setaffinity(0, {LOAD_CORE})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, sockets + 1000)), hard))
+
+
+def alternated(names: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, name) for `rounds` rounds of `names`, in reverse order every other round, so
+    that no server always runs first (or after the same one)."""
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            yield round_, name

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
 import statistics
 import struct
@@ -47,9 +46,11 @@ from typing import Any
 from bench.procs import (
     LOAD_CORE,
     SERVER_CORE,
+    alternated,
     cpu_ms,
     free_port,
     http_request,
+    prepare_load_process,
     start_pinned,
     stop_server,
 )
@@ -279,16 +280,12 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
     names = args.servers.split(",")
-    os.sched_setaffinity(0, {LOAD_CORE})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max(soft, args.clients * 2 + 1000)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
+    prepare_load_process(args.clients * 2)
     table = Table()
-    for round_ in range(args.rounds):
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            result = run_one(name, args.clients)
-            table.rows.setdefault(name, []).append(result)
-            print(f"{name} round {round_ + 1}: {result}", file=sys.stderr)
+    for round_, name in alternated(names, args.rounds):
+        result = run_one(name, args.clients)
+        table.rows.setdefault(name, []).append(result)
+        print(f"{name} round {round_ + 1}: {result}", file=sys.stderr)
     print(report(table, args.clients, args.rounds))
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import statistics
 import subprocess
@@ -36,9 +35,11 @@ from pathlib import Path
 from bench.procs import (
     LOAD_CORE,
     SERVER_CORE,
+    alternated,
     cpu_ms,
     free_port,
     http_request,
+    prepare_load_process,
     rss_kib,
     start_pinned,
     stop_server,
@@ -227,17 +228,13 @@ def main() -> None:
     args = parser.parse_args()
     streams = [int(n) for n in args.streams.split(",")]
     names = args.transports.split(",")
-    os.sched_setaffinity(0, {LOAD_CORE})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, max(streams) + 1000)), hard))
+    prepare_load_process(max(streams))
     table = Table()
     for n in streams:
-        for round_ in range(args.rounds):
-            order = names if round_ % 2 == 0 else names[::-1]
-            for name in order:
-                result = run_one(TRANSPORTS[name], n, args.count)
-                table.rows.setdefault((name, n), []).append(result)
-                print(f"{name} {n} round {round_ + 1}: {result}", file=sys.stderr)
+        for round_, name in alternated(names, args.rounds):
+            result = run_one(TRANSPORTS[name], n, args.count)
+            table.rows.setdefault((name, n), []).append(result)
+            print(f"{name} {n} round {round_ + 1}: {result}", file=sys.stderr)
     print(report(table, streams, args.rounds))
 
 
