@@ -201,8 +201,10 @@ def test_fallback(page: Page, server: ThreadedServer, app: App, transport: str) 
         assert stats == {"clients": 1, "users": 1}
     else:
         assert presence == {"clients": {}} and stats == {"clients": 0, "users": 0}
-    code = page.evaluate("rt.presence('plain:x').then(() => null, (error) => error.code)")
-    assert code == 108  # the channel keeps no presence
+    refusal = page.evaluate(
+        "rt.presence('plain:x').then(() => null, (error) => [error.code, error.temporary])"
+    )
+    assert refusal == [108, False]  # the channel keeps no presence, and never will
     assert page.locator("#transport").text_content() == transport
 
 

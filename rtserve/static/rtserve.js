@@ -53,8 +53,8 @@
 //   info.session connect's result (WebSocket: client, user, expires, version, data from the
 //   app's on_connect, limits), info.error the refusal when closed.
 // Commands made while not connected wait for the connection. A refusal rejects with an Error
-// carrying the server's `code` and, over the WebSocket, `temporary` (true: the same command
-// may succeed later); code 0: the connection dropped (repeat a publish with an
+// carrying the server's `code` and `temporary` (true: the same command may succeed
+// later); code 0: the connection dropped (repeat a publish with an
 // idempotency_key to be safe). A subscribe refused with a temporary error (or 115) is tried
 // again with a growing pause.
 //
