@@ -49,7 +49,9 @@ class TurnBufferedHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self._held: list[str] = []
-        self._scheduled = False
+        # The loop whose end of turn writes the held lines (a loop closed before that turn
+        # ended never will: the next loop schedules its own write).
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -60,21 +62,20 @@ class TurnBufferedHandler(logging.Handler):
         if record.levelno >= logging.WARNING or len(self._held) >= MAX_HELD_LINES:
             self._write()
             return
-        if self._scheduled:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._write()
             return
-        self._scheduled = True
-        loop.call_soon(self.flush)
+        if self._scheduled_on is not loop:
+            self._scheduled_on = loop
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what is held (the loop calls this at the end of a turn; logging at exit)."""
         self.acquire()
         try:
-            self._scheduled = False
+            self._scheduled_on = None
             self._write()
         finally:
             self.release()

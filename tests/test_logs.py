@@ -82,3 +82,20 @@ def test_the_time_is_formatted_per_record_second() -> None:
     later = logging.LogRecord("x", logging.INFO, "f", 1, "m", None, None)
     later.created = first.created + 2
     assert formatter.formatTime(first, "%H:%M:%S") != formatter.formatTime(later, "%H:%M:%S")
+
+
+def test_a_loop_closed_before_its_turn_ended_does_not_hold_later_lines() -> None:
+    logger, stream = make_logger("closed")
+    loop = asyncio.new_event_loop()
+    loop.call_soon(logger.info, "held when the loop stopped")
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # the end-of-turn write was scheduled, and never runs
+    loop.close()
+
+    async def main() -> None:
+        logger.info("in the next loop")
+        await asyncio.sleep(0)
+        assert stream.getvalue().endswith("in the next loop\n")
+
+    asyncio.run(main())
+    assert "held when the loop stopped" in stream.getvalue()
