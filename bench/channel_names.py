@@ -27,14 +27,14 @@ import sys
 import time
 from typing import Any
 
+from bench.procs import serve_until_stdin_closes
+
 BATCH = 500
 
 
 def serve(redis_url: str | None, prefix: str) -> None:
     """Serve /rt/ws on 127.0.0.1 and a free port; print the port; run until stdin closes."""
     from rtserve import App, ChannelSettings
-    from rtserve.server.listener import Server, new_event_loop
-    from rtserve.server.settings import ServerSettings
 
     broker: Any = None
     if redis_url is not None:
@@ -51,20 +51,7 @@ def serve(redis_url: str | None, prefix: str) -> None:
         publish="clients",
     )
 
-    async def main() -> None:
-        server = Server(app, ServerSettings(host="127.0.0.1", port=0, access_log=False))
-        await app.startup()
-        await server.start()
-        print(server.port, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await server.shutdown(grace=1.0)
-        await app.shutdown()
-
-    loop = new_event_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    serve_until_stdin_closes(app)
 
 
 def rss_mib(pid: int) -> float:

@@ -15,7 +15,6 @@ Loopback only; every read has a timeout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -25,6 +24,8 @@ import sys
 import time
 import zlib
 from typing import Any
+
+from bench.procs import serve_until_stdin_closes
 
 MIB = 1024 * 1024
 HANDSHAKE = (
@@ -38,26 +39,11 @@ def serve() -> None:
     """Serve the channel endpoints on 127.0.0.1 and a free port; print the port; run until
     stdin closes."""
     from rtserve import App
-    from rtserve.server.listener import Server, new_event_loop
-    from rtserve.server.settings import ServerSettings
 
     app = App()
     app.channel("room:{room}")
 
-    async def main() -> None:
-        server = Server(app, ServerSettings(host="127.0.0.1", port=0, access_log=False))
-        await app.startup()
-        await server.start()
-        print(server.port, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await server.shutdown(grace=1.0)
-        await app.shutdown()
-
-    loop = new_event_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    serve_until_stdin_closes(app)
 
 
 def compressed_frame(payload: bytes) -> bytes:

@@ -10,9 +10,11 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 SERVER_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -102,3 +104,25 @@ def alternated(names: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
             yield round_, name
+
+
+def serve_until_stdin_closes(app: Any) -> None:
+    """Serve `app` on 127.0.0.1 and a free port (uvloop, no access log), print the port, and
+    run until stdin closes: the server half of a bench whose load runs in the parent."""
+    from rtserve.server.listener import Server, new_event_loop
+    from rtserve.server.settings import ServerSettings
+
+    async def main() -> None:
+        server = Server(app, ServerSettings(host="127.0.0.1", port=0, access_log=False))
+        await app.startup()
+        await server.start()
+        print(server.port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.shutdown(grace=1.0)
+        await app.shutdown()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -22,6 +22,7 @@ from rtserve.client import Client
 from rtserve.realtime.protocol import ErrorCode
 from rtserve.testing import ThreadedServer, serve_app
 from tests.channel_peer import Peer, ReplyError
+from tests.support.filters import reference_match
 from tests.support.sse import SSE
 
 pytestmark = pytest.mark.usefixtures("app_broker")
@@ -56,20 +57,7 @@ def tags_of(i: int) -> dict[str, str]:
 def expected(name: str, offsets: range) -> list[int]:
     """The offsets filter `name` lets through: publication `offset` has tags_of(offset)."""
     tree = FILTERS[name]
-    return [o for o in offsets if _matches(tree, tags_of(o))]
-
-
-def _matches(tree: Any, tags: dict[str, str]) -> bool:
-    ((op, arg),) = tree.items()
-    if op == "eq":
-        return bool(tags.get(arg[0]) == arg[1])
-    if op == "in":
-        return bool(tags.get(arg[0]) in arg[1])
-    if op == "and":
-        return all(_matches(t, tags) for t in arg)
-    if op == "or":
-        return any(_matches(t, tags) for t in arg)
-    return not _matches(arg, tags)
+    return [o for o in offsets if reference_match(tree, tags_of(o))]
 
 
 def run(app: App, scenario: Callable[[Any, str], Awaitable[None]]) -> None:

@@ -26,6 +26,7 @@ from rtserve.realtime.filters import (
 )
 from rtserve.realtime.protocol import ChannelError, ErrorCode
 from rtserve.realtime.rules import ChannelRule
+from tests.support.filters import reference_match
 
 EU = {"region": "eu", "symbol": "A"}
 US = {"region": "us", "symbol": "B"}
@@ -139,20 +140,6 @@ def test_tags_are_checked() -> None:
         assert info.value.code == ErrorCode.BAD_REQUEST
 
 
-def _reference(tree: Any, tags: dict[str, str]) -> bool:
-    """What a filter means, written the obvious way, to check the compiled matchers by."""
-    ((op, arg),) = tree.items()
-    if op == "eq":
-        return bool(tags.get(arg[0]) == arg[1])
-    if op == "in":
-        return bool(tags.get(arg[0]) in arg[1])
-    if op == "and":
-        return all(_reference(t, tags) for t in arg)
-    if op == "or":
-        return any(_reference(t, tags) for t in arg)
-    return not _reference(arg, tags)
-
-
 _NAMES = st.sampled_from(["region", "symbol", "tier"])
 _VALUES = st.sampled_from(["eu", "us", "A", "B", ""])
 _LEAVES = st.one_of(
@@ -180,7 +167,7 @@ def test_compiled_filter_agrees_with_the_reference(tree: Any, tags: dict[str, st
         compiled = parse_filter(tree)
     except FilterError:
         return  # past a cap (depth): refused, which is what caps are for
-    assert compiled.matches(tags) is _reference(tree, tags)
+    assert compiled.matches(tags) is reference_match(tree, tags)
     again = parse_filter(json.loads(compiled.key))  # the canonical form means the same
     assert again.key == compiled.key and again.matches(tags) is compiled.matches(tags)
 
