@@ -18,6 +18,7 @@ import pytest
 
 from rtserve.broker.base import BrokerError, ClientInfo, Publication, PublishOptions
 from rtserve.broker.redis import RedisBroker
+from rtserve.broker.redis_pubsub import PubSubReader
 from rtserve.realtime.hub import Hub, Outbound
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
@@ -335,14 +336,14 @@ def hold_reconnect(monkeypatch: pytest.MonkeyPatch, broker: RedisBroker) -> asyn
     """Make `broker`'s pub/sub reader wait before reconnecting until the event is set, so
     that what a test publishes meanwhile is surely missed by the subscription."""
     gate = asyncio.Event()
-    real = RedisBroker._reconnect
+    real = PubSubReader._reconnect
 
-    async def held(self: RedisBroker) -> None:
-        if self is broker:
+    async def held(self: PubSubReader) -> None:
+        if self.stats is broker.stats:  # the broker's reader
             await gate.wait()
         await real(self)
 
-    monkeypatch.setattr(RedisBroker, "_reconnect", held)
+    monkeypatch.setattr(PubSubReader, "_reconnect", held)
     return gate
 
 
@@ -363,7 +364,7 @@ def test_killed_pubsub_connection_catches_up_exactly(
             await ea.wait_count("ch", 3)
 
             # While a catches up, two more land: they come both from the stream and live.
-            real_read = RedisBroker._read_many
+            real_read = RedisBroker.read_streams
             during: list[int] = []
 
             async def read_then_publish(self: RedisBroker, *args: Any, **kwargs: Any) -> Any:
@@ -372,7 +373,7 @@ def test_killed_pubsub_connection_catches_up_exactly(
                         during.append((await b.publish("ch", "during", options=KEEP)).offset)
                 return await real_read(self, *args, **kwargs)
 
-            monkeypatch.setattr(RedisBroker, "_read_many", read_then_publish)
+            monkeypatch.setattr(RedisBroker, "read_streams", read_then_publish)
             back = hold_reconnect(monkeypatch, a)
 
             client = sync_client(url)
@@ -496,7 +497,7 @@ def test_a_burst_of_commands_waits_for_the_pool_instead_of_failing(
 
 
 def _sub_after(offset: int, data: Any) -> Any:
-    from rtserve.broker.redis import _Sub
+    from rtserve.broker.redis_pubsub import _Sub
 
     sub = _Sub("c", offset, "e1")
     sub.last = Publication(offset, data)
@@ -518,7 +519,7 @@ def test_what_counts_as_a_diverged_stream(
     sub: Any, position: tuple[int, str], kept: list[tuple[int, Any]], diverged: bool
 ) -> None:
     from rtserve.broker.base import HistoryResult, StreamPosition
-    from rtserve.broker.redis import _diverged
+    from rtserve.broker.redis_pubsub import _diverged
 
     result = HistoryResult([Publication(o, d) for o, d in kept], StreamPosition(*position))
     assert _diverged(sub, result) is diverged

@@ -53,19 +53,19 @@ this node's entries at once.
 Faults: ``start()`` raises BrokerError when Redis cannot be reached; every later operation
 turns a Redis failure (connection lost, timeout, refused script) into BrokerError, never a
 silent drop. Commands have a ``timeout`` (connect and read). When the pub/sub connection is
-lost (or does not answer a PING within ``ping_interval``) the reader logs a warning,
-reconnects with exponential backoff and jitter, subscribes again to every channel and then
-catches up: for each channel it reads the stream after the last offset it delivered and
-delivers what was missed, in order and without repeats (a new epoch's publications when the
-epoch changed, which makes the Hub end those subscriptions). Publications that the stream did
-not keep (history_size 0, or trimmed) cannot be caught up; they are logged, counted in
-``stats.lost``, and the node is told (``BrokerEvents.on_gap``): the Hub ends those
+lost (or does not answer a PING within ``ping_interval``) the reader (PubSubReader, in
+redis_pubsub.py) logs a warning, reconnects with exponential backoff and jitter, subscribes
+again to every channel and then catches up: for each channel it reads the stream after the last
+offset it delivered and delivers what was missed, in order and without repeats (a new epoch's
+publications when the epoch changed, which makes the Hub end those subscriptions). Publications
+that the stream did not keep (history_size 0, or trimmed) cannot be caught up; they are logged,
+counted in ``stats.lost``, and the node is told (``BrokerEvents.on_gap``): the Hub ends those
 subscriptions with code 112, so their clients resubscribe and learn ``recovered: false``.
 
 Redis Cluster: RedisClusterBroker (rtserve/broker/redis_cluster.py) is this class on a
 cluster client: the hash tags put every key of a channel in one slot, so the scripts run
 unchanged on the slot's shard; fan-out is sharded pub/sub (``SPUBLISH`` inside the script,
-one ``SSUBSCRIBE`` connection per shard master, each this class's reader), and the seed is
+one ``SSUBSCRIBE`` connection per shard master, each a PubSubReader), and the seed is
 read once per node and passed to the scripts.
 """
 
@@ -76,17 +76,14 @@ import contextlib
 import json
 import logging
 import os
-import random
 import secrets
 import socket
-from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -100,11 +97,12 @@ from rtserve.broker.base import (
     ClientInfo,
     HistoryResult,
     PresenceStats,
-    Publication,
     PublishOptions,
     StreamPosition,
     stream_lifetime,
 )
+from rtserve.broker.redis_codec import dumps, payload, publication_of
+from rtserve.broker.redis_pubsub import PubSubReader, RedisBrokerStats
 
 __all__ = ["RedisBroker", "RedisBrokerStats"]
 
@@ -114,34 +112,6 @@ MAX_OFFSET = 2**53 - 1
 MAX_LIMIT = 2**31 - 1
 
 log = logging.getLogger("rtserve.broker")
-
-
-@dataclass(slots=True)
-class RedisBrokerStats:
-    """Counters of one RedisBroker: pub/sub reconnections, publications delivered by catching
-    up from the streams after one, offsets that could not be caught up (not kept), and
-    channels whose stream no longer held what this node had delivered (a new epoch began)."""
-
-    reconnects: int = 0
-    recovered: int = 0
-    lost: int = 0
-    diverged: int = 0
-
-
-class _Sub:
-    """A channel this node subscribed to, and the last position it delivered (or, before the
-    first delivery, the position read just before subscribing: every publication that
-    arrives on the subscription is past it); `last` is the publication delivered at that
-    position, kept to check after a reconnection that Redis still holds the same one."""
-
-    __slots__ = ("channel", "confirmed", "epoch", "last", "offset")
-
-    def __init__(self, channel: str, offset: int, epoch: str | None) -> None:
-        self.channel = channel
-        self.offset = offset
-        self.epoch = epoch
-        self.last: Publication | None = None
-        self.confirmed: asyncio.Future[None] | None = None  # done once Redis confirmed
 
 
 def _safe_url(url: str) -> str:
@@ -159,65 +129,9 @@ def _safe_url(url: str) -> str:
         return "<invalid Redis URL>"
 
 
-def _fail(future: asyncio.Future[None], error: BaseException) -> None:
-    """End `future` with `error` (marked as seen: nobody may be waiting for it)."""
-    if not future.done():
-        future.set_exception(error)
-        future.exception()
-
-
 def _ms(seconds: float) -> int:
     """Seconds as whole milliseconds, at least 1 when positive (0 stays 0)."""
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
-
-
-def _diverged(sub: _Sub, result: HistoryResult) -> bool:
-    """Whether the stream (read from just before `sub`'s position) no longer holds what `sub`
-    delivered last: its offset is past the stream's end, or a different publication has it.
-    That happens when a master failed over before its replica had the last publications:
-    the new master gives their offsets again, to other publications."""
-    last, position = sub.last, result.position
-    if last is None or position.epoch != sub.epoch:
-        return False
-    if position.offset < sub.offset:
-        return True
-    kept = next((p for p in result.publications if p.offset == sub.offset), None)
-    return kept is not None and kept != last
-
-
-def _catch_up_since(sub: _Sub) -> int | None:
-    """Where catching up reads `sub`'s stream from: one before its position when there is a
-    delivered publication to check there (`_diverged`), None (all) before any position."""
-    if sub.epoch is None:
-        return None
-    return sub.offset - 1 if sub.last is not None else sub.offset
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _payload(data: Any, info: ClientInfo | None, tags: Mapping[str, str] | None) -> str:
-    """A publication's payload as kept and published: ``{"d": data, "i": info, "t": tags}``
-    (``i`` and ``t`` only when there are some)."""
-    body: dict[str, Any] = {"d": data}
-    if info is not None:
-        body["i"] = info.to_json()
-    if tags:
-        body["t"] = tags
-    return _dumps(body)
-
-
-def _publication(offset: int, payload: bytes | str | dict[str, Any]) -> Publication:
-    """The publication of a payload `_payload` made (raw, or already parsed)."""
-    body = json.loads(payload) if not isinstance(payload, dict) else payload
-    info = body.get("i")
-    return Publication(
-        offset,
-        body.get("d"),
-        None if info is None else ClientInfo.from_json(info),
-        body.get("t") or None,
-    )
 
 
 class RedisBroker(Broker):
@@ -236,15 +150,9 @@ class RedisBroker(Broker):
     pool_size: connections for commands; more commands at once wait (up to `timeout`) for one.
     """
 
-    # The pub/sub commands and the kinds of their replies (sharded ones under Cluster).
-    _SUBSCRIBE, _UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
-    _SUBSCRIBED, _UNSUBSCRIBED, _MESSAGE = b"subscribe", b"unsubscribe", b"message"
-
     __slots__ = (
-        "_buffer",
         "_client",
         "_closed",
-        "_conn",
         "_events",
         "_heartbeat",
         "_history",
@@ -261,14 +169,10 @@ class RedisBroker(Broker):
         "_present",
         "_publish",
         "_reader",
-        "_ready",
         "_reconnect_delay",
         "_renew",
-        "_sub_pool",
-        "_subs",
         "_timeout",
         "_url",
-        "_waiters",
         "stats",
     )
 
@@ -311,16 +215,8 @@ class RedisBroker(Broker):
         self._events: BrokerEvents | None = None
         self._closed = False
         self._client: aioredis.Redis | None = None
-        self._sub_pool: ConnectionPool | None = None
-        self._conn: AbstractConnection | None = None  # the pub/sub connection
-        self._ready = False  # `_conn` is subscribed to every channel of `_subs` (or sent so)
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: PubSubReader | None = None  # the pub/sub connection (not under Cluster)
         self._heartbeat: asyncio.Task[None] | None = None
-        self._subs: dict[bytes, _Sub] = {}  # by pub/sub name
-        # Futures of subscribe / unsubscribe calls waiting for Redis to confirm, per
-        # (b"subscribe" | b"unsubscribe", pub/sub name), oldest first.
-        self._waiters: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
-        self._buffer: list[tuple[bytes, bytes]] | None = None  # messages held during catch-up
         self._present: dict[tuple[str, str], str] = {}  # this node's presence: info JSON
         self._publish: Any = None
         self._history: Any = None
@@ -355,6 +251,8 @@ class RedisBroker(Broker):
             raise BrokerError("broker is closed")
         if self._client is not None:
             self._events = events
+            if self._reader is not None:
+                self._reader.deliver_to(events)
             return
         where = _safe_url(self._url)
         options: dict[str, Any] = {
@@ -388,13 +286,22 @@ class RedisBroker(Broker):
             raise BrokerError(
                 f"cannot reach Redis at {where}: {str(exc) or type(exc).__name__}"
             ) from None
-        self._client, self._sub_pool, self._conn = client, sub_pool, conn
+        self._client = client
         self._register_scripts(client)
         self._events = events
-        self._ready = True
-        loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._run_reader(), name="rtserve-redis-reader")
-        self._heartbeat = loop.create_task(self._run_heartbeat(), name="rtserve-redis-heartbeat")
+        self._reader = PubSubReader(
+            sub_pool,
+            self,
+            self.stats,
+            where=where,
+            timeout=self._timeout,
+            ping_interval=self._ping_interval,
+            reconnect_delay=self._reconnect_delay,
+        )
+        self._reader.start(events, conn)
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._run_heartbeat(), name="rtserve-redis-heartbeat"
+        )
 
     def _register_scripts(self, client: Any) -> None:
         """The scripts (redis_scripts), called through `client` (a Redis or RedisCluster)."""
@@ -416,17 +323,12 @@ class RedisBroker(Broker):
             return
         self._closed = True
         self._events = None
-        for task in (self._reader, self._heartbeat):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._reader = self._heartbeat = None
-        for waiters in self._waiters.values():
-            for future in waiters:
-                _fail(future, BrokerError("broker is closed"))
-        self._waiters.clear()
-        self._subs.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
+            self._heartbeat = None
+        await self._close_readers()
         client, self._client = self._client, None
         if client is not None:
             if self._present:
@@ -440,14 +342,12 @@ class RedisBroker(Broker):
                     log.warning("could not remove this node's presence from Redis: %s", exc)
             await client.aclose()
         self._present.clear()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
-            self._conn = None
-        if self._sub_pool is not None:
-            with contextlib.suppress(Exception):
-                await self._sub_pool.disconnect()
-            self._sub_pool = None
+
+    async def _close_readers(self) -> None:
+        """Stop the pub/sub reading (RedisClusterBroker has one reader per shard)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None or self._events is None:
@@ -480,8 +380,7 @@ class RedisBroker(Broker):
         `options.idempotency_key` within `idempotency_ttl` returns the first position.
         """
         self._redis()
-        payload = _payload(data, info, tags)
-        keys, args = self._publish_call(channel, payload, options)
+        keys, args = self._publish_call(channel, payload(data, info, tags), options)
         with self._errors("publish"):
             offset, epoch, _ = await self._run_publish(channel, keys, args)
         return StreamPosition(int(offset), epoch.decode())
@@ -516,13 +415,13 @@ class RedisBroker(Broker):
         """Tell every node subscribed to `channel` that `info` joined it (not kept)."""
         self._redis()
         with self._errors("publish of a join"):
-            await self._announce(channel, _dumps({"j": info.to_json()}))
+            await self._announce(channel, dumps({"j": info.to_json()}))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         """Tell every node subscribed to `channel` that `info` left it (not kept)."""
         self._redis()
         with self._errors("publish of a leave"):
-            await self._announce(channel, _dumps({"l": info.to_json()}))
+            await self._announce(channel, dumps({"l": info.to_json()}))
 
     async def _announce(self, channel: str, message: str) -> None:
         """Send `message` to the nodes subscribed to `channel`, keeping nothing."""
@@ -549,7 +448,7 @@ class RedisBroker(Broker):
     def _history_result(reply: list[Any]) -> HistoryResult:
         position = StreamPosition(int(reply[1]), reply[0].decode())
         publications = [
-            _publication(int(reply[i]), reply[i + 1]) for i in range(2, len(reply) - 1, 2)
+            publication_of(int(reply[i]), reply[i + 1]) for i in range(2, len(reply) - 1, 2)
         ]
         return HistoryResult(publications, position)
 
@@ -561,7 +460,7 @@ class RedisBroker(Broker):
             reply = await self._history(keys=keys, args=args)
         return self._history_result(reply)
 
-    async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
+    async def read_streams(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
         """All kept publications after `since` of each (channel, since), in one round trip
         (for catching up; the history TTL is not applied)."""
         client = self._redis()
@@ -584,9 +483,22 @@ class RedisBroker(Broker):
         self._redis()
         return await self._read(channel, since, limit, apply_ttl=True)
 
-    # --- subscriptions --------------------------------------------------------------------
+    # --- subscriptions: the pub/sub reader, and the stream reads it asks for -------------
 
-    async def _position(self, channel: str) -> tuple[int, str | None]:
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe this node to `channel`; returns once Redis confirmed the SUBSCRIBE."""
+        self._redis()
+        assert self._reader is not None
+        await self._reader.subscribe(channel, self._pubsub_name(channel))
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Unsubscribe this node from `channel` (no error when not subscribed); nothing of it
+        is delivered from now on."""
+        self._redis()
+        assert self._reader is not None
+        await self._reader.unsubscribe(channel, self._pubsub_name(channel))
+
+    async def stream_position(self, channel: str) -> tuple[int, str | None]:
         """The channel's (offset, epoch) as Redis has it now, without creating it."""
         client = self._redis()
         with self._errors("subscribe"):
@@ -595,330 +507,12 @@ class RedisBroker(Broker):
             return 0, None
         return int(offset or 0), epoch.decode() if isinstance(epoch, bytes) else str(epoch)
 
-    def _waiter(self, kind: bytes, name: bytes) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((kind, name), deque()).append(future)
-        return future
-
-    def _forget_waiter(self, kind: bytes, name: bytes, future: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get((kind, name))
-        if waiters is not None:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-            if not waiters:
-                del self._waiters[(kind, name)]
-
-    def _confirm(self, kind: bytes, name: bytes) -> None:
-        waiters = self._waiters.get((kind, name))
-        if waiters:
-            future = waiters.popleft()
-            if not waiters:
-                del self._waiters[(kind, name)]
-            if not future.done():
-                future.set_result(None)
-
-    async def subscribe(self, channel: str) -> None:
-        """Subscribe this node to `channel`; returns once Redis confirmed the SUBSCRIBE."""
-        self._redis()
-        name = self._pubsub_name(channel)
-        sub = self._subs.get(name)
-        if sub is None:
-            # Read before subscribing: everything the subscription brings is past this
-            # position, and catching up after a reconnection starts here until something
-            # was delivered.
-            offset, epoch = await self._position(channel)
-            sub = self._subs.get(name)
-        if sub is None:
-            sub = self._subs[name] = _Sub(channel, offset, epoch)
-            sub.confirmed = self._waiter(b"subscribe", name)
-            if self._ready and self._conn is not None:
-                # On failure the reader reconnects and subscribes to everything in `_subs`.
-                with contextlib.suppress(RedisError, OSError):
-                    await self._conn.send_command(self._SUBSCRIBE, name)
-        future = sub.confirmed
-        if future is None or future.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except BaseException as exc:
-            if future.done() or self._subs.get(name) is not sub:
-                raise
-            # Give up on it (a late confirmation finds no waiter; the reader ignores the
-            # channel's messages, and a reconnection leaves it out).
-            error = BrokerError(
-                f"Redis did not confirm the subscription to {channel!r} within {self._timeout:g} s"
-            )
-            self._forget_waiter(b"subscribe", name, future)
-            _fail(future, error)  # other callers waiting for the same channel
-            del self._subs[name]
-            if self._ready and self._conn is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._conn.send_command(self._UNSUBSCRIBE, name)
-            if isinstance(exc, TimeoutError):
-                raise error from None
-            raise
-
-    async def unsubscribe(self, channel: str) -> None:
-        """Unsubscribe this node from `channel` (no error when not subscribed); nothing of it
-        is delivered from now on."""
-        self._redis()
-        name = self._pubsub_name(channel)
-        if self._subs.pop(name, None) is None:
-            return
-        if not (self._ready and self._conn is not None):
-            return  # a reconnection subscribes only to what is in `_subs`
-        future = self._waiter(b"unsubscribe", name)
-        try:
-            await self._conn.send_command(self._UNSUBSCRIBE, name)
-            await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except (RedisError, OSError):
-            pass  # the connection is gone, and the subscription with it
-        except TimeoutError:
-            raise BrokerError(
-                f"Redis did not confirm the unsubscription from {channel!r}"
-            ) from None
-        finally:
-            self._forget_waiter(b"unsubscribe", name, future)
-
-    # --- the pub/sub reader ---------------------------------------------------------------
-
-    async def _run_reader(self) -> None:
-        """Read the pub/sub connection; on loss reconnect, resubscribe and catch up."""
-        # start() made the first connection (a Cluster shard's reader makes its own).
-        lost, first, delay = self._conn is None, self._conn is None, self._reconnect_delay[0]
-        while True:
-            try:
-                if lost:
-                    if not await self._still_wanted(first):
-                        return
-                    await self._reconnect()
-                    await self._resubscribe()
-                    lost, delay = False, self._reconnect_delay[0]
-                    if not first:
-                        self.stats.reconnects += 1
-                        log.info("Redis pub/sub connection restored (%s)", _safe_url(self._url))
-                first = False
-                await self._read_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                first = False
-                self._ready = False
-                self._buffer = None
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        await self._conn.disconnect()
-                pause = delay * (0.5 + random.random())
-                log.warning(
-                    "Redis pub/sub connection to %s lost (%s); reconnecting in %.2f s",
-                    _safe_url(self._url),
-                    str(exc) or type(exc).__name__,
-                    pause,
-                )
-                lost = True
-                await asyncio.sleep(pause)
-                delay = min(delay * 2, self._reconnect_delay[1])
-
-    async def _still_wanted(self, first: bool) -> bool:
-        """Before each (re)connection: False ends the reader (a Cluster shard's reader when
-        its channels moved to other shards). `first`: no connection was made yet."""
-        return True
-
-    async def _reconnect(self) -> None:
-        assert self._sub_pool is not None
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
-        conn = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
-        self._conn = conn
-        await asyncio.wait_for(conn.connect(), self._timeout)
-        # Calls waiting for an UNSUBSCRIBE: the new connection is not subscribed.
-        for (kind, _), waiters in list(self._waiters.items()):
-            if kind == b"unsubscribe":
-                for future in waiters:
-                    if not future.done():
-                        future.set_result(None)
-        for key in [key for key in self._waiters if key[0] == b"unsubscribe"]:
-            del self._waiters[key]
-
-    async def _receive(self, timeout: float) -> Any:
-        """One reply of the pub/sub connection, or None after `timeout` seconds of silence."""
-        assert self._conn is not None
-        # push_request: with RESP3 (redis-py's default from 8 on) pub/sub messages are pushes.
-        return await self._conn.read_response(
-            timeout=timeout, disconnect_on_error=False, push_request=True
-        )
-
-    async def _resubscribe(self) -> None:
-        """Subscribe the (new) connection to every channel, wait for Redis to confirm, then
-        deliver what each channel published while the connection was down."""
-        assert self._conn is not None
-        names = list(self._subs)
-        self._ready = True  # from here subscribe() sends its own SUBSCRIBE
-        if not names:
-            return
-        self._buffer = []
-        for i in range(0, len(names), 1000):
-            await self._conn.send_command(self._SUBSCRIBE, *names[i : i + 1000])
-        pending = set(names)
-        while pending:
-            reply = await self._receive(self._timeout)
-            if reply is None:
-                raise TimeoutError("Redis did not confirm the subscriptions")
-            if isinstance(reply, list) and reply and reply[0] == self._SUBSCRIBED:
-                pending.discard(reply[1])
-            self._handle(reply)
-        subs = [(name, sub) for name in names if (sub := self._subs.get(name)) is not None]
-        for i in range(0, len(subs), 500):
-            await self._catch_up(subs[i : i + 500])
-        held, self._buffer = self._buffer, None
-        for name, data in held or ():
-            self._message(name, data)
-
-    async def _catch_up(self, subs: list[tuple[bytes, _Sub]]) -> None:
-        """Deliver what the channels published after the last position each delivered; a
-        channel whose stream lost what this node delivered starts a new epoch (a gap)."""
-        reads = [(sub.channel, _catch_up_since(sub)) for _, sub in subs]
-        results = await self._read_many(reads)
-        diverged = {i for i, (_, sub) in enumerate(subs) if _diverged(sub, results[i])}
-        for i in sorted(diverged):
-            await self._start_new_epoch(*subs[i])
-        renewed = [
-            i
-            for i, (_, sub) in enumerate(subs)
-            if i not in diverged
-            and sub.epoch is not None
-            and results[i].position.epoch != sub.epoch
-        ]
-        if renewed:  # a new epoch: all of it is new to this node
-            again = await self._read_many([(subs[i][1].channel, None) for i in renewed])
-            for i, result in zip(renewed, again, strict=True):
-                results[i] = result
-        for i, ((name, sub), result) in enumerate(zip(subs, results, strict=True)):
-            if i not in diverged and self._subs.get(name) is sub:
-                self._deliver_missed(name, sub, result)
-
-    async def _start_new_epoch(self, name: bytes, sub: _Sub) -> None:
-        """`sub`'s channel lost publications this node delivered (see `_diverged`): start a
-        new epoch, so that every client holding the old offsets learns `recovered: false`,
-        and end this node's subscriptions to it (on_gap)."""
-        offset, epoch = await self._renew_epoch(sub.channel, sub.epoch or "")
-        self.stats.diverged += 1
-        log.warning(
-            "channel %s: Redis no longer holds offset %d that this node delivered (a failover "
-            "or a restart lost it); the channel starts a new epoch",
-            sub.channel,
-            sub.offset,
-        )
-        if self._subs.get(name) is sub:
-            sub.epoch, sub.offset, sub.last = epoch, offset, None
-            if self._events is not None:
-                self._events.on_gap(sub.channel)
-
-    async def _renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
+    async def renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
         """Start a new epoch of `channel` unless it left `epoch` already; its (offset, epoch)."""
         keys = [self._key(channel, "meta"), self._key(channel, "stream")]
         args = [epoch, secrets.token_hex(4), _ms(self._meta_ttl)]
         offset, new = await self._renew(keys=keys, args=args)
         return int(offset), new.decode() if isinstance(new, bytes) else str(new)
-
-    def _deliver_missed(self, name: bytes, sub: _Sub, result: HistoryResult) -> None:
-        position = result.position
-        expected = 1 if position.epoch != sub.epoch else sub.offset + 1
-        publications = [p for p in result.publications if p.offset >= expected]
-        if position.offset >= expected:
-            first = publications[0].offset if publications else position.offset + 1
-            if first > expected:
-                missed = first - expected
-                self.stats.lost += missed
-                log.warning(
-                    "channel %s: %d publication(s) (offsets %d-%d) published while the Redis "
-                    "connection was down were not kept in history and are lost for this node",
-                    sub.channel,
-                    missed,
-                    expected,
-                    first - 1,
-                )
-                if self._events is not None:  # its subscribers must learn it: they resubscribe
-                    self._events.on_gap(sub.channel)
-                publications = []
-        for publication in publications:
-            self.stats.recovered += 1
-            self._deliver(name, sub, publication, position.epoch)
-        if sub.epoch != position.epoch or sub.offset < position.offset:
-            sub.epoch, sub.offset, sub.last = position.epoch, position.offset, None
-
-    async def _read_forever(self) -> None:
-        assert self._conn is not None
-        pinged = False
-        while True:
-            reply = await self._receive(self._ping_interval)
-            if reply is None:
-                if pinged:
-                    raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
-                await self._conn.send_command("PING")
-                pinged = True
-                continue
-            pinged = False
-            self._handle(reply)
-
-    def _handle(self, reply: Any) -> None:
-        if not isinstance(reply, list) or not reply:
-            return
-        kind = reply[0]
-        if kind == self._MESSAGE:
-            if self._buffer is not None:
-                self._buffer.append((reply[1], reply[2]))
-            else:
-                self._message(reply[1], reply[2])
-        elif kind == self._SUBSCRIBED:
-            self._confirm(b"subscribe", reply[1])
-        elif kind == self._UNSUBSCRIBED:
-            self._unsubscribed(reply[1])
-
-    def _unsubscribed(self, name: bytes) -> None:
-        """Redis says the connection no longer listens to `name`."""
-        self._confirm(b"unsubscribe", name)
-
-    def _message(self, name: bytes, data: bytes) -> None:
-        sub = self._subs.get(name)
-        events = self._events
-        if sub is None or events is None:
-            return
-        publication: Publication | None = None
-        try:
-            body = json.loads(data)
-            if "o" in body:
-                publication = _publication(int(body["o"]), body["p"])
-                epoch = str(body["e"])
-            else:
-                joined = "j" in body
-                who = ClientInfo.from_json(body["j" if joined else "l"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring a malformed message on %r: %.200r", name, data)
-            return
-        if publication is not None:
-            self._deliver(name, sub, publication, epoch)
-            return
-        try:
-            if joined:
-                events.on_join(sub.channel, who)
-            else:
-                events.on_leave(sub.channel, who)
-        except Exception:
-            log.exception("delivering a join or leave of %r failed", sub.channel)
-
-    def _deliver(self, name: bytes, sub: _Sub, publication: Publication, epoch: str) -> None:
-        if epoch == sub.epoch and publication.offset <= sub.offset:
-            return  # delivered already (caught up from the stream)
-        sub.epoch, sub.offset, sub.last = epoch, publication.offset, publication
-        events = self._events
-        if events is None:
-            return
-        try:
-            events.on_publication(sub.channel, publication, epoch)
-        except Exception:
-            log.exception("delivering a publication of %r failed", sub.channel)
 
     # --- presence -------------------------------------------------------------------------
 
@@ -928,7 +522,7 @@ class RedisBroker(Broker):
     async def presence_add(self, channel: str, info: ClientInfo) -> None:
         """Record `info.client` as present in `channel`; this node keeps it fresh."""
         self._redis()
-        value = _dumps(info.to_json())
+        value = dumps(info.to_json())
         args = [info.client, value, _ms(self._presence_ttl)]
         with self._errors("presence add"):
             await self._presence_add(keys=self._presence_keys(channel), args=args)

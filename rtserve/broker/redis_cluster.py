@@ -11,14 +11,14 @@ reused; what changes:
   node reads it once at start (``SET NX GET``, so the first node makes it and every node
   agrees) and passes it to the scripts.
 - Fan-out is sharded pub/sub: the publish script ``SPUBLISH``es on ``P:{C}:pub`` (same slot),
-  and each shard master this node listens to has one pub/sub connection (a `_ShardLink`,
-  RedisBroker's own reader with ``SSUBSCRIBE``) holding only the channels with subscribers
-  here. redis-py's asyncio cluster pub/sub is not used: its reader has no catch-up from the
-  streams after a loss, which RedisBroker's has.
+  and each shard master this node listens to has one pub/sub connection (a PubSubReader of
+  redis_pubsub.py, RedisBroker's reader, with ``SSUBSCRIBE``) holding only the channels with
+  subscribers here. redis-py's asyncio cluster pub/sub is not used: its reader has no
+  catch-up from the streams after a loss, which PubSubReader has.
 - Topology changes: when a shard connection is lost (its master failed over) or Redis
-  unsubscribes it from a channel (the slot migrated), the link refreshes the slot map, hands
-  the channels whose slot now has another master to that master's link, and each link
-  subscribes again and catches up from the streams as RedisBroker does after an outage
+  unsubscribes it from a channel (the slot migrated), the broker refreshes the slot map and
+  hands the channels whose slot now has another master to that master's reader, and each
+  reader subscribes again and catches up from the streams as RedisBroker does after an outage
   (exactly the missed offsets, once; a gap, ``on_gap``, when the stream did not keep them).
 
 - Durability: replication is asynchronous, so a master may fail over to a replica that
@@ -27,9 +27,9 @@ reused; what changes:
   that ran the script; fewer within half the timeout is a BrokerError, as the publication
   may be lost: a shard without a live replica refuses publishes, ``wait=0`` is for those).
   What no WAIT can rule out (a publication this node delivered whose publish failed, then
-  lost) is caught when a shard link catches up after the failover: a stream that no longer
-  holds the publication the link delivered last starts a new epoch and is signalled as a
-  gap (RedisBroker._catch_up).
+  lost) is caught when a shard reader catches up after the failover: a stream that no longer
+  holds the publication the reader delivered last starts a new epoch and is signalled as a
+  gap (PubSubReader._catch_up).
 
 URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][?prefix=NAME][&wait=N]``
 (any nodes of the cluster; ``rediss+cluster://`` for TLS; ``wait``: ``wait_replicas``).
@@ -62,6 +62,7 @@ from redis.exceptions import (
 from rtserve.broker import redis_scripts as scripts
 from rtserve.broker.base import BrokerError, BrokerEvents, HistoryResult, PublishOptions
 from rtserve.broker.redis import RedisBroker, _ms
+from rtserve.broker.redis_pubsub import SHARDED, PubSubReader
 
 __all__ = ["RedisClusterBroker", "from_url"]
 
@@ -102,10 +103,6 @@ class _WaitingCluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
 
 
-class _SlotMoved(Exception):
-    """Redis unsubscribed a shard connection from a channel: its slot has a new master."""
-
-
 class RedisClusterBroker(RedisBroker):
     """The Broker on a Redis Cluster (see the module docstring).
 
@@ -116,7 +113,7 @@ class RedisClusterBroker(RedisBroker):
     are RedisBroker's.
     """
 
-    __slots__ = ("_links", "_nodes", "_password", "_seed", "_tls", "_username", "_wait_replicas")
+    __slots__ = ("_nodes", "_password", "_readers", "_seed", "_tls", "_username", "_wait_replicas")
 
     def __init__(
         self,
@@ -140,7 +137,7 @@ class RedisClusterBroker(RedisBroker):
         self._password = password
         self._seed = ""
         self._wait_replicas = wait_replicas
-        self._links: dict[Address, _ShardLink] = {}  # by shard master
+        self._readers: dict[Address, PubSubReader] = {}  # by shard master
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -151,8 +148,8 @@ class RedisClusterBroker(RedisBroker):
             raise BrokerError("broker is closed")
         if self._client is not None:
             self._events = events
-            for link in self._links.values():
-                link._events = events
+            for reader in self._readers.values():
+                reader.deliver_to(events)
             return
         client = _WaitingCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
@@ -180,7 +177,6 @@ class RedisClusterBroker(RedisBroker):
         self._client = client  # type: ignore[assignment]
         self._register_scripts(client)
         self._events = events
-        self._ready = True
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(self._run_heartbeat(), name="rtserve-redis-heartbeat")
 
@@ -198,12 +194,10 @@ class RedisClusterBroker(RedisBroker):
         ):
             await client.script_load(text)
 
-    async def close(self) -> None:
-        """Close the shard connections, then what RedisBroker.close closes."""
-        links, self._links = list(self._links.values()), {}
-        for link in links:
-            await link.shut()
-        await super().close()
+    async def _close_readers(self) -> None:
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.close()
 
     # --- the scripts' arguments: the seed read at start, sharded fan-out -------------------
 
@@ -280,8 +274,8 @@ class RedisClusterBroker(RedisBroker):
         keys, args = super()._history_call(channel, since, limit, apply_ttl)
         return keys[:2], [*args, self._seed]
 
-    async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
-        """RedisBroker._read_many, one script call per channel (on its shard) at once."""
+    async def read_streams(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
+        """RedisBroker.read_streams, one script call per channel (on its shard) at once."""
         return list(
             await asyncio.gather(
                 *(self._read(channel, since, None, apply_ttl=False) for channel, since in reads)
@@ -294,42 +288,78 @@ class RedisClusterBroker(RedisBroker):
         node = client.get_node_from_key(name)
         await client.execute_command("SPUBLISH", name, message, target_nodes=node)
 
-    # --- subscriptions: one link per shard master -----------------------------------------
+    # --- subscriptions: one reader per shard master ---------------------------------------
 
     def _master_of(self, channel: str) -> Address:
         client: Any = self._redis()
         node = client.get_node_from_key(self._pubsub_name(channel))
         return (node.host, node.port)
 
-    def _link(self, address: Address) -> _ShardLink:
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = _ShardLink(self, address)
-            link.open()
-        return link
+    def _reader_at(self, address: Address) -> PubSubReader:
+        """The pub/sub reader of the shard master at `address` (started on first use)."""
+        reader = self._readers.get(address)
+        if reader is None:
+            host, port = address
+            auth = ""
+            if self._password is not None:
+                user = quote(self._username or "", safe="")
+                auth = f"{user}:{quote(self._password, safe='')}@"
+            url = f"{'rediss' if self._tls else 'redis'}://{auth}{host}:{port}/0"
+            pool = ConnectionPool.from_url(
+                url,
+                socket_timeout=None,
+                socket_connect_timeout=self._timeout,
+                client_name=self._sub_name,
+            )
+            reader = self._readers[address] = PubSubReader(
+                pool,
+                self,
+                self.stats,
+                where=f"{host}:{port}",
+                timeout=self._timeout,
+                ping_interval=self._ping_interval,
+                reconnect_delay=self._reconnect_delay,
+                commands=SHARDED,
+                still_wanted=self._still_wanted,
+            )
+            reader.start(self._events)
+        return reader
 
-    def _holder(self, name: bytes) -> _ShardLink | None:
-        return next((link for link in self._links.values() if name in link._subs), None)
+    def _holder(self, name: bytes) -> PubSubReader | None:
+        return next((reader for reader in self._readers.values() if reader.holds(name)), None)
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe on the channel's shard; returns once its master confirmed."""
         self._redis()
-        link = self._holder(self._pubsub_name(channel))
-        if link is None:
+        name = self._pubsub_name(channel)
+        reader = self._holder(name)
+        if reader is None:
             with self._errors("subscribe"):
-                link = self._link(self._master_of(channel))
-        await link.subscribe(channel)
+                reader = self._reader_at(self._master_of(channel))
+        await reader.subscribe(channel, name)
 
     async def unsubscribe(self, channel: str) -> None:
         """Unsubscribe from the channel (no error when not subscribed)."""
         self._redis()
-        link = self._holder(self._pubsub_name(channel))
-        if link is not None:
-            await link.unsubscribe(channel)
+        name = self._pubsub_name(channel)
+        reader = self._holder(name)
+        if reader is not None:
+            await reader.unsubscribe(channel, name)
 
-    async def _rehome(self, link: _ShardLink) -> None:
-        """Refresh the slot map; hand `link`'s channels whose slot has another master now to
-        that master's link, which subscribes again and catches up."""
+    async def _still_wanted(self, reader: PubSubReader) -> bool:
+        """Before a shard reader reconnects (its master failed over, or a slot moved): hand
+        its channels that moved on; False (the reader ends) when none is left on it."""
+        await self._rehome(reader)
+        if reader.idle():
+            address = next((a for a, r in self._readers.items() if r is reader), None)
+            if address is not None:
+                del self._readers[address]
+            return False
+        return True
+
+    async def _rehome(self, reader: PubSubReader) -> None:
+        """Refresh the slot map; hand `reader`'s channels whose slot has another master now
+        to that master's reader, which subscribes again and catches up."""
         client: Any = self._client
         if client is None:
             return
@@ -342,110 +372,15 @@ class RedisClusterBroker(RedisBroker):
             await self._load_scripts(client)  # a promoted replica has none
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("loading the scripts on the Redis Cluster masters failed: %s", exc)
-        targets: set[_ShardLink] = set()
-        for name, sub in list(link._subs.items()):
-            address = self._master_of(sub.channel)
-            if address == link.address:
-                continue
-            target = self._link(address)
-            del link._subs[name]
-            target._subs[name] = sub
-            waiters = link._waiters.pop((b"subscribe", name), None)
-            if waiters:
-                target._waiters.setdefault((b"subscribe", name), waiters.__class__()).extend(
-                    waiters
-                )
-            targets.add(target)
-        for target in targets:  # a reconnection of these channels, on another master
+        targets: dict[int, PubSubReader] = {}
+        for name, channel in reader.channels():
+            target = self._reader_at(self._master_of(channel))
+            if target is not reader:
+                reader.hand_over(name, target)
+                targets[id(target)] = target
+        for target in targets.values():  # a reconnection of these channels, on another master
             self.stats.reconnects += 1
             await target.restart()
-
-    def _forget(self, link: _ShardLink) -> None:
-        if self._links.get(link.address) is link:
-            del self._links[link.address]
-
-
-class _ShardLink(RedisBroker):
-    """The pub/sub connection to one shard master: RedisBroker's reader (subscribe, confirm,
-    reconnect, catch up) with sharded pub/sub, commands through the owner's cluster client."""
-
-    _SUBSCRIBE, _UNSUBSCRIBE = "SSUBSCRIBE", "SUNSUBSCRIBE"
-    _SUBSCRIBED, _UNSUBSCRIBED, _MESSAGE = b"ssubscribe", b"sunsubscribe", b"smessage"
-
-    __slots__ = ("_owner", "address")
-
-    def __init__(self, owner: RedisClusterBroker, address: Address) -> None:
-        host, port = address
-        auth = ""
-        if owner._password is not None:
-            auth = f"{quote(owner._username or '', safe='')}:{quote(owner._password, safe='')}@"
-        scheme = "rediss" if owner._tls else "redis"
-        super().__init__(
-            f"{scheme}://{auth}{host}:{port}/0",
-            prefix=owner._prefix,
-            meta_ttl=owner._meta_ttl,
-            node_id=owner._node_id,
-            timeout=owner._timeout,
-            ping_interval=owner._ping_interval,
-            reconnect_delay=owner._reconnect_delay,
-        )
-        self._owner = owner
-        self.address = address
-        self.stats = owner.stats
-
-    def open(self) -> None:
-        """Start reading; the first connection is made by the reader."""
-        owner = self._owner
-        self._client = owner._client
-        self._events = owner._events
-        self._history = owner._history
-        self._sub_pool = ConnectionPool.from_url(
-            self._url,
-            socket_timeout=None,
-            socket_connect_timeout=self._timeout,
-            client_name=owner._sub_name,
-        )
-        self._reader = asyncio.get_running_loop().create_task(
-            self._run_reader(), name="rtserve-redis-cluster-reader"
-        )
-
-    async def restart(self) -> None:
-        """Drop the connection: the reader reconnects, subscribes to every channel (the ones
-        just handed over too) and catches up."""
-        self._ready = False
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
-
-    async def shut(self) -> None:
-        """Close this link but not the owner's client."""
-        self._client = None
-        await self.close()
-
-    async def _still_wanted(self, first: bool) -> bool:
-        """After a loss: refresh the slot map and hand over the channels that moved; False
-        (the link ends) when none is left here."""
-        if first:
-            return True
-        await self._owner._rehome(self)
-        if not self._subs and not any(kind == b"subscribe" for kind, _ in self._waiters):
-            self._owner._forget(self)
-            return False
-        return True
-
-    def _unsubscribed(self, name: bytes) -> None:
-        if (b"unsubscribe", name) not in self._waiters and name in self._subs:
-            raise _SlotMoved(f"Redis moved the slot of {name.decode(errors='replace')}")
-        super()._unsubscribed(name)
-
-    async def _position(self, channel: str) -> tuple[int, str | None]:
-        return await self._owner._position(channel)
-
-    async def _read_many(self, reads: list[tuple[str, int | None]]) -> list[HistoryResult]:
-        return await self._owner._read_many(reads)
-
-    async def _renew_epoch(self, channel: str, epoch: str) -> tuple[int, str]:
-        return await self._owner._renew_epoch(channel, epoch)
 
 
 def from_url(url: str) -> RedisClusterBroker:
