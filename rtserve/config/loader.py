@@ -42,7 +42,6 @@ import difflib
 import math
 import os
 import re
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,8 +52,20 @@ from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 import yaml
 
 from rtserve.config.env import DotenvError, has_references, parse_dotenv, substitute
+from rtserve.config.issues import ConfigErrors, ConfigIssue
+from rtserve.config.schema_types import (
+    NONE_TYPE,
+    container_kind,
+    describe,
+    describe_members,
+    field_types,
+    init_fields,
+    is_dataclass_type,
+    is_scalar_type,
+    is_union,
+    required,
+)
 from rtserve.config.units import parse_duration, parse_size
-from rtserve.errors import ConfigError
 from rtserve.schema import PORT_RANGE, OptionError
 
 __all__ = [
@@ -74,42 +85,7 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
-_NONE_TYPE = type(None)
 _NAME_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*", re.ASCII)
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One problem in a config source; `line` and `column` are 1-based (None: unknown)."""
-
-    file: str
-    line: int | None
-    column: int | None
-    keypath: str
-    message: str
-
-    @property
-    def where(self) -> str:
-        """`file`, `file:line` or `file:line:column`."""
-        if self.line is None:
-            return self.file
-        if self.column is None:
-            return f"{self.file}:{self.line}"
-        return f"{self.file}:{self.line}:{self.column}"
-
-    def __str__(self) -> str:
-        if self.keypath:
-            return f"{self.where}: {self.keypath}: {self.message}"
-        return f"{self.where}: {self.message}"
-
-
-class ConfigErrors(ConfigError):
-    """Every problem found in one config source; str() is one line per issue."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = list(issues)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
-        self.where = self.issues[0].file if self.issues else None
 
 
 # A schema dataclass with this field (init=False) is told which of its keys the YAML set, so
@@ -132,10 +108,10 @@ def schema_keys(schema: type[Any], prefix: str = "") -> list[SchemaKey]:
     `section.key`); every other field is a leaf. Fields with `init=False` are left out.
     """
     keys: list[SchemaKey] = []
-    hints = _hints(schema)
-    for f in _init_fields(schema):
+    hints = field_types(schema)
+    for f in init_fields(schema):
         tp = hints[f.name]
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             keys.extend(schema_keys(tp, f"{prefix}{f.name}."))
         else:
             keys.append(SchemaKey(prefix + f.name, f, tp))
@@ -189,7 +165,7 @@ def load_mapping(
     whole document is the schema's mapping. `filename` is what issues name as their file.
     `env` (default: os.environ) resolves `${VAR}`. Raises ConfigErrors.
     """
-    if not _is_dataclass_type(schema):
+    if not is_dataclass_type(schema):
         raise TypeError(f"schema must be a dataclass type, not {schema!r}")
     node = _compose(source, filename) if isinstance(source, str) else source
     walker = _Walker(filename, os.environ if env is None else env)
@@ -252,71 +228,6 @@ _TOO_DEEP: Final = "invalid YAML: collections nested too deeply"
 
 
 # --- schema introspection -------------------------------------------------------------------
-
-
-_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-def _init_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(cls) if f.init]
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _is_union(tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    return origin is typing.Union or origin is types.UnionType
-
-
-def _container(tp: Any) -> type | None:
-    """list or dict when `tp` is one (bare or parameterized), else None."""
-    origin = typing.get_origin(tp) or tp
-    if origin is list or origin is dict:
-        return cast(type, origin)
-    return None
-
-
-def _required(f: dataclasses.Field[Any]) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
-    if tp is _NONE_TYPE:
-        return "null"
-    if _is_union(tp):
-        return _describe_members(typing.get_args(tp), meta)
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(tp))
-    if _is_dataclass_type(tp) or _container(tp) is dict:
-        return "a mapping"
-    if _container(tp) is list:
-        return "a list"
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        if meta.get("port"):
-            return f"a port ({PORT_RANGE[0]} to {PORT_RANGE[1]})"
-        return "a size (bytes, or 64KiB, 1MiB, 64KB, ...)" if meta.get("size") else "an integer"
-    if tp is float:
-        if meta.get("duration"):
-            return "a duration (seconds, or 250ms, 10s, 1.5m, 2h, ...)"
-        return "a number"
-    if tp is str:
-        return "a string"
-    return "a value"
-
-
-def _describe_members(members: Sequence[Any], meta: Mapping[str, Any]) -> str:
-    return " or ".join(dict.fromkeys(_describe(member, meta) for member in members))
 
 
 def _value_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
@@ -436,14 +347,14 @@ class _Walker:
         converter = meta.get("convert")
         if converter is not None and node is not None:
             return self.converted(node, converter, keypath)
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             return self.instance(node, tp, keypath)
         assert node is not None, "only a dataclass stands for an absent node"
-        if _is_union(tp):
+        if is_union(tp):
             return self.union(node, typing.get_args(tp), keypath, meta)
         if tp is Any or tp is object:
             return self.plain(node, keypath)
-        container = _container(tp)
+        container = container_kind(tp)
         if container is not None:
             if isinstance(node, yaml.ScalarNode):
                 scalar = self.scalar(node, keypath)
@@ -457,12 +368,10 @@ class _Walker:
             if args and args[0] is not str and args[0] is not Any:
                 raise TypeError(f"unsupported mapping key type {args[0]!r} at {keypath!r}")
             return self.mapping(node, args[1] if args else Any, keypath, meta)
-        if not _is_scalar_type(tp):
+        if not is_scalar_type(tp):
             raise TypeError(f"unsupported field type {tp!r} at {keypath!r}")
         if not isinstance(node, yaml.ScalarNode):
-            self.issue(
-                node, keypath, f"expected {_describe(tp, meta)}, got {self.shown_node(node)}"
-            )
+            self.issue(node, keypath, f"expected {describe(tp, meta)}, got {self.shown_node(node)}")
             return _FAIL
         scalar = self.scalar(node, keypath)
         if scalar is None:
@@ -493,14 +402,14 @@ class _Walker:
     def union(
         self, node: yaml.Node, members: tuple[Any, ...], keypath: str, meta: Mapping[str, Any]
     ) -> Any:
-        others = [member for member in members if member is not _NONE_TYPE]
+        others = [member for member in members if member is not NONE_TYPE]
         if isinstance(node, yaml.ScalarNode):
             scalar = self.scalar(node, keypath)
             if scalar is None:
                 return _FAIL
             if scalar.tag == _NULL and len(others) < len(members):
                 return None
-            candidates = [m for m in others if _is_scalar_type(m) or m is Any or m is object]
+            candidates = [m for m in others if is_scalar_type(m) or m is Any or m is object]
             candidates.sort(key=lambda m: m is str or m is Any or m is object)
             failures: list[str] = []
             for member in candidates:
@@ -511,20 +420,20 @@ class _Walker:
             if len(others) == 1 and failures:
                 message = failures[0]
             else:
-                expected = _describe_members(members, meta)
+                expected = describe_members(members, meta)
                 message = f"expected {expected}, got {self.shown(scalar)}"
             self.issue(node, keypath, message)
             return _FAIL
         if isinstance(node, yaml.SequenceNode):
-            candidates = [m for m in others if _container(m) is list or m is Any or m is object]
+            candidates = [m for m in others if container_kind(m) is list or m is Any or m is object]
         else:
             candidates = [
                 m
                 for m in others
-                if _is_dataclass_type(m) or _container(m) is dict or m is Any or m is object
+                if is_dataclass_type(m) or container_kind(m) is dict or m is Any or m is object
             ]
         if not candidates:
-            expected = _describe_members(members, meta)
+            expected = describe_members(members, meta)
             self.issue(node, keypath, f"expected {expected}, got {self.shown_node(node)}")
             return _FAIL
         if len(candidates) == 1:
@@ -604,7 +513,7 @@ class _Walker:
             if scalar.tag == _NULL:
                 null, node = node, None
         if node is None:
-            missing = [f.name for f in _init_fields(cls) if _required(f)]
+            missing = [f.name for f in init_fields(cls) if required(f)]
             for name in missing:  # `routes: [null]` names what the item lacks, where it is
                 self.issue(null, _child(keypath, name), f"missing required key {name!r}")
             return _FAIL if missing else self.build(cls, {}, null, keypath)
@@ -612,8 +521,8 @@ class _Walker:
             self.issue(node, keypath, f"expected a mapping, got {self.shown_node(node)}")
             return _FAIL
         entries, ok = self.entries(node, keypath)
-        known = {f.name: f for f in _init_fields(cls)}
-        hints = _hints(cls)
+        known = {f.name: f for f in init_fields(cls)}
+        hints = field_types(cls)
         kwargs: dict[str, Any] = {}
         for key, (key_node, value_node) in entries.items():
             path = _child(keypath, key)
@@ -628,7 +537,7 @@ class _Walker:
             else:
                 kwargs[key] = value
         for name, f in known.items():
-            if name not in entries and _required(f):
+            if name not in entries and required(f):
                 self.issue(node, _child(keypath, name), f"missing required key {name!r}")
                 ok = False
         if not ok:
@@ -734,7 +643,7 @@ class _Walker:
             return self.literal(scalar, typing.get_args(tp))
         if tp is Any or tp is object:
             return self.construct(scalar)
-        if tp is _NONE_TYPE:
+        if tp is NONE_TYPE:
             if scalar.tag == _NULL:
                 return None
             raise _Invalid(f"expected null, got {self.shown(scalar)}")
@@ -742,7 +651,7 @@ class _Walker:
             if scalar.tag == _NULL and not scalar.substituted:
                 raise _Invalid("expected a string, got null (write '' for an empty string)")
             return scalar.text
-        expected = f"expected {_describe(tp, meta)}, got {self.shown(scalar)}"
+        expected = f"expected {describe(tp, meta)}, got {self.shown(scalar)}"
         if scalar.tag == _NULL:
             raise _Invalid(expected)
         value = self.construct(scalar)
@@ -760,7 +669,7 @@ class _Walker:
                 value = int(value)
             if isinstance(value, int):
                 if meta.get("port") and not PORT_RANGE[0] <= value <= PORT_RANGE[1]:
-                    raise _Invalid(f"expected {_describe(tp, meta)}, got {value}")
+                    raise _Invalid(f"expected {describe(tp, meta)}, got {value}")
                 return value
             if isinstance(value, float) and math.isfinite(value):
                 raise _Invalid(f"expected an integer, got {scalar.text} (not a whole number)")
@@ -827,10 +736,6 @@ class _Walker:
         if isinstance(node, yaml.ScalarNode):
             return self.shown(_Scalar(node, node.value, node.tag, False))
         return "something else"
-
-
-def _is_scalar_type(tp: Any) -> bool:
-    return tp in (int, float, bool, str, _NONE_TYPE) or typing.get_origin(tp) is Literal
 
 
 def _is_null_node(node: yaml.Node) -> bool:

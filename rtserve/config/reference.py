@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from rtserve.config.loader import _hints, _init_fields, _is_dataclass_type
 from rtserve.config.project import ProjectConfig
+from rtserve.config.schema_types import field_types, init_fields, is_dataclass_type
 from rtserve.imports import import_object
 
 HEADER = """\
@@ -138,12 +138,12 @@ def _aligned(pairs: list[tuple[str, str]]) -> list[str]:
 def _lines(schema: type[Any], indent: int, prefix: str) -> list[str]:
     out: list[str] = []
     block: list[tuple[str, str]] = []
-    hints = _hints(schema)
+    hints = field_types(schema)
     pad = " " * indent
-    for f in _init_fields(schema):
+    for f in init_fields(schema):
         key = prefix + f.name
         tp = hints[f.name]
-        if _is_dataclass_type(tp) or key in EXAMPLES:
+        if is_dataclass_type(tp) or key in EXAMPLES:
             out += _aligned(block)
             block = []
             out.append(f"{pad}{f.name}:  # {_help(f)}")
@@ -157,7 +157,7 @@ def _lines(schema: type[Any], indent: int, prefix: str) -> list[str]:
 
 
 def _items(item_type: type[Any], items: list[dict[str, Any]], indent: int) -> list[str]:
-    helps = {f.name: _help(f) for f in _init_fields(item_type)}
+    helps = {f.name: _help(f) for f in init_fields(item_type)}
     out: list[str] = []
     for item in items:
         pairs = [
@@ -192,17 +192,17 @@ def render_reference() -> str:
 
 
 def _tables(schema: type[Any], prefix: str, out: list[str]) -> None:
-    hints = _hints(schema)
+    hints = field_types(schema)
     rows: list[str] = []
     nested: list[tuple[str, type[Any]]] = []
-    for f in _init_fields(schema):
+    for f in init_fields(schema):
         tp = hints[f.name]
         key = prefix + f.name
-        if _is_dataclass_type(tp):
+        if is_dataclass_type(tp):
             nested.append((key, tp))
             continue
         args = typing.get_args(tp)
-        if key in EXAMPLES and args and _is_dataclass_type(args[0]):
+        if key in EXAMPLES and args and is_dataclass_type(args[0]):
             nested.append((key + "[]", args[0]))
             continue
         default = (
