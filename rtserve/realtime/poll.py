@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rtserve.app.response import JSON, JSONResponse, Response, dump_json
+from rtserve.app.shared import SharedResponse
 from rtserve.broker.base import ClientInfo
 from rtserve.realtime.access import (
     authorize_subscribe,
@@ -165,7 +166,11 @@ class _Waiter:
         self.done_waiting()
         request = self.request
         try:
-            request.app.respond(request, self.response())
+            shared = self._shared_answer()
+            if shared is not None:
+                request.app.respond_shared(request, shared)
+            else:
+                request.app.respond(request, self.response())
         except Exception:
             log.exception("answering a long poll failed")
             request.exchange.answer_internal_error()
@@ -188,6 +193,15 @@ class _Waiter:
                 return Response(only.poll_answer, headers=self.cors, content_type=JSON)
         body = {"channels": {channel: self.answer(channel) for channel in self.subscribed}}
         return JSONResponse(body, headers=self.cors)
+
+    def _shared_answer(self) -> SharedResponse | None:
+        """The answer every poll of its channel and CORS fields that this one publication
+        releases gets, when that is all this poll has to say."""
+        if len(self.subscribed) != 1:
+            return None
+        (channel,) = self.subscribed
+        only = self._only_publication(channel)
+        return None if only is None else _SHARED.get(only, self.cors)
 
     def _only_publication(self, channel: str) -> Outbound | None:
         """The one publication `channel` answers with, when it has nothing else to say."""
@@ -224,6 +238,33 @@ class _Waiter:
         """What arrived on `channel` while subscribed."""
         got = self.got
         return [] if got is None else got.get(channel, [])
+
+
+class _SharedAnswers:
+    """The shared answers of the latest publication that released polls, one per set of CORS
+    fields (a publication releases its polls in one pass). Safe across loops in threads: a
+    lookup keeps to the entry of the publication it asked about."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self) -> None:
+        self._entry: tuple[Outbound | None, dict[tuple[tuple[str, str], ...], SharedResponse]]
+        self._entry = (None, {})
+
+    def get(self, message: Outbound, cors: list[tuple[str, str]]) -> SharedResponse:
+        entry = self._entry
+        if entry[0] is not message:
+            entry = self._entry = (message, {})
+        by_cors = entry[1]
+        key = tuple(cors)
+        shared = by_cors.get(key)
+        if shared is None:
+            response = Response(message.poll_answer, headers=cors, content_type=JSON)
+            shared = by_cors[key] = SharedResponse(response)
+        return shared
+
+
+_SHARED = _SharedAnswers()
 
 
 def _timeout(request: Request, default: float) -> float:

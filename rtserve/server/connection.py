@@ -38,6 +38,7 @@ from rtserve.server.sendfile import sendfile_in_thread
 from rtserve.server.transport import ConnectionInfo
 
 if TYPE_CHECKING:
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
@@ -684,6 +685,20 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.writelines((head, body))
         else:
             self.transport.write(head + body)
+
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        """Write and count `answer`'s shared framing for this connection."""
+        state = self.state
+        data = answer.framed(
+            state.date_line,
+            state.server_line,
+            self.keep_alive_after(exchange),
+            exchange.head.version == "1.0",
+        )
+        n = len(data)
+        self.bytes_out += n
+        state.stats.bytes_sent += n
+        self.transport.write(data)
 
     def write_head(
         self,

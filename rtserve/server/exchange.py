@@ -20,6 +20,7 @@ from rtserve.errors import RtserveError
 from rtserve.protocol.http11 import LAST_CHUNK, Header, RequestHead, encode_chunk
 
 if TYPE_CHECKING:
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import ExchangeTransport, UpgradedProtocol
 
@@ -196,6 +197,21 @@ class Exchange:
         self.response_bytes = len(sent)
         self._finish()
 
+    def respond_prepared(self, answer: PreparedAnswer) -> None:
+        """`respond()` with a response made once for many exchanges: an HTTP/1.1 connection
+        writes its shared framed bytes, with no head built for this exchange."""
+        if self.head_only or answer.status == 204 or answer.status == 304 or self.started:
+            self.respond(answer.status, answer.headers, answer.body)
+            return
+        conn = self._transport
+        if not conn.closed:
+            conn.write_prepared(self, answer)
+        self.started = True
+        self.status = answer.status
+        self.state.stats.http_latency.observe(perf_counter() - self.start_time)
+        self.response_bytes = len(answer.body)
+        self._finish()
+
     def start(
         self, status: int, headers: list[Header] | bytes, content_length: int | None = None
     ) -> None:
@@ -358,6 +374,9 @@ class _Upgraded:
         content_length: int,
         body: bytes,
     ) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
         raise RuntimeError(_SWITCHED)
 
     def write_head(

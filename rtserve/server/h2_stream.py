@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
     from rtserve.server.h2_tunnel import StreamTransport
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
@@ -210,6 +211,10 @@ class H2Stream:
         else:
             self.conn.send_headers(self, fields, True)
             self.end_sent = True
+
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        body = answer.body
+        self.write_response(exchange, answer.status, answer.headers, len(body), body)
 
     def write_head(
         self,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
 
 
@@ -75,6 +76,12 @@ class ExchangeTransport(Protocol):
         """Frame and write a whole response to `exchange` (the caller checked `closed`).
         `body` is b"" for HEAD, 204 and 304; `content_length` the full body's. Raises
         ValueError for a bad header before writing anything."""
+        ...
+
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        """Write `answer` whole to `exchange` (the caller checked `closed`, and that the body
+        is sent: no HEAD, 204 or 304): HTTP/1.1 writes its shared framing, HTTP/2 frames it as
+        any response."""
         ...
 
     def write_head(
