@@ -17,7 +17,6 @@ connects a client as `connect` does: `on_connect` gets the `data` query paramete
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Sequence
@@ -124,16 +123,13 @@ class _Waiter:
         request.forget_parsed()  # read already: a waiting poll need not keep it
         self.waiting = True
         self.due = self.hub.poll_deadlines.add(timeout, self)
-        # In the server's context: a copy of the handler's would be kept while it waits.
-        exchange.wait_disconnected().add_done_callback(
-            self._client_left, context=exchange.state.context
-        )
+        exchange.on_disconnect(self._client_left)  # runs in the server's context
         watch_shutdown(request, self)
 
     def expired(self) -> None:
         self._release()
 
-    def _client_left(self, _: asyncio.Future[None]) -> None:
+    def _client_left(self) -> None:
         self._release()  # nothing is written: the exchange is only accounted for
 
     def done_waiting(self) -> None:
@@ -143,12 +139,23 @@ class _Waiter:
         if self.waiting:
             self.waiting = False
             hub.poll_deadlines.discard(self.due, self)
-            request.exchange.wait_disconnected().remove_done_callback(self._client_left)
+            request.exchange.on_disconnect(None)
         unwatch_shutdown(request, self)
         for channel in self.channels:
             hub.unsubscribe(self, channel)
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self.got is None and self.waiting and message.publication is not None:
+            subscribed = self.subscribed.get(channel)
+            if (
+                subscribed is not None
+                and message.offset > subscribed.last
+                and subscribed.recovered
+                and not subscribed.publications
+                and len(self.subscribed) == 1
+            ):  # the common release: this publication alone is the answer, shared
+                self._release(_SHARED.get(message, self.cors))
+                return
         if self.got is None:
             self.got = {}
         got = self.got.setdefault(channel, [])
@@ -158,15 +165,16 @@ class _Waiter:
         if subscribed is not None and message.offset > subscribed.last:
             self._release()
 
-    def _release(self) -> None:
-        """Answer with what there is, once (not while still subscribing: the handler checks
-        `ready()` then)."""
+    def _release(self, shared: SharedResponse | None = None) -> None:
+        """Answer with what there is (`shared`, when that is it), once (not while still
+        subscribing: the handler checks `ready()` then)."""
         if not self.waiting:
             return
         self.done_waiting()
         request = self.request
         try:
-            shared = self._shared_answer()
+            if shared is None:
+                shared = self._shared_answer()
             if shared is not None:
                 request.app.respond_shared(request, shared)
             else:

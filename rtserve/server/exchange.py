@@ -12,7 +12,7 @@ frames the response (an HTTP/1.1 head, or HTTP/2 HEADERS).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -119,6 +119,12 @@ class Exchange:
     def wait_disconnected(self) -> asyncio.Future[None]:
         """A future that completes when the client closes the connection (or its side of it)."""
         return self._transport.closed_future()
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` once, soon, when the client closes the connection (or its side
+        of it), as `wait_disconnected()` would complete, but without a future; None forgets
+        it. One callback at a time (a deferred answer's)."""
+        self._transport.on_disconnect(callback)
 
     def _feed(self, data: bytes) -> None:
         pieces = self._pieces
@@ -306,7 +312,7 @@ class _Upgraded:
     """The `ExchangeTransport` of an exchange answered by an upgrade: it reports whether the
     new protocol's connection is open; there is no HTTP left to speak on it."""
 
-    __slots__ = ("_protocol", "must_close", "peer", "state")
+    __slots__ = ("_on_close", "_protocol", "must_close", "peer", "state")
 
     def __init__(
         self, state: ServerState, peer: tuple[str, int], protocol: UpgradedProtocol
@@ -315,6 +321,7 @@ class _Upgraded:
         self.peer = peer
         self._protocol = protocol
         self.must_close = True
+        self._on_close: Callable[[object], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -328,6 +335,15 @@ class _Upgraded:
 
     def closed_future(self) -> asyncio.Future[None]:
         return self._protocol.closed_future()
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        closed = self._protocol.closed_future()
+        if self._on_close is not None:
+            closed.remove_done_callback(self._on_close)
+            self._on_close = None
+        if callback is not None:
+            self._on_close = lambda _: callback()
+            closed.add_done_callback(self._on_close)
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
         def wake(_: object) -> None:

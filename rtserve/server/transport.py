@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -117,6 +118,12 @@ class ExchangeTransport(Protocol):
 
     def closed_future(self) -> asyncio.Future[None]:
         """A future that completes when the client closes the connection (or its side)."""
+        ...
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` (once, soon, in the server's context) when the client closes the
+        connection or its side of it, as `closed_future()` would complete; None forgets it.
+        One at a time: a waiting answer's, without a future."""
         ...
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
