@@ -12,9 +12,11 @@ Measures (``--measure``):
 
 - ``cpu`` (default): user and system CPU time of the serving thread across each release
   (``getrusage(RUSAGE_THREAD)``), per answer; the system part is the ``send()`` per answer,
-  which on loopback carries the receiving side's TCP work too;
+  which on loopback carries the receiving side's TCP work too; and the CPU time of the
+  loop's next turns, where what the release left for later runs (after the last answer);
 - ``callgrind``: the process runs under ``valgrind --tool=callgrind`` collecting only inside
-  the releases: instructions per answer (user space: the Python part, and uvloop's);
+  the releases (up to the last answer written): instructions per answer (user space: the
+  Python part, and uvloop's);
 - ``profile``: ``cProfile`` of the releases, the top functions by own time;
 - ``memory``: the Python heap per pending poll from ``tracemalloc`` (a snapshot of the idle
   server and one with N polls pending, both after ``gc.collect()``; the clients' own sockets
@@ -102,7 +104,7 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
     from bench.longpoll_apps.rtserve_app import app
     from rtserve.testing import serve_app
 
-    result: dict[str, Any] = {"polls": polls, "rounds": rounds, "user": [], "sys": [], "cpu": []}
+    result: dict[str, Any] = {"polls": polls, "rounds": rounds, "user": [], "sys": [], "cpu": [], "after": []}
     async with serve_app(app, access_log=False) as server:
         hub = app.hub
         if measure == "memory":
@@ -138,6 +140,10 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
             cpu = time.thread_time() - started
             after = resource.getrusage(resource.RUSAGE_THREAD)
             result["cpu"].append(cpu / polls * 1e6)
+            started = time.thread_time()
+            for _ in range(3):  # what the release left for the loop's next turns
+                await asyncio.sleep(0)
+            result["after"].append((time.thread_time() - started) / polls * 1e6)
             result["user"].append((after.ru_utime - before.ru_utime) / polls * 1e6)
             result["sys"].append((after.ru_stime - before.ru_stime) / polls * 1e6)
             for sock in socks:
@@ -213,6 +219,7 @@ def main() -> None:
     if args.measure == "child":
         return
     user, system, cpu = result.pop("user"), result.pop("sys"), result.pop("cpu")
+    after = result.pop("after")
     print(
         f"{args.polls} polls, {args.rounds} releases: per answer CPU "
         f"{statistics.median(cpu):.1f} µs (min {min(cpu):.1f}), of which user "
@@ -220,6 +227,10 @@ def main() -> None:
         f"{statistics.median(system):.1f} µs (min {min(system):.1f})"
     )
     print(f"  CPU per release {[round(c, 1) for c in cpu]}")
+    print(
+        f"  then, in the loop's next turns (leaving the hub, ...): {statistics.median(after):.1f}"
+        " µs per answer"
+    )
     for key, value in result.items():
         if key not in ("polls", "rounds"):
             print(f"  {key}: {value}")

@@ -396,8 +396,8 @@ class App:
             self.respond(request, shared.copy())
             return
         gzip_min = self.gzip_min_size
-        if gzip_min is None or len(shared.body) < gzip_min:
-            answer = shared.plain()
+        if gzip_min is None or shared.size < gzip_min:
+            answer = shared.plain
         else:
             accepts = _accepts_gzip(request.headers.get("accept-encoding", ""))
             encoded = shared.encoded(accepts)

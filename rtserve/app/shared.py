@@ -15,30 +15,20 @@ from rtserve.server.prepared import PreparedAnswer
 class SharedResponse:
     """A status, headers and body, the same for every request it answers (no cookies)."""
 
-    __slots__ = ("_encoded", "_plain", "response")
+    __slots__ = ("_encoded", "plain", "response", "size")
 
     def __init__(self, response: Response) -> None:
         if type(response).send is not Response.send or response.cookies:
             raise ValueError("a shared response is sent whole and sets no cookies")
         self.response = response
-        self._plain: PreparedAnswer | None = None
+        self.size = len(response.body)
+        self.plain = _prepared(response)  # as it is (below the app's gzip threshold)
         self._encoded: dict[bool, PreparedAnswer] = {}  # by whether the client takes gzip
-
-    @property
-    def body(self) -> bytes:
-        return self.response.body
 
     def copy(self) -> Response:
         """A response of its own, for a request that adds to it (a cookie)."""
         response = self.response
         return Response(response.body, response.status, response.headers)
-
-    def plain(self) -> PreparedAnswer:
-        """As it is (below the app's gzip threshold)."""
-        plain = self._plain
-        if plain is None:
-            plain = self._plain = _prepared(self.response)
-        return plain
 
     def encoded(self, gzip: bool) -> PreparedAnswer | None:
         """The form for clients that take gzip (or not) over the gzip threshold, once made."""

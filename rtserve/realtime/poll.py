@@ -108,7 +108,7 @@ class _Waiter:
         self.hub = hub
         self.client = client
         self.request = request
-        self.cors = cors
+        self.cors = tuple(cors)  # () for most: shared
         self.channels = channels
         self.got: dict[str, list[Outbound]] | None = None  # made by the first delivery
         self.subscribed: dict[str, _Subscribed] = {}
@@ -154,7 +154,7 @@ class _Waiter:
                 and not subscribed.publications
                 and len(self.subscribed) == 1
             ):  # the common release: this publication alone is the answer, shared
-                self._release(_SHARED.get(message, self.cors))
+                self._answer_shared(message)
                 return
         if self.got is None:
             self.got = {}
@@ -164,6 +164,31 @@ class _Waiter:
         subscribed = self.subscribed.get(channel)
         if subscribed is not None and message.offset > subscribed.last:
             self._release()
+
+    def _answer_shared(self, message: Outbound) -> None:
+        """Answer now with `message`'s shared answer; leave the hub, the deadlines and the
+        shutdown watch with every poll it released, once it reached every subscriber."""
+        self.waiting = False
+        request = self.request
+        exchange = request.exchange
+        exchange.on_disconnect(None)
+        release = _Release.of(message)
+        if not release.released:  # the first this publication releases
+            self.hub.after_delivery(release.leave)
+        release.released.append(self)
+        try:
+            request.app.respond_shared(request, release.answer(self.cors))
+        except Exception:
+            log.exception("answering a long poll failed")
+            exchange.answer_internal_error()
+
+    def left(self) -> None:
+        """Released by a publication (`_answer_shared`): leave what it waited in."""
+        hub = self.hub
+        hub.poll_deadlines.discard(self.due, self)
+        unwatch_shutdown(self.request, self)
+        for channel in self.channels:
+            hub.unsubscribe(self, channel)
 
     def _release(self, shared: SharedResponse | None = None) -> None:
         """Answer with what there is (`shared`, when that is it), once (not while still
@@ -209,7 +234,7 @@ class _Waiter:
             return None
         (channel,) = self.subscribed
         only = self._only_publication(channel)
-        return None if only is None else _SHARED.get(only, self.cors)
+        return None if only is None else _Release.of(only).answer(self.cors)
 
     def _only_publication(self, channel: str) -> Outbound | None:
         """The one publication `channel` answers with, when it has nothing else to say."""
@@ -248,31 +273,42 @@ class _Waiter:
         return [] if got is None else got.get(channel, [])
 
 
-class _SharedAnswers:
-    """The shared answers of the latest publication that released polls, one per set of CORS
-    fields (a publication releases its polls in one pass). Safe across loops in threads: a
-    lookup keeps to the entry of the publication it asked about."""
+class _Release:
+    """What one publication does for the polls it alone answers: one shared answer per set of
+    CORS fields, and their leaving (hub, deadlines, shutdown watch) in one pass once it has
+    reached every subscriber: after the last answer is written."""
 
-    __slots__ = ("_entry",)
+    __slots__ = ("_answers", "message", "released")
 
-    def __init__(self) -> None:
-        self._entry: tuple[Outbound | None, dict[tuple[tuple[str, str], ...], SharedResponse]]
-        self._entry = (None, {})
+    _latest: _Release | None = None  # a publication releases its polls in one pass
 
-    def get(self, message: Outbound, cors: list[tuple[str, str]]) -> SharedResponse:
-        entry = self._entry
-        if entry[0] is not message:
-            entry = self._entry = (message, {})
-        by_cors = entry[1]
-        key = tuple(cors)
-        shared = by_cors.get(key)
+    def __init__(self, message: Outbound) -> None:
+        self.message = message
+        self._answers: dict[tuple[tuple[str, str], ...], SharedResponse] = {}
+        self.released: list[_Waiter] = []
+
+    @classmethod
+    def of(cls, message: Outbound) -> _Release:
+        """The release of `message` (made by its first poll; safe across loops in threads:
+        each caller keeps to the release of the publication it asked about)."""
+        release = cls._latest
+        if release is None or release.message is not message:
+            release = cls._latest = cls(message)
+        return release
+
+    def answer(self, cors: tuple[tuple[str, str], ...]) -> SharedResponse:
+        answers = self._answers
+        shared = answers.get(cors)
         if shared is None:
+            message = self.message
             response = Response(message.poll_answer, headers=cors, content_type=JSON)
-            shared = by_cors[key] = SharedResponse(response)
+            shared = answers[cors] = SharedResponse(response)
         return shared
 
-
-_SHARED = _SharedAnswers()
+    def leave(self) -> None:
+        released, self.released = self.released, []
+        for waiter in released:
+            waiter.left()
 
 
 def _timeout(request: Request, default: float) -> float:
