@@ -89,13 +89,13 @@ async def _until(check: Any, what: str) -> None:
         await asyncio.sleep(0.002)
 
 
-def _release(app: Any, seq: int) -> None:
+def _release(app: Any, seq: int) -> int:
     """Publish once; the memory broker's delivery (every answer) happens inside."""
     coro = app.publish("lp", {"seq": seq})
     try:
         coro.send(None)
     except StopIteration:
-        return
+        return seq
     coro.close()
     raise RuntimeError("publish suspended: the release was not synchronous")
 
@@ -104,7 +104,14 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
     from bench.longpoll_apps.rtserve_app import app
     from rtserve.testing import serve_app
 
-    result: dict[str, Any] = {"polls": polls, "rounds": rounds, "user": [], "sys": [], "cpu": [], "after": []}
+    result: dict[str, Any] = {
+        "polls": polls,
+        "rounds": rounds,
+        "user": [],
+        "sys": [],
+        "cpu": [],
+        "after": [],
+    }
     async with serve_app(app, access_log=False) as server:
         hub = app.hub
         if measure == "memory":
@@ -122,10 +129,12 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
             gc.collect()
             pending = tracemalloc.take_snapshot()
             mine = (tracemalloc.Filter(False, __file__), tracemalloc.Filter(False, "*/socket.py"))
-            diff = pending.filter_traces(mine).compare_to(idle.filter_traces(mine), "filename")
+            diff = pending.filter_traces(mine).compare_to(
+                idle.filter_traces(mine), os.environ.get("BENCH_TRACE_BY", "filename")
+            )
             result["heap_per_poll"] = sum(d.size_diff for d in diff) / polls
             result["by_file"] = [
-                (d.traceback[0].filename, d.size_diff / polls) for d in diff[:12] if d.size_diff
+                (str(d.traceback[0]), d.size_diff / polls) for d in diff[:20] if d.size_diff
             ]
         profile = cProfile.Profile() if measure == "profile" else None
         for seq in range(1, rounds + 1):
@@ -151,9 +160,7 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
                 lp = answer["channels"]["lp"]
                 if lp["publications"][-1]["data"]["seq"] != seq:
                     raise RuntimeError(f"round {seq}: an answer without the publication")
-                sock.sendall(
-                    _request(f"{FIRST_POLL}&since=lp:{lp['offset']}:{lp['epoch']}")
-                )
+                sock.sendall(_request(f"{FIRST_POLL}&since=lp:{lp['offset']}:{lp['epoch']}"))
             await _until(lambda: hub.subscriber_count("lp") == polls, "polls pending again")
         for sock in socks:
             sock.close()

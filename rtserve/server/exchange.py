@@ -321,7 +321,7 @@ class _Upgraded:
         self.peer = peer
         self._protocol = protocol
         self.must_close = True
-        self._on_close: Callable[[object], None] | None = None
+        self._on_close: Callable[[asyncio.Future[None]], object] | None = None
 
     @property
     def closed(self) -> bool:
@@ -342,8 +342,8 @@ class _Upgraded:
             closed.remove_done_callback(self._on_close)
             self._on_close = None
         if callback is not None:
-            self._on_close = lambda _: callback()
-            closed.add_done_callback(self._on_close)
+            on_close = self._on_close = lambda _: callback()
+            closed.add_done_callback(on_close)
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
         def wake(_: object) -> None:
