@@ -124,7 +124,7 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
             def later() -> None:
                 asyncio.get_running_loop().call_soon(leave_pass)
 
-            hub._run_after_delivery = later
+            hub._run_after_delivery = later  # type: ignore[method-assign]
         if measure == "memory":
             gc.collect()
             idle = tracemalloc.take_snapshot()
