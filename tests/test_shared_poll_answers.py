@@ -15,8 +15,10 @@ from rtserve import App, ChannelSettings, Request
 from rtserve.app.response import JSON, Response
 from rtserve.app.shared import SharedResponse
 from rtserve.server.prepared import PreparedAnswer
+from rtserve.server.settings import HTTP2Settings
 from rtserve.testing import ThreadedServer
 from tests.rawhttp import RawClient, get, parse_response
+from tests.support.h2client import H2Client
 from tests.support.waiting import until
 
 
@@ -232,3 +234,26 @@ def test_on_disconnect_calls_back_once_when_the_client_goes_and_none_forgets() -
         assert calls == ["told"]
         for request in held:  # on the server's loop: accounted for, nobody to answer
             server.call(request.exchange.respond, 204, [])
+
+
+def test_http2_polls_get_the_shared_answer_and_a_reset_one_leaves() -> None:
+    app = _app()
+    with ThreadedServer(app, http2=HTTP2Settings(h2c=True), access_log=False) as server:
+        client = H2Client(server.port, tls=False)
+        try:
+            kept = client.request("/rt/poll?channel=c&timeout=20")
+            gone = client.request("/rt/poll?channel=c&timeout=20")
+            client.until(lambda: app.hub.subscriber_count("c") == 2)
+            client.conn.reset_stream(gone)
+            client.send()
+            until(lambda: app.hub.subscriber_count("c") == 1, 5, "the reset poll to leave")
+            assert len(app.hub.poll_deadlines) == 1
+            _publish(server, {"n": 1})
+            answer = client.response(kept)
+            assert answer.status == 200 and answer.header(b"content-type") == JSON.encode()
+            assert answer.header(b"content-length") == b"%d" % len(answer.body)
+            (position,) = json.loads(answer.body)["channels"].values()
+            assert [p["data"] for p in position["publications"]] == [{"n": 1}]
+        finally:
+            client.close()
+    assert app.hub.subscriber_count("c") == 0 and len(app.hub.poll_deadlines) == 0
