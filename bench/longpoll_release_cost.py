@@ -20,6 +20,7 @@ Measures (``--measure``):
   released polls leaving, where the code has that hook) is moved to the loop's next turn, so
   the count stops at the last answer written;
 - ``profile``: ``cProfile`` of the releases, the top functions by own time;
+- ``opcodes``: the Python bytecodes each function runs in the releases (a trace hook);
 - ``memory``: the Python heap per pending poll from ``tracemalloc`` (a snapshot of the idle
   server and one with N polls pending, both after ``gc.collect()``; the clients' own sockets
   are left out), by file.
@@ -49,7 +50,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +92,19 @@ async def _until(check: Any, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {WAIT_S} s for {what}")
         await asyncio.sleep(0.002)
+
+
+def _opcode_counter(counts: Counter[str]) -> Any:
+    """A trace function counting the bytecodes each Python function runs."""
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+        return trace
+
+    return trace
 
 
 def _release(app: Any, seq: int) -> int:
@@ -148,13 +164,17 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
                 (str(d.traceback[0]), d.size_diff / polls) for d in diff[:20] if d.size_diff
             ]
         profile = cProfile.Profile() if measure == "profile" else None
+        opcodes: Counter[str] = Counter()
         for seq in range(1, rounds + 1):
             gc.collect()  # a full collection mid-release would be noise here
             before = resource.getrusage(resource.RUSAGE_THREAD)
             started = time.thread_time()
             if profile is not None:
                 profile.enable()
+            if measure == "opcodes":
+                sys.settrace(_opcode_counter(opcodes))
             functools.reduce(lambda _a, _b: _release(app, seq), (0, 1))
+            sys.settrace(None)
             if profile is not None:
                 profile.disable()
             cpu = time.thread_time() - started
@@ -178,6 +198,11 @@ async def _main(polls: int, rounds: int, measure: str) -> dict[str, Any]:
         if profile is not None:
             stats = pstats.Stats(profile, stream=sys.stderr)
             stats.sort_stats("tottime").print_stats(25)
+        if opcodes:
+            answers = polls * rounds
+            result["opcodes_per_answer"] = round(sum(opcodes.values()) / answers, 1)
+            for name, count in opcodes.most_common(25):
+                print(f"{count / answers:8.1f} {name}", file=sys.stderr)
     return result
 
 
@@ -225,7 +250,9 @@ def main() -> None:
     parser.add_argument("--polls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--measure", choices=("cpu", "callgrind", "profile", "memory", "child"), default="cpu"
+        "--measure",
+        choices=("cpu", "callgrind", "profile", "opcodes", "memory", "child"),
+        default="cpu",
     )
     parser.add_argument(
         "--to-last-answer",
