@@ -205,6 +205,8 @@ def test_a_prepared_answer_is_framed_once_per_date_line() -> None:
     assert b"connection: keep-alive\r\n" in answer.framed(date, server, True, True)
     later = b"date: Mon, 07 Dec 2026 23:00:01 GMT\r\n"
     assert later in answer.framed(later, server, True, False)
+    with pytest.raises(ValueError):
+        PreparedAnswer(204, b"", b"")  # no body: nothing to share
 
 
 def test_on_disconnect_calls_back_once_when_the_client_goes_and_none_forgets() -> None:

@@ -13,7 +13,8 @@ from rtserve.server.prepared import PreparedAnswer
 
 
 class SharedResponse:
-    """A status, headers and body, the same for every request it answers (no cookies)."""
+    """A status, headers and body, the same for every request it answers (no cookies; a
+    status with a body: not 1xx, 204 or 304)."""
 
     __slots__ = ("_encoded", "plain", "response", "size")
 

@@ -81,7 +81,8 @@ class _Waiter:
     While it waits its handler has returned (the exchange deferred): no Task, no timer of its
     own (the hub's `poll_deadlines` holds its timeout) and a callback on the connection's
     close. Whatever ends the wait answers: a publication, the timeout, the client leaving, the
-    server stopping, the channel's stream restarting.
+    server stopping, the channel's stream restarting. A publication that alone answers it (the
+    common release) gives it the answer every such poll shares (`_Release`).
     """
 
     __slots__ = (
@@ -190,16 +191,15 @@ class _Waiter:
         for channel in self.channels:
             hub.unsubscribe(self, channel)
 
-    def _release(self, shared: SharedResponse | None = None) -> None:
-        """Answer with what there is (`shared`, when that is it), once (not while still
-        subscribing: the handler checks `ready()` then)."""
+    def _release(self) -> None:
+        """Answer with what there is, once (not while still subscribing: the handler checks
+        `ready()` then)."""
         if not self.waiting:
             return
         self.done_waiting()
         request = self.request
         try:
-            if shared is None:
-                shared = self._shared_answer()
+            shared = self._shared_answer()
             if shared is not None:
                 request.app.respond_shared(request, shared)
             else:

@@ -206,7 +206,7 @@ class Exchange:
     def respond_prepared(self, answer: PreparedAnswer) -> None:
         """`respond()` with a response made once for many exchanges: an HTTP/1.1 connection
         writes its shared framed bytes, with no head built for this exchange."""
-        if self.head_only or answer.status == 204 or answer.status == 304 or self.started:
+        if self.head_only or self.started:
             self.respond(answer.status, answer.headers, answer.body)
             return
         conn = self._transport

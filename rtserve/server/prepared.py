@@ -12,11 +12,14 @@ from rtserve.protocol.http11 import response_head
 
 
 class PreparedAnswer:
-    """A complete response (no cookies, nothing per request) and its HTTP/1.1 framings."""
+    """A complete response with a body (no cookies, nothing per request; not 1xx, 204 or
+    304) and its HTTP/1.1 framings."""
 
     __slots__ = ("_date", "_framed", "_server", "body", "headers", "status")
 
     def __init__(self, status: int, headers: bytes, body: bytes) -> None:
+        if status < 200 or status == 204 or status == 304:
+            raise ValueError(f"a {status} answer has no body to share")
         self.status = status
         self.headers = headers  # encoded fields (`encode_headers`): checked already
         self.body = body
