@@ -187,6 +187,33 @@ def test_hub_fans_out_one_encoding_to_local_subscribers() -> None:
     asyncio.run(main())
 
 
+def test_work_after_a_delivery_runs_once_every_subscriber_has_the_publication() -> None:
+    async def main() -> None:
+        hub = make_hub(history=10)
+        await hub.start()
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        seen: list[int] = []
+
+        def broken() -> None:
+            raise RuntimeError("a failing callback")
+
+        def deliver(channel: str, message: Outbound, rule: ChannelRule) -> None:
+            FakeSubscriber.deliver(a, channel, message, rule)
+            hub.after_delivery(broken)  # logged; the next one runs all the same
+            hub.after_delivery(lambda: seen.append(len(b.got)))
+
+        a.deliver = deliver  # type: ignore[method-assign]
+        await hub.subscribe(a, "c:1")
+        await hub.subscribe(b, "c:1")
+        await hub.publish("c:1", {"n": 1})
+        assert seen == [1]  # after b had it too, and once
+        await hub.publish("c:1", {"n": 2})
+        assert seen == [1, 2]
+        await hub.close()
+
+    asyncio.run(main())
+
+
 def test_hub_recovery_decisions() -> None:
     async def main() -> None:
         hub = make_hub(history=3)

@@ -35,6 +35,7 @@ from rtserve.server.exchange import Exchange
 from rtserve.server.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from rtserve.app.shared import SharedResponse
     from rtserve.server.state import Application, ServerState
 
 log = logging.getLogger("rtserve.app")
@@ -387,6 +388,25 @@ class App:
         if pending is not None:
             pending.close()
             raise TypeError(f"{type(response).__name__} cannot be sent from outside a handler")
+
+    def respond_shared(self, request: Request, shared: SharedResponse) -> None:
+        """`respond()` with a response many requests are answered with as is (the long polls
+        one publication releases): gzipped, or not, as `respond()` would, each form made once."""
+        if request._xsrf_new:  # a cookie of its own
+            self.respond(request, shared.copy())
+            return
+        gzip_min = self.gzip_min_size
+        if gzip_min is None or shared.size < gzip_min:
+            answer = shared.plain
+        else:
+            accepts = _accepts_gzip(request.headers.get("accept-encoding", ""))
+            encoded = shared.encoded(accepts)
+            if encoded is None:  # the first such client: as `respond()` would answer it
+                response = shared.copy()
+                _maybe_gzip(request, response)
+                encoded = shared.keep_encoded(accepts, response)
+            answer = encoded
+        request.exchange.respond_prepared(answer)
 
     async def _upgrade_later(self, request: Request, upgrading: Coroutine[Any, Any, None]) -> None:
         try:

@@ -291,6 +291,7 @@ class Hub:
         self._digest_task: asyncio.Task[None] | None = None
         self.poll_deadlines = DeadlineWheel()  # the timeouts of the long polls waiting
         self.sse_heartbeat = Heartbeat()  # the pings of the SSE streams
+        self._after_delivery: list[Callable[[], object]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -455,9 +456,24 @@ class Hub:
         delta = local.delta
         if delta is not None and delta.bases:
             self._deliver_deltas(channel, publication, message, subscribers, rule, delta)
-            return
-        for subscriber in subscribers:
-            subscriber.deliver(channel, message, rule)
+        else:
+            for subscriber in subscribers:
+                subscriber.deliver(channel, message, rule)
+        if self._after_delivery:
+            self._run_after_delivery()
+
+    def after_delivery(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once the publication being delivered (from a subscriber's
+        `deliver`) has reached every local subscriber: work that can wait for the last one."""
+        self._after_delivery.append(callback)
+
+    def _run_after_delivery(self) -> None:
+        callbacks, self._after_delivery = self._after_delivery, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one failing must not keep the others from running
+                log.exception("a callback after a delivery failed")
 
     def _deliver_deltas(
         self,

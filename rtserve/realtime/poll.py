@@ -17,13 +17,13 @@ connects a client as `connect` does: `on_connect` gets the `data` query paramete
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rtserve.app.response import JSON, JSONResponse, Response, dump_json
+from rtserve.app.shared import SharedResponse
 from rtserve.broker.base import ClientInfo
 from rtserve.realtime.access import (
     authorize_subscribe,
@@ -81,7 +81,8 @@ class _Waiter:
     While it waits its handler has returned (the exchange deferred): no Task, no timer of its
     own (the hub's `poll_deadlines` holds its timeout) and a callback on the connection's
     close. Whatever ends the wait answers: a publication, the timeout, the client leaving, the
-    server stopping, the channel's stream restarting.
+    server stopping, the channel's stream restarting. A publication that alone answers it (the
+    common release) gives it the answer every such poll shares (`_Release`).
     """
 
     __slots__ = (
@@ -108,7 +109,7 @@ class _Waiter:
         self.hub = hub
         self.client = client
         self.request = request
-        self.cors = cors
+        self.cors = tuple(cors)  # () for most: shared
         self.channels = channels
         self.got: dict[str, list[Outbound]] | None = None  # made by the first delivery
         self.subscribed: dict[str, _Subscribed] = {}
@@ -123,16 +124,13 @@ class _Waiter:
         request.forget_parsed()  # read already: a waiting poll need not keep it
         self.waiting = True
         self.due = self.hub.poll_deadlines.add(timeout, self)
-        # In the server's context: a copy of the handler's would be kept while it waits.
-        exchange.wait_disconnected().add_done_callback(
-            self._client_left, context=exchange.state.context
-        )
+        exchange.on_disconnect(self._client_left)  # runs in the server's context
         watch_shutdown(request, self)
 
     def expired(self) -> None:
         self._release()
 
-    def _client_left(self, _: asyncio.Future[None]) -> None:
+    def _client_left(self) -> None:
         self._release()  # nothing is written: the exchange is only accounted for
 
     def done_waiting(self) -> None:
@@ -142,12 +140,23 @@ class _Waiter:
         if self.waiting:
             self.waiting = False
             hub.poll_deadlines.discard(self.due, self)
-            request.exchange.wait_disconnected().remove_done_callback(self._client_left)
+            request.exchange.on_disconnect(None)
         unwatch_shutdown(request, self)
         for channel in self.channels:
             hub.unsubscribe(self, channel)
 
     def deliver(self, channel: str, message: Outbound, rule: ChannelRule) -> None:
+        if self.got is None and self.waiting and message.publication is not None:
+            subscribed = self.subscribed.get(channel)
+            if (
+                subscribed is not None
+                and message.offset > subscribed.last
+                and subscribed.recovered
+                and not subscribed.publications
+                and len(self.subscribed) == 1
+            ):  # the common release: this publication alone is the answer, shared
+                self._answer_shared(message)
+                return
         if self.got is None:
             self.got = {}
         got = self.got.setdefault(channel, [])
@@ -157,6 +166,31 @@ class _Waiter:
         if subscribed is not None and message.offset > subscribed.last:
             self._release()
 
+    def _answer_shared(self, message: Outbound) -> None:
+        """Answer now with `message`'s shared answer; leave the hub, the deadlines and the
+        shutdown watch with every poll it released, once it reached every subscriber."""
+        self.waiting = False
+        request = self.request
+        exchange = request.exchange
+        exchange.on_disconnect(None)
+        release = _Release.of(message)
+        if not release.released:  # the first this publication releases
+            self.hub.after_delivery(release.leave)
+        release.released.append(self)
+        try:
+            request.app.respond_shared(request, release.answer(self.cors))
+        except Exception:
+            log.exception("answering a long poll failed")
+            exchange.answer_internal_error()
+
+    def left(self) -> None:
+        """Released by a publication (`_answer_shared`): leave what it waited in."""
+        hub = self.hub
+        hub.poll_deadlines.discard(self.due, self)
+        unwatch_shutdown(self.request, self)
+        for channel in self.channels:
+            hub.unsubscribe(self, channel)
+
     def _release(self) -> None:
         """Answer with what there is, once (not while still subscribing: the handler checks
         `ready()` then)."""
@@ -165,7 +199,11 @@ class _Waiter:
         self.done_waiting()
         request = self.request
         try:
-            request.app.respond(request, self.response())
+            shared = self._shared_answer()
+            if shared is not None:
+                request.app.respond_shared(request, shared)
+            else:
+                request.app.respond(request, self.response())
         except Exception:
             log.exception("answering a long poll failed")
             request.exchange.answer_internal_error()
@@ -188,6 +226,15 @@ class _Waiter:
                 return Response(only.poll_answer, headers=self.cors, content_type=JSON)
         body = {"channels": {channel: self.answer(channel) for channel in self.subscribed}}
         return JSONResponse(body, headers=self.cors)
+
+    def _shared_answer(self) -> SharedResponse | None:
+        """The answer every poll of its channel and CORS fields that this one publication
+        releases gets, when that is all this poll has to say."""
+        if len(self.subscribed) != 1:
+            return None
+        (channel,) = self.subscribed
+        only = self._only_publication(channel)
+        return None if only is None else _Release.of(only).answer(self.cors)
 
     def _only_publication(self, channel: str) -> Outbound | None:
         """The one publication `channel` answers with, when it has nothing else to say."""
@@ -224,6 +271,44 @@ class _Waiter:
         """What arrived on `channel` while subscribed."""
         got = self.got
         return [] if got is None else got.get(channel, [])
+
+
+class _Release:
+    """What one publication does for the polls it alone answers: one shared answer per set of
+    CORS fields, and their leaving (hub, deadlines, shutdown watch) in one pass once it has
+    reached every subscriber: after the last answer is written."""
+
+    __slots__ = ("_answers", "message", "released")
+
+    _latest: _Release | None = None  # a publication releases its polls in one pass
+
+    def __init__(self, message: Outbound) -> None:
+        self.message = message
+        self._answers: dict[tuple[tuple[str, str], ...], SharedResponse] = {}
+        self.released: list[_Waiter] = []
+
+    @classmethod
+    def of(cls, message: Outbound) -> _Release:
+        """The release of `message` (made by its first poll; safe across loops in threads:
+        each caller keeps to the release of the publication it asked about)."""
+        release = cls._latest
+        if release is None or release.message is not message:
+            release = cls._latest = cls(message)
+        return release
+
+    def answer(self, cors: tuple[tuple[str, str], ...]) -> SharedResponse:
+        answers = self._answers
+        shared = answers.get(cors)
+        if shared is None:
+            message = self.message
+            response = Response(message.poll_answer, headers=cors, content_type=JSON)
+            shared = answers[cors] = SharedResponse(response)
+        return shared
+
+    def leave(self) -> None:
+        released, self.released = self.released, []
+        for waiter in released:
+            waiter.left()
 
 
 def _timeout(request: Request, default: float) -> float:

@@ -18,6 +18,7 @@ import os
 import sys
 from asyncio import current_task
 from collections import deque
+from collections.abc import Callable
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -38,6 +39,7 @@ from rtserve.server.sendfile import sendfile_in_thread
 from rtserve.server.transport import ConnectionInfo
 
 if TYPE_CHECKING:
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
@@ -74,6 +76,7 @@ class HTTPConnection(asyncio.Protocol):
         "_body_piece_deadline",
         "_closed_future",
         "_continue_sent",
+        "_disconnect_callback",
         "_drain_waiter",
         "_last",
         "_reading_paused_backlog",
@@ -134,6 +137,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body_piece_deadline = INF
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
+        self._disconnect_callback: Callable[[], object] | None = None
         self._continue_sent = False
         self._starting = False
         self._last: Exchange | None = None
@@ -169,6 +173,7 @@ class HTTPConnection(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self._drain_waiter = None
+        self._disconnected()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -331,6 +336,7 @@ class HTTPConnection(asyncio.Protocol):
         fut = self._closed_future
         if fut is not None and not fut.done():
             fut.set_result(None)
+        self._disconnected()
         if self.active is None and not self.queue and not self._backlog:
             self.transport.close()
             return None
@@ -685,6 +691,20 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self.transport.write(head + body)
 
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        """Write and count `answer`'s shared framing for this connection."""
+        state = self.state
+        data = answer.framed(
+            state.date_line,
+            state.server_line,
+            self.keep_alive_after(exchange),
+            exchange.head.version == "1.0",
+        )
+        n = len(data)
+        self.bytes_out += n
+        state.stats.bytes_sent += n
+        self.transport.write(data)
+
     def write_head(
         self,
         exchange: Exchange,
@@ -778,6 +798,17 @@ class HTTPConnection(asyncio.Protocol):
             if self.closed or self.eof:
                 fut.set_result(None)
         return fut
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        self._disconnect_callback = callback
+        if callback is not None and (self.closed or self.eof):
+            self._disconnected()
+
+    def _disconnected(self) -> None:
+        callback = self._disconnect_callback
+        if callback is not None:
+            self._disconnect_callback = None
+            self.state.loop.call_soon(callback, context=self.state.context)
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
         """Complete `fut` if the connection is lost while something waits on it."""

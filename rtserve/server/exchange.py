@@ -12,7 +12,7 @@ frames the response (an HTTP/1.1 head, or HTTP/2 HEADERS).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -20,6 +20,7 @@ from rtserve.errors import RtserveError
 from rtserve.protocol.http11 import LAST_CHUNK, Header, RequestHead, encode_chunk
 
 if TYPE_CHECKING:
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import ExchangeTransport, UpgradedProtocol
 
@@ -119,6 +120,12 @@ class Exchange:
         """A future that completes when the client closes the connection (or its side of it)."""
         return self._transport.closed_future()
 
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` once, soon, when the client closes the connection (or its side
+        of it), as `wait_disconnected()` would complete, but without a future; None forgets
+        it. One callback at a time (a deferred answer's)."""
+        self._transport.on_disconnect(callback)
+
     def _feed(self, data: bytes) -> None:
         pieces = self._pieces
         if pieces is None:
@@ -194,6 +201,21 @@ class Exchange:
         self.status = status
         self.state.stats.http_latency.observe(perf_counter() - self.start_time)
         self.response_bytes = len(sent)
+        self._finish()
+
+    def respond_prepared(self, answer: PreparedAnswer) -> None:
+        """`respond()` with a response made once for many exchanges: an HTTP/1.1 connection
+        writes its shared framed bytes, with no head built for this exchange."""
+        if self.head_only or self.started:
+            self.respond(answer.status, answer.headers, answer.body)
+            return
+        conn = self._transport
+        if not conn.closed:
+            conn.write_prepared(self, answer)
+        self.started = True
+        self.status = answer.status
+        self.state.stats.http_latency.observe(perf_counter() - self.start_time)
+        self.response_bytes = len(answer.body)
         self._finish()
 
     def start(
@@ -290,7 +312,7 @@ class _Upgraded:
     """The `ExchangeTransport` of an exchange answered by an upgrade: it reports whether the
     new protocol's connection is open; there is no HTTP left to speak on it."""
 
-    __slots__ = ("_protocol", "must_close", "peer", "state")
+    __slots__ = ("_on_close", "_protocol", "must_close", "peer", "state")
 
     def __init__(
         self, state: ServerState, peer: tuple[str, int], protocol: UpgradedProtocol
@@ -299,6 +321,7 @@ class _Upgraded:
         self.peer = peer
         self._protocol = protocol
         self.must_close = True
+        self._on_close: Callable[[asyncio.Future[None]], object] | None = None
 
     @property
     def closed(self) -> bool:
@@ -312,6 +335,15 @@ class _Upgraded:
 
     def closed_future(self) -> asyncio.Future[None]:
         return self._protocol.closed_future()
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        closed = self._protocol.closed_future()
+        if self._on_close is not None:
+            closed.remove_done_callback(self._on_close)
+            self._on_close = None
+        if callback is not None:
+            on_close = self._on_close = lambda _: callback()
+            closed.add_done_callback(on_close)
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
         def wake(_: object) -> None:
@@ -358,6 +390,9 @@ class _Upgraded:
         content_length: int,
         body: bytes,
     ) -> None:
+        raise RuntimeError(_SWITCHED)
+
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
         raise RuntimeError(_SWITCHED)
 
     def write_head(

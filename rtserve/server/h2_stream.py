@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from rtserve.protocol.http2 import response_fields
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
     from rtserve.server.h2_tunnel import StreamTransport
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
     from rtserve.server.transport import UpgradedProtocol
 
@@ -74,6 +76,7 @@ class H2Stream:
 
     __slots__ = (
         "_closed_future",
+        "_disconnect_callback",
         "_drain_waiter",
         "_watched",
         "body_paused",
@@ -113,6 +116,7 @@ class H2Stream:
         self.held: list[bytes] = []  # tunnel bytes that came before the tunnel was made
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
+        self._disconnect_callback: Callable[[], object] | None = None
         self._watched: asyncio.Future[Any] | None = None
 
     def __repr__(self) -> str:
@@ -129,6 +133,7 @@ class H2Stream:
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self._drain_waiter = self._watched = None
+        self._disconnected()
         if self.tunnel is not None:
             self.tunnel.lost()
 
@@ -211,6 +216,10 @@ class H2Stream:
             self.conn.send_headers(self, fields, True)
             self.end_sent = True
 
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        body = answer.body
+        self.write_response(exchange, answer.status, answer.headers, len(body), body)
+
     def write_head(
         self,
         exchange: Exchange,
@@ -285,6 +294,18 @@ class H2Stream:
             if self.closed:
                 fut.set_result(None)
         return fut
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        self._disconnect_callback = callback
+        if callback is not None and self.closed:
+            self._disconnected()
+
+    def _disconnected(self) -> None:
+        callback = self._disconnect_callback
+        if callback is not None:
+            self._disconnect_callback = None
+            state = self.conn.state
+            state.loop.call_soon(callback, context=state.context)
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
         self._watched = fut

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
     from rtserve.server.exchange import Exchange
+    from rtserve.server.prepared import PreparedAnswer
     from rtserve.server.state import ServerState
 
 
@@ -77,6 +79,12 @@ class ExchangeTransport(Protocol):
         ValueError for a bad header before writing anything."""
         ...
 
+    def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
+        """Write `answer` whole to `exchange` (the caller checked `closed`, and that the body
+        is sent: no HEAD, 204 or 304): HTTP/1.1 writes its shared framing, HTTP/2 frames it as
+        any response."""
+        ...
+
     def write_head(
         self,
         exchange: Exchange,
@@ -110,6 +118,12 @@ class ExchangeTransport(Protocol):
 
     def closed_future(self) -> asyncio.Future[None]:
         """A future that completes when the client closes the connection (or its side)."""
+        ...
+
+    def on_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` (once, soon, in the server's context) when the client closes the
+        connection or its side of it, as `closed_future()` would complete; None forgets it.
+        One at a time: a waiting answer's, without a future."""
         ...
 
     def watch(self, fut: asyncio.Future[Any]) -> None:
