@@ -26,37 +26,31 @@ class ASGIProtocolError(RtserveError, RuntimeError):
 class HTTPCycle:
     """receive/send of one HTTP request, for the hosted app."""
 
-    __slots__ = (
-        "_body",
-        "_done",
-        "_exchange",
-        "_headers",
-        "_heads",
-        "_length",
-        "_remaining",
-        "_status",
-    )
+    # Class defaults, two attributes set per request (no __slots__): one is made per request,
+    # and each attribute an __init__ sets costs about as much as the app's own work on it.
+    _body: AsyncIterator[bytes] | None = None  # made on the first receive() of a body
+    _remaining: int | None = None  # of a sized body, not handed over yet (once one is read)
+    _done = False  # the whole body was handed over
+    _status = 0
+    # Set by http.response.start (read only once `_status` is): the app's header fields
+    # encoded, and the Content-Length it gave.
+    _headers = b""
+    _length: int | None = None
 
     def __init__(self, exchange: Exchange, heads: ResponseHeads | None = None) -> None:
         self._exchange = exchange
         self._heads = heads if heads is not None else ResponseHeads()
-        self._body: AsyncIterator[bytes] | None = None  # made on the first receive() of a body
-        self._remaining = exchange.head.content_length  # of a sized body, not handed over yet
-        self._done = False  # the whole body was handed over
-        self._status = 0
-        self._headers = b""  # the app's header fields, encoded
-        self._length: int | None = None
 
     async def receive(self) -> Message:
         exchange = self._exchange
         if self._done or exchange.finished:
             return await self._disconnect()
         head = exchange.head
-        remaining = self._remaining
+        body = self._body
+        remaining = self._remaining if body is not None else head.content_length
         if remaining == 0 or (remaining is None and not head.chunked):
             self._done = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        body = self._body
         if body is None:
             body = self._body = exchange.stream()
         try:
@@ -85,10 +79,11 @@ class HTTPCycle:
         kind = message["type"]
         exchange = self._exchange
         if kind == "http.response.body":
-            if not self._status or exchange.finished:
+            status = self._status
+            if not status or exchange.finished:
                 raise ASGIProtocolError(
                     "http.response.body before http.response.start"
-                    if not self._status
+                    if not status
                     else "http.response.body after the response was complete"
                 )
             body = message.get("body", b"")
@@ -96,9 +91,9 @@ class HTTPCycle:
             if not exchange.started:
                 length = self._length
                 if not more and (length is None or length == len(body)):
-                    exchange.respond(self._status, self._headers, body)
+                    exchange.respond(status, self._headers, body)
                     return
-                exchange.start(self._status, self._headers, length)
+                exchange.start(status, self._headers, length)
             if body:
                 exchange.write(body)
             if not more:
@@ -111,7 +106,13 @@ class HTTPCycle:
             if exchange.closed:
                 raise ClientDisconnected("client disconnected")
             self._status = int(message["status"])
-            self._headers, self._length = self._heads.encode(message.get("headers", ()))
+            fields = tuple(message.get("headers", ()))  # taken once: it may be an iterator
+            heads = self._heads
+            try:  # ResponseHeads.encode's lookup, inline: most answers repeat their fields
+                found = heads._encoded.get(fields)
+            except TypeError:  # a field as a list (unhashable)
+                found = None
+            self._headers, self._length = found if found is not None else heads.encode(fields)
         else:
             raise ASGIProtocolError(f"unexpected ASGI message {kind!r} in an http cycle")
 
@@ -194,4 +195,5 @@ async def serve_http(
         if not exchange.closed:
             raise
         return  # the client left mid-response: nothing to answer, nothing to log
-    cycle.finish()
+    if not exchange.finished:
+        cycle.finish()
