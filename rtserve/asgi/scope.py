@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rtserve.app.app import App
     from rtserve.server.exchange import Exchange
     from rtserve.server.settings import ServerSettings
+    from rtserve.server.state import ServerState
 
 
 class ScopeMaker:
@@ -24,7 +25,7 @@ class ScopeMaker:
     __slots__ = (
         "_http",
         "_server",
-        "_settings",
+        "_state",
         "http_extensions",
         "root_path",
         "state",
@@ -40,7 +41,7 @@ class ScopeMaker:
             RTSERVE_EXTENSION: mine,
             "websocket.http.response": {},
         }
-        self._settings: ServerSettings | None = None
+        self._state: ServerState | None = None  # whose address `_server` is
         self._server: tuple[str, int | None] | None = None
         # Each http scope starts as a copy of this one (every key, in the spec's order): a
         # dict copied and nine values replaced costs less than a 14-entry dict built anew.
@@ -64,12 +65,17 @@ class ScopeMaker:
     def http(self, exchange: Exchange) -> Scope:
         """The scope of an HTTP request."""
         head = exchange.head
-        host, scheme = exchange.client_and_scheme
         peer = exchange.peer
-        settings = exchange.state.settings
-        if settings is not self._settings:
-            self._http["server"] = self._server_of(settings)
+        state = exchange.state
+        if state is not self._state:
+            self._http["server"] = self._server_of(state)
         scope = self._http.copy()
+        if state.proxies.networks:  # forwarding headers may name the client
+            host, scheme = exchange.client_and_scheme
+            scope["client"] = (peer if host else None) if host == peer[0] else (host, 0)
+        else:
+            scheme = state.scheme
+            scope["client"] = peer if peer[0] else None
         scope["http_version"] = head.version
         scope["method"] = head.method
         scope["scheme"] = scheme
@@ -80,8 +86,8 @@ class ScopeMaker:
         for name, value in head.headers:  # a loop costs less than a comprehension's call
             headers.append((name.lower(), value))
         scope["headers"] = headers
-        scope["client"] = (peer if host else None) if host == peer[0] else (host, 0)
-        scope["state"] = self.state.copy()
+        lifespan_state = self.state
+        scope["state"] = lifespan_state.copy() if lifespan_state else {}
         return scope
 
     def websocket(self, exchange: Exchange, subprotocols: list[str]) -> Scope:
@@ -99,19 +105,21 @@ class ScopeMaker:
             "root_path": self.root_path,
             "headers": [(name.lower(), value) for name, value in head.headers],
             "client": _client(exchange, host),
-            "server": self._server_of(exchange.state.settings),
+            "server": self._server_of(exchange.state),
             "subprotocols": subprotocols,
             "state": self.state.copy(),
             "extensions": self.ws_extensions,
         }
 
-    def _server_of(self, settings: ServerSettings) -> tuple[str, int | None] | None:
-        """(host, port) the server listens on as configured, kept for the next requests; None
-        when it picked a free port or serves an inherited socket (the socket's own name is not
-        known up here)."""
-        self._settings = settings
-        self._server = _configured_address(settings)
-        return self._server
+    def _server_of(self, state: ServerState) -> tuple[str, int | None] | None:
+        """(host, port) the server listens on, kept for the next requests: the first address
+        it bound (its real port when it picked a free one), else the configured one; None
+        when neither is known (no listener, port 0)."""
+        self._state = state
+        server = self._server = (
+            state.listening[0] if state.listening else _configured_address(state.settings)
+        )
+        return server
 
 
 def _configured_address(settings: ServerSettings) -> tuple[str, int | None] | None:
