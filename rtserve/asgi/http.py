@@ -17,6 +17,7 @@ from rtserve.errors import RtserveError
 from rtserve.server.exchange import ClientDisconnected, Exchange
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_new_object = object.__new__
 
 
 class ASGIProtocolError(RtserveError, RuntimeError):
@@ -105,14 +106,16 @@ class HTTPCycle:
                 raise ASGIProtocolError("http.response.start sent twice")
             if exchange.closed:
                 raise ClientDisconnected("client disconnected")
-            self._status = int(message["status"])
-            fields = tuple(message.get("headers", ()))  # taken once: it may be an iterator
+            status = message["status"]
+            self._status = status if type(status) is int else int(status)
+            fields = message.get("headers", ())
             heads = self._heads
-            try:  # ResponseHeads.encode's lookup, inline: most answers repeat their fields
-                found = heads._encoded.get(fields)
-            except TypeError:  # a field as a list (unhashable)
-                found = None
-            self._headers, self._length = found if found is not None else heads.encode(fields)
+            # The fields of the last answer again (comparing lists costs a tenth of hashing):
+            # encoded as then; else through the cache.
+            if type(fields) is list and fields == heads.last:
+                self._headers, self._length = heads.last_encoded
+            else:
+                self._headers, self._length = heads.encode(fields)
         else:
             raise ASGIProtocolError(f"unexpected ASGI message {kind!r} in an http cycle")
 
@@ -134,11 +137,15 @@ class ResponseHeads:
     of tuples kept: an app that answers with the same headers again (a constant list, or the
     same fields built anew) is not encoded again."""
 
-    __slots__ = ("_encoded", "size")
+    __slots__ = ("_encoded", "last", "last_encoded", "size")
 
     def __init__(self, size: int = 64) -> None:
         self._encoded: dict[tuple[Any, ...], tuple[bytes, int | None]] = {}
         self.size = size
+        # The last list of tuples encoded (a copy) and its encoding: what `send` compares
+        # the next answer's list with before anything else.
+        self.last: list[Any] | None = None
+        self.last_encoded: tuple[bytes, int | None] = (b"", None)
 
     def __len__(self) -> int:
         """How many encoded field lists are kept."""
@@ -151,14 +158,18 @@ class ResponseHeads:
             found = self._encoded.get(key)
         except TypeError:  # a field as a list (mutable, unhashable): encoded every time
             return _encoded_head(key)
-        if found is not None:
-            return found
-        found = _encoded_head(key)
-        encoded = self._encoded
-        if len(encoded) >= self.size:
-            encoded.clear()  # bounded: an app with ever-new headers keeps no more than `size`
-        if all(type(field) is tuple for field in key):
+        if found is None:
+            found = _encoded_head(key)
+            if not all(type(field) is tuple for field in key):
+                return found  # a field of a mutable type: not kept
+            encoded = self._encoded
+            if len(encoded) >= self.size:
+                encoded.clear()  # bounded: an app with ever-new headers keeps at most `size`
             encoded[key] = found
+        # Found or kept: every field is a tuple (a list never equals one), so a list that
+        # compares equal to this copy has the same fields.
+        self.last = list(key)
+        self.last_encoded = found
         return found
 
 
@@ -188,7 +199,10 @@ async def serve_http(
     app: ASGIApp, scope: Scope, exchange: Exchange, heads: ResponseHeads | None = None
 ) -> None:
     """Run `app` on one HTTP request; `heads` keeps the app's encoded response heads."""
-    cycle = HTTPCycle(exchange, heads)
+    # HTTPCycle(exchange, heads) without the call of its __init__ (about as costly as a send).
+    cycle = _new_object(HTTPCycle)
+    cycle._exchange = exchange
+    cycle._heads = heads if heads is not None else ResponseHeads()
     try:
         await app(scope, cycle.receive, cycle.send)
     except ClientDisconnected:
