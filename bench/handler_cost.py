@@ -35,6 +35,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == REPO_ROOT / "bench":
     sys.path[0] = str(REPO_ROOT)  # run as a script: bench/http.py must not shadow `http`
 PATHS = ("/plaintext", "/async/plaintext", "/json/42", "/async/json/42")
 WARM_UP = 200
+APP = "bench.apps.rtserve_app:app"
 
 
 class CountingTransport:
@@ -71,15 +72,17 @@ class CountingTransport:
         pass
 
 
-def serve_in_process(path: str, n: int, rounds: int) -> list[float]:
-    """Feed `n` GETs of `path`, `rounds` times; the CPU seconds of each round."""
+def serve_in_process(path: str, n: int, rounds: int, target: str = APP) -> list[float]:
+    """Feed `n` GETs of `path` to the app `target` names, `rounds` times; the CPU seconds of
+    each round."""
     import uvloop
 
-    from bench.apps.rtserve_app import app
     from rtserve import ServerSettings
+    from rtserve.cli.loader import load_app
     from rtserve.server.connection import HTTPConnection
     from rtserve.server.state import ServerState
 
+    app = load_app(target, cwd=str(REPO_ROOT))
     loop = uvloop.new_event_loop()
     state = ServerState(app, ServerSettings(access_log=False), loop)
     app.bind_server_state(state)
@@ -107,10 +110,11 @@ def serve_in_process(path: str, n: int, rounds: int) -> list[float]:
     done = loop.create_future()
     loop.call_soon(feed)  # from the loop, as a socket's data_received is called
     loop.run_until_complete(done)
+    loop.run_until_complete(app.shutdown())  # a hosted app's lifespan ends
     return times
 
 
-def instructions(path: str, n: int) -> int:
+def instructions(path: str, n: int, target: str = APP) -> int:
     """callgrind's instruction count of this script serving `n` requests of `path`."""
     command = [
         "valgrind",
@@ -122,6 +126,8 @@ def instructions(path: str, n: int) -> int:
         path,
         "--requests",
         str(n),
+        "--app",
+        target,
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -136,10 +142,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="count with callgrind")
+    parser.add_argument(
+        "--app",
+        default=APP,
+        help="module:attr of the app served (an ASGI app is hosted, as `rtserve run` does; "
+        "e.g. bench.apps.uvicorn_app:app)",
+    )
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_in_process(args.serve, args.requests, 1)
+        serve_in_process(args.serve, args.requests, 1, args.app)
         return 0
     paths = args.paths.split(",")
     if args.instructions:
@@ -147,13 +159,13 @@ def main() -> int:
         print(f"| path | instructions per request (callgrind, {n:,} requests minus 0) |")
         print("| --- | ---: |")
         for path in paths:
-            per_request = (instructions(path, n) - instructions(path, 0)) / n
+            per_request = (instructions(path, n, args.app) - instructions(path, 0, args.app)) / n
             print(f"| `{path}` | {per_request:,.0f} |")
         return 0
     print(f"| path | CPU µs per request (median of {args.rounds} x {args.requests:,}) |")
     print("| --- | ---: |")
     for path in paths:
-        times = serve_in_process(path, args.requests, args.rounds)
+        times = serve_in_process(path, args.requests, args.rounds, args.app)
         print(f"| `{path}` | {statistics.median(times) / args.requests * 1e6:.2f} |")
     return 0
 

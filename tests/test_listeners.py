@@ -120,6 +120,8 @@ def test_unix_socket_threaded(sock_path: str, static_dir: Path) -> None:
     with ThreadedServer(make_app(static_dir), unix_socket=sock_path, access_log=False) as srv:
         assert srv.server is not None
         assert srv.server.addresses == [f"unix:{sock_path}"]
+        assert srv.server.state is not None
+        assert srv.server.state.listening == [(sock_path, None)]  # a hosted app's scope server
         conn = UnixHTTPConnection(sock_path)
         try:
             info = whoami(conn)
@@ -200,6 +202,8 @@ def test_inherited_fd(static_dir: Path) -> None:
     fd = listener.detach()  # the server owns the descriptor from now on
     with ThreadedServer(make_app(static_dir), fd=fd, access_log=False) as srv:
         assert srv.port == port
+        assert srv.server is not None and srv.server.state is not None
+        assert srv.server.state.listening == [("127.0.0.1", port)]  # not in the settings
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             info = whoami(conn)

@@ -352,6 +352,8 @@ class App:
             request = Request(exchange, self, {})
             return self._send_error(request, match)
         endpoint, params = match
+        if endpoint.direct:
+            return self._answer_direct(exchange, endpoint.handler)
         request = Request(exchange, self, params)
         try:
             if (
@@ -379,6 +381,22 @@ class App:
             return self._send(request, result)
         except Exception as exc:
             return self._on_exception(request, exc)
+
+    def _answer_direct(
+        self, exchange: Exchange, handler: Callable[[Exchange], Any]
+    ) -> Coroutine[Any, Any, None] | None:
+        """`_answer` for a direct endpoint (a mount's): no Request unless something goes wrong."""
+        try:
+            result = handler(exchange)
+            if type(result) is types.CoroutineType:
+                result = first_step(result, get_running_loop())
+                if type(result) is Suspended:
+                    return self._finish_later(Request(exchange, self, {}), result)
+            if result is None and (exchange.started or exchange.deferred):
+                return None
+            return self._send(Request(exchange, self, {}), result)
+        except Exception as exc:
+            return self._on_exception(Request(exchange, self, {}), exc)
 
     def respond(self, request: Request, response: Response) -> None:
         """Answer `request` now, from outside its handler, as if the handler had returned

@@ -89,7 +89,9 @@ class Endpoint:
     is_class: `handler` is a Handler subclass (instantiated per request). stream: dispatched at
     the head, the body read as it arrives. xsrf_exempt: no XSRF token checked (the route
     authenticates otherwise). websocket: a WebSocket route's own options (None: an HTTP
-    route).
+    route). direct: `handler(exchange)` answers from the exchange alone, as a mounted
+    component does (no Request, no path parameters, no XSRF check); it returns None or a
+    coroutine, which runs as an `async def` handler's does.
     """
 
     handler: Any
@@ -100,6 +102,7 @@ class Endpoint:
     stream: bool = False
     xsrf_exempt: bool = False
     websocket: WebSocketRoute | None = None
+    direct: bool = False
     param_names: tuple[str, ...] = field(init=False)
     is_websocket: bool = field(init=False)
 
@@ -151,12 +154,13 @@ class Router:
         stream: bool = False,
         xsrf_exempt: bool = False,
         websocket: WebSocketRoute | None = None,
+        direct: bool = False,
     ) -> Endpoint:
         """Register `handler` for `methods` on `pattern` (the flags: see Endpoint); RouteError
         on any clash."""
         segments = parse_pattern(pattern)
         endpoint = Endpoint(
-            handler, pattern, segments, name, is_class, stream, xsrf_exempt, websocket
+            handler, pattern, segments, name, is_class, stream, xsrf_exempt, websocket, direct
         )
         if name is not None:
             if name in self._names and self._names[name].pattern != pattern:
@@ -229,7 +233,7 @@ class Router:
             endpoint = table.get("GET") if method == "HEAD" else None
             if endpoint is None:
                 raise HTTPError(405, headers={"Allow": ", ".join(_allowed(table))})
-        if not values:
+        if not values or endpoint.direct:  # a direct handler takes no parameters
             return endpoint, {}
         # Methods sharing a node may name their parameters differently: bind per endpoint.
         return endpoint, dict(zip(endpoint.param_names, values, strict=True))

@@ -17,6 +17,7 @@ from rtserve.errors import RtserveError
 from rtserve.server.exchange import ClientDisconnected, Exchange
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_new_object = object.__new__
 
 
 class ASGIProtocolError(RtserveError, RuntimeError):
@@ -26,37 +27,31 @@ class ASGIProtocolError(RtserveError, RuntimeError):
 class HTTPCycle:
     """receive/send of one HTTP request, for the hosted app."""
 
-    __slots__ = (
-        "_body",
-        "_done",
-        "_exchange",
-        "_headers",
-        "_heads",
-        "_length",
-        "_remaining",
-        "_status",
-    )
+    # Class defaults, two attributes set per request (no __slots__): one is made per request,
+    # and each attribute an __init__ sets costs about as much as the app's own work on it.
+    _body: AsyncIterator[bytes] | None = None  # made on the first receive() of a body
+    _remaining: int | None = None  # of a sized body, not handed over yet (once one is read)
+    _done = False  # the whole body was handed over
+    _status = 0
+    # Set by http.response.start (read only once `_status` is): the app's header fields
+    # encoded, and the Content-Length it gave.
+    _headers = b""
+    _length: int | None = None
 
     def __init__(self, exchange: Exchange, heads: ResponseHeads | None = None) -> None:
         self._exchange = exchange
         self._heads = heads if heads is not None else ResponseHeads()
-        self._body: AsyncIterator[bytes] | None = None  # made on the first receive() of a body
-        self._remaining = exchange.head.content_length  # of a sized body, not handed over yet
-        self._done = False  # the whole body was handed over
-        self._status = 0
-        self._headers = b""  # the app's header fields, encoded
-        self._length: int | None = None
 
     async def receive(self) -> Message:
         exchange = self._exchange
         if self._done or exchange.finished:
             return await self._disconnect()
         head = exchange.head
-        remaining = self._remaining
+        body = self._body
+        remaining = self._remaining if body is not None else head.content_length
         if remaining == 0 or (remaining is None and not head.chunked):
             self._done = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        body = self._body
         if body is None:
             body = self._body = exchange.stream()
         try:
@@ -85,10 +80,11 @@ class HTTPCycle:
         kind = message["type"]
         exchange = self._exchange
         if kind == "http.response.body":
-            if not self._status or exchange.finished:
+            status = self._status
+            if not status or exchange.finished:
                 raise ASGIProtocolError(
                     "http.response.body before http.response.start"
-                    if not self._status
+                    if not status
                     else "http.response.body after the response was complete"
                 )
             body = message.get("body", b"")
@@ -96,9 +92,9 @@ class HTTPCycle:
             if not exchange.started:
                 length = self._length
                 if not more and (length is None or length == len(body)):
-                    exchange.respond(self._status, self._headers, body)
+                    exchange.respond(status, self._headers, body)
                     return
-                exchange.start(self._status, self._headers, length)
+                exchange.start(status, self._headers, length)
             if body:
                 exchange.write(body)
             if not more:
@@ -110,8 +106,16 @@ class HTTPCycle:
                 raise ASGIProtocolError("http.response.start sent twice")
             if exchange.closed:
                 raise ClientDisconnected("client disconnected")
-            self._status = int(message["status"])
-            self._headers, self._length = self._heads.encode(message.get("headers", ()))
+            status = message["status"]
+            self._status = status if type(status) is int else int(status)
+            fields = message.get("headers", ())
+            heads = self._heads
+            # The fields of the last answer again (comparing lists costs a tenth of hashing):
+            # encoded as then; else through the cache.
+            if type(fields) is list and fields == heads.last:
+                self._headers, self._length = heads.last_encoded
+            else:
+                self._headers, self._length = heads.encode(fields)
         else:
             raise ASGIProtocolError(f"unexpected ASGI message {kind!r} in an http cycle")
 
@@ -133,11 +137,15 @@ class ResponseHeads:
     of tuples kept: an app that answers with the same headers again (a constant list, or the
     same fields built anew) is not encoded again."""
 
-    __slots__ = ("_encoded", "size")
+    __slots__ = ("_encoded", "last", "last_encoded", "size")
 
     def __init__(self, size: int = 64) -> None:
         self._encoded: dict[tuple[Any, ...], tuple[bytes, int | None]] = {}
         self.size = size
+        # The last list of tuples encoded (a copy) and its encoding: what `send` compares
+        # the next answer's list with before anything else.
+        self.last: list[Any] | None = None
+        self.last_encoded: tuple[bytes, int | None] = (b"", None)
 
     def __len__(self) -> int:
         """How many encoded field lists are kept."""
@@ -150,14 +158,18 @@ class ResponseHeads:
             found = self._encoded.get(key)
         except TypeError:  # a field as a list (mutable, unhashable): encoded every time
             return _encoded_head(key)
-        if found is not None:
-            return found
-        found = _encoded_head(key)
-        encoded = self._encoded
-        if len(encoded) >= self.size:
-            encoded.clear()  # bounded: an app with ever-new headers keeps no more than `size`
-        if all(type(field) is tuple for field in key):
+        if found is None:
+            found = _encoded_head(key)
+            if not all(type(field) is tuple for field in key):
+                return found  # a field of a mutable type: not kept
+            encoded = self._encoded
+            if len(encoded) >= self.size:
+                encoded.clear()  # bounded: an app with ever-new headers keeps at most `size`
             encoded[key] = found
+        # Found or kept: every field is a tuple (a list never equals one), so a list that
+        # compares equal to this copy has the same fields.
+        self.last = list(key)
+        self.last_encoded = found
         return found
 
 
@@ -187,11 +199,15 @@ async def serve_http(
     app: ASGIApp, scope: Scope, exchange: Exchange, heads: ResponseHeads | None = None
 ) -> None:
     """Run `app` on one HTTP request; `heads` keeps the app's encoded response heads."""
-    cycle = HTTPCycle(exchange, heads)
+    # HTTPCycle(exchange, heads) without the call of its __init__ (about as costly as a send).
+    cycle = _new_object(HTTPCycle)
+    cycle._exchange = exchange
+    cycle._heads = heads if heads is not None else ResponseHeads()
     try:
         await app(scope, cycle.receive, cycle.send)
     except ClientDisconnected:
         if not exchange.closed:
             raise
         return  # the client left mid-response: nothing to answer, nothing to log
-    cycle.finish()
+    if not exchange.finished:
+        cycle.finish()

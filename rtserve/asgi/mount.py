@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from rtserve.app.request import Request
 from rtserve.app.websocket import WebSocketRoute, checked_handshake
 from rtserve.asgi.http import ResponseHeads, serve_http
 from rtserve.asgi.lifespan import Lifespan
@@ -21,7 +22,7 @@ from rtserve.asgi.websocket import serve_websocket
 
 if TYPE_CHECKING:
     from rtserve.app.app import App
-    from rtserve.app.request import Request
+    from rtserve.server.exchange import Exchange
 
 # Every method goes to the hosted app (it answers 405 itself); HEAD too, not the App's own.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
@@ -77,16 +78,17 @@ class HostedApp:
         self._app: ASGIApp = app if self.interface == "asgi" else wsgi_to_asgi(app, threads)
         self._lifespan = lifespan and self.interface == "asgi"
         self._scopes: ScopeMaker | None = None
+        self._owner: App | None = None  # the App it is mounted on, once installed
         self._route = WebSocketRoute()
         self._heads = ResponseHeads()
 
     def install(self, app: App) -> None:
+        self._owner = app
         scopes = self._scopes = ScopeMaker(self.prefix, app)
+        flags: dict[str, Any] = {"stream": True, "xsrf_exempt": True, "direct": True}
         if self.prefix:
-            app.router.add(self.prefix, list(METHODS), self, stream=True, xsrf_exempt=True)
-        app.router.add(
-            self.prefix + "/{rest:path}", list(METHODS), self, stream=True, xsrf_exempt=True
-        )
+            app.router.add(self.prefix, list(METHODS), self, **flags)
+        app.router.add(self.prefix + "/{rest:path}", list(METHODS), self, **flags)
         if self._lifespan:
             lifespan = Lifespan(self._app, self.name, scopes.state)
             app.on_startup.append(lifespan.startup)
@@ -101,12 +103,14 @@ class HostedApp:
         """The hosted app: what `rtserve routes` names as the routes' handler."""
         return self.target
 
-    def __call__(self, request: Request, rest: str = "") -> Coroutine[Any, Any, None]:
-        """The routes' handler: the hosted app answers the request (or its WebSocket)."""
-        exchange = request.exchange
+    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, None]:
+        """The routes' (direct) handler: the hosted app answers the request (or its
+        WebSocket)."""
         scopes = self._scopes
         assert scopes is not None
         if exchange.head.upgrade and _asks_websocket(exchange.head.headers):
+            assert self._owner is not None
+            request = Request(exchange, self._owner, {})
             handshake = checked_handshake(request, self._route.settings(request.settings.websocket))
             scope = scopes.websocket(exchange, handshake.subprotocols)
             return serve_websocket(self._app, scope, exchange, handshake, self._route)

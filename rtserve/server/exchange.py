@@ -143,7 +143,8 @@ class Exchange:
         self.streaming = True
         if self._pieces is None and self.body:
             self._pieces = [self.body]
-        self._streamed = sum(len(p) for p in self._pieces or ())
+        pieces = self._pieces
+        self._streamed = sum(map(len, pieces)) if pieces else 0  # no generator when none came
 
     def _complete(self) -> None:
         self.body_complete = True

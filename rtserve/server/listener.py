@@ -87,6 +87,14 @@ class _Dropped(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
+def _bound_address(sock: socket.socket) -> tuple[str, int | None]:
+    """(host, port) of a TCP socket, (path, None) of a unix one."""
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return (str(name[0]), int(name[1]))
+    return (name.decode() if isinstance(name, bytes) else str(name), None)
+
+
 class Server:
     """An HTTP server for one app: `await start()`, then `await shutdown()`."""
 
@@ -153,6 +161,7 @@ class Server:
                 reuse_port=s.reuse_port or None,
             )
             self._servers.append(server)
+        state.listening = [_bound_address(one) for one in self.sockets]
         self._stopped = asyncio.Event()
         state.start_ticker()
 

@@ -111,6 +111,8 @@ class ServerState:
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context else "http"
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        # The addresses bound, (host, port) or (unix socket path, None): set by Server.start.
+        self.listening: list[tuple[str, int | None]] = []
         self.access_log = settings.access_log
         self.context = contextvars.copy_context()  # the context requests start from
         # Every live connection, HTTP or WebSocket.
