@@ -261,7 +261,14 @@ def count_calls(out: str, opcodes: bool) -> None:
     else:
         sys.setprofile(profile)
         threading.setprofile(profile)
-    atexit.register(lambda: Path(out).write_text(json.dumps(counts)))
+    def dump() -> None:
+        # Stop counting first: json's own Python functions would add keys to `counts` while
+        # it is being encoded.
+        sys.settrace(None)
+        sys.setprofile(None)
+        Path(out).write_text(json.dumps(dict(counts)))
+
+    atexit.register(dump)
 
 
 def read_json(path: Path) -> dict[str, int]:

@@ -31,6 +31,7 @@ from rtserve.protocol.ws_handshake import (
     response_101,
 )
 from rtserve.server.settings import WebSocketSettings
+from rtserve.server.shared_write import count_written, turns
 from rtserve.server.websocket import SendResult, WebSocketConnection
 
 if TYPE_CHECKING:
@@ -300,9 +301,20 @@ def broadcast(
     """
     shared = SharedMessage(message)
     plain = shared.plain_frame()
-    sent = 0
+    size = len(plain)
+    turn = turns.current()
+    sent = direct = 0
+    last = None
     for target in targets:
         conn = target.connection if isinstance(target, WebSocketHandler) else target
-        if conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
+        if conn.direct_after < turn:  # as shared_write.write_shared: one write, no flush
+            conn.direct_after = turn
+            conn.transport.write(plain)
+            conn.bytes_out += size
+            last = conn
+            direct += 1
+        elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
-    return sent
+    if last is not None:
+        count_written(last, direct, size)
+    return sent + direct
