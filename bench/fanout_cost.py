@@ -261,6 +261,7 @@ def count_calls(out: str, opcodes: bool) -> None:
     else:
         sys.setprofile(profile)
         threading.setprofile(profile)
+
     def dump() -> None:
         # Stop counting first: json's own Python functions would add keys to `counts` while
         # it is being encoded.
