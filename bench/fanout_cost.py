@@ -101,9 +101,12 @@ async def serve(use_uvloop: bool) -> None:
         while True:
             command = (await lines.get()).split()
             if command[0] == "go":
+                per_turn = int(command[2]) if len(command) > 2 else 1
                 for seq in range(int(command[1])):
                     await app.publish(ROOM, f"{seq:010d}:" + "x" * 29)
-                    await asyncio.sleep(0)  # one message per loop iteration, as bench/channels.py
+                    if (seq + 1) % per_turn == 0:
+                        await asyncio.sleep(0)  # by default one message per loop iteration
+                await asyncio.sleep(0)
             elif command[0] == "cpu":
                 print(time.process_time(), flush=True)
             else:
@@ -216,7 +219,7 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
             server.send(f"go {args.warmup}")
             subscribers.wait_for(args.warmup)
         before = server.cpu()
-        server.send(f"go {messages}")
+        server.send(f"go {messages} {args.per_turn}")
         subscribers.wait_for(args.warmup + messages)
         return server.cpu() - before
     finally:
@@ -308,6 +311,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=500, help="K (cpu) / K2 (callgrind)")
     parser.add_argument("--base-messages", type=int, default=20, help="K1 (callgrind)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--per-turn", type=int, default=1, help="messages published per loop iteration"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="cpu rounds (median)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
