@@ -119,18 +119,20 @@ def run(scenario: Any) -> None:
     asyncio.run(main())
 
 
-def test_one_direct_write_per_turn_then_the_rest_in_one_write() -> None:
+def test_one_shared_frame_per_turn_then_the_rest_behind_it_in_one_write() -> None:
     async def scenario(state: ServerState) -> None:
         conn, transport = open_connection(state)
         a, b, c, d = (encode_text(x) for x in ("a", "b", "c", "d"))
         assert broadcast([conn], "a") == 1
-        assert transport.writes == [a]  # written at once, no flush scheduled
+        assert transport.writes == [] and conn.shared is not None  # taken, not queued
+        await turns(1)
+        assert transport.writes == [a] and conn.shared is None  # written as the turn ended
         broadcast([conn], "b")
-        broadcast([conn], "c")
-        assert transport.writes == [a]  # the same turn: queued
+        broadcast([conn], "c")  # the same turn: queued behind b
         await turns()
         assert transport.writes == [a, b + c]
         broadcast([conn], "d")
+        await turns()
         assert transport.writes == [a, b + c, d]
         # Counted as the flush counts: per connection and for the server.
         assert conn.bytes_out == len(a + b + c + d)
@@ -145,13 +147,35 @@ def test_a_queued_frame_is_not_overtaken() -> None:
         conn, transport = open_connection(state)
         assert conn.send("reply")
         assert write_shared({"key": conn}, encode_text("push")) == ["key"]
-        assert transport.writes == []
         conn.offer_frame(encode_text("push"))  # what the full path does with it
         await turns()
         assert transport.writes == [encode_text("reply") + encode_text("push")]
+        assert write_shared({"key": conn}, encode_text("next")) == []  # taken again
         await turns()
-        assert write_shared({"key": conn}, encode_text("next")) == []  # direct again
         assert transport.writes[-1] == encode_text("next")
+
+    run(scenario)
+
+
+def test_a_taken_frame_is_not_overtaken_by_a_reply_a_hold_or_the_close() -> None:
+    async def scenario(state: ServerState) -> None:
+        conn, transport = open_connection(state)
+        push, reply = encode_text("push"), encode_text("reply")
+        assert write_shared({"key": conn}, push) == []
+        assert conn.send("reply")
+        await turns()
+        assert transport.writes == [push + reply]  # one write, in order
+        assert write_shared({"key": conn}, push) == []
+        conn.hold_direct(True)
+        await turns()
+        assert transport.writes[-1] == push
+        conn.hold_direct(False)
+        assert write_shared({"key": conn}, push) == []
+        conn.close(1001, "")
+        await turns()
+        assert transport.writes[-1].startswith(push + b"\x88")  # then the close frame
+        assert conn.direct_after == BLOCKED and conn.shared is None
+        assert state.stats.ws_frames_sent == 5
 
     run(scenario)
 
@@ -163,12 +187,12 @@ def test_a_paused_transport_meets_the_budget_and_the_slow_consumer_policy() -> N
         )
         transport.stuck = True
         big = "x" * 40000
-        broadcast([conn], big)  # direct: 40 kB left in the transport, under high water
+        broadcast([conn], big)  # taken: 40 kB left in the transport, under high water
         await turns()
-        broadcast([conn], big)  # direct again: 80 kB, over 64 kB: paused
+        broadcast([conn], big)  # taken again: 80 kB, over 64 kB: paused
+        await turns()
         assert transport.paused and conn.direct_after == BLOCKED
         assert len(transport.writes) == 2
-        await turns()
         # Paused: the budget path (80 kB buffered + 40 kB queued fits in 256 kB).
         assert broadcast([conn], big) == 1
         await turns()
@@ -183,44 +207,42 @@ def test_a_paused_transport_meets_the_budget_and_the_slow_consumer_policy() -> N
     run(scenario)
 
 
-def test_resume_writing_allows_direct_writes_again() -> None:
+def test_resume_writing_allows_shared_frames_again() -> None:
     async def scenario(state: ServerState) -> None:
         conn, transport = open_connection(state)
         transport.stuck = True
         broadcast([conn], "x" * 70000)  # one frame over high water: taken, then paused
+        await turns()
         assert conn.direct_after == BLOCKED
         transport.stuck = False
         transport.drain()
-        await turns()
-        n = len(transport.writes)
         broadcast([conn], "y")
-        assert transport.writes[n:] == [encode_text("y")]
+        assert conn.shared is not None
+        await turns()
+        assert transport.writes[-1] == encode_text("y")
 
     run(scenario)
 
 
-def test_no_direct_write_with_a_write_delay_deflate_or_a_hold() -> None:
+def test_no_shared_frame_taken_with_a_write_delay_deflate_or_a_hold() -> None:
     async def scenario(state: ServerState) -> None:
         delayed, transport = open_connection(state, write_delay=0.01)
         assert delayed.direct_after == BLOCKED
-        assert broadcast([delayed], "a") == 1 and transport.writes == []
+        assert broadcast([delayed], "a") == 1 and delayed.shared is None
         deflate = PerMessageDeflate(DeflateParams(True, True, 15, 15), DeflateConfig())
         deflating, transport = open_connection(state, deflate)
         assert deflating.direct_after == BLOCKED
         text = "compress me " * 100
-        assert broadcast([deflating], text) == 1 and transport.writes == []
+        assert broadcast([deflating], text) == 1 and deflating.shared is None
         await turns()
         assert len(transport.writes) == 1 and len(transport.writes[0]) < len(text)
         held, transport = open_connection(state)
         held.hold_direct(True)
-        assert broadcast([held], "a") == 1 and transport.writes == []
-        await turns()
-        assert transport.writes == [encode_text("a")]
+        assert broadcast([held], "a") == 1 and held.shared is None
         held.hold_direct(False)
-        broadcast([held], "b")
-        assert transport.writes == [encode_text("a"), encode_text("b")]
-        held.close()
-        assert held.direct_after == BLOCKED
+        assert broadcast([held], "b") == 1 and held.shared is None  # behind a, this turn
+        await turns()
+        assert transport.writes == [encode_text("a") + encode_text("b")]
 
     run(scenario)
 
@@ -259,6 +281,7 @@ def test_the_hub_writes_to_the_wires_that_allow_it_and_delivers_to_the_others() 
         assert (a.got, b.got, c.got) == ([1], [1], [1])
         await turns()
         await hub.publish("c:1", 2)
+        await turns()
         frame = fast_t.writes[-1]
         assert b'"offset":2' in frame and fast.bytes_out == len(frame)
         assert (a.got, b.got, c.got) == ([1], [1, 2], [1, 2]) and held_t.writes == []
@@ -275,7 +298,19 @@ def test_the_hub_writes_to_the_wires_that_allow_it_and_delivers_to_the_others() 
         await turns()
         writes = len(fast_t.writes)
         await hub.publish("c:1", 5)
+        await turns()
         assert len(fast_t.writes) == writes and (b.got, c.got) == ([1, 2, 3, 4, 5],) * 2
         await hub.close()
+
+    run(scenario)
+
+
+def test_a_target_given_twice_gets_the_message_twice_in_one_write() -> None:
+    async def scenario(state: ServerState) -> None:
+        conn, transport = open_connection(state)
+        assert broadcast([conn, conn], "a") == 2  # the second is queued behind the first
+        await turns()
+        assert transport.writes == [encode_text("a") * 2]
+        assert state.stats.ws_frames_sent == 2 and conn.bytes_out == 2 * len(encode_text("a"))
 
     run(scenario)

@@ -31,7 +31,7 @@ from rtserve.protocol.ws_handshake import (
     response_101,
 )
 from rtserve.server.settings import WebSocketSettings
-from rtserve.server.shared_write import count_written, turns
+from rtserve.server.shared_write import NO_TURN, SharedFrame, this_turn
 from rtserve.server.websocket import SendResult, WebSocketConnection
 
 if TYPE_CHECKING:
@@ -301,20 +301,21 @@ def broadcast(
     """
     shared = SharedMessage(message)
     plain = shared.plain_frame()
-    size = len(plain)
-    turn = turns.current()
-    sent = direct = 0
-    last = None
+    loop_turn = this_turn()
+    turn = NO_TURN if loop_turn is None else loop_turn.current()
+    taken: list[WebSocketConnection] = []  # as shared_write.write_shared: no queue each
+    frame = SharedFrame(plain, taken)
+    sent = 0
     for target in targets:
         conn = target.connection if isinstance(target, WebSocketHandler) else target
-        if conn.direct_after < turn:  # as shared_write.write_shared: one write, no flush
+        if conn.direct_after < turn:
             conn.direct_after = turn
-            conn.transport.write(plain)
-            conn.bytes_out += size
-            last = conn
-            direct += 1
+            conn.shared = frame
+            taken.append(conn)
         elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
-    if last is not None:
-        count_written(last, direct, size)
-    return sent + direct
+    frame.held = held = frame.held + len(taken)  # less any queued again within the loop
+    if held:
+        assert loop_turn is not None
+        loop_turn.frames.append(frame)
+    return sent + held

@@ -1,82 +1,118 @@
-"""One shared frame written straight to many WebSocket transports: a fan-out's hot path.
+"""One shared frame for many WebSocket connections without a queue each: a fan-out's hot path.
 
 A connection that can take a frame now without anything being overtaken (open, nothing
 queued for its end-of-turn write, its transport under the high-water mark, no deflate, no
-write delay, its app holding nothing back: `WebSocketConnection.direct_after`) gets it in one
-`transport.write`, with no flush scheduled; the others are handed back for the full path
-(budget, slow-consumer policy, batching). A connection takes at most one direct write per loop
-turn: the frames that follow in the same turn are queued, so they go out in one write.
+write delay, its app holding nothing back: `WebSocketConnection.direct_after`) takes it by
+reference, with no flush scheduled and no budget arithmetic; at the end of the loop turn
+each such connection gets it in one `transport.write`, counted once for all. The others are
+handed back for the full path (budget, slow-consumer policy, batching). A connection takes
+at most one frame so per turn; whatever it is given after it in the same turn (a second
+publication, a reply) is queued behind it, so a turn still costs one write per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from rtserve.server.websocket import WebSocketConnection
 
 K = TypeVar("K")
-NO_TURN = -2  # below DIRECT: no direct write
+NO_TURN = -2  # below DIRECT: outside a running loop no connection takes a frame directly
 
 
-class _Turns:
-    """A number that changes once per loop turn in which a direct write was made."""
+class SharedFrame:
+    """A frame taken by some connections this turn (those whose `shared` is this one)."""
 
-    __slots__ = ("_pending", "now")
+    __slots__ = ("conns", "frame", "held")
 
-    def __init__(self) -> None:
+    def __init__(self, frame: bytes, conns: Sequence[WebSocketConnection]) -> None:
+        self.frame = frame
+        self.conns = conns  # a superset of those that took it
+        self.held = 0  # how many hold it (taken, and not queued since)
+
+    def write(self) -> None:
+        """Write the frame to each connection that took it and still holds it."""
+        held = self.held
+        if not held:
+            return
+        frame = self.frame
+        size = len(frame)
+        for conn in self.conns:
+            if conn.shared is self:
+                conn.shared = None
+                conn.transport.write(frame)
+                conn.bytes_out += size
+        # The server's counters, once (a fan-out's connections share one server).
+        stats = self.conns[0].state.stats
+        stats.bytes_sent += held * size
+        stats.ws_frames_sent += held
+
+
+class Turn:
+    """One loop's turn number, and the shared frames to write when the turn ends."""
+
+    __slots__ = ("_loop", "_scheduled", "frames", "now")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.now = 0
-        self._pending: asyncio.AbstractEventLoop | None = None
+        self._loop = loop
+        self._scheduled = False
+        self.frames: list[SharedFrame] = []
 
     def current(self) -> int:
-        """This turn's number (it moves on at the start of the next turn); outside a running
-        loop, one no connection may write directly in."""
-        loop = asyncio._get_running_loop()
-        if loop is None:
-            return NO_TURN
-        if self._pending is not loop:
-            self._pending = loop
-            loop.call_soon(self._advance)
+        """This turn's number; it moves on when the turn's shared frames are written, in
+        the loop's next iteration."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._end)
         return self.now
 
-    def _advance(self) -> None:
+    def _end(self) -> None:
+        frames, self.frames = self.frames, []
+        self._scheduled = False
         self.now += 1
-        self._pending = None
+        for shared in frames:
+            shared.write()
 
 
-turns = _Turns()
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turn] = weakref.WeakKeyDictionary()
+
+
+def this_turn() -> Turn | None:
+    """The running loop's Turn (None outside one: nothing is taken directly then)."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return None
+    turn = _turns.get(loop)
+    if turn is None:
+        turn = _turns[loop] = Turn(loop)
+    return turn
 
 
 def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K]:
-    """Write `frame` straight to every connection of `wires` that can take it now (one
-    `transport.write` each, counted once for all); the keys of the others, in order.
+    """Give `frame` to every connection of `wires` that can take it now (written at the end
+    of the turn); the keys of the others, in order, for the full path.
 
-    Nothing in the loop calls back into the app (a transport that goes over its high-water
-    mark only marks its connection), so `wires` may be the live mapping of a caller.
+    Nothing in the loop calls back into the app, so `wires` may be the live mapping of a
+    caller.
     """
-    turn = turns.current()
-    size = len(frame)
+    loop_turn = this_turn()
+    if loop_turn is None:
+        return list(wires)
+    turn = loop_turn.current()
+    shared = SharedFrame(frame, tuple(wires.values()))
     others: list[K] = []
-    last = None
     for key, conn in wires.items():
         if conn.direct_after < turn:
-            conn.direct_after = turn  # before the write: pause_writing may block it
-            conn.transport.write(frame)
-            conn.bytes_out += size
-            last = conn
+            conn.direct_after = turn
+            conn.shared = shared
         else:
             others.append(key)
-    if last is not None:
-        count_written(last, len(wires) - len(others), size)
+    shared.held = held = len(wires) - len(others)  # none was queued again within the loop
+    if held:
+        loop_turn.frames.append(shared)
     return others
-
-
-def count_written(conn: WebSocketConnection, written: int, size: int) -> None:
-    """Add `written` direct writes of `size` bytes to the server's counters (those of
-    `conn`'s server: a fan-out's connections share it); per connection they are counted
-    one by one."""
-    stats = conn.state.stats
-    stats.bytes_sent += written * size
-    stats.ws_frames_sent += written

@@ -43,6 +43,7 @@ from rtserve.server.transport import ConnectionInfo, UpgradedProtocol
 
 if TYPE_CHECKING:
     from rtserve.protocol.deflate import PerMessageDeflate
+    from rtserve.server.shared_write import SharedFrame
     from rtserve.server.state import ServerState
 
 log = logging.getLogger("rtserve.websocket")
@@ -136,6 +137,7 @@ class WebSocketConnection(UpgradedProtocol):
         "options",
         "peer",
         "reader",
+        "shared",
         "state",
         "status",
         "subprotocol",
@@ -193,15 +195,17 @@ class WebSocketConnection(UpgradedProtocol):
         self._parse_scheduled = False
         self.bytes_in = 0
         self.bytes_out = 0
-        # Shared frames written straight to the transport (`shared_write.write_shared`): only
+        # Shared frames taken without this connection's queue (`shared_write.write_shared`:
+        # written to the transport at the end of the turn, one write for all of them): only
         # without deflate or write delay, and while `_direct_check` finds nothing in the way.
-        # `direct_after` is DIRECT when one may be written now, the turn of the last one
-        # written so (one per loop turn: later frames of that turn are queued and go out in
-        # one write), or BLOCKED.
+        # `direct_after` is DIRECT when one may be taken now, the turn of the last one taken
+        # (one per loop turn: later frames of that turn are queued behind it and go out in
+        # one write), or BLOCKED. `shared` is the one taken and not yet written.
         self._direct_capable = deflate is None and options.write_delay <= 0
         self._direct_hold = False  # the app holds pushes back (queued or batched replies)
         self._paused = False  # the transport is over its high-water mark (pause_writing)
         self.direct_after = BLOCKED
+        self.shared: SharedFrame | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -291,7 +295,7 @@ class WebSocketConnection(UpgradedProtocol):
         # The outbound budget is checked on every send; this only ends direct writes (and
         # tells the budget what a direct write left in the transport).
         self._paused = True
-        self.direct_after = BLOCKED
+        self._block()
         self._backlog = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
@@ -354,17 +358,31 @@ class WebSocketConnection(UpgradedProtocol):
             if self.direct_after == BLOCKED:
                 self.direct_after = DIRECT
         else:
-            self.direct_after = BLOCKED
+            self._block()
 
     def hold_direct(self, hold: bool) -> None:
         """The app holds frames back (True: direct writes would overtake them) or not."""
         self._direct_hold = hold
         self._direct_check()
 
-    def _leave_direct(self) -> None:
-        """A frame is about to be queued: no direct write may overtake it, and what direct
-        writes left in the transport counts against the budget."""
+    def _block(self) -> None:
+        """No shared frame is taken directly from now on; the one taken this turn, if any,
+        is queued (first: whatever is queued next goes after it)."""
         self.direct_after = BLOCKED
+        shared = self.shared
+        if shared is not None:
+            self.shared = None
+            shared.held -= 1
+            frame = shared.frame
+            if not self._out:
+                self._schedule_flush(self)
+            self._out.append(frame)
+            self._out_bytes += len(frame)
+
+    def _leave_direct(self) -> None:
+        """A frame is about to be queued: nothing taken directly may be overtaken by it, and
+        what direct writes left in the transport counts against the budget."""
+        self._block()
         self._backlog = self.transport.get_write_buffer_size()
 
     # --- what the upgrade request's Exchange asks of its connection --------------------------
@@ -517,7 +535,7 @@ class WebSocketConnection(UpgradedProtocol):
         if handshake.first is not None:
             self.close_code, self.close_reason = handshake.first
         self.status = _STATUS[handshake.state]
-        self.direct_after = BLOCKED
+        self._block()
         if step.send is not None:
             self._queue(encode_close(*step.send))
         if step.tcp is Tcp.KEEP:
