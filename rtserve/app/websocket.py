@@ -318,4 +318,4 @@ def broadcast(
     if held:
         assert loop_turn is not None
         loop_turn.frames.append(frame)
-    return sent + held
+    return sent + len(taken)  # each taken frame is written, or queued if moved off
