@@ -13,6 +13,7 @@ publication, a reply) is queued behind it, so a turn still costs one write per c
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from rtserve.server.websocket import WebSocketConnection
 
+log = logging.getLogger("rtserve.websocket")
 K = TypeVar("K")
 NO_TURN = -2  # below DIRECT: outside a running loop no connection takes a frame directly
 
@@ -44,7 +46,10 @@ class SharedFrame:
         for conn in self.conns:
             if conn.shared is self:
                 conn.shared = None
-                conn.transport.write(frame)
+                try:
+                    conn.transport.write(frame)
+                except Exception:  # one transport's failure is not the others'
+                    log.exception("shared frame not written")
                 conn.bytes_out += size
         # The server's counters, once (a fan-out's connections share one server).
         stats = self.conns[0].state.stats
@@ -55,11 +60,11 @@ class SharedFrame:
 class Turn:
     """One loop's turn number, and the shared frames to write when the turn ends."""
 
-    __slots__ = ("_loop", "_scheduled", "frames", "now")
+    __slots__ = ("_scheduled", "frames", "loop", "now")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.now = 0
-        self._loop = loop
+        self.loop = loop
         self._scheduled = False
         self.frames: list[SharedFrame] = []
 
@@ -68,7 +73,7 @@ class Turn:
         the loop's next iteration."""
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._end)
+            self.loop.call_soon(self._end)
         return self.now
 
     def _end(self) -> None:
@@ -80,16 +85,21 @@ class Turn:
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turn] = weakref.WeakKeyDictionary()
+_last: Turn | None = None  # the last one asked for (one loop per process, most often)
 
 
 def this_turn() -> Turn | None:
     """The running loop's Turn (None outside one: nothing is taken directly then)."""
+    global _last
     loop = asyncio._get_running_loop()
     if loop is None:
         return None
-    turn = _turns.get(loop)
-    if turn is None:
-        turn = _turns[loop] = Turn(loop)
+    turn = _last
+    if turn is None or turn.loop is not loop:
+        turn = _turns.get(loop)
+        if turn is None:
+            turn = _turns[loop] = Turn(loop)
+        _last = turn
     return turn
 
 

@@ -578,7 +578,8 @@ class WebSocketConnection(UpgradedProtocol):
 
     def queued(self) -> int:
         """Frames queued for this tick's write plus the transport's buffer at the last flush
-        (no transport call)."""
+        or pause (no transport call; shared frames written since, `shared_write`, left it
+        under the high-water mark)."""
         return self._backlog + self._out_bytes
 
     def describe(self) -> ConnectionInfo:
