@@ -5,8 +5,11 @@ The server (``--role server``, a child process) is an rtserve App with one chann
 parent connects N subscribers over ``/rt/ws`` (raw sockets, the real protocol), tells the
 server to publish K messages in a loop (``await app.publish(...)`` then ``await
 asyncio.sleep(0)``: one message per loop iteration, each written out), and waits until every
-subscriber has every push. Nothing in the measured phase depends on timing: the same
-messages go through the same code whatever else runs on the machine.
+subscriber has every push (``--per-turn K``: K messages per loop iteration). Nothing in the
+measured phase depends on timing: the same messages go through the same code whatever else
+runs on the machine. ``--server broadcast`` serves bench/ws.py's rtserve app instead
+(``broadcast()`` to ``/sub`` handlers), ``--server floor`` its raw floor: the same driver
+prices both against the channel path.
 
 Two measures, both blind to other load on the cores:
 
