@@ -53,7 +53,7 @@ from rtserve.realtime.protocol import (
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
-from rtserve.server.shared_write import write_shared
+from rtserve.server.shared_write import turn_now, write_shared
 
 log = logging.getLogger("rtserve.channels")
 
@@ -230,6 +230,7 @@ class _Local:
         "params",
         "publications",
         "rule",
+        "shared_turn",
         "subscribers",
         "wires",
     )
@@ -241,6 +242,7 @@ class _Local:
         self.subscribers: dict[Subscriber, None] = {}
         # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
         self.wires: dict[Subscriber, Any] = {}
+        self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
         self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
@@ -472,6 +474,14 @@ class Hub:
         """`on_publication` to every subscriber (no filter, delta or floor in the way): the
         shared frame straight to each connection that can take it now, `deliver` for the
         others (held back, paused, deflate, SSE, ...)."""
+        turn = turn_now()
+        if turn is None or turn == local.shared_turn:
+            # Not the turn's first publication here: a connection takes one shared frame per
+            # turn, so they all queue this one behind it (one write each, still).
+            for subscriber in tuple(local.subscribers):
+                subscriber.deliver(channel, message, rule)
+            return
+        local.shared_turn = turn
         wires = local.wires
         others = write_shared(wires, message.plain)
         if len(wires) < len(local.subscribers):

@@ -103,6 +103,12 @@ def this_turn() -> Turn | None:
     return turn
 
 
+def turn_now() -> int | None:
+    """The running loop's turn number (None outside one)."""
+    turn = this_turn()
+    return None if turn is None else turn.current()
+
+
 def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K]:
     """Give `frame` to every connection of `wires` that can take it now (written at the end
     of the turn); the keys of the others, in order, for the full path.
