@@ -8,7 +8,9 @@ by size: the reader hands over messages (inflating them) only while those waitin
 than `max_message_size`, so a connection holds under 2 x `max_message_size` of them however
 many arrive in one read; reading pauses until the handler has taken them. Outbound frames are
 batched per loop tick (one write per connection per tick) and bounded by a byte budget; a
-connection over it is handled by the slow-consumer policy and counted.
+connection over it is handled by the slow-consumer policy and counted. A fan-out's shared frame
+skips the queue and the budget arithmetic while nothing is queued or held and the transport is
+under its high-water mark (`shared_write`); anything after it in the tick queues behind it.
 """
 
 from __future__ import annotations
