@@ -124,9 +124,9 @@ def test_one_shared_frame_per_turn_then_the_rest_behind_it_in_one_write() -> Non
         conn, transport = open_connection(state)
         a, b, c, d = (encode_text(x) for x in ("a", "b", "c", "d"))
         assert broadcast([conn], "a") == 1
-        assert transport.writes == [] and conn.shared is not None  # taken, not queued
+        assert transport.writes == [] and conn.shared is not None and not conn.shared.written
         await turns(1)
-        assert transport.writes == [a] and conn.shared is None  # written as the turn ended
+        assert transport.writes == [a] and conn.shared is not None and conn.shared.written
         broadcast([conn], "b")
         broadcast([conn], "c")  # the same turn: queued behind b
         await turns()
@@ -217,7 +217,7 @@ def test_resume_writing_allows_shared_frames_again() -> None:
         transport.stuck = False
         transport.drain()
         broadcast([conn], "y")
-        assert conn.shared is not None
+        assert conn.shared is not None and not conn.shared.written
         await turns()
         assert transport.writes[-1] == encode_text("y")
 

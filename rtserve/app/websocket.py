@@ -303,19 +303,23 @@ def broadcast(
     plain = shared.plain_frame()
     loop_turn = this_turn()
     turn = NO_TURN if loop_turn is None else loop_turn.current()
-    taken: list[WebSocketConnection] = []  # as shared_write.write_shared: no queue each
-    frame = SharedFrame(plain, taken)
+    frame = SharedFrame(plain)  # as shared_write.write_shared: taken without a queue each
+    take = frame.transports.append
+    size = len(plain)
     sent = 0
+    last = None
     for target in targets:
         conn = target.connection if isinstance(target, WebSocketHandler) else target
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = frame
-            taken.append(conn)
+            conn.bytes_out += size
+            take(conn.transport)
+            last = conn
         elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
-    frame.held = held = frame.held + len(taken)  # less any queued again within the loop
-    if held:
+    if last is not None:
         assert loop_turn is not None
+        frame.stats = last.state.stats
         loop_turn.frames.append(frame)
-    return sent + len(taken)  # each taken frame is written, or queued if moved off
+    return sent + len(frame.transports)  # each taken frame is written, or queued if moved

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    from rtserve.server.state import ServerStats
     from rtserve.server.websocket import WebSocketConnection
 
 log = logging.getLogger("rtserve.websocket")
@@ -27,34 +28,48 @@ NO_TURN = -2  # below DIRECT: outside a running loop no connection takes a frame
 
 
 class SharedFrame:
-    """A frame taken by some connections this turn (those whose `shared` is this one)."""
+    """A frame taken by some connections this turn, to write to their transports when it
+    ends (those moved into their own queue meanwhile excepted)."""
 
-    __slots__ = ("conns", "frame", "held")
+    __slots__ = ("frame", "moved", "stats", "transports", "written")
 
-    def __init__(self, frame: bytes, conns: Sequence[WebSocketConnection]) -> None:
+    def __init__(self, frame: bytes, stats: ServerStats | None = None) -> None:
         self.frame = frame
-        self.conns = conns  # a superset of those that took it
-        self.held = 0  # how many hold it (taken, and not queued since)
+        self.transports: list[asyncio.Transport] = []  # of the connections that took it
+        self.moved: set[asyncio.Transport] | None = None  # queued by their connection since
+        self.stats = stats  # the server's (a fan-out's connections share one server)
+        self.written = False
+
+    def move(self, transport: asyncio.Transport) -> None:
+        """A connection that took the frame queues it itself (something comes after it)."""
+        if self.moved is None:
+            self.moved = set()
+        self.moved.add(transport)
 
     def write(self) -> None:
-        """Write the frame to each connection that took it and still holds it."""
-        held = self.held
-        if not held:
-            return
+        """Write the frame to every transport that took it and was not moved."""
+        self.written = True
         frame = self.frame
-        size = len(frame)
-        for conn in self.conns:
-            if conn.shared is self:
-                conn.shared = None
+        moved = self.moved
+        count = len(self.transports)
+        if moved is None:
+            for transport in self.transports:
                 try:
-                    conn.transport.write(frame)
+                    transport.write(frame)
                 except Exception:  # one transport's failure is not the others'
                     log.exception("shared frame not written")
-                conn.bytes_out += size
-        # The server's counters, once (a fan-out's connections share one server).
-        stats = self.conns[0].state.stats
-        stats.bytes_sent += held * size
-        stats.ws_frames_sent += held
+        else:
+            count -= len(moved)
+            for transport in self.transports:
+                if transport not in moved:
+                    try:
+                        transport.write(frame)
+                    except Exception:
+                        log.exception("shared frame not written")
+        stats = self.stats
+        if stats is not None and count:
+            stats.bytes_sent += count * len(frame)
+            stats.ws_frames_sent += count
 
 
 class Turn:
@@ -117,18 +132,21 @@ def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K
     caller.
     """
     loop_turn = this_turn()
-    if loop_turn is None:
+    if loop_turn is None or not wires:
         return list(wires)
     turn = loop_turn.current()
-    shared = SharedFrame(frame, tuple(wires.values()))
+    shared = SharedFrame(frame, next(iter(wires.values())).state.stats)
+    take = shared.transports.append
+    size = len(frame)
     others: list[K] = []
     for key, conn in wires.items():
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = shared
+            conn.bytes_out += size  # here: the write touches only the transport
+            take(conn.transport)
         else:
             others.append(key)
-    shared.held = held = len(wires) - len(others)  # none was queued again within the loop
-    if held:
+    if shared.transports:
         loop_turn.frames.append(shared)
     return others

@@ -202,7 +202,8 @@ class WebSocketConnection(UpgradedProtocol):
         # without deflate or write delay, and while `_direct_check` finds nothing in the way.
         # `direct_after` is DIRECT when one may be taken now, the turn of the last one taken
         # (one per loop turn: later frames of that turn are queued behind it and go out in
-        # one write), or BLOCKED. `shared` is the one taken and not yet written.
+        # one write), or BLOCKED. `shared` is the last one taken (written once its
+        # `written` says so).
         self._direct_capable = deflate is None and options.write_delay <= 0
         self._direct_hold = False  # the app holds pushes back (queued or batched replies)
         self._paused = False  # the transport is over its high-water mark (pause_writing)
@@ -374,12 +375,14 @@ class WebSocketConnection(UpgradedProtocol):
         shared = self.shared
         if shared is not None:
             self.shared = None
-            shared.held -= 1
-            frame = shared.frame
-            if not self._out:
-                self._schedule_flush(self)
-            self._out.append(frame)
-            self._out_bytes += len(frame)
+            if not shared.written:
+                shared.move(self.transport)
+                frame = shared.frame
+                self.bytes_out -= len(frame)  # the flush counts it
+                if not self._out:
+                    self._schedule_flush(self)
+                self._out.append(frame)
+                self._out_bytes += len(frame)
 
     def _leave_direct(self) -> None:
         """A frame is about to be queued: nothing taken directly may be overtaken by it, and
