@@ -304,7 +304,7 @@ def broadcast(
     loop_turn = this_turn()
     turn = NO_TURN if loop_turn is None else loop_turn.current()
     frame = SharedFrame(plain)  # as shared_write.write_shared: taken without a queue each
-    take = frame.transports.append
+    transports = frame.transports
     size = len(plain)
     sent = 0
     last = None
@@ -314,7 +314,7 @@ def broadcast(
             conn.direct_after = turn
             conn.shared = frame
             conn.bytes_out += size
-            take(conn.transport)
+            transports.append(conn.transport)
             last = conn
         elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
