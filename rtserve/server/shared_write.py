@@ -3,8 +3,9 @@
 A connection that can take a frame now without anything being overtaken (open, nothing
 queued for its end-of-turn write, its transport under the high-water mark, no deflate, no
 write delay, its app holding nothing back: `WebSocketConnection.direct_after`) takes it by
-reference, with no flush scheduled and no budget arithmetic; at the end of the loop turn
-each such connection gets it in one `transport.write`, counted once for all. The others are
+reference (its transport kept, its `bytes_out` counted), with no flush scheduled and no
+budget arithmetic; at the end of the loop turn one walk over those transports writes it, one
+`transport.write` each, and adds the server's counters once for all. The others are
 handed back for the full path (budget, slow-consumer policy, batching). A connection takes
 at most one frame so per turn; whatever it is given after it in the same turn (a second
 publication, a reply) is queued behind it, so a turn still costs one write per connection.
