@@ -5,8 +5,11 @@ The server (``--role server``, a child process) is an rtserve App with one chann
 parent connects N subscribers over ``/rt/ws`` (raw sockets, the real protocol), tells the
 server to publish K messages in a loop (``await app.publish(...)`` then ``await
 asyncio.sleep(0)``: one message per loop iteration, each written out), and waits until every
-subscriber has every push. Nothing in the measured phase depends on timing: the same
-messages go through the same code whatever else runs on the machine.
+subscriber has every push (``--per-turn K``: K messages per loop iteration). Nothing in the
+measured phase depends on timing: the same messages go through the same code whatever else
+runs on the machine. ``--server broadcast`` serves bench/ws.py's rtserve app instead
+(``broadcast()`` to ``/sub`` handlers), ``--server floor`` its raw floor: the same driver
+prices both against the channel path.
 
 Two measures, both blind to other load on the cores:
 
@@ -74,15 +77,52 @@ def client_frame(payload: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-async def serve(use_uvloop: bool) -> None:
-    """Serve one channel; obey ``go K`` / ``cpu`` / ``quit`` lines on stdin."""
-    from rtserve import App, ChannelSettings
+async def serve(use_uvloop: bool, kind: str = "channel") -> None:
+    """Serve one channel (or bench/ws.py's `broadcast()` app, or its floor); obey ``go K`` /
+    ``cpu`` / ``quit`` lines on stdin."""
+    if kind == "floor":
+        await serve_floor()
+        return
+    from rtserve import App, ChannelSettings, broadcast
     from rtserve.server.settings import ServerSettings, WebSocketSettings
     from rtserve.testing import serve_app
 
-    ws = WebSocketSettings(compression=False, ping_interval=0)
-    app = App(ServerSettings(access_log=False, websocket=ws), channels=ChannelSettings())
-    app.channel("bench:*")
+    if kind == "broadcast":
+        from bench.ws_apps import rtserve_ws
+
+        app = rtserve_ws.make_app(0.0)
+
+        async def publish(seq: int) -> None:
+            broadcast(rtserve_ws.subscribers, f'{{"push":"{seq:010d}:' + "x" * 19 + '"}')
+    else:
+        ws = WebSocketSettings(compression=False, ping_interval=0)
+        app = App(ServerSettings(access_log=False, websocket=ws), channels=ChannelSettings())
+        app.channel("bench:*")
+
+        async def publish(seq: int) -> None:
+            await app.publish(ROOM, f"{seq:010d}:" + "x" * 29)
+
+    async with serve_app(app) as server:
+        await obey(server.port, publish)
+
+
+async def serve_floor() -> None:
+    """bench/ws.py's floor: one pre-encoded frame written to every subscriber's transport."""
+    from bench.ws_apps import floor_ws
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(floor_ws.FloorWebSocket, "127.0.0.1", 0, backlog=2048)
+    port = server.sockets[0].getsockname()[1]
+
+    async def publish(seq: int) -> None:
+        floor_ws.send_all(f'{{"push":"{seq:010d}:' + "x" * 19 + '"}')
+
+    async with server:
+        await obey(port, publish)
+
+
+async def obey(port: int, publish: Any) -> None:
+    """Print the port, then obey ``go K [PER_TURN]`` / ``cpu`` / ``quit`` lines on stdin."""
     lines: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
@@ -95,20 +135,22 @@ async def serve(use_uvloop: bool) -> None:
         for line in done:
             lines.put_nowait(line.decode())
 
-    async with serve_app(app) as server:
-        loop.add_reader(stdin.fileno(), readable)
-        print(server.port, flush=True)
-        while True:
-            command = (await lines.get()).split()
-            if command[0] == "go":
-                for seq in range(int(command[1])):
-                    await app.publish(ROOM, f"{seq:010d}:" + "x" * 29)
-                    await asyncio.sleep(0)  # one message per loop iteration, as bench/channels.py
-            elif command[0] == "cpu":
-                print(time.process_time(), flush=True)
-            else:
-                break
-        loop.remove_reader(stdin.fileno())
+    loop.add_reader(stdin.fileno(), readable)
+    print(port, flush=True)
+    while True:
+        command = (await lines.get()).split()
+        if command[0] == "go":
+            per_turn = int(command[2]) if len(command) > 2 else 1
+            for seq in range(int(command[1])):
+                await publish(seq)
+                if (seq + 1) % per_turn == 0:
+                    await asyncio.sleep(0)  # by default one message per loop iteration
+            await asyncio.sleep(0)
+        elif command[0] == "cpu":
+            print(time.process_time(), flush=True)
+        else:
+            break
+    loop.remove_reader(stdin.fileno())
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,13 +161,13 @@ async def serve(use_uvloop: bool) -> None:
 class Subscribers:
     """N blocking-free raw sockets on one selector; counts push frames per socket."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, path: str = "/rt/ws") -> None:
         self.selector = selectors.DefaultSelector()
         self.pushes = [0] * count
         self.tails = [b""] * count
         self.socks: list[socket.socket] = []
         request = (
-            f"GET /rt/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
@@ -140,9 +182,10 @@ class Subscribers:
                 head += sock.recv(4096) or b"!"
                 if head.endswith(b"!"):
                     raise SystemExit("server closed during the handshake")
-            sock.sendall(hello)
             reply = head.partition(b"\r\n\r\n")[2]
-            while b'"id":2' not in reply:
+            if path == "/rt/ws":
+                sock.sendall(hello)
+            while path == "/rt/ws" and b'"id":2' not in reply:
                 chunk = sock.recv(4096)
                 if not chunk:
                     raise SystemExit("server closed before the subscribe reply")
@@ -177,7 +220,7 @@ class ServerProcess:
     """The child server, optionally under callgrind; talks over its stdin and stdout."""
 
     def __init__(self, args: argparse.Namespace, wrapper: list[str]) -> None:
-        command = [*wrapper, sys.executable, __file__, "--role", "server"]
+        command = [*wrapper, sys.executable, __file__, "--role", "server", "--server", args.server]
         if args.loop == "asyncio":
             command.append("--asyncio")
         self.proc = subprocess.Popen(
@@ -210,13 +253,15 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
     """Connect, publish `messages`, wait for all; the server CPU seconds of the publish phase.
     `wrapper` is the command the server runs under (valgrind, strace)."""
     server = ServerProcess(args, wrapper)
-    subscribers = Subscribers(server.port, args.subscribers)
+    subscribers = Subscribers(
+        server.port, args.subscribers, "/rt/ws" if args.server == "channel" else "/sub"
+    )
     try:
         if args.warmup:
             server.send(f"go {args.warmup}")
             subscribers.wait_for(args.warmup)
         before = server.cpu()
-        server.send(f"go {messages}")
+        server.send(f"go {messages} {args.per_turn}")
         subscribers.wait_for(args.warmup + messages)
         return server.cpu() - before
     finally:
@@ -261,7 +306,15 @@ def count_calls(out: str, opcodes: bool) -> None:
     else:
         sys.setprofile(profile)
         threading.setprofile(profile)
-    atexit.register(lambda: Path(out).write_text(json.dumps(counts)))
+
+    def dump() -> None:
+        # Stop counting first: json's own Python functions would add keys to `counts` while
+        # it is being encoded.
+        sys.settrace(None)
+        sys.setprofile(None)
+        Path(out).write_text(json.dumps(dict(counts)))
+
+    atexit.register(dump)
 
 
 def read_json(path: Path) -> dict[str, int]:
@@ -296,10 +349,20 @@ def main() -> None:
     parser.add_argument("--asyncio", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--measure", choices=["cpu", *WRAPPERS], default="cpu")
+    parser.add_argument(
+        "--server",
+        choices=["channel", "broadcast", "floor"],
+        default="channel",
+        help="channel: app.publish to /rt/ws subscribers; broadcast: bench/ws.py's rtserve "
+        "app (`broadcast()` on /sub); floor: bench/ws.py's floor (raw transport writes)",
+    )
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=500, help="K (cpu) / K2 (callgrind)")
     parser.add_argument("--base-messages", type=int, default=20, help="K1 (callgrind)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--per-turn", type=int, default=1, help="messages published per loop iteration"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="cpu rounds (median)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -308,16 +371,19 @@ def main() -> None:
             what, _, out = os.environ[CALLS_ENV].partition(":")
             count_calls(out, opcodes=what == "opcodes")
         if args.asyncio:
-            asyncio.run(serve(False))
+            asyncio.run(serve(False, args.server))
         else:
             import uvloop
 
-            uvloop.run(serve(True))
+            uvloop.run(serve(True, args.server))
         return
     import rtserve
 
     tree = Path(rtserve.__file__).resolve().parent.parent
-    print(f"rtserve from {tree}; {args.subscribers} subscribers, loop {args.loop}")
+    print(
+        f"rtserve from {tree}; server {args.server}, {args.subscribers} subscribers, "
+        f"loop {args.loop}"
+    )
     if args.measure == "cpu":
         figures = []
         for _ in range(args.rounds):

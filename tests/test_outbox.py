@@ -4,6 +4,7 @@ given number of messages."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -207,7 +208,9 @@ OPS = st.lists(
 def test_any_sequence_of_offers_refusals_drains_and_subscribes(
     ops: list[Any], max_pending: int
 ) -> None:
-    box, pipe, stats = outbox(room=0)
+    pipe, stats = Pipe(0), HubStats()
+    seen = [True]  # what on_idle reported, starting from idle
+    box = Outbox(pipe.offer, plain, stats, seen.append)
     rules = {channel: rule(policy, max_pending) for channel, policy in CHANNELS.items()}
     delivered: list[tuple[str, int, int]] = []  # channel, offset, key
     refused = 0
@@ -237,6 +240,8 @@ def test_any_sequence_of_offers_refusals_drains_and_subscribes(
             subscribed(channel)
         assert box.pending <= max_pending
         assert box.idle == (box.pending == 0 and not box.gathering)
+        assert seen[-1] == box.idle  # told of every change (the session's direct writes)
+    assert all(a != b for a, b in pairwise(seen))  # and only of changes
     for channel in list(box.gathering):
         subscribed(channel)
     pipe.room = len(delivered)

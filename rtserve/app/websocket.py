@@ -31,6 +31,7 @@ from rtserve.protocol.ws_handshake import (
     response_101,
 )
 from rtserve.server.settings import WebSocketSettings
+from rtserve.server.shared_write import NO_TURN, SharedFrame, this_turn
 from rtserve.server.websocket import SendResult, WebSocketConnection
 
 if TYPE_CHECKING:
@@ -300,9 +301,25 @@ def broadcast(
     """
     shared = SharedMessage(message)
     plain = shared.plain_frame()
+    loop_turn = this_turn()
+    turn = NO_TURN if loop_turn is None else loop_turn.current()
+    frame = SharedFrame(plain)  # as shared_write.write_shared: taken without a queue each
+    transports = frame.transports
+    size = len(plain)
     sent = 0
+    last = None
     for target in targets:
         conn = target.connection if isinstance(target, WebSocketHandler) else target
-        if conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
+        if conn.direct_after < turn:
+            conn.direct_after = turn
+            conn.shared = frame
+            conn.bytes_out += size
+            transports.append(conn.transport)
+            last = conn
+        elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
             sent += 1
-    return sent
+    if last is not None:
+        assert loop_turn is not None
+        frame.stats = last.state.stats
+        loop_turn.frames.append(frame)
+    return sent + len(frame.transports)  # each taken frame is written, or queued if moved

@@ -53,6 +53,7 @@ from rtserve.realtime.protocol import (
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
+from rtserve.server.shared_write import turn_now, write_shared
 
 log = logging.getLogger("rtserve.channels")
 
@@ -229,7 +230,9 @@ class _Local:
         "params",
         "publications",
         "rule",
+        "shared_turn",
         "subscribers",
+        "wires",
     )
 
     def __init__(self, rule: ChannelRule, params: dict[str, str]) -> None:
@@ -237,6 +240,9 @@ class _Local:
         self.rule = rule
         self.params = params
         self.subscribers: dict[Subscriber, None] = {}
+        # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
+        self.wires: dict[Subscriber, Any] = {}
+        self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
         self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
         self.leaves: list[ClientInfo] = []
@@ -441,19 +447,24 @@ class Hub:
             epoch=epoch,
             publication=publication,
         )
+        local.publications += 1
+        floors = local.floors
+        delta = local.delta
+        unfiltered = not floors and not local.groups.filtered
+        if local.wires and unfiltered and (delta is None or not delta.bases):
+            self.stats.deliveries += len(local.subscribers)
+            self._fan_out(channel, message, rule, local)
+            return
         if local.groups.filtered:  # one evaluation (or lookup) per distinct filter
             subscribers = tuple(local.groups.matching(publication.tags))
         else:
             subscribers = tuple(local.subscribers)
-        local.publications += 1
-        floors = local.floors
         if floors:  # new subscribers whose subscribe result already held this publication
             offset = publication.offset
             subscribers = tuple(sub for sub in subscribers if floors.get(sub, 0) < offset)
             if offset >= max(floors.values()):
                 floors.clear()  # what follows is past every floor
         self.stats.deliveries += len(subscribers)
-        delta = local.delta
         if delta is not None and delta.bases:
             self._deliver_deltas(channel, publication, message, subscribers, rule, delta)
         else:
@@ -474,6 +485,25 @@ class Hub:
                 callback()
             except Exception:  # one failing must not keep the others from running
                 log.exception("a callback after a delivery failed")
+
+    def _fan_out(self, channel: str, message: Outbound, rule: ChannelRule, local: _Local) -> None:
+        """`on_publication` to every subscriber (no filter, delta or floor in the way): the
+        shared frame straight to each connection that can take it now, `deliver` for the
+        others (held back, paused, deflate, SSE, ...)."""
+        turn = turn_now()
+        if turn is None or turn == local.shared_turn:
+            # Not the turn's first publication here: a connection takes one shared frame per
+            # turn, so they all queue this one behind it (one write each, still).
+            for subscriber in tuple(local.subscribers):
+                subscriber.deliver(channel, message, rule)
+            return
+        local.shared_turn = turn
+        wires = local.wires
+        others = write_shared(wires, message.plain)
+        if len(wires) < len(local.subscribers):
+            others.extend(sub for sub in local.subscribers if sub not in wires)
+        for subscriber in others:
+            subscriber.deliver(channel, message, rule)
 
     def _deliver_deltas(
         self,
@@ -636,6 +666,9 @@ class Hub:
                 f"this channel holds {rule.max_filters} distinct filters; use one of theirs",
             )
         local.subscribers[subscriber] = None
+        wire = getattr(subscriber, "wire", None)
+        if wire is not None:
+            local.wires[subscriber] = wire
         groups.add(subscriber, tag_filter)
         wants_delta = local.delta is not None and delta == rule.delta
         if wants_delta:
@@ -699,6 +732,7 @@ class Hub:
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
         local.floors.pop(subscriber, None)
+        local.wires.pop(subscriber, None)
         local.groups.remove(subscriber)
         if local.delta is not None:
             local.delta.bases.pop(subscriber, None)

@@ -18,6 +18,7 @@ by `gathered` once the reply is out: the ones past the offset that reply stood a
 
 `idle` (nothing held, nothing gathered) lets a transport offer a publication itself on its
 hot path, without the call; `deliver` after a refused offer is correct too (it offers again).
+`on_idle(idle)`, if given, is called each time `idle` changes.
 """
 
 from __future__ import annotations
@@ -35,17 +36,19 @@ HeldKey = tuple[str, Any]  # (channel, offset), or (channel, conflation key) for
 class Outbox:
     """The messages one subscriber could not take yet, and the policy that bounds them."""
 
-    __slots__ = ("_encode", "_gathering", "_held", "_offer", "_stats", "idle")
+    __slots__ = ("_encode", "_gathering", "_held", "_offer", "_on_idle", "_stats", "idle")
 
     def __init__(
         self,
         offer: Callable[[bytes], bool],
         encode: Callable[[Outbound], bytes],
         stats: HubStats,
+        on_idle: Callable[[bool], None] | None = None,
     ) -> None:
         self._offer = offer
         self._encode = encode
         self._stats = stats
+        self._on_idle = on_idle
         # Both made on first need: most connections never hold anything back.
         self._held: OrderedDict[HeldKey, bytes] | None = None
         self._gathering: dict[str, list[Outbound]] | None = None
@@ -93,7 +96,7 @@ class Outbox:
         if self._gathering is None:
             self._gathering = {}
         self._gathering[channel] = []
-        self.idle = False
+        self._set_idle(False)
 
     def gathered(self, channel: str, last: int) -> list[Outbound]:
         """Stop gathering `channel`; its publications past offset `last`, in order."""
@@ -123,7 +126,7 @@ class Outbox:
         self._held = None
         self._gathering = None
         self._offer = _refuse
-        self.idle = True
+        self._set_idle(True)
 
     def _refused(self, channel: str, message: Outbound, rule: ChannelRule, data: bytes) -> bool:
         """`data` did not fit, or others are held before it."""
@@ -147,7 +150,7 @@ class Outbox:
         held = self._held
         if held is None:
             held = self._held = OrderedDict()
-        self.idle = False
+        self._set_idle(False)
         key: HeldKey
         if rule.slow_consumer == "conflate":
             key = (channel, message.key)
@@ -162,7 +165,13 @@ class Outbox:
             self._stats.dropped += 1
 
     def _settle(self) -> None:
-        self.idle = not self._held and self._gathering is None
+        self._set_idle(not self._held and self._gathering is None)
+
+    def _set_idle(self, idle: bool) -> None:
+        if idle is not self.idle:
+            self.idle = idle
+            if self._on_idle is not None:
+                self._on_idle(idle)
 
 
 def _refuse(data: bytes) -> bool:

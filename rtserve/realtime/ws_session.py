@@ -81,12 +81,18 @@ class ChannelSocket(WebSocketHandler):
         self._batch_size = 0
         self._heartbeat: asyncio.TimerHandle | None = None
         self._diffs: set[str] = set()  # channels subscribed with presence_diff
+        # The connection, for the Hub's direct writes of shared frames (it allows them only
+        # while this session holds nothing back: see `_hold_check`).
+        self.wire: WebSocketConnection | None = None
 
     # --- connection hooks ------------------------------------------------------------------
 
     def on_open(self) -> None:
         conn = self.connection
-        self._outbox = Outbox(conn.offer_frame, _frame_encoder(conn), self.hub.stats)
+        self._outbox = Outbox(
+            conn.offer_frame, _frame_encoder(conn), self.hub.stats, self._hold_check
+        )
+        self.wire = conn
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.hub.settings.connect_timeout, self._connect_timeout)
 
@@ -140,6 +146,7 @@ class ChannelSocket(WebSocketHandler):
             self._refused_command(CommandError(ErrorCode.BAD_REQUEST, "a command is a JSON object"))
             return
         self._batch = []
+        self._hold_check()
         try:
             for item in batch:
                 if self.closed:
@@ -151,6 +158,12 @@ class ChannelSocket(WebSocketHandler):
         finally:
             self._flush_batch()
             self._batch = None
+            self._hold_check()
+
+    def _hold_check(self, idle: bool = True) -> None:
+        """Direct writes of pushes (the Hub's fast path) only while nothing is held back: no
+        publication held or gathered in the outbox, no batch of replies being answered."""
+        self.connection.hold_direct(not self._outbox.idle or self._batch is not None)
 
     def on_close(self, code: int, reason: str) -> None:
         for timer in (self._timer, self._heartbeat, *self._sub_tokens.values()):

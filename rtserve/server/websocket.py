@@ -8,7 +8,9 @@ by size: the reader hands over messages (inflating them) only while those waitin
 than `max_message_size`, so a connection holds under 2 x `max_message_size` of them however
 many arrive in one read; reading pauses until the handler has taken them. Outbound frames are
 batched per loop tick (one write per connection per tick) and bounded by a byte budget; a
-connection over it is handled by the slow-consumer policy and counted.
+connection over it is handled by the slow-consumer policy and counted. A fan-out's shared frame
+skips the queue and the budget arithmetic while nothing is queued or held and the transport is
+under its high-water mark (`shared_write`); anything after it in the tick queues behind it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from rtserve.server.transport import ConnectionInfo, UpgradedProtocol
 
 if TYPE_CHECKING:
     from rtserve.protocol.deflate import PerMessageDeflate
+    from rtserve.server.shared_write import SharedFrame
     from rtserve.server.state import ServerState
 
 log = logging.getLogger("rtserve.websocket")
@@ -58,6 +61,10 @@ _STATUS = {
 MAX_INBOX = 64  # queued inbound messages before reading pauses
 YIELD_EVERY = 16  # queued messages handled before the pump lets the loop run
 INF = float("inf")
+# `direct_after` of a connection that may not take a frame straight to its transport now; one
+# that may has DIRECT (below any turn of `rtserve.server.shared_write`).
+BLOCKED = 1 << 62
+DIRECT = -1
 
 
 class WebSocketApp(Protocol):
@@ -106,11 +113,14 @@ class WebSocketConnection(UpgradedProtocol):
         "_backlog",
         "_closed_future",
         "_closing",
+        "_direct_capable",
+        "_direct_hold",
         "_held",
         "_inbox",
         "_out",
         "_out_bytes",
         "_parse_scheduled",
+        "_paused",
         "_ping_sent",
         "_pump",
         "_reading_paused",
@@ -125,9 +135,11 @@ class WebSocketConnection(UpgradedProtocol):
         "close_reason",
         "deadline",
         "deflate",
+        "direct_after",
         "options",
         "peer",
         "reader",
+        "shared",
         "state",
         "status",
         "subprotocol",
@@ -185,6 +197,18 @@ class WebSocketConnection(UpgradedProtocol):
         self._parse_scheduled = False
         self.bytes_in = 0
         self.bytes_out = 0
+        # Shared frames taken without this connection's queue (`shared_write.write_shared`:
+        # written to the transport at the end of the turn, one write for all of them): only
+        # without deflate or write delay, and while `_direct_check` finds nothing in the way.
+        # `direct_after` is DIRECT when one may be taken now, the turn of the last one taken
+        # (one per loop turn: later frames of that turn are queued behind it and go out in
+        # one write), or BLOCKED. `shared` is the last one taken (written once its
+        # `written` says so).
+        self._direct_capable = deflate is None and options.write_delay <= 0
+        self._direct_hold = False  # the app holds pushes back (queued or batched replies)
+        self._paused = False  # the transport is over its high-water mark (pause_writing)
+        self.direct_after = BLOCKED
+        self.shared: SharedFrame | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -195,6 +219,7 @@ class WebSocketConnection(UpgradedProtocol):
         self.state.websocket_opened(self)
         self._schedule_ping()
         self._call(self._app.on_open)
+        self._direct_check()
 
     def data_received(self, data: bytes) -> None:
         n = len(data)
@@ -270,14 +295,20 @@ class WebSocketConnection(UpgradedProtocol):
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
-        pass  # the outbound budget is checked on every send instead
+        # The outbound budget is checked on every send; this only ends direct writes (and
+        # tells the budget what a direct write left in the transport).
+        self._paused = True
+        self._block()
+        self._backlog = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
+        self._paused = False
         self._backlog = self.transport.get_write_buffer_size()
         self._wants_room = self._room_watch = False
         self._wake_writers()
         if self.status == OPEN:
             self._app.on_drain()
+        self._direct_check()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing_step(self._closing.lost())
@@ -316,6 +347,48 @@ class WebSocketConnection(UpgradedProtocol):
             self._writable_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _direct_check(self) -> None:
+        """Allow direct writes when nothing stands in their way: open, nothing queued here,
+        the transport not paused, no deflate or write delay, the app holding nothing back."""
+        if (
+            self._direct_capable
+            and self.status == OPEN
+            and not self._out
+            and not self._paused
+            and not self._direct_hold
+        ):
+            if self.direct_after == BLOCKED:
+                self.direct_after = DIRECT
+        else:
+            self._block()
+
+    def hold_direct(self, hold: bool) -> None:
+        """The app holds frames back (True: direct writes would overtake them) or not."""
+        self._direct_hold = hold
+        self._direct_check()
+
+    def _block(self) -> None:
+        """No shared frame is taken directly from now on; the one taken this turn, if any,
+        is queued (first: whatever is queued next goes after it)."""
+        self.direct_after = BLOCKED
+        shared = self.shared
+        if shared is not None:
+            self.shared = None
+            if not shared.written:
+                shared.move(self.transport)
+                frame = shared.frame
+                self.bytes_out -= len(frame)  # the flush counts it
+                if not self._out:
+                    self._schedule_flush(self)
+                self._out.append(frame)
+                self._out_bytes += len(frame)
+
+    def _leave_direct(self) -> None:
+        """A frame is about to be queued: nothing taken directly may be overtaken by it, and
+        what direct writes left in the transport counts against the budget."""
+        self._block()
+        self._backlog = self.transport.get_write_buffer_size()
 
     # --- what the upgrade request's Exchange asks of its connection --------------------------
 
@@ -371,6 +444,8 @@ class WebSocketConnection(UpgradedProtocol):
         """
         if self.status != OPEN:
             return False
+        if self.direct_after != BLOCKED:
+            self._leave_direct()
         queued = self._out_bytes + len(frame)
         if queued + self._backlog > self.options.max_queued_bytes and (
             self._out_bytes or self._backlog > self.high_water
@@ -385,6 +460,8 @@ class WebSocketConnection(UpgradedProtocol):
 
     def _queue(self, frame: bytes) -> None:
         """Queue a frame outside the budget (control frames)."""
+        if self.direct_after != BLOCKED:
+            self._leave_direct()
         if not self._out:
             self._schedule_flush(self)
         self._out.append(frame)
@@ -411,6 +488,8 @@ class WebSocketConnection(UpgradedProtocol):
             self._backlog = transport.get_write_buffer_size()
             if self._room_watch:
                 self._room_after_write()
+            if self._direct_capable:
+                self._direct_check()
 
     def _room_after_write(self) -> None:
         """After a flush, tell what waits for room that there is some: unless the transport is
@@ -461,6 +540,7 @@ class WebSocketConnection(UpgradedProtocol):
         if handshake.first is not None:
             self.close_code, self.close_reason = handshake.first
         self.status = _STATUS[handshake.state]
+        self._block()
         if step.send is not None:
             self._queue(encode_close(*step.send))
         if step.tcp is Tcp.KEEP:
@@ -503,7 +583,8 @@ class WebSocketConnection(UpgradedProtocol):
 
     def queued(self) -> int:
         """Frames queued for this tick's write plus the transport's buffer at the last flush
-        (no transport call)."""
+        or pause (no transport call; shared frames written since, `shared_write`, left it
+        under the high-water mark)."""
         return self._backlog + self._out_bytes
 
     def describe(self) -> ConnectionInfo:
