@@ -85,6 +85,7 @@ class Outbound:
         "offset",
         "payload",
         "plain",
+        "poll_release",
         "publication",
         "whole",
         "ws",
@@ -111,6 +112,7 @@ class Outbound:
         self.whole: Outbound | None = None
         self._sse: bytes | None = None
         self._poll: bytes | None = None
+        self.poll_release: Any = None  # the long polls it releases (realtime/poll.py's)
         self.ws = SharedMessage.text(payload)
         self.plain = self.ws.plain_frame()  # the frame for connections without deflate
 

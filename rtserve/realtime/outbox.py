@@ -127,6 +127,7 @@ class Outbox:
         self._gathering = None
         self._offer = _refuse
         self._set_idle(True)
+        self._on_idle = None  # it is its owner's: no cycle left once cleared
 
     def _refused(self, channel: str, message: Outbound, rule: ChannelRule, data: bytes) -> bool:
         """`data` did not fit, or others are held before it."""

@@ -278,30 +278,27 @@ class _Release:
     CORS fields, and their leaving (hub, deadlines, shutdown watch) in one pass once it has
     reached every subscriber: after the last answer is written."""
 
-    __slots__ = ("_answers", "message", "released")
-
-    _latest: _Release | None = None  # a publication releases its polls in one pass
+    __slots__ = ("_answers", "body", "released")
 
     def __init__(self, message: Outbound) -> None:
-        self.message = message
+        self.body = message.poll_answer  # not the message, which keeps this: no cycle
         self._answers: dict[tuple[tuple[str, str], ...], SharedResponse] = {}
         self.released: list[_Waiter] = []
 
     @classmethod
     def of(cls, message: Outbound) -> _Release:
-        """The release of `message` (made by its first poll; safe across loops in threads:
-        each caller keeps to the release of the publication it asked about)."""
-        release = cls._latest
-        if release is None or release.message is not message:
-            release = cls._latest = cls(message)
+        """The release of `message` (made by its first poll, kept on the message)."""
+        release = message.poll_release
+        if release is None:
+            release = message.poll_release = cls(message)
+        assert isinstance(release, _Release)
         return release
 
     def answer(self, cors: tuple[tuple[str, str], ...]) -> SharedResponse:
         answers = self._answers
         shared = answers.get(cors)
         if shared is None:
-            message = self.message
-            response = Response(message.poll_answer, headers=cors, content_type=JSON)
+            response = Response(self.body, headers=cors, content_type=JSON)
             shared = answers[cors] = SharedResponse(response)
         return shared
 

@@ -179,6 +179,7 @@ class ChannelSocket(WebSocketHandler):
             hub.leave_later(rule, self._context(channel, hub.rule(channel)[1], self.claims))
         self.subscriptions.clear()
         outbox.clear()
+        self.wire = None
         if self.client is not None:
             remove_user_connection(hub, self.client.user, self)
 
