@@ -92,6 +92,39 @@ def test_keep_alive_rules() -> None:
     assert isinstance(h11c, RequestHead) and not h11c.keep_alive
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"",
+        b"Connection: keep-alive\r\n",
+        b"Connection: close\r\n",
+        b"connection: Upgrade\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+        b"PROXY-CONNECTION: close\r\n",
+    ],
+)
+@pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0"])
+def test_version_is_the_request_lines_whatever_the_connection_fields(
+    version: bytes, field: bytes
+) -> None:
+    # The parser reads the version from llhttp's keep-alive answer when no field changes it
+    # (Connection and Proxy-Connection both do): each pipelined request gets its own.
+    raw = b"GET / HTTP/%s\r\nHost: a\r\n%s\r\n" % (version, field)
+    ok = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    if version in (b"0.9", b"2.0"):
+        with pytest.raises(ProtocolError) as info:
+            feed_all(ok + raw)
+        assert info.value.status == 505
+        return
+    keep_open = b"close" not in field and (version == b"1.1" or b"keep-alive" in field)
+    # A request that closes the connection must come last.
+    events = feed_all(raw + ok if keep_open else ok + raw)
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    own = version.decode()
+    assert [h.version for h in heads] == ([own, "1.1"] if keep_open else ["1.1", own])
+    assert heads[0 if keep_open else 1].keep_alive == keep_open
+
+
 @pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
 def test_http10_with_transfer_encoding_is_not_kept_alive(connection: bytes) -> None:
     # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the server

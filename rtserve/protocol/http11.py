@@ -160,6 +160,7 @@ class RequestParser:
         "_chunked",
         "_chunks",
         "_closing",
+        "_connection",
         "_content_length",
         "_dead",
         "_emit_body",
@@ -174,12 +175,12 @@ class RequestParser:
         "_headers",
         "_heads",
         "_host",
-        "_in_head",
         "_parser",
         "_tail",
         "_te",
         "_url",
         "_valid_host",
+        "in_head",
         "max_body_size",
         "max_head_size",
         "max_headers",
@@ -216,28 +217,23 @@ class RequestParser:
         self._begun = 0
         self._heads = 0  # request heads read, ever
         self._tail: bytes | memoryview = b""  # what follows the piece being fed (feed_until)
-        self._reset_message()
-
-    def _reset_message(self) -> None:
+        # Per message: on_message_begin resets the head's state, on_headers_complete takes
+        # (and resets) what the header fields set and starts the body's.
         self._url = b""
         self._headers: list[Header] = []
         self._head_bytes = 0
         self._field_bytes = 0
-        self._in_head = False
+        self.in_head = False  # a request head has started and is not complete
         self._content_length: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
         self._host = False
+        self._connection = False  # a Connection or Proxy-Connection field was read
         self._body_bytes = 0
         self._body_left = 0  # of a Content-Length body still to come
         self._chunked = False
         self._chunks = 0
         self._chunk_overhead = 0
-
-    @property
-    def in_head(self) -> bool:
-        """True while a request head has started but is not complete."""
-        return self._in_head
 
     def close(self) -> None:
         """Done with this parser: let go of httptools' parser (which points back at this one)
@@ -258,7 +254,7 @@ class RequestParser:
         """
         size = len(data)
         if start == 0 and data.count(b"\r\n\r\n", self._body_left) <= max_heads:
-            self.feed(data)  # the usual case: the whole read is within the budget
+            self._feed(data)  # the usual case: the whole read is within the budget
             return size
         cut = self._cut(data, start, max_heads)
         view = memoryview(data)
@@ -267,7 +263,7 @@ class RequestParser:
             heads = self._heads
             self._tail = view[cut:]  # an upgrade takes all that follows, not just this piece
             try:
-                self.feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
+                self._feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
             finally:
                 self._tail = b""
             if self._dead:  # switched protocols: the rest went with the upgrade
@@ -293,9 +289,13 @@ class RequestParser:
 
         Raises ProtocolError; what a sink raises propagates unchanged.
         """
+        self._feed(data)
+        return self._take_events()
+
+    def _feed(self, data: bytes) -> None:
         if self._dead:
             raise ProtocolError(400, "connection already failed")
-        continuing_head = self._in_head
+        continuing_head = self.in_head
         begun = self._begun
         body_before = self._body_bytes
         try:
@@ -304,7 +304,7 @@ class RequestParser:
             offset = exc.args[0] if exc.args else len(data)
             self._dead = True
             self._emit_upgrade(bytes(data[offset:]) + self._tail)
-            return self._take_events()
+            return
         except httptools.HttpParserError as exc:
             self._dead = True
             if self._error is not None:
@@ -313,7 +313,7 @@ class RequestParser:
             if cause is not None and not isinstance(cause, httptools.HttpParserError):
                 raise cause from None  # the sink failed: not the client's fault
             raise ProtocolError(400, _reason(exc)) from None
-        if self._in_head and continuing_head and begun == self._begun:
+        if self.in_head and continuing_head and begun == self._begun:
             # httptools keeps a partial field to itself: bound the head by the raw bytes of
             # every read that began and ended inside it.
             self._head_bytes += len(data)
@@ -327,7 +327,6 @@ class RequestParser:
             if self._chunk_overhead > self.max_head_size + _CHUNK_LINE_ALLOWANCE * self._chunks:
                 self._dead = True
                 raise ProtocolError(400, "chunk extensions or trailers too long")
-        return self._take_events()
 
     def _take_events(self) -> list[Event]:
         events = self._events
@@ -347,8 +346,11 @@ class RequestParser:
         if self._closing:
             # As llhttp does after `Connection: close`: nothing may follow such a request.
             self._fail(400, "data after a request that closes the connection")
-        self._reset_message()
-        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = self._field_bytes = 0
+        self._chunked = False
+        self.in_head = True
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
@@ -366,58 +368,77 @@ class RequestParser:
         if self._field_bytes > self.max_head_size:
             self._fail(431, "request head too large")
         size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            self._content_length = value
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            # Several fields form one list (RFC 9110 5.3): `gzip` then `chunked` is gzip, chunked.
-            self._te = value if self._te is None else self._te + b", " + value
-        elif size == 4 and name.lower() == b"host":
+        if size == 4 and name.lower() == b"host":
             if self._host:
                 self._fail(400, "more than one Host header")
             if value != self._valid_host and not valid_host(value):
                 self._fail(400, "Host is not host[:port]")
             self._host = True
             self._valid_host = value  # a connection sends the same Host again and again
+        elif size == 14 and name.lower() == b"content-length":
+            self._content_length = value
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            # Several fields form one list (RFC 9110 5.3): `gzip` then `chunked` is gzip, chunked.
+            self._te = value if self._te is None else self._te + b", " + value
         elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
             self._expect = True
+        elif (size == 10 and name.lower() == b"connection") or (
+            size == 16 and name.lower() == b"proxy-connection"
+        ):
+            self._connection = True  # llhttp reads both for keep-alive
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._in_head = False
-        method = parser.get_method().decode("ascii")
-        head = RequestHead(
-            method,
-            self._url,
-            self._headers,
-            parser.get_http_version(),
-            parser.should_keep_alive(),
-        )
-        if head.version != "1.1" and head.version != "1.0":
+        self.in_head = False
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:  # llhttp knows a few dozen methods: each is decoded once
+            method = _METHODS[raw_method] = raw_method.decode("ascii")
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self._connection:
+            # Without a Connection field llhttp keeps HTTP/1.1 alive and no other version (of
+            # the 0.9, 1.0, 1.1 and 2.0 it reads): the version, without formatting it.
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+            self._connection = False
+        head = RequestHead(method, self._url, self._headers, version, keep_alive)
+        if version != "1.1" and version != "1.0":
             # llhttp also takes HTTP/0.9 and HTTP/2.0 request lines; we speak neither.
             self._fail(505, "HTTP version not supported")
         if head.raw_path == b"*" and method != "OPTIONS":
             self._fail(400, "asterisk-form target is for OPTIONS only")
+        self._body_bytes = 0
         if self._te is not None:
-            if self._te.strip().lower() != b"chunked":
+            te, self._te = self._te, None
+            self._content_length = None
+            if te.strip().lower() != b"chunked":
                 self._fail(501, "unsupported transfer coding")
             head.chunked = self._chunked = True
-            if head.version == "1.0":
+            self._chunks = self._chunk_overhead = 0
+            if version == "1.0":
                 # RFC 9112 6.1: faulty framing in HTTP/1.0; answer, then close.
                 head.keep_alive = False
                 self._closing = True
         elif self._content_length is not None:
             length = int(self._content_length)
+            self._content_length = None
             if self.max_body_size is not None and length > self.max_body_size:
                 self._fail(413, "request body too large")
             head.content_length = self._body_left = length
-        head.expect_continue = self._expect
-        head.upgrade = parser.should_upgrade()
-        if head.upgrade and (head.chunked or head.content_length):
-            # llhttp stops before such a body, so it would be read as the next request.
-            self._fail(400, "Upgrade with a request body is not supported")
-        if not self._host and head.version == "1.1":
+        if self._expect:
+            head.expect_continue = True
+            self._expect = False
+        if parser.should_upgrade():
+            head.upgrade = True
+            if head.chunked or head.content_length:
+                # llhttp stops before such a body, so it would be read as the next request.
+                self._fail(400, "Upgrade with a request body is not supported")
+        if self._host:
+            self._host = False
+        elif version == "1.1":
             self._fail(400, "HTTP/1.1 request without Host")
         if head.authority is not None:
             # RFC 9112 3.2.2: the target's host wins over any Host field, so the app, the
@@ -444,6 +465,8 @@ class RequestParser:
         self._emit_end()
 
 
+# Method names as llhttp gives them -> as str (filled as they are seen).
+_METHODS: dict[bytes, str] = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST"}
 # Bytes of chunk-size line and framing each chunk may use beyond `max_head_size` in total.
 _CHUNK_LINE_ALLOWANCE: Final = 32
 
