@@ -285,6 +285,13 @@ def test_response_serialisation() -> None:
     assert b"content-length" not in response_head(
         304, [], content_length=10, keep_alive=True, date=b""
     )
+    whole = response_head(
+        200, b"x: y\r\n", content_length=3, keep_alive=True, date=b"", server=b"s\r\n", body=b"abc"
+    )
+    assert whole == b"HTTP/1.1 200 OK\r\nx: y\r\ncontent-length: 3\r\ns\r\n\r\nabc"
+    for n in (7, 7, 0, 1023, 1024, 5000, 5000):  # short lengths' lines are made once, kept
+        made = response_head(200, b"", content_length=n, keep_alive=True, date=b"")
+        assert made == b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n
     assert encode_chunk(b"hello") == b"5\r\nhello\r\n" and encode_chunk(b"") == b""
 
 

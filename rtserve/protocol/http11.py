@@ -530,11 +530,13 @@ def response_head(
     date: bytes,
     server: bytes = b"",
     http10: bool = False,
+    body: bytes = b"",
 ) -> bytes:
-    """A complete response head. `content_length=None` means a body of unknown length.
+    """A complete response head, then `body` (given for a whole response written at once).
+    `content_length=None` means a body of unknown length.
 
     `headers` may be given already encoded (see `encode_headers`), as constant heads are.
-    `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
+    `date` is a whole `date: ...\r\n` line (cached by the caller); `server` likewise.
     An HTTP/1.0 client is told `connection: keep-alive` when the connection stays open.
     """
     if content_length is None:
@@ -543,10 +545,15 @@ def response_head(
     elif status < 200 or status == 204 or status == 304:
         length = b""
     else:
-        length = b"content-length: %d\r\n" % content_length
+        length = _LENGTH_LINES.get(content_length)  # type: ignore[assignment]
+        if length is None:
+            length = b"content-length: %d\r\n" % content_length
+            if content_length < _CACHED_LENGTHS:
+                _LENGTH_LINES[content_length] = length
+    line = STATUS_LINES.get(status)
     return b"".join(
         (
-            status_line(status),
+            status_line(status) if line is None else line,
             headers if type(headers) is bytes else encode_headers(headers),  # type: ignore[arg-type]
             length,
             date,
@@ -555,8 +562,14 @@ def response_head(
             if keep_alive
             else b"connection: close\r\n",
             b"\r\n",
+            body,
         )
     )
+
+
+# `content-length: N\r\n` lines of the bodies shorter than _CACHED_LENGTHS, made once each.
+_CACHED_LENGTHS: Final = 1024
+_LENGTH_LINES: dict[int, bytes] = {}
 
 
 def encode_chunk(data: bytes) -> bytes:

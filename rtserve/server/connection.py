@@ -75,6 +75,7 @@ class HTTPConnection(asyncio.Protocol):
         "_closed_future",
         "_continue_sent",
         "_drain_waiter",
+        "_feeding",
         "_last",
         "_reading_paused_backlog",
         "_reading_paused_body",
@@ -126,6 +127,7 @@ class HTTPConnection(asyncio.Protocol):
         self._backlog = b""
         self._backlog_at = 0
         self._backlog_scheduled = False
+        self._feeding = False  # inside _feed, which rearms the timer when done
         self._turn_left = TURN_REQUESTS
         self._send_left = 0
         self._send_since = 0.0
@@ -216,6 +218,7 @@ class HTTPConnection(asyncio.Protocol):
         parser = self.parser
         if parser is None:  # let go of while an answer waited: the client asks again
             parser = self.parser = self._new_parser()
+        self._feeding = True
         try:
             stop = parser.feed_until(data, self._turn_left, start)
         except ProtocolError as exc:
@@ -223,6 +226,7 @@ class HTTPConnection(asyncio.Protocol):
             self.protocol_error(exc)
             return
         finally:
+            self._feeding = False
             if self.parser is not parser and parser is not None:
                 parser.close()  # replaced (a declined upgrade) or dropped (an upgrade)
         if stop < len(data) and not self.closed:
@@ -448,7 +452,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.queue:
             self._start_queued()
-        else:
+        elif not self._feeding:  # else _feed rearms once it has parsed the read
             self._rearm()
 
     def _start_queued(self) -> None:
@@ -668,22 +672,41 @@ class HTTPConnection(asyncio.Protocol):
     ) -> None:
         """Write and count a whole response (the caller checked `closed`)."""
         state = self.state
-        head = response_head(
-            status,
-            headers,
-            content_length=content_length,
-            keep_alive=self.keep_alive_after(exchange),
-            date=state.date_line,
-            server=state.server_line,
-            http10=exchange.head.version == "1.0",
+        head = exchange.head
+        keep_alive = (  # keep_alive_after(exchange), without the call
+            head.keep_alive
+            and exchange.body_complete
+            and not self.must_close
+            and not state.shutting_down
+            and not (self.eof and not self.queue and not self._backlog)
         )
-        n = len(head) + len(body)
+        if len(body) > 4096:
+            data = response_head(
+                status,
+                headers,
+                content_length=content_length,
+                keep_alive=keep_alive,
+                date=state.date_line,
+                server=state.server_line,
+                http10=head.version == "1.0",
+            )
+            n = len(data) + len(body)
+            self.transport.writelines((data, body))
+        else:
+            data = response_head(
+                status,
+                headers,
+                content_length=content_length,
+                keep_alive=keep_alive,
+                date=state.date_line,
+                server=state.server_line,
+                http10=head.version == "1.0",
+                body=body,
+            )
+            n = len(data)
+            self.transport.write(data)
         self.bytes_out += n
         state.stats.bytes_sent += n
-        if len(body) > 4096:
-            self.transport.writelines((head, body))
-        else:
-            self.transport.write(head + body)
 
     def write_head(
         self,

@@ -194,7 +194,9 @@ class Exchange:
         self.status = status
         self.state.stats.http_latency.observe(perf_counter() - self.start_time)
         self.response_bytes = len(sent)
-        self._finish()
+        if not self.finished:  # _finish(), without the call
+            self.finished = True
+            conn.exchange_finished(self)
 
     def start(
         self, status: int, headers: list[Header] | bytes, content_length: int | None = None
