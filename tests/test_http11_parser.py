@@ -267,6 +267,22 @@ def test_upgrade_is_reported_with_following_bytes() -> None:
     assert events[-1] == UpgradeRequested(b"XYZ")
 
 
+@pytest.mark.parametrize(
+    ("raw", "upgrade"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", False),  # no Connection
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", True),
+        (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", True),  # llhttp hands CONNECT over too
+    ],
+)
+def test_upgrade_is_llhttps_whether_or_not_it_is_asked(raw: bytes, upgrade: bool) -> None:
+    # The parser asks llhttp only when a Connection field or CONNECT can make it an upgrade.
+    head, *rest = feed_all(raw)
+    assert isinstance(head, RequestHead) and head.upgrade is upgrade
+    assert rest[-1] == (UpgradeRequested(b"") if upgrade else END_OF_MESSAGE)
+
+
 def test_response_serialisation() -> None:
     head = response_head(
         200,

@@ -89,9 +89,10 @@ class RequestHead:
             self.target = raw_path + (b"?" + query if query else b"")
         self.raw_path = raw_path
         self.query_string = query
-        # find, not `in`: `bytes in bytes` raises and clears a TypeError inside, every time.
-        decoded = unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
-        self.path = decoded.decode("utf-8", "surrogateescape")
+        path = raw_path.decode("utf-8", "surrogateescape")
+        if "%" in path:  # (on bytes, `in` raises and clears a TypeError inside, every time)
+            path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+        self.path = path
 
     def __repr__(self) -> str:
         return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
@@ -253,7 +254,10 @@ class RequestParser:
         never cut. Raises as `feed`; events go to the sink.
         """
         size = len(data)
-        if start == 0 and data.count(b"\r\n\r\n", self._body_left) <= max_heads:
+        # Fewer than 4 * (max_heads + 1) bytes cannot hold more than max_heads blank lines.
+        if start == 0 and (
+            size < (max_heads + 1) << 2 or data.count(b"\r\n\r\n", self._body_left) <= max_heads
+        ):
             self._feed(data)  # the usual case: the whole read is within the budget
             return size
         cut = self._cut(data, start, max_heads)
@@ -397,13 +401,16 @@ class RequestParser:
         if method is None:  # llhttp knows a few dozen methods: each is decoded once
             method = _METHODS[raw_method] = raw_method.decode("ascii")
         keep_alive = parser.should_keep_alive()
-        if keep_alive and not self._connection:
-            # Without a Connection field llhttp keeps HTTP/1.1 alive and no other version (of
-            # the 0.9, 1.0, 1.1 and 2.0 it reads): the version, without formatting it.
-            version = "1.1"
-        else:
-            version = parser.get_http_version()
+        if self._connection or not keep_alive or method == "CONNECT":
             self._connection = False
+            version = parser.get_http_version()
+            upgrade = parser.should_upgrade()
+        else:
+            # Without a Connection (or Proxy-Connection) field llhttp keeps HTTP/1.1 alive and
+            # no other version of those it reads (0.9, 1.0, 1.1, 2.0), and upgrades only
+            # CONNECT: so much known without asking (formatting the version is costly).
+            version = "1.1"
+            upgrade = False
         head = RequestHead(method, self._url, self._headers, version, keep_alive)
         if version != "1.1" and version != "1.0":
             # llhttp also takes HTTP/0.9 and HTTP/2.0 request lines; we speak neither.
@@ -431,7 +438,7 @@ class RequestParser:
         if self._expect:
             head.expect_continue = True
             self._expect = False
-        if parser.should_upgrade():
+        if upgrade:
             head.upgrade = True
             if head.chunked or head.content_length:
                 # llhttp stops before such a body, so it would be read as the next request.
