@@ -190,14 +190,15 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         n = len(data)
+        state = self.state
         self.bytes_in += n
-        self.state.stats.bytes_received += n
+        state.stats.bytes_received += n
         if self._backlog:  # read before pausing took effect: after what waits, in order
             self._backlog = self._backlog[self._backlog_at :] + data
             self._backlog_at = 0
             return
         # A new loop turn for this connection: its share of the turn's requests.
-        self._turn_left = self._turn_share() if self.state.backlogged else TURN_REQUESTS
+        self._turn_left = self._turn_share() if state.backlogged else TURN_REQUESTS
         self._feed(data)
 
     def _turn_share(self) -> int:
@@ -419,14 +420,15 @@ class HTTPConnection(asyncio.Protocol):
         state = self.state
         stats = state.stats
         stats.requests_total += 1
-        stats.responses_by_class[exchange.status // 100 if exchange.status < 600 else 0] += 1
+        status = exchange.status
+        stats.responses_by_class[status // 100 if status < 600 else 0] += 1
         if state.access_log:
             state.log_access(exchange)
         if self._last is exchange:
             self._last = None  # no cycle left between the connection and a finished exchange
-        if self.upgraded is not None or exchange is not self.active:
+        if exchange is not self.active or self.upgraded is not None:
             return
-        if exchange is self._upgrade_exchange:
+        if self._upgrade_exchange is not None and exchange is self._upgrade_exchange:
             data, self._upgrade_data, self._upgrade_exchange = self._upgrade_data, None, None
             self.transport.resume_reading()
             if self.parser is not None:
@@ -437,21 +439,21 @@ class HTTPConnection(asyncio.Protocol):
         self.active = None
         if not exchange.body_complete:
             self.must_close = True  # the rest of its body is unread: the stream is unusable
+        queue = self.queue
         if (
             self.must_close
             or not exchange.head.keep_alive
             or state.shutting_down
-            or (self.eof and not self.queue and not self._backlog)
+            or (self.eof and not queue and not self._backlog)
         ):
             self.close()
-            return
-        if self.queue and current_task() is not None:
-            # Finishing inside a handler's Task: start the next request from the loop, so it
-            # does not run inside (or inherit the context of) the previous one.
-            state.loop.call_soon(self._start_queued, context=state.context)
-            return
-        if self.queue:
-            self._start_queued()
+        elif queue:
+            if current_task() is not None:
+                # Finishing inside a handler's Task: start the next request from the loop, so
+                # it does not run inside (or inherit the context of) the previous one.
+                state.loop.call_soon(self._start_queued, context=state.context)
+            else:
+                self._start_queued()
         elif not self._feeding:  # else _feed rearms once it has parsed the read
             self._rearm()
 
