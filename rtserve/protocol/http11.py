@@ -198,7 +198,6 @@ class RequestParser:
         self.max_head_size = max_head_size
         self.max_headers = max_headers
         self.max_body_size = max_body_size
-        self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         if sink is None:
             append = self._events.append
@@ -211,6 +210,7 @@ class RequestParser:
             self._emit_body = sink.request_body
             self._emit_end = sink.request_end
             self._emit_upgrade = sink.request_upgrade
+        self._parser = httptools.HttpRequestParser(_Callbacks(self))
         self._error: ProtocolError | None = None
         self._dead = False
         self._closing = False
@@ -467,9 +467,29 @@ class RequestParser:
             self._fail(413, "request body too large")
         self._emit_body(body)
 
-    def on_message_complete(self) -> None:
-        self._body_left = 0
-        self._emit_end()
+
+class _Callbacks:
+    """What httptools calls as it reads: the parser's methods, except that the end of a message
+    goes straight to its taker (a Content-Length body is all read by then: nothing to reset)."""
+
+    __slots__ = (
+        "on_body",
+        "on_chunk_header",
+        "on_header",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+        "on_url",
+    )
+
+    def __init__(self, parser: RequestParser) -> None:
+        self.on_message_begin = parser.on_message_begin
+        self.on_url = parser.on_url
+        self.on_header = parser.on_header
+        self.on_headers_complete = parser.on_headers_complete
+        self.on_chunk_header = parser.on_chunk_header
+        self.on_body = parser.on_body
+        self.on_message_complete = parser._emit_end
 
 
 # Method names as llhttp gives them -> as str (filled as they are seen).
