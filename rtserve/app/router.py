@@ -234,7 +234,10 @@ class Router:
         if not values:
             return endpoint, {}
         # Methods sharing a node may name their parameters differently: bind per endpoint.
-        return endpoint, dict(zip(endpoint.param_names, values, strict=True))
+        names = endpoint.param_names
+        if len(values) == 1 == len(names):
+            return endpoint, {names[0]: values[0]}
+        return endpoint, dict(zip(names, values, strict=True))
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the route called `name` with `params` filled in (and checked)."""
