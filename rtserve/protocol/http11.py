@@ -372,7 +372,7 @@ class RequestParser:
         if self._field_bytes > self.max_head_size:
             self._fail(431, "request head too large")
         size = len(name)
-        if size == 4 and name.lower() == b"host":
+        if size == 4 and (name == b"Host" or name.lower() == b"host"):  # as most send it
             if self._host:
                 self._fail(400, "more than one Host header")
             if value != self._valid_host and not valid_host(value):

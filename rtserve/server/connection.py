@@ -344,7 +344,6 @@ class HTTPConnection(asyncio.Protocol):
     # --- request flow ----------------------------------------------------------------------
 
     def request_head(self, head: RequestHead) -> None:
-        state = self.state
         self._turn_left -= 1
         exchange = Exchange(self, head, perf_counter())
         self.receiving = self._last = exchange
@@ -354,7 +353,7 @@ class HTTPConnection(asyncio.Protocol):
             if self.queue is _NO_QUEUE:
                 self.queue = deque()
             self.queue.append(exchange)
-            if len(self.queue) >= state.settings.limits.max_pipelined and not (
+            if len(self.queue) >= self.state.settings.limits.max_pipelined and not (
                 self._reading_paused_queue
             ):
                 self._reading_paused_queue = True
