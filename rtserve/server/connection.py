@@ -376,11 +376,18 @@ class HTTPConnection(asyncio.Protocol):
         app = self.state.app
         if app.wants_stream(exchange):
             exchange._start_streaming()
-            self._dispatch(exchange)
-        elif exchange.body_complete:
-            self._dispatch(exchange)
-        else:
-            self.send_continue(exchange)
+        elif not exchange.body_complete:
+            self.send_continue(exchange)  # dispatched when the body is in (request_end)
+            return
+        try:  # _dispatch(exchange), without the call
+            task = app.dispatch(exchange)
+        except Exception:
+            log.exception("request dispatch failed")
+            self.internal_error(exchange)
+            return
+        if task is not None:
+            exchange.task = task
+            self.state.track(task, exchange)
 
     def send_continue(self, exchange: Exchange) -> None:
         """Answer `Expect: 100-continue` once, when the body is actually wanted."""
