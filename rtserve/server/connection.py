@@ -434,7 +434,7 @@ class HTTPConnection(asyncio.Protocol):
             self._last = None  # no cycle left between the connection and a finished exchange
         if exchange is not self.active or self.upgraded is not None:
             return
-        if self._upgrade_exchange is not None and exchange is self._upgrade_exchange:
+        if exchange is self._upgrade_exchange:
             data, self._upgrade_data, self._upgrade_exchange = self._upgrade_data, None, None
             self.transport.resume_reading()
             if self.parser is not None:
@@ -688,29 +688,21 @@ class HTTPConnection(asyncio.Protocol):
             and not state.shutting_down
             and not (self.eof and not self.queue and not self._backlog)
         )
-        if len(body) > 4096:
-            data = response_head(
-                status,
-                headers,
-                content_length=content_length,
-                keep_alive=keep_alive,
-                date=state.date_line,
-                server=state.server_line,
-                http10=head.version == "1.0",
-            )
+        big = len(body) > 4096  # not copied into the head's bytes: written after it
+        data = response_head(
+            status,
+            headers,
+            content_length=content_length,
+            keep_alive=keep_alive,
+            date=state.date_line,
+            server=state.server_line,
+            http10=head.version == "1.0",
+            body=b"" if big else body,
+        )
+        if big:
             n = len(data) + len(body)
             self.transport.writelines((data, body))
         else:
-            data = response_head(
-                status,
-                headers,
-                content_length=content_length,
-                keep_alive=keep_alive,
-                date=state.date_line,
-                server=state.server_line,
-                http10=head.version == "1.0",
-                body=body,
-            )
             n = len(data)
             self.transport.write(data)
         self.bytes_out += n
