@@ -92,6 +92,39 @@ def test_keep_alive_rules() -> None:
     assert isinstance(h11c, RequestHead) and not h11c.keep_alive
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"",
+        b"Connection: keep-alive\r\n",
+        b"Connection: close\r\n",
+        b"connection: Upgrade\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+        b"PROXY-CONNECTION: close\r\n",
+    ],
+)
+@pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0"])
+def test_version_is_the_request_lines_whatever_the_connection_fields(
+    version: bytes, field: bytes
+) -> None:
+    # The parser reads the version from llhttp's keep-alive answer when no field changes it
+    # (Connection and Proxy-Connection both do): each pipelined request gets its own.
+    raw = b"GET / HTTP/%s\r\nHost: a\r\n%s\r\n" % (version, field)
+    ok = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    if version in (b"0.9", b"2.0"):
+        with pytest.raises(ProtocolError) as info:
+            feed_all(ok + raw)
+        assert info.value.status == 505
+        return
+    keep_open = b"close" not in field and (version == b"1.1" or b"keep-alive" in field)
+    # A request that closes the connection must come last.
+    events = feed_all(raw + ok if keep_open else ok + raw)
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    own = version.decode()
+    assert [h.version for h in heads] == ([own, "1.1"] if keep_open else ["1.1", own])
+    assert heads[0 if keep_open else 1].keep_alive == keep_open
+
+
 @pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
 def test_http10_with_transfer_encoding_is_not_kept_alive(connection: bytes) -> None:
     # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the server
@@ -234,6 +267,22 @@ def test_upgrade_is_reported_with_following_bytes() -> None:
     assert events[-1] == UpgradeRequested(b"XYZ")
 
 
+@pytest.mark.parametrize(
+    ("raw", "upgrade"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", False),  # no Connection
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", True),
+        (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", True),  # llhttp hands CONNECT over too
+    ],
+)
+def test_upgrade_is_llhttps_whether_or_not_it_is_asked(raw: bytes, upgrade: bool) -> None:
+    # The parser asks llhttp only when a Connection field or CONNECT can make it an upgrade.
+    head, *rest = feed_all(raw)
+    assert isinstance(head, RequestHead) and head.upgrade is upgrade
+    assert rest[-1] == (UpgradeRequested(b"") if upgrade else END_OF_MESSAGE)
+
+
 def test_response_serialisation() -> None:
     head = response_head(
         200,
@@ -252,6 +301,13 @@ def test_response_serialisation() -> None:
     assert b"content-length" not in response_head(
         304, [], content_length=10, keep_alive=True, date=b""
     )
+    whole = response_head(
+        200, b"x: y\r\n", content_length=3, keep_alive=True, date=b"", server=b"s\r\n", body=b"abc"
+    )
+    assert whole == b"HTTP/1.1 200 OK\r\nx: y\r\ncontent-length: 3\r\ns\r\n\r\nabc"
+    for n in (7, 7, 0, 1023, 1024, 5000, 5000):  # short lengths' lines are made once, kept
+        made = response_head(200, b"", content_length=n, keep_alive=True, date=b"")
+        assert made == b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n
     assert encode_chunk(b"hello") == b"5\r\nhello\r\n" and encode_chunk(b"") == b""
 
 

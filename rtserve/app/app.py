@@ -337,12 +337,10 @@ class App:
 
     def dispatch(self, exchange: Exchange) -> asyncio.Task[None] | None:
         # Each request runs in its own copy of the context: context variables a handler sets
-        # never leak into the next request, and its Task (if any) inherits them.
-        return copy_context().run(self._dispatch_in_context, exchange)
-
-    def _dispatch_in_context(self, exchange: Exchange) -> asyncio.Task[None] | None:
-        pending = self._answer(exchange)
-        return None if pending is None else get_running_loop().create_task(pending)
+        # never leak into the next request, and its Task (if any) goes on in the same copy.
+        context = copy_context()
+        pending = context.run(self._answer, exchange)
+        return None if pending is None else get_running_loop().create_task(pending, context=context)
 
     def _answer(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Answer now (None) or return the coroutine that finishes answering."""

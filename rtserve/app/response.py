@@ -6,6 +6,7 @@ went out at once, or a coroutine that finishes sending (streams, files).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import (
@@ -38,32 +39,35 @@ OCTETS = "application/octet-stream"
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def _make_json_encoder() -> Callable[[Any], str]:
-    """A reusable C encoder where CPython has one (building one per call is most of the cost)."""
+def _make_json_dumper() -> Callable[[Any], bytes]:
+    """dump_json, with a reusable C encoder where CPython has one (building one per call is
+    most of the cost)."""
+    encode = _encoder.encode
     make = getattr(json.encoder, "c_make_encoder", None)
     escape = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or escape is None:
-        return _encoder.encode
-    try:
+    chunks = None
+    if make is not None and escape is not None:
         # No circular-reference markers: a cyclic value ends in RecursionError, a 500.
-        chunks = make(None, _encoder.default, escape, None, ":", ",", False, False, True)
-    except TypeError:
-        return _encoder.encode
+        with contextlib.suppress(TypeError):
+            chunks = make(None, _encoder.default, escape, None, ":", ",", False, False, True)
 
-    def encode(value: Any) -> str:
-        if type(value) is str:
-            return _encoder.encode(value)
-        return "".join(chunks(value, 0))
+    if chunks is None:
 
-    return encode
+        def dump_json(value: Any) -> bytes:
+            return encode(value).encode("utf-8")
+
+    else:
+
+        def dump_json(value: Any) -> bytes:
+            if type(value) is str:
+                return encode(value).encode("utf-8")
+            return "".join(chunks(value, 0)).encode("utf-8")
+
+    dump_json.__doc__ = "Compact UTF-8 JSON."
+    return dump_json
 
 
-_encode_json = _make_json_encoder()
-
-
-def dump_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return _encode_json(value).encode("utf-8")
+dump_json = _make_json_dumper()
 
 
 class Response:

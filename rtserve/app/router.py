@@ -200,7 +200,9 @@ class Router:
         """Find the endpoint for a request; raises HTTPError 404 or 405 (with Allow)."""
         # An encoded slash belongs inside one segment, so such a path is never a literal match.
         table = self._literal.get(path)
-        encoded = raw_path is not None and raw_path.find(b"%") >= 0  # cheaper than `in`
+        # 0x25 is "%": an int is looked for with memchr, where `b"%" in` raises and clears a
+        # TypeError inside and `find` parses its arguments, both several times the cost.
+        encoded = raw_path is not None and 0x25 in raw_path
         if table is not None and not encoded:
             endpoint = table.get(method)
             if endpoint is not None:
@@ -236,7 +238,10 @@ class Router:
         if not values or endpoint.direct:  # a direct handler takes no parameters
             return endpoint, {}
         # Methods sharing a node may name their parameters differently: bind per endpoint.
-        return endpoint, dict(zip(endpoint.param_names, values, strict=True))
+        names = endpoint.param_names
+        if len(values) == 1 == len(names):
+            return endpoint, {names[0]: values[0]}
+        return endpoint, dict(zip(names, values, strict=True))
 
     def url_for(self, name: str, **params: Any) -> str:
         """The path of the route called `name` with `params` filled in (and checked)."""

@@ -89,9 +89,10 @@ class RequestHead:
             self.target = raw_path + (b"?" + query if query else b"")
         self.raw_path = raw_path
         self.query_string = query
-        # find, not `in`: `bytes in bytes` raises and clears a TypeError inside, every time.
-        decoded = unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
-        self.path = decoded.decode("utf-8", "surrogateescape")
+        path = raw_path.decode("utf-8", "surrogateescape")
+        if "%" in path:  # (on bytes, `in` raises and clears a TypeError inside, every time)
+            path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+        self.path = path
 
     def __repr__(self) -> str:
         return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
@@ -160,6 +161,7 @@ class RequestParser:
         "_chunked",
         "_chunks",
         "_closing",
+        "_connection",
         "_content_length",
         "_dead",
         "_emit_body",
@@ -174,12 +176,12 @@ class RequestParser:
         "_headers",
         "_heads",
         "_host",
-        "_in_head",
         "_parser",
         "_tail",
         "_te",
         "_url",
         "_valid_host",
+        "in_head",
         "max_body_size",
         "max_head_size",
         "max_headers",
@@ -196,7 +198,6 @@ class RequestParser:
         self.max_head_size = max_head_size
         self.max_headers = max_headers
         self.max_body_size = max_body_size
-        self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         if sink is None:
             append = self._events.append
@@ -209,6 +210,7 @@ class RequestParser:
             self._emit_body = sink.request_body
             self._emit_end = sink.request_end
             self._emit_upgrade = sink.request_upgrade
+        self._parser = httptools.HttpRequestParser(_Callbacks(self))
         self._error: ProtocolError | None = None
         self._dead = False
         self._closing = False
@@ -216,28 +218,23 @@ class RequestParser:
         self._begun = 0
         self._heads = 0  # request heads read, ever
         self._tail: bytes | memoryview = b""  # what follows the piece being fed (feed_until)
-        self._reset_message()
-
-    def _reset_message(self) -> None:
+        # Per message: on_message_begin resets the head's state, on_headers_complete takes
+        # (and resets) what the header fields set and starts the body's.
         self._url = b""
         self._headers: list[Header] = []
         self._head_bytes = 0
         self._field_bytes = 0
-        self._in_head = False
+        self.in_head = False  # a request head has started and is not complete
         self._content_length: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
         self._host = False
+        self._connection = False  # a Connection or Proxy-Connection field was read
         self._body_bytes = 0
         self._body_left = 0  # of a Content-Length body still to come
         self._chunked = False
         self._chunks = 0
         self._chunk_overhead = 0
-
-    @property
-    def in_head(self) -> bool:
-        """True while a request head has started but is not complete."""
-        return self._in_head
 
     def close(self) -> None:
         """Done with this parser: let go of httptools' parser (which points back at this one)
@@ -257,8 +254,11 @@ class RequestParser:
         never cut. Raises as `feed`; events go to the sink.
         """
         size = len(data)
-        if start == 0 and data.count(b"\r\n\r\n", self._body_left) <= max_heads:
-            self.feed(data)  # the usual case: the whole read is within the budget
+        # Fewer than 4 * (max_heads + 1) bytes cannot hold more than max_heads blank lines.
+        if start == 0 and (
+            size < (max_heads + 1) << 2 or data.count(b"\r\n\r\n", self._body_left) <= max_heads
+        ):
+            self._feed(data)  # the usual case: the whole read is within the budget
             return size
         cut = self._cut(data, start, max_heads)
         view = memoryview(data)
@@ -267,7 +267,7 @@ class RequestParser:
             heads = self._heads
             self._tail = view[cut:]  # an upgrade takes all that follows, not just this piece
             try:
-                self.feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
+                self._feed(view[pos:cut])  # type: ignore[arg-type]  # httptools takes buffers
             finally:
                 self._tail = b""
             if self._dead:  # switched protocols: the rest went with the upgrade
@@ -293,9 +293,13 @@ class RequestParser:
 
         Raises ProtocolError; what a sink raises propagates unchanged.
         """
+        self._feed(data)
+        return self._take_events()
+
+    def _feed(self, data: bytes) -> None:
         if self._dead:
             raise ProtocolError(400, "connection already failed")
-        continuing_head = self._in_head
+        continuing_head = self.in_head
         begun = self._begun
         body_before = self._body_bytes
         try:
@@ -304,7 +308,7 @@ class RequestParser:
             offset = exc.args[0] if exc.args else len(data)
             self._dead = True
             self._emit_upgrade(bytes(data[offset:]) + self._tail)
-            return self._take_events()
+            return
         except httptools.HttpParserError as exc:
             self._dead = True
             if self._error is not None:
@@ -313,7 +317,7 @@ class RequestParser:
             if cause is not None and not isinstance(cause, httptools.HttpParserError):
                 raise cause from None  # the sink failed: not the client's fault
             raise ProtocolError(400, _reason(exc)) from None
-        if self._in_head and continuing_head and begun == self._begun:
+        if self.in_head and continuing_head and begun == self._begun:
             # httptools keeps a partial field to itself: bound the head by the raw bytes of
             # every read that began and ended inside it.
             self._head_bytes += len(data)
@@ -327,7 +331,6 @@ class RequestParser:
             if self._chunk_overhead > self.max_head_size + _CHUNK_LINE_ALLOWANCE * self._chunks:
                 self._dead = True
                 raise ProtocolError(400, "chunk extensions or trailers too long")
-        return self._take_events()
 
     def _take_events(self) -> list[Event]:
         events = self._events
@@ -347,8 +350,11 @@ class RequestParser:
         if self._closing:
             # As llhttp does after `Connection: close`: nothing may follow such a request.
             self._fail(400, "data after a request that closes the connection")
-        self._reset_message()
-        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = self._field_bytes = 0
+        self._chunked = False
+        self.in_head = True
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
@@ -366,58 +372,80 @@ class RequestParser:
         if self._field_bytes > self.max_head_size:
             self._fail(431, "request head too large")
         size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            self._content_length = value
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            # Several fields form one list (RFC 9110 5.3): `gzip` then `chunked` is gzip, chunked.
-            self._te = value if self._te is None else self._te + b", " + value
-        elif size == 4 and name.lower() == b"host":
+        if size == 4 and (name == b"Host" or name.lower() == b"host"):  # as most send it
             if self._host:
                 self._fail(400, "more than one Host header")
             if value != self._valid_host and not valid_host(value):
                 self._fail(400, "Host is not host[:port]")
             self._host = True
             self._valid_host = value  # a connection sends the same Host again and again
+        elif size == 14 and name.lower() == b"content-length":
+            self._content_length = value
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            # Several fields form one list (RFC 9110 5.3): `gzip` then `chunked` is gzip, chunked.
+            self._te = value if self._te is None else self._te + b", " + value
         elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
             self._expect = True
+        elif (size == 10 and name.lower() == b"connection") or (
+            size == 16 and name.lower() == b"proxy-connection"
+        ):
+            self._connection = True  # llhttp reads both for keep-alive
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._in_head = False
-        method = parser.get_method().decode("ascii")
-        head = RequestHead(
-            method,
-            self._url,
-            self._headers,
-            parser.get_http_version(),
-            parser.should_keep_alive(),
-        )
-        if head.version != "1.1" and head.version != "1.0":
+        self.in_head = False
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:  # llhttp knows a few dozen methods: each is decoded once
+            method = _METHODS[raw_method] = raw_method.decode("ascii")
+        keep_alive = parser.should_keep_alive()
+        if self._connection or not keep_alive or method == "CONNECT":
+            self._connection = False
+            version = parser.get_http_version()
+            upgrade = parser.should_upgrade()
+        else:
+            # Without a Connection (or Proxy-Connection) field llhttp keeps HTTP/1.1 alive and
+            # no other version of those it reads (0.9, 1.0, 1.1, 2.0), and upgrades only
+            # CONNECT: so much known without asking (formatting the version is costly).
+            version = "1.1"
+            upgrade = False
+        head = RequestHead(method, self._url, self._headers, version, keep_alive)
+        if version != "1.1" and version != "1.0":
             # llhttp also takes HTTP/0.9 and HTTP/2.0 request lines; we speak neither.
             self._fail(505, "HTTP version not supported")
         if head.raw_path == b"*" and method != "OPTIONS":
             self._fail(400, "asterisk-form target is for OPTIONS only")
+        self._body_bytes = 0
         if self._te is not None:
-            if self._te.strip().lower() != b"chunked":
+            te, self._te = self._te, None
+            self._content_length = None
+            if te.strip().lower() != b"chunked":
                 self._fail(501, "unsupported transfer coding")
             head.chunked = self._chunked = True
-            if head.version == "1.0":
+            self._chunks = self._chunk_overhead = 0
+            if version == "1.0":
                 # RFC 9112 6.1: faulty framing in HTTP/1.0; answer, then close.
                 head.keep_alive = False
                 self._closing = True
         elif self._content_length is not None:
             length = int(self._content_length)
+            self._content_length = None
             if self.max_body_size is not None and length > self.max_body_size:
                 self._fail(413, "request body too large")
             head.content_length = self._body_left = length
-        head.expect_continue = self._expect
-        head.upgrade = parser.should_upgrade()
-        if head.upgrade and (head.chunked or head.content_length):
-            # llhttp stops before such a body, so it would be read as the next request.
-            self._fail(400, "Upgrade with a request body is not supported")
-        if not self._host and head.version == "1.1":
+        if self._expect:
+            head.expect_continue = True
+            self._expect = False
+        if upgrade:
+            head.upgrade = True
+            if head.chunked or head.content_length:
+                # llhttp stops before such a body, so it would be read as the next request.
+                self._fail(400, "Upgrade with a request body is not supported")
+        if self._host:
+            self._host = False
+        elif version == "1.1":
             self._fail(400, "HTTP/1.1 request without Host")
         if head.authority is not None:
             # RFC 9112 3.2.2: the target's host wins over any Host field, so the app, the
@@ -439,11 +467,33 @@ class RequestParser:
             self._fail(413, "request body too large")
         self._emit_body(body)
 
-    def on_message_complete(self) -> None:
-        self._body_left = 0
-        self._emit_end()
+
+class _Callbacks:
+    """What httptools calls as it reads: the parser's methods, except that the end of a message
+    goes straight to its taker (a Content-Length body is all read by then: nothing to reset)."""
+
+    __slots__ = (
+        "on_body",
+        "on_chunk_header",
+        "on_header",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+        "on_url",
+    )
+
+    def __init__(self, parser: RequestParser) -> None:
+        self.on_message_begin = parser.on_message_begin
+        self.on_url = parser.on_url
+        self.on_header = parser.on_header
+        self.on_headers_complete = parser.on_headers_complete
+        self.on_chunk_header = parser.on_chunk_header
+        self.on_body = parser.on_body
+        self.on_message_complete = parser._emit_end
 
 
+# Method names as llhttp gives them -> as str (filled as they are seen).
+_METHODS: dict[bytes, str] = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST"}
 # Bytes of chunk-size line and framing each chunk may use beyond `max_head_size` in total.
 _CHUNK_LINE_ALLOWANCE: Final = 32
 
@@ -507,11 +557,13 @@ def response_head(
     date: bytes,
     server: bytes = b"",
     http10: bool = False,
+    body: bytes = b"",
 ) -> bytes:
-    """A complete response head. `content_length=None` means a body of unknown length.
+    """A complete response head, then `body` (given for a whole response written at once).
+    `content_length=None` means a body of unknown length.
 
     `headers` may be given already encoded (see `encode_headers`), as constant heads are.
-    `date` is a whole `date: ...\\r\\n` line (cached by the caller); `server` likewise.
+    `date` is a whole `date: ...\r\n` line (cached by the caller); `server` likewise.
     An HTTP/1.0 client is told `connection: keep-alive` when the connection stays open.
     """
     if content_length is None:
@@ -520,10 +572,15 @@ def response_head(
     elif status < 200 or status == 204 or status == 304:
         length = b""
     else:
-        length = b"content-length: %d\r\n" % content_length
+        length = _LENGTH_LINES.get(content_length)  # type: ignore[assignment]
+        if length is None:
+            length = b"content-length: %d\r\n" % content_length
+            if content_length < _CACHED_LENGTHS:
+                _LENGTH_LINES[content_length] = length
+    line = STATUS_LINES.get(status)
     return b"".join(
         (
-            status_line(status),
+            status_line(status) if line is None else line,
             headers if type(headers) is bytes else encode_headers(headers),  # type: ignore[arg-type]
             length,
             date,
@@ -532,8 +589,14 @@ def response_head(
             if keep_alive
             else b"connection: close\r\n",
             b"\r\n",
+            body,
         )
     )
+
+
+# `content-length: N\r\n` lines of the bodies shorter than _CACHED_LENGTHS, made once each.
+_CACHED_LENGTHS: Final = 1024
+_LENGTH_LINES: dict[int, bytes] = {}
 
 
 def encode_chunk(data: bytes) -> bytes:

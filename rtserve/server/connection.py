@@ -78,6 +78,7 @@ class HTTPConnection(asyncio.Protocol):
         "_continue_sent",
         "_disconnect_callback",
         "_drain_waiter",
+        "_feeding",
         "_last",
         "_reading_paused_backlog",
         "_reading_paused_body",
@@ -129,6 +130,7 @@ class HTTPConnection(asyncio.Protocol):
         self._backlog = b""
         self._backlog_at = 0
         self._backlog_scheduled = False
+        self._feeding = False  # inside _feed, which rearms the timer when done
         self._turn_left = TURN_REQUESTS
         self._send_left = 0
         self._send_since = 0.0
@@ -193,14 +195,15 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         n = len(data)
+        state = self.state
         self.bytes_in += n
-        self.state.stats.bytes_received += n
+        state.stats.bytes_received += n
         if self._backlog:  # read before pausing took effect: after what waits, in order
             self._backlog = self._backlog[self._backlog_at :] + data
             self._backlog_at = 0
             return
         # A new loop turn for this connection: its share of the turn's requests.
-        self._turn_left = self._turn_share() if self.state.backlogged else TURN_REQUESTS
+        self._turn_left = self._turn_share() if state.backlogged else TURN_REQUESTS
         self._feed(data)
 
     def _turn_share(self) -> int:
@@ -221,6 +224,7 @@ class HTTPConnection(asyncio.Protocol):
         parser = self.parser
         if parser is None:  # let go of while an answer waited: the client asks again
             parser = self.parser = self._new_parser()
+        self._feeding = True
         try:
             stop = parser.feed_until(data, self._turn_left, start)
         except ProtocolError as exc:
@@ -228,6 +232,7 @@ class HTTPConnection(asyncio.Protocol):
             self.protocol_error(exc)
             return
         finally:
+            self._feeding = False
             if self.parser is not parser and parser is not None:
                 parser.close()  # replaced (a declined upgrade) or dropped (an upgrade)
         if stop < len(data) and not self.closed:
@@ -345,7 +350,6 @@ class HTTPConnection(asyncio.Protocol):
     # --- request flow ----------------------------------------------------------------------
 
     def request_head(self, head: RequestHead) -> None:
-        state = self.state
         self._turn_left -= 1
         exchange = Exchange(self, head, perf_counter())
         self.receiving = self._last = exchange
@@ -355,7 +359,7 @@ class HTTPConnection(asyncio.Protocol):
             if self.queue is _NO_QUEUE:
                 self.queue = deque()
             self.queue.append(exchange)
-            if len(self.queue) >= state.settings.limits.max_pipelined and not (
+            if len(self.queue) >= self.state.settings.limits.max_pipelined and not (
                 self._reading_paused_queue
             ):
                 self._reading_paused_queue = True
@@ -378,11 +382,18 @@ class HTTPConnection(asyncio.Protocol):
         app = self.state.app
         if app.wants_stream(exchange):
             exchange._start_streaming()
-            self._dispatch(exchange)
-        elif exchange.body_complete:
-            self._dispatch(exchange)
-        else:
-            self.send_continue(exchange)
+        elif not exchange.body_complete:
+            self.send_continue(exchange)  # dispatched when the body is in (request_end)
+            return
+        try:  # _dispatch(exchange), without the call
+            task = app.dispatch(exchange)
+        except Exception:
+            log.exception("request dispatch failed")
+            self.internal_error(exchange)
+            return
+        if task is not None:
+            exchange.task = task
+            self.state.track(task, exchange)
 
     def send_continue(self, exchange: Exchange) -> None:
         """Answer `Expect: 100-continue` once, when the body is actually wanted."""
@@ -421,12 +432,13 @@ class HTTPConnection(asyncio.Protocol):
         state = self.state
         stats = state.stats
         stats.requests_total += 1
-        stats.responses_by_class[exchange.status // 100 if exchange.status < 600 else 0] += 1
+        status = exchange.status
+        stats.responses_by_class[status // 100 if status < 600 else 0] += 1
         if state.access_log:
             state.log_access(exchange)
         if self._last is exchange:
             self._last = None  # no cycle left between the connection and a finished exchange
-        if self.upgraded is not None or exchange is not self.active:
+        if exchange is not self.active or self.upgraded is not None:
             return
         if exchange is self._upgrade_exchange:
             data, self._upgrade_data, self._upgrade_exchange = self._upgrade_data, None, None
@@ -439,22 +451,22 @@ class HTTPConnection(asyncio.Protocol):
         self.active = None
         if not exchange.body_complete:
             self.must_close = True  # the rest of its body is unread: the stream is unusable
+        queue = self.queue
         if (
             self.must_close
             or not exchange.head.keep_alive
             or state.shutting_down
-            or (self.eof and not self.queue and not self._backlog)
+            or (self.eof and not queue and not self._backlog)
         ):
             self.close()
-            return
-        if self.queue and current_task() is not None:
-            # Finishing inside a handler's Task: start the next request from the loop, so it
-            # does not run inside (or inherit the context of) the previous one.
-            state.loop.call_soon(self._start_queued, context=state.context)
-            return
-        if self.queue:
-            self._start_queued()
-        else:
+        elif queue:
+            if current_task() is not None:
+                # Finishing inside a handler's Task: start the next request from the loop, so
+                # it does not run inside (or inherit the context of) the previous one.
+                state.loop.call_soon(self._start_queued, context=state.context)
+            else:
+                self._start_queued()
+        elif not self._feeding:  # else _feed rearms once it has parsed the read
             self._rearm()
 
     def _start_queued(self) -> None:
@@ -674,22 +686,33 @@ class HTTPConnection(asyncio.Protocol):
     ) -> None:
         """Write and count a whole response (the caller checked `closed`)."""
         state = self.state
-        head = response_head(
+        head = exchange.head
+        keep_alive = (  # keep_alive_after(exchange), without the call
+            head.keep_alive
+            and exchange.body_complete
+            and not self.must_close
+            and not state.shutting_down
+            and not (self.eof and not self.queue and not self._backlog)
+        )
+        big = len(body) > 4096  # not copied into the head's bytes: written after it
+        data = response_head(
             status,
             headers,
             content_length=content_length,
-            keep_alive=self.keep_alive_after(exchange),
+            keep_alive=keep_alive,
             date=state.date_line,
             server=state.server_line,
-            http10=exchange.head.version == "1.0",
+            http10=head.version == "1.0",
+            body=b"" if big else body,
         )
-        n = len(head) + len(body)
+        if big:
+            n = len(data) + len(body)
+            self.transport.writelines((data, body))
+        else:
+            n = len(data)
+            self.transport.write(data)
         self.bytes_out += n
         state.stats.bytes_sent += n
-        if len(body) > 4096:
-            self.transport.writelines((head, body))
-        else:
-            self.transport.write(head + body)
 
     def write_prepared(self, exchange: Exchange, answer: PreparedAnswer) -> None:
         """Write and count `answer`'s shared framing for this connection."""

@@ -202,7 +202,9 @@ class Exchange:
         self.status = status
         self.state.stats.http_latency.observe(perf_counter() - self.start_time)
         self.response_bytes = len(sent)
-        self._finish()
+        if not self.finished:  # _finish(), without the call
+            self.finished = True
+            conn.exchange_finished(self)
 
     def respond_prepared(self, answer: PreparedAnswer) -> None:
         """`respond()` with a response made once for many exchanges: an HTTP/1.1 connection
