@@ -9,7 +9,8 @@ subscriber has every push (``--per-turn K``: K messages per loop iteration). Not
 measured phase depends on timing: the same messages go through the same code whatever else
 runs on the machine. ``--server broadcast`` serves bench/ws.py's rtserve app instead
 (``broadcast()`` to ``/sub`` handlers), ``--server floor`` its raw floor: the same driver
-prices both against the channel path.
+prices both against the channel path. ``--server sse`` subscribes the same channel over
+``GET /rt/sse`` (HTTP/1.1, chunked) instead of ``/rt/ws``.
 
 Two measures, both blind to other load on the cores:
 
@@ -96,7 +97,8 @@ async def serve(use_uvloop: bool, kind: str = "channel") -> None:
             broadcast(rtserve_ws.subscribers, f'{{"push":"{seq:010d}:' + "x" * 19 + '"}')
     else:
         ws = WebSocketSettings(compression=False, ping_interval=0)
-        app = App(ServerSettings(access_log=False, websocket=ws), channels=ChannelSettings())
+        channels = ChannelSettings(sse_heartbeat=3600)  # no ping in the measured phase
+        app = App(ServerSettings(access_log=False, websocket=ws), channels=channels)
         app.channel("bench:*")
 
         async def publish(seq: int) -> None:
@@ -162,6 +164,7 @@ class Subscribers:
     """N blocking-free raw sockets on one selector; counts push frames per socket."""
 
     def __init__(self, port: int, count: int, path: str = "/rt/ws") -> None:
+        sse = path.startswith("/rt/sse")
         self.selector = selectors.DefaultSelector()
         self.pushes = [0] * count
         self.tails = [b""] * count
@@ -171,6 +174,8 @@ class Subscribers:
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
+        if sse:  # an EventSource's request: the stream answers once every channel is joined
+            request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         hello = client_frame(b'{"id":1,"op":"connect"}') + client_frame(
             b'{"id":2,"op":"subscribe","channel":"' + ROOM.encode() + b'"}'
         )
@@ -185,6 +190,11 @@ class Subscribers:
             reply = head.partition(b"\r\n\r\n")[2]
             if path == "/rt/ws":
                 sock.sendall(hello)
+            while sse and b"event: subscribed" not in reply:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise SystemExit("server closed before the stream started")
+                reply += chunk
             while path == "/rt/ws" and b'"id":2' not in reply:
                 chunk = sock.recv(4096)
                 if not chunk:
@@ -253,9 +263,8 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
     """Connect, publish `messages`, wait for all; the server CPU seconds of the publish phase.
     `wrapper` is the command the server runs under (valgrind, strace)."""
     server = ServerProcess(args, wrapper)
-    subscribers = Subscribers(
-        server.port, args.subscribers, "/rt/ws" if args.server == "channel" else "/sub"
-    )
+    path = {"channel": "/rt/ws", "sse": f"/rt/sse?channel={ROOM}"}.get(args.server, "/sub")
+    subscribers = Subscribers(server.port, args.subscribers, path)
     try:
         if args.warmup:
             server.send(f"go {args.warmup}")
@@ -351,10 +360,11 @@ def main() -> None:
     parser.add_argument("--measure", choices=["cpu", *WRAPPERS], default="cpu")
     parser.add_argument(
         "--server",
-        choices=["channel", "broadcast", "floor"],
+        choices=["channel", "sse", "broadcast", "floor"],
         default="channel",
-        help="channel: app.publish to /rt/ws subscribers; broadcast: bench/ws.py's rtserve "
-        "app (`broadcast()` on /sub); floor: bench/ws.py's floor (raw transport writes)",
+        help="channel: app.publish to /rt/ws subscribers; sse: the same channel to "
+        "/rt/sse streams (HTTP/1.1, chunked); broadcast: bench/ws.py's rtserve app "
+        "(`broadcast()` on /sub); floor: bench/ws.py's floor (raw transport writes)",
     )
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=500, help="K (cpu) / K2 (callgrind)")
@@ -405,10 +415,14 @@ def main() -> None:
         f"{args.measure}: per delivery, the runs of {args.base_messages} and {args.messages}"
         f" messages subtracted ({out_dir}):"
     )
+    total = 0.0
     for name in sorted(counts[1], key=lambda name: -counts[1][name]):
         per = (counts[1][name] - counts[0].get(name, 0)) / deliveries
+        total += per
         if abs(per) >= 0.001:
             print(f"  {name:24} {per:12,.3f}")
+    if len(counts[1]) > 1:
+        print(f"  {'total':24} {total:12,.3f}")
 
 
 if __name__ == "__main__":
