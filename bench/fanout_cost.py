@@ -16,6 +16,8 @@ Two measures, both blind to other load on the cores:
 
 - ``cpu`` (default): the server's own CPU time (``time.process_time``) across the publish
   phase, per delivery; several rounds, the median;
+- ``memory``: the server's Python heap (``tracemalloc``) per idle subscriber, the growth
+  from 10 subscribers to 10 + N over N (nothing published);
 - ``syscalls`` (``strace -f -c``), ``calls`` (every Python and C function call, counted by a
   profile hook) and ``opcodes`` (the bytecodes each Python function runs, by a trace hook):
   the same subtraction, per delivery;
@@ -64,6 +66,7 @@ ROOM = "bench:room"
 MARKER = b'"push"'  # once per push frame sent to a subscriber
 MASK = b"\x01\x02\x03\x04"
 CALLS_ENV = "FANOUT_COST_CALLS"  # --measure calls: the server's file for its call counts
+TRACE_ENV = "FANOUT_COST_TRACE"  # --measure memory: the server traces its allocations
 TIMEOUT = 600.0  # callgrind runs the server ~50 times slower
 
 
@@ -150,6 +153,12 @@ async def obey(port: int, publish: Any) -> None:
             await asyncio.sleep(0)
         elif command[0] == "cpu":
             print(time.process_time(), flush=True)
+        elif command[0] == "mem":  # --measure memory: the Python heap now (tracemalloc)
+            import gc
+            import tracemalloc
+
+            gc.collect()
+            print(tracemalloc.get_traced_memory()[0], flush=True)
         else:
             break
     loop.remove_reader(stdin.fileno())
@@ -278,6 +287,27 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
         server.stop()
 
 
+def memory_run(args: argparse.Namespace) -> float:
+    """Python heap bytes (tracemalloc) per idle subscriber: the growth from 10 subscribers to
+    10 + N, divided by N."""
+    server = ServerProcess(args, ["env", f"{TRACE_ENV}=1"])
+    path = {"channel": "/rt/ws", "sse": f"/rt/sse?channel={ROOM}"}.get(args.server, "/sub")
+    first = Subscribers(server.port, 10, path)
+    try:
+        server.send("mem")
+        before = int(server.read_line())
+        rest = Subscribers(server.port, args.subscribers, path)
+        try:
+            time.sleep(0.5)  # the last ones' joins
+            server.send("mem")
+            return (int(server.read_line()) - before) / args.subscribers
+        finally:
+            rest.close()
+    finally:
+        first.close()
+        server.stop()
+
+
 def total_instructions(path: Path) -> dict[str, int]:
     """The Ir total of a callgrind.out file."""
     match = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.M)
@@ -357,7 +387,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["driver", "server"], default="driver")
     parser.add_argument("--asyncio", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    parser.add_argument("--measure", choices=["cpu", *WRAPPERS], default="cpu")
+    parser.add_argument("--measure", choices=["cpu", "memory", *WRAPPERS], default="cpu")
     parser.add_argument(
         "--server",
         choices=["channel", "sse", "broadcast", "floor"],
@@ -377,6 +407,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
     if args.role == "server":
+        if os.environ.get(TRACE_ENV):
+            import tracemalloc
+
+            tracemalloc.start()
         if os.environ.get(CALLS_ENV):
             what, _, out = os.environ[CALLS_ENV].partition(":")
             count_calls(out, opcodes=what == "opcodes")
@@ -394,6 +428,13 @@ def main() -> None:
         f"rtserve from {tree}; server {args.server}, {args.subscribers} subscribers, "
         f"loop {args.loop}"
     )
+    if args.measure == "memory":
+        figures = [memory_run(args) for _ in range(args.rounds)]
+        shown = " ".join(f"{f:.0f}" for f in figures)
+        print(
+            f"Python heap per idle subscriber: median {statistics.median(figures):.0f} B ({shown})"
+        )
+        return
     if args.measure == "cpu":
         figures = []
         for _ in range(args.rounds):
