@@ -167,16 +167,17 @@ def test_a_paused_or_closed_connection_gets_deliver_instead() -> None:
         blocked = stream()
         blocked.direct_after = BLOCKED
         message = Outbound(b'{"push":"pub"}', 1, channel="a", epoch="e")
-        subscribers = {"open": open_, "paused": paused, "closed": closed, "blocked": blocked}
-        assert share_event(subscribers, message) == ["paused", "closed", "blocked"]
+        subscribers = [open_, paused, closed, blocked]
+        assert share_event(subscribers, message) == [paused, closed, blocked]
         assert open_.shared is not None and open_.shared.transports == [open_.wire.transport]
         assert open_.wire.bytes_out == len(encode_chunk(message.sse))
         assert open_.exchange.response_bytes == len(message.sse)
         for other in (paused, closed, blocked):
             assert other.shared is None and other.wire.bytes_out == 0
         # One chunk per turn: a second publication of the turn is for `deliver`.
-        assert share_event(subscribers, message) == list(subscribers)
+        assert share_event(subscribers, message) == subscribers
 
     asyncio.run(main())
     # Outside a running loop nothing is taken.
-    assert share_event({"s": stream()}, Outbound(b"{}", 1, channel="a")) == ["s"]
+    alone = stream()
+    assert share_event([alone], Outbound(b"{}", 1, channel="a")) == [alone]

@@ -245,7 +245,7 @@ class _Local:
         # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
         self.wires: dict[Subscriber, Any] = {}
         # The SSE streams, for the same fast path with a shared chunk (`sse_shared`).
-        self.streams: dict[Subscriber, Any] = {}
+        self.streams: dict[Any, None] = {}
         self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
         self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
@@ -679,7 +679,7 @@ class Hub:
         if wire is not None:
             local.wires[subscriber] = wire
         elif getattr(subscriber, "takes_shared_events", False):
-            local.streams[subscriber] = subscriber
+            local.streams[subscriber] = None
         groups.add(subscriber, tag_filter)
         wants_delta = local.delta is not None and delta == rule.delta
         if wants_delta:

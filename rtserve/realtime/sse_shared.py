@@ -13,7 +13,7 @@ given after it in the turn first moves the chunk's event into its own queue (`_b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from rtserve.protocol.http11 import encode_chunk
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from rtserve.server.state import ServerStats
     from rtserve.server.transport import ChunkWire
 
-K = TypeVar("K")
 # `direct_after` of a stream that may not take a shared chunk now; one that may has DIRECT
 # (below any turn of `rtserve.server.shared_write`), one that took one the turn's number.
 BLOCKED = 1 << 62
@@ -53,26 +52,28 @@ class DirectStream(Protocol):
     exchange: Exchange
 
 
-def share_event(streams: Mapping[K, DirectStream], message: Outbound) -> list[K]:
-    """Give `message`'s event, chunked once, to every stream of `streams` that can take it
-    now (written at the end of the turn); the keys of the others, in order, for `deliver`.
+S = TypeVar("S", bound=DirectStream)
 
-    Nothing in the loop calls back into the app, so `streams` may be the live mapping of a
-    caller.
+
+def share_event(streams: Collection[S], message: Outbound) -> list[S]:
+    """Give `message`'s event, chunked once, to every stream of `streams` that can take it
+    now (written at the end of the turn); the others, in order, for `deliver`.
+
+    Nothing in the loop calls back into the app, so `streams` may be the live collection of
+    a caller.
     """
     if not streams:
         return []
     event = message.sse
     chunk = encode_chunk(event)
-    first = next(iter(streams.values()))
-    shared = SharedEvent(chunk, event, first.exchange.state.stats)
+    shared = SharedEvent(chunk, event, next(iter(streams)).exchange.state.stats)
     turn = share(shared)
     if turn is None:
         return list(streams)
     transports = shared.transports
     size, data_size = len(chunk), len(event)
-    others: list[K] = []
-    for key, stream in streams.items():
+    others: list[S] = []
+    for stream in streams:
         if stream.direct_after < turn:
             wire: ChunkWire = stream.wire  # type: ignore[assignment]  # never DIRECT without
             if not (wire.writing_paused or wire.closed):
@@ -82,5 +83,5 @@ def share_event(streams: Mapping[K, DirectStream], message: Outbound) -> list[K]
                 stream.exchange.response_bytes += data_size
                 transports.append(wire.transport)
                 continue
-        others.append(key)
+        others.append(stream)
     return others
