@@ -9,6 +9,8 @@ budget arithmetic; at the end of the loop turn one walk over those transports wr
 handed back for the full path (budget, slow-consumer policy, batching). A connection takes
 at most one frame so per turn; whatever it is given after it in the same turn (a second
 publication, a reply) is queued behind it, so a turn still costs one write per connection.
+Takers of another kind (SSE streams, `rtserve.realtime.sse_shared`) hand their frame to the
+same end-of-turn walk with `share`.
 """
 
 from __future__ import annotations
