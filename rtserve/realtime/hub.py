@@ -69,7 +69,8 @@ CONTROL_CHANNEL = "rtserve control"
 class Outbound:
     """One push encoded once for every local subscriber: JSON bytes and the shared frame.
 
-    `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
+    `sse` is the same push as a Server-Sent Event, built on first use and then shared too
+    (`sse_built`: it, or None before the first use, read without a property call);
     `publication` is what a `pub` push carries (for long polls), and `poll_answer` the whole
     answer of every long poll this publication alone releases. A delta push has `whole`, the
     same publication in full, which is what a subscriber's outbox holds back instead (a held
@@ -78,7 +79,6 @@ class Outbound:
 
     __slots__ = (
         "_poll",
-        "_sse",
         "channel",
         "epoch",
         "event",
@@ -87,6 +87,7 @@ class Outbound:
         "payload",
         "plain",
         "publication",
+        "sse_built",
         "whole",
         "ws",
     )
@@ -110,7 +111,7 @@ class Outbound:
         self.epoch = epoch
         self.publication = publication
         self.whole: Outbound | None = None
-        self._sse: bytes | None = None
+        self.sse_built: bytes | None = None
         self._poll: bytes | None = None
         self.ws = SharedMessage.text(payload)
         self.plain = self.ws.plain_frame()  # the frame for connections without deflate
@@ -118,9 +119,9 @@ class Outbound:
     @property
     def sse(self) -> bytes:
         """`id: CHANNEL:OFFSET:EPOCH` (publications only), `event:` and `data:` lines."""
-        sse = self._sse
+        sse = self.sse_built
         if sse is None:
-            sse = self._sse = sse_event(
+            sse = self.sse_built = sse_event(
                 self.event, self.payload, self.channel, self.epoch, self.offset
             )
         return sse

@@ -505,7 +505,7 @@ class SSEStream:
         if self.ended:
             return
         outbox = self._outbox
-        if (outbox is None or outbox.idle) and self._offer(message.sse):
+        if (outbox is None or outbox.idle) and self._offer(message.sse_built or message.sse):
             return  # the common case, kept free of a call: room, nothing held or gathered
         if outbox is None:
             outbox = self._outbox = Outbox(self._offer, _EVENT, self.hub.stats)
