@@ -382,21 +382,26 @@ class SSEStream:
                 return False
             preamble.append(data)
             return True
-        # _room and _queue, inlined: this runs once per delivery to every stream.
-        exchange = self.exchange
-        if exchange.closed:
-            return False
+        # _room and _queue, inlined: this runs once per delivery to every stream. Whether the
+        # connection is closed is asked for the tick's first event only (one closing later in
+        # the tick makes the flush find it so).
         if self.direct_after != BLOCKED:
             self._block()
         size = len(data)
         out = self._out
-        queued = self._out_bytes if out is not None else exchange.buffered()
-        if queued and queued + size > self._limit:
-            return False
         if out is None:
+            exchange = self.exchange
+            if exchange.closed:
+                return False
+            queued = exchange.buffered()
+            if queued and queued + size > self._limit:
+                return False
             self._out = [data]
             exchange.state.schedule_flush(self)
         else:
+            queued = self._out_bytes
+            if queued + size > self._limit:
+                return False
             out.append(data)
         self._out_bytes = queued + size
         return True
