@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -181,3 +182,42 @@ def test_a_paused_or_closed_connection_gets_deliver_instead() -> None:
     # Outside a running loop nothing is taken.
     alone = stream()
     assert share_event([alone], Outbound(b"{}", 1, channel="a")) == [alone]
+
+
+def test_a_client_that_stops_reading_leaves_the_shared_path_for_its_channel_policy() -> None:
+    # Taken directly while the connection keeps up; once it pauses, the full path: the
+    # outbox holds (drop_oldest) and, read again, the client gets the rest in order.
+    from rtserve.realtime import hub as hub_module
+
+    taken: list[int] = []
+
+    def counting(streams: Any, message: Outbound) -> Any:
+        others = share_event(streams, message)
+        taken.append(len(streams) - len(others))
+        return others
+
+    async def main() -> None:
+        app = App(channels=ChannelSettings(sse_heartbeat=3600))
+        app.channel("backlog", slow_consumer="drop_oldest", max_pending=10)
+        async with serve_app(app) as server:
+            client = await open_stream(server.port, "channel=backlog")
+            (stream,) = await streams(server, 1, app, "backlog")
+            big = "x" * 60000
+            for i in range(200):
+                await app.publish("backlog", {"i": i, "pad": big})
+                await asyncio.sleep(0)  # one publication per turn
+            assert taken[0] == 1 and 0 in taken  # shared first, then the full path
+            assert app.hub.stats.dropped > 0
+            await client.until(b'"i":199,')
+            seen = [int(i) for i in re.findall(rb'"i":(\d+),', client.seen)]
+            assert seen == sorted(set(seen)) and seen[-1] == 199 and len(seen) < 200
+            await asyncio.sleep(0.05)
+            assert stream.direct_after == DIRECT  # caught up: back on the shared path
+            client.close()
+
+    original = hub_module.share_event
+    hub_module.share_event = counting  # type: ignore[assignment]
+    try:
+        asyncio.run(main())
+    finally:
+        hub_module.share_event = original  # type: ignore[assignment]
