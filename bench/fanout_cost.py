@@ -9,12 +9,15 @@ subscriber has every push (``--per-turn K``: K messages per loop iteration). Not
 measured phase depends on timing: the same messages go through the same code whatever else
 runs on the machine. ``--server broadcast`` serves bench/ws.py's rtserve app instead
 (``broadcast()`` to ``/sub`` handlers), ``--server floor`` its raw floor: the same driver
-prices both against the channel path.
+prices both against the channel path. ``--server sse`` subscribes the same channel over
+``GET /rt/sse`` (HTTP/1.1, chunked) instead of ``/rt/ws``.
 
 Two measures, both blind to other load on the cores:
 
 - ``cpu`` (default): the server's own CPU time (``time.process_time``) across the publish
   phase, per delivery; several rounds, the median;
+- ``memory``: the server's Python heap (``tracemalloc``) per idle subscriber, the growth
+  from 10 subscribers to 10 + N over N (nothing published);
 - ``syscalls`` (``strace -f -c``), ``calls`` (every Python and C function call, counted by a
   profile hook) and ``opcodes`` (the bytecodes each Python function runs, by a trace hook):
   the same subtraction, per delivery;
@@ -63,6 +66,7 @@ ROOM = "bench:room"
 MARKER = b'"push"'  # once per push frame sent to a subscriber
 MASK = b"\x01\x02\x03\x04"
 CALLS_ENV = "FANOUT_COST_CALLS"  # --measure calls: the server's file for its call counts
+TRACE_ENV = "FANOUT_COST_TRACE"  # --measure memory: the server traces its allocations
 TIMEOUT = 600.0  # callgrind runs the server ~50 times slower
 
 
@@ -96,7 +100,8 @@ async def serve(use_uvloop: bool, kind: str = "channel") -> None:
             broadcast(rtserve_ws.subscribers, f'{{"push":"{seq:010d}:' + "x" * 19 + '"}')
     else:
         ws = WebSocketSettings(compression=False, ping_interval=0)
-        app = App(ServerSettings(access_log=False, websocket=ws), channels=ChannelSettings())
+        channels = ChannelSettings(sse_heartbeat=3600)  # no ping in the measured phase
+        app = App(ServerSettings(access_log=False, websocket=ws), channels=channels)
         app.channel("bench:*")
 
         async def publish(seq: int) -> None:
@@ -148,6 +153,12 @@ async def obey(port: int, publish: Any) -> None:
             await asyncio.sleep(0)
         elif command[0] == "cpu":
             print(time.process_time(), flush=True)
+        elif command[0] == "mem":  # --measure memory: the Python heap now (tracemalloc)
+            import gc
+            import tracemalloc
+
+            gc.collect()
+            print(tracemalloc.get_traced_memory()[0], flush=True)
         else:
             break
     loop.remove_reader(stdin.fileno())
@@ -162,6 +173,7 @@ class Subscribers:
     """N blocking-free raw sockets on one selector; counts push frames per socket."""
 
     def __init__(self, port: int, count: int, path: str = "/rt/ws") -> None:
+        sse = path.startswith("/rt/sse")
         self.selector = selectors.DefaultSelector()
         self.pushes = [0] * count
         self.tails = [b""] * count
@@ -171,6 +183,8 @@ class Subscribers:
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
+        if sse:  # an EventSource's request: the stream answers once every channel is joined
+            request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         hello = client_frame(b'{"id":1,"op":"connect"}') + client_frame(
             b'{"id":2,"op":"subscribe","channel":"' + ROOM.encode() + b'"}'
         )
@@ -185,6 +199,11 @@ class Subscribers:
             reply = head.partition(b"\r\n\r\n")[2]
             if path == "/rt/ws":
                 sock.sendall(hello)
+            while sse and b"event: subscribed" not in reply:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise SystemExit("server closed before the stream started")
+                reply += chunk
             while path == "/rt/ws" and b'"id":2' not in reply:
                 chunk = sock.recv(4096)
                 if not chunk:
@@ -253,9 +272,8 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
     """Connect, publish `messages`, wait for all; the server CPU seconds of the publish phase.
     `wrapper` is the command the server runs under (valgrind, strace)."""
     server = ServerProcess(args, wrapper)
-    subscribers = Subscribers(
-        server.port, args.subscribers, "/rt/ws" if args.server == "channel" else "/sub"
-    )
+    path = {"channel": "/rt/ws", "sse": f"/rt/sse?channel={ROOM}"}.get(args.server, "/sub")
+    subscribers = Subscribers(server.port, args.subscribers, path)
     try:
         if args.warmup:
             server.send(f"go {args.warmup}")
@@ -266,6 +284,27 @@ def one_run(args: argparse.Namespace, messages: int, wrapper: list[str] = []) ->
         return server.cpu() - before
     finally:
         subscribers.close()
+        server.stop()
+
+
+def memory_run(args: argparse.Namespace) -> float:
+    """Python heap bytes (tracemalloc) per idle subscriber: the growth from 10 subscribers to
+    10 + N, divided by N."""
+    server = ServerProcess(args, ["env", f"{TRACE_ENV}=1"])
+    path = {"channel": "/rt/ws", "sse": f"/rt/sse?channel={ROOM}"}.get(args.server, "/sub")
+    first = Subscribers(server.port, 10, path)
+    try:
+        server.send("mem")
+        before = int(server.read_line())
+        rest = Subscribers(server.port, args.subscribers, path)
+        try:
+            time.sleep(0.5)  # the last ones' joins
+            server.send("mem")
+            return (int(server.read_line()) - before) / args.subscribers
+        finally:
+            rest.close()
+    finally:
+        first.close()
         server.stop()
 
 
@@ -348,13 +387,14 @@ def main() -> None:
     parser.add_argument("--role", choices=["driver", "server"], default="driver")
     parser.add_argument("--asyncio", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    parser.add_argument("--measure", choices=["cpu", *WRAPPERS], default="cpu")
+    parser.add_argument("--measure", choices=["cpu", "memory", *WRAPPERS], default="cpu")
     parser.add_argument(
         "--server",
-        choices=["channel", "broadcast", "floor"],
+        choices=["channel", "sse", "broadcast", "floor"],
         default="channel",
-        help="channel: app.publish to /rt/ws subscribers; broadcast: bench/ws.py's rtserve "
-        "app (`broadcast()` on /sub); floor: bench/ws.py's floor (raw transport writes)",
+        help="channel: app.publish to /rt/ws subscribers; sse: the same channel to "
+        "/rt/sse streams (HTTP/1.1, chunked); broadcast: bench/ws.py's rtserve app "
+        "(`broadcast()` on /sub); floor: bench/ws.py's floor (raw transport writes)",
     )
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=500, help="K (cpu) / K2 (callgrind)")
@@ -367,6 +407,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
     if args.role == "server":
+        if os.environ.get(TRACE_ENV):
+            import tracemalloc
+
+            tracemalloc.start()
         if os.environ.get(CALLS_ENV):
             what, _, out = os.environ[CALLS_ENV].partition(":")
             count_calls(out, opcodes=what == "opcodes")
@@ -384,6 +428,13 @@ def main() -> None:
         f"rtserve from {tree}; server {args.server}, {args.subscribers} subscribers, "
         f"loop {args.loop}"
     )
+    if args.measure == "memory":
+        figures = [memory_run(args) for _ in range(args.rounds)]
+        shown = " ".join(f"{f:.0f}" for f in figures)
+        print(
+            f"Python heap per idle subscriber: median {statistics.median(figures):.0f} B ({shown})"
+        )
+        return
     if args.measure == "cpu":
         figures = []
         for _ in range(args.rounds):
@@ -405,10 +456,14 @@ def main() -> None:
         f"{args.measure}: per delivery, the runs of {args.base_messages} and {args.messages}"
         f" messages subtracted ({out_dir}):"
     )
+    total = 0.0
     for name in sorted(counts[1], key=lambda name: -counts[1][name]):
         per = (counts[1][name] - counts[0].get(name, 0)) / deliveries
+        total += per
         if abs(per) >= 0.001:
             print(f"  {name:24} {per:12,.3f}")
+    if len(counts[1]) > 1:
+        print(f"  {'total':24} {total:12,.3f}")
 
 
 if __name__ == "__main__":

@@ -884,9 +884,10 @@ def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
         True,
         None,
         None,
-        [],
+        None,
         0,
     )
+    stream.direct_after, stream.shared, stream.wire = sse.BLOCKED, None, None
     stream._outbox = Outbox(stream._offer, sse._EVENT, HubStats())
     rule = ChannelRule("c")
     events = []

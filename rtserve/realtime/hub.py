@@ -53,6 +53,7 @@ from rtserve.realtime.protocol import (
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
+from rtserve.realtime.sse_shared import share_event
 from rtserve.server.shared_write import turn_now, write_shared
 
 log = logging.getLogger("rtserve.channels")
@@ -68,7 +69,8 @@ CONTROL_CHANNEL = "rtserve control"
 class Outbound:
     """One push encoded once for every local subscriber: JSON bytes and the shared frame.
 
-    `sse` is the same push as a Server-Sent Event, built on first use and then shared too;
+    `sse` is the same push as a Server-Sent Event, built on first use and then shared too
+    (`sse_built`: it, or None before the first use, read without a property call);
     `publication` is what a `pub` push carries (for long polls), and `poll_answer` the whole
     answer of every long poll this publication alone releases. A delta push has `whole`, the
     same publication in full, which is what a subscriber's outbox holds back instead (a held
@@ -77,7 +79,6 @@ class Outbound:
 
     __slots__ = (
         "_poll",
-        "_sse",
         "channel",
         "epoch",
         "event",
@@ -87,6 +88,7 @@ class Outbound:
         "plain",
         "poll_release",
         "publication",
+        "sse_built",
         "whole",
         "ws",
     )
@@ -110,7 +112,7 @@ class Outbound:
         self.epoch = epoch
         self.publication = publication
         self.whole: Outbound | None = None
-        self._sse: bytes | None = None
+        self.sse_built: bytes | None = None
         self._poll: bytes | None = None
         self.poll_release: Any = None  # the long polls it releases (realtime/poll.py's)
         self.ws = SharedMessage.text(payload)
@@ -119,9 +121,9 @@ class Outbound:
     @property
     def sse(self) -> bytes:
         """`id: CHANNEL:OFFSET:EPOCH` (publications only), `event:` and `data:` lines."""
-        sse = self._sse
+        sse = self.sse_built
         if sse is None:
-            sse = self._sse = sse_event(
+            sse = self.sse_built = sse_event(
                 self.event, self.payload, self.channel, self.epoch, self.offset
             )
         return sse
@@ -233,6 +235,7 @@ class _Local:
         "publications",
         "rule",
         "shared_turn",
+        "streams",
         "subscribers",
         "wires",
     )
@@ -244,6 +247,8 @@ class _Local:
         self.subscribers: dict[Subscriber, None] = {}
         # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
         self.wires: dict[Subscriber, Any] = {}
+        # The SSE streams, for the same fast path with a shared chunk (`sse_shared`).
+        self.streams: dict[Any, None] = {}
         self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
         self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
@@ -453,7 +458,7 @@ class Hub:
         floors = local.floors
         delta = local.delta
         unfiltered = not floors and not local.groups.filtered
-        if local.wires and unfiltered and (delta is None or not delta.bases):
+        if (local.wires or local.streams) and unfiltered and (delta is None or not delta.bases):
             self.stats.deliveries += len(local.subscribers)
             self._fan_out(channel, message, rule, local)
             return
@@ -490,8 +495,8 @@ class Hub:
 
     def _fan_out(self, channel: str, message: Outbound, rule: ChannelRule, local: _Local) -> None:
         """`on_publication` to every subscriber (no filter, delta or floor in the way): the
-        shared frame straight to each connection that can take it now, `deliver` for the
-        others (held back, paused, deflate, SSE, ...)."""
+        shared frame straight to each connection that can take it now, the shared SSE chunk to
+        each stream that can, `deliver` for the others (held back, paused, deflate, ...)."""
         turn = turn_now()
         if turn is None or turn == local.shared_turn:
             # Not the turn's first publication here: a connection takes one shared frame per
@@ -502,8 +507,13 @@ class Hub:
         local.shared_turn = turn
         wires = local.wires
         others = write_shared(wires, message.plain)
-        if len(wires) < len(local.subscribers):
-            others.extend(sub for sub in local.subscribers if sub not in wires)
+        streams = local.streams
+        if streams:
+            others.extend(share_event(streams, message))
+        if len(wires) + len(streams) < len(local.subscribers):
+            others.extend(
+                sub for sub in local.subscribers if sub not in wires and sub not in streams
+            )
         for subscriber in others:
             subscriber.deliver(channel, message, rule)
 
@@ -671,6 +681,8 @@ class Hub:
         wire = getattr(subscriber, "wire", None)
         if wire is not None:
             local.wires[subscriber] = wire
+        elif getattr(subscriber, "takes_shared_events", False):
+            local.streams[subscriber] = None
         groups.add(subscriber, tag_filter)
         wants_delta = local.delta is not None and delta == rule.delta
         if wants_delta:
@@ -735,6 +747,7 @@ class Hub:
             return False
         local.floors.pop(subscriber, None)
         local.wires.pop(subscriber, None)
+        local.streams.pop(subscriber, None)
         local.groups.remove(subscriber)
         if local.delta is not None:
             local.delta.bases.pop(subscriber, None)

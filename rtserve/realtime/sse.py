@@ -46,10 +46,12 @@ from rtserve.realtime.hub import Hub, Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode, check_delta
 from rtserve.realtime.rules import ChannelRule
+from rtserve.realtime.sse_shared import BLOCKED, DIRECT, SharedEvent
 from rtserve.server.exchange import ClientDisconnected
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
+    from rtserve.server.transport import ChunkWire
     from rtserve.tokens import TokenClaims
 
 log = logging.getLogger("rtserve.channels")
@@ -109,10 +111,13 @@ class SSEStream:
 
     Once started it runs without a Task: deliveries write (at the end of the loop tick), the
     hub's `sse_heartbeat` pings, the exchange's close and drain and the server's shutdown call
-    back, and whatever ends it (`_end`) finishes the response.
+    back, and whatever ends it (`_end`) finishes the response. On a chunked HTTP/1.1 stream
+    with nothing queued or held back, a channel's fan-out hands it the publication's shared
+    chunk instead of `deliver` (`sse_shared`).
     """
 
     kind = "sse"  # how the admin interface counts it among ServerState.long_lived
+    takes_shared_events = True  # the Hub offers it shared chunks (`sse_shared.share_event`)
     # 10,000 idle streams are 10,000 of these: no per-instance __dict__
     __slots__ = (
         "__weakref__",
@@ -132,10 +137,13 @@ class SSEStream:
         "channels",
         "claims",
         "client",
+        "direct_after",
         "ended",
         "exchange",
         "hub",
         "request",
+        "shared",
+        "wire",
     )
 
     def __init__(self, hub: Hub, request: Request) -> None:
@@ -151,7 +159,9 @@ class SSEStream:
         # What a slow client is owed; let go of while streaming with nothing held back (an
         # idle stream need not keep it, nor its bound method, a cycle), made again on need.
         self._outbox: Outbox | None = Outbox(self._offer, _EVENT, hub.stats)
-        self._out: list[bytes] = []  # written at the end of this loop tick, in one piece
+        # Written at the end of this loop tick, in one piece (None: nothing queued; an idle
+        # stream keeps no list).
+        self._out: list[bytes] | None = None
         # What waits to be sent while `_out` is not empty: the transport's buffer when the
         # tick's first event was queued (nothing else writes to it before the flush), plus
         # the events queued since; so a delivery need not ask the transport again.
@@ -168,6 +178,14 @@ class SSEStream:
         # Bytes the connection may have waiting to be sent before a publication is held back
         # (at least the point where writing pauses, so that draining has something to await).
         self._limit = max(settings.websocket.max_queued_bytes, settings.limits.write_buffer_high)
+        # Shared chunks taken without `_out` (`sse_shared.share_event`): only through `wire`
+        # (a chunked HTTP/1.1 body's connection) and while `_direct_check` finds nothing in
+        # the way. `direct_after` is DIRECT when one may be taken now, the turn of the last
+        # one taken (one per turn: what follows in that turn is queued behind it), or
+        # BLOCKED; `shared` is the last one taken.
+        self.direct_after = BLOCKED
+        self.shared: SharedEvent | None = None
+        self.wire: ChunkWire | None = None
 
     # --- connecting and subscribing (before the response starts) ---------------------------
 
@@ -247,6 +265,7 @@ class SSEStream:
             exchange.start(200, headers)
             preamble, self._preamble = self._preamble or [], None
             exchange.write(b"".join(preamble) or PING)
+            self.wire = exchange.chunk_wire()
             for rule, context in list(self.channels.values()):
                 await hub.join(rule, context)
         except ClientDisconnected:
@@ -272,13 +291,18 @@ class SSEStream:
         if not self._running or self.ended:
             return
         outbox = self._outbox
-        if outbox is None:
-            return
-        outbox.drained()
-        if not outbox.pending:
+        if outbox is not None:
+            outbox.drained()
+            if outbox.pending:
+                self._wait_for_room()
+                return
             if outbox.idle:
                 self._outbox = None
-            return
+        self._direct_check()
+
+    def _wait_for_room(self) -> None:
+        """Call `_pump` again once the client has taken some (or soon, if the connection is
+        not behind)."""
         exchange = self.exchange
         if exchange.writing_paused:
             if self._drain is None:
@@ -313,8 +337,9 @@ class SSEStream:
             return
         self._done = self.ended = True
         exchange = self.exchange
+        self._block()
         self.flush()
-        self._out.clear()  # a flush still scheduled finds nothing
+        self._out = None  # a flush still scheduled finds nothing
         exchange.wait_disconnected().remove_done_callback(self._client_left)
         self.hub.sse_heartbeat.discard(self)
         if self._drain is not None:
@@ -345,7 +370,7 @@ class SSEStream:
         exchange = self.exchange
         if exchange.closed:
             return False
-        queued = self._out_bytes if self._out else exchange.buffered()
+        queued = self._out_bytes if self._out is not None else exchange.buffered()
         return queued == 0 or queued + size <= self._limit
 
     def _offer(self, data: bytes) -> bool:
@@ -357,43 +382,88 @@ class SSEStream:
                 return False
             preamble.append(data)
             return True
-        # _room and _queue, inlined: this runs once per delivery to every stream.
-        exchange = self.exchange
-        if exchange.closed:
-            return False
+        # _room and _queue, inlined: this runs once per delivery to every stream. Whether the
+        # connection is closed is asked for the tick's first event only (one closing later in
+        # the tick makes the flush find it so).
+        if self.direct_after != BLOCKED:
+            self._block()
         size = len(data)
         out = self._out
-        queued = self._out_bytes if out else exchange.buffered()
-        if queued and queued + size > self._limit:
-            return False
-        if not out:
+        if out is None:
+            exchange = self.exchange
+            if exchange.closed:
+                return False
+            queued = exchange.buffered()
+            if queued and queued + size > self._limit:
+                return False
+            self._out = [data]
             exchange.state.schedule_flush(self)
-        out.append(data)
+        else:
+            queued = self._out_bytes
+            if queued + size > self._limit:
+                return False
+            out.append(data)
         self._out_bytes = queued + size
         return True
 
     def _queue(self, data: bytes) -> None:
         """Write `data` with whatever else this loop tick brings (a fan-out of several
         publications at once costs one system call, as on /rt/ws)."""
+        if self.direct_after != BLOCKED:
+            self._block()
         out = self._out
-        if not out:
-            self._out_bytes = self.exchange.buffered()
+        if out is None:
+            self._out = [data]
+            self._out_bytes = self.exchange.buffered() + len(data)
             self.exchange.state.schedule_flush(self)
-        out.append(data)
-        self._out_bytes += len(data)
+        else:
+            out.append(data)
+            self._out_bytes += len(data)
 
     def flush(self) -> None:
         """Write what was queued, in one piece (ServerState.schedule_flush calls it)."""
         out = self._out
-        if not out:
+        if out is None:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        self._out = None
         self._out_bytes = 0
         try:  # noqa: SIM105 (suppress() would cost a context manager per flush)
-            self.exchange.write(data)
+            self.exchange.write(out[0] if len(out) == 1 else b"".join(out))
         except ClientDisconnected:
             pass  # the connection's close ends the stream
+        if self.direct_after == BLOCKED:
+            self._direct_check()
+
+    def _direct_check(self) -> None:
+        """Take shared chunks directly when nothing stands in their way: streaming chunked on
+        HTTP/1.1, not ended, nothing queued for this tick's write, nothing held back."""
+        outbox = self._outbox
+        if (
+            self.wire is not None
+            and self._running
+            and not self.ended
+            and self._out is None
+            and (outbox is None or outbox.idle)
+        ):
+            if self.direct_after == BLOCKED:
+                self.direct_after = DIRECT
+        else:
+            self._block()
+
+    def _block(self) -> None:
+        """Take no shared chunk directly from now on; the one taken this turn, if it is not
+        written yet, goes first in this tick's queue (whatever is queued next goes after it)."""
+        self.direct_after = BLOCKED
+        shared = self.shared
+        if shared is not None:
+            self.shared = None
+            wire = self.wire
+            if not shared.written and wire is not None:
+                shared.move(wire.transport)
+                wire.bytes_out -= len(shared.frame)  # the flush counts it
+                event = shared.event
+                self.exchange.response_bytes -= len(event)
+                self._queue(event)
 
     def _close(self) -> None:
         """Leave every channel and give back the user's connection (once)."""
@@ -418,6 +488,7 @@ class SSEStream:
         if self.ended:
             return
         self.ended = True
+        self._block()  # nothing more is taken directly; what was, is written first
         self._last_word = last_word
         if self._running:
             self.exchange.state.loop.call_soon(self._finish)
@@ -439,7 +510,7 @@ class SSEStream:
         if self.ended:
             return
         outbox = self._outbox
-        if (outbox is None or outbox.idle) and self._offer(message.sse):
+        if (outbox is None or outbox.idle) and self._offer(message.sse_built or message.sse):
             return  # the common case, kept free of a call: room, nothing held or gathered
         if outbox is None:
             outbox = self._outbox = Outbox(self._offer, _EVENT, self.hub.stats)

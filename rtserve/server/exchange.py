@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rtserve.errors import RtserveError
 from rtserve.protocol.http11 import LAST_CHUNK, Header, RequestHead, encode_chunk
+from rtserve.server.transport import ChunkWire
 
 if TYPE_CHECKING:
     from rtserve.server.prepared import PreparedAnswer
@@ -115,6 +116,15 @@ class Exchange:
     def buffered(self) -> int:
         """Bytes written and not yet handed to the socket."""
         return self._transport.buffered()
+
+    def chunk_wire(self) -> ChunkWire | None:
+        """The connection, to take chunks of this body shared with other streamed responses
+        (written straight to its transport); a taker counts each in the wire's `bytes_out`
+        and its data in `response_bytes`. None unless the body streams chunked on HTTP/1.1
+        (HTTP/2 and HTTP/1.0 frame their own, HEAD has none)."""
+        conn = self._transport
+        chunked = self._chunked and not self.head_only and not self.finished
+        return conn if chunked and isinstance(conn, ChunkWire) else None
 
     def wait_disconnected(self) -> asyncio.Future[None]:
         """A future that completes when the client closes the connection (or its side of it)."""

@@ -9,6 +9,8 @@ budget arithmetic; at the end of the loop turn one walk over those transports wr
 handed back for the full path (budget, slow-consumer policy, batching). A connection takes
 at most one frame so per turn; whatever it is given after it in the same turn (a second
 publication, a reply) is queued behind it, so a turn still costs one write per connection.
+Takers of another kind (SSE streams, `rtserve.realtime.sse_shared`) hand their frame to the
+same end-of-turn walk with `share`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SharedFrame:
     ends (those moved into their own queue meanwhile excepted)."""
 
     __slots__ = ("frame", "moved", "stats", "transports", "written")
+    ws_frames = True  # `write` counts a WebSocket frame per transport (an SSE chunk is none)
 
     def __init__(self, frame: bytes, stats: ServerStats | None = None) -> None:
         self.frame = frame
@@ -70,7 +73,8 @@ class SharedFrame:
         stats = self.stats
         if stats is not None and count:
             stats.bytes_sent += count * len(frame)
-            stats.ws_frames_sent += count
+            if self.ws_frames:
+                stats.ws_frames_sent += count
 
 
 class Turn:
@@ -123,6 +127,19 @@ def turn_now() -> int | None:
     """The running loop's turn number (None outside one)."""
     turn = this_turn()
     return None if turn is None else turn.current()
+
+
+def share(shared: SharedFrame) -> int | None:
+    """Have `shared` written when this loop turn ends, to the transports its takers append to
+    `shared.transports` meanwhile (a caller with connections of its own kind: SSE streams);
+    this turn's number, which a taker's `direct_after` is compared with, or None outside a
+    running loop (nothing is taken then)."""
+    loop_turn = this_turn()
+    if loop_turn is None:
+        return None
+    turn = loop_turn.current()
+    loop_turn.frames.append(shared)
+    return turn
 
 
 def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K]:

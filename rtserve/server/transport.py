@@ -15,7 +15,7 @@ import asyncio
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from rtserve.protocol.http11 import Header
@@ -149,6 +149,19 @@ class ExchangeTransport(Protocol):
     def internal_error(self, exchange: Exchange) -> None:
         """`exchange`'s handler failed: answer 500, or cut the response short."""
         ...
+
+
+@runtime_checkable
+class ChunkWire(Protocol):
+    """An HTTP/1.1 connection as a taker of chunks shared by many streamed responses
+    (`Exchange.chunk_wire`): written straight to `transport` at the end of the loop turn
+    (`rtserve.server.shared_write`), counted in `bytes_out` by the taker; nothing is taken
+    while `writing_paused` or `closed`."""
+
+    transport: asyncio.Transport
+    bytes_out: int
+    writing_paused: bool
+    closed: bool
 
 
 class UpgradedProtocol(asyncio.Protocol):
