@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -209,6 +211,35 @@ def test_work_after_a_delivery_runs_once_every_subscriber_has_the_publication() 
         assert seen == [1]  # after b had it too, and once
         await hub.publish("c:1", {"n": 2})
         assert seen == [1, 2]
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_work_after_a_delivery_runs_on_the_shared_frame_path_too() -> None:
+    # A channel with a WebSocket subscriber (a `wire`) fans out on the shared-frame path once
+    # no new subscriber's floor is in the way: its deliveries' after-work must run as well.
+    async def main() -> None:
+        hub = make_hub(history=10)
+        await hub.start()
+        a, b = FakeSubscriber("a"), FakeSubscriber("b")
+        # A wire that never takes a shared frame (as if it had one this turn): `deliver` each.
+        a.wire = SimpleNamespace(  # type: ignore[attr-defined]
+            direct_after=math.inf, state=SimpleNamespace(stats=None)
+        )
+        seen: list[int] = []
+
+        def deliver(channel: str, message: Outbound, rule: ChannelRule) -> None:
+            FakeSubscriber.deliver(b, channel, message, rule)
+            hub.after_delivery(lambda: seen.append(message.offset))
+
+        b.deliver = deliver  # type: ignore[method-assign]
+        await hub.subscribe(a, "c:1")
+        await hub.subscribe(b, "c:1")
+        for n in range(1, 4):  # the first passes the floors; the others take the fast path
+            await hub.publish("c:1", {"n": n})
+        assert seen == [1, 2, 3]
+        assert [offset for _, offset, _ in a.got] == [1, 2, 3]
         await hub.close()
 
     asyncio.run(main())

@@ -458,10 +458,27 @@ class Hub:
         floors = local.floors
         delta = local.delta
         unfiltered = not floors and not local.groups.filtered
-        if (local.wires or local.streams) and unfiltered and (delta is None or not delta.bases):
-            self.stats.deliveries += len(local.subscribers)
-            self._fan_out(channel, message, rule, local)
-            return
+        try:
+            if (local.wires or local.streams) and unfiltered and (delta is None or not delta.bases):
+                self.stats.deliveries += len(local.subscribers)
+                self._fan_out(channel, message, rule, local)
+            else:
+                self._deliver_each(channel, publication, message, rule, local)
+        finally:  # a delivery that raised must not keep the others' work waiting
+            if self._after_delivery:
+                self._run_after_delivery()
+
+    def _deliver_each(
+        self,
+        channel: str,
+        publication: Publication,
+        message: Outbound,
+        rule: ChannelRule,
+        local: _Local,
+    ) -> None:
+        """`on_publication` subscriber by subscriber: by tag filter, past each new one's
+        floor, as a delta to those in step."""
+        floors, delta = local.floors, local.delta
         if local.groups.filtered:  # one evaluation (or lookup) per distinct filter
             subscribers = tuple(local.groups.matching(publication.tags))
         else:
@@ -477,8 +494,6 @@ class Hub:
         else:
             for subscriber in subscribers:
                 subscriber.deliver(channel, message, rule)
-        if self._after_delivery:
-            self._run_after_delivery()
 
     def after_delivery(self, callback: Callable[[], object]) -> None:
         """Call `callback` once the publication being delivered (from a subscriber's
