@@ -53,7 +53,8 @@ from rtserve.realtime.protocol import (
 )
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
-from rtserve.server.shared_write import turn_now, write_shared
+from rtserve.server.shared_write import turn_now
+from rtserve.server.wire_set import WireSet
 
 log = logging.getLogger("rtserve.channels")
 
@@ -240,8 +241,9 @@ class _Local:
         self.rule = rule
         self.params = params
         self.subscribers: dict[Subscriber, None] = {}
-        # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
-        self.wires: dict[Subscriber, Any] = {}
+        # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path
+        # (the transports of those on it prepared).
+        self.wires: WireSet[Subscriber] = WireSet()
         self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
         self.groups: FilterGroups[Subscriber] = FilterGroups()  # the same, by tag filter
         self.joins: list[ClientInfo] = []
@@ -499,7 +501,7 @@ class Hub:
             return
         local.shared_turn = turn
         wires = local.wires
-        others = write_shared(wires, message.plain)
+        others, _ = wires.write(message.plain)
         if len(wires) < len(local.subscribers):
             others.extend(sub for sub in local.subscribers if sub not in wires)
         for subscriber in others:
@@ -668,7 +670,7 @@ class Hub:
         local.subscribers[subscriber] = None
         wire = getattr(subscriber, "wire", None)
         if wire is not None:
-            local.wires[subscriber] = wire
+            local.wires.add(subscriber, wire)
         groups.add(subscriber, tag_filter)
         wants_delta = local.delta is not None and delta == rule.delta
         if wants_delta:
@@ -732,7 +734,7 @@ class Hub:
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
         local.floors.pop(subscriber, None)
-        local.wires.pop(subscriber, None)
+        local.wires.remove(subscriber)
         local.groups.remove(subscriber)
         if local.delta is not None:
             local.delta.bases.pop(subscriber, None)
