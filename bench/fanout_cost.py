@@ -21,7 +21,10 @@ Two measures, both blind to other load on the cores:
 - ``callgrind``: the server runs under ``valgrind --tool=callgrind`` twice, publishing K1 and
   K2 messages; (Ir(K2) - Ir(K1)) / ((K2 - K1) * N) is the instructions per delivery, start-up
   and connections cancelled out. The two ``callgrind.out`` files are kept
-  (``--out-dir``) for ``callgrind_annotate --inclusive=yes``.
+  (``--out-dir``) for ``callgrind_annotate --inclusive=yes``;
+- ``cachegrind``: the same under ``valgrind --tool=cachegrind`` with a modelled cache (48 KiB
+  L1d, 2 MiB last level): instructions, data reads and writes and their misses per delivery,
+  the memory traffic of a fan-out beside its instructions.
 
 The server imports whatever ``rtserve`` is first on ``PYTHONPATH``, so the same driver prices
 two trees (the API it uses is old enough for both):

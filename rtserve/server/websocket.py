@@ -11,6 +11,8 @@ batched per loop tick (one write per connection per tick) and bounded by a byte 
 connection over it is handled by the slow-consumer policy and counted. A fan-out's shared frame
 skips the queue and the budget arithmetic while nothing is queued or held and the transport is
 under its high-water mark (`shared_write`); anything after it in the tick queues behind it.
+A member of one fan-out set (a channel's, a `WebSocketGroup`) sits on its fast list meanwhile
+(`wire_set`): publications then walk transports without touching the connection.
 """
 
 from __future__ import annotations
