@@ -387,10 +387,14 @@ class WebSocketConnection(UpgradedProtocol):
         ):
             if self.direct_after == BLOCKED:
                 sets = self._sets
-                if len(sets) == 1:
+                if len(sets) == 1:  # onto the set's fast list (inline: a burst's every turn)
                     self.direct_after = ON_SET
                     wire_set, key = sets[0]
-                    wire_set.enter(self, key)
+                    del wire_set.rest[key]
+                    wire_set.fast[self] = self.transport
+                    self._fast_set = wire_set
+                    self._fast_seq = wire_set.seq
+                    self._fast_base = wire_set.sent
                 else:
                     self.direct_after = DIRECT
         else:
@@ -408,17 +412,6 @@ class WebSocketConnection(UpgradedProtocol):
         self._sets = [entry for entry in self._sets if entry[0] is not wire_set]
         self._direct_check()
 
-    def fast_entered(self, wire_set: WireSet[Any], seq: int, base: int) -> None:
-        """On `wire_set`'s fast list from its publication `seq`, its count at `base` bytes."""
-        self._fast_set = wire_set
-        self._fast_seq = seq
-        self._fast_base = base
-
-    def fast_left(self, given: int) -> None:
-        """Off the fast list, having been given `given` bytes there (written or to be)."""
-        self._fast_set = None
-        self._bytes_out += given
-
     def hold_direct(self, hold: bool) -> None:
         """The app holds frames back (True: direct writes would overtake them) or not."""
         self._direct_hold = hold
@@ -427,13 +420,22 @@ class WebSocketConnection(UpgradedProtocol):
     def _block(self) -> None:
         """No shared frame is taken directly from now on; the one taken this turn, if any,
         is queued (first: whatever is queued next goes after it). Off its set's fast list."""
-        if self.direct_after == ON_SET:
-            fast = self._fast_set
-            assert fast is not None
-            self.direct_after = BLOCKED
-            taken = fast.leave(self, self._sets[0][1], self._fast_seq, self._fast_base)
-            if taken is not None:
-                self._queue_taken(taken)
+        if self.direct_after == ON_SET:  # off the set's fast list, its count settled
+            wire_set = self._fast_set
+            assert wire_set is not None
+            self._fast_set = None
+            transport = wire_set.fast.pop(self)
+            wire_set.rest[self._sets[0][1]] = self
+            given = wire_set.sent - self._fast_base
+            pending = wire_set.pending
+            taken = self._fast_seq < wire_set.pending_seq
+            if taken and pending is not None and not pending.written:
+                # Taken and not written yet: written in its own queue, first.
+                pending.move(transport)
+                frame = pending.frame
+                given -= len(frame)  # the flush counts it
+                self._queue_taken(frame)
+            self._bytes_out += given
         self.direct_after = BLOCKED
         shared = self.shared
         if shared is not None:

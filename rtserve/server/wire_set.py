@@ -70,29 +70,10 @@ class WireSet(Generic[K]):
         del self.rest[key]
         return True
 
-    # --- what a member's connection calls (its `_direct_check` and `_block`) -----------------
-
-    def enter(self, conn: WebSocketConnection, key: K) -> None:
-        """`conn` goes on the fast list: it takes the publications made from now on."""
-        del self.rest[key]
-        self.fast[conn] = conn.transport
-        conn.fast_entered(self, self.seq, self.sent)
-
-    def leave(self, conn: WebSocketConnection, key: K, seq: int, base: int) -> bytes | None:
-        """`conn` (on the list since publication `seq`, when `sent` was `base`) leaves it: the
-        bytes it was given since, and the frame it took and must queue itself (not written
-        yet: it is written in its queue, in order), or None."""
-        transport = self.fast.pop(conn)
-        self.rest[key] = conn
-        given = self.sent - base
-        pending = self.pending
-        taken = None
-        if pending is not None and not pending.written and seq < self.pending_seq:
-            pending.move(transport)
-            taken = pending.frame
-            given -= len(taken)  # its flush counts it
-        conn.fast_left(given)
-        return taken
+    # A member's connection moves itself between `rest` and `fast` (its `_direct_check` and
+    # `_block`): it enters with the set's `seq` and `sent`, and on leaving it adds what it was
+    # given since and queues `pending` itself if it took it (`pending_seq` above its `seq`)
+    # and it is not written yet.
 
     # --- publishing --------------------------------------------------------------------------
 
