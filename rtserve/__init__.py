@@ -10,7 +10,7 @@ from rtserve.app.response import (
     StreamingResponse,
 )
 from rtserve.app.static import FileResponse
-from rtserve.app.websocket import WebSocketHandler, broadcast
+from rtserve.app.websocket import WebSocketGroup, WebSocketHandler, broadcast
 from rtserve.broker import Broker, MemoryBroker
 from rtserve.errors import ConfigError, HTTPError, MissingArgument, RtserveError
 from rtserve.realtime.application import App
@@ -47,6 +47,7 @@ __all__ = [
     "RtserveError",
     "ServerSettings",
     "StreamingResponse",
+    "WebSocketGroup",
     "WebSocketHandler",
     "__version__",
     "broadcast",

@@ -225,7 +225,10 @@ def test_work_after_a_delivery_runs_on_the_shared_frame_path_too() -> None:
         a, b = FakeSubscriber("a"), FakeSubscriber("b")
         # A wire that never takes a shared frame (as if it had one this turn): `deliver` each.
         a.wire = SimpleNamespace(  # type: ignore[attr-defined]
-            direct_after=math.inf, state=SimpleNamespace(stats=None)
+            direct_after=math.inf,
+            state=SimpleNamespace(stats=None),
+            join_set=lambda wires, key: None,
+            part_set=lambda wires: None,
         )
         seen: list[int] = []
 

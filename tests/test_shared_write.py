@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from rtserve import App
-from rtserve.app.websocket import broadcast
+from rtserve.app.websocket import WebSocketGroup, broadcast
 from rtserve.broker.base import ClientInfo
 from rtserve.broker.memory import MemoryBroker
 from rtserve.protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
@@ -20,7 +20,7 @@ from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.settings import ServerSettings, WebSocketSettings
 from rtserve.server.shared_write import write_shared
 from rtserve.server.state import ServerState
-from rtserve.server.websocket import BLOCKED, WebSocketConnection
+from rtserve.server.websocket import BLOCKED, DIRECT, ON_SET, WebSocketConnection
 
 
 class Transport(asyncio.Transport):
@@ -312,5 +312,165 @@ def test_a_target_given_twice_gets_the_message_twice_in_one_write() -> None:
         await turns()
         assert transport.writes == [encode_text("a") * 2]
         assert state.stats.ws_frames_sent == 2 and conn.bytes_out == 2 * len(encode_text("a"))
+
+    run(scenario)
+
+
+# --- prepared lists: a WebSocketGroup's (and a channel's) transports on the fast list ----------
+
+
+def test_a_group_walks_its_prepared_transports_and_counts_lazily() -> None:
+    async def scenario(state: ServerState) -> None:
+        opened = [open_connection(state) for _ in range(3)]
+        group = WebSocketGroup(conn for conn, _ in opened)
+        assert len(group) == 3 and all(conn in group for conn, _ in opened)
+        assert all(conn.direct_after == ON_SET for conn, _ in opened)
+        a, b = encode_text("a"), encode_text("b")
+        assert broadcast(group, "a") == 3
+        # Taken on the fast list: no connection marked, their counts already right.
+        assert all(conn.shared is None for conn, _ in opened)
+        assert [conn.bytes_out for conn, _ in opened] == [len(a)] * 3
+        assert all(t.writes == [] for _, t in opened)
+        await turns(1)
+        assert all(t.writes == [a] for _, t in opened)
+        assert broadcast(group, "b") == 3
+        await turns(1)
+        assert all(t.writes == [a, b] for _, t in opened)
+        assert state.stats.ws_frames_sent == 6 and state.stats.bytes_sent == 3 * len(a + b)
+        first = opened[0][0]
+        group.discard(first)  # off the list: its count settled, then its own
+        assert first not in group and first.direct_after == DIRECT
+        assert first.bytes_out == len(a + b)
+        broadcast(group, "a")
+        await turns()
+        assert opened[0][1].writes == [a, b] and opened[1][1].writes == [a, b, a]
+        assert [conn.bytes_out for conn, _ in opened] == [len(a + b)] + [len(a + b + a)] * 2
+
+    run(scenario)
+
+
+def test_a_frame_taken_on_the_list_is_not_overtaken_and_a_turn_is_one_write() -> None:
+    async def scenario(state: ServerState) -> None:
+        (conn, transport), (other, other_t) = open_connection(state), open_connection(state)
+        group = WebSocketGroup([conn, other])
+        push, reply = encode_text("push"), encode_text("reply")
+        broadcast(group, "push")
+        assert conn.send("reply")  # takes it off the list, the push queued first
+        assert conn.direct_after == BLOCKED
+        await turns()
+        assert transport.writes == [push + reply] and other_t.writes == [push]
+        assert conn.direct_after == ON_SET  # back on the list once its queue is written
+        broadcast(group, "push")
+        broadcast(group, "b")  # a second publication this turn: behind the first, one write
+        broadcast([conn], "c")  # and anything else too
+        await turns()
+        assert transport.writes[-1] == push + encode_text("b") + encode_text("c")
+        assert other_t.writes[-1] == push + encode_text("b")
+        broadcast(group, "push")
+        conn.hold_direct(True)
+        await turns()
+        assert transport.writes[-1] == push and conn.direct_after == BLOCKED
+        conn.hold_direct(False)
+        broadcast(group, "push")
+        conn.close(1001, "")
+        await turns()
+        assert transport.writes[-1].startswith(push + b"\x88")
+        assert (
+            len(transport.writes) == 4
+            and other_t.writes == [push, push + encode_text("b")] + [push] * 2
+        )
+        assert conn.bytes_out == sum(len(w) for w in transport.writes)
+        assert other.bytes_out == sum(len(w) for w in other_t.writes)
+        total = sum(len(w) for w in transport.writes + other_t.writes)
+        assert state.stats.bytes_sent == total
+        assert conn.direct_after == BLOCKED and broadcast(group, "x") == 1
+
+    run(scenario)
+
+
+def test_a_member_that_joins_after_a_publication_does_not_take_it() -> None:
+    async def scenario(state: ServerState) -> None:
+        (conn, transport), (late, late_t) = open_connection(state), open_connection(state)
+        group = WebSocketGroup([conn])
+        broadcast(group, "a")
+        group.add(late)
+        assert late.direct_after == ON_SET
+        late.send("own")  # leaves the list: nothing taken to move
+        await turns()
+        assert late_t.writes == [encode_text("own")] and late.bytes_out == len(encode_text("own"))
+        assert transport.writes == [encode_text("a")]
+
+    run(scenario)
+
+
+def test_a_paused_member_leaves_the_list_for_the_budget_and_the_policy() -> None:
+    async def scenario(state: ServerState) -> None:
+        conn, transport = open_connection(
+            state, max_queued_bytes=256 * 1024, max_message_size=64 * 1024
+        )
+        group = WebSocketGroup([conn])
+        transport.stuck = True
+        big = "x" * 40000
+        broadcast(group, big)
+        await turns()
+        broadcast(group, big)  # 80 kB in the transport: paused, off the list
+        await turns()
+        assert transport.paused and conn.direct_after == BLOCKED
+        sent = 0
+        for _ in range(10):
+            sent += broadcast(group, big)
+            await turns()
+        assert sent == 4 and conn.status != 0 and state.stats.ws_slow_closed == 1
+        transport.stuck = False
+        transport.drain()
+        assert conn.direct_after == BLOCKED  # closing: never back on the list
+
+    run(scenario)
+
+
+def test_a_member_of_two_sets_takes_the_per_connection_path() -> None:
+    async def scenario(state: ServerState) -> None:
+        conn, transport = open_connection(state)
+        one, two = WebSocketGroup([conn]), WebSocketGroup()
+        assert conn.direct_after == ON_SET
+        two.add(conn)
+        assert conn.direct_after == DIRECT and not one.wires.fast and not two.wires.fast
+        assert broadcast(one, "a") == 1 and broadcast(two, "b") == 1
+        await turns()
+        assert transport.writes == [encode_text("a") + encode_text("b")]
+        one.discard(conn)
+        assert conn.direct_after == ON_SET and two.wires.fast == {conn: transport}
+        broadcast(two, "c")
+        await turns()
+        assert transport.writes[-1] == encode_text("c")
+        assert conn.bytes_out == len(encode_text("a") + encode_text("b") + encode_text("c"))
+
+    run(scenario)
+
+
+def test_the_hub_keeps_one_write_per_turn_for_a_subscriber_of_two_channels() -> None:
+    async def scenario(state: ServerState) -> None:
+        rules = ChannelRules()
+        rules.add(ChannelRule("c:*"))
+        hub = Hub(rules, MemoryBroker(), ChannelSettings())
+        await hub.start()
+        (both, both_t), (one, one_t) = open_connection(state), open_connection(state)
+        a, b = Subscriber("a", both), Subscriber("b", one)
+        for channel in ("c:1", "c:2"):
+            await hub.subscribe(a, channel)
+        await hub.subscribe(b, "c:1")
+        await hub.publish("c:1", 0)  # past the floors
+        await hub.publish("c:2", 0)
+        await turns()
+        assert both.direct_after == DIRECT and one.direct_after == ON_SET
+        await hub.publish("c:1", 1)
+        await hub.publish("c:2", 2)  # `both` took c:1's frame this turn: the full path
+        await turns()
+        assert both_t.writes == one_t.writes and b'"c:1"' in both_t.writes[0]
+        assert (a.got, b.got) == ([1, 1, 2], [1])
+        assert both.bytes_out == len(both_t.writes[0]) and one.bytes_out == len(one_t.writes[0])
+        hub.unsubscribe(a, "c:2")
+        assert both.direct_after == ON_SET
+        await hub.close()
 
     run(scenario)

@@ -1,4 +1,4 @@
-"""rtserve server for bench/ws.py: `broadcast()` to a set of handlers, echo, control.
+"""rtserve server for bench/ws.py: `broadcast()` to a handler group, echo, control.
 
 Compression is off on every route but ``/subz`` (which offers permessage-deflate, for the
 memory measurement only); keepalive pings are off, as on every server in the benchmark.
@@ -19,10 +19,12 @@ import logging
 from typing import Any
 
 from bench.ws_apps.common import Broadcaster, base_parser
-from rtserve import App, WebSocketHandler, broadcast
+from rtserve import App, WebSocketGroup, WebSocketHandler, broadcast
 from rtserve.server.settings import ServerSettings, WebSocketSettings
 
-subscribers: set[WebSocketHandler] = set()
+# A group rather than a set: broadcast() then walks the prepared transports of those that can
+# take the message now (bench/ws.py's "floor" loop), touching the others only.
+subscribers: WebSocketGroup = WebSocketGroup()
 broadcaster = Broadcaster()
 
 

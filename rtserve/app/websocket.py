@@ -4,14 +4,15 @@ Subclass `WebSocketHandler`, route it with `app.websocket(path, **options)`, and
 `on_open`, `on_message(message)` and `on_close(code, reason)` (each sync or async). Messages of
 one connection reach `on_message` in order. `send(message)` queues one (`await` it to wait for
 room in the outbound buffer); `broadcast(handlers, message)` encodes a message once (and
-compresses it once) for any number of connections.
+compresses it once) for any number of connections; to a `WebSocketGroup` (a set of handlers
+that keeps their transports ready) it touches only the transports of those that can take it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Mapping, MutableSet, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtserve.errors import HTTPError
@@ -33,6 +34,7 @@ from rtserve.protocol.ws_handshake import (
 from rtserve.server.settings import WebSocketSettings
 from rtserve.server.shared_write import NO_TURN, SharedFrame, this_turn
 from rtserve.server.websocket import SendResult, WebSocketConnection
+from rtserve.server.wire_set import WireSet
 
 if TYPE_CHECKING:
     from rtserve.app.request import Request
@@ -301,6 +303,8 @@ def broadcast(
     """
     shared = SharedMessage(message)
     plain = shared.plain_frame()
+    if isinstance(targets, WebSocketGroup):
+        return _broadcast_group(targets, shared, plain)
     loop_turn = this_turn()
     turn = NO_TURN if loop_turn is None else loop_turn.current()
     frame = SharedFrame(plain)  # as shared_write.write_shared: taken without a queue each
@@ -313,7 +317,7 @@ def broadcast(
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = frame
-            conn.bytes_out += size
+            conn._bytes_out += size
             transports.append(conn.transport)
             last = conn
         elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
@@ -323,3 +327,43 @@ def broadcast(
         frame.stats = last.state.stats
         loop_turn.frames.append(frame)
     return sent + len(frame.transports)  # each taken frame is written, or queued if moved
+
+
+Target = WebSocketHandler | WebSocketConnection
+
+
+def _broadcast_group(group: WebSocketGroup, shared: SharedMessage, plain: bytes) -> int:
+    """`broadcast` to a group: its prepared transports, then the others one by one."""
+    others, sent = group.wires.write(plain)
+    for target in others:
+        conn = target.connection if isinstance(target, WebSocketHandler) else target
+        if conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):
+            sent += 1
+    return sent
+
+
+class WebSocketGroup(MutableSet[Target]):
+    """A set of handlers (or connections) to `broadcast` to: it keeps the transports of the
+    members that can take a shared frame now in one list, so a broadcast walks that list and
+    touches the others only (`rtserve.server.wire_set`). Add a handler once it is open."""
+
+    def __init__(self, members: Iterable[Target] = ()) -> None:
+        self.wires: WireSet[Target] = WireSet()
+        for member in members:
+            self.add(member)
+
+    def add(self, value: Target) -> None:
+        conn = value.connection if isinstance(value, WebSocketHandler) else value
+        self.wires.add(value, conn)
+
+    def discard(self, value: Target) -> None:
+        self.wires.remove(value)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.wires
+
+    def __iter__(self) -> Iterator[Target]:
+        return iter(list(self.wires))
+
+    def __len__(self) -> int:
+        return len(self.wires)

@@ -54,7 +54,8 @@ from rtserve.realtime.protocol import (
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.realtime.sse_shared import share_event
-from rtserve.server.shared_write import turn_now, write_shared
+from rtserve.server.shared_write import turn_now
+from rtserve.server.wire_set import WireSet
 
 log = logging.getLogger("rtserve.channels")
 
@@ -245,8 +246,9 @@ class _Local:
         self.rule = rule
         self.params = params
         self.subscribers: dict[Subscriber, None] = {}
-        # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path.
-        self.wires: dict[Subscriber, Any] = {}
+        # Those with a `wire` (a /rt/ws session's connection), for the direct-write fast path
+        # (the transports of those on it prepared).
+        self.wires: WireSet[Subscriber] = WireSet()
         # The SSE streams, for the same fast path with a shared chunk (`sse_shared`).
         self.streams: dict[Any, None] = {}
         self.shared_turn: int | None = None  # the loop turn of the last `_fan_out`
@@ -521,7 +523,7 @@ class Hub:
             return
         local.shared_turn = turn
         wires = local.wires
-        others = write_shared(wires, message.plain)
+        others, _ = wires.write(message.plain)
         streams = local.streams
         if streams:
             others.extend(share_event(streams, message))
@@ -695,7 +697,7 @@ class Hub:
         local.subscribers[subscriber] = None
         wire = getattr(subscriber, "wire", None)
         if wire is not None:
-            local.wires[subscriber] = wire
+            local.wires.add(subscriber, wire)
         elif getattr(subscriber, "takes_shared_events", False):
             local.streams[subscriber] = None
         groups.add(subscriber, tag_filter)
@@ -761,7 +763,7 @@ class Hub:
         if local is None or local.subscribers.pop(subscriber, 0) is not None:
             return False
         local.floors.pop(subscriber, None)
-        local.wires.pop(subscriber, None)
+        local.wires.remove(subscriber)
         local.streams.pop(subscriber, None)
         local.groups.remove(subscriber)
         if local.delta is not None:

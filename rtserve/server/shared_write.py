@@ -161,7 +161,7 @@ def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = shared
-            conn.bytes_out += size  # here: the write touches only the transport
+            conn._bytes_out += size  # here: the write touches only the transport
             transports.append(conn.transport)  # (a list's own append: the fastest call)
         else:
             others.append(key)

@@ -11,6 +11,8 @@ batched per loop tick (one write per connection per tick) and bounded by a byte 
 connection over it is handled by the slow-consumer policy and counted. A fan-out's shared frame
 skips the queue and the budget arithmetic while nothing is queued or held and the transport is
 under its high-water mark (`shared_write`); anything after it in the tick queues behind it.
+A member of one fan-out set (a channel's, a `WebSocketGroup`) sits on its fast list meanwhile
+(`wire_set`): publications then walk transports without touching the connection.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from rtserve.protocol.deflate import PerMessageDeflate
     from rtserve.server.shared_write import SharedFrame
     from rtserve.server.state import ServerState
+    from rtserve.server.wire_set import WireSet
 
 log = logging.getLogger("rtserve.websocket")
 
@@ -65,6 +68,10 @@ INF = float("inf")
 # that may has DIRECT (below any turn of `rtserve.server.shared_write`).
 BLOCKED = 1 << 62
 DIRECT = -1
+# `direct_after` of a connection on a set's fast list (`rtserve.server.wire_set`): its frames
+# are taken there, so any other sender sees it as unable to take one and queues (which takes
+# it off the list first).
+ON_SET = BLOCKED - 1
 
 
 class WebSocketApp(Protocol):
@@ -111,10 +118,14 @@ class WebSocketConnection(UpgradedProtocol):
     __slots__ = (
         "_app",
         "_backlog",
+        "_bytes_out",
         "_closed_future",
         "_closing",
         "_direct_capable",
         "_direct_hold",
+        "_fast_base",
+        "_fast_seq",
+        "_fast_set",
         "_held",
         "_inbox",
         "_out",
@@ -127,10 +138,10 @@ class WebSocketConnection(UpgradedProtocol):
         "_room_watch",
         "_running",
         "_schedule_flush",
+        "_sets",
         "_wants_room",
         "_writable_waiter",
         "bytes_in",
-        "bytes_out",
         "close_code",
         "close_reason",
         "deadline",
@@ -196,7 +207,7 @@ class WebSocketConnection(UpgradedProtocol):
         self._writable_waiter: asyncio.Future[None] | None = None
         self._parse_scheduled = False
         self.bytes_in = 0
-        self.bytes_out = 0
+        self._bytes_out = 0  # `bytes_out` but what was given on a set's fast list
         # Shared frames taken without this connection's queue (`shared_write.write_shared`:
         # written to the transport at the end of the turn, one write for all of them): only
         # without deflate or write delay, and while `_direct_check` finds nothing in the way.
@@ -209,6 +220,21 @@ class WebSocketConnection(UpgradedProtocol):
         self._paused = False  # the transport is over its high-water mark (pause_writing)
         self.direct_after = BLOCKED
         self.shared: SharedFrame | None = None
+        # The fan-out sets it is a member of, with its key in each (`wire_set`); on the fast
+        # list of `_fast_set` (its only one) while `direct_after` is ON_SET, since that set's
+        # publication `_fast_seq`, when the set had given `_fast_base` bytes.
+        self._sets: list[tuple[WireSet[Any], Any]] = []
+        self._fast_set: WireSet[Any] | None = None
+        self._fast_seq = 0
+        self._fast_base = 0
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes sent (queued for the transport) to the client, shared frames included."""
+        fast = self._fast_set
+        if fast is None:
+            return self._bytes_out
+        return self._bytes_out + fast.sent - self._fast_base
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -350,7 +376,8 @@ class WebSocketConnection(UpgradedProtocol):
 
     def _direct_check(self) -> None:
         """Allow direct writes when nothing stands in their way: open, nothing queued here,
-        the transport not paused, no deflate or write delay, the app holding nothing back."""
+        the transport not paused, no deflate or write delay, the app holding nothing back;
+        on its set's fast list when it is a member of exactly one."""
         if (
             self._direct_capable
             and self.status == OPEN
@@ -359,9 +386,31 @@ class WebSocketConnection(UpgradedProtocol):
             and not self._direct_hold
         ):
             if self.direct_after == BLOCKED:
-                self.direct_after = DIRECT
+                sets = self._sets
+                if len(sets) == 1:  # onto the set's fast list (inline: a burst's every turn)
+                    self.direct_after = ON_SET
+                    wire_set, key = sets[0]
+                    del wire_set.rest[key]
+                    wire_set.fast[self] = self.transport
+                    self._fast_set = wire_set
+                    self._fast_seq = wire_set.seq
+                    self._fast_base = wire_set.sent
+                else:
+                    self.direct_after = DIRECT
         else:
             self._block()
+
+    def join_set(self, wire_set: WireSet[Any], key: Any) -> None:
+        """Now a member of `wire_set` under `key` (`WireSet.add`)."""
+        self._block()
+        self._sets.append((wire_set, key))
+        self._direct_check()
+
+    def part_set(self, wire_set: WireSet[Any]) -> None:
+        """No longer a member of `wire_set` (`WireSet.remove`)."""
+        self._block()
+        self._sets = [entry for entry in self._sets if entry[0] is not wire_set]
+        self._direct_check()
 
     def hold_direct(self, hold: bool) -> None:
         """The app holds frames back (True: direct writes would overtake them) or not."""
@@ -370,7 +419,23 @@ class WebSocketConnection(UpgradedProtocol):
 
     def _block(self) -> None:
         """No shared frame is taken directly from now on; the one taken this turn, if any,
-        is queued (first: whatever is queued next goes after it)."""
+        is queued (first: whatever is queued next goes after it). Off its set's fast list."""
+        if self.direct_after == ON_SET:  # off the set's fast list, its count settled
+            wire_set = self._fast_set
+            assert wire_set is not None
+            self._fast_set = None
+            transport = wire_set.fast.pop(self)
+            wire_set.rest[self._sets[0][1]] = self
+            given = wire_set.sent - self._fast_base
+            pending = wire_set.pending
+            taken = self._fast_seq < wire_set.pending_seq
+            if taken and pending is not None and not pending.written:
+                # Taken and not written yet: written in its own queue, first.
+                pending.move(transport)
+                frame = pending.frame
+                given -= len(frame)  # the flush counts it
+                self._queue_taken(frame)
+            self._bytes_out += given
         self.direct_after = BLOCKED
         shared = self.shared
         if shared is not None:
@@ -378,11 +443,15 @@ class WebSocketConnection(UpgradedProtocol):
             if not shared.written:
                 shared.move(self.transport)
                 frame = shared.frame
-                self.bytes_out -= len(frame)  # the flush counts it
-                if not self._out:
-                    self._schedule_flush(self)
-                self._out.append(frame)
-                self._out_bytes += len(frame)
+                self._bytes_out -= len(frame)  # the flush counts it
+                self._queue_taken(frame)
+
+    def _queue_taken(self, frame: bytes) -> None:
+        """Queue a shared frame taken without the queue and not written yet."""
+        if not self._out:
+            self._schedule_flush(self)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
 
     def _leave_direct(self) -> None:
         """A frame is about to be queued: nothing taken directly may be overtaken by it, and
@@ -476,7 +545,7 @@ class WebSocketConnection(UpgradedProtocol):
         self._out = []
         self._out_bytes = 0
         if self.status != CLOSED:
-            self.bytes_out += n
+            self._bytes_out += n
             stats = self.state.stats
             stats.bytes_sent += n
             stats.ws_frames_sent += len(out)
