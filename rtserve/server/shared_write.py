@@ -51,20 +51,22 @@ class SharedFrame:
         self.moved.add(transport)
 
     def write(self) -> None:
-        """Write the frame to every transport that took it and was not moved."""
+        """Write the frame to every transport that took it and was not moved; then let go of
+        them (a taker keeps its last frame: a closed one's transport must not stay reachable)."""
         self.written = True
         frame = self.frame
-        moved = self.moved
-        count = len(self.transports)
+        moved, self.moved = self.moved, None
+        transports, self.transports = self.transports, []
+        count = len(transports)
         if moved is None:
-            for transport in self.transports:
+            for transport in transports:
                 try:
                     transport.write(frame)
                 except Exception:  # one transport's failure is not the others'
                     log.exception("shared frame not written")
         else:
             count -= len(moved)
-            for transport in self.transports:
+            for transport in transports:
                 if transport not in moved:
                     try:
                         transport.write(frame)
