@@ -317,7 +317,7 @@ def broadcast(
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = frame
-            conn._bytes_out += size
+            conn.bytes_counted += size
             transports.append(conn.transport)
             last = conn
         elif conn.send_frame(plain if conn.deflate is None else shared.frame_for(conn)):

@@ -163,7 +163,7 @@ def write_shared(wires: Mapping[K, WebSocketConnection], frame: bytes) -> list[K
         if conn.direct_after < turn:
             conn.direct_after = turn
             conn.shared = shared
-            conn._bytes_out += size  # here: the write touches only the transport
+            conn.bytes_counted += size  # here: the write touches only the transport
             transports.append(conn.transport)  # (a list's own append: the fastest call)
         else:
             others.append(key)

@@ -118,7 +118,6 @@ class WebSocketConnection(UpgradedProtocol):
     __slots__ = (
         "_app",
         "_backlog",
-        "_bytes_out",
         "_closed_future",
         "_closing",
         "_direct_capable",
@@ -141,6 +140,7 @@ class WebSocketConnection(UpgradedProtocol):
         "_sets",
         "_wants_room",
         "_writable_waiter",
+        "bytes_counted",
         "bytes_in",
         "close_code",
         "close_reason",
@@ -207,7 +207,9 @@ class WebSocketConnection(UpgradedProtocol):
         self._writable_waiter: asyncio.Future[None] | None = None
         self._parse_scheduled = False
         self.bytes_in = 0
-        self._bytes_out = 0  # `bytes_out` but what was given on a set's fast list
+        # `bytes_out` but what was given on a set's fast list (which the set counts for all:
+        # `broadcast()` and the shared-frame path add a taken frame here themselves).
+        self.bytes_counted = 0
         # Shared frames taken without this connection's queue (`shared_write.write_shared`:
         # written to the transport at the end of the turn, one write for all of them): only
         # without deflate or write delay, and while `_direct_check` finds nothing in the way.
@@ -233,8 +235,8 @@ class WebSocketConnection(UpgradedProtocol):
         """Bytes sent (queued for the transport) to the client, shared frames included."""
         fast = self._fast_set
         if fast is None:
-            return self._bytes_out
-        return self._bytes_out + fast.sent - self._fast_base
+            return self.bytes_counted
+        return self.bytes_counted + fast.sent - self._fast_base
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -435,7 +437,7 @@ class WebSocketConnection(UpgradedProtocol):
                 frame = pending.frame
                 given -= len(frame)  # the flush counts it
                 self._queue_taken(frame)
-            self._bytes_out += given
+            self.bytes_counted += given
         self.direct_after = BLOCKED
         shared = self.shared
         if shared is not None:
@@ -443,7 +445,7 @@ class WebSocketConnection(UpgradedProtocol):
             if not shared.written:
                 shared.move(self.transport)
                 frame = shared.frame
-                self._bytes_out -= len(frame)  # the flush counts it
+                self.bytes_counted -= len(frame)  # the flush counts it
                 self._queue_taken(frame)
 
     def _queue_taken(self, frame: bytes) -> None:
@@ -545,7 +547,7 @@ class WebSocketConnection(UpgradedProtocol):
         self._out = []
         self._out_bytes = 0
         if self.status != CLOSED:
-            self._bytes_out += n
+            self.bytes_counted += n
             stats = self.state.stats
             stats.bytes_sent += n
             stats.ws_frames_sent += len(out)
