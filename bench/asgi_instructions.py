@@ -35,6 +35,7 @@ from bench.procs import LOAD_CORE, SERVER_CORE
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVERS = ["rtserve-asgi", "uvicorn", "rtserve-fastapi", "uvicorn-fastapi"]
 START_TIMEOUT = 300.0  # python under callgrind imports slowly
+CONNECTIONS = int(os.environ.get("RTSERVE_BENCH_CONNECTIONS", "1"))  # h2load -c: 1 by default
 
 
 def start(server: str, port: int, out: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -64,7 +65,18 @@ def start(server: str, port: int, out: Path, log: Path) -> subprocess.Popen[byte
 def load(port: int, path: str, count: int) -> None:
     """`count` GETs of `path`, one after another on one keep-alive connection."""
     url = f"http://{HOST}:{port}{path}"
-    command = ["taskset", "-c", str(LOAD_CORE), "h2load", "--h1", "-n", str(count), "-c", "1", url]
+    command = [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "h2load",
+        "--h1",
+        "-n",
+        str(count),
+        "-c",
+        str(CONNECTIONS),
+        url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     succeeded = re.search(r"(\d+) succeeded", done.stdout)
     if done.returncode != 0 or succeeded is None or int(succeeded.group(1)) != count:
