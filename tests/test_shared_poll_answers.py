@@ -267,26 +267,28 @@ def test_polls_released_beside_websocket_subscribers_leave_the_hub() -> None:
     from websockets.sync.client import connect
 
     app = _app()
-    with ThreadedServer(app, access_log=False) as server:
-        with connect(f"ws://127.0.0.1:{server.port}/rt/ws") as ws:
-            ws.send(json.dumps({"id": 1, "op": "connect"}))
-            ws.send(json.dumps({"id": 2, "op": "subscribe", "channel": "c"}))
-            for _ in range(2):
-                ws.recv(timeout=5)
-            poller = RawClient(server.port)
-            try:
-                since = ""
-                for n in range(1, 4):  # the first publications may pass a new one's floor
-                    poller.send(_poll().replace(b"timeout=20", f"timeout=20{since}".encode()))
-                    until(lambda: app.hub.subscriber_count("c") == 2, 5, "the poll to wait")
-                    _publish(server, {"n": n})
-                    answer = poller.response()
-                    assert answer.status == 200
-                    (position,) = json.loads(answer.body)["channels"].values()
-                    assert [p["data"] for p in position["publications"]] == [{"n": n}]
-                    assert json.loads(ws.recv(timeout=5))["data"] == {"n": n}
-                    until(lambda: app.hub.subscriber_count("c") == 1, 5, "the poll to leave")
-                    assert len(app.hub.poll_deadlines) == 0
-                    since = f"&since=c:{position['offset']}:{position['epoch']}"
-            finally:
-                poller.close()
+    with (
+        ThreadedServer(app, access_log=False) as server,
+        connect(f"ws://127.0.0.1:{server.port}/rt/ws") as ws,
+    ):
+        ws.send(json.dumps({"id": 1, "op": "connect"}))
+        ws.send(json.dumps({"id": 2, "op": "subscribe", "channel": "c"}))
+        for _ in range(2):
+            ws.recv(timeout=5)
+        poller = RawClient(server.port)
+        try:
+            since = ""
+            for n in range(1, 4):  # the first publications may pass a new one's floor
+                poller.send(_poll().replace(b"timeout=20", f"timeout=20{since}".encode()))
+                until(lambda: app.hub.subscriber_count("c") == 2, 5, "the poll to wait")
+                _publish(server, {"n": n})
+                answer = poller.response()
+                assert answer.status == 200
+                (position,) = json.loads(answer.body)["channels"].values()
+                assert [p["data"] for p in position["publications"]] == [{"n": n}]
+                assert json.loads(ws.recv(timeout=5))["data"] == {"n": n}
+                until(lambda: app.hub.subscriber_count("c") == 1, 5, "the poll to leave")
+                assert len(app.hub.poll_deadlines) == 0
+                since = f"&since=c:{position['offset']}:{position['epoch']}"
+        finally:
+            poller.close()

@@ -871,7 +871,7 @@ class _Loopback:
 def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
     """A fan-out of several publications at once costs each stream one system call, as
     /rt/ws's does, not one per publication (bench/sse.py: 18 µs against 2.5 per delivery)."""
-    from rtserve.realtime import sse
+    from rtserve.realtime import sse, sse_shared
     from rtserve.realtime.hub import HubStats, Outbound
     from rtserve.realtime.outbox import Outbox
     from rtserve.realtime.rules import ChannelRule
@@ -887,7 +887,7 @@ def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
         None,
         0,
     )
-    stream.direct_after, stream.shared, stream.wire = sse.BLOCKED, None, None
+    stream.direct_after, stream.shared, stream.wire = sse_shared.BLOCKED, None, None
     stream._outbox = Outbox(stream._offer, sse._EVENT, HubStats())
     rule = ChannelRule("c")
     events = []

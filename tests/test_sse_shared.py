@@ -75,6 +75,7 @@ def test_a_streaming_sse_stream_takes_the_shared_chunk_counted_as_its_own_write(
                 await open_stream(server.port, "channel=a"),
             )
             found = await streams(server, 2, app, "a")
+            assert server.state is not None
             stats = server.state.stats
             sent, frames = stats.bytes_sent, stats.ws_frames_sent
             deliveries = app.hub.stats.deliveries
@@ -107,6 +108,7 @@ def test_what_follows_a_taken_chunk_in_the_turn_goes_behind_it_in_one_chunk() ->
         async with serve_app(app) as server:
             client = await open_stream(server.port, "channel=a&channel=b")
             (stream,) = await streams(server, 1, app, "a", "b")
+            assert server.state is not None
             stats = server.state.stats
             sent, out = stats.bytes_sent, stream.wire.bytes_out  # type: ignore[union-attr]
             await app.publish("a", {"i": 1})  # taken directly
@@ -141,6 +143,7 @@ def test_an_http10_stream_takes_no_shared_chunk() -> None:
         async with serve_app(app) as server:
             client = await open_stream(server.port, "channel=a", version="1.0")
             for _ in range(100):
+                assert server.state is not None
                 found = [s for s in server.state.long_lived if isinstance(s, SSEStream)]
                 if found and found[0]._running:
                     break
@@ -215,9 +218,9 @@ def test_a_client_that_stops_reading_leaves_the_shared_path_for_its_channel_poli
             assert stream.direct_after == DIRECT  # caught up: back on the shared path
             client.close()
 
-    original = hub_module.share_event
-    hub_module.share_event = counting  # type: ignore[assignment]
+    original = hub_module.share_event  # type: ignore[attr-defined]
+    hub_module.share_event = counting  # type: ignore[attr-defined]
     try:
         asyncio.run(main())
     finally:
-        hub_module.share_event = original  # type: ignore[assignment]
+        hub_module.share_event = original  # type: ignore[attr-defined]
