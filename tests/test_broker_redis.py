@@ -19,7 +19,8 @@ import pytest
 from rtserve.broker.base import BrokerError, ClientInfo, Publication, PublishOptions
 from rtserve.broker.redis import RedisBroker
 from rtserve.broker.redis_pubsub import PubSubReader
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from tests.redis_support import PrivateRedis

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from rtserve.broker.base import ClientInfo, StreamPosition
 from rtserve.broker.memory import MemoryBroker
 from rtserve.realtime.context import ChannelContext
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.protocol import (
     ChannelError,
     CommandError,

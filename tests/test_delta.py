@@ -22,7 +22,8 @@ from rtserve.client.delta import DeltaText
 from rtserve.errors import ConfigError
 from rtserve.protocol.fossil import DeltaError, apply_delta, create_delta
 from rtserve.realtime.delta import data_text
-from rtserve.realtime.hub import Hub, HubStats, Outbound
+from rtserve.realtime.hub import Hub, HubStats
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import CommandError, ErrorCode, parse_command
 from rtserve.realtime.rules import ChannelRule, ChannelRules

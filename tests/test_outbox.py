@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtserve.realtime.hub import HubStats, Outbound
+from rtserve.realtime.hub import HubStats
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.rules import ChannelRule
 

@@ -14,7 +14,8 @@ from rtserve.broker.memory import MemoryBroker
 from rtserve.protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
 from rtserve.protocol.websocket import encode_text
 from rtserve.realtime.filters import parse_filter
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.rules import ChannelRule, ChannelRules
 from rtserve.realtime.settings import ChannelSettings
 from rtserve.server.settings import ServerSettings, WebSocketSettings

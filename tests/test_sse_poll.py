@@ -872,7 +872,8 @@ def test_sse_publications_of_one_loop_tick_go_out_in_one_write() -> None:
     """A fan-out of several publications at once costs each stream one system call, as
     /rt/ws's does, not one per publication (bench/sse.py: 18 µs against 2.5 per delivery)."""
     from rtserve.realtime import sse, sse_shared
-    from rtserve.realtime.hub import HubStats, Outbound
+    from rtserve.realtime.hub import HubStats
+    from rtserve.realtime.outbound import Outbound
     from rtserve.realtime.outbox import Outbox
     from rtserve.realtime.rules import ChannelRule
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from rtserve import App, ChannelSettings
 from rtserve.protocol.http11 import encode_chunk
-from rtserve.realtime.hub import Outbound
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.sse import SSEStream
 from rtserve.realtime.sse_shared import BLOCKED, DIRECT, share_event
 from rtserve.server.state import ServerStats

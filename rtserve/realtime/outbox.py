@@ -27,7 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
 
-from rtserve.realtime.hub import HubStats, Outbound
+from rtserve.realtime.hub import HubStats
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.rules import ChannelRule
 
 HeldKey = tuple[str, Any]  # (channel, offset), or (channel, conflation key) for conflate

@@ -44,7 +44,8 @@ from rtserve.realtime.access import (
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, token_user
 from rtserve.realtime.filters import check_filter_allowed
-from rtserve.realtime.hub import Hub, Outbound
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.outbound import Outbound
 from rtserve.realtime.protocol import (
     CHANNEL_NAME,
     ChannelError,

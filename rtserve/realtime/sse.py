@@ -42,7 +42,8 @@ from rtserve.realtime.access import (
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext
 from rtserve.realtime.filters import TagFilter, check_filter_allowed
-from rtserve.realtime.hub import Hub, Outbound, sse_event
+from rtserve.realtime.hub import Hub
+from rtserve.realtime.outbound import Outbound, sse_event
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import ChannelError, DisconnectCode, ErrorCode, check_delta
 from rtserve.realtime.rules import ChannelRule

@@ -20,7 +20,7 @@ from rtserve.protocol.http11 import encode_chunk
 from rtserve.server.shared_write import SharedFrame, share
 
 if TYPE_CHECKING:
-    from rtserve.realtime.hub import Outbound
+    from rtserve.realtime.outbound import Outbound
     from rtserve.server.exchange import Exchange
     from rtserve.server.state import ServerStats
     from rtserve.server.transport import ChunkWire

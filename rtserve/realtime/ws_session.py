@@ -32,7 +32,8 @@ from rtserve.realtime.access import (
 from rtserve.realtime.component import hub_of
 from rtserve.realtime.context import ChannelContext, RpcContext
 from rtserve.realtime.filters import parse_filter
-from rtserve.realtime.hub import Hub, Outbound, PresenceOutbound, call_hook
+from rtserve.realtime.hub import Hub, call_hook
+from rtserve.realtime.outbound import Outbound, PresenceOutbound
 from rtserve.realtime.outbox import Outbox
 from rtserve.realtime.protocol import (
     MAX_BATCH,
